@@ -1,0 +1,9 @@
+// The contract: generated messages and services, the grpc-js adapter, the
+// watch-spec rules and NATS names. Every folder imports it; it imports nobody.
+export * from "./gen/fleetwatch/v1/watch_pb.js";
+export * from "./gen/fleetwatch/v1/controller_pb.js";
+export * from "./gen/fleetwatch/v1/agent_pb.js";
+export * from "./grpc.js";
+export * from "./errors.js";
+export * from "./watch-spec.js";
+export * from "./subjects.js";

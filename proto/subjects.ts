@@ -1,0 +1,28 @@
+// Names on the NATS side of the contract: event subjects, the stream that keeps
+// them for replay, and the KV bucket of controller state.
+
+/** JetStream stream holding every hit event. */
+export const eventStream = "FLEETWATCH_EVENTS";
+
+/** Subjects the event stream captures. */
+export const eventSubjects = "fleetwatch.events.>";
+
+/** KV bucket of jobs (protobuf Job, key = job id). */
+export const jobBucket = "fleetwatch-jobs";
+
+const token = /^[A-Za-z0-9_-]+$/;
+
+/** Checks that a job or host id can be one subject token. */
+export function isSubjectToken(value: string): boolean {
+  return token.test(value);
+}
+
+/** `fleetwatch.events.<job>.<host>`: where one host publishes one job's hits. */
+export function eventSubject(jobId: string, hostId: string): string {
+  return `fleetwatch.events.${jobId}.${hostId}`;
+}
+
+/** Every host's hits of one job. */
+export function jobEventFilter(jobId: string): string {
+  return `fleetwatch.events.${jobId}.>`;
+}

@@ -1,0 +1,168 @@
+// The watch-spec rules every side shares: valid lengths and modes, the user
+// address range, and the exact split of a watched range into aligned
+// debug-register chunks (the same count the ledger reserves and the helper arms).
+import { create } from "@bufbuild/protobuf";
+import { WatchSpecError } from "./errors.js";
+import { ChunkSchema, WatchMode, type Chunk, type JobSpec, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
+
+/** Debug-address registers per thread (DR0-DR3). */
+export const slotsPerThread = 4;
+
+/** Widths one debug register can watch. */
+export const chunkLengths = [1, 2, 4, 8] as const;
+
+/**
+ * First address the kernel refuses in a debug register (TASK_SIZE_MAX on
+ * x86-64 with 4-level paging, minus the guard page): DR0 writes at or above it
+ * give EINVAL and leave the old address armed, so never send one.
+ */
+export const userAddressLimit = 0x7ffffffff000n;
+
+const modeNames: Record<string, WatchMode> = {
+  w: WatchMode.WRITE,
+  rw: WatchMode.READ_WRITE,
+  x: WatchMode.EXECUTE,
+};
+
+/** Parses the CLI's `w`, `rw`, `x`. */
+export function parseMode(text: string): WatchMode {
+  const mode = modeNames[text];
+  if (mode === undefined) throw new WatchSpecError(`mode '${text}' is not one of w, rw, x`, "mode");
+  return mode;
+}
+
+/** `w`, `rw` or `x`. */
+export function modeName(mode: WatchMode): string {
+  switch (mode) {
+    case WatchMode.WRITE:
+      return "w";
+    case WatchMode.READ_WRITE:
+      return "rw";
+    case WatchMode.EXECUTE:
+      return "x";
+    default:
+      return "unspecified";
+  }
+}
+
+/** Parses `name`, `name+16` or `name+0x10`. */
+export function parseSymbol(text: string): { name: string; offset: bigint } {
+  const match = /^([A-Za-z_.$][\w.$@:]*)(?:\+(0x[0-9a-fA-F]+|\d+))?$/.exec(text.trim());
+  if (!match) throw new WatchSpecError(`symbol '${text}' is not NAME or NAME+OFFSET (e.g. counter+0x8)`, "symbol");
+  return { name: match[1]!, offset: match[2] ? BigInt(match[2]) : 0n };
+}
+
+/** Parses a hex (0x…) or decimal address. */
+export function parseAddress(text: string): bigint {
+  if (!/^(0x[0-9a-fA-F]+|\d+)$/.test(text.trim())) throw new WatchSpecError(`address '${text}' is not a number (e.g. 0x5555555580a0)`, "address");
+  return BigInt(text.trim());
+}
+
+/** `0x…` for people. */
+export function hex(value: bigint | number): string {
+  return `0x${value.toString(16)}`;
+}
+
+/** Checks a width and mode pair: 1, 2, 4 or 8 bytes; execute only with 1. */
+export function checkLength(length: number, mode: WatchMode): void {
+  if (!(chunkLengths as readonly number[]).includes(length)) {
+    throw new WatchSpecError(`length ${length} is not 1, 2, 4 or 8 bytes`, "length");
+  }
+  if (mode === WatchMode.EXECUTE && length !== 1) {
+    throw new WatchSpecError(`execute watches take length 1 (got ${length}): x86 debug registers trap instruction fetch at one address`, "length");
+  }
+}
+
+/** Checks that a range lies in user space. */
+export function checkAddressRange(address: bigint, length: number): void {
+  if (address === 0n) throw new WatchSpecError("address 0 is never mapped; give the variable's address or --symbol", "address");
+  if (address + BigInt(length) > userAddressLimit) {
+    throw new WatchSpecError(`address ${hex(address)} is not a user-space address (must end below ${hex(userAddressLimit)})`, "address");
+  }
+}
+
+/**
+ * Splits [address, address+length) into debug-register chunks: each chunk is
+ * the largest of 8, 4, 2, 1 that both divides the current address and fits in
+ * the remaining length (as gdb's x86_handle_nonaligned_watchpoint does).
+ */
+export function splitRange(address: bigint, length: number, mode: WatchMode, watchIndex = 0): Chunk[] {
+  const chunks: Chunk[] = [];
+  let at = address;
+  let left = length;
+  while (left > 0) {
+    let size = 8;
+    while (size > 1 && (at % BigInt(size) !== 0n || size > left)) size /= 2;
+    chunks.push(create(ChunkSchema, { address: at, length: size, mode, watchIndex }));
+    at += BigInt(size);
+    left -= size;
+  }
+  return chunks;
+}
+
+/** `0x55d0a8/8 w #0` for messages and tables. */
+export function formatChunk(chunk: Chunk): string {
+  return `${hex(chunk.address)}/${chunk.length} ${modeName(chunk.mode)} #${chunk.watchIndex}`;
+}
+
+/** Rejects a set of chunks that needs more registers than one thread has. */
+export function checkChunkCount(chunks: readonly Chunk[]): void {
+  if (chunks.length > slotsPerThread) {
+    throw new WatchSpecError(
+      `the watches need ${chunks.length} debug registers per target but a thread has ${slotsPerThread}: ${chunks.map(formatChunk).join(", ")}; watch fewer or aligned variables`,
+      "watches",
+    );
+  }
+}
+
+/** Validates one watch as far as it can be without the target (symbols resolve later). */
+export function checkWatch(watch: WatchSpec, index: number): void {
+  if (watch.mode === WatchMode.UNSPECIFIED) throw new WatchSpecError(`watch #${index}: mode is required (w, rw or x)`, "mode");
+  if (watch.location.case === undefined) throw new WatchSpecError(`watch #${index}: give a symbol or an address`, "location");
+  if (watch.location.case === "symbol") {
+    parseSymbol(watch.location.value);
+    if (watch.length !== 0) checkLength(watch.length, watch.mode);
+    return;
+  }
+  if (watch.length === 0) throw new WatchSpecError(`watch #${index}: an address watch needs a length (1, 2, 4 or 8)`, "length");
+  checkLength(watch.length, watch.mode);
+  checkAddressRange(watch.location.value, watch.length);
+}
+
+/** Validates a job spec's fields that need no target; returns the chunks of address watches. */
+export function checkJobSpec(spec: JobSpec): void {
+  if (spec.watches.length === 0) throw new WatchSpecError("a job needs at least one watch (--symbol or --address)", "watches");
+  spec.watches.forEach(checkWatch);
+  if (!spec.target || spec.target.pid === 0) throw new WatchSpecError("a job needs a target process (--pid)", "target.pid");
+  const addressChunks = spec.watches.flatMap((w, i) => (w.location.case === "address" ? splitRange(w.location.value, w.length, w.mode, i) : []));
+  checkChunkCount(addressChunks);
+}
+
+/**
+ * Chunks of every watch once symbols are resolved. `resolved[i]` is the
+ * address and size of watch i when it names a symbol.
+ */
+export function chunksOf(spec: JobSpec, resolved: ReadonlyMap<number, { address: bigint; size: bigint }>): Chunk[] {
+  const chunks = spec.watches.flatMap((watch, index) => {
+    let address: bigint;
+    let length = watch.length;
+    if (watch.location.case === "address") {
+      address = watch.location.value;
+    } else {
+      const symbol = resolved.get(index);
+      if (!symbol) throw new WatchSpecError(`watch #${index}: symbol not resolved`, "symbol");
+      address = symbol.address;
+      if (length === 0) {
+        length = Number(symbol.size);
+        if (!(chunkLengths as readonly number[]).includes(length)) {
+          throw new WatchSpecError(`watch #${index}: symbol '${watch.location.value}' is ${symbol.size} bytes; give --length 1, 2, 4 or 8 to watch part of it`, "length");
+        }
+      }
+      checkLength(length, watch.mode);
+    }
+    checkAddressRange(address, length);
+    return splitRange(address, length, watch.mode, index);
+  });
+  checkChunkCount(chunks);
+  return chunks;
+}

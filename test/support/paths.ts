@@ -1,0 +1,12 @@
+// Where the repository's files are, seen from compiled test code (dist/test/support).
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+/** The repository root. */
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+
+/** The built native helper. */
+export const helperPath = path.join(repoRoot, "agent/native/build/fleetwatch-helper");
+
+/** The CLI entry point as built by `npm run build`. */
+export const cliPath = path.join(repoRoot, "dist/cli/main.js");

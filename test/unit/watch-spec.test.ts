@@ -1,0 +1,64 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import { JobSpecSchema, WatchMode, WatchSpecError, checkJobSpec, chunksOf, formatChunk, parseSymbol, splitRange } from "../../proto/index.js";
+
+const split = (address: bigint, length: number) => splitRange(address, length, WatchMode.WRITE).map((c) => [Number(c.address - address), c.length]);
+
+test("watch-spec - splits ranges into the largest aligned chunk that fits the remaining length", () => {
+  const table: Array<[bigint, number, number[][]]> = [
+    [0x1000n, 8, [[0, 8]]],
+    [0x1000n, 4, [[0, 4]]],
+    [0x1004n, 8, [[0, 4], [4, 4]]],
+    [0x1003n, 8, [[0, 1], [1, 4], [5, 2], [7, 1]]],
+    [0x1001n, 2, [[0, 1], [1, 1]]],
+    [0x1002n, 8, [[0, 2], [2, 4], [6, 2]]],
+    [0x1000n, 3, [[0, 2], [2, 1]]],
+    [0x1006n, 1, [[0, 1]]],
+  ];
+  for (const [address, length, expected] of table) {
+    assert.deepEqual(split(address, length), expected, `${address.toString(16)}/${length}`);
+  }
+});
+
+test("watch-spec - parses symbols with decimal and hex offsets", () => {
+  assert.deepEqual(parseSymbol("work_mem"), { name: "work_mem", offset: 0n });
+  assert.deepEqual(parseSymbol("fw_bytes+0x8"), { name: "fw_bytes", offset: 8n });
+  assert.deepEqual(parseSymbol("fw_bytes+12"), { name: "fw_bytes", offset: 12n });
+  assert.throws(() => parseSymbol("a b"), WatchSpecError);
+  assert.throws(() => parseSymbol("x+"), WatchSpecError);
+});
+
+const job = (watches: object[]) => create(JobSpecSchema, { watches: watches as never, target: { pid: 42 } });
+
+test("watch-spec - refuses bad lengths, execute widths and kernel addresses", () => {
+  const cases: Array<[object, RegExp]> = [
+    [{ location: { case: "address", value: 0x1000n }, length: 3, mode: WatchMode.WRITE }, /length 3 is not 1, 2, 4 or 8/],
+    [{ location: { case: "address", value: 0x1000n }, length: 8, mode: WatchMode.EXECUTE }, /execute watches take length 1/],
+    [{ location: { case: "address", value: 0xffffffff81000000n }, length: 8, mode: WatchMode.WRITE }, /not a user-space address/],
+    [{ location: { case: "address", value: 0x7fffffffeffcn }, length: 8, mode: WatchMode.WRITE }, /not a user-space address/],
+    [{ location: { case: "address", value: 0x1000n }, length: 8, mode: WatchMode.UNSPECIFIED }, /mode is required/],
+    [{ location: { case: "address", value: 0x1000n }, length: 0, mode: WatchMode.WRITE }, /needs a length/],
+  ];
+  for (const [watch, message] of cases) assert.throws(() => checkJobSpec(job([watch])), message);
+});
+
+test("watch-spec - refuses a fifth chunk on one target and lists every chunk", () => {
+  const spec = job([
+    { location: { case: "address", value: 0x1003n }, length: 8, mode: WatchMode.WRITE },
+    { location: { case: "address", value: 0x2000n }, length: 8, mode: WatchMode.READ_WRITE },
+  ]);
+  assert.throws(() => checkJobSpec(spec), (err: unknown) => {
+    assert.ok(err instanceof WatchSpecError);
+    assert.match(err.message, /need 5 debug registers per target but a thread has 4/);
+    assert.match(err.message, /0x1003\/1 w #0, 0x1004\/4 w #0, 0x1008\/2 w #0, 0x100a\/1 w #0, 0x2000\/8 rw #1/);
+    return true;
+  });
+});
+
+test("watch-spec - sizes symbol watches from the symbol and splits them like addresses", () => {
+  const spec = job([{ location: { case: "symbol", value: "counter" }, length: 0, mode: WatchMode.WRITE }]);
+  const chunks = chunksOf(spec, new Map([[0, { address: 0x5000n, size: 4n }]]));
+  assert.deepEqual(chunks.map(formatChunk), ["0x5000/4 w #0"]);
+  assert.throws(() => chunksOf(spec, new Map([[0, { address: 0x5000n, size: 24n }]])), /is 24 bytes; give --length/);
+});
