@@ -7,3 +7,4 @@ export * from "./grpc.js";
 export * from "./errors.js";
 export * from "./watch-spec.js";
 export * from "./subjects.js";
+export * from "./async-queue.js";

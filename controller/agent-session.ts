@@ -1,0 +1,103 @@
+// One connected agent: its registration, its lease, and request/response
+// correlation for the commands the controller sends down its session.
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  AsyncQueue,
+  SessionResponseSchema,
+  type AgentInfo,
+  type ArmResult,
+  type ArmSchema,
+  type DisarmResult,
+  type DisarmSchema,
+  type ResolveResult,
+  type ResolveSchema,
+  type SessionResponse,
+} from "../proto/index.js";
+import { AgentUnavailableError } from "./errors.js";
+
+type Pending = { resolve: (value: never) => void; reject: (err: unknown) => void; timer: NodeJS.Timeout };
+
+/** A live session with one agent. */
+export class AgentSession {
+  /** What the controller sends; the session handler streams it to the agent. */
+  readonly outbound = new AsyncQueue<SessionResponse>();
+  lastSeenMs = Date.now();
+  private nextRequestId = 1n;
+  private readonly pending = new Map<bigint, Pending>();
+  private readonly ended = new AbortController();
+
+  constructor(
+    readonly info: AgentInfo,
+    readonly requestTimeoutMs: number,
+  ) {}
+
+  get hostId(): string {
+    return this.info.hostId;
+  }
+
+  /** Aborted when the session ends for any reason. */
+  get signal(): AbortSignal {
+    return this.ended.signal;
+  }
+
+  get isOpen(): boolean {
+    return !this.ended.signal.aborted;
+  }
+
+  /** Records that the agent spoke (any message renews the lease). */
+  touch(): void {
+    this.lastSeenMs = Date.now();
+  }
+
+  /** Sends a message that expects no answer. */
+  send(message: MessageInitShape<typeof SessionResponseSchema>): void {
+    this.outbound.push(create(SessionResponseSchema, message));
+  }
+
+  resolve(request: Omit<MessageInitShape<typeof ResolveSchema>, "requestId">): Promise<ResolveResult> {
+    return this.request("resolve", request);
+  }
+
+  arm(request: Omit<MessageInitShape<typeof ArmSchema>, "requestId">): Promise<ArmResult> {
+    return this.request("arm", request);
+  }
+
+  disarm(request: Omit<MessageInitShape<typeof DisarmSchema>, "requestId">): Promise<DisarmResult> {
+    return this.request("disarm", request);
+  }
+
+  private request<T>(kind: "resolve" | "arm" | "disarm", value: object): Promise<T> {
+    if (!this.isOpen) return Promise.reject(new AgentUnavailableError(`agent ${this.hostId} is not connected`, this.hostId));
+    const requestId = this.nextRequestId++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(requestId);
+        reject(new AgentUnavailableError(`agent ${this.hostId} did not answer ${kind} within ${this.requestTimeoutMs} ms`, this.hostId));
+      }, this.requestTimeoutMs);
+      this.pending.set(requestId, { resolve: resolve as (value: never) => void, reject, timer });
+      this.send({ msg: { case: kind, value: { ...value, requestId } } } as MessageInitShape<typeof SessionResponseSchema>);
+    });
+  }
+
+  /** Delivers an answer to the request it belongs to; false if none waits for it. */
+  answer(requestId: bigint, result: ResolveResult | ArmResult | DisarmResult): boolean {
+    const waiter = this.pending.get(requestId);
+    if (!waiter) return false;
+    this.pending.delete(requestId);
+    clearTimeout(waiter.timer);
+    waiter.resolve(result as never);
+    return true;
+  }
+
+  /** Ends the session: pending requests fail, the outbound stream closes. */
+  close(reason: string): void {
+    if (!this.isOpen) return;
+    this.ended.abort(new AgentUnavailableError(reason, this.hostId));
+    for (const [id, waiter] of this.pending) {
+      clearTimeout(waiter.timer);
+      waiter.reject(new AgentUnavailableError(`agent ${this.hostId}: ${reason}`, this.hostId));
+      this.pending.delete(id);
+    }
+    this.outbound.close();
+  }
+}
