@@ -1,0 +1,310 @@
+// The agent's core: the watches this host has armed, the commands that arm
+// and disarm them through the helper, and the hit path from the helper to
+// JetStream with exact per-watch accounting.
+import { create, toBinary } from "@bufbuild/protobuf";
+import {
+  ArmResultSchema,
+  ArmedTargetSchema,
+  DisarmResultSchema,
+  HitCountsSchema,
+  HitEventSchema,
+  ResolveResultSchema,
+  TargetReportSchema,
+  TargetState,
+  WatchMode,
+  eventSubject,
+  hex,
+  type Arm,
+  type ArmResult,
+  type ArmedTarget,
+  type Disarm,
+  type DisarmResult,
+  type HitCounts,
+  type Resolve,
+  type ResolveResult,
+  type SlotAssignment,
+  type TargetReport,
+} from "../proto/index.js";
+import { AgentCommandError, toAgentError } from "./errors.js";
+import type { GroupCounts, HelperChunk, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
+import type { HitPublisher } from "./hit-publisher.js";
+
+/** One job's watch on one process of this host. */
+interface Watch {
+  readonly jobId: string;
+  readonly pid: number;
+  readonly group: bigint;
+  readonly slots: SlotAssignment[];
+  readonly watchIndexByDr: Map<number, number>;
+  readonly counts: HitCounts;
+  sequence: bigint;
+  /** Hit records received from the helper. */
+  received: bigint;
+  /** Hit records the helper emitted in all, known once the group is disarmed. */
+  expected: bigint | undefined;
+  /** Publishes not yet settled, and who waits for them to settle. */
+  pending: number;
+  settledWaiters: Array<() => void>;
+  deadlineTimer: NodeJS.Timeout | undefined;
+  /** Set once the helper no longer has the group armed. */
+  ended: boolean;
+  lastReported: string;
+}
+
+const helperModes: Record<number, HelperMode> = { [WatchMode.WRITE]: "w", [WatchMode.READ_WRITE]: "rw", [WatchMode.EXECUTE]: "x" };
+const protoModes: Record<HelperMode, WatchMode> = { w: WatchMode.WRITE, rw: WatchMode.READ_WRITE, x: WatchMode.EXECUTE };
+
+function key(jobId: string, pid: number): string {
+  return `${jobId}/${pid}`;
+}
+
+function countsKey(c: HitCounts): string {
+  return `${c.trapped}/${c.delivered}/${c.suppressed}/${c.dropped}`;
+}
+
+/** The watches of one host. */
+export class AgentCore {
+  private readonly byGroup = new Map<bigint, Watch>();
+  private readonly byKey = new Map<string, Watch>();
+  private nextGroup = 1n;
+  private progressTimer: NodeJS.Timeout | undefined;
+  /** Receives every target report; the session forwards them (or keeps them until it reconnects). */
+  onReport: (report: TargetReport) => void = () => {};
+
+  constructor(
+    private readonly helper: HelperProcess,
+    private readonly publisher: HitPublisher,
+    private readonly hostId: string,
+    private readonly log: (line: string) => void,
+    private readonly progressIntervalMs = 1_000,
+  ) {}
+
+  /** Consumes helper events until the helper exits; reports counters every second. */
+  async run(): Promise<void> {
+    this.progressTimer = setInterval(() => this.reportProgress(), this.progressIntervalMs);
+    try {
+      for await (const event of this.helper.events()) await this.onHelperEvent(event);
+    } finally {
+      clearInterval(this.progressTimer);
+    }
+  }
+
+  /** What is armed now, for the controller after a (re)connect. */
+  armed(): ArmedTarget[] {
+    return [...this.byKey.values()].filter((w) => !w.ended).map((w) => create(ArmedTargetSchema, { jobId: w.jobId, pid: w.pid, slots: w.slots, counts: w.counts }));
+  }
+
+  async resolve(request: Resolve): Promise<ResolveResult> {
+    try {
+      const symbol = await this.helper.resolve(request.pid, request.symbol, request.offset);
+      return create(ResolveResultSchema, { requestId: request.requestId, address: symbol.address, size: symbol.size, module: symbol.module });
+    } catch (err) {
+      return create(ResolveResultSchema, { requestId: request.requestId, error: toAgentError(err) });
+    }
+  }
+
+  async arm(request: Arm): Promise<ArmResult> {
+    const reply = { requestId: request.requestId, jobId: request.jobId, pid: request.pid };
+    try {
+      const existing = this.byKey.get(key(request.jobId, request.pid));
+      if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
+      if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
+      const chunks: HelperChunk[] = request.slots.map((s) => {
+        const mode = helperModes[s.chunk?.mode ?? WatchMode.UNSPECIFIED];
+        if (!s.chunk || !mode) throw new AgentCommandError(`DR${s.dr}: chunk without a valid mode`, "EINVAL");
+        return { dr: s.dr, mode, length: s.chunk.length, address: s.chunk.address };
+      });
+      const group = this.nextGroup++;
+      const watch: Watch = {
+        jobId: request.jobId,
+        pid: request.pid,
+        group,
+        slots: request.slots,
+        watchIndexByDr: new Map(request.slots.map((s) => [s.dr, s.chunk?.watchIndex ?? 0])),
+        counts: create(HitCountsSchema),
+        sequence: 0n,
+        received: 0n,
+        expected: undefined,
+        pending: 0,
+        settledWaiters: [],
+        deadlineTimer: undefined,
+        ended: false,
+        lastReported: "",
+      };
+      // Registered before arming: hits can arrive before the helper's reply.
+      this.byGroup.set(group, watch);
+      let result;
+      try {
+        result = await this.helper.arm(request.pid, group, chunks, request.maxHits);
+      } catch (err) {
+        this.byGroup.delete(group);
+        throw err;
+      }
+      this.byKey.set(key(request.jobId, request.pid), watch);
+      if (request.deadlineUnixMs > 0n) {
+        watch.deadlineTimer = setTimeout(() => void this.endAtDeadline(watch), Math.max(0, Number(request.deadlineUnixMs) - Date.now()));
+      }
+      this.log(`agent ${this.hostId}: job ${request.jobId} armed on pid ${request.pid}: ${request.slots.map((s) => `DR${s.dr}=${hex(s.chunk?.address ?? 0n)}/${s.chunk?.length}`).join(" ")}, ${result.threadsArmed}/${result.threadsTotal} threads`);
+      return create(ArmResultSchema, { ...reply, threadsTotal: result.threadsTotal, threadsArmed: result.threadsArmed, slots: request.slots });
+    } catch (err) {
+      return create(ArmResultSchema, { ...reply, error: toAgentError(err) });
+    }
+  }
+
+  async disarm(request: Disarm): Promise<DisarmResult> {
+    const reply = { requestId: request.requestId, jobId: request.jobId, pid: request.pid };
+    const watch = this.byKey.get(key(request.jobId, request.pid));
+    if (!watch) return create(DisarmResultSchema, { ...reply, error: toAgentError(new AgentCommandError(`job ${request.jobId} has no watch on pid ${request.pid} here`, "ENOENT")) });
+    try {
+      await this.stop(watch);
+      return create(DisarmResultSchema, { ...reply, counts: watch.counts });
+    } catch (err) {
+      return create(DisarmResultSchema, { ...reply, error: toAgentError(err) });
+    }
+  }
+
+  /** Disarms every watch (agent shutdown), reporting each as cancelled. */
+  async disarmAll(reason: string): Promise<void> {
+    for (const watch of [...this.byKey.values()]) {
+      if (watch.ended) continue;
+      try {
+        await this.stop(watch);
+        this.report(watch, TargetState.CANCELLED, reason);
+      } catch (err) {
+        this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
+      }
+    }
+  }
+
+  /** Disarms one watch in the helper and waits until its hits are settled; counts are then final. */
+  private async stop(watch: Watch): Promise<void> {
+    clearTimeout(watch.deadlineTimer);
+    if (!watch.ended) {
+      try {
+        this.endWatch(watch, await this.helper.disarm(watch.pid, watch.group));
+      } catch (err) {
+        // The group may have ended on its own (budget, exit) while the disarm was on its way.
+        if (!watch.ended) throw err;
+      }
+    }
+    await this.settled(watch);
+  }
+
+  /**
+   * The helper no longer traps for this watch. Hit records it sent before
+   * saying so may still be queued here: they are published like any other,
+   * and the watch is forgotten once all of them have come through.
+   */
+  private endWatch(watch: Watch, counts: GroupCounts): void {
+    watch.ended = true;
+    clearTimeout(watch.deadlineTimer);
+    watch.expected = counts.delivered;
+    watch.counts.trapped = counts.trapped;
+    watch.counts.suppressed = counts.suppressed;
+    this.wakeIfSettled(watch);
+  }
+
+  private isSettled(watch: Watch): boolean {
+    return watch.pending === 0 && watch.expected !== undefined && watch.received >= watch.expected;
+  }
+
+  private wakeIfSettled(watch: Watch): void {
+    if (!this.isSettled(watch)) return;
+    this.byGroup.delete(watch.group);
+    for (const resolve of watch.settledWaiters.splice(0)) resolve();
+  }
+
+  /** Resolves once every hit of an ended watch is received and published (or dropped). */
+  private settled(watch: Watch): Promise<void> {
+    if (this.isSettled(watch)) return Promise.resolve();
+    return new Promise((resolve) => watch.settledWaiters.push(resolve));
+  }
+
+  private async endAtDeadline(watch: Watch): Promise<void> {
+    if (watch.ended) return;
+    try {
+      await this.stop(watch);
+      this.report(watch, TargetState.COMPLETED, "duration elapsed");
+    } catch (err) {
+      this.log(`agent ${this.hostId}: disarming job ${watch.jobId} at its deadline failed: ${String(err)}`);
+    }
+  }
+
+  private report(watch: Watch, state: TargetState, reason: string): void {
+    watch.lastReported = countsKey(watch.counts);
+    this.onReport(create(TargetReportSchema, { jobId: watch.jobId, pid: watch.pid, state, reason, counts: watch.counts }));
+  }
+
+  private reportProgress(): void {
+    for (const watch of this.byKey.values()) {
+      if (watch.ended || countsKey(watch.counts) === watch.lastReported) continue;
+      this.report(watch, TargetState.ARMED, "armed");
+    }
+  }
+
+  private async onHelperEvent(event: HelperEvent): Promise<void> {
+    switch (event.kind) {
+      case "hits":
+        for (const hit of event.hits) await this.onHit(hit);
+        return;
+      case "group-done": {
+        const watch = this.byGroup.get(event.group);
+        if (!watch) return;
+        this.endWatch(watch, event.counts);
+        await this.settled(watch);
+        if (event.reason === "budget") this.report(watch, TargetState.COMPLETED, `max hits reached (${event.counts.delivered})`);
+        // Exit and exec are reported with the process's own event, which follows.
+        return;
+      }
+      case "target-exited":
+      case "target-exec": {
+        const why = event.kind === "target-exec" ? "process exec'd: the watched address space is gone" : event.killed ? `process killed by signal ${event.code}` : `process exited with code ${event.code}`;
+        for (const watch of this.byKey.values()) {
+          if (watch.pid !== event.pid || watch.lastReported === "final") continue;
+          await this.settled(watch);
+          this.report(watch, TargetState.EXITED, why);
+          watch.lastReported = "final";
+          this.byKey.delete(key(watch.jobId, watch.pid));
+        }
+        return;
+      }
+      case "log":
+        this.log(`helper ${event.level}: ${event.message}`);
+        return;
+    }
+  }
+
+  private async onHit(hit: HelperHit): Promise<void> {
+    const watch = this.byGroup.get(hit.group);
+    if (!watch) {
+      this.log(`agent ${this.hostId}: hit for unknown group ${hit.group} (pid ${hit.pid}) ignored`);
+      return;
+    }
+    watch.received++;
+    if (!watch.ended) watch.counts.trapped = watch.received;
+    watch.sequence++;
+    const event = create(HitEventSchema, {
+      jobId: watch.jobId,
+      hostId: this.hostId,
+      pid: hit.pid,
+      tid: hit.tid,
+      address: hit.address,
+      length: hit.length,
+      mode: protoModes[hit.mode],
+      slot: hit.dr,
+      ip: hit.ip,
+      newValue: hit.newValue,
+      oldValue: hit.oldValue,
+      timeUnixNano: hit.timeNs,
+      watchIndex: watch.watchIndexByDr.get(hit.dr) ?? 0,
+      sequence: watch.sequence,
+    });
+    watch.pending++;
+    await this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitEventSchema, event), (ok) => {
+      if (ok) watch.counts.delivered++;
+      else watch.counts.dropped++;
+      watch.pending--;
+      this.wakeIfSettled(watch);
+    });
+  }
+}

@@ -1,0 +1,21 @@
+// The agent's errors: what it sends back as AgentError on the session.
+import { create } from "@bufbuild/protobuf";
+import { AgentErrorSchema, type AgentError } from "../proto/index.js";
+import { HelperError } from "./helper-process.js";
+
+/** A command the agent cannot carry out, with the errno-style name the controller maps. */
+export class AgentCommandError extends Error {
+  override readonly name = "AgentCommandError";
+  constructor(
+    message: string,
+    readonly errnoName: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Turns any failure into the AgentError the controller understands. */
+export function toAgentError(err: unknown): AgentError {
+  if (err instanceof HelperError || err instanceof AgentCommandError) return create(AgentErrorSchema, { errnoName: err.errnoName, message: err.message });
+  return create(AgentErrorSchema, { errnoName: "EIO", message: `agent failure: ${err instanceof Error ? err.message : String(err)}` });
+}
