@@ -1,0 +1,529 @@
+// Pure encode/decode of the fleetwatch-helper wire protocol, version 1
+// (agent/native/PROTOCOL.md): 12-byte frame headers, request encoders, reply and
+// event decoders, and a streaming frame decoder. No I/O here.
+
+/** Protocol version this client speaks; HELLO must carry the same. */
+export const PROTOCOL_VERSION = 1;
+export const FRAME_HEADER_BYTES = 12;
+/** Largest frame either side may send, header included. */
+export const FRAME_MAX_BYTES = 1 << 20;
+export const HIT_RECORD_BYTES = 64;
+export const CHUNK_BYTES = 12;
+
+/** Frame types (PROTOCOL.md). */
+export const MessageType = {
+  Hello: 0x0001,
+  Resolve: 0x0101,
+  Arm: 0x0102,
+  Disarm: 0x0103,
+  Shutdown: 0x0105,
+  Resolved: 0x0181,
+  Armed: 0x0182,
+  Disarmed: 0x0183,
+  ShutdownOk: 0x0185,
+  Error: 0x01ff,
+  Hits: 0x0201,
+  GroupDone: 0x0202,
+  TargetExited: 0x0203,
+  TargetExec: 0x0204,
+  Log: 0x0205,
+} as const;
+
+export type HelperMode = "x" | "w" | "rw";
+
+/** One debug-register chunk: already aligned, `length` bytes at `address`. */
+export interface HelperChunk {
+  dr: number;
+  mode: HelperMode;
+  length: number;
+  address: bigint;
+}
+
+export interface ResolvedSymbol {
+  /** Symbol address plus the requested offset, load bias applied. */
+  address: bigint;
+  size: bigint;
+  /** Path of the module that defines it. */
+  module: string;
+  symbol: string;
+}
+
+export interface ArmResult {
+  threadsTotal: number;
+  threadsArmed: number;
+  drMask: number;
+}
+
+/** Per group: trapped = delivered + suppressed. */
+export interface GroupCounts {
+  trapped: bigint;
+  delivered: bigint;
+  suppressed: bigint;
+}
+
+export interface HelperHit {
+  group: bigint;
+  pid: number;
+  tid: number;
+  ip: bigint;
+  /** Address of the chunk that fired. */
+  address: bigint;
+  oldValue: bigint;
+  newValue: bigint;
+  /** CLOCK_REALTIME at the trap stop, nanoseconds. */
+  timeNs: bigint;
+  dr: number;
+  length: number;
+  mode: HelperMode;
+}
+
+export type GroupDoneReason = "budget" | "exited" | "exec";
+export type HelperLogLevel = "debug" | "info" | "warning" | "error";
+
+export type HelperEvent =
+  | { kind: "hits"; hits: HelperHit[] }
+  | { kind: "group-done"; pid: number; group: bigint; reason: GroupDoneReason; counts: GroupCounts }
+  | { kind: "target-exited"; pid: number; killed: boolean; code: number }
+  | { kind: "target-exec"; pid: number }
+  | { kind: "log"; level: HelperLogLevel; message: string };
+
+export interface Frame {
+  type: number;
+  flags: number;
+  requestId: number;
+  payload: Buffer;
+}
+
+export interface HelloPayload {
+  protocolVersion: number;
+  slotsPerThread: number;
+  helperVersion: string;
+}
+
+export interface ErrorPayload {
+  errno: number;
+  errnoName: string;
+  message: string;
+}
+
+export interface ResolveRequest {
+  pid: number;
+  offset: bigint;
+  name: string;
+}
+
+export interface ArmRequest {
+  pid: number;
+  group: bigint;
+  maxHits: bigint;
+  chunks: HelperChunk[];
+}
+
+export interface DisarmRequest {
+  pid: number;
+  group: bigint;
+}
+
+/** The byte stream or a payload does not follow the protocol. */
+export class HelperProtocolError extends Error {
+  override readonly name = "HelperProtocolError";
+  /** Frame type being decoded, when known. */
+  readonly frameType: number | undefined;
+
+  constructor(message: string, options: { frameType?: number; cause?: unknown } = {}) {
+    super(message, { cause: options.cause });
+    this.frameType = options.frameType;
+  }
+}
+
+const MODE_TO_WIRE: Record<HelperMode, number> = { x: 0, w: 1, rw: 3 };
+const DONE_REASONS: Record<number, GroupDoneReason> = { 1: "budget", 2: "exited", 3: "exec" };
+const LOG_LEVELS: HelperLogLevel[] = ["debug", "info", "warning", "error"];
+const U64_MAX = (1n << 64n) - 1n;
+
+/** DR7 RW encoding of a mode. */
+export function modeToWire(mode: HelperMode): number {
+  const v = MODE_TO_WIRE[mode];
+  if (v === undefined) throw new RangeError(`unknown watch mode ${String(mode)}`);
+  return v;
+}
+
+/** Mode of a DR7 RW encoding (2, I/O, has no mode and is a protocol error). */
+export function modeFromWire(v: number): HelperMode {
+  switch (v) {
+    case 0:
+      return "x";
+    case 1:
+      return "w";
+    case 3:
+      return "rw";
+    default:
+      throw new HelperProtocolError(`unknown mode ${v} in a hit record`);
+  }
+}
+
+/** Appends little-endian fields; sizes are checked when written. */
+class PayloadWriter {
+  private readonly parts: Buffer[] = [];
+
+  u8(v: number): this {
+    const b = Buffer.alloc(1);
+    b.writeUInt8(v);
+    this.parts.push(b);
+    return this;
+  }
+  u16(v: number): this {
+    const b = Buffer.alloc(2);
+    b.writeUInt16LE(v);
+    this.parts.push(b);
+    return this;
+  }
+  u32(v: number): this {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(v);
+    this.parts.push(b);
+    return this;
+  }
+  i32(v: number): this {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    this.parts.push(b);
+    return this;
+  }
+  u64(v: bigint): this {
+    if (v < 0n || v > U64_MAX) throw new RangeError(`${v} does not fit in u64`);
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(v);
+    this.parts.push(b);
+    return this;
+  }
+  pad(n: number): this {
+    this.parts.push(Buffer.alloc(n));
+    return this;
+  }
+  str(s: string): this {
+    const bytes = Buffer.from(s, "utf8");
+    if (bytes.length > 0xffff) throw new RangeError(`string of ${bytes.length} bytes is too long`);
+    this.u16(bytes.length);
+    this.parts.push(bytes);
+    return this;
+  }
+  bytes(b: Buffer): this {
+    this.parts.push(b);
+    return this;
+  }
+  done(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+}
+
+/** Reads little-endian fields of one payload; overruns are protocol errors. */
+export class PayloadReader {
+  private offset = 0;
+
+  constructor(
+    private readonly buf: Buffer,
+    private readonly frameType?: number,
+  ) {}
+
+  private take(n: number): number {
+    if (this.offset + n > this.buf.length) {
+      throw new HelperProtocolError(
+        `payload of ${this.buf.length} bytes ends before a ${n}-byte field at ${this.offset}`,
+        this.frameType === undefined ? {} : { frameType: this.frameType },
+      );
+    }
+    const at = this.offset;
+    this.offset += n;
+    return at;
+  }
+  u8(): number {
+    return this.buf.readUInt8(this.take(1));
+  }
+  u16(): number {
+    return this.buf.readUInt16LE(this.take(2));
+  }
+  u32(): number {
+    return this.buf.readUInt32LE(this.take(4));
+  }
+  i32(): number {
+    return this.buf.readInt32LE(this.take(4));
+  }
+  u64(): bigint {
+    return this.buf.readBigUInt64LE(this.take(8));
+  }
+  skip(n: number): void {
+    this.take(n);
+  }
+  str(): string {
+    const n = this.u16();
+    const at = this.take(n);
+    return this.buf.toString("utf8", at, at + n);
+  }
+}
+
+/** One frame: header (length, type, flags 0, request id) plus payload. */
+export function encodeFrame(type: number, requestId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const length = FRAME_HEADER_BYTES + payload.length;
+  if (length > FRAME_MAX_BYTES) throw new RangeError(`frame of ${length} bytes exceeds ${FRAME_MAX_BYTES}`);
+  const header = Buffer.alloc(FRAME_HEADER_BYTES);
+  header.writeUInt32LE(length, 0);
+  header.writeUInt16LE(type, 4);
+  header.writeUInt16LE(0, 6);
+  header.writeUInt32LE(requestId, 8);
+  return Buffer.concat([header, payload]);
+}
+
+export function encodeResolve(requestId: number, req: ResolveRequest): Buffer {
+  const p = new PayloadWriter().u32(req.pid).u64(req.offset).str(req.name).done();
+  return encodeFrame(MessageType.Resolve, requestId, p);
+}
+
+export function encodeArm(requestId: number, req: ArmRequest): Buffer {
+  const w = new PayloadWriter().u32(req.pid).u64(req.group).u64(req.maxHits).u8(req.chunks.length).pad(3);
+  for (const c of req.chunks) {
+    w.u8(c.dr).u8(modeToWire(c.mode)).u8(c.length).pad(1).u64(c.address);
+  }
+  return encodeFrame(MessageType.Arm, requestId, w.done());
+}
+
+export function encodeDisarm(requestId: number, req: DisarmRequest): Buffer {
+  return encodeFrame(MessageType.Disarm, requestId, new PayloadWriter().u32(req.pid).u64(req.group).done());
+}
+
+export function encodeShutdown(requestId: number): Buffer {
+  return encodeFrame(MessageType.Shutdown, requestId);
+}
+
+export function decodeResolveRequest(payload: Buffer): ResolveRequest {
+  const r = new PayloadReader(payload, MessageType.Resolve);
+  return { pid: r.u32(), offset: r.u64(), name: r.str() };
+}
+
+export function decodeArmRequest(payload: Buffer): ArmRequest {
+  const r = new PayloadReader(payload, MessageType.Arm);
+  const pid = r.u32();
+  const group = r.u64();
+  const maxHits = r.u64();
+  const count = r.u8();
+  r.skip(3);
+  const chunks: HelperChunk[] = [];
+  for (let i = 0; i < count; i++) {
+    const dr = r.u8();
+    const mode = modeFromWire(r.u8());
+    const length = r.u8();
+    r.skip(1);
+    chunks.push({ dr, mode, length, address: r.u64() });
+  }
+  return { pid, group, maxHits, chunks };
+}
+
+export function decodeDisarmRequest(payload: Buffer): DisarmRequest {
+  const r = new PayloadReader(payload, MessageType.Disarm);
+  return { pid: r.u32(), group: r.u64() };
+}
+
+export function encodeHello(hello: HelloPayload): Buffer {
+  const p = new PayloadWriter().u32(hello.protocolVersion).u32(hello.slotsPerThread).str(hello.helperVersion);
+  return encodeFrame(MessageType.Hello, 0, p.done());
+}
+
+export function decodeHello(payload: Buffer): HelloPayload {
+  const r = new PayloadReader(payload, MessageType.Hello);
+  return { protocolVersion: r.u32(), slotsPerThread: r.u32(), helperVersion: r.str() };
+}
+
+export function encodeResolved(requestId: number, s: ResolvedSymbol): Buffer {
+  const p = new PayloadWriter().u64(s.address).u64(s.size).str(s.module).str(s.symbol).done();
+  return encodeFrame(MessageType.Resolved, requestId, p);
+}
+
+export function decodeResolved(payload: Buffer): ResolvedSymbol {
+  const r = new PayloadReader(payload, MessageType.Resolved);
+  return { address: r.u64(), size: r.u64(), module: r.str(), symbol: r.str() };
+}
+
+export function encodeArmed(requestId: number, a: ArmResult): Buffer {
+  const p = new PayloadWriter().u32(a.threadsTotal).u32(a.threadsArmed).u8(a.drMask).pad(3).done();
+  return encodeFrame(MessageType.Armed, requestId, p);
+}
+
+export function decodeArmed(payload: Buffer): ArmResult {
+  const r = new PayloadReader(payload, MessageType.Armed);
+  return { threadsTotal: r.u32(), threadsArmed: r.u32(), drMask: r.u8() };
+}
+
+export function encodeDisarmed(requestId: number, c: GroupCounts): Buffer {
+  const p = new PayloadWriter().u64(c.trapped).u64(c.delivered).u64(c.suppressed).done();
+  return encodeFrame(MessageType.Disarmed, requestId, p);
+}
+
+export function decodeDisarmed(payload: Buffer): GroupCounts {
+  const r = new PayloadReader(payload, MessageType.Disarmed);
+  return { trapped: r.u64(), delivered: r.u64(), suppressed: r.u64() };
+}
+
+export function encodeError(requestId: number, e: ErrorPayload): Buffer {
+  const p = new PayloadWriter().i32(e.errno).str(e.errnoName).str(e.message).done();
+  return encodeFrame(MessageType.Error, requestId, p);
+}
+
+export function decodeError(payload: Buffer): ErrorPayload {
+  const r = new PayloadReader(payload, MessageType.Error);
+  return { errno: r.i32(), errnoName: r.str(), message: r.str() };
+}
+
+/** One 64-byte hit record. */
+export function encodeHitRecord(h: HelperHit): Buffer {
+  return new PayloadWriter()
+    .u64(h.group)
+    .u32(h.pid)
+    .u32(h.tid)
+    .u64(h.ip)
+    .u64(h.address)
+    .u64(h.oldValue)
+    .u64(h.newValue)
+    .u64(h.timeNs)
+    .u8(h.dr)
+    .u8(h.length)
+    .u8(modeToWire(h.mode))
+    .pad(5)
+    .done();
+}
+
+export function decodeHitRecord(buf: Buffer, offset = 0): HelperHit {
+  if (offset + HIT_RECORD_BYTES > buf.length) {
+    throw new HelperProtocolError(`hit record at ${offset} runs past ${buf.length} bytes`, {
+      frameType: MessageType.Hits,
+    });
+  }
+  return {
+    group: buf.readBigUInt64LE(offset),
+    pid: buf.readUInt32LE(offset + 8),
+    tid: buf.readUInt32LE(offset + 12),
+    ip: buf.readBigUInt64LE(offset + 16),
+    address: buf.readBigUInt64LE(offset + 24),
+    oldValue: buf.readBigUInt64LE(offset + 32),
+    newValue: buf.readBigUInt64LE(offset + 40),
+    timeNs: buf.readBigUInt64LE(offset + 48),
+    dr: buf.readUInt8(offset + 56),
+    length: buf.readUInt8(offset + 57),
+    mode: modeFromWire(buf.readUInt8(offset + 58)),
+  };
+}
+
+export function encodeHits(hits: HelperHit[]): Buffer {
+  const head = new PayloadWriter().u32(hits.length).pad(4).done();
+  return encodeFrame(MessageType.Hits, 0, Buffer.concat([head, ...hits.map(encodeHitRecord)]));
+}
+
+export function decodeHits(payload: Buffer): HelperHit[] {
+  const r = new PayloadReader(payload, MessageType.Hits);
+  const count = r.u32();
+  r.skip(4);
+  const expected = 8 + count * HIT_RECORD_BYTES;
+  if (payload.length !== expected) {
+    throw new HelperProtocolError(`HITS of ${count} records needs ${expected} bytes, got ${payload.length}`, {
+      frameType: MessageType.Hits,
+    });
+  }
+  const hits: HelperHit[] = [];
+  for (let i = 0; i < count; i++) hits.push(decodeHitRecord(payload, 8 + i * HIT_RECORD_BYTES));
+  return hits;
+}
+
+export function encodeGroupDone(pid: number, group: bigint, reason: GroupDoneReason, c: GroupCounts): Buffer {
+  const code = Number(Object.entries(DONE_REASONS).find(([, v]) => v === reason)?.[0]);
+  const p = new PayloadWriter()
+    .u32(pid)
+    .u8(code)
+    .pad(3)
+    .u64(group)
+    .u64(c.trapped)
+    .u64(c.delivered)
+    .u64(c.suppressed)
+    .done();
+  return encodeFrame(MessageType.GroupDone, 0, p);
+}
+
+export function encodeTargetExited(pid: number, killed: boolean, code: number): Buffer {
+  const p = new PayloadWriter().u32(pid).u8(killed ? 1 : 0).pad(3).i32(code).done();
+  return encodeFrame(MessageType.TargetExited, 0, p);
+}
+
+export function encodeTargetExec(pid: number): Buffer {
+  return encodeFrame(MessageType.TargetExec, 0, new PayloadWriter().u32(pid).done());
+}
+
+export function encodeLog(level: HelperLogLevel, message: string): Buffer {
+  const p = new PayloadWriter().u8(LOG_LEVELS.indexOf(level)).str(message).done();
+  return encodeFrame(MessageType.Log, 0, p);
+}
+
+/** The event carried by an event frame (request id 0), or undefined for other types. */
+export function decodeEvent(frame: Frame): HelperEvent | undefined {
+  const r = new PayloadReader(frame.payload, frame.type);
+  switch (frame.type) {
+    case MessageType.Hits:
+      return { kind: "hits", hits: decodeHits(frame.payload) };
+    case MessageType.GroupDone: {
+      const pid = r.u32();
+      const code = r.u8();
+      r.skip(3);
+      const group = r.u64();
+      const counts = { trapped: r.u64(), delivered: r.u64(), suppressed: r.u64() };
+      const reason = DONE_REASONS[code];
+      if (reason === undefined) {
+        throw new HelperProtocolError(`unknown GROUP_DONE reason ${code}`, { frameType: frame.type });
+      }
+      return { kind: "group-done", pid, group, reason, counts };
+    }
+    case MessageType.TargetExited: {
+      const pid = r.u32();
+      const killed = r.u8() !== 0;
+      r.skip(3);
+      return { kind: "target-exited", pid, killed, code: r.i32() };
+    }
+    case MessageType.TargetExec:
+      return { kind: "target-exec", pid: r.u32() };
+    case MessageType.Log: {
+      const lvl = r.u8();
+      return { kind: "log", level: LOG_LEVELS[lvl] ?? "error", message: r.str() };
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** Splits a byte stream into frames; keeps partial frames across pushes. */
+export class FrameDecoder {
+  private pending: Buffer = Buffer.alloc(0);
+
+  /** Bytes held that do not yet make a whole frame. */
+  get bufferedBytes(): number {
+    return this.pending.length;
+  }
+
+  push(chunk: Buffer): Frame[] {
+    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    const frames: Frame[] = [];
+    let offset = 0;
+    while (this.pending.length - offset >= FRAME_HEADER_BYTES) {
+      const length = this.pending.readUInt32LE(offset);
+      if (length < FRAME_HEADER_BYTES || length > FRAME_MAX_BYTES) {
+        throw new HelperProtocolError(`frame length ${length} outside ${FRAME_HEADER_BYTES}..${FRAME_MAX_BYTES}`);
+      }
+      if (this.pending.length - offset < length) break;
+      frames.push({
+        type: this.pending.readUInt16LE(offset + 4),
+        flags: this.pending.readUInt16LE(offset + 6),
+        requestId: this.pending.readUInt32LE(offset + 8),
+        // Copy: the payload outlives this decoder's buffer.
+        payload: Buffer.from(this.pending.subarray(offset + FRAME_HEADER_BYTES, offset + length)),
+      });
+      offset += length;
+    }
+    this.pending = offset === 0 ? this.pending : Buffer.from(this.pending.subarray(offset));
+    return frames;
+  }
+}

@@ -1,0 +1,37 @@
+/* Shared definitions of fleetwatch-helper: version, limits and the one
+ * structured error record every failing operation fills in. */
+#ifndef FW_H
+#define FW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define FW_HELPER_VERSION "0.1.0"
+#define FW_PROTOCOL_VERSION 1u
+#define FW_SLOTS_PER_THREAD 4u
+
+/* Fixed-size tables keep the hot path free of malloc. */
+#define FW_MAX_PROCS 64
+#define FW_MAX_THREADS 4096
+
+/* How long stop-the-world may wait for every thread of one process. */
+#define FW_STOP_DEADLINE_MS 5000
+
+/* What went wrong: an errno plus a sentence naming what was attempted. */
+struct fw_error {
+	int err;
+	char msg[512];
+};
+
+void fw_error_set(struct fw_error *e, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* "ESRCH", "EPERM", ... for an errno value (never NULL). */
+const char *fw_errno_name(int err);
+
+/* Milliseconds on CLOCK_MONOTONIC. */
+int64_t fw_now_ms(void);
+
+#endif

@@ -1,0 +1,305 @@
+/* fleetwatch-helper: owns the debug registers of the processes the agent
+ * names. One thread, one poll() loop over stdin (requests) and a signalfd
+ * (tracee stops, termination). Every way out disarms and detaches first. */
+#include "fw.h"
+#include "resolve.h"
+#include "tracer.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#define IN_CAPACITY (FW_FRAME_MAX + 65536u)
+#define NAME_MAX_BYTES 1024
+
+static uint8_t in_buf[IN_CAPACITY];
+static size_t in_len;
+static bool stdin_closed;
+static bool shutdown_requested;
+
+static const int fatal_signals[] = { SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL };
+static char alt_stack[64 * 1024];
+
+static void on_fatal_signal(int sig)
+{
+	tracer_emergency_detach();
+	raise(sig); /* SA_RESETHAND: the default action now */
+}
+
+static int install_fatal_handlers(void)
+{
+	stack_t ss = { .ss_sp = alt_stack, .ss_size = sizeof alt_stack, .ss_flags = 0 };
+	struct sigaction sa;
+
+	if (sigaltstack(&ss, NULL) == -1)
+		return -1;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_fatal_signal;
+	sa.sa_flags = SA_ONSTACK | SA_RESETHAND | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof fatal_signals / sizeof fatal_signals[0]; i++)
+		if (sigaction(fatal_signals[i], &sa, NULL) == -1)
+			return -1;
+	return 0;
+}
+
+/* SIGCHLD and the terminating signals arrive through a signalfd. */
+static int setup_signals(void)
+{
+	sigset_t set;
+	int fd;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) == -1)
+		return -1;
+	fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	/* A vanished agent shows as EPIPE from write(), not a signal. */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		return -1;
+	return fd;
+}
+
+static void send_hello(void)
+{
+	out_frame_begin(FW_MSG_HELLO, 0);
+	out_u32(FW_PROTOCOL_VERSION);
+	out_u32(FW_SLOTS_PER_THREAD);
+	out_str(FW_HELPER_VERSION);
+	out_frame_end();
+	out_flush();
+}
+
+static void malformed(uint32_t request_id, const char *what)
+{
+	struct fw_error e;
+
+	fw_error_set(&e, EINVAL, "malformed %s request", what);
+	out_error(request_id, &e);
+}
+
+static void handle_resolve(uint32_t id, struct fw_reader *r)
+{
+	static struct fw_resolved res;
+	char name[NAME_MAX_BYTES];
+	struct fw_error e;
+	pid_t pid = (pid_t)rd_u32(r);
+	uint64_t offset = rd_u64(r);
+
+	rd_str(r, name, sizeof name);
+	if (r->bad) {
+		malformed(id, "RESOLVE");
+		return;
+	}
+	if (fw_resolve(pid, name, offset, &res, &e) == -1) {
+		out_error(id, &e);
+		return;
+	}
+	out_frame_begin(FW_MSG_RESOLVED, id);
+	out_u64(res.address);
+	out_u64(res.size);
+	out_str(res.module);
+	out_str(res.symbol);
+	out_frame_end();
+}
+
+static void handle_arm(uint32_t id, struct fw_reader *r)
+{
+	struct fw_chunk chunks[FW_SLOTS_PER_THREAD];
+	struct fw_arm_result res;
+	struct fw_error e;
+	pid_t pid = (pid_t)rd_u32(r);
+	uint64_t group = rd_u64(r);
+	uint64_t max_hits = rd_u64(r);
+	unsigned count = rd_u8(r);
+
+	rd_skip(r, 3);
+	if (!r->bad && (count < 1 || count > FW_SLOTS_PER_THREAD)) {
+		fw_error_set(&e, EINVAL, "ARM pid %d: %u chunks (must be 1-4)", (int)pid, count);
+		out_error(id, &e);
+		return;
+	}
+	for (unsigned i = 0; i < count && !r->bad; i++) {
+		chunks[i].dr = rd_u8(r);
+		chunks[i].mode = rd_u8(r);
+		chunks[i].length = rd_u8(r);
+		rd_skip(r, 1);
+		chunks[i].address = rd_u64(r);
+	}
+	if (r->bad) {
+		malformed(id, "ARM");
+		return;
+	}
+	if (tracer_arm(pid, group, max_hits, chunks, count, &res, &e) == -1) {
+		out_error(id, &e);
+		return;
+	}
+	out_frame_begin(FW_MSG_ARMED, id);
+	out_u32(res.threads_total);
+	out_u32(res.threads_armed);
+	out_u8(res.dr_mask);
+	out_pad(3);
+	out_frame_end();
+}
+
+static void handle_disarm(uint32_t id, struct fw_reader *r)
+{
+	struct fw_counts c;
+	struct fw_error e;
+	pid_t pid = (pid_t)rd_u32(r);
+	uint64_t group = rd_u64(r);
+
+	if (r->bad) {
+		malformed(id, "DISARM");
+		return;
+	}
+	if (tracer_disarm(pid, group, &c, &e) == -1) {
+		out_error(id, &e);
+		return;
+	}
+	out_frame_begin(FW_MSG_DISARMED, id);
+	out_u64(c.trapped);
+	out_u64(c.delivered);
+	out_u64(c.suppressed);
+	out_frame_end();
+}
+
+static void handle_request(uint16_t type, uint32_t id, struct fw_reader *r)
+{
+	struct fw_error e;
+
+	switch (type) {
+	case FW_MSG_RESOLVE:
+		handle_resolve(id, r);
+		break;
+	case FW_MSG_ARM:
+		handle_arm(id, r);
+		break;
+	case FW_MSG_DISARM:
+		handle_disarm(id, r);
+		break;
+	case FW_MSG_SHUTDOWN:
+		tracer_detach_all();
+		out_frame_begin(FW_MSG_SHUTDOWN_OK, id);
+		out_frame_end();
+		shutdown_requested = true;
+		break;
+	default:
+		fw_error_set(&e, EINVAL, "unknown request type 0x%04x", type);
+		out_error(id, &e);
+		break;
+	}
+	out_flush();
+}
+
+/* Reads what stdin has and handles every complete frame. -1: protocol broken. */
+static int read_requests(void)
+{
+	ssize_t n = read(STDIN_FILENO, in_buf + in_len, sizeof in_buf - in_len);
+	size_t off = 0;
+
+	if (n < 0)
+		return errno == EINTR || errno == EAGAIN ? 0 : -1;
+	if (n == 0) {
+		stdin_closed = true;
+		return 0;
+	}
+	in_len += (size_t)n;
+	while (in_len - off >= FW_FRAME_HEADER && !shutdown_requested) {
+		const uint8_t *h = in_buf + off;
+		uint32_t len = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+			       (uint32_t)h[3] << 24;
+		uint16_t type = (uint16_t)(h[4] | h[5] << 8);
+		uint32_t id = (uint32_t)h[8] | (uint32_t)h[9] << 8 | (uint32_t)h[10] << 16 |
+			      (uint32_t)h[11] << 24;
+		struct fw_reader r;
+
+		if (len < FW_FRAME_HEADER || len > FW_FRAME_MAX) {
+			out_log(FW_LOG_ERROR, "protocol error: frame length %u", len);
+			return -1;
+		}
+		if (in_len - off < len)
+			break;
+		r = (struct fw_reader){ .p = h + FW_FRAME_HEADER, .len = len - FW_FRAME_HEADER };
+		handle_request(type, id, &r);
+		off += len;
+	}
+	memmove(in_buf, in_buf + off, in_len - off);
+	in_len -= off;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	pid_t parent = getppid();
+	struct pollfd fds[2];
+	int sfd, exit_code = 0;
+
+	if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+		printf("fleetwatch-helper %s (protocol %u)\n", FW_HELPER_VERSION, FW_PROTOCOL_VERSION);
+		return 0;
+	}
+	if (argc > 1) {
+		fprintf(stderr, "usage: %s [--version]  (speaks the protocol on stdin/stdout)\n",
+			argv[0]);
+		return 2;
+	}
+	/* If the agent dies, we get SIGTERM and disarm. */
+	if (prctl(PR_SET_PDEATHSIG, SIGTERM) == -1) {
+		perror("fleetwatch-helper: prctl(PR_SET_PDEATHSIG)");
+		return 1;
+	}
+	if (getppid() != parent) {
+		fprintf(stderr, "fleetwatch-helper: parent exited before start\n");
+		return 1;
+	}
+	sfd = setup_signals();
+	if (sfd < 0 || install_fatal_handlers() == -1) {
+		perror("fleetwatch-helper: signal setup");
+		return 1;
+	}
+	tracer_init(sfd);
+	out_init(STDOUT_FILENO);
+	send_hello();
+
+	fds[0] = (struct pollfd){ .fd = STDIN_FILENO, .events = POLLIN };
+	fds[1] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+	for (;;) {
+		tracer_process_pending();
+		out_flush();
+		if (shutdown_requested || stdin_closed || out_broken() ||
+		    tracer_terminate_requested())
+			break;
+		if (poll(fds, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			perror("fleetwatch-helper: poll");
+			exit_code = 1;
+			break;
+		}
+		if (fds[1].revents & POLLIN)
+			tracer_on_signals();
+		if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			if (read_requests() == -1) {
+				exit_code = 1;
+				break;
+			}
+		}
+	}
+	tracer_detach_all();
+	out_flush();
+	return exit_code;
+}

@@ -1,0 +1,1527 @@
+/* ptrace state machine of the helper: fixed tables of attached processes and
+ * threads, classification of every stop, hit records, and the stop-the-world
+ * operations (arm, disarm, budget retirement, detach). One function applies a
+ * process's register mirror to a stopped thread; everything else computes. */
+#include "tracer.h"
+
+#include "dregs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/signalfd.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TID_HASH_SIZE 8192 /* power of two, twice FW_MAX_THREADS */
+#define ATTACH_MAX_ROUNDS 1000
+#define ZOMBIE_SCAN_MS 20
+#define DRAIN_MAX_ROUNDS 16
+#define DETACH_ALL_GRACE_MS 2000
+#define SEIZE_OPTIONS (PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC)
+
+enum thread_state {
+	TS_FREE = 0,
+	TS_RUNNING, /* resumed by us (or listening in group-stop) */
+	TS_STOPPED, /* in a ptrace stop we have reaped */
+	TS_NEW,     /* auto-attached clone whose first stop has not arrived */
+	TS_ZOMBIE,  /* dead but not reapable yet (a leader with live threads) */
+};
+
+enum resume_kind {
+	RESUME_CONT = 0,
+	RESUME_LISTEN, /* group-stop: keep job control working */
+};
+
+struct thread {
+	pid_t tid;
+	int16_t proc;
+	uint8_t state;
+	uint8_t resume;
+	int resume_sig;
+	uint8_t touched; /* DR0-3 written on this thread */
+	bool dirty;      /* the mirror must be applied before it runs again */
+};
+
+struct group {
+	bool used;
+	bool done; /* budget reached: delivered no more, registers being cleared */
+	uint64_t id;
+	uint8_t dr_mask;
+	uint64_t max_hits;
+	struct fw_counts counts;
+};
+
+struct proc {
+	bool used;
+	pid_t pid;
+	uint64_t serial;
+	bool hold;           /* keep every thread stopped when it stops */
+	bool retire_pending; /* a group reached its budget */
+	bool detach_pending; /* detach threads that stop later (stop deadline passed) */
+	int nthreads;
+	struct dr_mirror mirror;
+	int slot_group[DR_SLOTS]; /* owner group index of an active slot */
+	bool slot_retired[DR_SLOTS];
+	uint64_t slot_retired_group[DR_SLOTS]; /* late traps count as its suppressed */
+	uint8_t known_mask;                    /* slots we ever enabled on this process */
+	uint64_t last_value[DR_SLOTS];
+	struct group groups[DR_SLOTS];
+	bool have_leader_status;
+	int leader_status;
+	int last_status;
+};
+
+static struct thread threads[FW_MAX_THREADS];
+static int32_t tid_hash[TID_HASH_SIZE];
+static int thread_cursor;
+static struct proc procs[FW_MAX_PROCS];
+static uint64_t proc_serial;
+static int sig_fd = -1;
+static bool terminate_requested;
+
+/* ---- tables ---- */
+
+static unsigned tid_home(pid_t tid)
+{
+	return ((uint32_t)tid * 2654435761u) & (TID_HASH_SIZE - 1);
+}
+
+static int thread_find(pid_t tid)
+{
+	for (unsigned i = tid_home(tid);; i = (i + 1) & (TID_HASH_SIZE - 1)) {
+		int32_t ti = tid_hash[i];
+
+		if (ti < 0)
+			return -1;
+		if (threads[ti].tid == tid)
+			return ti;
+	}
+}
+
+static int thread_add(pid_t tid, int pi, enum thread_state state)
+{
+	int ti = -1;
+	unsigned h;
+
+	for (int n = 0; n < FW_MAX_THREADS; n++) {
+		int c = (thread_cursor + n) % FW_MAX_THREADS;
+
+		if (threads[c].state == TS_FREE) {
+			ti = c;
+			break;
+		}
+	}
+	if (ti < 0)
+		return -1;
+	thread_cursor = (ti + 1) % FW_MAX_THREADS;
+	memset(&threads[ti], 0, sizeof threads[ti]);
+	threads[ti].tid = tid;
+	threads[ti].proc = (int16_t)pi;
+	threads[ti].state = (uint8_t)state;
+	threads[ti].dirty = true;
+	for (h = tid_home(tid); tid_hash[h] >= 0; h = (h + 1) & (TID_HASH_SIZE - 1))
+		;
+	tid_hash[h] = ti;
+	procs[pi].nthreads++;
+	return ti;
+}
+
+/* Removes a thread; backward-shift deletion keeps the probe chains intact. */
+static void thread_drop(int ti)
+{
+	unsigned mask = TID_HASH_SIZE - 1;
+	unsigned i = tid_home(threads[ti].tid);
+
+	while (tid_hash[i] != ti)
+		i = (i + 1) & mask;
+	tid_hash[i] = -1;
+	for (unsigned j = (i + 1) & mask; tid_hash[j] >= 0; j = (j + 1) & mask) {
+		unsigned k = tid_home(threads[tid_hash[j]].tid);
+		bool stays = (i <= j) ? (i < k && k <= j) : (i < k || k <= j);
+
+		if (!stays) {
+			tid_hash[i] = tid_hash[j];
+			tid_hash[j] = -1;
+			i = j;
+		}
+	}
+	procs[threads[ti].proc].nthreads--;
+	threads[ti].state = TS_FREE;
+	threads[ti].tid = 0;
+}
+
+static int proc_find(pid_t pid)
+{
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++)
+		if (procs[pi].used && procs[pi].pid == pid)
+			return pi;
+	return -1;
+}
+
+static bool proc_alive(int pi, uint64_t serial)
+{
+	return procs[pi].used && procs[pi].serial == serial;
+}
+
+static int proc_alloc(pid_t pid)
+{
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++) {
+		if (!procs[pi].used) {
+			memset(&procs[pi], 0, sizeof procs[pi]);
+			procs[pi].used = true;
+			procs[pi].pid = pid;
+			procs[pi].serial = ++proc_serial;
+			for (int s = 0; s < DR_SLOTS; s++)
+				procs[pi].slot_group[s] = -1;
+			return pi;
+		}
+	}
+	return -1;
+}
+
+/* Forgets a process and every thread still listed for it. */
+static void proc_free(int pi)
+{
+	for (int ti = 0; ti < FW_MAX_THREADS; ti++)
+		if (threads[ti].state != TS_FREE && threads[ti].proc == pi)
+			thread_drop(ti);
+	procs[pi].used = false;
+}
+
+static int group_count(const struct proc *p)
+{
+	int n = 0;
+
+	for (int g = 0; g < DR_SLOTS; g++)
+		n += p->groups[g].used;
+	return n;
+}
+
+static int group_find(const struct proc *p, uint64_t id)
+{
+	for (int g = 0; g < DR_SLOTS; g++)
+		if (p->groups[g].used && p->groups[g].id == id)
+			return g;
+	return -1;
+}
+
+#define FOR_EACH_THREAD(ti, pi)                        \
+	for (int ti = 0; ti < FW_MAX_THREADS; ti++)    \
+		if (threads[ti].state != TS_FREE && threads[ti].proc == (pi))
+
+/* ---- /proc helpers ---- */
+
+static ssize_t read_small_file(const char *path, char *buf, size_t cap)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, cap - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = '\0';
+	return n;
+}
+
+/* A numeric field of /proc/PID/status ("Tgid:", "TracerPid:"); -1 if absent. */
+static long status_field(pid_t pid, const char *field)
+{
+	char path[64], buf[4096];
+	size_t flen = strlen(field);
+
+	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+	if (read_small_file(path, buf, sizeof buf) < 0)
+		return -1;
+	for (char *line = buf; line && *line; line = strchr(line, '\n')) {
+		if (*line == '\n')
+			line++;
+		if (strncmp(line, field, flen) == 0)
+			return strtol(line + flen, NULL, 10);
+	}
+	return -1;
+}
+
+static void read_comm(pid_t pid, char *buf, size_t cap)
+{
+	char path[64];
+	ssize_t n;
+
+	snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+	n = read_small_file(path, buf, cap);
+	if (n <= 0) {
+		snprintf(buf, cap, "?");
+		return;
+	}
+	if (buf[n - 1] == '\n')
+		buf[n - 1] = '\0';
+}
+
+/* Scheduler state letter of one thread ('R', 'S', 't', 'Z', ...); 0 if gone. */
+static char thread_state_letter(pid_t pid, pid_t tid)
+{
+	char path[96], buf[1024];
+	char *close_paren;
+
+	snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
+	if (read_small_file(path, buf, sizeof buf) < 0)
+		return 0;
+	close_paren = strrchr(buf, ')');
+	if (!close_paren || close_paren[1] == '\0')
+		return 0;
+	return close_paren[2];
+}
+
+/* ---- registers: the only code that writes debug registers ---- */
+
+static size_t dr_offset(int index)
+{
+	return offsetof(struct user, u_debugreg[index]);
+}
+
+static const char *poke_hint(int err)
+{
+	switch (err) {
+	case ENOSPC:
+		return "no free debug register slot (held by perf or another debugger)";
+	case EINVAL:
+		return "the kernel rejected the value";
+	case EPERM:
+		return "not permitted";
+	case ESRCH:
+		return "thread is not stopped or is gone";
+	default:
+		return strerror(err);
+	}
+}
+
+static int poke_dr(pid_t tid, int index, uint64_t value, struct fw_error *e)
+{
+	if (ptrace(PTRACE_POKEUSER, tid, (void *)dr_offset(index), (void *)value) == -1) {
+		int err = errno;
+
+		fw_error_set(e, err, "POKEUSER DR%d=0x%llx on tid %d: %s", index,
+			     (unsigned long long)value, (int)tid, poke_hint(err));
+		return -1;
+	}
+	return 0;
+}
+
+static int peek_dr(pid_t tid, int index, uint64_t *value, struct fw_error *e)
+{
+	long v;
+
+	errno = 0;
+	v = ptrace(PTRACE_PEEKUSER, tid, (void *)dr_offset(index), NULL);
+	if (errno != 0) {
+		int err = errno;
+
+		fw_error_set(e, err, "PEEKUSER DR%d on tid %d: %s", index, (int)tid, strerror(err));
+		return -1;
+	}
+	*value = (uint64_t)v;
+	return 0;
+}
+
+/* The one function that writes debug registers of a traced thread: applies
+ * mirror m to a stopped thread. DR7 = 0 first, then the addresses (slots we
+ * wrote before and m no longer uses get 0), then DR7. Verified by reading the
+ * addresses back; DR7 only when it must be 0 (a new thread's DR7 read-back is
+ * its parent's value until written). Detach applies an empty mirror. */
+static int thread_apply(struct thread *t, const struct dr_mirror *m, struct fw_error *e)
+{
+	uint64_t dr7 = dr7_encode(m), back;
+	uint8_t written = 0;
+
+	if (poke_dr(t->tid, DR_CONTROL, 0, e) == -1)
+		return -1;
+	for (int i = 0; i < DR_SLOTS; i++) {
+		uint64_t address = m->slot[i].used ? m->slot[i].address : 0;
+
+		if (!m->slot[i].used && !(t->touched & (1u << i)))
+			continue; /* never written: leave the kernel slot unreserved */
+		if (poke_dr(t->tid, i, address, e) == -1)
+			return -1;
+		t->touched |= (uint8_t)(1u << i);
+		written |= (uint8_t)(1u << i);
+	}
+	if (dr7 != 0 && poke_dr(t->tid, DR_CONTROL, dr7, e) == -1)
+		return -1;
+	for (int i = 0; i < DR_SLOTS; i++) {
+		uint64_t want = m->slot[i].used ? m->slot[i].address : 0;
+
+		if (!(written & (1u << i)))
+			continue;
+		if (peek_dr(t->tid, i, &back, e) == -1)
+			return -1;
+		if (back != want) {
+			fw_error_set(e, EIO, "DR%d on tid %d reads 0x%llx after writing 0x%llx", i,
+				     (int)t->tid, (unsigned long long)back, (unsigned long long)want);
+			return -1;
+		}
+	}
+	if (dr7 == 0) {
+		if (peek_dr(t->tid, DR_CONTROL, &back, e) == -1)
+			return -1;
+		if (back != 0) {
+			fw_error_set(e, EIO, "DR7 on tid %d reads 0x%llx after clearing", (int)t->tid,
+				     (unsigned long long)back);
+			return -1;
+		}
+	}
+	t->dirty = false;
+	return 0;
+}
+
+/* Disarms one stopped thread for detach. */
+static int thread_clear(struct thread *t, struct fw_error *e)
+{
+	static const struct dr_mirror empty;
+
+	return thread_apply(t, &empty, e);
+}
+
+/* ---- resuming and detaching one thread ---- */
+
+static void thread_resume(int ti)
+{
+	struct thread *t = &threads[ti];
+	long r;
+
+	if (t->resume == RESUME_LISTEN) {
+		r = ptrace(PTRACE_LISTEN, t->tid, NULL, NULL);
+		if (r == -1 && errno != ESRCH)
+			r = ptrace(PTRACE_CONT, t->tid, NULL, NULL);
+	} else {
+		r = ptrace(PTRACE_CONT, t->tid, NULL, (void *)(long)t->resume_sig);
+	}
+	if (r == -1 && errno != ESRCH)
+		out_log(FW_LOG_WARNING, "resuming tid %d: %s", (int)t->tid, strerror(errno));
+	/* ESRCH: killed while stopped; its exit status follows. */
+	t->state = TS_RUNNING;
+	t->resume = RESUME_CONT;
+	t->resume_sig = 0;
+}
+
+static int detach_signal(const struct thread *t)
+{
+	return t->resume == RESUME_LISTEN ? 0 : t->resume_sig;
+}
+
+/* True if a hardware-breakpoint SIGTRAP is queued on the thread: it must be
+ * consumed while we are still the tracer, or it kills the process later. */
+static bool has_queued_hw_trap(pid_t tid)
+{
+	siginfo_t si[16];
+	struct __ptrace_peeksiginfo_args args = { .off = 0, .flags = 0, .nr = 16 };
+
+	for (int round = 0; round < 64; round++) {
+		long n = ptrace(PTRACE_PEEKSIGINFO, tid, &args, si);
+
+		if (n <= 0)
+			return false;
+		for (long i = 0; i < n; i++)
+			if (si[i].si_signo == SIGTRAP && si[i].si_code == TRAP_HWBKPT)
+				return true;
+		if (n < (long)args.nr)
+			return false;
+		args.off += (uint64_t)n;
+	}
+	return false;
+}
+
+static void thread_detach(int ti)
+{
+	struct thread *t = &threads[ti];
+
+	if (ptrace(PTRACE_DETACH, t->tid, NULL, (void *)(long)detach_signal(t)) == -1 &&
+	    errno != ESRCH)
+		out_log(FW_LOG_WARNING, "PTRACE_DETACH tid %d: %s", (int)t->tid, strerror(errno));
+	thread_drop(ti);
+}
+
+/* ---- events of one process ---- */
+
+static void proc_finish_exit(int pi)
+{
+	struct proc *p = &procs[pi];
+	int st = p->have_leader_status ? p->leader_status : p->last_status;
+
+	for (int g = 0; g < DR_SLOTS; g++) {
+		struct group *gr = &p->groups[g];
+
+		if (gr->used)
+			out_group_done(p->pid, gr->done ? FW_DONE_BUDGET : FW_DONE_EXITED, gr->id,
+				       &gr->counts);
+	}
+	if (WIFSIGNALED(st))
+		out_target_exited(p->pid, true, WTERMSIG(st));
+	else
+		out_target_exited(p->pid, false, WEXITSTATUS(st));
+	proc_free(pi);
+}
+
+static void on_thread_exit(int ti, int status)
+{
+	int pi = threads[ti].proc;
+	struct proc *p = &procs[pi];
+
+	if (threads[ti].tid == p->pid) {
+		p->have_leader_status = true;
+		p->leader_status = status;
+	}
+	p->last_status = status;
+	thread_drop(ti);
+	if (p->nthreads == 0)
+		proc_finish_exit(pi);
+}
+
+/* execve replaced the address space: the kernel has cleared the registers,
+ * our watches mean nothing there. Report and let the new program go. */
+static void on_exec(int ti)
+{
+	int pi = threads[ti].proc;
+	struct proc *p = &procs[pi];
+	struct fw_error e;
+
+	for (int g = 0; g < DR_SLOTS; g++)
+		if (p->groups[g].used)
+			out_group_done(p->pid, FW_DONE_EXEC, p->groups[g].id, &p->groups[g].counts);
+	out_target_exec(p->pid);
+	/* DR7 = 0 registers nothing; never write addresses here (that would
+	 * reserve a slot in the new program). */
+	if (poke_dr(threads[ti].tid, DR_CONTROL, 0, &e) == -1)
+		out_log(FW_LOG_DEBUG, "%s", e.msg);
+	threads[ti].resume_sig = 0;
+	threads[ti].resume = RESUME_CONT;
+	thread_detach(ti);
+	/* Other threads died in the exec; their exit statuses are ignored. */
+	proc_free(pi);
+}
+
+static uint64_t read_chunk_value(pid_t tid, uint64_t address, unsigned length)
+{
+	uint64_t base = address & ~UINT64_C(7);
+	unsigned shift = (unsigned)(address - base) * 8;
+	long word;
+
+	errno = 0;
+	word = ptrace(PTRACE_PEEKDATA, tid, (void *)base, NULL);
+	if (errno != 0)
+		return 0;
+	uint64_t v = (uint64_t)word >> shift;
+	if (length < 8)
+		v &= (UINT64_C(1) << (length * 8)) - 1;
+	return v;
+}
+
+/* SIGTRAP signal-delivery-stop: ours if DR6 names a slot we ever enabled. */
+static void on_trap(int ti)
+{
+	struct thread *t = &threads[ti];
+	struct proc *p = &procs[t->proc];
+	struct fw_error e;
+	struct user_regs_struct regs;
+	struct timespec now;
+	uint64_t dr6, ip = 0;
+	uint8_t fired;
+
+	if (peek_dr(t->tid, DR_STATUS, &dr6, &e) == -1) {
+		/* Only ESRCH is possible on a stopped tracee: it is dying. */
+		t->resume_sig = 0;
+		return;
+	}
+	fired = dr6_fired(dr6, p->known_mask);
+	if (fired == 0) {
+		t->resume_sig = SIGTRAP; /* the program's own: re-inject */
+		return;
+	}
+	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == 0)
+		ip = regs.rip;
+	clock_gettime(CLOCK_REALTIME, &now);
+	for (int s = 0; s < DR_SLOTS; s++) {
+		if (!(fired & (1u << s)))
+			continue;
+		if (p->mirror.slot[s].used && p->slot_group[s] >= 0) {
+			struct group *g = &p->groups[p->slot_group[s]];
+			const struct dr_slot *slot = &p->mirror.slot[s];
+			struct fw_hit hit;
+
+			g->counts.trapped++;
+			if (g->done) {
+				g->counts.suppressed++;
+				continue;
+			}
+			hit.group = g->id;
+			hit.pid = (uint32_t)p->pid;
+			hit.tid = (uint32_t)t->tid;
+			hit.ip = ip;
+			hit.address = slot->address;
+			hit.old_value = p->last_value[s];
+			hit.new_value = read_chunk_value(t->tid, slot->address, slot->length);
+			hit.time_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+			hit.dr = (uint8_t)s;
+			hit.length = slot->length;
+			hit.mode = slot->mode;
+			p->last_value[s] = hit.new_value;
+			out_hit(&hit);
+			g->counts.delivered++;
+			if (g->max_hits != 0 && g->counts.delivered >= g->max_hits) {
+				g->done = true;
+				p->retire_pending = true;
+				p->hold = true; /* keep this thread stopped: the world stops next */
+			}
+		} else if (p->slot_retired[s]) {
+			int g = group_find(p, p->slot_retired_group[s]);
+
+			if (g >= 0) {
+				p->groups[g].counts.trapped++;
+				p->groups[g].counts.suppressed++;
+			}
+		}
+	}
+	if (poke_dr(t->tid, DR_STATUS, 0, &e) == -1 && e.err != ESRCH)
+		out_log(FW_LOG_WARNING, "%s", e.msg);
+	t->resume_sig = 0;
+}
+
+static void on_clone(int ti)
+{
+	struct thread *t = &threads[ti];
+	unsigned long msg = 0;
+	pid_t child;
+
+	if (ptrace(PTRACE_GETEVENTMSG, t->tid, NULL, &msg) == -1)
+		return;
+	child = (pid_t)msg;
+	if (child <= 0 || thread_find(child) >= 0)
+		return; /* its own first stop came first */
+	/* A clone without CLONE_THREAD is a new process: not ours. It is
+	 * detached when it stops (see adopt_unknown). */
+	if (status_field(child, "Tgid:") != procs[t->proc].pid)
+		return;
+	if (thread_add(child, t->proc, TS_NEW) < 0)
+		out_log(FW_LOG_ERROR, "thread table full (%d): new thread %d of pid %d not watched",
+			FW_MAX_THREADS, (int)child, (int)procs[t->proc].pid);
+}
+
+/* A stop from a tid we do not know: a new thread whose first stop overtook
+ * its parent's clone event, or something not ours that must be let go. */
+static int adopt_unknown(pid_t tid, int status)
+{
+	long tgid = status_field(tid, "Tgid:");
+	int pi = tgid > 0 ? proc_find((pid_t)tgid) : -1;
+	int ti = -1;
+
+	if (pi >= 0) {
+		ti = thread_add(tid, pi, TS_STOPPED);
+		if (ti < 0)
+			out_log(FW_LOG_ERROR,
+				"thread table full (%d): new thread %d of pid %d not watched",
+				FW_MAX_THREADS, (int)tid, (int)tgid);
+	}
+	if (ti < 0) {
+		/* New tasks do not inherit debug registers; DR7 = 0 only to be sure. */
+		int sig = (status >> 16) == 0 ? WSTOPSIG(status) : 0;
+
+		ptrace(PTRACE_POKEUSER, tid, (void *)dr_offset(DR_CONTROL), NULL);
+		ptrace(PTRACE_DETACH, tid, NULL, (void *)(long)sig);
+	}
+	return ti;
+}
+
+static bool is_stop_signal(int sig)
+{
+	return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
+/* A thread of a process whose detach passed its deadline finally stopped. */
+static void detach_straggler(int ti)
+{
+	struct thread *t = &threads[ti];
+	int pi = t->proc;
+	struct fw_error e;
+
+	if (thread_clear(t, &e) == -1)
+		out_log(FW_LOG_WARNING, "late detach: %s", e.msg);
+	if (has_queued_hw_trap(t->tid)) {
+		/* Let it take the trap while we still trace it; back here next stop. */
+		ptrace(PTRACE_CONT, t->tid, NULL, (void *)(long)detach_signal(t));
+		t->state = TS_RUNNING;
+		t->resume_sig = 0;
+		t->resume = RESUME_CONT;
+		return;
+	}
+	thread_detach(ti);
+	if (procs[pi].nthreads == 0)
+		proc_free(pi);
+}
+
+/* What to do with a stopped thread after classification. */
+static void settle(int ti)
+{
+	struct thread *t = &threads[ti];
+	struct proc *p = &procs[t->proc];
+	struct fw_error e;
+
+	if (p->detach_pending) {
+		detach_straggler(ti);
+		return;
+	}
+	if (p->hold)
+		return;
+	if (t->dirty && thread_apply(t, &p->mirror, &e) == -1 && e.err != ESRCH)
+		out_log(FW_LOG_ERROR, "arming new thread %d of pid %d: %s (%s)", (int)t->tid,
+			(int)p->pid, e.msg, fw_errno_name(e.err));
+	thread_resume(ti);
+}
+
+static void on_status(pid_t tid, int status)
+{
+	int ti = thread_find(tid);
+	int sig, event;
+	struct thread *t;
+
+	if (WIFEXITED(status) || WIFSIGNALED(status)) {
+		if (ti >= 0)
+			on_thread_exit(ti, status);
+		return;
+	}
+	if (!WIFSTOPPED(status))
+		return;
+	if (ti < 0) {
+		ti = adopt_unknown(tid, status);
+		if (ti < 0)
+			return;
+	}
+	t = &threads[ti];
+	sig = WSTOPSIG(status);
+	event = status >> 16;
+	t->state = TS_STOPPED;
+	t->resume = RESUME_CONT;
+	t->resume_sig = 0;
+	switch (event) {
+	case 0: /* signal-delivery-stop */
+		if (sig == SIGTRAP)
+			on_trap(ti);
+		else
+			t->resume_sig = sig;
+		break;
+	case PTRACE_EVENT_STOP:
+		/* Group-stop (a stop signal) or interrupt / first stop (SIGTRAP). */
+		if (is_stop_signal(sig))
+			t->resume = RESUME_LISTEN;
+		break;
+	case PTRACE_EVENT_CLONE:
+		on_clone(ti);
+		break;
+	case PTRACE_EVENT_EXEC:
+		on_exec(ti);
+		return;
+	default:
+		break;
+	}
+	settle(ti);
+}
+
+/* ---- waiting ---- */
+
+static void read_signals(void)
+{
+	struct signalfd_siginfo si[16];
+
+	for (;;) {
+		ssize_t n = read(sig_fd, si, sizeof si);
+
+		if (n <= 0)
+			return;
+		for (size_t i = 0; i < (size_t)n / sizeof si[0]; i++)
+			if (si[i].ssi_signo != SIGCHLD)
+				terminate_requested = true;
+	}
+}
+
+/* Handles every stop waitpid has; flushes events when it has no more. */
+static int wait_drain(void)
+{
+	int handled = 0;
+
+	for (;;) {
+		int status;
+		pid_t tid = waitpid(-1, &status, __WALL | WNOHANG);
+
+		if (tid <= 0)
+			break;
+		on_status(tid, status);
+		handled++;
+		if (out_pending() >= FW_OUT_FLUSH_THRESHOLD)
+			out_flush();
+	}
+	if (out_pending() > 0)
+		out_flush();
+	return handled;
+}
+
+static int wait_once(int timeout_ms)
+{
+	struct pollfd pfd = { .fd = sig_fd, .events = POLLIN };
+
+	if (poll(&pfd, 1, timeout_ms) > 0)
+		read_signals();
+	return wait_drain();
+}
+
+static void zombie_scan(int pi)
+{
+	FOR_EACH_THREAD(ti, pi)
+	{
+		char st;
+
+		if (threads[ti].state != TS_RUNNING && threads[ti].state != TS_NEW)
+			continue;
+		st = thread_state_letter(procs[pi].pid, threads[ti].tid);
+		if (st == 0 || st == 'Z' || st == 'X')
+			threads[ti].state = TS_ZOMBIE;
+	}
+}
+
+static int first_unstopped(int pi)
+{
+	FOR_EACH_THREAD(ti, pi)
+	if (threads[ti].state == TS_RUNNING || threads[ti].state == TS_NEW)
+		return ti;
+	return -1;
+}
+
+/* Waits, handling every stop of every process, until each thread of pi is
+ * stopped (held) or dead. */
+static int world_wait(int pi, struct fw_error *e)
+{
+	pid_t pid = procs[pi].pid;
+	uint64_t serial = procs[pi].serial;
+	int64_t deadline = fw_now_ms() + FW_STOP_DEADLINE_MS;
+	int64_t next_scan = fw_now_ms() + ZOMBIE_SCAN_MS;
+
+	for (;;) {
+		int64_t now;
+		int ti;
+
+		if (!proc_alive(pi, serial)) {
+			fw_error_set(e, ESRCH, "pid %d exited while its threads were being stopped",
+				     (int)pid);
+			return -1;
+		}
+		ti = first_unstopped(pi);
+		if (ti < 0)
+			return 0;
+		now = fw_now_ms();
+		if (now >= next_scan) {
+			zombie_scan(pi);
+			next_scan = now + ZOMBIE_SCAN_MS;
+			continue;
+		}
+		if (now >= deadline) {
+			char st = thread_state_letter(pid, threads[ti].tid);
+
+			fw_error_set(e, ETIMEDOUT,
+				     "thread %d of pid %d did not stop within %d ms (state %c)",
+				     (int)threads[ti].tid, (int)pid, FW_STOP_DEADLINE_MS,
+				     st ? st : '?');
+			return -1;
+		}
+		wait_once((int)(next_scan - now));
+	}
+}
+
+/* Holds every thread of pi stopped: interrupt the running ones, wait. */
+static int world_stop(int pi, struct fw_error *e)
+{
+	procs[pi].hold = true;
+	FOR_EACH_THREAD(ti, pi)
+	{
+		if (threads[ti].state != TS_RUNNING)
+			continue;
+		if (ptrace(PTRACE_INTERRUPT, threads[ti].tid, NULL, NULL) == -1 && errno != ESRCH)
+			out_log(FW_LOG_WARNING, "PTRACE_INTERRUPT tid %d: %s",
+				(int)threads[ti].tid, strerror(errno));
+	}
+	return world_wait(pi, e);
+}
+
+static void world_resume(int pi)
+{
+	struct proc *p = &procs[pi];
+	struct fw_error e;
+
+	if (p->retire_pending)
+		return; /* a budget ran out meanwhile: stay stopped for the retirement */
+	p->hold = false;
+	FOR_EACH_THREAD(ti, pi)
+	{
+		if (threads[ti].state != TS_STOPPED)
+			continue;
+		if (threads[ti].dirty && thread_apply(&threads[ti], &p->mirror, &e) == -1 &&
+		    e.err != ESRCH)
+			out_log(FW_LOG_ERROR, "arming thread %d of pid %d: %s (%s)",
+				(int)threads[ti].tid, (int)p->pid, e.msg, fw_errno_name(e.err));
+		thread_resume(ti);
+	}
+}
+
+/* With the world stopped and registers cleared: let every thread take a
+ * hardware trap still queued on it, so none is delivered after we are gone.
+ * Group-stopped threads are only released when detaching (the kernel puts
+ * them back into group-stop at PTRACE_DETACH). */
+static void drain_queued_traps(int pi, bool detaching)
+{
+	uint64_t serial = procs[pi].serial;
+	struct fw_error e;
+
+	for (int round = 0; round < DRAIN_MAX_ROUNDS; round++) {
+		bool any = false;
+
+		FOR_EACH_THREAD(ti, pi)
+		{
+			struct thread *t = &threads[ti];
+
+			if (t->state != TS_STOPPED || !has_queued_hw_trap(t->tid))
+				continue;
+			if (t->resume == RESUME_LISTEN && !detaching)
+				continue;
+			if (ptrace(PTRACE_CONT, t->tid, NULL, (void *)(long)detach_signal(t)) == -1)
+				continue;
+			t->state = TS_RUNNING;
+			t->resume = RESUME_CONT;
+			t->resume_sig = 0;
+			any = true;
+		}
+		if (!any)
+			return;
+		if (world_wait(pi, &e) == -1) {
+			if (proc_alive(pi, serial))
+				out_log(FW_LOG_WARNING, "draining queued traps: %s", e.msg);
+			return;
+		}
+	}
+}
+
+/* Clears and detaches every thread of pi; frees pi unless a thread would not
+ * stop in time (then it is detached when it does). If report is set, it
+ * receives group report_gi's final counts (after queued traps are drained). */
+static void detach_proc_counts(int pi, int report_gi, struct fw_counts *report)
+{
+	struct proc *p = &procs[pi];
+	uint64_t serial = p->serial;
+	pid_t pid = p->pid;
+	struct fw_error e;
+
+	if (world_stop(pi, &e) == -1) {
+		if (!proc_alive(pi, serial))
+			return;
+		out_log(FW_LOG_WARNING, "detaching pid %d: %s", (int)pid, e.msg);
+	}
+	FOR_EACH_THREAD(ti, pi)
+	{
+		if (threads[ti].state == TS_STOPPED && thread_clear(&threads[ti], &e) == -1 &&
+		    e.err != ESRCH)
+			out_log(FW_LOG_ERROR, "clearing debug registers of pid %d: %s (%s)",
+				(int)pid, e.msg, fw_errno_name(e.err));
+		threads[ti].dirty = false;
+	}
+	for (int s = 0; s < DR_SLOTS; s++) {
+		if (p->mirror.slot[s].used && p->slot_group[s] >= 0) {
+			p->slot_retired[s] = true;
+			p->slot_retired_group[s] = p->groups[p->slot_group[s]].id;
+		}
+		p->mirror.slot[s].used = false;
+		p->slot_group[s] = -1;
+	}
+	drain_queued_traps(pi, true);
+	if (!proc_alive(pi, serial))
+		return;
+	if (report)
+		*report = p->groups[report_gi].counts;
+	FOR_EACH_THREAD(ti, pi)
+	{
+		if (threads[ti].state == TS_STOPPED)
+			thread_detach(ti);
+		else if (threads[ti].state == TS_ZOMBIE)
+			thread_drop(ti); /* reaped by waitpid later; nothing to clear */
+	}
+	if (p->nthreads == 0) {
+		proc_free(pi);
+		return;
+	}
+	p->detach_pending = true;
+	out_log(FW_LOG_WARNING, "pid %d: %d thread(s) will be detached when they stop",
+		(int)pid, p->nthreads);
+}
+
+static void detach_proc(int pi)
+{
+	detach_proc_counts(pi, 0, NULL);
+}
+
+/* ---- attach ---- */
+
+static int seize_failed(pid_t pid, pid_t tid, int err, struct fw_error *e)
+{
+	if (err == EPERM) {
+		long tracer = status_field(tid, "TracerPid:");
+
+		if (tracer > 0) {
+			char comm[64];
+
+			read_comm((pid_t)tracer, comm, sizeof comm);
+			fw_error_set(e, EPERM, "PTRACE_SEIZE pid %d: already traced by pid %ld (%s)",
+				     (int)pid, tracer, comm);
+		} else {
+			fw_error_set(e, EPERM,
+				     "PTRACE_SEIZE pid %d (tid %d): not permitted (no tracer; a kernel thread, or CAP_SYS_PTRACE missing?)",
+				     (int)pid, (int)tid);
+		}
+		return -1;
+	}
+	fw_error_set(e, err, "PTRACE_SEIZE pid %d (tid %d): %s", (int)pid, (int)tid,
+		     strerror(err));
+	return -1;
+}
+
+/* One pass over /proc/PID/task: seize what is new. 1 if something was, 0 if
+ * the set is unchanged, -1 on error. */
+static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
+{
+	pid_t pid = procs[pi].pid;
+	char path[64];
+	DIR *dir;
+	struct dirent *de;
+	int changed = 0;
+
+	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	dir = opendir(path);
+	if (!dir) {
+		fw_error_set(e, ESRCH, "pid %d exited during attach", (int)pid);
+		return -1;
+	}
+	while ((de = readdir(dir)) != NULL) {
+		pid_t tid = (pid_t)strtol(de->d_name, NULL, 10);
+		int ti;
+
+		if (tid <= 0 || thread_find(tid) >= 0 || (tid == pid && *skip_leader))
+			continue;
+		if (ptrace(PTRACE_SEIZE, tid, NULL, (void *)(long)SEIZE_OPTIONS) == 0) {
+			ti = thread_add(tid, pi, TS_RUNNING);
+			if (ti < 0) {
+				/* Not in the table: stop it and let it go, untouched. */
+				int st;
+
+				ptrace(PTRACE_INTERRUPT, tid, NULL, NULL);
+				if (waitpid(tid, &st, __WALL) == tid && WIFSTOPPED(st))
+					ptrace(PTRACE_DETACH, tid, NULL, NULL);
+				fw_error_set(e, ENOMEM, "thread table full (%d threads) attaching pid %d",
+					     FW_MAX_THREADS, (int)pid);
+				closedir(dir);
+				return -1;
+			}
+			changed = 1;
+			continue;
+		}
+		int err = errno;
+
+		if (err == ESRCH) {
+			if (tid == pid) {
+				fw_error_set(e, ESRCH, "pid %d exited during attach", (int)pid);
+				closedir(dir);
+				return -1;
+			}
+			continue; /* that thread exited */
+		}
+		if (err == EPERM && status_field(tid, "TracerPid:") == getpid()) {
+			/* Auto-attached clone of a thread we already hold. */
+			if (thread_find(tid) < 0 && thread_add(tid, pi, TS_NEW) < 0) {
+				fw_error_set(e, ENOMEM, "thread table full (%d threads) attaching pid %d",
+					     FW_MAX_THREADS, (int)pid);
+				closedir(dir);
+				return -1;
+			}
+			changed = 1;
+			continue;
+		}
+		if (err == EPERM && tid == pid && status_field(tid, "TracerPid:") == 0 &&
+		    thread_state_letter(pid, tid) == 'Z') {
+			*skip_leader = true; /* main thread exited, others live on */
+			continue;
+		}
+		closedir(dir);
+		return seize_failed(pid, tid, err, e);
+	}
+	closedir(dir);
+	return changed;
+}
+
+static int attach(pid_t pid, struct fw_error *e)
+{
+	long tgid = status_field(pid, "Tgid:");
+	bool skip_leader = false;
+	int pi;
+
+	if (tgid < 0) {
+		fw_error_set(e, ESRCH, "no process with pid %d", (int)pid);
+		return -1;
+	}
+	if (tgid != pid) {
+		fw_error_set(e, EINVAL, "pid %d is a thread of process %ld: name the process",
+			     (int)pid, tgid);
+		return -1;
+	}
+	pi = proc_alloc(pid);
+	if (pi < 0) {
+		fw_error_set(e, ENOMEM, "process table full (%d processes) attaching pid %d",
+			     FW_MAX_PROCS, (int)pid);
+		return -1;
+	}
+	/* Threads created while we attach: loop until a pass finds nothing new. */
+	for (int round = 0;; round++) {
+		int r = seize_pass(pi, &skip_leader, e);
+
+		if (r == 0 && procs[pi].nthreads > 0)
+			return pi;
+		if (r == 0) {
+			fw_error_set(e, ESRCH, "pid %d has no thread left to attach", (int)pid);
+			r = -1;
+		}
+		if (r == 1 && round >= ATTACH_MAX_ROUNDS) {
+			fw_error_set(e, EAGAIN, "the thread set of pid %d did not settle during attach",
+				     (int)pid);
+			r = -1;
+		}
+		if (r == -1) {
+			if (procs[pi].nthreads > 0)
+				detach_proc(pi);
+			else
+				proc_free(pi);
+			return -1;
+		}
+	}
+}
+
+/* ---- operations ---- */
+
+void tracer_init(int signal_fd)
+{
+	sig_fd = signal_fd;
+	for (int i = 0; i < TID_HASH_SIZE; i++)
+		tid_hash[i] = -1;
+}
+
+void tracer_on_signals(void)
+{
+	read_signals();
+	wait_drain();
+}
+
+bool tracer_terminate_requested(void)
+{
+	return terminate_requested;
+}
+
+int tracer_policy_check(pid_t pid, struct fw_error *e)
+{
+	if (pid <= 0) {
+		fw_error_set(e, EINVAL, "invalid pid %d", (int)pid);
+		return -1;
+	}
+	if (pid == 1) {
+		fw_error_set(e, EPERM, "policy: pid 1 is never watched");
+		return -1;
+	}
+	if (pid == getpid()) {
+		fw_error_set(e, EPERM, "policy: pid %d is the helper itself", (int)pid);
+		return -1;
+	}
+	if (pid == getppid()) {
+		fw_error_set(e, EPERM, "policy: pid %d is the helper's parent (the agent)", (int)pid);
+		return -1;
+	}
+	return 0;
+}
+
+static void emit_counts_done(struct proc *p, int g, enum fw_done_reason reason)
+{
+	out_group_done(p->pid, reason, p->groups[g].id, &p->groups[g].counts);
+}
+
+/* Budget retirement: clear the done groups' slots on every thread, then
+ * report them (counts are final by then), then detach if nothing is left. */
+static void retire_done_groups(int pi)
+{
+	struct proc *p = &procs[pi];
+	uint64_t serial = p->serial;
+	struct fw_error e;
+
+	if (world_stop(pi, &e) == -1) {
+		if (!proc_alive(pi, serial))
+			return;
+		out_log(FW_LOG_WARNING, "retiring budget groups of pid %d: %s", (int)p->pid, e.msg);
+	}
+	for (int s = 0; s < DR_SLOTS; s++) {
+		int g = p->slot_group[s];
+
+		if (!p->mirror.slot[s].used || g < 0 || !p->groups[g].done)
+			continue;
+		p->mirror.slot[s].used = false;
+		p->slot_group[s] = -1;
+		p->slot_retired[s] = true;
+		p->slot_retired_group[s] = p->groups[g].id;
+	}
+	FOR_EACH_THREAD(ti, pi)
+	{
+		threads[ti].dirty = true;
+		if (threads[ti].state == TS_STOPPED &&
+		    thread_apply(&threads[ti], &p->mirror, &e) == -1 && e.err != ESRCH)
+			out_log(FW_LOG_ERROR, "clearing a finished group on tid %d: %s (%s)",
+				(int)threads[ti].tid, e.msg, fw_errno_name(e.err));
+	}
+	drain_queued_traps(pi, false);
+	if (!proc_alive(pi, serial))
+		return;
+	for (int g = 0; g < DR_SLOTS; g++) {
+		if (p->groups[g].used && p->groups[g].done) {
+			emit_counts_done(p, g, FW_DONE_BUDGET);
+			p->groups[g].used = false;
+		}
+	}
+	p->retire_pending = false;
+	if (group_count(p) == 0)
+		detach_proc(pi);
+	else
+		world_resume(pi);
+}
+
+void tracer_process_pending(void)
+{
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++)
+		if (procs[pi].used && procs[pi].retire_pending)
+			retire_done_groups(pi);
+}
+
+static int check_chunks(pid_t pid, const struct fw_chunk *chunks, unsigned count,
+			struct fw_error *e)
+{
+	uint8_t seen = 0;
+
+	if (count < 1 || count > DR_SLOTS) {
+		fw_error_set(e, EINVAL, "ARM pid %d: %u chunks (must be 1-4)", (int)pid, count);
+		return -1;
+	}
+	for (unsigned i = 0; i < count; i++) {
+		const struct fw_chunk *c = &chunks[i];
+
+		if (dr_chunk_check(c->dr, c->mode, c->length, c->address, e) == -1)
+			return -1;
+		if (seen & (1u << c->dr)) {
+			fw_error_set(e, EINVAL, "invalid chunks: dr%u named twice", c->dr);
+			return -1;
+		}
+		seen |= (uint8_t)(1u << c->dr);
+	}
+	return 0;
+}
+
+static pid_t any_stopped_tid(int pi)
+{
+	FOR_EACH_THREAD(ti, pi)
+	if (threads[ti].state == TS_STOPPED)
+		return threads[ti].tid;
+	return 0;
+}
+
+int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chunk *chunks,
+	       unsigned count, struct fw_arm_result *result, struct fw_error *e)
+{
+	struct dr_mirror next;
+	struct proc *p;
+	uint64_t serial, initial[DR_SLOTS] = { 0 };
+	uint8_t mask = 0;
+	int pi, gi = -1, failed_ti = -1;
+	uint32_t total = 0, armed = 0;
+	pid_t reader;
+
+	if (tracer_policy_check(pid, e) == -1 || check_chunks(pid, chunks, count, e) == -1)
+		return -1;
+	pi = proc_find(pid);
+	if (pi >= 0) {
+		p = &procs[pi];
+		if (group_find(p, group) >= 0) {
+			fw_error_set(e, EEXIST, "group %llu is already armed on pid %d",
+				     (unsigned long long)group, (int)pid);
+			return -1;
+		}
+		for (unsigned i = 0; i < count; i++) {
+			int owner = p->slot_group[chunks[i].dr];
+
+			if (p->mirror.slot[chunks[i].dr].used && owner >= 0) {
+				fw_error_set(e, EBUSY, "dr%u of pid %d is used by group %llu",
+					     chunks[i].dr, (int)pid,
+					     (unsigned long long)p->groups[owner].id);
+				return -1;
+			}
+		}
+	} else {
+		pi = attach(pid, e);
+		if (pi < 0)
+			return -1;
+	}
+	p = &procs[pi];
+	serial = p->serial;
+	for (int g = 0; g < DR_SLOTS; g++) {
+		if (!p->groups[g].used) {
+			gi = g;
+			break;
+		}
+	}
+	if (gi < 0) {
+		fw_error_set(e, EBUSY, "pid %d already has %d groups", (int)pid, DR_SLOTS);
+		return -1;
+	}
+	if (world_stop(pi, e) == -1)
+		goto fail;
+
+	/* Compute on a copy; commit only if every thread took it. */
+	next = p->mirror;
+	for (unsigned i = 0; i < count; i++) {
+		struct dr_slot *s = &next.slot[chunks[i].dr];
+
+		s->used = true;
+		s->mode = chunks[i].mode;
+		s->length = chunks[i].length;
+		s->address = chunks[i].address;
+		mask |= (uint8_t)(1u << chunks[i].dr);
+	}
+	reader = any_stopped_tid(pi);
+	for (unsigned i = 0; i < count && reader > 0; i++)
+		initial[chunks[i].dr] =
+			read_chunk_value(reader, chunks[i].address, chunks[i].length);
+
+	FOR_EACH_THREAD(ti, pi)
+	{
+		if (threads[ti].state != TS_STOPPED)
+			continue;
+		if (thread_apply(&threads[ti], &next, e) == 0) {
+			total++;
+			armed++;
+			continue;
+		}
+		if (e->err == ESRCH) {
+			/* Killed while stopped: it will not run again. */
+			threads[ti].state = TS_RUNNING;
+			continue;
+		}
+		failed_ti = ti;
+		break;
+	}
+	if (failed_ti >= 0) {
+		struct fw_error undo;
+
+		for (int ti = 0; ti <= failed_ti; ti++) {
+			if (threads[ti].state != TS_STOPPED || threads[ti].proc != pi)
+				continue;
+			if (thread_apply(&threads[ti], &p->mirror, &undo) == -1 && undo.err != ESRCH)
+				out_log(FW_LOG_ERROR, "rolling back arm on tid %d: %s",
+					(int)threads[ti].tid, undo.msg);
+		}
+		goto fail;
+	}
+
+	p->mirror = next;
+	p->groups[gi] = (struct group){
+		.used = true, .id = group, .dr_mask = mask, .max_hits = max_hits,
+	};
+	for (unsigned i = 0; i < count; i++) {
+		uint8_t dr = chunks[i].dr;
+
+		p->slot_group[dr] = gi;
+		p->slot_retired[dr] = false;
+		p->last_value[dr] = initial[dr];
+	}
+	p->known_mask |= mask;
+	result->threads_total = total;
+	result->threads_armed = armed;
+	result->dr_mask = mask;
+	world_resume(pi);
+	return 0;
+
+fail:
+	if (proc_alive(pi, serial)) {
+		if (group_count(p) == 0)
+			detach_proc(pi);
+		else
+			world_resume(pi);
+	}
+	return -1;
+}
+
+int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_error *e)
+{
+	int pi = proc_find(pid);
+	struct proc *p;
+	uint64_t serial;
+	int gi;
+
+	if (pi < 0) {
+		fw_error_set(e, ESRCH, "DISARM: pid %d is not attached", (int)pid);
+		return -1;
+	}
+	p = &procs[pi];
+	serial = p->serial;
+	gi = group_find(p, group);
+	if (gi < 0) {
+		fw_error_set(e, ENOENT, "DISARM: no group %llu on pid %d", (unsigned long long)group,
+			     (int)pid);
+		return -1;
+	}
+	if (group_count(p) == 1) {
+		/* Last group: the detach drains queued traps before the counts are final. */
+		*counts = p->groups[gi].counts;
+		detach_proc_counts(pi, gi, counts);
+		if (proc_alive(pi, serial))
+			p->groups[gi].used = false; /* only left if some thread would not stop */
+		return 0;
+	}
+	if (world_stop(pi, e) == -1) {
+		if (!proc_alive(pi, serial)) {
+			*counts = (struct fw_counts){ 0 };
+			return -1;
+		}
+		out_log(FW_LOG_WARNING, "disarming group %llu of pid %d: %s",
+			(unsigned long long)group, (int)pid, e->msg);
+	}
+	p->groups[gi].done = true; /* traps still queued count as suppressed */
+	for (int s = 0; s < DR_SLOTS; s++) {
+		if (p->slot_group[s] != gi)
+			continue;
+		p->mirror.slot[s].used = false;
+		p->slot_group[s] = -1;
+		p->slot_retired[s] = true;
+		p->slot_retired_group[s] = group;
+	}
+	FOR_EACH_THREAD(ti, pi)
+	{
+		struct fw_error te;
+
+		threads[ti].dirty = true;
+		if (threads[ti].state == TS_STOPPED &&
+		    thread_apply(&threads[ti], &p->mirror, &te) == -1 && te.err != ESRCH)
+			out_log(FW_LOG_ERROR, "disarming tid %d: %s (%s)", (int)threads[ti].tid,
+				te.msg, fw_errno_name(te.err));
+	}
+	drain_queued_traps(pi, false);
+	if (!proc_alive(pi, serial)) {
+		fw_error_set(e, ESRCH, "pid %d exited while disarming", (int)pid);
+		return -1;
+	}
+	*counts = p->groups[gi].counts;
+	p->groups[gi].used = false;
+	world_resume(pi);
+	return 0;
+}
+
+void tracer_detach_all(void)
+{
+	int64_t deadline;
+
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++)
+		if (procs[pi].used && !procs[pi].detach_pending)
+			detach_proc(pi);
+	deadline = fw_now_ms() + DETACH_ALL_GRACE_MS;
+	for (;;) {
+		bool left = false;
+
+		for (int pi = 0; pi < FW_MAX_PROCS; pi++)
+			left |= procs[pi].used;
+		if (!left || fw_now_ms() >= deadline)
+			break;
+		wait_once(ZOMBIE_SCAN_MS);
+		for (int pi = 0; pi < FW_MAX_PROCS; pi++) {
+			if (!procs[pi].used)
+				continue;
+			zombie_scan(pi);
+			FOR_EACH_THREAD(ti, pi)
+			if (threads[ti].state == TS_ZOMBIE)
+				thread_drop(ti);
+			if (procs[pi].nthreads == 0)
+				proc_free(pi);
+		}
+	}
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++)
+		if (procs[pi].used)
+			out_log(FW_LOG_ERROR, "pid %d: %d thread(s) never stopped; left traced",
+				(int)procs[pi].pid, procs[pi].nthreads);
+}
+
+/* Waits (async-signal-safely, bounded) for tid's next stop. */
+static bool emergency_wait_stop(pid_t tid, int *status)
+{
+	for (int spin = 0; spin < 1000; spin++) {
+		struct timespec ms = { 0, 1000000 };
+		pid_t r = waitpid(tid, status, __WALL | WNOHANG);
+
+		if (r == tid)
+			return WIFSTOPPED(*status);
+		if (r < 0)
+			return false;
+		nanosleep(&ms, NULL);
+	}
+	return false;
+}
+
+/* Signal to hand back at detach for a stop we reaped here: never our SIGTRAP. */
+static int emergency_signal_of(int status)
+{
+	return (status >> 16) == 0 && WSTOPSIG(status) != SIGTRAP ? WSTOPSIG(status) : 0;
+}
+
+/* Async-signal-safe: no locks, no malloc, no stdio; only syscalls on the
+ * static tables. Stops each thread, clears DR7 and our addresses, lets it
+ * take any hardware trap still queued, detaches. */
+void tracer_emergency_detach(void)
+{
+	for (int ti = 0; ti < FW_MAX_THREADS; ti++) {
+		struct thread *t = &threads[ti];
+		pid_t tid = t->tid;
+		int sig = 0, st = 0;
+
+		if (t->state == TS_FREE || t->state == TS_ZOMBIE || tid <= 0)
+			continue;
+		if (t->state == TS_STOPPED) {
+			sig = detach_signal(t);
+		} else {
+			ptrace(PTRACE_INTERRUPT, tid, NULL, NULL);
+			if (!emergency_wait_stop(tid, &st))
+				continue;
+			sig = emergency_signal_of(st);
+		}
+		ptrace(PTRACE_POKEUSER, tid, (void *)dr_offset(DR_CONTROL), NULL);
+		for (int i = 0; i < DR_SLOTS; i++)
+			if (t->touched & (1u << i))
+				ptrace(PTRACE_POKEUSER, tid, (void *)dr_offset(i), NULL);
+		for (int round = 0; round < DRAIN_MAX_ROUNDS && has_queued_hw_trap(tid); round++) {
+			if (ptrace(PTRACE_CONT, tid, NULL, (void *)(long)sig) == -1 ||
+			    !emergency_wait_stop(tid, &st))
+				break;
+			sig = emergency_signal_of(st);
+		}
+		ptrace(PTRACE_DETACH, tid, NULL, (void *)(long)sig);
+	}
+}

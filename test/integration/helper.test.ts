@@ -1,0 +1,823 @@
+// The real fleetwatch-helper against real target programs (test/fixtures):
+// exact hit counts, refusals with the right errno, and the rule that matters
+// most: whatever happens to the helper, the watched process is not harmed.
+import assert from "node:assert/strict";
+import { execFile, spawn } from "node:child_process";
+import type { ChildProcessWithoutNullStreams } from "node:child_process";
+import { existsSync } from "node:fs";
+import { chmod, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { before, describe, test } from "node:test";
+import type { TestContext } from "node:test";
+import { promisify } from "node:util";
+
+import {
+  HelperError,
+  HelperExitedError,
+  HelperProcess,
+  HelperProtocolError,
+  HelperTimeoutError,
+} from "../../agent/helper-process.js";
+import type { HelperChunk, HelperEvent, HelperHit } from "../../agent/helper-process.js";
+import {
+  FrameDecoder,
+  MessageType,
+  decodeArmed,
+  decodeHello,
+  decodeResolved,
+  encodeArm,
+  encodeResolve,
+} from "../../agent/helper-protocol.js";
+import type { Frame } from "../../agent/helper-protocol.js";
+import { helperPath, repoRoot } from "../support/paths.js";
+import { buildFixtures, fixturePath, procState, startTarget } from "../support/targets.js";
+import type { StartOptions, Target } from "../support/targets.js";
+import { waitFor } from "../support/wait.js";
+
+const execFileAsync = promisify(execFile);
+const TEST_TIMEOUT_MS = 120_000;
+const EVENT_TIMEOUT_MS = 60_000;
+
+type EventOf<K extends HelperEvent["kind"]> = Extract<HelperEvent, { kind: K }>;
+
+/** Consumes a helper's events from the start; tests wait on named conditions. */
+class EventLog {
+  readonly events: HelperEvent[] = [];
+  readonly hits: HelperHit[] = [];
+  private ended = false;
+  private readonly wakers = new Set<() => boolean>();
+
+  constructor(helper: HelperProcess) {
+    void (async () => {
+      for await (const event of helper.events()) {
+        this.events.push(event);
+        if (event.kind === "hits") this.hits.push(...event.hits);
+        this.wake();
+      }
+      this.ended = true;
+      this.wake();
+    })();
+  }
+
+  /** The events iterable has ended (the helper exited). */
+  get finished(): boolean {
+    return this.ended;
+  }
+
+  private wake(): void {
+    for (const w of [...this.wakers]) w();
+  }
+
+  of<K extends HelperEvent["kind"]>(kind: K): EventOf<K>[] {
+    return this.events.filter((e): e is EventOf<K> => e.kind === kind);
+  }
+
+  /** Resolves with pick()'s first value other than undefined/false. */
+  until<T>(what: string, pick: () => T | undefined | false, timeoutMs = EVENT_TIMEOUT_MS): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.wakers.delete(check);
+      };
+      const check = (): boolean => {
+        const v = pick();
+        if (v !== undefined && v !== false) {
+          finish();
+          resolve(v);
+          return true;
+        }
+        if (this.ended) {
+          finish();
+          reject(new Error(`helper events ended before ${what}`));
+          return true;
+        }
+        return false;
+      };
+      const timer = setTimeout(() => {
+        finish();
+        const kinds = this.events.map((e) => e.kind).join(",");
+        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${this.hits.length} hits; events ${kinds})`));
+      }, timeoutMs);
+      if (!check()) this.wakers.add(check);
+    });
+  }
+
+  groupDone(group: bigint): Promise<EventOf<"group-done">> {
+    return this.until(`group-done of group ${group}`, () => this.of("group-done").find((e) => e.group === group));
+  }
+
+  targetExited(pid: number): Promise<EventOf<"target-exited">> {
+    return this.until(`target-exited of pid ${pid}`, () => this.of("target-exited").find((e) => e.pid === pid));
+  }
+}
+
+/** Per test: helpers and targets started through it are cleaned up, and checked. */
+function scene(t: TestContext) {
+  const helpers: HelperProcess[] = [];
+  const targets: Target[] = [];
+  t.after(async () => {
+    for (const h of helpers) await h.shutdown();
+    for (const target of targets) {
+      const state = await procState(target.pid);
+      if (state !== undefined && state !== "Z") {
+        assert.equal(await target.tracerPid(), 0, `${target.name} (pid ${target.pid}) is still traced after the test`);
+      }
+      await target.kill();
+    }
+  });
+  return {
+    async helper(): Promise<{ helper: HelperProcess; log: EventLog }> {
+      const helper = await HelperProcess.start();
+      helpers.push(helper);
+      return { helper, log: new EventLog(helper) };
+    },
+    async target(name: string, args: string[] = [], options: StartOptions = {}): Promise<Target> {
+      const target = await startTarget(name, args, options);
+      targets.push(target);
+      return target;
+    },
+  };
+}
+
+/** Addresses a fixture printed on its ready line ("ready <pid> <addr>..."). */
+function readyAddresses(target: Target): bigint[] {
+  const line = target.lines.find((l) => l.startsWith("ready ")) ?? "";
+  return line.split(" ").slice(2).map((a) => BigInt(a));
+}
+
+function write8(address: bigint, dr = 0): HelperChunk {
+  return { dr, mode: "w", length: 8, address };
+}
+
+async function rejectsWith(p: Promise<unknown>, errnoName: string, message: RegExp): Promise<HelperError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof HelperError, `expected HelperError, got ${String(err)}`);
+    assert.equal(err.errnoName, errnoName, err.message);
+    assert.match(err.message, message);
+    return err;
+  }
+  assert.fail(`expected ${errnoName}`);
+}
+
+/** A pid that is not running now. */
+async function deadPid(): Promise<number> {
+  const child = spawn("true");
+  await new Promise((resolve) => child.once("exit", resolve));
+  const pid = child.pid as number;
+  assert.equal(existsSync(`/proc/${pid}`), false);
+  return pid;
+}
+
+async function finishesNormally(target: Target): Promise<void> {
+  await target.waitForLine(/^done$/, EVENT_TIMEOUT_MS);
+  assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+}
+
+/** The helper spoken to directly, for what HelperProcess does not expose (closing stdin). */
+class RawHelper {
+  readonly child: ChildProcessWithoutNullStreams;
+  private readonly decoder = new FrameDecoder();
+  private readonly frames: Frame[] = [];
+  private readonly wakers = new Set<() => void>();
+
+  constructor() {
+    this.child = spawn(helperPath, [], { stdio: ["pipe", "pipe", "pipe"] });
+    this.child.stdout.on("data", (chunk: Buffer) => {
+      this.frames.push(...this.decoder.push(chunk));
+      for (const w of [...this.wakers]) w();
+    });
+    this.child.stderr.on("data", (chunk: Buffer) => process.stderr.write(chunk));
+  }
+
+  send(bytes: Buffer): void {
+    this.child.stdin.write(bytes);
+  }
+
+  next(type: number, timeoutMs = EVENT_TIMEOUT_MS): Promise<Frame> {
+    return new Promise<Frame>((resolve, reject) => {
+      const check = (): void => {
+        const i = this.frames.findIndex((f) => f.type === type || f.type === MessageType.Error);
+        if (i < 0) return;
+        const [frame] = this.frames.splice(i, 1) as [Frame];
+        clearTimeout(timer);
+        this.wakers.delete(check);
+        if (frame.type === MessageType.Error) reject(new Error(`helper answered ERROR: ${frame.payload.toString()}`));
+        else resolve(frame);
+      };
+      const timer = setTimeout(() => {
+        this.wakers.delete(check);
+        reject(new Error(`no frame of type 0x${type.toString(16)} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.wakers.add(check);
+      check();
+    });
+  }
+
+  exit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) {
+      return Promise.resolve({ code: this.child.exitCode, signal: this.child.signalCode });
+    }
+    return new Promise((resolve) => this.child.once("exit", (code, signal) => resolve({ code, signal })));
+  }
+}
+
+/**
+ * A stand-in helper (a node script): "v2" announces protocol 2; "mute" says
+ * HELLO, never answers, and exits 0 when its stdin closes.
+ */
+async function fakeHelper(t: TestContext, mode: "v2" | "mute"): Promise<string> {
+  const protocolUrl = new URL("../../agent/helper-protocol.js", import.meta.url).href;
+  const dir = await mkdtemp(path.join(tmpdir(), "fw-fake-helper-"));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = path.join(dir, `fake-helper-${mode}.mjs`);
+  await writeFile(
+    file,
+    `#!${process.execPath}
+import { encodeHello } from ${JSON.stringify(protocolUrl)};
+process.stdout.write(encodeHello({ protocolVersion: ${mode === "v2" ? 2 : 1}, slotsPerThread: 4, helperVersion: "fake" }));
+process.stdin.on("data", () => {});
+process.stdin.on("end", () => process.exit(0));
+`,
+  );
+  await chmod(file, 0o755);
+  return file;
+}
+
+/** Starts a counter with T threads writing hard, arms it, lets it run until hits flow. */
+async function hotArmedCounter(s: ReturnType<typeof scene>, threads: number) {
+  const { helper, log } = await s.helper();
+  const target = await s.target("counter", ["--threads", String(threads), "--writes", "200000"]);
+  const [counter] = readyAddresses(target) as [bigint];
+  await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+  target.send("go");
+  await log.until("200 hits", () => log.hits.length >= 200);
+  return { helper, log, target };
+}
+
+describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
+  before(async () => {
+    await execFileAsync("make", ["-C", path.join(repoRoot, "agent/native")]);
+    await buildFixtures();
+  });
+
+  test("helper - --version prints the version", async () => {
+    const { stdout } = await execFileAsync(helperPath, ["--version"]);
+    assert.match(stdout, /^fleetwatch-helper \d+\.\d+\.\d+ \(protocol 1\)$/m);
+  });
+
+  test("resolve - fw_counter in a PIE target equals the target's own &fw_counter", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const target = await s.target("counter");
+    const [counter, , bytes] = readyAddresses(target) as [bigint, bigint, bigint];
+    const elf = await readFile(fixturePath("counter"));
+    assert.equal(elf.readUInt16LE(16), 3, "counter is built as PIE (ET_DYN)");
+
+    const sym = await helper.resolve(target.pid, "fw_counter");
+    assert.deepEqual(sym, { address: counter, size: 8n, module: fixturePath("counter"), symbol: "fw_counter" });
+    const second = await helper.resolve(target.pid, "fw_bytes", 8n);
+    assert.equal(second.address, bytes + 8n);
+    assert.equal(second.size, 16n);
+    assert.equal(await target.tracerPid(), 0, "RESOLVE does not attach");
+    target.send("go");
+    await finishesNormally(target);
+  });
+
+  test("resolve - an unknown symbol is ENOENT naming the pid and the modules searched", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const target = await s.target("counter");
+    await rejectsWith(
+      helper.resolve(target.pid, "fw_no_such_symbol"),
+      "ENOENT",
+      new RegExp(`symbol 'fw_no_such_symbol' not found in pid ${target.pid} \\(searched \\d+ modules\\)`),
+    );
+  });
+
+  test("arm - 10000 writes by 1 thread give exactly 10000 hits, values in order", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 10_000;
+    const target = await s.target("counter", ["--threads", "1", "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+
+    const armed = await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    assert.deepEqual(armed, { threadsTotal: 1, threadsArmed: 1, drMask: 1 });
+    assert.equal(await target.tracerPid(), helper.pid);
+    const started = Date.now();
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    const exited = await log.targetExited(target.pid);
+    const elapsedMs = Date.now() - started;
+
+    assert.equal(log.hits.length, N);
+    const tids = new Set(log.hits.map((h) => h.tid));
+    assert.equal(tids.size, 1);
+    assert.notEqual([...tids][0], target.pid, "the worker thread wrote, not main");
+    let previous = 0n;
+    log.hits.forEach((h, i) => {
+      assert.equal(h.newValue, (1n << 32n) | BigInt(i + 1), `hit ${i}`);
+      assert.equal(h.oldValue, previous, `hit ${i} old value`);
+      previous = h.newValue;
+      assert.equal(h.address, counter);
+      assert.deepEqual([h.group, h.pid, h.dr, h.length, h.mode], [1n, target.pid, 0, 8, "w"]);
+      assert.ok(h.ip > 0n);
+    });
+    assert.deepEqual(done, {
+      kind: "group-done",
+      pid: target.pid,
+      group: 1n,
+      reason: "exited",
+      counts: { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n },
+    });
+    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.ok(log.events.indexOf(done) < log.events.indexOf(exited), "GROUP_DONE precedes TARGET_EXITED");
+    const first = log.hits[0] as HelperHit;
+    const last = log.hits[N - 1] as HelperHit;
+    const trapSeconds = Number(last.timeNs - first.timeNs) / 1e9;
+    t.diagnostic(`1 thread: ${N} hits in ${elapsedMs} ms wall, ${Math.round(N / trapSeconds)} hits/s between first and last trap`);
+  });
+
+  test("arm - 4 threads x 10000 writes give exactly 40000 hits, 10000 per thread, in order", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 10_000;
+    const T = 4;
+    const target = await s.target("counter", ["--threads", String(T), "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    const started = Date.now();
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    const elapsedMs = Date.now() - started;
+
+    assert.equal(log.hits.length, N * T);
+    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n });
+    const byTid = new Map<number, HelperHit[]>();
+    for (const h of log.hits) byTid.set(h.tid, [...(byTid.get(h.tid) ?? []), h]);
+    assert.equal(byTid.size, T);
+    assert.ok(!byTid.has(target.pid));
+    // The value is read when the helper handles the trap; another thread may
+    // have stored since. But a hit that reads its own thread's value must read
+    // that thread's j-th store: find thread k for each tid under that rule.
+    const consistent = new Map<number, Set<number>>();
+    for (const [tid, hits] of byTid) {
+      assert.equal(hits.length, N, `tid ${tid}`);
+      const ok = new Set<number>();
+      const broken = new Set<number>();
+      hits.forEach((h, j) => {
+        const k = Number(h.newValue >> 32n);
+        const i = Number(h.newValue & 0xffff_ffffn);
+        assert.ok(k >= 1 && k <= T && i >= 1 && i <= N, `value 0x${h.newValue.toString(16)} was never written`);
+        (i === j + 1 ? ok : broken).add(k);
+      });
+      consistent.set(tid, new Set([...ok].filter((k) => !broken.has(k))));
+    }
+    const tidList = [...consistent.keys()];
+    const assign = (at: number, used: Set<number>): boolean =>
+      at === tidList.length ||
+      [...(consistent.get(tidList[at] as number) as Set<number>)].some(
+        (k) => !used.has(k) && assign(at + 1, new Set([...used, k])),
+      );
+    assert.ok(assign(0, new Set()), `each thread's own values appear in order: ${JSON.stringify([...consistent].map(([tid, ks]) => [tid, [...ks]]))}`);
+    const trapSeconds = Number((log.hits.at(-1) as HelperHit).timeNs - (log.hits[0] as HelperHit).timeNs) / 1e9;
+    t.diagnostic(`4 threads: ${N * T} hits in ${elapsedMs} ms wall, ${Math.round((N * T) / trapSeconds)} hits/s aggregate`);
+  });
+
+  for (const threads of [1, 4]) {
+    test(`budget - max_hits 100 with ${threads} thread(s) delivers exactly 100, then detaches and the target finishes`, async (t) => {
+      const s = scene(t);
+      const { helper, log } = await s.helper();
+      const target = await s.target("counter", ["--threads", String(threads), "--writes", "10000"]);
+      const [counter] = readyAddresses(target) as [bigint];
+      await helper.arm(target.pid, 7n, [write8(counter)], 100n);
+      target.send("go");
+      const done = await log.groupDone(7n);
+      assert.equal(done.reason, "budget");
+      assert.equal(done.counts.delivered, 100n);
+      assert.equal(done.counts.trapped, done.counts.delivered + done.counts.suppressed);
+      if (threads === 1) assert.equal(done.counts.suppressed, 0n, "the hitting thread is held at the budget");
+      assert.equal(log.hits.length, 100);
+      await waitFor("helper detached after its last group", async () => (await target.tracerPid()) === 0);
+      await finishesNormally(target);
+      assert.equal(log.hits.length, 100);
+      assert.equal(log.of("target-exited").length, 0, "a detached target's exit is not ours to report");
+      t.diagnostic(`budget with ${threads} thread(s): counts ${JSON.stringify(done.counts, (_, v) => (typeof v === "bigint" ? Number(v) : v))}`);
+    });
+  }
+
+  test("disarm - while writing hard: counts add up, TracerPid 0, the target exits normally", async (t) => {
+    const s = scene(t);
+    const { helper, log, target } = await hotArmedCounter(s, 2);
+    const counts = await helper.disarm(target.pid, 1n);
+    assert.equal(await target.tracerPid(), 0);
+    assert.equal(counts.trapped, counts.delivered + counts.suppressed);
+    await log.until("every delivered hit", () => BigInt(log.hits.length) === counts.delivered);
+    await finishesNormally(target);
+    assert.equal(BigInt(log.hits.length), counts.delivered);
+    await rejectsWith(helper.disarm(target.pid, 1n), "ESRCH", /not attached/);
+  });
+
+  test("arm - an unknown pid is ESRCH", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const pid = await deadPid();
+    await rejectsWith(helper.arm(pid, 1n, [write8(0x601000n)], 0n), "ESRCH", new RegExp(`no process with pid ${pid}`));
+    await rejectsWith(helper.resolve(pid, "fw_counter"), "ESRCH", new RegExp(`no process with pid ${pid}`));
+  });
+
+  test("arm - a child of strace -f is EPERM naming the tracer", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const target = await s.target("counter", ["--writes", "100"], { wrapper: ["strace", "-f", "-o", "/dev/null"] });
+    const stracePid = target.child.pid as number;
+    assert.equal(await target.tracerPid(), stracePid);
+    const [counter] = readyAddresses(target) as [bigint];
+    await rejectsWith(
+      helper.arm(target.pid, 1n, [write8(counter)], 0n),
+      "EPERM",
+      new RegExp(`already traced by pid ${stracePid} \\(strace\\)`),
+    );
+    assert.equal(await target.tracerPid(), stracePid, "strace still holds it");
+    target.send("go");
+    await finishesNormally(target);
+  });
+
+  test("arm - a pid under strace -p is EPERM naming the tracer; fine after strace leaves", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const target = await s.target("counter", ["--writes", "100"]);
+    const strace = await s.target("strace", ["-q", "-p", String(target.pid), "-o", "/dev/null"], { path: "strace" });
+    await waitFor("strace attached", async () => (await target.tracerPid()) === strace.pid);
+    const [counter] = readyAddresses(target) as [bigint];
+    await rejectsWith(
+      helper.arm(target.pid, 1n, [write8(counter)], 0n),
+      "EPERM",
+      new RegExp(`PTRACE_SEIZE pid ${target.pid}: already traced by pid ${strace.pid} \\(strace\\)`),
+    );
+    strace.child.kill("SIGINT"); // strace detaches on SIGINT
+    await waitFor("strace detached", async () => (await target.tracerPid()) === 0);
+    target.send("go");
+    await finishesNormally(target);
+  });
+
+  test("arm - invalid chunks are EINVAL and the target is never touched", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--writes", "1000"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    const cases: [HelperChunk[], RegExp][] = [
+      [[write8(counter + 4n)], /not aligned to its length 8/],
+      [[{ dr: 4, mode: "w", length: 8, address: counter }], /dr 4/],
+      [[{ dr: 0, mode: "w", length: 3, address: counter }], /length 3/],
+      [[{ dr: 0, mode: "x", length: 8, address: counter }], /execute needs length 1/],
+      [[write8(0x7ffffffff000n)], /not a user address/],
+      [[write8(counter, 0), write8(counter + 8n, 0)], /dr0 named twice/],
+      [[], /0 chunks/],
+    ];
+    for (const [chunks, message] of cases) {
+      await rejectsWith(helper.arm(target.pid, 1n, chunks, 0n), "EINVAL", message);
+      assert.equal(await target.tracerPid(), 0);
+    }
+    target.send("go");
+    await finishesNormally(target);
+    assert.equal(log.hits.length, 0);
+  });
+
+  test("arm - ENOSPC when perf holds the slots: rolled back on every thread, target untouched", async (t) => {
+    if (!existsSync("/usr/bin/perf")) {
+      t.skip("perf is not installed");
+      return;
+    }
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--writes", "1000", "--other"]);
+    const [counter, other, bytes] = readyAddresses(target) as [bigint, bigint, bigint];
+    // Three per-task breakpoints leave one slot: DR0 is written, DR1 is refused.
+    const events = [bytes, bytes + 8n, bytes].flatMap((a) => ["-e", `mem:0x${a.toString(16)}/8:w`]);
+    const perf = await s.target("perf", ["stat", "-x", ",", "-o", "/dev/null", ...events, "-p", String(target.pid)], { path: "perf" });
+    await waitFor("perf holds three breakpoints", async () => {
+      const fds = await readdir(`/proc/${perf.pid}/fd`).catch(() => []);
+      const links = await Promise.all(fds.map((fd) => readlink(`/proc/${perf.pid}/fd/${fd}`).catch(() => "")));
+      return links.filter((l) => l === "anon_inode:[perf_event]").length >= 3;
+    });
+    await rejectsWith(
+      helper.arm(target.pid, 1n, [write8(counter, 0), write8(other, 1)], 0n),
+      "ENOSPC",
+      /POKEUSER DR1=0x[0-9a-f]+ on tid \d+: no free debug register slot/,
+    );
+    assert.equal(await target.tracerPid(), 0, "rolled back and detached");
+    target.send("go");
+    await finishesNormally(target);
+    assert.equal(log.hits.length, 0);
+  });
+
+  test("arm - policy refuses pid 1, the helper itself and its parent", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    for (const pid of [1, helper.pid, process.pid]) {
+      await rejectsWith(helper.arm(pid, 1n, [write8(0x601000n)], 0n), "EPERM", /^policy: /);
+    }
+  });
+
+  test("groups - two groups on one pid use two registers; a taken register is EBUSY", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--writes", String(N), "--other"]);
+    const [counter, other, bytes] = readyAddresses(target) as [bigint, bigint, bigint];
+    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter, 0)], 0n), { threadsTotal: 1, threadsArmed: 1, drMask: 0b01 });
+    assert.deepEqual(await helper.arm(target.pid, 2n, [write8(other, 1)], 0n), { threadsTotal: 1, threadsArmed: 1, drMask: 0b10 });
+    await rejectsWith(helper.arm(target.pid, 3n, [write8(bytes, 0)], 0n), "EBUSY", /dr0 of pid \d+ is used by group 1/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(bytes, 2)], 0n), "EEXIST", /group 1 is already armed/);
+    target.send("go");
+    await finishesNormally(target);
+    const [d1, d2] = [await log.groupDone(1n), await log.groupDone(2n)];
+    await log.targetExited(target.pid);
+    for (const [group, dr, address, done] of [[1n, 0, counter, d1], [2n, 1, other, d2]] as const) {
+      const hits = log.hits.filter((h) => h.group === group);
+      assert.equal(hits.length, N, `group ${group}`);
+      assert.ok(hits.every((h) => h.dr === dr && h.address === address));
+      assert.deepEqual(hits.map((h) => h.newValue & 0xffff_ffffn), Array.from({ length: N }, (_, i) => BigInt(i + 1)));
+      assert.deepEqual(done.counts, { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n });
+      assert.equal(done.reason, "exited");
+    }
+  });
+
+  test("chunks - one 16-byte store over two watched words is one trap with a record per slot", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 100;
+    const target = await s.target("counter", ["--writes", String(N), "--bytes"]);
+    const [, , bytes] = readyAddresses(target) as [bigint, bigint, bigint];
+    const armed = await helper.arm(target.pid, 5n, [write8(bytes, 0), write8(bytes + 8n, 1)], 0n);
+    assert.equal(armed.drMask, 0b11);
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(5n);
+    assert.equal(log.hits.length, 2 * N);
+    assert.deepEqual(done.counts, { trapped: BigInt(2 * N), delivered: BigInt(2 * N), suppressed: 0n });
+    for (let i = 0; i < N; i++) {
+      const [a, b] = [log.hits[2 * i] as HelperHit, log.hits[2 * i + 1] as HelperHit];
+      assert.deepEqual([a.dr, b.dr], [0, 1]);
+      assert.equal(a.timeNs, b.timeNs, "both slots from one trap");
+      assert.equal(a.newValue, (1n << 32n) | BigInt(i + 1));
+      assert.equal(b.newValue, a.newValue);
+    }
+  });
+
+  test("lifecycle - target exits while armed: group-done(exited) then target-exited", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--threads", "2", "--writes", "500"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 9n, [write8(counter)], 0n);
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(9n);
+    const exited = await log.targetExited(target.pid);
+    assert.deepEqual(done, {
+      kind: "group-done",
+      pid: target.pid,
+      group: 9n,
+      reason: "exited",
+      counts: { trapped: 1000n, delivered: 1000n, suppressed: 0n },
+    });
+    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.ok(log.events.indexOf(done) < log.events.indexOf(exited));
+  });
+
+  test("lifecycle - target SIGKILLed while armed: target-exited says killed by 9", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("demo-counter");
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await log.until("a hit", () => log.hits.length >= 1);
+    process.kill(target.pid, "SIGKILL");
+    const done = await log.groupDone(1n);
+    assert.equal(done.reason, "exited");
+    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, killed: true, code: 9 });
+  });
+
+  test("lifecycle - exec: group-done(exec), target-exec, and the new program runs untraced", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--writes", "100", "--exec", "/bin/true"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 4n, [write8(counter)], 0n);
+    target.send("go");
+    const exec = await log.until("target-exec", () => log.of("target-exec")[0]);
+    const done = await log.groupDone(4n);
+    assert.deepEqual(exec, { kind: "target-exec", pid: target.pid });
+    assert.equal(done.reason, "exec");
+    assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n });
+    assert.ok(log.events.indexOf(done) < log.events.indexOf(exec));
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+  });
+
+  test("threads - threads created while armed are all watched (20 rounds x 4 threads)", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("thread-churn", ["20", "4", "10"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.equal(log.hits.length, 800);
+    assert.equal(new Set(log.hits.map((h) => h.tid)).size >= 4, true);
+    assert.deepEqual(done.counts, { trapped: 800n, delivered: 800n, suppressed: 0n });
+  });
+
+  test("signals - the target's own SIGTRAP reaches its handler while watched", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("sigtrap-self", ["1000"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    target.send("go");
+    // raise() is tgkill: si_code SI_TKILL (-6).
+    assert.equal(await target.waitForLine(/^handled /, EVENT_TIMEOUT_MS), "handled 10 code -6");
+    await finishesNormally(target);
+    await log.groupDone(1n);
+    assert.equal(log.hits.length, 1000);
+  });
+
+  test("signals - job control works while armed: SIGSTOP stops, SIGCONT resumes", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("demo-counter");
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await log.until("a hit", () => log.hits.length >= 1);
+    process.kill(target.pid, "SIGSTOP");
+    // A group-stopped tracee (PTRACE_LISTEN) shows "t", not "T". It is stopped
+    // when it stays so for three of its 200 ms periods without a hit.
+    let since = { hits: -1, atMs: 0 };
+    await waitFor("target stopped: state t/T and no hit for 600 ms", async () => {
+      const state = await procState(target.pid);
+      if ((state !== "t" && state !== "T") || log.hits.length !== since.hits) {
+        since = { hits: log.hits.length, atMs: Date.now() };
+        return false;
+      }
+      return Date.now() - since.atMs >= 600;
+    });
+    const seen = log.hits.length;
+    process.kill(target.pid, "SIGCONT");
+    await log.until("a hit after SIGCONT", () => log.hits.length > seen);
+    process.kill(target.pid, "SIGTERM");
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+  });
+
+  test("signals - a SIGSTOPped target is armed and disarmed in place; SIGCONT resumes it", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("demo-counter");
+    const [counter] = readyAddresses(target) as [bigint];
+    process.kill(target.pid, "SIGSTOP");
+    await waitFor("target stopped (T)", async () => (await procState(target.pid)) === "T");
+    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter)], 0n), { threadsTotal: 1, threadsArmed: 1, drMask: 1 });
+    assert.match((await procState(target.pid)) ?? "", /^[tT]$/, "arming does not resume a stopped process");
+    process.kill(target.pid, "SIGCONT");
+    await log.until("a hit after SIGCONT", () => log.hits.length >= 1);
+    process.kill(target.pid, "SIGSTOP");
+    await waitFor("target stopped again (t)", async () => (await procState(target.pid)) === "t");
+    const counts = await helper.disarm(target.pid, 1n);
+    assert.equal(counts.trapped, counts.delivered + counts.suppressed);
+    assert.equal(await target.tracerPid(), 0);
+    assert.equal(await procState(target.pid), "T", "still stopped after detach");
+    process.kill(target.pid, "SIGCONT");
+    await waitFor("target running after SIGCONT", async () => (await procState(target.pid)) !== "T");
+    process.kill(target.pid, "SIGTERM");
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+  });
+
+  test("fork - a child forked while armed is not watched and not harmed", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--threads", "2", "--writes", String(N), "--fork"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    target.send("go");
+    assert.equal(await target.waitForLine(/^child /, EVENT_TIMEOUT_MS), "child exit 0");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.equal(log.hits.length, 2 * N, "only the parent's writes");
+    assert.ok(log.hits.every((h) => h.pid === target.pid));
+    assert.equal(done.counts.delivered, BigInt(2 * N));
+  });
+
+  test("safety - the agent SIGKILLed while armed: the helper disarms, detaches and exits", async (t) => {
+    const s = scene(t);
+    const target = await s.target("counter", ["--threads", "2", "--writes", "200000"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    // A stand-in agent: arms through HelperProcess, reports, then waits to be killed.
+    const clientUrl = new URL("../../agent/helper-process.js", import.meta.url).href;
+    const script = `
+      const { HelperProcess } = await import(${JSON.stringify(clientUrl)});
+      const h = await HelperProcess.start();
+      (async () => { for await (const e of h.events()) if (e.kind === "hits") console.log("hits " + e.hits.length); })();
+      await h.arm(${target.pid}, 1n, [{ dr: 0, mode: "w", length: 8, address: ${counter}n }], 0n);
+      console.log("armed " + h.pid);
+      setInterval(() => {}, 1000);`;
+    const agent = await s.target("agent", ["--input-type=module", "-e", script], { path: process.execPath });
+    const armedLine = await agent.waitForLine(/^armed \d+$/, EVENT_TIMEOUT_MS);
+    const helperPid = Number(armedLine.split(" ")[1]);
+    assert.equal(await target.tracerPid(), helperPid);
+    target.send("go");
+    await agent.waitForLine(/^hits /, EVENT_TIMEOUT_MS);
+    process.kill(agent.pid, "SIGKILL");
+    await waitFor("helper gone", () => !existsSync(`/proc/${helperPid}`) || undefined);
+    assert.equal(await target.tracerPid(), 0);
+    await finishesNormally(target);
+  });
+
+  test("safety - helper stdin closed while armed: helper exits, target untraced, it finishes normally", async (t) => {
+    const s = scene(t);
+    const target = await s.target("counter", ["--threads", "2", "--writes", "20000"]);
+    const raw = new RawHelper();
+    const hello = decodeHello((await raw.next(MessageType.Hello)).payload);
+    assert.equal(hello.protocolVersion, 1);
+    raw.send(encodeResolve(1, { pid: target.pid, offset: 0n, name: "fw_counter" }));
+    const sym = decodeResolved((await raw.next(MessageType.Resolved)).payload);
+    raw.send(encodeArm(2, { pid: target.pid, group: 1n, maxHits: 0n, chunks: [write8(sym.address)] }));
+    assert.equal(decodeArmed((await raw.next(MessageType.Armed)).payload).threadsArmed, 1);
+    target.send("go");
+    await raw.next(MessageType.Hits); // it is writing, and trapping
+    raw.child.stdin.end();
+    assert.deepEqual(await raw.exit(), { code: 0, signal: null });
+    assert.equal(await target.tracerPid(), 0);
+    await finishesNormally(target);
+  });
+
+  test("safety - SIGTERM to the helper while armed and hot: helper exits 0, target finishes normally", async (t) => {
+    const s = scene(t);
+    const { helper, target } = await hotArmedCounter(s, 2);
+    process.kill(helper.pid, "SIGTERM");
+    assert.deepEqual(await helper.exited, { code: 0, signal: null });
+    assert.equal(await target.tracerPid(), 0);
+    await finishesNormally(target);
+  });
+
+  test("safety - SIGSEGV in the helper while armed and hot: registers cleared before it dies", async (t) => {
+    const s = scene(t);
+    const { helper, target } = await hotArmedCounter(s, 2);
+    process.kill(helper.pid, "SIGSEGV");
+    assert.deepEqual(await helper.exited, { code: null, signal: "SIGSEGV" });
+    await waitFor("target untraced", async () => (await target.tracerPid()) === 0);
+    await finishesNormally(target);
+  });
+
+  test("safety - shutdown while armed and hot: every target untraced and unharmed", async (t) => {
+    const s = scene(t);
+    const { helper, target } = await hotArmedCounter(s, 4);
+    await helper.shutdown();
+    assert.deepEqual(await helper.exited, { code: 0, signal: null });
+    assert.equal(await target.tracerPid(), 0);
+    await finishesNormally(target);
+  });
+
+  test("client - a missing helper binary fails start with a clear error", async () => {
+    await assert.rejects(
+      HelperProcess.start({ path: "/nonexistent/fleetwatch-helper" }),
+      (err: unknown) => err instanceof HelperExitedError && /cannot start fleetwatch-helper at \/nonexistent/.test(err.message),
+    );
+  });
+
+  test("client - a helper speaking another protocol version is refused", async (t) => {
+    const fake = await fakeHelper(t, "v2");
+    await assert.rejects(HelperProcess.start({ path: fake }), (err: unknown) => {
+      assert.ok(err instanceof HelperProtocolError);
+      assert.match(err.message, /helper speaks protocol 2, this agent speaks 1/);
+      return true;
+    });
+  });
+
+  test("client - a request without an answer times out; shutdown then closes stdin", async (t) => {
+    const fake = await fakeHelper(t, "mute");
+    const helper = await HelperProcess.start({ path: fake, requestTimeoutMs: 300 });
+    await assert.rejects(helper.resolve(1234, "x"), (err: unknown) => {
+      assert.ok(err instanceof HelperTimeoutError);
+      assert.equal(err.attempted, "resolve 'x' in pid 1234");
+      return true;
+    });
+    await helper.shutdown();
+    assert.deepEqual(await helper.exited, { code: 0, signal: null });
+  });
+
+  test("client - requests after the helper exited reject with a clear error", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    await helper.shutdown();
+    await assert.rejects(helper.resolve(1, "x"), /fleetwatch-helper \(pid \d+\) exited \(code 0\) before answering "resolve 'x' in pid 1"/);
+    await log.until("the events iterable to end", () => log.finished);
+  });
+});
