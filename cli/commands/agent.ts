@@ -1,0 +1,71 @@
+// `fleetwatch agent`: runs this host's agent in the foreground until
+// SIGINT/SIGTERM, then disarms everything and stops. Log lines go to stderr.
+import type { Command } from "commander";
+import { isSubjectToken } from "../../proto/index.js";
+import { DaemonStartError, UsageError } from "../errors.js";
+import type { CliContext } from "../main.js";
+
+/** The `agent` command line after validation. */
+export interface AgentRequest {
+  controller: string;
+  natsUrl: string;
+  hostId: string;
+  labels: Record<string, string>;
+  helperPath?: string;
+}
+
+/** Parses `k=v` labels; the key must be non-empty, the value may be. */
+export function parseLabels(texts: readonly string[]): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const text of texts) {
+    const at = text.indexOf("=");
+    if (at <= 0) throw new UsageError(`--label '${text}' is not key=value`);
+    labels[text.slice(0, at)] = text.slice(at + 1);
+  }
+  return labels;
+}
+
+/** Validates the command line. */
+export function parseAgentArgs(opts: { hostId: string; label?: string[]; helper?: string }, globals: { controller: string; nats: string }): AgentRequest {
+  if (!isSubjectToken(opts.hostId)) throw new UsageError(`--host-id '${opts.hostId}' may hold only letters, digits, _ and -`);
+  const request: AgentRequest = { controller: globals.controller, natsUrl: globals.nats, hostId: opts.hostId, labels: parseLabels(opts.label ?? []) };
+  if (opts.helper !== undefined) request.helperPath = opts.helper;
+  return request;
+}
+
+/** The one line printed once the controller accepted the agent. */
+export function printAgentReady(request: AgentRequest): string {
+  return `agent ${request.hostId} registered with controller ${request.controller}\n`;
+}
+
+function untilAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+}
+
+/** Adds `agent` to the program. */
+export function registerAgentCommand(program: Command, ctx: CliContext): void {
+  program
+    .command("agent")
+    .description("run this host's agent in the foreground (uses --controller and --nats)")
+    .requiredOption("--host-id <id>", "this host's id (letters, digits, _ and -)")
+    .option("--label <k=v...>", "labels the scheduler can select on (repeatable)")
+    .option("--helper <path>", "the native helper (default: the one built in agent/native/build)")
+    .action(async (opts: { hostId: string; label?: string[]; helper?: string }) => {
+      const request = parseAgentArgs(opts, ctx.globals());
+      const interrupted = ctx.interrupted();
+      const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      // Loaded here, not at the top: client commands must not depend on daemon code.
+      const { startAgent } = await import("../../agent/index.js");
+      const agent = await startAgent({ ...request, log }).catch((err: unknown) => {
+        throw new DaemonStartError("agent", err, request.natsUrl);
+      });
+      try {
+        // The agent keeps dialling until the controller answers; Ctrl-C ends the wait.
+        await Promise.race([agent.registered().then(() => ctx.stdout.write(printAgentReady(request))), untilAborted(interrupted)]);
+        await untilAborted(interrupted);
+      } finally {
+        await agent.stop();
+      }
+    });
+}

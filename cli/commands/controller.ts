@@ -1,0 +1,51 @@
+// `fleetwatch controller`: runs the controller in the foreground until
+// SIGINT/SIGTERM, then stops it cleanly. Its own log lines go to stderr.
+import type { Command } from "commander";
+import { DaemonStartError } from "../errors.js";
+import type { CliContext } from "../main.js";
+import { parseDuration } from "../output.js";
+
+/** The `controller` command line after validation. */
+export interface ControllerRequest {
+  listen: string;
+  natsUrl: string;
+  leaseMs: number;
+}
+
+/** Validates the command line. */
+export function parseControllerArgs(opts: { listen: string; lease: string }, natsUrl: string): ControllerRequest {
+  return { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease") };
+}
+
+/** The one line printed once the controller serves. */
+export function printControllerReady(address: string): string {
+  return `controller listening on ${address}\n`;
+}
+
+function untilAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+}
+
+/** Adds `controller` to the program. */
+export function registerControllerCommand(program: Command, ctx: CliContext): void {
+  program
+    .command("controller")
+    .description("run the controller in the foreground (uses --nats)")
+    .option("--listen <addr>", "gRPC listen address, host:port (port 0 picks one)", "127.0.0.1:7070")
+    .option("--lease <time>", "drop an agent session silent for this long", "15s")
+    .action(async (opts: { listen: string; lease: string }) => {
+      const request = parseControllerArgs(opts, ctx.globals().nats);
+      // Signals are ours from here on, so a Ctrl-C while starting still stops cleanly.
+      const interrupted = ctx.interrupted();
+      const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      // Loaded here, not at the top: client commands must not depend on daemon code.
+      const { startController } = await import("../../controller/index.js");
+      const controller = await startController({ ...request, log }).catch((err: unknown) => {
+        throw new DaemonStartError("controller", err, request.natsUrl);
+      });
+      if (!interrupted.aborted) ctx.stdout.write(printControllerReady(controller.address));
+      await untilAborted(interrupted);
+      await controller.stop();
+    });
+}

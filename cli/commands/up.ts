@@ -1,0 +1,141 @@
+// `fleetwatch up`: the embedded single-host default. Starts nats-server, a
+// controller and this host's agent in one process, prints one ready line, and
+// on SIGINT/SIGTERM stops them in reverse order (agent, controller, nats).
+import os from "node:os";
+import path from "node:path";
+import type { Command } from "commander";
+import type { RunningAgent } from "../../agent/index.js";
+import type { RunningController } from "../../controller/index.js";
+import { CliError, DaemonStartError, UsageError } from "../errors.js";
+import type { CliContext } from "../main.js";
+import { startNatsServer, type RunningNatsServer } from "../nats-server.js";
+
+// How long the embedded agent may take to register with the embedded controller.
+const registerTimeoutMs = 30_000;
+
+/** The `up` command line after validation. */
+export interface UpRequest {
+  dataDir: string;
+  listen: string;
+  natsPort: number;
+  hostId: string;
+}
+
+/** This host's agent id: the hostname with anything but [A-Za-z0-9_-] replaced by `-`. */
+export function embeddedHostId(hostname: string): string {
+  const id = hostname.replace(/[^A-Za-z0-9_-]/g, "-");
+  return id === "" ? "localhost" : id;
+}
+
+/** Validates the command line; relative data dirs are under `cwd`. */
+export function parseUpArgs(opts: { dataDir: string; listen: string; natsPort: string }, cwd: string, hostname: string): UpRequest {
+  const natsPort = Number(opts.natsPort);
+  if (!/^\d+$/.test(opts.natsPort) || natsPort < 1 || natsPort > 65_535) throw new UsageError(`--nats-port '${opts.natsPort}' is not a TCP port (1-65535)`);
+  return { dataDir: path.resolve(cwd, opts.dataDir), listen: opts.listen, natsPort, hostId: embeddedHostId(hostname) };
+}
+
+/** The one line printed once everything runs. */
+export function printUpReady(controller: string, natsUrl: string, hostId: string): string {
+  return `fleetwatch up: controller ${controller}, nats ${natsUrl}, host ${hostId}\n`;
+}
+
+function untilAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+}
+
+/** Everything `up` started, stopped in reverse order of start. */
+class Embedded {
+  nats?: RunningNatsServer;
+  controller?: RunningController;
+  agent?: RunningAgent;
+
+  constructor(private readonly log: (line: string) => void) {}
+
+  /** Stops agent, controller, nats-server; returns the parts that failed to stop. */
+  async stop(): Promise<string[]> {
+    const failed: string[] = [];
+    const parts: Array<[string, { stop(): Promise<void> } | undefined]> = [
+      ["agent", this.agent],
+      ["controller", this.controller],
+      ["nats-server", this.nats],
+    ];
+    for (const [name, part] of parts) {
+      if (!part) continue;
+      try {
+        await part.stop();
+      } catch (err) {
+        failed.push(name);
+        this.log(`fleetwatch up: stopping the ${name} failed: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    return failed;
+  }
+}
+
+async function start(request: UpRequest, embedded: Embedded, interrupted: AbortSignal, log: (line: string) => void): Promise<boolean> {
+  // Loaded here, not at the top: client commands must not depend on daemon code.
+  const { startController } = await import("../../controller/index.js").catch((err: unknown) => {
+    throw new DaemonStartError("controller", err);
+  });
+  const { startAgent } = await import("../../agent/index.js").catch((err: unknown) => {
+    throw new DaemonStartError("agent", err);
+  });
+  embedded.nats = await startNatsServer({
+    dataDir: request.dataDir,
+    port: request.natsPort,
+    // Ctrl-C in a terminal signals the whole process group: nats-server must
+    // outlive it so the agent and controller can stop against it first.
+    ownProcessGroup: true,
+  }).catch((err: unknown) => {
+    throw new DaemonStartError("nats-server", err);
+  });
+  if (interrupted.aborted) return false;
+  const natsUrl = embedded.nats.url;
+  embedded.controller = await startController({ listen: request.listen, natsUrl, log }).catch((err: unknown) => {
+    throw new DaemonStartError("controller", err, natsUrl);
+  });
+  if (interrupted.aborted) return false;
+  embedded.agent = await startAgent({ controller: embedded.controller.address, natsUrl, hostId: request.hostId, labels: { embedded: "true" }, log }).catch((err: unknown) => {
+    throw new DaemonStartError("agent", err, natsUrl);
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new CliError(`agent ${request.hostId} did not register with the controller within ${registerTimeoutMs / 1000}s`)), registerTimeoutMs);
+  });
+  try {
+    await Promise.race([embedded.agent.registered(), timeout, untilAborted(interrupted)]);
+  } finally {
+    clearTimeout(timer);
+  }
+  return !interrupted.aborted;
+}
+
+/** Adds `up` to the program. */
+export function registerUpCommand(program: Command, ctx: CliContext): void {
+  program
+    .command("up")
+    .description("run nats-server, a controller and this host's agent in the foreground")
+    .option("--data-dir <dir>", "JetStream data directory", ".fleetwatch")
+    .option("--listen <addr>", "controller gRPC listen address", "127.0.0.1:7070")
+    .option("--nats-port <port>", "nats-server client port", "4222")
+    .action(async (opts: { dataDir: string; listen: string; natsPort: string }) => {
+      const request = parseUpArgs(opts, process.cwd(), os.hostname());
+      const interrupted = ctx.interrupted();
+      const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      const embedded = new Embedded(log);
+      let ready: boolean;
+      try {
+        ready = await start(request, embedded, interrupted, log);
+      } catch (err) {
+        await embedded.stop();
+        throw err;
+      }
+      if (ready) {
+        ctx.stdout.write(printUpReady(embedded.controller!.address, embedded.nats!.url, request.hostId));
+        await untilAborted(interrupted);
+      }
+      const failed = await embedded.stop();
+      if (failed.length > 0) throw new CliError(`could not stop cleanly: ${failed.join(", ")}`);
+    });
+}

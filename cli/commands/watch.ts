@@ -1,0 +1,264 @@
+// `fleetwatch watch`: builds a job spec from the command line, validates it
+// locally with the shared watch-spec rules, submits it, and either prints the
+// armed job or follows it: hits from JetStream until the job ends and every
+// delivered hit has been printed.
+import { status } from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import type { Command } from "commander";
+import {
+  JobSpecSchema,
+  WatchSpecSchema,
+  RpcError,
+  checkJobSpec,
+  hex,
+  isSubjectToken,
+  parseAddress,
+  parseMode,
+  parseSymbol,
+  type Job,
+  type JobSpec,
+  type WatchSpec,
+} from "../../proto/index.js";
+import { CliError, InterruptedError, UsageError } from "../errors.js";
+import { readJobEvents } from "../events.js";
+import type { CliContext, ControllerClient } from "../main.js";
+import {
+  describeCounts,
+  formatDuration,
+  isFinalJobState,
+  jobStateName,
+  outputOption,
+  parseDuration,
+  renderHitHeader,
+  renderHitJson,
+  renderHitLine,
+  renderJobDetail,
+  renderJobJson,
+  type OutputFormat,
+} from "../output.js";
+
+// SubmitJob answers only once every target is armed or refused: symbol
+// lookup and attaching to every thread of every target can take a while.
+const submitDeadlineMs = 60_000;
+// Cancelling waits for the agents to disarm.
+const cancelDeadlineMs = 20_000;
+// WatchJob is long-lived; each call still gets a deadline and is simply
+// re-opened when it passes (the controller resends the job first).
+const watchJobDeadlineMs = 10 * 60_000;
+// After the job ended, how long the last delivered hits may take to arrive.
+const drainTimeoutMs = 30_000;
+// A WatchJob stream that ends without a final state this often in a row is broken.
+const maxWatchJobRestarts = 3;
+
+/** One `--symbol` or `--address`, in command-line order. */
+export type LocationArg = { kind: "symbol"; text: string } | { kind: "address"; text: string };
+
+/** The `watch` command line before validation. */
+export interface WatchArgs {
+  pid?: string;
+  locations: LocationArg[];
+  length?: string;
+  mode: string;
+  maxHits?: string;
+  duration?: string;
+  hosts: string[];
+}
+
+function parseCount(text: string, option: string, max: bigint): bigint {
+  if (!/^\d+$/.test(text.trim())) throw new UsageError(`${option} '${text}' is not a non-negative integer`);
+  const value = BigInt(text.trim());
+  if (value > max) throw new UsageError(`${option} ${text} is too large (at most ${max})`);
+  return value;
+}
+
+/**
+ * Turns the command line into a validated JobSpec: one watch per `--symbol`
+ * or `--address` in the order given. Throws {@link UsageError} or the
+ * proto's WatchSpecError (both exit 3) before anything is sent.
+ */
+export function buildJobSpec(args: WatchArgs): JobSpec {
+  const mode = parseMode(args.mode);
+  const length = args.length === undefined ? undefined : Number(parseCount(args.length, "--length", 8n));
+  const watches: WatchSpec[] = args.locations.map((location) => {
+    if (location.kind === "symbol") {
+      const { name, offset } = parseSymbol(location.text);
+      const symbol = offset === 0n ? name : `${name}+${hex(offset)}`;
+      // 0 asks the agent for the symbol's own size.
+      return create(WatchSpecSchema, { location: { case: "symbol", value: symbol }, length: length ?? 0, mode });
+    }
+    return create(WatchSpecSchema, { location: { case: "address", value: parseAddress(location.text) }, length: length ?? 8, mode });
+  });
+  for (const host of args.hosts) {
+    if (!isSubjectToken(host)) throw new UsageError(`--host '${host}' is not a host id (letters, digits, _ and - only)`);
+  }
+  const spec = create(JobSpecSchema, {
+    watches,
+    target: { hostIds: args.hosts, pid: args.pid === undefined ? 0 : Number(parseCount(args.pid, "--pid", 0xffff_ffffn)) },
+    maxHits: args.maxHits === undefined ? 0n : parseCount(args.maxHits, "--max-hits", 0xffff_ffff_ffff_ffffn),
+    durationMs: args.duration === undefined ? 0n : BigInt(parseDuration(args.duration, "--duration")),
+  });
+  checkJobSpec(spec);
+  return spec;
+}
+
+/** Submits the spec; resolves once the controller armed every target. */
+export async function submitJob(client: ControllerClient, spec: JobSpec, signal?: AbortSignal): Promise<Job> {
+  const response = await client.submitJob({ spec }, { deadlineMs: submitDeadlineMs, ...(signal ? { signal } : {}) });
+  if (!response.job) throw new Error("the controller answered SubmitJob without a job");
+  return response.job;
+}
+
+/** The submitted job in detail, or as protobuf JSON. */
+export function printSubmitted(job: Job, format: OutputFormat): string {
+  return format === "json" ? renderJobJson(job) : renderJobDetail(job);
+}
+
+/** The last line of a table-mode follow. */
+export function printFollowSummary(job: Job, printed: number): string {
+  const reason = job.reason ? ` (${job.reason})` : "";
+  return `job ${job.id} ${jobStateName(job.state)}${reason}: ${printed} hits printed; ${describeCounts(job.counts)}\n`;
+}
+
+/**
+ * Follows WatchJob until the job is final and returns it; re-opens the
+ * stream when its deadline passes. Rejects with the abort reason when
+ * `signal` aborts.
+ */
+export async function waitForFinalState(client: ControllerClient, id: string, signal: AbortSignal): Promise<Job> {
+  let restarts = 0;
+  for (;;) {
+    let received = 0;
+    try {
+      for await (const response of client.watchJob({ id }, { deadlineMs: watchJobDeadlineMs, signal })) {
+        received++;
+        if (response.job && isFinalJobState(response.job.state)) return response.job;
+      }
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      if (!(err instanceof RpcError && err.code === status.DEADLINE_EXCEEDED && received > 0)) throw err;
+      restarts = 0;
+      continue;
+    }
+    if (signal.aborted) throw signal.reason;
+    restarts = received > 0 ? restarts + 1 : maxWatchJobRestarts;
+    if (restarts >= maxWatchJobRestarts) throw new CliError(`the controller ended WatchJob(${id}) before the job reached a final state`);
+  }
+}
+
+/** Why a follow ended early. */
+class FollowStopped extends Error {
+  override readonly name = "FollowStopped";
+}
+
+async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interrupted: AbortSignal): Promise<void> {
+  const client = ctx.controller();
+  // `session` ends everything (interrupt or a failure); `caughtUp` ends only
+  // the reader once every delivered hit was printed or the drain timed out.
+  const session = new AbortController();
+  const caughtUp = new AbortController();
+  const onInterrupt = () => session.abort(new FollowStopped("interrupted"));
+  // Ctrl-C while SubmitJob was still arming counts too: the job now exists and is cancelled.
+  if (interrupted.aborted) onInterrupt();
+  else interrupted.addEventListener("abort", onInterrupt, { once: true });
+  let failure: unknown;
+  const fail = (err: unknown) => {
+    failure ??= err;
+    session.abort(new FollowStopped("failed"));
+  };
+
+  let printed = 0;
+  let expected: number | undefined;
+  const reader = (async () => {
+    const hits = readJobEvents({
+      natsUrl: ctx.globals().nats,
+      jobId: job.id,
+      follow: true,
+      signal: AbortSignal.any([session.signal, caughtUp.signal]),
+    });
+    for await (const hit of hits) {
+      ctx.stdout.write(format === "json" ? renderHitJson(hit) : renderHitLine(hit));
+      printed++;
+      if (expected !== undefined && printed >= expected) caughtUp.abort();
+    }
+    if (!session.signal.aborted && !caughtUp.signal.aborted) throw new CliError(`the event stream of job ${job.id} ended before the job did`);
+  })().catch(fail);
+
+  let final: Job | undefined;
+  let drainTimer: NodeJS.Timeout | undefined;
+  let drainTimedOut = false;
+  try {
+    try {
+      final = await waitForFinalState(client, job.id, session.signal);
+    } catch (err) {
+      if (!session.signal.aborted) fail(err);
+    }
+    if (final) {
+      expected = Number(final.counts?.delivered ?? 0n);
+      if (printed >= expected) {
+        caughtUp.abort();
+      } else {
+        drainTimer = setTimeout(() => {
+          drainTimedOut = true;
+          caughtUp.abort();
+        }, drainTimeoutMs);
+      }
+    }
+    await reader;
+  } finally {
+    clearTimeout(drainTimer);
+    interrupted.removeEventListener("abort", onInterrupt);
+  }
+
+  if (interrupted.aborted) {
+    const cancelled = await client.cancelJob({ id: job.id }, { deadlineMs: cancelDeadlineMs }).then(
+      () => `cancelled job ${job.id}`,
+      (err: unknown) => `could not cancel job ${job.id}: ${err instanceof RpcError ? err.details || err.codeName : String(err)}`,
+    );
+    throw new InterruptedError(`interrupted after ${printed} hits; ${cancelled}`);
+  }
+  if (failure !== undefined) throw failure;
+  if (!final || expected === undefined) throw new CliError(`lost track of job ${job.id}`);
+  if (printed < expected) {
+    const waited = drainTimedOut ? ` within ${formatDuration(drainTimeoutMs)}` : "";
+    throw new CliError(`job ${job.id} delivered ${expected} hits but ${printed} arrived from the event stream${waited}: ${expected - printed} missing`);
+  }
+  if (format === "table") ctx.stdout.write(printFollowSummary(final, printed));
+}
+
+/** Adds `watch` to the program. */
+export function registerWatchCommand(program: Command, ctx: CliContext): void {
+  const locations: LocationArg[] = [];
+  program
+    .command("watch")
+    .description("watch variables in a process with hardware watchpoints")
+    .option("--pid <pid>", "process to watch on each selected host")
+    // Both record into one list so watch indexes follow the command line.
+    .option("--symbol <name[+off]>", "watch a symbol (repeatable)", (text: string) => {
+      locations.push({ kind: "symbol", text });
+      return text;
+    })
+    .option("--address <0xaddr>", "watch an address (repeatable)", (text: string) => {
+      locations.push({ kind: "address", text });
+      return text;
+    })
+    .option("--length <bytes>", "width of every watch: 1, 2, 4 or 8 (default: symbol size, 8 for addresses)")
+    .option("--mode <mode>", "w (writes), rw (reads and writes) or x (execute)", "w")
+    .option("--max-hits <n>", "stop after this many delivered hits")
+    .option("--duration <time>", "stop after this long (500ms, 30s, 10m, 1h)")
+    .option("--host <id...>", "hosts by agent host id (default: the only agent)")
+    .option("--follow", "print hits as they arrive until the job ends")
+    .addOption(outputOption())
+    .action(async (opts: { pid?: string; length?: string; mode: string; maxHits?: string; duration?: string; host?: string[]; follow?: boolean; output: OutputFormat }) => {
+      const spec = buildJobSpec({ ...opts, locations, hosts: opts.host ?? [] });
+      if (!opts.follow) {
+        ctx.stdout.write(printSubmitted(await submitJob(ctx.controller(), spec), opts.output));
+        return;
+      }
+      const interrupted = ctx.interrupted();
+      const job = await submitJob(ctx.controller(), spec);
+      // Only table output may carry anything besides hits on stdout.
+      if (opts.output === "table") ctx.stdout.write(`${printSubmitted(job, "table")}\n${renderHitHeader()}`);
+      else ctx.stderr.write(`fleetwatch: following job ${job.id}\n`);
+      await followJob(ctx, job, opts.output, interrupted);
+    });
+}

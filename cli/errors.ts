@@ -1,0 +1,126 @@
+// Errors of the CLI and the one handler that turns any failure into a message
+// on stderr and an exit code: gRPC statuses, local validation, commander
+// usage errors, NATS and daemon start-up failures all end here.
+import { CommanderError } from "commander";
+import { RpcError, WatchSpecError } from "../proto/index.js";
+import { ExitCode, exitCodeForStatus, isUnreachableStatus } from "./exit-codes.js";
+import { NatsServerError } from "./nats-server.js";
+
+/** A failure the CLI already knows how to word, with its exit code. */
+export class CliError extends Error {
+  override readonly name: string = "CliError";
+  constructor(
+    message: string,
+    readonly exitCode: ExitCode = ExitCode.error,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** A bad command line or value, found before anything was sent (exit 3). */
+export class UsageError extends CliError {
+  override readonly name = "UsageError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, ExitCode.badInput, options);
+  }
+}
+
+/** Ctrl-C (or SIGTERM) ended a command that had not finished (exit 130). */
+export class InterruptedError extends CliError {
+  override readonly name = "InterruptedError";
+  constructor(message = "interrupted", options?: { cause?: unknown }) {
+    super(message, ExitCode.interrupted, options);
+  }
+}
+
+/** NATS did not accept a connection. */
+export class NatsUnreachableError extends CliError {
+  override readonly name = "NatsUnreachableError";
+  constructor(
+    readonly url: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`cannot reach NATS at ${url}: is \`fleetwatch up\` running, or is --nats / FLEETWATCH_NATS right?`, ExitCode.error, options);
+  }
+}
+
+/** NATS is up but the controller's event stream is not there. */
+export class EventStreamMissingError extends CliError {
+  override readonly name = "EventStreamMissingError";
+  constructor(
+    readonly url: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`no event stream: is the controller running against this NATS (${url})?`, ExitCode.error, options);
+  }
+}
+
+/** What the handler needs to word a failure. */
+export interface FailureContext {
+  /** The controller address the command used. */
+  controller: string;
+}
+
+/** A failure as the user sees it: the exit code and the line after `fleetwatch: ` (empty: print nothing). */
+export interface Failure {
+  exitCode: number;
+  message: string;
+}
+
+// Commander signals help and version output by throwing too (exitOverride);
+// those are successes and have already printed.
+const commanderSuccessCodes = new Set(["commander.helpDisplayed", "commander.version"]);
+
+/** Maps any thrown value to its exit code and message; the one table of the CLI. */
+export function describeFailure(err: unknown, context: FailureContext): Failure {
+  if (err instanceof CommanderError) {
+    if (commanderSuccessCodes.has(err.code)) return { exitCode: ExitCode.ok, message: "" };
+    // `commander.help` is a bare `fleetwatch` or group: help went to stderr already.
+    if (err.code === "commander.help") return { exitCode: ExitCode.badInput, message: "" };
+    return { exitCode: ExitCode.badInput, message: err.message.replace(/^error: /, "") };
+  }
+  if (err instanceof RpcError) {
+    if (isUnreachableStatus(err.code)) {
+      return {
+        exitCode: ExitCode.error,
+        message: `cannot reach the controller at ${context.controller}: is \`fleetwatch up\` or \`fleetwatch controller\` running?`,
+      };
+    }
+    return { exitCode: exitCodeForStatus(err.code), message: err.details || err.codeName };
+  }
+  if (err instanceof WatchSpecError) return { exitCode: ExitCode.badInput, message: err.message };
+  if (err instanceof CliError) return { exitCode: err.exitCode, message: err.message };
+  if (err instanceof Error) return { exitCode: ExitCode.error, message: err.message || err.name };
+  return { exitCode: ExitCode.error, message: String(err) };
+}
+
+/** Prints `fleetwatch: <message>` on stderr (unless there is nothing to say) and returns the exit code. */
+export function reportFailure(err: unknown, context: FailureContext, stderr: { write(text: string): unknown }): number {
+  const { exitCode, message } = describeFailure(err, context);
+  if (message) stderr.write(`fleetwatch: ${message}\n`);
+  return exitCode;
+}
+
+/** A daemon part (`nats-server`, `controller`, `agent`) did not start. */
+export class DaemonStartError extends CliError {
+  override readonly name = "DaemonStartError";
+  constructor(
+    readonly part: string,
+    cause: unknown,
+    natsUrl?: string,
+  ) {
+    super(`${part} did not start: ${startFailureReason(cause, natsUrl)}`, ExitCode.error, { cause });
+  }
+}
+
+/** The reason a start failed, in words: missing binaries and refused connections get advice. */
+export function startFailureReason(cause: unknown, natsUrl?: string): string {
+  if (cause instanceof NatsServerError && (cause.cause as NodeJS.ErrnoException | undefined)?.code === "ENOENT") {
+    return "nats-server not found on PATH: install it: apt-get install nats-server";
+  }
+  // nats.js reports a refused first connection as a NatsError with this code.
+  if ((cause as { code?: unknown } | null)?.code === "CONNECTION_REFUSED") return `cannot reach NATS at ${natsUrl ?? "its URL"}: is nats-server running?`;
+  if (cause instanceof Error) return cause.message || cause.name;
+  return String(cause);
+}

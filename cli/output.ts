@@ -1,0 +1,325 @@
+// Everything the CLI shows people or scripts: tables, JSON, and the human
+// spellings of addresses, values, states, counts, times and durations. Pure
+// functions from messages to text, so tests can pin every column.
+import { toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
+import { Option } from "commander";
+import {
+  HitEventSchema,
+  JobSchema,
+  JobState,
+  TargetState,
+  hex,
+  modeName,
+  type Agent,
+  type Chunk,
+  type HitCounts,
+  type HitEvent,
+  type Job,
+  type SlotAssignment,
+  type SlotUse,
+  type Target,
+  type WatchSpec,
+} from "../proto/index.js";
+import { UsageError } from "./errors.js";
+
+/** How a command prints: a table for people or JSON for scripts. */
+export type OutputFormat = "table" | "json";
+
+/** The `-o` values. */
+export const outputFormats: readonly OutputFormat[] = ["table", "json"];
+
+/** Where text goes; `process.stdout` or a test buffer. */
+export interface TextSink {
+  write(text: string): unknown;
+}
+
+const durationUnitsMs: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+
+/**
+ * Parses `500ms`, `30s`, `10m`, `1h` (and sums such as `1h30m`) into
+ * milliseconds; throws a {@link UsageError} naming the option otherwise.
+ */
+export function parseDuration(text: string, option = "duration"): number {
+  const trimmed = text.trim();
+  const part = /(\d+)(ms|s|m|h)/gy;
+  let total = 0;
+  let consumed = 0;
+  for (let match = part.exec(trimmed); match; match = part.exec(trimmed)) {
+    total += Number(match[1]) * durationUnitsMs[match[2]!]!;
+    consumed = part.lastIndex;
+  }
+  if (trimmed === "" || consumed !== trimmed.length) {
+    throw new UsageError(`${option} '${text}' is not a duration: use a number with ms, s, m or h (e.g. 500ms, 30s, 10m, 1h)`);
+  }
+  return total;
+}
+
+/** `500ms`, `30s`, `10m`, `1h30m`, `1.5s`: the shortest exact spelling. */
+export function formatDuration(ms: number | bigint): string {
+  let left = Number(ms);
+  if (left === 0) return "0s";
+  if (left < 1_000) return `${left}ms`;
+  if (left < 60_000 && left % 1_000 !== 0) return `${left / 1_000}s`;
+  const parts: string[] = [];
+  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1_000]] as const) {
+    const count = Math.floor(left / size);
+    if (count > 0) parts.push(`${count}${unit}`);
+    left -= count * size;
+  }
+  if (left > 0) parts.push(`${left}ms`);
+  return parts.join("");
+}
+
+/** An instant as ISO 8601 UTC with milliseconds; `-` for 0 (not set). */
+export function formatTime(unixMs: number | bigint): string {
+  const ms = Number(unixMs);
+  return ms === 0 ? "-" : new Date(ms).toISOString();
+}
+
+/** A hit's nanosecond timestamp as ISO 8601 UTC with milliseconds. */
+export function formatHitTime(unixNano: bigint): string {
+  return formatTime(unixNano / 1_000_000n);
+}
+
+/** `3s ago`, `5m ago`; `-` for never; `now` within a second. */
+export function formatAge(unixMs: number | bigint, nowMs: number): string {
+  const then = Number(unixMs);
+  if (then === 0) return "-";
+  const age = nowMs - then;
+  if (age < 1_000) return "now";
+  return `${formatDuration(Math.floor(age / 1_000) * 1_000)} ago`;
+}
+
+/** A watched value in hex and decimal: `0x2a (42)`. */
+export function formatValue(value: bigint): string {
+  return `${hex(value)} (${value})`;
+}
+
+/** Lowercase job state: pending, armed, completed, cancelled, failed. */
+export function jobStateName(state: JobState): string {
+  return (JobState[state] ?? String(state)).toLowerCase();
+}
+
+/** Lowercase target state: pending, armed, completed, cancelled, failed, exited. */
+export function targetStateName(state: TargetState): string {
+  return (TargetState[state] ?? String(state)).toLowerCase();
+}
+
+/** Whether a job will not change any more. */
+export function isFinalJobState(state: JobState): boolean {
+  return state === JobState.COMPLETED || state === JobState.CANCELLED || state === JobState.FAILED;
+}
+
+/** `trapped/delivered/suppressed/dropped`, e.g. `12/10/2/0`. */
+export function formatCounts(counts: HitCounts | undefined): string {
+  if (!counts) return "0/0/0/0";
+  return `${counts.trapped}/${counts.delivered}/${counts.suppressed}/${counts.dropped}`;
+}
+
+/** One watch as asked: `counter w` (symbol's size), `counter+0x8/4 rw`, `0x4010/8 w`. */
+export function formatWatch(watch: WatchSpec): string {
+  const mode = modeName(watch.mode);
+  switch (watch.location.case) {
+    case "symbol":
+      return watch.length === 0 ? `${watch.location.value} ${mode}` : `${watch.location.value}/${watch.length} ${mode}`;
+    case "address":
+      return `${hex(watch.location.value)}/${watch.length} ${mode}`;
+    default:
+      return `? ${mode}`;
+  }
+}
+
+/** One chunk without its watch index: `0x4010/8 w`. */
+export function formatChunkShort(chunk: Chunk | undefined): string {
+  if (!chunk) return "?";
+  return `${hex(chunk.address)}/${chunk.length} ${modeName(chunk.mode)}`;
+}
+
+/** A target's registers: `DR0 0x4010/8 w, DR1 0x4018/4 w`; `-` when none. */
+export function formatSlotAssignments(slots: readonly SlotAssignment[]): string {
+  if (slots.length === 0) return "-";
+  return slots.map((slot) => `DR${slot.dr} ${formatChunkShort(slot.chunk)}`).join(", ");
+}
+
+/** A target in one cell: `host-1/4242 armed` or `host-1/4242 failed (EPERM: ...)`. */
+export function formatTarget(target: Target): string {
+  const head = `${target.hostId}/${target.pid} ${targetStateName(target.state)}`;
+  return target.reason ? `${head} (${target.reason})` : head;
+}
+
+/** When a job ends or ended: its end time, else its deadline, else `-`. */
+export function jobEnds(job: Job): string {
+  if (job.endedUnixMs !== 0n) return formatTime(job.endedUnixMs);
+  if (job.deadlineUnixMs !== 0n) return formatTime(job.deadlineUnixMs);
+  return "-";
+}
+
+/** Left-aligned columns two spaces apart, header first, no trailing blanks. */
+export function renderTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = headers.map((header, column) => Math.max(header.length, ...rows.map((row) => (row[column] ?? "").length)));
+  const line = (cells: readonly string[]) =>
+    widths
+      .map((width, column) => (cells[column] ?? "").padEnd(width))
+      .join("  ")
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join("\n") + "\n";
+}
+
+/** The `jobs ls` table: one job per row. */
+export function renderJobsTable(jobs: readonly Job[]): string {
+  if (jobs.length === 0) return "no jobs\n";
+  return renderTable(
+    ["ID", "STATE", "TARGETS", "WATCHES", "T/D/S/DROP", "CREATED", "ENDS"],
+    jobs.map((job) => [
+      job.id,
+      jobStateName(job.state),
+      job.targets.length === 0 ? "-" : job.targets.map(formatTarget).join(", "),
+      (job.spec?.watches ?? []).map(formatWatch).join(", ") || "-",
+      formatCounts(job.counts),
+      formatTime(job.createdUnixMs),
+      jobEnds(job),
+    ]),
+  );
+}
+
+/** One job in detail: its fields, then a table of its targets with their registers. */
+export function renderJobDetail(job: Job): string {
+  const spec = job.spec;
+  const fields: Array<[string, string]> = [
+    ["job", job.id],
+    ["state", job.reason ? `${jobStateName(job.state)} (${job.reason})` : jobStateName(job.state)],
+    ["watches", (spec?.watches ?? []).map(formatWatch).join(", ") || "-"],
+    ["pid", spec?.target ? String(spec.target.pid) : "-"],
+    ["hosts", spec?.target && spec.target.hostIds.length > 0 ? spec.target.hostIds.join(", ") : "(the only agent)"],
+    ["max hits", spec && spec.maxHits !== 0n ? String(spec.maxHits) : "no limit"],
+    ["duration", spec && spec.durationMs !== 0n ? formatDuration(spec.durationMs) : "until cancelled"],
+    ["created", formatTime(job.createdUnixMs)],
+    ["ends", jobEnds(job)],
+    ["counts", describeCounts(job.counts)],
+  ];
+  const width = Math.max(...fields.map(([name]) => name.length));
+  const head = fields.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join("\n") + "\n";
+  if (job.targets.length === 0) return `${head}\nno targets\n`;
+  const targets = renderTable(
+    ["HOST", "PID", "STATE", "THREADS", "SLOTS", "T/D/S/DROP", "REASON"],
+    job.targets.map((target) => [
+      target.hostId,
+      String(target.pid),
+      targetStateName(target.state),
+      `${target.threadsArmed}/${target.threadsTotal}`,
+      formatSlotAssignments(target.slots),
+      formatCounts(target.counts),
+      target.reason || "-",
+    ]),
+  );
+  return `${head}\n${targets}`;
+}
+
+/** `trapped 12, delivered 10, suppressed 2, dropped 0`. */
+export function describeCounts(counts: HitCounts | undefined): string {
+  const c = counts ?? { trapped: 0n, delivered: 0n, suppressed: 0n, dropped: 0n };
+  return `trapped ${c.trapped}, delivered ${c.delivered}, suppressed ${c.suppressed}, dropped ${c.dropped}`;
+}
+
+/** One register of a watched target: `free` or `<job id> 0x…/8 w`. */
+export function formatSlotUse(use: SlotUse | undefined): string {
+  if (!use || use.jobId === "") return "free";
+  return `${use.jobId} ${formatChunkShort(use.chunk)}`;
+}
+
+/** `k=v,k2=v2` sorted by key; `-` when none. */
+export function formatLabels(labels: Readonly<Record<string, string>>): string {
+  const keys = Object.keys(labels).sort();
+  return keys.length === 0 ? "-" : keys.map((key) => `${key}=${labels[key]}`).join(",");
+}
+
+/** The `agents ls` tables: hosts, then every watched target's DR0–DR3. */
+export function renderAgentsTable(agents: readonly Agent[], nowMs: number): string {
+  if (agents.length === 0) return "no agents\n";
+  const hosts = renderTable(
+    ["HOST", "LABELS", "CONNECTED", "KERNEL", "LAST SEEN"],
+    agents.map((agent) => [
+      agent.info?.hostId ?? "?",
+      formatLabels(agent.info?.labels ?? {}),
+      agent.connected ? "yes" : "no",
+      agent.info?.kernel || "-",
+      formatAge(agent.lastSeenUnixMs, nowMs),
+    ]),
+  );
+  const rows = agents.flatMap((agent) =>
+    agent.targets.map((target) => {
+      const byDr = new Map(target.slots.map((slot) => [slot.dr, slot]));
+      return [agent.info?.hostId ?? "?", String(target.pid), ...[0, 1, 2, 3].map((dr) => formatSlotUse(byDr.get(dr)))];
+    }),
+  );
+  if (rows.length === 0) return `${hosts}\nno watched targets\n`;
+  return `${hosts}\n${renderTable(["HOST", "PID", "DR0", "DR1", "DR2", "DR3"], rows)}`;
+}
+
+// Hit lines stream one at a time, so columns get fixed minimum widths
+// instead of being measured over all rows.
+const hitColumns: Array<[string, number]> = [
+  ["TIME", 24],
+  ["HOST", 12],
+  ["PID", 7],
+  ["TID", 7],
+  ["ADDRESS", 14],
+  ["OLD → NEW", 26],
+  ["IP", 18],
+  ["SLOT", 4],
+];
+
+function hitLine(cells: readonly string[]): string {
+  return cells
+    .map((cell, column) => cell.padEnd(hitColumns[column]![1]))
+    .join("  ")
+    .trimEnd();
+}
+
+/** The header above streamed hit lines. */
+export function renderHitHeader(): string {
+  return hitLine(hitColumns.map(([name]) => name)) + "\n";
+}
+
+/** The instruction pointer, with the function it is in when the stack says so: `0x401136 bump+0x6`. */
+export function formatIp(hit: HitEvent): string {
+  const frame = hit.stack.find((f) => f.ip === hit.ip) ?? hit.stack[0];
+  if (!frame || frame.function === "") return hex(hit.ip);
+  return `${hex(hit.ip)} ${frame.function}+${hex(frame.offset)}`;
+}
+
+/** One hit as one table line. */
+export function renderHitLine(hit: HitEvent): string {
+  return (
+    hitLine([
+      formatHitTime(hit.timeUnixNano),
+      hit.hostId,
+      String(hit.pid),
+      String(hit.tid),
+      hex(hit.address),
+      `${formatValue(hit.oldValue)} → ${formatValue(hit.newValue)}`,
+      formatIp(hit),
+      `DR${hit.slot}`,
+    ]) + "\n"
+  );
+}
+
+/** One hit as one line of protobuf JSON (uint64 as strings), for `-o json` streams. */
+export function renderHitJson(hit: HitEvent): string {
+  return JSON.stringify(toJson(HitEventSchema, hit)) + "\n";
+}
+
+/** A message as indented protobuf JSON. */
+export function renderMessageJson<D extends DescMessage>(schema: D, message: MessageShape<D>): string {
+  return JSON.stringify(toJson(schema, message), null, 2) + "\n";
+}
+
+/** One job as indented protobuf JSON. */
+export function renderJobJson(job: Job): string {
+  return renderMessageJson(JobSchema, job);
+}
+
+/** The `-o, --output table|json` option every printing command takes. */
+export function outputOption(): Option {
+  return new Option("-o, --output <format>", "output format").choices(outputFormats).default("table");
+}

@@ -1,0 +1,185 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import { AgentSchema, HitEventSchema, JobSchema, JobState, TargetState, WatchMode } from "../../proto/index.js";
+import {
+  formatAge,
+  formatDuration,
+  formatValue,
+  formatWatch,
+  parseDuration,
+  renderAgentsTable,
+  renderHitJson,
+  renderHitLine,
+  renderJobDetail,
+  renderJobsTable,
+  renderTable,
+} from "../../cli/output.js";
+import { UsageError } from "../../cli/errors.js";
+
+test("cli output - parses durations with ms, s, m, h and sums of them", () => {
+  const table: Array<[string, number]> = [
+    ["500ms", 500],
+    ["30s", 30_000],
+    ["10m", 600_000],
+    ["1h", 3_600_000],
+    ["1h30m", 5_400_000],
+    ["0s", 0],
+  ];
+  for (const [text, ms] of table) assert.equal(parseDuration(text), ms, text);
+});
+
+test("cli output - refuses durations without a unit or with junk, naming the option", () => {
+  for (const text of ["30", "", "1d", "s", "10 m", "-5s", "1.5s", "30sec"]) {
+    assert.throws(() => parseDuration(text, "--duration"), (err: unknown) => {
+      assert.ok(err instanceof UsageError, text);
+      assert.equal(err.exitCode, 3);
+      assert.match(err.message, /^--duration '.*' is not a duration/);
+      return true;
+    });
+  }
+});
+
+test("cli output - formats durations in their shortest exact spelling", () => {
+  const table: Array<[number, string]> = [
+    [0, "0s"],
+    [500, "500ms"],
+    [1_500, "1.5s"],
+    [30_000, "30s"],
+    [600_000, "10m"],
+    [5_400_000, "1h30m"],
+    [3_661_000, "1h1m1s"],
+  ];
+  for (const [ms, text] of table) assert.equal(formatDuration(ms), text, String(ms));
+});
+
+test("cli output - shows values in hex and decimal and ages relative to now", () => {
+  assert.equal(formatValue(42n), "0x2a (42)");
+  assert.equal(formatValue(0xffffffffffffffffn), "0xffffffffffffffff (18446744073709551615)");
+  assert.equal(formatAge(0n, 10_000), "-");
+  assert.equal(formatAge(9_500n, 10_000), "now");
+  assert.equal(formatAge(7_000n, 10_000), "3s ago");
+  assert.equal(formatAge(0n + 1n, 3_600_001), "1h ago");
+});
+
+test("cli output - spells watches as asked: symbol size, offset, address", () => {
+  const watch = (location: object, length: number, mode: WatchMode) => create(JobSchema, { spec: { watches: [{ location: location as never, length, mode }] } }).spec!.watches[0]!;
+  assert.equal(formatWatch(watch({ case: "symbol", value: "counter" }, 0, WatchMode.WRITE)), "counter w");
+  assert.equal(formatWatch(watch({ case: "symbol", value: "counter+0x8" }, 4, WatchMode.READ_WRITE)), "counter+0x8/4 rw");
+  assert.equal(formatWatch(watch({ case: "address", value: 0x4010n }, 8, WatchMode.WRITE)), "0x4010/8 w");
+  assert.equal(formatWatch(watch({ case: "address", value: 0x401136n }, 1, WatchMode.EXECUTE)), "0x401136/1 x");
+});
+
+test("cli output - aligns table columns two spaces apart without trailing blanks", () => {
+  assert.equal(renderTable(["A", "LONGER"], [["xyz", "1"], ["q", ""]]), "A    LONGER\nxyz  1\nq\n");
+});
+
+const job = create(JobSchema, {
+  id: "j-1",
+  state: JobState.ARMED,
+  spec: { watches: [{ location: { case: "symbol", value: "counter" }, length: 0, mode: WatchMode.WRITE }], target: { pid: 4242 }, maxHits: 10n, durationMs: 30_000n },
+  targets: [
+    {
+      hostId: "h1",
+      pid: 4242,
+      state: TargetState.ARMED,
+      threadsTotal: 3,
+      threadsArmed: 3,
+      slots: [{ dr: 0, chunk: { address: 0x4010n, length: 8, mode: WatchMode.WRITE } }],
+      counts: { trapped: 5n, delivered: 4n, suppressed: 1n, dropped: 0n },
+    },
+    { hostId: "h2", pid: 4242, state: TargetState.FAILED, reason: "ESRCH: no such process" },
+  ],
+  createdUnixMs: 1_700_000_000_000n,
+  deadlineUnixMs: 1_700_000_030_000n,
+  counts: { trapped: 5n, delivered: 4n, suppressed: 1n, dropped: 0n },
+});
+
+test("cli output - jobs table shows lowercase states, targets with reasons, counts and times", () => {
+  assert.equal(
+    renderJobsTable([job]),
+    [
+      "ID   STATE  TARGETS                                                 WATCHES    T/D/S/DROP  CREATED                   ENDS",
+      "j-1  armed  h1/4242 armed, h2/4242 failed (ESRCH: no such process)  counter w  5/4/1/0     2023-11-14T22:13:20.000Z  2023-11-14T22:13:50.000Z",
+      "",
+    ].join("\n"),
+  );
+  assert.equal(renderJobsTable([]), "no jobs\n");
+});
+
+test("cli output - job detail lists the spec, then each target's threads, registers and counts", () => {
+  assert.equal(
+    renderJobDetail(job),
+    [
+      "job       j-1",
+      "state     armed",
+      "watches   counter w",
+      "pid       4242",
+      "hosts     (the only agent)",
+      "max hits  10",
+      "duration  30s",
+      "created   2023-11-14T22:13:20.000Z",
+      "ends      2023-11-14T22:13:50.000Z",
+      "counts    trapped 5, delivered 4, suppressed 1, dropped 0",
+      "",
+      "HOST  PID   STATE   THREADS  SLOTS           T/D/S/DROP  REASON",
+      "h1    4242  armed   3/3      DR0 0x4010/8 w  5/4/1/0     -",
+      "h2    4242  failed  0/0      -               0/0/0/0     ESRCH: no such process",
+      "",
+    ].join("\n"),
+  );
+});
+
+test("cli output - agents table shows DR0-DR3 of each watched target, free or held", () => {
+  const agent = create(AgentSchema, {
+    info: { hostId: "h1", labels: { role: "db", embedded: "true" }, kernel: "6.1.0" },
+    connected: true,
+    lastSeenUnixMs: 7_000n,
+    targets: [{ pid: 4242, slots: [{ dr: 1, jobId: "j-1", chunk: { address: 0x4010n, length: 8, mode: WatchMode.WRITE } }, { dr: 2, jobId: "" }] }],
+  });
+  assert.equal(
+    renderAgentsTable([agent], 10_000),
+    [
+      "HOST  LABELS                 CONNECTED  KERNEL  LAST SEEN",
+      "h1    embedded=true,role=db  yes        6.1.0   3s ago",
+      "",
+      "HOST  PID   DR0   DR1             DR2   DR3",
+      "h1    4242  free  j-1 0x4010/8 w  free  free",
+      "",
+    ].join("\n"),
+  );
+  assert.equal(renderAgentsTable([], 0), "no agents\n");
+});
+
+const hit = create(HitEventSchema, {
+  jobId: "j-1",
+  hostId: "h1",
+  pid: 4242,
+  tid: 4243,
+  address: 0x4010n,
+  length: 8,
+  mode: WatchMode.WRITE,
+  slot: 0,
+  ip: 0x401136n,
+  oldValue: 41n,
+  newValue: 42n,
+  timeUnixNano: 1_700_000_000_123_456_789n,
+  stack: [{ ip: 0x401136n, function: "bump", offset: 6n, module: "/bin/t" }],
+  sequence: 18446744073709551615n,
+});
+
+test("cli output - one hit is one table line with time, host, pid, tid, address, old → new, ip, slot", () => {
+  const line = renderHitLine(hit);
+  assert.equal(line.split("\n").length, 2);
+  assert.match(line, /^2023-11-14T22:13:20\.123Z\s+h1\s+4242\s+4243\s+0x4010\s+0x29 \(41\) → 0x2a \(42\)\s+0x401136 bump\+0x6\s+DR0\n$/);
+});
+
+test("cli output - one hit is one line of protobuf JSON with uint64 as strings", () => {
+  const text = renderHitJson(hit);
+  assert.equal(text.indexOf("\n"), text.length - 1);
+  const json = JSON.parse(text) as Record<string, unknown>;
+  assert.equal(json.jobId, "j-1");
+  assert.equal(json.address, "16400");
+  assert.equal(json.sequence, "18446744073709551615");
+  assert.equal(json.mode, "WATCH_MODE_WRITE");
+});

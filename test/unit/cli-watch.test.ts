@@ -1,0 +1,121 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { WatchMode, WatchSpecError } from "../../proto/index.js";
+import { buildJobSpec, type WatchArgs } from "../../cli/commands/watch.js";
+import { parseEventsArgs } from "../../cli/commands/events.js";
+import { parseAgentArgs, parseLabels } from "../../cli/commands/agent.js";
+import { embeddedHostId, parseUpArgs } from "../../cli/commands/up.js";
+import { UsageError } from "../../cli/errors.js";
+import { SequenceTracker } from "../../cli/events.js";
+
+const args = (extra: Partial<WatchArgs>): WatchArgs => ({ pid: "4242", locations: [], mode: "w", hosts: [], ...extra });
+
+test("cli watch - one watch per --symbol/--address in command-line order with per-kind default lengths", () => {
+  const spec = buildJobSpec(
+    args({
+      locations: [
+        { kind: "address", text: "0x4010" },
+        { kind: "symbol", text: "counter+16" },
+        { kind: "symbol", text: "flag" },
+      ],
+    }),
+  );
+  assert.deepEqual(
+    spec.watches.map((w) => [w.location.case, w.location.value, w.length, w.mode]),
+    [
+      ["address", 0x4010n, 8, WatchMode.WRITE],
+      ["symbol", "counter+0x10", 0, WatchMode.WRITE],
+      ["symbol", "flag", 0, WatchMode.WRITE],
+    ],
+  );
+  assert.equal(spec.target?.pid, 4242);
+  assert.deepEqual(spec.target?.hostIds, []);
+  assert.equal(spec.maxHits, 0n);
+  assert.equal(spec.durationMs, 0n);
+});
+
+test("cli watch - --length and --mode apply to every watch; limits and hosts are carried", () => {
+  const spec = buildJobSpec(
+    args({
+      locations: [
+        { kind: "symbol", text: "counter" },
+        { kind: "address", text: "4096" },
+      ],
+      length: "4",
+      mode: "rw",
+      maxHits: "100",
+      duration: "1h30m",
+      hosts: ["db-1", "db_2"],
+    }),
+  );
+  assert.deepEqual(spec.watches.map((w) => [w.length, w.mode]), [[4, WatchMode.READ_WRITE], [4, WatchMode.READ_WRITE]]);
+  assert.equal(spec.maxHits, 100n);
+  assert.equal(spec.durationMs, 5_400_000n);
+  assert.deepEqual(spec.target?.hostIds, ["db-1", "db_2"]);
+});
+
+test("cli watch - refuses bad input locally with the shared rules' messages (exit 3)", () => {
+  const cases: Array<[Partial<WatchArgs>, RegExp]> = [
+    [{ locations: [] }, /at least one watch/],
+    [{ pid: undefined, locations: [{ kind: "symbol", text: "x" }] }, /needs a target process \(--pid\)/],
+    [{ pid: "abc", locations: [{ kind: "symbol", text: "x" }] }, /--pid 'abc' is not a non-negative integer/],
+    [{ pid: "4294967296", locations: [{ kind: "symbol", text: "x" }] }, /--pid 4294967296 is too large/],
+    [{ locations: [{ kind: "symbol", text: "a b" }] }, /symbol 'a b' is not NAME/],
+    [{ locations: [{ kind: "address", text: "zz" }] }, /address 'zz' is not a number/],
+    [{ locations: [{ kind: "address", text: "0x4010" }], length: "3" }, /length 3 is not 1, 2, 4 or 8/],
+    [{ locations: [{ kind: "address", text: "0x4010" }], mode: "x" }, /execute watches take length 1/],
+    [{ locations: [{ kind: "address", text: "0x4010" }], mode: "r" }, /mode 'r' is not one of w, rw, x/],
+    [{ locations: [{ kind: "address", text: "0xffffffff81000000" }] }, /not a user-space address/],
+    [{ locations: [{ kind: "address", text: "0x4003" }, { kind: "address", text: "0x5000" }] }, /need 5 debug registers/],
+    [{ locations: [{ kind: "symbol", text: "x" }], duration: "30" }, /--duration '30' is not a duration/],
+    [{ locations: [{ kind: "symbol", text: "x" }], maxHits: "-1" }, /--max-hits '-1'/],
+    [{ locations: [{ kind: "symbol", text: "x" }], hosts: ["a.b"] }, /--host 'a.b' is not a host id/],
+  ];
+  for (const [extra, message] of cases) {
+    assert.throws(() => buildJobSpec(args(extra)), (err: unknown) => {
+      assert.ok(err instanceof UsageError || err instanceof WatchSpecError, String(err));
+      assert.match((err as Error).message, message);
+      return true;
+    });
+  }
+});
+
+test("cli events - --since counts back from now; job ids must be one subject token", () => {
+  assert.deepEqual(parseEventsArgs("j-1", { since: "10m" }, 1_000_000), { jobId: "j-1", follow: false, since: new Date(400_000) });
+  assert.deepEqual(parseEventsArgs("j-1", { follow: true }), { jobId: "j-1", follow: true });
+  assert.throws(() => parseEventsArgs("j.*", {}), /job id 'j\.\*' is not a job id/);
+  assert.throws(() => parseEventsArgs("j-1", { since: "yesterday" }), /--since 'yesterday' is not a duration/);
+});
+
+test("cli agent - labels are key=value and host ids one subject token", () => {
+  assert.deepEqual(parseLabels(["role=db", "zone=", "a=b=c"]), { role: "db", zone: "", "a": "b=c" });
+  assert.throws(() => parseLabels(["=x"]), /--label '=x' is not key=value/);
+  assert.throws(() => parseLabels(["novalue"]), /--label 'novalue' is not key=value/);
+  assert.throws(() => parseAgentArgs({ hostId: "a b" }, { controller: "c:1", nats: "nats://n:1" }), /--host-id 'a b'/);
+  assert.deepEqual(parseAgentArgs({ hostId: "h1", label: ["k=v"], helper: "/h" }, { controller: "c:1", nats: "nats://n:1" }), {
+    controller: "c:1",
+    natsUrl: "nats://n:1",
+    hostId: "h1",
+    labels: { k: "v" },
+    helperPath: "/h",
+  });
+});
+
+test("cli up - host id is the hostname reduced to [A-Za-z0-9_-]; data dir is under the cwd", () => {
+  assert.equal(embeddedHostId("db-1.example.com"), "db-1-example-com");
+  assert.equal(embeddedHostId("my_host"), "my_host");
+  assert.equal(embeddedHostId(""), "localhost");
+  assert.deepEqual(parseUpArgs({ dataDir: ".fleetwatch", listen: "127.0.0.1:7070", natsPort: "4222" }, "/srv", "h.x"), {
+    dataDir: "/srv/.fleetwatch",
+    listen: "127.0.0.1:7070",
+    natsPort: 4222,
+    hostId: "h-x",
+  });
+  assert.throws(() => parseUpArgs({ dataDir: "d", listen: "l", natsPort: "70000" }, "/", "h"), /--nats-port '70000' is not a TCP port/);
+});
+
+test("cli events - a hit seen again from the same host is dropped, in or out of order", () => {
+  const seen = new SequenceTracker();
+  const log: Array<[string, bigint]> = [["h1", 1n], ["h1", 3n], ["h2", 1n], ["h1", 2n], ["h1", 3n], ["h1", 1n], ["h1", 4n], ["h1", 0n], ["h1", 0n]];
+  assert.deepEqual(log.map(([host, seq]) => seen.add(host, seq)), [true, true, true, true, false, false, true, true, true]);
+});
