@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what fleetwatch needs on a Debian-like machine (only what is
+# missing), then builds the native helper and the TypeScript.
+# Usage: scripts/setup.sh [--test]   (--test adds the tools the test suite uses)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v nats-server >/dev/null || need+=(nats-server)
+command -v gcc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+[ -f /usr/include/elfutils/libdwfl.h ] || need+=(libdw-dev)
+[ -f /usr/include/libelf.h ] || need+=(libelf-dev)
+if [ "${1:-}" = "--test" ]; then
+  command -v strace >/dev/null || need+=(strace)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing ${need[*]}: install them with: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+  echo "setup: Node.js >= 20 is required (found $(node --version))" >&2
+  exit 1
+fi
+
+# npm ci only when the lock file changed since the last install.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run --silent build

@@ -1,0 +1,190 @@
+// End to end: the CLI submits, the controller places, the agent arms through
+// the helper in a real C target, hits flow through JetStream back to the CLI.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { Cluster } from "../support/cluster.js";
+import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import { waitFor } from "../support/wait.js";
+
+interface HitJson {
+  jobId: string;
+  hostId: string;
+  pid: number;
+  tid: number;
+  address: string;
+  slot?: number;
+  newValue: string;
+  oldValue?: string;
+  sequence: string;
+}
+
+function parseHits(stdout: string): HitJson[] {
+  return stdout
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .map((line) => JSON.parse(line) as HitJson);
+}
+
+describe("watch end to end", () => {
+  let cluster: Cluster;
+  const targets: Target[] = [];
+
+  before(async () => {
+    await buildFixtures();
+    cluster = await Cluster.start();
+  });
+
+  after(async () => {
+    for (const t of targets) await t.kill();
+    await cluster?.stop();
+  });
+
+  async function counter(threads: number, writes: number): Promise<Target> {
+    // Several writers take a lock around each write, so each trap reads its own thread's value.
+    const target = await startTarget("counter", ["--threads", String(threads), "--writes", String(writes), ...(threads > 1 ? ["--locked"] : [])]);
+    targets.push(target);
+    await target.waitForLine(/^ready /);
+    return target;
+  }
+
+  /** Waits until the controller says a job on this pid is armed; returns its id. */
+  async function armedJobOn(pid: number): Promise<string> {
+    return waitFor(`a job armed on pid ${pid}`, async () => {
+      const { jobs } = await cluster.api().listJobs({});
+      return jobs.find((j) => j.targets.some((t) => t.pid === pid && t.state === 2))?.id;
+    });
+  }
+
+  async function followHits(target: Target, threads: number, writes: number): Promise<HitJson[]> {
+    const total = threads * writes;
+    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(total), "--follow", "-o", "json"], { timeoutMs: 120_000 });
+    await armedJobOn(target.pid);
+    target.send("go");
+    const result = await watch;
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(await target.waitForLine(/^done/), /done/);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+    return parseHits(result.stdout);
+  }
+
+  test("reports exactly N hits with the values one thread wrote, in order", async () => {
+    const writes = 10_000;
+    const target = await counter(1, writes);
+    const hits = await followHits(target, 1, writes);
+    assert.equal(hits.length, writes);
+    assert.deepEqual(new Set(hits.map((h) => h.tid)).size, 1);
+    assert.notEqual(hits[0]!.tid, target.pid, "the writer is the worker thread, not the main one");
+    hits.forEach((hit, i) => {
+      const expected = (1n << 32n) | BigInt(i + 1);
+      assert.equal(BigInt(hit.newValue), expected, `hit ${i} new value`);
+      assert.equal(BigInt(hit.oldValue ?? "0"), i === 0 ? 0n : expected - 1n, `hit ${i} old value`);
+      assert.equal(hit.pid, target.pid);
+      assert.equal(hit.hostId, "host-a");
+      assert.equal(BigInt(hit.sequence), BigInt(i + 1));
+    });
+  });
+
+  test("reports every write of four threads with the right tids, in order per thread", async () => {
+    const writes = 2_500;
+    const target = await counter(4, writes);
+    const hits = await followHits(target, 4, writes);
+    assert.equal(hits.length, 4 * writes);
+    const byTid = new Map<number, bigint[]>();
+    for (const hit of hits) byTid.set(hit.tid, [...(byTid.get(hit.tid) ?? []), BigInt(hit.newValue)]);
+    assert.equal(byTid.size, 4, "four writer threads");
+    assert.ok(!byTid.has(target.pid), "the main thread only waits");
+    const threadIds = new Set<bigint>();
+    for (const values of byTid.values()) {
+      assert.equal(values.length, writes);
+      const thread = values[0]! >> 32n;
+      threadIds.add(thread);
+      values.forEach((v, i) => assert.equal(v, (thread << 32n) | BigInt(i + 1)));
+    }
+    assert.deepEqual([...threadIds].sort(), [1n, 2n, 3n, 4n]);
+  });
+
+  test("two watches use two registers; a job that needs more is refused naming the holders; cancel detaches", async () => {
+    const target = await counter(1, 100);
+    const pid = String(target.pid);
+    const first = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_counter", "-o", "json"]);
+    assert.equal(first.code, 0, first.stderr);
+    const jobA = (JSON.parse(first.stdout) as { id: string }).id;
+    const second = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_other", "-o", "json"]);
+    assert.equal(second.code, 0, second.stderr);
+    const jobB = (JSON.parse(second.stdout) as { id: string }).id;
+
+    const { agents } = await cluster.api().listAgents({});
+    const slots = agents.find((a) => a.info?.hostId === "host-a")?.targets.find((t) => t.pid === target.pid)?.slots ?? [];
+    assert.deepEqual(slots.map((s) => s.jobId), [jobA, jobB, "", ""]);
+    assert.equal(await target.tracerPid() !== 0, true, "traced while armed");
+
+    // fw_bytes+1, 8 bytes: 1 + 2 + 4 + 1 = four chunks, two registers left.
+    const third = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_bytes+1", "--length", "8"]);
+    assert.equal(third.code, 2, third.stderr);
+    assert.match(third.stderr, /has 2 free debug register\(s\) of 4 and the job needs 4/);
+    assert.match(third.stderr, new RegExp(`DR0 ${jobA} .*DR1 ${jobB}`));
+
+    for (const id of [jobA, jobB]) {
+      const cancelled = await cluster.cli(["jobs", "cancel", id, "-o", "json"]);
+      assert.equal(cancelled.code, 0, cancelled.stderr);
+      assert.equal((JSON.parse(cancelled.stdout) as { state: string }).state, "JOB_STATE_CANCELLED");
+    }
+    assert.equal(await target.tracerPid(), 0);
+    const after = await cluster.api().listAgents({});
+    assert.deepEqual(after.agents.find((a) => a.info?.hostId === "host-a")?.targets, []);
+    target.send("go");
+    await target.waitForLine(/^done/);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("bad input gets a clear error and the right exit code, and the target runs on untouched", async () => {
+    const target = await counter(1, 10);
+    const pid = String(target.pid);
+    const cases: Array<[string[], number, RegExp]> = [
+      [["watch", "--pid", "999999", "--symbol", "fw_counter"], 2, /no such process|pid 999999/i],
+      [["watch", "--pid", pid, "--symbol", "no_such_symbol"], 2, /symbol 'no_such_symbol' not found/],
+      [["watch", "--pid", pid, "--address", "0x1000", "--length", "3"], 3, /length 3 is not 1, 2, 4 or 8/],
+      [["watch", "--pid", pid, "--address", "0x1000", "--length", "2", "--mode", "x"], 3, /execute watches take length 1/],
+      [["watch", "--pid", pid, "--address", "0xffffffff81000000"], 3, /not a user-space address/],
+      [["watch", "--pid", pid, "--address", "0x1003", "--address", "0x2001"], 3, /need 8 debug registers per target but a thread has 4: 0x1003\/1 w #0, .*0x2008\/1 w #1/],
+      [["watch", "--pid", pid, "--symbol", "fw_counter", "--host", "nowhere"], 2, /no agent 'nowhere' has ever connected/],
+      [["watch", "--pid", pid, "--symbol", "fw_counter", "--mode", "q"], 3, /mode 'q' is not one of w, rw, x/],
+    ];
+    for (const [args, code, message] of cases) {
+      const result = await cluster.cli(args);
+      assert.equal(result.code, code, `${args.join(" ")}: ${result.stderr}`);
+      assert.match(result.stderr, message, args.join(" "));
+    }
+    assert.equal(await target.tracerPid(), 0);
+    target.send("go");
+    await target.waitForLine(/^done/);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("a process traced by someone else is refused naming the tracer", async () => {
+    const target = await counter(1, 10);
+    const strace = await startTarget("strace", ["-p", String(target.pid), "-o", "/dev/null"], { path: "strace" });
+    targets.push(strace);
+    await waitFor("strace attached", async () => (await target.tracerPid()) === strace.pid);
+    const result = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter"]);
+    assert.equal(result.code, 2, result.stderr);
+    assert.match(result.stderr, new RegExp(`already traced by pid ${strace.pid} \\(strace\\)`));
+    await strace.kill();
+    await waitFor("strace detached", async () => (await target.tracerPid()) === 0);
+    target.send("go");
+    await target.waitForLine(/^done/);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("a restarted controller keeps the job list", async () => {
+    const before = await cluster.cli(["jobs", "ls", "-o", "json"]);
+    assert.equal(before.code, 0, before.stderr);
+    const ids = (JSON.parse(before.stdout) as { jobs?: Array<{ id: string }> }).jobs?.map((j) => j.id).sort() ?? [];
+    assert.ok(ids.length >= 4, `jobs before restart: ${ids.length}`);
+    await cluster.stopController("SIGKILL");
+    await cluster.startController();
+    const after = await cluster.cli(["jobs", "ls", "-o", "json"]);
+    assert.equal(after.code, 0, after.stderr);
+    assert.deepEqual((JSON.parse(after.stdout) as { jobs?: Array<{ id: string }> }).jobs?.map((j) => j.id).sort(), ids);
+  });
+});

@@ -1,0 +1,174 @@
+// A real single-machine fleet for integration tests: nats-server on a free
+// port, the controller and agents as `fleetwatch` processes, and a runner
+// for CLI commands against them. Everything started here is stopped by stop().
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
+import { ControllerService, createClient, type ServiceClient } from "../../proto/index.js";
+import { cliPath, helperPath } from "./paths.js";
+import { waitFor } from "./wait.js";
+
+/** A daemon started through the CLI. */
+export class Daemon {
+  output = "";
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(
+    readonly name: string,
+    readonly child: ChildProcess,
+  ) {
+    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => (this.output += chunk));
+    child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (this.output += chunk));
+    this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Waits for a line of its output to match. */
+  waitForOutput(re: RegExp, timeoutMs = 15_000): Promise<RegExpMatchArray> {
+    return waitFor(`${this.name} prints ${re}`, () => {
+      if (!this.running && !re.test(this.output)) throw new Error(`${this.name} exited: ${this.output.slice(-2000)}`);
+      return re.exec(this.output) ?? undefined;
+    }, timeoutMs);
+  }
+
+  /** Sends a signal and waits for the exit (SIGKILL after the grace period). */
+  async stop(signal: NodeJS.Signals = "SIGTERM", graceMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.running) {
+      this.child.kill(signal);
+      const timer = setTimeout(() => this.child.kill("SIGKILL"), graceMs);
+      const result = await this.exited;
+      clearTimeout(timer);
+      return result;
+    }
+    return this.exited;
+  }
+}
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ClusterOptions {
+  /** Host ids of the agents to start; default one agent, "host-a". */
+  hosts?: string[];
+  leaseMs?: number;
+}
+
+/** nats-server + controller + agents, all real. */
+export class Cluster {
+  controllerAddress = "";
+  controller: Daemon | undefined;
+  readonly agents = new Map<string, Daemon>();
+  private client: ServiceClient<typeof ControllerService> | undefined;
+
+  private constructor(
+    readonly nats: RunningNatsServer,
+    readonly dataDir: string,
+    private readonly options: ClusterOptions,
+  ) {}
+
+  static async start(options: ClusterOptions = {}): Promise<Cluster> {
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-test-"));
+    const nats = await startNatsServer({ dataDir: path.join(dataDir, "nats") });
+    const cluster = new Cluster(nats, dataDir, options);
+    try {
+      await cluster.startController();
+      for (const hostId of options.hosts ?? ["host-a"]) await cluster.startAgent(hostId);
+    } catch (err) {
+      await cluster.stop();
+      throw err;
+    }
+    return cluster;
+  }
+
+  get natsUrl(): string {
+    return this.nats.url;
+  }
+
+  /** A gRPC client of the running controller. */
+  api(): ServiceClient<typeof ControllerService> {
+    this.client ??= createClient(ControllerService, this.controllerAddress);
+    return this.client;
+  }
+
+  /** Starts the controller on a free port, or again on the same one after stopController. */
+  async startController(): Promise<void> {
+    const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl];
+    if (this.options.leaseMs) args.push("--lease", `${this.options.leaseMs}ms`);
+    const daemon = new Daemon("controller", spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
+    this.controller = daemon;
+    const [, address] = await daemon.waitForOutput(/listening on (\S+:\d+)/);
+    this.client?.close();
+    this.client = undefined;
+    this.controllerAddress = address!;
+  }
+
+  async stopController(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    this.client?.close();
+    this.client = undefined;
+    await this.controller?.stop(signal);
+  }
+
+  /** Starts an agent and waits until the controller lists it as connected. */
+  async startAgent(hostId: string, labels: string[] = []): Promise<Daemon> {
+    const args = [cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", hostId, "--helper", helperPath];
+    for (const label of labels) args.push("--label", label);
+    const daemon = new Daemon(`agent ${hostId}`, spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
+    this.agents.set(hostId, daemon);
+    await this.waitForAgent(hostId);
+    return daemon;
+  }
+
+  /** Waits until the controller lists the agent as connected. */
+  async waitForAgent(hostId: string, timeoutMs = 15_000): Promise<void> {
+    await waitFor(`agent ${hostId} connected`, async () => {
+      const agent = this.agents.get(hostId);
+      if (agent && !agent.running) throw new Error(`agent ${hostId} exited: ${agent.output.slice(-2000)}`);
+      const { agents } = await this.api().listAgents({});
+      return agents.some((a) => a.info?.hostId === hostId && a.connected);
+    }, timeoutMs, 50);
+  }
+
+  /** Runs `fleetwatch ARGS` against this cluster and collects its output. */
+  cli(args: string[], options: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
+    const child = this.spawnCli(args, options.env);
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+    child.stderr?.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        reject(new Error(`fleetwatch ${args.join(" ")} did not finish within ${options.timeoutMs ?? 60_000} ms; stdout: ${stdout.slice(-1000)} stderr: ${stderr.slice(-1000)}`));
+      }, options.timeoutMs ?? 60_000);
+      child.once("exit", (code) => {
+        clearTimeout(timer);
+        resolve({ code, stdout, stderr });
+      });
+    });
+  }
+
+  /** Starts `fleetwatch ARGS` and returns the process. */
+  spawnCli(args: string[], env: Record<string, string> = {}): ChildProcess {
+    return spawn(process.execPath, [cliPath, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddress, FLEETWATCH_NATS: this.natsUrl, ...env },
+    });
+  }
+
+  /** Stops agents (they disarm), the controller and nats-server; removes the data. */
+  async stop(): Promise<void> {
+    this.client?.close();
+    await Promise.all([...this.agents.values()].map((a) => a.stop()));
+    await this.controller?.stop();
+    await this.nats.stop();
+    await rm(this.dataDir, { recursive: true, force: true });
+  }
+}
