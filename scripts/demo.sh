@@ -17,9 +17,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fleetwatch() { node dist/cli/main.js "$@"; }
-
-fleetwatch up --data-dir "$work/data" >"$work/up.log" 2>&1 &
+# Started directly (not through a shell function) so $! is the daemon itself.
+node dist/cli/main.js up --data-dir "$work/data" >"$work/up.log" 2>&1 &
 up_pid=$!
 for _ in $(seq 1 200); do
   grep -q '^fleetwatch up:' "$work/up.log" && break
@@ -33,5 +32,5 @@ gcc -O2 -g -pthread -o "$work/demo-counter" test/fixtures/demo-counter.c
 target_pid=$!
 echo "demo-counter running as pid $target_pid; watching writes to demo_counter for 10 s"
 
-fleetwatch watch --pid "$target_pid" --symbol demo_counter --duration 10s --follow
+node dist/cli/main.js watch --pid "$target_pid" --symbol demo_counter --duration 10s --follow
 echo "done: the demo program is still running untouched (TracerPid: $(awk '/TracerPid/ {print $2}' /proc/$target_pid/status))"
