@@ -82,6 +82,19 @@ describe("watch end to end", () => {
       assert.equal(hit.hostId, "host-a");
       assert.equal(BigInt(hit.sequence), BigInt(i + 1));
     });
+
+    // The same hits replay from JetStream after the job ended.
+    const replay = await cluster.cli(["events", hits[0]!.jobId, "-o", "json"]);
+    assert.equal(replay.code, 0, replay.stderr);
+    const replayed = parseHits(replay.stdout);
+    assert.equal(replayed.length, writes);
+    assert.deepEqual(replayed.map((h) => h.newValue), hits.map((h) => h.newValue));
+    const job = (await cluster.api().getJob({ id: hits[0]!.jobId })).job!;
+    assert.equal(job.state, 3, `job state ${job.state}: ${job.reason}`);
+    assert.deepEqual(
+      [job.counts?.trapped, job.counts?.delivered, job.counts?.suppressed, job.counts?.dropped],
+      [BigInt(writes), BigInt(writes), 0n, 0n],
+    );
   });
 
   test("reports every write of four threads with the right tids, in order per thread", async () => {
