@@ -8,8 +8,12 @@ import {
   JobSchema,
   JobState,
   TargetState,
+  formatCondition,
   hex,
+  isFinalJobState,
+  jobStateName,
   modeName,
+  targetStateName,
   type Agent,
   type Chunk,
   type HitCounts,
@@ -95,25 +99,10 @@ export function formatValue(value: bigint): string {
   return `${hex(value)} (${value})`;
 }
 
-/** Lowercase job state: pending, armed, completed, cancelled, failed. */
-export function jobStateName(state: JobState): string {
-  return (JobState[state] ?? String(state)).toLowerCase();
-}
-
-/** Lowercase target state: pending, armed, completed, cancelled, failed, exited. */
-export function targetStateName(state: TargetState): string {
-  return (TargetState[state] ?? String(state)).toLowerCase();
-}
-
-/** Whether a job will not change any more. */
-export function isFinalJobState(state: JobState): boolean {
-  return state === JobState.COMPLETED || state === JobState.CANCELLED || state === JobState.FAILED;
-}
-
-/** `trapped/delivered/suppressed/dropped`, e.g. `12/10/2/0`. */
+/** `trapped/delivered/suppressed/dropped/filtered`, e.g. `12/10/2/0/0`. */
 export function formatCounts(counts: HitCounts | undefined): string {
-  if (!counts) return "0/0/0/0";
-  return `${counts.trapped}/${counts.delivered}/${counts.suppressed}/${counts.dropped}`;
+  if (!counts) return "0/0/0/0/0";
+  return `${counts.trapped}/${counts.delivered}/${counts.suppressed}/${counts.dropped}/${counts.filtered}`;
 }
 
 /** One watch as asked: `counter w` (symbol's size), `counter+0x8/4 rw`, `0x4010/8 w`. */
@@ -169,7 +158,7 @@ export function renderTable(headers: readonly string[], rows: readonly (readonly
 export function renderJobsTable(jobs: readonly Job[]): string {
   if (jobs.length === 0) return "no jobs\n";
   return renderTable(
-    ["ID", "STATE", "TARGETS", "WATCHES", "T/D/S/DROP", "CREATED", "ENDS"],
+    ["ID", "STATE", "TARGETS", "WATCHES", "T/D/S/DROP/F", "CREATED", "ENDS"],
     jobs.map((job) => [
       job.id,
       jobStateName(job.state),
@@ -193,6 +182,9 @@ export function renderJobDetail(job: Job): string {
     ["hosts", spec?.target && spec.target.hostIds.length > 0 ? spec.target.hostIds.join(", ") : "(the only agent)"],
     ["max hits", spec && spec.maxHits !== 0n ? String(spec.maxHits) : "no limit"],
     ["duration", spec && spec.durationMs !== 0n ? formatDuration(spec.durationMs) : "until cancelled"],
+    ...(spec && spec.conditions.length > 0 ? [["if", spec.conditions.map(formatCondition).join(" and ")] as [string, string]] : []),
+    ...(spec && spec.tids.length > 0 ? [["threads", spec.tids.join(", ")] as [string, string]] : []),
+    ...(spec && spec.maxHitsPerSecond > 0 ? [["rate", `${spec.maxHitsPerSecond} hits/s per target, then off for ${formatDuration(spec.backoffMs || 1000)}`] as [string, string]] : []),
     ["created", formatTime(job.createdUnixMs)],
     ["ends", jobEnds(job)],
     ["counts", describeCounts(job.counts)],
@@ -201,7 +193,7 @@ export function renderJobDetail(job: Job): string {
   const head = fields.map(([name, value]) => `${name.padEnd(width)}  ${value}`).join("\n") + "\n";
   if (job.targets.length === 0) return `${head}\nno targets\n`;
   const targets = renderTable(
-    ["HOST", "PID", "STATE", "THREADS", "SLOTS", "T/D/S/DROP", "REASON"],
+    ["HOST", "PID", "STATE", "THREADS", "SLOTS", "T/D/S/DROP/F", "REASON"],
     job.targets.map((target) => [
       target.hostId,
       String(target.pid),
@@ -215,15 +207,15 @@ export function renderJobDetail(job: Job): string {
   return `${head}\n${targets}`;
 }
 
-/** `trapped 12, delivered 10, suppressed 2, dropped 0`. */
+/** `trapped 12, delivered 10, suppressed 2, dropped 0, filtered 0`. */
 export function describeCounts(counts: HitCounts | undefined): string {
-  const c = counts ?? { trapped: 0n, delivered: 0n, suppressed: 0n, dropped: 0n };
-  return `trapped ${c.trapped}, delivered ${c.delivered}, suppressed ${c.suppressed}, dropped ${c.dropped}`;
+  const c = counts ?? { trapped: 0n, delivered: 0n, suppressed: 0n, dropped: 0n, filtered: 0n };
+  return `trapped ${c.trapped}, delivered ${c.delivered}, suppressed ${c.suppressed}, dropped ${c.dropped}, filtered ${c.filtered}`;
 }
 
-/** One register of a watched target: `free` or `<job id> 0x…/8 w`. */
+/** One register of a watched target: `free`, `free (reserved)` or `<job id> 0x…/8 w`. */
 export function formatSlotUse(use: SlotUse | undefined): string {
-  if (!use || use.jobId === "") return "free";
+  if (!use || use.jobId === "") return use?.reserved ? "free (reserved)" : "free";
   return `${use.jobId} ${formatChunkShort(use.chunk)}`;
 }
 

@@ -13,7 +13,9 @@ import {
   TargetState,
   TargetSlotsSchema,
   AgentSchema,
+  armConditions,
   checkJobSpec,
+  defaultStackDepth,
   chunksOf,
   isSubjectToken,
   parseSymbol,
@@ -45,8 +47,28 @@ export interface ControllerCoreOptions {
   log: (line: string) => void;
 }
 
+/** Back-off after a rate limit trips, when the job names none. */
+const defaultBackoffMs = 1_000;
+
 function newJobId(): string {
   return randomBytes(5).toString("hex");
+}
+
+/** What an agent is asked to arm for one target of a job: registers, budget, deadline and the helper-side filters. */
+function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[] }) {
+  const spec = job.spec!;
+  return {
+    jobId: job.id,
+    pid: target.pid,
+    slots: target.slots,
+    maxHits: spec.maxHits,
+    deadlineUnixMs: job.deadlineUnixMs,
+    conditions: armConditions(spec),
+    tids: spec.tids,
+    maxHitsPerSecond: spec.maxHitsPerSecond,
+    backoffMs: spec.maxHitsPerSecond > 0 ? spec.backoffMs || defaultBackoffMs : 0,
+    stackDepth: spec.stackDepth ?? defaultStackDepth,
+  };
 }
 
 function agentFailure(hostId: string, error: AgentError): AgentOperationError {
@@ -144,7 +166,8 @@ export class Controller {
       plans.map(async ({ session }, i) => {
         const slots = job.targets[i]!.slots;
         try {
-          const result = await session.arm({ jobId: id, pid: target.pid, slots, maxHits: spec.maxHits, deadlineUnixMs: job.deadlineUnixMs });
+          const result = await session.arm(armRequest(job, { pid: target.pid, slots }));
+          if (result.reservedMask) this.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
           return result.error ? { hostId: session.hostId, err: agentFailure(session.hostId, result.error) } : { hostId: session.hostId, result };
         } catch (err) {
           return { hostId: session.hostId, err };
@@ -161,6 +184,7 @@ export class Controller {
           t.reason = `${outcome.result.threadsArmed}/${outcome.result.threadsTotal} threads armed`;
           t.threadsTotal = outcome.result.threadsTotal;
           t.threadsArmed = outcome.result.threadsArmed;
+          t.reservedMask = outcome.result.reservedMask;
         } else {
           t.state = TargetState.FAILED;
           t.reason = outcome.err instanceof Error ? outcome.err.message : String(outcome.err);
@@ -235,7 +259,9 @@ export class Controller {
             .map((e) =>
               create(TargetSlotsSchema, {
                 pid: e.pid,
-                slots: Array.from({ length: slotsPerThread }, (_, dr) => create(SlotUseSchema, { dr, jobId: e.slots[dr]?.jobId ?? "", chunk: e.slots[dr]?.chunk })),
+                slots: Array.from({ length: slotsPerThread }, (_, dr) =>
+                  create(SlotUseSchema, { dr, jobId: e.slots[dr]?.jobId ?? "", chunk: e.slots[dr]?.chunk, reserved: ((e.reservedMask >> dr) & 1) === 1 }),
+                ),
               }),
             ),
         }),
@@ -296,6 +322,7 @@ export class Controller {
         if (!session?.isOpen) return { target: t, note: `; agent ${t.hostId} not connected: it disarms when it reconnects` };
         try {
           const result = await session.disarm({ jobId: id, pid: t.pid });
+          this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
           if (result.error) return { target: t, note: `; disarm failed: ${result.error.message}` };
           return { target: t, counts: result.counts, note: "" };
         } catch (err) {
@@ -398,13 +425,21 @@ export class Controller {
       const t = j.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
       if (!t) return;
       if (report.counts) t.counts = report.counts;
+      if (report.threadsTotal > 0) {
+        t.threadsTotal = report.threadsTotal;
+        t.threadsArmed = report.threadsArmed;
+      }
+      if (report.reservedMask) t.reservedMask |= report.reservedMask;
+      if (report.state === TargetState.ARMED && report.reason && isTargetActive(t)) t.reason = report.reason;
       if (ends && isTargetActive(t)) {
         t.state = report.state;
         t.reason = report.reason;
       }
       rollUp(j);
     });
+    this.ledger.noteReserved(hostId, report.pid, report.reservedMask);
     if (ends) this.ledger.release(hostId, report.pid, report.jobId);
+    if (report.state === TargetState.EXITED) this.ledger.forgetReserved(hostId, report.pid);
     if (isJobFinal(job)) {
       clearTimeout(this.deadlines.get(job.id));
       this.deadlines.delete(job.id);
@@ -445,7 +480,8 @@ export class Controller {
         this.options.log(`agent ${session.hostId}: re-arming pid ${target.pid} for job ${job.id}`);
         let failure = "";
         try {
-          const result = await session.arm({ jobId: job.id, pid: target.pid, slots: target.slots, maxHits: job.spec?.maxHits ?? 0n, deadlineUnixMs: job.deadlineUnixMs });
+          const result = await session.arm(armRequest(job, target));
+          if (result.reservedMask) this.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
           if (result.error) failure = `${session.hostId}: ${result.error.message}`;
         } catch (err) {
           failure = err instanceof Error ? err.message : String(err);

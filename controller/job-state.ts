@@ -1,7 +1,7 @@
 // Pure rules of job and target lifecycle: which states are final, and how
 // the targets' states and counters roll up onto the job.
 import { create } from "@bufbuild/protobuf";
-import { HitCountsSchema, JobState, TargetState, type HitCounts, type Job, type Target } from "../proto/index.js";
+import { HitCountsSchema, JobState, TargetState, isFinalJobState, type HitCounts, type Job, type Target } from "../proto/index.js";
 
 /** A target that holds (or is about to hold) debug registers. */
 export function isTargetActive(target: Target): boolean {
@@ -10,7 +10,7 @@ export function isTargetActive(target: Target): boolean {
 
 /** A job that will not change any more. */
 export function isJobFinal(job: Job): boolean {
-  return job.state === JobState.COMPLETED || job.state === JobState.CANCELLED || job.state === JobState.FAILED;
+  return isFinalJobState(job.state);
 }
 
 /** Sum of counters. */
@@ -22,17 +22,9 @@ export function addCounts(items: ReadonlyArray<HitCounts | undefined>): HitCount
     sum.delivered += c.delivered;
     sum.suppressed += c.suppressed;
     sum.dropped += c.dropped;
+    sum.filtered += c.filtered;
   }
   return sum;
-}
-
-/** Lower-case state names used in every output. */
-export function jobStateName(state: JobState): string {
-  return (JobState[state] ?? "unspecified").toLowerCase();
-}
-
-export function targetStateName(state: TargetState): string {
-  return (TargetState[state] ?? "unspecified").toLowerCase();
 }
 
 /**

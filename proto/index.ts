@@ -8,3 +8,4 @@ export * from "./errors.js";
 export * from "./watch-spec.js";
 export * from "./subjects.js";
 export * from "./async-queue.js";
+export * from "./states.js";

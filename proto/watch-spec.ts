@@ -3,7 +3,7 @@
 // debug-register chunks (the same count the ledger reserves and the helper arms).
 import { create } from "@bufbuild/protobuf";
 import { WatchSpecError } from "./errors.js";
-import { ChunkSchema, WatchMode, type Chunk, type JobSpec, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
+import { ChunkSchema, ConditionOp, ConditionSchema, WatchMode, type Chunk, type Condition, type JobSpec, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
 
 /** Debug-address registers per thread (DR0-DR3). */
 export const slotsPerThread = 4;
@@ -18,17 +18,58 @@ export const chunkLengths = [1, 2, 4, 8] as const;
  */
 export const userAddressLimit = 0x7ffffffff000n;
 
+/** Conditions per job, thread filter entries, and stack frames at most. */
+export const maxConditions = 4;
+export const maxTids = 16;
+export const maxStackDepth = 64;
+export const defaultStackDepth = 16;
+
 const modeNames: Record<string, WatchMode> = {
   w: WatchMode.WRITE,
   rw: WatchMode.READ_WRITE,
+  r: WatchMode.READ,
   x: WatchMode.EXECUTE,
 };
 
-/** Parses the CLI's `w`, `rw`, `x`. */
+/** Parses the CLI's `w`, `rw`, `r`, `x`. */
 export function parseMode(text: string): WatchMode {
   const mode = modeNames[text];
-  if (mode === undefined) throw new WatchSpecError(`mode '${text}' is not one of w, rw, x`, "mode");
+  if (mode === undefined) throw new WatchSpecError(`mode '${text}' is not one of w, rw, r, x`, "mode");
   return mode;
+}
+
+/** The mode a debug register is armed with: reads are emulated with read/write. */
+export function registerMode(mode: WatchMode): WatchMode {
+  return mode === WatchMode.READ ? WatchMode.READ_WRITE : mode;
+}
+
+const conditionOps: Record<string, ConditionOp> = {
+  "==": ConditionOp.EQ,
+  "!=": ConditionOp.NE,
+  "<": ConditionOp.LT,
+  ">": ConditionOp.GT,
+  "<=": ConditionOp.LE,
+  ">=": ConditionOp.GE,
+};
+
+/** Parses `changed`, `unchanged`, or a comparison of the new value: `value > 0x10`, `== 5`. */
+export function parseCondition(text: string): Condition {
+  const t = text.trim();
+  if (t === "changed") return create(ConditionSchema, { op: ConditionOp.CHANGED });
+  if (t === "unchanged") return create(ConditionSchema, { op: ConditionOp.UNCHANGED });
+  const match = /^(?:value\s*)?(==|!=|<=|>=|<|>)\s*(0x[0-9a-fA-F]+|\d+)$/.exec(t);
+  if (!match) throw new WatchSpecError(`condition '${text}' is not 'changed', 'unchanged' or 'value OP NUMBER' (OP one of == != < > <= >=)`, "conditions");
+  const value = BigInt(match[2]!);
+  if (value >= 1n << 64n) throw new WatchSpecError(`condition '${text}': ${match[2]} does not fit in 64 bits`, "conditions");
+  return create(ConditionSchema, { op: conditionOps[match[1]!]!, value });
+}
+
+/** `value > 0x10`, `changed`. */
+export function formatCondition(condition: Condition): string {
+  if (condition.op === ConditionOp.CHANGED) return "changed";
+  if (condition.op === ConditionOp.UNCHANGED) return "unchanged";
+  const op = Object.entries(conditionOps).find(([, o]) => o === condition.op)?.[0] ?? "?";
+  return `value ${op} ${hex(condition.value)}`;
 }
 
 /** `w`, `rw` or `x`. */
@@ -40,6 +81,8 @@ export function modeName(mode: WatchMode): string {
       return "rw";
     case WatchMode.EXECUTE:
       return "x";
+    case WatchMode.READ:
+      return "r";
     default:
       return "unspecified";
   }
@@ -129,13 +172,29 @@ export function checkWatch(watch: WatchSpec, index: number): void {
   checkAddressRange(watch.location.value, watch.length);
 }
 
-/** Validates a job spec's fields that need no target; returns the chunks of address watches. */
+/** Validates a job spec's fields that need no target, and the chunk count of its address watches. */
 export function checkJobSpec(spec: JobSpec): void {
   if (spec.watches.length === 0) throw new WatchSpecError("a job needs at least one watch (--symbol or --address)", "watches");
   spec.watches.forEach(checkWatch);
   if (!spec.target || spec.target.pid === 0) throw new WatchSpecError("a job needs a target process (--pid)", "target.pid");
-  const addressChunks = spec.watches.flatMap((w, i) => (w.location.case === "address" ? splitRange(w.location.value, w.length, w.mode, i) : []));
+  const reads = spec.watches.filter((w) => w.mode === WatchMode.READ).length;
+  if (reads > 0 && reads < spec.watches.length) throw new WatchSpecError("read watches (mode r) are emulated by value and cannot share a job with other modes: submit them as a separate job", "mode");
+  const conditionCount = spec.conditions.length + (reads > 0 ? 1 : 0);
+  if (conditionCount > maxConditions) throw new WatchSpecError(`at most ${maxConditions} conditions per job, read watches use one (got ${conditionCount})`, "conditions");
+  for (const c of spec.conditions) {
+    if (c.op === ConditionOp.UNSPECIFIED || ConditionOp[c.op] === undefined) throw new WatchSpecError(`condition operator ${c.op} is not known`, "conditions");
+  }
+  if (spec.tids.length > maxTids) throw new WatchSpecError(`at most ${maxTids} threads in a thread filter (got ${spec.tids.length})`, "tids");
+  if (spec.tids.some((t) => t === 0)) throw new WatchSpecError("thread id 0 is not a thread", "tids");
+  if ((spec.stackDepth ?? 0) > maxStackDepth) throw new WatchSpecError(`stack depth ${spec.stackDepth} is above ${maxStackDepth}`, "stack_depth");
+  const addressChunks = spec.watches.flatMap((w, i) => (w.location.case === "address" ? splitRange(w.location.value, w.length, registerMode(w.mode), i) : []));
   checkChunkCount(addressChunks);
+}
+
+/** The conditions the helper evaluates: the job's, plus `unchanged` for read watches. */
+export function armConditions(spec: JobSpec): Condition[] {
+  const reads = spec.watches.length > 0 && spec.watches.every((w) => w.mode === WatchMode.READ);
+  return reads ? [...spec.conditions, create(ConditionSchema, { op: ConditionOp.UNCHANGED })] : [...spec.conditions];
 }
 
 /**
@@ -161,7 +220,7 @@ export function chunksOf(spec: JobSpec, resolved: ReadonlyMap<number, { address:
       checkLength(length, watch.mode);
     }
     checkAddressRange(address, length);
-    return splitRange(address, length, watch.mode, index);
+    return splitRange(address, length, registerMode(watch.mode), index);
   });
   checkChunkCount(chunks);
   return chunks;

@@ -11,8 +11,12 @@ import {
   RpcError,
   checkJobSpec,
   hex,
+  isFinalJobState,
   isSubjectToken,
+  jobStateName,
   parseAddress,
+  maxStackDepth,
+  parseCondition,
   parseMode,
   parseSymbol,
   type Job,
@@ -25,8 +29,6 @@ import type { CliContext, ControllerClient } from "../main.js";
 import {
   describeCounts,
   formatDuration,
-  isFinalJobState,
-  jobStateName,
   outputOption,
   parseDuration,
   renderHitHeader,
@@ -62,6 +64,12 @@ export interface WatchArgs {
   maxHits?: string;
   duration?: string;
   hosts: string[];
+  /** `--if` texts. */
+  conditions?: string[];
+  tids?: string[];
+  rate?: string;
+  backoff?: string;
+  stack?: string;
 }
 
 function parseCount(text: string, option: string, max: bigint): bigint {
@@ -96,6 +104,11 @@ export function buildJobSpec(args: WatchArgs): JobSpec {
     target: { hostIds: args.hosts, pid: args.pid === undefined ? 0 : Number(parseCount(args.pid, "--pid", 0xffff_ffffn)) },
     maxHits: args.maxHits === undefined ? 0n : parseCount(args.maxHits, "--max-hits", 0xffff_ffff_ffff_ffffn),
     durationMs: args.duration === undefined ? 0n : BigInt(parseDuration(args.duration, "--duration")),
+    conditions: (args.conditions ?? []).map(parseCondition),
+    tids: (args.tids ?? []).map((t) => Number(parseCount(t, "--tid", 0x7fff_ffffn))),
+    maxHitsPerSecond: args.rate === undefined ? 0 : Number(parseCount(args.rate, "--rate", 0xffff_ffffn)),
+    backoffMs: args.backoff === undefined ? 0 : parseDuration(args.backoff, "--backoff"),
+    ...(args.stack === undefined ? {} : { stackDepth: Number(parseCount(args.stack, "--stack", BigInt(maxStackDepth))) }),
   });
   checkJobSpec(spec);
   return spec;
@@ -225,6 +238,23 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
   if (format === "table") ctx.stdout.write(printFollowSummary(final, printed));
 }
 
+/** What commander hands the `watch` action. */
+interface WatchOptions {
+  pid?: string;
+  length?: string;
+  mode: string;
+  maxHits?: string;
+  duration?: string;
+  host?: string[];
+  if?: string[];
+  tid?: string[];
+  rate?: string;
+  backoff?: string;
+  stack?: string;
+  follow?: boolean;
+  output: OutputFormat;
+}
+
 /** Adds `watch` to the program. */
 export function registerWatchCommand(program: Command, ctx: CliContext): void {
   const locations: LocationArg[] = [];
@@ -242,14 +272,19 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
       return text;
     })
     .option("--length <bytes>", "width of every watch: 1, 2, 4 or 8 (default: symbol size, 8 for addresses)")
-    .option("--mode <mode>", "w (writes), rw (reads and writes) or x (execute)", "w")
+    .option("--mode <mode>", "w (writes), rw (reads and writes), r (reads: rw reported only when the value is unchanged) or x (execute)", "w")
+    .option("--if <condition>", "report only hits whose new value passes: changed, unchanged, 'value == 5', '> 0x10' (repeatable, all must hold)", (text: string, all: string[] = []) => [...all, text])
+    .option("--tid <tid...>", "report only these threads")
+    .option("--rate <hits/s>", "per target: above this rate the registers are cleared for --backoff and the target runs at full speed")
+    .option("--backoff <time>", "how long a rate-limited watch stays disarmed (default 1s)")
+    .option("--stack <frames>", "symbolized stack frames per hit, 0 for none (default 16)")
     .option("--max-hits <n>", "stop after this many delivered hits")
     .option("--duration <time>", "stop after this long (500ms, 30s, 10m, 1h)")
     .option("--host <id...>", "hosts by agent host id (default: the only agent)")
     .option("--follow", "print hits as they arrive until the job ends")
     .addOption(outputOption())
-    .action(async (opts: { pid?: string; length?: string; mode: string; maxHits?: string; duration?: string; host?: string[]; follow?: boolean; output: OutputFormat }) => {
-      const spec = buildJobSpec({ ...opts, locations, hosts: opts.host ?? [] });
+    .action(async (opts: WatchOptions) => {
+      const spec = buildJobSpec({ ...opts, locations, hosts: opts.host ?? [], conditions: opts.if ?? [], tids: opts.tid ?? [] });
       if (!opts.follow) {
         ctx.stdout.write(printSubmitted(await submitJob(ctx.controller(), spec), opts.output));
         return;

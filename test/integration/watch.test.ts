@@ -161,7 +161,7 @@ describe("watch end to end", () => {
       [["watch", "--pid", pid, "--address", "0xffffffff81000000"], 3, /not a user-space address/],
       [["watch", "--pid", pid, "--address", "0x1003", "--address", "0x2001"], 3, /need 8 debug registers per target but a thread has 4: 0x1003\/1 w #0, .*0x2008\/1 w #1/],
       [["watch", "--pid", pid, "--symbol", "fw_counter", "--host", "nowhere"], 2, /no agent 'nowhere' has ever connected/],
-      [["watch", "--pid", pid, "--symbol", "fw_counter", "--mode", "q"], 3, /mode 'q' is not one of w, rw, x/],
+      [["watch", "--pid", pid, "--symbol", "fw_counter", "--mode", "q"], 3, /mode 'q' is not one of w, rw, r, x/],
     ];
     for (const [args, code, message] of cases) {
       const result = await cluster.cli(args);

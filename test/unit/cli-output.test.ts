@@ -99,8 +99,8 @@ test("cli output - jobs table shows lowercase states, targets with reasons, coun
   assert.equal(
     renderJobsTable([job]),
     [
-      "ID   STATE  TARGETS                                                 WATCHES    T/D/S/DROP  CREATED                   ENDS",
-      "j-1  armed  h1/4242 armed, h2/4242 failed (ESRCH: no such process)  counter w  5/4/1/0     2023-11-14T22:13:20.000Z  2023-11-14T22:13:50.000Z",
+      "ID   STATE  TARGETS                                                 WATCHES    T/D/S/DROP/F  CREATED                   ENDS",
+      "j-1  armed  h1/4242 armed, h2/4242 failed (ESRCH: no such process)  counter w  5/4/1/0/0     2023-11-14T22:13:20.000Z  2023-11-14T22:13:50.000Z",
       "",
     ].join("\n"),
   );
@@ -120,11 +120,11 @@ test("cli output - job detail lists the spec, then each target's threads, regist
       "duration  30s",
       "created   2023-11-14T22:13:20.000Z",
       "ends      2023-11-14T22:13:50.000Z",
-      "counts    trapped 5, delivered 4, suppressed 1, dropped 0",
+      "counts    trapped 5, delivered 4, suppressed 1, dropped 0, filtered 0",
       "",
-      "HOST  PID   STATE   THREADS  SLOTS           T/D/S/DROP  REASON",
-      "h1    4242  armed   3/3      DR0 0x4010/8 w  5/4/1/0     -",
-      "h2    4242  failed  0/0      -               0/0/0/0     ESRCH: no such process",
+      "HOST  PID   STATE   THREADS  SLOTS           T/D/S/DROP/F  REASON",
+      "h1    4242  armed   3/3      DR0 0x4010/8 w  5/4/1/0/0     -",
+      "h2    4242  failed  0/0      -               0/0/0/0/0     ESRCH: no such process",
       "",
     ].join("\n"),
   );

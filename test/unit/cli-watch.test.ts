@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WatchMode, WatchSpecError } from "../../proto/index.js";
+import { ConditionOp, WatchMode, WatchSpecError } from "../../proto/index.js";
 import { buildJobSpec, type WatchArgs } from "../../cli/commands/watch.js";
 import { parseEventsArgs } from "../../cli/commands/events.js";
 import { parseAgentArgs, parseLabels } from "../../cli/commands/agent.js";
@@ -64,7 +64,11 @@ test("cli watch - refuses bad input locally with the shared rules' messages (exi
     [{ locations: [{ kind: "address", text: "zz" }] }, /address 'zz' is not a number/],
     [{ locations: [{ kind: "address", text: "0x4010" }], length: "3" }, /length 3 is not 1, 2, 4 or 8/],
     [{ locations: [{ kind: "address", text: "0x4010" }], mode: "x" }, /execute watches take length 1/],
-    [{ locations: [{ kind: "address", text: "0x4010" }], mode: "r" }, /mode 'r' is not one of w, rw, x/],
+    [{ locations: [{ kind: "address", text: "0x4010" }], mode: "q" }, /mode 'q' is not one of w, rw, r, x/],
+    [{ locations: [{ kind: "symbol", text: "x" }], conditions: ["value = 1"] }, /condition 'value = 1' is not/],
+    [{ locations: [{ kind: "symbol", text: "x" }], tids: ["t1"] }, /--tid 't1' is not a non-negative integer/],
+    [{ locations: [{ kind: "symbol", text: "x" }], stack: "65" }, /--stack 65 is too large \(at most 64\)/],
+    [{ locations: [{ kind: "symbol", text: "x" }], rate: "-1" }, /--rate '-1' is not a non-negative integer/],
     [{ locations: [{ kind: "address", text: "0xffffffff81000000" }] }, /not a user-space address/],
     [{ locations: [{ kind: "address", text: "0x4003" }, { kind: "address", text: "0x5000" }] }, /need 5 debug registers/],
     [{ locations: [{ kind: "symbol", text: "x" }], duration: "30" }, /--duration '30' is not a duration/],
@@ -118,4 +122,24 @@ test("cli events - a hit seen again from the same host is dropped, in or out of 
   const seen = new SequenceTracker();
   const log: Array<[string, bigint]> = [["h1", 1n], ["h1", 3n], ["h2", 1n], ["h1", 2n], ["h1", 3n], ["h1", 1n], ["h1", 4n], ["h1", 0n], ["h1", 0n]];
   assert.deepEqual(log.map(([host, seq]) => seen.add(host, seq)), [true, true, true, true, false, false, true, true, true]);
+});
+
+test("cli watch - conditions, thread filter, rate limit and stack depth go into the spec", () => {
+  const spec = buildJobSpec({
+    pid: "42",
+    locations: [{ kind: "symbol", text: "counter" }],
+    mode: "r",
+    hosts: [],
+    conditions: ["value > 0x10", "changed"],
+    tids: ["43", "44"],
+    rate: "1000",
+    backoff: "250ms",
+    stack: "0",
+  });
+  assert.deepEqual(spec.conditions.map((c) => [c.op, c.value]), [[ConditionOp.GT, 16n], [ConditionOp.CHANGED, 0n]]);
+  assert.deepEqual(spec.tids, [43, 44]);
+  assert.deepEqual([spec.maxHitsPerSecond, spec.backoffMs, spec.stackDepth], [1000, 250, 0]);
+  assert.equal(spec.watches[0]!.mode, WatchMode.READ);
+  const defaults = buildJobSpec({ pid: "42", locations: [{ kind: "symbol", text: "counter" }], mode: "w", hosts: [] });
+  assert.equal(defaults.stackDepth, undefined, "unset: the controller applies the default depth");
 });

@@ -57,3 +57,17 @@ test("slot-ledger - restore rebuilds holdings and refuses a register claimed twi
   assert.equal(ledger.freeCount("h1", 10), 3);
   assert.throws(() => ledger.restore("h1", 10, "b", first), /claimed by both a and b/);
 });
+
+test("slot-ledger - reuses registers the kernel still reserves for us before fresh ones", () => {
+  const ledger = new SlotLedger();
+  ledger.noteReserved("h1", 10, 0b1010);
+  assert.deepEqual(ledger.reserve("h1", 10, "a", chunks(0x1000n, 1)).map((s) => s.dr), [1]);
+  assert.deepEqual(ledger.reserve("h1", 10, "b", chunks(0x2004n, 8)).map((s) => s.dr), [3, 0]);
+  assert.deepEqual(ledger.reserve("h2", 10, "c", chunks(0x1000n, 1)).map((s) => s.dr), [0], "reservations are per process");
+  ledger.release("h1", 10, "a");
+  ledger.release("h1", 10, "b");
+  const listed = ledger.entries().map((e) => [e.hostId, e.pid, e.reservedMask, e.slots.map((h) => h?.jobId ?? "")]);
+  assert.deepEqual(listed.sort(), [["h1", 10, 0b1010, ["", "", "", ""]], ["h2", 10, 0, ["c", "", "", ""]]]);
+  ledger.forgetReserved("h1", 10);
+  assert.deepEqual(ledger.entries().map((e) => e.hostId), ["h2"]);
+});

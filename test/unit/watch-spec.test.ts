@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { JobSpecSchema, WatchMode, WatchSpecError, checkJobSpec, chunksOf, formatChunk, parseSymbol, splitRange } from "../../proto/index.js";
+import { ConditionOp, JobSpecSchema, WatchMode, WatchSpecError, armConditions, checkJobSpec, chunksOf, formatChunk, formatCondition, parseCondition, parseSymbol, splitRange } from "../../proto/index.js";
 
 const split = (address: bigint, length: number) => splitRange(address, length, WatchMode.WRITE).map((c) => [Number(c.address - address), c.length]);
 
@@ -61,4 +61,44 @@ test("watch-spec - sizes symbol watches from the symbol and splits them like add
   const chunks = chunksOf(spec, new Map([[0, { address: 0x5000n, size: 4n }]]));
   assert.deepEqual(chunks.map(formatChunk), ["0x5000/4 w #0"]);
   assert.throws(() => chunksOf(spec, new Map([[0, { address: 0x5000n, size: 24n }]])), /is 24 bytes; give --length/);
+});
+
+test("watch-spec - parses value conditions and refuses malformed ones", () => {
+  assert.deepEqual([parseCondition("changed").op, parseCondition("unchanged").op], [ConditionOp.CHANGED, ConditionOp.UNCHANGED]);
+  const table: Array<[string, ConditionOp, bigint]> = [
+    ["value == 5", ConditionOp.EQ, 5n],
+    ["!= 0x10", ConditionOp.NE, 16n],
+    ["value<3", ConditionOp.LT, 3n],
+    ["> 18446744073709551615", ConditionOp.GT, 18446744073709551615n],
+    ["value <= 0", ConditionOp.LE, 0n],
+    [">= 7", ConditionOp.GE, 7n],
+  ];
+  for (const [text, op, value] of table) {
+    const c = parseCondition(text);
+    assert.deepEqual([c.op, c.value], [op, value], text);
+  }
+  assert.equal(formatCondition(parseCondition("value>=0x1f")), "value >= 0x1f");
+  for (const bad of ["value = 5", "value > -1", "> 18446744073709551616", "sometimes"]) assert.throws(() => parseCondition(bad), WatchSpecError, bad);
+});
+
+test("watch-spec - read watches arm read/write registers plus an unchanged condition, and stand alone", () => {
+  const read = job([{ location: { case: "address", value: 0x1000n }, length: 8, mode: WatchMode.READ }]);
+  checkJobSpec(read);
+  assert.deepEqual(chunksOf(read, new Map()).map(formatChunk), ["0x1000/8 rw #0"]);
+  assert.deepEqual(armConditions(read).map(formatCondition), ["unchanged"]);
+  const mixed = job([
+    { location: { case: "address", value: 0x1000n }, length: 8, mode: WatchMode.READ },
+    { location: { case: "address", value: 0x2000n }, length: 8, mode: WatchMode.WRITE },
+  ]);
+  assert.throws(() => checkJobSpec(mixed), /cannot share a job with other modes/);
+  const write = job([{ location: { case: "address", value: 0x1000n }, length: 8, mode: WatchMode.WRITE }]);
+  assert.deepEqual(armConditions(write), []);
+});
+
+test("watch-spec - bounds conditions, thread filters and stack depth", () => {
+  const base = { watches: [{ location: { case: "address", value: 0x1000n }, length: 8, mode: WatchMode.READ }], target: { pid: 42 } };
+  const many = create(JobSpecSchema, { ...base, conditions: [1, 2, 3, 4].map((v) => ({ op: ConditionOp.NE, value: BigInt(v) })) } as never);
+  assert.throws(() => checkJobSpec(many), /at most 4 conditions per job, read watches use one \(got 5\)/);
+  assert.throws(() => checkJobSpec(create(JobSpecSchema, { ...base, tids: Array.from({ length: 17 }, (_, i) => i + 1) } as never)), /at most 16 threads/);
+  assert.throws(() => checkJobSpec(create(JobSpecSchema, { ...base, stackDepth: 65 } as never)), /stack depth 65 is above 64/);
 });

@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { AgentInfo } from "./controller_pb.js";
 import { file_fleetwatch_v1_controller } from "./controller_pb.js";
-import type { HitCounts, SlotAssignment, TargetState } from "./watch_pb.js";
+import type { Condition, HitCounts, SlotAssignment, TargetState } from "./watch_pb.js";
 import { file_fleetwatch_v1_watch } from "./watch_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/agent.proto.
  */
 export const file_fleetwatch_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIscCCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SABCBQoDbXNnIsABCg9TZXNzaW9uUmVzcG9uc2USLwoKcmVnaXN0ZXJlZBgBIAEoCzIZLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJlZEgAEikKB3Jlc29sdmUYAiABKAsyFi5mbGVldHdhdGNoLnYxLlJlc29sdmVIABIhCgNhcm0YAyABKAsyEi5mbGVldHdhdGNoLnYxLkFybUgAEicKBmRpc2FybRgEIAEoCzIVLmZsZWV0d2F0Y2gudjEuRGlzYXJtSABCBQoDbXNnIl0KCFJlZ2lzdGVyEiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIpCgVhcm1lZBgCIAMoCzIaLmZsZWV0d2F0Y2gudjEuQXJtZWRUYXJnZXQiggEKC0FybWVkVGFyZ2V0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SLAoFc2xvdHMYAyADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EigKBmNvdW50cxgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzIjQKClJlZ2lzdGVyZWQSFAoMaGVhcnRiZWF0X21zGAEgASgNEhAKCGxlYXNlX21zGAIgASgNIiEKCUhlYXJ0YmVhdBIUCgxzZW50X3VuaXhfbXMYASABKAMiMQoKQWdlbnRFcnJvchISCgplcnJub19uYW1lGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiSgoHUmVzb2x2ZRISCgpyZXF1ZXN0X2lkGAEgASgEEgsKA3BpZBgCIAEoDRIOCgZzeW1ib2wYAyABKAkSDgoGb2Zmc2V0GAQgASgEInwKDVJlc29sdmVSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIoCgVlcnJvchgCIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIPCgdhZGRyZXNzGAMgASgEEgwKBHNpemUYBCABKAQSDgoGbW9kdWxlGAUgASgJIpABCgNBcm0SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEiwKBXNsb3RzGAQgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIQCghtYXhfaGl0cxgFIAEoBBIYChBkZWFkbGluZV91bml4X21zGAYgASgDIsIBCglBcm1SZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEigKBWVycm9yGAQgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEhUKDXRocmVhZHNfdG90YWwYBSABKA0SFQoNdGhyZWFkc19hcm1lZBgGIAEoDRIsCgVzbG90cxgHIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQiOQoGRGlzYXJtEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDSKTAQoMRGlzYXJtUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIoCgVlcnJvchgEIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cyKQAQoMVGFyZ2V0UmVwb3J0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SKQoFc3RhdGUYAyABKA4yGi5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlEg4KBnJlYXNvbhgEIAEoCRIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50czJcCgxBZ2VudFNlcnZpY2USTAoHU2Vzc2lvbhIdLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlcXVlc3QaHi5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXNwb25zZSgBMAFiBnByb3RvMw", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
+  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIscCCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SABCBQoDbXNnIsABCg9TZXNzaW9uUmVzcG9uc2USLwoKcmVnaXN0ZXJlZBgBIAEoCzIZLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJlZEgAEikKB3Jlc29sdmUYAiABKAsyFi5mbGVldHdhdGNoLnYxLlJlc29sdmVIABIhCgNhcm0YAyABKAsyEi5mbGVldHdhdGNoLnYxLkFybUgAEicKBmRpc2FybRgEIAEoCzIVLmZsZWV0d2F0Y2gudjEuRGlzYXJtSABCBQoDbXNnIl0KCFJlZ2lzdGVyEiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIpCgVhcm1lZBgCIAMoCzIaLmZsZWV0d2F0Y2gudjEuQXJtZWRUYXJnZXQiggEKC0FybWVkVGFyZ2V0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SLAoFc2xvdHMYAyADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EigKBmNvdW50cxgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzIjQKClJlZ2lzdGVyZWQSFAoMaGVhcnRiZWF0X21zGAEgASgNEhAKCGxlYXNlX21zGAIgASgNIiEKCUhlYXJ0YmVhdBIUCgxzZW50X3VuaXhfbXMYASABKAMiMQoKQWdlbnRFcnJvchISCgplcnJub19uYW1lGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiSgoHUmVzb2x2ZRISCgpyZXF1ZXN0X2lkGAEgASgEEgsKA3BpZBgCIAEoDRIOCgZzeW1ib2wYAyABKAkSDgoGb2Zmc2V0GAQgASgEInwKDVJlc29sdmVSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIoCgVlcnJvchgCIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIPCgdhZGRyZXNzGAMgASgEEgwKBHNpemUYBCABKAQSDgoGbW9kdWxlGAUgASgJIpICCgNBcm0SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEiwKBXNsb3RzGAQgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIQCghtYXhfaGl0cxgFIAEoBBIYChBkZWFkbGluZV91bml4X21zGAYgASgDEiwKCmNvbmRpdGlvbnMYByADKAsyGC5mbGVldHdhdGNoLnYxLkNvbmRpdGlvbhIMCgR0aWRzGAggAygNEhsKE21heF9oaXRzX3Blcl9zZWNvbmQYCSABKA0SEgoKYmFja29mZl9tcxgKIAEoDRITCgtzdGFja19kZXB0aBgLIAEoDSLZAQoJQXJtUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIoCgVlcnJvchgEIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIVCg10aHJlYWRzX3RvdGFsGAUgASgNEhUKDXRocmVhZHNfYXJtZWQYBiABKA0SLAoFc2xvdHMYByADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EhUKDXJlc2VydmVkX21hc2sYCCABKA0iOQoGRGlzYXJtEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDSKqAQoMRGlzYXJtUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIoCgVlcnJvchgEIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIVCg1yZXNlcnZlZF9tYXNrGAYgASgNItUBCgxUYXJnZXRSZXBvcnQSDgoGam9iX2lkGAEgASgJEgsKA3BpZBgCIAEoDRIpCgVzdGF0ZRgDIAEoDjIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U3RhdGUSDgoGcmVhc29uGAQgASgJEigKBmNvdW50cxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXRocmVhZHNfdG90YWwYBiABKA0SFQoNdGhyZWFkc19hcm1lZBgHIAEoDRIVCg1yZXNlcnZlZF9tYXNrGAggASgNMlwKDEFnZW50U2VydmljZRJMCgdTZXNzaW9uEh0uZmxlZXR3YXRjaC52MS5TZXNzaW9uUmVxdWVzdBoeLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
 
 /**
  * Agent to controller.
@@ -349,6 +349,33 @@ export type Arm = Message<"fleetwatch.v1.Arm"> & {
    * @generated from field: int64 deadline_unix_ms = 6;
    */
   deadlineUnixMs: bigint;
+
+  /**
+   * Evaluated by the helper; READ watches arrive as read/write chunks plus UNCHANGED.
+   *
+   * @generated from field: repeated fleetwatch.v1.Condition conditions = 7;
+   */
+  conditions: Condition[];
+
+  /**
+   * @generated from field: repeated uint32 tids = 8;
+   */
+  tids: number[];
+
+  /**
+   * @generated from field: uint32 max_hits_per_second = 9;
+   */
+  maxHitsPerSecond: number;
+
+  /**
+   * @generated from field: uint32 backoff_ms = 10;
+   */
+  backoffMs: number;
+
+  /**
+   * @generated from field: uint32 stack_depth = 11;
+   */
+  stackDepth: number;
 };
 
 /**
@@ -398,6 +425,13 @@ export type ArmResult = Message<"fleetwatch.v1.ArmResult"> & {
    * @generated from field: repeated fleetwatch.v1.SlotAssignment slots = 7;
    */
   slots: SlotAssignment[];
+
+  /**
+   * Registers the kernel keeps reserved in the process for fleetwatch (bit i = DRi).
+   *
+   * @generated from field: uint32 reserved_mask = 8;
+   */
+  reservedMask: number;
 };
 
 /**
@@ -462,6 +496,11 @@ export type DisarmResult = Message<"fleetwatch.v1.DisarmResult"> & {
    * @generated from field: fleetwatch.v1.HitCounts counts = 5;
    */
   counts?: HitCounts | undefined;
+
+  /**
+   * @generated from field: uint32 reserved_mask = 6;
+   */
+  reservedMask: number;
 };
 
 /**
@@ -502,6 +541,21 @@ export type TargetReport = Message<"fleetwatch.v1.TargetReport"> & {
    * @generated from field: fleetwatch.v1.HitCounts counts = 5;
    */
   counts?: HitCounts | undefined;
+
+  /**
+   * @generated from field: uint32 threads_total = 6;
+   */
+  threadsTotal: number;
+
+  /**
+   * @generated from field: uint32 threads_armed = 7;
+   */
+  threadsArmed: number;
+
+  /**
+   * @generated from field: uint32 reserved_mask = 8;
+   */
+  reservedMask: number;
 };
 
 /**

@@ -10,7 +10,34 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/watch.proto.
  */
 export const file_fleetwatch_v1_watch: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL3dhdGNoLnByb3RvEg1mbGVldHdhdGNoLnYxInQKCVdhdGNoU3BlYxIQCgZzeW1ib2wYASABKAlIABIRCgdhZGRyZXNzGAIgASgESAASDgoGbGVuZ3RoGAMgASgNEiYKBG1vZGUYBCABKA4yGC5mbGVldHdhdGNoLnYxLldhdGNoTW9kZUIKCghsb2NhdGlvbiIvCg5UYXJnZXRTZWxlY3RvchIQCghob3N0X2lkcxgBIAMoCRILCgNwaWQYAiABKA0iigEKB0pvYlNwZWMSKQoHd2F0Y2hlcxgBIAMoCzIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hTcGVjEi0KBnRhcmdldBgCIAEoCzIdLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2VsZWN0b3ISEAoIbWF4X2hpdHMYAyABKAQSEwoLZHVyYXRpb25fbXMYBCABKAQiZQoFQ2h1bmsSDwoHYWRkcmVzcxgBIAEoBBIOCgZsZW5ndGgYAiABKA0SJgoEbW9kZRgDIAEoDjIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hNb2RlEhMKC3dhdGNoX2luZGV4GAQgASgNIkEKDlNsb3RBc3NpZ25tZW50EgoKAmRyGAEgASgNEiMKBWNodW5rGAIgASgLMhQuZmxlZXR3YXRjaC52MS5DaHVuayJUCglIaXRDb3VudHMSDwoHdHJhcHBlZBgBIAEoBBIRCglkZWxpdmVyZWQYAiABKAQSEgoKc3VwcHJlc3NlZBgDIAEoBBIPCgdkcm9wcGVkGAQgASgEIucBCgZUYXJnZXQSDwoHaG9zdF9pZBgBIAEoCRILCgNwaWQYAiABKA0SKQoFc3RhdGUYAyABKA4yGi5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlEg4KBnJlYXNvbhgEIAEoCRIsCgVzbG90cxgFIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSFQoNdGhyZWFkc190b3RhbBgGIAEoDRIVCg10aHJlYWRzX2FybWVkGAcgASgNEigKBmNvdW50cxgIIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzIosCCgNKb2ISCgoCaWQYASABKAkSJAoEc3BlYxgCIAEoCzIWLmZsZWV0d2F0Y2gudjEuSm9iU3BlYxImCgVzdGF0ZRgDIAEoDjIXLmZsZWV0d2F0Y2gudjEuSm9iU3RhdGUSDgoGcmVhc29uGAQgASgJEiYKB3RhcmdldHMYBSADKAsyFS5mbGVldHdhdGNoLnYxLlRhcmdldBIXCg9jcmVhdGVkX3VuaXhfbXMYBiABKAMSGAoQZGVhZGxpbmVfdW5peF9tcxgHIAEoAxIVCg1lbmRlZF91bml4X21zGAggASgDEigKBmNvdW50cxgJIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzIkoKClN0YWNrRnJhbWUSCgoCaXAYASABKAQSEAoIZnVuY3Rpb24YAiABKAkSDgoGb2Zmc2V0GAMgASgEEg4KBm1vZHVsZRgEIAEoCSK3AgoISGl0RXZlbnQSDgoGam9iX2lkGAEgASgJEg8KB2hvc3RfaWQYAiABKAkSCwoDcGlkGAMgASgNEgsKA3RpZBgEIAEoDRIPCgdhZGRyZXNzGAUgASgEEg4KBmxlbmd0aBgGIAEoDRImCgRtb2RlGAcgASgOMhguZmxlZXR3YXRjaC52MS5XYXRjaE1vZGUSDAoEc2xvdBgIIAEoDRIKCgJpcBgJIAEoBBIRCgluZXdfdmFsdWUYCiABKAQSEQoJb2xkX3ZhbHVlGAsgASgEEhYKDnRpbWVfdW5peF9uYW5vGAwgASgEEigKBXN0YWNrGA0gAygLMhkuZmxlZXR3YXRjaC52MS5TdGFja0ZyYW1lEhMKC3dhdGNoX2luZGV4GA4gASgNEhAKCHNlcXVlbmNlGA8gASgEKnAKCVdhdGNoTW9kZRIaChZXQVRDSF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQV0FUQ0hfTU9ERV9XUklURRABEhkKFVdBVENIX01PREVfUkVBRF9XUklURRACEhYKEldBVENIX01PREVfRVhFQ1VURRADKpkBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUEVORElORxABEhMKD0pPQl9TVEFURV9BUk1FRBACEhcKE0pPQl9TVEFURV9DT01QTEVURUQQAxIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFKscBCgtUYXJnZXRTdGF0ZRIcChhUQVJHRVRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRUQVJHRVRfU1RBVEVfUEVORElORxABEhYKElRBUkdFVF9TVEFURV9BUk1FRBACEhoKFlRBUkdFVF9TVEFURV9DT01QTEVURUQQAxIaChZUQVJHRVRfU1RBVEVfQ0FOQ0VMTEVEEAQSFwoTVEFSR0VUX1NUQVRFX0ZBSUxFRBAFEhcKE1RBUkdFVF9TVEFURV9FWElURUQQBmIGcHJvdG8z");
+  fileDesc("ChlmbGVldHdhdGNoL3YxL3dhdGNoLnByb3RvEg1mbGVldHdhdGNoLnYxIkIKCUNvbmRpdGlvbhImCgJvcBgBIAEoDjIaLmZsZWV0d2F0Y2gudjEuQ29uZGl0aW9uT3ASDQoFdmFsdWUYAiABKAQidAoJV2F0Y2hTcGVjEhAKBnN5bWJvbBgBIAEoCUgAEhEKB2FkZHJlc3MYAiABKARIABIOCgZsZW5ndGgYAyABKA0SJgoEbW9kZRgEIAEoDjIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hNb2RlQgoKCGxvY2F0aW9uIi8KDlRhcmdldFNlbGVjdG9yEhAKCGhvc3RfaWRzGAEgAygJEgsKA3BpZBgCIAEoDSKhAgoHSm9iU3BlYxIpCgd3YXRjaGVzGAEgAygLMhguZmxlZXR3YXRjaC52MS5XYXRjaFNwZWMSLQoGdGFyZ2V0GAIgASgLMh0uZmxlZXR3YXRjaC52MS5UYXJnZXRTZWxlY3RvchIQCghtYXhfaGl0cxgDIAEoBBITCgtkdXJhdGlvbl9tcxgEIAEoBBIsCgpjb25kaXRpb25zGAUgAygLMhguZmxlZXR3YXRjaC52MS5Db25kaXRpb24SDAoEdGlkcxgGIAMoDRIbChNtYXhfaGl0c19wZXJfc2Vjb25kGAcgASgNEhIKCmJhY2tvZmZfbXMYCCABKA0SGAoLc3RhY2tfZGVwdGgYCSABKA1IAIgBAUIOCgxfc3RhY2tfZGVwdGgiZQoFQ2h1bmsSDwoHYWRkcmVzcxgBIAEoBBIOCgZsZW5ndGgYAiABKA0SJgoEbW9kZRgDIAEoDjIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hNb2RlEhMKC3dhdGNoX2luZGV4GAQgASgNIkEKDlNsb3RBc3NpZ25tZW50EgoKAmRyGAEgASgNEiMKBWNodW5rGAIgASgLMhQuZmxlZXR3YXRjaC52MS5DaHVuayJmCglIaXRDb3VudHMSDwoHdHJhcHBlZBgBIAEoBBIRCglkZWxpdmVyZWQYAiABKAQSEgoKc3VwcHJlc3NlZBgDIAEoBBIPCgdkcm9wcGVkGAQgASgEEhAKCGZpbHRlcmVkGAUgASgEIv4BCgZUYXJnZXQSDwoHaG9zdF9pZBgBIAEoCRILCgNwaWQYAiABKA0SKQoFc3RhdGUYAyABKA4yGi5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlEg4KBnJlYXNvbhgEIAEoCRIsCgVzbG90cxgFIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSFQoNdGhyZWFkc190b3RhbBgGIAEoDRIVCg10aHJlYWRzX2FybWVkGAcgASgNEigKBmNvdW50cxgIIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXJlc2VydmVkX21hc2sYCSABKA0iiwIKA0pvYhIKCgJpZBgBIAEoCRIkCgRzcGVjGAIgASgLMhYuZmxlZXR3YXRjaC52MS5Kb2JTcGVjEiYKBXN0YXRlGAMgASgOMhcuZmxlZXR3YXRjaC52MS5Kb2JTdGF0ZRIOCgZyZWFzb24YBCABKAkSJgoHdGFyZ2V0cxgFIAMoCzIVLmZsZWV0d2F0Y2gudjEuVGFyZ2V0EhcKD2NyZWF0ZWRfdW5peF9tcxgGIAEoAxIYChBkZWFkbGluZV91bml4X21zGAcgASgDEhUKDWVuZGVkX3VuaXhfbXMYCCABKAMSKAoGY291bnRzGAkgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMiSgoKU3RhY2tGcmFtZRIKCgJpcBgBIAEoBBIQCghmdW5jdGlvbhgCIAEoCRIOCgZvZmZzZXQYAyABKAQSDgoGbW9kdWxlGAQgASgJIrcCCghIaXRFdmVudBIOCgZqb2JfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRILCgNwaWQYAyABKA0SCwoDdGlkGAQgASgNEg8KB2FkZHJlc3MYBSABKAQSDgoGbGVuZ3RoGAYgASgNEiYKBG1vZGUYByABKA4yGC5mbGVldHdhdGNoLnYxLldhdGNoTW9kZRIMCgRzbG90GAggASgNEgoKAmlwGAkgASgEEhEKCW5ld192YWx1ZRgKIAEoBBIRCglvbGRfdmFsdWUYCyABKAQSFgoOdGltZV91bml4X25hbm8YDCABKAQSKAoFc3RhY2sYDSADKAsyGS5mbGVldHdhdGNoLnYxLlN0YWNrRnJhbWUSEwoLd2F0Y2hfaW5kZXgYDiABKA0SEAoIc2VxdWVuY2UYDyABKAQqhQEKCVdhdGNoTW9kZRIaChZXQVRDSF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQV0FUQ0hfTU9ERV9XUklURRABEhkKFVdBVENIX01PREVfUkVBRF9XUklURRACEhYKEldBVENIX01PREVfRVhFQ1VURRADEhMKD1dBVENIX01PREVfUkVBRBAEKt8BCgtDb25kaXRpb25PcBIcChhDT05ESVRJT05fT1BfVU5TUEVDSUZJRUQQABITCg9DT05ESVRJT05fT1BfRVEQARITCg9DT05ESVRJT05fT1BfTkUQAhITCg9DT05ESVRJT05fT1BfTFQQAxITCg9DT05ESVRJT05fT1BfR1QQBBITCg9DT05ESVRJT05fT1BfTEUQBRITCg9DT05ESVRJT05fT1BfR0UQBhIYChRDT05ESVRJT05fT1BfQ0hBTkdFRBAHEhoKFkNPTkRJVElPTl9PUF9VTkNIQU5HRUQQCCqZAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFQoRSk9CX1NUQVRFX1BFTkRJTkcQARITCg9KT0JfU1RBVEVfQVJNRUQQAhIXChNKT0JfU1RBVEVfQ09NUExFVEVEEAMSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAEEhQKEEpPQl9TVEFURV9GQUlMRUQQBSrHAQoLVGFyZ2V0U3RhdGUSHAoYVEFSR0VUX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVEFSR0VUX1NUQVRFX1BFTkRJTkcQARIWChJUQVJHRVRfU1RBVEVfQVJNRUQQAhIaChZUQVJHRVRfU1RBVEVfQ09NUExFVEVEEAMSGgoWVEFSR0VUX1NUQVRFX0NBTkNFTExFRBAEEhcKE1RBUkdFVF9TVEFURV9GQUlMRUQQBRIXChNUQVJHRVRfU1RBVEVfRVhJVEVEEAZiBnByb3RvMw");
+
+/**
+ * A predicate on the new value (unsigned 64-bit), evaluated next to the
+ * target: hits that fail it never leave the host and are counted as filtered.
+ *
+ * @generated from message fleetwatch.v1.Condition
+ */
+export type Condition = Message<"fleetwatch.v1.Condition"> & {
+  /**
+   * @generated from field: fleetwatch.v1.ConditionOp op = 1;
+   */
+  op: ConditionOp;
+
+  /**
+   * The constant for EQ .. GE.
+   *
+   * @generated from field: uint64 value = 2;
+   */
+  value: bigint;
+};
+
+/**
+ * Describes the message fleetwatch.v1.Condition.
+ * Use `create(ConditionSchema)` to create a new message.
+ */
+export const ConditionSchema: GenMessage<Condition> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_watch, 0);
 
 /**
  * One variable to watch in each target.
@@ -57,7 +84,7 @@ export type WatchSpec = Message<"fleetwatch.v1.WatchSpec"> & {
  * Use `create(WatchSpecSchema)` to create a new message.
  */
 export const WatchSpecSchema: GenMessage<WatchSpec> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 0);
+  messageDesc(file_fleetwatch_v1_watch, 1);
 
 /**
  * Where a job's watches go.
@@ -85,7 +112,7 @@ export type TargetSelector = Message<"fleetwatch.v1.TargetSelector"> & {
  * Use `create(TargetSelectorSchema)` to create a new message.
  */
 export const TargetSelectorSchema: GenMessage<TargetSelector> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 1);
+  messageDesc(file_fleetwatch_v1_watch, 2);
 
 /**
  * What a user asks for.
@@ -116,6 +143,42 @@ export type JobSpec = Message<"fleetwatch.v1.JobSpec"> & {
    * @generated from field: uint64 duration_ms = 4;
    */
   durationMs: bigint;
+
+  /**
+   * All must hold for a hit to be reported (at most 4).
+   *
+   * @generated from field: repeated fleetwatch.v1.Condition conditions = 5;
+   */
+  conditions: Condition[];
+
+  /**
+   * Only traps of these threads are reported; empty = every thread (at most 16).
+   *
+   * @generated from field: repeated uint32 tids = 6;
+   */
+  tids: number[];
+
+  /**
+   * Per target: above this many hits in a second the registers are cleared
+   * for backoff_ms and the target runs at full speed; 0 = no limit.
+   *
+   * @generated from field: uint32 max_hits_per_second = 7;
+   */
+  maxHitsPerSecond: number;
+
+  /**
+   * 0 with a rate limit = 1000.
+   *
+   * @generated from field: uint32 backoff_ms = 8;
+   */
+  backoffMs: number;
+
+  /**
+   * Frames of symbolized stack per hit; unset = 16, 0 = none, at most 64.
+   *
+   * @generated from field: optional uint32 stack_depth = 9;
+   */
+  stackDepth?: number | undefined;
 };
 
 /**
@@ -123,7 +186,7 @@ export type JobSpec = Message<"fleetwatch.v1.JobSpec"> & {
  * Use `create(JobSpecSchema)` to create a new message.
  */
 export const JobSpecSchema: GenMessage<JobSpec> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 2);
+  messageDesc(file_fleetwatch_v1_watch, 3);
 
 /**
  * One aligned piece of a watch that fits one debug register.
@@ -161,7 +224,7 @@ export type Chunk = Message<"fleetwatch.v1.Chunk"> & {
  * Use `create(ChunkSchema)` to create a new message.
  */
 export const ChunkSchema: GenMessage<Chunk> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 3);
+  messageDesc(file_fleetwatch_v1_watch, 4);
 
 /**
  * A chunk placed in one debug register (DR0-DR3) of a target.
@@ -185,10 +248,11 @@ export type SlotAssignment = Message<"fleetwatch.v1.SlotAssignment"> & {
  * Use `create(SlotAssignmentSchema)` to create a new message.
  */
 export const SlotAssignmentSchema: GenMessage<SlotAssignment> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 4);
+  messageDesc(file_fleetwatch_v1_watch, 5);
 
 /**
- * Per-target and per-job accounting: trapped = delivered + suppressed + dropped.
+ * Per-target and per-job accounting:
+ * trapped = delivered + suppressed + dropped + filtered.
  *
  * @generated from message fleetwatch.v1.HitCounts
  */
@@ -208,7 +272,7 @@ export type HitCounts = Message<"fleetwatch.v1.HitCounts"> & {
   delivered: bigint;
 
   /**
-   * Traps after the hit budget was used up, before the registers were cleared.
+   * Traps over the hit budget or the rate limit, before the registers were cleared.
    *
    * @generated from field: uint64 suppressed = 3;
    */
@@ -220,6 +284,13 @@ export type HitCounts = Message<"fleetwatch.v1.HitCounts"> & {
    * @generated from field: uint64 dropped = 4;
    */
   dropped: bigint;
+
+  /**
+   * Traps that failed the job's conditions or thread filter.
+   *
+   * @generated from field: uint64 filtered = 5;
+   */
+  filtered: bigint;
 };
 
 /**
@@ -227,7 +298,7 @@ export type HitCounts = Message<"fleetwatch.v1.HitCounts"> & {
  * Use `create(HitCountsSchema)` to create a new message.
  */
 export const HitCountsSchema: GenMessage<HitCounts> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 5);
+  messageDesc(file_fleetwatch_v1_watch, 6);
 
 /**
  * One process on one host that a job watches.
@@ -276,6 +347,14 @@ export type Target = Message<"fleetwatch.v1.Target"> & {
    * @generated from field: fleetwatch.v1.HitCounts counts = 8;
    */
   counts?: HitCounts | undefined;
+
+  /**
+   * Debug registers the kernel keeps reserved in this process for earlier
+   * watches (bit i = DRi) until its threads exit; reused first.
+   *
+   * @generated from field: uint32 reserved_mask = 9;
+   */
+  reservedMask: number;
 };
 
 /**
@@ -283,7 +362,7 @@ export type Target = Message<"fleetwatch.v1.Target"> & {
  * Use `create(TargetSchema)` to create a new message.
  */
 export const TargetSchema: GenMessage<Target> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 6);
+  messageDesc(file_fleetwatch_v1_watch, 7);
 
 /**
  * @generated from message fleetwatch.v1.Job
@@ -344,7 +423,7 @@ export type Job = Message<"fleetwatch.v1.Job"> & {
  * Use `create(JobSchema)` to create a new message.
  */
 export const JobSchema: GenMessage<Job> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 7);
+  messageDesc(file_fleetwatch_v1_watch, 8);
 
 /**
  * One frame of a symbolized stack.
@@ -378,7 +457,7 @@ export type StackFrame = Message<"fleetwatch.v1.StackFrame"> & {
  * Use `create(StackFrameSchema)` to create a new message.
  */
 export const StackFrameSchema: GenMessage<StackFrame> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 8);
+  messageDesc(file_fleetwatch_v1_watch, 9);
 
 /**
  * One trap, published to fleetwatch.events.<job_id>.<host_id>.
@@ -475,7 +554,7 @@ export type HitEvent = Message<"fleetwatch.v1.HitEvent"> & {
  * Use `create(HitEventSchema)` to create a new message.
  */
 export const HitEventSchema: GenMessage<HitEvent> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 9);
+  messageDesc(file_fleetwatch_v1_watch, 10);
 
 /**
  * Which accesses to a watched range trap.
@@ -508,6 +587,14 @@ export enum WatchMode {
    * @generated from enum value: WATCH_MODE_EXECUTE = 3;
    */
   EXECUTE = 3,
+
+  /**
+   * Reads only: x86 has no read-only watchpoint, so this arms read/write and
+   * reports an access only when the value did not change.
+   *
+   * @generated from enum value: WATCH_MODE_READ = 4;
+   */
+  READ = 4,
 }
 
 /**
@@ -515,6 +602,68 @@ export enum WatchMode {
  */
 export const WatchModeSchema: GenEnum<WatchMode> = /*@__PURE__*/
   enumDesc(file_fleetwatch_v1_watch, 0);
+
+/**
+ * How a hit's new value is tested before it is reported.
+ *
+ * @generated from enum fleetwatch.v1.ConditionOp
+ */
+export enum ConditionOp {
+  /**
+   * @generated from enum value: CONDITION_OP_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: CONDITION_OP_EQ = 1;
+   */
+  EQ = 1,
+
+  /**
+   * @generated from enum value: CONDITION_OP_NE = 2;
+   */
+  NE = 2,
+
+  /**
+   * @generated from enum value: CONDITION_OP_LT = 3;
+   */
+  LT = 3,
+
+  /**
+   * @generated from enum value: CONDITION_OP_GT = 4;
+   */
+  GT = 4,
+
+  /**
+   * @generated from enum value: CONDITION_OP_LE = 5;
+   */
+  LE = 5,
+
+  /**
+   * @generated from enum value: CONDITION_OP_GE = 6;
+   */
+  GE = 6,
+
+  /**
+   * The new value differs from the previous one.
+   *
+   * @generated from enum value: CONDITION_OP_CHANGED = 7;
+   */
+  CHANGED = 7,
+
+  /**
+   * The new value equals the previous one.
+   *
+   * @generated from enum value: CONDITION_OP_UNCHANGED = 8;
+   */
+  UNCHANGED = 8,
+}
+
+/**
+ * Describes the enum fleetwatch.v1.ConditionOp.
+ */
+export const ConditionOpSchema: GenEnum<ConditionOp> = /*@__PURE__*/
+  enumDesc(file_fleetwatch_v1_watch, 1);
 
 /**
  * @generated from enum fleetwatch.v1.JobState
@@ -555,7 +704,7 @@ export enum JobState {
  * Describes the enum fleetwatch.v1.JobState.
  */
 export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
-  enumDesc(file_fleetwatch_v1_watch, 1);
+  enumDesc(file_fleetwatch_v1_watch, 2);
 
 /**
  * @generated from enum fleetwatch.v1.TargetState
@@ -603,5 +752,5 @@ export enum TargetState {
  * Describes the enum fleetwatch.v1.TargetState.
  */
 export const TargetStateSchema: GenEnum<TargetState> = /*@__PURE__*/
-  enumDesc(file_fleetwatch_v1_watch, 2);
+  enumDesc(file_fleetwatch_v1_watch, 3);
 
