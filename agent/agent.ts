@@ -71,22 +71,48 @@ export class AgentCore {
   /** Receives every target report; the session forwards them (or keeps them until it reconnects). */
   onReport: (report: TargetReport) => void = () => {};
 
+  /** The current helper; replaced after a helper dies. */
+  private helper: HelperProcess | undefined;
+
   constructor(
-    private readonly helper: HelperProcess,
     private readonly publisher: HitPublisher,
     private readonly hostId: string,
     private readonly log: (line: string) => void,
     private readonly progressIntervalMs = 1_000,
   ) {}
 
-  /** Consumes helper events until the helper exits; reports counters every second. */
-  async run(): Promise<void> {
+  /** Consumes one helper's events until it exits; reports counters every second meanwhile. */
+  async run(helper: HelperProcess): Promise<void> {
+    this.helper = helper;
     this.progressTimer = setInterval(() => this.reportProgress(), this.progressIntervalMs);
     try {
-      for await (const event of this.helper.events()) await this.onHelperEvent(event);
+      for await (const event of helper.events()) await this.onHelperEvent(event);
     } finally {
       clearInterval(this.progressTimer);
+      this.helper = undefined;
     }
+  }
+
+  private currentHelper(): HelperProcess {
+    if (!this.helper) throw new AgentCommandError(`the helper on ${this.hostId} is restarting; try again in a moment`, "EAGAIN");
+    return this.helper;
+  }
+
+  /**
+   * The helper died: every watch it held is gone (a helper that could clean
+   * up cleared the registers and detached first). Each is reported failed
+   * with the reason, so the job's status tells the truth.
+   */
+  helperLost(reason: string): void {
+    for (const watch of this.byKey.values()) {
+      if (watch.ended) continue;
+      watch.ended = true;
+      clearTimeout(watch.deadlineTimer);
+      watch.expected = watch.received;
+      this.wakeIfSettled(watch);
+      void this.settled(watch).then(() => this.report(watch, TargetState.FAILED, reason));
+    }
+    this.byGroup.clear();
   }
 
   /** What is armed now, for the controller after a (re)connect. */
@@ -96,7 +122,7 @@ export class AgentCore {
 
   async resolve(request: Resolve): Promise<ResolveResult> {
     try {
-      const symbol = await this.helper.resolve(request.pid, request.symbol, request.offset);
+      const symbol = await this.currentHelper().resolve(request.pid, request.symbol, request.offset);
       return create(ResolveResultSchema, { requestId: request.requestId, address: symbol.address, size: symbol.size, module: symbol.module });
     } catch (err) {
       return create(ResolveResultSchema, { requestId: request.requestId, error: toAgentError(err) });
@@ -135,7 +161,7 @@ export class AgentCore {
       this.byGroup.set(group, watch);
       let result;
       try {
-        result = await this.helper.arm(request.pid, group, chunks, request.maxHits);
+        result = await this.currentHelper().arm(request.pid, group, chunks, request.maxHits);
       } catch (err) {
         this.byGroup.delete(group);
         throw err;
@@ -181,7 +207,7 @@ export class AgentCore {
     clearTimeout(watch.deadlineTimer);
     if (!watch.ended) {
       try {
-        this.endWatch(watch, await this.helper.disarm(watch.pid, watch.group));
+        this.endWatch(watch, await this.currentHelper().disarm(watch.pid, watch.group));
       } catch (err) {
         // The group may have ended on its own (budget, exit) while the disarm was on its way.
         if (!watch.ended) throw err;

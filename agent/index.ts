@@ -2,6 +2,7 @@
 // through the native helper, keeps a session with the controller and
 // publishes hits to NATS.
 import os from "node:os";
+import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { connect } from "nats";
 import { AgentInfoSchema, isSubjectToken, slotsPerThread } from "../proto/index.js";
@@ -33,20 +34,54 @@ export interface RunningAgent {
 
 export const agentVersion = "0.1.0";
 
+// Pause before restarting a helper that died, doubling while it keeps failing to start.
+const restartPauseMs = 100;
+const maxRestartPauseMs = 5_000;
+
 /** Starts the helper, connects to NATS, and dials the controller. */
 export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   if (!isSubjectToken(options.hostId)) throw new AgentCommandError(`host id '${options.hostId}' must be letters, digits, '-' or '_'`, "EINVAL");
   const nc = await connect({ servers: options.natsUrl, name: `fleetwatch-agent-${options.hostId}`, maxReconnectAttempts: -1 });
+  const startHelper = () => HelperProcess.start(options.helperPath ? { path: options.helperPath } : {});
   let helper: HelperProcess;
   try {
-    helper = await HelperProcess.start(options.helperPath ? { path: options.helperPath } : {});
+    helper = await startHelper();
   } catch (err) {
     await nc.close();
     throw err;
   }
-  const core = new AgentCore(helper, new HitPublisher(nc.jetstream()), options.hostId, log);
-  const running = core.run().catch((err) => log(`agent ${options.hostId}: helper event loop failed: ${String(err)}`));
+  const core = new AgentCore(new HitPublisher(nc.jetstream()), options.hostId, log);
+  const stopping = new AbortController();
+  // The helper is supervised: when it dies its watches are reported failed
+  // and a new one is started, with a growing pause if it keeps dying.
+  const supervised = (async () => {
+    let pauseMs = restartPauseMs;
+    for (;;) {
+      await core.run(helper).catch((err) => log(`agent ${options.hostId}: helper event loop failed: ${String(err)}`));
+      if (stopping.signal.aborted) return;
+      const { code, signal } = await helper.exited;
+      // Every death but SIGKILL runs the helper's disarm-and-detach first.
+      const reason =
+        signal === "SIGKILL"
+          ? "the helper was killed with SIGKILL: it could not clear the debug registers, so the target may take a stray SIGTRAP"
+          : `the helper exited (${signal ? `signal ${signal}` : `code ${code}`}) after disarming and detaching`;
+      log(`agent ${options.hostId}: ${reason}; restarting it`);
+      core.helperLost(reason);
+      for (;;) {
+        await delay(pauseMs, undefined, { signal: stopping.signal }).catch(() => {});
+        if (stopping.signal.aborted) return;
+        try {
+          helper = await startHelper();
+          pauseMs = restartPauseMs;
+          break;
+        } catch (err) {
+          log(`agent ${options.hostId}: restarting the helper failed: ${err instanceof Error ? err.message : String(err)}`);
+          pauseMs = Math.min(maxRestartPauseMs, pauseMs * 2);
+        }
+      }
+    }
+  })();
   const info = create(AgentInfoSchema, {
     hostId: options.hostId,
     labels: options.labels ?? {},
@@ -59,16 +94,16 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   });
   const session = new SessionClient(core, { controller: options.controller, info, log });
   session.start();
-  void helper.exited.then(({ code, signal }: { code: number | null; signal: string | null }) => log(`agent ${options.hostId}: helper exited (code ${code}, signal ${signal})`));
 
   return {
     hostId: options.hostId,
     registered: () => session.registered(),
     async stop() {
       await core.disarmAll(`agent on ${options.hostId} stopped`);
+      stopping.abort();
       await session.stop();
       await helper.shutdown();
-      await running;
+      await supervised;
       await nc.drain().catch(() => nc.close());
     },
   };
