@@ -12,7 +12,10 @@ command -v make >/dev/null || need+=(make)
 [ -f /usr/include/elfutils/libdwfl.h ] || need+=(libdw-dev)
 [ -f /usr/include/libelf.h ] || need+=(libelf-dev)
 if [ "${1:-}" = "--test" ]; then
+  # Tests use strace (a foreign tracer) and a real PostgreSQL server (a
+  # distribution binary without frame pointers or debug info).
   command -v strace >/dev/null || need+=(strace)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
