@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 scripts/check-generated.sh
+# The helper's C tests: DR7 encoding tables, unwinding and DWARF expressions.
+make -s -C agent/native check
 # Files are named on the command line (a typo fails loudly); integration
 # files run one at a time: they start real daemons and ptrace real targets.
 node --test dist/test/unit/*.test.js
