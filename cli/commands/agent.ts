@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { isSubjectToken } from "../../proto/index.js";
 import { DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
+import { untilAborted } from "../abort.js";
 
 /** The `agent` command line after validation. */
 export interface AgentRequest {
@@ -36,11 +37,6 @@ export function parseAgentArgs(opts: { hostId: string; label?: string[]; helper?
 /** The one line printed once the controller accepted the agent. */
 export function printAgentReady(request: AgentRequest): string {
   return `agent ${request.hostId} registered with controller ${request.controller}\n`;
-}
-
-function untilAborted(signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
 }
 
 /** Adds `agent` to the program. */

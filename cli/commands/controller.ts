@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { DaemonStartError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { parseDuration } from "../output.js";
+import { untilAborted } from "../abort.js";
 
 /** The `controller` command line after validation. */
 export interface ControllerRequest {
@@ -20,11 +21,6 @@ export function parseControllerArgs(opts: { listen: string; lease: string }, nat
 /** The one line printed once the controller serves. */
 export function printControllerReady(address: string): string {
   return `controller listening on ${address}\n`;
-}
-
-function untilAborted(signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
 }
 
 /** Adds `controller` to the program. */

@@ -9,6 +9,7 @@ import type { RunningController } from "../../controller/index.js";
 import { CliError, DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { startNatsServer, type RunningNatsServer } from "../nats-server.js";
+import { untilAborted } from "../abort.js";
 
 // How long the embedded agent may take to register with the embedded controller.
 const registerTimeoutMs = 30_000;
@@ -37,11 +38,6 @@ export function parseUpArgs(opts: { dataDir: string; listen: string; natsPort: s
 /** The one line printed once everything runs. */
 export function printUpReady(controller: string, natsUrl: string, hostId: string): string {
   return `fleetwatch up: controller ${controller}, nats ${natsUrl}, host ${hostId}\n`;
-}
-
-function untilAborted(signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
 }
 
 /** Everything `up` started, stopped in reverse order of start. */
