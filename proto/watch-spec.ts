@@ -88,10 +88,13 @@ export function modeName(mode: WatchMode): string {
   }
 }
 
-/** Parses `name`, `name+16` or `name+0x10`. */
+/**
+ * Parses `name`, `name+16`, `name+0x10`, or a DWARF expression the helper
+ * resolves with debug info: `conf.limits.max`, `conf->ptr->x`, `table[3].b`.
+ */
 export function parseSymbol(text: string): { name: string; offset: bigint } {
-  const match = /^([A-Za-z_.$][\w.$@:]*)(?:\+(0x[0-9a-fA-F]+|\d+))?$/.exec(text.trim());
-  if (!match) throw new WatchSpecError(`symbol '${text}' is not NAME or NAME+OFFSET (e.g. counter+0x8)`, "symbol");
+  const match = /^([A-Za-z_.$][\w.$@:]*(?:(?:\.|->)[A-Za-z_]\w*|\[\d+\])*)(?:\+(0x[0-9a-fA-F]+|\d+))?$/.exec(text.trim());
+  if (!match) throw new WatchSpecError(`symbol '${text}' is not NAME, NAME+OFFSET (e.g. counter+0x8) or a field path (conf.limits.max, conf->ptr->x, table[3].b)`, "symbol");
   return { name: match[1]!, offset: match[2] ? BigInt(match[2]) : 0n };
 }
 

@@ -25,7 +25,12 @@ test("watch-spec - parses symbols with decimal and hex offsets", () => {
   assert.deepEqual(parseSymbol("work_mem"), { name: "work_mem", offset: 0n });
   assert.deepEqual(parseSymbol("fw_bytes+0x8"), { name: "fw_bytes", offset: 8n });
   assert.deepEqual(parseSymbol("fw_bytes+12"), { name: "fw_bytes", offset: 12n });
+  assert.deepEqual(parseSymbol("conf.limits.max"), { name: "conf.limits.max", offset: 0n });
+  assert.deepEqual(parseSymbol("conf->ptr->x+4"), { name: "conf->ptr->x", offset: 4n });
+  assert.deepEqual(parseSymbol("table[3].b"), { name: "table[3].b", offset: 0n });
   assert.throws(() => parseSymbol("a b"), WatchSpecError);
+  assert.throws(() => parseSymbol("conf->"), WatchSpecError);
+  assert.throws(() => parseSymbol("table[x]"), WatchSpecError);
   assert.throws(() => parseSymbol("x+"), WatchSpecError);
 });
 
