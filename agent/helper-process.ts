@@ -18,31 +18,46 @@ import {
   decodeHello,
   decodeResolved,
   encodeArm,
+  expandHit,
   encodeDisarm,
   encodeResolve,
   encodeShutdown,
 } from "./helper-protocol.js";
 import type {
   ArmResult,
+  DisarmResult,
   Frame,
-  GroupCounts,
   HelperChunk,
+  HelperCondition,
   HelperEvent,
   ResolvedSymbol,
+  SymbolDefinition,
 } from "./helper-protocol.js";
 
 export type {
   ArmResult,
+  DisarmResult,
   GroupCounts,
   GroupDoneReason,
   HelperChunk,
+  HelperCompareOp,
+  HelperCondition,
   HelperEvent,
   HelperHit,
   HelperLogLevel,
   HelperMode,
   ResolvedSymbol,
+  StackFrame,
 } from "./helper-protocol.js";
 export { HelperProtocolError } from "./helper-protocol.js";
+
+/**
+ * Where the helper's tracer thread runs. "follow" (the helper's default): it
+ * pins itself to the CPU the most recently trapping target thread last ran
+ * on, re-checked every 50 ms while traps come; "none": the scheduler's
+ * choice. The target's own affinity is never changed.
+ */
+export type CpuPolicy = "follow" | "none";
 
 /** How to run the helper; behaviour lives in HelperProcess. */
 export interface HelperOptions {
@@ -50,6 +65,24 @@ export interface HelperOptions {
   path?: string;
   /** Deadline of each request (and of HELLO, and of each shutdown step). Default 10000. */
   requestTimeoutMs?: number;
+  /** Default: the helper's own ("follow"). */
+  cpuPolicy?: CpuPolicy;
+}
+
+/** Per-group options of arm(); every field defaults to "off". */
+export interface WatchOptions {
+  /** Delivered hits after which the group is retired (group-done "budget"). Default 0n: no budget. */
+  maxHits?: bigint;
+  /** Above this many delivered hits in a 1-second window, the group's slots are cleared for backoffMs. Default 0: no limit. */
+  maxHitsPerSecond?: number;
+  /** Length of a rate-limit back-off. Default 0: until the current 1-second window ends. */
+  backoffMs?: number;
+  /** Up to 4 predicates, ANDed, on each chunk's new value; hits failing them are counted as filtered. */
+  conditions?: HelperCondition[];
+  /** Up to 16 tids whose traps are delivered; others are counted as filtered. Default []: every thread. */
+  tids?: number[];
+  /** Frames of symbolized stack per hit, 0-64. Default 0: no stack. */
+  stackDepth?: number;
 }
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -185,6 +218,8 @@ export class HelperProcess {
   private helloWaiter: { resolve(): void; reject(err: Error): void } | undefined;
   private helloSeen = false;
   private version = "";
+  /** Per pid: what each stack ip means (SYMBOLS events). */
+  private readonly symbols = new Map<number, Map<bigint, SymbolDefinition>>();
 
   private constructor(child: ChildProcessWithoutNullStreams, timeoutMs: number) {
     if (child.pid === undefined) throw new Error("fleetwatch-helper has no pid");
@@ -211,11 +246,12 @@ export class HelperProcess {
     return this.version;
   }
 
-  /** Spawns the helper and waits for its HELLO (protocol version must be 1). */
+  /** Spawns the helper and waits for its HELLO (protocol version must be PROTOCOL_VERSION). */
   static async start(options: HelperOptions = {}): Promise<HelperProcess> {
     const path = options.path ?? defaultHelperPath();
     const timeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-    const child = spawn(path, [], { stdio: ["pipe", "pipe", "pipe"] });
+    const args = options.cpuPolicy === undefined ? [] : ["--cpu-policy", options.cpuPolicy];
+    const child = spawn(path, args, { stdio: ["pipe", "pipe", "pipe"] });
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", () => resolve());
       child.once("error", (err) =>
@@ -256,25 +292,37 @@ export class HelperProcess {
     return decodeResolved(frame.payload);
   }
 
-  /** Arms one group of chunks on every thread of pid (all or nothing). maxHits 0n: no budget. */
-  async arm(pid: number, group: bigint, chunks: HelperChunk[], maxHits: bigint): Promise<ArmResult> {
+  /** Arms one group of chunks on every thread of pid (all or nothing). */
+  async arm(pid: number, group: bigint, chunks: HelperChunk[], options: WatchOptions = {}): Promise<ArmResult> {
     const attempted = `arm pid ${pid} group ${group}`;
-    const frame = await this.request(
-      (id) => encodeArm(id, { pid, group, maxHits, chunks }),
-      MessageType.Armed,
-      attempted,
-    );
+    const request = {
+      pid,
+      group,
+      chunks,
+      maxHits: options.maxHits ?? 0n,
+      maxHitsPerSecond: options.maxHitsPerSecond ?? 0,
+      backoffMs: options.backoffMs ?? 0,
+      conditions: options.conditions ?? [],
+      tids: options.tids ?? [],
+      stackDepth: options.stackDepth ?? 0,
+    };
+    const frame = await this.request((id) => encodeArm(id, request), MessageType.Armed, attempted);
     return decodeArmed(frame.payload);
   }
 
   /** Clears a group's registers; the helper detaches when pid has no group left. */
-  async disarm(pid: number, group: bigint): Promise<GroupCounts> {
+  async disarm(pid: number, group: bigint): Promise<DisarmResult> {
     const attempted = `disarm pid ${pid} group ${group}`;
     const frame = await this.request((id) => encodeDisarm(id, { pid, group }), MessageType.Disarmed, attempted);
     return decodeDisarmed(frame.payload);
   }
 
-  /** Hits (in batches), group and target lifecycle, logs. Single consumer; ends when the helper exits. */
+  /**
+   * Hits (in batches, stacks symbolized), group lifecycle (done, back-off,
+   * resumed), target lifecycle (exited, exec, fork, thread counts), logs.
+   * The helper's SYMBOLS definitions are consumed here, kept per pid until
+   * its exit or exec. Single consumer; ends when the helper exits.
+   */
   events(): AsyncIterable<HelperEvent> {
     return this.queue;
   }
@@ -414,6 +462,18 @@ export class HelperProcess {
           frameType: frame.type,
         });
       }
+      if (event.kind === "symbols") {
+        let table = this.symbols.get(event.pid);
+        if (!table) this.symbols.set(event.pid, (table = new Map()));
+        for (const def of event.symbols) table.set(def.ip, def);
+        return;
+      }
+      if (event.kind === "hits") {
+        this.queue.push({ kind: "hits", hits: event.hits.map((h) => expandHit(h, this.symbols.get(h.pid))) });
+        return;
+      }
+      // The address space is gone: so are the meanings of its ips.
+      if (event.kind === "target-exited" || event.kind === "target-exec") this.symbols.delete(event.pid);
       this.queue.push(event);
       return;
     }

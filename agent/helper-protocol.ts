@@ -1,14 +1,21 @@
-// Pure encode/decode of the fleetwatch-helper wire protocol, version 1
+// Pure encode/decode of the fleetwatch-helper wire protocol, version 2
 // (agent/native/PROTOCOL.md): 12-byte frame headers, request encoders, reply and
-// event decoders, and a streaming frame decoder. No I/O here.
+// event decoders, a streaming frame decoder, and the expansion of a hit's
+// stack ips through the SYMBOLS definitions. No I/O here.
 
 /** Protocol version this client speaks; HELLO must carry the same. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const FRAME_HEADER_BYTES = 12;
 /** Largest frame either side may send, header included. */
 export const FRAME_MAX_BYTES = 1 << 20;
-export const HIT_RECORD_BYTES = 64;
+/** Fixed part of a hit record; then u8 frame count and that many u64 ips. */
+export const HIT_FIXED_BYTES = 64;
 export const CHUNK_BYTES = 12;
+export const CONDITION_BYTES = 16;
+/** ARM limits (the helper re-checks them). */
+export const MAX_CONDITIONS = 4;
+export const MAX_TID_FILTER = 16;
+export const MAX_STACK_DEPTH = 64;
 
 /** Frame types (PROTOCOL.md). */
 export const MessageType = {
@@ -27,6 +34,11 @@ export const MessageType = {
   TargetExited: 0x0203,
   TargetExec: 0x0204,
   Log: 0x0205,
+  Symbols: 0x0206,
+  GroupBackoff: 0x0207,
+  GroupResumed: 0x0208,
+  TargetFork: 0x0209,
+  Threads: 0x020a,
 } as const;
 
 export type HelperMode = "x" | "w" | "rw";
@@ -38,6 +50,15 @@ export interface HelperChunk {
   length: number;
   address: bigint;
 }
+
+/** Unsigned 64-bit comparisons of a chunk's new value against `value`. */
+export type HelperCompareOp = "==" | "!=" | "<" | ">" | "<=" | ">=";
+
+/**
+ * A value predicate evaluated by the helper on each chunk's new value.
+ * "changed": new != old; "unchanged": new == old (with mode "rw", a read-only watch).
+ */
+export type HelperCondition = { op: HelperCompareOp; value: bigint } | { op: "changed" | "unchanged" };
 
 export interface ResolvedSymbol {
   /** Symbol address plus the requested offset, load bias applied. */
@@ -52,16 +73,45 @@ export interface ArmResult {
   threadsTotal: number;
   threadsArmed: number;
   drMask: number;
+  /** DR indexes the helper ever wrote in this process: the kernel keeps those slots until its threads exit or exec. */
+  reservedMask: number;
 }
 
-/** Per group: trapped = delivered + suppressed. */
+/** Per group: trapped = delivered + suppressed + filtered. */
 export interface GroupCounts {
   trapped: bigint;
   delivered: bigint;
+  /** Budget used up or rate limit hit before the slots were cleared. */
   suppressed: bigint;
+  /** Failed the group's thread filter or conditions. */
+  filtered: bigint;
 }
 
-export interface HelperHit {
+/** DISARM's answer: the group's final counts and the process's reserved DR indexes. */
+export interface DisarmResult extends GroupCounts {
+  reservedMask: number;
+}
+
+/** One frame of a hit's stack, named by the helper's SYMBOLS definitions. */
+export interface StackFrame {
+  ip: bigint;
+  /** "" when no symbol covers ip. */
+  function: string;
+  /** ip minus the function's start. */
+  offset: bigint;
+  /** Path of the module holding ip; "" if none. */
+  module: string;
+}
+
+/** A SYMBOLS entry: what ip means in one process. */
+export interface SymbolDefinition {
+  ip: bigint;
+  offset: bigint;
+  function: string;
+  module: string;
+}
+
+interface HitFields {
   group: bigint;
   pid: number;
   tid: number;
@@ -77,15 +127,38 @@ export interface HelperHit {
   mode: HelperMode;
 }
 
+/** A hit as it travels: its stack as bare ips (innermost first). */
+export interface HelperHitRecord extends HitFields {
+  ips: bigint[];
+}
+
+/** A hit as the client hands it out: its stack symbolized ([] when the group asked for none). */
+export interface HelperHit extends HitFields {
+  stack: StackFrame[];
+}
+
 export type GroupDoneReason = "budget" | "exited" | "exec";
 export type HelperLogLevel = "debug" | "info" | "warning" | "error";
 
-export type HelperEvent =
-  | { kind: "hits"; hits: HelperHit[] }
+/** Events other than hits and symbol definitions, the same on the wire and from the client. */
+export type HelperLifecycleEvent =
   | { kind: "group-done"; pid: number; group: bigint; reason: GroupDoneReason; counts: GroupCounts }
+  | { kind: "group-backoff"; pid: number; group: bigint; untilNs: bigint; suppressedSoFar: bigint }
+  | { kind: "group-resumed"; pid: number; group: bigint }
   | { kind: "target-exited"; pid: number; killed: boolean; code: number }
   | { kind: "target-exec"; pid: number }
+  | { kind: "target-fork"; pid: number; childPid: number }
+  | { kind: "threads"; pid: number; threadsTotal: number; threadsArmed: number }
   | { kind: "log"; level: HelperLogLevel; message: string };
+
+/** An event frame as decoded. */
+export type HelperWireEvent =
+  | { kind: "hits"; hits: HelperHitRecord[] }
+  | { kind: "symbols"; pid: number; symbols: SymbolDefinition[] }
+  | HelperLifecycleEvent;
+
+/** What HelperProcess.events() yields: hits carry symbolized stacks. */
+export type HelperEvent = { kind: "hits"; hits: HelperHit[] } | HelperLifecycleEvent;
 
 export interface Frame {
   type: number;
@@ -115,8 +188,18 @@ export interface ResolveRequest {
 export interface ArmRequest {
   pid: number;
   group: bigint;
+  /** 0n: no budget. */
   maxHits: bigint;
+  /** 0: no rate limit. */
+  maxHitsPerSecond: number;
+  /** 0: until the current 1-second window ends. */
+  backoffMs: number;
   chunks: HelperChunk[];
+  conditions: HelperCondition[];
+  /** []: every thread. */
+  tids: number[];
+  /** 0: no stack. */
+  stackDepth: number;
 }
 
 export interface DisarmRequest {
@@ -279,11 +362,46 @@ export function encodeResolve(requestId: number, req: ResolveRequest): Buffer {
   return encodeFrame(MessageType.Resolve, requestId, p);
 }
 
+const CONDITION_OPS = ["==", "!=", "<", ">", "<=", ">=", "changed", "unchanged"] as const;
+
+/** Wire code of a condition op (PROTOCOL.md). */
+export function conditionOpToWire(op: HelperCondition["op"]): number {
+  const v = CONDITION_OPS.indexOf(op);
+  if (v < 0) throw new RangeError(`unknown condition op ${String(op)}`);
+  return v;
+}
+
+function conditionFromWire(op: number, value: bigint): HelperCondition {
+  const name = CONDITION_OPS[op];
+  if (name === undefined) throw new HelperProtocolError(`unknown condition op ${op}`, { frameType: MessageType.Arm });
+  return name === "changed" || name === "unchanged" ? { op: name } : { op: name, value };
+}
+
+function checkCount(what: string, n: number, max: number): void {
+  if (n > max) throw new RangeError(`${n} ${what} (at most ${max})`);
+}
+
 export function encodeArm(requestId: number, req: ArmRequest): Buffer {
-  const w = new PayloadWriter().u32(req.pid).u64(req.group).u64(req.maxHits).u8(req.chunks.length).pad(3);
+  checkCount("conditions", req.conditions.length, MAX_CONDITIONS);
+  checkCount("tids in the thread filter", req.tids.length, MAX_TID_FILTER);
+  checkCount("frames of stack depth", req.stackDepth, MAX_STACK_DEPTH);
+  const w = new PayloadWriter()
+    .u32(req.pid)
+    .u64(req.group)
+    .u64(req.maxHits)
+    .u32(req.maxHitsPerSecond)
+    .u32(req.backoffMs)
+    .u8(req.chunks.length)
+    .u8(req.conditions.length)
+    .u8(req.tids.length)
+    .u8(req.stackDepth);
   for (const c of req.chunks) {
     w.u8(c.dr).u8(modeToWire(c.mode)).u8(c.length).pad(1).u64(c.address);
   }
+  for (const c of req.conditions) {
+    w.u8(conditionOpToWire(c.op)).pad(7).u64("value" in c ? c.value : 0n);
+  }
+  for (const tid of req.tids) w.u32(tid);
   return encodeFrame(MessageType.Arm, requestId, w.done());
 }
 
@@ -305,8 +423,12 @@ export function decodeArmRequest(payload: Buffer): ArmRequest {
   const pid = r.u32();
   const group = r.u64();
   const maxHits = r.u64();
+  const maxHitsPerSecond = r.u32();
+  const backoffMs = r.u32();
   const count = r.u8();
-  r.skip(3);
+  const conditionCount = r.u8();
+  const tidCount = r.u8();
+  const stackDepth = r.u8();
   const chunks: HelperChunk[] = [];
   for (let i = 0; i < count; i++) {
     const dr = r.u8();
@@ -315,7 +437,15 @@ export function decodeArmRequest(payload: Buffer): ArmRequest {
     r.skip(1);
     chunks.push({ dr, mode, length, address: r.u64() });
   }
-  return { pid, group, maxHits, chunks };
+  const conditions: HelperCondition[] = [];
+  for (let i = 0; i < conditionCount; i++) {
+    const op = r.u8();
+    r.skip(7);
+    conditions.push(conditionFromWire(op, r.u64()));
+  }
+  const tids: number[] = [];
+  for (let i = 0; i < tidCount; i++) tids.push(r.u32());
+  return { pid, group, maxHits, maxHitsPerSecond, backoffMs, chunks, conditions, tids, stackDepth };
 }
 
 export function decodeDisarmRequest(payload: Buffer): DisarmRequest {
@@ -344,23 +474,32 @@ export function decodeResolved(payload: Buffer): ResolvedSymbol {
 }
 
 export function encodeArmed(requestId: number, a: ArmResult): Buffer {
-  const p = new PayloadWriter().u32(a.threadsTotal).u32(a.threadsArmed).u8(a.drMask).pad(3).done();
+  const p = new PayloadWriter().u32(a.threadsTotal).u32(a.threadsArmed).u8(a.drMask).u8(a.reservedMask).pad(2).done();
   return encodeFrame(MessageType.Armed, requestId, p);
 }
 
 export function decodeArmed(payload: Buffer): ArmResult {
   const r = new PayloadReader(payload, MessageType.Armed);
-  return { threadsTotal: r.u32(), threadsArmed: r.u32(), drMask: r.u8() };
+  return { threadsTotal: r.u32(), threadsArmed: r.u32(), drMask: r.u8(), reservedMask: r.u8() };
 }
 
-export function encodeDisarmed(requestId: number, c: GroupCounts): Buffer {
-  const p = new PayloadWriter().u64(c.trapped).u64(c.delivered).u64(c.suppressed).done();
+function writeCounts(w: PayloadWriter, c: GroupCounts): PayloadWriter {
+  return w.u64(c.trapped).u64(c.delivered).u64(c.suppressed).u64(c.filtered);
+}
+
+function readCounts(r: PayloadReader): GroupCounts {
+  return { trapped: r.u64(), delivered: r.u64(), suppressed: r.u64(), filtered: r.u64() };
+}
+
+export function encodeDisarmed(requestId: number, d: DisarmResult): Buffer {
+  const p = writeCounts(new PayloadWriter(), d).u8(d.reservedMask).pad(7).done();
   return encodeFrame(MessageType.Disarmed, requestId, p);
 }
 
-export function decodeDisarmed(payload: Buffer): GroupCounts {
+export function decodeDisarmed(payload: Buffer): DisarmResult {
   const r = new PayloadReader(payload, MessageType.Disarmed);
-  return { trapped: r.u64(), delivered: r.u64(), suppressed: r.u64() };
+  const counts = readCounts(r);
+  return { ...counts, reservedMask: r.u8() };
 }
 
 export function encodeError(requestId: number, e: ErrorPayload): Buffer {
@@ -373,9 +512,10 @@ export function decodeError(payload: Buffer): ErrorPayload {
   return { errno: r.i32(), errnoName: r.str(), message: r.str() };
 }
 
-/** One 64-byte hit record. */
-export function encodeHitRecord(h: HelperHit): Buffer {
-  return new PayloadWriter()
+/** One hit record: the 64-byte fixed part, u8 frame count, the ips. */
+export function encodeHitRecord(h: HelperHitRecord): Buffer {
+  checkCount("stack frames", h.ips.length, MAX_STACK_DEPTH);
+  const w = new PayloadWriter()
     .u64(h.group)
     .u32(h.pid)
     .u32(h.tid)
@@ -388,16 +528,28 @@ export function encodeHitRecord(h: HelperHit): Buffer {
     .u8(h.length)
     .u8(modeToWire(h.mode))
     .pad(5)
-    .done();
+    .u8(h.ips.length);
+  for (const ip of h.ips) w.u64(ip);
+  return w.done();
 }
 
-export function decodeHitRecord(buf: Buffer, offset = 0): HelperHit {
-  if (offset + HIT_RECORD_BYTES > buf.length) {
+/** The hit record at offset, and the offset just past it. */
+export function decodeHitRecord(buf: Buffer, offset = 0): { hit: HelperHitRecord; end: number } {
+  if (offset + HIT_FIXED_BYTES + 1 > buf.length) {
     throw new HelperProtocolError(`hit record at ${offset} runs past ${buf.length} bytes`, {
       frameType: MessageType.Hits,
     });
   }
-  return {
+  const frames = buf.readUInt8(offset + HIT_FIXED_BYTES);
+  const end = offset + HIT_FIXED_BYTES + 1 + 8 * frames;
+  if (end > buf.length) {
+    throw new HelperProtocolError(`hit record at ${offset} with ${frames} frames runs past ${buf.length} bytes`, {
+      frameType: MessageType.Hits,
+    });
+  }
+  const ips: bigint[] = [];
+  for (let i = 0; i < frames; i++) ips.push(buf.readBigUInt64LE(offset + HIT_FIXED_BYTES + 1 + 8 * i));
+  const hit: HelperHitRecord = {
     group: buf.readBigUInt64LE(offset),
     pid: buf.readUInt32LE(offset + 8),
     tid: buf.readUInt32LE(offset + 12),
@@ -409,41 +561,62 @@ export function decodeHitRecord(buf: Buffer, offset = 0): HelperHit {
     dr: buf.readUInt8(offset + 56),
     length: buf.readUInt8(offset + 57),
     mode: modeFromWire(buf.readUInt8(offset + 58)),
+    ips,
   };
+  return { hit, end };
 }
 
-export function encodeHits(hits: HelperHit[]): Buffer {
+export function encodeHits(hits: HelperHitRecord[]): Buffer {
   const head = new PayloadWriter().u32(hits.length).pad(4).done();
   return encodeFrame(MessageType.Hits, 0, Buffer.concat([head, ...hits.map(encodeHitRecord)]));
 }
 
-export function decodeHits(payload: Buffer): HelperHit[] {
+export function decodeHits(payload: Buffer): HelperHitRecord[] {
   const r = new PayloadReader(payload, MessageType.Hits);
   const count = r.u32();
   r.skip(4);
-  const expected = 8 + count * HIT_RECORD_BYTES;
-  if (payload.length !== expected) {
-    throw new HelperProtocolError(`HITS of ${count} records needs ${expected} bytes, got ${payload.length}`, {
+  const hits: HelperHitRecord[] = [];
+  let offset = 8;
+  for (let i = 0; i < count; i++) {
+    const { hit, end } = decodeHitRecord(payload, offset);
+    hits.push(hit);
+    offset = end;
+  }
+  if (offset !== payload.length) {
+    throw new HelperProtocolError(`HITS of ${count} records ends at ${offset}, payload has ${payload.length} bytes`, {
       frameType: MessageType.Hits,
     });
   }
-  const hits: HelperHit[] = [];
-  for (let i = 0; i < count; i++) hits.push(decodeHitRecord(payload, 8 + i * HIT_RECORD_BYTES));
   return hits;
+}
+
+export function encodeSymbols(pid: number, symbols: SymbolDefinition[]): Buffer {
+  const w = new PayloadWriter().u32(pid).u32(symbols.length);
+  for (const s of symbols) w.u64(s.ip).u64(s.offset).str(s.function).str(s.module);
+  return encodeFrame(MessageType.Symbols, 0, w.done());
 }
 
 export function encodeGroupDone(pid: number, group: bigint, reason: GroupDoneReason, c: GroupCounts): Buffer {
   const code = Number(Object.entries(DONE_REASONS).find(([, v]) => v === reason)?.[0]);
-  const p = new PayloadWriter()
-    .u32(pid)
-    .u8(code)
-    .pad(3)
-    .u64(group)
-    .u64(c.trapped)
-    .u64(c.delivered)
-    .u64(c.suppressed)
-    .done();
+  const p = writeCounts(new PayloadWriter().u32(pid).u8(code).pad(3).u64(group), c).done();
   return encodeFrame(MessageType.GroupDone, 0, p);
+}
+
+export function encodeGroupBackoff(pid: number, group: bigint, untilNs: bigint, suppressedSoFar: bigint): Buffer {
+  const p = new PayloadWriter().u32(pid).pad(4).u64(group).u64(untilNs).u64(suppressedSoFar).done();
+  return encodeFrame(MessageType.GroupBackoff, 0, p);
+}
+
+export function encodeGroupResumed(pid: number, group: bigint): Buffer {
+  return encodeFrame(MessageType.GroupResumed, 0, new PayloadWriter().u32(pid).pad(4).u64(group).done());
+}
+
+export function encodeTargetFork(pid: number, childPid: number): Buffer {
+  return encodeFrame(MessageType.TargetFork, 0, new PayloadWriter().u32(pid).u32(childPid).done());
+}
+
+export function encodeThreads(pid: number, threadsTotal: number, threadsArmed: number): Buffer {
+  return encodeFrame(MessageType.Threads, 0, new PayloadWriter().u32(pid).u32(threadsTotal).u32(threadsArmed).done());
 }
 
 export function encodeTargetExited(pid: number, killed: boolean, code: number): Buffer {
@@ -461,22 +634,43 @@ export function encodeLog(level: HelperLogLevel, message: string): Buffer {
 }
 
 /** The event carried by an event frame (request id 0), or undefined for other types. */
-export function decodeEvent(frame: Frame): HelperEvent | undefined {
+export function decodeEvent(frame: Frame): HelperWireEvent | undefined {
   const r = new PayloadReader(frame.payload, frame.type);
   switch (frame.type) {
     case MessageType.Hits:
       return { kind: "hits", hits: decodeHits(frame.payload) };
+    case MessageType.Symbols: {
+      const pid = r.u32();
+      const count = r.u32();
+      const symbols: SymbolDefinition[] = [];
+      for (let i = 0; i < count; i++) {
+        const ip = r.u64();
+        const offset = r.u64();
+        symbols.push({ ip, offset, function: r.str(), module: r.str() });
+      }
+      return { kind: "symbols", pid, symbols };
+    }
     case MessageType.GroupDone: {
       const pid = r.u32();
       const code = r.u8();
       r.skip(3);
       const group = r.u64();
-      const counts = { trapped: r.u64(), delivered: r.u64(), suppressed: r.u64() };
+      const counts = readCounts(r);
       const reason = DONE_REASONS[code];
       if (reason === undefined) {
         throw new HelperProtocolError(`unknown GROUP_DONE reason ${code}`, { frameType: frame.type });
       }
       return { kind: "group-done", pid, group, reason, counts };
+    }
+    case MessageType.GroupBackoff: {
+      const pid = r.u32();
+      r.skip(4);
+      return { kind: "group-backoff", pid, group: r.u64(), untilNs: r.u64(), suppressedSoFar: r.u64() };
+    }
+    case MessageType.GroupResumed: {
+      const pid = r.u32();
+      r.skip(4);
+      return { kind: "group-resumed", pid, group: r.u64() };
     }
     case MessageType.TargetExited: {
       const pid = r.u32();
@@ -486,6 +680,10 @@ export function decodeEvent(frame: Frame): HelperEvent | undefined {
     }
     case MessageType.TargetExec:
       return { kind: "target-exec", pid: r.u32() };
+    case MessageType.TargetFork:
+      return { kind: "target-fork", pid: r.u32(), childPid: r.u32() };
+    case MessageType.Threads:
+      return { kind: "threads", pid: r.u32(), threadsTotal: r.u32(), threadsArmed: r.u32() };
     case MessageType.Log: {
       const lvl = r.u8();
       return { kind: "log", level: LOG_LEVELS[lvl] ?? "error", message: r.str() };
@@ -493,6 +691,26 @@ export function decodeEvent(frame: Frame): HelperEvent | undefined {
     default:
       return undefined;
   }
+}
+
+/**
+ * A hit record with its ips named through one process's SYMBOLS definitions
+ * (the helper defines every ip before the first hit that uses it; an ip
+ * without a definition is a protocol error).
+ */
+export function expandHit(record: HelperHitRecord, symbols: ReadonlyMap<bigint, SymbolDefinition> | undefined): HelperHit {
+  const { ips, ...fields } = record;
+  const stack = ips.map((ip): StackFrame => {
+    if (ip === 0n) return { ip, function: "", offset: 0n, module: "" };
+    const def = symbols?.get(ip);
+    if (def === undefined) {
+      throw new HelperProtocolError(`hit of pid ${record.pid} uses ip 0x${ip.toString(16)} before a SYMBOLS definition`, {
+        frameType: MessageType.Hits,
+      });
+    }
+    return { ip, function: def.function, offset: def.offset, module: def.module };
+  });
+  return { ...fields, stack };
 }
 
 /** Splits a byte stream into frames; keeps partial frames across pushes. */

@@ -8,13 +8,20 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FW_HELPER_VERSION "0.1.0"
-#define FW_PROTOCOL_VERSION 1u
+#define FW_HELPER_VERSION "0.2.0"
+#define FW_PROTOCOL_VERSION 2u
 #define FW_SLOTS_PER_THREAD 4u
 
 /* Fixed-size tables keep the hot path free of malloc. */
 #define FW_MAX_PROCS 64
 #define FW_MAX_THREADS 4096
+
+/* Per-group watch options (ARM). */
+#define FW_MAX_CONDITIONS 4
+#define FW_MAX_TID_FILTER 16
+#define FW_MAX_STACK_DEPTH 64
+/* Bytes of a thread's stack copied from rsp for the unwinder. */
+#define FW_STACK_COPY_MAX (32u * 1024u)
 
 /* How long stop-the-world may wait for every thread of one process. */
 #define FW_STOP_DEADLINE_MS 5000
@@ -33,5 +40,8 @@ const char *fw_errno_name(int err);
 
 /* Milliseconds on CLOCK_MONOTONIC. */
 int64_t fw_now_ms(void);
+
+/* Nanoseconds on CLOCK_REALTIME (the clock of hit records and events). */
+uint64_t fw_realtime_ns(void);
 
 #endif

@@ -119,16 +119,29 @@ static void handle_resolve(uint32_t id, struct fw_reader *r)
 static void handle_arm(uint32_t id, struct fw_reader *r)
 {
 	struct fw_chunk chunks[FW_SLOTS_PER_THREAD];
+	struct fw_watch_options opt;
 	struct fw_arm_result res;
 	struct fw_error e;
 	pid_t pid = (pid_t)rd_u32(r);
 	uint64_t group = rd_u64(r);
-	uint64_t max_hits = rd_u64(r);
-	unsigned count = rd_u8(r);
+	unsigned count;
 
-	rd_skip(r, 3);
+	memset(&opt, 0, sizeof opt);
+	opt.max_hits = rd_u64(r);
+	opt.max_hits_per_second = rd_u32(r);
+	opt.backoff_ms = rd_u32(r);
+	count = rd_u8(r);
+	opt.nconditions = rd_u8(r);
+	opt.ntids = rd_u8(r);
+	opt.stack_depth = rd_u8(r);
 	if (!r->bad && (count < 1 || count > FW_SLOTS_PER_THREAD)) {
 		fw_error_set(&e, EINVAL, "ARM pid %d: %u chunks (must be 1-4)", (int)pid, count);
+		out_error(id, &e);
+		return;
+	}
+	/* Bound the arrays before reading them; tracer_arm checks the rest. */
+	if (!r->bad && (opt.nconditions > FW_MAX_CONDITIONS || opt.ntids > FW_MAX_TID_FILTER)) {
+		tracer_check_options(pid, &opt, &e);
 		out_error(id, &e);
 		return;
 	}
@@ -139,11 +152,18 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 		rd_skip(r, 1);
 		chunks[i].address = rd_u64(r);
 	}
-	if (r->bad) {
+	for (unsigned i = 0; i < opt.nconditions && !r->bad; i++) {
+		opt.conditions[i].op = rd_u8(r);
+		rd_skip(r, 7);
+		opt.conditions[i].value = rd_u64(r);
+	}
+	for (unsigned i = 0; i < opt.ntids && !r->bad; i++)
+		opt.tids[i] = (pid_t)rd_u32(r);
+	if (r->bad || r->off != r->len) {
 		malformed(id, "ARM");
 		return;
 	}
-	if (tracer_arm(pid, group, max_hits, chunks, count, &res, &e) == -1) {
+	if (tracer_arm(pid, group, &opt, chunks, count, &res, &e) == -1) {
 		out_error(id, &e);
 		return;
 	}
@@ -151,7 +171,8 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 	out_u32(res.threads_total);
 	out_u32(res.threads_armed);
 	out_u8(res.dr_mask);
-	out_pad(3);
+	out_u8(res.reserved_mask);
+	out_pad(2);
 	out_frame_end();
 }
 
@@ -161,12 +182,13 @@ static void handle_disarm(uint32_t id, struct fw_reader *r)
 	struct fw_error e;
 	pid_t pid = (pid_t)rd_u32(r);
 	uint64_t group = rd_u64(r);
+	uint8_t reserved = 0;
 
 	if (r->bad) {
 		malformed(id, "DISARM");
 		return;
 	}
-	if (tracer_disarm(pid, group, &c, &e) == -1) {
+	if (tracer_disarm(pid, group, &c, &reserved, &e) == -1) {
 		out_error(id, &e);
 		return;
 	}
@@ -174,6 +196,9 @@ static void handle_disarm(uint32_t id, struct fw_reader *r)
 	out_u64(c.trapped);
 	out_u64(c.delivered);
 	out_u64(c.suppressed);
+	out_u64(c.filtered);
+	out_u8(reserved);
+	out_pad(7);
 	out_frame_end();
 }
 
@@ -242,20 +267,57 @@ static int read_requests(void)
 	return 0;
 }
 
+/* The OOM killer's SIGKILL is the one death that cannot disarm first: opt out
+ * of it (needs CAP_SYS_RESOURCE). A message if refused, NULL if done. */
+static const char *protect_from_oom(char *msg, size_t cap)
+{
+	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0 || write(fd, "-1000", 5) != 5) {
+		snprintf(msg, cap,
+			 "cannot set /proc/self/oom_score_adj to -1000 (%s): the OOM killer may SIGKILL this helper, leaving targets armed",
+			 strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return msg;
+	}
+	close(fd);
+	return NULL;
+}
+
+static int usage(const char *argv0)
+{
+	fprintf(stderr,
+		"usage: %s [--version] [--cpu-policy follow|none]  (speaks the protocol on stdin/stdout)\n",
+		argv0);
+	return 2;
+}
+
 int main(int argc, char **argv)
 {
 	pid_t parent = getppid();
 	struct pollfd fds[2];
 	int sfd, exit_code = 0;
+	char oom_msg[256];
+	const char *oom_refused;
 
-	if (argc > 1 && strcmp(argv[1], "--version") == 0) {
-		printf("fleetwatch-helper %s (protocol %u)\n", FW_HELPER_VERSION, FW_PROTOCOL_VERSION);
-		return 0;
-	}
-	if (argc > 1) {
-		fprintf(stderr, "usage: %s [--version]  (speaks the protocol on stdin/stdout)\n",
-			argv[0]);
-		return 2;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--version") == 0) {
+			printf("fleetwatch-helper %s (protocol %u)\n", FW_HELPER_VERSION,
+			       FW_PROTOCOL_VERSION);
+			return 0;
+		}
+		if (strcmp(argv[i], "--cpu-policy") == 0 && i + 1 < argc) {
+			i++;
+			if (strcmp(argv[i], "follow") == 0)
+				tracer_set_cpu_policy(FW_CPU_POLICY_FOLLOW);
+			else if (strcmp(argv[i], "none") == 0)
+				tracer_set_cpu_policy(FW_CPU_POLICY_NONE);
+			else
+				return usage(argv[0]);
+			continue;
+		}
+		return usage(argv[0]);
 	}
 	/* If the agent dies, we get SIGTERM and disarm. */
 	if (prctl(PR_SET_PDEATHSIG, SIGTERM) == -1) {
@@ -271,19 +333,34 @@ int main(int argc, char **argv)
 		perror("fleetwatch-helper: signal setup");
 		return 1;
 	}
+	oom_refused = protect_from_oom(oom_msg, sizeof oom_msg);
+	/* libdwfl would fetch missing debug info over the network while a
+	 * target sits stopped in a hit: symbols come from what is installed. */
+	unsetenv("DEBUGINFOD_URLS");
 	tracer_init(sfd);
 	out_init(STDOUT_FILENO);
 	send_hello();
+	if (oom_refused) {
+		fprintf(stderr, "fleetwatch-helper: warning: %s\n", oom_refused);
+		out_log(FW_LOG_WARNING, "%s", oom_refused);
+	}
 
 	fds[0] = (struct pollfd){ .fd = STDIN_FILENO, .events = POLLIN };
 	fds[1] = (struct pollfd){ .fd = sfd, .events = POLLIN };
 	for (;;) {
+		int timeout, due;
+
 		tracer_process_pending();
-		out_flush();
+		if (out_due_ms() == 0)
+			out_flush();
 		if (shutdown_requested || stdin_closed || out_broken() ||
 		    tracer_terminate_requested())
 			break;
-		if (poll(fds, 2, -1) < 0) {
+		timeout = tracer_next_timeout_ms();
+		due = out_due_ms();
+		if (due >= 0 && (timeout < 0 || due < timeout))
+			timeout = due;
+		if (poll(fds, 2, timeout) < 0) {
 			if (errno == EINTR)
 				continue;
 			perror("fleetwatch-helper: poll");

@@ -5,17 +5,20 @@
 #include "tracer.h"
 
 #include "dregs.h"
+#include "symctx.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/signalfd.h>
+#include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -26,7 +29,18 @@
 #define ZOMBIE_SCAN_MS 20
 #define DRAIN_MAX_ROUNDS 16
 #define DETACH_ALL_GRACE_MS 2000
-#define SEIZE_OPTIONS (PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC)
+/* Fork children are auto-attached only to be detached at their first stop
+ * (adopt_unknown): they inherit no debug registers (FACTS.md), and seeing
+ * the fork is how TARGET_FORK is reported. */
+#define SEIZE_OPTIONS                                                             \
+	(PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACEFORK | \
+	 PTRACE_O_TRACEVFORK)
+#define THREADS_REPORT_MS 100
+#define CPU_FOLLOW_CHECK_MS 50
+#define RESERVATIONS 256
+#define KNOWN_IPS 4096 /* per process, power of two */
+#define KNOWN_IPS_LIMIT (KNOWN_IPS * 3 / 4)
+#define BACKOFF_WINDOW_MS 1000
 
 enum thread_state {
 	TS_FREE = 0,
@@ -49,15 +63,32 @@ struct thread {
 	int resume_sig;
 	uint8_t touched; /* DR0-3 written on this thread */
 	bool dirty;      /* the mirror must be applied before it runs again */
+	/* The mapping that held its stack pointer at the last stack copy. */
+	uint64_t stack_lo, stack_hi;
 };
 
 struct group {
 	bool used;
-	bool done; /* budget reached: delivered no more, registers being cleared */
+	bool done;            /* budget reached: delivered no more, registers being cleared */
+	bool backoff_pending; /* rate limit hit: its slots are cleared at the next service */
+	bool backoff;         /* slots cleared until backoff_until_ms: the target runs free */
 	uint64_t id;
 	uint8_t dr_mask;
-	uint64_t max_hits;
+	struct fw_watch_options opt;
+	int64_t window_start_ms; /* the current 1-second rate window */
+	uint64_t window_delivered;
+	int64_t backoff_until_ms;
 	struct fw_counts counts;
+};
+
+/* DR indexes this helper ever wrote in a process, kept after detach while the
+ * process lives: the kernel holds those slots until the threads exit or exec.
+ * Keyed by pid and start time (/proc/PID/stat field 22). */
+struct reservation {
+	pid_t pid;
+	uint64_t start_time;
+	uint8_t mask;
+	uint64_t used_seq; /* for eviction: smallest is oldest */
 };
 
 struct proc {
@@ -65,11 +96,11 @@ struct proc {
 	pid_t pid;
 	uint64_t serial;
 	bool hold;           /* keep every thread stopped when it stops */
-	bool retire_pending; /* a group reached its budget */
 	bool detach_pending; /* detach threads that stop later (stop deadline passed) */
 	int nthreads;
-	struct dr_mirror mirror;
-	int slot_group[DR_SLOTS]; /* owner group index of an active slot */
+	struct dr_mirror mirror;  /* what the threads hold (backed-off slots unused) */
+	struct dr_slot def[DR_SLOTS]; /* chunk of each owned slot, armed or backed off */
+	int slot_group[DR_SLOTS]; /* owner group index of a slot (armed or backed off) */
 	bool slot_retired[DR_SLOTS];
 	uint64_t slot_retired_group[DR_SLOTS]; /* late traps count as its suppressed */
 	uint8_t known_mask;                    /* slots we ever enabled on this process */
@@ -78,6 +109,13 @@ struct proc {
 	bool have_leader_status;
 	int leader_status;
 	int last_status;
+	bool service_pending; /* a group reached its budget or rate limit */
+	int resv;             /* index into reservations */
+	struct fw_symctx *sym; /* opened at the first ARM asking for a stack */
+	unsigned nknown_ips;   /* entries in known_ips[this index] */
+	bool threads_changed;
+	int64_t threads_reported_ms;
+	uint32_t reported_total, reported_armed;
 };
 
 static struct thread threads[FW_MAX_THREADS];
@@ -87,6 +125,16 @@ static struct proc procs[FW_MAX_PROCS];
 static uint64_t proc_serial;
 static int sig_fd = -1;
 static bool terminate_requested;
+static struct reservation reservations[RESERVATIONS];
+static uint64_t reservation_seq;
+/* ips already defined to the agent by a SYMBOLS event, per process (0 = empty). */
+static uint64_t known_ips[FW_MAX_PROCS][KNOWN_IPS];
+static enum fw_cpu_policy cpu_policy = FW_CPU_POLICY_FOLLOW;
+static int cpu_pinned = -1; /* CPU this thread is pinned to by the policy, or -1 */
+static cpu_set_t cpu_initial;
+static pid_t cpu_last_pid, cpu_last_tid; /* the thread of the latest trap */
+static uint64_t cpu_traps;                /* traps since the last check */
+static int64_t cpu_next_check_ms;
 
 /* ---- tables ---- */
 
@@ -132,6 +180,7 @@ static int thread_add(pid_t tid, int pi, enum thread_state state)
 		;
 	tid_hash[h] = ti;
 	procs[pi].nthreads++;
+	procs[pi].threads_changed = true;
 	return ti;
 }
 
@@ -155,6 +204,7 @@ static void thread_drop(int ti)
 		}
 	}
 	procs[threads[ti].proc].nthreads--;
+	procs[threads[ti].proc].threads_changed = true;
 	threads[ti].state = TS_FREE;
 	threads[ti].tid = 0;
 }
@@ -180,6 +230,7 @@ static int proc_alloc(pid_t pid)
 			procs[pi].used = true;
 			procs[pi].pid = pid;
 			procs[pi].serial = ++proc_serial;
+			procs[pi].resv = -1;
 			for (int s = 0; s < DR_SLOTS; s++)
 				procs[pi].slot_group[s] = -1;
 			return pi;
@@ -188,12 +239,18 @@ static int proc_alloc(pid_t pid)
 	return -1;
 }
 
-/* Forgets a process and every thread still listed for it. */
+/* Forgets a process and every thread still listed for it (detach, exit, exec). */
 static void proc_free(int pi)
 {
 	for (int ti = 0; ti < FW_MAX_THREADS; ti++)
 		if (threads[ti].state != TS_FREE && threads[ti].proc == pi)
 			thread_drop(ti);
+	if (procs[pi].sym)
+		fw_symctx_close(procs[pi].sym);
+	procs[pi].sym = NULL;
+	if (procs[pi].nknown_ips > 0)
+		memset(known_ips[pi], 0, sizeof known_ips[pi]);
+	procs[pi].nknown_ips = 0;
 	procs[pi].used = false;
 }
 
@@ -283,6 +340,132 @@ static char thread_state_letter(pid_t pid, pid_t tid)
 	return close_paren[2];
 }
 
+/* Field `field` (1-based, as in proc(5)) of a /proc stat line; -1 if absent. */
+static long long stat_field(const char *path, int field)
+{
+	char buf[1024];
+	char *p;
+	int at = 2; /* p points at the end of field 2 (comm, which may hold spaces) */
+
+	if (read_small_file(path, buf, sizeof buf) < 0)
+		return -1;
+	p = strrchr(buf, ')');
+	if (!p)
+		return -1;
+	for (p++; *p && at < field; p++)
+		if (*p == ' ')
+			at++;
+	if (at != field || *p == '\0')
+		return -1;
+	return strtoll(p, NULL, 10);
+}
+
+/* Start time of a process (field 22, clock ticks since boot); 0 if gone. */
+static uint64_t proc_start_time(pid_t pid)
+{
+	char path[64];
+	long long v;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	v = stat_field(path, 22);
+	return v > 0 ? (uint64_t)v : 0;
+}
+
+/* CPU a thread last ran on (field 39); -1 if gone. */
+static int thread_last_cpu(pid_t pid, pid_t tid)
+{
+	char path[96];
+
+	snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
+	return (int)stat_field(path, 39);
+}
+
+/* The mapping of pid that contains address, from /proc/PID/maps, read in
+ * pieces into a static buffer (no allocation). 0 if found. */
+static int find_mapping(pid_t pid, uint64_t address, uint64_t *lo, uint64_t *hi)
+{
+	static char buf[16384];
+	char path[64];
+	size_t have = 0;
+	int fd, found = -1;
+
+	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	for (;;) {
+		ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
+		char *line = buf, *nl;
+
+		if (n <= 0)
+			break;
+		have += (size_t)n;
+		buf[have] = '\0';
+		while ((nl = strchr(line, '\n')) != NULL) {
+			char *end;
+			unsigned long long a = strtoull(line, &end, 16), b;
+
+			b = *end == '-' ? strtoull(end + 1, NULL, 16) : 0;
+			if (address >= a && address < b) {
+				*lo = a;
+				*hi = b;
+				found = 0;
+				goto out;
+			}
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		memmove(buf, line, have);
+		if (have >= sizeof buf - 1)
+			break; /* a line longer than the buffer: give up */
+	}
+out:
+	close(fd);
+	return found;
+}
+
+/* ---- kernel slot reservations ---- */
+
+/* The reservation entry of a live process, created if new. Evicts first an
+ * entry whose process is gone, else the oldest. */
+static int reservation_for(pid_t pid)
+{
+	uint64_t start = proc_start_time(pid);
+	int free_i = -1, dead_i = -1, old_i = 0;
+
+	for (int i = 0; i < RESERVATIONS; i++) {
+		struct reservation *r = &reservations[i];
+
+		if (r->pid == pid && r->start_time == start) {
+			r->used_seq = ++reservation_seq;
+			return i;
+		}
+		if (r->pid == 0) {
+			if (free_i < 0)
+				free_i = i;
+			continue;
+		}
+		if (r->used_seq < reservations[old_i].used_seq)
+			old_i = i;
+	}
+	if (free_i < 0) {
+		for (int i = 0; i < RESERVATIONS && dead_i < 0; i++)
+			if (proc_start_time(reservations[i].pid) != reservations[i].start_time)
+				dead_i = i;
+	}
+	int i = free_i >= 0 ? free_i : dead_i >= 0 ? dead_i : old_i;
+
+	reservations[i] = (struct reservation){
+		.pid = pid, .start_time = start, .mask = 0, .used_seq = ++reservation_seq,
+	};
+	return i;
+}
+
+static uint8_t reserved_mask_of(int resv)
+{
+	return resv >= 0 ? reservations[resv].mask : 0;
+}
+
 /* ---- registers: the only code that writes debug registers ---- */
 
 static size_t dr_offset(int index)
@@ -354,6 +537,8 @@ static int thread_apply(struct thread *t, const struct dr_mirror *m, struct fw_e
 		if (poke_dr(t->tid, i, address, e) == -1)
 			return -1;
 		t->touched |= (uint8_t)(1u << i);
+		if (procs[t->proc].resv >= 0)
+			reservations[procs[t->proc].resv].mask |= (uint8_t)(1u << i);
 		written |= (uint8_t)(1u << i);
 	}
 	if (dr7 != 0 && poke_dr(t->tid, DR_CONTROL, dr7, e) == -1)
@@ -381,6 +566,7 @@ static int thread_apply(struct thread *t, const struct dr_mirror *m, struct fw_e
 		}
 	}
 	t->dirty = false;
+	procs[t->proc].threads_changed = true;
 	return 0;
 }
 
@@ -499,6 +685,9 @@ static void on_exec(int ti)
 		if (p->groups[g].used)
 			out_group_done(p->pid, FW_DONE_EXEC, p->groups[g].id, &p->groups[g].counts);
 	out_target_exec(p->pid);
+	/* The kernel released every slot of the process at exec. */
+	if (p->resv >= 0)
+		reservations[p->resv].mask = 0;
 	/* DR7 = 0 registers nothing; never write addresses here (that would
 	 * reserve a slot in the new program). */
 	if (poke_dr(threads[ti].tid, DR_CONTROL, 0, &e) == -1)
@@ -526,16 +715,200 @@ static uint64_t read_chunk_value(pid_t tid, uint64_t address, unsigned length)
 	return v;
 }
 
-/* SIGTRAP signal-delivery-stop: ours if DR6 names a slot we ever enabled. */
+static bool condition_holds(const struct fw_condition *c, uint64_t old_value, uint64_t value)
+{
+	switch (c->op) {
+	case FW_COND_EQ:
+		return value == c->value;
+	case FW_COND_NE:
+		return value != c->value;
+	case FW_COND_LT:
+		return value < c->value;
+	case FW_COND_GT:
+		return value > c->value;
+	case FW_COND_LE:
+		return value <= c->value;
+	case FW_COND_GE:
+		return value >= c->value;
+	case FW_COND_CHANGED:
+		return value != old_value;
+	case FW_COND_UNCHANGED:
+		return value == old_value;
+	default:
+		return false;
+	}
+}
+
+/* The group's thread filter and conditions (ANDed) pass this trap. */
+static bool group_wants(const struct group *g, pid_t tid, uint64_t old_value, uint64_t value)
+{
+	if (g->opt.ntids > 0) {
+		bool listed = false;
+
+		for (unsigned i = 0; i < g->opt.ntids && !listed; i++)
+			listed = g->opt.tids[i] == tid;
+		if (!listed)
+			return false;
+	}
+	for (unsigned i = 0; i < g->opt.nconditions; i++)
+		if (!condition_holds(&g->opt.conditions[i], old_value, value))
+			return false;
+	return true;
+}
+
+/* Copies up to FW_STACK_COPY_MAX bytes of a stopped thread's stack from sp,
+ * not past the end of the mapping that holds sp (looked up once per thread
+ * and stack, then cached). One process_vm_readv, split at page boundaries so
+ * a page unmapped meanwhile only shortens the copy. */
+static size_t copy_stack(struct thread *t, pid_t pid, uint64_t sp, uint8_t *buf)
+{
+	struct iovec local, remote[FW_STACK_COPY_MAX / 4096 + 1];
+	uint64_t end, at = sp;
+	unsigned n = 0;
+	ssize_t got;
+
+	if (sp < t->stack_lo || sp >= t->stack_hi) {
+		if (find_mapping(pid, sp, &t->stack_lo, &t->stack_hi) == -1) {
+			t->stack_lo = t->stack_hi = 0;
+			return 0;
+		}
+	}
+	end = t->stack_hi - sp > FW_STACK_COPY_MAX ? sp + FW_STACK_COPY_MAX : t->stack_hi;
+	while (at < end && n < sizeof remote / sizeof remote[0]) {
+		uint64_t next = (at | 4095u) + 1;
+
+		if (next > end)
+			next = end;
+		remote[n].iov_base = (void *)at;
+		remote[n].iov_len = (size_t)(next - at);
+		n++;
+		at = next;
+	}
+	local.iov_base = buf;
+	local.iov_len = (size_t)(at - sp);
+	got = process_vm_readv(t->tid, &local, 1, remote, n, 0);
+	return got > 0 ? (size_t)got : 0;
+}
+
+/* Sends a SYMBOLS event for the ips of this stack the agent has not been
+ * told about yet (each distinct ip once per process). An ip is named after
+ * ip - 1: for a return address that is inside its call instruction (see
+ * fw_unwind), and for the trap's own ip (just past the store) inside the
+ * store; the offset is then ip's own. */
+static void define_symbols(int pi, const uint64_t *ips, int n)
+{
+	static struct fw_symbol syms[FW_MAX_STACK_DEPTH];
+	struct proc *p = &procs[pi];
+	unsigned nsyms = 0;
+
+	if (p->nknown_ips + (unsigned)n > KNOWN_IPS_LIMIT) {
+		/* Full: forget, and define again what comes next. */
+		memset(known_ips[pi], 0, sizeof known_ips[pi]);
+		p->nknown_ips = 0;
+	}
+	for (int i = 0; i < n; i++) {
+		uint64_t ip = ips[i];
+		unsigned h = (unsigned)((ip * UINT64_C(0x9e3779b97f4a7c15)) >> 52) & (KNOWN_IPS - 1);
+		const char *function = NULL, *module = NULL;
+		uint64_t offset = 0;
+
+		if (ip == 0)
+			continue;
+		while (known_ips[pi][h] != 0 && known_ips[pi][h] != ip)
+			h = (h + 1) & (KNOWN_IPS - 1);
+		if (known_ips[pi][h] == ip)
+			continue;
+		known_ips[pi][h] = ip;
+		p->nknown_ips++;
+		if (fw_symbolize(p->sym, ip - 1, &function, &offset, &module) == 0) {
+			offset++;
+		} else {
+			function = NULL;
+			offset = 0;
+		}
+		syms[nsyms++] = (struct fw_symbol){
+			.ip = ip,
+			.offset = offset,
+			.function = function ? function : "",
+			.module = module ? module : "",
+		};
+	}
+	if (nsyms > 0)
+		out_symbols(p->pid, syms, nsyms);
+}
+
+/* The stack of a stopped thread for a hit: copy from rsp, unwind with DWARF
+ * CFI, define new ips. Never fails: at worst one frame, the trap's ip. */
+static int capture_stack(int ti, const struct user_regs_struct *regs, int depth, uint64_t *ips)
+{
+	static uint8_t stack_buf[FW_STACK_COPY_MAX];
+	struct thread *t = &threads[ti];
+	struct proc *p = &procs[t->proc];
+	size_t len;
+	int n = -1;
+
+	if (p->sym) {
+		len = copy_stack(t, p->pid, regs->rsp, stack_buf);
+		n = fw_unwind(p->sym, t->tid, regs, stack_buf, len, ips, depth);
+	}
+	if (n < 1) {
+		ips[0] = regs->rip;
+		n = 1;
+	}
+	if (p->sym)
+		define_symbols(t->proc, ips, n);
+	return n;
+}
+
+/* Deepest stack any group of p wants. */
+static int proc_stack_depth(const struct proc *p)
+{
+	int depth = 0;
+
+	for (int g = 0; g < DR_SLOTS; g++)
+		if (p->groups[g].used && p->groups[g].opt.stack_depth > depth)
+			depth = p->groups[g].opt.stack_depth;
+	return depth;
+}
+
+/* The rate limit of an active group: false (and a back-off requested) if this
+ * hit would exceed max_hits_per_second in the current 1-second window. */
+static bool rate_allows(struct proc *p, struct group *g)
+{
+	int64_t now;
+
+	if (g->opt.max_hits_per_second == 0)
+		return true;
+	now = fw_now_ms();
+	if (now - g->window_start_ms >= BACKOFF_WINDOW_MS) {
+		g->window_start_ms = now;
+		g->window_delivered = 0;
+	}
+	if (g->window_delivered < g->opt.max_hits_per_second)
+		return true;
+	g->backoff_pending = true;
+	p->service_pending = true;
+	p->hold = true; /* keep this thread stopped: the world stops next */
+	return false;
+}
+
+/* SIGTRAP signal-delivery-stop: ours if DR6 names a slot we ever enabled.
+ * The hot path allocates nothing: static buffers only, out_hit appends to
+ * the static output buffer (checked with uprobes on malloc, calloc and
+ * realloc: 0 calls over 20,000 hits). With a stack, libdwfl's unwinder
+ * mallocs per frame it steps (same check: ~57 malloc and ~42 realloc per
+ * 7-frame hit), and the first sight of an ip symbolizes it. No /proc reads
+ * here except a thread's first stack copy. */
 static void on_trap(int ti)
 {
+	static uint64_t ips[FW_MAX_STACK_DEPTH];
 	struct thread *t = &threads[ti];
 	struct proc *p = &procs[t->proc];
 	struct fw_error e;
 	struct user_regs_struct regs;
-	struct timespec now;
-	uint64_t dr6, ip = 0;
+	uint64_t dr6, ip = 0, now_ns;
 	uint8_t fired;
+	int nframes = -1; /* -1: not captured yet for this trap */
 
 	if (peek_dr(t->tid, DR_STATUS, &dr6, &e) == -1) {
 		/* Only ESRCH is possible on a stopped tracee: it is dying. */
@@ -547,39 +920,64 @@ static void on_trap(int ti)
 		t->resume_sig = SIGTRAP; /* the program's own: re-inject */
 		return;
 	}
+	memset(&regs, 0, sizeof regs);
 	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == 0)
 		ip = regs.rip;
-	clock_gettime(CLOCK_REALTIME, &now);
+	now_ns = fw_realtime_ns();
+	cpu_last_pid = p->pid;
+	cpu_last_tid = t->tid;
+	cpu_traps++;
 	for (int s = 0; s < DR_SLOTS; s++) {
 		if (!(fired & (1u << s)))
 			continue;
-		if (p->mirror.slot[s].used && p->slot_group[s] >= 0) {
+		if (p->slot_group[s] >= 0) {
 			struct group *g = &p->groups[p->slot_group[s]];
-			const struct dr_slot *slot = &p->mirror.slot[s];
+			const struct dr_slot *slot = &p->def[s];
 			struct fw_hit hit;
+			uint64_t value, old_value;
 
 			g->counts.trapped++;
-			if (g->done) {
+			if (g->done || g->backoff || g->backoff_pending) {
 				g->counts.suppressed++;
 				continue;
 			}
-			hit.group = g->id;
-			hit.pid = (uint32_t)p->pid;
-			hit.tid = (uint32_t)t->tid;
-			hit.ip = ip;
-			hit.address = slot->address;
-			hit.old_value = p->last_value[s];
-			hit.new_value = read_chunk_value(t->tid, slot->address, slot->length);
-			hit.time_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-			hit.dr = (uint8_t)s;
-			hit.length = slot->length;
-			hit.mode = slot->mode;
-			p->last_value[s] = hit.new_value;
+			value = read_chunk_value(t->tid, slot->address, slot->length);
+			old_value = p->last_value[s];
+			p->last_value[s] = value;
+			if (!group_wants(g, t->tid, old_value, value)) {
+				g->counts.filtered++;
+				continue;
+			}
+			if (!rate_allows(p, g)) {
+				g->counts.suppressed++;
+				continue;
+			}
+			if (g->opt.stack_depth > 0 && nframes < 0)
+				nframes = capture_stack(ti, &regs, proc_stack_depth(p), ips);
+			hit = (struct fw_hit){
+				.group = g->id,
+				.pid = (uint32_t)p->pid,
+				.tid = (uint32_t)t->tid,
+				.ip = ip,
+				.address = slot->address,
+				.old_value = old_value,
+				.new_value = value,
+				.time_ns = now_ns,
+				.dr = (uint8_t)s,
+				.length = slot->length,
+				.mode = slot->mode,
+				.nframes = 0,
+				.ips = ips,
+			};
+			if (g->opt.stack_depth > 0)
+				hit.nframes = (uint8_t)(nframes < g->opt.stack_depth ? nframes
+										       : g->opt.stack_depth);
 			out_hit(&hit);
 			g->counts.delivered++;
-			if (g->max_hits != 0 && g->counts.delivered >= g->max_hits) {
+			g->window_delivered++;
+			if (g->opt.max_hits != 0 && g->counts.delivered >= g->opt.max_hits) {
 				g->done = true;
-				p->retire_pending = true;
+				p->service_pending = true;
 				p->hold = true; /* keep this thread stopped: the world stops next */
 			}
 		} else if (p->slot_retired[s]) {
@@ -609,8 +1007,10 @@ static void on_clone(int ti)
 		return; /* its own first stop came first */
 	/* A clone without CLONE_THREAD is a new process: not ours. It is
 	 * detached when it stops (see adopt_unknown). */
-	if (status_field(child, "Tgid:") != procs[t->proc].pid)
+	if (status_field(child, "Tgid:") != procs[t->proc].pid) {
+		out_target_fork(procs[t->proc].pid, child);
 		return;
+	}
 	if (thread_add(child, t->proc, TS_NEW) < 0)
 		out_log(FW_LOG_ERROR, "thread table full (%d): new thread %d of pid %d not watched",
 			FW_MAX_THREADS, (int)child, (int)procs[t->proc].pid);
@@ -726,6 +1126,15 @@ static void on_status(pid_t tid, int status)
 	case PTRACE_EVENT_CLONE:
 		on_clone(ti);
 		break;
+	case PTRACE_EVENT_FORK:
+	case PTRACE_EVENT_VFORK: {
+		unsigned long child = 0;
+
+		/* The child stops on its own and is let go there (adopt_unknown). */
+		if (ptrace(PTRACE_GETEVENTMSG, t->tid, NULL, &child) == 0 && child > 0)
+			out_target_fork(procs[t->proc].pid, (pid_t)child);
+		break;
+	}
 	case PTRACE_EVENT_EXEC:
 		on_exec(ti);
 		return;
@@ -752,7 +1161,8 @@ static void read_signals(void)
 	}
 }
 
-/* Handles every stop waitpid has; flushes events when it has no more. */
+/* Handles every stop waitpid has; flushes only past the threshold (the
+ * event loop writes the rest when due, see out_due_ms). */
 static int wait_drain(void)
 {
 	int handled = 0;
@@ -768,8 +1178,6 @@ static int wait_drain(void)
 		if (out_pending() >= FW_OUT_FLUSH_THRESHOLD)
 			out_flush();
 	}
-	if (out_pending() > 0)
-		out_flush();
 	return handled;
 }
 
@@ -864,8 +1272,8 @@ static void world_resume(int pi)
 	struct proc *p = &procs[pi];
 	struct fw_error e;
 
-	if (p->retire_pending)
-		return; /* a budget ran out meanwhile: stay stopped for the retirement */
+	if (p->service_pending)
+		return; /* a budget or rate limit ran out meanwhile: stay stopped for the service */
 	p->hold = false;
 	FOR_EACH_THREAD(ti, pi)
 	{
@@ -940,7 +1348,7 @@ static void detach_proc_counts(int pi, int report_gi, struct fw_counts *report)
 		threads[ti].dirty = false;
 	}
 	for (int s = 0; s < DR_SLOTS; s++) {
-		if (p->mirror.slot[s].used && p->slot_group[s] >= 0) {
+		if (p->slot_group[s] >= 0) {
 			p->slot_retired[s] = true;
 			p->slot_retired_group[s] = p->groups[p->slot_group[s]].id;
 		}
@@ -1091,6 +1499,7 @@ static int attach(pid_t pid, struct fw_error *e)
 			     FW_MAX_PROCS, (int)pid);
 		return -1;
 	}
+	procs[pi].resv = reservation_for(pid);
 	/* Threads created while we attach: loop until a pass finds nothing new. */
 	for (int round = 0;; round++) {
 		int r = seize_pass(pi, &skip_leader, e);
@@ -1121,6 +1530,8 @@ static int attach(pid_t pid, struct fw_error *e)
 void tracer_init(int signal_fd)
 {
 	sig_fd = signal_fd;
+	if (sched_getaffinity(0, sizeof cpu_initial, &cpu_initial) == -1)
+		CPU_ZERO(&cpu_initial);
 	for (int i = 0; i < TID_HASH_SIZE; i++)
 		tid_hash[i] = -1;
 }
@@ -1157,63 +1568,255 @@ int tracer_policy_check(pid_t pid, struct fw_error *e)
 	return 0;
 }
 
-static void emit_counts_done(struct proc *p, int g, enum fw_done_reason reason)
+static pid_t any_stopped_tid(int pi)
 {
-	out_group_done(p->pid, reason, p->groups[g].id, &p->groups[g].counts);
+	FOR_EACH_THREAD(ti, pi)
+	if (threads[ti].state == TS_STOPPED)
+		return threads[ti].tid;
+	return 0;
 }
 
-/* Budget retirement: clear the done groups' slots on every thread, then
- * report them (counts are final by then), then detach if nothing is left. */
-static void retire_done_groups(int pi)
+/* Stop-the-world transitions that a trap asked for (budget reached, rate
+ * limit hit) or that a timer made due (back-off over), in one stop of the
+ * process: slots cleared or restored on every thread, traps still queued
+ * drained (they count as suppressed), then the events, then resume, or
+ * detach when no group is left. */
+static void proc_service(int pi)
 {
 	struct proc *p = &procs[pi];
 	uint64_t serial = p->serial;
 	struct fw_error e;
+	uint8_t restored = 0;
+	int64_t now;
+	pid_t reader;
 
 	if (world_stop(pi, &e) == -1) {
 		if (!proc_alive(pi, serial))
 			return;
-		out_log(FW_LOG_WARNING, "retiring budget groups of pid %d: %s", (int)p->pid, e.msg);
+		out_log(FW_LOG_WARNING, "changing the watches of pid %d: %s", (int)p->pid, e.msg);
 	}
+	now = fw_now_ms();
 	for (int s = 0; s < DR_SLOTS; s++) {
 		int g = p->slot_group[s];
+		struct group *gr;
 
-		if (!p->mirror.slot[s].used || g < 0 || !p->groups[g].done)
+		if (g < 0)
 			continue;
-		p->mirror.slot[s].used = false;
-		p->slot_group[s] = -1;
-		p->slot_retired[s] = true;
-		p->slot_retired_group[s] = p->groups[g].id;
+		gr = &p->groups[g];
+		if (gr->done) {
+			p->mirror.slot[s].used = false;
+			p->slot_group[s] = -1;
+			p->slot_retired[s] = true;
+			p->slot_retired_group[s] = gr->id;
+		} else if (gr->backoff_pending) {
+			p->mirror.slot[s].used = false; /* still owned: re-armed later */
+		} else if (gr->backoff && now >= gr->backoff_until_ms) {
+			p->mirror.slot[s] = p->def[s];
+			restored |= (uint8_t)(1u << s);
+		}
+	}
+	/* A restored slot's old value is what the memory holds now. */
+	reader = any_stopped_tid(pi);
+	for (int s = 0; s < DR_SLOTS && reader > 0; s++)
+		if (restored & (1u << s))
+			p->last_value[s] =
+				read_chunk_value(reader, p->def[s].address, p->def[s].length);
+	/* The rate window is not reset here: windows stay at least a second
+	 * apart, so a back-off shorter than the window rechecks, and at most
+	 * max_hits_per_second hits are delivered in any window. */
+	for (int g = 0; g < DR_SLOTS; g++) {
+		struct group *gr = &p->groups[g];
+
+		if (gr->used && gr->backoff && (gr->dr_mask & restored))
+			gr->backoff = false;
 	}
 	FOR_EACH_THREAD(ti, pi)
 	{
 		threads[ti].dirty = true;
 		if (threads[ti].state == TS_STOPPED &&
 		    thread_apply(&threads[ti], &p->mirror, &e) == -1 && e.err != ESRCH)
-			out_log(FW_LOG_ERROR, "clearing a finished group on tid %d: %s (%s)",
+			out_log(FW_LOG_ERROR, "changing the watches of tid %d: %s (%s)",
 				(int)threads[ti].tid, e.msg, fw_errno_name(e.err));
 	}
 	drain_queued_traps(pi, false);
 	if (!proc_alive(pi, serial))
 		return;
 	for (int g = 0; g < DR_SLOTS; g++) {
-		if (p->groups[g].used && p->groups[g].done) {
-			emit_counts_done(p, g, FW_DONE_BUDGET);
-			p->groups[g].used = false;
+		struct group *gr = &p->groups[g];
+
+		if (!gr->used)
+			continue;
+		if (gr->done) {
+			out_group_done(p->pid, FW_DONE_BUDGET, gr->id, &gr->counts);
+			gr->used = false;
+		} else if (gr->backoff_pending) {
+			int64_t until = gr->opt.backoff_ms > 0
+						? now + (int64_t)gr->opt.backoff_ms
+						: gr->window_start_ms + BACKOFF_WINDOW_MS;
+
+			if (until < now)
+				until = now;
+			gr->backoff_pending = false;
+			gr->backoff = true;
+			gr->backoff_until_ms = until;
+			out_group_backoff(p->pid, gr->id,
+					  fw_realtime_ns() + (uint64_t)(until - now) * 1000000u,
+					  gr->counts.suppressed);
+		} else if (gr->dr_mask & restored) {
+			out_group_resumed(p->pid, gr->id);
 		}
 	}
-	p->retire_pending = false;
+	p->service_pending = false;
 	if (group_count(p) == 0)
 		detach_proc(pi);
 	else
 		world_resume(pi);
 }
 
+static bool backoff_due(const struct proc *p, int64_t now)
+{
+	for (int g = 0; g < DR_SLOTS; g++)
+		if (p->groups[g].used && p->groups[g].backoff && now >= p->groups[g].backoff_until_ms)
+			return true;
+	return false;
+}
+
+/* Threads of a process: listed (not dead) and armed (holding its registers). */
+static void count_threads(int pi, uint32_t *total, uint32_t *armed)
+{
+	*total = 0;
+	*armed = 0;
+	FOR_EACH_THREAD(ti, pi)
+	{
+		if (threads[ti].state == TS_ZOMBIE)
+			continue;
+		(*total)++;
+		if (!threads[ti].dirty && threads[ti].state != TS_NEW)
+			(*armed)++;
+	}
+}
+
+/* THREADS when the counts changed, at most once per THREADS_REPORT_MS. */
+static void report_threads(int pi, int64_t now)
+{
+	struct proc *p = &procs[pi];
+	uint32_t total, armed;
+
+	if (!p->threads_changed || now - p->threads_reported_ms < THREADS_REPORT_MS)
+		return;
+	p->threads_changed = false;
+	count_threads(pi, &total, &armed);
+	if (total == p->reported_total && armed == p->reported_armed)
+		return;
+	out_threads(p->pid, total, armed);
+	p->reported_total = total;
+	p->reported_armed = armed;
+	p->threads_reported_ms = now;
+}
+
+static void cpu_pin(int cpu)
+{
+	cpu_set_t set;
+
+	if (cpu < 0) {
+		set = cpu_initial;
+	} else {
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+	}
+	if (sched_setaffinity(0, sizeof set, &set) == -1) {
+		/* Give the policy up rather than retry (and warn) every check. */
+		out_log(FW_LOG_WARNING, "sched_setaffinity(cpu %d): %s; --cpu-policy follow disabled",
+			cpu, strerror(errno));
+		cpu_policy = FW_CPU_POLICY_NONE;
+		cpu_pinned = -1;
+		return;
+	}
+	cpu_pinned = cpu;
+}
+
+/* Policy follow: run on the CPU the thread of the latest trap last ran on,
+ * re-checked every CPU_FOLLOW_CHECK_MS while traps come (a trap handled on
+ * the target's own CPU costs about a third of a cross-CPU one, FACTS.md).
+ * Only the helper moves; the target's affinity is never changed. */
+static void cpu_follow(int64_t now)
+{
+	bool attached = false;
+	int cpu;
+
+	if (cpu_policy != FW_CPU_POLICY_FOLLOW && cpu_pinned < 0)
+		return;
+	for (int pi = 0; pi < FW_MAX_PROCS && !attached; pi++)
+		attached = procs[pi].used;
+	if (!attached) {
+		if (cpu_pinned >= 0)
+			cpu_pin(-1);
+		cpu_traps = 0;
+		return;
+	}
+	if (cpu_policy != FW_CPU_POLICY_FOLLOW || cpu_traps == 0 || now < cpu_next_check_ms)
+		return;
+	cpu_traps = 0;
+	cpu_next_check_ms = now + CPU_FOLLOW_CHECK_MS;
+	cpu = thread_last_cpu(cpu_last_pid, cpu_last_tid);
+	if (cpu < 0 || cpu == cpu_pinned || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &cpu_initial))
+		return;
+	cpu_pin(cpu);
+}
+
+void tracer_set_cpu_policy(enum fw_cpu_policy policy)
+{
+	cpu_policy = policy;
+}
+
 void tracer_process_pending(void)
 {
-	for (int pi = 0; pi < FW_MAX_PROCS; pi++)
-		if (procs[pi].used && procs[pi].retire_pending)
-			retire_done_groups(pi);
+	int64_t now = fw_now_ms();
+
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++) {
+		if (!procs[pi].used)
+			continue;
+		if (procs[pi].service_pending || backoff_due(&procs[pi], now)) {
+			proc_service(pi);
+			now = fw_now_ms();
+		}
+		if (procs[pi].used)
+			report_threads(pi, now);
+	}
+	cpu_follow(now);
+}
+
+int tracer_next_timeout_ms(void)
+{
+	int64_t now = fw_now_ms(), due = INT64_MAX;
+
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++) {
+		const struct proc *p = &procs[pi];
+
+		if (!p->used)
+			continue;
+		if (p->service_pending)
+			return 0;
+		for (int g = 0; g < DR_SLOTS; g++)
+			if (p->groups[g].used && p->groups[g].backoff &&
+			    p->groups[g].backoff_until_ms < due)
+				due = p->groups[g].backoff_until_ms;
+		if (p->threads_changed && p->threads_reported_ms + THREADS_REPORT_MS < due)
+			due = p->threads_reported_ms + THREADS_REPORT_MS;
+	}
+	if (cpu_policy == FW_CPU_POLICY_FOLLOW && cpu_traps > 0 && cpu_next_check_ms < due)
+		due = cpu_next_check_ms;
+	if (cpu_pinned >= 0 && due == INT64_MAX) {
+		bool attached = false;
+
+		for (int pi = 0; pi < FW_MAX_PROCS && !attached; pi++)
+			attached = procs[pi].used;
+		if (!attached)
+			return 0; /* unpin */
+	}
+	if (due == INT64_MAX)
+		return -1;
+	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
 }
 
 static int check_chunks(pid_t pid, const struct fw_chunk *chunks, unsigned count,
@@ -1239,16 +1842,67 @@ static int check_chunks(pid_t pid, const struct fw_chunk *chunks, unsigned count
 	return 0;
 }
 
-static pid_t any_stopped_tid(int pi)
+#define BACKOFF_MAX_MS (3600u * 1000u)
+
+int tracer_check_options(pid_t pid, const struct fw_watch_options *opt, struct fw_error *e)
 {
-	FOR_EACH_THREAD(ti, pi)
-	if (threads[ti].state == TS_STOPPED)
-		return threads[ti].tid;
+	if (opt->nconditions > FW_MAX_CONDITIONS) {
+		fw_error_set(e, EINVAL, "ARM pid %d: %u conditions (at most %d)", (int)pid,
+			     opt->nconditions, FW_MAX_CONDITIONS);
+		return -1;
+	}
+	for (unsigned i = 0; i < opt->nconditions; i++) {
+		if (opt->conditions[i].op >= FW_COND_OP_COUNT) {
+			fw_error_set(e, EINVAL, "ARM pid %d: condition %u has unknown op %u",
+				     (int)pid, i, opt->conditions[i].op);
+			return -1;
+		}
+	}
+	if (opt->ntids > FW_MAX_TID_FILTER) {
+		fw_error_set(e, EINVAL, "ARM pid %d: %u tids in the thread filter (at most %d)",
+			     (int)pid, opt->ntids, FW_MAX_TID_FILTER);
+		return -1;
+	}
+	for (unsigned i = 0; i < opt->ntids; i++) {
+		if (opt->tids[i] <= 0) {
+			fw_error_set(e, EINVAL, "ARM pid %d: thread filter names tid %d", (int)pid,
+				     (int)opt->tids[i]);
+			return -1;
+		}
+	}
+	if (opt->stack_depth > FW_MAX_STACK_DEPTH) {
+		fw_error_set(e, EINVAL, "ARM pid %d: stack depth %u (at most %d)", (int)pid,
+			     opt->stack_depth, FW_MAX_STACK_DEPTH);
+		return -1;
+	}
+	if (opt->backoff_ms > BACKOFF_MAX_MS) {
+		fw_error_set(e, EINVAL, "ARM pid %d: backoff of %u ms (at most %u)", (int)pid,
+			     opt->backoff_ms, BACKOFF_MAX_MS);
+		return -1;
+	}
 	return 0;
 }
 
-int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chunk *chunks,
-	       unsigned count, struct fw_arm_result *result, struct fw_error *e)
+/* The process's symbol context, opened at its first ARM asking for a stack. */
+static int open_symbols(int pi, struct fw_error *e)
+{
+	char err[512];
+
+	if (procs[pi].sym)
+		return 0;
+	err[0] = '\0';
+	procs[pi].sym = fw_symctx_open(procs[pi].pid, err, sizeof err);
+	if (!procs[pi].sym) {
+		fw_error_set(e, EIO, "opening the symbols of pid %d for stacks: %s",
+			     (int)procs[pi].pid, err[0] ? err : "failed");
+		return -1;
+	}
+	return 0;
+}
+
+int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
+	       const struct fw_chunk *chunks, unsigned count, struct fw_arm_result *result,
+	       struct fw_error *e)
 {
 	struct dr_mirror next;
 	struct proc *p;
@@ -1258,7 +1912,8 @@ int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chu
 	uint32_t total = 0, armed = 0;
 	pid_t reader;
 
-	if (tracer_policy_check(pid, e) == -1 || check_chunks(pid, chunks, count, e) == -1)
+	if (tracer_policy_check(pid, e) == -1 || check_chunks(pid, chunks, count, e) == -1 ||
+	    tracer_check_options(pid, opt, e) == -1)
 		return -1;
 	pi = proc_find(pid);
 	if (pi >= 0) {
@@ -1271,7 +1926,7 @@ int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chu
 		for (unsigned i = 0; i < count; i++) {
 			int owner = p->slot_group[chunks[i].dr];
 
-			if (p->mirror.slot[chunks[i].dr].used && owner >= 0) {
+			if (owner >= 0) {
 				fw_error_set(e, EBUSY, "dr%u of pid %d is used by group %llu",
 					     chunks[i].dr, (int)pid,
 					     (unsigned long long)p->groups[owner].id);
@@ -1295,6 +1950,8 @@ int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chu
 		fw_error_set(e, EBUSY, "pid %d already has %d groups", (int)pid, DR_SLOTS);
 		return -1;
 	}
+	if (opt->stack_depth > 0 && open_symbols(pi, e) == -1)
+		goto fail;
 	if (world_stop(pi, e) == -1)
 		goto fail;
 
@@ -1346,11 +2003,16 @@ int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chu
 
 	p->mirror = next;
 	p->groups[gi] = (struct group){
-		.used = true, .id = group, .dr_mask = mask, .max_hits = max_hits,
+		.used = true,
+		.id = group,
+		.dr_mask = mask,
+		.opt = *opt,
+		.window_start_ms = fw_now_ms(),
 	};
 	for (unsigned i = 0; i < count; i++) {
 		uint8_t dr = chunks[i].dr;
 
+		p->def[dr] = next.slot[dr];
 		p->slot_group[dr] = gi;
 		p->slot_retired[dr] = false;
 		p->last_value[dr] = initial[dr];
@@ -1359,6 +2021,10 @@ int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chu
 	result->threads_total = total;
 	result->threads_armed = armed;
 	result->dr_mask = mask;
+	result->reserved_mask = reserved_mask_of(p->resv);
+	count_threads(pi, &p->reported_total, &p->reported_armed);
+	p->threads_reported_ms = fw_now_ms();
+	p->threads_changed = false;
 	world_resume(pi);
 	return 0;
 
@@ -1372,12 +2038,13 @@ fail:
 	return -1;
 }
 
-int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_error *e)
+int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, uint8_t *reserved_mask,
+		  struct fw_error *e)
 {
 	int pi = proc_find(pid);
 	struct proc *p;
 	uint64_t serial;
-	int gi;
+	int gi, resv;
 
 	if (pi < 0) {
 		fw_error_set(e, ESRCH, "DISARM: pid %d is not attached", (int)pid);
@@ -1391,12 +2058,15 @@ int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw
 			     (int)pid);
 		return -1;
 	}
+	/* The entry outlives the detach; no attach can evict it meanwhile. */
+	resv = p->resv;
 	if (group_count(p) == 1) {
 		/* Last group: the detach drains queued traps before the counts are final. */
 		*counts = p->groups[gi].counts;
 		detach_proc_counts(pi, gi, counts);
 		if (proc_alive(pi, serial))
 			p->groups[gi].used = false; /* only left if some thread would not stop */
+		*reserved_mask = reserved_mask_of(resv);
 		return 0;
 	}
 	if (world_stop(pi, e) == -1) {
@@ -1432,6 +2102,7 @@ int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw
 		return -1;
 	}
 	*counts = p->groups[gi].counts;
+	*reserved_mask = reserved_mask_of(resv);
 	p->groups[gi].used = false;
 	world_resume(pi);
 	return 0;

@@ -14,10 +14,47 @@ struct fw_chunk {
 	uint64_t address;
 };
 
+/* Value predicates of a group, on each chunk's new value (PROTOCOL.md). */
+enum fw_cond_op {
+	FW_COND_EQ = 0,
+	FW_COND_NE = 1,
+	FW_COND_LT = 2,
+	FW_COND_GT = 3,
+	FW_COND_LE = 4,
+	FW_COND_GE = 5,
+	FW_COND_CHANGED = 6,   /* new != old */
+	FW_COND_UNCHANGED = 7, /* new == old: with mode rw, a read-only watch */
+	FW_COND_OP_COUNT = 8,
+};
+
+struct fw_condition {
+	uint8_t op;
+	uint64_t value;
+};
+
+/* What a group delivers, and how much of it (ARM options). */
+struct fw_watch_options {
+	uint64_t max_hits;             /* 0: no budget */
+	uint32_t max_hits_per_second;  /* 0: no rate limit */
+	uint32_t backoff_ms;           /* 0: until the current 1-second window ends */
+	uint8_t nconditions;
+	struct fw_condition conditions[FW_MAX_CONDITIONS];
+	uint8_t ntids; /* 0: every thread */
+	pid_t tids[FW_MAX_TID_FILTER];
+	uint8_t stack_depth; /* 0: no stack */
+};
+
 struct fw_arm_result {
 	uint32_t threads_total;
 	uint32_t threads_armed;
 	uint8_t dr_mask;
+	uint8_t reserved_mask; /* DR indexes this helper ever wrote in the process */
+};
+
+/* Where the helper's one thread runs relative to its targets. */
+enum fw_cpu_policy {
+	FW_CPU_POLICY_NONE = 0,   /* the scheduler's choice */
+	FW_CPU_POLICY_FOLLOW = 1, /* pin to the CPU the last trapping thread ran on */
 };
 
 /* signal_fd: a non-blocking signalfd for SIGCHLD and the terminating signals. */
@@ -29,16 +66,27 @@ void tracer_on_signals(void);
 /* SIGTERM, SIGINT or SIGHUP arrived (read from the signalfd). */
 bool tracer_terminate_requested(void);
 
-/* Work deferred out of the stop handler (budget retirement). */
+/* Work deferred out of the stop handler or due on a timer: budget
+ * retirement, rate-limit back-off and resume, THREADS reports, CPU policy. */
 void tracer_process_pending(void);
+
+/* Milliseconds until tracer_process_pending has timed work (-1: none). */
+int tracer_next_timeout_ms(void);
+
+void tracer_set_cpu_policy(enum fw_cpu_policy policy);
 
 /* Refuses pids the policy never allows (EPERM). */
 int tracer_policy_check(pid_t pid, struct fw_error *e);
 
-int tracer_arm(pid_t pid, uint64_t group, uint64_t max_hits, const struct fw_chunk *chunks,
-	       unsigned count, struct fw_arm_result *result, struct fw_error *e);
+/* 0 if the options are in range; else -1 with EINVAL in e. */
+int tracer_check_options(pid_t pid, const struct fw_watch_options *opt, struct fw_error *e);
 
-int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_error *e);
+int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
+	       const struct fw_chunk *chunks, unsigned count, struct fw_arm_result *result,
+	       struct fw_error *e);
+
+int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, uint8_t *reserved_mask,
+		  struct fw_error *e);
 
 /* Clears every register and detaches from every process. */
 void tracer_detach_all(void);

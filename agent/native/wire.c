@@ -21,6 +21,7 @@ static size_t out_hits_start = NO_FRAME;
 static uint32_t out_hits_count;
 static int out_fd = -1;
 static bool out_is_broken;
+static int64_t out_since_ms; /* when the buffer last went from empty to not */
 
 void out_init(int fd)
 {
@@ -35,6 +36,23 @@ bool out_broken(void)
 size_t out_pending(void)
 {
 	return out_len;
+}
+
+int out_due_ms(void)
+{
+	int64_t left;
+
+	if (out_len == 0)
+		return -1;
+	left = out_since_ms + FW_OUT_FLUSH_DELAY_MS - fw_now_ms();
+	return left > 0 ? (int)left : 0;
+}
+
+/* Called before anything is appended. */
+static void note_pending(void)
+{
+	if (out_len == 0)
+		out_since_ms = fw_now_ms();
 }
 
 static void put_le(uint64_t v, size_t n)
@@ -95,6 +113,7 @@ void out_frame_begin(uint16_t type, uint32_t request_id)
 {
 	hits_close();
 	ensure_room(OUT_FRAME_RESERVE);
+	note_pending();
 	out_frame_start = out_len;
 	put_le(0, 4);
 	put_le(type, 2);
@@ -147,10 +166,12 @@ void out_frame_end(void)
 
 void out_hit(const struct fw_hit *h)
 {
-	if (out_len + FW_HIT_RECORD_SIZE > OUT_CAPACITY ||
-	    (out_hits_start != NO_FRAME &&
-	     out_len - out_hits_start + FW_HIT_RECORD_SIZE > FW_FRAME_MAX))
+	size_t size = FW_HIT_FIXED_SIZE + 1u + 8u * (size_t)h->nframes;
+
+	if (out_len + size > OUT_CAPACITY ||
+	    (out_hits_start != NO_FRAME && out_len - out_hits_start + size > FW_FRAME_MAX))
 		out_flush();
+	note_pending();
 	if (out_hits_start == NO_FRAME) {
 		out_hits_start = out_len;
 		put_le(0, 4);
@@ -172,6 +193,9 @@ void out_hit(const struct fw_hit *h)
 	put_le(h->length, 1);
 	put_le(h->mode, 1);
 	out_pad(5);
+	put_le(h->nframes, 1);
+	for (unsigned i = 0; i < h->nframes; i++)
+		put_le(h->ips[i], 8);
 	out_hits_count++;
 }
 
@@ -195,6 +219,7 @@ void out_group_done(pid_t pid, enum fw_done_reason reason, uint64_t group,
 	out_u64(c->trapped);
 	out_u64(c->delivered);
 	out_u64(c->suppressed);
+	out_u64(c->filtered);
 	out_frame_end();
 }
 
@@ -212,6 +237,85 @@ void out_target_exec(pid_t pid)
 {
 	out_frame_begin(FW_MSG_TARGET_EXEC, 0);
 	out_u32((uint32_t)pid);
+	out_frame_end();
+}
+
+/* Strings of a symbol entry are capped so one entry always fits a frame's reserve. */
+#define SYMBOL_FUNCTION_MAX 1024u
+#define SYMBOL_ENTRY_MAX (8u + 8u + 2u + SYMBOL_FUNCTION_MAX + 2u + OUT_STRING_MAX)
+#define SYMBOLS_FRAME_BUDGET (OUT_FRAME_RESERVE - SYMBOL_ENTRY_MAX)
+
+static void put_str_capped(const char *s, size_t cap)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n > cap)
+		n = cap;
+	put_le(n, 2);
+	if (n > 0)
+		memcpy(out_buf + out_len, s, n);
+	out_len += n;
+}
+
+void out_symbols(pid_t pid, const struct fw_symbol *syms, unsigned n)
+{
+	unsigned i = 0;
+
+	while (i < n) {
+		size_t count_at;
+		uint32_t count = 0;
+
+		out_frame_begin(FW_MSG_SYMBOLS, 0);
+		out_u32((uint32_t)pid);
+		count_at = out_len;
+		out_u32(0);
+		while (i < n && out_len - out_frame_start <= SYMBOLS_FRAME_BUDGET) {
+			put_le(syms[i].ip, 8);
+			put_le(syms[i].offset, 8);
+			put_str_capped(syms[i].function, SYMBOL_FUNCTION_MAX);
+			put_str_capped(syms[i].module, OUT_STRING_MAX);
+			count++;
+			i++;
+		}
+		patch_le(count_at, count, 4);
+		out_frame_end();
+	}
+}
+
+void out_group_backoff(pid_t pid, uint64_t group, uint64_t until_ns, uint64_t suppressed)
+{
+	out_frame_begin(FW_MSG_GROUP_BACKOFF, 0);
+	out_u32((uint32_t)pid);
+	out_pad(4);
+	out_u64(group);
+	out_u64(until_ns);
+	out_u64(suppressed);
+	out_frame_end();
+}
+
+void out_group_resumed(pid_t pid, uint64_t group)
+{
+	out_frame_begin(FW_MSG_GROUP_RESUMED, 0);
+	out_u32((uint32_t)pid);
+	out_pad(4);
+	out_u64(group);
+	out_frame_end();
+}
+
+void out_target_fork(pid_t pid, pid_t child)
+{
+	out_frame_begin(FW_MSG_TARGET_FORK, 0);
+	out_u32((uint32_t)pid);
+	out_u32((uint32_t)child);
+	out_frame_end();
+}
+
+void out_threads(pid_t pid, uint32_t total, uint32_t armed)
+{
+	out_frame_begin(FW_MSG_THREADS, 0);
+	out_u32((uint32_t)pid);
+	out_u32(total);
+	out_u32(armed);
 	out_frame_end();
 }
 

@@ -7,7 +7,9 @@
 
 #define FW_FRAME_HEADER 12u
 #define FW_FRAME_MAX (1u << 20)
-#define FW_HIT_RECORD_SIZE 64u
+/* A hit record: a fixed part, then u8 frame count, then that many u64 ips. */
+#define FW_HIT_FIXED_SIZE 64u
+#define FW_HIT_RECORD_MAX (FW_HIT_FIXED_SIZE + 1u + 8u * FW_MAX_STACK_DEPTH)
 
 enum fw_msg {
 	FW_MSG_HELLO = 0x0001,
@@ -25,6 +27,11 @@ enum fw_msg {
 	FW_MSG_TARGET_EXITED = 0x0203,
 	FW_MSG_TARGET_EXEC = 0x0204,
 	FW_MSG_LOG = 0x0205,
+	FW_MSG_SYMBOLS = 0x0206,
+	FW_MSG_GROUP_BACKOFF = 0x0207,
+	FW_MSG_GROUP_RESUMED = 0x0208,
+	FW_MSG_TARGET_FORK = 0x0209,
+	FW_MSG_THREADS = 0x020A,
 };
 
 enum fw_done_reason {
@@ -52,12 +59,24 @@ struct fw_hit {
 	uint8_t dr;
 	uint8_t length;
 	uint8_t mode;
+	uint8_t nframes; /* 0 when the group asked for no stack */
+	const uint64_t *ips;
 };
 
+/* Per group: trapped = delivered + suppressed + filtered. */
 struct fw_counts {
 	uint64_t trapped;
 	uint64_t delivered;
-	uint64_t suppressed;
+	uint64_t suppressed; /* budget used up, or rate limit hit, before the slots were cleared */
+	uint64_t filtered;   /* failed the group's thread filter or conditions */
+};
+
+/* One ip of a SYMBOLS event; function and module may be "" (unknown). */
+struct fw_symbol {
+	uint64_t ip;
+	uint64_t offset;
+	const char *function;
+	const char *module;
 };
 
 /* Output goes to fd (stdout); nothing is written until out_flush(). */
@@ -68,6 +87,11 @@ bool out_broken(void);
 /* Bytes waiting; the event loop flushes early past this much. */
 size_t out_pending(void);
 #define FW_OUT_FLUSH_THRESHOLD (64u * 1024u)
+/* Events wait at most this long for company before they are written: one
+ * write (and one wake-up of the agent) per burst of hits, not per hit. */
+#define FW_OUT_FLUSH_DELAY_MS 2
+/* Milliseconds until buffered output is due (-1: nothing buffered). */
+int out_due_ms(void);
 
 void out_frame_begin(uint16_t type, uint32_t request_id);
 void out_u8(uint8_t v);
@@ -85,6 +109,12 @@ void out_group_done(pid_t pid, enum fw_done_reason reason, uint64_t group,
 		    const struct fw_counts *c);
 void out_target_exited(pid_t pid, bool killed, int code);
 void out_target_exec(pid_t pid);
+/* One or more SYMBOLS frames defining n ips of pid (split to fit the buffer). */
+void out_symbols(pid_t pid, const struct fw_symbol *syms, unsigned n);
+void out_group_backoff(pid_t pid, uint64_t group, uint64_t until_ns, uint64_t suppressed);
+void out_group_resumed(pid_t pid, uint64_t group);
+void out_target_fork(pid_t pid, pid_t child);
+void out_threads(pid_t pid, uint32_t total, uint32_t armed);
 void out_log(enum fw_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Bounds-checked little-endian reader over one request payload. */

@@ -24,6 +24,7 @@ import {
   FrameDecoder,
   MessageType,
   decodeArmed,
+  decodeEvent,
   decodeHello,
   decodeResolved,
   encodeArm,
@@ -179,6 +180,8 @@ async function finishesNormally(target: Target): Promise<void> {
 /** The helper spoken to directly, for what HelperProcess does not expose (closing stdin). */
 class RawHelper {
   readonly child: ChildProcessWithoutNullStreams;
+  /** Every frame received, in order. */
+  readonly seen: Frame[] = [];
   private readonly decoder = new FrameDecoder();
   private readonly frames: Frame[] = [];
   private readonly wakers = new Set<() => void>();
@@ -186,7 +189,9 @@ class RawHelper {
   constructor() {
     this.child = spawn(helperPath, [], { stdio: ["pipe", "pipe", "pipe"] });
     this.child.stdout.on("data", (chunk: Buffer) => {
-      this.frames.push(...this.decoder.push(chunk));
+      const frames = this.decoder.push(chunk);
+      this.seen.push(...frames);
+      this.frames.push(...frames);
       for (const w of [...this.wakers]) w();
     });
     this.child.stderr.on("data", (chunk: Buffer) => process.stderr.write(chunk));
@@ -225,10 +230,10 @@ class RawHelper {
 }
 
 /**
- * A stand-in helper (a node script): "v2" announces protocol 2; "mute" says
+ * A stand-in helper (a node script): "v1" announces protocol 1; "mute" says
  * HELLO, never answers, and exits 0 when its stdin closes.
  */
-async function fakeHelper(t: TestContext, mode: "v2" | "mute"): Promise<string> {
+async function fakeHelper(t: TestContext, mode: "v1" | "mute"): Promise<string> {
   const protocolUrl = new URL("../../agent/helper-protocol.js", import.meta.url).href;
   const dir = await mkdtemp(path.join(tmpdir(), "fw-fake-helper-"));
   t.after(() => rm(dir, { recursive: true, force: true }));
@@ -237,7 +242,7 @@ async function fakeHelper(t: TestContext, mode: "v2" | "mute"): Promise<string> 
     file,
     `#!${process.execPath}
 import { encodeHello } from ${JSON.stringify(protocolUrl)};
-process.stdout.write(encodeHello({ protocolVersion: ${mode === "v2" ? 2 : 1}, slotsPerThread: 4, helperVersion: "fake" }));
+process.stdout.write(encodeHello({ protocolVersion: ${mode === "v1" ? 1 : 2}, slotsPerThread: 4, helperVersion: "fake" }));
 process.stdin.on("data", () => {});
 process.stdin.on("end", () => process.exit(0));
 `,
@@ -251,7 +256,7 @@ async function hotArmedCounter(s: ReturnType<typeof scene>, threads: number) {
   const { helper, log } = await s.helper();
   const target = await s.target("counter", ["--threads", String(threads), "--writes", "200000"]);
   const [counter] = readyAddresses(target) as [bigint];
-  await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+  await helper.arm(target.pid, 1n, [write8(counter)]);
   target.send("go");
   await log.until("200 hits", () => log.hits.length >= 200);
   return { helper, log, target };
@@ -265,7 +270,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
 
   test("helper - --version prints the version", async () => {
     const { stdout } = await execFileAsync(helperPath, ["--version"]);
-    assert.match(stdout, /^fleetwatch-helper \d+\.\d+\.\d+ \(protocol 1\)$/m);
+    assert.match(stdout, /^fleetwatch-helper \d+\.\d+\.\d+ \(protocol 2\)$/m);
   });
 
   test("resolve - fw_counter in a PIE target equals the target's own &fw_counter", async (t) => {
@@ -304,8 +309,8 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const target = await s.target("counter", ["--threads", "1", "--writes", String(N)]);
     const [counter] = readyAddresses(target) as [bigint];
 
-    const armed = await helper.arm(target.pid, 1n, [write8(counter)], 0n);
-    assert.deepEqual(armed, { threadsTotal: 1, threadsArmed: 1, drMask: 1 });
+    const armed = await helper.arm(target.pid, 1n, [write8(counter)]);
+    assert.deepEqual(armed, { threadsTotal: 1, threadsArmed: 1, drMask: 1, reservedMask: 1 });
     assert.equal(await target.tracerPid(), helper.pid);
     const started = Date.now();
     target.send("go");
@@ -332,7 +337,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       pid: target.pid,
       group: 1n,
       reason: "exited",
-      counts: { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n },
+      counts: { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n, filtered: 0n },
     });
     assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
     assert.ok(log.events.indexOf(done) < log.events.indexOf(exited), "GROUP_DONE precedes TARGET_EXITED");
@@ -349,7 +354,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const T = 4;
     const target = await s.target("counter", ["--threads", String(T), "--writes", String(N)]);
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 1n, [write8(counter)]);
     const started = Date.now();
     target.send("go");
     await finishesNormally(target);
@@ -357,7 +362,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const elapsedMs = Date.now() - started;
 
     assert.equal(log.hits.length, N * T);
-    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n });
+    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n });
     const byTid = new Map<number, HelperHit[]>();
     for (const h of log.hits) byTid.set(h.tid, [...(byTid.get(h.tid) ?? []), h]);
     assert.equal(byTid.size, T);
@@ -395,7 +400,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       const { helper, log } = await s.helper();
       const target = await s.target("counter", ["--threads", String(threads), "--writes", "10000"]);
       const [counter] = readyAddresses(target) as [bigint];
-      await helper.arm(target.pid, 7n, [write8(counter)], 100n);
+      await helper.arm(target.pid, 7n, [write8(counter)], { maxHits: 100n });
       target.send("go");
       const done = await log.groupDone(7n);
       assert.equal(done.reason, "budget");
@@ -427,7 +432,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const s = scene(t);
     const { helper } = await s.helper();
     const pid = await deadPid();
-    await rejectsWith(helper.arm(pid, 1n, [write8(0x601000n)], 0n), "ESRCH", new RegExp(`no process with pid ${pid}`));
+    await rejectsWith(helper.arm(pid, 1n, [write8(0x601000n)]), "ESRCH", new RegExp(`no process with pid ${pid}`));
     await rejectsWith(helper.resolve(pid, "fw_counter"), "ESRCH", new RegExp(`no process with pid ${pid}`));
   });
 
@@ -439,7 +444,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(await target.tracerPid(), stracePid);
     const [counter] = readyAddresses(target) as [bigint];
     await rejectsWith(
-      helper.arm(target.pid, 1n, [write8(counter)], 0n),
+      helper.arm(target.pid, 1n, [write8(counter)]),
       "EPERM",
       new RegExp(`already traced by pid ${stracePid} \\(strace\\)`),
     );
@@ -456,7 +461,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     await waitFor("strace attached", async () => (await target.tracerPid()) === strace.pid);
     const [counter] = readyAddresses(target) as [bigint];
     await rejectsWith(
-      helper.arm(target.pid, 1n, [write8(counter)], 0n),
+      helper.arm(target.pid, 1n, [write8(counter)]),
       "EPERM",
       new RegExp(`PTRACE_SEIZE pid ${target.pid}: already traced by pid ${strace.pid} \\(strace\\)`),
     );
@@ -481,7 +486,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       [[], /0 chunks/],
     ];
     for (const [chunks, message] of cases) {
-      await rejectsWith(helper.arm(target.pid, 1n, chunks, 0n), "EINVAL", message);
+      await rejectsWith(helper.arm(target.pid, 1n, chunks), "EINVAL", message);
       assert.equal(await target.tracerPid(), 0);
     }
     target.send("go");
@@ -507,7 +512,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       return links.filter((l) => l === "anon_inode:[perf_event]").length >= 3;
     });
     await rejectsWith(
-      helper.arm(target.pid, 1n, [write8(counter, 0), write8(other, 1)], 0n),
+      helper.arm(target.pid, 1n, [write8(counter, 0), write8(other, 1)]),
       "ENOSPC",
       /POKEUSER DR1=0x[0-9a-f]+ on tid \d+: no free debug register slot/,
     );
@@ -521,7 +526,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const s = scene(t);
     const { helper } = await s.helper();
     for (const pid of [1, helper.pid, process.pid]) {
-      await rejectsWith(helper.arm(pid, 1n, [write8(0x601000n)], 0n), "EPERM", /^policy: /);
+      await rejectsWith(helper.arm(pid, 1n, [write8(0x601000n)]), "EPERM", /^policy: /);
     }
   });
 
@@ -531,10 +536,10 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const N = 1000;
     const target = await s.target("counter", ["--writes", String(N), "--other"]);
     const [counter, other, bytes] = readyAddresses(target) as [bigint, bigint, bigint];
-    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter, 0)], 0n), { threadsTotal: 1, threadsArmed: 1, drMask: 0b01 });
-    assert.deepEqual(await helper.arm(target.pid, 2n, [write8(other, 1)], 0n), { threadsTotal: 1, threadsArmed: 1, drMask: 0b10 });
-    await rejectsWith(helper.arm(target.pid, 3n, [write8(bytes, 0)], 0n), "EBUSY", /dr0 of pid \d+ is used by group 1/);
-    await rejectsWith(helper.arm(target.pid, 1n, [write8(bytes, 2)], 0n), "EEXIST", /group 1 is already armed/);
+    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter, 0)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b01, reservedMask: 0b01 });
+    assert.deepEqual(await helper.arm(target.pid, 2n, [write8(other, 1)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b10, reservedMask: 0b11 });
+    await rejectsWith(helper.arm(target.pid, 3n, [write8(bytes, 0)]), "EBUSY", /dr0 of pid \d+ is used by group 1/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(bytes, 2)]), "EEXIST", /group 1 is already armed/);
     target.send("go");
     await finishesNormally(target);
     const [d1, d2] = [await log.groupDone(1n), await log.groupDone(2n)];
@@ -544,7 +549,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       assert.equal(hits.length, N, `group ${group}`);
       assert.ok(hits.every((h) => h.dr === dr && h.address === address));
       assert.deepEqual(hits.map((h) => h.newValue & 0xffff_ffffn), Array.from({ length: N }, (_, i) => BigInt(i + 1)));
-      assert.deepEqual(done.counts, { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n });
+      assert.deepEqual(done.counts, { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n, filtered: 0n });
       assert.equal(done.reason, "exited");
     }
   });
@@ -555,13 +560,13 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const N = 100;
     const target = await s.target("counter", ["--writes", String(N), "--bytes"]);
     const [, , bytes] = readyAddresses(target) as [bigint, bigint, bigint];
-    const armed = await helper.arm(target.pid, 5n, [write8(bytes, 0), write8(bytes + 8n, 1)], 0n);
+    const armed = await helper.arm(target.pid, 5n, [write8(bytes, 0), write8(bytes + 8n, 1)]);
     assert.equal(armed.drMask, 0b11);
     target.send("go");
     await finishesNormally(target);
     const done = await log.groupDone(5n);
     assert.equal(log.hits.length, 2 * N);
-    assert.deepEqual(done.counts, { trapped: BigInt(2 * N), delivered: BigInt(2 * N), suppressed: 0n });
+    assert.deepEqual(done.counts, { trapped: BigInt(2 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: 0n });
     for (let i = 0; i < N; i++) {
       const [a, b] = [log.hits[2 * i] as HelperHit, log.hits[2 * i + 1] as HelperHit];
       assert.deepEqual([a.dr, b.dr], [0, 1]);
@@ -576,7 +581,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const { helper, log } = await s.helper();
     const target = await s.target("counter", ["--threads", "2", "--writes", "500"]);
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 9n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 9n, [write8(counter)]);
     target.send("go");
     await finishesNormally(target);
     const done = await log.groupDone(9n);
@@ -586,7 +591,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       pid: target.pid,
       group: 9n,
       reason: "exited",
-      counts: { trapped: 1000n, delivered: 1000n, suppressed: 0n },
+      counts: { trapped: 1000n, delivered: 1000n, suppressed: 0n, filtered: 0n },
     });
     assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
     assert.ok(log.events.indexOf(done) < log.events.indexOf(exited));
@@ -597,7 +602,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const { helper, log } = await s.helper();
     const target = await s.target("demo-counter");
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 1n, [write8(counter)]);
     await log.until("a hit", () => log.hits.length >= 1);
     process.kill(target.pid, "SIGKILL");
     const done = await log.groupDone(1n);
@@ -610,13 +615,13 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const { helper, log } = await s.helper();
     const target = await s.target("counter", ["--writes", "100", "--exec", "/bin/true"]);
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 4n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 4n, [write8(counter)]);
     target.send("go");
     const exec = await log.until("target-exec", () => log.of("target-exec")[0]);
     const done = await log.groupDone(4n);
     assert.deepEqual(exec, { kind: "target-exec", pid: target.pid });
     assert.equal(done.reason, "exec");
-    assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n });
+    assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n, filtered: 0n });
     assert.ok(log.events.indexOf(done) < log.events.indexOf(exec));
     assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
   });
@@ -626,13 +631,13 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const { helper, log } = await s.helper();
     const target = await s.target("thread-churn", ["20", "4", "10"]);
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 1n, [write8(counter)]);
     target.send("go");
     await finishesNormally(target);
     const done = await log.groupDone(1n);
     assert.equal(log.hits.length, 800);
     assert.equal(new Set(log.hits.map((h) => h.tid)).size >= 4, true);
-    assert.deepEqual(done.counts, { trapped: 800n, delivered: 800n, suppressed: 0n });
+    assert.deepEqual(done.counts, { trapped: 800n, delivered: 800n, suppressed: 0n, filtered: 0n });
   });
 
   test("signals - the target's own SIGTRAP reaches its handler while watched", async (t) => {
@@ -640,7 +645,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const { helper, log } = await s.helper();
     const target = await s.target("sigtrap-self", ["1000"]);
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 1n, [write8(counter)]);
     target.send("go");
     // raise() is tgkill: si_code SI_TKILL (-6).
     assert.equal(await target.waitForLine(/^handled /, EVENT_TIMEOUT_MS), "handled 10 code -6");
@@ -654,7 +659,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const { helper, log } = await s.helper();
     const target = await s.target("demo-counter");
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 1n, [write8(counter)]);
     await log.until("a hit", () => log.hits.length >= 1);
     process.kill(target.pid, "SIGSTOP");
     // A group-stopped tracee (PTRACE_LISTEN) shows "t", not "T". It is stopped
@@ -683,7 +688,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const [counter] = readyAddresses(target) as [bigint];
     process.kill(target.pid, "SIGSTOP");
     await waitFor("target stopped (T)", async () => (await procState(target.pid)) === "T");
-    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter)], 0n), { threadsTotal: 1, threadsArmed: 1, drMask: 1 });
+    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter)]), { threadsTotal: 1, threadsArmed: 1, drMask: 1, reservedMask: 1 });
     assert.match((await procState(target.pid)) ?? "", /^[tT]$/, "arming does not resume a stopped process");
     process.kill(target.pid, "SIGCONT");
     await log.until("a hit after SIGCONT", () => log.hits.length >= 1);
@@ -705,11 +710,15 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const N = 1000;
     const target = await s.target("counter", ["--threads", "2", "--writes", String(N), "--fork"]);
     const [counter] = readyAddresses(target) as [bigint];
-    await helper.arm(target.pid, 1n, [write8(counter)], 0n);
+    await helper.arm(target.pid, 1n, [write8(counter)]);
     target.send("go");
     assert.equal(await target.waitForLine(/^child /, EVENT_TIMEOUT_MS), "child exit 0");
     await finishesNormally(target);
     const done = await log.groupDone(1n);
+    const forks = log.of("target-fork");
+    assert.equal(forks.length, 1);
+    assert.equal(forks[0]?.pid, target.pid);
+    assert.ok((forks[0]?.childPid ?? 0) > 0 && forks[0]?.childPid !== target.pid, "the child's pid");
     assert.equal(log.hits.length, 2 * N, "only the parent's writes");
     assert.ok(log.hits.every((h) => h.pid === target.pid));
     assert.equal(done.counts.delivered, BigInt(2 * N));
@@ -725,7 +734,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       const { HelperProcess } = await import(${JSON.stringify(clientUrl)});
       const h = await HelperProcess.start();
       (async () => { for await (const e of h.events()) if (e.kind === "hits") console.log("hits " + e.hits.length); })();
-      await h.arm(${target.pid}, 1n, [{ dr: 0, mode: "w", length: 8, address: ${counter}n }], 0n);
+      await h.arm(${target.pid}, 1n, [{ dr: 0, mode: "w", length: 8, address: ${counter}n }]);
       console.log("armed " + h.pid);
       setInterval(() => {}, 1000);`;
     const agent = await s.target("agent", ["--input-type=module", "-e", script], { path: process.execPath });
@@ -745,10 +754,22 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const target = await s.target("counter", ["--threads", "2", "--writes", "20000"]);
     const raw = new RawHelper();
     const hello = decodeHello((await raw.next(MessageType.Hello)).payload);
-    assert.equal(hello.protocolVersion, 1);
+    assert.equal(hello.protocolVersion, 2);
     raw.send(encodeResolve(1, { pid: target.pid, offset: 0n, name: "fw_counter" }));
     const sym = decodeResolved((await raw.next(MessageType.Resolved)).payload);
-    raw.send(encodeArm(2, { pid: target.pid, group: 1n, maxHits: 0n, chunks: [write8(sym.address)] }));
+    raw.send(
+      encodeArm(2, {
+        pid: target.pid,
+        group: 1n,
+        maxHits: 0n,
+        maxHitsPerSecond: 0,
+        backoffMs: 0,
+        chunks: [write8(sym.address)],
+        conditions: [],
+        tids: [],
+        stackDepth: 0,
+      }),
+    );
     assert.equal(decodeArmed((await raw.next(MessageType.Armed)).payload).threadsArmed, 1);
     target.send("go");
     await raw.next(MessageType.Hits); // it is writing, and trapping
@@ -785,6 +806,334 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     await finishesNormally(target);
   });
 
+  test("threads - the leader exits (pthread_exit) while 3 threads keep writing: every hit, then exit 0", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 2000;
+    const T = 3;
+    const target = await s.target("leader-exit", ["--threads", String(T), "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)]);
+    target.send("go");
+    await target.waitForLine(/^leader gone$/, EVENT_TIMEOUT_MS);
+    await target.waitForLine(/^done$/, EVENT_TIMEOUT_MS);
+    const done = await log.groupDone(1n);
+    const exited = await log.targetExited(target.pid);
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+    assert.equal(log.hits.length, N * T);
+    const perTid = new Map<number, number>();
+    for (const h of log.hits) perTid.set(h.tid, (perTid.get(h.tid) ?? 0) + 1);
+    assert.equal(perTid.size, T);
+    assert.ok(!perTid.has(target.pid), "the leader wrote nothing");
+    assert.deepEqual([...perTid.values()], [N, N, N]);
+    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n });
+    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.ok(log.events.indexOf(done) < log.events.indexOf(exited));
+  });
+
+  test("threads - arming after the leader exited covers the other threads", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 500;
+    const T = 2;
+    const target = await s.target("leader-exit", ["--threads", String(T), "--writes", String(N), "--wait"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    target.send("go");
+    await target.waitForLine(/^leader gone$/, EVENT_TIMEOUT_MS);
+    assert.equal(await procState(target.pid), "Z", "the leader is a zombie");
+    const armed = await helper.arm(target.pid, 1n, [write8(counter)]);
+    assert.deepEqual(armed, { threadsTotal: T, threadsArmed: T, drMask: 1, reservedMask: 1 });
+    target.send("write");
+    await target.waitForLine(/^done$/, EVENT_TIMEOUT_MS);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+    assert.equal(log.hits.length, N * T);
+    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n });
+  });
+
+  test("threads - 5000 short-lived threads each write once: 5000 exact hits, then THREADS 1 of 1 armed", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const COUNT = 5000;
+    const target = await s.target("short-threads", [String(COUNT), "8"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter)]), { threadsTotal: 1, threadsArmed: 1, drMask: 1, reservedMask: 1 });
+    const started = Date.now();
+    target.send("go");
+    assert.equal(await target.waitForLine(/^done /, EVENT_TIMEOUT_MS), `done ${COUNT}`);
+    await log.until(`${COUNT} hits`, () => log.hits.length >= COUNT);
+    const elapsedMs = Date.now() - started;
+    // Under the lock each thread stores its own value k = 1..COUNT, once.
+    const values = log.hits.map((h) => h.newValue).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    assert.deepEqual(values, Array.from({ length: COUNT }, (_, i) => BigInt(i + 1)));
+    assert.ok(log.hits.every((h) => h.oldValue === h.newValue - 1n), "each write saw its predecessor's value");
+    const tids = new Set(log.hits.map((h) => h.tid));
+    assert.equal(tids.size, COUNT, "one hit per thread");
+    assert.ok(!tids.has(target.pid));
+    const threads = () => log.of("threads").filter((e) => e.pid === target.pid);
+    await log.until("THREADS: only main left, armed", () => {
+      const last = threads().at(-1);
+      return last !== undefined && last.threadsTotal === 1 && last.threadsArmed === 1;
+    });
+    assert.ok(threads().every((e) => e.threadsArmed <= e.threadsTotal));
+    const counts = await helper.disarm(target.pid, 1n);
+    assert.deepEqual(counts, { trapped: BigInt(COUNT), delivered: BigInt(COUNT), suppressed: 0n, filtered: 0n, reservedMask: 1 });
+    target.send("quit");
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+    t.diagnostic(`${COUNT} threads created, armed, trapped and joined in ${elapsedMs} ms; ${threads().length} THREADS events`);
+  });
+
+  test("rate limit - 1000/s on a hot writer: backs off and resumes, counts add up, delivered within the rate", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const RATE = 1000;
+    const target = await s.target("hot-writer");
+    const [counter] = readyAddresses(target) as [bigint];
+    const speed = async (tag: string, ms: number): Promise<number> => {
+      target.send(`run ${ms} ${tag}`);
+      const line = await target.waitForLine(new RegExp(`^wrote ${tag} `), EVENT_TIMEOUT_MS);
+      const [, , writes, , ns] = line.split(" ");
+      return Number(writes) / (Number(ns) / 1e9);
+    };
+    const before = await speed("before", 1000);
+    const armedAt = Date.now();
+    await helper.arm(target.pid, 1n, [write8(counter)], { maxHitsPerSecond: RATE });
+    const limited = await speed("limited", 3000);
+    const counts = await helper.disarm(target.pid, 1n);
+    const elapsedS = (Date.now() - armedAt) / 1000;
+    assert.equal(await target.tracerPid(), 0);
+
+    const backoffs = log.of("group-backoff");
+    assert.ok(backoffs.length >= 1, "GROUP_BACKOFF seen");
+    assert.ok(log.of("group-resumed").length >= 1, "GROUP_RESUMED seen");
+    for (const b of backoffs) assert.deepEqual([b.pid, b.group], [target.pid, 1n]);
+    assert.ok(backoffs.every((b, i) => b.suppressedSoFar >= 1n && (i === 0 || b.suppressedSoFar >= (backoffs[i - 1] as typeof b).suppressedSoFar)));
+    assert.equal(counts.trapped, counts.delivered + counts.suppressed + counts.filtered);
+    assert.equal(counts.filtered, 0n);
+    assert.ok(counts.suppressed >= BigInt(backoffs.length), "each back-off was started by a suppressed trap");
+    assert.ok(Number(counts.delivered) <= RATE * elapsedS + RATE, `${counts.delivered} delivered in ${elapsedS} s`);
+    await log.until("every delivered hit", () => BigInt(log.hits.length) === counts.delivered);
+    // Unwatched speed: the mean of a run before arming and one after the detach.
+    const unwatched = (before + (await speed("after", 1000))) / 2;
+    target.send("quit");
+    await finishesNormally(target);
+    t.diagnostic(
+      `rate ${RATE}/s for ${elapsedS.toFixed(2)} s: delivered ${counts.delivered}, suppressed ${counts.suppressed}, ` +
+        `${backoffs.length} back-offs; target speed limited/unwatched = ${(limited / 1e6).toFixed(0)}M/${(unwatched / 1e6).toFixed(0)}M writes/s = ${((100 * limited) / unwatched).toFixed(1)} %`,
+    );
+  });
+
+  test("conditions - == K, and >= with < ANDed, deliver exactly the matching writes; the rest are filtered", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--threads", "1", "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    const v = (i: number): bigint => (1n << 32n) | BigInt(i);
+    await helper.arm(target.pid, 1n, [write8(counter, 0)], { conditions: [{ op: "==", value: v(500) }] });
+    await helper.arm(target.pid, 2n, [write8(counter, 1)], { conditions: [{ op: ">=", value: v(100) }, { op: "<", value: v(200) }] });
+    target.send("go");
+    await finishesNormally(target);
+    const [d1, d2] = [await log.groupDone(1n), await log.groupDone(2n)];
+    const g1 = log.hits.filter((h) => h.group === 1n);
+    const g2 = log.hits.filter((h) => h.group === 2n);
+    assert.deepEqual(g1.map((h) => [h.oldValue, h.newValue]), [[v(499), v(500)]], "old value follows filtered traps too");
+    assert.deepEqual(g2.map((h) => h.newValue), Array.from({ length: 100 }, (_, i) => v(100 + i)));
+    assert.deepEqual(d1.counts, { trapped: BigInt(N), delivered: 1n, suppressed: 0n, filtered: BigInt(N - 1) });
+    assert.deepEqual(d2.counts, { trapped: BigInt(N), delivered: 100n, suppressed: 0n, filtered: BigInt(N - 100) });
+  });
+
+  test("conditions - changed: a value stored 3 times in a row is delivered once", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const M = 500;
+    const target = await s.target("reader-writer", ["0", String(M), "3"]);
+    const [value] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(value)], { conditions: [{ op: "changed" }] });
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(log.hits.map((h) => [h.oldValue, h.newValue]), Array.from({ length: M }, (_, i) => [BigInt(i), BigInt(i + 1)]));
+    assert.deepEqual(done.counts, { trapped: BigInt(3 * M), delivered: BigInt(M), suppressed: 0n, filtered: BigInt(2 * M) });
+  });
+
+  test("conditions - rw + unchanged is a read-only watch: exactly the 700 reads of 700 reads and 300 writes", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const [READS, WRITES] = [700, 300];
+    const target = await s.target("reader-writer", [String(READS), String(WRITES), "1"]);
+    const [value] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [{ dr: 0, mode: "rw", length: 8, address: value }], { conditions: [{ op: "unchanged" }] });
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.equal(log.hits.length, READS);
+    assert.ok(log.hits.every((h) => h.newValue === h.oldValue && h.mode === "rw"));
+    // Read i (i <= 300) sees the value written by iteration i - 1.
+    assert.deepEqual(log.hits.slice(0, 3).map((h) => h.newValue), [0n, 1n, 2n]);
+    assert.equal(log.hits.at(-1)?.newValue, BigInt(WRITES));
+    assert.deepEqual(done.counts, { trapped: BigInt(READS + WRITES), delivered: BigInt(READS), suppressed: 0n, filtered: BigInt(WRITES) });
+  });
+
+  test("tids - only the listed threads' traps are delivered; the others are counted as filtered", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--threads", "4", "--writes", String(N), "--hold"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    const tids = (await target.waitForLine(/^tids /)).split(" ").slice(1).map(Number);
+    assert.equal(tids.length, 4);
+    const wanted = [tids[0] as number, tids[2] as number];
+    const armed = await helper.arm(target.pid, 1n, [write8(counter)], { tids: wanted });
+    assert.equal(armed.threadsArmed, 5, "every thread is armed; the filter is applied to traps");
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(done.counts, { trapped: BigInt(4 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: BigInt(2 * N) });
+    for (const tid of tids) {
+      assert.equal(log.hits.filter((h) => h.tid === tid).length, wanted.includes(tid) ? N : 0, `tid ${tid}`);
+    }
+  });
+
+  test("arm - out-of-range options are EINVAL and the target is never touched", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const target = await s.target("counter", ["--writes", "10"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(counter)], { tids: [0] }), "EINVAL", /thread filter names tid 0/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(counter)], { backoffMs: 3_600_001 }), "EINVAL", /backoff of 3600001 ms/);
+    assert.equal(await target.tracerPid(), 0);
+    target.send("go");
+    await finishesNormally(target);
+  });
+
+  test("stacks - an -O2 -fomit-frame-pointer call chain unwinds to fw_level_c, fw_level_b, fw_level_a, main", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 20;
+    const target = await s.target("stack-chain", [String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], { stackDepth: 16 });
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.equal(done.counts.delivered, BigInt(N));
+    assert.equal(log.hits.length, N);
+    for (const h of log.hits) {
+      assert.ok(h.stack.length >= 4 && h.stack.length <= 16, `${h.stack.length} frames`);
+      assert.deepEqual(h.stack.slice(0, 4).map((f) => f.function), ["fw_level_c", "fw_level_b", "fw_level_a", "main"]);
+      assert.ok(h.stack.slice(0, 4).every((f) => f.module === fixturePath("stack-chain") && f.offset > 0n));
+      assert.equal(h.stack[0]?.ip, h.ip, "frame 0 is the trap's ip");
+    }
+    const plain = await s.target("counter", ["--writes", "3"]);
+    const [plainCounter] = readyAddresses(plain) as [bigint];
+    await helper.arm(plain.pid, 2n, [write8(plainCounter)]);
+    plain.send("go");
+    await finishesNormally(plain);
+    await log.groupDone(2n);
+    assert.ok(log.hits.filter((h) => h.group === 2n).every((h) => h.stack.length === 0), "no stack unless asked");
+    const last = log.hits.find((h) => h.group === 1n) as HelperHit;
+    t.diagnostic(`stack: ${last.stack.map((f) => `${f.function}+0x${f.offset.toString(16)}`).join(" <- ")}`);
+  });
+
+  test("stacks - each distinct ip is defined once per process, before the first hit that uses it (raw protocol)", async (t) => {
+    const s = scene(t);
+    const N = 20;
+    const target = await s.target("stack-chain", [String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    const raw = new RawHelper();
+    t.after(async () => {
+      raw.child.stdin.end();
+      await raw.exit();
+    });
+    await raw.next(MessageType.Hello);
+    raw.send(
+      encodeArm(1, {
+        pid: target.pid,
+        group: 1n,
+        maxHits: 0n,
+        maxHitsPerSecond: 0,
+        backoffMs: 0,
+        chunks: [write8(counter)],
+        conditions: [],
+        tids: [],
+        stackDepth: 8,
+      }),
+    );
+    await raw.next(MessageType.Armed);
+    target.send("go");
+    await finishesNormally(target);
+    await raw.next(MessageType.TargetExited);
+    const defined = new Map<bigint, number>();
+    let hits = 0;
+    for (const frame of raw.seen) {
+      const event = decodeEvent(frame);
+      if (event?.kind === "symbols") {
+        assert.equal(event.pid, target.pid);
+        for (const d of event.symbols) defined.set(d.ip, (defined.get(d.ip) ?? 0) + 1);
+      } else if (event?.kind === "hits") {
+        for (const h of event.hits) {
+          hits++;
+          assert.ok(h.ips.length >= 4 && h.ips.length <= 8);
+          for (const ip of h.ips) assert.ok(defined.has(ip), `ip 0x${ip.toString(16)} used before its definition`);
+        }
+      }
+    }
+    assert.equal(hits, N);
+    assert.ok([...defined.values()].every((n) => n === 1), "no ip defined twice");
+  });
+
+  test("reservations - the DR index written stays reserved after detach; re-arming it reuses the slot", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--writes", "100", "--other"]);
+    const [counter, other, bytes] = readyAddresses(target) as [bigint, bigint, bigint];
+    assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter, 2)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b100, reservedMask: 0b100 });
+    assert.deepEqual(await helper.disarm(target.pid, 1n), { trapped: 0n, delivered: 0n, suppressed: 0n, filtered: 0n, reservedMask: 0b100 });
+    assert.equal(await target.tracerPid(), 0);
+    if (existsSync("/usr/bin/perf")) {
+      // The kernel still holds DR2's slot for the thread: perf gets the other three, not four.
+      const events = [bytes, bytes + 8n, bytes].flatMap((a) => ["-e", `mem:0x${a.toString(16)}/8:w`]);
+      const perf = await s.target("perf", ["stat", "-x", ",", "-o", "/dev/null", ...events, "-p", String(target.pid)], { path: "perf" });
+      await waitFor("perf holds three breakpoints", async () => {
+        const fds = await readdir(`/proc/${perf.pid}/fd`).catch(() => []);
+        const links = await Promise.all(fds.map((fd) => readlink(`/proc/${perf.pid}/fd/${fd}`).catch(() => "")));
+        return links.filter((l) => l === "anon_inode:[perf_event]").length >= 3;
+      });
+      await rejectsWith(helper.arm(target.pid, 2n, [write8(other, 0)]), "ENOSPC", /POKEUSER DR0=/);
+      assert.deepEqual(await helper.arm(target.pid, 3n, [write8(other, 2)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b100, reservedMask: 0b100 });
+      target.send("go");
+      await finishesNormally(target);
+      const done = await log.groupDone(3n);
+      assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n, filtered: 0n });
+      return;
+    }
+    assert.deepEqual(await helper.arm(target.pid, 3n, [write8(other, 2)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b100, reservedMask: 0b100 });
+    assert.deepEqual(await helper.disarm(target.pid, 3n), { trapped: 0n, delivered: 0n, suppressed: 0n, filtered: 0n, reservedMask: 0b100 });
+    assert.deepEqual(await helper.arm(target.pid, 4n, [write8(other, 0)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b001, reservedMask: 0b101 });
+    target.send("go");
+    await finishesNormally(target);
+  });
+
+  test("oom - the helper sets oom_score_adj -1000, or warns when it may not (no CAP_SYS_RESOURCE)", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const CAP_SYS_RESOURCE = 24n;
+    const status = await readFile(`/proc/${helper.pid}/status`, "utf8");
+    const capEff = BigInt(`0x${/^CapEff:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? "0"}`);
+    const adj = (await readFile(`/proc/${helper.pid}/oom_score_adj`, "utf8")).trim();
+    if ((capEff >> CAP_SYS_RESOURCE) & 1n) {
+      assert.equal(adj, "-1000");
+      assert.equal(log.of("log").filter((e) => /oom_score_adj/.test(e.message)).length, 0);
+      return;
+    }
+    const warning = await log.until("a warning about oom_score_adj", () => log.of("log").find((e) => /oom_score_adj/.test(e.message)));
+    assert.equal(warning.level, "warning");
+    assert.match(warning.message, /cannot set \/proc\/self\/oom_score_adj to -1000 \(Permission denied\)/);
+    t.diagnostic(`no CAP_SYS_RESOURCE here: oom_score_adj stays ${adj}; the helper said so`);
+  });
+
   test("client - a missing helper binary fails start with a clear error", async () => {
     await assert.rejects(
       HelperProcess.start({ path: "/nonexistent/fleetwatch-helper" }),
@@ -793,10 +1142,10 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
   });
 
   test("client - a helper speaking another protocol version is refused", async (t) => {
-    const fake = await fakeHelper(t, "v2");
+    const fake = await fakeHelper(t, "v1");
     await assert.rejects(HelperProcess.start({ path: fake }), (err: unknown) => {
       assert.ok(err instanceof HelperProtocolError);
-      assert.match(err.message, /helper speaks protocol 2, this agent speaks 1/);
+      assert.match(err.message, /helper speaks protocol 1, this agent speaks 2/);
       return true;
     });
   });

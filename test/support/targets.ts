@@ -29,7 +29,13 @@ async function mtimeMs(file: string): Promise<number | undefined> {
   }
 }
 
-/** Compiles every test/fixtures/*.c (gcc -O2 -g -pthread) unless its binary is newer. */
+/** Extra gcc flags of some fixtures (after -O2 -g -pthread). */
+const FIXTURE_CFLAGS: Record<string, string[]> = {
+  // Stacks must unwind through DWARF CFI alone.
+  "stack-chain": ["-fomit-frame-pointer"],
+};
+
+/** Compiles every test/fixtures/*.c (gcc -O2 -g -pthread, plus FIXTURE_CFLAGS) unless its binary is newer. */
 export async function buildFixtures(): Promise<void> {
   await mkdir(fixturesBuildDir, { recursive: true });
   const sources = (await readdir(fixturesDir)).filter((f) => f.endsWith(".c"));
@@ -41,7 +47,8 @@ export async function buildFixtures(): Promise<void> {
       if (outTime !== undefined && srcTime !== undefined && outTime >= srcTime) return;
       // Build beside, then rename: concurrent test files never see half a binary.
       const tmp = `${out}.${process.pid}.tmp`;
-      await execFileAsync("gcc", ["-O2", "-g", "-pthread", "-Wall", "-Wextra", "-o", tmp, src]);
+      const name = path.basename(file, ".c");
+      await execFileAsync("gcc", ["-O2", "-g", "-pthread", "-Wall", "-Wextra", ...(FIXTURE_CFLAGS[name] ?? []), "-o", tmp, src]);
       await rename(tmp, out);
     }),
   );

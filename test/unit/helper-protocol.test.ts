@@ -6,7 +6,7 @@ import {
   FRAME_HEADER_BYTES,
   FRAME_MAX_BYTES,
   FrameDecoder,
-  HIT_RECORD_BYTES,
+  HIT_FIXED_BYTES,
   HelperProtocolError,
   MessageType,
   decodeArmRequest,
@@ -17,6 +17,7 @@ import {
   decodeEvent,
   decodeHello,
   decodeHitRecord,
+  expandHit,
   decodeResolveRequest,
   decodeResolved,
   encodeArm,
@@ -25,7 +26,9 @@ import {
   encodeDisarmed,
   encodeError,
   encodeFrame,
+  encodeGroupBackoff,
   encodeGroupDone,
+  encodeGroupResumed,
   encodeHello,
   encodeHitRecord,
   encodeHits,
@@ -33,10 +36,13 @@ import {
   encodeResolve,
   encodeResolved,
   encodeShutdown,
+  encodeSymbols,
   encodeTargetExec,
   encodeTargetExited,
+  encodeTargetFork,
+  encodeThreads,
 } from "../../agent/helper-protocol.js";
-import type { Frame, HelperHit } from "../../agent/helper-protocol.js";
+import type { ArmRequest, Frame, HelperHitRecord } from "../../agent/helper-protocol.js";
 
 function onlyFrame(bytes: Buffer): Frame {
   const frames = new FrameDecoder().push(bytes);
@@ -44,7 +50,7 @@ function onlyFrame(bytes: Buffer): Frame {
   return frames[0] as Frame;
 }
 
-const hit: HelperHit = {
+const hit: HelperHitRecord = {
   group: 0x0102030405060708n,
   pid: 4242,
   tid: 4243,
@@ -56,6 +62,18 @@ const hit: HelperHit = {
   dr: 3,
   length: 8,
   mode: "rw",
+  ips: [],
+};
+
+const armBase: Omit<ArmRequest, "chunks"> = {
+  pid: 1,
+  group: 1n,
+  maxHits: 0n,
+  maxHitsPerSecond: 0,
+  backoffMs: 0,
+  conditions: [],
+  tids: [],
+  stackDepth: 0,
 };
 
 describe("helper protocol", () => {
@@ -70,22 +88,35 @@ describe("helper protocol", () => {
     assert.equal(resolve.requestId, 7);
     assert.deepEqual(decodeResolveRequest(resolve.payload), { pid: 1234, offset: 16n, name: "wörk_mem" });
 
-    const arm = {
+    const arm: ArmRequest = {
       pid: 99,
       group: (1n << 64n) - 1n,
       maxHits: 100n,
+      maxHitsPerSecond: 1000,
+      backoffMs: 250,
       chunks: [
-        { dr: 0, mode: "w" as const, length: 8, address: 0x601000n },
-        { dr: 2, mode: "x" as const, length: 1, address: 0x401003n },
-        { dr: 3, mode: "rw" as const, length: 2, address: 0x601006n },
+        { dr: 0, mode: "w", length: 8, address: 0x601000n },
+        { dr: 2, mode: "x", length: 1, address: 0x401003n },
+        { dr: 3, mode: "rw", length: 2, address: 0x601006n },
       ],
+      conditions: [{ op: ">=", value: 10n }, { op: "<", value: (1n << 64n) - 1n }, { op: "changed" }, { op: "unchanged" }],
+      tids: [4242, 4243],
+      stackDepth: 16,
     };
     const armFrame = onlyFrame(encodeArm(8, arm));
     assert.equal(armFrame.type, MessageType.Arm);
-    assert.equal(armFrame.payload.length, 24 + 3 * 12);
+    assert.equal(armFrame.payload.length, 32 + 3 * 12 + 4 * 16 + 2 * 4);
     assert.deepEqual(decodeArmRequest(armFrame.payload), arm);
+    const p = armFrame.payload;
+    assert.deepEqual([p.readUInt32LE(20), p.readUInt32LE(24)], [1000, 250], "rate and backoff");
+    assert.deepEqual([p[28], p[29], p[30], p[31]], [3, 4, 2, 16], "chunk, condition and tid counts, stack depth");
     // Mode travels as the DR7 RW encoding.
-    assert.deepEqual([armFrame.payload[25], armFrame.payload[37], armFrame.payload[49]], [1, 0, 3]);
+    assert.deepEqual([p[33], p[45], p[57]], [1, 0, 3]);
+    // Conditions: u8 op, 7 pad, u64 value; "changed"/"unchanged" carry 0.
+    assert.deepEqual([p[68], p[84], p[100], p[116]], [5, 2, 6, 7]);
+    assert.equal(p.readBigUInt64LE(76), 10n);
+    assert.equal(p.readBigUInt64LE(108), 0n);
+    assert.deepEqual([p.readUInt32LE(132), p.readUInt32LE(136)], [4242, 4243]);
 
     const disarm = onlyFrame(encodeDisarm(9, { pid: 99, group: 5n }));
     assert.deepEqual(decodeDisarmRequest(disarm.payload), { pid: 99, group: 5n });
@@ -95,30 +126,77 @@ describe("helper protocol", () => {
   });
 
   test("replies - HELLO, RESOLVED, ARMED, DISARMED and ERROR round trip", () => {
-    const hello = { protocolVersion: 1, slotsPerThread: 4, helperVersion: "0.1.0" };
+    const hello = { protocolVersion: 2, slotsPerThread: 4, helperVersion: "0.2.0" };
     assert.deepEqual(decodeHello(onlyFrame(encodeHello(hello)).payload), hello);
     const sym = { address: 0x5555_5555_8010n, size: 8n, module: "/usr/bin/postgres", symbol: "work_mem" };
     assert.deepEqual(decodeResolved(onlyFrame(encodeResolved(3, sym)).payload), sym);
-    const armed = { threadsTotal: 12, threadsArmed: 12, drMask: 0b1010 };
-    assert.deepEqual(decodeArmed(onlyFrame(encodeArmed(4, armed)).payload), armed);
-    const counts = { trapped: 105n, delivered: 100n, suppressed: 5n };
-    assert.deepEqual(decodeDisarmed(onlyFrame(encodeDisarmed(5, counts)).payload), counts);
+    const armed = { threadsTotal: 12, threadsArmed: 12, drMask: 0b1010, reservedMask: 0b1011 };
+    const armedFrame = onlyFrame(encodeArmed(4, armed));
+    assert.equal(armedFrame.payload.length, 12);
+    assert.equal(armedFrame.payload[9], 0b1011, "reserved_mask after dr_mask");
+    assert.deepEqual(decodeArmed(armedFrame.payload), armed);
+    const disarmed = { trapped: 115n, delivered: 100n, suppressed: 5n, filtered: 10n, reservedMask: 0b0001 };
+    const disarmedFrame = onlyFrame(encodeDisarmed(5, disarmed));
+    assert.equal(disarmedFrame.payload.length, 40);
+    assert.equal(disarmedFrame.payload.readBigUInt64LE(24), 10n, "filtered after suppressed");
+    assert.deepEqual(decodeDisarmed(disarmedFrame.payload), disarmed);
     const err = { errno: 1, errnoName: "EPERM", message: "PTRACE_SEIZE pid 4242: already traced by pid 77 (strace)" };
     const errFrame = onlyFrame(encodeError(6, err));
     assert.equal(errFrame.requestId, 6);
     assert.deepEqual(decodeError(errFrame.payload), err);
   });
 
-  test("hit record - 64 bytes at the documented offsets", () => {
+  test("hit record - 64 fixed bytes at the documented offsets, then frame count and ips", () => {
     const rec = encodeHitRecord(hit);
-    assert.equal(rec.length, HIT_RECORD_BYTES);
+    assert.equal(rec.length, HIT_FIXED_BYTES + 1);
     assert.equal(rec.readBigUInt64LE(0), hit.group);
     assert.equal(rec.readUInt32LE(8), 4242);
     assert.equal(rec.readUInt32LE(12), 4243);
     assert.equal(rec.readBigUInt64LE(40), hit.newValue);
     assert.deepEqual([rec[56], rec[57], rec[58]], [3, 8, 3]);
-    assert.deepEqual([...rec.subarray(59)], [0, 0, 0, 0, 0]);
-    assert.deepEqual(decodeHitRecord(rec), hit);
+    assert.deepEqual([...rec.subarray(59)], [0, 0, 0, 0, 0, 0]);
+    assert.deepEqual(decodeHitRecord(rec), { hit, end: 65 });
+
+    const withStack = { ...hit, ips: [0x401000n, 0x401234n, 0x7f00_0000_1000n] };
+    const rec3 = encodeHitRecord(withStack);
+    assert.equal(rec3.length, 65 + 3 * 8);
+    assert.equal(rec3[64], 3);
+    assert.equal(rec3.readBigUInt64LE(65 + 8), 0x401234n);
+    assert.deepEqual(decodeHitRecord(Buffer.concat([Buffer.alloc(7), rec3]), 7), { hit: withStack, end: 7 + 89 });
+  });
+
+  test("hit records - variable length records in one HITS frame", () => {
+    const a = { ...hit, ips: [1n, 2n] };
+    const b = { ...hit, tid: 9, ips: [] };
+    const c = { ...hit, tid: 10, ips: [3n] };
+    const frame = onlyFrame(encodeHits([a, b, c]));
+    assert.equal(frame.payload.length, 8 + (65 + 16) + 65 + (65 + 8));
+    assert.deepEqual(decodeEvent(frame), { kind: "hits", hits: [a, b, c] });
+  });
+
+  test("stacks - expandHit names each ip from the SYMBOLS definitions, refuses an undefined one", () => {
+    const defs = [
+      { ip: 0x401010n, offset: 0x10n, function: "level_c", module: "/bin/t" },
+      { ip: 0x401050n, offset: 0x8n, function: "level_b", module: "/bin/t" },
+      { ip: 0x7f0000001000n, offset: 0n, function: "", module: "" },
+    ];
+    const symFrame = onlyFrame(encodeSymbols(4242, defs));
+    const symbols = decodeEvent(symFrame);
+    assert.deepEqual(symbols, { kind: "symbols", pid: 4242, symbols: defs });
+    const table = new Map(defs.map((d) => [d.ip, d]));
+    const record = { ...hit, ips: [0x401010n, 0x401050n, 0x7f0000001000n, 0n] };
+    const { ips: _ips, ...fields } = record;
+    assert.deepEqual(expandHit(record, table), {
+      ...fields,
+      stack: [
+        { ip: 0x401010n, function: "level_c", offset: 0x10n, module: "/bin/t" },
+        { ip: 0x401050n, function: "level_b", offset: 0x8n, module: "/bin/t" },
+        { ip: 0x7f0000001000n, function: "", offset: 0n, module: "" },
+        { ip: 0n, function: "", offset: 0n, module: "" },
+      ],
+    });
+    assert.deepEqual(expandHit({ ...hit, ips: [] }, undefined).stack, []);
+    assert.throws(() => expandHit({ ...hit, ips: [0x999n] }, table), /uses ip 0x999 before a SYMBOLS definition/);
   });
 
   test("hit record - a hand-built record parses", () => {
@@ -134,7 +212,7 @@ describe("helper protocol", () => {
     rec.writeUInt8(1, 56);
     rec.writeUInt8(4, 57);
     rec.writeUInt8(1, 58);
-    assert.deepEqual(decodeHitRecord(rec), {
+    assert.deepEqual(decodeHitRecord(Buffer.concat([rec, Buffer.from([0])])).hit, {
       group: 9n,
       pid: 100,
       tid: 101,
@@ -146,19 +224,37 @@ describe("helper protocol", () => {
       dr: 1,
       length: 4,
       mode: "w",
+      ips: [],
     });
   });
 
-  test("events - HITS, GROUP_DONE, TARGET_EXITED, TARGET_EXEC and LOG decode", () => {
+  test("events - HITS, GROUP_DONE, GROUP_BACKOFF, GROUP_RESUMED, TARGET_*, THREADS and LOG decode", () => {
     const second = { ...hit, tid: 4244, newValue: 8n, mode: "w" as const };
     assert.deepEqual(decodeEvent(onlyFrame(encodeHits([hit, second]))), { kind: "hits", hits: [hit, second] });
-    const counts = { trapped: 102n, delivered: 100n, suppressed: 2n };
-    assert.deepEqual(decodeEvent(onlyFrame(encodeGroupDone(4242, 7n, "budget", counts))), {
+    const counts = { trapped: 105n, delivered: 100n, suppressed: 2n, filtered: 3n };
+    const doneFrame = onlyFrame(encodeGroupDone(4242, 7n, "budget", counts));
+    assert.equal(doneFrame.payload.length, 48);
+    assert.deepEqual(decodeEvent(doneFrame), {
       kind: "group-done",
       pid: 4242,
       group: 7n,
       reason: "budget",
       counts,
+    });
+    assert.deepEqual(decodeEvent(onlyFrame(encodeGroupBackoff(4242, 7n, 1_732_600_000_500_000_000n, 12n))), {
+      kind: "group-backoff",
+      pid: 4242,
+      group: 7n,
+      untilNs: 1_732_600_000_500_000_000n,
+      suppressedSoFar: 12n,
+    });
+    assert.deepEqual(decodeEvent(onlyFrame(encodeGroupResumed(4242, 7n))), { kind: "group-resumed", pid: 4242, group: 7n });
+    assert.deepEqual(decodeEvent(onlyFrame(encodeTargetFork(4242, 4300))), { kind: "target-fork", pid: 4242, childPid: 4300 });
+    assert.deepEqual(decodeEvent(onlyFrame(encodeThreads(4242, 12, 11))), {
+      kind: "threads",
+      pid: 4242,
+      threadsTotal: 12,
+      threadsArmed: 11,
     });
     assert.deepEqual(decodeEvent(onlyFrame(encodeTargetExited(4242, true, 9))), {
       kind: "target-exited",
@@ -211,20 +307,22 @@ describe("helper protocol", () => {
   });
 
   test("decoders - a truncated payload is a protocol error, not garbage", () => {
-    const armed = onlyFrame(encodeArmed(1, { threadsTotal: 1, threadsArmed: 1, drMask: 1 }));
+    const armed = onlyFrame(encodeArmed(1, { threadsTotal: 1, threadsArmed: 1, drMask: 1, reservedMask: 1 }));
     assert.throws(() => decodeArmed(armed.payload.subarray(0, 5)), HelperProtocolError);
     const hits = onlyFrame(encodeHits([hit]));
     assert.throws(
       () => decodeEvent({ ...hits, payload: hits.payload.subarray(0, hits.payload.length - 1) }),
-      /needs 72 bytes, got 71/,
+      /hit record at 8 runs past 72 bytes/,
     );
   });
 
   test("encoders - values that do not fit are refused before anything is sent", () => {
-    assert.throws(() => encodeArm(1, { pid: 1, group: -1n, maxHits: 0n, chunks: [] }), RangeError);
-    assert.throws(
-      () => encodeArm(1, { pid: 1, group: 1n, maxHits: 0n, chunks: [{ dr: 300, mode: "w", length: 8, address: 0n }] }),
-      RangeError,
-    );
+    assert.throws(() => encodeArm(1, { ...armBase, group: -1n, chunks: [] }), RangeError);
+    assert.throws(() => encodeArm(1, { ...armBase, chunks: [{ dr: 300, mode: "w", length: 8, address: 0n }] }), RangeError);
+    const five = Array.from({ length: 5 }, () => ({ op: "changed" as const }));
+    assert.throws(() => encodeArm(1, { ...armBase, chunks: [], conditions: five }), /5 conditions \(at most 4\)/);
+    assert.throws(() => encodeArm(1, { ...armBase, chunks: [], tids: Array.from({ length: 17 }, (_, i) => i + 1) }), /17 tids/);
+    assert.throws(() => encodeArm(1, { ...armBase, chunks: [], stackDepth: 65 }), /65 frames/);
+    assert.throws(() => encodeArm(1, { ...armBase, chunks: [], maxHitsPerSecond: 2 ** 32 }), RangeError);
   });
 });
