@@ -2175,13 +2175,18 @@ void tracer_emergency_detach(void)
 
 		if (t->state == TS_FREE || t->state == TS_ZOMBIE || tid <= 0)
 			continue;
-		if (t->state == TS_STOPPED) {
-			sig = detach_signal(t);
+		/* The table may be one step behind the thread: the crash can come
+		 * between a waitpid and recording the stop, or between a
+		 * PTRACE_CONT and recording the resume. Only a POKEUSER that
+		 * succeeds proves the thread is stopped for us right now. */
+		if (ptrace(PTRACE_POKEUSER, tid, (void *)dr_offset(DR_CONTROL), NULL) == 0) {
+			sig = t->state == TS_STOPPED ? detach_signal(t) : 0;
 		} else {
 			ptrace(PTRACE_INTERRUPT, tid, NULL, NULL);
-			if (!emergency_wait_stop(tid, &st))
+			if (emergency_wait_stop(tid, &st))
+				sig = emergency_signal_of(st);
+			else if (ptrace(PTRACE_POKEUSER, tid, (void *)dr_offset(DR_CONTROL), NULL) != 0)
 				continue;
-			sig = emergency_signal_of(st);
 		}
 		ptrace(PTRACE_POKEUSER, tid, (void *)dr_offset(DR_CONTROL), NULL);
 		for (int i = 0; i < DR_SLOTS; i++)

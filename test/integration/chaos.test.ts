@@ -86,7 +86,10 @@ describe("chaos", () => {
         process.kill(helper, fault.slice("helper ".length) as NodeJS.Signals);
       }
 
-      assert.match(await target.waitForLine(/^done/, 60_000), /done/, `round ${round} (${fault}): target finished its writes`);
+      const done = await target.waitForLine(/^done/, 60_000).catch((err: Error) => {
+        throw new Error(`round ${round} (${fault}) after ${received} hits: ${err.message}`);
+      });
+      assert.match(done, /done/);
       assert.deepEqual(await target.waitForExit(60_000), { code: 0, signal: null }, `round ${round} (${fault}) after ${received} hits`);
       seen.set(fault, (seen.get(fault) ?? 0) + 1);
       if (fault === "agent SIGKILL") await cluster.startAgent("host-a");
