@@ -1,6 +1,7 @@
 // The agent's core: the watches this host has armed, the commands that arm
 // and disarm them through the helper, and the hit path from the helper to
 // JetStream with exact per-watch accounting.
+import { readFileSync } from "node:fs";
 import { create, toBinary } from "@bufbuild/protobuf";
 import {
   ArmResultSchema,
@@ -12,6 +13,7 @@ import {
   TargetReportSchema,
   TargetState,
   WatchMode,
+  ConditionOp,
   eventSubject,
   hex,
   type Arm,
@@ -19,6 +21,7 @@ import {
   type ArmedTarget,
   type Disarm,
   type DisarmResult,
+  type Condition,
   type HitCounts,
   type Resolve,
   type ResolveResult,
@@ -26,7 +29,7 @@ import {
   type TargetReport,
 } from "../proto/index.js";
 import { AgentCommandError, toAgentError } from "./errors.js";
-import type { GroupCounts, HelperChunk, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
+import type { GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
 
 /** One job's watch on one process of this host. */
@@ -49,6 +52,10 @@ interface Watch {
   /** Set once the helper no longer has the group armed. */
   ended: boolean;
   lastReported: string;
+  /** What the target report says while armed (rate limited, forked, ...). */
+  status: string;
+  threadsTotal: number;
+  threadsArmed: number;
 }
 
 const helperModes: Record<number, HelperMode> = { [WatchMode.WRITE]: "w", [WatchMode.READ_WRITE]: "rw", [WatchMode.EXECUTE]: "x" };
@@ -58,14 +65,52 @@ function key(jobId: string, pid: number): string {
   return `${jobId}/${pid}`;
 }
 
-function countsKey(c: HitCounts): string {
-  return `${c.trapped}/${c.delivered}/${c.suppressed}/${c.dropped}`;
+/** Field 22 of /proc/PID/stat (start time in clock ticks), or undefined when the process is gone. */
+function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function isAlive(pid: number, startTime: string | undefined): boolean {
+  const now = processStartTime(pid);
+  return now !== undefined && (startTime === undefined || now === startTime);
+}
+
+/** What a progress report says; unchanged means nothing to send. */
+function progressKey(w: Watch): string {
+  const c = w.counts;
+  return `${c.trapped}/${c.delivered}/${c.suppressed}/${c.dropped}/${c.filtered} ${w.threadsArmed}/${w.threadsTotal}`;
+}
+
+const helperOps: Record<number, HelperCondition["op"]> = {
+  [ConditionOp.EQ]: "==",
+  [ConditionOp.NE]: "!=",
+  [ConditionOp.LT]: "<",
+  [ConditionOp.GT]: ">",
+  [ConditionOp.LE]: "<=",
+  [ConditionOp.GE]: ">=",
+  [ConditionOp.CHANGED]: "changed",
+  [ConditionOp.UNCHANGED]: "unchanged",
+};
+
+function helperCondition(condition: Condition): HelperCondition {
+  const op = helperOps[condition.op];
+  if (!op) throw new AgentCommandError(`condition operator ${condition.op} is not known`, "EINVAL");
+  return op === "changed" || op === "unchanged" ? { op } : { op, value: condition.value };
 }
 
 /** The watches of one host. */
 export class AgentCore {
   private readonly byGroup = new Map<bigint, Watch>();
   private readonly byKey = new Map<string, Watch>();
+  /** Debug registers the kernel keeps reserved per process for our earlier watches. */
+  private readonly reserved = new Map<number, number>();
+  /** Start time of each such process, so a reused pid is not taken for it. */
+  private readonly startTimes = new Map<number, string | undefined>();
   private nextGroup = 1n;
   private progressTimer: NodeJS.Timeout | undefined;
   /** Receives every target report; the session forwards them (or keeps them until it reconnects). */
@@ -156,22 +201,35 @@ export class AgentCore {
         deadlineTimer: undefined,
         ended: false,
         lastReported: "",
+        status: "armed",
+        threadsTotal: 0,
+        threadsArmed: 0,
       };
       // Registered before arming: hits can arrive before the helper's reply.
       this.byGroup.set(group, watch);
       let result;
       try {
-        result = await this.currentHelper().arm(request.pid, group, chunks, request.maxHits);
+        result = await this.currentHelper().arm(request.pid, group, chunks, {
+          maxHits: request.maxHits,
+          maxHitsPerSecond: request.maxHitsPerSecond,
+          backoffMs: request.backoffMs,
+          conditions: request.conditions.map(helperCondition),
+          tids: request.tids,
+          stackDepth: request.stackDepth,
+        });
       } catch (err) {
         this.byGroup.delete(group);
         throw err;
       }
       this.byKey.set(key(request.jobId, request.pid), watch);
+      this.noteReserved(request.pid, result.reservedMask);
+      watch.threadsTotal = result.threadsTotal;
+      watch.threadsArmed = result.threadsArmed;
       if (request.deadlineUnixMs > 0n) {
         watch.deadlineTimer = setTimeout(() => void this.endAtDeadline(watch), Math.max(0, Number(request.deadlineUnixMs) - Date.now()));
       }
       this.log(`agent ${this.hostId}: job ${request.jobId} armed on pid ${request.pid}: ${request.slots.map((s) => `DR${s.dr}=${hex(s.chunk?.address ?? 0n)}/${s.chunk?.length}`).join(" ")}, ${result.threadsArmed}/${result.threadsTotal} threads`);
-      return create(ArmResultSchema, { ...reply, threadsTotal: result.threadsTotal, threadsArmed: result.threadsArmed, slots: request.slots });
+      return create(ArmResultSchema, { ...reply, threadsTotal: result.threadsTotal, threadsArmed: result.threadsArmed, slots: request.slots, reservedMask: this.reservedOf(request.pid) });
     } catch (err) {
       return create(ArmResultSchema, { ...reply, error: toAgentError(err) });
     }
@@ -183,7 +241,7 @@ export class AgentCore {
     if (!watch) return create(DisarmResultSchema, { ...reply, error: toAgentError(new AgentCommandError(`job ${request.jobId} has no watch on pid ${request.pid} here`, "ENOENT")) });
     try {
       await this.stop(watch);
-      return create(DisarmResultSchema, { ...reply, counts: watch.counts });
+      return create(DisarmResultSchema, { ...reply, counts: watch.counts, reservedMask: this.reservedOf(watch.pid) });
     } catch (err) {
       return create(DisarmResultSchema, { ...reply, error: toAgentError(err) });
     }
@@ -207,7 +265,9 @@ export class AgentCore {
     clearTimeout(watch.deadlineTimer);
     if (!watch.ended) {
       try {
-        this.endWatch(watch, await this.currentHelper().disarm(watch.pid, watch.group));
+        const result = await this.currentHelper().disarm(watch.pid, watch.group);
+        this.noteReserved(watch.pid, result.reservedMask);
+        this.endWatch(watch, result);
       } catch (err) {
         // The group may have ended on its own (budget, exit) while the disarm was on its way.
         if (!watch.ended) throw err;
@@ -227,6 +287,7 @@ export class AgentCore {
     watch.expected = counts.delivered;
     watch.counts.trapped = counts.trapped;
     watch.counts.suppressed = counts.suppressed;
+    watch.counts.filtered = counts.filtered;
     this.wakeIfSettled(watch);
   }
 
@@ -257,15 +318,57 @@ export class AgentCore {
   }
 
   private report(watch: Watch, state: TargetState, reason: string): void {
-    watch.lastReported = countsKey(watch.counts);
-    this.onReport(create(TargetReportSchema, { jobId: watch.jobId, pid: watch.pid, state, reason, counts: watch.counts }));
+    watch.lastReported = progressKey(watch);
+    this.onReport(
+      create(TargetReportSchema, {
+        jobId: watch.jobId,
+        pid: watch.pid,
+        state,
+        reason,
+        counts: watch.counts,
+        threadsTotal: watch.threadsTotal,
+        threadsArmed: watch.threadsArmed,
+        reservedMask: this.reservedOf(watch.pid),
+      }),
+    );
   }
 
   private reportProgress(): void {
     for (const watch of this.byKey.values()) {
-      if (watch.ended || countsKey(watch.counts) === watch.lastReported) continue;
-      this.report(watch, TargetState.ARMED, "armed");
+      if (watch.ended || progressKey(watch) === watch.lastReported) continue;
+      this.report(watch, TargetState.ARMED, watch.status);
     }
+    this.forgetGoneProcesses();
+  }
+
+  /**
+   * Processes we are no longer attached to still hold kernel reservations
+   * until they exit, and the helper no longer sees them: notice their exit
+   * here, so the ledger forgets them and ended watches are dropped.
+   */
+  private forgetGoneProcesses(): void {
+    for (const [pid, mask] of this.reserved) {
+      if (this.watchesOf(pid).length > 0 || isAlive(pid, this.startTimes.get(pid))) continue;
+      this.reserved.delete(pid);
+      this.startTimes.delete(pid);
+      for (const [k, w] of this.byKey) if (w.pid === pid) this.byKey.delete(k);
+      this.onReport(create(TargetReportSchema, { pid, state: TargetState.EXITED, reason: "process exited", reservedMask: mask }));
+    }
+  }
+
+  /** Records debug registers the kernel keeps reserved in a process for us. */
+  private noteReserved(pid: number, mask: number): void {
+    if (!mask) return;
+    this.reserved.set(pid, (this.reserved.get(pid) ?? 0) | mask);
+    if (!this.startTimes.has(pid)) this.startTimes.set(pid, processStartTime(pid));
+  }
+
+  private reservedOf(pid: number): number {
+    return this.reserved.get(pid) ?? 0;
+  }
+
+  private watchesOf(pid: number): Watch[] {
+    return [...this.byKey.values()].filter((w) => w.pid === pid && !w.ended);
   }
 
   private async onHelperEvent(event: HelperEvent): Promise<void> {
@@ -292,8 +395,38 @@ export class AgentCore {
           watch.lastReported = "final";
           this.byKey.delete(key(watch.jobId, watch.pid));
         }
+        // The process and its kernel reservations are gone.
+        this.reserved.delete(event.pid);
+        this.startTimes.delete(event.pid);
         return;
       }
+      case "group-backoff": {
+        const watch = this.byGroup.get(event.group);
+        if (!watch) return;
+        const until = new Date(Number(event.untilNs / 1_000_000n)).toISOString();
+        watch.status = `rate limited: registers cleared until ${until} (${event.suppressedSoFar} suppressed so far)`;
+        this.report(watch, TargetState.ARMED, watch.status);
+        return;
+      }
+      case "group-resumed": {
+        const watch = this.byGroup.get(event.group);
+        if (!watch) return;
+        watch.status = "armed";
+        this.report(watch, TargetState.ARMED, watch.status);
+        return;
+      }
+      case "target-fork":
+        for (const watch of this.watchesOf(event.pid)) {
+          watch.status = `armed; forked child ${event.childPid} is not watched`;
+          this.report(watch, TargetState.ARMED, watch.status);
+        }
+        return;
+      case "threads":
+        for (const watch of this.watchesOf(event.pid)) {
+          watch.threadsTotal = event.threadsTotal;
+          watch.threadsArmed = event.threadsArmed;
+        }
+        return;
       case "log":
         this.log(`helper ${event.level}: ${event.message}`);
         return;
@@ -324,6 +457,7 @@ export class AgentCore {
       timeUnixNano: hit.timeNs,
       watchIndex: watch.watchIndexByDr.get(hit.dr) ?? 0,
       sequence: watch.sequence,
+      stack: hit.stack,
     });
     watch.pending++;
     await this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitEventSchema, event), (ok) => {

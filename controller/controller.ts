@@ -419,6 +419,7 @@ export class Controller {
 
   /** A target changed on its host: counters moved, or it ended by itself. */
   private async onTargetReport(hostId: string, report: TargetReport): Promise<void> {
+    if (report.state === TargetState.EXITED) this.ledger.forgetReserved(hostId, report.pid);
     if (!this.store.get(report.jobId)) return;
     const ends = report.state !== TargetState.ARMED && report.state !== TargetState.UNSPECIFIED;
     const job = await this.store.mutate(report.jobId, (j) => {
@@ -437,9 +438,9 @@ export class Controller {
       }
       rollUp(j);
     });
-    this.ledger.noteReserved(hostId, report.pid, report.reservedMask);
-    if (ends) this.ledger.release(hostId, report.pid, report.jobId);
     if (report.state === TargetState.EXITED) this.ledger.forgetReserved(hostId, report.pid);
+    else this.ledger.noteReserved(hostId, report.pid, report.reservedMask);
+    if (ends) this.ledger.release(hostId, report.pid, report.jobId);
     if (isJobFinal(job)) {
       clearTimeout(this.deadlines.get(job.id));
       this.deadlines.delete(job.id);

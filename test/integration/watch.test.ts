@@ -143,8 +143,17 @@ describe("watch end to end", () => {
       assert.equal((JSON.parse(cancelled.stdout) as { state: string }).state, "JOB_STATE_CANCELLED");
     }
     assert.equal(await target.tracerPid(), 0);
-    const after = await cluster.api().listAgents({});
-    assert.deepEqual(after.agents.find((a) => a.info?.hostId === "host-a")?.targets, []);
+    // Free now, but the kernel keeps DR0 and DR1 reserved in this process until
+    // its threads exit: the ledger knows, and reuses them first. Processes
+    // watched by earlier tests have exited and are forgotten.
+    await waitFor("only this target's reservations are listed", async () => {
+      const { agents } = await cluster.api().listAgents({});
+      const listed = agents.find((a) => a.info?.hostId === "host-a")?.targets ?? [];
+      return listed.length === 1 && listed[0]!.pid === target.pid;
+    });
+    const { agents: listedAfter } = await cluster.api().listAgents({});
+    const reserved = listedAfter.find((a) => a.info?.hostId === "host-a")!.targets[0]!.slots;
+    assert.deepEqual(reserved.map((s) => [s.jobId, s.reserved]), [["", true], ["", true], ["", false], ["", false]]);
     target.send("go");
     await target.waitForLine(/^done/);
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
@@ -186,6 +195,25 @@ describe("watch end to end", () => {
     await waitFor("strace detached", async () => (await target.tracerPid()) === 0);
     target.send("go");
     await target.waitForLine(/^done/);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("a field reached through a pointer is watched by its DWARF path, with a symbolized stack", async () => {
+    const target = await startTarget("config", ["--writes", "3"]);
+    targets.push(target);
+    const [, , address] = (await target.waitForLine(/^ready /)).split(" ");
+    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_cfg.limits->max", "--max-hits", "3", "--stack", "8", "--follow", "-o", "json"]);
+    await armedJobOn(target.pid);
+    target.send("go");
+    const result = await watch;
+    assert.equal(result.code, 0, result.stderr);
+    const hits = parseHits(result.stdout) as Array<HitJson & { stack?: Array<{ function?: string }> }>;
+    assert.deepEqual(hits.map((h) => BigInt(h.newValue)), [1001n, 1002n, 1003n]);
+    assert.deepEqual(hits.map((h) => BigInt(h.address)), [BigInt(address!), BigInt(address!), BigInt(address!)]);
+    for (const hit of hits) {
+      const names = (hit.stack ?? []).map((f) => f.function ?? "");
+      assert.deepEqual(names.slice(0, 3), ["set_limit", "apply_config", "main"], `stack: ${names.join(" < ")}`);
+    }
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
   });
 
