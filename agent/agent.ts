@@ -8,6 +8,7 @@ import {
   ArmedTargetSchema,
   DisarmResultSchema,
   HitCountsSchema,
+  HitBatchSchema,
   HitEventSchema,
   ResolveResultSchema,
   TargetReportSchema,
@@ -23,6 +24,7 @@ import {
   type DisarmResult,
   type Condition,
   type HitCounts,
+  type HitEvent,
   type Resolve,
   type ResolveResult,
   type SlotAssignment,
@@ -45,8 +47,11 @@ interface Watch {
   received: bigint;
   /** Hit records the helper emitted in all, known once the group is disarmed. */
   expected: bigint | undefined;
-  /** Publishes not yet settled, and who waits for them to settle. */
+  /** Hits received and not yet settled (buffered or in flight), and who waits for them. */
   pending: number;
+  /** Hits waiting to go out in the next HitBatch. */
+  batch: HitEvent[];
+  flushTimer: NodeJS.Timeout | undefined;
   settledWaiters: Array<() => void>;
   deadlineTimer: NodeJS.Timeout | undefined;
   /** Set once the helper no longer has the group armed. */
@@ -124,6 +129,10 @@ export class AgentCore {
     private readonly hostId: string,
     private readonly log: (line: string) => void,
     private readonly progressIntervalMs = 1_000,
+    /** A HitBatch goes out when it holds this many hits... */
+    private readonly maxBatchHits = 512,
+    /** ...or this long after its first hit. */
+    private readonly batchDelayMs = 2,
   ) {}
 
   /** Consumes one helper's events until it exits; reports counters every second meanwhile. */
@@ -154,6 +163,7 @@ export class AgentCore {
       watch.ended = true;
       clearTimeout(watch.deadlineTimer);
       watch.expected = watch.received;
+      void this.flush(watch);
       this.wakeIfSettled(watch);
       void this.settled(watch).then(() => this.report(watch, TargetState.FAILED, reason));
     }
@@ -197,6 +207,8 @@ export class AgentCore {
         received: 0n,
         expected: undefined,
         pending: 0,
+        batch: [],
+        flushTimer: undefined,
         settledWaiters: [],
         deadlineTimer: undefined,
         ended: false,
@@ -285,6 +297,7 @@ export class AgentCore {
     watch.ended = true;
     clearTimeout(watch.deadlineTimer);
     watch.expected = counts.delivered;
+    if (this.isLastHit(watch)) void this.flush(watch);
     watch.counts.trapped = counts.trapped;
     watch.counts.suppressed = counts.suppressed;
     watch.counts.filtered = counts.filtered;
@@ -460,10 +473,28 @@ export class AgentCore {
       stack: hit.stack,
     });
     watch.pending++;
-    await this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitEventSchema, event), (ok) => {
-      if (ok) watch.counts.delivered++;
-      else watch.counts.dropped++;
-      watch.pending--;
+    watch.batch.push(event);
+    // The last hit of an ended watch goes out at once: its final report waits for it.
+    if (watch.batch.length >= this.maxBatchHits || this.isLastHit(watch)) await this.flush(watch);
+    else watch.flushTimer ??= setTimeout(() => void this.flush(watch), this.batchDelayMs);
+  }
+
+  private isLastHit(watch: Watch): boolean {
+    return watch.expected !== undefined && watch.received >= watch.expected;
+  }
+
+  /** Publishes the watch's buffered hits as one HitBatch; each hit ends delivered or dropped. */
+  private async flush(watch: Watch): Promise<void> {
+    clearTimeout(watch.flushTimer);
+    watch.flushTimer = undefined;
+    const hits = watch.batch;
+    if (hits.length === 0) return;
+    watch.batch = [];
+    const n = BigInt(hits.length);
+    await this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { hits })), (ok) => {
+      if (ok) watch.counts.delivered += n;
+      else watch.counts.dropped += n;
+      watch.pending -= hits.length;
       this.wakeIfSettled(watch);
     });
   }

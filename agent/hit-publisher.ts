@@ -1,4 +1,4 @@
-// Publishes hit events to JetStream with a bounded number of unacknowledged
+// Publishes hit batches to JetStream with a bounded number of unacknowledged
 // messages: fast enough for tens of thousands of hits a second, and every
 // publish ends as acknowledged (delivered) or failed (dropped), never unknown.
 import type { JetStreamClient } from "nats";
@@ -15,8 +15,8 @@ export class HitPublisher {
 
   constructor(
     private readonly js: JetStreamClient,
-    /** Unacknowledged publishes allowed at once. */
-    private readonly maxInFlight = 4096,
+    /** Unacknowledged publishes (hit batches) allowed at once. */
+    private readonly maxInFlight = 256,
     /** How long a publish may wait for its acknowledgement before it counts as dropped. */
     private readonly ackTimeoutMs = 10_000,
   ) {}

@@ -12,7 +12,7 @@ import { connect } from "nats";
 
 import { HelperProcess } from "../agent/helper-process.js";
 import type { CpuPolicy, HelperEvent } from "../agent/helper-process.js";
-import { JobSpecSchema, HitEventSchema, JobState, WatchMode, jobEventFilter } from "../proto/index.js";
+import { JobSpecSchema, HitBatchSchema, JobState, WatchMode, jobEventFilter } from "../proto/index.js";
 import type { Cluster } from "../test/support/cluster.js";
 import type { BenchBinaries } from "./build.js";
 import { armWrite8, helperSupportsRateLimit } from "./helper-arm.js";
@@ -186,15 +186,16 @@ export async function measureFull(ctx: CaseContext, cluster: Cluster, hostId: st
     const sub = nc.subscribe("fleetwatch.events.>", {
       callback: (err, msg) => {
         if (err || prefix === "" || !msg.subject.startsWith(prefix)) return;
+        let hits: number;
         try {
-          fromBinary(HitEventSchema, msg.data);
+          hits = fromBinary(HitBatchSchema, msg.data).hits.length;
         } catch (e) {
           decodeError ??= e;
           return;
         }
         lastAt = process.hrtime.bigint();
         if (count === 0) firstAt = lastAt;
-        count++;
+        count += hits;
       },
     });
     await nc.flush();
@@ -230,7 +231,7 @@ export async function measureFull(ctx: CaseContext, cluster: Cluster, hostId: st
     const placement = await sampler.stop();
     sampler = undefined;
     sub.unsubscribe();
-    if (decodeError) throw new Error(`a message on ${prefix}* is not a HitEvent: ${String(decodeError)}`);
+    if (decodeError) throw new Error(`a message on ${prefix}* is not a HitBatch: ${String(decodeError)}`);
     await waitWriterDone(writer, ctx.signal, 60_000);
     const ns = Number(lastAt - firstAt);
     const notes: string[] = [];

@@ -3,7 +3,7 @@
 // either stops once caught up or keeps following until aborted.
 import { fromBinary } from "@bufbuild/protobuf";
 import { connect, type ConsumerMessages, type NatsConnection } from "nats";
-import { HitEventSchema, eventStream, jobEventFilter, type HitEvent } from "../proto/index.js";
+import { HitBatchSchema, eventStream, jobEventFilter, type HitBatch, type HitEvent } from "../proto/index.js";
 import { CliError, EventStreamMissingError, NatsUnreachableError } from "./errors.js";
 
 /** What to read. */
@@ -93,13 +93,13 @@ export async function* readJobEvents(options: JobEventsOptions): AsyncGenerator<
     }
     const seen = new SequenceTracker();
     for await (const message of messages) {
-      let hit: HitEvent;
+      let batch: HitBatch;
       try {
-        hit = fromBinary(HitEventSchema, message.data);
+        batch = fromBinary(HitBatchSchema, message.data);
       } catch (err) {
-        throw new CliError(`message ${message.info.streamSequence} on ${message.subject} is not a HitEvent: ${(err as Error).message}`, 1, { cause: err });
+        throw new CliError(`message ${message.info.streamSequence} on ${message.subject} is not a HitBatch: ${(err as Error).message}`, 1, { cause: err });
       }
-      if (seen.add(hit.hostId, hit.sequence)) yield hit;
+      for (const hit of batch.hits) if (seen.add(hit.hostId, hit.sequence)) yield hit;
       if (!options.follow && message.info.pending === 0) return;
     }
   } finally {
