@@ -1406,6 +1406,15 @@ static int seize_failed(pid_t pid, pid_t tid, int err, struct fw_error *e)
 	return -1;
 }
 
+/* seize_pass's way out when the thread table has no room left. */
+static int seize_table_full(DIR *dir, pid_t pid, struct fw_error *e)
+{
+	fw_error_set(e, ENOMEM, "thread table full (%d threads) attaching pid %d", FW_MAX_THREADS,
+		     (int)pid);
+	closedir(dir);
+	return -1;
+}
+
 /* One pass over /proc/PID/task: seize what is new. 1 if something was, 0 if
  * the set is unchanged, -1 on error. */
 static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
@@ -1437,10 +1446,7 @@ static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
 				ptrace(PTRACE_INTERRUPT, tid, NULL, NULL);
 				if (waitpid(tid, &st, __WALL) == tid && WIFSTOPPED(st))
 					ptrace(PTRACE_DETACH, tid, NULL, NULL);
-				fw_error_set(e, ENOMEM, "thread table full (%d threads) attaching pid %d",
-					     FW_MAX_THREADS, (int)pid);
-				closedir(dir);
-				return -1;
+				return seize_table_full(dir, pid, e);
 			}
 			changed = 1;
 			continue;
@@ -1457,12 +1463,8 @@ static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
 		}
 		if (err == EPERM && status_field(tid, "TracerPid:") == getpid()) {
 			/* Auto-attached clone of a thread we already hold. */
-			if (thread_find(tid) < 0 && thread_add(tid, pi, TS_NEW) < 0) {
-				fw_error_set(e, ENOMEM, "thread table full (%d threads) attaching pid %d",
-					     FW_MAX_THREADS, (int)pid);
-				closedir(dir);
-				return -1;
-			}
+			if (thread_find(tid) < 0 && thread_add(tid, pi, TS_NEW) < 0)
+				return seize_table_full(dir, pid, e);
 			changed = 1;
 			continue;
 		}
