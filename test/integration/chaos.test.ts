@@ -8,8 +8,8 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { connect, type NatsConnection } from "nats";
-import { create } from "@bufbuild/protobuf";
-import { JobSpecSchema, JobState, WatchMode, jobEventFilter, type Job } from "../../proto/index.js";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { HitBatchSchema, JobSpecSchema, JobState, WatchMode, jobEventFilter, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -59,6 +59,8 @@ describe("chaos", () => {
 
   test(`every target survives ${rounds} faults injected at random moments of hot writes`, async () => {
     const seen = new Map<Fault, number>();
+    // Rounds whose fault landed while the target was still writing under the watch.
+    let hotRounds = 0;
     for (let round = 0; round < rounds; round++) {
       const fault = faults[round % faults.length]!;
       const target = await startTarget("counter", ["--threads", "4", "--writes", "200000"]);
@@ -70,11 +72,15 @@ describe("chaos", () => {
       let received = 0;
       const sub = nc.subscribe(jobEventFilter(job.id));
       const reached = (async () => {
-        for await (const _ of sub) if (++received >= k) return;
+        for await (const message of sub) {
+          received += fromBinary(HitBatchSchema, message.data).hits.length;
+          if (received >= k) return;
+        }
       })();
       target.send("go");
       await Promise.race([reached, target.waitForExit(60_000).then(() => undefined)]);
       sub.unsubscribe();
+      if (target.child.exitCode === null) hotRounds++;
 
       const agent = cluster.agents.get("host-a")!;
       if (fault === "agent SIGKILL") {
@@ -95,5 +101,7 @@ describe("chaos", () => {
       if (fault === "agent SIGKILL") await cluster.startAgent("host-a");
     }
     assert.equal([...seen.values()].reduce((a, b) => a + b, 0), rounds);
+    // k hits of 800,000 writes: the fault should practically always land mid-write.
+    assert.ok(hotRounds >= rounds * 0.9, `only ${hotRounds} of ${rounds} faults landed while the target was writing`);
   });
 });
