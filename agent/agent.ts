@@ -2,7 +2,7 @@
 // and disarm them through the helper, and the hit path from the helper to
 // JetStream with exact per-watch accounting.
 import { readFileSync } from "node:fs";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { clone, create, toBinary } from "@bufbuild/protobuf";
 import {
   ArmResultSchema,
   ArmedTargetSchema,
@@ -42,6 +42,8 @@ interface Watch {
   readonly slots: SlotAssignment[];
   readonly watchIndexByDr: Map<number, number>;
   readonly counts: HitCounts;
+  /** Counters of earlier watches of the same job and pid (before a lapse), which this one adds to. */
+  readonly base: HitCounts;
   sequence: bigint;
   /** Hit records received from the helper. */
   received: bigint;
@@ -163,6 +165,7 @@ export class AgentCore {
       watch.ended = true;
       clearTimeout(watch.deadlineTimer);
       watch.expected = watch.received;
+      watch.counts.trapped = watch.base.trapped + watch.received;
       void this.flush(watch);
       this.wakeIfSettled(watch);
       void this.settled(watch).then(() => this.report(watch, TargetState.FAILED, reason));
@@ -189,6 +192,8 @@ export class AgentCore {
     try {
       const existing = this.byKey.get(key(request.jobId, request.pid));
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
+      // Armed again after a lapse: counters and hit sequence go on from the earlier watch.
+      const carried = existing ? clone(HitCountsSchema, existing.counts) : create(HitCountsSchema);
       if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
       const chunks: HelperChunk[] = request.slots.map((s) => {
         const mode = helperModes[s.chunk?.mode ?? WatchMode.UNSPECIFIED];
@@ -202,8 +207,9 @@ export class AgentCore {
         group,
         slots: request.slots,
         watchIndexByDr: new Map(request.slots.map((s) => [s.dr, s.chunk?.watchIndex ?? 0])),
-        counts: create(HitCountsSchema),
-        sequence: 0n,
+        counts: carried,
+        base: clone(HitCountsSchema, carried),
+        sequence: existing?.sequence ?? 0n,
         received: 0n,
         expected: undefined,
         pending: 0,
@@ -259,6 +265,25 @@ export class AgentCore {
     }
   }
 
+  /**
+   * Disarms every watch while keeping its counters (the session's lease
+   * lapsed). Not a final state: the counts are reported, and when the
+   * controller arms the same job and pid again the counters and hit
+   * sequence continue from here.
+   */
+  async suspendAll(reason: string): Promise<void> {
+    for (const watch of [...this.byKey.values()]) {
+      if (watch.ended) continue;
+      try {
+        await this.stop(watch);
+        watch.status = reason;
+        this.report(watch, TargetState.UNSPECIFIED, reason);
+      } catch (err) {
+        this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
+      }
+    }
+  }
+
   /** Disarms every watch (agent shutdown), reporting each as cancelled. */
   async disarmAll(reason: string): Promise<void> {
     for (const watch of [...this.byKey.values()]) {
@@ -298,9 +323,9 @@ export class AgentCore {
     clearTimeout(watch.deadlineTimer);
     watch.expected = counts.delivered;
     if (this.isLastHit(watch)) void this.flush(watch);
-    watch.counts.trapped = counts.trapped;
-    watch.counts.suppressed = counts.suppressed;
-    watch.counts.filtered = counts.filtered;
+    watch.counts.trapped = watch.base.trapped + counts.trapped;
+    watch.counts.suppressed = watch.base.suppressed + counts.suppressed;
+    watch.counts.filtered = watch.base.filtered + counts.filtered;
     this.wakeIfSettled(watch);
   }
 
@@ -453,7 +478,7 @@ export class AgentCore {
       return;
     }
     watch.received++;
-    if (!watch.ended) watch.counts.trapped = watch.received;
+    if (!watch.ended) watch.counts.trapped = watch.base.trapped + watch.received;
     watch.sequence++;
     const event = create(HitEventSchema, {
       jobId: watch.jobId,

@@ -22,6 +22,12 @@ export class SessionClient {
   private registeredOnce: { promise: Promise<void>; resolve: () => void };
   private readonly unsent: TargetReport[] = [];
   private loop: Promise<void> | undefined;
+  /** Lease the controller granted at the last registration. */
+  private leaseMs = 0;
+  /** Fires when no session has been live for a lease: the agent then disarms on its own. */
+  private lapseTimer: NodeJS.Timeout | undefined;
+  /** Aborts the current session attempt. */
+  private attempt: AbortController | undefined;
 
   constructor(
     private readonly core: AgentCore,
@@ -46,9 +52,27 @@ export class SessionClient {
 
   /** Closes the session and stops reconnecting. */
   async stop(): Promise<void> {
+    clearTimeout(this.lapseTimer);
     this.stopping.abort();
     this.outbound?.close();
     await this.loop;
+  }
+
+  /**
+   * The session is gone. If none is live again within the lease, nobody is
+   * listening for hits: disarm every target here rather than let them trap.
+   * The controller marks them lost meanwhile and re-arms them on return.
+   */
+  private startLapseTimer(): void {
+    if (this.leaseMs <= 0 || this.lapseTimer || this.stopping.signal.aborted) return;
+    this.lapseTimer = setTimeout(() => {
+      this.lapseTimer = undefined;
+      if (this.outbound || this.stopping.signal.aborted) return;
+      const reason = `no session with ${this.options.controller} for ${this.leaseMs} ms (the lease): disarmed by the agent until the controller re-arms it`;
+      this.options.log(`agent ${this.options.info.hostId}: ${reason}`);
+      // A registration already on its way lists the watches as armed: start over with the truth.
+      void this.core.suspendAll(reason).finally(() => this.attempt?.abort());
+    }, this.leaseMs);
   }
 
   private send(message: MessageInitShape<typeof SessionRequestSchema>): boolean {
@@ -63,16 +87,32 @@ export class SessionClient {
     while (!signal.aborted) {
       const client = createClient(AgentService, this.options.controller);
       const outbound = new AsyncQueue<SessionRequest>();
+      // Ends this session (not the agent) when the controller falls silent.
+      const silent = new AbortController();
+      this.attempt = silent;
       let heartbeat: NodeJS.Timeout | undefined;
+      let lastHeardMs = Date.now();
       try {
         outbound.push(create(SessionRequestSchema, { msg: { case: "register", value: { info: this.options.info, armed: this.core.armed() } } }));
-        for await (const message of client.session(outbound, { signal })) {
+        for await (const message of client.session(outbound, { signal: AbortSignal.any([signal, silent.signal]) })) {
+          lastHeardMs = Date.now();
           switch (message.msg.case) {
             case "registered": {
               this.outbound = outbound;
               backoffMs = minBackoffMs;
+              clearTimeout(this.lapseTimer);
+              this.lapseTimer = undefined;
+              this.leaseMs = message.msg.value.leaseMs;
               const everyMs = Math.max(50, message.msg.value.heartbeatMs || 5_000);
-              heartbeat = setInterval(() => this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()) } } }), everyMs);
+              heartbeat = setInterval(() => {
+                // Each heartbeat is answered: a lease without an answer means a dead session, whatever TCP says.
+                if (this.leaseMs > 0 && Date.now() - lastHeardMs > this.leaseMs) {
+                  this.options.log(`agent ${this.options.info.hostId}: no answer from ${this.options.controller} for ${Date.now() - lastHeardMs} ms; reconnecting`);
+                  silent.abort();
+                  return;
+                }
+                this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()) } } });
+              }, everyMs);
               for (const report of this.unsent.splice(0)) this.send({ msg: { case: "targetReport", value: report } });
               this.options.log(`agent ${this.options.info.hostId}: registered with ${this.options.controller}`);
               this.registeredOnce.resolve();
@@ -102,7 +142,10 @@ export class SessionClient {
         if (!signal.aborted) this.options.log(`agent ${this.options.info.hostId}: session with ${this.options.controller} failed: ${err instanceof Error ? err.message : String(err)}`);
       } finally {
         clearInterval(heartbeat);
-        if (this.outbound === outbound) this.outbound = undefined;
+        if (this.outbound === outbound) {
+          this.outbound = undefined;
+          this.startLapseTimer();
+        }
         outbound.close();
         client.close();
       }

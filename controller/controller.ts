@@ -84,6 +84,8 @@ export class Controller {
   private readonly deadlines = new Map<string, NodeJS.Timeout>();
   private placing: Promise<unknown> = Promise.resolve();
   private leaseTimer: NodeJS.Timeout | undefined;
+  private startedMs = Date.now();
+  private checkedAbsentHosts = false;
 
   constructor(
     private readonly store: JobStore,
@@ -102,6 +104,7 @@ export class Controller {
       }
       this.scheduleDeadline(job);
     }
+    this.startedMs = Date.now();
     this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.options.leaseMs / 4)));
     this.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active`);
   }
@@ -390,11 +393,40 @@ export class Controller {
     if (this.sessions.get(session.hostId) === session) {
       this.sessions.delete(session.hostId);
       this.options.log(`agent ${session.hostId}: ${reason}`);
+      void this.markLost(session.hostId, `agent ${session.hostId}: ${reason}; its registers stay reserved until it returns or the job ends`).catch((err) =>
+        this.options.log(`agent ${session.hostId}: marking targets lost failed: ${String(err)}`),
+      );
+    }
+  }
+
+  /** Every active target of a host whose session ended becomes lost (its slots stay held). */
+  private async markLost(hostId: string, reason: string): Promise<void> {
+    for (const job of this.store.all()) {
+      if (isJobFinal(job) || !job.targets.some((t) => t.hostId === hostId && (t.state === TargetState.ARMED || t.state === TargetState.PENDING))) continue;
+      const updated = await this.store.mutate(job.id, (j) => {
+        for (const t of j.targets) {
+          if (t.hostId !== hostId || (t.state !== TargetState.ARMED && t.state !== TargetState.PENDING)) continue;
+          t.state = TargetState.LOST;
+          t.reason = reason;
+        }
+        rollUp(j);
+      });
+      this.publish(updated);
     }
   }
 
   private expireLeases(): void {
     const now = Date.now();
+    // After a restart, hosts that do not come back within a lease are lost too.
+    if (!this.checkedAbsentHosts && now - this.startedMs > this.options.leaseMs) {
+      this.checkedAbsentHosts = true;
+      const absent = new Set(this.store.all().filter((j) => !isJobFinal(j)).flatMap((j) => j.targets.map((t) => t.hostId)).filter((h) => !this.sessions.has(h)));
+      for (const hostId of absent) {
+        void this.markLost(hostId, `agent ${hostId} did not reconnect within the lease after the controller started; its registers stay reserved until it returns or the job ends`).catch((err) =>
+          this.options.log(`agent ${hostId}: marking targets lost failed: ${String(err)}`),
+        );
+      }
+    }
     for (const session of this.sessions.values()) {
       if (now - session.lastSeenMs > this.options.leaseMs) this.dropSession(session, `lease expired (silent for ${now - session.lastSeenMs} ms)`);
     }
@@ -403,6 +435,7 @@ export class Controller {
   private onAgentMessage(session: AgentSession, message: SessionRequest): void {
     switch (message.msg.case) {
       case "heartbeat":
+        session.send({ msg: { case: "heartbeatAck", value: { sentUnixMs: BigInt(Date.now()) } } });
         return;
       case "resolveResult":
       case "armResult":
@@ -462,7 +495,20 @@ export class Controller {
     for (const a of armed) {
       const job = this.store.get(a.jobId);
       const target = job?.targets.find((t) => t.hostId === session.hostId && t.pid === a.pid);
-      if (job && !isJobFinal(job) && target && isTargetActive(target)) continue;
+      if (job && !isJobFinal(job) && target && isTargetActive(target)) {
+        if (target.state === TargetState.LOST) {
+          const updated = await this.store.mutate(job.id, (j) => {
+            const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
+            if (!t || t.state !== TargetState.LOST) return;
+            t.state = TargetState.ARMED;
+            t.reason = "agent reconnected; the target stayed armed";
+            if (a.counts) t.counts = a.counts;
+            rollUp(j);
+          });
+          this.publish(updated);
+        }
+        continue;
+      }
       this.options.log(`agent ${session.hostId}: disarming pid ${a.pid} of job ${a.jobId}, which no active job wants`);
       const result = await session.disarm({ jobId: a.jobId, pid: a.pid });
       if (job && target && result.counts) {

@@ -3,9 +3,9 @@
 import { create } from "@bufbuild/protobuf";
 import { HitCountsSchema, JobState, TargetState, isFinalJobState, type HitCounts, type Job, type Target } from "../proto/index.js";
 
-/** A target that holds (or is about to hold) debug registers. */
+/** A target that holds (or is about to hold) debug registers; a lost one keeps them until it returns. */
 export function isTargetActive(target: Target): boolean {
-  return target.state === TargetState.PENDING || target.state === TargetState.ARMED;
+  return target.state === TargetState.PENDING || target.state === TargetState.ARMED || target.state === TargetState.LOST;
 }
 
 /** A job that will not change any more. */
@@ -28,17 +28,26 @@ export function addCounts(items: ReadonlyArray<HitCounts | undefined>): HitCount
 }
 
 /**
- * Recomputes the job's state and counters from its targets. A cancelled job
- * stays cancelled; otherwise any armed target makes it armed, any pending one
- * pending, and once every target is final the job is failed (all failed) or
- * completed.
+ * Recomputes the job's state and counters from its targets. A final job stays
+ * final. While any target is active: degraded if one is lost, or if armed
+ * targets sit beside failed ones; armed if one is armed; else pending. Once
+ * every target is final the job is failed (all failed) or completed.
  */
 export function rollUp(job: Job, nowMs = Date.now()): void {
   job.counts = addCounts(job.targets.map((t) => t.counts));
   if (isJobFinal(job)) return;
   const states = job.targets.map((t) => t.state);
-  if (states.includes(TargetState.ARMED)) job.state = JobState.ARMED;
-  else if (states.includes(TargetState.PENDING)) job.state = JobState.PENDING;
+  const armed = states.includes(TargetState.ARMED);
+  if (states.includes(TargetState.LOST) || (armed && states.includes(TargetState.FAILED))) {
+    job.state = JobState.DEGRADED;
+    job.reason = job.targets
+      .filter((t) => t.state === TargetState.LOST || t.state === TargetState.FAILED)
+      .map((t) => `${t.hostId}/${t.pid} ${TargetState[t.state]!.toLowerCase()}`)
+      .join(", ");
+  } else if (armed) {
+    job.state = JobState.ARMED;
+    job.reason = "";
+  } else if (states.includes(TargetState.PENDING)) job.state = JobState.PENDING;
   else {
     job.state = states.length > 0 && states.every((s) => s === TargetState.FAILED) ? JobState.FAILED : JobState.COMPLETED;
     if (!job.reason) job.reason = job.targets.map((t) => t.reason).find((r) => r) ?? "";

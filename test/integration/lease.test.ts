@@ -1,0 +1,84 @@
+// Leases: a controller that falls silent (SIGSTOP) must not leave targets
+// trapping with nobody listening. The agent disarms on its own after the
+// lease; the controller, back, marks the host lost, then re-arms it when the
+// agent registers again; counters and hit sequences carry on without a gap.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import { JobSpecSchema, JobState, TargetState, WatchMode, isFinalJobState, type Job } from "../../proto/index.js";
+import { Cluster } from "../support/cluster.js";
+import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import { waitFor } from "../support/wait.js";
+
+describe("leases", () => {
+  let cluster: Cluster;
+  let target: Target | undefined;
+
+  before(async () => {
+    await buildFixtures();
+    cluster = await Cluster.start({ leaseMs: 1_000 });
+  });
+
+  after(async () => {
+    await target?.kill();
+    await cluster?.stop();
+  });
+
+  test("a silent controller: the agent disarms after the lease, the host is lost, then re-armed with counts intact", async () => {
+    target = await startTarget("demo-counter");
+    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0 });
+    const { job } = await cluster.api().submitJob({ spec });
+    assert.equal(job?.state, JobState.ARMED, job?.reason);
+    const id = job!.id;
+    await waitFor("two hits delivered", async () => ((await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n) >= 2n);
+    assert.notEqual(await target.tracerPid(), 0);
+
+    const controllerPid = cluster.controller!.child.pid!;
+    process.kill(controllerPid, "SIGSTOP");
+    try {
+      await waitFor("the agent disarmed and detached on its own", async () => (await target!.tracerPid()) === 0, 15_000);
+    } finally {
+      process.kill(controllerPid, "SIGCONT");
+    }
+
+    // Back: every state the job goes through from here is recorded.
+    const seen: Job[] = [];
+    const watching = (async () => {
+      for await (const { job: j } of cluster.api().watchJob({ id }, { deadlineMs: 60_000 })) {
+        if (!j) continue;
+        seen.push(j);
+        if (j.targets[0]?.state === TargetState.ARMED && seen.some((s) => s.targets[0]?.state === TargetState.LOST)) return;
+        if (isFinalJobState(j.state)) return;
+      }
+    })();
+    await watching;
+    const lost = seen.find((j) => j.targets[0]?.state === TargetState.LOST)!;
+    assert.ok(lost, `states seen: ${seen.map((j) => TargetState[j.targets[0]!.state]).join(", ")}`);
+    assert.equal(lost.state, JobState.DEGRADED);
+    assert.match(lost.targets[0]!.reason, /registers stay reserved until it returns/);
+    const back = seen.at(-1)!;
+    assert.equal(back.targets[0]!.state, TargetState.ARMED);
+    assert.equal(back.state, JobState.ARMED);
+    assert.match(back.targets[0]!.reason, /re-armed after the agent reconnected/);
+    await waitFor("traced again", async () => (await target!.tracerPid()) !== 0);
+    const before = (await cluster.api().getJob({ id })).job!.counts!.delivered;
+    await waitFor("hits again after the re-arm", async () => ((await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n) > before + 1n);
+
+    const cancelled = (await cluster.api().cancelJob({ id })).job!;
+    assert.equal(cancelled.state, JobState.CANCELLED);
+    const c = cancelled.counts!;
+    assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+    assert.equal(await target.tracerPid(), 0);
+
+    // Every delivered hit is in the stream once, sequences 1..delivered without a gap.
+    const replay = await cluster.cli(["events", id, "-o", "json"]);
+    assert.equal(replay.code, 0, replay.stderr);
+    const sequences = replay.stdout.trim().split("\n").map((line) => BigInt((JSON.parse(line) as { sequence: string }).sequence));
+    assert.equal(BigInt(sequences.length), c.delivered);
+    assert.deepEqual(sequences, sequences.map((_, i) => BigInt(i + 1)));
+
+    // The target never noticed.
+    target.child.kill("SIGTERM");
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+});
