@@ -33,6 +33,7 @@ import {
 import { AgentCommandError, toAgentError } from "./errors.js";
 import type { GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
+import { parseStat } from "./process-match.js";
 
 /** One job's watch on one process of this host. */
 interface Watch {
@@ -72,17 +73,16 @@ function key(jobId: string, pid: number): string {
   return `${jobId}/${pid}`;
 }
 
-/** Field 22 of /proc/PID/stat (start time in clock ticks), or undefined when the process is gone. */
-function processStartTime(pid: number): string | undefined {
+/** Start time of a process (clock ticks since boot), or undefined when it is gone. */
+function processStartTime(pid: number): number | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+    return parseStat(readFileSync(`/proc/${pid}/stat`, "utf8"))?.startTime;
   } catch {
     return undefined;
   }
 }
 
-function isAlive(pid: number, startTime: string | undefined): boolean {
+function isAlive(pid: number, startTime: number | undefined): boolean {
   const now = processStartTime(pid);
   return now !== undefined && (startTime === undefined || now === startTime);
 }
@@ -117,7 +117,7 @@ export class AgentCore {
   /** Debug registers the kernel keeps reserved per process for our earlier watches. */
   private readonly reserved = new Map<number, number>();
   /** Start time of each such process, so a reused pid is not taken for it. */
-  private readonly startTimes = new Map<number, string | undefined>();
+  private readonly startTimes = new Map<number, number | undefined>();
   private nextGroup = 1n;
   private progressTimer: NodeJS.Timeout | undefined;
   /** Receives every target report; the session forwards them (or keeps them until it reconnects). */
