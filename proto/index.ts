@@ -9,3 +9,4 @@ export * from "./watch-spec.js";
 export * from "./subjects.js";
 export * from "./async-queue.js";
 export * from "./states.js";
+export * from "./selector.js";
