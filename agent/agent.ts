@@ -8,8 +8,11 @@ import {
   ArmedTargetSchema,
   DisarmResultSchema,
   HitCountsSchema,
+  DiscoverResultSchema,
+  DiscoveredProcessSchema,
   HitBatchSchema,
   HitEventSchema,
+  ProcessAppearedSchema,
   ResolveResultSchema,
   TargetReportSchema,
   TargetState,
@@ -23,6 +26,12 @@ import {
   type Disarm,
   type DisarmResult,
   type Condition,
+  type Discover,
+  type DiscoverResult,
+  type DiscoveredProcess,
+  type Follow,
+  type ProcessAppeared,
+  type TargetSelector,
   type HitCounts,
   type HitEvent,
   type Resolve,
@@ -33,7 +42,8 @@ import {
 import { AgentCommandError, toAgentError } from "./errors.js";
 import type { GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
-import { parseStat } from "./process-match.js";
+import { parseStat, processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
+import { scanProcesses, watchProcesses } from "./process-discovery.js";
 
 /** One job's watch on one process of this host. */
 interface Watch {
@@ -87,6 +97,21 @@ function isAlive(pid: number, startTime: number | undefined): boolean {
   return now !== undefined && (startTime === undefined || now === startTime);
 }
 
+/** The process part of a job's target selector, as discovery takes it. */
+function processSelector(selector: TargetSelector | undefined): ProcessSelector {
+  if (!selector) throw new AgentCommandError("discover needs a selector", "EINVAL");
+  return {
+    ...(selector.pid ? { pid: selector.pid } : {}),
+    ...(selector.exe ? { exe: selector.exe } : {}),
+    ...(selector.comm ? { comm: selector.comm } : {}),
+    ...(selector.cgroup ? { cgroup: selector.cgroup } : {}),
+  };
+}
+
+function discovered(p: ProcessInfo): DiscoveredProcess {
+  return create(DiscoveredProcessSchema, { pid: p.pid, comm: p.comm, exe: p.exe, startTime: BigInt(p.startTime) });
+}
+
 /** What a progress report says; unchanged means nothing to send. */
 function progressKey(w: Watch): string {
   const c = w.counts;
@@ -122,6 +147,10 @@ export class AgentCore {
   private progressTimer: NodeJS.Timeout | undefined;
   /** Receives every target report; the session forwards them (or keeps them until it reconnects). */
   onReport: (report: TargetReport) => void = () => {};
+  /** Receives processes that started matching a followed job. */
+  onAppeared: (appeared: ProcessAppeared) => void = () => {};
+  /** Jobs whose selectors this host watches for late joiners. */
+  private readonly follows = new Map<string, AbortController>();
 
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
@@ -176,6 +205,43 @@ export class AgentCore {
   /** What is armed now, for the controller after a (re)connect. */
   armed(): ArmedTarget[] {
     return [...this.byKey.values()].filter((w) => !w.ended).map((w) => create(ArmedTargetSchema, { jobId: w.jobId, pid: w.pid, slots: w.slots, counts: w.counts }));
+  }
+
+  /** This host's processes matching a selector's pid, exe, comm and cgroup (never pid 1, the agent or its helper). */
+  async discover(request: Discover): Promise<DiscoverResult> {
+    try {
+      const processes = await scanProcesses(processSelector(request.selector), { excludePids: () => this.ownPids() });
+      return create(DiscoverResultSchema, { requestId: request.requestId, processes: processes.map(discovered) });
+    } catch (err) {
+      return create(DiscoverResultSchema, { requestId: request.requestId, error: toAgentError(err) });
+    }
+  }
+
+  /**
+   * Watches for processes that start matching a job's selector and reports
+   * each once; the ones matching now are already the job's targets.
+   */
+  follow(request: Follow): void {
+    this.unfollow(request.jobId);
+    const stop = new AbortController();
+    this.follows.set(request.jobId, stop);
+    void (async () => {
+      const selector = processSelector(request.selector);
+      const initial = new Set((await scanProcesses(selector, { excludePids: () => this.ownPids() })).map(processKey));
+      for await (const event of watchProcesses(selector, { signal: stop.signal, excludePids: () => this.ownPids() })) {
+        if (event.kind !== "started" || initial.has(processKey(event.process))) continue;
+        this.onAppeared(create(ProcessAppearedSchema, { jobId: request.jobId, process: discovered(event.process) }));
+      }
+    })().catch((err) => this.log(`agent ${this.hostId}: following job ${request.jobId} failed: ${err instanceof Error ? err.message : String(err)}`));
+  }
+
+  unfollow(jobId: string): void {
+    this.follows.get(jobId)?.abort();
+    this.follows.delete(jobId);
+  }
+
+  private ownPids(): number[] {
+    return this.helper ? [process.pid, this.helper.pid] : [process.pid];
   }
 
   async resolve(request: Resolve): Promise<ResolveResult> {
@@ -286,6 +352,7 @@ export class AgentCore {
 
   /** Disarms every watch (agent shutdown), reporting each as cancelled. */
   async disarmAll(reason: string): Promise<void> {
+    for (const jobId of [...this.follows.keys()]) this.unfollow(jobId);
     for (const watch of [...this.byKey.values()]) {
       if (watch.ended) continue;
       try {

@@ -2,6 +2,7 @@
 import { create } from "@bufbuild/protobuf";
 import { AgentErrorSchema, type AgentError } from "../proto/index.js";
 import { HelperError } from "./helper-process.js";
+import { ProcessSelectorError } from "./process-match.js";
 
 /** A command the agent cannot carry out, with the errno-style name the controller maps. */
 export class AgentCommandError extends Error {
@@ -17,5 +18,7 @@ export class AgentCommandError extends Error {
 /** Turns any failure into the AgentError the controller understands. */
 export function toAgentError(err: unknown): AgentError {
   if (err instanceof HelperError || err instanceof AgentCommandError) return create(AgentErrorSchema, { errnoName: err.errnoName, message: err.message });
+  // pid 1 is refused by policy; any other bad selector is bad input.
+  if (err instanceof ProcessSelectorError) return create(AgentErrorSchema, { errnoName: /policy/.test(err.message) ? "EPERM" : "EINVAL", message: err.message });
   return create(AgentErrorSchema, { errnoName: "EIO", message: `agent failure: ${err instanceof Error ? err.message : String(err)}` });
 }

@@ -39,6 +39,8 @@ export class SessionClient {
     core.onReport = (report) => {
       if (!this.send({ msg: { case: "targetReport", value: report } })) this.unsent.push(report);
     };
+    // A late joiner seen while disconnected is found again by the discovery after re-registering.
+    core.onAppeared = (appeared) => void this.send({ msg: { case: "processAppeared", value: appeared } });
   }
 
   /** Resolves once the controller has accepted a session. */
@@ -128,6 +130,17 @@ export class SessionClient {
               void this.core.arm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value } })));
               break;
             }
+            case "discover": {
+              const request = message.msg.value;
+              void this.core.discover(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "discoverResult", value } })));
+              break;
+            }
+            case "follow":
+              this.core.follow(message.msg.value);
+              break;
+            case "unfollow":
+              this.core.unfollow(message.msg.value.jobId);
+              break;
             case "disarm": {
               const request = message.msg.value;
               void this.core.disarm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value } })));

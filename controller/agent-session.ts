@@ -9,6 +9,8 @@ import {
   type ArmSchema,
   type DisarmResult,
   type DisarmSchema,
+  type DiscoverResult,
+  type DiscoverSchema,
   type ResolveResult,
   type ResolveSchema,
   type SessionResponse,
@@ -66,7 +68,11 @@ export class AgentSession {
     return this.request("disarm", request);
   }
 
-  private request<T>(kind: "resolve" | "arm" | "disarm", value: object): Promise<T> {
+  discover(request: Omit<MessageInitShape<typeof DiscoverSchema>, "requestId">): Promise<DiscoverResult> {
+    return this.request("discover", request);
+  }
+
+  private request<T>(kind: "resolve" | "arm" | "disarm" | "discover", value: object): Promise<T> {
     if (!this.isOpen) return Promise.reject(new AgentUnavailableError(`agent ${this.hostId} is not connected`, this.hostId));
     const requestId = this.nextRequestId++;
     return new Promise<T>((resolve, reject) => {
@@ -80,7 +86,7 @@ export class AgentSession {
   }
 
   /** Delivers an answer to the request it belongs to; false if none waits for it. */
-  answer(requestId: bigint, result: ResolveResult | ArmResult | DisarmResult): boolean {
+  answer(requestId: bigint, result: ResolveResult | ArmResult | DisarmResult | DiscoverResult): boolean {
     const waiter = this.pending.get(requestId);
     if (!waiter) return false;
     this.pending.delete(requestId);

@@ -14,8 +14,11 @@ import {
   TargetSlotsSchema,
   AgentSchema,
   armConditions,
+  TargetSchema,
   checkJobSpec,
   defaultStackDepth,
+  matches as matchesSelector,
+  parseSelector,
   chunksOf,
   isSubjectToken,
   parseSymbol,
@@ -24,6 +27,10 @@ import {
   type AgentError,
   type AgentInfo,
   type ArmedTarget,
+  type Chunk,
+  type DiscoveredProcess,
+  type Target,
+  type TargetSelector,
   type Job,
   type JobSpec,
   type SessionRequest,
@@ -32,7 +39,7 @@ import {
   type TargetReport,
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
-import { AgentOperationError, InvalidRequestError, NotFoundError, PreconditionError } from "./errors.js";
+import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PreconditionError } from "./errors.js";
 import { finish, isJobFinal, isTargetActive, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { SlotLedger } from "./slot-ledger.js";
@@ -45,6 +52,25 @@ export interface ControllerCoreOptions {
   /** How long an agent may take to answer a command. */
   requestTimeoutMs: number;
   log: (line: string) => void;
+}
+
+/** A target process planned for a job: its chunks, or why it cannot be watched. */
+type Plan = { session: AgentSession; pid: number; chunks: Chunk[] } | { session: AgentSession; pid: number; err: unknown };
+
+/** Whether agents should watch for processes that start matching later (not for a bare pid). */
+function isFollowable(selector: TargetSelector): boolean {
+  return selector.exe !== "" || selector.comm !== "" || selector.cgroup !== "";
+}
+
+/** `pid 42`, `comm 'postgres' in cgroup /db`, for messages. */
+function describeProcesses(selector: TargetSelector): string {
+  const parts = [
+    selector.pid ? `pid ${selector.pid}` : "",
+    selector.exe ? `exe ${selector.exe}` : "",
+    selector.comm ? `comm '${selector.comm}'` : "",
+    selector.cgroup ? `cgroup ${selector.cgroup}` : "",
+  ].filter(Boolean);
+  return parts.join(", ");
 }
 
 /** Back-off after a rate limit trips, when the job names none. */
@@ -123,64 +149,105 @@ export class Controller {
   /** Validates, places and arms a job; resolves once every target answered. */
   async submit(spec: JobSpec): Promise<Job> {
     checkJobSpec(spec);
-    const target = spec.target!;
-    const sessions = this.pickSessions(target.hostIds);
+    const selector = spec.target!;
+    const sessions = this.pickSessions(selector);
     const id = newJobId();
 
-    // Resolve symbols and split into chunks per host before touching the ledger.
-    const plans = await Promise.all(
-      sessions.map(async (session) => {
-        const resolved = new Map<number, { address: bigint; size: bigint }>();
-        for (const [index, watch] of spec.watches.entries()) {
-          if (watch.location.case !== "symbol") continue;
-          const { name, offset } = parseSymbol(watch.location.value);
-          const result = await session.resolve({ pid: target.pid, symbol: name, offset });
-          if (result.error) throw agentFailure(session.hostId, result.error);
-          resolved.set(index, { address: result.address, size: result.size });
-        }
-        return { session, chunks: chunksOf(spec, resolved) };
-      }),
-    );
+    // Which processes match on each host; then symbols and chunks per process.
+    const found = await Promise.all(sessions.map(async (session) => ({ session, processes: await this.discover(session, selector) })));
+    const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid })));
+    if (candidates.length === 0) {
+      throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${sessions.map((s) => s.hostId).join(", ")}`);
+    }
+    const plans = await Promise.all(candidates.map((c) => this.plan(c.session, spec, c.pid)));
 
     const now = Date.now();
+    const draft = create(JobSchema, {
+      id,
+      spec,
+      state: JobState.PENDING,
+      createdUnixMs: BigInt(now),
+      deadlineUnixMs: spec.durationMs > 0n ? BigInt(now) + spec.durationMs : 0n,
+      counts: {},
+    });
+    const failures: unknown[] = [];
     const job = await this.withLedger(async () => {
-      const placed: Array<{ hostId: string; slots: SlotAssignment[] }> = [];
+      for (const plan of plans) draft.targets.push(this.reserveTarget(id, plan, failures));
+      if (draft.targets.every((t) => t.state === TargetState.FAILED)) throw failures[0];
       try {
-        for (const plan of plans) placed.push({ hostId: plan.session.hostId, slots: this.ledger.reserve(plan.session.hostId, target.pid, id, plan.chunks) });
-        const fresh = create(JobSchema, {
-          id,
-          spec,
-          state: JobState.PENDING,
-          createdUnixMs: BigInt(now),
-          deadlineUnixMs: spec.durationMs > 0n ? BigInt(now) + spec.durationMs : 0n,
-          targets: placed.map((p) => ({ hostId: p.hostId, pid: target.pid, state: TargetState.PENDING, reason: "arming", slots: p.slots, counts: {} })),
-          counts: {},
-        });
-        return await this.store.create(fresh);
+        return await this.store.create(draft);
       } catch (err) {
-        for (const p of placed) this.ledger.release(p.hostId, target.pid, id);
+        for (const t of draft.targets) this.ledger.release(t.hostId, t.pid, id);
         throw err;
       }
     });
     this.publish(job);
-    this.options.log(`job ${id}: placed on ${plans.map((p) => `${p.session.hostId}/${target.pid}`).join(", ")}`);
+    this.options.log(`job ${id}: placed on ${job.targets.filter(isTargetActive).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
 
+    const armed = await this.armTargets(job, job.targets.filter(isTargetActive), failures);
+    if (armed.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${armed.reason}`);
+    if (isFollowable(selector)) for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector } } });
+    this.scheduleDeadline(armed);
+    return armed;
+  }
+
+  /** The processes of one host that match the selector's pid, exe, comm and cgroup. */
+  private async discover(session: AgentSession, selector: TargetSelector): Promise<DiscoveredProcess[]> {
+    const result = await session.discover({ selector });
+    if (result.error) throw agentFailure(session.hostId, result.error);
+    return result.processes;
+  }
+
+  /** Resolves the job's symbols in one process and splits its watches into chunks. */
+  private async plan(session: AgentSession, spec: JobSpec, pid: number): Promise<Plan> {
+    try {
+      const resolved = new Map<number, { address: bigint; size: bigint }>();
+      for (const [index, watch] of spec.watches.entries()) {
+        if (watch.location.case !== "symbol") continue;
+        const { name, offset } = parseSymbol(watch.location.value);
+        const result = await session.resolve({ pid, symbol: name, offset });
+        if (result.error) throw agentFailure(session.hostId, result.error);
+        resolved.set(index, { address: result.address, size: result.size });
+      }
+      return { session, pid, chunks: chunksOf(spec, resolved) };
+    } catch (err) {
+      return { session, pid, err };
+    }
+  }
+
+  /** Reserves a planned target's registers (call under the ledger lock); a failure becomes a failed target. */
+  private reserveTarget(jobId: string, plan: Plan, failures: unknown[]): Target {
+    const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {} };
+    try {
+      if ("err" in plan) throw plan.err;
+      const slots = this.ledger.reserve(plan.session.hostId, plan.pid, jobId, plan.chunks);
+      return create(TargetSchema, { ...base, state: TargetState.PENDING, reason: "arming", slots });
+    } catch (err) {
+      failures.push(err);
+      return create(TargetSchema, { ...base, state: TargetState.FAILED, reason: err instanceof Error ? err.message : String(err) });
+    }
+  }
+
+  /** Arms targets of a stored job through their agents and records each outcome. */
+  private async armTargets(job: Job, targets: readonly Target[], failures: unknown[]): Promise<Job> {
     const outcomes = await Promise.all(
-      plans.map(async ({ session }, i) => {
-        const slots = job.targets[i]!.slots;
+      targets.map(async (t) => {
+        const session = this.sessions.get(t.hostId);
         try {
-          const result = await session.arm(armRequest(job, { pid: target.pid, slots }));
-          if (result.reservedMask) this.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
-          return result.error ? { hostId: session.hostId, err: agentFailure(session.hostId, result.error) } : { hostId: session.hostId, result };
+          if (!session?.isOpen) throw new AgentUnavailableError(`agent ${t.hostId} is not connected`, t.hostId);
+          const result = await session.arm(armRequest(job, t));
+          if (result.reservedMask) this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
+          if (result.error) throw agentFailure(t.hostId, result.error);
+          return { target: t, result };
         } catch (err) {
-          return { hostId: session.hostId, err };
+          failures.push(err);
+          return { target: t, err };
         }
       }),
     );
-
-    const armed = await this.store.mutate(id, (j) => {
+    const armed = await this.store.mutate(job.id, (j) => {
       for (const outcome of outcomes) {
-        const t = j.targets.find((x) => x.hostId === outcome.hostId)!;
+        const t = j.targets.find((x) => x.hostId === outcome.target.hostId && x.pid === outcome.target.pid)!;
         if (!isTargetActive(t)) continue;
         if ("result" in outcome && outcome.result) {
           t.state = TargetState.ARMED;
@@ -195,15 +262,36 @@ export class Controller {
       }
       rollUp(j);
     });
-    for (const t of armed.targets) if (!isTargetActive(t)) this.ledger.release(t.hostId, t.pid, id);
+    for (const t of armed.targets) if (!isTargetActive(t)) this.ledger.release(t.hostId, t.pid, job.id);
     this.publish(armed);
-
-    if (armed.state === JobState.FAILED) {
-      const first = outcomes.find((o) => "err" in o && o.err);
-      throw first && "err" in first ? first.err : new PreconditionError(`job ${id} failed: ${armed.reason}`);
-    }
-    this.scheduleDeadline(armed);
     return armed;
+  }
+
+  /** A process that started matching an active job (late joiner), or a process of a host that joined. */
+  private async addTarget(jobId: string, session: AgentSession, pid: number): Promise<void> {
+    const job = this.store.get(jobId);
+    if (!job || isJobFinal(job) || job.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return;
+    const plan = await this.plan(session, job.spec!, pid);
+    const failures: unknown[] = [];
+    const added = await this.withLedger(async () => {
+      const current = this.store.get(jobId);
+      if (!current || isJobFinal(current) || current.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return undefined;
+      const target = this.reserveTarget(jobId, plan, failures);
+      try {
+        const updated = await this.store.mutate(jobId, (j) => {
+          j.targets.push(target);
+          rollUp(j);
+        });
+        return { updated, target };
+      } catch (err) {
+        this.ledger.release(session.hostId, pid, jobId);
+        throw err;
+      }
+    });
+    if (!added) return;
+    this.publish(added.updated);
+    this.options.log(`job ${jobId}: ${session.hostId}/${pid} joined${added.target.state === TargetState.FAILED ? ` but failed: ${added.target.reason}` : ""}`);
+    if (added.target.state === TargetState.PENDING) await this.armTargets(added.updated, [added.target], failures);
   }
 
   get(id: string): Job {
@@ -271,18 +359,28 @@ export class Controller {
       );
   }
 
-  private pickSessions(hostIds: readonly string[]): AgentSession[] {
+  private pickSessions(selector: TargetSelector): AgentSession[] {
     const open = [...this.sessions.values()].filter((s) => s.isOpen);
-    if (hostIds.length === 0) {
+    const connected = open.map((s) => s.hostId).join(", ") || "none";
+    if (selector.allHosts) {
+      if (open.length === 0) throw new PreconditionError("no agent is connected: run `fleetwatch up`, or `fleetwatch agent --controller ADDR` on each host");
+      return open;
+    }
+    if (selector.hostSelector) {
+      const wanted = parseSelector(selector.hostSelector);
+      const matching = open.filter((s) => matchesSelector(wanted, s.info.labels));
+      if (matching.length === 0) throw new PreconditionError(`no connected agent matches selector '${selector.hostSelector}'; connected: ${connected}`);
+      return matching;
+    }
+    if (selector.hostIds.length === 0) {
       if (open.length === 1) return open;
       if (open.length === 0) throw new PreconditionError("no agent is connected: run `fleetwatch up`, or `fleetwatch agent --controller ADDR` on the target's host");
-      throw new InvalidRequestError(`${open.length} agents are connected (${open.map((s) => s.hostId).join(", ")}): name the target's host with --host`);
+      throw new InvalidRequestError(`${open.length} agents are connected (${connected}): name the target's host with --host, --selector or --all-hosts`);
     }
-    return [...new Set(hostIds)].map((hostId) => {
+    return [...new Set(selector.hostIds)].map((hostId) => {
       const session = this.sessions.get(hostId);
       if (session?.isOpen) return session;
       const seen = this.known.get(hostId);
-      const connected = open.map((s) => s.hostId).join(", ") || "none";
       throw new PreconditionError(
         seen
           ? `agent '${hostId}' is not connected (last seen ${new Date(seen.lastSeenMs).toISOString()}); connected: ${connected}`
@@ -311,6 +409,21 @@ export class Controller {
         this.end(job.id, JobState.COMPLETED, "duration elapsed").catch((err) => this.options.log(`job ${job.id}: ending at its deadline failed: ${String(err)}`));
       }, delay),
     );
+  }
+
+  /** Agents stop looking for late joiners of a job that ended (unknown jobs are ignored there). */
+  private unfollow(job: Job): void {
+    if (!job.spec?.target || !isFollowable(job.spec.target)) return;
+    for (const session of this.sessions.values()) session.send({ msg: { case: "unfollow", value: { jobId: job.id } } });
+  }
+
+  /** Whether a job's hosts include this one (by id, labels or all). */
+  private selectsHost(job: Job, info: AgentInfo): boolean {
+    const target = job.spec?.target;
+    if (!target) return false;
+    if (target.allHosts) return true;
+    if (target.hostSelector) return matchesSelector(parseSelector(target.hostSelector), info.labels);
+    return target.hostIds.includes(info.hostId) || job.targets.some((t) => t.hostId === info.hostId);
   }
 
   /** Disarms every active target of a job (agents answer with final counts) and stores the final state. */
@@ -343,6 +456,7 @@ export class Controller {
       finish(j, state, reason);
     });
     for (const t of ended.targets) this.ledger.release(t.hostId, t.pid, id);
+    this.unfollow(ended);
     this.publish(ended);
     this.options.log(`job ${id}: ${reason}`);
     return ended;
@@ -440,8 +554,14 @@ export class Controller {
       case "resolveResult":
       case "armResult":
       case "disarmResult":
+      case "discoverResult":
         session.answer(message.msg.value.requestId, message.msg.value);
         return;
+      case "processAppeared": {
+        const { jobId, process } = message.msg.value;
+        if (process) void this.addTarget(jobId, session, process.pid).catch((err) => this.options.log(`job ${jobId}: adding ${session.hostId}/${process.pid} failed: ${String(err)}`));
+        return;
+      }
       case "targetReport":
         void this.onTargetReport(session.hostId, message.msg.value).catch((err) => this.options.log(`agent ${session.hostId}: report failed: ${String(err)}`));
         return;
@@ -477,6 +597,7 @@ export class Controller {
     if (isJobFinal(job)) {
       clearTimeout(this.deadlines.get(job.id));
       this.deadlines.delete(job.id);
+      this.unfollow(job);
     }
     this.publish(job);
     const budget = job.spec?.maxHits ?? 0n;
@@ -492,6 +613,16 @@ export class Controller {
    */
   private async reconcile(session: AgentSession, armed: readonly ArmedTarget[]): Promise<void> {
     const have = new Set(armed.map((a) => `${a.jobId}/${a.pid}`));
+    // Jobs that select this host: look for late joiners again, and arm a host that joined.
+    for (const job of this.store.all()) {
+      if (isJobFinal(job) || !job.spec?.target || !this.selectsHost(job, session.info)) continue;
+      const selector = job.spec.target;
+      if (isFollowable(selector)) session.send({ msg: { case: "follow", value: { jobId: job.id, selector } } });
+      if (job.targets.some((t) => t.hostId === session.hostId) || !(selector.allHosts || selector.hostSelector)) continue;
+      this.options.log(`job ${job.id}: host ${session.hostId} joined; looking for its targets`);
+      const processes = await this.discover(session, selector).catch(() => [] as DiscoveredProcess[]);
+      for (const p of processes) await this.addTarget(job.id, session, p.pid);
+    }
     for (const a of armed) {
       const job = this.store.get(a.jobId);
       const target = job?.targets.find((t) => t.hostId === session.hostId && t.pid === a.pid);

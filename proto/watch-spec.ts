@@ -3,7 +3,8 @@
 // debug-register chunks (the same count the ledger reserves and the helper arms).
 import { create } from "@bufbuild/protobuf";
 import { WatchSpecError } from "./errors.js";
-import { ChunkSchema, ConditionOp, ConditionSchema, WatchMode, type Chunk, type Condition, type JobSpec, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
+import { ChunkSchema, ConditionOp, ConditionSchema, WatchMode, type Chunk, type Condition, type JobSpec, type TargetSelector, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
+import { parseSelector } from "./selector.js";
 
 /** Debug-address registers per thread (DR0-DR3). */
 export const slotsPerThread = 4;
@@ -179,7 +180,7 @@ export function checkWatch(watch: WatchSpec, index: number): void {
 export function checkJobSpec(spec: JobSpec): void {
   if (spec.watches.length === 0) throw new WatchSpecError("a job needs at least one watch (--symbol or --address)", "watches");
   spec.watches.forEach(checkWatch);
-  if (!spec.target || spec.target.pid === 0) throw new WatchSpecError("a job needs a target process (--pid)", "target.pid");
+  checkTargetSelector(spec.target);
   const reads = spec.watches.filter((w) => w.mode === WatchMode.READ).length;
   if (reads > 0 && reads < spec.watches.length) throw new WatchSpecError("read watches (mode r) are emulated by value and cannot share a job with other modes: submit them as a separate job", "mode");
   const conditionCount = spec.conditions.length + (reads > 0 ? 1 : 0);
@@ -192,6 +193,18 @@ export function checkJobSpec(spec: JobSpec): void {
   if ((spec.stackDepth ?? 0) > maxStackDepth) throw new WatchSpecError(`stack depth ${spec.stackDepth} is above ${maxStackDepth}`, "stack_depth");
   const addressChunks = spec.watches.flatMap((w, i) => (w.location.case === "address" ? splitRange(w.location.value, w.length, registerMode(w.mode), i) : []));
   checkChunkCount(addressChunks);
+}
+
+/** Checks that a selector names processes, and hosts in at most one way. */
+export function checkTargetSelector(target: TargetSelector | undefined): void {
+  if (!target || (target.pid === 0 && !target.exe && !target.comm && !target.cgroup)) {
+    throw new WatchSpecError("a job needs target processes: --pid, --exe, --comm or --cgroup", "target");
+  }
+  if (target.exe && !target.exe.startsWith("/")) throw new WatchSpecError(`--exe '${target.exe}' must be an absolute path`, "target.exe");
+  if (target.cgroup && !target.cgroup.startsWith("/")) throw new WatchSpecError(`--cgroup '${target.cgroup}' must be a cgroup path starting with / (as in /proc/PID/cgroup)`, "target.cgroup");
+  const hostWays = [target.hostIds.length > 0, target.hostSelector !== "", target.allHosts].filter(Boolean).length;
+  if (hostWays > 1) throw new WatchSpecError("name hosts one way: --host, --selector or --all-hosts", "target");
+  if (target.hostSelector) parseSelector(target.hostSelector);
 }
 
 /** The conditions the helper evaluates: the job's, plus `unchanged` for read watches. */

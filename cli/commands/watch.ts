@@ -64,6 +64,12 @@ export interface WatchArgs {
   maxHits?: string;
   duration?: string;
   hosts: string[];
+  exe?: string;
+  comm?: string;
+  cgroup?: string;
+  /** `--selector`: hosts by labels. */
+  selector?: string;
+  allHosts?: boolean;
   /** `--if` texts. */
   conditions?: string[];
   tids?: string[];
@@ -101,7 +107,15 @@ export function buildJobSpec(args: WatchArgs): JobSpec {
   }
   const spec = create(JobSpecSchema, {
     watches,
-    target: { hostIds: args.hosts, pid: args.pid === undefined ? 0 : Number(parseCount(args.pid, "--pid", 0xffff_ffffn)) },
+    target: {
+      hostIds: args.hosts,
+      pid: args.pid === undefined ? 0 : Number(parseCount(args.pid, "--pid", 0xffff_ffffn)),
+      exe: args.exe ?? "",
+      comm: args.comm ?? "",
+      cgroup: args.cgroup ?? "",
+      hostSelector: args.selector ?? "",
+      allHosts: args.allHosts ?? false,
+    },
     maxHits: args.maxHits === undefined ? 0n : parseCount(args.maxHits, "--max-hits", 0xffff_ffff_ffff_ffffn),
     durationMs: args.duration === undefined ? 0n : BigInt(parseDuration(args.duration, "--duration")),
     conditions: (args.conditions ?? []).map(parseCondition),
@@ -241,6 +255,11 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
 /** What commander hands the `watch` action. */
 interface WatchOptions {
   pid?: string;
+  exe?: string;
+  comm?: string;
+  cgroup?: string;
+  selector?: string;
+  allHosts?: boolean;
   length?: string;
   mode: string;
   maxHits?: string;
@@ -262,6 +281,11 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
     .command("watch")
     .description("watch variables in a process with hardware watchpoints")
     .option("--pid <pid>", "process to watch on each selected host")
+    .option("--exe <path>", "watch every process running this executable")
+    .option("--comm <name>", "watch every process with this command name (15 bytes at most, as in /proc/PID/comm)")
+    .option("--cgroup <path>", "watch every process in this cgroup v2 directory or below (a container)")
+    .option("--selector <expr>", "hosts by labels, e.g. 'role=db,zone in (a,b)'")
+    .option("--all-hosts", "every connected host")
     // Both record into one list so watch indexes follow the command line.
     .option("--symbol <name[+off]>", "watch a symbol (repeatable)", (text: string) => {
       locations.push({ kind: "symbol", text });

@@ -58,6 +58,8 @@ export interface CliResult {
 export interface ClusterOptions {
   /** Host ids of the agents to start; default one agent, "host-a". */
   hosts?: string[];
+  /** Labels per host id, as `key=value`. */
+  labels?: Record<string, string[]>;
   leaseMs?: number;
 }
 
@@ -80,7 +82,7 @@ export class Cluster {
     const cluster = new Cluster(nats, dataDir, options);
     try {
       await cluster.startController();
-      for (const hostId of options.hosts ?? ["host-a"]) await cluster.startAgent(hostId);
+      for (const hostId of options.hosts ?? ["host-a"]) await cluster.startAgent(hostId, options.labels?.[hostId] ?? []);
     } catch (err) {
       await cluster.stop();
       throw err;

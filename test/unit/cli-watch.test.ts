@@ -57,7 +57,10 @@ test("cli watch - --length and --mode apply to every watch; limits and hosts are
 test("cli watch - refuses bad input locally with the shared rules' messages (exit 3)", () => {
   const cases: Array<[Partial<WatchArgs>, RegExp]> = [
     [{ locations: [] }, /at least one watch/],
-    [{ pid: undefined, locations: [{ kind: "symbol", text: "x" }] }, /needs a target process \(--pid\)/],
+    [{ pid: undefined, locations: [{ kind: "symbol", text: "x" }] }, /needs target processes: --pid, --exe, --comm or --cgroup/],
+    [{ pid: undefined, exe: "bin/app", locations: [{ kind: "symbol", text: "x" }] }, /--exe 'bin\/app' must be an absolute path/],
+    [{ locations: [{ kind: "symbol", text: "x" }], hosts: ["a"], selector: "role=db" }, /name hosts one way: --host, --selector or --all-hosts/],
+    [{ locations: [{ kind: "symbol", text: "x" }], selector: "zone in a" }, /selector 'zone in a': expected '\('/],
     [{ pid: "abc", locations: [{ kind: "symbol", text: "x" }] }, /--pid 'abc' is not a non-negative integer/],
     [{ pid: "4294967296", locations: [{ kind: "symbol", text: "x" }] }, /--pid 4294967296 is too large/],
     [{ locations: [{ kind: "symbol", text: "a b" }] }, /symbol 'a b' is not NAME/],

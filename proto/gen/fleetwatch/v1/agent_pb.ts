@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { AgentInfo } from "./controller_pb.js";
 import { file_fleetwatch_v1_controller } from "./controller_pb.js";
-import type { Condition, HitCounts, SlotAssignment, TargetState } from "./watch_pb.js";
+import type { Condition, HitCounts, SlotAssignment, TargetSelector, TargetState } from "./watch_pb.js";
 import { file_fleetwatch_v1_watch } from "./watch_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/agent.proto.
  */
 export const file_fleetwatch_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIscCCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SABCBQoDbXNnIvMBCg9TZXNzaW9uUmVzcG9uc2USLwoKcmVnaXN0ZXJlZBgBIAEoCzIZLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJlZEgAEikKB3Jlc29sdmUYAiABKAsyFi5mbGVldHdhdGNoLnYxLlJlc29sdmVIABIhCgNhcm0YAyABKAsyEi5mbGVldHdhdGNoLnYxLkFybUgAEicKBmRpc2FybRgEIAEoCzIVLmZsZWV0d2F0Y2gudjEuRGlzYXJtSAASMQoNaGVhcnRiZWF0X2FjaxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGVhcnRiZWF0SABCBQoDbXNnIl0KCFJlZ2lzdGVyEiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIpCgVhcm1lZBgCIAMoCzIaLmZsZWV0d2F0Y2gudjEuQXJtZWRUYXJnZXQiggEKC0FybWVkVGFyZ2V0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SLAoFc2xvdHMYAyADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EigKBmNvdW50cxgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzIjQKClJlZ2lzdGVyZWQSFAoMaGVhcnRiZWF0X21zGAEgASgNEhAKCGxlYXNlX21zGAIgASgNIiEKCUhlYXJ0YmVhdBIUCgxzZW50X3VuaXhfbXMYASABKAMiMQoKQWdlbnRFcnJvchISCgplcnJub19uYW1lGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiSgoHUmVzb2x2ZRISCgpyZXF1ZXN0X2lkGAEgASgEEgsKA3BpZBgCIAEoDRIOCgZzeW1ib2wYAyABKAkSDgoGb2Zmc2V0GAQgASgEInwKDVJlc29sdmVSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIoCgVlcnJvchgCIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIPCgdhZGRyZXNzGAMgASgEEgwKBHNpemUYBCABKAQSDgoGbW9kdWxlGAUgASgJIpICCgNBcm0SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEiwKBXNsb3RzGAQgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIQCghtYXhfaGl0cxgFIAEoBBIYChBkZWFkbGluZV91bml4X21zGAYgASgDEiwKCmNvbmRpdGlvbnMYByADKAsyGC5mbGVldHdhdGNoLnYxLkNvbmRpdGlvbhIMCgR0aWRzGAggAygNEhsKE21heF9oaXRzX3Blcl9zZWNvbmQYCSABKA0SEgoKYmFja29mZl9tcxgKIAEoDRITCgtzdGFja19kZXB0aBgLIAEoDSLZAQoJQXJtUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIoCgVlcnJvchgEIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIVCg10aHJlYWRzX3RvdGFsGAUgASgNEhUKDXRocmVhZHNfYXJtZWQYBiABKA0SLAoFc2xvdHMYByADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EhUKDXJlc2VydmVkX21hc2sYCCABKA0iOQoGRGlzYXJtEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDSKqAQoMRGlzYXJtUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIoCgVlcnJvchgEIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIVCg1yZXNlcnZlZF9tYXNrGAYgASgNItUBCgxUYXJnZXRSZXBvcnQSDgoGam9iX2lkGAEgASgJEgsKA3BpZBgCIAEoDRIpCgVzdGF0ZRgDIAEoDjIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U3RhdGUSDgoGcmVhc29uGAQgASgJEigKBmNvdW50cxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXRocmVhZHNfdG90YWwYBiABKA0SFQoNdGhyZWFkc19hcm1lZBgHIAEoDRIVCg1yZXNlcnZlZF9tYXNrGAggASgNMlwKDEFnZW50U2VydmljZRJMCgdTZXNzaW9uEh0uZmxlZXR3YXRjaC52MS5TZXNzaW9uUmVxdWVzdBoeLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
+  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIr0DCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SAASOAoPZGlzY292ZXJfcmVzdWx0GAcgASgLMh0uZmxlZXR3YXRjaC52MS5EaXNjb3ZlclJlc3VsdEgAEjoKEHByb2Nlc3NfYXBwZWFyZWQYCCABKAsyHi5mbGVldHdhdGNoLnYxLlByb2Nlc3NBcHBlYXJlZEgAQgUKA21zZyL2AgoPU2Vzc2lvblJlc3BvbnNlEi8KCnJlZ2lzdGVyZWQYASABKAsyGS5mbGVldHdhdGNoLnYxLlJlZ2lzdGVyZWRIABIpCgdyZXNvbHZlGAIgASgLMhYuZmxlZXR3YXRjaC52MS5SZXNvbHZlSAASIQoDYXJtGAMgASgLMhIuZmxlZXR3YXRjaC52MS5Bcm1IABInCgZkaXNhcm0YBCABKAsyFS5mbGVldHdhdGNoLnYxLkRpc2FybUgAEjEKDWhlYXJ0YmVhdF9hY2sYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEisKCGRpc2NvdmVyGAYgASgLMhcuZmxlZXR3YXRjaC52MS5EaXNjb3ZlckgAEicKBmZvbGxvdxgHIAEoCzIVLmZsZWV0d2F0Y2gudjEuRm9sbG93SAASKwoIdW5mb2xsb3cYCCABKAsyFy5mbGVldHdhdGNoLnYxLlVuZm9sbG93SABCBQoDbXNnIk8KCERpc2NvdmVyEhIKCnJlcXVlc3RfaWQYASABKAQSLwoIc2VsZWN0b3IYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yIk8KEURpc2NvdmVyZWRQcm9jZXNzEgsKA3BpZBgBIAEoDRIMCgRjb21tGAIgASgJEgsKA2V4ZRgDIAEoCRISCgpzdGFydF90aW1lGAQgASgEIoMBCg5EaXNjb3ZlclJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEigKBWVycm9yGAIgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEjMKCXByb2Nlc3NlcxgDIAMoCzIgLmZsZWV0d2F0Y2gudjEuRGlzY292ZXJlZFByb2Nlc3MiSQoGRm9sbG93Eg4KBmpvYl9pZBgBIAEoCRIvCghzZWxlY3RvchgCIAEoCzIdLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2VsZWN0b3IiGgoIVW5mb2xsb3cSDgoGam9iX2lkGAEgASgJIlQKD1Byb2Nlc3NBcHBlYXJlZBIOCgZqb2JfaWQYASABKAkSMQoHcHJvY2VzcxgCIAEoCzIgLmZsZWV0d2F0Y2gudjEuRGlzY292ZXJlZFByb2Nlc3MiXQoIUmVnaXN0ZXISJgoEaW5mbxgBIAEoCzIYLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvEikKBWFybWVkGAIgAygLMhouZmxlZXR3YXRjaC52MS5Bcm1lZFRhcmdldCKCAQoLQXJtZWRUYXJnZXQSDgoGam9iX2lkGAEgASgJEgsKA3BpZBgCIAEoDRIsCgVzbG90cxgDIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSKAoGY291bnRzGAQgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMiNAoKUmVnaXN0ZXJlZBIUCgxoZWFydGJlYXRfbXMYASABKA0SEAoIbGVhc2VfbXMYAiABKA0iIQoJSGVhcnRiZWF0EhQKDHNlbnRfdW5peF9tcxgBIAEoAyIxCgpBZ2VudEVycm9yEhIKCmVycm5vX25hbWUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJKCgdSZXNvbHZlEhIKCnJlcXVlc3RfaWQYASABKAQSCwoDcGlkGAIgASgNEg4KBnN5bWJvbBgDIAEoCRIOCgZvZmZzZXQYBCABKAQifAoNUmVzb2x2ZVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEigKBWVycm9yGAIgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEg8KB2FkZHJlc3MYAyABKAQSDAoEc2l6ZRgEIAEoBBIOCgZtb2R1bGUYBSABKAkikgIKA0FybRISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SLAoFc2xvdHMYBCADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EhAKCG1heF9oaXRzGAUgASgEEhgKEGRlYWRsaW5lX3VuaXhfbXMYBiABKAMSLAoKY29uZGl0aW9ucxgHIAMoCzIYLmZsZWV0d2F0Y2gudjEuQ29uZGl0aW9uEgwKBHRpZHMYCCADKA0SGwoTbWF4X2hpdHNfcGVyX3NlY29uZBgJIAEoDRISCgpiYWNrb2ZmX21zGAogASgNEhMKC3N0YWNrX2RlcHRoGAsgASgNItkBCglBcm1SZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEigKBWVycm9yGAQgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEhUKDXRocmVhZHNfdG90YWwYBSABKA0SFQoNdGhyZWFkc19hcm1lZBgGIAEoDRIsCgVzbG90cxgHIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSFQoNcmVzZXJ2ZWRfbWFzaxgIIAEoDSI5CgZEaXNhcm0SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNIqoBCgxEaXNhcm1SZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEigKBWVycm9yGAQgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEigKBmNvdW50cxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXJlc2VydmVkX21hc2sYBiABKA0i1QEKDFRhcmdldFJlcG9ydBIOCgZqb2JfaWQYASABKAkSCwoDcGlkGAIgASgNEikKBXN0YXRlGAMgASgOMhouZmxlZXR3YXRjaC52MS5UYXJnZXRTdGF0ZRIOCgZyZWFzb24YBCABKAkSKAoGY291bnRzGAUgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSFQoNdGhyZWFkc190b3RhbBgGIAEoDRIVCg10aHJlYWRzX2FybWVkGAcgASgNEhUKDXJlc2VydmVkX21hc2sYCCABKA0yXAoMQWdlbnRTZXJ2aWNlEkwKB1Nlc3Npb24SHS5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXF1ZXN0Gh4uZmxlZXR3YXRjaC52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
 
 /**
  * Agent to controller.
@@ -61,6 +61,18 @@ export type SessionRequest = Message<"fleetwatch.v1.SessionRequest"> & {
      */
     value: TargetReport;
     case: "targetReport";
+  } | {
+    /**
+     * @generated from field: fleetwatch.v1.DiscoverResult discover_result = 7;
+     */
+    value: DiscoverResult;
+    case: "discoverResult";
+  } | {
+    /**
+     * @generated from field: fleetwatch.v1.ProcessAppeared process_appeared = 8;
+     */
+    value: ProcessAppeared;
+    case: "processAppeared";
   } | { case: undefined; value?: undefined };
 };
 
@@ -113,6 +125,24 @@ export type SessionResponse = Message<"fleetwatch.v1.SessionResponse"> & {
      */
     value: Heartbeat;
     case: "heartbeatAck";
+  } | {
+    /**
+     * @generated from field: fleetwatch.v1.Discover discover = 6;
+     */
+    value: Discover;
+    case: "discover";
+  } | {
+    /**
+     * @generated from field: fleetwatch.v1.Follow follow = 7;
+     */
+    value: Follow;
+    case: "follow";
+  } | {
+    /**
+     * @generated from field: fleetwatch.v1.Unfollow unfollow = 8;
+     */
+    value: Unfollow;
+    case: "unfollow";
   } | { case: undefined; value?: undefined };
 };
 
@@ -122,6 +152,155 @@ export type SessionResponse = Message<"fleetwatch.v1.SessionResponse"> & {
  */
 export const SessionResponseSchema: GenMessage<SessionResponse> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_agent, 1);
+
+/**
+ * Which processes of this host match (pid, exe, comm, cgroup of a TargetSelector).
+ *
+ * @generated from message fleetwatch.v1.Discover
+ */
+export type Discover = Message<"fleetwatch.v1.Discover"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: fleetwatch.v1.TargetSelector selector = 2;
+   */
+  selector?: TargetSelector | undefined;
+};
+
+/**
+ * Describes the message fleetwatch.v1.Discover.
+ * Use `create(DiscoverSchema)` to create a new message.
+ */
+export const DiscoverSchema: GenMessage<Discover> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 2);
+
+/**
+ * @generated from message fleetwatch.v1.DiscoveredProcess
+ */
+export type DiscoveredProcess = Message<"fleetwatch.v1.DiscoveredProcess"> & {
+  /**
+   * @generated from field: uint32 pid = 1;
+   */
+  pid: number;
+
+  /**
+   * @generated from field: string comm = 2;
+   */
+  comm: string;
+
+  /**
+   * @generated from field: string exe = 3;
+   */
+  exe: string;
+
+  /**
+   * Clock ticks since boot (/proc/PID/stat field 22): tells a reused pid apart.
+   *
+   * @generated from field: uint64 start_time = 4;
+   */
+  startTime: bigint;
+};
+
+/**
+ * Describes the message fleetwatch.v1.DiscoveredProcess.
+ * Use `create(DiscoveredProcessSchema)` to create a new message.
+ */
+export const DiscoveredProcessSchema: GenMessage<DiscoveredProcess> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 3);
+
+/**
+ * @generated from message fleetwatch.v1.DiscoverResult
+ */
+export type DiscoverResult = Message<"fleetwatch.v1.DiscoverResult"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: fleetwatch.v1.AgentError error = 2;
+   */
+  error?: AgentError | undefined;
+
+  /**
+   * @generated from field: repeated fleetwatch.v1.DiscoveredProcess processes = 3;
+   */
+  processes: DiscoveredProcess[];
+};
+
+/**
+ * Describes the message fleetwatch.v1.DiscoverResult.
+ * Use `create(DiscoverResultSchema)` to create a new message.
+ */
+export const DiscoverResultSchema: GenMessage<DiscoverResult> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 4);
+
+/**
+ * Keep watching this host for processes that start matching the job's
+ * selector, and say so with ProcessAppeared, until Unfollow.
+ *
+ * @generated from message fleetwatch.v1.Follow
+ */
+export type Follow = Message<"fleetwatch.v1.Follow"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: fleetwatch.v1.TargetSelector selector = 2;
+   */
+  selector?: TargetSelector | undefined;
+};
+
+/**
+ * Describes the message fleetwatch.v1.Follow.
+ * Use `create(FollowSchema)` to create a new message.
+ */
+export const FollowSchema: GenMessage<Follow> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 5);
+
+/**
+ * @generated from message fleetwatch.v1.Unfollow
+ */
+export type Unfollow = Message<"fleetwatch.v1.Unfollow"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+};
+
+/**
+ * Describes the message fleetwatch.v1.Unfollow.
+ * Use `create(UnfollowSchema)` to create a new message.
+ */
+export const UnfollowSchema: GenMessage<Unfollow> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 6);
+
+/**
+ * @generated from message fleetwatch.v1.ProcessAppeared
+ */
+export type ProcessAppeared = Message<"fleetwatch.v1.ProcessAppeared"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: fleetwatch.v1.DiscoveredProcess process = 2;
+   */
+  process?: DiscoveredProcess | undefined;
+};
+
+/**
+ * Describes the message fleetwatch.v1.ProcessAppeared.
+ * Use `create(ProcessAppearedSchema)` to create a new message.
+ */
+export const ProcessAppearedSchema: GenMessage<ProcessAppeared> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 7);
 
 /**
  * First message of every session.
@@ -147,7 +326,7 @@ export type Register = Message<"fleetwatch.v1.Register"> & {
  * Use `create(RegisterSchema)` to create a new message.
  */
 export const RegisterSchema: GenMessage<Register> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 2);
+  messageDesc(file_fleetwatch_v1_agent, 8);
 
 /**
  * @generated from message fleetwatch.v1.ArmedTarget
@@ -179,7 +358,7 @@ export type ArmedTarget = Message<"fleetwatch.v1.ArmedTarget"> & {
  * Use `create(ArmedTargetSchema)` to create a new message.
  */
 export const ArmedTargetSchema: GenMessage<ArmedTarget> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 3);
+  messageDesc(file_fleetwatch_v1_agent, 9);
 
 /**
  * @generated from message fleetwatch.v1.Registered
@@ -207,7 +386,7 @@ export type Registered = Message<"fleetwatch.v1.Registered"> & {
  * Use `create(RegisteredSchema)` to create a new message.
  */
 export const RegisteredSchema: GenMessage<Registered> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 4);
+  messageDesc(file_fleetwatch_v1_agent, 10);
 
 /**
  * @generated from message fleetwatch.v1.Heartbeat
@@ -224,7 +403,7 @@ export type Heartbeat = Message<"fleetwatch.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 5);
+  messageDesc(file_fleetwatch_v1_agent, 11);
 
 /**
  * Why an agent could not do what it was asked.
@@ -252,7 +431,7 @@ export type AgentError = Message<"fleetwatch.v1.AgentError"> & {
  * Use `create(AgentErrorSchema)` to create a new message.
  */
 export const AgentErrorSchema: GenMessage<AgentError> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 6);
+  messageDesc(file_fleetwatch_v1_agent, 12);
 
 /**
  * @generated from message fleetwatch.v1.Resolve
@@ -284,7 +463,7 @@ export type Resolve = Message<"fleetwatch.v1.Resolve"> & {
  * Use `create(ResolveSchema)` to create a new message.
  */
 export const ResolveSchema: GenMessage<Resolve> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 7);
+  messageDesc(file_fleetwatch_v1_agent, 13);
 
 /**
  * @generated from message fleetwatch.v1.ResolveResult
@@ -321,7 +500,7 @@ export type ResolveResult = Message<"fleetwatch.v1.ResolveResult"> & {
  * Use `create(ResolveResultSchema)` to create a new message.
  */
 export const ResolveResultSchema: GenMessage<ResolveResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 8);
+  messageDesc(file_fleetwatch_v1_agent, 14);
 
 /**
  * @generated from message fleetwatch.v1.Arm
@@ -394,7 +573,7 @@ export type Arm = Message<"fleetwatch.v1.Arm"> & {
  * Use `create(ArmSchema)` to create a new message.
  */
 export const ArmSchema: GenMessage<Arm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 9);
+  messageDesc(file_fleetwatch_v1_agent, 15);
 
 /**
  * @generated from message fleetwatch.v1.ArmResult
@@ -450,7 +629,7 @@ export type ArmResult = Message<"fleetwatch.v1.ArmResult"> & {
  * Use `create(ArmResultSchema)` to create a new message.
  */
 export const ArmResultSchema: GenMessage<ArmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 10);
+  messageDesc(file_fleetwatch_v1_agent, 16);
 
 /**
  * @generated from message fleetwatch.v1.Disarm
@@ -477,7 +656,7 @@ export type Disarm = Message<"fleetwatch.v1.Disarm"> & {
  * Use `create(DisarmSchema)` to create a new message.
  */
 export const DisarmSchema: GenMessage<Disarm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 11);
+  messageDesc(file_fleetwatch_v1_agent, 17);
 
 /**
  * @generated from message fleetwatch.v1.DisarmResult
@@ -519,7 +698,7 @@ export type DisarmResult = Message<"fleetwatch.v1.DisarmResult"> & {
  * Use `create(DisarmResultSchema)` to create a new message.
  */
 export const DisarmResultSchema: GenMessage<DisarmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 12);
+  messageDesc(file_fleetwatch_v1_agent, 18);
 
 /**
  * A target's watch changed on its own (budget used up, deadline, process
@@ -574,7 +753,7 @@ export type TargetReport = Message<"fleetwatch.v1.TargetReport"> & {
  * Use `create(TargetReportSchema)` to create a new message.
  */
 export const TargetReportSchema: GenMessage<TargetReport> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 13);
+  messageDesc(file_fleetwatch_v1_agent, 19);
 
 /**
  * The agent dials out and keeps one session open; the controller sends

@@ -1,0 +1,85 @@
+// Targeting beyond one pid: every process with a command name on the hosts a
+// label selector picks is a target; a process that starts later is armed
+// too; one that exits frees its registers and the others go on.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { JobState, TargetState, type Job } from "../../proto/index.js";
+import { Cluster } from "../support/cluster.js";
+import { buildFixtures, fixturePath, startTarget, type Target } from "../support/targets.js";
+import { waitFor } from "../support/wait.js";
+
+describe("targeting", () => {
+  let cluster: Cluster;
+  let dir: string;
+  let program: string;
+  const targets: Target[] = [];
+
+  before(async () => {
+    await buildFixtures();
+    // A copy under a name of our own: its comm tells our processes from any other.
+    dir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-targeting-"));
+    program = path.join(dir, `fwdb${process.pid % 100000}`);
+    await copyFile(fixturePath("demo-counter"), program);
+    // Both agents see this machine's processes: only host-b is selected, by label.
+    cluster = await Cluster.start({ hosts: ["host-a", "host-b"], labels: { "host-a": ["role=web"], "host-b": ["role=db", "zone=b"] } });
+  });
+
+  after(async () => {
+    for (const t of targets) await t.kill();
+    await cluster?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function start(): Promise<Target> {
+    const target = await startTarget("fwdb", [], { path: program });
+    targets.push(target);
+    await target.waitForLine(/^ready /);
+    return target;
+  }
+
+  const job = async (id: string): Promise<Job> => (await cluster.api().getJob({ id })).job!;
+
+  test("every process with the comm on the selected hosts, late joiners included; exits free their registers", async () => {
+    const [one, two] = [await start(), await start()];
+    const comm = path.basename(program);
+    const submitted = await cluster.cli(["watch", "--comm", comm, "--selector", "role=db,zone in (b,c)", "--symbol", "demo_counter", "--stack", "0", "-o", "json"]);
+    assert.equal(submitted.code, 0, submitted.stderr);
+    const id = (JSON.parse(submitted.stdout) as { id: string }).id;
+    const armed = await job(id);
+    assert.equal(armed.state, JobState.ARMED);
+    assert.deepEqual(armed.targets.map((t) => [t.hostId, t.pid, t.state]).sort(), [["host-b", one.pid, TargetState.ARMED], ["host-b", two.pid, TargetState.ARMED]].sort());
+
+    const three = await start();
+    await waitFor("the late joiner is armed", async () => (await job(id)).targets.some((t) => t.pid === three.pid && t.state === TargetState.ARMED));
+    assert.notEqual(await three.tracerPid(), 0);
+    await waitFor("hits from the late joiner", async () => ((await job(id)).targets.find((t) => t.pid === three.pid)?.counts?.delivered ?? 0n) > 0n);
+
+    one.child.kill("SIGTERM");
+    assert.deepEqual(await one.waitForExit(), { code: 0, signal: null });
+    await waitFor("the exited target is reported", async () => (await job(id)).targets.find((t) => t.pid === one.pid)?.state === TargetState.EXITED);
+    const { agents } = await cluster.api().listAgents({});
+    const slotsOfOne = agents.find((a) => a.info?.hostId === "host-b")?.targets.find((t) => t.pid === one.pid);
+    assert.equal(slotsOfOne, undefined, "an exited process holds no registers");
+    assert.equal((await job(id)).state, JobState.ARMED, "the others are still armed");
+
+    const cancelled = (await cluster.api().cancelJob({ id })).job!;
+    assert.equal(cancelled.state, JobState.CANCELLED);
+    for (const t of [two, three]) {
+      assert.equal(await t.tracerPid(), 0);
+      t.child.kill("SIGTERM");
+      assert.deepEqual(await t.waitForExit(), { code: 0, signal: null });
+    }
+  });
+
+  test("no matching process is not placeable (exit 2) and says what was looked for", async () => {
+    const result = await cluster.cli(["watch", "--comm", "fw-no-such", "--selector", "role=db", "--symbol", "demo_counter"]);
+    assert.equal(result.code, 2, result.stderr);
+    assert.match(result.stderr, /no process matches comm 'fw-no-such' on host-b/);
+    const noHost = await cluster.cli(["watch", "--comm", "x", "--selector", "role=cache", "--symbol", "demo_counter"]);
+    assert.equal(noHost.code, 2, noHost.stderr);
+    assert.match(noHost.stderr, /no connected agent matches selector 'role=cache'; connected: host-a, host-b/);
+  });
+});
