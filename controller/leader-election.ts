@@ -1,6 +1,6 @@
 // Leader election among controllers on a JetStream KV lease: one key holds the
 // leader's id, gRPC address, fencing epoch and last renewal; every change is a
-// compare-and-set. Also the agent's side of fencing, EpochGuard.
+// compare-and-set. The agent's side of fencing, EpochGuard, lives in proto.
 import { performance } from "node:perf_hooks";
 import type { JetStreamClient, KV, KvEntry, QueuedIterator } from "nats";
 
@@ -185,32 +185,6 @@ export function remainingLeaseMs(view: LeaseView, now: { monoMs: number; unixMs:
   const wall = r.renewedUnixMs + r.leaseMs + rules.clockMarginMs - now.unixMs;
   const mono = view.firstSeenMonoMs + r.leaseMs - now.monoMs;
   return Math.max(wall, mono);
-}
-
-/**
- * The agent's fencing check: remembers the highest epoch seen and refuses
- * commands carrying a lower one (a deposed leader that has not noticed yet).
- * The same epoch again is accepted: one leader sends many commands.
- */
-export class EpochGuard {
-  private top: bigint | undefined;
-
-  /** `highest`: an epoch remembered from before (e.g. stored by the agent). */
-  constructor(highest?: bigint) {
-    this.top = highest;
-  }
-
-  /** True if `epoch` is not older than any seen so far (and remembers it). */
-  accept(epoch: bigint): boolean {
-    if (this.top !== undefined && epoch < this.top) return false;
-    this.top = epoch;
-    return true;
-  }
-
-  /** The highest epoch accepted so far. */
-  get highest(): bigint | undefined {
-    return this.top;
-  }
 }
 
 // ------------------------------------------------------------- behaviour

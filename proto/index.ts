@@ -10,3 +10,4 @@ export * from "./subjects.js";
 export * from "./async-queue.js";
 export * from "./states.js";
 export * from "./selector.js";
+export * from "./epoch-guard.js";

@@ -11,7 +11,6 @@ import { setTimeout as delay } from "node:timers/promises";
 import { connect, type KV, type NatsConnection } from "nats";
 import { freePort, startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
 import {
-  EpochGuard,
   LeaderElection,
   LeaderElectionOptionsError,
   LeaderRecordError,
@@ -24,6 +23,7 @@ import {
   type LeadershipChange,
 } from "../../controller/leader-election.js";
 import { waitFor } from "../support/wait.js";
+import { EpochGuard } from "../../proto/index.js";
 
 const leaseMs = 500;
 const renewDeadlineMs = Math.floor((leaseMs * 2) / 3);

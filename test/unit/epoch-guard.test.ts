@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { EpochGuard } from "../../controller/leader-election.js";
+import { EpochGuard } from "../../proto/index.js";
 
 // Each row: epochs offered in order, what accept() answers, the highest remembered after.
 const rows: { name: string; start?: bigint; offered: bigint[]; accepted: boolean[]; highest: bigint | undefined }[] = [
