@@ -32,7 +32,12 @@ async function ensureEventStream(nc: NatsConnection): Promise<void> {
   try {
     await jsm.streams.info(eventStream);
   } catch {
-    await jsm.streams.add({ name: eventStream, subjects: [eventSubjects], retention: RetentionPolicy.Limits, storage: StorageType.File, max_age: nanos(eventMaxAgeMs), max_bytes: eventMaxBytes });
+    // Another controller starting at the same moment may have just created it.
+    await jsm.streams
+      .add({ name: eventStream, subjects: [eventSubjects], retention: RetentionPolicy.Limits, storage: StorageType.File, max_age: nanos(eventMaxAgeMs), max_bytes: eventMaxBytes })
+      .catch(async (err: unknown) => {
+        await jsm.streams.info(eventStream).catch(() => Promise.reject(err));
+      });
   }
 }
 

@@ -4,6 +4,7 @@
 import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
 import { JobSchema, jobBucket, type Job } from "../proto/index.js";
+import { openBucket } from "./kv-bucket.js";
 
 /** The bucket refused a write after every retry. */
 export class JobStoreConflictError extends Error {
@@ -28,9 +29,7 @@ export class JobStore {
 
   /** Opens (or creates) the jobs bucket. */
   static async open(js: JetStreamClient): Promise<JobStore> {
-    // history 1: only the current state matters; older states live in the audit stream (later).
-    const kv = await js.views.kv(jobBucket, { history: 1 });
-    return new JobStore(kv);
+    return new JobStore(await openBucket(js, jobBucket));
   }
 
   /** Reads every stored job into the cache. */

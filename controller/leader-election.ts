@@ -3,6 +3,7 @@
 // compare-and-set. The agent's side of fencing, EpochGuard, lives in proto.
 import { performance } from "node:perf_hooks";
 import type { JetStreamClient, KV, KvEntry, QueuedIterator } from "nats";
+import { openBucket } from "./kv-bucket.js";
 
 // ---------------------------------------------------------------- options
 
@@ -269,23 +270,6 @@ function settingsFrom(o: LeaderElectionOptions): Settings {
     watch: o.watch ?? true,
     wallClock: o.wallClock ?? Date.now,
   };
-}
-
-/**
- * Opens (or creates) the bucket. Candidates starting together race to create
- * it, and the server refuses all but one ("subjects overlap with an existing
- * stream"); the stream exists by then, so another attempt finds it.
- */
-async function openBucket(js: JetStreamClient, bucket: string): Promise<KV> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      // history 1: only the current holder matters; the epoch in the value carries the past.
-      return await js.views.kv(bucket, { history: 1 });
-    } catch (err) {
-      if (attempt >= 3) throw err;
-      await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
-    }
-  }
 }
 
 /** One term of our leadership; replaced (never revived) when we lead again. */
