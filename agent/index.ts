@@ -5,7 +5,7 @@ import os from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { connect } from "nats";
-import { AgentInfoSchema, isSubjectToken, slotsPerThread } from "../proto/index.js";
+import { AgentInfoSchema, isSubjectToken, parseAddressList, slotsPerThread } from "../proto/index.js";
 import { AgentCore } from "./agent.js";
 import { HelperProcess } from "./helper-process.js";
 import { HitPublisher } from "./hit-publisher.js";
@@ -13,7 +13,7 @@ import { SessionClient } from "./session-client.js";
 import { AgentCommandError } from "./errors.js";
 
 export interface AgentOptions {
-  /** Controller address host:port. */
+  /** Controller address host:port, or several comma-separated (leader and standbys). */
   controller: string;
   natsUrl: string;
   /** This host's id: letters, digits, '-' and '_'. */
@@ -92,7 +92,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     agentVersion,
     helperVersion: helper.helperVersion,
   });
-  const session = new SessionClient(core, { controller: options.controller, info, log });
+  const session = new SessionClient(core, { controllers: parseAddressList(options.controller), info, log });
   session.start();
 
   return {

@@ -4,11 +4,17 @@
 // registration, so the controller hears every ending.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
-import { AgentService, AsyncQueue, SessionRequestSchema, createClient, type AgentInfo, type SessionRequest, type TargetReport } from "../proto/index.js";
+import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, createClient, type AgentError, type AgentInfo, type SessionRequest, type TargetReport } from "../proto/index.js";
+
+/** The answer to a command from a leader older than one already seen. */
+function staleEpoch(epoch: bigint, highest: bigint | undefined): AgentError {
+  return create(AgentErrorSchema, { errnoName: "ESTALE", message: `command from leader epoch ${epoch}, but epoch ${highest} already leads: refused` });
+}
 import type { AgentCore } from "./agent.js";
 
 export interface SessionClientOptions {
-  controller: string;
+  /** Controller addresses: the leader and its standbys, tried in turn. */
+  controllers: readonly string[];
   info: AgentInfo;
   log: (line: string) => void;
   minBackoffMs?: number;
@@ -26,6 +32,8 @@ export class SessionClient {
   private leaseMs = 0;
   /** Fires when no session has been live for a lease: the agent then disarms on its own. */
   private lapseTimer: NodeJS.Timeout | undefined;
+  /** Fencing: the highest leader epoch seen; commands from older ones are refused. */
+  private readonly epochs = new EpochGuard();
   /** Aborts the current session attempt. */
   private attempt: AbortController | undefined;
 
@@ -70,7 +78,7 @@ export class SessionClient {
     this.lapseTimer = setTimeout(() => {
       this.lapseTimer = undefined;
       if (this.outbound || this.stopping.signal.aborted) return;
-      const reason = `no session with ${this.options.controller} for ${this.leaseMs} ms (the lease): disarmed by the agent until the controller re-arms it`;
+      const reason = `no session with a controller (${this.options.controllers.join(", ")}) for ${this.leaseMs} ms (the lease): disarmed by the agent until the controller re-arms it`;
       this.options.log(`agent ${this.options.info.hostId}: ${reason}`);
       // A registration already on its way lists the watches as armed: start over with the truth.
       void this.core.suspendAll(reason).finally(() => this.attempt?.abort());
@@ -86,8 +94,11 @@ export class SessionClient {
     const maxBackoffMs = this.options.maxBackoffMs ?? 5_000;
     let backoffMs = minBackoffMs;
     const signal = this.stopping.signal;
-    while (!signal.aborted) {
-      const client = createClient(AgentService, this.options.controller);
+    const controllers = this.options.controllers;
+    for (let attempt = 0; !signal.aborted; attempt++) {
+      // Each attempt goes to the next address: a dead leader's standby takes over.
+      const controller = controllers[attempt % controllers.length]!;
+      const client = createClient(AgentService, controller);
       const outbound = new AsyncQueue<SessionRequest>();
       // Ends this session (not the agent) when the controller falls silent.
       const silent = new AbortController();
@@ -100,6 +111,11 @@ export class SessionClient {
           lastHeardMs = Date.now();
           switch (message.msg.case) {
             case "registered": {
+              if (!this.epochs.accept(message.msg.value.epoch)) {
+                this.options.log(`agent ${this.options.info.hostId}: ${controller} leads with epoch ${message.msg.value.epoch}, older than ${this.epochs.highest}: a deposed leader; moving on`);
+                silent.abort();
+                break;
+              }
               this.outbound = outbound;
               backoffMs = minBackoffMs;
               clearTimeout(this.lapseTimer);
@@ -109,14 +125,14 @@ export class SessionClient {
               heartbeat = setInterval(() => {
                 // Each heartbeat is answered: a lease without an answer means a dead session, whatever TCP says.
                 if (this.leaseMs > 0 && Date.now() - lastHeardMs > this.leaseMs) {
-                  this.options.log(`agent ${this.options.info.hostId}: no answer from ${this.options.controller} for ${Date.now() - lastHeardMs} ms; reconnecting`);
+                  this.options.log(`agent ${this.options.info.hostId}: no answer from ${controller} for ${Date.now() - lastHeardMs} ms; reconnecting`);
                   silent.abort();
                   return;
                 }
                 this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()) } } });
               }, everyMs);
               for (const report of this.unsent.splice(0)) this.send({ msg: { case: "targetReport", value: report } });
-              this.options.log(`agent ${this.options.info.hostId}: registered with ${this.options.controller}`);
+              this.options.log(`agent ${this.options.info.hostId}: registered with ${controller} (epoch ${message.msg.value.epoch})`);
               this.registeredOnce.resolve();
               break;
             }
@@ -127,6 +143,10 @@ export class SessionClient {
             }
             case "arm": {
               const request = message.msg.value;
+              if (!this.epochs.accept(request.epoch)) {
+                outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+                break;
+              }
               void this.core.arm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value } })));
               break;
             }
@@ -143,6 +163,10 @@ export class SessionClient {
               break;
             case "disarm": {
               const request = message.msg.value;
+              if (!this.epochs.accept(request.epoch)) {
+                outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+                break;
+              }
               void this.core.disarm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value } })));
               break;
             }
@@ -150,9 +174,9 @@ export class SessionClient {
               break;
           }
         }
-        if (!signal.aborted) this.options.log(`agent ${this.options.info.hostId}: the controller closed the session`);
+        if (!signal.aborted) this.options.log(`agent ${this.options.info.hostId}: ${controller} closed the session`);
       } catch (err) {
-        if (!signal.aborted) this.options.log(`agent ${this.options.info.hostId}: session with ${this.options.controller} failed: ${err instanceof Error ? err.message : String(err)}`);
+        if (!signal.aborted) this.options.log(`agent ${this.options.info.hostId}: session with ${controller} failed: ${err instanceof Error ? err.message : String(err)}`);
       } finally {
         clearInterval(heartbeat);
         if (this.outbound === outbound) {
@@ -163,6 +187,8 @@ export class SessionClient {
         client.close();
       }
       if (signal.aborted) break;
+      // Pause only once every address has been tried.
+      if ((attempt + 1) % controllers.length !== 0) continue;
       await delay(backoffMs, undefined, { signal }).catch(() => {});
       backoffMs = Math.min(maxBackoffMs, backoffMs * 2);
     }

@@ -82,6 +82,10 @@ export function describeFailure(err: unknown, context: FailureContext): Failure 
   }
   if (err instanceof RpcError) {
     if (isUnreachableStatus(err.code)) {
+      // A standby answered: say who leads, and how to follow it by itself.
+      if (/standing by/.test(err.details)) {
+        return { exitCode: ExitCode.error, message: `${context.controller}: ${err.details}; give every controller address (--controller a,b) to follow the leader` };
+      }
       return {
         exitCode: ExitCode.error,
         message: `cannot reach the controller at ${context.controller}: is \`fleetwatch up\` or \`fleetwatch controller\` running?`,

@@ -5,7 +5,7 @@ import { readFileSync, realpathSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, Option } from "commander";
-import { ControllerService, createClient, type ServiceClient } from "../proto/index.js";
+import { ControllerService, createFailoverClient, parseAddressList, type ServiceClient } from "../proto/index.js";
 import { reportFailure } from "./errors.js";
 import type { TextSink } from "./output.js";
 import { registerAgentCommand } from "./commands/agent.js";
@@ -72,7 +72,7 @@ export function createProgram(ctx: CliContext): Command {
   const program = new Command("fleetwatch")
     .description("x86 hardware data watchpoints as a fleet service")
     .version(packageVersion())
-    .addOption(new Option("--controller <addr>", "controller gRPC address").env("FLEETWATCH_CONTROLLER").default(defaultControllerAddress))
+    .addOption(new Option("--controller <addr>", "controller gRPC address, or several comma-separated (leader and standbys)").env("FLEETWATCH_CONTROLLER").default(defaultControllerAddress))
     .addOption(new Option("--nats <url>", "NATS URL (events)").env("FLEETWATCH_NATS").default(defaultNatsUrl))
     // Usage errors must become exit 3 with commander's message through the
     // one handler, so commander neither exits nor prints errors itself.
@@ -117,7 +117,7 @@ export async function main(argv: readonly string[], io: MainIo = {}): Promise<nu
       const opts = program?.opts<Partial<GlobalOptions>>() ?? {};
       return { controller: opts.controller ?? defaultControllerAddress, nats: opts.nats ?? defaultNatsUrl };
     },
-    controller: () => (client ??= createClient(ControllerService, ctx.globals().controller)),
+    controller: () => (client ??= createFailoverClient(ControllerService, parseAddressList(ctx.globals().controller))),
     interrupted: () => {
       if (!interrupt) {
         const controller = new AbortController();

@@ -4,6 +4,7 @@
 import { EventEmitter } from "node:events";
 import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
+import { status } from "@grpc/grpc-js";
 import {
   AsyncQueue,
   HitCountsSchema,
@@ -13,6 +14,7 @@ import {
   TargetState,
   TargetSlotsSchema,
   AgentSchema,
+  RpcError,
   armConditions,
   TargetSchema,
   checkJobSpec,
@@ -51,6 +53,8 @@ export interface ControllerCoreOptions {
   leaseMs: number;
   /** How long an agent may take to answer a command. */
   requestTimeoutMs: number;
+  /** This leader term's fencing epoch, carried on every command. */
+  epoch: bigint;
   log: (line: string) => void;
 }
 
@@ -81,7 +85,7 @@ function newJobId(): string {
 }
 
 /** What an agent is asked to arm for one target of a job: registers, budget, deadline and the helper-side filters. */
-function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[] }) {
+function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[] }, epoch: bigint) {
   const spec = job.spec!;
   return {
     jobId: job.id,
@@ -94,6 +98,7 @@ function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[] }) 
     maxHitsPerSecond: spec.maxHitsPerSecond,
     backoffMs: spec.maxHitsPerSecond > 0 ? spec.backoffMs || defaultBackoffMs : 0,
     stackDepth: spec.stackDepth ?? defaultStackDepth,
+    epoch,
   };
 }
 
@@ -110,6 +115,7 @@ export class Controller {
   private readonly deadlines = new Map<string, NodeJS.Timeout>();
   private placing: Promise<unknown> = Promise.resolve();
   private leaseTimer: NodeJS.Timeout | undefined;
+  private readonly stopped = new AbortController();
   private startedMs = Date.now();
   private checkedAbsentHosts = false;
 
@@ -137,6 +143,8 @@ export class Controller {
 
   /** Stops timers and closes every session (armed targets stay with their agents). */
   stop(): void {
+    // Job watchers of this term end UNAVAILABLE: their clients reconnect to the next leader.
+    this.stopped.abort();
     clearInterval(this.leaseTimer);
     for (const timer of this.deadlines.values()) clearTimeout(timer);
     this.deadlines.clear();
@@ -235,7 +243,7 @@ export class Controller {
         const session = this.sessions.get(t.hostId);
         try {
           if (!session?.isOpen) throw new AgentUnavailableError(`agent ${t.hostId} is not connected`, t.hostId);
-          const result = await session.arm(armRequest(job, t));
+          const result = await session.arm(armRequest(job, t, this.options.epoch));
           if (result.reservedMask) this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
           if (result.error) throw agentFailure(t.hostId, result.error);
           return { target: t, result };
@@ -319,8 +327,10 @@ export class Controller {
       if (job.id === id) queue.push(job);
     };
     const onAbort = () => queue.close();
+    const onStop = () => queue.fail(new RpcError(status.UNAVAILABLE, "this controller's leader term ended: reconnect to the leader"));
     this.changes.on("job", listener);
     signal.addEventListener("abort", onAbort);
+    this.stopped.signal.addEventListener("abort", onStop);
     try {
       yield first;
       if (isJobFinal(first)) return;
@@ -331,6 +341,7 @@ export class Controller {
     } finally {
       this.changes.off("job", listener);
       signal.removeEventListener("abort", onAbort);
+      this.stopped.signal.removeEventListener("abort", onStop);
     }
   }
 
@@ -437,7 +448,7 @@ export class Controller {
         const session = this.sessions.get(t.hostId);
         if (!session?.isOpen) return { target: t, note: `; agent ${t.hostId} not connected: it disarms when it reconnects` };
         try {
-          const result = await session.disarm({ jobId: id, pid: t.pid });
+          const result = await session.disarm({ jobId: id, pid: t.pid, epoch: this.options.epoch });
           this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
           if (result.error) return { target: t, note: `; disarm failed: ${result.error.message}` };
           return { target: t, counts: result.counts, note: "" };
@@ -478,7 +489,7 @@ export class Controller {
     this.sessions.set(info.hostId, session);
     this.known.set(info.hostId, { info, lastSeenMs: Date.now() });
     this.options.log(`agent ${info.hostId}: connected (${info.hostname}, kernel ${info.kernel}, ${register.armed.length} armed target(s))`);
-    session.send({ msg: { case: "registered", value: { heartbeatMs: this.options.heartbeatMs, leaseMs: this.options.leaseMs } } });
+    session.send({ msg: { case: "registered", value: { heartbeatMs: this.options.heartbeatMs, leaseMs: this.options.leaseMs, epoch: this.options.epoch } } });
 
     const onAbort = () => session.close("session cancelled");
     signal.addEventListener("abort", onAbort);
@@ -641,7 +652,7 @@ export class Controller {
         continue;
       }
       this.options.log(`agent ${session.hostId}: disarming pid ${a.pid} of job ${a.jobId}, which no active job wants`);
-      const result = await session.disarm({ jobId: a.jobId, pid: a.pid });
+      const result = await session.disarm({ jobId: a.jobId, pid: a.pid, epoch: this.options.epoch });
       if (job && target && result.counts) {
         const updated = await this.store.mutate(job.id, (j) => {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
@@ -658,7 +669,7 @@ export class Controller {
         this.options.log(`agent ${session.hostId}: re-arming pid ${target.pid} for job ${job.id}`);
         let failure = "";
         try {
-          const result = await session.arm(armRequest(job, target));
+          const result = await session.arm(armRequest(job, target, this.options.epoch));
           if (result.reservedMask) this.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
           if (result.error) failure = `${session.hostId}: ${result.error.message}`;
         } catch (err) {

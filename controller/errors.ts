@@ -2,6 +2,7 @@
 // statuses at the RPC edge. Unknown errors never leak their text.
 import { status } from "@grpc/grpc-js";
 import { RpcError, WatchSpecError, type StatusFor } from "../proto/index.js";
+import { NotLeaderError } from "./leader-election.js";
 
 /** The request is malformed or can never work as written. */
 export class InvalidRequestError extends Error {
@@ -75,5 +76,7 @@ export const statusFor: StatusFor = (err) => {
   if (err instanceof SlotsExhaustedError) return { code: status.RESOURCE_EXHAUSTED, details: err.message };
   if (err instanceof AgentOperationError) return { code: errnoStatus[err.errnoName] ?? status.FAILED_PRECONDITION, details: err.message };
   if (err instanceof AgentUnavailableError) return { code: status.FAILED_PRECONDITION, details: err.message };
+  // Clients with several controller addresses move on to the next one.
+  if (err instanceof NotLeaderError) return { code: status.UNAVAILABLE, details: err.message };
   return { code: status.INTERNAL, details: "internal error in the controller; see its log" };
 };

@@ -1,7 +1,10 @@
-// The controller's door: start one on a NATS server and a listen address.
+// The controller's door: start one on a NATS server and a listen address;
+// several started on one NATS elect a leader and the rest stand by.
+import os from "node:os";
 import { connect, type NatsConnection, RetentionPolicy, StorageType, nanos } from "nats";
 import { AgentService, ControllerService, addService, bindServer, createServer, eventStream, eventSubjects } from "../proto/index.js";
 import { Controller } from "./controller.js";
+import { LeaderElection, NotLeaderError } from "./leader-election.js";
 import { statusFor } from "./errors.js";
 import { JobStore } from "./job-store.js";
 import { agentService, controllerService } from "./service.js";
@@ -14,12 +17,18 @@ export interface ControllerOptions {
   leaseMs?: number;
   /** How long an agent may take to answer a command. */
   requestTimeoutMs?: number;
+  /** Leader lease: a standby takes over this long after the leader stops renewing. */
+  electionLeaseMs?: number;
+  /** Candidate id in the election; default this host and the bound address. */
+  id?: string;
   log?: (line: string) => void;
 }
 
 export interface RunningController {
   /** host:port actually bound. */
   readonly address: string;
+  /** True while this controller leads (the others stand by). */
+  isLeader(): boolean;
   stop(): Promise<void>;
 }
 
@@ -41,32 +50,75 @@ async function ensureEventStream(nc: NatsConnection): Promise<void> {
   }
 }
 
-/** Connects to NATS, loads the stored jobs, and serves both gRPC services. */
+/**
+ * Connects to NATS, serves both gRPC services and runs for leader. Only the
+ * leader's term serves: it loads the stored jobs, holds the agents' sessions
+ * and carries its epoch on every command; a standby answers UNAVAILABLE
+ * naming the leader. Resolves once the first election decision is made.
+ */
 export async function startController(options: ControllerOptions): Promise<RunningController> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const leaseMs = options.leaseMs ?? 15_000;
   const nc = await connect({ servers: options.natsUrl, name: "fleetwatch-controller", maxReconnectAttempts: -1 });
+  const server = createServer();
+  let election: LeaderElection | undefined;
   try {
     await ensureEventStream(nc);
-    const store = await JobStore.open(nc.jetstream());
-    const controller = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, log });
-    await controller.start();
-    const server = createServer();
+    const js = nc.jetstream();
+    let term: Controller | undefined;
+    const leader = (): Controller => {
+      if (term) return term;
+      const known = election?.leader();
+      throw new NotLeaderError(
+        known ? `this controller is standing by: the leader is ${known.id} at ${known.address}` : "this controller is standing by and no leader is known yet: retry shortly",
+        known,
+      );
+    };
     const logged = (err: unknown) => {
       const s = statusFor(err);
       if (s.details.startsWith("internal error")) log(`controller: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       return s;
     };
-    addService(server, ControllerService, controllerService(controller), logged);
-    addService(server, AgentService, agentService(controller), logged);
+    addService(server, ControllerService, controllerService(leader), logged);
+    addService(server, AgentService, agentService(leader), logged);
     const port = await bindServer(server, options.listen);
     const host = options.listen.slice(0, options.listen.lastIndexOf(":"));
     const address = `${host}:${port}`;
+
+    const id = options.id ?? `${os.hostname()}/${address}`;
+    election = await LeaderElection.start({ js, id, address, leaseMs: options.electionLeaseMs ?? 5_000, log });
+    // Terms follow the election: a new Controller (fresh from the store) per term.
+    let decided!: () => void;
+    const firstDecision = new Promise<void>((resolve) => (decided = resolve));
+    const terms = (async () => {
+      for await (const change of election!.changes()) {
+        if (change.leader && change.epoch !== undefined) {
+          const store = await JobStore.open(js);
+          const next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch: change.epoch, log });
+          await next.start();
+          term?.stop();
+          term = next;
+          log(`controller: leading with epoch ${change.epoch}`);
+        } else if (!change.leader) {
+          term?.stop();
+          term = undefined;
+          log(`controller: standing by${change.leaderAddress ? `; the leader is ${change.leaderId} at ${change.leaderAddress}` : ""}`);
+        }
+        // Ready once we lead, or once another candidate is known to lead.
+        if (change.leader || (change.leaderId && change.leaderId !== id)) decided();
+      }
+    })().catch((err) => log(`controller: leadership loop failed: ${String(err)}`));
+    await firstDecision;
     log(`controller: listening on ${address}, nats ${options.natsUrl}`);
     return {
       address,
+      isLeader: () => term !== undefined,
       async stop() {
-        controller.stop();
+        term?.stop();
+        term = undefined;
+        await election!.resign();
+        await election!.stop();
+        await terms;
         // Streams still open after a short grace (job watchers) are cut.
         await new Promise<void>((resolve) => {
           const force = setTimeout(() => server.forceShutdown(), 2_000);
@@ -79,6 +131,8 @@ export async function startController(options: ControllerOptions): Promise<Runni
       },
     };
   } catch (err) {
+    await election?.stop().catch(() => {});
+    server.forceShutdown();
     await nc.close();
     throw err;
   }

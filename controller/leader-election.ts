@@ -525,7 +525,11 @@ export class LeaderElection {
     this.observe(entry, "read");
     const view = this.observation!;
     const remaining = remainingLeaseMs(view, { monoMs: performance.now(), unixMs: this.s.wallClock() }, { clockMarginMs: this.s.clockMarginMs, defaultLeaseMs: this.s.leaseMs });
-    if (remaining > 0) {
+    // A lease recorded under our own id belongs to an earlier incarnation of
+    // this candidate (ids name a host and a bound address, which no two live
+    // processes share): take it back now instead of waiting it out.
+    const ours = view.record?.id === this.s.id;
+    if (remaining > 0 && !ours) {
       await this.pause(Math.min(remaining, this.s.pollMs), this.loopWakers);
       return;
     }

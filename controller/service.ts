@@ -1,38 +1,39 @@
-// The controller's gRPC services: thin handlers over the Controller core.
+// The controller's gRPC services: thin handlers over the Controller core of
+// the current leader term (a standby answers UNAVAILABLE, naming the leader).
 import { AgentService, ControllerService, type ServiceImpl } from "../proto/index.js";
 import type { Controller } from "./controller.js";
 import { InvalidRequestError } from "./errors.js";
 
 /** ControllerService handlers. */
-export function controllerService(controller: Controller): ServiceImpl<typeof ControllerService> {
+export function controllerService(leader: () => Controller): ServiceImpl<typeof ControllerService> {
   return {
     async submitJob(request) {
       if (!request.spec) throw new InvalidRequestError("SubmitJob needs a spec");
-      return { job: await controller.submit(request.spec) };
+      return { job: await leader().submit(request.spec) };
     },
     async getJob(request) {
-      return { job: controller.get(request.id) };
+      return { job: leader().get(request.id) };
     },
     async listJobs() {
-      return { jobs: controller.list() };
+      return { jobs: leader().list() };
     },
     async cancelJob(request) {
-      return { job: await controller.cancel(request.id) };
+      return { job: await leader().cancel(request.id) };
     },
     async listAgents() {
-      return { agents: controller.agents() };
+      return { agents: leader().agents() };
     },
     async *watchJob(request, ctx) {
-      for await (const job of controller.watch(request.id, ctx.signal)) yield { job };
+      for await (const job of leader().watch(request.id, ctx.signal)) yield { job };
     },
   };
 }
 
 /** AgentService handlers. */
-export function agentService(controller: Controller): ServiceImpl<typeof AgentService> {
+export function agentService(leader: () => Controller): ServiceImpl<typeof AgentService> {
   return {
     session(requests, ctx) {
-      return controller.session(requests, ctx.signal);
+      return leader().session(requests, ctx.signal);
     },
   };
 }

@@ -283,3 +283,70 @@ export function createClient<S extends DescService>(service: S, address: string,
   }
   return methods as ServiceClient<S>;
 }
+
+/** Splits `a:1,b:2` into addresses (controllers are given as a list for failover). */
+export function parseAddressList(text: string): string[] {
+  return text
+    .split(",")
+    .map((a) => a.trim())
+    .filter(Boolean);
+}
+
+/**
+ * A client over several addresses of the same service (a leader and its
+ * standbys): each call goes to the address that answered last, and moves on
+ * to the next one when a call fails UNAVAILABLE (unreachable, or a standby
+ * naming its leader) before any answer. Other statuses are the answer.
+ */
+export function createFailoverClient<S extends DescService>(service: S, addresses: readonly string[]): ServiceClient<S> {
+  if (addresses.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, "no controller address given");
+  if (addresses.length === 1) return createClient(service, addresses[0]!);
+  const clients = addresses.map((a) => createClient(service, a) as unknown as Record<string, (...args: unknown[]) => unknown> & { close(): void });
+  let current = 0;
+  const unavailable = (err: unknown) => err instanceof RpcError && err.code === grpc.status.UNAVAILABLE;
+  const methods: Record<string, unknown> = { close: () => clients.forEach((c) => c.close()) };
+  for (const method of service.methods) {
+    const name = method.localName;
+    if (method.methodKind === "unary") {
+      methods[name] = async (request: unknown, options?: CallOptions) => {
+        let last: unknown;
+        for (let tried = 0; tried < clients.length; tried++) {
+          const index = (current + tried) % clients.length;
+          try {
+            const response = await (clients[index]![name] as (r: unknown, o?: CallOptions) => Promise<unknown>)(request, options);
+            current = index;
+            return response;
+          } catch (err) {
+            if (!unavailable(err)) throw err;
+            last = err;
+          }
+        }
+        throw last;
+      };
+    } else if (method.methodKind === "server_streaming") {
+      methods[name] = (request: unknown, options?: CallOptions) =>
+        (async function* () {
+          let last: unknown;
+          for (let tried = 0; tried < clients.length; tried++) {
+            const index = (current + tried) % clients.length;
+            let received = false;
+            try {
+              for await (const message of (clients[index]![name] as (r: unknown, o?: CallOptions) => AsyncIterable<unknown>)(request, options)) {
+                received = true;
+                current = index;
+                yield message;
+              }
+              return;
+            } catch (err) {
+              if (received || !unavailable(err)) throw err;
+              last = err;
+            }
+          }
+          throw last;
+        })();
+    } else {
+      methods[name] = (...args: unknown[]) => (clients[current]![name] as (...a: unknown[]) => unknown)(...args);
+    }
+  }
+  return methods as ServiceClient<S>;
+}

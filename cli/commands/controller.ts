@@ -11,11 +11,12 @@ export interface ControllerRequest {
   listen: string;
   natsUrl: string;
   leaseMs: number;
+  electionLeaseMs: number;
 }
 
 /** Validates the command line. */
-export function parseControllerArgs(opts: { listen: string; lease: string }, natsUrl: string): ControllerRequest {
-  return { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease") };
+export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string }, natsUrl: string): ControllerRequest {
+  return { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease"), electionLeaseMs: parseDuration(opts.electionLease, "--election-lease") };
 }
 
 /** The one line printed once the controller serves. */
@@ -30,7 +31,8 @@ export function registerControllerCommand(program: Command, ctx: CliContext): vo
     .description("run the controller in the foreground (uses --nats)")
     .option("--listen <addr>", "gRPC listen address, host:port (port 0 picks one)", "127.0.0.1:7070")
     .option("--lease <time>", "drop an agent session silent for this long", "15s")
-    .action(async (opts: { listen: string; lease: string }) => {
+    .option("--election-lease <time>", "with several controllers on one NATS: a standby takes over this long after the leader stops", "5s")
+    .action(async (opts: { listen: string; lease: string; electionLease: string }) => {
       const request = parseControllerArgs(opts, ctx.globals().nats);
       // Signals are ours from here on, so a Ctrl-C while starting still stops cleanly.
       const interrupted = ctx.interrupted();

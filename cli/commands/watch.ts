@@ -162,8 +162,13 @@ export async function waitForFinalState(client: ControllerClient, id: string, si
       }
     } catch (err) {
       if (signal.aborted) throw signal.reason;
-      if (!(err instanceof RpcError && err.code === status.DEADLINE_EXCEEDED && received > 0)) throw err;
-      restarts = 0;
+      // Re-open when the call's own deadline passed, or when the leader's term
+      // ended under it (the failover client then finds the next leader).
+      const reopen = err instanceof RpcError && ((err.code === status.DEADLINE_EXCEEDED && received > 0) || err.code === status.UNAVAILABLE);
+      if (!reopen) throw err;
+      if (err.code === status.UNAVAILABLE && ++restarts > maxWatchJobRestarts * 10) throw err;
+      if (err.code === status.DEADLINE_EXCEEDED) restarts = 0;
+      else await new Promise((resolve) => setTimeout(resolve, 200));
       continue;
     }
     if (signal.aborted) throw signal.reason;

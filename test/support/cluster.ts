@@ -103,7 +103,8 @@ export class Cluster {
   /** Starts the controller on a free port, or again on the same one after stopController. */
   async startController(): Promise<void> {
     const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl];
-    if (this.options.leaseMs) args.push("--lease", `${this.options.leaseMs}ms`);
+    // A long leader lease: a test that pauses the controller (SIGSTOP) is about agent leases, not elections.
+    if (this.options.leaseMs) args.push("--lease", `${this.options.leaseMs}ms`, "--election-lease", "30s");
     const daemon = new Daemon("controller", spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
     this.controller = daemon;
     const [, address] = await daemon.waitForOutput(/listening on (\S+:\d+)/);

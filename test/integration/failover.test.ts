@@ -1,0 +1,107 @@
+// Two controllers on one NATS: one leads, the other stands by and says who
+// leads. SIGKILL the leader: the standby takes over within its election
+// lease with the stored jobs, the agent follows it, the CLI (given both
+// addresses) too, and the armed target never noticed.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
+import { ControllerService, JobState, TargetState, createFailoverClient, type ServiceClient } from "../../proto/index.js";
+import { Daemon } from "../support/cluster.js";
+import { cliPath, helperPath } from "../support/paths.js";
+import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import { waitFor } from "../support/wait.js";
+
+describe("controller failover", () => {
+  let dir: string;
+  let nats: RunningNatsServer;
+  const daemons: Daemon[] = [];
+  let target: Target | undefined;
+  let api: ServiceClient<typeof ControllerService> | undefined;
+
+  before(async () => {
+    await buildFixtures();
+    dir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-failover-"));
+    nats = await startNatsServer({ dataDir: path.join(dir, "nats") });
+  });
+
+  after(async () => {
+    api?.close();
+    await target?.kill();
+    for (const d of daemons.reverse()) await d.stop();
+    await nats?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function daemon(name: string, args: string[]): Daemon {
+    const d = new Daemon(name, spawn(process.execPath, [cliPath, ...args], { stdio: ["ignore", "pipe", "pipe"] }));
+    daemons.push(d);
+    return d;
+  }
+
+  async function controller(name: string): Promise<{ daemon: Daemon; address: string }> {
+    const d = daemon(name, ["controller", "--listen", "127.0.0.1:0", "--nats", nats.url, "--lease", "2s", "--election-lease", "1s"]);
+    const [, address] = await d.waitForOutput(/listening on (\S+:\d+)/);
+    return { daemon: d, address: address! };
+  }
+
+  function cli(args: string[], controllers: string) {
+    const child = spawn(process.execPath, [cliPath, ...args], { env: { ...process.env, FLEETWATCH_CONTROLLER: controllers, FLEETWATCH_NATS: nats.url }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+    return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.once("exit", (code) => resolve({ code, stdout, stderr })));
+  }
+
+  test("the standby takes over the jobs and the agent when the leader is SIGKILLed", async () => {
+    const a = await controller("controller a");
+    await a.daemon.waitForOutput(/leading with epoch (\d+)/);
+    const b = await controller("controller b");
+    await b.daemon.waitForOutput(/standing by/);
+    const both = `${a.address},${b.address}`;
+    api = createFailoverClient(ControllerService, [a.address, b.address]);
+
+    const agent = daemon("agent", ["agent", "--controller", both, "--nats", nats.url, "--host-id", "host-a", "--helper", helperPath]);
+    await agent.waitForOutput(/registered with/);
+
+    // The standby refuses and names the leader; with both addresses the CLI finds it.
+    const standby = await cli(["jobs", "ls"], b.address);
+    assert.equal(standby.code, 1, standby.stderr);
+    assert.match(standby.stderr, new RegExp(`standing by: the leader is \\S+ at ${a.address.replace(/\./g, "\\.")}`));
+
+    target = await startTarget("demo-counter");
+    await target.waitForLine(/^ready /);
+    const submitted = await cli(["watch", "--pid", String(target.pid), "--symbol", "demo_counter", "--stack", "0", "-o", "json"], both);
+    assert.equal(submitted.code, 0, submitted.stderr);
+    const id = (JSON.parse(submitted.stdout) as { id: string }).id;
+    const job = async () => (await api!.getJob({ id })).job!;
+    await waitFor("hits delivered under the first leader", async () => ((await job()).counts?.delivered ?? 0n) > 0n);
+
+    a.daemon.child.kill("SIGKILL");
+    await a.daemon.exited;
+    const [, epoch] = await b.daemon.waitForOutput(/leading with epoch (\d+)/, 15_000);
+    assert.ok(BigInt(epoch!) >= 2n, `epoch ${epoch}`);
+    await agent.waitForOutput(new RegExp(`registered with ${b.address.replace(/\./g, "\\.")} \\(epoch ${epoch}\\)`), 15_000);
+
+    // The new leader has the job from the store, still armed, and hits go on.
+    const taken = await job();
+    assert.equal(taken.state, JobState.ARMED, taken.reason);
+    assert.equal(taken.targets[0]!.state, TargetState.ARMED);
+    assert.notEqual(await target.tracerPid(), 0);
+    const before = taken.counts?.delivered ?? 0n;
+    await waitFor("hits delivered under the new leader", async () => ((await job()).counts?.delivered ?? 0n) > before);
+
+    const listed = await cli(["jobs", "ls", "-o", "json"], both);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual((JSON.parse(listed.stdout) as { jobs: Array<{ id: string }> }).jobs.map((j) => j.id), [id]);
+    const cancelled = await cli(["jobs", "cancel", id], both);
+    assert.equal(cancelled.code, 0, cancelled.stderr);
+    assert.equal(await target.tracerPid(), 0);
+    target.child.kill("SIGTERM");
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+});
