@@ -17,6 +17,7 @@ import {
   RpcError,
   armConditions,
   TargetSchema,
+  TargetSelectorSchema,
   checkJobSpec,
   defaultStackDepth,
   matches as matchesSelector,
@@ -60,6 +61,11 @@ export interface ControllerCoreOptions {
 
 /** A target process planned for a job: its chunks, or why it cannot be watched. */
 type Plan = { session: AgentSession; pid: number; chunks: Chunk[] } | { session: AgentSession; pid: number; err: unknown };
+
+/** The part of a selector an agent needs: which processes (hosts are the controller's business, and a list of thousands of host ids is not worth sending to each). */
+function processPart(selector: TargetSelector): TargetSelector {
+  return create(TargetSelectorSchema, { pid: selector.pid, exe: selector.exe, comm: selector.comm, cgroup: selector.cgroup });
+}
 
 /** Whether agents should watch for processes that start matching later (not for a bare pid). */
 function isFollowable(selector: TargetSelector): boolean {
@@ -194,14 +200,17 @@ export class Controller {
 
     const armed = await this.armTargets(job, job.targets.filter(isTargetActive), failures);
     if (armed.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${armed.reason}`);
-    if (isFollowable(selector)) for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector } } });
+    if (isFollowable(selector)) {
+      const processes = processPart(selector);
+      for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector: processes } } });
+    }
     this.scheduleDeadline(armed);
     return armed;
   }
 
   /** The processes of one host that match the selector's pid, exe, comm and cgroup. */
   private async discover(session: AgentSession, selector: TargetSelector): Promise<DiscoveredProcess[]> {
-    const result = await session.discover({ selector });
+    const result = await session.discover({ selector: processPart(selector) });
     if (result.error) throw agentFailure(session.hostId, result.error);
     return result.processes;
   }
@@ -372,7 +381,8 @@ export class Controller {
 
   private pickSessions(selector: TargetSelector): AgentSession[] {
     const open = [...this.sessions.values()].filter((s) => s.isOpen);
-    const connected = open.map((s) => s.hostId).join(", ") || "none";
+    // Only for messages: joining thousands of host ids on every submit costs more than placing the job.
+    const connected = () => open.map((s) => s.hostId).join(", ") || "none";
     if (selector.allHosts) {
       if (open.length === 0) throw new PreconditionError("no agent is connected: run `fleetwatch up`, or `fleetwatch agent --controller ADDR` on each host");
       return open;
@@ -380,13 +390,13 @@ export class Controller {
     if (selector.hostSelector) {
       const wanted = parseSelector(selector.hostSelector);
       const matching = open.filter((s) => matchesSelector(wanted, s.info.labels));
-      if (matching.length === 0) throw new PreconditionError(`no connected agent matches selector '${selector.hostSelector}'; connected: ${connected}`);
+      if (matching.length === 0) throw new PreconditionError(`no connected agent matches selector '${selector.hostSelector}'; connected: ${connected()}`);
       return matching;
     }
     if (selector.hostIds.length === 0) {
       if (open.length === 1) return open;
       if (open.length === 0) throw new PreconditionError("no agent is connected: run `fleetwatch up`, or `fleetwatch agent --controller ADDR` on the target's host");
-      throw new InvalidRequestError(`${open.length} agents are connected (${connected}): name the target's host with --host, --selector or --all-hosts`);
+      throw new InvalidRequestError(`${open.length} agents are connected (${connected()}): name the target's host with --host, --selector or --all-hosts`);
     }
     return [...new Set(selector.hostIds)].map((hostId) => {
       const session = this.sessions.get(hostId);
@@ -394,8 +404,8 @@ export class Controller {
       const seen = this.known.get(hostId);
       throw new PreconditionError(
         seen
-          ? `agent '${hostId}' is not connected (last seen ${new Date(seen.lastSeenMs).toISOString()}); connected: ${connected}`
-          : `no agent '${hostId}' has ever connected; connected: ${connected}`,
+          ? `agent '${hostId}' is not connected (last seen ${new Date(seen.lastSeenMs).toISOString()}); connected: ${connected()}`
+          : `no agent '${hostId}' has ever connected; connected: ${connected()}`,
       );
     });
   }
@@ -628,7 +638,7 @@ export class Controller {
     for (const job of this.store.all()) {
       if (isJobFinal(job) || !job.spec?.target || !this.selectsHost(job, session.info)) continue;
       const selector = job.spec.target;
-      if (isFollowable(selector)) session.send({ msg: { case: "follow", value: { jobId: job.id, selector } } });
+      if (isFollowable(selector)) session.send({ msg: { case: "follow", value: { jobId: job.id, selector: processPart(selector) } } });
       if (job.targets.some((t) => t.hostId === session.hostId) || !(selector.allHosts || selector.hostSelector)) continue;
       this.options.log(`job ${job.id}: host ${session.hostId} joined; looking for its targets`);
       const processes = await this.discover(session, selector).catch(() => [] as DiscoveredProcess[]);
