@@ -11,7 +11,6 @@ export interface PublishOutcome {
 export class HitPublisher {
   private inFlight = 0;
   private readonly roomWaiters: Array<() => void> = [];
-  private readonly idleWaiters: Array<() => void> = [];
 
   constructor(
     private readonly js: JetStreamClient,
@@ -38,12 +37,5 @@ export class HitPublisher {
     this.inFlight--;
     settle(ok);
     this.roomWaiters.shift()?.();
-    if (this.inFlight === 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
-  }
-
-  /** Resolves once every publish so far has settled. */
-  idle(): Promise<void> {
-    if (this.inFlight === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 }

@@ -6,11 +6,8 @@ import { Option } from "commander";
 import {
   HitEventSchema,
   JobSchema,
-  JobState,
-  TargetState,
   formatCondition,
   hex,
-  isFinalJobState,
   jobStateName,
   modeName,
   targetStateName,
