@@ -1,7 +1,9 @@
 // The placement contract: what the controller hands the pure scheduler (a
 // snapshot of candidate targets and the job) and the decision it gets back.
 // Plain readonly data, no I/O, so decisions can be tested by tables and replayed.
-import type { Chunk } from "../proto/index.js";
+import type { Chunk, PlacementMode } from "../proto/index.js";
+
+export type { PlacementMode };
 
 /** A job holding a debug register; several jobs share a register that watches an identical chunk. */
 export interface SlotHolder {
@@ -39,14 +41,6 @@ export interface Candidate extends TargetSnapshot {
   readonly chunks: readonly Chunk[];
 }
 
-/**
- * How many candidates a job wants:
- * - `all`: a gang, every candidate or none;
- * - `any`: every candidate that fits;
- * - `sample`: `count` targets spread round-robin over hosts (sorted by host id,
- *   then pid), or first over the values of `spreadLabel` and then over hosts.
- */
-export type PlacementMode = { readonly kind: "all" } | { readonly kind: "any" } | { readonly kind: "sample"; readonly count: number; readonly spreadLabel?: string };
 
 /** The job being placed. */
 export interface PlacementJob {

@@ -193,6 +193,40 @@ export function checkJobSpec(spec: JobSpec): void {
   if ((spec.stackDepth ?? 0) > maxStackDepth) throw new WatchSpecError(`stack depth ${spec.stackDepth} is above ${maxStackDepth}`, "stack_depth");
   const addressChunks = spec.watches.flatMap((w, i) => (w.location.case === "address" ? splitRange(w.location.value, w.length, registerMode(w.mode), i) : []));
   checkChunkCount(addressChunks);
+  parsePlacement(spec.placement);
+  if (spec.lostAfterMs > maxLostAfterMs) throw new WatchSpecError(`lost-after ${spec.lostAfterMs} ms is above one hour`, "lost_after_ms");
+  if (spec.queueTimeoutMs > maxQueueTimeoutMs) throw new WatchSpecError(`queue timeout ${spec.queueTimeoutMs} ms is above one day`, "queue_timeout_ms");
+}
+
+/** Longest silence of a host a job may tolerate before its targets are lost. */
+export const maxLostAfterMs = 3_600_000n;
+/** Longest a job may wait in the queue for registers. */
+export const maxQueueTimeoutMs = 86_400_000n;
+
+/**
+ * Which of a job's matching targets it wants:
+ * - `all`: a gang, every target or none;
+ * - `any`: every target that fits;
+ * - `sample`: `count` targets spread round-robin over hosts, or first over
+ *   the values of the host label `spreadLabel` and then over hosts.
+ */
+export type PlacementMode = { readonly kind: "all" } | { readonly kind: "any" } | { readonly kind: "sample"; readonly count: number; readonly spreadLabel?: string };
+
+/** `all`, `any` (also ""), `sample:N` or `sample:N:LABEL`. */
+export function parsePlacement(text: string): PlacementMode {
+  const t = text.trim();
+  if (t === "" || t === "any") return { kind: "any" };
+  if (t === "all") return { kind: "all" };
+  const match = /^sample:(\d{1,6})(?::([A-Za-z0-9][-A-Za-z0-9_./]*))?$/.exec(t);
+  if (!match || Number(match[1]) < 1) {
+    throw new WatchSpecError(`placement '${text}' is not all, any, sample:N or sample:N:LABEL (N ≥ 1 targets, spread over hosts or over the values of host label LABEL)`, "placement");
+  }
+  return match[2] ? { kind: "sample", count: Number(match[1]), spreadLabel: match[2] } : { kind: "sample", count: Number(match[1]) };
+}
+
+/** The text parsePlacement reads. */
+export function formatPlacement(mode: PlacementMode): string {
+  return mode.kind === "sample" ? `sample:${mode.count}${mode.spreadLabel ? `:${mode.spreadLabel}` : ""}` : mode.kind;
 }
 
 /** Checks that a selector names processes, and hosts in at most one way. */

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/controller.proto.
  */
 export const file_fleetwatch_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiOAoQU3VibWl0Sm9iUmVxdWVzdBIkCgRzcGVjGAEgASgLMhYuZmxlZXR3YXRjaC52MS5Kb2JTcGVjIjQKEVN1Ym1pdEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iIhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiMQoOR2V0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEQoPTGlzdEpvYnNSZXF1ZXN0IjQKEExpc3RKb2JzUmVzcG9uc2USIAoEam9icxgBIAMoCzISLmZsZWV0d2F0Y2gudjEuSm9iIh4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkiNAoRQ2FuY2VsSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEwoRTGlzdEFnZW50c1JlcXVlc3QiOgoSTGlzdEFnZW50c1Jlc3BvbnNlEiQKBmFnZW50cxgBIAMoCzIULmZsZWV0d2F0Y2gudjEuQWdlbnQiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjMKEFdhdGNoSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2Ii+gEKCUFnZW50SW5mbxIPCgdob3N0X2lkGAEgASgJEjQKBmxhYmVscxgCIAMoCzIkLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAMgASgJEg4KBmtlcm5lbBgEIAEoCRIMCgRhcmNoGAUgASgJEhgKEHNsb3RzX3Blcl90aHJlYWQYBiABKA0SFQoNYWdlbnRfdmVyc2lvbhgHIAEoCRIWCg5oZWxwZXJfdmVyc2lvbhgIIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlwKB1Nsb3RVc2USCgoCZHIYASABKA0SDgoGam9iX2lkGAIgASgJEiMKBWNodW5rGAMgASgLMhQuZmxlZXR3YXRjaC52MS5DaHVuaxIQCghyZXNlcnZlZBgEIAEoCCJBCgtUYXJnZXRTbG90cxILCgNwaWQYASABKA0SJQoFc2xvdHMYAiADKAsyFi5mbGVldHdhdGNoLnYxLlNsb3RVc2UiigEKBUFnZW50EiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIRCgljb25uZWN0ZWQYAiABKAgSGQoRbGFzdF9zZWVuX3VuaXhfbXMYAyABKAMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2xvdHMy6QMKEUNvbnRyb2xsZXJTZXJ2aWNlEk4KCVN1Ym1pdEpvYhIfLmZsZWV0d2F0Y2gudjEuU3VibWl0Sm9iUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuU3VibWl0Sm9iUmVzcG9uc2USRQoGR2V0Sm9iEhwuZmxlZXR3YXRjaC52MS5HZXRKb2JSZXF1ZXN0Gh0uZmxlZXR3YXRjaC52MS5HZXRKb2JSZXNwb25zZRJLCghMaXN0Sm9icxIeLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXF1ZXN0Gh8uZmxlZXR3YXRjaC52MS5MaXN0Sm9ic1Jlc3BvbnNlEk4KCUNhbmNlbEpvYhIfLmZsZWV0d2F0Y2gudjEuQ2FuY2VsSm9iUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuQ2FuY2VsSm9iUmVzcG9uc2USUQoKTGlzdEFnZW50cxIgLmZsZWV0d2F0Y2gudjEuTGlzdEFnZW50c1JlcXVlc3QaIS5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJNCghXYXRjaEpvYhIeLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXF1ZXN0Gh8uZmxlZXR3YXRjaC52MS5XYXRjaEpvYlJlc3BvbnNlMAFiBnByb3RvMw", [file_fleetwatch_v1_watch]);
+  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiOAoQU3VibWl0Sm9iUmVxdWVzdBIkCgRzcGVjGAEgASgLMhYuZmxlZXR3YXRjaC52MS5Kb2JTcGVjIjQKEVN1Ym1pdEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iIhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiMQoOR2V0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEQoPTGlzdEpvYnNSZXF1ZXN0IjQKEExpc3RKb2JzUmVzcG9uc2USIAoEam9icxgBIAMoCzISLmZsZWV0d2F0Y2gudjEuSm9iIh4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkiNAoRQ2FuY2VsSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEwoRTGlzdEFnZW50c1JlcXVlc3QiOgoSTGlzdEFnZW50c1Jlc3BvbnNlEiQKBmFnZW50cxgBIAMoCzIULmZsZWV0d2F0Y2gudjEuQWdlbnQiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjMKEFdhdGNoSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2Ii+gEKCUFnZW50SW5mbxIPCgdob3N0X2lkGAEgASgJEjQKBmxhYmVscxgCIAMoCzIkLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAMgASgJEg4KBmtlcm5lbBgEIAEoCRIMCgRhcmNoGAUgASgJEhgKEHNsb3RzX3Blcl90aHJlYWQYBiABKA0SFQoNYWdlbnRfdmVyc2lvbhgHIAEoCRIWCg5oZWxwZXJfdmVyc2lvbhgIIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIn4KB1Nsb3RVc2USCgoCZHIYASABKA0SDgoGam9iX2lkGAIgASgJEiMKBWNodW5rGAMgASgLMhQuZmxlZXR3YXRjaC52MS5DaHVuaxIQCghyZXNlcnZlZBgEIAEoCBIPCgdqb2JfaWRzGAUgAygJEg8KB2ZvcmVpZ24YBiABKAgicAoLVGFyZ2V0U2xvdHMSCwoDcGlkGAEgASgNEiUKBXNsb3RzGAIgAygLMhYuZmxlZXR3YXRjaC52MS5TbG90VXNlEhUKDXRyYWNlZF9ieV9waWQYAyABKA0SFgoOdHJhY2VkX2J5X2NvbW0YBCABKAkiigEKBUFnZW50EiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIRCgljb25uZWN0ZWQYAiABKAgSGQoRbGFzdF9zZWVuX3VuaXhfbXMYAyABKAMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2xvdHMy6QMKEUNvbnRyb2xsZXJTZXJ2aWNlEk4KCVN1Ym1pdEpvYhIfLmZsZWV0d2F0Y2gudjEuU3VibWl0Sm9iUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuU3VibWl0Sm9iUmVzcG9uc2USRQoGR2V0Sm9iEhwuZmxlZXR3YXRjaC52MS5HZXRKb2JSZXF1ZXN0Gh0uZmxlZXR3YXRjaC52MS5HZXRKb2JSZXNwb25zZRJLCghMaXN0Sm9icxIeLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXF1ZXN0Gh8uZmxlZXR3YXRjaC52MS5MaXN0Sm9ic1Jlc3BvbnNlEk4KCUNhbmNlbEpvYhIfLmZsZWV0d2F0Y2gudjEuQ2FuY2VsSm9iUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuQ2FuY2VsSm9iUmVzcG9uc2USUQoKTGlzdEFnZW50cxIgLmZsZWV0d2F0Y2gudjEuTGlzdEFnZW50c1JlcXVlc3QaIS5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJNCghXYXRjaEpvYhIeLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXF1ZXN0Gh8uZmxlZXR3YXRjaC52MS5XYXRjaEpvYlJlc3BvbnNlMAFiBnByb3RvMw", [file_fleetwatch_v1_watch]);
 
 /**
  * @generated from message fleetwatch.v1.SubmitJobRequest
@@ -265,7 +265,8 @@ export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_controller, 12);
 
 /**
- * One debug register of a target: free (empty job_id) or held by a job.
+ * One debug register of a target: free (no job_ids) or held by jobs that
+ * watch the identical chunk (a reference each).
  *
  * @generated from message fleetwatch.v1.SlotUse
  */
@@ -276,6 +277,8 @@ export type SlotUse = Message<"fleetwatch.v1.SlotUse"> & {
   dr: number;
 
   /**
+   * The first of job_ids.
+   *
    * @generated from field: string job_id = 2;
    */
   jobId: string;
@@ -291,6 +294,18 @@ export type SlotUse = Message<"fleetwatch.v1.SlotUse"> & {
    * @generated from field: bool reserved = 4;
    */
   reserved: boolean;
+
+  /**
+   * @generated from field: repeated string job_ids = 5;
+   */
+  jobIds: string[];
+
+  /**
+   * Held outside fleetwatch (perf or a debugger: arming met ENOSPC).
+   *
+   * @generated from field: bool foreign = 6;
+   */
+  foreign: boolean;
 };
 
 /**
@@ -315,6 +330,18 @@ export type TargetSlots = Message<"fleetwatch.v1.TargetSlots"> & {
    * @generated from field: repeated fleetwatch.v1.SlotUse slots = 2;
    */
   slots: SlotUse[];
+
+  /**
+   * Another tracer owns the process (0 = none).
+   *
+   * @generated from field: uint32 traced_by_pid = 3;
+   */
+  tracedByPid: number;
+
+  /**
+   * @generated from field: string traced_by_comm = 4;
+   */
+  tracedByComm: string;
 };
 
 /**
