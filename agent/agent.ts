@@ -72,6 +72,8 @@ interface Watch {
   lastReported: string;
   /** What the target report says while armed (rate limited, forked, ...). */
   status: string;
+  /** With no session for this long the agent disarms it itself (0 = at the lease). */
+  readonly lostAfterMs: number;
   threadsTotal: number;
   threadsArmed: number;
 }
@@ -108,8 +110,19 @@ function processSelector(selector: TargetSelector | undefined): ProcessSelector 
   };
 }
 
-function discovered(p: ProcessInfo): DiscoveredProcess {
-  return create(DiscoveredProcessSchema, { pid: p.pid, comm: p.comm, exe: p.exe, startTime: BigInt(p.startTime) });
+/** A process as the controller sees it; `helperPid` tracing it is ours, anyone else is another tracer. */
+function discovered(p: ProcessInfo, helperPid: number | undefined): DiscoveredProcess {
+  const tracer = p.tracerPid && p.tracerPid !== helperPid ? p.tracerPid : 0;
+  return create(DiscoveredProcessSchema, { pid: p.pid, comm: p.comm, exe: p.exe, startTime: BigInt(p.startTime), tracerPid: tracer, tracerComm: tracer ? commOf(tracer) : "" });
+}
+
+/** /proc/PID/comm, or "?" when the process is gone or hidden. */
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+  } catch {
+    return "?";
+  }
 }
 
 /** What a progress report says; unchanged means nothing to send. */
@@ -143,6 +156,8 @@ export class AgentCore {
   private readonly reserved = new Map<number, number>();
   /** Start time of each such process, so a reused pid is not taken for it. */
   private readonly startTimes = new Map<number, number | undefined>();
+  /** Watches whose job allows more silence than the lease, waiting to be suspended. */
+  private readonly graceTimers = new Set<NodeJS.Timeout>();
   private nextGroup = 1n;
   private progressTimer: NodeJS.Timeout | undefined;
   /** Receives every target report; the session forwards them (or keeps them until it reconnects). */
@@ -211,7 +226,7 @@ export class AgentCore {
   async discover(request: Discover): Promise<DiscoverResult> {
     try {
       const processes = await scanProcesses(processSelector(request.selector), { excludePids: () => this.ownPids() });
-      return create(DiscoverResultSchema, { requestId: request.requestId, processes: processes.map(discovered) });
+      return create(DiscoverResultSchema, { requestId: request.requestId, processes: processes.map((p) => discovered(p, this.helper?.pid)) });
     } catch (err) {
       return create(DiscoverResultSchema, { requestId: request.requestId, error: toAgentError(err) });
     }
@@ -230,7 +245,7 @@ export class AgentCore {
       const initial = new Set((await scanProcesses(selector, { excludePids: () => this.ownPids() })).map(processKey));
       for await (const event of watchProcesses(selector, { signal: stop.signal, excludePids: () => this.ownPids() })) {
         if (event.kind !== "started" || initial.has(processKey(event.process))) continue;
-        this.onAppeared(create(ProcessAppearedSchema, { jobId: request.jobId, process: discovered(event.process) }));
+        this.onAppeared(create(ProcessAppearedSchema, { jobId: request.jobId, process: discovered(event.process, this.helper?.pid) }));
       }
     })().catch((err) => this.log(`agent ${this.hostId}: following job ${request.jobId} failed: ${err instanceof Error ? err.message : String(err)}`));
   }
@@ -286,6 +301,7 @@ export class AgentCore {
         ended: false,
         lastReported: "",
         status: "armed",
+        lostAfterMs: Number(request.lostAfterMs),
         threadsTotal: 0,
         threadsArmed: 0,
       };
@@ -332,26 +348,49 @@ export class AgentCore {
   }
 
   /**
-   * Disarms every watch while keeping its counters (the session's lease
-   * lapsed). Not a final state: the counts are reported, and when the
-   * controller arms the same job and pid again the counters and hit
-   * sequence continue from here.
+   * Disarms every watch while keeping its counters: no session for
+   * `silentForMs` (the lease). A watch whose job allows a longer silence
+   * (lost-after) stays armed, publishing its hits, until that time has
+   * passed too or a session is back (sessionRestored). Not a final state:
+   * the counts are reported, and when the controller arms the same job and
+   * pid again the counters and hit sequence continue from here.
    */
-  async suspendAll(reason: string): Promise<void> {
+  async suspendAll(reason: string, silentForMs = 0): Promise<void> {
     for (const watch of [...this.byKey.values()]) {
       if (watch.ended) continue;
-      try {
-        await this.stop(watch);
-        watch.status = reason;
-        this.report(watch, TargetState.UNSPECIFIED, reason);
-      } catch (err) {
-        this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
+      const graceMs = watch.lostAfterMs - silentForMs;
+      if (graceMs > 0) {
+        const timer = setTimeout(() => {
+          this.graceTimers.delete(timer);
+          void this.suspend(watch, `no session with a controller for ${watch.lostAfterMs} ms (the job's lost-after): disarmed by the agent until the controller re-arms it`);
+        }, graceMs);
+        this.graceTimers.add(timer);
+        continue;
       }
+      await this.suspend(watch, reason);
+    }
+  }
+
+  /** A session is live again: watches still within their job's lost-after stay armed. */
+  sessionRestored(): void {
+    for (const timer of this.graceTimers) clearTimeout(timer);
+    this.graceTimers.clear();
+  }
+
+  private async suspend(watch: Watch, reason: string): Promise<void> {
+    if (watch.ended) return;
+    try {
+      await this.stop(watch);
+      watch.status = reason;
+      this.report(watch, TargetState.UNSPECIFIED, reason);
+    } catch (err) {
+      this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
     }
   }
 
   /** Disarms every watch (agent shutdown), reporting each as cancelled. */
   async disarmAll(reason: string): Promise<void> {
+    this.sessionRestored();
     for (const jobId of [...this.follows.keys()]) this.unfollow(jobId);
     for (const watch of [...this.byKey.values()]) {
       if (watch.ended) continue;

@@ -15,6 +15,7 @@ import {
   isKernelThread,
   parseCgroupV2,
   parseStat,
+  parseStatusTracerPid,
   parseStatusUid,
   validateSelector,
 } from "./process-match.js";
@@ -146,7 +147,7 @@ function inspect(procRoot: string, pid: number, selector: ValidSelector): Proces
   // they describe two processes. The same start time after: one process.
   const again = readStat(dir);
   if (again === skip || again.startTime !== stat.startTime || hasExited(again)) return skip;
-  return { pid, comm: stat.comm, exe, cgroup, startTime: stat.startTime, uid };
+  return { pid, comm: stat.comm, exe, cgroup, startTime: stat.startTime, uid, tracerPid: parseStatusTracerPid(statusText as string) };
 }
 
 /** The pid this process has in procRoot's PID namespace (/proc/self), or ours when procRoot has no "self". */

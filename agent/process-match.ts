@@ -60,6 +60,8 @@ export interface ProcessInfo {
   readonly startTime: number;
   /** Real uid (first "Uid:" field of /proc/PID/status). */
   readonly uid: number;
+  /** Who ptraces it ("TracerPid:" of /proc/PID/status); 0 or absent = nobody. */
+  readonly tracerPid?: number;
 }
 
 /** The fields of /proc/PID/stat discovery uses. */
@@ -253,6 +255,12 @@ export function parseCgroupV2(text: string): string | undefined {
 export function parseStatusUid(text: string): number | undefined {
   const m = /^Uid:\s+(\d+)/m.exec(text);
   return m ? Number(m[1]) : undefined;
+}
+
+/** The tracer's pid from /proc/PID/status ("TracerPid:"); 0 when untraced or unknown. */
+export function parseStatusTracerPid(text: string): number {
+  const m = /^TracerPid:\s+(\d+)/m.exec(text);
+  return m ? Number(m[1]) : 0;
 }
 
 /** One process's identity across scans: a pid reused later has another start time. */

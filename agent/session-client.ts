@@ -81,7 +81,7 @@ export class SessionClient {
       const reason = `no session with a controller (${this.options.controllers.join(", ")}) for ${this.leaseMs} ms (the lease): disarmed by the agent until the controller re-arms it`;
       this.options.log(`agent ${this.options.info.hostId}: ${reason}`);
       // A registration already on its way lists the watches as armed: start over with the truth.
-      void this.core.suspendAll(reason).finally(() => this.attempt?.abort());
+      void this.core.suspendAll(reason, this.leaseMs).finally(() => this.attempt?.abort());
     }, this.leaseMs);
   }
 
@@ -120,6 +120,7 @@ export class SessionClient {
               backoffMs = minBackoffMs;
               clearTimeout(this.lapseTimer);
               this.lapseTimer = undefined;
+              this.core.sessionRestored();
               this.leaseMs = message.msg.value.leaseMs;
               const everyMs = Math.max(50, message.msg.value.heartbeatMs || 5_000);
               heartbeat = setInterval(() => {
