@@ -3,11 +3,10 @@
 // reconcile that makes a reconnecting agent and the stored jobs agree.
 import { EventEmitter } from "node:events";
 import { randomBytes } from "node:crypto";
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import {
   AsyncQueue,
-  HitCountsSchema,
   JobSchema,
   JobState,
   SlotUseSchema,
@@ -25,13 +24,16 @@ import {
   chunksOf,
   isSubjectToken,
   parseSymbol,
+  parsePlacement,
   slotsPerThread,
+  targetStateName,
   type Agent,
   type AgentError,
   type AgentInfo,
   type ArmedTarget,
   type Chunk,
   type DiscoveredProcess,
+  type HitCounts,
   type Target,
   type TargetSelector,
   type Job,
@@ -42,10 +44,12 @@ import {
   type TargetReport,
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
-import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PreconditionError } from "./errors.js";
-import { finish, isJobFinal, isTargetActive, rollUp } from "./job-state.js";
+import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PreconditionError, SlotsExhaustedError } from "./errors.js";
+import { finish, isJobFinal, isTargetActive, isTargetWaiting, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
-import { SlotLedger } from "./slot-ledger.js";
+import { place } from "./placement.js";
+import type { Candidate, Eviction, PlacementDecision, PlacementJob, TargetSnapshot } from "./placement-types.js";
+import { SlotLedger, assignmentsOf } from "./slot-ledger.js";
 
 export interface ControllerCoreOptions {
   /** An agent sends a heartbeat this often. */
@@ -83,6 +87,9 @@ function describeProcesses(selector: TargetSelector): string {
   return parts.join(", ");
 }
 
+/** How often the queue is offered registers again even when none were freed (foreign holders and tracers may have left). */
+const retryQueueEveryMs = 5_000;
+
 /** Back-off after a rate limit trips, when the job names none. */
 const defaultBackoffMs = 1_000;
 
@@ -104,12 +111,66 @@ function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[] }, 
     maxHitsPerSecond: spec.maxHitsPerSecond,
     backoffMs: spec.maxHitsPerSecond > 0 ? spec.backoffMs || defaultBackoffMs : 0,
     stackDepth: spec.stackDepth ?? defaultStackDepth,
+    lostAfterMs: spec.lostAfterMs,
     epoch,
   };
 }
 
 function agentFailure(hostId: string, error: AgentError): AgentOperationError {
   return new AgentOperationError(`${hostId}: ${error.message}`, hostId, error.errnoName);
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Arm failures that may pass when the target is tried again later: registers taken, another tracer, agent away. */
+function isRetryable(err: unknown): boolean {
+  if (err instanceof AgentUnavailableError) return true;
+  if (!(err instanceof AgentOperationError)) return false;
+  return err.errnoName === "ENOSPC" || err.errnoName === "EBUSY" || /already traced by pid/.test(err.message);
+}
+
+/** What the placement core needs to know about a job. */
+function placementJob(job: Job): PlacementJob {
+  return { id: job.id, priority: job.spec?.priority ?? 0, createdUnixMs: Number(job.createdUnixMs), placement: parsePlacement(job.spec?.placement ?? "") };
+}
+
+/** The job's side of a decision already applied to the ledger: placed targets are arming with their registers. */
+function markPlaced(job: Job, decision: PlacementDecision): void {
+  for (const p of decision.placed) {
+    const t = job.targets.find((x) => x.hostId === p.hostId && x.pid === p.pid);
+    if (!t) continue;
+    t.state = TargetState.ARMING;
+    t.reason = "arming";
+    t.slots = assignmentsOf(p.assignments);
+  }
+  rollUp(job);
+}
+
+/** A decision no amount of waiting changes: every candidate needs more registers than a thread has. */
+function neverFits(decision: PlacementDecision): boolean {
+  const c = decision.shortfall?.counts;
+  return c !== undefined && c.tooMany > 0 && c.full + c.foreign + c.traced === 0 && decision.placed.length + decision.kept.length === 0;
+}
+
+function sameChunk(a: Chunk, b: Chunk): boolean {
+  return a.address === b.address && a.length === b.length && a.mode === b.mode;
+}
+
+/** Chunks with repeats (same address, length, mode) left out. */
+function distinctChunks(chunks: readonly Chunk[]): Chunk[] {
+  const out: Chunk[] = [];
+  for (const c of chunks) if (!out.some((o) => sameChunk(o, c))) out.push(c);
+  return out;
+}
+
+/** `90s`, `5m`, `1500ms`, for messages. */
+function formatDuration(ms: bigint): string {
+  const n = Number(ms);
+  if (n % 60_000 === 0 && n > 0) return `${n / 60_000}m`;
+  if (n % 1_000 === 0 && n > 0) return `${n / 1_000}s`;
+  return `${n}ms`;
 }
 
 /** Jobs, sessions and the ledger of one controller. */
@@ -119,11 +180,17 @@ export class Controller {
   private readonly ledger = new SlotLedger();
   private readonly changes = new EventEmitter();
   private readonly deadlines = new Map<string, NodeJS.Timeout>();
+  /** Jobs with targets waiting for registers (order: see queuedInOrder). */
+  private readonly queue = new Set<string>();
+  private readonly queueTimers = new Map<string, NodeJS.Timeout>();
+  private drainScheduled = false;
+  private lastDrainMs = 0;
+  /** Jobs whose targets are being marked lost right now. */
+  private readonly losing = new Set<string>();
   private placing: Promise<unknown> = Promise.resolve();
   private leaseTimer: NodeJS.Timeout | undefined;
   private readonly stopped = new AbortController();
   private startedMs = Date.now();
-  private checkedAbsentHosts = false;
 
   constructor(
     private readonly store: JobStore,
@@ -132,19 +199,20 @@ export class Controller {
     this.changes.setMaxListeners(0);
   }
 
-  /** Loads stored jobs, rebuilds the ledger and the deadline timers. */
+  /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
   async start(): Promise<void> {
     const jobs = await this.store.load();
     for (const job of jobs) {
       if (isJobFinal(job)) continue;
       for (const target of job.targets) {
-        if (isTargetActive(target)) this.ledger.restore(target.hostId, target.pid, job.id, target.slots);
+        if (isTargetActive(target)) this.ledger.restore(target.hostId, target.pid, placementJob(job), target.slots);
       }
       this.scheduleDeadline(job);
     }
+    for (const job of jobs) this.enqueue(job);
     this.startedMs = Date.now();
     this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.options.leaseMs / 4)));
-    this.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active`);
+    this.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active, ${this.queue.size} queued`);
   }
 
   /** Stops timers and closes every session (armed targets stay with their agents). */
@@ -154,15 +222,26 @@ export class Controller {
     clearInterval(this.leaseTimer);
     for (const timer of this.deadlines.values()) clearTimeout(timer);
     this.deadlines.clear();
+    for (const timer of this.queueTimers.values()) clearTimeout(timer);
+    this.queueTimers.clear();
     for (const session of this.sessions.values()) session.close("controller stopping");
     this.sessions.clear();
   }
 
   // ---- jobs -------------------------------------------------------------
 
-  /** Validates, places and arms a job; resolves once every target answered. */
+  /**
+   * Validates a job, finds its targets, places it within the ledger and arms
+   * what was placed. A job that cannot be placed is refused at once, unless
+   * it may wait (queue timeout): then it is stored pending with the reason
+   * and placed when registers free up.
+   */
   async submit(spec: JobSpec): Promise<Job> {
     checkJobSpec(spec);
+    const mode = parsePlacement(spec.placement);
+    if (spec.lostAfterMs > 0n && spec.lostAfterMs < BigInt(this.options.leaseMs)) {
+      throw new InvalidRequestError(`--lost-after ${formatDuration(spec.lostAfterMs)} is shorter than the controller's session lease (${formatDuration(BigInt(this.options.leaseMs))}): a host cannot be told lost before its session is`);
+    }
     const selector = spec.target!;
     const sessions = this.pickSessions(selector);
     const id = newJobId();
@@ -174,6 +253,9 @@ export class Controller {
       throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${sessions.map((s) => s.hostId).join(", ")}`);
     }
     const plans = await Promise.all(candidates.map((c) => this.plan(c.session, spec, c.pid)));
+    const planFailures = plans.flatMap((p) => ("err" in p ? [p.err] : []));
+    // A gang cannot include a process it cannot watch.
+    if (planFailures.length === plans.length || (mode.kind === "all" && planFailures.length > 0)) throw planFailures[0];
 
     const now = Date.now();
     const draft = create(JobSchema, {
@@ -182,36 +264,67 @@ export class Controller {
       state: JobState.PENDING,
       createdUnixMs: BigInt(now),
       deadlineUnixMs: spec.durationMs > 0n ? BigInt(now) + spec.durationMs : 0n,
+      queueDeadlineUnixMs: spec.queueTimeoutMs > 0n ? BigInt(now) + spec.queueTimeoutMs : 0n,
       counts: {},
     });
-    const failures: unknown[] = [];
-    const job = await this.withLedger(async () => {
-      for (const plan of plans) draft.targets.push(this.reserveTarget(id, plan, failures));
-      if (draft.targets.every((t) => t.state === TargetState.FAILED)) throw failures[0];
+    for (const plan of plans) {
+      const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {} };
+      draft.targets.push(
+        "err" in plan
+          ? create(TargetSchema, { ...base, state: TargetState.FAILED, reason: errorText(plan.err) })
+          : create(TargetSchema, { ...base, state: TargetState.PENDING, reason: "waiting to be placed", chunks: plan.chunks }),
+      );
+    }
+
+    const { job, evictions } = await this.withLedger(async () => {
+      const before = this.ledgerCheckpoint(draft);
+      const decision = this.decide(draft);
+      const waits = spec.queueTimeoutMs > 0n && !neverFits(decision);
+      if (decision.outcome === "pending" && !waits) throw this.refusal(draft, decision);
+      markPlaced(draft, decision);
+      for (const t of draft.targets) {
+        if (t.state !== TargetState.PENDING) continue;
+        if (mode.kind === "sample" && (decision.outcome === "placed" || !waits)) t.state = TargetState.UNSPECIFIED; // not in the sample
+        else if (!waits) {
+          t.state = TargetState.FAILED;
+          t.reason = this.whyNot(draft, t);
+        } else t.reason = this.whyNot(draft, t);
+      }
+      draft.targets = draft.targets.filter((t) => t.state !== TargetState.UNSPECIFIED);
+      rollUp(draft);
+      if (decision.shortfall && draft.state === JobState.PENDING && waits) draft.reason = `queued: ${decision.shortfall.reason}`;
       try {
-        return await this.store.create(draft);
+        return { job: await this.store.create(draft), evictions: decision.preempted };
       } catch (err) {
-        for (const t of draft.targets) this.ledger.release(t.hostId, t.pid, id);
+        this.ledgerRollback(before);
         throw err;
       }
     });
     this.publish(job);
-    this.options.log(`job ${id}: placed on ${job.targets.filter(isTargetActive).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
+    const placedOn = job.targets.filter(isTargetActive);
+    this.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${placedOn.map((t) => `${t.hostId}/${t.pid}`).join(", ")}` : `queued (${job.reason})`}`);
 
-    const armed = await this.armTargets(job, job.targets.filter(isTargetActive), failures);
-    if (armed.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${armed.reason}`);
+    await this.evict(job, evictions);
+    const failures: unknown[] = [];
+    let current = job;
+    if (placedOn.length > 0) {
+      current = await this.armTargets(job, placedOn, failures);
+      if (current.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${current.reason}`);
+    }
+    if (current.targets.some(isTargetWaiting)) this.enqueue(current);
     if (isFollowable(selector)) {
       const processes = processPart(selector);
       for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector: processes } } });
     }
-    this.scheduleDeadline(armed);
-    return armed;
+    this.scheduleDeadline(current);
+    return current;
   }
 
-  /** The processes of one host that match the selector's pid, exe, comm and cgroup. */
+  /** The processes of one host that match the selector's pid, exe, comm and cgroup; who else traces them goes into the ledger. */
   private async discover(session: AgentSession, selector: TargetSelector): Promise<DiscoveredProcess[]> {
     const result = await session.discover({ selector: processPart(selector) });
     if (result.error) throw agentFailure(session.hostId, result.error);
+    for (const p of result.processes) this.ledger.noteTracer(session.hostId, p.pid, p.tracerPid ? { pid: p.tracerPid, comm: p.tracerComm } : undefined);
     return result.processes;
   }
 
@@ -232,20 +345,99 @@ export class Controller {
     }
   }
 
-  /** Reserves a planned target's registers (call under the ledger lock); a failure becomes a failed target. */
-  private reserveTarget(jobId: string, plan: Plan, failures: unknown[]): Target {
-    const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {} };
-    try {
-      if ("err" in plan) throw plan.err;
-      const slots = this.ledger.reserve(plan.session.hostId, plan.pid, jobId, plan.chunks);
-      return create(TargetSchema, { ...base, state: TargetState.PENDING, reason: "arming", slots });
-    } catch (err) {
-      failures.push(err);
-      return create(TargetSchema, { ...base, state: TargetState.FAILED, reason: err instanceof Error ? err.message : String(err) });
-    }
+  /**
+   * Asks the placement core where a job's waiting targets go, given what the
+   * ledger holds, and applies the decision to the ledger (call under the
+   * ledger lock; markPlaced applies it to the job).
+   */
+  private decide(job: Job): PlacementDecision {
+    const pj = placementJob(job);
+    const candidates: Candidate[] = job.targets
+      .filter((t) => isTargetWaiting(t) || (isTargetActive(t) && t.chunks.length > 0))
+      .map((t) => ({ ...this.ledger.snapshot(t.hostId, t.pid), hostLabels: this.known.get(t.hostId)?.info.labels ?? {}, chunks: t.chunks }));
+    const decision = place(pj, candidates);
+    for (const p of decision.placed) this.ledger.apply(pj, p);
+    return decision;
   }
 
-  /** Arms targets of a stored job through their agents and records each outcome. */
+  /** What the ledger said about a job's targets before a decision, to undo it when storing the job fails. */
+  private ledgerCheckpoint(job: Job): TargetSnapshot[] {
+    return job.targets.map((t) => this.ledger.snapshot(t.hostId, t.pid));
+  }
+
+  private ledgerRollback(snapshots: readonly TargetSnapshot[]): void {
+    for (const s of snapshots) this.ledger.put(s);
+  }
+
+  /** Why one waiting target of a job does not fit, for its reason and for refusals. */
+  private whyNot(job: Job, target: Target): string {
+    const s = this.ledger.snapshot(target.hostId, target.pid);
+    const where = `pid ${target.pid} on ${target.hostId}`;
+    if (s.tracedBy) return `${where} is already traced by pid ${s.tracedBy.pid} (${s.tracedBy.comm}): stop that tracer first`;
+    const need = distinctChunks(target.chunks).filter((c) => !s.slots.some((slot) => slot && sameChunk(slot.chunk, c))).length;
+    const held = this.ledger.describe(target.hostId, target.pid);
+    return (
+      `${where} has ${this.ledger.freeCount(target.hostId, target.pid)} free debug register(s) of ${slotsPerThread} and the job needs ${need}` +
+      (held.text ? `; held by ${held.text}` : "") +
+      (need > slotsPerThread ? `; a thread has only ${slotsPerThread}: watch fewer or narrower ranges` : "")
+    );
+  }
+
+  /** The error for a job that cannot be placed now and may not wait. */
+  private refusal(job: Job, decision: PlacementDecision): Error {
+    const shortfall = decision.shortfall!;
+    const waiting = job.targets.filter(isTargetWaiting);
+    const details = waiting.slice(0, 3).map((t) => this.whyNot(job, t));
+    if (waiting.length > details.length) details.push(`and ${waiting.length - details.length} more`);
+    const text = waiting.length === 1 ? details[0]! : `${shortfall.reason}. ${details.join(". ")}`;
+    const { counts } = shortfall;
+    if (counts.tooMany > 0 && counts.full + counts.foreign + counts.traced === 0) return new InvalidRequestError(text);
+    if (counts.traced > 0 && counts.full + counts.foreign + counts.tooMany === 0) return new PreconditionError(text);
+    const first = waiting[0]!;
+    const holders = [...new Set(waiting.flatMap((t) => this.ledger.describe(t.hostId, t.pid).holders))];
+    const hint = holders.length > 0 ? `. Cancel one of ${holders.join(", ")} or wait for it to end; ` : ". ";
+    return new SlotsExhaustedError(`${text}${hint}--queue-timeout DURATION waits in the queue, a higher --priority preempts lower jobs`, first.hostId, first.pid, holders);
+  }
+
+  /** Takes the registers of preempted jobs back from their agents; the victims are told (state, reason) and requeued. */
+  private async evict(by: Job, evictions: readonly Eviction[]): Promise<void> {
+    await Promise.all(
+      evictions.map(async (e) => {
+        const session = this.sessions.get(e.hostId);
+        let counts: HitCounts | undefined;
+        let note = "";
+        if (!session?.isOpen) note = `; agent ${e.hostId} not connected: it disarms when it reconnects`;
+        else {
+          try {
+            const result = await session.disarm({ jobId: e.jobId, pid: e.pid, epoch: this.options.epoch });
+            this.ledger.noteReserved(e.hostId, e.pid, result.reservedMask);
+            if (result.error) note = `; disarm failed: ${result.error.message}`;
+            else counts = result.counts;
+          } catch (err) {
+            note = `; disarm failed: ${errorText(err)}`;
+          }
+        }
+        const priority = by.spec?.priority ?? 0;
+        const victim = await this.store.mutate(e.jobId, (j) => {
+          const t = j.targets.find((x) => x.hostId === e.hostId && x.pid === e.pid);
+          if (!t || !isTargetActive(t)) return;
+          // The agent keeps these counters and goes on from them when the target is armed again.
+          if (counts) t.counts = counts;
+          t.state = TargetState.PREEMPTED;
+          t.preemptions++;
+          t.slots = [];
+          t.reason = `preempted by job ${by.id} (priority ${priority} over ${j.spec?.priority ?? 0})${note}; waiting to be placed again`;
+          rollUp(j);
+          if (j.state === JobState.PENDING) j.reason = `preempted by job ${by.id}; waiting in the queue`;
+        });
+        this.publish(victim);
+        this.options.log(`job ${e.jobId}: ${e.hostId}/${e.pid} preempted by job ${by.id}`);
+        this.enqueue(victim);
+      }),
+    );
+  }
+
+  /** Arms targets of a stored job through their agents and records each outcome; a target that may wait goes back to the queue. */
   private async armTargets(job: Job, targets: readonly Target[], failures: unknown[]): Promise<Job> {
     const outcomes = await Promise.all(
       targets.map(async (t) => {
@@ -257,31 +449,62 @@ export class Controller {
           if (result.error) throw agentFailure(t.hostId, result.error);
           return { target: t, result };
         } catch (err) {
+          this.learnFromArmFailure(t, err);
           failures.push(err);
           return { target: t, err };
         }
       }),
     );
+    const nowMs = BigInt(Date.now());
     const armed = await this.store.mutate(job.id, (j) => {
       for (const outcome of outcomes) {
         const t = j.targets.find((x) => x.hostId === outcome.target.hostId && x.pid === outcome.target.pid)!;
-        if (!isTargetActive(t)) continue;
+        if (t.state !== TargetState.ARMING) continue;
         if ("result" in outcome && outcome.result) {
           t.state = TargetState.ARMED;
           t.reason = `${outcome.result.threadsArmed}/${outcome.result.threadsTotal} threads armed`;
           t.threadsTotal = outcome.result.threadsTotal;
           t.threadsArmed = outcome.result.threadsArmed;
           t.reservedMask = outcome.result.reservedMask;
+        } else if (isRetryable(outcome.err) && (j.queueDeadlineUnixMs > nowMs || t.preemptions > 0)) {
+          t.state = t.preemptions > 0 ? TargetState.PREEMPTED : TargetState.PENDING;
+          t.slots = [];
+          t.reason = `${errorText(outcome.err)}; waiting in the queue`;
         } else {
           t.state = TargetState.FAILED;
-          t.reason = outcome.err instanceof Error ? outcome.err.message : String(outcome.err);
+          t.reason = errorText(outcome.err);
         }
       }
       rollUp(j);
     });
     for (const t of armed.targets) if (!isTargetActive(t)) this.ledger.release(t.hostId, t.pid, job.id);
+    // The job ended while these were arming: take them back.
+    for (const outcome of outcomes) {
+      const t = armed.targets.find((x) => x.hostId === outcome.target.hostId && x.pid === outcome.target.pid);
+      if ("result" in outcome && t && !isTargetActive(t)) {
+        void this.sessions
+          .get(t.hostId)
+          ?.disarm({ jobId: job.id, pid: t.pid, epoch: this.options.epoch })
+          .catch((err) => this.options.log(`job ${job.id}: disarming ${t.hostId}/${t.pid} after the job ended failed: ${String(err)}`));
+      }
+    }
     this.publish(armed);
+    if (armed.targets.some(isTargetWaiting)) this.enqueue(armed);
     return armed;
+  }
+
+  /** An arm that met ENOSPC or another tracer tells the ledger about registers and processes it cannot use. */
+  private learnFromArmFailure(target: Target, err: unknown): void {
+    if (!(err instanceof AgentOperationError)) return;
+    if (err.errnoName === "ENOSPC") {
+      const held = this.ledger.snapshot(target.hostId, target.pid);
+      // Registers only this target's job holds were new to the kernel: one of them met the limit.
+      let mask = 0;
+      for (const a of target.slots) if (held.slots[a.dr]?.holders.length === 1) mask |= 1 << a.dr;
+      this.ledger.noteForeign(target.hostId, target.pid, mask);
+    }
+    const traced = /already traced by pid (\d+) \(([^)]*)\)/.exec(err.message);
+    if (traced) this.ledger.noteTracer(target.hostId, target.pid, { pid: Number(traced[1]), comm: traced[2]! });
   }
 
   /** A process that started matching an active job (late joiner), or a process of a host that joined. */
@@ -289,26 +512,169 @@ export class Controller {
     const job = this.store.get(jobId);
     if (!job || isJobFinal(job) || job.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return;
     const plan = await this.plan(session, job.spec!, pid);
-    const failures: unknown[] = [];
     const added = await this.withLedger(async () => {
       const current = this.store.get(jobId);
       if (!current || isJobFinal(current) || current.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return undefined;
-      const target = this.reserveTarget(jobId, plan, failures);
+      const base = { hostId: session.hostId, pid, counts: {} };
+      const target =
+        "err" in plan
+          ? create(TargetSchema, { ...base, state: TargetState.FAILED, reason: errorText(plan.err) })
+          : create(TargetSchema, { ...base, state: TargetState.PENDING, reason: "waiting to be placed", chunks: plan.chunks });
+      let decision: PlacementDecision | undefined;
+      const trial = clone(JobSchema, current);
+      trial.targets.push(target);
+      const before = this.ledgerCheckpoint(trial);
+      if (target.state === TargetState.PENDING) decision = this.decide(trial);
+      const placedHere = decision?.placed.some((p) => p.hostId === session.hostId && p.pid === pid) ?? false;
+      // A sample that has its targets does not take more.
+      if (!placedHere && parsePlacement(current.spec?.placement ?? "").kind === "sample" && target.state === TargetState.PENDING) {
+        this.ledgerRollback(before);
+        return undefined;
+      }
+      const waits = current.queueDeadlineUnixMs > BigInt(Date.now());
       try {
         const updated = await this.store.mutate(jobId, (j) => {
-          j.targets.push(target);
+          j.targets.push(clone(TargetSchema, target));
+          if (decision) markPlaced(j, decision);
+          const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
+          if (t.state === TargetState.PENDING) {
+            t.reason = this.whyNot(j, t);
+            if (!waits) t.state = TargetState.FAILED;
+          }
           rollUp(j);
         });
-        return { updated, target };
+        return { updated, evictions: decision?.preempted ?? [] };
       } catch (err) {
-        this.ledger.release(session.hostId, pid, jobId);
+        this.ledgerRollback(before);
         throw err;
       }
     });
     if (!added) return;
     this.publish(added.updated);
-    this.options.log(`job ${jobId}: ${session.hostId}/${pid} joined${added.target.state === TargetState.FAILED ? ` but failed: ${added.target.reason}` : ""}`);
-    if (added.target.state === TargetState.PENDING) await this.armTargets(added.updated, [added.target], failures);
+    const t = added.updated.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
+    this.options.log(`job ${jobId}: ${session.hostId}/${pid} joined (${targetStateName(t.state)}${t.state === TargetState.ARMING ? "" : `: ${t.reason}`})`);
+    await this.evict(added.updated, added.evictions);
+    if (t.state === TargetState.ARMING) await this.armTargets(added.updated, [t], []);
+    else if (isTargetWaiting(t)) this.enqueue(added.updated);
+  }
+
+  // ---- the queue ----------------------------------------------------------
+
+  /** A job with targets waiting for registers: placed again when registers free up; fails at its queue deadline. */
+  private enqueue(job: Job): void {
+    if (isJobFinal(job) || !job.targets.some(isTargetWaiting)) return;
+    this.queue.add(job.id);
+    if (job.queueDeadlineUnixMs > 0n && !this.queueTimers.has(job.id)) {
+      const delay = Math.max(0, Number(job.queueDeadlineUnixMs) - Date.now());
+      this.queueTimers.set(
+        job.id,
+        setTimeout(() => {
+          this.queueTimers.delete(job.id);
+          this.expireQueued(job.id).catch((err) => this.options.log(`job ${job.id}: ending its wait in the queue failed: ${String(err)}`));
+        }, delay),
+      );
+    }
+    this.drainSoon();
+  }
+
+  private dequeue(id: string): void {
+    this.queue.delete(id);
+    clearTimeout(this.queueTimers.get(id));
+    this.queueTimers.delete(id);
+  }
+
+  /** Queued jobs in the order they get registers: higher priority first, then first come. */
+  private queuedInOrder(): Job[] {
+    const jobs: Job[] = [];
+    for (const id of this.queue) {
+      const job = this.store.get(id);
+      if (job && !isJobFinal(job) && job.targets.some(isTargetWaiting)) jobs.push(job);
+      else this.dequeue(id);
+    }
+    return jobs.sort((a, b) => (b.spec?.priority ?? 0) - (a.spec?.priority ?? 0) || Number(a.createdUnixMs - b.createdUnixMs) || (a.id < b.id ? -1 : 1));
+  }
+
+  /** Runs the queue once soon; several triggers in a row run it once. */
+  private drainSoon(): void {
+    if (this.drainScheduled || this.queue.size === 0 || this.stopped.signal.aborted) return;
+    this.drainScheduled = true;
+    setImmediate(() => {
+      this.drainScheduled = false;
+      this.drain().catch((err) => this.options.log(`queue: placing waiting jobs failed: ${String(err)}`));
+    });
+  }
+
+  /**
+   * Offers free registers to the queued jobs in order; a job that fits goes
+   * ahead of earlier ones that do not (backfill). Placements are applied to
+   * the ledger one job after the other, so no register is given twice.
+   */
+  private async drain(): Promise<void> {
+    const work = await this.withLedger(async () => {
+      const out: { job: Job; evictions: readonly Eviction[] }[] = [];
+      for (const job of this.queuedInOrder()) {
+        const before = this.ledgerCheckpoint(job);
+        const decision = this.decide(job);
+        const reason = decision.shortfall ? `queued: ${decision.shortfall.reason}` : "";
+        if (decision.placed.length === 0) {
+          // A waiting job says why, in words and numbers, as the fleet changes.
+          if (reason && job.state === JobState.PENDING && job.reason !== reason && !job.reason.startsWith("preempted")) {
+            const updated = await this.store.mutate(job.id, (j) => {
+              if (j.state === JobState.PENDING) j.reason = reason;
+            });
+            this.publish(updated);
+          }
+          continue;
+        }
+        try {
+          const updated = await this.store.mutate(job.id, (j) => {
+            markPlaced(j, decision);
+            for (const t of j.targets) if (isTargetWaiting(t)) t.reason = this.whyNot(j, t);
+            if (!j.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) j.queueDeadlineUnixMs = 0n;
+          });
+          out.push({ job: updated, evictions: decision.preempted });
+          if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
+        } catch (err) {
+          this.ledgerRollback(before);
+          this.options.log(`job ${job.id}: storing its placement failed: ${String(err)}`);
+        }
+      }
+      return out;
+    });
+    for (const { job, evictions } of work) {
+      this.publish(job);
+      this.options.log(`job ${job.id}: placed from the queue on ${job.targets.filter((t) => t.state === TargetState.ARMING).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
+    }
+    await Promise.all(
+      work.map(async ({ job, evictions }) => {
+        await this.evict(job, evictions);
+        await this.armTargets(job, job.targets.filter((t) => t.state === TargetState.ARMING), []);
+      }),
+    );
+  }
+
+  /** The queue timeout passed: targets that never got registers fail (a gang fails whole). */
+  private async expireQueued(id: string): Promise<void> {
+    await this.withLedger(async () => {
+      const job = this.store.get(id);
+      if (!job || isJobFinal(job) || !job.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) return;
+      const timeout = formatDuration(job.spec?.queueTimeoutMs ?? 0n);
+      const updated = await this.store.mutate(id, (j) => {
+        const why = j.reason.replace(/^queued: /, "");
+        for (const t of j.targets) {
+          if (!isTargetWaiting(t) || t.preemptions > 0) continue;
+          t.state = TargetState.FAILED;
+          t.reason = `not placed within the queue timeout (${timeout}): ${t.reason}`;
+        }
+        j.queueDeadlineUnixMs = 0n;
+        rollUp(j);
+        if (j.state === JobState.FAILED) j.reason = `not placed within the queue timeout (${timeout}): ${why}`;
+      });
+      if (!updated.targets.some(isTargetWaiting)) this.dequeue(id);
+      this.publish(updated);
+      this.options.log(`job ${id}: queue timeout (${timeout}) passed; ${updated.reason}`);
+      if (isJobFinal(updated)) this.forgetJobTimers(updated);
+    });
   }
 
   get(id: string): Job {
@@ -370,9 +736,20 @@ export class Controller {
             .map((e) =>
               create(TargetSlotsSchema, {
                 pid: e.pid,
-                slots: Array.from({ length: slotsPerThread }, (_, dr) =>
-                  create(SlotUseSchema, { dr, jobId: e.slots[dr]?.jobId ?? "", chunk: e.slots[dr]?.chunk, reserved: ((e.reservedMask >> dr) & 1) === 1 }),
-                ),
+                slots: Array.from({ length: slotsPerThread }, (_, dr) => {
+                  const held = e.slots[dr];
+                  const jobIds = held?.holders.map((h) => h.jobId) ?? [];
+                  return create(SlotUseSchema, {
+                    dr,
+                    jobId: jobIds[0] ?? "",
+                    jobIds,
+                    chunk: held?.chunk,
+                    reserved: ((e.reservedMask >> dr) & 1) === 1,
+                    foreign: ((e.foreignMask >> dr) & 1) === 1,
+                  });
+                }),
+                tracedByPid: e.tracedBy?.pid ?? 0,
+                tracedByComm: e.tracedBy?.comm ?? "",
               }),
             ),
         }),
@@ -451,6 +828,7 @@ export class Controller {
   private async end(id: string, state: JobState.COMPLETED | JobState.CANCELLED, reason: string): Promise<Job> {
     clearTimeout(this.deadlines.get(id));
     this.deadlines.delete(id);
+    this.dequeue(id);
     const job = this.get(id);
     const active = job.targets.filter(isTargetActive);
     const finals = await Promise.all(
@@ -477,10 +855,19 @@ export class Controller {
       finish(j, state, reason);
     });
     for (const t of ended.targets) this.ledger.release(t.hostId, t.pid, id);
-    this.unfollow(ended);
+    this.forgetJobTimers(ended);
     this.publish(ended);
     this.options.log(`job ${id}: ${reason}`);
+    this.drainSoon();
     return ended;
+  }
+
+  /** A final job needs no deadline, no queue place, and no agent looking for its late joiners. */
+  private forgetJobTimers(job: Job): void {
+    clearTimeout(this.deadlines.get(job.id));
+    this.deadlines.delete(job.id);
+    this.dequeue(job.id);
+    this.unfollow(job);
   }
 
   // ---- agent sessions ---------------------------------------------------
@@ -528,42 +915,65 @@ export class Controller {
     if (this.sessions.get(session.hostId) === session) {
       this.sessions.delete(session.hostId);
       this.options.log(`agent ${session.hostId}: ${reason}`);
-      void this.markLost(session.hostId, `agent ${session.hostId}: ${reason}; its registers stay reserved until it returns or the job ends`).catch((err) =>
-        this.options.log(`agent ${session.hostId}: marking targets lost failed: ${String(err)}`),
-      );
     }
   }
 
-  /** Every active target of a host whose session ended becomes lost (its slots stay held). */
-  private async markLost(hostId: string, reason: string): Promise<void> {
+  /** When the host was last heard from: its live session's last message, else its last session's, but not before this controller started. */
+  private lastHeardMs(hostId: string): number {
+    const session = this.sessions.get(hostId);
+    if (session?.isOpen) return session.lastSeenMs;
+    return Math.max(this.known.get(hostId)?.lastSeenMs ?? 0, this.startedMs);
+  }
+
+  /** How long a job lets a host be silent before its targets there are lost. */
+  private lostAfterMs(job: Job): number {
+    const ms = Number(job.spec?.lostAfterMs ?? 0n);
+    return ms > 0 ? ms : this.options.leaseMs;
+  }
+
+  /**
+   * Targets on hosts silent for longer than their job allows become lost:
+   * their registers stay held (the agent disarms on its side after the same
+   * time) until the agent returns and is reconciled, or the job ends.
+   */
+  private markSilentHostsLost(now: number): void {
     for (const job of this.store.all()) {
-      if (isJobFinal(job) || !job.targets.some((t) => t.hostId === hostId && (t.state === TargetState.ARMED || t.state === TargetState.PENDING))) continue;
-      const updated = await this.store.mutate(job.id, (j) => {
-        for (const t of j.targets) {
-          if (t.hostId !== hostId || (t.state !== TargetState.ARMED && t.state !== TargetState.PENDING)) continue;
-          t.state = TargetState.LOST;
-          t.reason = reason;
-        }
-        rollUp(j);
-      });
-      this.publish(updated);
+      if (isJobFinal(job) || this.losing.has(job.id)) continue;
+      const limit = this.lostAfterMs(job);
+      const hosts = new Set<string>();
+      for (const t of job.targets) {
+        if ((t.state === TargetState.ARMED || t.state === TargetState.ARMING) && now - this.lastHeardMs(t.hostId) > limit) hosts.add(t.hostId);
+      }
+      if (hosts.size === 0) continue;
+      this.losing.add(job.id);
+      void this.store
+        .mutate(job.id, (j) => {
+          for (const t of j.targets) {
+            if (!hosts.has(t.hostId) || (t.state !== TargetState.ARMED && t.state !== TargetState.ARMING)) continue;
+            t.state = TargetState.LOST;
+            t.reason = `agent ${t.hostId} silent for ${now - this.lastHeardMs(t.hostId)} ms (the job allows ${limit} ms); its registers stay reserved until it returns or the job ends`;
+          }
+          rollUp(j);
+        })
+        .then((updated) => {
+          this.publish(updated);
+          this.options.log(`job ${job.id}: targets on ${[...hosts].join(", ")} lost`);
+        })
+        .catch((err) => this.options.log(`job ${job.id}: marking targets lost failed: ${String(err)}`))
+        .finally(() => this.losing.delete(job.id));
     }
   }
 
   private expireLeases(): void {
     const now = Date.now();
-    // After a restart, hosts that do not come back within a lease are lost too.
-    if (!this.checkedAbsentHosts && now - this.startedMs > this.options.leaseMs) {
-      this.checkedAbsentHosts = true;
-      const absent = new Set(this.store.all().filter((j) => !isJobFinal(j)).flatMap((j) => j.targets.map((t) => t.hostId)).filter((h) => !this.sessions.has(h)));
-      for (const hostId of absent) {
-        void this.markLost(hostId, `agent ${hostId} did not reconnect within the lease after the controller started; its registers stay reserved until it returns or the job ends`).catch((err) =>
-          this.options.log(`agent ${hostId}: marking targets lost failed: ${String(err)}`),
-        );
-      }
-    }
     for (const session of this.sessions.values()) {
       if (now - session.lastSeenMs > this.options.leaseMs) this.dropSession(session, `lease expired (silent for ${now - session.lastSeenMs} ms)`);
+    }
+    this.markSilentHostsLost(now);
+    // Foreign registers and other tracers are tried again after a while.
+    if (now - this.lastDrainMs > retryQueueEveryMs) {
+      this.lastDrainMs = now;
+      this.drainSoon();
     }
   }
 
@@ -593,12 +1003,13 @@ export class Controller {
 
   /** A target changed on its host: counters moved, or it ended by itself. */
   private async onTargetReport(hostId: string, report: TargetReport): Promise<void> {
-    if (report.state === TargetState.EXITED) this.ledger.forgetReserved(hostId, report.pid);
+    if (report.state === TargetState.EXITED) this.ledger.forgetProcess(hostId, report.pid);
     if (!this.store.get(report.jobId)) return;
     const ends = report.state !== TargetState.ARMED && report.state !== TargetState.UNSPECIFIED;
     const job = await this.store.mutate(report.jobId, (j) => {
       const t = j.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
-      if (!t) return;
+      // A preempted target's counters were settled when it was disarmed.
+      if (!t || isTargetWaiting(t)) return;
       if (report.counts) t.counts = report.counts;
       if (report.threadsTotal > 0) {
         t.threadsTotal = report.threadsTotal;
@@ -612,14 +1023,14 @@ export class Controller {
       }
       rollUp(j);
     });
-    if (report.state === TargetState.EXITED) this.ledger.forgetReserved(hostId, report.pid);
+    if (report.state === TargetState.EXITED) this.ledger.forgetProcess(hostId, report.pid);
     else this.ledger.noteReserved(hostId, report.pid, report.reservedMask);
-    if (ends) this.ledger.release(hostId, report.pid, report.jobId);
-    if (isJobFinal(job)) {
-      clearTimeout(this.deadlines.get(job.id));
-      this.deadlines.delete(job.id);
-      this.unfollow(job);
+    if (ends) {
+      const t = job.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
+      if (!t || !isTargetActive(t)) this.ledger.release(hostId, report.pid, report.jobId);
+      this.drainSoon();
     }
+    if (isJobFinal(job)) this.forgetJobTimers(job);
     this.publish(job);
     const budget = job.spec?.maxHits ?? 0n;
     if (!isJobFinal(job) && budget > 0n && (job.counts?.delivered ?? 0n) >= budget) {
@@ -666,7 +1077,7 @@ export class Controller {
       if (job && target && result.counts) {
         const updated = await this.store.mutate(job.id, (j) => {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
-          if (t) t.counts = result.counts ?? create(HitCountsSchema);
+          if (t && result.counts) t.counts = result.counts;
           rollUp(j);
         });
         this.publish(updated);

@@ -3,9 +3,19 @@
 import { create } from "@bufbuild/protobuf";
 import { HitCountsSchema, JobState, TargetState, isFinalJobState, type HitCounts, type Job, type Target } from "../proto/index.js";
 
-/** A target that holds (or is about to hold) debug registers; a lost one keeps them until it returns. */
+/** A target that holds debug registers in the ledger (arming, armed, or lost: it keeps them until it returns). */
 export function isTargetActive(target: Target): boolean {
-  return target.state === TargetState.PENDING || target.state === TargetState.ARMED || target.state === TargetState.LOST;
+  return target.state === TargetState.ARMING || target.state === TargetState.ARMED || target.state === TargetState.LOST;
+}
+
+/** A target waiting in the queue for registers: never placed yet, or preempted. It holds none. */
+export function isTargetWaiting(target: Target): boolean {
+  return target.state === TargetState.PENDING || target.state === TargetState.PREEMPTED;
+}
+
+/** A target that is not final: active or waiting. */
+export function isTargetLive(target: Target): boolean {
+  return isTargetActive(target) || isTargetWaiting(target);
 }
 
 /** A job that will not change any more. */
@@ -27,28 +37,40 @@ export function addCounts(items: ReadonlyArray<HitCounts | undefined>): HitCount
   return sum;
 }
 
+/** Which targets are not as wanted, for a degraded job's reason: `h1/42 lost, h2/7 preempted` (at most 8 named). */
+function describeTroubled(job: Job): string {
+  const troubled = job.targets.filter((t) => t.state === TargetState.LOST || t.state === TargetState.FAILED || isTargetWaiting(t));
+  const named = troubled.slice(0, 8).map((t) => `${t.hostId}/${t.pid} ${TargetState[t.state]!.toLowerCase()}`);
+  return named.join(", ") + (troubled.length > named.length ? ` and ${troubled.length - named.length} more` : "");
+}
+
 /**
  * Recomputes the job's state and counters from its targets. A final job stays
- * final. While any target is active: degraded if one is lost, or if armed
- * targets sit beside failed ones; armed if one is armed; else pending. Once
- * every target is final the job is failed (all failed) or completed.
+ * final. While any target is live: degraded if one is lost, or if armed
+ * targets sit beside failed, pending or preempted ones; armed if one is
+ * armed (others may be arming); else pending (arming, or waiting in the queue: the
+ * controller keeps the queue's reason). Once every target is final the job
+ * is failed (all failed) or completed.
  */
 export function rollUp(job: Job, nowMs = Date.now()): void {
   job.counts = addCounts(job.targets.map((t) => t.counts));
   if (isJobFinal(job)) return;
   const states = job.targets.map((t) => t.state);
   const armed = states.includes(TargetState.ARMED);
-  if (states.includes(TargetState.LOST) || (armed && states.includes(TargetState.FAILED))) {
+  const waiting = job.targets.some(isTargetWaiting);
+  if (states.includes(TargetState.LOST) || (armed && (states.includes(TargetState.FAILED) || waiting))) {
     job.state = JobState.DEGRADED;
-    job.reason = job.targets
-      .filter((t) => t.state === TargetState.LOST || t.state === TargetState.FAILED)
-      .map((t) => `${t.hostId}/${t.pid} ${TargetState[t.state]!.toLowerCase()}`)
-      .join(", ");
+    job.reason = describeTroubled(job);
   } else if (armed) {
     job.state = JobState.ARMED;
     job.reason = "";
-  } else if (states.includes(TargetState.PENDING)) job.state = JobState.PENDING;
-  else {
+  } else if (states.includes(TargetState.ARMING)) {
+    job.state = JobState.PENDING;
+    job.reason = "arming";
+  } else if (waiting) {
+    job.state = JobState.PENDING;
+    if (!job.reason || job.reason === "arming") job.reason = "waiting in the queue for debug registers";
+  } else {
     job.state = states.length > 0 && states.every((s) => s === TargetState.FAILED) ? JobState.FAILED : JobState.COMPLETED;
     if (!job.reason) job.reason = job.targets.map((t) => t.reason).find((r) => r) ?? "";
     job.endedUnixMs = BigInt(nowMs);
@@ -59,7 +81,7 @@ export function rollUp(job: Job, nowMs = Date.now()): void {
 export function finish(job: Job, state: JobState.COMPLETED | JobState.CANCELLED | JobState.FAILED, reason: string, nowMs = Date.now()): void {
   const targetState = state === JobState.CANCELLED ? TargetState.CANCELLED : state === JobState.FAILED ? TargetState.FAILED : TargetState.COMPLETED;
   for (const target of job.targets) {
-    if (!isTargetActive(target)) continue;
+    if (!isTargetLive(target)) continue;
     target.state = targetState;
     target.reason = reason;
   }

@@ -1,26 +1,67 @@
-// The slot ledger: which job holds which debug register of which target
-// process. Pure bookkeeping, no I/O: the controller rebuilds it from the job
-// store at start and changes it only together with the stored jobs.
+// The slot ledger: which jobs hold which debug register of which target
+// process, what the kernel keeps reserved there, what is held outside
+// fleetwatch, and who else traces it. Pure bookkeeping, no I/O: the
+// controller rebuilds it from the job store at start, asks the placement
+// core (placement.ts) for decisions on its snapshots, and changes it only
+// together with the stored jobs.
 import { create } from "@bufbuild/protobuf";
 import { SlotAssignmentSchema, formatChunk, slotsPerThread, type Chunk, type SlotAssignment } from "../proto/index.js";
 import { SlotsExhaustedError } from "./errors.js";
-
-/** One register in use. */
-export interface Holding {
-  readonly jobId: string;
-  readonly chunk: Chunk;
-}
+import { applyPlacement, releaseJob } from "./placement.js";
+import type { HeldSlot, PlacementJob, TargetPlacement, TargetSnapshot } from "./placement-types.js";
 
 /** The ledger key of a target process. */
 export function targetKey(hostId: string, pid: number): string {
   return `${hostId}/${pid}`;
 }
 
-/** Debug-register bookkeeping per (host, pid); at most `slotsPerThread` each. */
+/** How long a register that met ENOSPC is kept out of placement before it is tried again. */
+export const foreignHoldMs = 60_000;
+
+interface Entry {
+  snapshot: TargetSnapshot;
+  /** When each foreign register was last seen busy (index = DR). */
+  foreignSinceMs: number[];
+}
+
+const emptySlots = (): Array<HeldSlot | null> => new Array<HeldSlot | null>(slotsPerThread).fill(null);
+
+/** Debug-register bookkeeping per (host, pid); at most `slotsPerThread` registers each, shared by identical chunks. */
 export class SlotLedger {
-  private readonly targets = new Map<string, Array<Holding | undefined>>();
-  /** Registers the kernel keeps reserved per process for earlier watches (bit i = DRi). */
-  private readonly reserved = new Map<string, number>();
+  private readonly targets = new Map<string, Entry>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  private entry(hostId: string, pid: number): Entry {
+    const key = targetKey(hostId, pid);
+    let entry = this.targets.get(key);
+    if (!entry) {
+      entry = { snapshot: { hostId, pid, slots: emptySlots(), reservedMask: 0, foreignMask: 0 }, foreignSinceMs: [] };
+      this.targets.set(key, entry);
+    }
+    return entry;
+  }
+
+  /** Drops a target the ledger no longer has anything to say about. */
+  private prune(hostId: string, pid: number): void {
+    const key = targetKey(hostId, pid);
+    const s = this.targets.get(key)?.snapshot;
+    if (s && s.slots.every((x) => !x) && s.reservedMask === 0 && s.foreignMask === 0 && !s.tracedBy) this.targets.delete(key);
+  }
+
+  /** The target as the placement core sees it; foreign marks older than foreignHoldMs are tried again. */
+  snapshot(hostId: string, pid: number): TargetSnapshot {
+    const entry = this.targets.get(targetKey(hostId, pid));
+    if (!entry) return { hostId, pid, slots: emptySlots(), reservedMask: 0, foreignMask: 0 };
+    const s = entry.snapshot;
+    if (s.foreignMask !== 0) {
+      const now = this.now();
+      let mask = s.foreignMask;
+      for (let dr = 0; dr < slotsPerThread; dr++) if ((mask >> dr) & 1 && now - (entry.foreignSinceMs[dr] ?? 0) >= foreignHoldMs) mask &= ~(1 << dr);
+      if (mask !== s.foreignMask) entry.snapshot = { ...s, foreignMask: mask };
+    }
+    return entry.snapshot;
+  }
 
   /**
    * Records which registers the kernel keeps reserved in a process for
@@ -29,91 +70,126 @@ export class SlotLedger {
    */
   noteReserved(hostId: string, pid: number, mask: number): void {
     if (mask === 0) return;
-    const key = targetKey(hostId, pid);
-    this.reserved.set(key, (this.reserved.get(key) ?? 0) | mask);
+    const entry = this.entry(hostId, pid);
+    entry.snapshot = { ...entry.snapshot, reservedMask: entry.snapshot.reservedMask | mask };
   }
 
-  /** The process is gone (exit, exec): its reservations went with it. */
-  forgetReserved(hostId: string, pid: number): void {
-    this.reserved.delete(targetKey(hostId, pid));
+  /** Registers an arm met ENOSPC on: something outside fleetwatch (perf, a debugger) holds kernel breakpoint slots there. */
+  noteForeign(hostId: string, pid: number, mask: number): void {
+    if (mask === 0) return;
+    const entry = this.entry(hostId, pid);
+    const now = this.now();
+    for (let dr = 0; dr < slotsPerThread; dr++) if ((mask >> dr) & 1) entry.foreignSinceMs[dr] = now;
+    entry.snapshot = { ...entry.snapshot, foreignMask: entry.snapshot.foreignMask | mask };
+  }
+
+  /** Another tracer owns the process (or, with undefined, no longer does). */
+  noteTracer(hostId: string, pid: number, tracedBy: { pid: number; comm: string } | undefined): void {
+    const current = this.targets.get(targetKey(hostId, pid))?.snapshot.tracedBy;
+    if (!tracedBy && !current) return;
+    const entry = this.entry(hostId, pid);
+    const { tracedBy: _old, ...rest } = entry.snapshot;
+    entry.snapshot = tracedBy ? { ...rest, tracedBy } : rest;
+    this.prune(hostId, pid);
+  }
+
+  /** The process is gone (exit, exec): reservations, foreign marks and tracers went with it. */
+  forgetProcess(hostId: string, pid: number): void {
+    const entry = this.targets.get(targetKey(hostId, pid));
+    if (!entry) return;
+    entry.snapshot = { hostId, pid, slots: entry.snapshot.slots, reservedMask: 0, foreignMask: 0 };
+    entry.foreignSinceMs = [];
+    this.prune(hostId, pid);
+  }
+
+  /** Puts back a snapshot taken earlier (undoing decisions whose job could not be stored). */
+  put(snapshot: TargetSnapshot): void {
+    const entry = this.entry(snapshot.hostId, snapshot.pid);
+    entry.snapshot = snapshot;
+    this.prune(snapshot.hostId, snapshot.pid);
   }
 
   /** Reserved mask of a process (bit i = DRi). */
   reservedMask(hostId: string, pid: number): number {
-    return this.reserved.get(targetKey(hostId, pid)) ?? 0;
+    return this.targets.get(targetKey(hostId, pid))?.snapshot.reservedMask ?? 0;
   }
 
-  /** The four registers of a target: a holding or undefined (free). */
-  slotsOf(hostId: string, pid: number): ReadonlyArray<Holding | undefined> {
-    return this.targets.get(targetKey(hostId, pid)) ?? new Array<undefined>(slotsPerThread).fill(undefined);
+  /** Every target the ledger knows something about. */
+  entries(): TargetSnapshot[] {
+    return [...this.targets.values()].map((e) => this.snapshot(e.snapshot.hostId, e.snapshot.pid));
   }
 
-  /** Every target with a register in use or reserved, with its reserved mask. */
-  entries(): Array<{ hostId: string; pid: number; slots: ReadonlyArray<Holding | undefined>; reservedMask: number }> {
-    const keys = new Set([...this.targets.keys(), ...this.reserved.keys()]);
-    return [...keys].map((key) => {
-      const at = key.lastIndexOf("/");
-      const hostId = key.slice(0, at);
-      const pid = Number(key.slice(at + 1));
-      return { hostId, pid, slots: this.slotsOf(hostId, pid), reservedMask: this.reserved.get(key) ?? 0 };
-    });
-  }
-
-  /**
-   * Places all of a job's chunks on one target or none: each chunk takes a
-   * free register the kernel already reserved for us there, else the lowest
-   * free one. Throws SlotsExhaustedError naming the holders.
-   */
-  reserve(hostId: string, pid: number, jobId: string, chunks: readonly Chunk[]): SlotAssignment[] {
-    const key = targetKey(hostId, pid);
-    const slots = [...(this.targets.get(key) ?? new Array<Holding | undefined>(slotsPerThread).fill(undefined))];
-    const mask = this.reserved.get(key) ?? 0;
-    const isReserved = (dr: number) => ((mask >> dr) & 1) === 1;
-    const free = slots.flatMap((holding, dr) => (holding ? [] : [dr])).sort((a, b) => Number(isReserved(b)) - Number(isReserved(a)) || a - b);
-    if (chunks.length > free.length) {
-      const holders = [...new Set(slots.flatMap((h) => (h ? [h.jobId] : [])))];
-      const used = slots.flatMap((h, dr) => (h ? [`DR${dr} ${h.jobId} ${formatChunk(h.chunk)}`] : []));
-      throw new SlotsExhaustedError(
-        `pid ${pid} on ${hostId} has ${free.length} free debug register(s) of ${slotsPerThread} and the job needs ${chunks.length}; held by ${used.join("; ")}. Cancel one of ${holders.join(", ")} or wait for it to end`,
-        hostId,
-        pid,
-        holders,
-      );
-    }
-    const assignments = chunks.map((chunk, i) => {
-      const dr = free[i]!;
-      slots[dr] = { jobId, chunk };
-      return create(SlotAssignmentSchema, { dr, chunk });
-    });
-    this.targets.set(key, slots);
-    return assignments;
+  /** Takes one placement of a decision made on this ledger's snapshot: victims leave, the job takes a reference on each register. */
+  apply(job: PlacementJob, placement: TargetPlacement): SlotAssignment[] {
+    const entry = this.entry(placement.hostId, placement.pid);
+    entry.snapshot = applyPlacement(entry.snapshot, job, placement);
+    return assignmentsOf(placement.assignments);
   }
 
   /** Records registers a stored job already holds (rebuild after restart). Throws on a conflict. */
-  restore(hostId: string, pid: number, jobId: string, assignments: readonly SlotAssignment[]): void {
-    const key = targetKey(hostId, pid);
-    const slots = [...(this.targets.get(key) ?? new Array<Holding | undefined>(slotsPerThread).fill(undefined))];
+  restore(hostId: string, pid: number, job: PlacementJob, assignments: readonly SlotAssignment[]): void {
+    const entry = this.entry(hostId, pid);
     for (const { dr, chunk } of assignments) {
-      const held = slots[dr];
-      if (held && held.jobId !== jobId) throw new SlotsExhaustedError(`DR${dr} of pid ${pid} on ${hostId} is claimed by both ${held.jobId} and ${jobId}`, hostId, pid, [held.jobId]);
       if (!chunk) continue;
-      slots[dr] = { jobId, chunk };
+      const held = entry.snapshot.slots[dr];
+      if (held && !sameChunk(held.chunk, chunk)) {
+        throw new SlotsExhaustedError(
+          `DR${dr} of pid ${pid} on ${hostId} is claimed by ${held.holders.map((h) => h.jobId).join(", ")} (${formatChunk(held.chunk)}) and by ${job.id} (${formatChunk(chunk)})`,
+          hostId,
+          pid,
+          held.holders.map((h) => h.jobId),
+        );
+      }
     }
-    this.targets.set(key, slots);
+    entry.snapshot = applyPlacement(entry.snapshot, job, { hostId, pid, evicts: [], assignments: assignments.flatMap((a) => (a.chunk ? [{ dr: a.dr, chunk: a.chunk, shared: false }] : [])) });
   }
 
-  /** Frees every register a job holds on one target. */
-  release(hostId: string, pid: number, jobId: string): void {
-    const key = targetKey(hostId, pid);
-    const slots = this.targets.get(key);
-    if (!slots) return;
-    const left = slots.map((h) => (h?.jobId === jobId ? undefined : h));
-    if (left.every((h) => h === undefined)) this.targets.delete(key);
-    else this.targets.set(key, left);
+  /** The job gives up its references on one target; returns the registers nobody holds any more. */
+  release(hostId: string, pid: number, jobId: string): number[] {
+    const entry = this.targets.get(targetKey(hostId, pid));
+    if (!entry) return [];
+    const { target, cleared } = releaseJob(entry.snapshot, jobId);
+    entry.snapshot = target;
+    this.prune(hostId, pid);
+    return cleared;
   }
 
-  /** Free registers on a target. */
+  /** Free registers on a target (neither held nor foreign). */
   freeCount(hostId: string, pid: number): number {
-    return this.slotsOf(hostId, pid).filter((h) => h === undefined).length;
+    const s = this.snapshot(hostId, pid);
+    let n = 0;
+    for (let dr = 0; dr < slotsPerThread; dr++) if (!s.slots[dr] && !((s.foreignMask >> dr) & 1)) n++;
+    return n;
   }
+
+  /** Who holds what on a target, for refusals: `DR0 a 0x1000/8 w #0; DR1 a,b 0x2000/4 w #0`. */
+  describe(hostId: string, pid: number): { text: string; holders: string[] } {
+    const s = this.snapshot(hostId, pid);
+    const holders = new Set<string>();
+    const used: string[] = [];
+    s.slots.forEach((slot, dr) => {
+      if (slot) {
+        const ids = slot.holders.map((h) => h.jobId);
+        ids.forEach((id) => holders.add(id));
+        used.push(`DR${dr} ${ids.join(",")} ${formatChunk(slot.chunk)}`);
+      } else if ((s.foreignMask >> dr) & 1) used.push(`DR${dr} outside fleetwatch`);
+    });
+    return { text: used.join("; "), holders: [...holders] };
+  }
+}
+
+function sameChunk(a: Chunk, b: Chunk): boolean {
+  return a.address === b.address && a.length === b.length && a.mode === b.mode;
+}
+
+/** One SlotAssignment per register: a chunk repeated within a job shares its first copy's register. */
+export function assignmentsOf(assignments: ReadonlyArray<{ dr: number; chunk: Chunk }>): SlotAssignment[] {
+  const seen = new Set<number>();
+  const out: SlotAssignment[] = [];
+  for (const a of assignments) {
+    if (seen.has(a.dr)) continue;
+    seen.add(a.dr);
+    out.push(create(SlotAssignmentSchema, { dr: a.dr, chunk: a.chunk }));
+  }
+  return out;
 }

@@ -1,73 +1,107 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { SlotLedger } from "../../controller/slot-ledger.js";
+import { SlotLedger, assignmentsOf, foreignHoldMs } from "../../controller/slot-ledger.js";
 import { SlotsExhaustedError } from "../../controller/errors.js";
-import { WatchMode, splitRange } from "../../proto/index.js";
+import { place } from "../../controller/placement.js";
+import type { PlacementJob } from "../../controller/placement-types.js";
+import { WatchMode, splitRange, type Chunk } from "../../proto/index.js";
 
 const chunks = (address: bigint, length: number) => splitRange(address, length, WatchMode.WRITE);
+const job = (id: string, priority = 0): PlacementJob => ({ id, priority, createdUnixMs: 0, placement: { kind: "any" } });
 
-test("slot-ledger - gives each chunk the lowest free register", () => {
+/** Places one job on one target through the placement core and applies it, as the controller does. */
+function reserve(ledger: SlotLedger, hostId: string, pid: number, j: PlacementJob, cs: Chunk[]): number[] {
+  const decision = place(j, [{ ...ledger.snapshot(hostId, pid), chunks: cs }]);
+  if (decision.placed.length === 0) throw new Error(decision.shortfall?.reason ?? "not placed");
+  return ledger.apply(j, decision.placed[0]!).map((s) => s.dr);
+}
+
+const holders = (ledger: SlotLedger, hostId: string, pid: number) => ledger.snapshot(hostId, pid).slots.map((s) => s?.holders.map((h) => h.jobId).join(",") ?? "");
+
+test("slot-ledger - gives each chunk the lowest free register, per process", () => {
   const ledger = new SlotLedger();
-  assert.deepEqual(ledger.reserve("h1", 10, "a", chunks(0x1000n, 8)).map((s) => s.dr), [0]);
-  assert.deepEqual(ledger.reserve("h1", 10, "b", chunks(0x2004n, 8)).map((s) => s.dr), [1, 2]);
+  assert.deepEqual(reserve(ledger, "h1", 10, job("a"), chunks(0x1000n, 8)), [0]);
+  assert.deepEqual(reserve(ledger, "h1", 10, job("b"), chunks(0x2004n, 8)), [1, 2]);
   assert.equal(ledger.freeCount("h1", 10), 1);
   assert.equal(ledger.freeCount("h1", 11), 4);
   assert.equal(ledger.freeCount("h2", 10), 4);
 });
 
-test("slot-ledger - refuses a fifth chunk on one pid and names the holders", () => {
+test("slot-ledger - an identical chunk shares its register; it frees when the last holder leaves", () => {
   const ledger = new SlotLedger();
-  ledger.reserve("h1", 10, "a", chunks(0x1000n, 8));
-  ledger.reserve("h1", 10, "b", chunks(0x2004n, 8));
-  ledger.reserve("h1", 10, "c", chunks(0x3000n, 4));
-  assert.throws(
-    () => ledger.reserve("h1", 10, "d", chunks(0x4000n, 1)),
-    (err: unknown) => {
-      assert.ok(err instanceof SlotsExhaustedError);
-      assert.deepEqual(err.holders, ["a", "b", "c"]);
-      assert.match(err.message, /has 0 free debug register\(s\) of 4 and the job needs 1; held by DR0 a 0x1000\/8 w #0; DR1 b 0x2004\/4 w #0; DR2 b 0x2008\/4 w #0; DR3 c 0x3000\/4 w #0/);
-      return true;
-    },
-  );
+  reserve(ledger, "h1", 10, job("a"), chunks(0x1000n, 8));
+  assert.deepEqual(reserve(ledger, "h1", 10, job("b"), chunks(0x1000n, 8)), [0]);
+  assert.deepEqual(holders(ledger, "h1", 10), ["a,b", "", "", ""]);
+  assert.equal(ledger.freeCount("h1", 10), 3);
+  assert.deepEqual(ledger.release("h1", 10, "a"), [], "b still holds DR0");
+  assert.deepEqual(holders(ledger, "h1", 10), ["b", "", "", ""]);
+  assert.deepEqual(ledger.release("h1", 10, "b"), [0]);
+  assert.deepEqual(ledger.entries(), [], "an empty target is forgotten");
+});
+
+test("slot-ledger - describe names every register's holders and chunk, and foreign registers", () => {
+  const ledger = new SlotLedger();
+  reserve(ledger, "h1", 10, job("a"), chunks(0x1000n, 8));
+  reserve(ledger, "h1", 10, job("b"), chunks(0x2004n, 8));
+  ledger.noteForeign("h1", 10, 0b1000);
+  const described = ledger.describe("h1", 10);
+  assert.equal(described.text, "DR0 a 0x1000/8 w #0; DR1 b 0x2004/4 w #0; DR2 b 0x2008/4 w #0; DR3 outside fleetwatch");
+  assert.deepEqual(described.holders, ["a", "b"]);
   assert.equal(ledger.freeCount("h1", 10), 0);
 });
 
-test("slot-ledger - places all of a job's chunks or none", () => {
-  const ledger = new SlotLedger();
-  ledger.reserve("h1", 10, "a", chunks(0x1000n, 8));
-  ledger.reserve("h1", 10, "b", chunks(0x2000n, 8));
-  assert.throws(() => ledger.reserve("h1", 10, "c", chunks(0x3001n, 4)), SlotsExhaustedError);
-  assert.equal(ledger.freeCount("h1", 10), 2);
+test("slot-ledger - foreign registers are kept out for a while, then tried again", () => {
+  let now = 1_000;
+  const ledger = new SlotLedger(() => now);
+  ledger.noteForeign("h1", 10, 0b0011);
+  assert.equal(ledger.snapshot("h1", 10).foreignMask, 0b0011);
+  assert.deepEqual(reserve(ledger, "h1", 10, job("a"), chunks(0x1000n, 8)), [2]);
+  now += foreignHoldMs;
+  assert.equal(ledger.snapshot("h1", 10).foreignMask, 0);
+  assert.deepEqual(reserve(ledger, "h1", 10, job("b"), chunks(0x2000n, 8)), [0]);
 });
 
-test("slot-ledger - release returns the job's registers and forgets empty targets", () => {
-  const ledger = new SlotLedger();
-  ledger.reserve("h1", 10, "a", chunks(0x1000n, 8));
-  ledger.reserve("h1", 10, "b", chunks(0x2000n, 8));
-  ledger.release("h1", 10, "a");
-  assert.deepEqual(ledger.slotsOf("h1", 10).map((h) => h?.jobId), [undefined, "b", undefined, undefined]);
-  ledger.release("h1", 10, "b");
-  assert.deepEqual(ledger.entries(), []);
-});
-
-test("slot-ledger - restore rebuilds holdings and refuses a register claimed twice", () => {
-  const ledger = new SlotLedger();
-  const first = new SlotLedger().reserve("h1", 10, "a", chunks(0x1000n, 8));
-  ledger.restore("h1", 10, "a", first);
-  assert.equal(ledger.freeCount("h1", 10), 3);
-  assert.throws(() => ledger.restore("h1", 10, "b", first), /claimed by both a and b/);
+test("slot-ledger - restore rebuilds holdings, shares identical chunks, refuses a register claimed with another chunk", () => {
+  const first = new SlotLedger();
+  const slots = assignmentsOf(chunks(0x1000n, 8).map((chunk) => ({ dr: 0, chunk })));
+  first.restore("h1", 10, job("a"), slots);
+  assert.equal(first.freeCount("h1", 10), 3);
+  first.restore("h1", 10, job("b"), slots);
+  assert.deepEqual(holders(first, "h1", 10), ["a,b", "", "", ""]);
+  const other = assignmentsOf(chunks(0x2000n, 8).map((chunk) => ({ dr: 0, chunk })));
+  assert.throws(() => first.restore("h1", 10, job("c"), other), (err: unknown) => err instanceof SlotsExhaustedError && /DR0 of pid 10 on h1 is claimed by a, b .* and by c/.test(err.message));
 });
 
 test("slot-ledger - reuses registers the kernel still reserves for us before fresh ones", () => {
   const ledger = new SlotLedger();
   ledger.noteReserved("h1", 10, 0b1010);
-  assert.deepEqual(ledger.reserve("h1", 10, "a", chunks(0x1000n, 1)).map((s) => s.dr), [1]);
-  assert.deepEqual(ledger.reserve("h1", 10, "b", chunks(0x2004n, 8)).map((s) => s.dr), [3, 0]);
-  assert.deepEqual(ledger.reserve("h2", 10, "c", chunks(0x1000n, 1)).map((s) => s.dr), [0], "reservations are per process");
+  assert.deepEqual(reserve(ledger, "h1", 10, job("a"), chunks(0x1000n, 1)), [1]);
+  assert.deepEqual(reserve(ledger, "h1", 10, job("b"), chunks(0x2004n, 8)), [3, 0]);
+  assert.deepEqual(reserve(ledger, "h2", 10, job("c"), chunks(0x1000n, 1)), [0], "reservations are per process");
   ledger.release("h1", 10, "a");
   ledger.release("h1", 10, "b");
-  const listed = ledger.entries().map((e) => [e.hostId, e.pid, e.reservedMask, e.slots.map((h) => h?.jobId ?? "")]);
+  const listed = ledger.entries().map((e) => [e.hostId, e.pid, e.reservedMask, e.slots.map((s) => s?.holders[0]?.jobId ?? "")]);
   assert.deepEqual(listed.sort(), [["h1", 10, 0b1010, ["", "", "", ""]], ["h2", 10, 0, ["c", "", "", ""]]]);
-  ledger.forgetReserved("h1", 10);
+  ledger.forgetProcess("h1", 10);
   assert.deepEqual(ledger.entries().map((e) => e.hostId), ["h2"]);
+});
+
+test("slot-ledger - a tracer is remembered until it is gone or the process is", () => {
+  const ledger = new SlotLedger();
+  ledger.noteTracer("h1", 10, { pid: 77, comm: "gdb" });
+  assert.deepEqual(ledger.snapshot("h1", 10).tracedBy, { pid: 77, comm: "gdb" });
+  const decision = place(job("a"), [{ ...ledger.snapshot("h1", 10), chunks: chunks(0x1000n, 8) }]);
+  assert.equal(decision.outcome, "pending");
+  assert.match(decision.shortfall!.reason, /1 traced by pid 77 \(gdb\)/);
+  ledger.noteTracer("h1", 10, undefined);
+  assert.deepEqual(ledger.entries(), []);
+});
+
+test("slot-ledger - put restores a snapshot taken before a decision", () => {
+  const ledger = new SlotLedger();
+  reserve(ledger, "h1", 10, job("a"), chunks(0x1000n, 8));
+  const before = ledger.snapshot("h1", 10);
+  reserve(ledger, "h1", 10, job("b"), chunks(0x2000n, 8));
+  ledger.put(before);
+  assert.deepEqual(holders(ledger, "h1", 10), ["a", "", "", ""]);
 });
