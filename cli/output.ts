@@ -182,6 +182,7 @@ export function renderJobDetail(job: Job): string {
     ...(spec && spec.conditions.length > 0 ? [["if", spec.conditions.map(formatCondition).join(" and ")] as [string, string]] : []),
     ...(spec && spec.tids.length > 0 ? [["threads", spec.tids.join(", ")] as [string, string]] : []),
     ...(spec && spec.maxHitsPerSecond > 0 ? [["rate", `${spec.maxHitsPerSecond} hits/s per target, then off for ${formatDuration(spec.backoffMs || 1000)}`] as [string, string]] : []),
+    ["placement", `${spec?.placement || "any"}, priority ${spec?.priority ?? 0}${spec && spec.queueTimeoutMs > 0n ? `, may wait ${formatDuration(spec.queueTimeoutMs)} in the queue` : ""}${spec && spec.lostAfterMs > 0n ? `, lost after ${formatDuration(spec.lostAfterMs)} of silence` : ""}`],
     ["created", formatTime(job.createdUnixMs)],
     ["ends", jobEnds(job)],
     ["counts", describeCounts(job.counts)],
@@ -210,10 +211,11 @@ export function describeCounts(counts: HitCounts | undefined): string {
   return `trapped ${c.trapped}, delivered ${c.delivered}, suppressed ${c.suppressed}, dropped ${c.dropped}, filtered ${c.filtered}`;
 }
 
-/** One register of a watched target: `free`, `free (reserved)` or `<job id> 0x…/8 w`. */
+/** One register of a watched target: `free`, `free (reserved)`, `foreign` (held outside fleetwatch) or `<job id>[,<job id>…] 0x…/8 w` (jobs sharing it). */
 export function formatSlotUse(use: SlotUse | undefined): string {
-  if (!use || use.jobId === "") return use?.reserved ? "free (reserved)" : "free";
-  return `${use.jobId} ${formatChunkShort(use.chunk)}`;
+  const jobIds = use ? (use.jobIds.length > 0 ? use.jobIds : use.jobId ? [use.jobId] : []) : [];
+  if (!use || jobIds.length === 0) return use?.foreign ? "foreign" : use?.reserved ? "free (reserved)" : "free";
+  return `${jobIds.join(",")} ${formatChunkShort(use.chunk)}`;
 }
 
 /** `k=v,k2=v2` sorted by key; `-` when none. */
@@ -238,11 +240,12 @@ export function renderAgentsTable(agents: readonly Agent[], nowMs: number): stri
   const rows = agents.flatMap((agent) =>
     agent.targets.map((target) => {
       const byDr = new Map(target.slots.map((slot) => [slot.dr, slot]));
-      return [agent.info?.hostId ?? "?", String(target.pid), ...[0, 1, 2, 3].map((dr) => formatSlotUse(byDr.get(dr)))];
+      const tracer = target.tracedByPid ? `${target.tracedByPid} (${target.tracedByComm})` : "-";
+      return [agent.info?.hostId ?? "?", String(target.pid), ...[0, 1, 2, 3].map((dr) => formatSlotUse(byDr.get(dr))), tracer];
     }),
   );
   if (rows.length === 0) return `${hosts}\nno watched targets\n`;
-  return `${hosts}\n${renderTable(["HOST", "PID", "DR0", "DR1", "DR2", "DR3"], rows)}`;
+  return `${hosts}\n${renderTable(["HOST", "PID", "DR0", "DR1", "DR2", "DR3", "TRACED BY"], rows)}`;
 }
 
 // Hit lines stream one at a time, so columns get fixed minimum widths

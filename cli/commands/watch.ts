@@ -76,6 +76,11 @@ export interface WatchArgs {
   rate?: string;
   backoff?: string;
   stack?: string;
+  /** `--placement all|any|sample:N[:LABEL]`. */
+  placement?: string;
+  priority?: string;
+  queueTimeout?: string;
+  lostAfter?: string;
 }
 
 function parseCount(text: string, option: string, max: bigint): bigint {
@@ -83,6 +88,12 @@ function parseCount(text: string, option: string, max: bigint): bigint {
   const value = BigInt(text.trim());
   if (value > max) throw new UsageError(`${option} ${text} is too large (at most ${max})`);
   return value;
+}
+
+/** A job priority: a whole number from -1000 to 1000. */
+function parsePriority(text: string): number {
+  if (!/^-?\d{1,4}$/.test(text.trim()) || Math.abs(Number(text)) > 1000) throw new UsageError(`--priority '${text}' is not a whole number from -1000 to 1000`);
+  return Number(text);
 }
 
 /**
@@ -123,6 +134,10 @@ export function buildJobSpec(args: WatchArgs): JobSpec {
     maxHitsPerSecond: args.rate === undefined ? 0 : Number(parseCount(args.rate, "--rate", 0xffff_ffffn)),
     backoffMs: args.backoff === undefined ? 0 : parseDuration(args.backoff, "--backoff"),
     ...(args.stack === undefined ? {} : { stackDepth: Number(parseCount(args.stack, "--stack", BigInt(maxStackDepth))) }),
+    placement: args.placement ?? "",
+    priority: args.priority === undefined ? 0 : parsePriority(args.priority),
+    queueTimeoutMs: args.queueTimeout === undefined ? 0n : BigInt(parseDuration(args.queueTimeout, "--queue-timeout")),
+    lostAfterMs: args.lostAfter === undefined ? 0n : BigInt(parseDuration(args.lostAfter, "--lost-after")),
   });
   checkJobSpec(spec);
   return spec;
@@ -151,13 +166,14 @@ export function printFollowSummary(job: Job, printed: number): string {
  * stream when its deadline passes. Rejects with the abort reason when
  * `signal` aborts.
  */
-export async function waitForFinalState(client: ControllerClient, id: string, signal: AbortSignal): Promise<Job> {
+export async function waitForFinalState(client: ControllerClient, id: string, signal: AbortSignal, onChange?: (job: Job) => void): Promise<Job> {
   let restarts = 0;
   for (;;) {
     let received = 0;
     try {
       for await (const response of client.watchJob({ id }, { deadlineMs: watchJobDeadlineMs, signal })) {
         received++;
+        if (response.job) onChange?.(response.job);
         if (response.job && isFinalJobState(response.job.state)) return response.job;
       }
     } catch (err) {
@@ -220,7 +236,15 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
   let drainTimedOut = false;
   try {
     try {
-      final = await waitForFinalState(client, job.id, session.signal);
+      // Queued, placed, preempted, degraded: said on stderr as it happens (hits own stdout).
+      let said = `${job.state} ${job.reason}`;
+      final = await waitForFinalState(client, job.id, session.signal, (j) => {
+        const now = `${j.state} ${j.reason}`;
+        if (now === said || isFinalJobState(j.state)) return;
+        said = now;
+        ctx.stderr.write(`fleetwatch: job ${j.id} ${jobStateName(j.state)}${j.reason ? ` (${j.reason})` : ""}
+`);
+      });
     } catch (err) {
       if (!session.signal.aborted) fail(err);
     }
@@ -275,6 +299,10 @@ interface WatchOptions {
   rate?: string;
   backoff?: string;
   stack?: string;
+  placement?: string;
+  priority?: string;
+  queueTimeout?: string;
+  lostAfter?: string;
   follow?: boolean;
   output: OutputFormat;
 }
@@ -310,6 +338,10 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
     .option("--max-hits <n>", "stop after this many delivered hits")
     .option("--duration <time>", "stop after this long (500ms, 30s, 10m, 1h)")
     .option("--host <id...>", "hosts by agent host id (default: the only agent)")
+    .option("--placement <mode>", "which matching targets: all (every one or none), any (every one that fits; default), sample:N or sample:N:LABEL (N spread over hosts, or over a host label's values)")
+    .option("--priority <n>", "from -1000 to 1000 (default 0): a job preempts strictly lower ones on full targets; equal priorities queue first come, first served")
+    .option("--queue-timeout <time>", "wait this long in the queue for debug registers instead of being refused (for --placement all: the whole gang)")
+    .option("--lost-after <time>", "how long a host may be silent before its targets are lost and disarmed there (default: the controller's session lease)")
     .option("--follow", "print hits as they arrive until the job ends")
     .addOption(outputOption())
     .action(async (opts: WatchOptions) => {
