@@ -450,6 +450,7 @@ export class Controller {
           return { target: t, result };
         } catch (err) {
           this.learnFromArmFailure(t, err);
+          this.options.log(`job ${job.id}: arming ${t.hostId}/${t.pid} failed: ${errorText(err)}`);
           failures.push(err);
           return { target: t, err };
         }
@@ -466,6 +467,11 @@ export class Controller {
           t.threadsTotal = outcome.result.threadsTotal;
           t.threadsArmed = outcome.result.threadsArmed;
           t.reservedMask = outcome.result.reservedMask;
+        } else if (outcome.err instanceof AgentOperationError && outcome.err.errnoName === "ESRCH") {
+          // Gone before its turn came (the agent had nothing armed there to see the exit).
+          t.state = TargetState.EXITED;
+          t.slots = [];
+          t.reason = `the process exited before it could be armed (${errorText(outcome.err)})`;
         } else if (isRetryable(outcome.err) && (j.queueDeadlineUnixMs > nowMs || t.preemptions > 0)) {
           t.state = t.preemptions > 0 ? TargetState.PREEMPTED : TargetState.PENDING;
           t.slots = [];
@@ -1003,7 +1009,10 @@ export class Controller {
 
   /** A target changed on its host: counters moved, or it ended by itself. */
   private async onTargetReport(hostId: string, report: TargetReport): Promise<void> {
-    if (report.state === TargetState.EXITED) this.ledger.forgetProcess(hostId, report.pid);
+    if (report.state === TargetState.EXITED) {
+      this.ledger.forgetProcess(hostId, report.pid);
+      await this.exitWaiting(hostId, report.pid, report.reason);
+    }
     if (!this.store.get(report.jobId)) return;
     const ends = report.state !== TargetState.ARMED && report.state !== TargetState.UNSPECIFIED;
     const job = await this.store.mutate(report.jobId, (j) => {
@@ -1035,6 +1044,23 @@ export class Controller {
     const budget = job.spec?.maxHits ?? 0n;
     if (!isJobFinal(job) && budget > 0n && (job.counts?.delivered ?? 0n) >= budget) {
       await this.end(job.id, JobState.COMPLETED, `max hits reached (${budget})`);
+    }
+  }
+
+  /** A process exited: targets of other jobs still waiting for its registers end with it. */
+  private async exitWaiting(hostId: string, pid: number, why: string): Promise<void> {
+    for (const job of this.store.all()) {
+      if (isJobFinal(job) || !job.targets.some((t) => t.hostId === hostId && t.pid === pid && isTargetWaiting(t))) continue;
+      const updated = await this.store.mutate(job.id, (j) => {
+        for (const t of j.targets) {
+          if (t.hostId !== hostId || t.pid !== pid || !isTargetWaiting(t)) continue;
+          t.state = TargetState.EXITED;
+          t.reason = `${why} while waiting for debug registers`;
+        }
+        rollUp(j);
+      });
+      if (isJobFinal(updated)) this.forgetJobTimers(updated);
+      this.publish(updated);
     }
   }
 
