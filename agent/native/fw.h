@@ -15,6 +15,9 @@
 /* Fixed-size tables keep the hot path free of malloc. */
 #define FW_MAX_PROCS 64
 #define FW_MAX_THREADS 4096
+/* Watch groups per process: more than registers, since groups watching the
+ * same chunk share one register. */
+#define FW_MAX_GROUPS 16
 
 /* Per-group watch options (ARM). */
 #define FW_MAX_CONDITIONS 4
