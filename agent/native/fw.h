@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FW_HELPER_VERSION "0.2.0"
+#define FW_HELPER_VERSION "0.3.0"
 #define FW_PROTOCOL_VERSION 2u
 #define FW_SLOTS_PER_THREAD 4u
 
