@@ -1,4 +1,5 @@
-/* Table tests of the pure DR7 encoder and chunk validation (make check). */
+/* Table tests of the pure DR7 encoder, chunk validation and the mirror of
+ * shared registers (make check). */
 #include "dregs.h"
 
 #include <errno.h>
@@ -46,6 +47,83 @@ static const struct check_case check_cases[] = {
 	{ 0, DR_MODE_WRITE, 8, 0xffff800000000000, EINVAL },
 };
 
+struct same_case {
+	const char *name;
+	struct dr_slot a, b;
+	bool same;
+};
+
+static const struct same_case same_cases[] = {
+	{ "identical", { true, DR_MODE_WRITE, 8, 0x1000 }, { true, DR_MODE_WRITE, 8, 0x1000 }, true },
+	{ "used flag ignored", { false, DR_MODE_WRITE, 8, 0x1000 }, { true, DR_MODE_WRITE, 8, 0x1000 },
+	  true },
+	{ "other address", { true, DR_MODE_WRITE, 8, 0x1000 }, { true, DR_MODE_WRITE, 8, 0x1008 },
+	  false },
+	{ "other length", { true, DR_MODE_WRITE, 8, 0x1000 }, { true, DR_MODE_WRITE, 4, 0x1000 },
+	  false },
+	{ "other mode", { true, DR_MODE_WRITE, 8, 0x1000 }, { true, DR_MODE_READ_WRITE, 8, 0x1000 },
+	  false },
+};
+
+struct shared_case {
+	const char *name;
+	dr_owners owners[DR_SLOTS];
+	dr_owners live;
+	uint8_t armed; /* slots the mirror must hold */
+};
+
+/* Slot s of def below watches 0x1000 + 8 * s, write, 8 bytes. */
+static const struct shared_case shared_cases[] = {
+	{ "no owners", { 0 }, 0xffffffff, 0 },
+	{ "one live owner", { [0] = 1u << 0 }, 1u << 0, 0x1 },
+	{ "owner backed off", { [0] = 1u << 0 }, 0, 0 },
+	{ "two owners, one live", { [2] = (1u << 0) | (1u << 5) }, 1u << 5, 0x4 },
+	{ "two owners, none live", { [2] = (1u << 0) | (1u << 5) }, 1u << 1, 0 },
+	{ "group 15 and group 31", { [1] = 1u << 15, [3] = 1u << 31 }, (1u << 15) | (1u << 31), 0xa },
+	{ "live elsewhere only", { [0] = 1u << 1, [1] = 1u << 2 }, 1u << 2, 0x2 },
+};
+
+static int check_shared(void)
+{
+	struct dr_slot def[DR_SLOTS];
+	int failures = 0;
+
+	for (unsigned s = 0; s < DR_SLOTS; s++)
+		def[s] = (struct dr_slot){ false, DR_MODE_WRITE, 8, 0x1000 + 8 * s };
+	for (size_t i = 0; i < sizeof shared_cases / sizeof shared_cases[0]; i++) {
+		const struct shared_case *c = &shared_cases[i];
+		struct dr_mirror m;
+		bool ok;
+
+		/* Start from garbage: every slot must be written. */
+		for (unsigned s = 0; s < DR_SLOTS; s++)
+			m.slot[s] = (struct dr_slot){ true, DR_MODE_READ_WRITE, 4, 0xdead0 };
+		dr_mirror_shared(&m, def, c->owners, c->live);
+		ok = dr_mirror_mask(&m) == c->armed;
+		for (unsigned s = 0; s < DR_SLOTS && ok; s++) {
+			if (m.slot[s].used)
+				ok = dr_slot_same_chunk(&m.slot[s], &def[s]);
+			else
+				ok = m.slot[s].address == 0;
+		}
+		if (!ok) {
+			printf("FAIL shared %s: mask 0x%x, want 0x%x\n", c->name, dr_mirror_mask(&m),
+			       c->armed);
+			failures++;
+		}
+	}
+	for (size_t i = 0; i < sizeof same_cases / sizeof same_cases[0]; i++) {
+		const struct same_case *c = &same_cases[i];
+
+		if (dr_slot_same_chunk(&c->a, &c->b) != c->same ||
+		    dr_slot_same_chunk(&c->b, &c->a) != c->same) {
+			printf("FAIL same chunk %s\n", c->name);
+			failures++;
+		}
+	}
+	return failures;
+}
+
 int main(void)
 {
 	int failures = 0;
@@ -76,6 +154,7 @@ int main(void)
 		printf("FAIL dr6_fired\n");
 		failures++;
 	}
+	failures += check_shared();
 	printf("%s: %d failure(s)\n", failures ? "FAIL" : "ok", failures);
 	return failures ? 1 : 0;
 }

@@ -1,4 +1,5 @@
-/* DR7 encoding and chunk validation: pure functions, tested by dregs-test.c. */
+/* DR7 encoding, chunk validation and the mirror of shared registers: pure
+ * functions, tested by dregs-test.c. */
 #include "dregs.h"
 
 #include <errno.h>
@@ -87,4 +88,22 @@ int dr_chunk_check(unsigned dr, unsigned mode, unsigned length, uint64_t address
 uint8_t dr6_fired(uint64_t dr6, uint8_t mask)
 {
 	return (uint8_t)(dr6 & DR6_HIT_MASK & mask);
+}
+
+bool dr_slot_same_chunk(const struct dr_slot *a, const struct dr_slot *b)
+{
+	return a->address == b->address && a->length == b->length && a->mode == b->mode;
+}
+
+void dr_mirror_shared(struct dr_mirror *out, const struct dr_slot def[DR_SLOTS],
+		      const dr_owners owners[DR_SLOTS], dr_owners live)
+{
+	for (unsigned i = 0; i < DR_SLOTS; i++) {
+		if (owners[i] & live) {
+			out->slot[i] = def[i];
+			out->slot[i].used = true;
+		} else {
+			out->slot[i] = (struct dr_slot){ 0 };
+		}
+	}
 }

@@ -64,4 +64,18 @@ int dr_chunk_check(unsigned dr, unsigned mode, unsigned length, uint64_t address
 /* Slots whose B bit is set in dr6, restricted to mask. */
 uint8_t dr6_fired(uint64_t dr6, uint8_t mask);
 
+/* Several groups may own one register if they watch the same chunk (gdb's
+ * rule): an owner set is a bit mask of group indexes (bit g = group g). */
+typedef uint32_t dr_owners;
+_Static_assert(FW_MAX_GROUPS <= 32, "an owner set must hold every group index");
+
+/* True if a and b watch the same chunk: address, length and mode all equal
+ * (the used flag is not compared). */
+bool dr_slot_same_chunk(const struct dr_slot *a, const struct dr_slot *b);
+
+/* The mirror of shared registers: slot s holds def[s] iff one of its owners
+ * (owners[s]) is live (in the set live); every other slot is unused. */
+void dr_mirror_shared(struct dr_mirror *out, const struct dr_slot def[DR_SLOTS],
+		      const dr_owners owners[DR_SLOTS], dr_owners live);
+
 #endif

@@ -8,13 +8,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FW_HELPER_VERSION "0.2.0"
+#define FW_HELPER_VERSION "0.3.0"
 #define FW_PROTOCOL_VERSION 2u
 #define FW_SLOTS_PER_THREAD 4u
 
 /* Fixed-size tables keep the hot path free of malloc. */
 #define FW_MAX_PROCS 64
 #define FW_MAX_THREADS 4096
+/* Watch groups per process: more than registers, since groups watching the
+ * same chunk share one register. */
+#define FW_MAX_GROUPS 16
 
 /* Per-group watch options (ARM). */
 #define FW_MAX_CONDITIONS 4

@@ -1,7 +1,9 @@
 /* ptrace state machine of the helper: fixed tables of attached processes and
  * threads, classification of every stop, hit records, and the stop-the-world
  * operations (arm, disarm, budget retirement, detach). One function applies a
- * process's register mirror to a stopped thread; everything else computes. */
+ * process's register mirror to a stopped thread; everything else computes.
+ * Groups watching the same chunk share one register: it stays armed while
+ * one of its owners is live, and each trap on it is dispatched to every owner. */
 #include "tracer.h"
 
 #include "dregs.h"
@@ -69,9 +71,10 @@ struct thread {
 
 struct group {
 	bool used;
-	bool done;            /* budget reached: delivered no more, registers being cleared */
+	bool done;            /* budget reached or disarmed: delivers no more, leaving */
 	bool backoff_pending; /* rate limit hit: its slots are cleared at the next service */
-	bool backoff;         /* slots cleared until backoff_until_ms: the target runs free */
+	bool backoff;         /* delivers nothing until backoff_until_ms; its slots are
+			       * cleared unless another live owner holds them */
 	uint64_t id;
 	uint8_t dr_mask;
 	struct fw_watch_options opt;
@@ -98,14 +101,15 @@ struct proc {
 	bool hold;           /* keep every thread stopped when it stops */
 	bool detach_pending; /* detach threads that stop later (stop deadline passed) */
 	int nthreads;
-	struct dr_mirror mirror;  /* what the threads hold (backed-off slots unused) */
-	struct dr_slot def[DR_SLOTS]; /* chunk of each owned slot, armed or backed off */
-	int slot_group[DR_SLOTS]; /* owner group index of a slot (armed or backed off) */
-	bool slot_retired[DR_SLOTS];
-	uint64_t slot_retired_group[DR_SLOTS]; /* late traps count as its suppressed */
-	uint8_t known_mask;                    /* slots we ever enabled on this process */
-	uint64_t last_value[DR_SLOTS];
-	struct group groups[DR_SLOTS];
+	/* What the threads hold: the slots with a live owner (group_live). A
+	 * slot cleared while owners are still listed (done, backed off, or
+	 * being detached) counts its late traps as their suppressed. */
+	struct dr_mirror mirror;
+	struct dr_slot def[DR_SLOTS];      /* chunk of each owned slot, armed or not */
+	dr_owners slot_owners[DR_SLOTS];   /* groups watching it, until they are freed */
+	uint8_t known_mask;                /* slots we ever enabled on this process */
+	uint64_t last_value[DR_SLOTS];     /* chunk value at the slot's latest read trap */
+	struct group groups[FW_MAX_GROUPS];
 	bool have_leader_status;
 	int leader_status;
 	int last_status;
@@ -231,8 +235,6 @@ static int proc_alloc(pid_t pid)
 			procs[pi].pid = pid;
 			procs[pi].serial = ++proc_serial;
 			procs[pi].resv = -1;
-			for (int s = 0; s < DR_SLOTS; s++)
-				procs[pi].slot_group[s] = -1;
 			return pi;
 		}
 	}
@@ -258,17 +260,48 @@ static int group_count(const struct proc *p)
 {
 	int n = 0;
 
-	for (int g = 0; g < DR_SLOTS; g++)
+	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		n += p->groups[g].used;
 	return n;
 }
 
 static int group_find(const struct proc *p, uint64_t id)
 {
-	for (int g = 0; g < DR_SLOTS; g++)
+	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		if (p->groups[g].used && p->groups[g].id == id)
 			return g;
 	return -1;
+}
+
+static dr_owners group_bit(int g)
+{
+	return (dr_owners)1u << g;
+}
+
+/* A live group keeps its registers armed and handles its traps; a done or
+ * backed-off one has every trap counted as suppressed. */
+static bool group_live(const struct group *g)
+{
+	return g->used && !g->done && !g->backoff && !g->backoff_pending;
+}
+
+static dr_owners live_groups(const struct proc *p)
+{
+	dr_owners live = 0;
+
+	for (int g = 0; g < FW_MAX_GROUPS; g++)
+		if (group_live(&p->groups[g]))
+			live |= group_bit(g);
+	return live;
+}
+
+/* Forgets a group that has left (its registers are already cleared, or held
+ * for other owners) and its place in the owner sets. */
+static void group_free(struct proc *p, int g)
+{
+	p->groups[g].used = false;
+	for (int s = 0; s < DR_SLOTS; s++)
+		p->slot_owners[s] &= ~group_bit(g);
 }
 
 #define FOR_EACH_THREAD(ti, pi)                        \
@@ -644,7 +677,7 @@ static void proc_finish_exit(int pi)
 	struct proc *p = &procs[pi];
 	int st = p->have_leader_status ? p->leader_status : p->last_status;
 
-	for (int g = 0; g < DR_SLOTS; g++) {
+	for (int g = 0; g < FW_MAX_GROUPS; g++) {
 		struct group *gr = &p->groups[g];
 
 		if (gr->used)
@@ -681,7 +714,7 @@ static void on_exec(int ti)
 	struct proc *p = &procs[pi];
 	struct fw_error e;
 
-	for (int g = 0; g < DR_SLOTS; g++)
+	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		if (p->groups[g].used)
 			out_group_done(p->pid, FW_DONE_EXEC, p->groups[g].id, &p->groups[g].counts);
 	out_target_exec(p->pid);
@@ -865,7 +898,7 @@ static int proc_stack_depth(const struct proc *p)
 {
 	int depth = 0;
 
-	for (int g = 0; g < DR_SLOTS; g++)
+	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		if (p->groups[g].used && p->groups[g].opt.stack_depth > depth)
 			depth = p->groups[g].opt.stack_depth;
 	return depth;
@@ -928,22 +961,32 @@ static void on_trap(int ti)
 	cpu_last_tid = t->tid;
 	cpu_traps++;
 	for (int s = 0; s < DR_SLOTS; s++) {
+		const struct dr_slot *slot = &p->def[s];
+		bool armed = p->mirror.slot[s].used, read = false;
+		uint64_t value = 0, old_value = 0;
+
 		if (!(fired & (1u << s)))
 			continue;
-		if (p->slot_group[s] >= 0) {
-			struct group *g = &p->groups[p->slot_group[s]];
-			const struct dr_slot *slot = &p->def[s];
+		/* Every owner gets the trap on its own terms; the chunk is read
+		 * once, by the first owner that handles it. */
+		for (int gi = 0; gi < FW_MAX_GROUPS; gi++) {
+			struct group *g = &p->groups[gi];
 			struct fw_hit hit;
-			uint64_t value, old_value;
 
+			if (!(p->slot_owners[s] & group_bit(gi)))
+				continue;
 			g->counts.trapped++;
-			if (g->done || g->backoff || g->backoff_pending) {
+			if (!armed || !group_live(g)) {
+				/* Done, backed off, or a late trap of a cleared register. */
 				g->counts.suppressed++;
 				continue;
 			}
-			value = read_chunk_value(t->tid, slot->address, slot->length);
-			old_value = p->last_value[s];
-			p->last_value[s] = value;
+			if (!read) {
+				value = read_chunk_value(t->tid, slot->address, slot->length);
+				old_value = p->last_value[s];
+				p->last_value[s] = value;
+				read = true;
+			}
 			if (!group_wants(g, t->tid, old_value, value)) {
 				g->counts.filtered++;
 				continue;
@@ -979,13 +1022,6 @@ static void on_trap(int ti)
 				g->done = true;
 				p->service_pending = true;
 				p->hold = true; /* keep this thread stopped: the world stops next */
-			}
-		} else if (p->slot_retired[s]) {
-			int g = group_find(p, p->slot_retired_group[s]);
-
-			if (g >= 0) {
-				p->groups[g].counts.trapped++;
-				p->groups[g].counts.suppressed++;
 			}
 		}
 	}
@@ -1347,14 +1383,9 @@ static void detach_proc_counts(int pi, int report_gi, struct fw_counts *report)
 				(int)pid, e.msg, fw_errno_name(e.err));
 		threads[ti].dirty = false;
 	}
-	for (int s = 0; s < DR_SLOTS; s++) {
-		if (p->slot_group[s] >= 0) {
-			p->slot_retired[s] = true;
-			p->slot_retired_group[s] = p->groups[p->slot_group[s]].id;
-		}
-		p->mirror.slot[s].used = false;
-		p->slot_group[s] = -1;
-	}
+	/* Every register is cleared; the owners stay listed, so traps drained
+	 * now count as their suppressed. */
+	p->mirror = (struct dr_mirror){ 0 };
 	drain_queued_traps(pi, true);
 	if (!proc_alive(pi, serial))
 		return;
@@ -1578,19 +1609,50 @@ static pid_t any_stopped_tid(int pi)
 	return 0;
 }
 
+/* With the world stopped: the mirror follows the owners' liveness (a slot is
+ * armed iff one of its owners is live) on every thread. A slot armed again
+ * after being cleared has its last value re-read: the memory may have
+ * changed while nobody watched. */
+static void proc_rearm(int pi, const char *what)
+{
+	struct proc *p = &procs[pi];
+	struct dr_mirror next;
+	uint8_t restored;
+	struct fw_error e;
+	pid_t reader;
+
+	dr_mirror_shared(&next, p->def, p->slot_owners, live_groups(p));
+	restored = dr_mirror_mask(&next) & (uint8_t)~dr_mirror_mask(&p->mirror);
+	p->mirror = next;
+	reader = any_stopped_tid(pi);
+	for (int s = 0; s < DR_SLOTS && reader > 0; s++)
+		if (restored & (1u << s))
+			p->last_value[s] =
+				read_chunk_value(reader, p->def[s].address, p->def[s].length);
+	FOR_EACH_THREAD(ti, pi)
+	{
+		threads[ti].dirty = true;
+		if (threads[ti].state == TS_STOPPED &&
+		    thread_apply(&threads[ti], &p->mirror, &e) == -1 && e.err != ESRCH)
+			out_log(FW_LOG_ERROR, "%s on tid %d: %s (%s)", what, (int)threads[ti].tid,
+				e.msg, fw_errno_name(e.err));
+	}
+}
+
 /* Stop-the-world transitions that a trap asked for (budget reached, rate
  * limit hit) or that a timer made due (back-off over), in one stop of the
- * process: slots cleared or restored on every thread, traps still queued
- * drained (they count as suppressed), then the events, then resume, or
- * detach when no group is left. */
+ * process: registers cleared or restored on every thread (a register stays
+ * armed while another owner is live), traps still queued drained (they count
+ * as suppressed for groups that are leaving or backing off), then the
+ * events, then resume, or detach when no group is left. A transition that a
+ * drained trap asks for is left for the next service. */
 static void proc_service(int pi)
 {
 	struct proc *p = &procs[pi];
 	uint64_t serial = p->serial;
 	struct fw_error e;
-	uint8_t restored = 0;
+	dr_owners leaving = 0, backing = 0, resumed = 0;
 	int64_t now;
-	pid_t reader;
 
 	if (world_stop(pi, &e) == -1) {
 		if (!proc_alive(pi, serial))
@@ -1598,60 +1660,35 @@ static void proc_service(int pi)
 		out_log(FW_LOG_WARNING, "changing the watches of pid %d: %s", (int)p->pid, e.msg);
 	}
 	now = fw_now_ms();
-	for (int s = 0; s < DR_SLOTS; s++) {
-		int g = p->slot_group[s];
-		struct group *gr;
-
-		if (g < 0)
-			continue;
-		gr = &p->groups[g];
-		if (gr->done) {
-			p->mirror.slot[s].used = false;
-			p->slot_group[s] = -1;
-			p->slot_retired[s] = true;
-			p->slot_retired_group[s] = gr->id;
-		} else if (gr->backoff_pending) {
-			p->mirror.slot[s].used = false; /* still owned: re-armed later */
-		} else if (gr->backoff && now >= gr->backoff_until_ms) {
-			p->mirror.slot[s] = p->def[s];
-			restored |= (uint8_t)(1u << s);
-		}
-	}
-	/* A restored slot's old value is what the memory holds now. */
-	reader = any_stopped_tid(pi);
-	for (int s = 0; s < DR_SLOTS && reader > 0; s++)
-		if (restored & (1u << s))
-			p->last_value[s] =
-				read_chunk_value(reader, p->def[s].address, p->def[s].length);
 	/* The rate window is not reset here: windows stay at least a second
 	 * apart, so a back-off shorter than the window rechecks, and at most
 	 * max_hits_per_second hits are delivered in any window. */
-	for (int g = 0; g < DR_SLOTS; g++) {
-		struct group *gr = &p->groups[g];
-
-		if (gr->used && gr->backoff && (gr->dr_mask & restored))
-			gr->backoff = false;
-	}
-	FOR_EACH_THREAD(ti, pi)
-	{
-		threads[ti].dirty = true;
-		if (threads[ti].state == TS_STOPPED &&
-		    thread_apply(&threads[ti], &p->mirror, &e) == -1 && e.err != ESRCH)
-			out_log(FW_LOG_ERROR, "changing the watches of tid %d: %s (%s)",
-				(int)threads[ti].tid, e.msg, fw_errno_name(e.err));
-	}
-	drain_queued_traps(pi, false);
-	if (!proc_alive(pi, serial))
-		return;
-	for (int g = 0; g < DR_SLOTS; g++) {
+	for (int g = 0; g < FW_MAX_GROUPS; g++) {
 		struct group *gr = &p->groups[g];
 
 		if (!gr->used)
 			continue;
 		if (gr->done) {
-			out_group_done(p->pid, FW_DONE_BUDGET, gr->id, &gr->counts);
-			gr->used = false;
+			leaving |= group_bit(g);
 		} else if (gr->backoff_pending) {
+			backing |= group_bit(g);
+		} else if (gr->backoff && now >= gr->backoff_until_ms) {
+			gr->backoff = false;
+			resumed |= group_bit(g);
+		}
+	}
+	proc_rearm(pi, "changing the watches");
+	p->service_pending = false;
+	drain_queued_traps(pi, false);
+	if (!proc_alive(pi, serial))
+		return;
+	for (int g = 0; g < FW_MAX_GROUPS; g++) {
+		struct group *gr = &p->groups[g];
+
+		if (leaving & group_bit(g)) {
+			out_group_done(p->pid, FW_DONE_BUDGET, gr->id, &gr->counts);
+			group_free(p, g);
+		} else if (backing & group_bit(g)) {
 			int64_t until = gr->opt.backoff_ms > 0
 						? now + (int64_t)gr->opt.backoff_ms
 						: gr->window_start_ms + BACKOFF_WINDOW_MS;
@@ -1664,11 +1701,10 @@ static void proc_service(int pi)
 			out_group_backoff(p->pid, gr->id,
 					  fw_realtime_ns() + (uint64_t)(until - now) * 1000000u,
 					  gr->counts.suppressed);
-		} else if (gr->dr_mask & restored) {
+		} else if (resumed & group_bit(g)) {
 			out_group_resumed(p->pid, gr->id);
 		}
 	}
-	p->service_pending = false;
 	if (group_count(p) == 0)
 		detach_proc(pi);
 	else
@@ -1677,7 +1713,7 @@ static void proc_service(int pi)
 
 static bool backoff_due(const struct proc *p, int64_t now)
 {
-	for (int g = 0; g < DR_SLOTS; g++)
+	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		if (p->groups[g].used && p->groups[g].backoff && now >= p->groups[g].backoff_until_ms)
 			return true;
 	return false;
@@ -1799,7 +1835,7 @@ int tracer_next_timeout_ms(void)
 			continue;
 		if (p->service_pending)
 			return 0;
-		for (int g = 0; g < DR_SLOTS; g++)
+		for (int g = 0; g < FW_MAX_GROUPS; g++)
 			if (p->groups[g].used && p->groups[g].backoff &&
 			    p->groups[g].backoff_until_ms < due)
 				due = p->groups[g].backoff_until_ms;
@@ -1885,6 +1921,49 @@ int tracer_check_options(pid_t pid, const struct fw_watch_options *opt, struct f
 	return 0;
 }
 
+static const char *mode_name(unsigned mode)
+{
+	switch (mode) {
+	case DR_MODE_EXECUTE:
+		return "execute";
+	case DR_MODE_WRITE:
+		return "write";
+	case DR_MODE_READ_WRITE:
+		return "read/write";
+	default:
+		return "?";
+	}
+}
+
+/* A chunk may go into a register that no group of p holds, or that its
+ * groups hold with the identical chunk (one more owner); else EBUSY, naming
+ * a holder and what it watches. */
+static int check_shareable(const struct proc *p, const struct fw_chunk *c, struct fw_error *e)
+{
+	const struct dr_slot want = { true, c->mode, c->length, c->address };
+	const struct dr_slot *held = &p->def[c->dr];
+	dr_owners owners = p->slot_owners[c->dr];
+	int holder = -1, others = -1;
+
+	if (owners == 0 || dr_slot_same_chunk(held, &want))
+		return 0;
+	for (int g = 0; g < FW_MAX_GROUPS; g++) {
+		if (!(owners & group_bit(g)))
+			continue;
+		if (holder < 0)
+			holder = g;
+		others++;
+	}
+	fw_error_set(e, EBUSY,
+		     "dr%u of pid %d is used by group %llu%s for %s of %u bytes at 0x%llx; only "
+		     "that identical chunk can share it, not %s of %u bytes at 0x%llx",
+		     c->dr, (int)p->pid, (unsigned long long)p->groups[holder].id,
+		     others > 0 ? " and others" : "", mode_name(held->mode), held->length,
+		     (unsigned long long)held->address, mode_name(c->mode), c->length,
+		     (unsigned long long)c->address);
+	return -1;
+}
+
 /* The process's symbol context, opened at its first ARM asking for a stack. */
 static int open_symbols(int pi, struct fw_error *e)
 {
@@ -1909,7 +1988,7 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	struct dr_mirror next;
 	struct proc *p;
 	uint64_t serial, initial[DR_SLOTS] = { 0 };
-	uint8_t mask = 0;
+	uint8_t mask = 0, fresh;
 	int pi, gi = -1, failed_ti = -1;
 	uint32_t total = 0, armed = 0;
 	pid_t reader;
@@ -1925,15 +2004,14 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 				     (unsigned long long)group, (int)pid);
 			return -1;
 		}
-		for (unsigned i = 0; i < count; i++) {
-			int owner = p->slot_group[chunks[i].dr];
-
-			if (owner >= 0) {
-				fw_error_set(e, EBUSY, "dr%u of pid %d is used by group %llu",
-					     chunks[i].dr, (int)pid,
-					     (unsigned long long)p->groups[owner].id);
+		for (unsigned i = 0; i < count; i++)
+			if (check_shareable(p, &chunks[i], e) == -1)
 				return -1;
-			}
+		if (group_count(p) >= FW_MAX_GROUPS) {
+			fw_error_set(e, EBUSY,
+				     "pid %d already has %d groups, the most one process may have",
+				     (int)pid, FW_MAX_GROUPS);
+			return -1;
 		}
 	} else {
 		pi = attach(pid, e);
@@ -1942,22 +2020,26 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	}
 	p = &procs[pi];
 	serial = p->serial;
-	for (int g = 0; g < DR_SLOTS; g++) {
+	for (int g = 0; g < FW_MAX_GROUPS; g++) {
 		if (!p->groups[g].used) {
 			gi = g;
 			break;
 		}
 	}
 	if (gi < 0) {
-		fw_error_set(e, EBUSY, "pid %d already has %d groups", (int)pid, DR_SLOTS);
-		return -1;
+		/* Unreachable: counted above, or a process attached just now. */
+		fw_error_set(e, EBUSY, "pid %d already has %d groups, the most one process may have",
+			     (int)pid, FW_MAX_GROUPS);
+		goto fail;
 	}
 	if (opt->stack_depth > 0 && open_symbols(pi, e) == -1)
 		goto fail;
 	if (world_stop(pi, e) == -1)
 		goto fail;
 
-	/* Compute on a copy; commit only if every thread took it. */
+	/* Compute on a copy; commit only if every thread took it. A register
+	 * shared with other groups may be armed already (then nothing changes
+	 * on it) or cleared while its owners back off (then it is armed again). */
 	next = p->mirror;
 	for (unsigned i = 0; i < count; i++) {
 		struct dr_slot *s = &next.slot[chunks[i].dr];
@@ -1968,10 +2050,14 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 		s->address = chunks[i].address;
 		mask |= (uint8_t)(1u << chunks[i].dr);
 	}
+	/* Old values: read for registers armed now; an armed register keeps
+	 * the value of its latest trap, which its other owners' hits chain on. */
+	fresh = mask & (uint8_t)~dr_mirror_mask(&p->mirror);
 	reader = any_stopped_tid(pi);
 	for (unsigned i = 0; i < count && reader > 0; i++)
-		initial[chunks[i].dr] =
-			read_chunk_value(reader, chunks[i].address, chunks[i].length);
+		if (fresh & (1u << chunks[i].dr))
+			initial[chunks[i].dr] =
+				read_chunk_value(reader, chunks[i].address, chunks[i].length);
 
 	FOR_EACH_THREAD(ti, pi)
 	{
@@ -2015,9 +2101,9 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 		uint8_t dr = chunks[i].dr;
 
 		p->def[dr] = next.slot[dr];
-		p->slot_group[dr] = gi;
-		p->slot_retired[dr] = false;
-		p->last_value[dr] = initial[dr];
+		p->slot_owners[dr] |= group_bit(gi);
+		if (fresh & (1u << dr))
+			p->last_value[dr] = initial[dr];
 	}
 	p->known_mask |= mask;
 	result->threads_total = total;
@@ -2067,7 +2153,7 @@ int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, uint8_t *
 		*counts = p->groups[gi].counts;
 		detach_proc_counts(pi, gi, counts);
 		if (proc_alive(pi, serial))
-			p->groups[gi].used = false; /* only left if some thread would not stop */
+			group_free(p, gi); /* only left if some thread would not stop */
 		*reserved_mask = reserved_mask_of(resv);
 		return 0;
 	}
@@ -2079,25 +2165,10 @@ int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, uint8_t *
 		out_log(FW_LOG_WARNING, "disarming group %llu of pid %d: %s",
 			(unsigned long long)group, (int)pid, e->msg);
 	}
-	p->groups[gi].done = true; /* traps still queued count as suppressed */
-	for (int s = 0; s < DR_SLOTS; s++) {
-		if (p->slot_group[s] != gi)
-			continue;
-		p->mirror.slot[s].used = false;
-		p->slot_group[s] = -1;
-		p->slot_retired[s] = true;
-		p->slot_retired_group[s] = group;
-	}
-	FOR_EACH_THREAD(ti, pi)
-	{
-		struct fw_error te;
-
-		threads[ti].dirty = true;
-		if (threads[ti].state == TS_STOPPED &&
-		    thread_apply(&threads[ti], &p->mirror, &te) == -1 && te.err != ESRCH)
-			out_log(FW_LOG_ERROR, "disarming tid %d: %s (%s)", (int)threads[ti].tid,
-				te.msg, fw_errno_name(te.err));
-	}
+	/* Leaving: traps still queued count as its suppressed. Its registers
+	 * are cleared unless another live owner holds them. */
+	p->groups[gi].done = true;
+	proc_rearm(pi, "disarming");
 	drain_queued_traps(pi, false);
 	if (!proc_alive(pi, serial)) {
 		fw_error_set(e, ESRCH, "pid %d exited while disarming", (int)pid);
@@ -2105,7 +2176,7 @@ int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, uint8_t *
 	}
 	*counts = p->groups[gi].counts;
 	*reserved_mask = reserved_mask_of(resv);
-	p->groups[gi].used = false;
+	group_free(p, gi);
 	world_resume(pi);
 	return 0;
 }
