@@ -67,7 +67,8 @@ export async function startController(options: ControllerOptions): Promise<Runni
     const js = nc.jetstream();
     let term: Controller | undefined;
     const leader = (): Controller => {
-      if (term) return term;
+      // isLeader() also notices a lease that ran out while this process was paused.
+      if (term && election?.isLeader()) return term;
       const known = election?.leader();
       throw new NotLeaderError(
         known ? `this controller is standing by: the leader is ${known.id} at ${known.address}` : "this controller is standing by and no leader is known yet: retry shortly",
@@ -93,7 +94,8 @@ export async function startController(options: ControllerOptions): Promise<Runni
     const terms = (async () => {
       for await (const change of election!.changes()) {
         if (change.leader && change.epoch !== undefined) {
-          const store = await JobStore.open(js);
+          const epoch = change.epoch;
+          const store = await JobStore.open(js, () => election?.isLeader() === true && election.epoch() === epoch);
           const next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch: change.epoch, log });
           await next.start();
           term?.stop();

@@ -5,6 +5,7 @@ import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
 import { JobSchema, jobBucket, type Job } from "../proto/index.js";
 import { openBucket } from "./kv-bucket.js";
+import { NotLeaderError } from "./leader-election.js";
 
 /** The bucket refused a write after every retry. */
 export class JobStoreConflictError extends Error {
@@ -25,11 +26,23 @@ export class JobStore {
   private readonly cache = new Map<string, { job: Job; revision: number }>();
   private readonly chains = new Map<string, Promise<unknown>>();
 
-  private constructor(private readonly kv: KV) {}
+  private constructor(
+    private readonly kv: KV,
+    private readonly fence: () => boolean,
+  ) {}
 
-  /** Opens (or creates) the jobs bucket. */
-  static async open(js: JetStreamClient): Promise<JobStore> {
-    return new JobStore(await openBucket(js, jobBucket));
+  /**
+   * Opens (or creates) the jobs bucket. `fence` says whether this
+   * controller still leads: a deposed leader that has not noticed yet
+   * (paused, partitioned) must not write over its successor's jobs, so
+   * every write checks it first.
+   */
+  static async open(js: JetStreamClient, fence: () => boolean = () => true): Promise<JobStore> {
+    return new JobStore(await openBucket(js, jobBucket), fence);
+  }
+
+  private checkFence(id: string): void {
+    if (!this.fence()) throw new NotLeaderError(`not writing job ${id}: this controller's leader term ended`, undefined);
   }
 
   /** Reads every stored job into the cache. */
@@ -59,6 +72,7 @@ export class JobStore {
 
   /** Stores a new job; fails if the id exists. */
   async create(job: Job): Promise<Job> {
+    this.checkFence(job.id);
     const revision = await this.kv.create(job.id, toBinary(JobSchema, job));
     this.cache.set(job.id, { job, revision });
     return job;
@@ -84,6 +98,7 @@ export class JobStore {
 
   private async mutateNow(id: string, change: (job: Job) => void): Promise<Job> {
     for (let attempt = 1; ; attempt++) {
+      this.checkFence(id);
       const current = this.cache.get(id) ?? (await this.reload(id));
       if (!current) throw new JobStoreConflictError(`job ${id} is not in the store`);
       const job = clone(JobSchema, current.job);

@@ -87,8 +87,8 @@ export interface LeaderRecord {
 }
 
 // ----------------------------------------------------------------- errors
-// These belong in controller/errors.ts once it is free to edit; NotLeaderError
-// then maps to FAILED_PRECONDITION with the leader's address in the details.
+// NotLeaderError maps to UNAVAILABLE (controller/errors.ts): clients with
+// several controller addresses move on to the next one.
 
 /** The options cannot work as written. */
 export class LeaderElectionOptionsError extends Error {

@@ -91,7 +91,8 @@ describe("stale leader epoch", () => {
   async function serveDeposedTerm(address: string, epoch: bigint): Promise<DeposedTerm> {
     const nc: NatsConnection = await connect({ servers: nats.url });
     const log: string[] = [];
-    const core = new Controller(await JobStore.open(nc.jetstream()), { leaseMs: sessionLeaseMs, heartbeatMs: Math.floor(sessionLeaseMs / 3), requestTimeoutMs: 15_000, epoch, log: (line) => log.push(line) });
+    // Its store is fenced as a real term's is: the election's lease clock says the term is over.
+    const core = new Controller(await JobStore.open(nc.jetstream(), () => false), { leaseMs: sessionLeaseMs, heartbeatMs: Math.floor(sessionLeaseMs / 3), requestTimeoutMs: 15_000, epoch, log: (line) => log.push(line) });
     await core.start();
     const server = createServer();
     addService(server, AgentService, agentService(() => core), statusFor);
@@ -158,10 +159,10 @@ describe("stale leader epoch", () => {
     await deposed.stop();
     deposed = undefined;
 
-    // Under B the target is still armed (never disarmed on the host), its registers are B's and hits go on.
-    // B's job record is not asserted from here on: the job store is not fenced by epoch, so the deposed
-    // term's own "session ended" write may land after B's reconcile, which is the controller's to fix.
+    // Under B the target is still armed (never disarmed on the host), its registers are B's and hits go on;
+    // the deposed term wrote nothing over B's job (its store is fenced).
     assert.notEqual(await target.tracerPid(), 0);
+    await waitFor("leader b shows the target armed", async () => (await viaB.getJob({ id })).job!.targets[0]!.state === TargetState.ARMED);
     assert.doesNotMatch(agent.output, /disarmed by the agent/);
     const { agents } = await viaB.listAgents({});
     const host = agents.find((x) => x.info?.hostId === "host-a");
