@@ -155,6 +155,34 @@ describe("scheduling", () => {
     assert.match(ended.targets[0]!.reason, /exited/);
   });
 
+  test("jobs watching the identical chunk share one register, each with its own exact counts", async () => {
+    const target = await counter(20);
+    const first = await submit(["--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", "20"]);
+    const second = await submit(["--pid", String(target.pid), "--symbol", "fw_counter", "--if", "value > 0x10000000a"]);
+    assert.equal(first.state, JobState.ARMED);
+    assert.equal(second.state, JobState.ARMED);
+    const { agents } = await cluster.api().listAgents({});
+    const slots = agents[0]!.targets.find((t) => t.pid === target.pid)!.slots;
+    assert.deepEqual(slots.map((s) => s.jobIds), [[first.id, second.id], [], [], []], "one register, two references");
+    const listed = await cluster.cli(["agents", "ls"]);
+    assert.match(listed.stdout, new RegExp(`${first.id},${second.id} 0x[0-9a-f]+/8 w`));
+
+    target.send("go");
+    await target.waitForLine(/^done/);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+    const a = await waitFor("the first job has all 20 hits", async () => {
+      const j = await job(first.id);
+      return j.state === JobState.COMPLETED ? j : undefined;
+    });
+    assert.equal(a.counts?.delivered, 20n);
+    const b = await waitFor("the second job ends with the process", async () => {
+      const j = await job(second.id);
+      return j.state === JobState.COMPLETED ? j : undefined;
+    });
+    // Writes 1..20 of thread 1 are (1 << 32) | i: those above 0x10000000a are i = 11..20.
+    assert.deepEqual([b.counts?.trapped, b.counts?.delivered, b.counts?.filtered], [20n, 10n, 10n]);
+  });
+
   test("placement all is a gang: nothing is armed until every target fits; sample:N takes N", async () => {
     const program = path.join(dir, `fwsch${process.pid % 100000}`);
     await copyFile(fixturePath("counter"), program);
