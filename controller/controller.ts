@@ -185,6 +185,8 @@ export class Controller {
   private readonly queueTimers = new Map<string, NodeJS.Timeout>();
   private drainScheduled = false;
   private lastDrainMs = 0;
+  /** When each queued job's reason was last rewritten. */
+  private readonly reasonSaidMs = new Map<string, number>();
   /** Jobs whose targets are being marked lost right now. */
   private readonly losing = new Set<string>();
   private placing: Promise<unknown> = Promise.resolve();
@@ -210,6 +212,7 @@ export class Controller {
       this.scheduleDeadline(job);
     }
     for (const job of jobs) this.enqueue(job);
+    this.drainSoon();
     this.startedMs = Date.now();
     this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.options.leaseMs / 4)));
     this.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active, ${this.queue.size} queued`);
@@ -496,6 +499,8 @@ export class Controller {
     }
     this.publish(armed);
     if (armed.targets.some(isTargetWaiting)) this.enqueue(armed);
+    // Registers of targets that failed are free for others.
+    if (outcomes.some((o) => "err" in o)) this.drainSoon();
     return armed;
   }
 
@@ -569,6 +574,7 @@ export class Controller {
   /** A job with targets waiting for registers: placed again when registers free up; fails at its queue deadline. */
   private enqueue(job: Job): void {
     if (isJobFinal(job) || !job.targets.some(isTargetWaiting)) return;
+    if (!this.queue.has(job.id)) this.reasonSaidMs.set(job.id, Date.now());
     this.queue.add(job.id);
     if (job.queueDeadlineUnixMs > 0n && !this.queueTimers.has(job.id)) {
       const delay = Math.max(0, Number(job.queueDeadlineUnixMs) - Date.now());
@@ -580,11 +586,12 @@ export class Controller {
         }, delay),
       );
     }
-    this.drainSoon();
+    // No drain here: it was just decided against what the ledger holds. Freed registers drain the queue.
   }
 
   private dequeue(id: string): void {
     this.queue.delete(id);
+    this.reasonSaidMs.delete(id);
     clearTimeout(this.queueTimers.get(id));
     this.queueTimers.delete(id);
   }
@@ -617,37 +624,50 @@ export class Controller {
    */
   private async drain(): Promise<void> {
     const work = await this.withLedger(async () => {
-      const out: { job: Job; evictions: readonly Eviction[] }[] = [];
+      // Decisions one job after the other (each sees the registers the ones before it took); writes all at once.
+      const writes: Promise<{ job: Job; evictions: readonly Eviction[] } | undefined>[] = [];
+      const now = Date.now();
       for (const job of this.queuedInOrder()) {
-        const before = this.ledgerCheckpoint(job);
         const decision = this.decide(job);
-        const reason = decision.shortfall ? `queued: ${decision.shortfall.reason}` : "";
         if (decision.placed.length === 0) {
-          // A waiting job says why, in words and numbers, as the fleet changes.
-          if (reason && job.state === JobState.PENDING && job.reason !== reason && !job.reason.startsWith("preempted")) {
-            const updated = await this.store.mutate(job.id, (j) => {
-              if (j.state === JobState.PENDING) j.reason = reason;
-            });
-            this.publish(updated);
+          // A waiting job says why, in words and numbers, as the fleet changes (not more often than the queue is retried).
+          const reason = decision.shortfall ? `queued: ${decision.shortfall.reason}` : "";
+          const said = this.reasonSaidMs.get(job.id) ?? 0;
+          if (reason && job.state === JobState.PENDING && job.reason !== reason && !job.reason.startsWith("preempted") && now - said >= retryQueueEveryMs) {
+            this.reasonSaidMs.set(job.id, now);
+            writes.push(
+              this.store
+                .mutate(job.id, (j) => {
+                  if (j.state === JobState.PENDING) j.reason = reason;
+                })
+                .then((updated) => void this.publish(updated)),
+            );
           }
           continue;
         }
-        try {
-          const updated = await this.store.mutate(job.id, (j) => {
-            markPlaced(j, decision);
-            for (const t of j.targets) if (isTargetWaiting(t)) t.reason = this.whyNot(j, t);
-            if (!j.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) j.queueDeadlineUnixMs = 0n;
-          });
-          out.push({ job: updated, evictions: decision.preempted });
-          if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
-        } catch (err) {
-          this.ledgerRollback(before);
-          this.options.log(`job ${job.id}: storing its placement failed: ${String(err)}`);
-        }
+        writes.push(
+          this.store
+            .mutate(job.id, (j) => {
+              markPlaced(j, decision);
+              for (const t of j.targets) if (isTargetWaiting(t)) t.reason = this.whyNot(j, t);
+              if (!j.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) j.queueDeadlineUnixMs = 0n;
+            })
+            .then((updated) => {
+              if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
+              return { job: updated, evictions: decision.preempted };
+            })
+            .catch((err: unknown) => {
+              // Its registers go back; registers of jobs it would have preempted stay free until those report.
+              for (const p of decision.placed) this.ledger.release(p.hostId, p.pid, job.id);
+              this.options.log(`job ${job.id}: storing its placement failed: ${String(err)}`);
+              return undefined;
+            }),
+        );
       }
-      return out;
+      const settled = await Promise.all(writes.map((w) => w.catch((err: unknown) => void this.options.log(`queue: ${String(err)}`))));
+      return settled.filter((w): w is { job: Job; evictions: readonly Eviction[] } => w !== undefined);
     });
-    for (const { job, evictions } of work) {
+    for (const { job } of work) {
       this.publish(job);
       this.options.log(`job ${job.id}: placed from the queue on ${job.targets.filter((t) => t.state === TargetState.ARMING).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
     }
