@@ -11,10 +11,11 @@ import { RpcError, TargetState, type Job } from "../proto/index.js";
 import { BenchInterruptedError, BenchTimeoutError, liveProcessNames, stopAllProcesses, until } from "./processes.js";
 import { measurePlacementCore } from "./scale-placement-core.js";
 import { describeFleetJobMode, fleetJobModes, fleetJobSpecs, singleTargetSpec, singleTargetsPerProcess, type FleetJobMode, type JobSpecInit } from "./scale-jobs.js";
-import { renderReport, type FleetModeResult, type FleetRound, type PlacementRunResult, type ScaleReport, type StatsSnapshot } from "./scale-report.js";
+import { renderReport, type FleetModeResult, type FleetRound, type PlacementRunResult, type QueueRunResult, type ScaleReport, type StatsSnapshot } from "./scale-report.js";
 import { ScaleStack, openFileLimit, type ProcStats } from "./scale-stack.js";
 import { SimFleet } from "./sim-fleet.js";
 import { repoRoot } from "../test/support/paths.js";
+import { waitFor } from "../test/support/wait.js";
 
 const USAGE = `usage: npm run bench:scale -- [options]
   --agents K               simulated agents (default 1000)
@@ -25,13 +26,13 @@ const USAGE = `usage: npm run bench:scale -- [options]
   --jobs N                 single-target jobs of the placement run (default 10000)
   --concurrency C          SubmitJob calls in flight in the placement run (default 64)
   --core-rounds R          rounds of the pure placement core (default 3)
-  --skip LIST              of fleet,placement,core
+  --skip LIST              of fleet,placement,queue,core
   --lease MS               the controller's --lease (default 15000)
   --election-lease MS      the controller's --election-lease (default: the controller's own)
   --controller-node-args S node options for the controller process, space-separated
                            (e.g. --controller-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof")`;
 
-const phases = ["fleet", "placement", "core"] as const;
+const phases = ["fleet", "placement", "queue", "core"] as const;
 type Phase = (typeof phases)[number];
 
 interface ScaleOptions {
@@ -142,6 +143,8 @@ async function snapshot(stack: ScaleStack, phase: string): Promise<StatsSnapshot
   log(`${phase}: controller RSS ${controller ? Math.round(controller.rssMiB) : "?"} MiB (peak ${controller ? Math.round(controller.peakRssMiB) : "?"})`);
   return snap;
 }
+
+const count = (value: number): string => value.toLocaleString("en-US");
 
 function seconds(since: number): number {
   return (performance.now() - since) / 1000;
@@ -274,6 +277,61 @@ async function measurePlacement(stack: ScaleStack, fleet: SimFleet, options: Sca
   };
 }
 
+/**
+ * The queue: a fleet-wide job takes all four registers of every process,
+ * `jobs` single-target jobs are submitted with a queue timeout (each answered
+ * pending), then the blocker is cancelled and the bench times how long until
+ * every queued job holds its register on its simulated agent.
+ */
+async function measureQueue(stack: ScaleStack, fleet: SimFleet, options: ScaleOptions, signal: AbortSignal): Promise<QueueRunResult> {
+  const hostIds = fleet.hostIds;
+  let failedSample: string | undefined;
+  await fleet.waitAllRegistered(reregisterTimeoutMs, signal);
+  const blockerWatches = [0, 1, 2, 3].flatMap((i) => fleetJobSpecs("selector", hostIds, options.processes, `blocker_${i}`)[0]!.watches ?? []);
+  const { job: blocker } = await stack.api.submitJob({ spec: { watches: blockerWatches, target: { allHosts: true, comm: fleetJobSpecs("selector", hostIds, options.processes, fleetSymbol)[0]!.target!.comm! } } }, { deadlineMs: submitDeadlineMs });
+  log(`queue: blocker ${blocker!.id} holds ${count(fleet.slotsHeld())} registers`);
+  const ids: string[] = [];
+  let queued = 0;
+  const submitStarted = performance.now();
+  await runBounded(options.jobs, options.concurrency, async (i) => {
+    if (signal.aborted) throw new BenchInterruptedError("interrupted");
+    try {
+      const { job } = await stack.api.submitJob({ spec: { ...singleTargetSpec(i, hostIds, options.processes), queueTimeoutMs: 3_600_000n } }, { deadlineMs: submitDeadlineMs });
+      ids.push(job!.id);
+      if (job!.state === 1) queued++;
+    } catch (err) {
+      failedSample ??= errorText(err);
+    }
+  });
+  const submitSeconds = seconds(submitStarted);
+  log(`queue: ${count(queued)} of ${count(options.jobs)} queued in ${submitSeconds.toFixed(1)} s; cancelling the blocker`);
+  const cpuBefore = await stack.controllerStats();
+  const drainStarted = performance.now();
+  await stack.api.cancelJob({ id: blocker!.id }, { deadlineMs: submitDeadlineMs });
+  let drainSeconds = Number.NaN;
+  try {
+    await waitFor(`${count(ids.length)} queued jobs armed`, () => signal.aborted || fleet.slotsHeld() >= ids.length, submitDeadlineMs, 5);
+    drainSeconds = seconds(drainStarted);
+  } catch (err) {
+    failedSample ??= errorText(err);
+  }
+  const cpuAfter = await stack.controllerStats();
+  const placed = fleet.slotsHeld();
+  log(`queue: ${count(placed)} placed ${Number.isNaN(drainSeconds) ? "(not all)" : `in ${drainSeconds.toFixed(2)} s`}; cancelling them`);
+  await runBounded(ids.length, options.concurrency, async (i) => {
+    await stack.api.cancelJob({ id: ids[i] as string }, { deadlineMs: submitDeadlineMs }).catch(() => {});
+  });
+  return {
+    jobs: options.jobs,
+    submitSeconds,
+    queued,
+    drainSeconds,
+    placed,
+    controllerCpuSeconds: cpuBefore && cpuAfter ? cpuAfter.cpuSeconds - cpuBefore.cpuSeconds : undefined,
+    failedSample,
+  };
+}
+
 /** The commit the controller was built from, as far as git knows, or why not. */
 function sourceOf(): string {
   const head = spawnSync("git", ["-C", repoRoot, "rev-parse", "--short", "HEAD"], { encoding: "utf8" });
@@ -322,6 +380,7 @@ async function main(): Promise<number> {
     connect: undefined,
     fleet: [],
     placement: undefined,
+    queue: undefined,
     core: undefined,
     coreError: undefined,
     stats: [],
@@ -369,6 +428,10 @@ async function main(): Promise<number> {
     if (!options.skip.has("placement")) {
       report.placement = await measurePlacement(stack, fleet, options, signal);
       report.stats.push(await snapshot(stack, `${options.jobs} single-target jobs (then cancelled)`));
+    }
+    if (!options.skip.has("queue")) {
+      report.queue = await measureQueue(stack, fleet, options, signal);
+      report.stats.push(await snapshot(stack, `${options.jobs} queued jobs placed (then cancelled)`));
     }
     if (!options.skip.has("core")) {
       try {
