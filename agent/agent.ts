@@ -164,6 +164,8 @@ export class AgentCore {
   onReport: (report: TargetReport) => void = () => {};
   /** Receives processes that started matching a followed job. */
   onAppeared: (appeared: ProcessAppeared) => void = () => {};
+  /** A watch was disarmed at the end of its job's lost-after (no session all that time). */
+  onGraceSuspended: () => void = () => {};
   /** Jobs whose selectors this host watches for late joiners. */
   private readonly follows = new Map<string, AbortController>();
 
@@ -362,7 +364,9 @@ export class AgentCore {
       if (graceMs > 0) {
         const timer = setTimeout(() => {
           this.graceTimers.delete(timer);
-          void this.suspend(watch, `no session with a controller for ${watch.lostAfterMs} ms (the job's lost-after): disarmed by the agent until the controller re-arms it`);
+          const why = `no session with a controller for ${watch.lostAfterMs} ms (the job's lost-after): disarmed by the agent until the controller re-arms it`;
+          this.log(`agent ${this.hostId}: job ${watch.jobId} on pid ${watch.pid}: ${why}`);
+          void this.suspend(watch, why).finally(() => this.onGraceSuspended());
         }, graceMs);
         this.graceTimers.add(timer);
         continue;

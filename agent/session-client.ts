@@ -49,6 +49,8 @@ export class SessionClient {
     };
     // A late joiner seen while disconnected is found again by the discovery after re-registering.
     core.onAppeared = (appeared) => void this.send({ msg: { case: "processAppeared", value: appeared } });
+    // A registration on its way may list that watch as armed: start over with the truth.
+    core.onGraceSuspended = () => this.attempt?.abort();
   }
 
   /** Resolves once the controller has accepted a session. */

@@ -81,4 +81,39 @@ describe("leases", () => {
     target.child.kill("SIGTERM");
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
   });
+
+  test("a job's lost-after: the agent keeps its target armed and publishing past the lease, then disarms it", async () => {
+    const second = await startTarget("demo-counter");
+    try {
+      const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: second.pid }, stackDepth: 0, lostAfterMs: 5_000n });
+      const { job } = await cluster.api().submitJob({ spec });
+      assert.equal(job?.state, JobState.ARMED, job?.reason);
+      const id = job!.id;
+      const agent = cluster.agents.get("host-a")!;
+      const lapses = (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
+      const controllerPid = cluster.controller!.child.pid!;
+      process.kill(controllerPid, "SIGSTOP");
+      try {
+        // The session's lease lapsed: a job without lost-after would be disarmed now; this one stays.
+        await waitFor("the agent's session lease lapsed", () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length > lapses, 15_000);
+        assert.notEqual(await second.tracerPid(), 0, "still armed within its lost-after");
+        const replayed = async () => (await cluster.cli(["events", id, "-o", "json"])).stdout.trim().split("\n").filter(Boolean).length;
+        const atLapse = await replayed();
+        await waitFor("hits still published with no controller", async () => (await replayed()) > atLapse, 15_000);
+        await waitFor("disarmed once its lost-after passed", async () => (await second.tracerPid()) === 0, 15_000);
+        assert.match(agent.output, /for 5000 ms \(the job's lost-after\): disarmed by the agent/);
+      } finally {
+        process.kill(controllerPid, "SIGCONT");
+      }
+      await waitFor("re-armed after the controller is back", async () => (await cluster.api().getJob({ id })).job?.targets[0]?.state === TargetState.ARMED && (await second.tracerPid()) !== 0, 30_000);
+      const cancelled = (await cluster.api().cancelJob({ id })).job!;
+      const c = cancelled.counts!;
+      assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+      assert.equal(await second.tracerPid(), 0);
+      second.child.kill("SIGTERM");
+      assert.deepEqual(await second.waitForExit(), { code: 0, signal: null });
+    } finally {
+      await second.kill();
+    }
+  });
 });
