@@ -10,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
 import { ControllerService, JobState, TargetState, createFailoverClient, type ServiceClient } from "../../proto/index.js";
-import { Daemon } from "../support/cluster.js";
+import { Daemons, type Daemon } from "../support/cluster.js";
 import { cliPath, helperPath } from "../support/paths.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -18,7 +18,7 @@ import { waitFor } from "../support/wait.js";
 describe("controller failover", () => {
   let dir: string;
   let nats: RunningNatsServer;
-  const daemons: Daemon[] = [];
+  const daemons = new Daemons();
   let target: Target | undefined;
   let api: ServiceClient<typeof ControllerService> | undefined;
 
@@ -31,22 +31,13 @@ describe("controller failover", () => {
   after(async () => {
     api?.close();
     await target?.kill();
-    for (const d of daemons.reverse()) await d.stop();
+    await daemons.stop();
     await nats?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
-  function daemon(name: string, args: string[]): Daemon {
-    const d = new Daemon(name, spawn(process.execPath, [cliPath, ...args], { stdio: ["ignore", "pipe", "pipe"] }));
-    daemons.push(d);
-    return d;
-  }
-
-  async function controller(name: string): Promise<{ daemon: Daemon; address: string }> {
-    const d = daemon(name, ["controller", "--listen", "127.0.0.1:0", "--nats", nats.url, "--lease", "2s", "--election-lease", "1s"]);
-    const [, address] = await d.waitForOutput(/listening on (\S+:\d+)/);
-    return { daemon: d, address: address! };
-  }
+  const daemon = (name: string, args: string[]): Daemon => daemons.start(name, args);
+  const controller = (name: string) => daemons.controller(name, nats.url, "2s", "1s");
 
   function cli(args: string[], controllers: string) {
     const child = spawn(process.execPath, [cliPath, ...args], { env: { ...process.env, FLEETWATCH_CONTROLLER: controllers, FLEETWATCH_NATS: nats.url }, stdio: ["ignore", "pipe", "pipe"] });

@@ -14,7 +14,6 @@
 // drops the session), and the agent must refuse it and go back to B.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -26,8 +25,8 @@ import { statusFor } from "../../controller/errors.js";
 import { JobStore } from "../../controller/job-store.js";
 import { agentService } from "../../controller/service.js";
 import { AgentService, ControllerService, JobState, RpcError, TargetState, WatchMode, addService, bindServer, createClient, createServer, type ServiceClient } from "../../proto/index.js";
-import { Daemon } from "../support/cluster.js";
-import { cliPath, helperPath } from "../support/paths.js";
+import { Daemons, type Daemon } from "../support/cluster.js";
+import { helperPath } from "../support/paths.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
 
@@ -47,7 +46,7 @@ interface DeposedTerm {
 describe("stale leader epoch", () => {
   let dir: string;
   let nats: RunningNatsServer;
-  const daemons: Daemon[] = [];
+  const daemons = new Daemons();
   const clients: Array<{ close(): void }> = [];
   let target: Target | undefined;
   let deposed: DeposedTerm | undefined;
@@ -61,25 +60,16 @@ describe("stale leader epoch", () => {
   after(async () => {
     for (const c of clients) c.close();
     // A stopped process cannot act on SIGTERM: let it run before stopping it.
-    for (const d of daemons) if (d.running) d.child.kill("SIGCONT");
+    for (const d of daemons.all) if (d.running) d.child.kill("SIGCONT");
     await target?.kill();
     await deposed?.stop();
-    for (const d of daemons.reverse()) await d.stop();
+    await daemons.stop();
     await nats?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
-  function daemon(name: string, args: string[]): Daemon {
-    const d = new Daemon(name, spawn(process.execPath, [cliPath, ...args], { stdio: ["ignore", "pipe", "pipe"] }));
-    daemons.push(d);
-    return d;
-  }
-
-  async function controller(name: string): Promise<{ daemon: Daemon; address: string }> {
-    const d = daemon(name, ["controller", "--listen", "127.0.0.1:0", "--nats", nats.url, "--lease", `${sessionLeaseMs}ms`, "--election-lease", electionLease]);
-    const [, address] = await d.waitForOutput(/listening on (\S+:\d+)/);
-    return { daemon: d, address: address! };
-  }
+  const daemon = (name: string, args: string[]): Daemon => daemons.start(name, args);
+  const controller = (name: string) => daemons.controller(name, nats.url, `${sessionLeaseMs}ms`, electionLease);
 
   function api(address: string): ServiceClient<typeof ControllerService> {
     const client = createClient(ControllerService, address);

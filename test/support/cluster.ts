@@ -49,6 +49,31 @@ export class Daemon {
   }
 }
 
+/** Daemons started one by one (outside a Cluster), stopped together, last started first. */
+export class Daemons {
+  readonly all: Daemon[] = [];
+
+  /** `fleetwatch ARGS` as a daemon. */
+  start(name: string, args: string[]): Daemon {
+    const d = new Daemon(name, spawn(process.execPath, [cliPath, ...args], { stdio: ["ignore", "pipe", "pipe"] }));
+    this.all.push(d);
+    return d;
+  }
+
+  /** A controller on a free port of this NATS, once it listens. */
+  async controller(name: string, natsUrl: string, lease: string, electionLease: string): Promise<{ daemon: Daemon; address: string }> {
+    const d = this.start(name, ["controller", "--listen", "127.0.0.1:0", "--nats", natsUrl, "--lease", lease, "--election-lease", electionLease]);
+    const [, address] = await d.waitForOutput(/listening on (\S+:\d+)/);
+    return { daemon: d, address: address! };
+  }
+
+  async stop(): Promise<void> {
+    // A stopped process cannot act on SIGTERM: let it run before stopping it.
+    for (const d of this.all) if (d.running) d.child.kill("SIGCONT");
+    for (const d of [...this.all].reverse()) await d.stop();
+  }
+}
+
 export interface CliResult {
   code: number | null;
   stdout: string;
