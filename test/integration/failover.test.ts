@@ -1,18 +1,19 @@
 // Two controllers on one NATS: one leads, the other stands by and says who
 // leads. SIGKILL the leader: the standby takes over within its election
-// lease with the stored jobs, the agent follows it, the CLI (given both
-// addresses) too, and the armed target never noticed.
+// lease with the stored jobs, the agents follow it, the CLI (given both
+// addresses) too, and the armed targets never noticed; the new leader goes
+// on arming late joiners and freeing the registers of processes that exit.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
 import { ControllerService, JobState, TargetState, createFailoverClient, type ServiceClient } from "../../proto/index.js";
 import { Daemons, type Daemon } from "../support/cluster.js";
 import { cliPath, helperPath } from "../support/paths.js";
-import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import { buildFixtures, fixturePath, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
 
 describe("controller failover", () => {
@@ -20,6 +21,7 @@ describe("controller failover", () => {
   let nats: RunningNatsServer;
   const daemons = new Daemons();
   let target: Target | undefined;
+  const others: Target[] = [];
   let api: ServiceClient<typeof ControllerService> | undefined;
 
   before(async () => {
@@ -31,6 +33,7 @@ describe("controller failover", () => {
   after(async () => {
     api?.close();
     await target?.kill();
+    for (const t of others) await t.kill();
     await daemons.stop();
     await nats?.stop();
     await rm(dir, { recursive: true, force: true });
@@ -94,5 +97,73 @@ describe("controller failover", () => {
     assert.equal(await target.tracerPid(), 0);
     target.child.kill("SIGTERM");
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("several agents: jobs on two hosts survive the leader's death; the new leader arms a late joiner and frees an exited one", async () => {
+    // The controllers and agent of the test before leave first (the leader resigns).
+    for (const d of daemons.all) await d.stop();
+    const a = await controller("controller c");
+    await a.daemon.waitForOutput(/leading with epoch/);
+    const b = await controller("controller d");
+    await b.daemon.waitForOutput(/standing by/);
+    const both = `${a.address},${b.address}`;
+    const client = createFailoverClient(ControllerService, [a.address, b.address]);
+    try {
+      for (const host of ["host-c", "host-d"]) {
+        const agent = daemon(`agent ${host}`, ["agent", "--controller", both, "--nats", nats.url, "--host-id", host, "--helper", helperPath]);
+        await agent.waitForOutput(/registered with/);
+      }
+      // Both agents see this machine's processes: each host's job picks its own program by name.
+      const programs = await Promise.all(["c", "d"].map(async (h) => {
+        const program = path.join(dir, `fwfo${h}${process.pid % 10000}`);
+        await copyFile(fixturePath("demo-counter"), program);
+        return program;
+      }));
+      const start = async (program: string) => {
+        const t = await startTarget(path.basename(program), [], { path: program });
+        others.push(t);
+        await t.waitForLine(/^ready /);
+        return t;
+      };
+      const [onC, onD] = [await start(programs[0]!), await start(programs[1]!)];
+      const ids: string[] = [];
+      for (const [i, host] of ["host-c", "host-d"].entries()) {
+        const submitted = await cli(["watch", "--comm", path.basename(programs[i]!), "--host", host, "--symbol", "demo_counter", "--stack", "0", "-o", "json"], both);
+        assert.equal(submitted.code, 0, submitted.stderr);
+        ids.push((JSON.parse(submitted.stdout) as { id: string }).id);
+      }
+      const job = async (id: string) => (await client.getJob({ id })).job!;
+      for (const id of ids) await waitFor(`hits of job ${id}`, async () => ((await job(id)).counts?.delivered ?? 0n) > 0n);
+
+      a.daemon.child.kill("SIGKILL");
+      await a.daemon.exited;
+      await b.daemon.waitForOutput(/leading with epoch (\d+)/, 15_000);
+      for (const id of ids) {
+        const taken = await job(id);
+        assert.equal(taken.state, JobState.ARMED, taken.reason);
+        const before = taken.counts?.delivered ?? 0n;
+        await waitFor(`hits of job ${id} under the new leader`, async () => ((await job(id)).counts?.delivered ?? 0n) > before, 15_000);
+      }
+      assert.notEqual(await onC.tracerPid(), 0);
+      assert.notEqual(await onD.tracerPid(), 0);
+
+      // A process that starts matching now is armed by the new leader; one that exits frees its registers.
+      const late = await start(programs[0]!);
+      await waitFor("the late joiner is armed under the new leader", async () => (await job(ids[0]!)).targets.some((t) => t.pid === late.pid && t.state === TargetState.ARMED), 15_000);
+      onC.child.kill("SIGTERM");
+      assert.deepEqual(await onC.waitForExit(), { code: 0, signal: null });
+      await waitFor("the exited target is reported", async () => (await job(ids[0]!)).targets.find((t) => t.pid === onC.pid)?.state === TargetState.EXITED);
+      const { agents } = await client.listAgents({});
+      assert.equal(agents.find((x) => x.info?.hostId === "host-c")?.targets.find((t) => t.pid === onC.pid), undefined, "an exited process holds no registers");
+
+      for (const id of ids) assert.equal((await client.cancelJob({ id })).job!.state, JobState.CANCELLED);
+      for (const t of [late, onD]) {
+        assert.equal(await t.tracerPid(), 0);
+        t.child.kill("SIGTERM");
+        assert.deepEqual(await t.waitForExit(), { code: 0, signal: null });
+      }
+    } finally {
+      client.close();
+    }
   });
 });
