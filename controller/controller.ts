@@ -667,9 +667,11 @@ export class Controller {
       const settled = await Promise.all(writes.map((w) => w.catch((err: unknown) => void this.options.log(`queue: ${String(err)}`))));
       return settled.filter((w): w is { job: Job; evictions: readonly Eviction[] } => w !== undefined);
     });
-    for (const { job } of work) {
-      this.publish(job);
-      this.options.log(`job ${job.id}: placed from the queue on ${job.targets.filter((t) => t.state === TargetState.ARMING).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
+    for (const { job } of work) this.publish(job);
+    if (work.length > 0) {
+      // One line per drain: a queue of thousands must not turn into thousands of log lines.
+      const shown = work.slice(0, 5).map(({ job }) => `${job.id} on ${job.targets.filter((t) => t.state === TargetState.ARMING).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
+      this.options.log(`queue: placed ${work.length} job(s): ${shown.join("; ")}${work.length > shown.length ? `; and ${work.length - shown.length} more` : ""}`);
     }
     await Promise.all(
       work.map(async ({ job, evictions }) => {
@@ -783,6 +785,8 @@ export class Controller {
   }
 
   private pickSessions(selector: TargetSelector): AgentSession[] {
+    // Named hosts are looked up one by one: filtering every session on each submit costs more than placing the job.
+    if (selector.hostIds.length > 0 && !selector.allHosts && !selector.hostSelector) return this.namedSessions(selector.hostIds);
     const open = [...this.sessions.values()].filter((s) => s.isOpen);
     // Only for messages: joining thousands of host ids on every submit costs more than placing the job.
     const connected = () => open.map((s) => s.hostId).join(", ") || "none";
@@ -801,7 +805,13 @@ export class Controller {
       if (open.length === 0) throw new PreconditionError("no agent is connected: run `fleetwatch up`, or `fleetwatch agent --controller ADDR` on the target's host");
       throw new InvalidRequestError(`${open.length} agents are connected (${connected()}): name the target's host with --host, --selector or --all-hosts`);
     }
-    return [...new Set(selector.hostIds)].map((hostId) => {
+    return this.namedSessions(selector.hostIds);
+  }
+
+  /** The open sessions of hosts named by id; a host that is not connected is an error naming who is. */
+  private namedSessions(hostIds: readonly string[]): AgentSession[] {
+    const connected = () => [...this.sessions.values()].filter((s) => s.isOpen).map((s) => s.hostId).join(", ") || "none";
+    return [...new Set(hostIds)].map((hostId) => {
       const session = this.sessions.get(hostId);
       if (session?.isOpen) return session;
       const seen = this.known.get(hostId);

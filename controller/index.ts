@@ -59,7 +59,8 @@ async function ensureEventStream(nc: NatsConnection): Promise<void> {
 export async function startController(options: ControllerOptions): Promise<RunningController> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const leaseMs = options.leaseMs ?? 15_000;
-  const nc = await connect({ servers: options.natsUrl, name: "fleetwatch-controller", maxReconnectAttempts: -1 });
+  // No async stack traces: capturing one per KV write costs more than the write's own encoding at fleet scale.
+  const nc = await connect({ servers: options.natsUrl, name: "fleetwatch-controller", maxReconnectAttempts: -1, noAsyncTraces: true });
   const server = createServer();
   let election: LeaderElection | undefined;
   try {
