@@ -432,7 +432,7 @@ export class Controller {
           t.reason = `preempted by job ${by.id} (priority ${priority} over ${j.spec?.priority ?? 0})${note}; waiting to be placed again`;
           rollUp(j);
           if (j.state === JobState.PENDING) j.reason = `preempted by job ${by.id}; waiting in the queue`;
-        });
+        }, [e.hostId]);
         this.publish(victim);
         this.options.log(`job ${e.jobId}: ${e.hostId}/${e.pid} preempted by job ${by.id}`);
         this.enqueue(victim);
@@ -485,7 +485,7 @@ export class Controller {
         }
       }
       rollUp(j);
-    });
+    }, targets.map((t) => t.hostId));
     for (const t of armed.targets) if (!isTargetActive(t)) this.ledger.release(t.hostId, t.pid, job.id);
     // The job ended while these were arming: take them back.
     for (const outcome of outcomes) {
@@ -553,8 +553,8 @@ export class Controller {
             if (!waits) t.state = TargetState.FAILED;
           }
           rollUp(j);
-        });
-        return { updated, evictions: decision?.preempted ?? [] };
+        }, [session.hostId, ...(decision?.placed.map((p) => p.hostId) ?? [])]);
+        return { updated, decision };
       } catch (err) {
         this.ledgerRollback(before);
         throw err;
@@ -564,9 +564,12 @@ export class Controller {
     this.publish(added.updated);
     const t = added.updated.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
     this.options.log(`job ${jobId}: ${session.hostId}/${pid} joined (${targetStateName(t.state)}${t.state === TargetState.ARMING ? "" : `: ${t.reason}`})`);
-    await this.evict(added.updated, added.evictions);
-    if (t.state === TargetState.ARMING) await this.armTargets(added.updated, [t], []);
-    else if (isTargetWaiting(t)) this.enqueue(added.updated);
+    await this.evict(added.updated, added.decision?.preempted ?? []);
+    // The decision may also have placed other waiting targets of the job (a gang completed by this one).
+    const placed = new Set(added.decision?.placed.map((p) => `${p.hostId}/${p.pid}`) ?? []);
+    const arming = added.updated.targets.filter((x) => x.state === TargetState.ARMING && placed.has(`${x.hostId}/${x.pid}`));
+    if (arming.length > 0) await this.armTargets(added.updated, arming, []);
+    else this.enqueue(added.updated);
   }
 
   // ---- the queue ----------------------------------------------------------
@@ -639,7 +642,7 @@ export class Controller {
               this.store
                 .mutate(job.id, (j) => {
                   if (j.state === JobState.PENDING) j.reason = reason;
-                })
+                }, [])
                 .then((updated) => void this.publish(updated)),
             );
           }
@@ -651,7 +654,7 @@ export class Controller {
               markPlaced(j, decision);
               for (const t of j.targets) if (isTargetWaiting(t)) t.reason = this.whyNot(j, t);
               if (!j.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) j.queueDeadlineUnixMs = 0n;
-            })
+            }, [...decision.placed.map((p) => p.hostId), ...job.targets.filter(isTargetWaiting).map((t) => t.hostId)])
             .then((updated) => {
               if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
               return { job: updated, evictions: decision.preempted };
@@ -697,7 +700,7 @@ export class Controller {
         j.queueDeadlineUnixMs = 0n;
         rollUp(j);
         if (j.state === JobState.FAILED) j.reason = `not placed within the queue timeout (${timeout}): ${why}`;
-      });
+      }, job.targets.filter(isTargetWaiting).map((t) => t.hostId));
       if (!updated.targets.some(isTargetWaiting)) this.dequeue(id);
       this.publish(updated);
       this.options.log(`job ${id}: queue timeout (${timeout}) passed; ${updated.reason}`);
@@ -990,7 +993,7 @@ export class Controller {
             t.reason = `agent ${t.hostId} silent for ${now - this.lastHeardMs(t.hostId)} ms (the job allows ${limit} ms); its registers stay reserved until it returns or the job ends`;
           }
           rollUp(j);
-        })
+        }, hosts)
         .then((updated) => {
           this.publish(updated);
           this.options.log(`job ${job.id}: targets on ${[...hosts].join(", ")} lost`);
@@ -1061,7 +1064,7 @@ export class Controller {
         t.reason = report.reason;
       }
       rollUp(j);
-    });
+    }, [hostId]);
     if (report.state === TargetState.EXITED) this.ledger.forgetProcess(hostId, report.pid);
     else this.ledger.noteReserved(hostId, report.pid, report.reservedMask);
     if (ends) {
@@ -1088,7 +1091,7 @@ export class Controller {
           t.reason = `${why} while waiting for debug registers`;
         }
         rollUp(j);
-      });
+      }, [hostId]);
       if (isJobFinal(updated)) this.forgetJobTimers(updated);
       this.publish(updated);
     }
@@ -1123,7 +1126,7 @@ export class Controller {
             t.reason = "agent reconnected; the target stayed armed";
             if (a.counts) t.counts = a.counts;
             rollUp(j);
-          });
+          }, [session.hostId]);
           this.publish(updated);
         }
         continue;
@@ -1135,7 +1138,7 @@ export class Controller {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
           if (t && result.counts) t.counts = result.counts;
           rollUp(j);
-        });
+        }, [session.hostId]);
         this.publish(updated);
       }
     }
@@ -1158,7 +1161,7 @@ export class Controller {
           t.state = failure ? TargetState.FAILED : TargetState.ARMED;
           t.reason = failure ? `re-arm after reconnect failed: ${failure}` : "re-armed after the agent reconnected";
           rollUp(j);
-        });
+        }, [session.hostId]);
         if (failure) this.ledger.release(session.hostId, target.pid, job.id);
         this.publish(updated);
       }

@@ -1,9 +1,13 @@
-// Durable job state in a JetStream KV bucket: protobuf Job values keyed by
-// job id, changed only by compare-and-set (create, or update with the
-// revision last read) with a bounded retry on conflicts.
-import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
+// Durable job state in a JetStream KV bucket, changed only by compare-and-set
+// (create, or update with the revision last read) with a bounded retry on
+// conflicts. A job with up to `inlineTargets` targets is one protobuf Job
+// value under its id. A bigger one (a fleet-wide job on thousands of hosts)
+// is its Job without targets under its id plus `shardCount` TargetShard
+// values under "<id>.<n>", a host's targets always in the same shard: a
+// change on some hosts rewrites their shards and the job, not every target.
+import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
-import { JobSchema, jobBucket, type Job } from "../proto/index.js";
+import { JobSchema, TargetSchema, TargetShardSchema, jobBucket, type Job, type Target } from "../proto/index.js";
 import { openBucket } from "./kv-bucket.js";
 import { NotLeaderError } from "./leader-election.js";
 
@@ -15,15 +19,48 @@ export class JobStoreConflictError extends Error {
 // JetStream's "wrong last sequence" error: a CAS update lost the race.
 const wrongLastSequence = 10071;
 const maxAttempts = 5;
+/** Jobs with more targets than this keep them in shards. */
+export const inlineTargets = 256;
+/** Shards of a sharded job (a 40,000-target job: ~625 targets, well under 1 MB, per shard). */
+export const shardCount = 64;
 
 function isCasConflict(err: unknown): boolean {
   const api = (err as { api_error?: { err_code?: number } })?.api_error;
   return api?.err_code === wrongLastSequence || /wrong last sequence/i.test(String((err as Error)?.message));
 }
 
+/** The shard a host's targets live in (FNV-1a of the host id). */
+export function shardOf(hostId: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < hostId.length; i++) {
+    h ^= hostId.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0) % shardCount;
+}
+
+const shardKey = (id: string, n: number) => `${id}.${n}`;
+
+/** Targets of the cache are frozen: a change must go through mutate with their host in its scope. */
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object" && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value as object)) deepFreeze(v);
+  }
+  return value;
+}
+
+interface Entry {
+  job: Job;
+  /** Revision of the job's own value. */
+  revision: number;
+  /** Revisions of its shard values; empty while its targets are inline. */
+  shards: Map<number, number>;
+}
+
 /** Jobs with their KV revisions, cached after every read and write. */
 export class JobStore {
-  private readonly cache = new Map<string, { job: Job; revision: number }>();
+  private readonly cache = new Map<string, Entry>();
   private readonly chains = new Map<string, Promise<unknown>>();
 
   private constructor(
@@ -49,18 +86,42 @@ export class JobStore {
   async load(): Promise<Job[]> {
     const keys: string[] = [];
     for await (const key of await this.kv.keys()) keys.push(key);
+    const ids = new Set(keys.filter((k) => !k.includes(".")));
     const jobs: Job[] = [];
-    for (const key of keys) {
-      const entry = await this.kv.get(key);
-      if (!entry || entry.operation !== "PUT" || entry.value.length === 0) continue;
-      const job = fromBinary(JobSchema, entry.value);
-      this.cache.set(key, { job, revision: entry.revision });
-      jobs.push(job);
+    for (const id of ids) {
+      const entry = await this.read(id, keys.filter((k) => k.startsWith(`${id}.`)));
+      if (entry) jobs.push(entry.job);
     }
     return jobs;
   }
 
-  /** The cached job (a copy is not made: treat it as read-only). */
+  /** Reads one job and the shards named (all of its shards when `shardKeys` is undefined). */
+  private async read(id: string, shardKeys?: string[]): Promise<Entry | undefined> {
+    const head = await this.kv.get(id);
+    if (!head || head.operation !== "PUT" || head.value.length === 0) {
+      this.cache.delete(id);
+      return undefined;
+    }
+    const job = fromBinary(JobSchema, head.value);
+    const shards = new Map<number, number>();
+    const names = shardKeys ?? Array.from({ length: shardCount }, (_, n) => shardKey(id, n));
+    const targets: Target[] = [];
+    for (const key of names) {
+      const n = Number(key.slice(id.length + 1));
+      if (!Number.isInteger(n) || n < 0 || n >= shardCount) continue;
+      const value = await this.kv.get(key);
+      if (!value || value.operation !== "PUT") continue;
+      shards.set(n, value.revision);
+      targets.push(...fromBinary(TargetShardSchema, value.value).targets);
+    }
+    // Shards win over inline targets: a crash between writing the shards and the job leaves the shards newer.
+    if (shards.size > 0) job.targets = targets;
+    const entry = { job: deepFreeze(job), revision: head.revision, shards };
+    this.cache.set(id, entry);
+    return entry;
+  }
+
+  /** The cached job: read-only (its targets are frozen). */
   get(id: string): Job | undefined {
     return this.cache.get(id)?.job;
   }
@@ -73,58 +134,95 @@ export class JobStore {
   /** Stores a new job; fails if the id exists. */
   async create(job: Job): Promise<Job> {
     this.checkFence(job.id);
-    const revision = await this.kv.create(job.id, toBinary(JobSchema, job));
-    this.cache.set(job.id, { job, revision });
+    const shards = new Map<number, number>();
+    if (job.targets.length > inlineTargets) {
+      for (const [n, targets] of this.split(job.targets)) shards.set(n, await this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets }))));
+    }
+    const revision = await this.kv.create(job.id, toBinary(JobSchema, shards.size > 0 ? { ...job, targets: [] } : job));
+    this.cache.set(job.id, { job: deepFreeze(job), revision, shards });
     return job;
   }
 
+  /** Targets by shard, in their order. */
+  private split(targets: readonly Target[], only?: ReadonlySet<number>): Map<number, Target[]> {
+    const byShard = new Map<number, Target[]>();
+    if (only) for (const n of only) byShard.set(n, []);
+    for (const t of targets) {
+      const n = shardOf(t.hostId);
+      if (only && !only.has(n)) continue;
+      const list = byShard.get(n);
+      if (list) list.push(t);
+      else byShard.set(n, [t]);
+    }
+    return byShard;
+  }
+
   /**
-   * Applies `change` to a copy of the job and writes it with CAS. On a lost
+   * Applies `change` to a copy of the job and writes it with CAS; on a lost
    * race it re-reads and re-applies, at most a few times. Changes to one job
-   * are serialized, so this controller never races itself.
+   * are serialized, so this controller never races itself. `hosts` are the
+   * hosts whose targets the change may touch or add (undefined: every
+   * host); the others stay frozen, so a change outside its scope throws
+   * rather than go unsaved.
    */
-  mutate(id: string, change: (job: Job) => void): Promise<Job> {
+  mutate(id: string, change: (job: Job) => void, hosts?: Iterable<string>): Promise<Job> {
+    const scope = hosts === undefined ? undefined : new Set(hosts);
     const previous = this.chains.get(id) ?? Promise.resolve();
     const next = previous.then(
-      () => this.mutateNow(id, change),
-      () => this.mutateNow(id, change),
+      () => this.mutateNow(id, change, scope),
+      () => this.mutateNow(id, change, scope),
     );
     this.chains.set(id, next);
-    void next.finally(() => {
-      if (this.chains.get(id) === next) this.chains.delete(id);
-    }).catch(() => {});
+    void next
+      .finally(() => {
+        if (this.chains.get(id) === next) this.chains.delete(id);
+      })
+      .catch(() => {});
     return next;
   }
 
-  private async mutateNow(id: string, change: (job: Job) => void): Promise<Job> {
+  private async mutateNow(id: string, change: (job: Job) => void, scope: ReadonlySet<string> | undefined): Promise<Job> {
     for (let attempt = 1; ; attempt++) {
       this.checkFence(id);
-      const current = this.cache.get(id) ?? (await this.reload(id));
+      const current = this.cache.get(id) ?? (await this.read(id));
       if (!current) throw new JobStoreConflictError(`job ${id} is not in the store`);
-      const job = clone(JobSchema, current.job);
+      // A copy of the job; targets outside the scope are shared (and frozen).
+      const job = clone(JobSchema, { ...current.job, targets: [] });
+      job.targets = current.job.targets.map((t) => (scope === undefined || scope.has(t.hostId) ? clone(TargetSchema, t) : t));
       change(job);
       try {
-        const revision = await this.kv.update(id, toBinary(JobSchema, job), current.revision);
-        this.cache.set(id, { job, revision });
-        return job;
+        const entry = await this.write(current, job, scope);
+        this.cache.set(id, entry);
+        return entry.job;
       } catch (err) {
         if (!isCasConflict(err) || attempt >= maxAttempts) {
           if (isCasConflict(err)) throw new JobStoreConflictError(`job ${id} changed under ${maxAttempts} attempts to update it`, { cause: err });
           throw err;
         }
-        await this.reload(id);
+        await this.read(id);
       }
     }
   }
 
-  private async reload(id: string): Promise<{ job: Job; revision: number } | undefined> {
-    const entry = await this.kv.get(id);
-    if (!entry || entry.operation !== "PUT" || entry.value.length === 0) {
-      this.cache.delete(id);
-      return undefined;
+  /** Writes a changed job: inline, or its scope's shards (every shard when it becomes sharded) and then the job. */
+  private async write(current: Entry, job: Job, scope: ReadonlySet<string> | undefined): Promise<Entry> {
+    const sharded = current.shards.size > 0 || job.targets.length > inlineTargets;
+    if (!sharded) {
+      const revision = await this.kv.update(job.id, toBinary(JobSchema, job), current.revision);
+      return { job: deepFreeze(job), revision, shards: current.shards };
     }
-    const fresh = { job: fromBinary(JobSchema, entry.value), revision: entry.revision };
-    this.cache.set(id, fresh);
-    return fresh;
+    const dirty = current.shards.size === 0 || scope === undefined ? undefined : new Set([...scope].map(shardOf));
+    const shards = new Map(current.shards);
+    await Promise.all(
+      [...this.split(job.targets, dirty)].map(async ([n, targets]) => {
+        const value = toBinary(TargetShardSchema, create(TargetShardSchema, { targets }));
+        const known = shards.get(n);
+        shards.set(n, known === undefined ? await this.kv.create(shardKey(job.id, n), value) : await this.kv.update(shardKey(job.id, n), value, known));
+      }),
+    );
+    const revision = await this.kv.update(job.id, toBinary(JobSchema, { ...job, targets: [] }), current.revision);
+    for (const t of job.targets) deepFreeze(t);
+    Object.freeze(job.targets);
+    return { job, revision, shards };
   }
 }

@@ -3,6 +3,7 @@
 export * from "./gen/fleetwatch/v1/watch_pb.js";
 export * from "./gen/fleetwatch/v1/controller_pb.js";
 export * from "./gen/fleetwatch/v1/agent_pb.js";
+export * from "./gen/fleetwatch/v1/store_pb.js";
 export * from "./grpc.js";
 export * from "./errors.js";
 export * from "./watch-spec.js";

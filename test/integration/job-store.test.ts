@@ -1,0 +1,107 @@
+// The job store on a real nats-server: small jobs are one value; a job with
+// thousands of targets is spread over shards by host, a change on one host
+// rewrites its shard and the job only, a fresh store reads back exactly what
+// was written, and a change outside its declared hosts fails loudly.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { connect, type KV, type NatsConnection } from "nats";
+import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
+import { JobStore, inlineTargets, shardOf } from "../../controller/job-store.js";
+import { JobSchema, JobState, TargetSchema, TargetState, jobBucket, type Job } from "../../proto/index.js";
+
+describe("job store", () => {
+  let dir: string;
+  let nats: RunningNatsServer;
+  let nc: NatsConnection;
+  let kv: KV;
+
+  before(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-job-store-"));
+    nats = await startNatsServer({ dataDir: path.join(dir, "nats") });
+    nc = await connect({ servers: nats.url });
+    await JobStore.open(nc.jetstream());
+    kv = await nc.jetstream().views.kv(jobBucket);
+  });
+
+  after(async () => {
+    await nc?.close();
+    await nats?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function job(id: string, hosts: number, perHost: number): Job {
+    return create(JobSchema, {
+      id,
+      state: JobState.ARMED,
+      targets: Array.from({ length: hosts * perHost }, (_, i) =>
+        create(TargetSchema, { hostId: `host-${Math.floor(i / perHost)}`, pid: 1000 + (i % perHost), state: TargetState.ARMED, reason: "1/1 threads armed", counts: {} }),
+      ),
+    });
+  }
+
+  async function keysOf(id: string): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const k of await kv.keys()) if (k === id || k.startsWith(`${id}.`)) keys.push(k);
+    return keys.sort();
+  }
+
+  const revision = async (key: string) => (await kv.get(key))?.revision ?? 0;
+
+  test("a small job is one value; it moves to shards when late joiners make it big", async () => {
+    const store = await JobStore.open(nc.jetstream());
+    await store.create(job("small", 2, 2));
+    assert.deepEqual(await keysOf("small"), ["small"]);
+    await store.mutate("small", (j) => {
+      for (let i = 0; i < inlineTargets; i++) j.targets.push(create(TargetSchema, { hostId: `late-${i}`, pid: 7, state: TargetState.ARMED }));
+    }, Array.from({ length: inlineTargets }, (_, i) => `late-${i}`));
+    const keys = await keysOf("small");
+    assert.ok(keys.length > 2, `shards written: ${keys.join(", ")}`);
+    assert.equal((await kv.get("small"))!.value.length < 200, true, "the job's own value no longer carries the targets");
+    const fresh = await JobStore.open(nc.jetstream());
+    await fresh.load();
+    assert.equal(fresh.get("small")!.targets.length, 4 + inlineTargets);
+  });
+
+  test("a 40,000-target job fits, and a change on one host rewrites its shard and the job only", async () => {
+    const store = await JobStore.open(nc.jetstream());
+    const big = job("big", 10_000, 4);
+    assert.ok(toBinary(JobSchema, big).length > 1024 * 1024, "as one value it would exceed NATS' 1 MB payload");
+    await store.create(big);
+    const keys = await keysOf("big");
+    const before = new Map(await Promise.all(keys.map(async (k) => [k, await revision(k)] as const)));
+
+    await store.mutate("big", (j) => {
+      const t = j.targets.find((x) => x.hostId === "host-42" && x.pid === 1001)!;
+      t.state = TargetState.EXITED;
+      t.reason = "process exited with code 0";
+    }, ["host-42"]);
+    const changed = [];
+    for (const k of keys) if ((await revision(k)) !== before.get(k)) changed.push(k);
+    assert.deepEqual(changed.sort(), ["big", `big.${shardOf("host-42")}`].sort());
+
+    const fresh = await JobStore.open(nc.jetstream());
+    await fresh.load();
+    const loaded = fresh.get("big")!;
+    assert.equal(loaded.targets.length, 40_000);
+    assert.equal(loaded.targets.find((x) => x.hostId === "host-42" && x.pid === 1001)!.state, TargetState.EXITED);
+    assert.equal(loaded.targets.filter((x) => x.state === TargetState.ARMED).length, 39_999);
+  });
+
+  test("a change to a host outside the declared ones throws and writes nothing", async () => {
+    const store = await JobStore.open(nc.jetstream());
+    await store.create(job("scoped", 3, 1));
+    const rev = await revision("scoped");
+    await assert.rejects(
+      store.mutate("scoped", (j) => {
+        j.targets.find((x) => x.hostId === "host-2")!.state = TargetState.LOST;
+      }, ["host-0"]),
+      TypeError,
+    );
+    assert.equal(await revision("scoped"), rev);
+    assert.equal(store.get("scoped")!.targets[2]!.state, TargetState.ARMED);
+  });
+});
