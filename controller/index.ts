@@ -67,9 +67,11 @@ export async function startController(options: ControllerOptions): Promise<Runni
     await ensureEventStream(nc);
     const js = nc.jetstream();
     let term: Controller | undefined;
-    const leader = (): Controller => {
-      // isLeader() also notices a lease that ran out while this process was paused.
-      if (term && election?.isLeader()) return term;
+    let termEpoch = 0n;
+    const leader = async (): Promise<Controller> => {
+      // A lease that ran out while this process was busy or paused is confirmed (or lost) first.
+      const current = term;
+      if (current && election && (await election.holds(termEpoch)) && term === current) return current;
       const known = election?.leader();
       throw new NotLeaderError(
         known ? `this controller is standing by: the leader is ${known.id} at ${known.address}` : "this controller is standing by and no leader is known yet: retry shortly",
@@ -96,11 +98,12 @@ export async function startController(options: ControllerOptions): Promise<Runni
       for await (const change of election!.changes()) {
         if (change.leader && change.epoch !== undefined) {
           const epoch = change.epoch;
-          const store = await JobStore.open(js, () => election?.isLeader() === true && election.epoch() === epoch);
+          const store = await JobStore.open(js, () => election?.holds(epoch) ?? false);
           const next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch: change.epoch, log });
           await next.start();
           term?.stop();
           term = next;
+          termEpoch = epoch;
           log(`controller: leading with epoch ${change.epoch}`);
         } else if (!change.leader) {
           term?.stop();

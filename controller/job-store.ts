@@ -65,21 +65,21 @@ export class JobStore {
 
   private constructor(
     private readonly kv: KV,
-    private readonly fence: () => boolean,
+    private readonly fence: () => boolean | Promise<boolean>,
   ) {}
 
   /**
-   * Opens (or creates) the jobs bucket. `fence` says whether this
-   * controller still leads: a deposed leader that has not noticed yet
+   * Opens (or creates) the jobs bucket. `fence` says (or, while its lease
+   * is being confirmed, will say) whether this controller still leads: a deposed leader that has not noticed yet
    * (paused, partitioned) must not write over its successor's jobs, so
    * every write checks it first.
    */
-  static async open(js: JetStreamClient, fence: () => boolean = () => true): Promise<JobStore> {
+  static async open(js: JetStreamClient, fence: () => boolean | Promise<boolean> = () => true): Promise<JobStore> {
     return new JobStore(await openBucket(js, jobBucket), fence);
   }
 
-  private checkFence(id: string): void {
-    if (!this.fence()) throw new NotLeaderError(`not writing job ${id}: this controller's leader term ended`, undefined);
+  private async checkFence(id: string): Promise<void> {
+    if (!(await this.fence())) throw new NotLeaderError(`not writing job ${id}: this controller's leader term ended`, undefined);
   }
 
   /** Reads every stored job into the cache. */
@@ -133,7 +133,7 @@ export class JobStore {
 
   /** Stores a new job; fails if the id exists. */
   async create(job: Job): Promise<Job> {
-    this.checkFence(job.id);
+    await this.checkFence(job.id);
     const shards = new Map<number, number>();
     if (job.targets.length > inlineTargets) {
       for (const [n, targets] of this.split(job.targets)) shards.set(n, await this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets }))));
@@ -183,7 +183,7 @@ export class JobStore {
 
   private async mutateNow(id: string, change: (job: Job) => void, scope: ReadonlySet<string> | undefined): Promise<Job> {
     for (let attempt = 1; ; attempt++) {
-      this.checkFence(id);
+      await this.checkFence(id);
       const current = this.cache.get(id) ?? (await this.read(id));
       if (!current) throw new JobStoreConflictError(`job ${id} is not in the store`);
       // A copy of the job; targets outside the scope are shared (and frozen).

@@ -348,6 +348,8 @@ export class LeaderElection {
   private lastChangeKey = changeKey({ leader: false });
   /** Set while our acquiring write is in flight: the watch may show it before the answer comes. */
   private acquiringEpoch: bigint | undefined;
+  /** A renewal on the same revision after our lease ran out locally; we do not act until it answers. */
+  private lapse: Promise<void> | undefined;
   private failing: string | undefined;
   private readonly skewReported = new Set<string>();
   private detachSignal: (() => void) | undefined;
@@ -391,10 +393,21 @@ export class LeaderElection {
     return this.s.id;
   }
 
-  /** True while this candidate holds an unexpired lease it has not lost. */
+  /** True while this candidate holds an unexpired lease it has not lost (false while a lapsed one is being confirmed). */
   isLeader(): boolean {
     this.checkValidity();
-    return this.term !== undefined;
+    return this.term !== undefined && this.lapse === undefined;
+  }
+
+  /**
+   * Whether we lead with `epoch`, waiting for the answer when our lease ran
+   * out locally (the process was busy or paused) and is being confirmed.
+   * For writes that must not be done by a deposed leader.
+   */
+  async holds(epoch: bigint): Promise<boolean> {
+    this.checkValidity();
+    if (this.lapse) await this.lapse;
+    return this.isLeader() && this.term!.epoch === epoch;
   }
 
   /** Our fencing epoch while we lead, else undefined. */
@@ -573,6 +586,7 @@ export class LeaderElection {
   private async renew(term: Term): Promise<void> {
     const dueMonoMs = term.retryAtMonoMs ?? term.sentMonoMs + this.s.renewEveryMs;
     await this.pause(dueMonoMs - performance.now(), this.loopWakers);
+    if (this.lapse) await this.lapse;
     if (this.term !== term || this.stopping) return;
     const leftMs = term.validUntilMonoMs - performance.now();
     if (leftMs <= 0) {
@@ -678,10 +692,44 @@ export class LeaderElection {
     this.log(`leader election: ${record.id}'s clock is ~${Math.round(Math.abs(aheadMs))} ms ${aheadMs > 0 ? "ahead of" : "behind"} the NATS server's (margin ${this.s.clockMarginMs} ms); takeovers may come that much later, never earlier`);
   }
 
+  /**
+   * Our lease ran out by our own clock. That may be a stall of this process
+   * (a busy event loop, SIGSTOP) rather than a lost lease: stop acting at
+   * once, then renew on the revision we last wrote. If nobody took over,
+   * that compare-and-set succeeds and the term goes on from its send time,
+   * exactly as after a normal renewal; if someone did, it fails and we step
+   * down. Without an answer in time we step down as well.
+   */
   private checkValidity(): void {
     const term = this.term;
-    if (term && performance.now() >= term.validUntilMonoMs) {
-      this.stepDown("expired", `no renewal succeeded within ${this.s.renewDeadlineMs} ms; stepping down before anyone may take over`);
+    if (!term || this.lapse || performance.now() < term.validUntilMonoMs) return;
+    this.lapse = this.reconfirm(term).finally(() => {
+      this.lapse = undefined;
+    });
+  }
+
+  private async reconfirm(term: Term): Promise<void> {
+    const sentMonoMs = performance.now();
+    const bytes = encodeLeaderRecord({ id: this.s.id, epoch: term.epoch, renewedUnixMs: this.s.wallClock(), leaseMs: this.s.leaseMs, address: this.s.address });
+    try {
+      const revision = await withDeadline("confirm the lease", this.kv.update(this.s.key, bytes, term.revision), Math.min(this.s.requestTimeoutMs, this.s.renewDeadlineMs));
+      if (this.term !== term || this.stopping) return;
+      if (performance.now() - sentMonoMs >= this.s.renewDeadlineMs) {
+        this.stepDown("expired", `no renewal succeeded within ${this.s.renewDeadlineMs} ms, and confirming the lease took too long; stepping down`);
+        return;
+      }
+      this.recovered();
+      this.own = { epoch: term.epoch, revision };
+      term.revision = revision;
+      term.sentMonoMs = sentMonoMs;
+      term.validUntilMonoMs = sentMonoMs + this.s.renewDeadlineMs;
+      term.retryAtMonoMs = undefined;
+      this.armValidityTimer();
+      this.log(`leader election: ${this.s.id}: no renewal within ${this.s.renewDeadlineMs} ms (this process was busy or paused), but nobody took over: leading on with epoch ${term.epoch}`);
+    } catch (err) {
+      if (this.term !== term) return;
+      if (isCasConflict(err)) this.stepDown("superseded", `the lease ran out and another candidate took it (compare-and-set on revision ${term.revision} lost)`);
+      else this.stepDown("expired", `no renewal succeeded within ${this.s.renewDeadlineMs} ms and the lease could not be confirmed (${String(err)}); stepping down before anyone may take over`);
     }
   }
 

@@ -1,39 +1,40 @@
 // The controller's gRPC services: thin handlers over the Controller core of
-// the current leader term (a standby answers UNAVAILABLE, naming the leader).
+// the current leader term (a standby answers UNAVAILABLE, naming the leader;
+// a leader confirming a lease that ran out while it was busy answers after).
 import { AgentService, ControllerService, type ServiceImpl } from "../proto/index.js";
 import type { Controller } from "./controller.js";
 import { InvalidRequestError } from "./errors.js";
 
 /** ControllerService handlers. */
-export function controllerService(leader: () => Controller): ServiceImpl<typeof ControllerService> {
+export function controllerService(leader: () => Controller | Promise<Controller>): ServiceImpl<typeof ControllerService> {
   return {
     async submitJob(request) {
       if (!request.spec) throw new InvalidRequestError("SubmitJob needs a spec");
-      return { job: await leader().submit(request.spec) };
+      return { job: await (await leader()).submit(request.spec) };
     },
     async getJob(request) {
-      return { job: leader().get(request.id) };
+      return { job: (await leader()).get(request.id) };
     },
     async listJobs() {
-      return { jobs: leader().list() };
+      return { jobs: (await leader()).list() };
     },
     async cancelJob(request) {
-      return { job: await leader().cancel(request.id) };
+      return { job: await (await leader()).cancel(request.id) };
     },
     async listAgents() {
-      return { agents: leader().agents() };
+      return { agents: (await leader()).agents() };
     },
     async *watchJob(request, ctx) {
-      for await (const job of leader().watch(request.id, ctx.signal)) yield { job };
+      for await (const job of (await leader()).watch(request.id, ctx.signal)) yield { job };
     },
   };
 }
 
 /** AgentService handlers. */
-export function agentService(leader: () => Controller): ServiceImpl<typeof AgentService> {
+export function agentService(leader: () => Controller | Promise<Controller>): ServiceImpl<typeof AgentService> {
   return {
-    session(requests, ctx) {
-      return leader().session(requests, ctx.signal);
+    async *session(requests, ctx) {
+      yield* (await leader()).session(requests, ctx.signal);
     },
   };
 }
