@@ -540,6 +540,7 @@ export class Controller {
       // A sample that has its targets does not take more.
       if (!placedHere && parsePlacement(current.spec?.placement ?? "").kind === "sample" && target.state === TargetState.PENDING) {
         this.ledgerRollback(before);
+        this.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken into the sample (${decision?.outcome === "placed" ? "it has its targets" : (decision?.shortfall?.reason ?? "no room")})`);
         return undefined;
       }
       const waits = current.queueDeadlineUnixMs > BigInt(Date.now());
@@ -994,13 +995,82 @@ export class Controller {
           }
           rollUp(j);
         }, hosts)
-        .then((updated) => {
+        .then(async (updated) => {
           this.publish(updated);
           this.options.log(`job ${job.id}: targets on ${[...hosts].join(", ")} lost`);
+          if (updated.spec?.replaceLost) await this.replaceLost(updated.id, hosts);
         })
         .catch((err) => this.options.log(`job ${job.id}: marking targets lost failed: ${String(err)}`))
         .finally(() => this.losing.delete(job.id));
     }
+  }
+
+  /**
+   * A sample that may replace lost targets looks for matching processes on
+   * other connected hosts it selects; when the sample takes some, the lost
+   * targets on `hosts` are given up (cancelled there: the agent disarms them
+   * when it returns) in the same write. With no replacement they stay lost.
+   */
+  private async replaceLost(jobId: string, hosts: ReadonlySet<string>): Promise<void> {
+    const job = this.store.get(jobId);
+    if (!job?.spec?.target || isJobFinal(job)) return;
+    const taken = new Set(job.targets.map((t) => t.hostId));
+    const open = [...this.sessions.values()].filter((s) => s.isOpen && !taken.has(s.hostId) && this.selectsHost(job, s.info));
+    const found = await Promise.all(
+      open.map(async (session) => ({
+        session,
+        processes: await this.discover(session, job.spec!.target!).catch((err: unknown) => {
+          this.options.log(`job ${jobId}: looking for a replacement on ${session.hostId} failed: ${errorText(err)}`);
+          return [] as DiscoveredProcess[];
+        }),
+      })),
+    );
+    const plans = (await Promise.all(found.flatMap(({ session, processes }) => processes.map((p) => this.plan(session, job.spec!, p.pid))))).filter((p): p is Plan & { chunks: Chunk[] } => !("err" in p));
+    const replaced = await this.withLedger(async () => {
+      const current = this.store.get(jobId);
+      if (!current || isJobFinal(current)) return undefined;
+      const lost = current.targets.filter((t) => hosts.has(t.hostId) && t.state === TargetState.LOST);
+      if (lost.length === 0 || plans.length === 0) return undefined;
+      // Decide as if the lost targets were gone and the candidates waiting.
+      const trial = clone(JobSchema, current);
+      trial.targets = current.targets.filter((t) => !lost.includes(t)).map((t) => clone(TargetSchema, t));
+      for (const p of plans) trial.targets.push(create(TargetSchema, { hostId: p.session.hostId, pid: p.pid, state: TargetState.PENDING, reason: "waiting to be placed", chunks: p.chunks, counts: {} }));
+      const before = this.ledgerCheckpoint(current).concat(this.ledgerCheckpoint(trial));
+      for (const t of lost) this.ledger.release(t.hostId, t.pid, jobId);
+      const decision = this.decide(trial);
+      if (decision.placed.length === 0) {
+        this.ledgerRollback(before);
+        this.options.log(`job ${jobId}: no replacement for the lost targets on ${[...hosts].join(", ")} (${decision.shortfall?.reason ?? "none fits"})`);
+        return undefined;
+      }
+      const placedKeys = new Set(decision.placed.map((p) => `${p.hostId}/${p.pid}`));
+      try {
+        const updated = await this.store.mutate(
+          jobId,
+          (j) => {
+            for (const t of j.targets) {
+              if (!lost.some((l) => l.hostId === t.hostId && l.pid === t.pid) || t.state !== TargetState.LOST) continue;
+              t.state = TargetState.CANCELLED;
+              t.reason = `${t.reason}; given up and replaced on another host (--replace-lost)`;
+              t.slots = [];
+            }
+            for (const t of trial.targets) if (placedKeys.has(`${t.hostId}/${t.pid}`) && !j.targets.some((x) => x.hostId === t.hostId && x.pid === t.pid)) j.targets.push(clone(TargetSchema, t));
+            markPlaced(j, decision);
+          },
+          [...hosts, ...decision.placed.map((p) => p.hostId)],
+        );
+        return { updated, decision };
+      } catch (err) {
+        this.ledgerRollback(before);
+        throw err;
+      }
+    });
+    if (!replaced) return;
+    this.publish(replaced.updated);
+    const placed = new Set(replaced.decision.placed.map((p) => `${p.hostId}/${p.pid}`));
+    this.options.log(`job ${jobId}: lost targets on ${[...hosts].join(", ")} replaced by ${[...placed].join(", ")}`);
+    await this.evict(replaced.updated, replaced.decision.preempted);
+    await this.armTargets(replaced.updated, replaced.updated.targets.filter((t) => t.state === TargetState.ARMING && placed.has(`${t.hostId}/${t.pid}`)), []);
   }
 
   private expireLeases(): void {

@@ -193,7 +193,8 @@ export function checkJobSpec(spec: JobSpec): void {
   if ((spec.stackDepth ?? 0) > maxStackDepth) throw new WatchSpecError(`stack depth ${spec.stackDepth} is above ${maxStackDepth}`, "stack_depth");
   const addressChunks = spec.watches.flatMap((w, i) => (w.location.case === "address" ? splitRange(w.location.value, w.length, registerMode(w.mode), i) : []));
   checkChunkCount(addressChunks);
-  parsePlacement(spec.placement);
+  const placement = parsePlacement(spec.placement);
+  if (spec.replaceLost && placement.kind !== "sample") throw new WatchSpecError("--replace-lost needs --placement sample:N: with all or any every matching target is already watched", "replace_lost");
   if (spec.lostAfterMs > maxLostAfterMs) throw new WatchSpecError(`lost-after ${spec.lostAfterMs} ms is above one hour`, "lost_after_ms");
   if (spec.queueTimeoutMs > maxQueueTimeoutMs) throw new WatchSpecError(`queue timeout ${spec.queueTimeoutMs} ms is above one day`, "queue_timeout_ms");
 }

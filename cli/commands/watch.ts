@@ -81,6 +81,7 @@ export interface WatchArgs {
   priority?: string;
   queueTimeout?: string;
   lostAfter?: string;
+  replaceLost?: boolean;
 }
 
 function parseCount(text: string, option: string, max: bigint): bigint {
@@ -138,6 +139,7 @@ export function buildJobSpec(args: WatchArgs): JobSpec {
     priority: args.priority === undefined ? 0 : parsePriority(args.priority),
     queueTimeoutMs: args.queueTimeout === undefined ? 0n : BigInt(parseDuration(args.queueTimeout, "--queue-timeout")),
     lostAfterMs: args.lostAfter === undefined ? 0n : BigInt(parseDuration(args.lostAfter, "--lost-after")),
+    replaceLost: args.replaceLost ?? false,
   });
   checkJobSpec(spec);
   return spec;
@@ -303,6 +305,7 @@ interface WatchOptions {
   priority?: string;
   queueTimeout?: string;
   lostAfter?: string;
+  replaceLost?: boolean;
   follow?: boolean;
   output: OutputFormat;
 }
@@ -342,6 +345,7 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
     .option("--priority <n>", "from -1000 to 1000 (default 0): a job preempts strictly lower ones on full targets; equal priorities queue first come, first served")
     .option("--queue-timeout <time>", "wait this long in the queue for debug registers instead of being refused (for --placement all: the whole gang)")
     .option("--lost-after <time>", "how long a host may be silent before its targets are lost and disarmed there (default: the controller's session lease)")
+    .option("--replace-lost", "with --placement sample:N: give up a lost target and watch a matching process on another host instead")
     .option("--follow", "print hits as they arrive until the job ends")
     .addOption(outputOption())
     .action(async (opts: WatchOptions) => {

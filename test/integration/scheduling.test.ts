@@ -231,3 +231,57 @@ describe("scheduling", () => {
     await finishTarget(target);
   });
 });
+
+describe("scheduling: a lost sample target is replaced on another host", () => {
+  let cluster: Cluster;
+  let target: Target | undefined;
+
+  before(async () => {
+    await buildFixtures();
+    cluster = await Cluster.start({ hosts: ["host-a", "host-b"], leaseMs: 1_000 });
+  });
+
+  after(async () => {
+    if (process.env.FW_DEBUG) console.log(cluster.controller?.output, [...cluster.agents.values()].map((a) => a.output).join("\n"));
+    await target?.kill();
+    await cluster?.stop();
+  });
+
+  test("sample:1 with --replace-lost: the host's agent dies, the target is given up there and watched from the other host", async () => {
+    target = await startTarget("demo-counter");
+    // Both agents see this machine's processes: the sample takes the first host, host-a.
+    const submitted = await cluster.cli(["watch", "--pid", String(target.pid), "--all-hosts", "--placement", "sample:1", "--replace-lost", "--symbol", "demo_counter", "--stack", "0", "-o", "json"]);
+    assert.equal(submitted.code, 0, submitted.stderr);
+    const id = (JSON.parse(submitted.stdout) as { id: string }).id;
+    const job = async () => (await cluster.api().getJob({ id })).job!;
+    assert.deepEqual((await job()).targets.map((t) => [t.hostId, t.state]), [["host-a", TargetState.ARMED]]);
+
+    // The agent dies; its helper lets the target go (stdin closed); the host is lost after the lease.
+    await cluster.agents.get("host-a")!.stop("SIGKILL");
+    const moved = await waitFor("the target is watched from host-b", async () => {
+      const j = await job();
+      return j.targets.some((t) => t.hostId === "host-b" && t.state === TargetState.ARMED) ? j : undefined;
+    }, 30_000);
+    const given = moved.targets.find((t) => t.hostId === "host-a")!;
+    assert.equal(given.state, TargetState.CANCELLED);
+    assert.match(given.reason, /given up and replaced on another host/);
+    assert.equal(moved.state, JobState.ARMED, moved.reason);
+    const before = moved.counts?.delivered ?? 0n;
+    await waitFor("hits from the new host", async () => ((await job()).counts?.delivered ?? 0n) > before);
+
+    // host-a comes back: the sample is full, nothing is armed there.
+    await cluster.startAgent("host-a");
+    const { agents } = await cluster.api().listAgents({});
+    assert.equal(agents.find((a) => a.info?.hostId === "host-a")?.targets.some((t) => t.slots.some((s) => s.jobIds.includes(id))), false);
+    assert.equal((await cluster.api().cancelJob({ id })).job!.state, JobState.CANCELLED);
+    assert.equal(await target.tracerPid(), 0);
+    target.child.kill("SIGTERM");
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("--replace-lost without a sample is bad input", async () => {
+    const result = await cluster.cli(["watch", "--pid", "1", "--all-hosts", "--replace-lost", "--symbol", "x"]);
+    assert.equal(result.code, 3);
+    assert.match(result.stderr, /--replace-lost needs --placement sample:N/);
+  });
+});
