@@ -136,10 +136,16 @@ function placementJob(job: Job): PlacementJob {
   return { id: job.id, priority: job.spec?.priority ?? 0, createdUnixMs: Number(job.createdUnixMs), placement: parsePlacement(job.spec?.placement ?? "") };
 }
 
+/** A job's targets by `host/pid`: lookups of many targets in a job of thousands must not each scan it. */
+function targetIndex(job: Job): Map<string, Target> {
+  return new Map(job.targets.map((t) => [`${t.hostId}/${t.pid}`, t]));
+}
+
 /** The job's side of a decision already applied to the ledger: placed targets are arming with their registers. */
 function markPlaced(job: Job, decision: PlacementDecision): void {
+  const byKey = decision.placed.length > 8 ? targetIndex(job) : undefined;
   for (const p of decision.placed) {
-    const t = job.targets.find((x) => x.hostId === p.hostId && x.pid === p.pid);
+    const t = byKey ? byKey.get(`${p.hostId}/${p.pid}`) : job.targets.find((x) => x.hostId === p.hostId && x.pid === p.pid);
     if (!t) continue;
     t.state = TargetState.ARMING;
     t.reason = "arming";
@@ -461,8 +467,9 @@ export class Controller {
     );
     const nowMs = BigInt(Date.now());
     const armed = await this.store.mutate(job.id, (j) => {
+      const byKey = targetIndex(j);
       for (const outcome of outcomes) {
-        const t = j.targets.find((x) => x.hostId === outcome.target.hostId && x.pid === outcome.target.pid)!;
+        const t = byKey.get(`${outcome.target.hostId}/${outcome.target.pid}`)!;
         if (t.state !== TargetState.ARMING) continue;
         if ("result" in outcome && outcome.result) {
           t.state = TargetState.ARMED;
@@ -488,8 +495,9 @@ export class Controller {
     }, targets.map((t) => t.hostId));
     for (const t of armed.targets) if (!isTargetActive(t)) this.ledger.release(t.hostId, t.pid, job.id);
     // The job ended while these were arming: take them back.
+    const armedByKey = targetIndex(armed);
     for (const outcome of outcomes) {
-      const t = armed.targets.find((x) => x.hostId === outcome.target.hostId && x.pid === outcome.target.pid);
+      const t = armedByKey.get(`${outcome.target.hostId}/${outcome.target.pid}`);
       if ("result" in outcome && t && !isTargetActive(t)) {
         void this.sessions
           .get(t.hostId)
@@ -887,8 +895,9 @@ export class Controller {
     );
     const ended = await this.store.mutate(id, (j) => {
       if (isJobFinal(j)) return;
+      const byKey = targetIndex(j);
       for (const f of finals) {
-        const t = j.targets.find((x) => x.hostId === f.target.hostId && x.pid === f.target.pid)!;
+        const t = byKey.get(`${f.target.hostId}/${f.target.pid}`)!;
         if (f.counts) t.counts = f.counts;
         if (isTargetActive(t)) t.reason = reason + f.note;
       }
