@@ -68,6 +68,13 @@ const keepaliveOptions: grpc.ChannelOptions = {
   "grpc.keepalive_permit_without_calls": 1,
 };
 
+// Answers may be big (a fleet-wide job lists every target: ~7 MB at 40,000),
+// so clients accept up to 64 MiB; servers keep gRPC's 4 MiB for requests.
+const clientOptions: grpc.ChannelOptions = {
+  ...keepaliveOptions,
+  "grpc.max_receive_message_length": 64 * 1024 * 1024,
+};
+
 function path(service: DescService, method: DescMethod): string {
   return `/${service.typeName}/${method.name}`;
 }
@@ -233,7 +240,7 @@ function drainOrClose(stream: NodeJS.EventEmitter): Promise<void> {
 
 /** Creates a typed client; `address` is host:port. */
 export function createClient<S extends DescService>(service: S, address: string, credentials = grpc.credentials.createInsecure(), channelOptions: grpc.ChannelOptions = {}): ServiceClient<S> {
-  const client = new grpc.Client(address, credentials, { ...keepaliveOptions, ...channelOptions });
+  const client = new grpc.Client(address, credentials, { ...clientOptions, ...channelOptions });
   const methods: Record<string, unknown> = { close: () => client.close() };
   for (const method of service.methods) {
     const p = path(service, method);
