@@ -583,6 +583,23 @@ export class LeaderElection {
     this.emit();
   }
 
+  /**
+   * After a lost compare-and-set: the revision the key holds when it still
+   * carries this term (our id and epoch), else undefined. A write of ours
+   * that timed out may have landed; the epoch proves nobody took over since,
+   * because every acquisition writes a new one.
+   */
+  private async ownRevision(term: Term): Promise<number | undefined> {
+    try {
+      const entry = await withDeadline("read the lease", this.kv.get(this.s.key), this.s.requestTimeoutMs);
+      if (!entry || entry.operation !== "PUT") return undefined;
+      const record = decodeLeaderRecord(entry.value);
+      return record.id === this.s.id && record.epoch === term.epoch ? entry.revision : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   private async renew(term: Term): Promise<void> {
     const dueMonoMs = term.retryAtMonoMs ?? term.sentMonoMs + this.s.renewEveryMs;
     await this.pause(dueMonoMs - performance.now(), this.loopWakers);
@@ -609,7 +626,15 @@ export class LeaderElection {
       this.armValidityTimer();
     } catch (err) {
       if (isCasConflict(err)) {
-        if (this.term === term) this.stepDown("superseded", `renewal lost the compare-and-set on revision ${term.revision}: another candidate took the lease`);
+        const ours = await this.ownRevision(term);
+        if (this.term !== term) return;
+        if (ours !== undefined) {
+          // An earlier renewal that timed out had landed: go on from its revision.
+          term.revision = ours;
+          term.retryAtMonoMs = performance.now();
+          return;
+        }
+        this.stepDown("superseded", `renewal lost the compare-and-set on revision ${term.revision}: another candidate took the lease`);
         return;
       }
       this.failed("renew the lease", err);
@@ -674,6 +699,8 @@ export class LeaderElection {
       if (revision > term.revision && !ours) {
         this.stepDown("superseded", record ? `the lease now holds epoch ${record.epoch} of ${record.id}` : "the lease was deleted");
       }
+      // A renewal of ours whose answer timed out landed after all: renew on from it.
+      if (revision > term.revision && ours && source === "watch") term.revision = revision;
       return;
     }
     // Our own acquiring write, seen before its answer: "we lead" follows, not "a leads".
@@ -711,8 +738,20 @@ export class LeaderElection {
   private async reconfirm(term: Term): Promise<void> {
     const sentMonoMs = performance.now();
     const bytes = encodeLeaderRecord({ id: this.s.id, epoch: term.epoch, renewedUnixMs: this.s.wallClock(), leaseMs: this.s.leaseMs, address: this.s.address });
+    const deadlineMs = Math.min(this.s.requestTimeoutMs, this.s.renewDeadlineMs);
+    const update = async (): Promise<number> => {
+      try {
+        return await withDeadline("confirm the lease", this.kv.update(this.s.key, bytes, term.revision), deadlineMs);
+      } catch (err) {
+        // A renewal of ours that timed out may have landed: the key still holds our epoch.
+        const ours = isCasConflict(err) ? await this.ownRevision(term) : undefined;
+        if (ours === undefined) throw err;
+        term.revision = ours;
+        return await withDeadline("confirm the lease", this.kv.update(this.s.key, bytes, ours), deadlineMs);
+      }
+    };
     try {
-      const revision = await withDeadline("confirm the lease", this.kv.update(this.s.key, bytes, term.revision), Math.min(this.s.requestTimeoutMs, this.s.renewDeadlineMs));
+      const revision = await update();
       if (this.term !== term || this.stopping) return;
       if (performance.now() - sentMonoMs >= this.s.renewDeadlineMs) {
         this.stepDown("expired", `no renewal succeeded within ${this.s.renewDeadlineMs} ms, and confirming the lease took too long; stepping down`);
