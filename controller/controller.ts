@@ -723,6 +723,15 @@ export class Controller {
     return job;
   }
 
+  /** The job with every target (a big finished job's are read back from the store). */
+  async getFull(id: string): Promise<Job> {
+    this.get(id);
+    const job = await this.store.full(id);
+    if (!job) throw new NotFoundError(`no job '${id}': list jobs with \`fleetwatch jobs ls\``);
+    return job;
+  }
+
+  /** Every job, newest first; big finished jobs without their targets (get one to see them). */
   list(): Job[] {
     return this.store.all().sort((a, b) => Number(b.createdUnixMs - a.createdUnixMs));
   }
@@ -730,13 +739,19 @@ export class Controller {
   /** Disarms every active target and marks the job cancelled. */
   async cancel(id: string): Promise<Job> {
     const job = this.get(id);
-    if (isJobFinal(job)) return job;
+    if (isJobFinal(job)) return this.getFull(id);
     return this.end(id, JobState.CANCELLED, "cancelled by user");
   }
 
   /** The job now, then after every change, until it is final. */
   async *watch(id: string, signal: AbortSignal): AsyncGenerator<Job> {
-    const first = this.get(id);
+    const cached = this.get(id);
+    // A final job does not change any more: its full record, once. A live one is never without its targets.
+    if (isJobFinal(cached)) {
+      yield await this.getFull(id);
+      return;
+    }
+    const first = cached;
     const queue = new AsyncQueue<Job>();
     const listener = (job: Job) => {
       if (job.id === id) queue.push(job);
@@ -1212,7 +1227,8 @@ export class Controller {
       }
       this.options.log(`agent ${session.hostId}: disarming pid ${a.pid} of job ${a.jobId}, which no active job wants`);
       const result = await session.disarm({ jobId: a.jobId, pid: a.pid, epoch: this.options.epoch });
-      if (job && target && result.counts) {
+      // Its final counts, also for a job whose targets are not in memory any more.
+      if (job && result.counts) {
         const updated = await this.store.mutate(job.id, (j) => {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
           if (t && result.counts) t.counts = result.counts;

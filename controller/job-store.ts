@@ -7,7 +7,7 @@
 // change on some hosts rewrites their shards and the job, not every target.
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
-import { JobSchema, TargetSchema, TargetShardSchema, jobBucket, type Job, type Target } from "../proto/index.js";
+import { JobSchema, TargetSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type Target } from "../proto/index.js";
 import { openBucket } from "./kv-bucket.js";
 import { NotLeaderError } from "./leader-election.js";
 
@@ -50,8 +50,17 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+/** What the cache keeps of an entry: a finished job with many targets only as its summary (memory stays flat as fleet-wide jobs come and go). */
+function settled(entry: Entry): Entry {
+  if (!isFinalJobState(entry.job.state) || entry.job.targets.length <= inlineTargets) return entry;
+  return { ...entry, job: deepFreeze(clone(JobSchema, { ...entry.job, targets: [] })), evicted: true };
+}
+
 interface Entry {
+  /** The job; for a big finished job only its summary (targets left in the store: see full()). */
   job: Job;
+  /** The targets are not in memory (a finished sharded job). */
+  evicted?: boolean;
   /** Revision of the job's own value. */
   revision: number;
   /** Revisions of its shard values; empty while its targets are inline. */
@@ -117,16 +126,26 @@ export class JobStore {
     // Shards win over inline targets: a crash between writing the shards and the job leaves the shards newer.
     if (shards.size > 0) job.targets = targets;
     const entry = { job: deepFreeze(job), revision: head.revision, shards };
-    this.cache.set(id, entry);
+    this.cache.set(id, settled(entry));
     return entry;
   }
 
-  /** The cached job: read-only (its targets are frozen). */
+  /**
+   * The cached job: read-only (its targets are frozen). A finished job with
+   * more than `inlineTargets` targets comes without them: see full().
+   */
   get(id: string): Job | undefined {
     return this.cache.get(id)?.job;
   }
 
-  /** Every cached job. */
+  /** The job with every target, read back from the bucket when they are not in memory. */
+  async full(id: string): Promise<Job | undefined> {
+    const entry = this.cache.get(id);
+    if (entry && !entry.evicted) return entry.job;
+    return (await this.read(id))?.job;
+  }
+
+  /** Every cached job (big finished ones without their targets). */
   all(): Job[] {
     return [...this.cache.values()].map((e) => e.job);
   }
@@ -139,7 +158,7 @@ export class JobStore {
       for (const [n, targets] of this.split(job.targets)) shards.set(n, await this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets }))));
     }
     const revision = await this.kv.create(job.id, toBinary(JobSchema, shards.size > 0 ? { ...job, targets: [] } : job));
-    this.cache.set(job.id, { job: deepFreeze(job), revision, shards });
+    this.cache.set(job.id, settled({ job: deepFreeze(job), revision, shards }));
     return job;
   }
 
@@ -184,7 +203,8 @@ export class JobStore {
   private async mutateNow(id: string, change: (job: Job) => void, scope: ReadonlySet<string> | undefined): Promise<Job> {
     for (let attempt = 1; ; attempt++) {
       await this.checkFence(id);
-      const current = this.cache.get(id) ?? (await this.read(id));
+      const cached = this.cache.get(id);
+      const current = cached && !cached.evicted ? cached : await this.read(id);
       if (!current) throw new JobStoreConflictError(`job ${id} is not in the store`);
       // A copy of the job; targets outside the scope are shared (and frozen).
       const job = clone(JobSchema, { ...current.job, targets: [] });
@@ -192,7 +212,7 @@ export class JobStore {
       change(job);
       try {
         const entry = await this.write(current, job, scope);
-        this.cache.set(id, entry);
+        this.cache.set(id, settled(entry));
         return entry.job;
       } catch (err) {
         if (!isCasConflict(err) || attempt >= maxAttempts) {

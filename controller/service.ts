@@ -13,7 +13,7 @@ export function controllerService(leader: () => Controller | Promise<Controller>
       return { job: await (await leader()).submit(request.spec) };
     },
     async getJob(request) {
-      return { job: (await leader()).get(request.id) };
+      return { job: await (await leader()).getFull(request.id) };
     },
     async listJobs() {
       return { jobs: (await leader()).list() };

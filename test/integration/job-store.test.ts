@@ -104,4 +104,27 @@ describe("job store", () => {
     assert.equal(await revision("scoped"), rev);
     assert.equal(store.get("scoped")!.targets[2]!.state, TargetState.ARMED);
   });
+
+  test("a big finished job keeps only its summary in memory; full() and a later change read the targets back", async () => {
+    const store = await JobStore.open(nc.jetstream());
+    await store.create(job("done", 400, 1));
+    const ended = await store.mutate("done", (j) => {
+      for (const t of j.targets) t.state = TargetState.COMPLETED;
+      j.state = JobState.COMPLETED;
+    });
+    assert.equal(ended.targets.length, 400, "the writer gets the whole job");
+    assert.equal(store.get("done")!.targets.length, 0, "memory keeps the summary");
+    assert.equal(store.get("done")!.state, JobState.COMPLETED);
+    assert.equal((await store.full("done"))!.targets.length, 400);
+    // Late final counts of one target: the change sees every target.
+    const counted = await store.mutate("done", (j) => {
+      assert.equal(j.targets.length, 400);
+      j.targets.find((t) => t.hostId === "host-7")!.counts = { $typeName: "fleetwatch.v1.HitCounts", trapped: 3n, delivered: 3n, suppressed: 0n, dropped: 0n, filtered: 0n };
+    }, ["host-7"]);
+    assert.equal(counted.targets.find((t) => t.hostId === "host-7")!.counts?.delivered, 3n);
+    const fresh = await JobStore.open(nc.jetstream());
+    await fresh.load();
+    assert.equal(fresh.get("done")!.targets.length, 0);
+    assert.equal((await fresh.full("done"))!.targets.find((t) => t.hostId === "host-7")!.counts?.delivered, 3n);
+  });
 });
