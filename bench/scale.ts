@@ -310,7 +310,7 @@ async function measureQueue(stack: ScaleStack, fleet: SimFleet, options: ScaleOp
   await stack.api.cancelJob({ id: blocker!.id }, { deadlineMs: submitDeadlineMs });
   let drainSeconds = Number.NaN;
   try {
-    await waitFor(`${count(ids.length)} queued jobs armed`, () => signal.aborted || fleet.slotsHeld() >= ids.length, submitDeadlineMs, 5);
+    await waitFor(`${count(ids.length)} queued jobs armed`, () => signal.aborted || fleet.slotsHeld() >= ids.length, submitDeadlineMs, 50);
     drainSeconds = seconds(drainStarted);
   } catch (err) {
     failedSample ??= errorText(err);
