@@ -159,7 +159,7 @@ export function renderJobsTable(jobs: readonly Job[]): string {
     jobs.map((job) => [
       job.id,
       jobStateName(job.state),
-      job.targets.length === 0 ? "-" : job.targets.map(formatTarget).join(", "),
+      job.targets.length === 0 ? "-" : job.targets.slice(0, 3).map(formatTarget).join(", ") + (job.targets.length > 3 ? ` and ${job.targets.length - 3} more` : ""),
       (job.spec?.watches ?? []).map(formatWatch).join(", ") || "-",
       formatCounts(job.counts),
       formatTime(job.createdUnixMs),
