@@ -1,5 +1,6 @@
 // `fleetwatch agent`: runs this host's agent in the foreground until
 // SIGINT/SIGTERM, then disarms everything and stops. Log lines go to stderr.
+import { readFileSync } from "node:fs";
 import type { Command } from "commander";
 import { isSubjectToken } from "../../proto/index.js";
 import { DaemonStartError, UsageError } from "../errors.js";
@@ -26,10 +27,27 @@ export function parseLabels(texts: readonly string[]): Record<string, string> {
   return labels;
 }
 
-/** Validates the command line. */
-export function parseAgentArgs(opts: { hostId: string; label?: string[]; helper?: string }, globals: { controller: string; nats: string }): AgentRequest {
+/** Labels from a file, one `k=v` per line (blank lines and `#` comments skipped), e.g. a Kubernetes node's labels. */
+export function readLabelFile(path: string): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new UsageError(`--label-file ${path}: ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : String(err)}`);
+  }
+  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
+  try {
+    return parseLabels(lines);
+  } catch (err) {
+    throw new UsageError(`--label-file ${path}: ${(err as Error).message.replace(/^--label /, "line ")}`);
+  }
+}
+
+/** Validates the command line; --label wins over the same key in --label-file. */
+export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string }, globals: { controller: string; nats: string }): AgentRequest {
   if (!isSubjectToken(opts.hostId)) throw new UsageError(`--host-id '${opts.hostId}' may hold only letters, digits, _ and -`);
-  const request: AgentRequest = { controller: globals.controller, natsUrl: globals.nats, hostId: opts.hostId, labels: parseLabels(opts.label ?? []) };
+  const labels = { ...(opts.labelFile ? readLabelFile(opts.labelFile) : {}), ...parseLabels(opts.label ?? []) };
+  const request: AgentRequest = { controller: globals.controller, natsUrl: globals.nats, hostId: opts.hostId, labels };
   if (opts.helper !== undefined) request.helperPath = opts.helper;
   return request;
 }
@@ -46,8 +64,9 @@ export function registerAgentCommand(program: Command, ctx: CliContext): void {
     .description("run this host's agent in the foreground (uses --controller and --nats)")
     .requiredOption("--host-id <id>", "this host's id (letters, digits, _ and -)")
     .option("--label <k=v...>", "labels the scheduler can select on (repeatable)")
+    .option("--label-file <path>", "more labels, one k=v per line (e.g. a Kubernetes node's labels)")
     .option("--helper <path>", "the native helper (default: the one built in agent/native/build)")
-    .action(async (opts: { hostId: string; label?: string[]; helper?: string }) => {
+    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string }) => {
       const request = parseAgentArgs(opts, ctx.globals());
       const interrupted = ctx.interrupted();
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
