@@ -12,10 +12,13 @@ command -v make >/dev/null || need+=(make)
 [ -f /usr/include/elfutils/libdwfl.h ] || need+=(libdw-dev)
 [ -f /usr/include/libelf.h ] || need+=(libelf-dev)
 if [ "${1:-}" = "--test" ]; then
-  # Tests use strace (a foreign tracer) and a real PostgreSQL server (a
-  # distribution binary without frame pointers or debug info).
+  # Tests use strace (a foreign tracer), a real PostgreSQL server (a
+  # distribution binary without frame pointers or debug info) and
+  # docker-compose (to validate the compose file).
   command -v strace >/dev/null || need+=(strace)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+  # The deployment test validates docker-compose.yml with docker-compose (no engine needed).
+  command -v docker-compose >/dev/null || need+=(docker-compose)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -1,0 +1,203 @@
+// The deployment files, checked without a container engine: docker-compose
+// validates its file; the compose services, the Dockerfile and the Kubernetes
+// manifests are read as data and held to what the product needs (who may
+// ptrace, who runs as whom, which addresses meet) and to least privilege.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { parse, parseAllDocuments } from "yaml";
+import { parseAgentArgs } from "../../cli/commands/agent.js";
+import { isSubjectToken } from "../../proto/index.js";
+import { repoRoot } from "../support/paths.js";
+
+const run = promisify(execFile);
+
+interface ComposeService {
+  image?: string;
+  build?: unknown;
+  command?: string[];
+  entrypoint?: string[];
+  user?: string;
+  pid?: string;
+  privileged?: boolean;
+  cap_add?: string[];
+  cap_drop?: string[];
+  ports?: string[];
+  environment?: Record<string, string>;
+}
+
+/** `--flag value` from an argument list. */
+function arg(args: readonly string[], flag: string): string | undefined {
+  const at = args.indexOf(flag);
+  return at >= 0 ? args[at + 1] : undefined;
+}
+
+function argsOf(list: readonly string[]): string[] {
+  return list.flatMap((a) => a.split(/\s+/)).filter(Boolean);
+}
+
+test("deploy - docker-compose accepts the compose file", async () => {
+  const { stderr } = await run("docker-compose", ["-f", path.join(repoRoot, "docker-compose.yml"), "config", "-q"], { cwd: repoRoot });
+  assert.equal(stderr.trim(), "");
+});
+
+test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTRACE only; everything else unprivileged", async () => {
+  const compose = parse(await readFile(path.join(repoRoot, "docker-compose.yml"), "utf8"), { merge: true }) as { services: Record<string, ComposeService> };
+  const services = compose.services;
+  const controller = services.controller!;
+  const listen = arg(controller.command!, "--listen")!;
+  assert.equal(listen, "0.0.0.0:7070");
+  assert.equal(arg(controller.command!, "--nats"), "nats://nats:4222");
+  assert.ok(services.nats!.command!.includes("-js"), "NATS runs with JetStream");
+
+  const agents = Object.entries(services).filter(([, s]) => s.command?.[0] === "agent");
+  assert.equal(agents.length, 2);
+  const hostIds = new Set<string>();
+  for (const [name, agent] of agents) {
+    const demo = agent.pid?.replace(/^service:/, "");
+    assert.ok(demo && services[demo], `${name} shares the PID namespace of a service of this file (${agent.pid})`);
+    assert.deepEqual(services[demo].entrypoint, ["/usr/local/bin/fleetwatch-demo-counter"]);
+    assert.deepEqual(agent.cap_add, ["SYS_PTRACE"], `${name}: CAP_SYS_PTRACE and nothing else`);
+    assert.deepEqual(agent.cap_drop, ["ALL"]);
+    assert.notEqual(agent.privileged, true);
+    assert.equal(arg(agent.command!, "--controller"), `controller:${listen.split(":")[1]}`);
+    assert.equal(arg(agent.command!, "--nats"), "nats://nats:4222");
+    const hostId = arg(agent.command!, "--host-id")!;
+    assert.ok(isSubjectToken(hostId), hostId);
+    hostIds.add(hostId);
+    // The agent's own command line parser takes it.
+    const flags = agent.command!.slice(1);
+    const labels = flags.flatMap((f, i) => (f === "--label" ? [flags[i + 1]!] : []));
+    assert.equal(parseAgentArgs({ hostId, label: labels }, { controller: "c", nats: "n" }).labels.role, "demo");
+  }
+  assert.equal(hostIds.size, 2, "host ids are unique");
+  for (const name of ["controller", "demo-a", "demo-b", "cli"]) {
+    const s = services[name]!;
+    assert.equal(s.user, "10001:10001", `${name} runs as the unprivileged user`);
+    assert.deepEqual(s.cap_drop, ["ALL"], name);
+    assert.equal(s.cap_add, undefined, name);
+  }
+  assert.equal(services.cli!.environment!.FLEETWATCH_CONTROLLER, "controller:7070");
+});
+
+test("deploy - the image builds with the quick start's setup script and puts the helper where the agent looks", async () => {
+  const dockerfile = await readFile(path.join(repoRoot, "Dockerfile"), "utf8");
+  const demo = await readFile(path.join(repoRoot, "scripts", "demo.sh"), "utf8");
+  assert.match(demo, /^scripts\/setup\.sh$/m, "the quick start runs scripts/setup.sh");
+  assert.match(dockerfile, /^RUN scripts\/setup\.sh/m, "the build stage runs the same script");
+  assert.match(dockerfile, /COPY --from=build \/src\/agent\/native\/build\/fleetwatch-helper \.\/agent\/native\/build\/fleetwatch-helper/);
+  assert.match(dockerfile, /^WORKDIR \/opt\/fleetwatch$/m);
+  assert.match(dockerfile, /^USER 10001:10001$/m);
+  assert.match(dockerfile, /ENTRYPOINT \["node", "\/opt\/fleetwatch\/dist\/cli\/main\.js"\]/);
+  // The demo program's command name, as --comm matches it (15 bytes).
+  assert.equal("fleetwatch-demo-counter".slice(0, 15), "fleetwatch-demo");
+});
+
+interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string };
+  // Manifests are checked field by field below.
+  spec?: any;
+  roleRef?: { name: string };
+  subjects?: Array<{ name: string; namespace: string }>;
+  rules?: Array<{ resources: string[]; verbs: string[] }>;
+}
+
+async function manifests(): Promise<K8sObject[]> {
+  const dir = path.join(repoRoot, "deploy", "k8s");
+  const files = (await readdir(dir)).filter((f) => f.endsWith(".yaml")).sort();
+  const objects: K8sObject[] = [];
+  for (const file of files) {
+    for (const doc of parseAllDocuments(await readFile(path.join(dir, file), "utf8"))) {
+      assert.deepEqual(doc.errors, [], file);
+      objects.push(doc.toJS() as K8sObject);
+    }
+  }
+  return objects;
+}
+
+test("deploy - k8s: every object is well formed and in the fleetwatch namespace", async () => {
+  const objects = await manifests();
+  const kinds = objects.map((o) => o.kind).sort();
+  assert.deepEqual(kinds, ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "Namespace", "Service", "Service", "ServiceAccount", "StatefulSet"]);
+  for (const o of objects) {
+    assert.ok(o.apiVersion && o.metadata?.name, JSON.stringify(o).slice(0, 200));
+    if (!["Namespace", "ClusterRole", "ClusterRoleBinding"].includes(o.kind)) assert.equal(o.metadata.namespace, "fleetwatch", `${o.kind} ${o.metadata.name}`);
+    const selector = o.spec?.selector?.matchLabels;
+    if (selector) assert.deepEqual(o.spec.template.metadata.labels, selector, `${o.kind} ${o.metadata.name}: the pod template carries its selector's labels`);
+  }
+  // Services select pods that exist and point at named ports those pods declare.
+  for (const svc of objects.filter((o) => o.kind === "Service")) {
+    const target = objects.find((o) => o.spec?.template?.metadata?.labels?.["app.kubernetes.io/name"] === svc.spec.selector["app.kubernetes.io/name"]);
+    assert.ok(target, `service ${svc.metadata.name} selects a workload`);
+    const ports = target.spec.template.spec.containers.flatMap((c: { ports?: Array<{ name: string }> }) => c.ports ?? []).map((p: { name: string }) => p.name);
+    for (const p of svc.spec.ports) assert.ok(ports.includes(p.targetPort), `${svc.metadata.name}: port ${p.targetPort}`);
+  }
+});
+
+test("deploy - k8s: the agent sees its node's processes with CAP_SYS_PTRACE only, named after its node, with the node's labels", async () => {
+  const objects = await manifests();
+  const ds = objects.find((o) => o.kind === "DaemonSet")!;
+  const pod = ds.spec.template.spec;
+  assert.equal(pod.hostPID, true);
+  const agent = pod.containers.find((c: { name: string }) => c.name === "agent");
+  assert.deepEqual(agent.securityContext.capabilities, { drop: ["ALL"], add: ["SYS_PTRACE"] });
+  assert.notEqual(agent.securityContext.privileged, true);
+  assert.equal(agent.securityContext.allowPrivilegeEscalation, false);
+  assert.deepEqual(agent.env.find((e: { name: string }) => e.name === "NODE_NAME").valueFrom, { fieldRef: { fieldPath: "spec.nodeName" } });
+  const script = argsOf(agent.args).join(" ");
+  assert.match(script, /--controller fleetwatch-controller\.fleetwatch:7070/);
+  assert.match(script, /--nats nats:\/\/nats\.fleetwatch:4222/);
+  // The host id the agent's shell line makes of a typical node name is a valid one.
+  const hostIdExpr = /--host-id "\$\((.*?)\)"/.exec(agent.args[0])![1]!;
+  const { stdout } = await run("sh", ["-c", hostIdExpr], { env: { ...process.env, NODE_NAME: "ip-10-0-0-1.eu-west-1.compute.internal" } });
+  assert.equal(stdout.trim(), "ip-10-0-0-1-eu-west-1-compute-internal");
+  assert.ok(isSubjectToken(stdout.trim()));
+  // Node labels: the init container writes them where the agent reads them, with a service account allowed to.
+  const labelFile = /--label-file (\S+)/.exec(script)![1]!;
+  const init = pod.initContainers[0];
+  assert.ok(init.args[0].includes(`> ${labelFile.replace(agent.volumeMounts[0].mountPath, init.volumeMounts[0].mountPath)}`), init.args[0]);
+  assert.equal(agent.volumeMounts[0].name, init.volumeMounts[0].name);
+  const sa = objects.find((o) => o.kind === "ServiceAccount")!;
+  assert.equal(pod.serviceAccountName, sa.metadata.name);
+  const binding = objects.find((o) => o.kind === "ClusterRoleBinding")!;
+  assert.deepEqual(binding.subjects, [{ kind: "ServiceAccount", name: sa.metadata.name, namespace: "fleetwatch" }]);
+  const role = objects.find((o) => o.kind === "ClusterRole" && o.metadata.name === binding.roleRef!.name)!;
+  assert.deepEqual(role.rules, [{ apiGroups: [""], resources: ["nodes"], verbs: ["get"] }]);
+
+  // The agent reads such a file as its labels (kubectl's go-template output).
+  const dir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-labels-"));
+  try {
+    const file = path.join(dir, "node");
+    await writeFile(file, "kubernetes.io/hostname=ip-10-0-0-1\ntopology.kubernetes.io/zone=eu-west-1a\n\nrole=db\n");
+    const parsed = parseAgentArgs({ hostId: "n1", labelFile: file, label: ["role=cache"] }, { controller: "c", nats: "n" });
+    assert.deepEqual(parsed.labels, { "kubernetes.io/hostname": "ip-10-0-0-1", "topology.kubernetes.io/zone": "eu-west-1a", role: "cache" });
+    assert.throws(() => parseAgentArgs({ hostId: "n1", labelFile: path.join(dir, "missing") }, { controller: "c", nats: "n" }), /--label-file .*missing: no such file/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("deploy - k8s: controllers run unprivileged, two of them, and only the leader is ready", async () => {
+  const objects = await manifests();
+  const deployment = objects.find((o) => o.kind === "Deployment")!;
+  assert.equal(deployment.spec.replicas, 2);
+  const pod = deployment.spec.template.spec;
+  assert.equal(pod.securityContext.runAsNonRoot, true);
+  assert.notEqual(pod.securityContext.runAsUser, 0);
+  const c = pod.containers[0];
+  assert.deepEqual(c.securityContext.capabilities, { drop: ["ALL"] });
+  assert.equal(c.securityContext.allowPrivilegeEscalation, false);
+  assert.equal(arg(c.args, "--listen"), `0.0.0.0:${c.ports[0].containerPort}`);
+  assert.equal(arg(c.args, "--nats"), "nats://nats.fleetwatch:4222");
+  // A standby answers `jobs ls` UNAVAILABLE (exit 1): not ready, so the Service reaches the leader only.
+  assert.deepEqual(c.readinessProbe.exec.command.slice(-4), ["jobs", "ls", "-o", "json"]);
+  assert.equal(arg(c.readinessProbe.exec.command, "--controller"), `127.0.0.1:${c.ports[0].containerPort}`);
+  const nats = objects.find((o) => o.kind === "StatefulSet")!;
+  assert.ok(nats.spec.template.spec.containers[0].args.includes("-js"));
+});
