@@ -8,8 +8,19 @@
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
 import { JobSchema, TargetSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type Target } from "../proto/index.js";
+import { withDeadline } from "./deadline.js";
 import { openBucket } from "./kv-bucket.js";
 import { NotLeaderError } from "./leader-election.js";
+
+/** A read or write of the bucket got no answer in time (NATS away). */
+export class JobStoreTimeoutError extends Error {
+  override readonly name = "JobStoreTimeoutError";
+}
+
+/** How long one read or write of the bucket may take. */
+const requestTimeoutMs = 10_000;
+/** Pause before trying again after a read or write timed out. */
+const retryPauseMs = 500;
 
 /** The bucket refused a write after every retry. */
 export class JobStoreConflictError extends Error {
@@ -87,6 +98,10 @@ export class JobStore {
     return new JobStore(await openBucket(js, jobBucket), fence);
   }
 
+  private timed<T>(what: string, pending: Promise<T>): Promise<T> {
+    return withDeadline(pending, requestTimeoutMs, (ms) => new JobStoreTimeoutError(`${what}: no answer from NATS within ${ms} ms`));
+  }
+
   private async checkFence(id: string): Promise<void> {
     if (!(await this.fence())) throw new NotLeaderError(`not writing job ${id}: this controller's leader term ended`, undefined);
   }
@@ -106,7 +121,7 @@ export class JobStore {
 
   /** Reads one job and the shards named (all of its shards when `shardKeys` is undefined). */
   private async read(id: string, shardKeys?: string[]): Promise<Entry | undefined> {
-    const head = await this.kv.get(id);
+    const head = await this.timed(`read job ${id}`, this.kv.get(id));
     if (!head || head.operation !== "PUT" || head.value.length === 0) {
       this.cache.delete(id);
       return undefined;
@@ -118,7 +133,7 @@ export class JobStore {
     for (const key of names) {
       const n = Number(key.slice(id.length + 1));
       if (!Number.isInteger(n) || n < 0 || n >= shardCount) continue;
-      const value = await this.kv.get(key);
+      const value = await this.timed(`read ${key}`, this.kv.get(key));
       if (!value || value.operation !== "PUT") continue;
       shards.set(n, value.revision);
       targets.push(...fromBinary(TargetShardSchema, value.value).targets);
@@ -155,9 +170,9 @@ export class JobStore {
     await this.checkFence(job.id);
     const shards = new Map<number, number>();
     if (job.targets.length > inlineTargets) {
-      for (const [n, targets] of this.split(job.targets)) shards.set(n, await this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets }))));
+      for (const [n, targets] of this.split(job.targets)) shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets })))));
     }
-    const revision = await this.kv.create(job.id, toBinary(JobSchema, shards.size > 0 ? { ...job, targets: [] } : job));
+    const revision = await this.timed(`write job ${job.id}`, this.kv.create(job.id, toBinary(JobSchema, shards.size > 0 ? { ...job, targets: [] } : job)));
     this.cache.set(job.id, settled({ job: deepFreeze(job), revision, shards }));
     return job;
   }
@@ -215,11 +230,14 @@ export class JobStore {
         this.cache.set(id, settled(entry));
         return entry.job;
       } catch (err) {
-        if (!isCasConflict(err) || attempt >= maxAttempts) {
+        // A lost race, or NATS away for a moment (a write that timed out may have landed: the re-read tells).
+        const retry = isCasConflict(err) || err instanceof JobStoreTimeoutError;
+        if (!retry || attempt >= maxAttempts) {
           if (isCasConflict(err)) throw new JobStoreConflictError(`job ${id} changed under ${maxAttempts} attempts to update it`, { cause: err });
           throw err;
         }
-        await this.read(id);
+        if (err instanceof JobStoreTimeoutError) await new Promise((resolve) => setTimeout(resolve, retryPauseMs));
+        await this.read(id).catch(() => this.cache.delete(id));
       }
     }
   }
@@ -228,7 +246,7 @@ export class JobStore {
   private async write(current: Entry, job: Job, scope: ReadonlySet<string> | undefined): Promise<Entry> {
     const sharded = current.shards.size > 0 || job.targets.length > inlineTargets;
     if (!sharded) {
-      const revision = await this.kv.update(job.id, toBinary(JobSchema, job), current.revision);
+      const revision = await this.timed(`write job ${job.id}`, this.kv.update(job.id, toBinary(JobSchema, job), current.revision));
       return { job: deepFreeze(job), revision, shards: current.shards };
     }
     const dirty = current.shards.size === 0 || scope === undefined ? undefined : new Set([...scope].map(shardOf));
@@ -237,10 +255,10 @@ export class JobStore {
       [...this.split(job.targets, dirty)].map(async ([n, targets]) => {
         const value = toBinary(TargetShardSchema, create(TargetShardSchema, { targets }));
         const known = shards.get(n);
-        shards.set(n, known === undefined ? await this.kv.create(shardKey(job.id, n), value) : await this.kv.update(shardKey(job.id, n), value, known));
+        shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, known === undefined ? this.kv.create(shardKey(job.id, n), value) : this.kv.update(shardKey(job.id, n), value, known)));
       }),
     );
-    const revision = await this.kv.update(job.id, toBinary(JobSchema, { ...job, targets: [] }), current.revision);
+    const revision = await this.timed(`write job ${job.id}`, this.kv.update(job.id, toBinary(JobSchema, { ...job, targets: [] }), current.revision));
     for (const t of job.targets) deepFreeze(t);
     Object.freeze(job.targets);
     return { job, revision, shards };

@@ -3,6 +3,7 @@
 // compare-and-set. The agent's side of fencing, EpochGuard, lives in proto.
 import { performance } from "node:perf_hooks";
 import type { JetStreamClient, KV, KvEntry, QueuedIterator } from "nats";
+import { withDeadline as deadline } from "./deadline.js";
 import { openBucket } from "./kv-bucket.js";
 
 // ---------------------------------------------------------------- options
@@ -199,20 +200,7 @@ function isCasConflict(err: unknown): boolean {
 }
 
 function withDeadline<T>(what: string, pending: Promise<T>, timeoutMs: number): Promise<T> {
-  const ms = Math.max(1, Math.floor(timeoutMs));
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new LeaseRequestTimeoutError(what, ms)), ms);
-    pending.then(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (err: unknown) => {
-        clearTimeout(timer);
-        reject(err);
-      },
-    );
-  });
+  return deadline(pending, timeoutMs, (ms) => new LeaseRequestTimeoutError(what, ms));
 }
 
 // Two changes that say the same (renewals, re-reads) are one.
