@@ -188,7 +188,10 @@ export class AgentCore {
     this.helper = helper;
     this.progressTimer = setInterval(() => this.reportProgress(), this.progressIntervalMs);
     try {
-      for await (const event of helper.events()) await this.onHelperEvent(event);
+      for await (const event of helper.events()) {
+        // One event that cannot be handled must not stop the agent from draining the helper.
+        await this.onHelperEvent(event).catch((err: unknown) => this.log(`agent ${this.hostId}: handling a helper ${event.kind} event failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`));
+      }
     } finally {
       clearInterval(this.progressTimer);
       this.helper = undefined;
@@ -496,7 +499,9 @@ export class AgentCore {
    */
   private forgetGoneProcesses(): void {
     for (const [pid, mask] of this.reserved) {
-      if (this.watchesOf(pid).length > 0 || isAlive(pid, this.startTimes.get(pid))) continue;
+      // A watch still settling its hits (NATS slow or away) is reported by the process's own exit event.
+      const busy = [...this.byKey.values()].some((w) => w.pid === pid && (!w.ended || !this.isSettled(w)));
+      if (busy || isAlive(pid, this.startTimes.get(pid))) continue;
       this.reserved.delete(pid);
       this.startTimes.delete(pid);
       for (const [k, w] of this.byKey) if (w.pid === pid) this.byKey.delete(k);
@@ -626,7 +631,8 @@ export class AgentCore {
     if (hits.length === 0) return;
     watch.batch = [];
     const n = BigInt(hits.length);
-    await this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { hits })), (ok) => {
+    const id = `${watch.jobId}.${watch.pid}.${hits[0]!.sequence}`;
+    this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { hits })), id, (ok) => {
       if (ok) watch.counts.delivered += n;
       else watch.counts.dropped += n;
       watch.pending -= hits.length;

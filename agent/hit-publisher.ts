@@ -1,41 +1,133 @@
-// Publishes hit batches to JetStream with a bounded number of unacknowledged
-// messages: fast enough for tens of thousands of hits a second, and every
-// publish ends as acknowledged (delivered) or failed (dropped), never unknown.
+// Publishes hit batches to JetStream: pipelined (a bounded number of
+// unacknowledged messages), resent when NATS is away (each batch carries a
+// message id, so JetStream stores a resent copy once), and bounded in memory:
+// past the bound, or after trying for `retryForMs`, a batch counts as
+// dropped. Every batch ends acknowledged (delivered) or dropped, never
+// unknown, and publishing never waits on NATS: the helper is never held up.
+import { randomBytes } from "node:crypto";
 import type { JetStreamClient } from "nats";
 
 export interface PublishOutcome {
   (ok: boolean): void;
 }
 
-/** Pipelined JetStream publishing with backpressure. */
+export interface HitPublisherOptions {
+  /** Unacknowledged publishes (hit batches) at once. */
+  maxInFlight?: number;
+  /** Bytes of batches waiting to be sent or resent; past it new batches are dropped. */
+  maxQueuedBytes?: number;
+  /** How long one publish may wait for its acknowledgement. */
+  ackTimeoutMs?: number;
+  /** How long a batch is resent before it counts as dropped. */
+  retryForMs?: number;
+}
+
+interface Item {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  readonly msgID: string;
+  readonly settle: PublishOutcome;
+  readonly firstTryMs: number;
+}
+
+const maxPauseMs = 2_000;
+
+/** Pipelined JetStream publishing that survives a NATS restart. */
 export class HitPublisher {
   private inFlight = 0;
-  private readonly roomWaiters: Array<() => void> = [];
+  private readonly queue: Item[] = [];
+  private queuedBytes = 0;
+  /** After a failed publish, sending pauses (doubling up to maxPauseMs) rather than hammer a server that is away. */
+  private pauseMs = 0;
+  private pauseTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** Message ids are this agent's own: a restarted agent's sequences start again at 1. */
+  private readonly nonce = randomBytes(6).toString("hex");
+  private readonly maxInFlight: number;
+  private readonly maxQueuedBytes: number;
+  private readonly ackTimeoutMs: number;
+  private readonly retryForMs: number;
 
   constructor(
     private readonly js: JetStreamClient,
-    /** Unacknowledged publishes (hit batches) allowed at once. */
-    private readonly maxInFlight = 256,
-    /** How long a publish may wait for its acknowledgement before it counts as dropped. */
-    private readonly ackTimeoutMs = 10_000,
-  ) {}
+    options: HitPublisherOptions = {},
+  ) {
+    this.maxInFlight = options.maxInFlight ?? 256;
+    this.maxQueuedBytes = options.maxQueuedBytes ?? 64 * 1024 * 1024;
+    this.ackTimeoutMs = options.ackTimeoutMs ?? 5_000;
+    this.retryForMs = options.retryForMs ?? 60_000;
+  }
 
   /**
-   * Publishes one message; `settle` is called exactly once with the outcome.
-   * Resolves when there is room for the next one (backpressure).
+   * Publishes one batch; `settle` is called exactly once with the outcome.
+   * `id` names the batch uniquely for this agent (job, pid, first sequence).
    */
-  async publish(subject: string, data: Uint8Array, settle: PublishOutcome): Promise<void> {
-    while (this.inFlight >= this.maxInFlight) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+  publish(subject: string, data: Uint8Array, id: string, settle: PublishOutcome): void {
+    if (this.queuedBytes + data.byteLength > this.maxQueuedBytes) {
+      settle(false);
+      return;
+    }
+    this.queue.push({ subject, data, msgID: `${this.nonce}.${id}`, settle, firstTryMs: Date.now() });
+    this.queuedBytes += data.byteLength;
+    this.pump();
+  }
+
+  /** Batches not settled yet (waiting, or sent and unacknowledged). */
+  get pending(): number {
+    return this.queue.length + this.inFlight;
+  }
+
+  /** Stops resending: every batch not yet acknowledged settles as dropped once its publish ends. */
+  close(): void {
+    clearTimeout(this.pauseTimer);
+    this.pauseTimer = undefined;
+    for (const item of this.queue.splice(0)) item.settle(false);
+    this.queuedBytes = 0;
+    this.closed = true;
+  }
+
+  private pump(): void {
+    while (!this.closed && this.pauseTimer === undefined && this.inFlight < this.maxInFlight && this.queue.length > 0) this.send(this.queue.shift()!);
+  }
+
+  private send(item: Item): void {
     this.inFlight++;
-    this.js.publish(subject, data, { timeout: this.ackTimeoutMs }).then(
-      () => this.done(settle, true),
-      () => this.done(settle, false),
+    let ack: Promise<unknown>;
+    try {
+      ack = this.js.publish(item.subject, item.data, { timeout: this.ackTimeoutMs, msgID: item.msgID });
+    } catch (err) {
+      // The client refused at once (closed, reconnecting): the same as a failed publish.
+      ack = Promise.reject(err);
+    }
+    ack.then(
+      () => {
+        // A duplicate acknowledgement means an earlier copy of this batch is stored: delivered too.
+        this.inFlight--;
+        this.queuedBytes -= item.data.byteLength;
+        this.pauseMs = 0;
+        item.settle(true);
+        this.pump();
+      },
+      () => {
+        this.inFlight--;
+        if (!this.closed && Date.now() - item.firstTryMs < this.retryForMs) {
+          this.queue.unshift(item);
+          this.pause();
+        } else {
+          this.queuedBytes -= item.data.byteLength;
+          item.settle(false);
+        }
+        this.pump();
+      },
     );
   }
 
-  private done(settle: PublishOutcome, ok: boolean): void {
-    this.inFlight--;
-    settle(ok);
-    this.roomWaiters.shift()?.();
+  private pause(): void {
+    if (this.pauseTimer !== undefined) return;
+    this.pauseMs = Math.min(maxPauseMs, Math.max(100, this.pauseMs * 2));
+    this.pauseTimer = setTimeout(() => {
+      this.pauseTimer = undefined;
+      this.pump();
+    }, this.pauseMs);
   }
 }
