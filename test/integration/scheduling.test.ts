@@ -32,7 +32,6 @@ describe("scheduling", () => {
   });
 
   after(async () => {
-    if (process.env.FW_DEBUG) console.log(cluster.controller?.output, [...cluster.agents.values()].map((a) => a.output).join("\n"));
     await cluster?.stop();
     await rm(dir, { recursive: true, force: true });
   });
@@ -242,7 +241,6 @@ describe("scheduling: a lost sample target is replaced on another host", () => {
   });
 
   after(async () => {
-    if (process.env.FW_DEBUG) console.log(cluster.controller?.output, [...cluster.agents.values()].map((a) => a.output).join("\n"));
     await target?.kill();
     await cluster?.stop();
   });

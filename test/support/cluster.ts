@@ -96,7 +96,7 @@ export class Cluster {
   private client: ServiceClient<typeof ControllerService> | undefined;
 
   private constructor(
-    readonly nats: RunningNatsServer,
+    public nats: RunningNatsServer,
     readonly dataDir: string,
     private readonly options: ClusterOptions,
   ) {}
@@ -189,6 +189,17 @@ export class Cluster {
       stdio: ["ignore", "pipe", "pipe"],
       env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddress, FLEETWATCH_NATS: this.natsUrl, ...env },
     });
+  }
+
+  /** Stops nats-server and starts it again on the same port with the same JetStream store (what an upgrade or a crash-restart does). */
+  async restartNats(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    const port = this.nats.port;
+    if (signal === "SIGTERM") await this.nats.stop();
+    else {
+      this.nats.process.kill(signal);
+      await new Promise((resolve) => (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null ? resolve(undefined) : this.nats.process.once("exit", resolve)));
+    }
+    this.nats = await startNatsServer({ dataDir: path.join(this.dataDir, "nats"), port });
   }
 
   /** Stops agents (they disarm), the controller and nats-server; removes the data. */
