@@ -15,6 +15,9 @@ if [ "${1:-}" = "--test" ]; then
   # Tests use strace (a foreign tracer) and a real PostgreSQL server (a
   # distribution binary without frame pointers or debug info).
   command -v strace >/dev/null || need+=(strace)
+  # Multi-host tests build their hosts from network namespaces (unshare and
+  # nsenter come with util-linux, always there).
+  command -v ip >/dev/null || need+=(iproute2)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 fi
 if [ ${#need[@]} -gt 0 ]; then
