@@ -55,7 +55,6 @@ interface Watch {
   readonly counts: HitCounts;
   /** Counters of earlier watches of the same job and pid (before a lapse), which this one adds to. */
   readonly base: HitCounts;
-  sequence: bigint;
   /** Hit records received from the helper. */
   received: bigint;
   /** Hit records the helper emitted in all, known once the group is disarmed. */
@@ -168,6 +167,13 @@ export class AgentCore {
   onGraceSuspended: () => void = () => {};
   /** Jobs whose selectors this host watches for late joiners. */
   private readonly follows = new Map<string, AbortController>();
+  /**
+   * The last hit sequence per job: HitEvent.sequence counts per job and host,
+   * across all of the job's processes here, since readers drop a (host,
+   * sequence) they have seen as a republished duplicate. Kept while the job
+   * has a watch or a follow here, so a lapse or a late joiner goes on counting.
+   */
+  private readonly sequences = new Map<string, bigint>();
 
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
@@ -258,6 +264,14 @@ export class AgentCore {
   unfollow(jobId: string): void {
     this.follows.get(jobId)?.abort();
     this.follows.delete(jobId);
+    this.forgetSequenceIfDone(jobId);
+  }
+
+  /** Drops a job's hit sequence once nothing here can produce its hits any more. */
+  private forgetSequenceIfDone(jobId: string): void {
+    if (this.follows.has(jobId)) return;
+    for (const watch of this.byKey.values()) if (watch.jobId === jobId) return;
+    this.sequences.delete(jobId);
   }
 
   private ownPids(): number[] {
@@ -295,7 +309,6 @@ export class AgentCore {
         watchIndexByDr: new Map(request.slots.map((s) => [s.dr, s.chunk?.watchIndex ?? 0])),
         counts: carried,
         base: clone(HitCountsSchema, carried),
-        sequence: existing?.sequence ?? 0n,
         received: 0n,
         expected: undefined,
         pending: 0,
@@ -504,7 +517,11 @@ export class AgentCore {
       if (busy || isAlive(pid, this.startTimes.get(pid))) continue;
       this.reserved.delete(pid);
       this.startTimes.delete(pid);
-      for (const [k, w] of this.byKey) if (w.pid === pid) this.byKey.delete(k);
+      for (const [k, w] of this.byKey) {
+        if (w.pid !== pid) continue;
+        this.byKey.delete(k);
+        this.forgetSequenceIfDone(w.jobId);
+      }
       this.onReport(create(TargetReportSchema, { pid, state: TargetState.EXITED, reason: "process exited", reservedMask: mask }));
     }
   }
@@ -547,6 +564,7 @@ export class AgentCore {
           this.report(watch, TargetState.EXITED, why);
           watch.lastReported = "final";
           this.byKey.delete(key(watch.jobId, watch.pid));
+          this.forgetSequenceIfDone(watch.jobId);
         }
         // The process and its kernel reservations are gone.
         this.reserved.delete(event.pid);
@@ -594,7 +612,8 @@ export class AgentCore {
     }
     watch.received++;
     if (!watch.ended) watch.counts.trapped = watch.base.trapped + watch.received;
-    watch.sequence++;
+    const sequence = (this.sequences.get(watch.jobId) ?? 0n) + 1n;
+    this.sequences.set(watch.jobId, sequence);
     const event = create(HitEventSchema, {
       jobId: watch.jobId,
       hostId: this.hostId,
@@ -609,7 +628,7 @@ export class AgentCore {
       oldValue: hit.oldValue,
       timeUnixNano: hit.timeNs,
       watchIndex: watch.watchIndexByDr.get(hit.dr) ?? 0,
-      sequence: watch.sequence,
+      sequence,
       stack: hit.stack,
     });
     watch.pending++;

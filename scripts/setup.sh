@@ -16,6 +16,9 @@ if [ "${1:-}" = "--test" ]; then
   # distribution binary without frame pointers or debug info) and
   # docker-compose (to validate the compose file).
   command -v strace >/dev/null || need+=(strace)
+  # Multi-host tests build their hosts from network namespaces (unshare and
+  # nsenter come with util-linux, always there).
+  command -v ip >/dev/null || need+=(iproute2)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
   # The deployment test validates docker-compose.yml with docker-compose (no engine needed).
   command -v docker-compose >/dev/null || need+=(docker-compose)

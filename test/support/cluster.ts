@@ -13,6 +13,12 @@ import { waitFor } from "./wait.js";
 /** A daemon started through the CLI. */
 export class Daemon {
   output = "";
+  /**
+   * Where signals go when `child` is only a wrapper that does not pass them
+   * on (nsenter, which forks the daemon into another PID namespace): the
+   * daemon's pid in ours. Unset: the child itself.
+   */
+  signalPid: number | undefined;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
   constructor(
@@ -28,6 +34,19 @@ export class Daemon {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** Sends a signal to the daemon (not to a wrapper around it); a process already gone is no error. */
+  kill(signal: NodeJS.Signals): void {
+    if (this.signalPid === undefined) {
+      this.child.kill(signal);
+      return;
+    }
+    try {
+      process.kill(this.signalPid, signal);
+    } catch {
+      // already gone
+    }
+  }
+
   /** Waits for a line of its output to match. */
   waitForOutput(re: RegExp, timeoutMs = 15_000): Promise<RegExpMatchArray> {
     return waitFor(`${this.name} prints ${re}`, () => {
@@ -39,8 +58,8 @@ export class Daemon {
   /** Sends a signal and waits for the exit (SIGKILL after the grace period). */
   async stop(signal: NodeJS.Signals = "SIGTERM", graceMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     if (this.running) {
-      this.child.kill(signal);
-      const timer = setTimeout(() => this.child.kill("SIGKILL"), graceMs);
+      this.kill(signal);
+      const timer = setTimeout(() => this.kill("SIGKILL"), graceMs);
       const result = await this.exited;
       clearTimeout(timer);
       return result;
@@ -69,7 +88,7 @@ export class Daemons {
 
   async stop(): Promise<void> {
     // A stopped process cannot act on SIGTERM: let it run before stopping it.
-    for (const d of this.all) if (d.running) d.child.kill("SIGCONT");
+    for (const d of this.all) if (d.running) d.kill("SIGCONT");
     for (const d of [...this.all].reverse()) await d.stop();
   }
 }
@@ -78,6 +97,24 @@ export interface CliResult {
   code: number | null;
   stdout: string;
   stderr: string;
+}
+
+/** Collects the output of a started `fleetwatch` command; SIGKILLs it and fails after timeoutMs. */
+export function collectCli(child: ChildProcess, args: readonly string[], timeoutMs = 60_000): Promise<CliResult> {
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+  child.stderr?.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`fleetwatch ${args.join(" ")} did not finish within ${timeoutMs} ms; stdout: ${stdout.slice(-1000)} stderr: ${stderr.slice(-1000)}`));
+    }, timeoutMs);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
 }
 
 export interface ClusterOptions {
@@ -166,21 +203,7 @@ export class Cluster {
 
   /** Runs `fleetwatch ARGS` against this cluster and collects its output. */
   cli(args: string[], options: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
-    const child = this.spawnCli(args, options.env);
-    let stdout = "";
-    let stderr = "";
-    child.stdout?.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-    child.stderr?.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        child.kill("SIGKILL");
-        reject(new Error(`fleetwatch ${args.join(" ")} did not finish within ${options.timeoutMs ?? 60_000} ms; stdout: ${stdout.slice(-1000)} stderr: ${stderr.slice(-1000)}`));
-      }, options.timeoutMs ?? 60_000);
-      child.once("exit", (code) => {
-        clearTimeout(timer);
-        resolve({ code, stdout, stderr });
-      });
-    });
+    return collectCli(this.spawnCli(args, options.env), args, options.timeoutMs);
   }
 
   /** Starts `fleetwatch ARGS` and returns the process. */

@@ -8,6 +8,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 
 import { repoRoot } from "./paths.js";
+import { waitFor } from "./wait.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -62,7 +63,13 @@ export interface ExitStatus {
 /** A running fixture. Its stdout is kept as lines; stderr goes to ours. */
 export interface Target {
   readonly name: string;
+  /** Its pid as it printed it: in its own PID namespace (what an agent there reports). */
   readonly pid: number;
+  /**
+   * Its pid in ours: what /proc here, tracerPid() and kill() use. The same as
+   * `pid` unless it was started in another PID namespace (`inPidNamespace`).
+   */
+  readonly rootPid: number;
   readonly child: ChildProcessWithoutNullStreams;
   /** Every stdout line so far. */
   readonly lines: readonly string[];
@@ -72,9 +79,9 @@ export interface Target {
   send(line: string): void;
   /** Waits for exit; rejects after timeoutMs. */
   waitForExit(timeoutMs?: number): Promise<ExitStatus>;
-  /** TracerPid from /proc/PID/status (0: not traced). */
+  /** TracerPid from /proc/ROOTPID/status (0: not traced). */
   tracerPid(): Promise<number>;
-  /** SIGKILLs it (and its wrapper) if still running and waits for the exit. */
+  /** SIGKILLs it (by its root pid, and its wrapper) if still running and waits for the exit. */
   kill(): Promise<void>;
 }
 
@@ -87,6 +94,45 @@ export async function procStatusField(pid: number, field: string): Promise<numbe
   } catch {
     return undefined;
   }
+}
+
+/** The NSpid line of /proc/PID/status: its pid in each PID namespace, ours first; undefined if gone. */
+export async function procNsPids(pid: number): Promise<number[] | undefined> {
+  try {
+    const text = await readFile(`/proc/${pid}/status`, "utf8");
+    const m = /^NSpid:([\d\t ]+)$/m.exec(text);
+    return m ? m[1]!.trim().split(/\s+/).map(Number) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pids of the children of every thread of PID (none if it is gone). */
+export async function childPids(pid: number): Promise<number[]> {
+  const children: number[] = [];
+  try {
+    for (const tid of await readdir(`/proc/${pid}/task`)) {
+      const text = await readFile(`/proc/${pid}/task/${tid}/children`, "utf8").catch(() => "");
+      children.push(...text.split(/\s+/).filter((t) => t !== "").map(Number));
+    }
+  } catch {
+    // gone
+  }
+  return children;
+}
+
+/**
+ * The root-namespace pid of the descendant of `ancestor` that is `nsPid` in
+ * a PID namespace below ours, or undefined if there is none (yet).
+ */
+export async function findInPidNamespace(ancestor: number, nsPid: number): Promise<number | undefined> {
+  const queue = await childPids(ancestor);
+  for (let pid = queue.shift(); pid !== undefined; pid = queue.shift()) {
+    const nsPids = await procNsPids(pid);
+    if (nsPids && nsPids.length > 1 && nsPids[nsPids.length - 1] === nsPid) return pid;
+    queue.push(...(await childPids(pid)));
+  }
+  return undefined;
 }
 
 /** Scheduler state letter from /proc/PID/stat ("R", "S", "T", "t", "Z"), or undefined. */
@@ -109,6 +155,12 @@ export interface StartOptions {
    * a label, no "ready" line is awaited and `pid` is the program's own.
    */
   path?: string;
+  /**
+   * The wrapper starts the program in another PID namespace (e.g. `nsenter
+   * --pid`): the "ready" pid is the one seen there, and `rootPid` is looked
+   * up among the wrapper's descendants.
+   */
+  inPidNamespace?: boolean;
 }
 
 /**
@@ -195,10 +247,19 @@ export async function startTarget(name: string, args: string[] = [], options: St
     const ready = await waitForLine(/^ready \d+/, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     pid = Number(ready.split(" ")[1]);
   }
+  let rootPid = pid;
+  if (options.inPidNamespace) {
+    const nsPid = pid;
+    rootPid = await waitFor(`${name} (pid ${nsPid} in its namespace) among the descendants of pid ${child.pid}`, () => {
+      if (exit) throw new Error(`${name} exited (${exit.code ?? exit.signal})`);
+      return findInPidNamespace(child.pid as number, nsPid);
+    }, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  }
 
   return {
     name,
     pid,
+    rootPid,
     child,
     lines,
     waitForLine,
@@ -206,12 +267,12 @@ export async function startTarget(name: string, args: string[] = [], options: St
       child.stdin.write(`${line}\n`);
     },
     waitForExit,
-    tracerPid: async () => (await procStatusField(pid, "TracerPid")) ?? 0,
+    tracerPid: async () => (await procStatusField(rootPid, "TracerPid")) ?? 0,
     kill: async () => {
       if (exit) return;
-      if (pid !== child.pid) {
+      if (rootPid !== child.pid) {
         try {
-          process.kill(pid, "SIGKILL");
+          process.kill(rootPid, "SIGKILL");
         } catch {
           // already gone
         }
