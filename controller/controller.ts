@@ -1152,7 +1152,8 @@ export class Controller {
         t.threadsArmed = report.threadsArmed;
       }
       if (report.reservedMask) t.reservedMask |= report.reservedMask;
-      if (report.state === TargetState.ARMED && report.reason && isTargetActive(t)) t.reason = report.reason;
+      // An armed report describes an armed target; a lost one keeps saying why it is lost.
+      if (report.state === TargetState.ARMED && report.reason && t.state === TargetState.ARMED) t.reason = report.reason;
       if (ends && isTargetActive(t)) {
         t.state = report.state;
         t.reason = report.reason;
