@@ -12,7 +12,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { collectCli, Daemon, type CliResult } from "./cluster.js";
 import { cliPath, helperPath } from "./paths.js";
-import { buildFixtures, childPids, startTarget, type StartOptions, type Target } from "./targets.js";
+import { buildFixtures, childPids, procState, startTarget, type StartOptions, type Target } from "./targets.js";
 import { waitFor } from "./wait.js";
 
 const execFileAsync = promisify(execFile);
@@ -27,6 +27,16 @@ export interface FleetHostOptions {
 
 export interface FleetOptions {
   hosts: FleetHostOptions[];
+  /** The controller's agent session lease (`--lease`); its default when unset. */
+  leaseMs?: number;
+  /** How long a standby waits for a silent leader (`--election-lease`); its default when unset. */
+  electionLeaseMs?: number;
+  /**
+   * How many controller addresses agents and the CLI are given (default 1).
+   * Only the first controller starts with the fleet; startController(i)
+   * starts the others, e.g. a standby for a failover.
+   */
+  controllers?: number;
 }
 
 // A private /24 that exists only on the fleet's bridge: the infra namespace
@@ -36,6 +46,7 @@ const firstHostOctet = 10;
 // The infra namespace is the fleet's alone, so fixed ports cannot collide
 // with anything, and nothing outside has to be asked for a free one.
 const natsPort = 4222;
+/** Controller i listens on this port + i. */
 const controllerPort = 7070;
 
 // How long a process gets between SIGTERM and SIGKILL at teardown; an agent
@@ -134,15 +145,58 @@ async function pidsWhere(test: (pid: number) => Promise<boolean>): Promise<numbe
 
 /** A host of a running fleet: its namespaces and its agent. */
 export class FleetHost {
+  private current: Daemon | undefined;
+  private incarnations = 0;
+
   constructor(
     readonly id: string,
     readonly labels: readonly string[],
     /** Its address on the fleet's bridge. */
     readonly address: string,
     readonly box: Box,
-    readonly agent: Daemon,
+    private readonly agentArgv: readonly string[],
+    /** The bridge's end of its veth pair, in the infra namespace. */
+    private readonly link: { netns: string; name: string },
     private readonly started: Target[],
   ) {}
+
+  /** Its agent as last started. */
+  get agent(): Daemon {
+    if (!this.current) throw new Error(`host ${this.id}: no agent started`);
+    return this.current;
+  }
+
+  /** Whether an agent was ever started (a fleet that failed to start may have none). */
+  get hasAgent(): boolean {
+    return this.current !== undefined;
+  }
+
+  /**
+   * Starts its agent (again, after killAgent) with the same command line and
+   * waits until it says it registered with a controller.
+   */
+  async startAgent(): Promise<Daemon> {
+    if (this.current?.running) throw new Error(`host ${this.id}: its agent is still running`);
+    this.incarnations += 1;
+    const agent = await this.box.daemon(`agent ${this.id}${this.incarnations > 1 ? ` (start ${this.incarnations})` : ""}`, this.agentArgv);
+    this.current = agent;
+    await agent.waitForOutput(/registered with controller/, daemonReadyMs);
+    return agent;
+  }
+
+  /** Sends its agent a signal and waits for it to exit (SIGKILL after the grace period). */
+  async killAgent(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    await this.current?.stop(signal, stopGraceMs);
+  }
+
+  /**
+   * Sets the bridge's end of its link down or up: down, nothing reaches the
+   * host or leaves it (a partition; its own interface stays configured),
+   * up, the host is back on the network.
+   */
+  async setLink(state: "down" | "up"): Promise<void> {
+    await ip("-n", this.link.netns, "link", "set", this.link.name, state);
+  }
 
   /**
    * Starts a built fixture on this host and waits for its "ready" line:
@@ -159,6 +213,16 @@ export class FleetHost {
   processes(): Promise<number[]> {
     return this.box.processes();
   }
+
+  /** Root-namespace pids of the live (not zombie) processes on this host named `name` (the kernel's comm keeps 15 bytes of it). */
+  async processesNamed(name: string): Promise<number[]> {
+    const found: number[] = [];
+    for (const pid of await this.processes()) {
+      const [comm, state] = await Promise.all([readFile(`/proc/${pid}/comm`, "utf8").catch(() => ""), procState(pid)]);
+      if (comm.trim() === name.slice(0, 15) && state !== undefined && state !== "Z") found.push(pid);
+    }
+    return found;
+  }
 }
 
 /** nats-server, a controller and K hosts with an agent each, in namespaces of their own. */
@@ -166,8 +230,11 @@ export class Fleet {
   readonly hosts = new Map<string, FleetHost>();
   infra: Box | undefined;
   nats: Daemon | undefined;
-  controller: Daemon | undefined;
+  /** The controller last started at each address index. */
+  readonly controllers: Array<Daemon | undefined> = [];
   private readonly targets: Target[] = [];
+  /** Every nats-server and controller ever started, so teardown stops each one still running. */
+  private readonly infraDaemons: Daemon[] = [];
   /** Every network namespace made, in order of creation, with its `net:[inode]`. */
   private readonly netnsMade = new Map<string, string>();
   /** Every box started; the `pid:[inode]` of each is kept apart so it outlives the box. */
@@ -179,6 +246,7 @@ export class Fleet {
     /** Starts the name of everything this fleet makes: namespaces, links, its temp dir. */
     readonly prefix: string,
     readonly dataDir: string,
+    private readonly options: FleetOptions,
   ) {}
 
   /** Builds the fixtures, then the network, infra and every host; on any failure stops what it started. */
@@ -188,7 +256,9 @@ export class Fleet {
     // Short (link names have 15 bytes), random and of one length (no prefix
     // starts another): parallel runs and leftovers never collide.
     const prefix = `fw${randomBytes(3).toString("hex")}`;
-    const fleet = new Fleet(prefix, await mkdtemp(path.join(os.tmpdir(), `fleetwatch-${prefix}-`)));
+    const controllers = options.controllers ?? 1;
+    if (!Number.isInteger(controllers) || controllers < 1 || controllers > 9) throw new Error(`a fleet has 1 to 9 controller addresses, not ${controllers}`);
+    const fleet = new Fleet(prefix, await mkdtemp(path.join(os.tmpdir(), `fleetwatch-${prefix}-`)), options);
     try {
       await fleet.startInfra();
       await Promise.all(options.hosts.map((host, index) => fleet.startHost(host, index)));
@@ -203,9 +273,24 @@ export class Fleet {
     return `${subnet}.1`;
   }
 
-  /** The controller's address as agents and the CLI (inside the infra namespace) dial it. */
+  /** The first controller's address as agents and the CLI (inside the infra namespace) dial it. */
   get controllerAddress(): string {
-    return `${this.infraAddress}:${controllerPort}`;
+    return this.controllerAddressOf(0);
+  }
+
+  /** Controller i's address. */
+  controllerAddressOf(index: number): string {
+    return `${this.infraAddress}:${controllerPort + index}`;
+  }
+
+  /** Every controller address, comma-separated, as agents and the CLI are given them. */
+  get controllerAddresses(): string {
+    return Array.from({ length: this.options.controllers ?? 1 }, (_, i) => this.controllerAddressOf(i)).join(",");
+  }
+
+  /** The first controller as last started. */
+  get controller(): Daemon | undefined {
+    return this.controllers[0];
   }
 
   get natsUrl(): string {
@@ -243,10 +328,53 @@ export class Fleet {
     await ip("-n", ns, "addr", "add", `${this.infraAddress}/24`, "dev", bridge);
     await ip("-n", ns, "link", "set", bridge, "up");
     this.infra = await this.addBox(ns);
-    this.nats = await this.infra.daemon("nats-server", ["nats-server", "-js", "-a", this.infraAddress, "-p", String(natsPort), "-sd", path.join(this.dataDir, "nats")]);
-    await this.nats.waitForOutput(/Server is ready/, daemonReadyMs);
-    this.controller = await this.infra.daemon("controller", [process.execPath, cliPath, "controller", "--listen", this.controllerAddress, "--nats", this.natsUrl]);
-    await this.controller.waitForOutput(/listening on \S+:\d+/, daemonReadyMs);
+    await this.startNats();
+    await this.startController(0);
+  }
+
+  /** Starts nats-server in the infra namespace on its port, with the fleet's JetStream store. */
+  private async startNats(): Promise<void> {
+    const nats = await this.infraBox().daemon("nats-server", ["nats-server", "-js", "-a", this.infraAddress, "-p", String(natsPort), "-sd", path.join(this.dataDir, "nats")]);
+    this.infraDaemons.push(nats);
+    this.nats = nats;
+    await nats.waitForOutput(/Server is ready/, daemonReadyMs);
+  }
+
+  /**
+   * Stops nats-server (SIGTERM: a clean shutdown; SIGKILL: a crash) and
+   * starts it again on the same port with the same JetStream store.
+   */
+  async restartNats(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    await this.nats?.stop(signal, stopGraceMs);
+    await this.startNats();
+  }
+
+  private infraBox(): Box {
+    if (!this.infra) throw new Error(`fleet ${this.prefix}: no infra namespace`);
+    return this.infra;
+  }
+
+  /**
+   * Starts controller `index` (0 is the one the fleet starts with) on its
+   * address, with the fleet's leases, and waits until it listens (it has
+   * decided whether it leads or stands by).
+   */
+  async startController(index = 0): Promise<Daemon> {
+    if (index >= (this.options.controllers ?? 1)) throw new Error(`fleet ${this.prefix} has ${this.options.controllers ?? 1} controller address(es); no controller ${index}`);
+    if (this.controllers[index]?.running) throw new Error(`controller ${index} is still running`);
+    const argv = [process.execPath, cliPath, "controller", "--listen", this.controllerAddressOf(index), "--nats", this.natsUrl];
+    if (this.options.leaseMs !== undefined) argv.push("--lease", `${this.options.leaseMs}ms`);
+    if (this.options.electionLeaseMs !== undefined) argv.push("--election-lease", `${this.options.electionLeaseMs}ms`);
+    const controller = await this.infraBox().daemon(index === 0 ? "controller" : `controller ${index}`, argv);
+    this.infraDaemons.push(controller);
+    this.controllers[index] = controller;
+    await controller.waitForOutput(/listening on \S+:\d+/, daemonReadyMs);
+    return controller;
+  }
+
+  /** Sends controller `index` a signal and waits for it to exit (SIGKILL after the grace period). */
+  async killController(index = 0, signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
+    await this.controllers[index]?.stop(signal, stopGraceMs);
   }
 
   private async startHost(options: FleetHostOptions, index: number): Promise<void> {
@@ -260,12 +388,12 @@ export class Fleet {
     await ip("-n", ns, "link", "set", "eth0", "up");
     const box = await this.addBox(ns);
     const labels = options.labels ?? [];
-    const argv = [process.execPath, cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", options.id, "--helper", helperPath];
+    const argv = [process.execPath, cliPath, "agent", "--controller", this.controllerAddresses, "--nats", this.natsUrl, "--host-id", options.id, "--helper", helperPath];
     for (const label of labels) argv.push("--label", label);
+    const host = new FleetHost(options.id, labels, address, box, argv, { netns: this.infraNetns, name: port }, this.targets);
+    this.hosts.set(options.id, host);
     // Registered (not just pending) before the host counts: the agent prints this once the controller accepted it.
-    const agent = await box.daemon(`agent ${options.id}`, argv);
-    this.hosts.set(options.id, new FleetHost(options.id, labels, address, box, agent, this.targets));
-    await agent.waitForOutput(/registered with controller/, daemonReadyMs);
+    await host.startAgent();
   }
 
   /** Runs `fleetwatch ARGS` in the infra namespace against this fleet and collects its output. */
@@ -273,7 +401,7 @@ export class Fleet {
     // `ip netns exec` execs the CLI itself, so a timeout's SIGKILL reaches it.
     const child = spawn("ip", ["netns", "exec", this.infraNetns, process.execPath, cliPath, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddress, FLEETWATCH_NATS: this.natsUrl },
+      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddresses, FLEETWATCH_NATS: this.natsUrl },
     });
     return collectCli(child, args, options.timeoutMs);
   }
@@ -304,10 +432,12 @@ export class Fleet {
       }
     });
     // Agents first: they disarm and detach every target before anything else goes.
-    await attempt(() => Promise.all([...this.hosts.values()].map((h) => h.agent.stop("SIGTERM", stopGraceMs))));
+    await attempt(() => Promise.all([...this.hosts.values()].filter((h) => h.hasAgent).map((h) => h.agent.stop("SIGTERM", stopGraceMs))));
     await attempt(() => Promise.all(this.targets.map((t) => stopTarget(t))));
-    await attempt(async () => this.controller?.stop("SIGTERM", stopGraceMs));
-    await attempt(async () => this.nats?.stop("SIGTERM", stopGraceMs));
+    // Controllers (any still running, standbys too) before the nats-server they use.
+    const [natsDaemons, controllers] = [this.infraDaemons.filter((d) => d.name === "nats-server"), this.infraDaemons.filter((d) => d.name !== "nats-server")];
+    await attempt(() => Promise.all(controllers.map((d) => d.stop("SIGTERM", stopGraceMs))));
+    await attempt(() => Promise.all(natsDaemons.map((d) => d.stop("SIGTERM", stopGraceMs))));
     // Hosts first, infra last; a box ends whatever is still inside it (e.g. after a start that failed midway).
     await attempt(() => Promise.all(this.boxes.filter((b) => b !== this.infra).map((b) => b.stop())));
     await attempt(async () => this.infra?.stop());
