@@ -121,6 +121,16 @@ async function writeAll<T>(call: grpc.ServerWritableStream<unknown, T> | grpc.Se
 }
 
 /**
+ * Ends a server stream with an error status. grpc-js sends the status from
+ * the stream's end, which destroy() skips: the client would never hear it
+ * (a standby's UNAVAILABLE kept an agent's session waiting until it gave up).
+ * An "error" event records the status and ends the stream.
+ */
+function failStream(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, err: grpc.ServiceError): void {
+  call.emit("error", err);
+}
+
+/**
  * Adds a service to a grpc-js server. `statusFor` is the one table that turns
  * the owner's errors into gRPC statuses; unknown errors become INTERNAL
  * without their text.
@@ -159,7 +169,7 @@ export function addService<S extends DescService>(server: grpc.Server, service: 
           const { ctx, done } = contextOf(call);
           writeAll(call, handler(call.request, ctx) as AsyncIterable<unknown>, ctx.signal).then(
             () => call.end(),
-            (err: unknown) => call.destroy(fail(err)),
+            (err: unknown) => failStream(call, fail(err)),
           ).finally(done);
         };
         break;
@@ -168,7 +178,7 @@ export function addService<S extends DescService>(server: grpc.Server, service: 
           const { ctx, done } = contextOf(call);
           writeAll(call, handler(call as AsyncIterable<unknown>, ctx) as AsyncIterable<unknown>, ctx.signal).then(
             () => call.end(),
-            (err: unknown) => call.destroy(fail(err)),
+            (err: unknown) => failStream(call, fail(err)),
           ).finally(done);
         };
         break;
