@@ -82,8 +82,11 @@ export class SessionClient {
       if (this.outbound || this.stopping.signal.aborted) return;
       const reason = `no session with a controller (${this.options.controllers.join(", ")}) for ${this.leaseMs} ms (the lease): disarmed by the agent until the controller re-arms it`;
       this.options.log(`agent ${this.options.info.hostId}: ${reason}`);
-      // A registration already on its way lists the watches as armed: start over with the truth.
+      // A registration already on its way lists the watches as armed: start over with the truth,
+      // at once (the watches are disarmed within milliseconds; their hits may take long to settle
+      // when NATS is out of reach too) and again once they have.
       void this.core.suspendAll(reason, this.leaseMs).finally(() => this.attempt?.abort());
+      this.attempt?.abort();
     }, this.leaseMs);
   }
 
@@ -102,19 +105,33 @@ export class SessionClient {
       const controller = controllers[attempt % controllers.length]!;
       const client = createClient(AgentService, controller);
       const outbound = new AsyncQueue<SessionRequest>();
-      // Ends this session (not the agent) when the controller falls silent.
+      // Ends this session (not the agent) when the controller falls silent, and with the agent.
+      // (Not AbortSignal.any: a composite signal nothing else references may be collected with
+      // its listeners, and then an abort never reaches the call.)
       const silent = new AbortController();
+      const endWithAgent = () => silent.abort();
+      signal.addEventListener("abort", endWithAgent, { once: true });
       this.attempt = silent;
       let heartbeat: NodeJS.Timeout | undefined;
       let lastHeardMs = Date.now();
       try {
-        outbound.push(create(SessionRequestSchema, { msg: { case: "register", value: { info: this.options.info, armed: this.core.armed() } } }));
-        for await (const message of client.session(outbound, { signal: AbortSignal.any([signal, silent.signal]) })) {
+        const listed = this.core.armed();
+        outbound.push(create(SessionRequestSchema, { msg: { case: "register", value: { info: this.options.info, armed: listed } } }));
+        for await (const message of client.session(outbound, { signal: silent.signal })) {
           lastHeardMs = Date.now();
           switch (message.msg.case) {
             case "registered": {
               if (!this.epochs.accept(message.msg.value.epoch)) {
                 this.options.log(`agent ${this.options.info.hostId}: ${controller} leads with epoch ${message.msg.value.epoch}, older than ${this.epochs.highest}: a deposed leader; moving on`);
+                silent.abort();
+                break;
+              }
+              // A watch this registration listed as armed was disarmed since (the lease lapsed while
+              // the connection was being made): the controller would believe it armed. Start over.
+              const armedNow = new Set(this.core.armed().map((a) => `${a.jobId}/${a.pid}`));
+              const gone = listed.filter((a) => !armedNow.has(`${a.jobId}/${a.pid}`));
+              if (gone.length > 0) {
+                this.options.log(`agent ${this.options.info.hostId}: ${gone.length} target(s) listed as armed when registering were disarmed since; registering again`);
                 silent.abort();
                 break;
               }
@@ -181,6 +198,7 @@ export class SessionClient {
       } catch (err) {
         if (!signal.aborted) this.options.log(`agent ${this.options.info.hostId}: session with ${controller} failed: ${err instanceof Error ? err.message : String(err)}`);
       } finally {
+        signal.removeEventListener("abort", endWithAgent);
         clearInterval(heartbeat);
         if (this.outbound === outbound) {
           this.outbound = undefined;
