@@ -55,6 +55,10 @@ interface Watch {
   readonly counts: HitCounts;
   /** Counters of earlier watches of the same job and pid (before a lapse), which this one adds to. */
   readonly base: HitCounts;
+  /** The earlier watch of the same job and pid, whose hits may still be settling (they count here too). */
+  previous: Watch | undefined;
+  /** The watch that took over from this one after a re-arm. */
+  next: Watch | undefined;
   /** Hit records received from the helper. */
   received: bigint;
   /** Hit records the helper emitted in all, known once the group is disarmed. */
@@ -293,7 +297,8 @@ export class AgentCore {
       const existing = this.byKey.get(key(request.jobId, request.pid));
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
       // Armed again after a lapse: counters and hit sequence go on from the earlier watch.
-      const carried = existing ? clone(HitCountsSchema, existing.counts) : create(HitCountsSchema);
+      // The same counters object: hits of the earlier watch still being published land in it.
+      const carried = existing ? existing.counts : create(HitCountsSchema);
       if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
       const chunks: HelperChunk[] = request.slots.map((s) => {
         const mode = helperModes[s.chunk?.mode ?? WatchMode.UNSPECIFIED];
@@ -309,6 +314,8 @@ export class AgentCore {
         watchIndexByDr: new Map(request.slots.map((s) => [s.dr, s.chunk?.watchIndex ?? 0])),
         counts: carried,
         base: clone(HitCountsSchema, carried),
+        previous: existing,
+        next: undefined,
         received: 0n,
         expected: undefined,
         pending: 0,
@@ -340,6 +347,7 @@ export class AgentCore {
         throw err;
       }
       this.byKey.set(key(request.jobId, request.pid), watch);
+      if (existing) existing.next = watch;
       this.noteReserved(request.pid, result.reservedMask);
       watch.threadsTotal = result.threadsTotal;
       watch.threadsArmed = result.threadsArmed;
@@ -456,7 +464,10 @@ export class AgentCore {
   }
 
   private isSettled(watch: Watch): boolean {
-    return watch.pending === 0 && watch.expected !== undefined && watch.received >= watch.expected;
+    // An earlier watch's hits still being published are this one's too: its counts are final only after them.
+    if (watch.pending !== 0 || watch.expected === undefined || watch.received < watch.expected) return false;
+    for (let p = watch.previous; p; p = p.previous) if (p.pending !== 0) return false;
+    return true;
   }
 
   private wakeIfSettled(watch: Watch): void {
@@ -656,6 +667,7 @@ export class AgentCore {
       else watch.counts.dropped += n;
       watch.pending -= hits.length;
       this.wakeIfSettled(watch);
+      for (let n = watch.next; n; n = n.next) this.wakeIfSettled(n);
     });
   }
 }
