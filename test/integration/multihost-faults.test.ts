@@ -266,12 +266,12 @@ describe("multihost faults", () => {
     await finish(job.id, targets);
   });
 
-  // Skipped: a product bug this scenario found and that is not fixed yet. In
-  // about half the runs the healed agent registers listing the target it
-  // disarmed on its own during the partition as still armed; the controller
-  // then records "agent reconnected; the target stayed armed" and the job
-  // says ARMED while the target's TracerPid is 0 (nothing watches it, and
-  // nothing re-arms it). The other runs pass every check below.
+  // Skipped: in about 3 runs of 8 the cancel's final counts of the healed
+  // host's target miss a few hits (trapped exceeds delivered + dropped by
+  // up to 10): hits the agent published while the host was cut off and its
+  // target disarmed on its own, then armed again, are not all in them yet.
+  // Everything else here passes every time, including the status (a
+  // registration that listed a target disarmed meanwhile is redone).
   test.skip("a host partitioned for longer than the lease, then healed: lost, disarmed by its own agent, then re-armed once, by one helper, one holder per register, counts adding up", async (context) => {
     const targets = await startDemoCounters(context);
     const job = await submitDemoJob(context);
