@@ -9,6 +9,37 @@ export class BenchInterruptedError extends Error {
   override readonly name = "BenchInterruptedError";
 }
 
+/**
+ * The bench's command line: `{ options }`, or the exit code once usage was
+ * printed (2 after a bad option, with why; 0 for --help, when `parse` gives
+ * undefined).
+ */
+export function parseCommandLine<T>(parse: (argv: string[]) => T | undefined, usage: string, errorText: (err: unknown) => string): { options: T } | { code: number } {
+  let options: T | undefined;
+  try {
+    options = parse(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`${errorText(err)}\n${usage}\n`);
+    return { code: 2 };
+  }
+  if (!options) {
+    process.stdout.write(`${usage}\n`);
+    return { code: 0 };
+  }
+  return { options };
+}
+
+/** Aborted with BenchInterruptedError at SIGINT, SIGTERM or SIGHUP, saying so as `name`. */
+export function abortOnSignals(name: string): AbortController {
+  const interrupt = new AbortController();
+  const onSignal = (sig: NodeJS.Signals): void => {
+    process.stderr.write(`\n${name}: ${sig}: stopping everything it started\n`);
+    interrupt.abort(new BenchInterruptedError(sig));
+  };
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, onSignal);
+  return interrupt;
+}
+
 /** A wait passed its deadline. */
 export class BenchTimeoutError extends Error {
   override readonly name = "BenchTimeoutError";

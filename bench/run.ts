@@ -10,7 +10,7 @@ import { Cluster } from "../test/support/cluster.js";
 import { helperPath } from "../test/support/paths.js";
 import { buildBenchPrograms } from "./build.js";
 import { measureBare, measureFull, measureGdb, measureHelper, measureRateLimited, type CaseContext, type Measurement } from "./cases.js";
-import { BenchInterruptedError, liveProcessNames, stopAllProcesses } from "./processes.js";
+import { BenchInterruptedError, abortOnSignals, liveProcessNames, parseCommandLine, stopAllProcesses } from "./processes.js";
 import { renderThreads, type CaseKey, type CaseResult, type ThreadsResult } from "./report.js";
 
 const execFileAsync = promisify(execFile);
@@ -206,24 +206,11 @@ async function measureLongEnough(v: Variant, result: CaseResult, seconds: number
 }
 
 async function main(): Promise<number> {
-  let options: BenchOptions | undefined;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`${errorText(err)}\n${USAGE}\n`);
-    return 2;
-  }
-  if (!options) {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
+  const commandLine = parseCommandLine(parseOptions, USAGE, errorText);
+  if ("code" in commandLine) return commandLine.code;
+  const { options } = commandLine;
 
-  const interrupt = new AbortController();
-  const onSignal = (sig: NodeJS.Signals): void => {
-    process.stderr.write(`\nbench: ${sig}: stopping everything it started\n`);
-    interrupt.abort(new BenchInterruptedError(sig));
-  };
-  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, onSignal);
+  const interrupt = abortOnSignals("bench");
 
   let cluster: Cluster | undefined;
   const results: ThreadsResult[] = [];

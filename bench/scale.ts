@@ -8,7 +8,7 @@ import os from "node:os";
 import { parseArgs } from "node:util";
 import { performance } from "node:perf_hooks";
 import { RpcError, TargetState, type Job } from "../proto/index.js";
-import { BenchInterruptedError, BenchTimeoutError, liveProcessNames, stopAllProcesses, until } from "./processes.js";
+import { BenchInterruptedError, BenchTimeoutError, abortOnSignals, liveProcessNames, parseCommandLine, stopAllProcesses, until } from "./processes.js";
 import { measurePlacementCore } from "./scale-placement-core.js";
 import { describeFleetJobMode, fleetJobModes, fleetJobSpecs, singleTargetSpec, singleTargetsPerProcess, type FleetJobMode, type JobSpecInit } from "./scale-jobs.js";
 import { renderReport, type FleetModeResult, type FleetRound, type PlacementRunResult, type QueueRunResult, type ScaleReport, type StatsSnapshot } from "./scale-report.js";
@@ -348,26 +348,13 @@ async function versionOf(command: string): Promise<string> {
 }
 
 async function main(): Promise<number> {
-  let options: ScaleOptions | undefined;
-  try {
-    options = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`${errorText(err)}\n${USAGE}\n`);
-    return 2;
-  }
-  if (!options) {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
+  const commandLine = parseCommandLine(parseOptions, USAGE, errorText);
+  if ("code" in commandLine) return commandLine.code;
+  const { options } = commandLine;
   const channels = Math.ceil(options.agents / options.agentsPerChannel);
   await checkFileLimit(channels + 512);
 
-  const interrupt = new AbortController();
-  const onSignal = (sig: NodeJS.Signals): void => {
-    process.stderr.write(`\nbench:scale: ${sig}: stopping everything it started\n`);
-    interrupt.abort(new BenchInterruptedError(sig));
-  };
-  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, onSignal);
+  const interrupt = abortOnSignals("bench:scale");
   const signal = interrupt.signal;
   // Every wait of every connecting agent listens on it.
   setMaxListeners(0, signal);
