@@ -7,6 +7,7 @@ import {
   HitEventSchema,
   JobSchema,
   formatCondition,
+  formatDuration,
   hex,
   jobStateName,
   modeName,
@@ -55,21 +56,8 @@ export function parseDuration(text: string, option = "duration"): number {
   return total;
 }
 
-/** `500ms`, `30s`, `10m`, `1h30m`, `1.5s`: the shortest exact spelling. */
-export function formatDuration(ms: number | bigint): string {
-  let left = Number(ms);
-  if (left === 0) return "0s";
-  if (left < 1_000) return `${left}ms`;
-  if (left < 60_000 && left % 1_000 !== 0) return `${left / 1_000}s`;
-  const parts: string[] = [];
-  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1_000]] as const) {
-    const count = Math.floor(left / size);
-    if (count > 0) parts.push(`${count}${unit}`);
-    left -= count * size;
-  }
-  if (left > 0) parts.push(`${left}ms`);
-  return parts.join("");
-}
+// formatDuration lives with the spec rules: the controller's messages spell durations the same way.
+export { formatDuration };
 
 /** An instant as ISO 8601 UTC with milliseconds; `-` for 0 (not set). */
 export function formatTime(unixMs: number | bigint): string {

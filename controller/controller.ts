@@ -25,6 +25,8 @@ import {
   isSubjectToken,
   parseSymbol,
   parsePlacement,
+  formatDuration,
+  sameChunk,
   slotsPerThread,
   targetStateName,
   type Agent,
@@ -160,23 +162,11 @@ function neverFits(decision: PlacementDecision): boolean {
   return c !== undefined && c.tooMany > 0 && c.full + c.foreign + c.traced === 0 && decision.placed.length + decision.kept.length === 0;
 }
 
-function sameChunk(a: Chunk, b: Chunk): boolean {
-  return a.address === b.address && a.length === b.length && a.mode === b.mode;
-}
-
 /** Chunks with repeats (same address, length, mode) left out. */
 function distinctChunks(chunks: readonly Chunk[]): Chunk[] {
   const out: Chunk[] = [];
   for (const c of chunks) if (!out.some((o) => sameChunk(o, c))) out.push(c);
   return out;
-}
-
-/** `90s`, `5m`, `1500ms`, for messages. */
-function formatDuration(ms: bigint): string {
-  const n = Number(ms);
-  if (n % 60_000 === 0 && n > 0) return `${n / 60_000}m`;
-  if (n % 1_000 === 0 && n > 0) return `${n / 1_000}s`;
-  return `${n}ms`;
 }
 
 /** Jobs, sessions and the ledger of one controller. */

@@ -1,7 +1,7 @@
 // The scheduler's pure core: given a job and a snapshot of its candidate
 // targets, decide which debug registers it gets where, whom it preempts, and
 // why it waits. No I/O and no clock: the same input always gives the same decision.
-import { slotsPerThread, type Chunk } from "../proto/index.js";
+import { sameChunk, slotsPerThread, type Chunk } from "../proto/index.js";
 import { InvalidRequestError } from "./errors.js";
 import type {
   Assignment,
@@ -29,11 +29,6 @@ type Fit =
 
 const allRegisters = (1 << slotsPerThread) - 1;
 const kept: Fit = { kind: "kept" };
-
-/** Registers share only an identical address, length and mode (gdb's rule); the watch index is the job's own business. */
-function sameChunk(a: Chunk, b: Chunk): boolean {
-  return a.address === b.address && a.length === b.length && a.mode === b.mode;
-}
 
 function bitCount(mask: number): number {
   let n = 0;

@@ -5,7 +5,7 @@
 // core (placement.ts) for decisions on its snapshots, and changes it only
 // together with the stored jobs.
 import { create } from "@bufbuild/protobuf";
-import { SlotAssignmentSchema, formatChunk, slotsPerThread, type Chunk, type SlotAssignment } from "../proto/index.js";
+import { SlotAssignmentSchema, formatChunk, sameChunk, slotsPerThread, type Chunk, type SlotAssignment } from "../proto/index.js";
 import { SlotsExhaustedError } from "./errors.js";
 import { applyPlacement, releaseJob } from "./placement.js";
 import type { HeldSlot, PlacementJob, TargetPlacement, TargetSnapshot } from "./placement-types.js";
@@ -176,10 +176,6 @@ export class SlotLedger {
     });
     return { text: used.join("; "), holders: [...holders] };
   }
-}
-
-function sameChunk(a: Chunk, b: Chunk): boolean {
-  return a.address === b.address && a.length === b.length && a.mode === b.mode;
 }
 
 /** One SlotAssignment per register: a chunk repeated within a job shares its first copy's register. */

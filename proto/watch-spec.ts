@@ -147,6 +147,27 @@ export function splitRange(address: bigint, length: number, mode: WatchMode, wat
   return chunks;
 }
 
+/** `500ms`, `30s`, `10m`, `1h30m`, `1.5s`: the shortest exact spelling. */
+export function formatDuration(ms: number | bigint): string {
+  let left = Number(ms);
+  if (left === 0) return "0s";
+  if (left < 1_000) return `${left}ms`;
+  if (left < 60_000 && left % 1_000 !== 0) return `${left / 1_000}s`;
+  const parts: string[] = [];
+  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1_000]] as const) {
+    const count = Math.floor(left / size);
+    if (count > 0) parts.push(`${count}${unit}`);
+    left -= count * size;
+  }
+  if (left > 0) parts.push(`${left}ms`);
+  return parts.join("");
+}
+
+/** Registers share only an identical address, length and mode (gdb's rule); the watch index is a job's own business. */
+export function sameChunk(a: Chunk, b: Chunk): boolean {
+  return a.address === b.address && a.length === b.length && a.mode === b.mode;
+}
+
 /** `0x55d0a8/8 w #0` for messages and tables. */
 export function formatChunk(chunk: Chunk): string {
   return `${hex(chunk.address)}/${chunk.length} ${modeName(chunk.mode)} #${chunk.watchIndex}`;
