@@ -225,7 +225,7 @@ export class AgentCore {
       clearTimeout(watch.deadlineTimer);
       watch.expected = watch.received;
       watch.counts.trapped = watch.base.trapped + watch.received;
-      void this.flush(watch);
+      this.flush(watch);
       this.wakeIfSettled(watch);
       void this.settled(watch).then(() => this.report(watch, TargetState.FAILED, reason));
     }
@@ -456,7 +456,7 @@ export class AgentCore {
     watch.ended = true;
     clearTimeout(watch.deadlineTimer);
     watch.expected = counts.delivered;
-    if (this.isLastHit(watch)) void this.flush(watch);
+    if (this.isLastHit(watch)) this.flush(watch);
     watch.counts.trapped = watch.base.trapped + counts.trapped;
     watch.counts.suppressed = watch.base.suppressed + counts.suppressed;
     watch.counts.filtered = watch.base.filtered + counts.filtered;
@@ -555,7 +555,7 @@ export class AgentCore {
   private async onHelperEvent(event: HelperEvent): Promise<void> {
     switch (event.kind) {
       case "hits":
-        for (const hit of event.hits) await this.onHit(hit);
+        for (const hit of event.hits) this.onHit(hit);
         return;
       case "group-done": {
         const watch = this.byGroup.get(event.group);
@@ -615,7 +615,7 @@ export class AgentCore {
     }
   }
 
-  private async onHit(hit: HelperHit): Promise<void> {
+  private onHit(hit: HelperHit): void {
     const watch = this.byGroup.get(hit.group);
     if (!watch) {
       this.log(`agent ${this.hostId}: hit for unknown group ${hit.group} (pid ${hit.pid}) ignored`);
@@ -645,8 +645,8 @@ export class AgentCore {
     watch.pending++;
     watch.batch.push(event);
     // The last hit of an ended watch goes out at once: its final report waits for it.
-    if (watch.batch.length >= this.maxBatchHits || this.isLastHit(watch)) await this.flush(watch);
-    else watch.flushTimer ??= setTimeout(() => void this.flush(watch), this.batchDelayMs);
+    if (watch.batch.length >= this.maxBatchHits || this.isLastHit(watch)) this.flush(watch);
+    else watch.flushTimer ??= setTimeout(() => this.flush(watch), this.batchDelayMs);
   }
 
   private isLastHit(watch: Watch): boolean {
@@ -654,7 +654,7 @@ export class AgentCore {
   }
 
   /** Publishes the watch's buffered hits as one HitBatch; each hit ends delivered or dropped. */
-  private async flush(watch: Watch): Promise<void> {
+  private flush(watch: Watch): void {
     clearTimeout(watch.flushTimer);
     watch.flushTimer = undefined;
     const hits = watch.batch;

@@ -40,7 +40,6 @@ export class HitPublisher {
   /** After a failed publish, sending pauses (doubling up to maxPauseMs) rather than hammer a server that is away. */
   private pauseMs = 0;
   private pauseTimer: NodeJS.Timeout | undefined;
-  private closed = false;
   /** Message ids are this agent's own: a restarted agent's sequences start again at 1. */
   private readonly nonce = randomBytes(6).toString("hex");
   private readonly maxInFlight: number;
@@ -72,22 +71,8 @@ export class HitPublisher {
     this.pump();
   }
 
-  /** Batches not settled yet (waiting, or sent and unacknowledged). */
-  get pending(): number {
-    return this.queue.length + this.inFlight;
-  }
-
-  /** Stops resending: every batch not yet acknowledged settles as dropped once its publish ends. */
-  close(): void {
-    clearTimeout(this.pauseTimer);
-    this.pauseTimer = undefined;
-    for (const item of this.queue.splice(0)) item.settle(false);
-    this.queuedBytes = 0;
-    this.closed = true;
-  }
-
   private pump(): void {
-    while (!this.closed && this.pauseTimer === undefined && this.inFlight < this.maxInFlight && this.queue.length > 0) this.send(this.queue.shift()!);
+    while (this.pauseTimer === undefined && this.inFlight < this.maxInFlight && this.queue.length > 0) this.send(this.queue.shift()!);
   }
 
   private send(item: Item): void {
@@ -110,7 +95,7 @@ export class HitPublisher {
       },
       () => {
         this.inFlight--;
-        if (!this.closed && Date.now() - item.firstTryMs < this.retryForMs) {
+        if (Date.now() - item.firstTryMs < this.retryForMs) {
           this.queue.unshift(item);
           this.pause();
         } else {
