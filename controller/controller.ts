@@ -281,15 +281,14 @@ export class Controller {
       const waits = spec.queueTimeoutMs > 0n && !neverFits(decision);
       if (decision.outcome === "pending" && !waits) throw this.refusal(draft, decision);
       markPlaced(draft, decision);
+      // A sample that got its targets, or may not wait for more, leaves out the candidates it did not take.
+      const dropUnplaced = mode.kind === "sample" && (decision.outcome === "placed" || !waits);
+      if (dropUnplaced) draft.targets = draft.targets.filter((t) => t.state !== TargetState.PENDING);
       for (const t of draft.targets) {
         if (t.state !== TargetState.PENDING) continue;
-        if (mode.kind === "sample" && (decision.outcome === "placed" || !waits)) t.state = TargetState.UNSPECIFIED; // not in the sample
-        else if (!waits) {
-          t.state = TargetState.FAILED;
-          t.reason = this.whyNot(draft, t);
-        } else t.reason = this.whyNot(draft, t);
+        t.reason = this.whyNot(draft, t);
+        if (!waits) t.state = TargetState.FAILED;
       }
-      draft.targets = draft.targets.filter((t) => t.state !== TargetState.UNSPECIFIED);
       rollUp(draft);
       if (decision.shortfall && draft.state === JobState.PENDING && waits) draft.reason = `queued: ${decision.shortfall.reason}`;
       try {
