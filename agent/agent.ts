@@ -167,8 +167,8 @@ export class AgentCore {
   onReport: (report: TargetReport) => void = () => {};
   /** Receives processes that started matching a followed job. */
   onAppeared: (appeared: ProcessAppeared) => void = () => {};
-  /** A watch was disarmed at the end of its job's lost-after (no session all that time). */
-  onGraceSuspended: () => void = () => {};
+  /** The agent disarmed watches on its own (no session for the lease or a job's lost-after). */
+  onSuspended: () => void = () => {};
   /** Jobs whose selectors this host watches for late joiners. */
   private readonly follows = new Map<string, AbortController>();
   /**
@@ -378,25 +378,32 @@ export class AgentCore {
    * `silentForMs` (the lease). A watch whose job allows a longer silence
    * (lost-after) stays armed, publishing its hits, until that time has
    * passed too or a session is back (sessionRestored). Not a final state:
-   * the counts are reported, and when the controller arms the same job and
-   * pid again the counters and hit sequence continue from here.
+   * the counts are reported once the watch's hits are settled, and when the
+   * controller arms the same job and pid again the counters and hit
+   * sequence continue from here. Resolves once the registers are cleared,
+   * without waiting for hits still on their way to NATS (which may be out
+   * of reach too): no watch stays armed behind another one's hits.
    */
   async suspendAll(reason: string, silentForMs = 0): Promise<void> {
+    const now: Watch[] = [];
     for (const watch of [...this.byKey.values()]) {
       if (watch.ended) continue;
       const graceMs = watch.lostAfterMs - silentForMs;
-      if (graceMs > 0) {
-        const timer = setTimeout(() => {
-          this.graceTimers.delete(timer);
-          const why = `no session with a controller for ${watch.lostAfterMs} ms (the job's lost-after): disarmed by the agent until the controller re-arms it`;
-          this.log(`agent ${this.hostId}: job ${watch.jobId} on pid ${watch.pid}: ${why}`);
-          void this.suspend(watch, why).finally(() => this.onGraceSuspended());
-        }, graceMs);
-        this.graceTimers.add(timer);
+      if (graceMs <= 0) {
+        now.push(watch);
         continue;
       }
-      await this.suspend(watch, reason);
+      const timer = setTimeout(() => {
+        this.graceTimers.delete(timer);
+        const why = `no session with a controller for ${watch.lostAfterMs} ms (the job's lost-after): disarmed by the agent until the controller re-arms it`;
+        this.log(`agent ${this.hostId}: job ${watch.jobId} on pid ${watch.pid}: ${why}`);
+        void this.suspend(watch, why).finally(() => this.onSuspended());
+      }, graceMs);
+      this.graceTimers.add(timer);
     }
+    if (now.length === 0) return;
+    await Promise.all(now.map((watch) => this.suspend(watch, reason)));
+    this.onSuspended();
   }
 
   /** A session is live again: watches still within their job's lost-after stay armed. */
@@ -405,46 +412,59 @@ export class AgentCore {
     this.graceTimers.clear();
   }
 
+  /** Disarms one watch now; reports it (not final) once its hits are settled. */
   private async suspend(watch: Watch, reason: string): Promise<void> {
     if (watch.ended) return;
     try {
-      await this.stop(watch);
-      watch.status = reason;
-      this.report(watch, TargetState.UNSPECIFIED, reason);
+      await this.disarmInHelper(watch);
     } catch (err) {
       this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
+      return;
     }
+    watch.status = reason;
+    // Armed again meanwhile: the new watch reports the shared counters itself.
+    void this.settled(watch).then(() => watch.next || this.report(watch, TargetState.UNSPECIFIED, reason));
   }
 
-  /** Disarms every watch (agent shutdown), reporting each as cancelled. */
+  /** Disarms every watch (agent shutdown), reporting each as cancelled once its hits are settled. */
   async disarmAll(reason: string): Promise<void> {
     this.sessionRestored();
     for (const jobId of [...this.follows.keys()]) this.unfollow(jobId);
+    // Every register first, then the wait for hits: none stays armed while another's hits settle.
+    const disarmed: Watch[] = [];
     for (const watch of [...this.byKey.values()]) {
       if (watch.ended) continue;
       try {
-        await this.stop(watch);
-        this.report(watch, TargetState.CANCELLED, reason);
+        await this.disarmInHelper(watch);
+        disarmed.push(watch);
       } catch (err) {
         this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
       }
+    }
+    for (const watch of disarmed) {
+      await this.settled(watch);
+      this.report(watch, TargetState.CANCELLED, reason);
     }
   }
 
   /** Disarms one watch in the helper and waits until its hits are settled; counts are then final. */
   private async stop(watch: Watch): Promise<void> {
-    clearTimeout(watch.deadlineTimer);
-    if (!watch.ended) {
-      try {
-        const result = await this.currentHelper().disarm(watch.pid, watch.group);
-        this.noteReserved(watch.pid, result.reservedMask);
-        this.endWatch(watch, result);
-      } catch (err) {
-        // The group may have ended on its own (budget, exit) while the disarm was on its way.
-        if (!watch.ended) throw err;
-      }
-    }
+    await this.disarmInHelper(watch);
     await this.settled(watch);
+  }
+
+  /** Clears the watch's registers in the helper; its hits may still be on their way. */
+  private async disarmInHelper(watch: Watch): Promise<void> {
+    clearTimeout(watch.deadlineTimer);
+    if (watch.ended) return;
+    try {
+      const result = await this.currentHelper().disarm(watch.pid, watch.group);
+      this.noteReserved(watch.pid, result.reservedMask);
+      this.endWatch(watch, result);
+    } catch (err) {
+      // The group may have ended on its own (budget, exit) while the disarm was on its way.
+      if (!watch.ended) throw err;
+    }
   }
 
   /**

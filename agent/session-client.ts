@@ -4,13 +4,17 @@
 // registration, so the controller hears every ending.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
-import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, createClient, type AgentError, type AgentInfo, type SessionRequest, type TargetReport } from "../proto/index.js";
+import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, createClient, type AgentError, type AgentInfo, type ArmedTarget, type SessionRequest, type TargetReport } from "../proto/index.js";
 
 /** The answer to a command from a leader older than one already seen. */
 function staleEpoch(epoch: bigint, highest: bigint | undefined): AgentError {
   return create(AgentErrorSchema, { errnoName: "ESTALE", message: `command from leader epoch ${epoch}, but epoch ${highest} already leads: refused` });
 }
 import type { AgentCore } from "./agent.js";
+
+function armedKey(a: ArmedTarget): string {
+  return `${a.jobId}/${a.pid}`;
+}
 
 export interface SessionClientOptions {
   /** Controller addresses: the leader and its standbys, tried in turn. */
@@ -36,6 +40,8 @@ export class SessionClient {
   private readonly epochs = new EpochGuard();
   /** Aborts the current session attempt. */
   private attempt: AbortController | undefined;
+  /** The watches the current attempt's registration listed as armed. */
+  private listed: ArmedTarget[] = [];
 
   constructor(
     private readonly core: AgentCore,
@@ -49,8 +55,11 @@ export class SessionClient {
     };
     // A late joiner seen while disconnected is found again by the discovery after re-registering.
     core.onAppeared = (appeared) => void this.send({ msg: { case: "processAppeared", value: appeared } });
-    // A registration on its way may list that watch as armed: start over with the truth.
-    core.onGraceSuspended = () => this.attempt?.abort();
+    // A registration on its way may list a watch as armed that is not any more: start over with the truth.
+    core.onSuspended = () => {
+      const armedNow = new Set(core.armed().map(armedKey));
+      if (this.listed.some((a) => !armedNow.has(armedKey(a)))) this.attempt?.abort();
+    };
   }
 
   /** Resolves once the controller has accepted a session. */
@@ -82,10 +91,9 @@ export class SessionClient {
       if (this.outbound || this.stopping.signal.aborted) return;
       const reason = `no session with a controller (${this.options.controllers.join(", ")}) for ${this.leaseMs} ms (the lease): disarmed by the agent until the controller re-arms it`;
       this.options.log(`agent ${this.options.info.hostId}: ${reason}`);
-      // A registration already on its way lists the watches as armed: start over with the truth,
-      // at once (the watches are disarmed within milliseconds; their hits may take long to settle
-      // when NATS is out of reach too) and again once they have.
-      void this.core.suspendAll(reason, this.leaseMs).finally(() => this.attempt?.abort());
+      // A registration already on its way lists the watches as armed: start over with the truth
+      // (and once more if one completes before the registers are cleared: onSuspended).
+      void this.core.suspendAll(reason, this.leaseMs);
       this.attempt?.abort();
     }, this.leaseMs);
   }
@@ -116,6 +124,7 @@ export class SessionClient {
       let lastHeardMs = Date.now();
       try {
         const listed = this.core.armed();
+        this.listed = listed;
         outbound.push(create(SessionRequestSchema, { msg: { case: "register", value: { info: this.options.info, armed: listed } } }));
         for await (const message of client.session(outbound, { signal: silent.signal })) {
           lastHeardMs = Date.now();
@@ -128,8 +137,8 @@ export class SessionClient {
               }
               // A watch this registration listed as armed was disarmed since (the lease lapsed while
               // the connection was being made): the controller would believe it armed. Start over.
-              const armedNow = new Set(this.core.armed().map((a) => `${a.jobId}/${a.pid}`));
-              const gone = listed.filter((a) => !armedNow.has(`${a.jobId}/${a.pid}`));
+              const armedNow = new Set(this.core.armed().map(armedKey));
+              const gone = listed.filter((a) => !armedNow.has(armedKey(a)));
               if (gone.length > 0) {
                 this.options.log(`agent ${this.options.info.hostId}: ${gone.length} target(s) listed as armed when registering were disarmed since; registering again`);
                 silent.abort();

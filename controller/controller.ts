@@ -47,7 +47,7 @@ import {
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
 import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PreconditionError, SlotsExhaustedError } from "./errors.js";
-import { finish, isJobFinal, isTargetActive, isTargetWaiting, rollUp } from "./job-state.js";
+import { finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { place } from "./placement.js";
 import type { Candidate, Eviction, PlacementDecision, PlacementJob, TargetSnapshot } from "./placement-types.js";
@@ -886,26 +886,33 @@ export class Controller {
     const finals = await Promise.all(
       active.map(async (t) => {
         const session = this.sessions.get(t.hostId);
-        if (!session?.isOpen) return { target: t, note: `; agent ${t.hostId} not connected: it disarms when it reconnects` };
+        // Without the agent's answer the counts are the last it reported; they are made final when it reconnects.
+        const later = "; counts as last reported until it reconnects";
+        if (!session?.isOpen) return { target: t, note: `; agent ${t.hostId} not connected: it disarms when it reconnects${later}` };
         try {
           const result = await session.disarm({ jobId: id, pid: t.pid, epoch: this.options.epoch });
           this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
           if (result.error) return { target: t, note: `; disarm failed: ${result.error.message}` };
           return { target: t, counts: result.counts, note: "" };
         } catch (err) {
-          return { target: t, note: `; disarm failed: ${err instanceof Error ? err.message : String(err)}` };
+          return { target: t, note: `; disarm failed: ${err instanceof Error ? err.message : String(err)}${later}` };
         }
       }),
     );
     const ended = await this.store.mutate(id, (j) => {
       if (isJobFinal(j)) return;
       const byKey = targetIndex(j);
+      const live = new Set(j.targets.filter(isTargetLive));
       for (const f of finals) {
         const t = byKey.get(`${f.target.hostId}/${f.target.pid}`)!;
         if (f.counts) t.counts = f.counts;
-        if (isTargetActive(t)) t.reason = reason + f.note;
       }
       finish(j, state, reason);
+      // After finish, which gives every live target the job's reason: what went wrong on the way stays said.
+      for (const f of finals) {
+        const t = byKey.get(`${f.target.hostId}/${f.target.pid}`)!;
+        if (live.has(t)) t.reason += f.note;
+      }
     });
     for (const t of ended.targets) this.ledger.release(t.hostId, t.pid, id);
     this.forgetJobTimers(ended);
@@ -1135,7 +1142,8 @@ export class Controller {
       const t = j.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
       // A preempted target's counters were settled when it was disarmed.
       if (!t || isTargetWaiting(t)) return;
-      if (report.counts) t.counts = report.counts;
+      // An ended target's counts only move forward: a report sent before its final counts must not undo them.
+      if (report.counts && (isTargetActive(t) || !t.counts || notBehind(report.counts, t.counts))) t.counts = report.counts;
       if (report.threadsTotal > 0) {
         t.threadsTotal = report.threadsTotal;
         t.threadsArmed = report.threadsArmed;

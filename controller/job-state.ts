@@ -37,6 +37,11 @@ export function addCounts(items: ReadonlyArray<HitCounts | undefined>): HitCount
   return sum;
 }
 
+/** Whether counters `a` are no older than `b`: the same watch's counters only grow. */
+export function notBehind(a: HitCounts, b: HitCounts): boolean {
+  return a.trapped >= b.trapped && a.delivered >= b.delivered && a.suppressed >= b.suppressed && a.dropped >= b.dropped && a.filtered >= b.filtered;
+}
+
 /** Which targets are not as wanted, for a degraded job's reason: `h1/42 lost, h2/7 preempted` (at most 8 named). */
 function describeTroubled(job: Job): string {
   const troubled = job.targets.filter((t) => t.state === TargetState.LOST || t.state === TargetState.FAILED || isTargetWaiting(t));
