@@ -10,6 +10,7 @@ import {
   HitCountsSchema,
   DiscoverResultSchema,
   DiscoveredProcessSchema,
+  withDeadline,
   HitBatchSchema,
   HitEventSchema,
   ProcessAppearedSchema,
@@ -42,8 +43,12 @@ import {
 import { AgentCommandError, toAgentError } from "./errors.js";
 import type { GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
+import { resumeCounts, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
 import { parseStat, processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
 import { scanProcesses, watchProcesses } from "./process-discovery.js";
+
+// How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
+const storedHitsTimeoutMs = 10_000;
 
 /** One job's watch on one process of this host. */
 interface Watch {
@@ -178,12 +183,15 @@ export class AgentCore {
    * has a watch or a follow here, so a lapse or a late joiner goes on counting.
    */
   private readonly sequences = new Map<string, bigint>();
+  /** Per job: its hits from this host already in the event stream when this agent first armed it. */
+  private readonly stored = new Map<string, Promise<StoredHits>>();
 
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
 
   constructor(
     private readonly publisher: HitPublisher,
+    private readonly readStoredHits: StoredHitsReader,
     private readonly hostId: string,
     private readonly log: (line: string) => void,
     private readonly progressIntervalMs = 1_000,
@@ -276,6 +284,30 @@ export class AgentCore {
     if (this.follows.has(jobId)) return;
     for (const watch of this.byKey.values()) if (watch.jobId === jobId) return;
     this.sequences.delete(jobId);
+    this.stored.delete(jobId);
+  }
+
+  /**
+   * The job's hits from this host already in the event stream, read once
+   * per job before this agent arms any of its targets; the hit sequence goes
+   * on after the last of them.
+   */
+  private storedHits(jobId: string): Promise<StoredHits> {
+    let loading = this.stored.get(jobId);
+    if (!loading) {
+      loading = withDeadline(this.readStoredHits(jobId, this.hostId), storedHitsTimeoutMs, (ms) => new Error(`no answer within ${ms} ms`)).then(
+        (found) => {
+          if (found.lastSequence > (this.sequences.get(jobId) ?? 0n)) this.sequences.set(jobId, found.lastSequence);
+          return found;
+        },
+        (err: unknown) => {
+          this.stored.delete(jobId);
+          throw new AgentCommandError(`cannot read job ${jobId}'s stored hits from NATS (needed to go on counting where they end): ${err instanceof Error ? err.message : String(err)}`, "EAGAIN");
+        },
+      );
+      this.stored.set(jobId, loading);
+    }
+    return loading;
   }
 
   private ownPids(): number[] {
@@ -296,10 +328,12 @@ export class AgentCore {
     try {
       const existing = this.byKey.get(key(request.jobId, request.pid));
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
+      if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
       // Armed again after a lapse: counters and hit sequence go on from the earlier watch.
       // The same counters object: hits of the earlier watch still being published land in it.
-      const carried = existing ? existing.counts : create(HitCountsSchema);
-      if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
+      // Otherwise from what the controller and the event stream know (this agent may have started again).
+      const carried = existing ? existing.counts : resumeCounts(request.counts, (await this.storedHits(request.jobId)).byPid.get(request.pid) ?? 0n);
+      if (this.byKey.get(key(request.jobId, request.pid)) !== existing) throw new AgentCommandError(`job ${request.jobId} was armed on pid ${request.pid} meanwhile`, "EEXIST");
       const chunks: HelperChunk[] = request.slots.map((s) => {
         const mode = helperModes[s.chunk?.mode ?? WatchMode.UNSPECIFIED];
         if (!s.chunk || !mode) throw new AgentCommandError(`DR${s.dr}: chunk without a valid mode`, "EINVAL");

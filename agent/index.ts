@@ -10,6 +10,7 @@ import { AgentCore } from "./agent.js";
 import { HelperProcess } from "./helper-process.js";
 import { HitPublisher } from "./hit-publisher.js";
 import { SessionClient } from "./session-client.js";
+import { storedHitsReader } from "./stored-hits.js";
 import { AgentCommandError } from "./errors.js";
 
 export interface AgentOptions {
@@ -52,7 +53,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     await nc.close();
     throw err;
   }
-  const core = new AgentCore(new HitPublisher(nc.jetstream()), options.hostId, log);
+  const core = new AgentCore(new HitPublisher(nc.jetstream()), storedHitsReader(nc), options.hostId, log);
   const stopping = new AbortController();
   // The helper is supervised: when it dies its watches are reported failed
   // and a new one is started, with a growing pause if it keeps dying.

@@ -3,7 +3,7 @@
 // either stops once caught up or keeps following until aborted.
 import { fromBinary } from "@bufbuild/protobuf";
 import { connect, type ConsumerMessages, type NatsConnection } from "nats";
-import { HitBatchSchema, eventStream, jobEventFilter, type HitBatch, type HitEvent } from "../proto/index.js";
+import { HitBatchSchema, SequenceTracker, eventStream, isStreamNotFound, jobEventFilter, type HitBatch, type HitEvent } from "../proto/index.js";
 import { CliError, EventStreamMissingError, NatsUnreachableError } from "./errors.js";
 
 /** What to read. */
@@ -21,42 +21,12 @@ export interface JobEventsOptions {
 // How long connecting to NATS may take before the CLI says it is unreachable.
 const connectTimeoutMs = 5_000;
 
-/**
- * Remembers which per-host sequences were already seen, so a hit published
- * twice (an agent retrying after a reconnect) is shown and counted once. Keeps
- * a contiguous watermark per host and only the out-of-order rest, so memory
- * stays small when hits arrive in order.
- */
-export class SequenceTracker {
-  readonly #hosts = new Map<string, { upTo: bigint; ahead: Set<bigint> }>();
-
-  /** Records a hit; false when this host's sequence was seen before. Sequence 0 (unset) is always new. */
-  add(hostId: string, sequence: bigint): boolean {
-    if (sequence === 0n) return true;
-    let host = this.#hosts.get(hostId);
-    if (!host) {
-      host = { upTo: 0n, ahead: new Set() };
-      this.#hosts.set(hostId, host);
-    }
-    if (sequence <= host.upTo || host.ahead.has(sequence)) return false;
-    host.ahead.add(sequence);
-    while (host.ahead.delete(host.upTo + 1n)) host.upTo += 1n;
-    return true;
-  }
-}
-
 async function connectNats(url: string): Promise<NatsConnection> {
   try {
     return await connect({ servers: url, name: "fleetwatch-cli", timeout: connectTimeoutMs });
   } catch (err) {
     throw new NatsUnreachableError(url, { cause: err });
   }
-}
-
-function isStreamNotFound(err: unknown): boolean {
-  const e = err as { message?: string; code?: string; api_error?: { err_code?: number } } | null;
-  // 10059 is JetStream's "stream not found"; a server without JetStream answers 503.
-  return e?.api_error?.err_code === 10059 || e?.message === "stream not found" || e?.code === "503";
 }
 
 /**

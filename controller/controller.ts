@@ -100,7 +100,7 @@ function newJobId(): string {
 }
 
 /** What an agent is asked to arm for one target of a job: registers, budget, deadline and the helper-side filters. */
-function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[] }, epoch: bigint) {
+function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[]; counts?: HitCounts | undefined }, epoch: bigint) {
   const spec = job.spec!;
   return {
     jobId: job.id,
@@ -115,6 +115,7 @@ function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[] }, 
     stackDepth: spec.stackDepth ?? defaultStackDepth,
     lostAfterMs: spec.lostAfterMs,
     epoch,
+    ...(target.counts ? { counts: target.counts } : {}),
   };
 }
 

@@ -8,7 +8,7 @@
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
 import { JobSchema, TargetSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type Target } from "../proto/index.js";
-import { withDeadline } from "./deadline.js";
+import { withDeadline } from "../proto/index.js";
 import { openBucket } from "./kv-bucket.js";
 import { NotLeaderError } from "./leader-election.js";
 

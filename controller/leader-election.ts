@@ -3,7 +3,7 @@
 // compare-and-set. The agent's side of fencing, EpochGuard, lives in proto.
 import { performance } from "node:perf_hooks";
 import type { JetStreamClient, KV, KvEntry, QueuedIterator } from "nats";
-import { withDeadline as deadline } from "./deadline.js";
+import { withDeadline as deadline } from "../proto/index.js";
 import { openBucket } from "./kv-bucket.js";
 
 // ---------------------------------------------------------------- options

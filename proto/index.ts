@@ -12,3 +12,5 @@ export * from "./async-queue.js";
 export * from "./states.js";
 export * from "./selector.js";
 export * from "./epoch-guard.js";
+export * from "./sequence-tracker.js";
+export * from "./deadline.js";

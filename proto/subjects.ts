@@ -26,3 +26,15 @@ export function eventSubject(jobId: string, hostId: string): string {
 export function jobEventFilter(jobId: string): string {
   return `fleetwatch.events.${jobId}.>`;
 }
+
+/** JetStream's answer when a stream does not exist (a server without JetStream answers 503). */
+export function isStreamNotFound(err: unknown): boolean {
+  const e = err as { message?: string; code?: string; api_error?: { err_code?: number } } | null;
+  return e?.api_error?.err_code === 10059 || e?.message === "stream not found" || e?.code === "503";
+}
+
+/** JetStream's answer to a direct get that matched no message. */
+export function isNoMessage(err: unknown): boolean {
+  const e = err as { message?: string; code?: string; api_error?: { err_code?: number } } | null;
+  return e?.api_error?.err_code === 10037 || e?.message === "no message found" || e?.code === "404";
+}

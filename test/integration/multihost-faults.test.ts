@@ -97,6 +97,21 @@ describe("multihost faults", () => {
 
   const delivered = (job: Job, hostId: string): bigint => on(job, hostId).counts?.delivered ?? 0n;
 
+  /** Every answer: no target's counters ever went back (an agent that started again goes on from where they were). */
+  const assertCountsNeverGoBack = (history: readonly Seen[]): void => {
+    const highest = new Map<string, bigint>();
+    for (const { job } of history) {
+      for (const t of job.targets) {
+        const c = t.counts!;
+        for (const [name, value] of Object.entries({ trapped: c.trapped, delivered: c.delivered, dropped: c.dropped })) {
+          const k = `${t.hostId}/${t.pid} ${name}`;
+          assert.ok(value >= (highest.get(k) ?? 0n), `${k} went back from ${highest.get(k)} to ${value}`);
+          highest.set(k, value);
+        }
+      }
+    }
+  };
+
   /** A demo-counter (demo_counter += 1 every 200 ms until SIGTERM) on each host, gone when the test ends however it ends. */
   const startDemoCounters = async (context: TestContext): Promise<Map<string, Target>> => {
     const targets = new Map<string, Target>();
@@ -184,13 +199,16 @@ describe("multihost faults", () => {
   const deliveredByHost = (job: Job, hosts: readonly string[] = hostIds): Map<string, bigint> => new Map(hosts.map((h) => [h, delivered(job, h)]));
 
   /**
-   * Cancels the job; then every target is untraced with counts that add up,
+   * Cancels the job; then every target is untraced with counts that add up
+   * and are no lower than at any earlier look,
    * the stream holds each delivered hit once (per host, by sequence), and
    * every demo-counter exits 0 on SIGTERM.
    */
-  const finish = async (id: string, targets: Map<string, Target>): Promise<Job> => {
+  const finish = async (id: string, targets: Map<string, Target>, history: Seen[]): Promise<Job> => {
     const final = fromJson(JobSchema, (await cliJson(["jobs", "cancel", id])) as never);
     assert.equal(final.state, JobState.CANCELLED, final.reason);
+    history.push({ atMs: Date.now(), job: final });
+    assertCountsNeverGoBack(history);
     for (const t of final.targets) {
       const c = t.counts!;
       assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered, `${t.hostId}/${t.pid} (${t.reason}): trapped = delivered + suppressed + dropped + filtered`);
@@ -246,6 +264,9 @@ describe("multihost faults", () => {
       const back = await poll(job.id, history, "db-1's target armed again", (j) => on(j, "db-1").state === TargetState.ARMED && j.state === JobState.ARMED);
       const armedAtMs = Date.now();
       assert.match(on(back, "db-1").reason, /^(re-armed after the agent reconnected|armed)$/);
+      // The new agent's first report goes on from the counts before the crash (checked with the whole history below).
+      const countsAtLoss = on(lost, "db-1").counts!;
+      await poll(job.id, history, "a report from db-1's new agent", (j) => on(j, "db-1").counts!.trapped !== countsAtLoss.trapped);
       await assertTracedByOwnHelper(targets);
       // Hits from db-1 again, from its new agent.
       const hitsAfter = await waitFor("hits from db-1's target after the restart", async () => {
@@ -256,6 +277,7 @@ describe("multihost faults", () => {
       assert.deepEqual(path(history, "db-1"), ["ARMED", "LOST", "ARMED"]);
       for (const id of others) assert.deepEqual(path(history, id), ["ARMED"], `${id} stayed armed throughout`);
       assertRollUp(history);
+      assertCountsNeverGoBack(history);
       figures.push(`agent SIGKILL: fault -> lost ${seconds(lostAtMs - killedAtMs)}; agent restart -> armed ${seconds(armedAtMs - restartedAtMs)}`);
     } finally {
       const tracers = await othersTracers.stop();
@@ -263,7 +285,7 @@ describe("multihost faults", () => {
       for (const id of others) assert.equal(tracers.get(id)!.size, 1, `${id} had one tracer throughout`);
       if (!victim.agent.running) await victim.startAgent();
     }
-    await finish(job.id, targets);
+    await finish(job.id, targets, history);
   });
 
   test("a host partitioned for longer than the lease, then healed: lost, disarmed by its own agent, then re-armed once, by one helper, one holder per register, counts adding up", async (context) => {
@@ -319,11 +341,12 @@ describe("multihost faults", () => {
       assert.deepEqual(path(history, "db-2"), ["ARMED", "LOST", "ARMED"]);
       for (const id of others) assert.deepEqual(path(history, id), ["ARMED"], `${id} stayed armed throughout`);
       assertRollUp(history);
+      assertCountsNeverGoBack(history);
       figures.push(`partition: fault -> lost ${seconds(lostAtMs - cutAtMs)}; heal -> armed ${seconds(armedAtMs - healedAtMs)}`);
     } finally {
       if (!healed) await victim.setLink("up");
     }
-    await finish(job.id, targets);
+    await finish(job.id, targets, history);
   });
 
   test("the controller SIGKILLed and restarted mid-job: the same job and targets, armed throughout on the hosts, hits keep flowing", async (context) => {
@@ -361,7 +384,7 @@ describe("multihost faults", () => {
       for (const id of hostIds) assert.deepEqual([...seen.get(id)!], [await helperOf(fleet.host(id))], `${id}: traced by its one helper throughout`);
       if (!restarted) await fleet.startController(0);
     }
-    await finish(job.id, targets);
+    await finish(job.id, targets, history);
   });
 
   test("nats-server restarted during a hot stream on 2 hosts: per host, delivered + dropped = trapped, every delivered hit stored once", async (context) => {
@@ -434,6 +457,6 @@ describe("multihost faults", () => {
       const seen = await tracers.stop();
       for (const id of hostIds) assert.deepEqual([...seen.get(id)!], [await helperOf(fleet.host(id))], `${id}: traced by its one helper throughout`);
     }
-    await finish(job.id, targets);
+    await finish(job.id, targets, history);
   });
 });

@@ -6,7 +6,7 @@ import { parseEventsArgs } from "../../cli/commands/events.js";
 import { parseAgentArgs, parseLabels } from "../../cli/commands/agent.js";
 import { embeddedHostId, parseUpArgs } from "../../cli/commands/up.js";
 import { UsageError } from "../../cli/errors.js";
-import { SequenceTracker } from "../../cli/events.js";
+import { SequenceTracker } from "../../proto/index.js";
 
 const args = (extra: Partial<WatchArgs>): WatchArgs => ({ pid: "4242", locations: [], mode: "w", hosts: [], ...extra });
 

@@ -1,0 +1,69 @@
+// What the event stream already holds of one job's hits from this host: an
+// agent that starts again after a crash reads it before arming the job, so
+// the hit sequence goes on where the stream ends (readers drop a host's
+// sequence seen before) and each target's delivered count includes every
+// hit stored in its name, also those stored after the last count the
+// controller heard.
+import { create, fromBinary } from "@bufbuild/protobuf";
+import type { NatsConnection } from "nats";
+import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, isNoMessage, isStreamNotFound, type HitCounts } from "../proto/index.js";
+
+export interface StoredHits {
+  /** The highest hit sequence stored for the job and host (0: none). */
+  lastSequence: bigint;
+  /** Hits stored per process, each once. */
+  byPid: Map<number, bigint>;
+}
+
+export type StoredHitsReader = (jobId: string, hostId: string) => Promise<StoredHits>;
+
+/** Reads the stored hits of one job from one host, in stream order, until the last one stored when reading began. */
+export function storedHitsReader(nc: NatsConnection): StoredHitsReader {
+  return async (jobId, hostId) => {
+    const found: StoredHits = { lastSequence: 0n, byPid: new Map() };
+    const subject = eventSubject(jobId, hostId);
+    const jsm = await nc.jetstreamManager();
+    let last: number;
+    try {
+      last = (await jsm.streams.getMessage(eventStream, { last_by_subj: subject })).seq;
+    } catch (err) {
+      if (isNoMessage(err) || isStreamNotFound(err)) return found;
+      throw err;
+    }
+    const consumer = await nc.jetstream().consumers.get(eventStream, { filterSubjects: subject });
+    const messages = await consumer.consume({ max_messages: 256 });
+    const seen = new SequenceTracker();
+    try {
+      for await (const message of messages) {
+        for (const hit of fromBinary(HitBatchSchema, message.data).hits) {
+          if (!seen.add(hostId, hit.sequence)) continue;
+          found.byPid.set(hit.pid, (found.byPid.get(hit.pid) ?? 0n) + 1n);
+          if (hit.sequence > found.lastSequence) found.lastSequence = hit.sequence;
+        }
+        if (message.seq >= last) break;
+      }
+    } finally {
+      messages.stop();
+    }
+    return found;
+  };
+}
+
+/**
+ * Where a target's counters go on from when an agent that started again arms
+ * it: the counts the controller last heard (`last`) and the hits the stream
+ * holds for it (`stored`). Every stored hit was delivered; hits the last
+ * counts knew as trapped but that are neither stored nor counted otherwise
+ * were lost with the earlier agent, and count as dropped.
+ */
+export function resumeCounts(last: HitCounts | undefined, stored: bigint): HitCounts {
+  const suppressed = last?.suppressed ?? 0n;
+  const filtered = last?.filtered ?? 0n;
+  const delivered = max(last?.delivered ?? 0n, stored);
+  const dropped = max(last?.dropped ?? 0n, (last?.trapped ?? 0n) - delivered - suppressed - filtered);
+  return create(HitCountsSchema, { trapped: delivered + dropped + suppressed + filtered, delivered, suppressed, dropped, filtered });
+}
+
+function max(a: bigint, b: bigint): bigint {
+  return a > b ? a : b;
+}
