@@ -5,7 +5,7 @@ import os from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { connect } from "nats";
-import { AgentInfoSchema, isSubjectToken, parseAddressList, slotsPerThread } from "../proto/index.js";
+import { AgentInfoSchema, isSubjectToken, parseAddressList, slotsPerThread, type Transport } from "../proto/index.js";
 import { AgentCore } from "./agent.js";
 import { HelperProcess } from "./helper-process.js";
 import { HitPublisher } from "./hit-publisher.js";
@@ -20,6 +20,8 @@ export interface AgentOptions {
   /** This host's id: letters, digits, '-' and '_'. */
   hostId: string;
   labels?: Record<string, string>;
+  /** gRPC to the controller: mutual TLS with this agent's certificate, or plaintext. Default plaintext. */
+  transport?: Transport;
   /** The native helper; default the one built in agent/native/build. */
   helperPath?: string;
   log?: (line: string) => void;
@@ -94,7 +96,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     agentVersion,
     helperVersion: helper.helperVersion,
   });
-  const session = new SessionClient(core, { controllers: parseAddressList(options.controller), info, log });
+  const session = new SessionClient(core, { controllers: parseAddressList(options.controller), info, log, transport: options.transport ?? { plaintext: true } });
   session.start();
 
   return {

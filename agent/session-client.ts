@@ -4,7 +4,7 @@
 // registration, so the controller hears every ending.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
-import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, createClient, type AgentError, type AgentInfo, type ArmedTarget, type SessionRequest, type TargetReport } from "../proto/index.js";
+import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, channelCredentials, channelOptions, createClient, type Transport, type AgentError, type AgentInfo, type ArmedTarget, type SessionRequest, type TargetReport } from "../proto/index.js";
 
 /** The answer to a command from a leader older than one already seen. */
 function staleEpoch(epoch: bigint, highest: bigint | undefined): AgentError {
@@ -21,6 +21,8 @@ export interface SessionClientOptions {
   controllers: readonly string[];
   info: AgentInfo;
   log: (line: string) => void;
+  /** mutual TLS or plaintext, for each connection attempt. */
+  transport: Transport;
   minBackoffMs?: number;
   maxBackoffMs?: number;
 }
@@ -111,7 +113,7 @@ export class SessionClient {
     for (let attempt = 0; !signal.aborted; attempt++) {
       // Each attempt goes to the next address: a dead leader's standby takes over.
       const controller = controllers[attempt % controllers.length]!;
-      const client = createClient(AgentService, controller);
+      const client = createClient(AgentService, controller, channelCredentials(this.options.transport), channelOptions(this.options.transport));
       const outbound = new AsyncQueue<SessionRequest>();
       // Ends this session (not the agent) when the controller falls silent, and with the agent.
       // (Not AbortSignal.any: a composite signal nothing else references may be collected with

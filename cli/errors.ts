@@ -60,6 +60,8 @@ export class EventStreamMissingError extends CliError {
 export interface FailureContext {
   /** The controller address the command used. */
   controller: string;
+  /** The certificate presented, when the command used mutual TLS. */
+  cert?: string | undefined;
 }
 
 /** A failure as the user sees it: the exit code and the line after `fleetwatch: ` (empty: print nothing). */
@@ -86,9 +88,16 @@ export function describeFailure(err: unknown, context: FailureContext): Failure 
       if (/standing by/.test(err.details)) {
         return { exitCode: ExitCode.error, message: `${context.controller}: ${err.details}; give every controller address (--controller a,b) to follow the leader` };
       }
+      // The handshake's own words when the controller's certificate was not trusted.
+      const tlsProblem = /Last error: Error: ([^.]*certificate[^.]*)/.exec(err.details)?.[1];
+      if (context.cert && tlsProblem) {
+        return { exitCode: ExitCode.error, message: `TLS with the controller at ${context.controller} failed (${tlsProblem}): --ca must be the CA that issued the controller's certificate` };
+      }
       return {
         exitCode: ExitCode.error,
-        message: `cannot reach the controller at ${context.controller}: is \`fleetwatch up\` or \`fleetwatch controller\` running?`,
+        message: context.cert
+          ? `cannot reach the controller at ${context.controller}, or it refused certificate ${context.cert}: is it running, and did its CA issue that certificate?`
+          : `cannot reach the controller at ${context.controller}: is \`fleetwatch up\` or \`fleetwatch controller\` running? (one that serves mutual TLS needs --ca, --cert and --key)`,
       };
     }
     return { exitCode: exitCodeForStatus(err.code), message: err.details || err.codeName };

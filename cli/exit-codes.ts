@@ -12,6 +12,8 @@ export const ExitCode = {
   notPlaceable: 2,
   /** The command line or the watch spec is wrong; nothing was sent. */
   badInput: 3,
+  /** The controller refused: this caller's certificate may not do this (the rule is in the message). */
+  denied: 4,
   /** Stopped by Ctrl-C (128 + SIGINT) before the work was done. */
   interrupted: 130,
 } as const;
@@ -24,6 +26,9 @@ export function exitCodeForStatus(code: status): ExitCode {
   switch (code) {
     case status.INVALID_ARGUMENT:
       return ExitCode.badInput;
+    case status.PERMISSION_DENIED:
+    case status.UNAUTHENTICATED:
+      return ExitCode.denied;
     case status.RESOURCE_EXHAUSTED:
     case status.NOT_FOUND:
     case status.FAILED_PRECONDITION:

@@ -5,11 +5,13 @@ import { readFileSync, realpathSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, Option } from "commander";
-import { ControllerService, createFailoverClient, parseAddressList, type ServiceClient } from "../proto/index.js";
+import { ControllerService, channelCredentials, channelOptions, createFailoverClient, parseAddressList, type ServiceClient } from "../proto/index.js";
+import { resolveTransport, type TlsOptions } from "./transport.js";
 import { reportFailure } from "./errors.js";
 import type { TextSink } from "./output.js";
 import { registerAgentCommand } from "./commands/agent.js";
 import { registerAgentsLsCommand } from "./commands/agents-ls.js";
+import { registerCertsCommand } from "./commands/certs.js";
 import { registerControllerCommand } from "./commands/controller.js";
 import { registerEventsCommand } from "./commands/events.js";
 import { registerJobsCancelCommand } from "./commands/jobs-cancel.js";
@@ -27,6 +29,8 @@ export interface GlobalOptions {
   controller: string;
   /** NATS URL for events. */
   nats: string;
+  /** Mutual TLS files, or plaintext on purpose. */
+  tls: TlsOptions;
 }
 
 /** What a command gets from the program: its I/O, the global options and shared resources. */
@@ -74,6 +78,10 @@ export function createProgram(ctx: CliContext): Command {
     .version(packageVersion())
     .addOption(new Option("--controller <addr>", "controller gRPC address, or several comma-separated (leader and standbys)").env("FLEETWATCH_CONTROLLER").default(defaultControllerAddress))
     .addOption(new Option("--nats <url>", "NATS URL (events)").env("FLEETWATCH_NATS").default(defaultNatsUrl))
+    .addOption(new Option("--ca <file>", "mutual TLS: the CA certificate to trust (pinned)").env("FLEETWATCH_CA"))
+    .addOption(new Option("--cert <file>", "mutual TLS: this party's certificate").env("FLEETWATCH_CERT"))
+    .addOption(new Option("--key <file>", "mutual TLS: this party's private key").env("FLEETWATCH_KEY"))
+    .addOption(new Option("--insecure", "plaintext gRPC with no authentication even off loopback (warns)").env("FLEETWATCH_INSECURE"))
     // Usage errors must become exit 3 with commander's message through the
     // one handler, so commander neither exits nor prints errors itself.
     .exitOverride()
@@ -96,6 +104,7 @@ export function createProgram(ctx: CliContext): Command {
   registerControllerCommand(program, ctx);
   registerAgentCommand(program, ctx);
   registerUpCommand(program, ctx);
+  registerCertsCommand(program, ctx);
   return program;
 }
 
@@ -114,10 +123,17 @@ export async function main(argv: readonly string[], io: MainIo = {}): Promise<nu
     stdout,
     stderr,
     globals: () => {
-      const opts = program?.opts<Partial<GlobalOptions>>() ?? {};
-      return { controller: opts.controller ?? defaultControllerAddress, nats: opts.nats ?? defaultNatsUrl };
+      const opts = program?.opts<Partial<Omit<GlobalOptions, "tls"> & TlsOptions>>() ?? {};
+      return { controller: opts.controller ?? defaultControllerAddress, nats: opts.nats ?? defaultNatsUrl, tls: { ca: opts.ca, cert: opts.cert, key: opts.key, insecure: opts.insecure } };
     },
-    controller: () => (client ??= createFailoverClient(ControllerService, parseAddressList(ctx.globals().controller))),
+    controller: () => {
+      if (!client) {
+        const addresses = parseAddressList(ctx.globals().controller);
+        const transport = resolveTransport(ctx.globals().tls, "user", addresses, (line) => stderr.write(`${line}\n`));
+        client = createFailoverClient(ControllerService, addresses, channelCredentials(transport), channelOptions(transport));
+      }
+      return client;
+    },
     interrupted: () => {
       if (!interrupt) {
         const controller = new AbortController();
@@ -144,7 +160,7 @@ export async function main(argv: readonly string[], io: MainIo = {}): Promise<nu
     await program.parseAsync(argv as string[]);
     return 0;
   } catch (err) {
-    return reportFailure(err, { controller: ctx.globals().controller }, stderr);
+    return reportFailure(err, { controller: ctx.globals().controller, cert: ctx.globals().tls.cert || undefined }, stderr);
   } finally {
     interrupt?.remove();
     client?.close();

@@ -46,7 +46,7 @@ import {
   type TargetReport,
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
-import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PreconditionError, SlotsExhaustedError } from "./errors.js";
+import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, SlotsExhaustedError } from "./errors.js";
 import { finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { place } from "./placement.js";
@@ -934,13 +934,15 @@ export class Controller {
   // ---- agent sessions ---------------------------------------------------
 
   /** Serves one AgentService.Session stream. */
-  async *session(requests: AsyncIterable<SessionRequest>, signal: AbortSignal): AsyncGenerator<SessionResponse> {
+  async *session(requests: AsyncIterable<SessionRequest>, signal: AbortSignal, certifiedHostId?: string): AsyncGenerator<SessionResponse> {
     const iterator = requests[Symbol.asyncIterator]();
     const first = await iterator.next();
     if (first.done || first.value.msg.case !== "register") throw new PreconditionError("a session starts with Register");
     const register = first.value.msg.value;
     const info = register.info;
     if (!info || !isSubjectToken(info.hostId)) throw new InvalidRequestError(`host id '${info?.hostId ?? ""}' must be letters, digits, '-' or '_'`);
+    // An agent speaks for its own host only: the host id its certificate names.
+    if (certifiedHostId !== undefined && info.hostId !== certifiedHostId) throw new PermissionDeniedError(`the certificate of agent ${certifiedHostId} may not register host ${info.hostId}`);
 
     this.sessions.get(info.hostId)?.close("replaced by a new session from the same host");
     const session = new AgentSession(info, this.options.requestTimeoutMs);

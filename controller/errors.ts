@@ -9,6 +9,11 @@ export class InvalidRequestError extends Error {
   override readonly name = "InvalidRequestError";
 }
 
+/** The caller may not do this: the wrong kind of certificate, or a rule that denies it (named in the message). */
+export class PermissionDeniedError extends Error {
+  override readonly name = "PermissionDeniedError";
+}
+
 /** A job, host or process that does not exist. */
 export class NotFoundError extends Error {
   override readonly name = "NotFoundError";
@@ -72,6 +77,7 @@ export const statusFor: StatusFor = (err) => {
   if (err instanceof RpcError) return { code: err.code, details: err.details };
   if (err instanceof WatchSpecError || err instanceof InvalidRequestError) return { code: status.INVALID_ARGUMENT, details: err.message };
   if (err instanceof NotFoundError) return { code: status.NOT_FOUND, details: err.message };
+  if (err instanceof PermissionDeniedError) return { code: status.PERMISSION_DENIED, details: err.message };
   if (err instanceof PreconditionError) return { code: status.FAILED_PRECONDITION, details: err.message };
   if (err instanceof SlotsExhaustedError) return { code: status.RESOURCE_EXHAUSTED, details: err.message };
   if (err instanceof AgentOperationError) return { code: errnoStatus[err.errnoName] ?? status.FAILED_PRECONDITION, details: err.message };

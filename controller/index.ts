@@ -2,7 +2,7 @@
 // several started on one NATS elect a leader and the rest stand by.
 import os from "node:os";
 import { connect, type NatsConnection, RetentionPolicy, StorageType, nanos } from "nats";
-import { AgentService, ControllerService, addService, bindServer, createServer, eventStream, eventSubjects } from "../proto/index.js";
+import { AgentService, ControllerService, addService, bindServer, createServer, eventStream, eventSubjects, serverCredentials, type Transport } from "../proto/index.js";
 import { Controller } from "./controller.js";
 import { LeaderElection, NotLeaderError } from "./leader-election.js";
 import { statusFor } from "./errors.js";
@@ -19,6 +19,8 @@ export interface ControllerOptions {
   requestTimeoutMs?: number;
   /** Leader lease: a standby takes over this long after the leader stops renewing. */
   electionLeaseMs?: number;
+  /** gRPC transport: mutual TLS (users and agents must present certificates of the CA), or plaintext. Default plaintext. */
+  transport?: Transport;
   /** Candidate id in the election; default this host and the bound address. */
   id?: string;
   log?: (line: string) => void;
@@ -83,9 +85,11 @@ export async function startController(options: ControllerOptions): Promise<Runni
       if (s.details.startsWith("internal error")) log(`controller: internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       return s;
     };
-    addService(server, ControllerService, controllerService(leader), logged);
-    addService(server, AgentService, agentService(leader), logged);
-    const port = await bindServer(server, options.listen);
+    const transport = options.transport ?? { plaintext: true };
+    const secure = "tls" in transport;
+    addService(server, ControllerService, controllerService(leader, secure), logged);
+    addService(server, AgentService, agentService(leader, secure), logged);
+    const port = await bindServer(server, options.listen, serverCredentials(transport));
     const host = options.listen.slice(0, options.listen.lastIndexOf(":"));
     const address = `${host}:${port}`;
 
@@ -115,7 +119,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
       }
     })().catch((err) => log(`controller: leadership loop failed: ${String(err)}`));
     await firstDecision;
-    log(`controller: listening on ${address}, nats ${options.natsUrl}`);
+    log(`controller: listening on ${address} (${secure ? `mutual TLS, CA ${transport.tls.paths.ca}` : "plaintext"}), nats ${options.natsUrl}`);
     return {
       address,
       isLeader: () => term !== undefined,

@@ -13,6 +13,7 @@ import {
   type MessageShape,
 } from "@bufbuild/protobuf";
 import { RpcError, type StatusFor } from "./errors.js";
+import { identityFromSubjectAltName, type Identity } from "./tls.js";
 
 /** What a handler knows about its call. */
 export interface CallContext {
@@ -20,6 +21,8 @@ export interface CallContext {
   readonly signal: AbortSignal;
   readonly metadata: grpc.Metadata;
   readonly peer: string;
+  /** Who the client's certificate names; undefined over plaintext. */
+  readonly identity: Identity | undefined;
 }
 
 type Handler<M> = M extends { methodKind: "unary"; input: infer I extends DescMessage; output: infer O extends DescMessage }
@@ -91,14 +94,14 @@ function deserializer<D extends DescMessage>(schema: D) {
   return (bytes: Buffer): MessageShape<D> => fromBinary(schema, bytes);
 }
 
-type AnyServerCall = NodeJS.EventEmitter & { readonly metadata: grpc.Metadata; getPeer(): string };
+type AnyServerCall = NodeJS.EventEmitter & { readonly metadata: grpc.Metadata; getPeer(): string; getAuthContext(): { sslPeerCertificate?: { subjectaltname?: string } } };
 
 function contextOf(call: AnyServerCall): { ctx: CallContext; done: () => void } {
   const controller = new AbortController();
   const onCancel = () => controller.abort(new RpcError(grpc.status.CANCELLED, "call cancelled"));
   call.on("cancelled", onCancel);
   return {
-    ctx: { signal: controller.signal, metadata: call.metadata, peer: call.getPeer() },
+    ctx: { signal: controller.signal, metadata: call.metadata, peer: call.getPeer(), identity: identityFromSubjectAltName(call.getAuthContext().sslPeerCertificate?.subjectaltname) },
     done: () => call.removeListener("cancelled", onCancel),
   };
 }
@@ -315,10 +318,10 @@ export function parseAddressList(text: string): string[] {
  * to the next one when a call fails UNAVAILABLE (unreachable, or a standby
  * naming its leader) before any answer. Other statuses are the answer.
  */
-export function createFailoverClient<S extends DescService>(service: S, addresses: readonly string[]): ServiceClient<S> {
+export function createFailoverClient<S extends DescService>(service: S, addresses: readonly string[], credentials = grpc.credentials.createInsecure(), channelOptions: grpc.ChannelOptions = {}): ServiceClient<S> {
   if (addresses.length === 0) throw new RpcError(grpc.status.INVALID_ARGUMENT, "no controller address given");
-  if (addresses.length === 1) return createClient(service, addresses[0]!);
-  const clients = addresses.map((a) => createClient(service, a) as unknown as Record<string, (...args: unknown[]) => unknown> & { close(): void });
+  if (addresses.length === 1) return createClient(service, addresses[0]!, credentials, channelOptions);
+  const clients = addresses.map((a) => createClient(service, a, credentials, channelOptions) as unknown as Record<string, (...args: unknown[]) => unknown> & { close(): void });
   let current = 0;
   const unavailable = (err: unknown) => err instanceof RpcError && err.code === grpc.status.UNAVAILABLE;
   const methods: Record<string, unknown> = { close: () => clients.forEach((c) => c.close()) };

@@ -14,3 +14,4 @@ export * from "./selector.js";
 export * from "./epoch-guard.js";
 export * from "./sequence-tracker.js";
 export * from "./deadline.js";
+export * from "./tls.js";

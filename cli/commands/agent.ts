@@ -2,10 +2,11 @@
 // SIGINT/SIGTERM, then disarms everything and stops. Log lines go to stderr.
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
-import { isSubjectToken } from "../../proto/index.js";
+import { isSubjectToken, parseAddressList } from "../../proto/index.js";
 import { DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { untilAborted } from "../abort.js";
+import { resolveTransport } from "../transport.js";
 
 /** The `agent` command line after validation. */
 export interface AgentRequest {
@@ -68,11 +69,13 @@ export function registerAgentCommand(program: Command, ctx: CliContext): void {
     .option("--helper <path>", "the native helper (default: the one built in agent/native/build)")
     .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string }) => {
       const request = parseAgentArgs(opts, ctx.globals());
-      const interrupted = ctx.interrupted();
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      const transport = resolveTransport(ctx.globals().tls, "agent", parseAddressList(request.controller), log);
+      if ("tls" in transport && transport.tls.identity.name !== request.hostId) throw new UsageError(`certificate ${transport.tls.paths.cert} is agent ${transport.tls.identity.name}'s, not host ${request.hostId}'s: use --host-id ${transport.tls.identity.name} or that host's certificate`);
+      const interrupted = ctx.interrupted();
       // Loaded here, not at the top: client commands must not depend on daemon code.
       const { startAgent } = await import("../../agent/index.js");
-      const agent = await startAgent({ ...request, log }).catch((err: unknown) => {
+      const agent = await startAgent({ ...request, transport, log }).catch((err: unknown) => {
         throw new DaemonStartError("agent", err, request.natsUrl);
       });
       try {

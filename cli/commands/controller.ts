@@ -5,6 +5,7 @@ import { DaemonStartError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { parseDuration } from "../output.js";
 import { untilAborted } from "../abort.js";
+import { resolveTransport } from "../transport.js";
 
 /** The `controller` command line after validation. */
 export interface ControllerRequest {
@@ -28,18 +29,19 @@ export function printControllerReady(address: string): string {
 export function registerControllerCommand(program: Command, ctx: CliContext): void {
   program
     .command("controller")
-    .description("run the controller in the foreground (uses --nats)")
+    .description("run the controller in the foreground (uses --nats; mutual TLS with --ca, --cert and --key)")
     .option("--listen <addr>", "gRPC listen address, host:port (port 0 picks one)", "127.0.0.1:7070")
     .option("--lease <time>", "drop an agent session silent for this long", "15s")
     .option("--election-lease <time>", "with several controllers on one NATS: a standby takes over this long after the leader stops", "5s")
     .action(async (opts: { listen: string; lease: string; electionLease: string }) => {
       const request = parseControllerArgs(opts, ctx.globals().nats);
+      const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      const transport = resolveTransport(ctx.globals().tls, "controller", [request.listen], log);
       // Signals are ours from here on, so a Ctrl-C while starting still stops cleanly.
       const interrupted = ctx.interrupted();
-      const log = (line: string) => ctx.stderr.write(`${line}\n`);
       // Loaded here, not at the top: client commands must not depend on daemon code.
       const { startController } = await import("../../controller/index.js");
-      const controller = await startController({ ...request, log }).catch((err: unknown) => {
+      const controller = await startController({ ...request, transport, log }).catch((err: unknown) => {
         throw new DaemonStartError("controller", err, request.natsUrl);
       });
       if (!interrupted.aborted) ctx.stdout.write(printControllerReady(controller.address));

@@ -6,6 +6,7 @@ import path from "node:path";
 import type { Command } from "commander";
 import type { RunningAgent } from "../../agent/index.js";
 import type { RunningController } from "../../controller/index.js";
+import { isLoopbackAddress } from "../../proto/index.js";
 import { CliError, DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { startNatsServer, type RunningNatsServer } from "../nats-server.js";
@@ -32,6 +33,8 @@ export function embeddedHostId(hostname: string): string {
 export function parseUpArgs(opts: { dataDir: string; listen: string; natsPort: string }, cwd: string, hostname: string): UpRequest {
   const natsPort = Number(opts.natsPort);
   if (!/^\d+$/.test(opts.natsPort) || natsPort < 1 || natsPort > 65_535) throw new UsageError(`--nats-port '${opts.natsPort}' is not a TCP port (1-65535)`);
+  // Plaintext with nobody authenticated: only this machine may reach it.
+  if (!isLoopbackAddress(opts.listen)) throw new UsageError(`--listen ${opts.listen}: fleetwatch up serves plaintext, on loopback only; for a fleet run \`fleetwatch controller\` and \`fleetwatch agent\` with certificates (\`fleetwatch certs init\`)`);
   return { dataDir: path.resolve(cwd, opts.dataDir), listen: opts.listen, natsPort, hostId: embeddedHostId(hostname) };
 }
 

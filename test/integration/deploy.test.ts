@@ -28,6 +28,7 @@ interface ComposeService {
   cap_drop?: string[];
   ports?: string[];
   environment?: Record<string, string>;
+  volumes?: string[];
 }
 
 /** `--flag value` from an argument list. */
@@ -54,7 +55,14 @@ test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTR
   assert.equal(arg(controller.command!, "--nats"), "nats://nats:4222");
   assert.ok(services.nats!.command!.includes("-js"), "NATS runs with JetStream");
 
-  const agents = Object.entries(services).filter(([, s]) => s.command?.[0] === "agent");
+  // Mutual TLS everywhere: the controller serves with its certificate, each agent and the CLI present theirs.
+  assert.deepEqual([arg(controller.command!, "--ca"), arg(controller.command!, "--cert"), arg(controller.command!, "--key")], ["/certs/ca.crt", "/certs/controller.crt", "/certs/controller.key"]);
+  const issued = services.certs!.command!.join(" ");
+  for (const name of ["controller", "agent-a", "agent-b", "cli"]) assert.ok(services[name]!.volumes?.includes("certs:/certs:ro"), `${name} mounts the certificates read-only`);
+  assert.deepEqual([services.cli!.environment!.FLEETWATCH_CA, services.cli!.environment!.FLEETWATCH_CERT], ["/certs/ca.crt", "/certs/user-admin.crt"]);
+  assert.match(issued, /certs init --dir \/certs --agent demo-a --agent demo-b --user admin/);
+
+  const agents = Object.entries(services).filter(([, s]) => s.command?.includes("agent"));
   assert.equal(agents.length, 2);
   const hostIds = new Set<string>();
   for (const [name, agent] of agents) {
@@ -69,8 +77,9 @@ test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTR
     const hostId = arg(agent.command!, "--host-id")!;
     assert.ok(isSubjectToken(hostId), hostId);
     hostIds.add(hostId);
+    assert.equal(arg(agent.command!, "--cert"), `/certs/agent-${hostId}.crt`, `${name} presents its own host's certificate`);
     // The agent's own command line parser takes it.
-    const flags = agent.command!.slice(1);
+    const flags = agent.command!.slice(agent.command!.indexOf("agent") + 1);
     const labels = flags.flatMap((f, i) => (f === "--label" ? [flags[i + 1]!] : []));
     assert.equal(parseAgentArgs({ hostId, label: labels }, { controller: "c", nats: "n" }).labels.role, "demo");
   }
@@ -154,7 +163,13 @@ test("deploy - k8s: the agent sees its node's processes with CAP_SYS_PTRACE only
   assert.match(script, /--controller fleetwatch-controller\.fleetwatch:7070/);
   assert.match(script, /--nats nats:\/\/nats\.fleetwatch:4222/);
   // The host id the agent's shell line makes of a typical node name is a valid one.
-  const hostIdExpr = /--host-id "\$\((.*?)\)"/.exec(agent.args[0])![1]!;
+  const hostIdExpr = /host="\$\((.*?)\)"/.exec(agent.args[0])![1]!;
+  assert.match(script, /--host-id "\$host"/);
+  // Its own node's certificate, from the Secret mounted at /tls.
+  assert.match(script, /--ca \/tls\/ca\.crt --cert "\/tls\/agent-\$host\.crt" --key "\/tls\/agent-\$host\.key"/);
+  const tlsMount = agent.volumeMounts.find((m: { name: string }) => m.name === "tls");
+  assert.deepEqual([tlsMount.mountPath, tlsMount.readOnly], ["/tls", true]);
+  assert.equal(pod.volumes.find((v: { name: string }) => v.name === "tls").secret.secretName, "fleetwatch-agent-tls");
   const { stdout } = await run("sh", ["-c", hostIdExpr], { env: { ...process.env, NODE_NAME: "ip-10-0-0-1.eu-west-1.compute.internal" } });
   assert.equal(stdout.trim(), "ip-10-0-0-1-eu-west-1-compute-internal");
   assert.ok(isSubjectToken(stdout.trim()));

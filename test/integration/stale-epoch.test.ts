@@ -85,7 +85,7 @@ describe("stale leader epoch", () => {
     const core = new Controller(await JobStore.open(nc.jetstream(), () => false), { leaseMs: sessionLeaseMs, heartbeatMs: Math.floor(sessionLeaseMs / 3), requestTimeoutMs: 15_000, epoch, log: (line) => log.push(line) });
     await core.start();
     const server = createServer();
-    addService(server, AgentService, agentService(() => core), statusFor);
+    addService(server, AgentService, agentService(() => core, false), statusFor);
     await bindServer(server, address);
     return {
       log,

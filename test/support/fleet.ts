@@ -3,13 +3,17 @@
 // /proc, so its agent sees only that host's processes; nats-server and the
 // controller run in an "infra" namespace that owns the bridge. Addresses
 // exist only inside namespaces made here; stop() removes all of it and
-// assertClean() proves that nothing is left.
+// assertClean() proves that nothing is left. Every gRPC link is mutual TLS,
+// as in production: a CA and certificates for the controller, each agent
+// and a user are issued at start.
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { access, mkdtemp, readdir, readFile, readlink, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { caCertFile, certificateBaseName, createAuthority, issueCertificate, writeIssued } from "../../cli/certificates.js";
+import type { Identity } from "../../proto/index.js";
 import { collectCli, Daemon, type CliResult } from "./cluster.js";
 import { cliPath, helperPath } from "./paths.js";
 import { buildFixtures, childPids, procState, startTarget, type StartOptions, type Target } from "./targets.js";
@@ -260,6 +264,7 @@ export class Fleet {
     if (!Number.isInteger(controllers) || controllers < 1 || controllers > 9) throw new Error(`a fleet has 1 to 9 controller addresses, not ${controllers}`);
     const fleet = new Fleet(prefix, await mkdtemp(path.join(os.tmpdir(), `fleetwatch-${prefix}-`)), options);
     try {
+      await fleet.issueCertificates();
       await fleet.startInfra();
       await Promise.all(options.hosts.map((host, index) => fleet.startHost(host, index)));
     } catch (err) {
@@ -267,6 +272,27 @@ export class Fleet {
       throw err;
     }
     return fleet;
+  }
+
+  /** The fleet's CA and certificates (ca.crt, controller.crt, agent-ID.crt, user-operator.crt, and keys). */
+  get certDir(): string {
+    return path.join(this.dataDir, "certs");
+  }
+
+  /** The --ca/--cert/--key arguments of one party. */
+  tlsArgs(identity: Identity): string[] {
+    const base = path.join(this.certDir, certificateBaseName(identity));
+    return ["--ca", path.join(this.certDir, caCertFile), "--cert", `${base}.crt`, "--key", `${base}.key`];
+  }
+
+  private async issueCertificates(): Promise<void> {
+    const ca = await createAuthority(`fleetwatch test CA ${this.prefix}`);
+    await writeIssued(this.certDir, ca, "ca");
+    const identities: Identity[] = [{ kind: "controller", name: "controller" }, { kind: "user", name: "operator" }, ...this.options.hosts.map((h) => ({ kind: "agent" as const, name: h.id }))];
+    for (const identity of identities) {
+      const issued = await issueCertificate(ca, identity);
+      await writeIssued(this.certDir, issued, certificateBaseName(identity));
+    }
   }
 
   get infraAddress(): string {
@@ -362,7 +388,7 @@ export class Fleet {
   async startController(index = 0): Promise<Daemon> {
     if (index >= (this.options.controllers ?? 1)) throw new Error(`fleet ${this.prefix} has ${this.options.controllers ?? 1} controller address(es); no controller ${index}`);
     if (this.controllers[index]?.running) throw new Error(`controller ${index} is still running`);
-    const argv = [process.execPath, cliPath, "controller", "--listen", this.controllerAddressOf(index), "--nats", this.natsUrl];
+    const argv = [process.execPath, cliPath, "controller", "--listen", this.controllerAddressOf(index), "--nats", this.natsUrl, ...this.tlsArgs({ kind: "controller", name: "controller" })];
     if (this.options.leaseMs !== undefined) argv.push("--lease", `${this.options.leaseMs}ms`);
     if (this.options.electionLeaseMs !== undefined) argv.push("--election-lease", `${this.options.electionLeaseMs}ms`);
     const controller = await this.infraBox().daemon(index === 0 ? "controller" : `controller ${index}`, argv);
@@ -388,7 +414,7 @@ export class Fleet {
     await ip("-n", ns, "link", "set", "eth0", "up");
     const box = await this.addBox(ns);
     const labels = options.labels ?? [];
-    const argv = [process.execPath, cliPath, "agent", "--controller", this.controllerAddresses, "--nats", this.natsUrl, "--host-id", options.id, "--helper", helperPath];
+    const argv = [process.execPath, cliPath, "agent", "--controller", this.controllerAddresses, "--nats", this.natsUrl, "--host-id", options.id, "--helper", helperPath, ...this.tlsArgs({ kind: "agent", name: options.id })];
     for (const label of labels) argv.push("--label", label);
     const host = new FleetHost(options.id, labels, address, box, argv, { netns: this.infraNetns, name: port }, this.targets);
     this.hosts.set(options.id, host);
@@ -397,11 +423,12 @@ export class Fleet {
   }
 
   /** Runs `fleetwatch ARGS` in the infra namespace against this fleet and collects its output. */
-  cli(args: string[], options: { timeoutMs?: number } = {}): Promise<CliResult> {
+  cli(args: string[], options: { timeoutMs?: number; as?: Identity } = {}): Promise<CliResult> {
+    const [, ca, , cert, , key] = this.tlsArgs(options.as ?? { kind: "user", name: "operator" });
     // `ip netns exec` execs the CLI itself, so a timeout's SIGKILL reaches it.
     const child = spawn("ip", ["netns", "exec", this.infraNetns, process.execPath, cliPath, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddresses, FLEETWATCH_NATS: this.natsUrl },
+      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddresses, FLEETWATCH_NATS: this.natsUrl, FLEETWATCH_CA: ca, FLEETWATCH_CERT: cert, FLEETWATCH_KEY: key },
     });
     return collectCli(child, args, options.timeoutMs);
   }

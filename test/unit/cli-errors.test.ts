@@ -7,7 +7,7 @@ import { CliError, DaemonStartError, InterruptedError, UsageError, describeFailu
 import { NatsServerError } from "../../cli/nats-server.js";
 
 const context = { controller: "10.0.0.1:7070" };
-const unreachable = "cannot reach the controller at 10.0.0.1:7070: is `fleetwatch up` or `fleetwatch controller` running?";
+const unreachable = "cannot reach the controller at 10.0.0.1:7070: is `fleetwatch up` or `fleetwatch controller` running? (one that serves mutual TLS needs --ca, --cert and --key)";
 
 test("cli errors - maps every gRPC status to its exit code with the details verbatim", () => {
   const table: Array<[status, number, string]> = [
@@ -15,7 +15,8 @@ test("cli errors - maps every gRPC status to its exit code with the details verb
     [status.RESOURCE_EXHAUSTED, 2, "h1/4242 has 1 free debug register, the job needs 2"],
     [status.NOT_FOUND, 2, "no job j-9"],
     [status.FAILED_PRECONDITION, 2, "no agent is connected"],
-    [status.PERMISSION_DENIED, 1, "policy denies pid 1"],
+    [status.PERMISSION_DENIED, 4, "policy denies pid 1"],
+    [status.UNAUTHENTICATED, 4, "no certificate"],
     [status.INTERNAL, 1, "internal error"],
     [status.UNAVAILABLE, 1, unreachable],
     [status.DEADLINE_EXCEEDED, 1, unreachable],
@@ -24,6 +25,18 @@ test("cli errors - maps every gRPC status to its exit code with the details verb
     const details = code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED ? "No connection established" : message;
     assert.deepEqual(describeFailure(new RpcError(code, details), context), { exitCode, message }, status[code]);
   }
+});
+
+test("cli errors - with mutual TLS: a controller certificate the CA did not sign, or an unreachable controller that may have refused ours", () => {
+  const tls = { ...context, cert: "certs/user-alice.crt" };
+  assert.deepEqual(describeFailure(new RpcError(status.UNAVAILABLE, "No connection established. Last error: Error: self-signed certificate in certificate chain. Resolution note: "), tls), {
+    exitCode: 1,
+    message: "TLS with the controller at 10.0.0.1:7070 failed (self-signed certificate in certificate chain): --ca must be the CA that issued the controller's certificate",
+  });
+  assert.deepEqual(describeFailure(new RpcError(status.UNAVAILABLE, "No connection established. Last error: Failed to connect"), tls), {
+    exitCode: 1,
+    message: "cannot reach the controller at 10.0.0.1:7070, or it refused certificate certs/user-alice.crt: is it running, and did its CA issue that certificate?",
+  });
 });
 
 test("cli errors - an empty status detail falls back to the status name", () => {

@@ -90,7 +90,7 @@ test("cli main - an unreachable controller is exit 1 with advice", async () => {
   assert.deepEqual(await run("--controller", deadAddress, "jobs", "ls"), {
     code: 1,
     stdout: "",
-    stderr: `fleetwatch: cannot reach the controller at ${deadAddress}: is \`fleetwatch up\` or \`fleetwatch controller\` running?\n`,
+    stderr: `fleetwatch: cannot reach the controller at ${deadAddress}: is \`fleetwatch up\` or \`fleetwatch controller\` running? (one that serves mutual TLS needs --ca, --cert and --key)\n`,
   });
 });
 

@@ -118,7 +118,8 @@ test("cli up - host id is the hostname reduced to [A-Za-z0-9_-]; data dir is und
     natsPort: 4222,
     hostId: "h-x",
   });
-  assert.throws(() => parseUpArgs({ dataDir: "d", listen: "l", natsPort: "70000" }, "/", "h"), /--nats-port '70000' is not a TCP port/);
+  assert.throws(() => parseUpArgs({ dataDir: "d", listen: "127.0.0.1:1", natsPort: "70000" }, "/", "h"), /--nats-port '70000' is not a TCP port/);
+  assert.throws(() => parseUpArgs({ dataDir: "d", listen: "0.0.0.0:7070", natsPort: "4222" }, "/", "h"), /serves plaintext, on loopback only/);
 });
 
 test("cli events - a hit seen again from the same host is dropped, in or out of order", () => {
