@@ -1118,6 +1118,8 @@ export class Controller {
   private onAgentMessage(session: AgentSession, message: SessionRequest): void {
     switch (message.msg.case) {
       case "heartbeat":
+        // The agent's policy was reloaded: agents ls shows the one in effect.
+        session.info.policy = message.msg.value.policy;
         session.send({ msg: { case: "heartbeatAck", value: { sentUnixMs: BigInt(Date.now()) } } });
         return;
       case "resolveResult":

@@ -145,8 +145,11 @@ describe("host policy", () => {
   const rule = (exe: string) => `host policy (${policyFile}): ${exe} is not in allow.executables`;
   const escaped = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
-  test("host policy - the agent logs the policy in effect at start", () => {
+  const policyShown = async (): Promise<string | undefined> => (await cluster.api().listAgents({})).agents.find((a) => a.info?.hostId === "host-a")?.info?.policy;
+
+  test("host policy - the agent logs the policy in effect at start and the controller lists it", async () => {
     assert.match(agent.output, new RegExp(`agent host-a: host policy ${escaped(policyFile)}: exe 1, values capture`));
+    assert.equal(await policyShown(), "exe 1, values capture");
   });
 
   test("host policy - an allowed executable is armed; a denied one is PERMISSION_DENIED naming the file and rule; a job on both fails only the denied target", async () => {
@@ -288,6 +291,7 @@ describe("host policy", () => {
           assert.ok(!onWire(varint(v)), `${v} as a varint`);
         }
         if (values === "hash") {
+          await waitFor("agents ls shows the reloaded policy", async () => (await policyShown()) === "exe 2, values hash", 20_000);
           // Equal values hash equal: each write's old value is the previous write's new value.
           for (let i = 1; i < hits.length; i++) assert.equal(hits[i]!.oldValue, hits[i - 1]!.newValue, `hit ${i}`);
           assert.equal(new Set(hits.map((h) => h.newValue)).size, writes, "distinct values hash apart");
