@@ -47,6 +47,12 @@ export const agentVersion = "0.1.0";
 const restartPauseMs = 100;
 const maxRestartPauseMs = 5_000;
 
+/** SIGHUP means "reload the policy" to an agent: without a policy file it must not end the agent (the default action). */
+function ignoreHangup(onHup: () => void): () => void {
+  process.on("SIGHUP", onHup);
+  return () => process.off("SIGHUP", onHup);
+}
+
 /** Starts the helper, connects to NATS, and dials the controller. */
 export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
@@ -109,7 +115,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   });
   const unwatchPolicy =
     options.policyPath === undefined
-      ? () => {}
+      ? ignoreHangup(() => log(`agent ${options.hostId}: SIGHUP: no --policy file to reload`))
       : watchPolicyFile(
           options.policyPath,
           (loaded) => {
