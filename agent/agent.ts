@@ -1,6 +1,7 @@
 // The agent's core: the watches this host has armed, the commands that arm
 // and disarm them through the helper, and the hit path from the helper to
 // JetStream with exact per-watch accounting.
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import {
@@ -13,12 +14,14 @@ import {
   withDeadline,
   HitBatchSchema,
   HitEventSchema,
+  PolicyRefusalSchema,
   ProcessAppearedSchema,
   ResolveResultSchema,
   TargetReportSchema,
   TargetState,
   WatchMode,
   ConditionOp,
+  ValueRedaction,
   eventSubject,
   hex,
   type Arm,
@@ -30,6 +33,7 @@ import {
   type Discover,
   type DiscoverResult,
   type DiscoveredProcess,
+  type PolicyRefusal,
   type Follow,
   type ProcessAppeared,
   type TargetSelector,
@@ -40,12 +44,14 @@ import {
   type SlotAssignment,
   type TargetReport,
 } from "../proto/index.js";
-import { AgentCommandError, toAgentError } from "./errors.js";
+import { AgentCommandError, HostPolicyRefusal, toAgentError } from "./errors.js";
+import { defaultPolicy, policyLabel, redactValues, refusal, summarizePolicy, type HostPolicy } from "./host-policy.js";
+import type { LoadedPolicy } from "./policy-file.js";
 import type { GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
 import { resumeCounts, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
 import { parseStat, processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
-import { scanProcesses, watchProcesses } from "./process-discovery.js";
+import { inspectProcess, scanProcesses, watchProcesses } from "./process-discovery.js";
 
 // How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
 const storedHitsTimeoutMs = 10_000;
@@ -188,6 +194,11 @@ export class AgentCore {
 
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
+  /** Which processes may be watched and what leaves the host of their values. */
+  private policy: HostPolicy = defaultPolicy;
+  private userName: (uid: number) => string | undefined = () => undefined;
+  /** The key of hashed values: random per run, so hashes cannot be compared across runs or hosts. */
+  private readonly hashKey = randomBytes(32);
 
   constructor(
     private readonly publisher: HitPublisher,
@@ -248,8 +259,19 @@ export class AgentCore {
   /** This host's processes matching a selector's pid, exe, comm and cgroup (never pid 1, the agent or its helper). */
   async discover(request: Discover): Promise<DiscoverResult> {
     try {
-      const processes = await scanProcesses(processSelector(request.selector), { excludePids: () => this.ownPids() });
-      return create(DiscoverResultSchema, { requestId: request.requestId, processes: processes.map((p) => discovered(p, this.helper?.pid)) });
+      const selector = processSelector(request.selector);
+      // Asked for by pid, the agent and the helper are refused by name rather than not found.
+      const own = selector.pid !== undefined ? inspectProcess(selector.pid) : undefined;
+      if (own && this.ownPids().includes(own.pid)) return create(DiscoverResultSchema, { requestId: request.requestId, refused: [this.refusalOf(own)!] });
+      const processes = await scanProcesses(selector, { excludePids: () => this.ownPids() });
+      const refused: PolicyRefusal[] = [];
+      const allowed: DiscoveredProcess[] = [];
+      for (const p of processes) {
+        const no = this.refusalOf(p);
+        if (no) refused.push(no);
+        else allowed.push(discovered(p, this.helper?.pid));
+      }
+      return create(DiscoverResultSchema, { requestId: request.requestId, processes: allowed, refused });
     } catch (err) {
       return create(DiscoverResultSchema, { requestId: request.requestId, error: toAgentError(err) });
     }
@@ -267,7 +289,7 @@ export class AgentCore {
       const selector = processSelector(request.selector);
       const initial = new Set((await scanProcesses(selector, { excludePids: () => this.ownPids() })).map(processKey));
       for await (const event of watchProcesses(selector, { signal: stop.signal, excludePids: () => this.ownPids() })) {
-        if (event.kind !== "started" || initial.has(processKey(event.process))) continue;
+        if (event.kind !== "started" || initial.has(processKey(event.process)) || this.refusalOf(event.process)) continue;
         this.onAppeared(create(ProcessAppearedSchema, { jobId: request.jobId, process: discovered(event.process, this.helper?.pid) }));
       }
     })().catch((err) => this.log(`agent ${this.hostId}: following job ${request.jobId} failed: ${err instanceof Error ? err.message : String(err)}`));
@@ -314,8 +336,53 @@ export class AgentCore {
     return this.helper ? [process.pid, this.helper.pid] : [process.pid];
   }
 
+  /** Why the host policy forbids watching this process, or undefined when it may be watched. */
+  private refusalOf(p: ProcessInfo): PolicyRefusal | undefined {
+    const reason = refusal(this.policy, p, { agentPid: process.pid, helperPid: this.helper?.pid, userName: this.userName });
+    return reason === undefined ? undefined : create(PolicyRefusalSchema, { pid: p.pid, reason });
+  }
+
+  /** Throws HostPolicyRefusal when the policy forbids watching the pid; a pid that is gone is left to the helper to report. */
+  private checkPolicy(pid: number): void {
+    if (pid === 1) throw new HostPolicyRefusal(`${policyLabel(this.policy)}: pid 1 (the init process) is never watched`);
+    const p = inspectProcess(pid);
+    const no = p && this.refusalOf(p);
+    if (no) throw new HostPolicyRefusal(no.reason);
+  }
+
+  /** The policy in effect, in one line. */
+  policySummary(): string {
+    return this.policy.file === undefined ? "" : summarizePolicy(this.policy);
+  }
+
+  /**
+   * Puts a (re)loaded policy in effect: hits from now on are redacted by it,
+   * and every armed target it forbids is disarmed (never killed) and
+   * reported failed with the rule.
+   */
+  async setPolicy(loaded: LoadedPolicy): Promise<void> {
+    this.policy = loaded.policy;
+    this.userName = loaded.userName;
+    await Promise.all([...this.byKey.values()].filter((w) => !w.ended).map((w) => this.enforcePolicy(w)));
+  }
+
+  private async enforcePolicy(watch: Watch): Promise<void> {
+    const p = inspectProcess(watch.pid);
+    const no = p && this.refusalOf(p);
+    if (!no || watch.ended) return;
+    this.log(`agent ${this.hostId}: job ${watch.jobId} on pid ${watch.pid}: disarming, ${no.reason}`);
+    try {
+      await this.stop(watch);
+    } catch (err) {
+      this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
+      return;
+    }
+    this.report(watch, TargetState.FAILED, no.reason);
+  }
+
   async resolve(request: Resolve): Promise<ResolveResult> {
     try {
+      this.checkPolicy(request.pid);
       const symbol = await this.currentHelper().resolve(request.pid, request.symbol, request.offset);
       return create(ResolveResultSchema, { requestId: request.requestId, address: symbol.address, size: symbol.size, module: symbol.module });
     } catch (err) {
@@ -326,6 +393,8 @@ export class AgentCore {
   async arm(request: Arm): Promise<ArmResult> {
     const reply = { requestId: request.requestId, jobId: request.jobId, pid: request.pid };
     try {
+      this.checkPolicy(request.pid);
+      const policyAtCheck = this.policy;
       const existing = this.byKey.get(key(request.jobId, request.pid));
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
       if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
@@ -382,6 +451,16 @@ export class AgentCore {
       }
       this.byKey.set(key(request.jobId, request.pid), watch);
       if (existing) existing.next = watch;
+      // A reload while the helper armed it has not seen this watch: the new policy decides now.
+      if (this.policy !== policyAtCheck) {
+        try {
+          this.checkPolicy(request.pid);
+        } catch (err) {
+          await this.stop(watch);
+          this.report(watch, TargetState.FAILED, (err as Error).message);
+          throw err;
+        }
+      }
       this.noteReserved(request.pid, result.reservedMask);
       watch.threadsTotal = result.threadsTotal;
       watch.threadsArmed = result.threadsArmed;
@@ -689,8 +768,7 @@ export class AgentCore {
       mode: protoModes[hit.mode],
       slot: hit.dr,
       ip: hit.ip,
-      newValue: hit.newValue,
-      oldValue: hit.oldValue,
+      ...this.valuesOf(hit),
       timeUnixNano: hit.timeNs,
       watchIndex: watch.watchIndexByDr.get(hit.dr) ?? 0,
       sequence,
@@ -701,6 +779,12 @@ export class AgentCore {
     // The last hit of an ended watch goes out at once: its final report waits for it.
     if (watch.batch.length >= this.maxBatchHits || this.isLastHit(watch)) this.flush(watch);
     else watch.flushTimer ??= setTimeout(() => this.flush(watch), this.batchDelayMs);
+  }
+
+  /** A hit's values as the host policy lets them leave the host. */
+  private valuesOf(hit: HelperHit): { oldValue: bigint; newValue: bigint; valueRedaction: ValueRedaction } {
+    const r = redactValues(this.policy.values, this.hashKey, hit.oldValue, hit.newValue);
+    return { oldValue: r.oldValue, newValue: r.newValue, valueRedaction: r.redaction };
   }
 
   private isLastHit(watch: Watch): boolean {

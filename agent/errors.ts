@@ -15,10 +15,20 @@ export class AgentCommandError extends Error {
   }
 }
 
+/** The host policy forbids watching a process; the message names the file and the rule. */
+export class HostPolicyRefusal extends Error {
+  override readonly name = "HostPolicyRefusal";
+  readonly errnoName = "EPERM";
+}
+
 /** Turns any failure into the AgentError the controller understands. */
 export function toAgentError(err: unknown): AgentError {
+  if (err instanceof HostPolicyRefusal) return create(AgentErrorSchema, { errnoName: err.errnoName, message: err.message, hostPolicy: true });
   if (err instanceof HelperError || err instanceof AgentCommandError) return create(AgentErrorSchema, { errnoName: err.errnoName, message: err.message });
   // pid 1 is refused by policy; any other bad selector is bad input.
-  if (err instanceof ProcessSelectorError) return create(AgentErrorSchema, { errnoName: /policy/.test(err.message) ? "EPERM" : "EINVAL", message: err.message });
+  if (err instanceof ProcessSelectorError) {
+    const policy = /policy/.test(err.message);
+    return create(AgentErrorSchema, { errnoName: policy ? "EPERM" : "EINVAL", message: err.message, hostPolicy: policy });
+  }
   return create(AgentErrorSchema, { errnoName: "EIO", message: `agent failure: ${err instanceof Error ? err.message : String(err)}` });
 }

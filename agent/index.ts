@@ -12,6 +12,8 @@ import { HitPublisher } from "./hit-publisher.js";
 import { SessionClient } from "./session-client.js";
 import { storedHitsReader } from "./stored-hits.js";
 import { AgentCommandError } from "./errors.js";
+import { summarizePolicy } from "./host-policy.js";
+import { loadPolicyFile, watchPolicyFile, type LoadedPolicy } from "./policy-file.js";
 
 export interface AgentOptions {
   /** Controller address host:port, or several comma-separated (leader and standbys). */
@@ -24,6 +26,12 @@ export interface AgentOptions {
   transport?: Transport;
   /** The native helper; default the one built in agent/native/build. */
   helperPath?: string;
+  /**
+   * The host policy file (JSON): which processes may be watched and what
+   * leaves the host of their values. Read again on SIGHUP and when it
+   * changes. Unset: every process but pid 1, the agent and its helper, values captured.
+   */
+  policyPath?: string;
   log?: (line: string) => void;
 }
 
@@ -41,10 +49,19 @@ export const agentVersion = "0.1.0";
 const restartPauseMs = 100;
 const maxRestartPauseMs = 5_000;
 
+/** SIGHUP means "reload the policy" to an agent: without a policy file it must not end the agent (the default action). */
+function ignoreHangup(onHup: () => void): () => void {
+  process.on("SIGHUP", onHup);
+  return () => process.off("SIGHUP", onHup);
+}
+
 /** Starts the helper, connects to NATS, and dials the controller. */
 export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   if (!isSubjectToken(options.hostId)) throw new AgentCommandError(`host id '${options.hostId}' must be letters, digits, '-' or '_'`, "EINVAL");
+  // A policy file that cannot be used stops the start: no watching under a policy nobody wrote.
+  const policy: LoadedPolicy | undefined = options.policyPath === undefined ? undefined : loadPolicyFile(options.policyPath);
+  log(policy ? `agent ${options.hostId}: host policy ${options.policyPath}: ${summarizePolicy(policy.policy)}` : `agent ${options.hostId}: no host policy file: any process but pid 1, the agent and its helper may be watched, values captured`);
   // No async stack traces: one per published batch is pure overhead on the hit path.
   const nc = await connect({ servers: options.natsUrl, name: `fleetwatch-agent-${options.hostId}`, maxReconnectAttempts: -1, noAsyncTraces: true });
   const startHelper = () => HelperProcess.start(options.helperPath ? { path: options.helperPath } : {});
@@ -56,6 +73,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     throw err;
   }
   const core = new AgentCore(new HitPublisher(nc.jetstream()), storedHitsReader(nc), options.hostId, log);
+  if (policy) await core.setPolicy(policy);
   const stopping = new AbortController();
   // The helper is supervised: when it dies its watches are reported failed
   // and a new one is started, with a growing pause if it keeps dying.
@@ -95,7 +113,20 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     slotsPerThread,
     agentVersion,
     helperVersion: helper.helperVersion,
+    policy: core.policySummary(),
   });
+  const unwatchPolicy =
+    options.policyPath === undefined
+      ? ignoreHangup(() => log(`agent ${options.hostId}: SIGHUP: no --policy file to reload`))
+      : watchPolicyFile(
+          options.policyPath,
+          (loaded) => {
+            void core.setPolicy(loaded).catch((err: unknown) => log(`agent ${options.hostId}: enforcing the reloaded host policy failed: ${String(err)}`));
+            // What the next registration tells the controller.
+            info.policy = core.policySummary();
+          },
+          (line) => log(`agent ${options.hostId}: ${line}`),
+        );
   const session = new SessionClient(core, { controllers: parseAddressList(options.controller), info, log, transport: options.transport ?? { plaintext: true } });
   session.start();
 
@@ -103,6 +134,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     hostId: options.hostId,
     registered: () => session.registered(),
     async stop() {
+      unwatchPolicy();
       await core.disarmAll(`agent on ${options.hostId} stopped`);
       stopping.abort();
       await session.stop();

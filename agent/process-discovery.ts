@@ -15,6 +15,7 @@ import {
   isKernelThread,
   parseCgroupV2,
   parseStat,
+  parseStatusEuid,
   parseStatusTracerPid,
   parseStatusUid,
   validateSelector,
@@ -147,7 +148,18 @@ function inspect(procRoot: string, pid: number, selector: ValidSelector): Proces
   // they describe two processes. The same start time after: one process.
   const again = readStat(dir);
   if (again === skip || again.startTime !== stat.startTime || hasExited(again)) return skip;
-  return { pid, comm: stat.comm, exe, cgroup, startTime: stat.startTime, uid, tracerPid: parseStatusTracerPid(statusText as string) };
+  const euid = parseStatusEuid(statusText as string) ?? uid;
+  return { pid, comm: stat.comm, exe, cgroup, startTime: stat.startTime, uid, euid, tracerPid: parseStatusTracerPid(statusText as string) };
+}
+
+/**
+ * One live user process by pid, whatever it is (pid 1 and the agent
+ * included: the host policy decides about those), or undefined when it is
+ * gone, a kernel thread, or hidden from us.
+ */
+export function inspectProcess(pid: number, procRoot = defaultProcRoot): ProcessInfo | undefined {
+  const info = inspect(procRoot, pid, { notes: [] });
+  return info === skip ? undefined : info;
 }
 
 /** The pid this process has in procRoot's PID namespace (/proc/self), or ours when procRoot has no "self". */

@@ -60,6 +60,8 @@ export interface ProcessInfo {
   readonly startTime: number;
   /** Real uid (first "Uid:" field of /proc/PID/status). */
   readonly uid: number;
+  /** Effective uid (second "Uid:" field); the host policy checks both. */
+  readonly euid?: number;
   /** Who ptraces it ("TracerPid:" of /proc/PID/status); 0 or absent = nobody. */
   readonly tracerPid?: number;
 }
@@ -254,6 +256,12 @@ export function parseCgroupV2(text: string): string | undefined {
 /** The real uid from /proc/PID/status, or undefined. */
 export function parseStatusUid(text: string): number | undefined {
   const m = /^Uid:\s+(\d+)/m.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** The effective uid from /proc/PID/status (second "Uid:" field), or undefined. */
+export function parseStatusEuid(text: string): number | undefined {
+  const m = /^Uid:\s+\d+\s+(\d+)/m.exec(text);
   return m ? Number(m[1]) : undefined;
 }
 

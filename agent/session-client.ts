@@ -160,7 +160,7 @@ export class SessionClient {
                   silent.abort();
                   return;
                 }
-                this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()) } } });
+                this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()), policy: this.options.info.policy } } });
               }, everyMs);
               for (const report of this.unsent.splice(0)) this.send({ msg: { case: "targetReport", value: report } });
               this.options.log(`agent ${this.options.info.hostId}: registered with ${controller} (epoch ${message.msg.value.epoch})`);

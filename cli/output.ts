@@ -6,6 +6,7 @@ import { Option } from "commander";
 import {
   HitEventSchema,
   JobSchema,
+  ValueRedaction,
   formatCondition,
   formatDuration,
   hex,
@@ -82,6 +83,24 @@ export function formatAge(unixMs: number | bigint, nowMs: number): string {
 /** A watched value in hex and decimal: `0x2a (42)`. */
 export function formatValue(value: bigint): string {
   return `${hex(value)} (${value})`;
+}
+
+/**
+ * A hit's value as its host's policy let it out: the number when captured,
+ * `hash:1a2b3c4d…` for a keyed hash (equal only to hashes of the same agent
+ * run), `masked` or `off` when no value left the host.
+ */
+export function formatHitValue(value: bigint, redaction: ValueRedaction): string {
+  switch (redaction) {
+    case ValueRedaction.HASHED:
+      return `hash:${value.toString(16).padStart(16, "0").slice(0, 8)}…`;
+    case ValueRedaction.MASKED:
+      return "masked";
+    case ValueRedaction.OFF:
+      return "off";
+    default:
+      return formatValue(value);
+  }
 }
 
 /** `trapped/delivered/suppressed/dropped/filtered`, e.g. `12/10/2/0/0`. */
@@ -216,12 +235,13 @@ export function formatLabels(labels: Readonly<Record<string, string>>): string {
 export function renderAgentsTable(agents: readonly Agent[], nowMs: number): string {
   if (agents.length === 0) return "no agents\n";
   const hosts = renderTable(
-    ["HOST", "LABELS", "CONNECTED", "KERNEL", "LAST SEEN"],
+    ["HOST", "LABELS", "CONNECTED", "KERNEL", "POLICY", "LAST SEEN"],
     agents.map((agent) => [
       agent.info?.hostId ?? "?",
       formatLabels(agent.info?.labels ?? {}),
       agent.connected ? "yes" : "no",
       agent.info?.kernel || "-",
+      agent.info?.policy || "none",
       formatAge(agent.lastSeenUnixMs, nowMs),
     ]),
   );
@@ -277,7 +297,7 @@ export function renderHitLine(hit: HitEvent): string {
       String(hit.pid),
       String(hit.tid),
       hex(hit.address),
-      `${formatValue(hit.oldValue)} → ${formatValue(hit.newValue)}`,
+      `${formatHitValue(hit.oldValue, hit.valueRedaction)} → ${formatHitValue(hit.newValue, hit.valueRedaction)}`,
       formatIp(hit),
       `DR${hit.slot}`,
     ]) + "\n"

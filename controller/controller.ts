@@ -120,7 +120,7 @@ function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[]; co
 }
 
 function agentFailure(hostId: string, error: AgentError): AgentOperationError {
-  return new AgentOperationError(`${hostId}: ${error.message}`, hostId, error.errnoName);
+  return new AgentOperationError(`${hostId}: ${error.message}`, hostId, error.errnoName, { hostPolicy: error.hostPolicy });
 }
 
 function errorText(err: unknown): string {
@@ -247,8 +247,12 @@ export class Controller {
     const id = newJobId();
 
     // Which processes match on each host; then symbols and chunks per process.
-    const found = await Promise.all(sessions.map(async (session) => ({ session, processes: await this.discover(session, selector) })));
+    // Matching processes a host's policy forbids become failed targets naming the rule.
+    const refused: Array<{ pid: number; err: AgentOperationError }> = [];
+    const found = await Promise.all(sessions.map(async (session) => ({ session, processes: await this.discover(session, selector, refused) })));
     const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid })));
+    // A gang cannot include a process it may not watch.
+    if (refused.length > 0 && (candidates.length === 0 || mode.kind === "all")) throw refused[0]!.err;
     if (candidates.length === 0) {
       throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${sessions.map((s) => s.hostId).join(", ")}`);
     }
@@ -267,6 +271,7 @@ export class Controller {
       queueDeadlineUnixMs: spec.queueTimeoutMs > 0n ? BigInt(now) + spec.queueTimeoutMs : 0n,
       counts: {},
     });
+    for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, state: TargetState.FAILED, reason: err.message }));
     for (const plan of plans) {
       const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {} };
       draft.targets.push(
@@ -320,9 +325,12 @@ export class Controller {
   }
 
   /** The processes of one host that match the selector's pid, exe, comm and cgroup; who else traces them goes into the ledger. */
-  private async discover(session: AgentSession, selector: TargetSelector): Promise<DiscoveredProcess[]> {
+  private async discover(session: AgentSession, selector: TargetSelector, refused?: Array<{ pid: number; err: AgentOperationError }>): Promise<DiscoveredProcess[]> {
     const result = await session.discover({ selector: processPart(selector) });
     if (result.error) throw agentFailure(session.hostId, result.error);
+    for (const r of result.refused) {
+      refused?.push({ pid: r.pid, err: new AgentOperationError(`${session.hostId}: ${r.reason}`, session.hostId, "EPERM", { hostPolicy: true }) });
+    }
     for (const p of result.processes) this.ledger.noteTracer(session.hostId, p.pid, p.tracerPid ? { pid: p.tracerPid, comm: p.tracerComm } : undefined);
     return result.processes;
   }
@@ -1112,6 +1120,8 @@ export class Controller {
   private onAgentMessage(session: AgentSession, message: SessionRequest): void {
     switch (message.msg.case) {
       case "heartbeat":
+        // The agent's policy was reloaded: agents ls shows the one in effect.
+        session.info.policy = message.msg.value.policy;
         session.send({ msg: { case: "heartbeatAck", value: { sentUnixMs: BigInt(Date.now()) } } });
         return;
       case "resolveResult":

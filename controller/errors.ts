@@ -40,13 +40,16 @@ export class SlotsExhaustedError extends Error {
 /** A host refused or failed an operation; `errnoName` is what its kernel said. */
 export class AgentOperationError extends Error {
   override readonly name = "AgentOperationError";
+  /** The host's policy refused it, not its kernel: asking again will not help. */
+  readonly hostPolicy: boolean;
   constructor(
     message: string,
     readonly hostId: string,
     readonly errnoName: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; hostPolicy?: boolean },
   ) {
     super(message, options);
+    this.hostPolicy = options?.hostPolicy ?? false;
   }
 }
 
@@ -80,6 +83,7 @@ export const statusFor: StatusFor = (err) => {
   if (err instanceof PermissionDeniedError) return { code: status.PERMISSION_DENIED, details: err.message };
   if (err instanceof PreconditionError) return { code: status.FAILED_PRECONDITION, details: err.message };
   if (err instanceof SlotsExhaustedError) return { code: status.RESOURCE_EXHAUSTED, details: err.message };
+  if (err instanceof AgentOperationError && err.hostPolicy) return { code: status.PERMISSION_DENIED, details: err.message };
   if (err instanceof AgentOperationError) return { code: errnoStatus[err.errnoName] ?? status.FAILED_PRECONDITION, details: err.message };
   if (err instanceof AgentUnavailableError) return { code: status.FAILED_PRECONDITION, details: err.message };
   // Clients with several controller addresses move on to the next one.

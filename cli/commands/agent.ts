@@ -1,6 +1,7 @@
 // `fleetwatch agent`: runs this host's agent in the foreground until
 // SIGINT/SIGTERM, then disarms everything and stops. Log lines go to stderr.
 import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
 import type { Command } from "commander";
 import { isSubjectToken, parseAddressList } from "../../proto/index.js";
 import { DaemonStartError, UsageError } from "../errors.js";
@@ -15,6 +16,8 @@ export interface AgentRequest {
   hostId: string;
   labels: Record<string, string>;
   helperPath?: string;
+  /** The host policy file, absolute (it is read again on reload, whatever the working directory). */
+  policyPath?: string;
 }
 
 /** Parses `k=v` labels; the key must be non-empty, the value may be. */
@@ -45,11 +48,12 @@ export function readLabelFile(path: string): Record<string, string> {
 }
 
 /** Validates the command line; --label wins over the same key in --label-file. */
-export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string }, globals: { controller: string; nats: string }): AgentRequest {
+export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string }, globals: { controller: string; nats: string }): AgentRequest {
   if (!isSubjectToken(opts.hostId)) throw new UsageError(`--host-id '${opts.hostId}' may hold only letters, digits, _ and -`);
   const labels = { ...(opts.labelFile ? readLabelFile(opts.labelFile) : {}), ...parseLabels(opts.label ?? []) };
   const request: AgentRequest = { controller: globals.controller, natsUrl: globals.nats, hostId: opts.hostId, labels };
   if (opts.helper !== undefined) request.helperPath = opts.helper;
+  if (opts.policy !== undefined) request.policyPath = resolve(opts.policy);
   return request;
 }
 
@@ -67,7 +71,8 @@ export function registerAgentCommand(program: Command, ctx: CliContext): void {
     .option("--label <k=v...>", "labels the scheduler can select on (repeatable)")
     .option("--label-file <path>", "more labels, one k=v per line (e.g. a Kubernetes node's labels)")
     .option("--helper <path>", "the native helper (default: the one built in agent/native/build)")
-    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string }) => {
+    .option("--policy <file>", "host policy (JSON): processes that may be watched, value capture; reloaded on SIGHUP and on change")
+    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string }) => {
       const request = parseAgentArgs(opts, ctx.globals());
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
       const transport = resolveTransport(ctx.globals().tls, "agent", parseAddressList(request.controller), log);

@@ -137,6 +137,7 @@ test("process-discovery - selects real processes by pid, comm and exe, each alon
     cgroup: await ownCgroup(),
     startTime: await startTimeOf(byCopy.pid),
     uid: process.getuid?.(),
+    euid: process.geteuid?.(),
     tracerPid: 0,
   });
   assert.deepEqual(pids(await scanProcesses({ exe: copyPath })), [byCopy.pid]);
@@ -248,8 +249,8 @@ test("process-discovery - skips kernel threads, zombies, half-read processes and
 
   const procRoot = root;
   assert.deepEqual(await scanProcesses({ cgroup: "/" }, { procRoot }), [
-    { pid: 100, comm: "fake (x) y", exe: "/usr/bin/fake", cgroup: "/fake/app", startTime: 5100, uid: 1000, tracerPid: 0 },
-    { pid: 104, comm: "fake (x) y", exe: "/usr/bin/fake (deleted)", cgroup: "/fake/app", startTime: 5104, uid: 1000, tracerPid: 0 },
+    { pid: 100, comm: "fake (x) y", exe: "/usr/bin/fake", cgroup: "/fake/app", startTime: 5100, uid: 1000, euid: 1000, tracerPid: 0 },
+    { pid: 104, comm: "fake (x) y", exe: "/usr/bin/fake (deleted)", cgroup: "/fake/app", startTime: 5104, uid: 1000, euid: 1000, tracerPid: 0 },
   ]);
   assert.deepEqual(pids(await scanProcesses({ exe: "/usr/bin/fake" }, { procRoot })), [100]);
   assert.deepEqual(pids(await scanProcesses({ comm: "fake (x) y" }, { procRoot, excludePids: [100] })), [104]);

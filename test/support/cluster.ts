@@ -181,9 +181,9 @@ export class Cluster {
     await this.controller?.stop(signal);
   }
 
-  /** Starts an agent and waits until the controller lists it as connected. */
-  async startAgent(hostId: string, labels: string[] = []): Promise<Daemon> {
-    const args = [cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", hostId, "--helper", helperPath];
+  /** Starts an agent (with `extraArgs`, e.g. --policy) and waits until the controller lists it as connected. */
+  async startAgent(hostId: string, labels: string[] = [], extraArgs: string[] = []): Promise<Daemon> {
+    const args = [cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", hostId, "--helper", helperPath, ...extraArgs];
     for (const label of labels) args.push("--label", label);
     const daemon = new Daemon(`agent ${hostId}`, spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
     this.agents.set(hostId, daemon);

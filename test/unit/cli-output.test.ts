@@ -1,10 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { AgentSchema, HitEventSchema, JobSchema, JobState, TargetState, WatchMode } from "../../proto/index.js";
+import { AgentSchema, HitEventSchema, JobSchema, JobState, TargetState, ValueRedaction, WatchMode } from "../../proto/index.js";
 import {
   formatAge,
   formatDuration,
+  formatHitValue,
   formatValue,
   formatWatch,
   parseDuration,
@@ -141,8 +142,8 @@ test("cli output - agents table shows DR0-DR3 of each watched target, free or he
   assert.equal(
     renderAgentsTable([agent], 10_000),
     [
-      "HOST  LABELS                 CONNECTED  KERNEL  LAST SEEN",
-      "h1    embedded=true,role=db  yes        6.1.0   3s ago",
+      "HOST  LABELS                 CONNECTED  KERNEL  POLICY  LAST SEEN",
+      "h1    embedded=true,role=db  yes        6.1.0   none    3s ago",
       "",
       "HOST  PID   DR0   DR1             DR2   DR3   TRACED BY",
       "h1    4242  free  j-1 0x4010/8 w  free  free  -",
@@ -150,6 +151,11 @@ test("cli output - agents table shows DR0-DR3 of each watched target, free or he
     ].join("\n"),
   );
   assert.equal(renderAgentsTable([], 0), "no agents\n");
+});
+
+test("cli output - agents table shows each host's policy summary", () => {
+  const agent = create(AgentSchema, { info: { hostId: "h1", kernel: "6.1.0", policy: "exe 2, users 1, values hash" }, connected: true, lastSeenUnixMs: 7_000n });
+  assert.match(renderAgentsTable([agent], 10_000), /^h1\s+-\s+yes\s+6\.1\.0\s+exe 2, users 1, values hash\s+3s ago$/m);
 });
 
 const hit = create(HitEventSchema, {
@@ -183,4 +189,13 @@ test("cli output - one hit is one line of protobuf JSON with uint64 as strings",
   assert.equal(json.address, "16400");
   assert.equal(json.sequence, "18446744073709551615");
   assert.equal(json.mode, "WATCH_MODE_WRITE");
+});
+
+test("cli output - redacted values show as hash, masked or off, never as numbers", () => {
+  const hashed = create(HitEventSchema, { ...hit, oldValue: 0x1a2b3c4d5e6f7081n, newValue: 0x00000000000000ffn, valueRedaction: ValueRedaction.HASHED });
+  assert.match(renderHitLine(hashed), /\s0x4010\s+hash:1a2b3c4d… → hash:00000000…\s+0x401136/);
+  assert.match(renderHitLine(create(HitEventSchema, { ...hit, oldValue: 0n, newValue: 0n, valueRedaction: ValueRedaction.MASKED })), /\s0x4010\s+masked → masked\s+0x401136/);
+  assert.match(renderHitLine(create(HitEventSchema, { ...hit, oldValue: 0n, newValue: 0n, valueRedaction: ValueRedaction.OFF })), /\s0x4010\s+off → off\s+0x401136/);
+  assert.equal(formatHitValue(42n, ValueRedaction.UNSPECIFIED), "0x2a (42)");
+  assert.equal(JSON.parse(renderHitJson(hashed)).valueRedaction, "VALUE_REDACTION_HASHED");
 });

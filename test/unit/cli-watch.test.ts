@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import path from "node:path";
 import { ConditionOp, WatchMode, WatchSpecError } from "../../proto/index.js";
 import { buildJobSpec, type WatchArgs } from "../../cli/commands/watch.js";
 import { parseEventsArgs } from "../../cli/commands/events.js";
@@ -106,6 +107,8 @@ test("cli agent - labels are key=value and host ids one subject token", () => {
     labels: { k: "v" },
     helperPath: "/h",
   });
+  // Read again on every reload: a relative path must not depend on the working directory then.
+  assert.equal(parseAgentArgs({ hostId: "h1", policy: "policy.json" }, { controller: "c:1", nats: "nats://n:1" }).policyPath, path.resolve("policy.json"));
 });
 
 test("cli up - host id is the hostname reduced to [A-Za-z0-9_-]; data dir is under the cwd", () => {

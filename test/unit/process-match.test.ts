@@ -11,6 +11,7 @@ import {
   matchesSelector,
   parseCgroupV2,
   parseStat,
+  parseStatusEuid,
   parseStatusUid,
   processKey,
   validateSelector,
@@ -170,6 +171,8 @@ test("process-match - finds the cgroup v2 line in hybrid, v2-only and v1-only fi
 test("process-match - reads the real uid from /proc/PID/status", () => {
   assert.equal(parseStatusUid("Name:\tpostgres\nUid:\t105\t0\t0\t0\nGid:\t110\t110\t110\t110\n"), 105);
   assert.equal(parseStatusUid("Name:\tx\n"), undefined);
+  assert.equal(parseStatusEuid("Name:\tpostgres\nUid:\t105\t0\t0\t0\nGid:\t110\t110\t110\t110\n"), 0, "the effective uid is the second field");
+  assert.equal(parseStatusEuid("Name:\tx\n"), undefined);
 });
 
 test("process-match - diff tells starts and exits apart by pid and start time", () => {

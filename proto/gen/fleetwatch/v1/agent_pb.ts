@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/agent.proto.
  */
 export const file_fleetwatch_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIr0DCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SAASOAoPZGlzY292ZXJfcmVzdWx0GAcgASgLMh0uZmxlZXR3YXRjaC52MS5EaXNjb3ZlclJlc3VsdEgAEjoKEHByb2Nlc3NfYXBwZWFyZWQYCCABKAsyHi5mbGVldHdhdGNoLnYxLlByb2Nlc3NBcHBlYXJlZEgAQgUKA21zZyL2AgoPU2Vzc2lvblJlc3BvbnNlEi8KCnJlZ2lzdGVyZWQYASABKAsyGS5mbGVldHdhdGNoLnYxLlJlZ2lzdGVyZWRIABIpCgdyZXNvbHZlGAIgASgLMhYuZmxlZXR3YXRjaC52MS5SZXNvbHZlSAASIQoDYXJtGAMgASgLMhIuZmxlZXR3YXRjaC52MS5Bcm1IABInCgZkaXNhcm0YBCABKAsyFS5mbGVldHdhdGNoLnYxLkRpc2FybUgAEjEKDWhlYXJ0YmVhdF9hY2sYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEisKCGRpc2NvdmVyGAYgASgLMhcuZmxlZXR3YXRjaC52MS5EaXNjb3ZlckgAEicKBmZvbGxvdxgHIAEoCzIVLmZsZWV0d2F0Y2gudjEuRm9sbG93SAASKwoIdW5mb2xsb3cYCCABKAsyFy5mbGVldHdhdGNoLnYxLlVuZm9sbG93SABCBQoDbXNnIk8KCERpc2NvdmVyEhIKCnJlcXVlc3RfaWQYASABKAQSLwoIc2VsZWN0b3IYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yIngKEURpc2NvdmVyZWRQcm9jZXNzEgsKA3BpZBgBIAEoDRIMCgRjb21tGAIgASgJEgsKA2V4ZRgDIAEoCRISCgpzdGFydF90aW1lGAQgASgEEhIKCnRyYWNlcl9waWQYBSABKA0SEwoLdHJhY2VyX2NvbW0YBiABKAkigwEKDkRpc2NvdmVyUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISMwoJcHJvY2Vzc2VzGAMgAygLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcyJJCgZGb2xsb3cSDgoGam9iX2lkGAEgASgJEi8KCHNlbGVjdG9yGAIgASgLMh0uZmxlZXR3YXRjaC52MS5UYXJnZXRTZWxlY3RvciIaCghVbmZvbGxvdxIOCgZqb2JfaWQYASABKAkiVAoPUHJvY2Vzc0FwcGVhcmVkEg4KBmpvYl9pZBgBIAEoCRIxCgdwcm9jZXNzGAIgASgLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcyJdCghSZWdpc3RlchImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SKQoFYXJtZWQYAiADKAsyGi5mbGVldHdhdGNoLnYxLkFybWVkVGFyZ2V0IoIBCgtBcm1lZFRhcmdldBIOCgZqb2JfaWQYASABKAkSCwoDcGlkGAIgASgNEiwKBXNsb3RzGAMgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIoCgZjb3VudHMYBCABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cyJDCgpSZWdpc3RlcmVkEhQKDGhlYXJ0YmVhdF9tcxgBIAEoDRIQCghsZWFzZV9tcxgCIAEoDRINCgVlcG9jaBgDIAEoBCIhCglIZWFydGJlYXQSFAoMc2VudF91bml4X21zGAEgASgDIjEKCkFnZW50RXJyb3ISEgoKZXJybm9fbmFtZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIkoKB1Jlc29sdmUSEgoKcmVxdWVzdF9pZBgBIAEoBBILCgNwaWQYAiABKA0SDgoGc3ltYm9sGAMgASgJEg4KBm9mZnNldBgEIAEoBCJ8Cg1SZXNvbHZlUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISDwoHYWRkcmVzcxgDIAEoBBIMCgRzaXplGAQgASgEEg4KBm1vZHVsZRgFIAEoCSLiAgoDQXJtEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIsCgVzbG90cxgEIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSEAoIbWF4X2hpdHMYBSABKAQSGAoQZGVhZGxpbmVfdW5peF9tcxgGIAEoAxIsCgpjb25kaXRpb25zGAcgAygLMhguZmxlZXR3YXRjaC52MS5Db25kaXRpb24SDAoEdGlkcxgIIAMoDRIbChNtYXhfaGl0c19wZXJfc2Vjb25kGAkgASgNEhIKCmJhY2tvZmZfbXMYCiABKA0SEwoLc3RhY2tfZGVwdGgYCyABKA0SDQoFZXBvY2gYDCABKAQSFQoNbG9zdF9hZnRlcl9tcxgNIAEoBBIoCgZjb3VudHMYDiABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cyLZAQoJQXJtUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIoCgVlcnJvchgEIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIVCg10aHJlYWRzX3RvdGFsGAUgASgNEhUKDXRocmVhZHNfYXJtZWQYBiABKA0SLAoFc2xvdHMYByADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EhUKDXJlc2VydmVkX21hc2sYCCABKA0iSAoGRGlzYXJtEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRINCgVlcG9jaBgEIAEoBCKqAQoMRGlzYXJtUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIoCgVlcnJvchgEIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIVCg1yZXNlcnZlZF9tYXNrGAYgASgNItUBCgxUYXJnZXRSZXBvcnQSDgoGam9iX2lkGAEgASgJEgsKA3BpZBgCIAEoDRIpCgVzdGF0ZRgDIAEoDjIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U3RhdGUSDgoGcmVhc29uGAQgASgJEigKBmNvdW50cxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXRocmVhZHNfdG90YWwYBiABKA0SFQoNdGhyZWFkc19hcm1lZBgHIAEoDRIVCg1yZXNlcnZlZF9tYXNrGAggASgNMlwKDEFnZW50U2VydmljZRJMCgdTZXNzaW9uEh0uZmxlZXR3YXRjaC52MS5TZXNzaW9uUmVxdWVzdBoeLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
+  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIr0DCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SAASOAoPZGlzY292ZXJfcmVzdWx0GAcgASgLMh0uZmxlZXR3YXRjaC52MS5EaXNjb3ZlclJlc3VsdEgAEjoKEHByb2Nlc3NfYXBwZWFyZWQYCCABKAsyHi5mbGVldHdhdGNoLnYxLlByb2Nlc3NBcHBlYXJlZEgAQgUKA21zZyL2AgoPU2Vzc2lvblJlc3BvbnNlEi8KCnJlZ2lzdGVyZWQYASABKAsyGS5mbGVldHdhdGNoLnYxLlJlZ2lzdGVyZWRIABIpCgdyZXNvbHZlGAIgASgLMhYuZmxlZXR3YXRjaC52MS5SZXNvbHZlSAASIQoDYXJtGAMgASgLMhIuZmxlZXR3YXRjaC52MS5Bcm1IABInCgZkaXNhcm0YBCABKAsyFS5mbGVldHdhdGNoLnYxLkRpc2FybUgAEjEKDWhlYXJ0YmVhdF9hY2sYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEisKCGRpc2NvdmVyGAYgASgLMhcuZmxlZXR3YXRjaC52MS5EaXNjb3ZlckgAEicKBmZvbGxvdxgHIAEoCzIVLmZsZWV0d2F0Y2gudjEuRm9sbG93SAASKwoIdW5mb2xsb3cYCCABKAsyFy5mbGVldHdhdGNoLnYxLlVuZm9sbG93SABCBQoDbXNnIk8KCERpc2NvdmVyEhIKCnJlcXVlc3RfaWQYASABKAQSLwoIc2VsZWN0b3IYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yIngKEURpc2NvdmVyZWRQcm9jZXNzEgsKA3BpZBgBIAEoDRIMCgRjb21tGAIgASgJEgsKA2V4ZRgDIAEoCRISCgpzdGFydF90aW1lGAQgASgEEhIKCnRyYWNlcl9waWQYBSABKA0SEwoLdHJhY2VyX2NvbW0YBiABKAkisgEKDkRpc2NvdmVyUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISMwoJcHJvY2Vzc2VzGAMgAygLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcxItCgdyZWZ1c2VkGAQgAygLMhwuZmxlZXR3YXRjaC52MS5Qb2xpY3lSZWZ1c2FsIiwKDVBvbGljeVJlZnVzYWwSCwoDcGlkGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJJCgZGb2xsb3cSDgoGam9iX2lkGAEgASgJEi8KCHNlbGVjdG9yGAIgASgLMh0uZmxlZXR3YXRjaC52MS5UYXJnZXRTZWxlY3RvciIaCghVbmZvbGxvdxIOCgZqb2JfaWQYASABKAkiVAoPUHJvY2Vzc0FwcGVhcmVkEg4KBmpvYl9pZBgBIAEoCRIxCgdwcm9jZXNzGAIgASgLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcyJdCghSZWdpc3RlchImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SKQoFYXJtZWQYAiADKAsyGi5mbGVldHdhdGNoLnYxLkFybWVkVGFyZ2V0IoIBCgtBcm1lZFRhcmdldBIOCgZqb2JfaWQYASABKAkSCwoDcGlkGAIgASgNEiwKBXNsb3RzGAMgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIoCgZjb3VudHMYBCABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cyJDCgpSZWdpc3RlcmVkEhQKDGhlYXJ0YmVhdF9tcxgBIAEoDRIQCghsZWFzZV9tcxgCIAEoDRINCgVlcG9jaBgDIAEoBCIxCglIZWFydGJlYXQSFAoMc2VudF91bml4X21zGAEgASgDEg4KBnBvbGljeRgCIAEoCSJGCgpBZ2VudEVycm9yEhIKCmVycm5vX25hbWUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRITCgtob3N0X3BvbGljeRgDIAEoCCJKCgdSZXNvbHZlEhIKCnJlcXVlc3RfaWQYASABKAQSCwoDcGlkGAIgASgNEg4KBnN5bWJvbBgDIAEoCRIOCgZvZmZzZXQYBCABKAQifAoNUmVzb2x2ZVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEigKBWVycm9yGAIgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEg8KB2FkZHJlc3MYAyABKAQSDAoEc2l6ZRgEIAEoBBIOCgZtb2R1bGUYBSABKAki4gIKA0FybRISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SLAoFc2xvdHMYBCADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EhAKCG1heF9oaXRzGAUgASgEEhgKEGRlYWRsaW5lX3VuaXhfbXMYBiABKAMSLAoKY29uZGl0aW9ucxgHIAMoCzIYLmZsZWV0d2F0Y2gudjEuQ29uZGl0aW9uEgwKBHRpZHMYCCADKA0SGwoTbWF4X2hpdHNfcGVyX3NlY29uZBgJIAEoDRISCgpiYWNrb2ZmX21zGAogASgNEhMKC3N0YWNrX2RlcHRoGAsgASgNEg0KBWVwb2NoGAwgASgEEhUKDWxvc3RfYWZ0ZXJfbXMYDSABKAQSKAoGY291bnRzGA4gASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMi2QEKCUFybVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SKAoFZXJyb3IYBCABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISFQoNdGhyZWFkc190b3RhbBgFIAEoDRIVCg10aHJlYWRzX2FybWVkGAYgASgNEiwKBXNsb3RzGAcgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIVCg1yZXNlcnZlZF9tYXNrGAggASgNIkgKBkRpc2FybRISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SDQoFZXBvY2gYBCABKAQiqgEKDERpc2FybVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SKAoFZXJyb3IYBCABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISKAoGY291bnRzGAUgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSFQoNcmVzZXJ2ZWRfbWFzaxgGIAEoDSLVAQoMVGFyZ2V0UmVwb3J0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SKQoFc3RhdGUYAyABKA4yGi5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlEg4KBnJlYXNvbhgEIAEoCRIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIVCg10aHJlYWRzX3RvdGFsGAYgASgNEhUKDXRocmVhZHNfYXJtZWQYByABKA0SFQoNcmVzZXJ2ZWRfbWFzaxgIIAEoDTJcCgxBZ2VudFNlcnZpY2USTAoHU2Vzc2lvbhIdLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlcXVlc3QaHi5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXNwb25zZSgBMAFiBnByb3RvMw", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
 
 /**
  * Agent to controller.
@@ -241,6 +241,14 @@ export type DiscoverResult = Message<"fleetwatch.v1.DiscoverResult"> & {
    * @generated from field: repeated fleetwatch.v1.DiscoveredProcess processes = 3;
    */
   processes: DiscoveredProcess[];
+
+  /**
+   * Processes that match the selector but that the host's policy forbids
+   * watching; they are not in processes.
+   *
+   * @generated from field: repeated fleetwatch.v1.PolicyRefusal refused = 4;
+   */
+  refused: PolicyRefusal[];
 };
 
 /**
@@ -249,6 +257,30 @@ export type DiscoverResult = Message<"fleetwatch.v1.DiscoverResult"> & {
  */
 export const DiscoverResultSchema: GenMessage<DiscoverResult> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_agent, 4);
+
+/**
+ * A process the host's policy forbids watching, and the rule that says so.
+ *
+ * @generated from message fleetwatch.v1.PolicyRefusal
+ */
+export type PolicyRefusal = Message<"fleetwatch.v1.PolicyRefusal"> & {
+  /**
+   * @generated from field: uint32 pid = 1;
+   */
+  pid: number;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fleetwatch.v1.PolicyRefusal.
+ * Use `create(PolicyRefusalSchema)` to create a new message.
+ */
+export const PolicyRefusalSchema: GenMessage<PolicyRefusal> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 5);
 
 /**
  * Keep watching this host for processes that start matching the job's
@@ -273,7 +305,7 @@ export type Follow = Message<"fleetwatch.v1.Follow"> & {
  * Use `create(FollowSchema)` to create a new message.
  */
 export const FollowSchema: GenMessage<Follow> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 5);
+  messageDesc(file_fleetwatch_v1_agent, 6);
 
 /**
  * @generated from message fleetwatch.v1.Unfollow
@@ -290,7 +322,7 @@ export type Unfollow = Message<"fleetwatch.v1.Unfollow"> & {
  * Use `create(UnfollowSchema)` to create a new message.
  */
 export const UnfollowSchema: GenMessage<Unfollow> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 6);
+  messageDesc(file_fleetwatch_v1_agent, 7);
 
 /**
  * @generated from message fleetwatch.v1.ProcessAppeared
@@ -312,7 +344,7 @@ export type ProcessAppeared = Message<"fleetwatch.v1.ProcessAppeared"> & {
  * Use `create(ProcessAppearedSchema)` to create a new message.
  */
 export const ProcessAppearedSchema: GenMessage<ProcessAppeared> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 7);
+  messageDesc(file_fleetwatch_v1_agent, 8);
 
 /**
  * First message of every session.
@@ -338,7 +370,7 @@ export type Register = Message<"fleetwatch.v1.Register"> & {
  * Use `create(RegisterSchema)` to create a new message.
  */
 export const RegisterSchema: GenMessage<Register> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 8);
+  messageDesc(file_fleetwatch_v1_agent, 9);
 
 /**
  * @generated from message fleetwatch.v1.ArmedTarget
@@ -370,7 +402,7 @@ export type ArmedTarget = Message<"fleetwatch.v1.ArmedTarget"> & {
  * Use `create(ArmedTargetSchema)` to create a new message.
  */
 export const ArmedTargetSchema: GenMessage<ArmedTarget> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 9);
+  messageDesc(file_fleetwatch_v1_agent, 10);
 
 /**
  * @generated from message fleetwatch.v1.Registered
@@ -406,7 +438,7 @@ export type Registered = Message<"fleetwatch.v1.Registered"> & {
  * Use `create(RegisteredSchema)` to create a new message.
  */
 export const RegisteredSchema: GenMessage<Registered> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 10);
+  messageDesc(file_fleetwatch_v1_agent, 11);
 
 /**
  * @generated from message fleetwatch.v1.Heartbeat
@@ -416,6 +448,13 @@ export type Heartbeat = Message<"fleetwatch.v1.Heartbeat"> & {
    * @generated from field: int64 sent_unix_ms = 1;
    */
   sentUnixMs: bigint;
+
+  /**
+   * The host policy in effect now (AgentInfo.policy): a reload shows up without a new session.
+   *
+   * @generated from field: string policy = 2;
+   */
+  policy: string;
 };
 
 /**
@@ -423,7 +462,7 @@ export type Heartbeat = Message<"fleetwatch.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 11);
+  messageDesc(file_fleetwatch_v1_agent, 12);
 
 /**
  * Why an agent could not do what it was asked.
@@ -444,6 +483,13 @@ export type AgentError = Message<"fleetwatch.v1.AgentError"> & {
    * @generated from field: string message = 2;
    */
   message: string;
+
+  /**
+   * The host's policy refused it (not the kernel): it will not pass on a retry.
+   *
+   * @generated from field: bool host_policy = 3;
+   */
+  hostPolicy: boolean;
 };
 
 /**
@@ -451,7 +497,7 @@ export type AgentError = Message<"fleetwatch.v1.AgentError"> & {
  * Use `create(AgentErrorSchema)` to create a new message.
  */
 export const AgentErrorSchema: GenMessage<AgentError> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 12);
+  messageDesc(file_fleetwatch_v1_agent, 13);
 
 /**
  * @generated from message fleetwatch.v1.Resolve
@@ -483,7 +529,7 @@ export type Resolve = Message<"fleetwatch.v1.Resolve"> & {
  * Use `create(ResolveSchema)` to create a new message.
  */
 export const ResolveSchema: GenMessage<Resolve> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 13);
+  messageDesc(file_fleetwatch_v1_agent, 14);
 
 /**
  * @generated from message fleetwatch.v1.ResolveResult
@@ -520,7 +566,7 @@ export type ResolveResult = Message<"fleetwatch.v1.ResolveResult"> & {
  * Use `create(ResolveResultSchema)` to create a new message.
  */
 export const ResolveResultSchema: GenMessage<ResolveResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 14);
+  messageDesc(file_fleetwatch_v1_agent, 15);
 
 /**
  * @generated from message fleetwatch.v1.Arm
@@ -615,7 +661,7 @@ export type Arm = Message<"fleetwatch.v1.Arm"> & {
  * Use `create(ArmSchema)` to create a new message.
  */
 export const ArmSchema: GenMessage<Arm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 15);
+  messageDesc(file_fleetwatch_v1_agent, 16);
 
 /**
  * @generated from message fleetwatch.v1.ArmResult
@@ -671,7 +717,7 @@ export type ArmResult = Message<"fleetwatch.v1.ArmResult"> & {
  * Use `create(ArmResultSchema)` to create a new message.
  */
 export const ArmResultSchema: GenMessage<ArmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 16);
+  messageDesc(file_fleetwatch_v1_agent, 17);
 
 /**
  * @generated from message fleetwatch.v1.Disarm
@@ -703,7 +749,7 @@ export type Disarm = Message<"fleetwatch.v1.Disarm"> & {
  * Use `create(DisarmSchema)` to create a new message.
  */
 export const DisarmSchema: GenMessage<Disarm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 17);
+  messageDesc(file_fleetwatch_v1_agent, 18);
 
 /**
  * @generated from message fleetwatch.v1.DisarmResult
@@ -745,7 +791,7 @@ export type DisarmResult = Message<"fleetwatch.v1.DisarmResult"> & {
  * Use `create(DisarmResultSchema)` to create a new message.
  */
 export const DisarmResultSchema: GenMessage<DisarmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 18);
+  messageDesc(file_fleetwatch_v1_agent, 19);
 
 /**
  * A target's watch changed on its own (budget used up, deadline, process
@@ -800,7 +846,7 @@ export type TargetReport = Message<"fleetwatch.v1.TargetReport"> & {
  * Use `create(TargetReportSchema)` to create a new message.
  */
 export const TargetReportSchema: GenMessage<TargetReport> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 19);
+  messageDesc(file_fleetwatch_v1_agent, 20);
 
 /**
  * The agent dials out and keeps one session open; the controller sends
