@@ -45,8 +45,8 @@ import {
   type TargetReport,
 } from "../proto/index.js";
 import { AgentCommandError, HostPolicyRefusal, toAgentError } from "./errors.js";
-import { defaultPolicy, policyLabel, redactValues, refusal, summarizePolicy, type HostPolicy } from "./host-policy.js";
-import type { LoadedPolicy } from "./policy-file.js";
+import { defaultPolicy, policyLabel, redactValues, refusal, stricterValues, summarizePolicy, valuePolicyOf, type HostPolicy, type ValuePolicy } from "./host-policy.js";
+import { userNames, type LoadedPolicy } from "./policy-file.js";
 import type { GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
 import { resumeCounts, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
@@ -88,6 +88,8 @@ interface Watch {
   status: string;
   /** With no session for this long the agent disarms it itself (0 = at the lease). */
   readonly lostAfterMs: number;
+  /** What the job's owner lets leave the host of the values (the host policy may be stricter). */
+  readonly jobValues: ValuePolicy;
   threadsTotal: number;
   threadsArmed: number;
 }
@@ -125,9 +127,19 @@ function processSelector(selector: TargetSelector | undefined): ProcessSelector 
 }
 
 /** A process as the controller sees it; `helperPid` tracing it is ours, anyone else is another tracer. */
-function discovered(p: ProcessInfo, helperPid: number | undefined): DiscoveredProcess {
+function discovered(p: ProcessInfo, helperPid: number | undefined, userName: (uid: number) => string | undefined): DiscoveredProcess {
   const tracer = p.tracerPid && p.tracerPid !== helperPid ? p.tracerPid : 0;
-  return create(DiscoveredProcessSchema, { pid: p.pid, comm: p.comm, exe: p.exe, startTime: BigInt(p.startTime), tracerPid: tracer, tracerComm: tracer ? commOf(tracer) : "" });
+  return create(DiscoveredProcessSchema, {
+    pid: p.pid,
+    comm: p.comm,
+    exe: p.exe,
+    startTime: BigInt(p.startTime),
+    tracerPid: tracer,
+    tracerComm: tracer ? commOf(tracer) : "",
+    uid: p.uid,
+    euid: p.euid ?? p.uid,
+    user: userName(p.uid) ?? "",
+  });
 }
 
 /** /proc/PID/comm, or "?" when the process is gone or hidden. */
@@ -196,7 +208,8 @@ export class AgentCore {
   private helper: HelperProcess | undefined;
   /** Which processes may be watched and what leaves the host of their values. */
   private policy: HostPolicy = defaultPolicy;
-  private userName: (uid: number) => string | undefined = () => undefined;
+  /** This host's user names, read with the policy (and at start without one). */
+  private userName = userNames();
   /** The key of hashed values: random per run, so hashes cannot be compared across runs or hosts. */
   private readonly hashKey = randomBytes(32);
 
@@ -269,7 +282,7 @@ export class AgentCore {
       for (const p of processes) {
         const no = this.refusalOf(p);
         if (no) refused.push(no);
-        else allowed.push(discovered(p, this.helper?.pid));
+        else allowed.push(discovered(p, this.helper?.pid, this.userName));
       }
       return create(DiscoverResultSchema, { requestId: request.requestId, processes: allowed, refused });
     } catch (err) {
@@ -290,7 +303,7 @@ export class AgentCore {
       const initial = new Set((await scanProcesses(selector, { excludePids: () => this.ownPids() })).map(processKey));
       for await (const event of watchProcesses(selector, { signal: stop.signal, excludePids: () => this.ownPids() })) {
         if (event.kind !== "started" || initial.has(processKey(event.process)) || this.refusalOf(event.process)) continue;
-        this.onAppeared(create(ProcessAppearedSchema, { jobId: request.jobId, process: discovered(event.process, this.helper?.pid) }));
+        this.onAppeared(create(ProcessAppearedSchema, { jobId: request.jobId, process: discovered(event.process, this.helper?.pid, this.userName) }));
       }
     })().catch((err) => this.log(`agent ${this.hostId}: following job ${request.jobId} failed: ${err instanceof Error ? err.message : String(err)}`));
   }
@@ -430,6 +443,7 @@ export class AgentCore {
         lastReported: "",
         status: "armed",
         lostAfterMs: Number(request.lostAfterMs),
+        jobValues: valuePolicyOf(request.redaction),
         threadsTotal: 0,
         threadsArmed: 0,
       };
@@ -543,21 +557,42 @@ export class AgentCore {
   async disarmAll(reason: string): Promise<void> {
     this.sessionRestored();
     for (const jobId of [...this.follows.keys()]) this.unfollow(jobId);
-    // Every register first, then the wait for hits: none stays armed while another's hits settle.
+    const { disarmed } = await this.clearAll();
+    for (const watch of disarmed) {
+      await this.settled(watch);
+      this.report(watch, TargetState.CANCELLED, reason);
+    }
+  }
+
+  /**
+   * The kill switch: clears every register this agent holds, whatever job
+   * it is for, and resolves with how many watches that was once the
+   * registers are clear (hits still on their way settle after; each watch
+   * is then reported cancelled with `reason`). Fails naming any watch the
+   * helper could not disarm.
+   */
+  async disarmEverything(reason: string): Promise<number> {
+    const { disarmed, failed } = await this.clearAll();
+    for (const watch of disarmed) void this.settled(watch).then(() => this.report(watch, TargetState.CANCELLED, reason));
+    if (failed.length > 0) throw new AgentCommandError(`could not disarm ${failed.join("; ")}`, "EIO");
+    return disarmed.length;
+  }
+
+  /** Every register first, then (the caller's) wait for hits: none stays armed while another's hits settle. */
+  private async clearAll(): Promise<{ disarmed: Watch[]; failed: string[] }> {
     const disarmed: Watch[] = [];
+    const failed: string[] = [];
     for (const watch of [...this.byKey.values()]) {
       if (watch.ended) continue;
       try {
         await this.disarmInHelper(watch);
         disarmed.push(watch);
       } catch (err) {
+        failed.push(`job ${watch.jobId} on pid ${watch.pid}: ${err instanceof Error ? err.message : String(err)}`);
         this.log(`agent ${this.hostId}: disarming job ${watch.jobId} on pid ${watch.pid} failed: ${String(err)}`);
       }
     }
-    for (const watch of disarmed) {
-      await this.settled(watch);
-      this.report(watch, TargetState.CANCELLED, reason);
-    }
+    return { disarmed, failed };
   }
 
   /** Disarms one watch in the helper and waits until its hits are settled; counts are then final. */
@@ -768,7 +803,7 @@ export class AgentCore {
       mode: protoModes[hit.mode],
       slot: hit.dr,
       ip: hit.ip,
-      ...this.valuesOf(hit),
+      ...this.valuesOf(hit, watch),
       timeUnixNano: hit.timeNs,
       watchIndex: watch.watchIndexByDr.get(hit.dr) ?? 0,
       sequence,
@@ -781,9 +816,9 @@ export class AgentCore {
     else watch.flushTimer ??= setTimeout(() => this.flush(watch), this.batchDelayMs);
   }
 
-  /** A hit's values as the host policy lets them leave the host. */
-  private valuesOf(hit: HelperHit): { oldValue: bigint; newValue: bigint; valueRedaction: ValueRedaction } {
-    const r = redactValues(this.policy.values, this.hashKey, hit.oldValue, hit.newValue);
+  /** A hit's values as the host policy and the job's owner let them leave the host (the stricter of the two). */
+  private valuesOf(hit: HelperHit, watch: Watch): { oldValue: bigint; newValue: bigint; valueRedaction: ValueRedaction } {
+    const r = redactValues(stricterValues(this.policy.values, watch.jobValues), this.hashKey, hit.oldValue, hit.newValue);
     return { oldValue: r.oldValue, newValue: r.newValue, valueRedaction: r.redaction };
   }
 

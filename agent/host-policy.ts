@@ -3,7 +3,7 @@
 // allow/deny decision for one process, and the value redaction. Reading the
 // file and reacting to changes live in policy-file.ts.
 import { createHmac } from "node:crypto";
-import { ValueRedaction } from "../proto/index.js";
+import { ValueRedaction, executableMatches, usersRefusal } from "../proto/index.js";
 
 /** What happens to a hit's old and new values before they leave the host. */
 export type ValuePolicy = "capture" | "hash" | "mask" | "off";
@@ -131,32 +131,9 @@ export function parseHostPolicy(text: string, file: string): HostPolicy {
   return { file, allow, values };
 }
 
-/** `*` and `?` within one path component, `**` across them; everything else literal. */
-export function globToRegExp(glob: string): RegExp {
-  let re = "";
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i]!;
-    if (c === "*" && glob[i + 1] === "*") {
-      re += ".*";
-      i++;
-    } else if (c === "*") re += "[^/]*";
-    else if (c === "?") re += "[^/]";
-    else re += c.replace(/[.+^${}()|[\]\\]/g, "\\$&");
-  }
-  return new RegExp(`^${re}$`);
-}
-
 function underCgroup(allowed: string, cgroup: string): boolean {
   if (allowed === "/") return cgroup.startsWith("/");
   return cgroup === allowed || cgroup.startsWith(`${allowed}/`);
-}
-
-function userAllowed(users: readonly (string | number)[], uid: number, name: string | undefined): boolean {
-  return users.some((u) => (typeof u === "number" ? u === uid : u === name));
-}
-
-function describeUser(uid: number, name: string | undefined): string {
-  return name === undefined ? `uid ${uid}` : `uid ${uid} (${name})`;
 }
 
 /** The prefix every refusal carries, naming the policy's file. */
@@ -181,14 +158,12 @@ function ruleBroken(policy: HostPolicy, p: PolicySubject, context: PolicyContext
   const { executables, users, cgroups } = policy.allow;
   if (executables) {
     if (p.exe.endsWith(deletedSuffix)) return `${p.exe}: the executable was deleted or replaced since the process started, so allow.executables cannot vouch for it`;
-    if (!executables.some((glob) => globToRegExp(glob).test(p.exe))) return `${p.exe} is not in allow.executables`;
+    if (!executableMatches(executables, p.exe)) return `${p.exe} is not in allow.executables`;
   }
   if (users) {
     const euid = p.euid ?? p.uid;
-    for (const [uid, which] of [[p.uid, "real"], [euid, "effective"]] as const) {
-      const name = context.userName(uid);
-      if (!userAllowed(users, uid, name)) return `${describeUser(uid, name)}, the process's ${which} user, is not in allow.users`;
-    }
+    const why = usersRefusal(users, p.uid, euid, context.userName);
+    if (why) return `${why}, is not in allow.users`;
   }
   if (cgroups) {
     if (p.cgroup === undefined) return "the process shows no cgroup v2 path, so allow.cgroups cannot vouch for it";
@@ -232,6 +207,16 @@ export function redactValues(values: ValuePolicy, key: Buffer, oldValue: bigint,
     case "off":
       return { oldValue: 0n, newValue: 0n, redaction: ValueRedaction.OFF };
   }
+}
+
+/** The value policy a job's own redaction asks for (its owner may not capture values). */
+export function valuePolicyOf(redaction: ValueRedaction): ValuePolicy {
+  return redaction === ValueRedaction.OFF ? "off" : redaction === ValueRedaction.MASKED ? "mask" : redaction === ValueRedaction.HASHED ? "hash" : "capture";
+}
+
+/** The stricter of two value policies: capture < hash < mask < off. */
+export function stricterValues(a: ValuePolicy, b: ValuePolicy): ValuePolicy {
+  return valuePolicies.indexOf(a) >= valuePolicies.indexOf(b) ? a : b;
 }
 
 const valueBytes = Buffer.alloc(8);

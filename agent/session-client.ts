@@ -11,6 +11,7 @@ function staleEpoch(epoch: bigint, highest: bigint | undefined): AgentError {
   return create(AgentErrorSchema, { errnoName: "ESTALE", message: `command from leader epoch ${epoch}, but epoch ${highest} already leads: refused` });
 }
 import type { AgentCore } from "./agent.js";
+import { toAgentError } from "./errors.js";
 
 function armedKey(a: ArmedTarget): string {
   return `${a.jobId}/${a.pid}`;
@@ -192,6 +193,19 @@ export class SessionClient {
             case "unfollow":
               this.core.unfollow(message.msg.value.jobId);
               break;
+            case "disarmAll": {
+              const request = message.msg.value;
+              if (!this.epochs.accept(request.epoch)) {
+                outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+                break;
+              }
+              this.options.log(`agent ${this.options.info.hostId}: kill switch: clearing every debug register (${request.reason})`);
+              void this.core.disarmEverything(request.reason).then(
+                (disarmed) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, disarmed } } })),
+                (err: unknown) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, error: toAgentError(err) } } })),
+              );
+              break;
+            }
             case "disarm": {
               const request = message.msg.value;
               if (!this.epochs.accept(request.epoch)) {

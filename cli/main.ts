@@ -12,6 +12,8 @@ import type { TextSink } from "./output.js";
 import { registerAgentCommand } from "./commands/agent.js";
 import { registerAgentsLsCommand } from "./commands/agents-ls.js";
 import { registerCertsCommand } from "./commands/certs.js";
+import { registerDisarmCommand } from "./commands/disarm.js";
+import { registerAuditCommand } from "./commands/audit.js";
 import { registerControllerCommand } from "./commands/controller.js";
 import { registerEventsCommand } from "./commands/events.js";
 import { registerJobsCancelCommand } from "./commands/jobs-cancel.js";
@@ -105,6 +107,8 @@ export function createProgram(ctx: CliContext): Command {
   registerAgentCommand(program, ctx);
   registerUpCommand(program, ctx);
   registerCertsCommand(program, ctx);
+  registerDisarmCommand(program, ctx);
+  registerAuditCommand(program, ctx);
   return program;
 }
 

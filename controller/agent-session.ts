@@ -7,6 +7,8 @@ import {
   type AgentInfo,
   type ArmResult,
   type ArmSchema,
+  type DisarmAllResult,
+  type DisarmAllSchema,
   type DisarmResult,
   type DisarmSchema,
   type DiscoverResult,
@@ -72,21 +74,26 @@ export class AgentSession {
     return this.request("discover", request);
   }
 
-  private request<T>(kind: "resolve" | "arm" | "disarm" | "discover", value: object): Promise<T> {
+  /** The kill switch; `timeoutMs` instead of the usual request timeout. */
+  disarmAll(request: Omit<MessageInitShape<typeof DisarmAllSchema>, "requestId">, timeoutMs: number): Promise<DisarmAllResult> {
+    return this.request("disarmAll", request, timeoutMs);
+  }
+
+  private request<T>(kind: "resolve" | "arm" | "disarm" | "discover" | "disarmAll", value: object, timeoutMs = this.requestTimeoutMs): Promise<T> {
     if (!this.isOpen) return Promise.reject(new AgentUnavailableError(`agent ${this.hostId} is not connected`, this.hostId));
     const requestId = this.nextRequestId++;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(requestId);
-        reject(new AgentUnavailableError(`agent ${this.hostId} did not answer ${kind} within ${this.requestTimeoutMs} ms`, this.hostId));
-      }, this.requestTimeoutMs);
+        reject(new AgentUnavailableError(`agent ${this.hostId} did not answer ${kind} within ${timeoutMs} ms`, this.hostId));
+      }, timeoutMs);
       this.pending.set(requestId, { resolve: resolve as (value: never) => void, reject, timer });
       this.send({ msg: { case: kind, value: { ...value, requestId } } } as MessageInitShape<typeof SessionResponseSchema>);
     });
   }
 
   /** Delivers an answer to the request it belongs to; false if none waits for it. */
-  answer(requestId: bigint, result: ResolveResult | ArmResult | DisarmResult | DiscoverResult): boolean {
+  answer(requestId: bigint, result: ResolveResult | ArmResult | DisarmResult | DiscoverResult | DisarmAllResult): boolean {
     const waiter = this.pending.get(requestId);
     if (!waiter) return false;
     this.pending.delete(requestId);

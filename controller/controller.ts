@@ -29,6 +29,8 @@ import {
   sameChunk,
   slotsPerThread,
   targetStateName,
+  ValueRedaction,
+  WatchMode,
   type Agent,
   type AgentError,
   type AgentInfo,
@@ -46,8 +48,10 @@ import {
   type TargetReport,
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
+import { plaintextCaller, type AccessControl, type Caller } from "./access.js";
+import type { ScopeSubject } from "./access-policy.js";
 import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, SlotsExhaustedError } from "./errors.js";
-import { finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
+import { addCounts, finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { place } from "./placement.js";
 import type { Candidate, Eviction, PlacementDecision, PlacementJob, TargetSnapshot } from "./placement-types.js";
@@ -63,6 +67,45 @@ export interface ControllerCoreOptions {
   /** This leader term's fencing epoch, carried on every command. */
   epoch: bigint;
   log: (line: string) => void;
+  /** What a job's owner may watch (late joiners are checked too); unset: anything. */
+  access?: Pick<AccessControl, "watchDecision">;
+}
+
+/** One target's outcome of a disarm: its final counts, or a note on why there are none. */
+interface Final {
+  hostId: string;
+  pid: number;
+  counts?: HitCounts | undefined;
+  note: string;
+}
+
+/** Puts disarm outcomes' counts on a job's targets (where `take` agrees). */
+function applyFinals(job: Job, finals: readonly Final[], take: (t: Target, counts: HitCounts) => boolean): void {
+  const byKey = targetIndex(job);
+  for (const f of finals) {
+    const t = byKey.get(`${f.hostId}/${f.pid}`);
+    if (t && f.counts && take(t, f.counts)) t.counts = f.counts;
+  }
+}
+
+/** Appends disarm outcomes' notes to the reasons of a job's targets (where `to` agrees). */
+function applyNotes(job: Job, finals: readonly Final[], to: (t: Target) => boolean): void {
+  const byKey = targetIndex(job);
+  for (const f of finals) {
+    const t = byKey.get(`${f.hostId}/${f.pid}`);
+    if (t && f.note && to(t)) t.reason += f.note;
+  }
+}
+
+/** The caller a job's stored owner (`user alice`, or "" over plaintext) stands for. */
+function ownerCaller(owner: string): Caller {
+  const [kind, name] = owner.split(" ");
+  return kind === "user" && name ? { who: owner, user: name } : plaintextCaller;
+}
+
+/** What a scope is checked against: a discovered process on its host. */
+function scopeSubject(session: AgentSession, p: DiscoveredProcess): ScopeSubject {
+  return { hostId: session.hostId, hostLabels: session.info.labels, pid: p.pid, exe: p.exe, uid: p.uid, euid: p.euid, user: p.user };
 }
 
 /** A target process planned for a job: its chunks, or why it cannot be watched. */
@@ -79,6 +122,14 @@ function isFollowable(selector: TargetSelector): boolean {
 }
 
 /** `pid 42`, `comm 'postgres' in cgroup /db`, for messages. */
+/** A job's watch in words for the audit trail: `demo_counter (w) in comm 'demo-counter' on hosts role=db`. */
+export function describeJobSpec(spec: JobSpec): string {
+  const watches = spec.watches.map((w) => `${w.location.case === "symbol" ? w.location.value : w.location.case === "address" ? `0x${w.location.value.toString(16)}` : "?"} (${WatchMode[w.mode]?.toLowerCase() ?? "?"})`).join(", ");
+  const t = spec.target;
+  const hosts = !t ? "" : t.allHosts ? "all hosts" : t.hostSelector ? `hosts ${t.hostSelector}` : t.hostIds.length > 0 ? `hosts ${t.hostIds.join(", ")}` : "";
+  return `${watches} in ${t ? describeProcesses(t) : "?"}${hosts ? ` on ${hosts}` : ""}`;
+}
+
 function describeProcesses(selector: TargetSelector): string {
   const parts = [
     selector.pid ? `pid ${selector.pid}` : "",
@@ -116,6 +167,7 @@ function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[]; co
     lostAfterMs: spec.lostAfterMs,
     epoch,
     ...(target.counts ? { counts: target.counts } : {}),
+    redaction: job.redaction,
   };
 }
 
@@ -236,7 +288,7 @@ export class Controller {
    * it may wait (queue timeout): then it is stored pending with the reason
    * and placed when registers free up.
    */
-  async submit(spec: JobSpec): Promise<Job> {
+  async submit(spec: JobSpec, caller: Caller = plaintextCaller): Promise<Job> {
     checkJobSpec(spec);
     const mode = parsePlacement(spec.placement);
     if (spec.lostAfterMs > 0n && spec.lostAfterMs < BigInt(this.options.leaseMs)) {
@@ -250,6 +302,15 @@ export class Controller {
     // Matching processes a host's policy forbids become failed targets naming the rule.
     const refused: Array<{ pid: number; err: AgentOperationError }> = [];
     const found = await Promise.all(sessions.map(async (session) => ({ session, processes: await this.discover(session, selector, refused) })));
+    // The owner may watch every one of them, or the job is refused naming the rule; its values may be masked.
+    let redaction = ValueRedaction.UNSPECIFIED;
+    for (const { session, processes } of found) {
+      for (const p of processes) {
+        const decision = this.options.access?.watchDecision(caller, scopeSubject(session, p));
+        if (decision && !decision.allowed) throw new PermissionDeniedError(decision.why);
+        if (decision?.allowed && !decision.binding.values) redaction = ValueRedaction.MASKED;
+      }
+    }
     const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid })));
     // A gang cannot include a process it may not watch.
     if (refused.length > 0 && (candidates.length === 0 || mode.kind === "all")) throw refused[0]!.err;
@@ -270,6 +331,8 @@ export class Controller {
       deadlineUnixMs: spec.durationMs > 0n ? BigInt(now) + spec.durationMs : 0n,
       queueDeadlineUnixMs: spec.queueTimeoutMs > 0n ? BigInt(now) + spec.queueTimeoutMs : 0n,
       counts: {},
+      owner: caller.who,
+      redaction,
     });
     for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, state: TargetState.FAILED, reason: err.message }));
     for (const plan of plans) {
@@ -525,9 +588,16 @@ export class Controller {
   }
 
   /** A process that started matching an active job (late joiner), or a process of a host that joined. */
-  private async addTarget(jobId: string, session: AgentSession, pid: number): Promise<void> {
+  private async addTarget(jobId: string, session: AgentSession, process: DiscoveredProcess): Promise<void> {
+    const pid = process.pid;
     const job = this.store.get(jobId);
     if (!job || isJobFinal(job) || job.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return;
+    // A late joiner outside its owner's scope is left alone (and said so).
+    const decision = this.options.access?.watchDecision(ownerCaller(job.owner), scopeSubject(session, process));
+    if (decision && !decision.allowed) {
+      this.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken: ${decision.why}`);
+      return;
+    }
     const plan = await this.plan(session, job.spec!, pid);
     const added = await this.withLedger(async () => {
       const current = this.store.get(jobId);
@@ -735,10 +805,69 @@ export class Controller {
   }
 
   /** Disarms every active target and marks the job cancelled. */
-  async cancel(id: string): Promise<Job> {
+  async cancel(id: string, caller: Caller = plaintextCaller): Promise<Job> {
     const job = this.get(id);
     if (isJobFinal(job)) return this.getFull(id);
-    return this.end(id, JobState.CANCELLED, "cancelled by user");
+    return this.end(id, JobState.CANCELLED, caller.who ? `cancelled by ${caller.who}` : "cancelled by user");
+  }
+
+  /**
+   * The kill switch: every connected agent clears every register it holds
+   * (confirmed within `timeoutMs` or named as not confirmed), then every
+   * active job ends cancelled with `reason` (their final counts come from
+   * the agents as usual). Agents not connected clear theirs when their
+   * lease runs out or, back, when they find their jobs cancelled.
+   */
+  async disarmAll(reason: string, timeoutMs: number): Promise<{ cancelled: string[]; agents: Array<{ hostId: string; confirmed: boolean; disarmed: number; afterMs: number; error: string }>; allAfterMs: number }> {
+    const startMs = Date.now();
+    // Cancelled in the store first: nothing (a report, a reconnect, the queue) arms them again meanwhile.
+    const live = this.store.all().filter((j) => !isJobFinal(j));
+    const wereActive = new Map(live.map((j) => [j.id, j.targets.filter(isTargetActive)]));
+    const cancelled: string[] = [];
+    await Promise.all(
+      live.map(async (j) => {
+        try {
+          const ended = await this.store.mutate(j.id, (x) => {
+            if (!isJobFinal(x)) finish(x, JobState.CANCELLED, reason);
+          });
+          cancelled.push(j.id);
+          this.afterEnd(ended, reason);
+        } catch (err) {
+          this.options.log(`job ${j.id}: marking it cancelled for the kill switch failed (its agent still clears it): ${String(err)}`);
+        }
+      }),
+    );
+    const open = [...this.sessions.values()].filter((s) => s.isOpen);
+    const agents = await Promise.all(
+      open.map(async (session) => {
+        try {
+          const result = await session.disarmAll({ epoch: this.options.epoch, reason }, timeoutMs);
+          const afterMs = Date.now() - startMs;
+          if (result.error) return { hostId: session.hostId, confirmed: false, disarmed: 0, afterMs, error: result.error.message };
+          return { hostId: session.hostId, confirmed: true, disarmed: result.disarmed, afterMs, error: "" };
+        } catch (err) {
+          return { hostId: session.hostId, confirmed: false, disarmed: 0, afterMs: Date.now() - startMs, error: errorText(err) };
+        }
+      }),
+    );
+    const allAfterMs = Date.now() - startMs;
+    for (const [hostId, known] of this.known) {
+      if (!this.sessions.get(hostId)?.isOpen) agents.push({ hostId, confirmed: false, disarmed: 0, afterMs: 0, error: `not connected (last seen ${new Date(known.lastSeenMs).toISOString()}): it disarms when its lease runs out` });
+    }
+    // The final counts, as a cancel would have them.
+    await Promise.all(
+      cancelled.map(async (id) => {
+        const finals = await this.disarmTargets(id, wereActive.get(id) ?? []);
+        const updated = await this.store.mutate(id, (j) => {
+          applyFinals(j, finals, (t, counts) => !t.counts || notBehind(counts, t.counts));
+          applyNotes(j, finals, () => true);
+          j.counts = addCounts(j.targets.map((t) => t.counts));
+        });
+        this.publish(updated);
+      }),
+    ).catch((err) => this.options.log(`kill switch: collecting final counts failed: ${String(err)}`));
+    this.options.log(`kill switch: ${agents.filter((a) => a.confirmed).length}/${agents.length} agents confirmed in ${allAfterMs} ms; ${cancelled.length} job(s) cancelled (${reason})`);
+    return { cancelled, agents: agents.sort((a, b) => a.hostId.localeCompare(b.hostId)), allAfterMs };
   }
 
   /** The job now, then after every change, until it is final. */
@@ -890,45 +1019,46 @@ export class Controller {
     clearTimeout(this.deadlines.get(id));
     this.deadlines.delete(id);
     this.dequeue(id);
-    const job = this.get(id);
-    const active = job.targets.filter(isTargetActive);
-    const finals = await Promise.all(
-      active.map(async (t) => {
+    const finals = await this.disarmTargets(id, this.get(id).targets.filter(isTargetActive));
+    const ended = await this.store.mutate(id, (j) => {
+      if (isJobFinal(j)) return;
+      const live = new Set(j.targets.filter(isTargetLive).map((t) => `${t.hostId}/${t.pid}`));
+      applyFinals(j, finals, () => true);
+      finish(j, state, reason);
+      // After finish, which gives every live target the job's reason: what went wrong on the way stays said.
+      applyNotes(j, finals, (t) => live.has(`${t.hostId}/${t.pid}`));
+    });
+    this.afterEnd(ended, reason);
+    return ended;
+  }
+
+  /** Disarms targets of a job through their agents: each one's final counts, or a note on why there are none. */
+  private disarmTargets(id: string, targets: readonly Target[]): Promise<Final[]> {
+    return Promise.all(
+      targets.map(async (t): Promise<Final> => {
         const session = this.sessions.get(t.hostId);
         // Without the agent's answer the counts are the last it reported; they are made final when it reconnects.
         const later = "; counts as last reported until it reconnects";
-        if (!session?.isOpen) return { target: t, note: `; agent ${t.hostId} not connected: it disarms when it reconnects${later}` };
+        if (!session?.isOpen) return { hostId: t.hostId, pid: t.pid, note: `; agent ${t.hostId} not connected: it disarms when it reconnects${later}` };
         try {
           const result = await session.disarm({ jobId: id, pid: t.pid, epoch: this.options.epoch });
           this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
-          if (result.error) return { target: t, note: `; disarm failed: ${result.error.message}` };
-          return { target: t, counts: result.counts, note: "" };
+          if (result.error) return { hostId: t.hostId, pid: t.pid, note: `; disarm failed: ${result.error.message}` };
+          return { hostId: t.hostId, pid: t.pid, counts: result.counts, note: "" };
         } catch (err) {
-          return { target: t, note: `; disarm failed: ${err instanceof Error ? err.message : String(err)}${later}` };
+          return { hostId: t.hostId, pid: t.pid, note: `; disarm failed: ${err instanceof Error ? err.message : String(err)}${later}` };
         }
       }),
     );
-    const ended = await this.store.mutate(id, (j) => {
-      if (isJobFinal(j)) return;
-      const byKey = targetIndex(j);
-      const live = new Set(j.targets.filter(isTargetLive));
-      for (const f of finals) {
-        const t = byKey.get(`${f.target.hostId}/${f.target.pid}`)!;
-        if (f.counts) t.counts = f.counts;
-      }
-      finish(j, state, reason);
-      // After finish, which gives every live target the job's reason: what went wrong on the way stays said.
-      for (const f of finals) {
-        const t = byKey.get(`${f.target.hostId}/${f.target.pid}`)!;
-        if (live.has(t)) t.reason += f.note;
-      }
-    });
-    for (const t of ended.targets) this.ledger.release(t.hostId, t.pid, id);
+  }
+
+  /** A job just ended: its registers go back to the ledger, its timers stop, and the queue may move. */
+  private afterEnd(ended: Job, reason: string): void {
+    for (const t of ended.targets) this.ledger.release(t.hostId, t.pid, ended.id);
     this.forgetJobTimers(ended);
     this.publish(ended);
-    this.options.log(`job ${id}: ${reason}`);
+    this.options.log(`job ${ended.id}: ${reason}`);
     this.drainSoon();
-    return ended;
   }
 
   /** A final job needs no deadline, no queue place, and no agent looking for its late joiners. */
@@ -1128,11 +1258,12 @@ export class Controller {
       case "armResult":
       case "disarmResult":
       case "discoverResult":
+      case "disarmAllResult":
         session.answer(message.msg.value.requestId, message.msg.value);
         return;
       case "processAppeared": {
         const { jobId, process } = message.msg.value;
-        if (process) void this.addTarget(jobId, session, process.pid).catch((err) => this.options.log(`job ${jobId}: adding ${session.hostId}/${process.pid} failed: ${String(err)}`));
+        if (process) void this.addTarget(jobId, session, process).catch((err) => this.options.log(`job ${jobId}: adding ${session.hostId}/${process.pid} failed: ${String(err)}`));
         return;
       }
       case "targetReport":
@@ -1217,7 +1348,7 @@ export class Controller {
       if (job.targets.some((t) => t.hostId === session.hostId) || !(selector.allHosts || selector.hostSelector)) continue;
       this.options.log(`job ${job.id}: host ${session.hostId} joined; looking for its targets`);
       const processes = await this.discover(session, selector).catch(() => [] as DiscoveredProcess[]);
-      for (const p of processes) await this.addTarget(job.id, session, p.pid);
+      for (const p of processes) await this.addTarget(job.id, session, p);
     }
     for (const a of armed) {
       const job = this.store.get(a.jobId);

@@ -7,6 +7,8 @@ import { Controller } from "./controller.js";
 import { LeaderElection, NotLeaderError } from "./leader-election.js";
 import { statusFor } from "./errors.js";
 import { JobStore } from "./job-store.js";
+import { AccessControl } from "./access.js";
+import { AuditTrail, ensureAuditStream } from "./audit.js";
 import { agentService, controllerService } from "./service.js";
 
 export interface ControllerOptions {
@@ -21,6 +23,8 @@ export interface ControllerOptions {
   electionLeaseMs?: number;
   /** gRPC transport: mutual TLS (users and agents must present certificates of the CA), or plaintext. Default plaintext. */
   transport?: Transport;
+  /** Access policy file (roles and scopes of users; needs mutual TLS); unset: every user certificate is an admin. */
+  accessPolicyPath?: string;
   /** Candidate id in the election; default this host and the bound address. */
   id?: string;
   log?: (line: string) => void;
@@ -65,8 +69,10 @@ export async function startController(options: ControllerOptions): Promise<Runni
   const nc = await connect({ servers: options.natsUrl, name: "fleetwatch-controller", maxReconnectAttempts: -1, noAsyncTraces: true });
   const server = createServer();
   let election: LeaderElection | undefined;
+  let access: AccessControl | undefined;
   try {
     await ensureEventStream(nc);
+    await ensureAuditStream(nc);
     const js = nc.jetstream();
     let term: Controller | undefined;
     let termEpoch = 0n;
@@ -87,8 +93,10 @@ export async function startController(options: ControllerOptions): Promise<Runni
     };
     const transport = options.transport ?? { plaintext: true };
     const secure = "tls" in transport;
-    addService(server, ControllerService, controllerService(leader, secure), logged);
-    addService(server, AgentService, agentService(leader, secure), logged);
+    const audit = new AuditTrail(js, log);
+    access = new AccessControl(secure, audit, log, options.accessPolicyPath);
+    addService(server, ControllerService, controllerService(leader, access, audit), logged);
+    addService(server, AgentService, agentService(leader, access), logged);
     const port = await bindServer(server, options.listen, serverCredentials(transport));
     const host = options.listen.slice(0, options.listen.lastIndexOf(":"));
     const address = `${host}:${port}`;
@@ -103,7 +111,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
         if (change.leader && change.epoch !== undefined) {
           const epoch = change.epoch;
           const store = await JobStore.open(js, () => election?.holds(epoch) ?? false);
-          const next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch: change.epoch, log });
+          const next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch: change.epoch, log, access: access! });
           await next.start();
           term?.stop();
           term = next;
@@ -126,6 +134,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
       async stop() {
         term?.stop();
         term = undefined;
+        access?.stop();
         await election!.resign();
         await election!.stop();
         await terms;
@@ -141,6 +150,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
       },
     };
   } catch (err) {
+    access?.stop();
     await election?.stop().catch(() => {});
     server.forceShutdown();
     await nc.close();

@@ -1,60 +1,101 @@
 // The controller's gRPC services: thin handlers over the Controller core of
 // the current leader term (a standby answers UNAVAILABLE, naming the leader;
 // a leader confirming a lease that ran out while it was busy answers after).
-import { AgentService, ControllerService, describeIdentity, type CallContext, type Identity, type IdentityKind, type ServiceImpl } from "../proto/index.js";
-import type { Controller } from "./controller.js";
-import { InvalidRequestError, PermissionDeniedError } from "./errors.js";
+// Each request passes the access gate first; submits, cancels and the kill
+// switch go to the audit trail with how they ended.
+import { status } from "@grpc/grpc-js";
+import { AgentService, ControllerService, type CallContext, type ServiceImpl } from "../proto/index.js";
+import type { AccessControl, Caller } from "./access.js";
+import type { AuditEntry, AuditTrail } from "./audit.js";
+import { describeJobSpec, type Controller } from "./controller.js";
+import { InvalidRequestError, statusFor } from "./errors.js";
 
-/**
- * Over mutual TLS, the caller's certificate must be of the kind the service
- * is for (users call ControllerService, agents AgentService); over plaintext
- * nobody is authenticated and the check has nothing to go on.
- */
-export function requireCaller(ctx: CallContext, kind: IdentityKind, secure: boolean): Identity | undefined {
-  if (!secure) return undefined;
-  const identity = ctx.identity;
-  if (identity?.kind !== kind) throw new PermissionDeniedError(`this service is for ${kind} certificates; the caller presented one of ${describeIdentity(identity)}`);
-  return identity;
+// How long the kill switch waits for each agent's confirmation.
+const disarmAllTimeoutMs = 10_000;
+
+/** Runs `work` and records it in the audit trail with its outcome (the status name and why, when it failed). */
+async function audited<T>(audit: AuditTrail, entry: Omit<AuditEntry, "result">, work: () => Promise<T>, details: (value: T) => Partial<AuditEntry>): Promise<T> {
+  try {
+    const value = await work();
+    await audit.record({ ...entry, ...details(value), result: "ok" });
+    return value;
+  } catch (err) {
+    const s = statusFor(err);
+    await audit.record({ ...entry, result: status[s.code] ?? String(s.code), reason: s.details });
+    throw err;
+  }
 }
 
 /** ControllerService handlers. */
-export function controllerService(leader: () => Controller | Promise<Controller>, secure: boolean): ServiceImpl<typeof ControllerService> {
-  const user = (ctx: CallContext) => requireCaller(ctx, "user", secure);
+export function controllerService(leader: () => Controller | Promise<Controller>, access: AccessControl, audit: AuditTrail): ServiceImpl<typeof ControllerService> {
+  const viewer = (ctx: CallContext, method: string, jobId?: string): Promise<Caller> => access.authorize(ctx, "user", "view", { method, ...(jobId ? { jobId } : {}) });
   return {
     async submitJob(request, ctx) {
-      user(ctx);
-      if (!request.spec) throw new InvalidRequestError("SubmitJob needs a spec");
-      return { job: await (await leader()).submit(request.spec) };
+      const caller = await access.authorize(ctx, "user", "submit", { method: "submit" });
+      const spec = request.spec;
+      if (!spec) throw new InvalidRequestError("SubmitJob needs a spec");
+      const job = await audited(
+        audit,
+        { who: caller.who, action: "submit", what: describeJobSpec(spec) },
+        async () => (await leader()).submit(spec, caller),
+        (j) => ({ jobId: j.id, where: j.targets.map((t) => `${t.hostId}/${t.pid}`) }),
+      );
+      return { job };
     },
     async getJob(request, ctx) {
-      user(ctx);
+      await viewer(ctx, "get", request.id);
       return { job: await (await leader()).getFull(request.id) };
     },
     async listJobs(_request, ctx) {
-      user(ctx);
+      await viewer(ctx, "list");
       return { jobs: (await leader()).list() };
     },
     async cancelJob(request, ctx) {
-      user(ctx);
-      return { job: await (await leader()).cancel(request.id) };
+      const caller = await access.authorize(ctx, "user", "cancel", { method: "cancel", jobId: request.id });
+      const core = await leader();
+      // An operator cancels its own jobs; someone else's takes an admin.
+      const owner = core.get(request.id).owner;
+      if (owner !== caller.who && !access.may(caller, "cancel-any")) {
+        await access.deny(caller.who, { method: "cancel", jobId: request.id }, `job ${request.id} belongs to ${owner || "an unauthenticated caller"}; ${caller.who} may cancel its own jobs only (cancelling others' needs admin)`);
+      }
+      const job = await audited(audit, { who: caller.who, action: "cancel", jobId: request.id }, () => core.cancel(request.id, caller), (j) => ({ where: j.targets.map((t) => `${t.hostId}/${t.pid}`) }));
+      return { job };
     },
     async listAgents(_request, ctx) {
-      user(ctx);
+      await viewer(ctx, "agents");
       return { agents: (await leader()).agents() };
     },
     async *watchJob(request, ctx) {
-      user(ctx);
+      await viewer(ctx, "watch", request.id);
       for await (const job of (await leader()).watch(request.id, ctx.signal)) yield { job };
+    },
+    async disarmAll(request, ctx) {
+      const caller = await access.authorize(ctx, "user", "disarm-all", { method: "disarm-all" });
+      const reason = `disarmed fleet-wide${caller.who ? ` by ${caller.who}` : ""}${request.reason ? `: ${request.reason}` : ""}`;
+      const core = await leader();
+      const result = await audited(audit, { who: caller.who, action: "disarm-all", what: reason }, () => core.disarmAll(reason, disarmAllTimeoutMs), (r) => ({
+        where: r.agents.map((a) => `${a.hostId} ${a.confirmed ? `confirmed ${a.disarmed} after ${a.afterMs} ms` : `not confirmed: ${a.error}`}`),
+        reason: `${r.cancelled.length} job(s) cancelled`,
+      }));
+      return {
+        cancelledJobIds: result.cancelled,
+        agents: result.agents.map((a) => ({ hostId: a.hostId, confirmed: a.confirmed, disarmed: a.disarmed, confirmedAfterMs: BigInt(a.afterMs), error: a.error })),
+        allConfirmedAfterMs: BigInt(result.allAfterMs),
+      };
+    },
+    async listAudit(request, ctx) {
+      await access.authorize(ctx, "user", "audit", { method: "audit" });
+      return { records: await audit.list(Number(request.sinceUnixMs)) };
     },
   };
 }
 
 /** AgentService handlers. */
-export function agentService(leader: () => Controller | Promise<Controller>, secure: boolean): ServiceImpl<typeof AgentService> {
+export function agentService(leader: () => Controller | Promise<Controller>, access: Pick<AccessControl, "authorize">): ServiceImpl<typeof AgentService> {
   return {
     async *session(requests, ctx) {
-      const agent = requireCaller(ctx, "agent", secure);
-      yield* (await leader()).session(requests, ctx.signal, agent?.name);
+      const agent = await access.authorize(ctx, "agent", undefined, { method: "agent-session" });
+      yield* (await leader()).session(requests, ctx.signal, agent.user);
     },
   };
 }

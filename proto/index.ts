@@ -15,3 +15,5 @@ export * from "./epoch-guard.js";
 export * from "./sequence-tracker.js";
 export * from "./deadline.js";
 export * from "./tls.js";
+export * from "./process-scope.js";
+export * from "./watched-file.js";

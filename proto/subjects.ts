@@ -38,3 +38,14 @@ export function isNoMessage(err: unknown): boolean {
   const e = err as { message?: string; code?: string; api_error?: { err_code?: number } } | null;
   return e?.api_error?.err_code === 10037 || e?.message === "no message found" || e?.code === "404";
 }
+
+/** JetStream stream holding the audit trail (AuditRecord, protobuf binary). */
+export const auditStream = "FLEETWATCH_AUDIT";
+
+/** Subjects the audit stream captures. */
+export const auditSubjects = "fleetwatch.audit.>";
+
+/** `fleetwatch.audit.<action>`: one record of the controller's decisions. */
+export function auditSubject(action: string): string {
+  return `fleetwatch.audit.${action.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+}

@@ -1,7 +1,8 @@
 // `fleetwatch controller`: runs the controller in the foreground until
 // SIGINT/SIGTERM, then stops it cleanly. Its own log lines go to stderr.
 import type { Command } from "commander";
-import { DaemonStartError } from "../errors.js";
+import path from "node:path";
+import { DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { parseDuration } from "../output.js";
 import { untilAborted } from "../abort.js";
@@ -13,11 +14,15 @@ export interface ControllerRequest {
   natsUrl: string;
   leaseMs: number;
   electionLeaseMs: number;
+  accessPolicyPath?: string;
 }
 
 /** Validates the command line. */
-export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string }, natsUrl: string): ControllerRequest {
-  return { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease"), electionLeaseMs: parseDuration(opts.electionLease, "--election-lease") };
+export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string }, natsUrl: string): ControllerRequest {
+  const request: ControllerRequest = { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease"), electionLeaseMs: parseDuration(opts.electionLease, "--election-lease") };
+  // Absolute: the file is read again on every change.
+  if (opts.accessPolicy !== undefined) request.accessPolicyPath = path.resolve(opts.accessPolicy);
+  return request;
 }
 
 /** The one line printed once the controller serves. */
@@ -33,10 +38,12 @@ export function registerControllerCommand(program: Command, ctx: CliContext): vo
     .option("--listen <addr>", "gRPC listen address, host:port (port 0 picks one)", "127.0.0.1:7070")
     .option("--lease <time>", "drop an agent session silent for this long", "15s")
     .option("--election-lease <time>", "with several controllers on one NATS: a standby takes over this long after the leader stops", "5s")
-    .action(async (opts: { listen: string; lease: string; electionLease: string }) => {
+    .option("--access-policy <file>", "roles and scopes of users (JSON; reloaded when it changes or on SIGHUP); default: every user certificate is an admin")
+    .action(async (opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string }) => {
       const request = parseControllerArgs(opts, ctx.globals().nats);
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
       const transport = resolveTransport(ctx.globals().tls, "controller", [request.listen], log);
+      if (request.accessPolicyPath !== undefined && !("tls" in transport)) throw new UsageError("--access-policy needs mutual TLS (--ca, --cert, --key): over plaintext nobody is known");
       // Signals are ours from here on, so a Ctrl-C while starting still stops cleanly.
       const interrupted = ctx.interrupted();
       // Loaded here, not at the top: client commands must not depend on daemon code.

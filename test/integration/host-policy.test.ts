@@ -197,8 +197,8 @@ describe("host policy", () => {
     await swapPolicy(okOnly(), /reloaded \(the file changed\): exe 1, values capture$/);
     await refused({ pid: no.pid }, new RegExp(escaped(rule(noDemo))));
 
-    await swapPolicy("{ not json", /: reload \(the file changed\) failed, keeping the policy in effect: host policy \S+: not JSON: /);
-    await swapPolicy({ allow: { exe: ["/**"] } }, /: reload \(the file changed\) failed, keeping the policy in effect: host policy \S+: unknown key "allow\.exe"/);
+    await swapPolicy("{ not json", /: reload \(the file changed\) failed, keeping the host policy in effect: host policy \S+: not JSON: /);
+    await swapPolicy({ allow: { exe: ["/**"] } }, /: reload \(the file changed\) failed, keeping the host policy in effect: host policy \S+: unknown key "allow\.exe"/);
     await refused({ pid: no.pid }, new RegExp(escaped(rule(noDemo))));
     const stillOk = await submit({ pid: ok.pid });
     assert.equal(stillOk.state, JobState.ARMED, stillOk.reason);

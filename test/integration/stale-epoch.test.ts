@@ -20,6 +20,7 @@ import path from "node:path";
 import { status } from "@grpc/grpc-js";
 import { connect, type NatsConnection } from "nats";
 import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
+import { plaintextCaller } from "../../controller/access.js";
 import { Controller } from "../../controller/controller.js";
 import { statusFor } from "../../controller/errors.js";
 import { JobStore } from "../../controller/job-store.js";
@@ -85,7 +86,7 @@ describe("stale leader epoch", () => {
     const core = new Controller(await JobStore.open(nc.jetstream(), () => false), { leaseMs: sessionLeaseMs, heartbeatMs: Math.floor(sessionLeaseMs / 3), requestTimeoutMs: 15_000, epoch, log: (line) => log.push(line) });
     await core.start();
     const server = createServer();
-    addService(server, AgentService, agentService(() => core, false), statusFor);
+    addService(server, AgentService, agentService(() => core, { authorize: async () => plaintextCaller }), statusFor);
     await bindServer(server, address);
     return {
       log,

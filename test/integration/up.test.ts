@@ -4,13 +4,26 @@
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { freePort } from "../../cli/nats-server.js";
 import { Daemon } from "../support/cluster.js";
 import { cliPath } from "../support/paths.js";
-import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import { buildFixtures, childPids, startTarget, type Target } from "../support/targets.js";
+
+// fleetwatch-helper as /proc/PID/comm holds it (15 bytes).
+const helperComm = "fleetwatch-helper".slice(0, 15);
+
+/** A process's command name, or "" once it is gone. */
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+  } catch {
+    return "";
+  }
+}
 
 /** Pids of processes whose command line mentions this text. */
 async function processesMentioning(text: string): Promise<number[]> {
@@ -33,6 +46,7 @@ describe("fleetwatch up", () => {
   });
 
   test("starts everything, watches a target, and stops cleanly on SIGTERM", async () => {
+    let helpers: number[] = [];
     await buildFixtures();
     dir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-up-"));
     const listen = `127.0.0.1:${await freePort()}`;
@@ -54,11 +68,14 @@ describe("fleetwatch up", () => {
       assert.equal(values.length, 3);
       assert.deepEqual(values, [values[0]!, values[0]! + 1n, values[0]! + 2n]);
     } finally {
+      // Its helper, among its children (others may run helpers on this machine too).
+      helpers = (await childPids(up.child.pid!)).filter((pid) => commOf(pid) === helperComm);
       assert.deepEqual(await up.stop("SIGTERM"), { code: 0, signal: null }, up.output);
     }
     // Nothing of it is left: no nats-server on its data dir, no helper, and the target is free.
     assert.deepEqual(await processesMentioning(dir), []);
-    assert.deepEqual(await processesMentioning("fleetwatch-helper"), []);
+    assert.equal(helpers.length, 1, "up ran one helper");
+    assert.deepEqual(helpers.filter((pid) => commOf(pid) === helperComm), [], "its helper is gone");
     assert.equal(await target.tracerPid(), 0);
     target.child.kill("SIGTERM");
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });

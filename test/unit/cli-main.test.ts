@@ -45,6 +45,8 @@ const impl: ServiceImpl<typeof ControllerService> = {
   watchJob: async function* () {
     throw new RpcError(status.UNIMPLEMENTED, "not in this test");
   },
+  disarmAll: () => fail(status.PERMISSION_DENIED, "access policy (p.json): user bob is viewer (binding #1); disarm-all needs admin"),
+  listAudit: () => Promise.resolve({ records: [] }),
 };
 
 before(async () => {

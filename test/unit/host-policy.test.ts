@@ -1,11 +1,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
-import { ValueRedaction } from "../../proto/index.js";
+import { ValueRedaction, globToRegExp } from "../../proto/index.js";
 import {
   HostPolicyError,
   defaultPolicy,
-  globToRegExp,
   keyedHash,
   parseHostPolicy,
   parsePasswd,

@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { AgentInfo } from "./controller_pb.js";
 import { file_fleetwatch_v1_controller } from "./controller_pb.js";
-import type { Condition, HitCounts, SlotAssignment, TargetSelector, TargetState } from "./watch_pb.js";
+import type { Condition, HitCounts, SlotAssignment, TargetSelector, TargetState, ValueRedaction } from "./watch_pb.js";
 import { file_fleetwatch_v1_watch } from "./watch_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/agent.proto.
  */
 export const file_fleetwatch_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIr0DCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SAASOAoPZGlzY292ZXJfcmVzdWx0GAcgASgLMh0uZmxlZXR3YXRjaC52MS5EaXNjb3ZlclJlc3VsdEgAEjoKEHByb2Nlc3NfYXBwZWFyZWQYCCABKAsyHi5mbGVldHdhdGNoLnYxLlByb2Nlc3NBcHBlYXJlZEgAQgUKA21zZyL2AgoPU2Vzc2lvblJlc3BvbnNlEi8KCnJlZ2lzdGVyZWQYASABKAsyGS5mbGVldHdhdGNoLnYxLlJlZ2lzdGVyZWRIABIpCgdyZXNvbHZlGAIgASgLMhYuZmxlZXR3YXRjaC52MS5SZXNvbHZlSAASIQoDYXJtGAMgASgLMhIuZmxlZXR3YXRjaC52MS5Bcm1IABInCgZkaXNhcm0YBCABKAsyFS5mbGVldHdhdGNoLnYxLkRpc2FybUgAEjEKDWhlYXJ0YmVhdF9hY2sYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEisKCGRpc2NvdmVyGAYgASgLMhcuZmxlZXR3YXRjaC52MS5EaXNjb3ZlckgAEicKBmZvbGxvdxgHIAEoCzIVLmZsZWV0d2F0Y2gudjEuRm9sbG93SAASKwoIdW5mb2xsb3cYCCABKAsyFy5mbGVldHdhdGNoLnYxLlVuZm9sbG93SABCBQoDbXNnIk8KCERpc2NvdmVyEhIKCnJlcXVlc3RfaWQYASABKAQSLwoIc2VsZWN0b3IYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yIngKEURpc2NvdmVyZWRQcm9jZXNzEgsKA3BpZBgBIAEoDRIMCgRjb21tGAIgASgJEgsKA2V4ZRgDIAEoCRISCgpzdGFydF90aW1lGAQgASgEEhIKCnRyYWNlcl9waWQYBSABKA0SEwoLdHJhY2VyX2NvbW0YBiABKAkisgEKDkRpc2NvdmVyUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISMwoJcHJvY2Vzc2VzGAMgAygLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcxItCgdyZWZ1c2VkGAQgAygLMhwuZmxlZXR3YXRjaC52MS5Qb2xpY3lSZWZ1c2FsIiwKDVBvbGljeVJlZnVzYWwSCwoDcGlkGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJJCgZGb2xsb3cSDgoGam9iX2lkGAEgASgJEi8KCHNlbGVjdG9yGAIgASgLMh0uZmxlZXR3YXRjaC52MS5UYXJnZXRTZWxlY3RvciIaCghVbmZvbGxvdxIOCgZqb2JfaWQYASABKAkiVAoPUHJvY2Vzc0FwcGVhcmVkEg4KBmpvYl9pZBgBIAEoCRIxCgdwcm9jZXNzGAIgASgLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcyJdCghSZWdpc3RlchImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SKQoFYXJtZWQYAiADKAsyGi5mbGVldHdhdGNoLnYxLkFybWVkVGFyZ2V0IoIBCgtBcm1lZFRhcmdldBIOCgZqb2JfaWQYASABKAkSCwoDcGlkGAIgASgNEiwKBXNsb3RzGAMgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIoCgZjb3VudHMYBCABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cyJDCgpSZWdpc3RlcmVkEhQKDGhlYXJ0YmVhdF9tcxgBIAEoDRIQCghsZWFzZV9tcxgCIAEoDRINCgVlcG9jaBgDIAEoBCIxCglIZWFydGJlYXQSFAoMc2VudF91bml4X21zGAEgASgDEg4KBnBvbGljeRgCIAEoCSJGCgpBZ2VudEVycm9yEhIKCmVycm5vX25hbWUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRITCgtob3N0X3BvbGljeRgDIAEoCCJKCgdSZXNvbHZlEhIKCnJlcXVlc3RfaWQYASABKAQSCwoDcGlkGAIgASgNEg4KBnN5bWJvbBgDIAEoCRIOCgZvZmZzZXQYBCABKAQifAoNUmVzb2x2ZVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEigKBWVycm9yGAIgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEg8KB2FkZHJlc3MYAyABKAQSDAoEc2l6ZRgEIAEoBBIOCgZtb2R1bGUYBSABKAki4gIKA0FybRISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SLAoFc2xvdHMYBCADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EhAKCG1heF9oaXRzGAUgASgEEhgKEGRlYWRsaW5lX3VuaXhfbXMYBiABKAMSLAoKY29uZGl0aW9ucxgHIAMoCzIYLmZsZWV0d2F0Y2gudjEuQ29uZGl0aW9uEgwKBHRpZHMYCCADKA0SGwoTbWF4X2hpdHNfcGVyX3NlY29uZBgJIAEoDRISCgpiYWNrb2ZmX21zGAogASgNEhMKC3N0YWNrX2RlcHRoGAsgASgNEg0KBWVwb2NoGAwgASgEEhUKDWxvc3RfYWZ0ZXJfbXMYDSABKAQSKAoGY291bnRzGA4gASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMi2QEKCUFybVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SKAoFZXJyb3IYBCABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISFQoNdGhyZWFkc190b3RhbBgFIAEoDRIVCg10aHJlYWRzX2FybWVkGAYgASgNEiwKBXNsb3RzGAcgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIVCg1yZXNlcnZlZF9tYXNrGAggASgNIkgKBkRpc2FybRISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SDQoFZXBvY2gYBCABKAQiqgEKDERpc2FybVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SKAoFZXJyb3IYBCABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISKAoGY291bnRzGAUgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSFQoNcmVzZXJ2ZWRfbWFzaxgGIAEoDSLVAQoMVGFyZ2V0UmVwb3J0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SKQoFc3RhdGUYAyABKA4yGi5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlEg4KBnJlYXNvbhgEIAEoCRIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIVCg10aHJlYWRzX3RvdGFsGAYgASgNEhUKDXRocmVhZHNfYXJtZWQYByABKA0SFQoNcmVzZXJ2ZWRfbWFzaxgIIAEoDTJcCgxBZ2VudFNlcnZpY2USTAoHU2Vzc2lvbhIdLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlcXVlc3QaHi5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXNwb25zZSgBMAFiBnByb3RvMw", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
+  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIvoDCg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SAASOAoPZGlzY292ZXJfcmVzdWx0GAcgASgLMh0uZmxlZXR3YXRjaC52MS5EaXNjb3ZlclJlc3VsdEgAEjoKEHByb2Nlc3NfYXBwZWFyZWQYCCABKAsyHi5mbGVldHdhdGNoLnYxLlByb2Nlc3NBcHBlYXJlZEgAEjsKEWRpc2FybV9hbGxfcmVzdWx0GAkgASgLMh4uZmxlZXR3YXRjaC52MS5EaXNhcm1BbGxSZXN1bHRIAEIFCgNtc2cipgMKD1Nlc3Npb25SZXNwb25zZRIvCgpyZWdpc3RlcmVkGAEgASgLMhkuZmxlZXR3YXRjaC52MS5SZWdpc3RlcmVkSAASKQoHcmVzb2x2ZRgCIAEoCzIWLmZsZWV0d2F0Y2gudjEuUmVzb2x2ZUgAEiEKA2FybRgDIAEoCzISLmZsZWV0d2F0Y2gudjEuQXJtSAASJwoGZGlzYXJtGAQgASgLMhUuZmxlZXR3YXRjaC52MS5EaXNhcm1IABIxCg1oZWFydGJlYXRfYWNrGAUgASgLMhguZmxlZXR3YXRjaC52MS5IZWFydGJlYXRIABIrCghkaXNjb3ZlchgGIAEoCzIXLmZsZWV0d2F0Y2gudjEuRGlzY292ZXJIABInCgZmb2xsb3cYByABKAsyFS5mbGVldHdhdGNoLnYxLkZvbGxvd0gAEisKCHVuZm9sbG93GAggASgLMhcuZmxlZXR3YXRjaC52MS5VbmZvbGxvd0gAEi4KCmRpc2FybV9hbGwYCSABKAsyGC5mbGVldHdhdGNoLnYxLkRpc2FybUFsbEgAQgUKA21zZyI+CglEaXNhcm1BbGwSEgoKcmVxdWVzdF9pZBgBIAEoBBINCgVlcG9jaBgCIAEoBBIOCgZyZWFzb24YAyABKAkiYQoPRGlzYXJtQWxsUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISEAoIZGlzYXJtZWQYAyABKA0iTwoIRGlzY292ZXISEgoKcmVxdWVzdF9pZBgBIAEoBBIvCghzZWxlY3RvchgCIAEoCzIdLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2VsZWN0b3IioQEKEURpc2NvdmVyZWRQcm9jZXNzEgsKA3BpZBgBIAEoDRIMCgRjb21tGAIgASgJEgsKA2V4ZRgDIAEoCRISCgpzdGFydF90aW1lGAQgASgEEhIKCnRyYWNlcl9waWQYBSABKA0SEwoLdHJhY2VyX2NvbW0YBiABKAkSCwoDdWlkGAcgASgNEgwKBGV1aWQYCCABKA0SDAoEdXNlchgJIAEoCSKyAQoORGlzY292ZXJSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIoCgVlcnJvchgCIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIzCglwcm9jZXNzZXMYAyADKAsyIC5mbGVldHdhdGNoLnYxLkRpc2NvdmVyZWRQcm9jZXNzEi0KB3JlZnVzZWQYBCADKAsyHC5mbGVldHdhdGNoLnYxLlBvbGljeVJlZnVzYWwiLAoNUG9saWN5UmVmdXNhbBILCgNwaWQYASABKA0SDgoGcmVhc29uGAIgASgJIkkKBkZvbGxvdxIOCgZqb2JfaWQYASABKAkSLwoIc2VsZWN0b3IYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yIhoKCFVuZm9sbG93Eg4KBmpvYl9pZBgBIAEoCSJUCg9Qcm9jZXNzQXBwZWFyZWQSDgoGam9iX2lkGAEgASgJEjEKB3Byb2Nlc3MYAiABKAsyIC5mbGVldHdhdGNoLnYxLkRpc2NvdmVyZWRQcm9jZXNzIl0KCFJlZ2lzdGVyEiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIpCgVhcm1lZBgCIAMoCzIaLmZsZWV0d2F0Y2gudjEuQXJtZWRUYXJnZXQiggEKC0FybWVkVGFyZ2V0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SLAoFc2xvdHMYAyADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EigKBmNvdW50cxgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzIkMKClJlZ2lzdGVyZWQSFAoMaGVhcnRiZWF0X21zGAEgASgNEhAKCGxlYXNlX21zGAIgASgNEg0KBWVwb2NoGAMgASgEIjEKCUhlYXJ0YmVhdBIUCgxzZW50X3VuaXhfbXMYASABKAMSDgoGcG9saWN5GAIgASgJIkYKCkFnZW50RXJyb3ISEgoKZXJybm9fbmFtZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhMKC2hvc3RfcG9saWN5GAMgASgIIkoKB1Jlc29sdmUSEgoKcmVxdWVzdF9pZBgBIAEoBBILCgNwaWQYAiABKA0SDgoGc3ltYm9sGAMgASgJEg4KBm9mZnNldBgEIAEoBCJ8Cg1SZXNvbHZlUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISDwoHYWRkcmVzcxgDIAEoBBIMCgRzaXplGAQgASgEEg4KBm1vZHVsZRgFIAEoCSKUAwoDQXJtEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGam9iX2lkGAIgASgJEgsKA3BpZBgDIAEoDRIsCgVzbG90cxgEIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSEAoIbWF4X2hpdHMYBSABKAQSGAoQZGVhZGxpbmVfdW5peF9tcxgGIAEoAxIsCgpjb25kaXRpb25zGAcgAygLMhguZmxlZXR3YXRjaC52MS5Db25kaXRpb24SDAoEdGlkcxgIIAMoDRIbChNtYXhfaGl0c19wZXJfc2Vjb25kGAkgASgNEhIKCmJhY2tvZmZfbXMYCiABKA0SEwoLc3RhY2tfZGVwdGgYCyABKA0SDQoFZXBvY2gYDCABKAQSFQoNbG9zdF9hZnRlcl9tcxgNIAEoBBIoCgZjb3VudHMYDiABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIwCglyZWRhY3Rpb24YDyABKA4yHS5mbGVldHdhdGNoLnYxLlZhbHVlUmVkYWN0aW9uItkBCglBcm1SZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEigKBWVycm9yGAQgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEhUKDXRocmVhZHNfdG90YWwYBSABKA0SFQoNdGhyZWFkc19hcm1lZBgGIAEoDRIsCgVzbG90cxgHIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSFQoNcmVzZXJ2ZWRfbWFzaxgIIAEoDSJICgZEaXNhcm0SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEg0KBWVwb2NoGAQgASgEIqoBCgxEaXNhcm1SZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEigKBWVycm9yGAQgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEigKBmNvdW50cxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXJlc2VydmVkX21hc2sYBiABKA0i1QEKDFRhcmdldFJlcG9ydBIOCgZqb2JfaWQYASABKAkSCwoDcGlkGAIgASgNEikKBXN0YXRlGAMgASgOMhouZmxlZXR3YXRjaC52MS5UYXJnZXRTdGF0ZRIOCgZyZWFzb24YBCABKAkSKAoGY291bnRzGAUgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSFQoNdGhyZWFkc190b3RhbBgGIAEoDRIVCg10aHJlYWRzX2FybWVkGAcgASgNEhUKDXJlc2VydmVkX21hc2sYCCABKA0yXAoMQWdlbnRTZXJ2aWNlEkwKB1Nlc3Npb24SHS5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXF1ZXN0Gh4uZmxlZXR3YXRjaC52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
 
 /**
  * Agent to controller.
@@ -73,6 +73,12 @@ export type SessionRequest = Message<"fleetwatch.v1.SessionRequest"> & {
      */
     value: ProcessAppeared;
     case: "processAppeared";
+  } | {
+    /**
+     * @generated from field: fleetwatch.v1.DisarmAllResult disarm_all_result = 9;
+     */
+    value: DisarmAllResult;
+    case: "disarmAllResult";
   } | { case: undefined; value?: undefined };
 };
 
@@ -143,6 +149,12 @@ export type SessionResponse = Message<"fleetwatch.v1.SessionResponse"> & {
      */
     value: Unfollow;
     case: "unfollow";
+  } | {
+    /**
+     * @generated from field: fleetwatch.v1.DisarmAll disarm_all = 9;
+     */
+    value: DisarmAll;
+    case: "disarmAll";
   } | { case: undefined; value?: undefined };
 };
 
@@ -152,6 +164,67 @@ export type SessionResponse = Message<"fleetwatch.v1.SessionResponse"> & {
  */
 export const SessionResponseSchema: GenMessage<SessionResponse> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_agent, 1);
+
+/**
+ * The kill switch: clear every debug register this agent holds, whatever
+ * job it belongs to (also watches the controller does not know of).
+ *
+ * @generated from message fleetwatch.v1.DisarmAll
+ */
+export type DisarmAll = Message<"fleetwatch.v1.DisarmAll"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: uint64 epoch = 2;
+   */
+  epoch: bigint;
+
+  /**
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fleetwatch.v1.DisarmAll.
+ * Use `create(DisarmAllSchema)` to create a new message.
+ */
+export const DisarmAllSchema: GenMessage<DisarmAll> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 2);
+
+/**
+ * @generated from message fleetwatch.v1.DisarmAllResult
+ */
+export type DisarmAllResult = Message<"fleetwatch.v1.DisarmAllResult"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * Unset when every watch was disarmed.
+   *
+   * @generated from field: fleetwatch.v1.AgentError error = 2;
+   */
+  error?: AgentError | undefined;
+
+  /**
+   * Watches disarmed (job and process pairs).
+   *
+   * @generated from field: uint32 disarmed = 3;
+   */
+  disarmed: number;
+};
+
+/**
+ * Describes the message fleetwatch.v1.DisarmAllResult.
+ * Use `create(DisarmAllResultSchema)` to create a new message.
+ */
+export const DisarmAllResultSchema: GenMessage<DisarmAllResult> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 3);
 
 /**
  * Which processes of this host match (pid, exe, comm, cgroup of a TargetSelector).
@@ -175,7 +248,7 @@ export type Discover = Message<"fleetwatch.v1.Discover"> & {
  * Use `create(DiscoverSchema)` to create a new message.
  */
 export const DiscoverSchema: GenMessage<Discover> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 2);
+  messageDesc(file_fleetwatch_v1_agent, 4);
 
 /**
  * @generated from message fleetwatch.v1.DiscoveredProcess
@@ -214,6 +287,24 @@ export type DiscoveredProcess = Message<"fleetwatch.v1.DiscoveredProcess"> & {
    * @generated from field: string tracer_comm = 6;
    */
   tracerComm: string;
+
+  /**
+   * Real and effective uid, and the real uid's name on the host ("" when unknown):
+   * what access scopes on process users are checked against.
+   *
+   * @generated from field: uint32 uid = 7;
+   */
+  uid: number;
+
+  /**
+   * @generated from field: uint32 euid = 8;
+   */
+  euid: number;
+
+  /**
+   * @generated from field: string user = 9;
+   */
+  user: string;
 };
 
 /**
@@ -221,7 +312,7 @@ export type DiscoveredProcess = Message<"fleetwatch.v1.DiscoveredProcess"> & {
  * Use `create(DiscoveredProcessSchema)` to create a new message.
  */
 export const DiscoveredProcessSchema: GenMessage<DiscoveredProcess> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 3);
+  messageDesc(file_fleetwatch_v1_agent, 5);
 
 /**
  * @generated from message fleetwatch.v1.DiscoverResult
@@ -256,7 +347,7 @@ export type DiscoverResult = Message<"fleetwatch.v1.DiscoverResult"> & {
  * Use `create(DiscoverResultSchema)` to create a new message.
  */
 export const DiscoverResultSchema: GenMessage<DiscoverResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 4);
+  messageDesc(file_fleetwatch_v1_agent, 6);
 
 /**
  * A process the host's policy forbids watching, and the rule that says so.
@@ -280,7 +371,7 @@ export type PolicyRefusal = Message<"fleetwatch.v1.PolicyRefusal"> & {
  * Use `create(PolicyRefusalSchema)` to create a new message.
  */
 export const PolicyRefusalSchema: GenMessage<PolicyRefusal> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 5);
+  messageDesc(file_fleetwatch_v1_agent, 7);
 
 /**
  * Keep watching this host for processes that start matching the job's
@@ -305,7 +396,7 @@ export type Follow = Message<"fleetwatch.v1.Follow"> & {
  * Use `create(FollowSchema)` to create a new message.
  */
 export const FollowSchema: GenMessage<Follow> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 6);
+  messageDesc(file_fleetwatch_v1_agent, 8);
 
 /**
  * @generated from message fleetwatch.v1.Unfollow
@@ -322,7 +413,7 @@ export type Unfollow = Message<"fleetwatch.v1.Unfollow"> & {
  * Use `create(UnfollowSchema)` to create a new message.
  */
 export const UnfollowSchema: GenMessage<Unfollow> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 7);
+  messageDesc(file_fleetwatch_v1_agent, 9);
 
 /**
  * @generated from message fleetwatch.v1.ProcessAppeared
@@ -344,7 +435,7 @@ export type ProcessAppeared = Message<"fleetwatch.v1.ProcessAppeared"> & {
  * Use `create(ProcessAppearedSchema)` to create a new message.
  */
 export const ProcessAppearedSchema: GenMessage<ProcessAppeared> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 8);
+  messageDesc(file_fleetwatch_v1_agent, 10);
 
 /**
  * First message of every session.
@@ -370,7 +461,7 @@ export type Register = Message<"fleetwatch.v1.Register"> & {
  * Use `create(RegisterSchema)` to create a new message.
  */
 export const RegisterSchema: GenMessage<Register> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 9);
+  messageDesc(file_fleetwatch_v1_agent, 11);
 
 /**
  * @generated from message fleetwatch.v1.ArmedTarget
@@ -402,7 +493,7 @@ export type ArmedTarget = Message<"fleetwatch.v1.ArmedTarget"> & {
  * Use `create(ArmedTargetSchema)` to create a new message.
  */
 export const ArmedTargetSchema: GenMessage<ArmedTarget> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 10);
+  messageDesc(file_fleetwatch_v1_agent, 12);
 
 /**
  * @generated from message fleetwatch.v1.Registered
@@ -438,7 +529,7 @@ export type Registered = Message<"fleetwatch.v1.Registered"> & {
  * Use `create(RegisteredSchema)` to create a new message.
  */
 export const RegisteredSchema: GenMessage<Registered> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 11);
+  messageDesc(file_fleetwatch_v1_agent, 13);
 
 /**
  * @generated from message fleetwatch.v1.Heartbeat
@@ -462,7 +553,7 @@ export type Heartbeat = Message<"fleetwatch.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 12);
+  messageDesc(file_fleetwatch_v1_agent, 14);
 
 /**
  * Why an agent could not do what it was asked.
@@ -497,7 +588,7 @@ export type AgentError = Message<"fleetwatch.v1.AgentError"> & {
  * Use `create(AgentErrorSchema)` to create a new message.
  */
 export const AgentErrorSchema: GenMessage<AgentError> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 13);
+  messageDesc(file_fleetwatch_v1_agent, 15);
 
 /**
  * @generated from message fleetwatch.v1.Resolve
@@ -529,7 +620,7 @@ export type Resolve = Message<"fleetwatch.v1.Resolve"> & {
  * Use `create(ResolveSchema)` to create a new message.
  */
 export const ResolveSchema: GenMessage<Resolve> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 14);
+  messageDesc(file_fleetwatch_v1_agent, 16);
 
 /**
  * @generated from message fleetwatch.v1.ResolveResult
@@ -566,7 +657,7 @@ export type ResolveResult = Message<"fleetwatch.v1.ResolveResult"> & {
  * Use `create(ResolveResultSchema)` to create a new message.
  */
 export const ResolveResultSchema: GenMessage<ResolveResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 15);
+  messageDesc(file_fleetwatch_v1_agent, 17);
 
 /**
  * @generated from message fleetwatch.v1.Arm
@@ -654,6 +745,14 @@ export type Arm = Message<"fleetwatch.v1.Arm"> & {
    * @generated from field: fleetwatch.v1.HitCounts counts = 14;
    */
   counts?: HitCounts | undefined;
+
+  /**
+   * The least the values must be redacted for this job (its owner may not
+   * capture values); the agent applies the stricter of this and its host policy.
+   *
+   * @generated from field: fleetwatch.v1.ValueRedaction redaction = 15;
+   */
+  redaction: ValueRedaction;
 };
 
 /**
@@ -661,7 +760,7 @@ export type Arm = Message<"fleetwatch.v1.Arm"> & {
  * Use `create(ArmSchema)` to create a new message.
  */
 export const ArmSchema: GenMessage<Arm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 16);
+  messageDesc(file_fleetwatch_v1_agent, 18);
 
 /**
  * @generated from message fleetwatch.v1.ArmResult
@@ -717,7 +816,7 @@ export type ArmResult = Message<"fleetwatch.v1.ArmResult"> & {
  * Use `create(ArmResultSchema)` to create a new message.
  */
 export const ArmResultSchema: GenMessage<ArmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 17);
+  messageDesc(file_fleetwatch_v1_agent, 19);
 
 /**
  * @generated from message fleetwatch.v1.Disarm
@@ -749,7 +848,7 @@ export type Disarm = Message<"fleetwatch.v1.Disarm"> & {
  * Use `create(DisarmSchema)` to create a new message.
  */
 export const DisarmSchema: GenMessage<Disarm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 18);
+  messageDesc(file_fleetwatch_v1_agent, 20);
 
 /**
  * @generated from message fleetwatch.v1.DisarmResult
@@ -791,7 +890,7 @@ export type DisarmResult = Message<"fleetwatch.v1.DisarmResult"> & {
  * Use `create(DisarmResultSchema)` to create a new message.
  */
 export const DisarmResultSchema: GenMessage<DisarmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 19);
+  messageDesc(file_fleetwatch_v1_agent, 21);
 
 /**
  * A target's watch changed on its own (budget used up, deadline, process
@@ -846,7 +945,7 @@ export type TargetReport = Message<"fleetwatch.v1.TargetReport"> & {
  * Use `create(TargetReportSchema)` to create a new message.
  */
 export const TargetReportSchema: GenMessage<TargetReport> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 20);
+  messageDesc(file_fleetwatch_v1_agent, 22);
 
 /**
  * The agent dials out and keeps one session open; the controller sends

@@ -12,7 +12,202 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/controller.proto.
  */
 export const file_fleetwatch_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiOAoQU3VibWl0Sm9iUmVxdWVzdBIkCgRzcGVjGAEgASgLMhYuZmxlZXR3YXRjaC52MS5Kb2JTcGVjIjQKEVN1Ym1pdEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iIhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiMQoOR2V0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEQoPTGlzdEpvYnNSZXF1ZXN0IjQKEExpc3RKb2JzUmVzcG9uc2USIAoEam9icxgBIAMoCzISLmZsZWV0d2F0Y2gudjEuSm9iIh4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkiNAoRQ2FuY2VsSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEwoRTGlzdEFnZW50c1JlcXVlc3QiOgoSTGlzdEFnZW50c1Jlc3BvbnNlEiQKBmFnZW50cxgBIAMoCzIULmZsZWV0d2F0Y2gudjEuQWdlbnQiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjMKEFdhdGNoSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiigIKCUFnZW50SW5mbxIPCgdob3N0X2lkGAEgASgJEjQKBmxhYmVscxgCIAMoCzIkLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAMgASgJEg4KBmtlcm5lbBgEIAEoCRIMCgRhcmNoGAUgASgJEhgKEHNsb3RzX3Blcl90aHJlYWQYBiABKA0SFQoNYWdlbnRfdmVyc2lvbhgHIAEoCRIWCg5oZWxwZXJfdmVyc2lvbhgIIAEoCRIOCgZwb2xpY3kYCSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ+CgdTbG90VXNlEgoKAmRyGAEgASgNEg4KBmpvYl9pZBgCIAEoCRIjCgVjaHVuaxgDIAEoCzIULmZsZWV0d2F0Y2gudjEuQ2h1bmsSEAoIcmVzZXJ2ZWQYBCABKAgSDwoHam9iX2lkcxgFIAMoCRIPCgdmb3JlaWduGAYgASgIInAKC1RhcmdldFNsb3RzEgsKA3BpZBgBIAEoDRIlCgVzbG90cxgCIAMoCzIWLmZsZWV0d2F0Y2gudjEuU2xvdFVzZRIVCg10cmFjZWRfYnlfcGlkGAMgASgNEhYKDnRyYWNlZF9ieV9jb21tGAQgASgJIooBCgVBZ2VudBImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SEQoJY29ubmVjdGVkGAIgASgIEhkKEWxhc3Rfc2Vlbl91bml4X21zGAMgASgDEisKB3RhcmdldHMYBCADKAsyGi5mbGVldHdhdGNoLnYxLlRhcmdldFNsb3RzMukDChFDb250cm9sbGVyU2VydmljZRJOCglTdWJtaXRKb2ISHy5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEkUKBkdldEpvYhIcLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVxdWVzdBodLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVzcG9uc2USSwoITGlzdEpvYnMSHi5mbGVldHdhdGNoLnYxLkxpc3RKb2JzUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXNwb25zZRJOCglDYW5jZWxKb2ISHy5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlc3BvbnNlElEKCkxpc3RBZ2VudHMSIC5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuZmxlZXR3YXRjaC52MS5MaXN0QWdlbnRzUmVzcG9uc2USTQoIV2F0Y2hKb2ISHi5mbGVldHdhdGNoLnYxLldhdGNoSm9iUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXNwb25zZTABYgZwcm90bzM", [file_fleetwatch_v1_watch]);
+  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiIgoQRGlzYXJtQWxsUmVxdWVzdBIOCgZyZWFzb24YASABKAkibgoLQWdlbnREaXNhcm0SDwoHaG9zdF9pZBgBIAEoCRIRCgljb25maXJtZWQYAiABKAgSEAoIZGlzYXJtZWQYAyABKA0SGgoSY29uZmlybWVkX2FmdGVyX21zGAQgASgEEg0KBWVycm9yGAUgASgJInoKEURpc2FybUFsbFJlc3BvbnNlEhkKEWNhbmNlbGxlZF9qb2JfaWRzGAEgAygJEioKBmFnZW50cxgCIAMoCzIaLmZsZWV0d2F0Y2gudjEuQWdlbnREaXNhcm0SHgoWYWxsX2NvbmZpcm1lZF9hZnRlcl9tcxgDIAEoBCIpChBMaXN0QXVkaXRSZXF1ZXN0EhUKDXNpbmNlX3VuaXhfbXMYASABKAMiQAoRTGlzdEF1ZGl0UmVzcG9uc2USKwoHcmVjb3JkcxgBIAMoCzIaLmZsZWV0d2F0Y2gudjEuQXVkaXRSZWNvcmQijQEKC0F1ZGl0UmVjb3JkEhQKDHRpbWVfdW5peF9tcxgBIAEoAxILCgN3aG8YAiABKAkSDgoGYWN0aW9uGAMgASgJEg4KBmpvYl9pZBgEIAEoCRIMCgR3aGF0GAUgASgJEg0KBXdoZXJlGAYgAygJEg4KBnJlc3VsdBgHIAEoCRIOCgZyZWFzb24YCCABKAkiOAoQU3VibWl0Sm9iUmVxdWVzdBIkCgRzcGVjGAEgASgLMhYuZmxlZXR3YXRjaC52MS5Kb2JTcGVjIjQKEVN1Ym1pdEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iIhsKDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkiMQoOR2V0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEQoPTGlzdEpvYnNSZXF1ZXN0IjQKEExpc3RKb2JzUmVzcG9uc2USIAoEam9icxgBIAMoCzISLmZsZWV0d2F0Y2gudjEuSm9iIh4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkiNAoRQ2FuY2VsSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEwoRTGlzdEFnZW50c1JlcXVlc3QiOgoSTGlzdEFnZW50c1Jlc3BvbnNlEiQKBmFnZW50cxgBIAMoCzIULmZsZWV0d2F0Y2gudjEuQWdlbnQiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjMKEFdhdGNoSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiigIKCUFnZW50SW5mbxIPCgdob3N0X2lkGAEgASgJEjQKBmxhYmVscxgCIAMoCzIkLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAMgASgJEg4KBmtlcm5lbBgEIAEoCRIMCgRhcmNoGAUgASgJEhgKEHNsb3RzX3Blcl90aHJlYWQYBiABKA0SFQoNYWdlbnRfdmVyc2lvbhgHIAEoCRIWCg5oZWxwZXJfdmVyc2lvbhgIIAEoCRIOCgZwb2xpY3kYCSABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ+CgdTbG90VXNlEgoKAmRyGAEgASgNEg4KBmpvYl9pZBgCIAEoCRIjCgVjaHVuaxgDIAEoCzIULmZsZWV0d2F0Y2gudjEuQ2h1bmsSEAoIcmVzZXJ2ZWQYBCABKAgSDwoHam9iX2lkcxgFIAMoCRIPCgdmb3JlaWduGAYgASgIInAKC1RhcmdldFNsb3RzEgsKA3BpZBgBIAEoDRIlCgVzbG90cxgCIAMoCzIWLmZsZWV0d2F0Y2gudjEuU2xvdFVzZRIVCg10cmFjZWRfYnlfcGlkGAMgASgNEhYKDnRyYWNlZF9ieV9jb21tGAQgASgJIooBCgVBZ2VudBImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SEQoJY29ubmVjdGVkGAIgASgIEhkKEWxhc3Rfc2Vlbl91bml4X21zGAMgASgDEisKB3RhcmdldHMYBCADKAsyGi5mbGVldHdhdGNoLnYxLlRhcmdldFNsb3RzMokFChFDb250cm9sbGVyU2VydmljZRJOCglTdWJtaXRKb2ISHy5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEkUKBkdldEpvYhIcLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVxdWVzdBodLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVzcG9uc2USSwoITGlzdEpvYnMSHi5mbGVldHdhdGNoLnYxLkxpc3RKb2JzUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXNwb25zZRJOCglDYW5jZWxKb2ISHy5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlc3BvbnNlElEKCkxpc3RBZ2VudHMSIC5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuZmxlZXR3YXRjaC52MS5MaXN0QWdlbnRzUmVzcG9uc2USTQoIV2F0Y2hKb2ISHi5mbGVldHdhdGNoLnYxLldhdGNoSm9iUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXNwb25zZTABEk4KCURpc2FybUFsbBIfLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVzcG9uc2USTgoJTGlzdEF1ZGl0Eh8uZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXNwb25zZWIGcHJvdG8z", [file_fleetwatch_v1_watch]);
+
+/**
+ * @generated from message fleetwatch.v1.DisarmAllRequest
+ */
+export type DisarmAllRequest = Message<"fleetwatch.v1.DisarmAllRequest"> & {
+  /**
+   * Why, for the audit trail and the jobs' reasons.
+   *
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fleetwatch.v1.DisarmAllRequest.
+ * Use `create(DisarmAllRequestSchema)` to create a new message.
+ */
+export const DisarmAllRequestSchema: GenMessage<DisarmAllRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 0);
+
+/**
+ * One agent's answer to the kill switch.
+ *
+ * @generated from message fleetwatch.v1.AgentDisarm
+ */
+export type AgentDisarm = Message<"fleetwatch.v1.AgentDisarm"> & {
+  /**
+   * @generated from field: string host_id = 1;
+   */
+  hostId: string;
+
+  /**
+   * The agent confirmed: nothing of fleetwatch is armed on it any more.
+   *
+   * @generated from field: bool confirmed = 2;
+   */
+  confirmed: boolean;
+
+  /**
+   * @generated from field: uint32 disarmed = 3;
+   */
+  disarmed: number;
+
+  /**
+   * Milliseconds from the request to this agent's confirmation.
+   *
+   * @generated from field: uint64 confirmed_after_ms = 4;
+   */
+  confirmedAfterMs: bigint;
+
+  /**
+   * Why it did not confirm (not connected, an error, no answer in time).
+   *
+   * @generated from field: string error = 5;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message fleetwatch.v1.AgentDisarm.
+ * Use `create(AgentDisarmSchema)` to create a new message.
+ */
+export const AgentDisarmSchema: GenMessage<AgentDisarm> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 1);
+
+/**
+ * @generated from message fleetwatch.v1.DisarmAllResponse
+ */
+export type DisarmAllResponse = Message<"fleetwatch.v1.DisarmAllResponse"> & {
+  /**
+   * @generated from field: repeated string cancelled_job_ids = 1;
+   */
+  cancelledJobIds: string[];
+
+  /**
+   * @generated from field: repeated fleetwatch.v1.AgentDisarm agents = 2;
+   */
+  agents: AgentDisarm[];
+
+  /**
+   * From the request until the last connected agent confirmed.
+   *
+   * @generated from field: uint64 all_confirmed_after_ms = 3;
+   */
+  allConfirmedAfterMs: bigint;
+};
+
+/**
+ * Describes the message fleetwatch.v1.DisarmAllResponse.
+ * Use `create(DisarmAllResponseSchema)` to create a new message.
+ */
+export const DisarmAllResponseSchema: GenMessage<DisarmAllResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 2);
+
+/**
+ * @generated from message fleetwatch.v1.ListAuditRequest
+ */
+export type ListAuditRequest = Message<"fleetwatch.v1.ListAuditRequest"> & {
+  /**
+   * Records at or after this time; 0 = from the start of the trail.
+   *
+   * @generated from field: int64 since_unix_ms = 1;
+   */
+  sinceUnixMs: bigint;
+};
+
+/**
+ * Describes the message fleetwatch.v1.ListAuditRequest.
+ * Use `create(ListAuditRequestSchema)` to create a new message.
+ */
+export const ListAuditRequestSchema: GenMessage<ListAuditRequest> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 3);
+
+/**
+ * @generated from message fleetwatch.v1.ListAuditResponse
+ */
+export type ListAuditResponse = Message<"fleetwatch.v1.ListAuditResponse"> & {
+  /**
+   * @generated from field: repeated fleetwatch.v1.AuditRecord records = 1;
+   */
+  records: AuditRecord[];
+};
+
+/**
+ * Describes the message fleetwatch.v1.ListAuditResponse.
+ * Use `create(ListAuditResponseSchema)` to create a new message.
+ */
+export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 4);
+
+/**
+ * One decision of the controller about one request.
+ *
+ * @generated from message fleetwatch.v1.AuditRecord
+ */
+export type AuditRecord = Message<"fleetwatch.v1.AuditRecord"> & {
+  /**
+   * @generated from field: int64 time_unix_ms = 1;
+   */
+  timeUnixMs: bigint;
+
+  /**
+   * Who asked, as their certificate names them ("user alice"); "" over plaintext.
+   *
+   * @generated from field: string who = 2;
+   */
+  who: string;
+
+  /**
+   * submit, cancel, disarm-all, or the RPC that was denied.
+   *
+   * @generated from field: string action = 3;
+   */
+  action: string;
+
+  /**
+   * What it was about: the job id, and for a submit the watch in words.
+   *
+   * @generated from field: string job_id = 4;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: string what = 5;
+   */
+  what: string;
+
+  /**
+   * Where: hosts (and processes) it touched.
+   *
+   * @generated from field: repeated string where = 6;
+   */
+  where: string[];
+
+  /**
+   * ok, or the gRPC status name it ended with.
+   *
+   * @generated from field: string result = 7;
+   */
+  result: string;
+
+  /**
+   * Why it was denied or failed (the rule that denied it).
+   *
+   * @generated from field: string reason = 8;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message fleetwatch.v1.AuditRecord.
+ * Use `create(AuditRecordSchema)` to create a new message.
+ */
+export const AuditRecordSchema: GenMessage<AuditRecord> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 5);
 
 /**
  * @generated from message fleetwatch.v1.SubmitJobRequest
@@ -29,7 +224,7 @@ export type SubmitJobRequest = Message<"fleetwatch.v1.SubmitJobRequest"> & {
  * Use `create(SubmitJobRequestSchema)` to create a new message.
  */
 export const SubmitJobRequestSchema: GenMessage<SubmitJobRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 0);
+  messageDesc(file_fleetwatch_v1_controller, 6);
 
 /**
  * @generated from message fleetwatch.v1.SubmitJobResponse
@@ -46,7 +241,7 @@ export type SubmitJobResponse = Message<"fleetwatch.v1.SubmitJobResponse"> & {
  * Use `create(SubmitJobResponseSchema)` to create a new message.
  */
 export const SubmitJobResponseSchema: GenMessage<SubmitJobResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 1);
+  messageDesc(file_fleetwatch_v1_controller, 7);
 
 /**
  * @generated from message fleetwatch.v1.GetJobRequest
@@ -63,7 +258,7 @@ export type GetJobRequest = Message<"fleetwatch.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 2);
+  messageDesc(file_fleetwatch_v1_controller, 8);
 
 /**
  * @generated from message fleetwatch.v1.GetJobResponse
@@ -80,7 +275,7 @@ export type GetJobResponse = Message<"fleetwatch.v1.GetJobResponse"> & {
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 3);
+  messageDesc(file_fleetwatch_v1_controller, 9);
 
 /**
  * @generated from message fleetwatch.v1.ListJobsRequest
@@ -93,7 +288,7 @@ export type ListJobsRequest = Message<"fleetwatch.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 4);
+  messageDesc(file_fleetwatch_v1_controller, 10);
 
 /**
  * @generated from message fleetwatch.v1.ListJobsResponse
@@ -110,7 +305,7 @@ export type ListJobsResponse = Message<"fleetwatch.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 5);
+  messageDesc(file_fleetwatch_v1_controller, 11);
 
 /**
  * @generated from message fleetwatch.v1.CancelJobRequest
@@ -127,7 +322,7 @@ export type CancelJobRequest = Message<"fleetwatch.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 6);
+  messageDesc(file_fleetwatch_v1_controller, 12);
 
 /**
  * @generated from message fleetwatch.v1.CancelJobResponse
@@ -144,7 +339,7 @@ export type CancelJobResponse = Message<"fleetwatch.v1.CancelJobResponse"> & {
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 7);
+  messageDesc(file_fleetwatch_v1_controller, 13);
 
 /**
  * @generated from message fleetwatch.v1.ListAgentsRequest
@@ -157,7 +352,7 @@ export type ListAgentsRequest = Message<"fleetwatch.v1.ListAgentsRequest"> & {
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 8);
+  messageDesc(file_fleetwatch_v1_controller, 14);
 
 /**
  * @generated from message fleetwatch.v1.ListAgentsResponse
@@ -174,7 +369,7 @@ export type ListAgentsResponse = Message<"fleetwatch.v1.ListAgentsResponse"> & {
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 9);
+  messageDesc(file_fleetwatch_v1_controller, 15);
 
 /**
  * @generated from message fleetwatch.v1.WatchJobRequest
@@ -191,7 +386,7 @@ export type WatchJobRequest = Message<"fleetwatch.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 10);
+  messageDesc(file_fleetwatch_v1_controller, 16);
 
 /**
  * @generated from message fleetwatch.v1.WatchJobResponse
@@ -208,7 +403,7 @@ export type WatchJobResponse = Message<"fleetwatch.v1.WatchJobResponse"> & {
  * Use `create(WatchJobResponseSchema)` to create a new message.
  */
 export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 11);
+  messageDesc(file_fleetwatch_v1_controller, 17);
 
 /**
  * What an agent says about its host when it registers.
@@ -270,7 +465,7 @@ export type AgentInfo = Message<"fleetwatch.v1.AgentInfo"> & {
  * Use `create(AgentInfoSchema)` to create a new message.
  */
 export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 12);
+  messageDesc(file_fleetwatch_v1_controller, 18);
 
 /**
  * One debug register of a target: free (no job_ids) or held by jobs that
@@ -321,7 +516,7 @@ export type SlotUse = Message<"fleetwatch.v1.SlotUse"> & {
  * Use `create(SlotUseSchema)` to create a new message.
  */
 export const SlotUseSchema: GenMessage<SlotUse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 13);
+  messageDesc(file_fleetwatch_v1_controller, 19);
 
 /**
  * The slot map of one watched process.
@@ -357,7 +552,7 @@ export type TargetSlots = Message<"fleetwatch.v1.TargetSlots"> & {
  * Use `create(TargetSlotsSchema)` to create a new message.
  */
 export const TargetSlotsSchema: GenMessage<TargetSlots> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 14);
+  messageDesc(file_fleetwatch_v1_controller, 20);
 
 /**
  * @generated from message fleetwatch.v1.Agent
@@ -389,7 +584,7 @@ export type Agent = Message<"fleetwatch.v1.Agent"> & {
  * Use `create(AgentSchema)` to create a new message.
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 15);
+  messageDesc(file_fleetwatch_v1_controller, 21);
 
 /**
  * What users and scripts talk to.
@@ -450,6 +645,28 @@ export const ControllerService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchJobRequestSchema;
     output: typeof WatchJobResponseSchema;
+  },
+  /**
+   * The kill switch (admin): cancels every active job and has every
+   * connected agent clear every register it holds; answers once each has
+   * confirmed or its deadline passed.
+   *
+   * @generated from rpc fleetwatch.v1.ControllerService.DisarmAll
+   */
+  disarmAll: {
+    methodKind: "unary";
+    input: typeof DisarmAllRequestSchema;
+    output: typeof DisarmAllResponseSchema;
+  },
+  /**
+   * The audit trail: submits, cancels, kill switches and denials, oldest first.
+   *
+   * @generated from rpc fleetwatch.v1.ControllerService.ListAudit
+   */
+  listAudit: {
+    methodKind: "unary";
+    input: typeof ListAuditRequestSchema;
+    output: typeof ListAuditResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_fleetwatch_v1_controller, 0);

@@ -1,0 +1,75 @@
+// The audit trail: every submit, cancel and kill switch with who asked, what,
+// where and how it ended, and every request denied, as AuditRecords in a
+// JetStream stream of their own (kept 90 days). Any controller writes it
+// (a standby's denials too); ListAudit reads it back in order.
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { nanos, RetentionPolicy, StorageType, type ConsumerMessages, type JetStreamClient, type NatsConnection } from "nats";
+import { AuditRecordSchema, auditStream, auditSubject, auditSubjects, withDeadline, type AuditRecord } from "../proto/index.js";
+
+const maxAgeMs = 90 * 24 * 3600 * 1000;
+const maxBytes = 256 * 1024 ** 2;
+// A record that cannot be stored within this is logged as lost: the request it describes is not held up longer.
+const publishTimeoutMs = 5_000;
+/** At most this many records per ListAudit answer (the oldest first); ask again with a later since. */
+export const maxAuditRecords = 10_000;
+
+/** Creates the audit stream if it is not there (another controller may be doing the same). */
+export async function ensureAuditStream(nc: NatsConnection): Promise<void> {
+  const jsm = await nc.jetstreamManager();
+  try {
+    await jsm.streams.info(auditStream);
+  } catch {
+    await jsm.streams
+      .add({ name: auditStream, subjects: [auditSubjects], retention: RetentionPolicy.Limits, storage: StorageType.File, max_age: nanos(maxAgeMs), max_bytes: maxBytes })
+      .catch(async (err: unknown) => {
+        await jsm.streams.info(auditStream).catch(() => Promise.reject(err));
+      });
+  }
+}
+
+/** One record as the controller makes it (the time is added when stored). */
+export interface AuditEntry {
+  who: string;
+  action: string;
+  jobId?: string;
+  what?: string;
+  where?: string[];
+  result: string;
+  reason?: string;
+}
+
+/** Writes and reads the audit trail. */
+export class AuditTrail {
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  /** Stores one record; a record that cannot be stored is logged in full, so it is not lost from sight. */
+  async record(init: AuditEntry): Promise<void> {
+    const record = create(AuditRecordSchema, { ...init, timeUnixMs: BigInt(Date.now()) });
+    try {
+      await withDeadline(this.js.publish(auditSubject(record.action), toBinary(AuditRecordSchema, record)), publishTimeoutMs, (ms) => new Error(`no answer from NATS within ${ms} ms`));
+    } catch (err) {
+      this.log(`audit: could not store the record (${err instanceof Error ? err.message : String(err)}): ${JSON.stringify({ ...record, timeUnixMs: String(record.timeUnixMs) })}`);
+    }
+  }
+
+  /** Records at or after `sinceUnixMs`, oldest first, at most maxAuditRecords. */
+  async list(sinceUnixMs: number): Promise<AuditRecord[]> {
+    const consumer = await this.js.consumers.get(auditStream, { filterSubjects: auditSubjects, ...(sinceUnixMs > 0 ? { opt_start_time: new Date(sinceUnixMs).toISOString() } : {}) });
+    if ((await consumer.info(true)).num_pending === 0) return [];
+    const records: AuditRecord[] = [];
+    let messages: ConsumerMessages | undefined;
+    try {
+      messages = await consumer.consume({ max_messages: 256 });
+      for await (const message of messages) {
+        records.push(fromBinary(AuditRecordSchema, message.data));
+        if (message.info.pending === 0 || records.length >= maxAuditRecords) break;
+      }
+    } finally {
+      messages?.stop();
+    }
+    return records;
+  }
+}
