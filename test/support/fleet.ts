@@ -8,7 +8,7 @@
 // and a user are issued at start.
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { access, mkdtemp, readdir, readFile, readlink, rm, stat } from "node:fs/promises";
+import { access, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -41,6 +41,10 @@ export interface FleetOptions {
    * starts the others, e.g. a standby for a failover.
    */
   controllers?: number;
+  /** Users to issue certificates for besides `operator` (every user is an admin unless accessPolicy says otherwise). */
+  users?: string[];
+  /** The controllers' access policy (`--access-policy`), as the file's JSON. */
+  accessPolicy?: unknown;
 }
 
 // A private /24 that exists only on the fleet's bridge: the infra namespace
@@ -288,7 +292,8 @@ export class Fleet {
   private async issueCertificates(): Promise<void> {
     const ca = await createAuthority(`fleetwatch test CA ${this.prefix}`);
     await writeIssued(this.certDir, ca, "ca");
-    const identities: Identity[] = [{ kind: "controller", name: "controller" }, { kind: "user", name: "operator" }, ...this.options.hosts.map((h) => ({ kind: "agent" as const, name: h.id }))];
+    const users = ["operator", ...(this.options.users ?? [])];
+    const identities: Identity[] = [{ kind: "controller", name: "controller" }, ...users.map((name) => ({ kind: "user" as const, name })), ...this.options.hosts.map((h) => ({ kind: "agent" as const, name: h.id }))];
     for (const identity of identities) {
       const issued = await issueCertificate(ca, identity);
       await writeIssued(this.certDir, issued, certificateBaseName(identity));
@@ -391,6 +396,11 @@ export class Fleet {
     const argv = [process.execPath, cliPath, "controller", "--listen", this.controllerAddressOf(index), "--nats", this.natsUrl, ...this.tlsArgs({ kind: "controller", name: "controller" })];
     if (this.options.leaseMs !== undefined) argv.push("--lease", `${this.options.leaseMs}ms`);
     if (this.options.electionLeaseMs !== undefined) argv.push("--election-lease", `${this.options.electionLeaseMs}ms`);
+    if (this.options.accessPolicy !== undefined) {
+      const file = path.join(this.dataDir, "access-policy.json");
+      await writeFile(file, JSON.stringify(this.options.accessPolicy));
+      argv.push("--access-policy", file);
+    }
     const controller = await this.infraBox().daemon(index === 0 ? "controller" : `controller ${index}`, argv);
     this.infraDaemons.push(controller);
     this.controllers[index] = controller;
