@@ -2,7 +2,7 @@
 // or when it changes. A file that cannot be used at start stops the agent;
 // one that cannot be used on a reload leaves the policy in effect unchanged.
 import { readFileSync } from "node:fs";
-import { watchParsedFile } from "../proto/index.js";
+import { readConfigText, watchParsedFile } from "../proto/index.js";
 import { HostPolicyError, parseHostPolicy, parsePasswd, summarizePolicy, type HostPolicy } from "./host-policy.js";
 
 /** A policy with the user names of this host as they were when it was read. */
@@ -24,13 +24,7 @@ export function userNames(): (uid: number) => string | undefined {
 
 /** Reads and parses the policy file; throws HostPolicyError naming the file (and the key at fault). */
 export function loadPolicyFile(file: string): LoadedPolicy {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new HostPolicyError(`host policy ${file}: cannot read it (${code === "ENOENT" ? "no such file" : (code ?? String(err))})`, file, "");
-  }
+  const text = readConfigText(file, "host policy", (message) => new HostPolicyError(message, file, ""));
   return { policy: parseHostPolicy(text, file), userName: userNames() };
 }
 

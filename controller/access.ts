@@ -3,11 +3,10 @@
 // access policy must let that user do it. Every denial is PERMISSION_DENIED
 // naming the rule, and goes to the audit trail. Over plaintext nobody is
 // authenticated and everything is allowed (the operator chose that).
-import { describeIdentity, watchParsedFile, type CallContext, type IdentityKind } from "../proto/index.js";
+import { describeIdentity, readConfigText, watchParsedFile, type CallContext, type IdentityKind } from "../proto/index.js";
 import { AccessPolicyError, defaultAccessPolicy, mayDo, mayWatch, parseAccessPolicy, summarizeAccessPolicy, type AccessPolicy, type Action, type Decision, type ScopeSubject } from "./access-policy.js";
 import type { AuditTrail } from "./audit.js";
 import { PermissionDeniedError } from "./errors.js";
-import { readFileSync } from "node:fs";
 
 /** Who made a request: `user alice` (and the user name), or nobody over plaintext. */
 export interface Caller {
@@ -22,14 +21,7 @@ const allowed: Decision = { allowed: true, binding: defaultAccessPolicy.bindings
 
 /** Reads and parses an access policy file; throws AccessPolicyError naming the file. */
 export function loadAccessPolicy(file: string): AccessPolicy {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new AccessPolicyError(`access policy ${file}: cannot read it (${code === "ENOENT" ? "no such file" : (code ?? String(err))})`);
-  }
-  return parseAccessPolicy(text, file);
+  return parseAccessPolicy(readConfigText(file, "access policy", (message) => new AccessPolicyError(message)), file);
 }
 
 /** Authentication and authorization of requests, with the policy in effect (reloaded when its file changes). */

@@ -3,29 +3,14 @@
 // JetStream stream of their own (kept 90 days). Any controller writes it
 // (a standby's denials too); ListAudit reads it back in order.
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { nanos, RetentionPolicy, StorageType, type ConsumerMessages, type JetStreamClient, type NatsConnection } from "nats";
+import type { ConsumerMessages, JetStreamClient } from "nats";
 import { AuditRecordSchema, auditStream, auditSubject, auditSubjects, withDeadline, type AuditRecord } from "../proto/index.js";
 
-const maxAgeMs = 90 * 24 * 3600 * 1000;
-const maxBytes = 256 * 1024 ** 2;
 // A record that cannot be stored within this is logged as lost: the request it describes is not held up longer.
 const publishTimeoutMs = 5_000;
+
 /** At most this many records per ListAudit answer (the oldest first); ask again with a later since. */
 export const maxAuditRecords = 10_000;
-
-/** Creates the audit stream if it is not there (another controller may be doing the same). */
-export async function ensureAuditStream(nc: NatsConnection): Promise<void> {
-  const jsm = await nc.jetstreamManager();
-  try {
-    await jsm.streams.info(auditStream);
-  } catch {
-    await jsm.streams
-      .add({ name: auditStream, subjects: [auditSubjects], retention: RetentionPolicy.Limits, storage: StorageType.File, max_age: nanos(maxAgeMs), max_bytes: maxBytes })
-      .catch(async (err: unknown) => {
-        await jsm.streams.info(auditStream).catch(() => Promise.reject(err));
-      });
-  }
-}
 
 /** One record as the controller makes it (the time is added when stored). */
 export interface AuditEntry {

@@ -1,14 +1,15 @@
 // The controller's door: start one on a NATS server and a listen address;
 // several started on one NATS elect a leader and the rest stand by.
 import os from "node:os";
-import { connect, type NatsConnection, RetentionPolicy, StorageType, nanos } from "nats";
-import { AgentService, ControllerService, addService, bindServer, createServer, eventStream, eventSubjects, serverCredentials, type Transport } from "../proto/index.js";
+import { connect } from "nats";
+import { AgentService, ControllerService, addService, bindServer, createServer, serverCredentials, type Transport } from "../proto/index.js";
 import { Controller } from "./controller.js";
 import { LeaderElection, NotLeaderError } from "./leader-election.js";
 import { statusFor } from "./errors.js";
 import { JobStore } from "./job-store.js";
 import { AccessControl } from "./access.js";
-import { AuditTrail, ensureAuditStream } from "./audit.js";
+import { AuditTrail } from "./audit.js";
+import { ensureStreams } from "./streams.js";
 import { agentService, controllerService } from "./service.js";
 
 export interface ControllerOptions {
@@ -38,24 +39,6 @@ export interface RunningController {
   stop(): Promise<void>;
 }
 
-// Hit events are kept for replay (`fleetwatch events --since`) for a day, at most 1 GiB.
-const eventMaxAgeMs = 24 * 3600 * 1000;
-const eventMaxBytes = 1024 ** 3;
-
-async function ensureEventStream(nc: NatsConnection): Promise<void> {
-  const jsm = await nc.jetstreamManager();
-  try {
-    await jsm.streams.info(eventStream);
-  } catch {
-    // Another controller starting at the same moment may have just created it.
-    await jsm.streams
-      .add({ name: eventStream, subjects: [eventSubjects], retention: RetentionPolicy.Limits, storage: StorageType.File, max_age: nanos(eventMaxAgeMs), max_bytes: eventMaxBytes })
-      .catch(async (err: unknown) => {
-        await jsm.streams.info(eventStream).catch(() => Promise.reject(err));
-      });
-  }
-}
-
 /**
  * Connects to NATS, serves both gRPC services and runs for leader. Only the
  * leader's term serves: it loads the stored jobs, holds the agents' sessions
@@ -71,8 +54,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
   let election: LeaderElection | undefined;
   let access: AccessControl | undefined;
   try {
-    await ensureEventStream(nc);
-    await ensureAuditStream(nc);
+    await ensureStreams(nc);
     const js = nc.jetstream();
     let term: Controller | undefined;
     let termEpoch = 0n;

@@ -16,6 +16,16 @@ function readText(file: string): string | undefined {
   }
 }
 
+/** A configuration file's text; when it cannot be read, throws what `fail` makes of `<what> <file>: cannot read it (...)`. */
+export function readConfigText(file: string, what: string, fail: (message: string) => Error): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw fail(`${what} ${file}: cannot read it (${code === "ENOENT" ? "no such file" : (code ?? String(err))})`);
+  }
+}
+
 /** What watchParsedFile needs to know about the file. */
 export interface WatchedFile<T> {
   /** The file, absolute. */
