@@ -92,6 +92,9 @@ function describeProcesses(selector: TargetSelector): string {
 /** How often the queue is offered registers again even when none were freed (foreign holders and tracers may have left). */
 const retryQueueEveryMs = 5_000;
 
+/** Longest delay setTimeout keeps (2^31-1 ms); longer ones fire at once. */
+const maxTimerMs = 2_147_483_647;
+
 /** Back-off after a rate limit trips, when the job names none. */
 const defaultBackoffMs = 1_000;
 
@@ -852,11 +855,13 @@ export class Controller {
 
   private scheduleDeadline(job: Job): void {
     if (job.deadlineUnixMs === 0n || isJobFinal(job) || this.deadlines.has(job.id)) return;
-    const delay = Math.max(0, Number(job.deadlineUnixMs) - Date.now());
+    // setTimeout fires at once past 2^31-1 ms: a longer duration waits in steps.
+    const delay = Math.min(maxTimerMs, Math.max(0, Number(job.deadlineUnixMs) - Date.now()));
     this.deadlines.set(
       job.id,
       setTimeout(() => {
         this.deadlines.delete(job.id);
+        if (Date.now() < Number(job.deadlineUnixMs)) return this.scheduleDeadline(job);
         this.end(job.id, JobState.COMPLETED, "duration elapsed").catch((err) => this.options.log(`job ${job.id}: ending at its deadline failed: ${String(err)}`));
       }, delay),
     );
