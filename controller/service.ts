@@ -25,7 +25,7 @@ export function controllerService(leader: () => Controller | Promise<Controller>
       return { agents: (await leader()).agents() };
     },
     async *watchJob(request, ctx) {
-      for await (const job of (await leader()).watch(request.id, ctx.signal)) yield { job };
+      yield* (await leader()).watch(request.id, ctx.signal);
     },
   };
 }
