@@ -316,6 +316,8 @@ describe("fuzz - the gRPC API", { timeout: 300_000 }, () => {
       { what: "a session whose first message is garbage", method: "Session", bytes: Buffer.from([0x0a, 0x05, 0x01]), code: S.INVALID_ARGUMENT, details: /^malformed fleetwatch\.v1\.SessionRequest: / },
       // A 100k-character id quoted in NOT_FOUND made a trailer clients refuse.
       { what: "a huge job id", method: "GetJob", bytes: Buffer.from(toBinary(GetJobRequestSchema, create(GetJobRequestSchema, { id: "x".repeat(100_000) }))), code: S.NOT_FOUND, details: /^no job 'x+… \(\d+ more characters\)$/ },
+      // Cutting those details split a surrogate pair; grpc-js's encodeURI threw on it and the controller died.
+      { what: "a huge id of emoji", method: "GetJob", bytes: Buffer.from(toBinary(GetJobRequestSchema, create(GetJobRequestSchema, { id: `xy${"\u{1F600}".repeat(2_000)}` }))), code: S.NOT_FOUND, details: /^no job 'xy\u{1F600}+\uFFFD… \(\d+ more characters\)$/u },
       // now + 2^64-1 ms is no int64: storing the job failed.
       { what: "a duration past 64-bit time", method: "SubmitJob", bytes: submit({ watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, durationMs: 0xffff_ffff_ffff_ffffn }), code: S.INVALID_ARGUMENT, details: /^duration \d+ ms is above one year/ },
       // Each symbol watch was resolved on the agent before the chunk count refused the job.
@@ -345,12 +347,19 @@ describe("fuzz - the gRPC API", { timeout: 300_000 }, () => {
     const calls = numbers.filter((n) => !sessions.includes(n));
     const tally: Tally = new Map();
     const startedMs = Date.now();
-    await runAll(calls, IN_FLIGHT, (n) => controllerCase(client, cluster, config, n, scene, tally));
-    await runAll(sessions, IN_FLIGHT, (n) => sessionCase(client, config, n, scene, tally));
+    try {
+      await runAll(calls, IN_FLIGHT, (n) => controllerCase(client, cluster, config, n, scene, tally));
+      await runAll(sessions, IN_FLIGHT, (n) => sessionCase(client, config, n, scene, tally));
+    } catch (err) {
+      // A daemon that died says why in its output.
+      const exit = await cluster.controller!.exited;
+      assert.fail(`the controller died (${JSON.stringify(exit)}, ${String(err)}): ${cluster.controller!.output.slice(-1500)}`);
+      throw err;
+    }
     t.diagnostic(`fuzz-grpc: ${numbers.length} cases (${sessions.length} sessions), seed ${config.seed}, ${Date.now() - startedMs} ms, ${scene.created.length} jobs created and cancelled; ${[...tally].sort().map(([k, n]) => `${k} ${n}`).join(", ")}`);
 
-    assert.ok(cluster.controller!.running, "the controller is alive");
-    assert.ok(cluster.agents.get("host-a")!.running, "the agent is alive");
+    if (!cluster.controller!.running) assert.fail(`the controller died (${JSON.stringify(await cluster.controller!.exited)}): ${cluster.controller!.output.slice(-1500)}`);
+    assert.ok(cluster.agents.get("host-a")!.running, `the agent is alive: ${cluster.agents.get("host-a")!.output.slice(-3000)}`);
     assert.doesNotMatch(cluster.controller!.output, /internal error/, "no internal error in the controller's log");
     // Every job the fuzz made is final, and the target untraced once they are.
     const { jobs } = await cluster.api().listJobs({});
