@@ -137,8 +137,16 @@ export class Rng {
     ]);
   }
 
-  /** Strings that break parsers, logs and size limits. */
+  /** Longest string string() makes, whatever its caller asks (many() lowers it for huge repeated fields). */
+  maxStringLength = Number.POSITIVE_INFINITY;
+
+  /** Strings that break parsers, logs and size limits (at most maxLength UTF-16 units, give or take a word). */
   string(maxLength = 70_000): string {
+    const s = this.anyString(Math.min(maxLength, this.maxStringLength));
+    return s.length > this.maxStringLength ? s.slice(0, this.maxStringLength) : s;
+  }
+
+  private anyString(maxLength: number): string {
     switch (this.int(12)) {
       case 0:
         return "";
@@ -149,7 +157,7 @@ export class Rng {
       case 3:
         return "x".repeat(this.size(maxLength));
       case 4:
-        return "é☃\u{1F600}".repeat(this.int(1000));
+        return "é☃\u{1F600}".repeat(this.int(Math.floor(maxLength / 4) + 1));
       case 5:
         return this.pick(["../../../etc/passwd", "/", "//", "%s%s%n", "${x}", "'\"`;--", "\r\n\r\n", "a,b,,=", "in (", "!=", "sample:0", "sample:9999999", "all", "any"]);
       case 6:
