@@ -56,6 +56,9 @@ import { inspectProcess, scanProcesses, watchProcesses } from "./process-discove
 // How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
 const storedHitsTimeoutMs = 10_000;
 
+/** Longest delay setTimeout keeps (2^31-1 ms). */
+const maxTimerMs = 2_147_483_647;
+
 /** One job's watch on one process of this host. */
 interface Watch {
   readonly jobId: string;
@@ -478,9 +481,7 @@ export class AgentCore {
       this.noteReserved(request.pid, result.reservedMask);
       watch.threadsTotal = result.threadsTotal;
       watch.threadsArmed = result.threadsArmed;
-      if (request.deadlineUnixMs > 0n) {
-        watch.deadlineTimer = setTimeout(() => void this.endAtDeadline(watch), Math.max(0, Number(request.deadlineUnixMs) - Date.now()));
-      }
+      if (request.deadlineUnixMs > 0n) this.scheduleDeadline(watch, Number(request.deadlineUnixMs));
       this.log(`agent ${this.hostId}: job ${request.jobId} armed on pid ${request.pid}: ${request.slots.map((s) => `DR${s.dr}=${hex(s.chunk?.address ?? 0n)}/${s.chunk?.length}`).join(" ")}, ${result.threadsArmed}/${result.threadsTotal} threads`);
       return create(ArmResultSchema, { ...reply, threadsTotal: result.threadsTotal, threadsArmed: result.threadsArmed, slots: request.slots, reservedMask: this.reservedOf(request.pid) });
     } catch (err) {
@@ -648,6 +649,15 @@ export class AgentCore {
   private settled(watch: Watch): Promise<void> {
     if (this.isSettled(watch)) return Promise.resolve();
     return new Promise((resolve) => watch.settledWaiters.push(resolve));
+  }
+
+  /** Ends the watch at its deadline. setTimeout fires at once past 2^31-1 ms (a job of a month would end now): a far deadline waits in steps. */
+  private scheduleDeadline(watch: Watch, deadlineUnixMs: number): void {
+    const left = deadlineUnixMs - Date.now();
+    watch.deadlineTimer = setTimeout(() => {
+      if (left > maxTimerMs) this.scheduleDeadline(watch, deadlineUnixMs);
+      else void this.endAtDeadline(watch);
+    }, Math.min(maxTimerMs, Math.max(0, left)));
   }
 
   private async endAtDeadline(watch: Watch): Promise<void> {

@@ -33,7 +33,10 @@ export class SessionClient {
   private readonly stopping = new AbortController();
   private outbound: AsyncQueue<SessionRequest> | undefined;
   private registeredOnce: { promise: Promise<void>; resolve: () => void };
-  private readonly unsent: TargetReport[] = [];
+  /** Reports made while disconnected, the newest per target (each says the target's whole state and counts). */
+  private readonly unsent = new Map<string, TargetReport>();
+  /** Older reports replaced there since the last registration. */
+  private unsentReplaced = 0;
   private loop: Promise<void> | undefined;
   /** Lease the controller granted at the last registration. */
   private leaseMs = 0;
@@ -54,7 +57,11 @@ export class SessionClient {
     const promise = new Promise<void>((r) => (resolve = r));
     this.registeredOnce = { promise, resolve };
     core.onReport = (report) => {
-      if (!this.send({ msg: { case: "targetReport", value: report } })) this.unsent.push(report);
+      if (this.send({ msg: { case: "targetReport", value: report } })) return;
+      // Bounded by the targets, not by how long the controller is away.
+      const key = `${report.jobId}/${report.pid}`;
+      if (this.unsent.delete(key)) this.unsentReplaced++;
+      this.unsent.set(key, report);
     };
     // A late joiner seen while disconnected is found again by the discovery after re-registering.
     core.onAppeared = (appeared) => void this.send({ msg: { case: "processAppeared", value: appeared } });
@@ -163,7 +170,10 @@ export class SessionClient {
                 }
                 this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()), policy: this.options.info.policy } } });
               }, everyMs);
-              for (const report of this.unsent.splice(0)) this.send({ msg: { case: "targetReport", value: report } });
+              if (this.unsentReplaced > 0) this.options.log(`agent ${this.options.info.hostId}: sending ${this.unsent.size} target report(s) kept while disconnected (${this.unsentReplaced} older one(s) replaced by newer ones of the same target)`);
+              for (const report of this.unsent.values()) this.send({ msg: { case: "targetReport", value: report } });
+              this.unsent.clear();
+              this.unsentReplaced = 0;
               this.options.log(`agent ${this.options.info.hostId}: registered with ${controller} (epoch ${message.msg.value.epoch})`);
               this.registeredOnce.resolve();
               break;

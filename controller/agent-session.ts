@@ -21,6 +21,14 @@ import { AgentUnavailableError } from "./errors.js";
 
 type Pending = { resolve: (value: never) => void; reject: (err: unknown) => void; timer: NodeJS.Timeout };
 
+/**
+ * Messages an agent may leave unread before its session is dropped. A live
+ * agent reads each command as it comes; one that stops reading (while its
+ * heartbeats still arrive and are answered) must not grow the controller's
+ * memory without bound. It reconnects and is reconciled.
+ */
+export const maxUnreadMessages = 10_000;
+
 /** A live session with one agent. */
 export class AgentSession {
   /** What the controller sends; the session handler streams it to the agent. */
@@ -53,8 +61,15 @@ export class AgentSession {
     this.lastSeenMs = Date.now();
   }
 
-  /** Sends a message that expects no answer. */
+  /** Why the session ended (the first reason given), once it has. */
+  endReason: string | undefined;
+
+  /** Sends a message that expects no answer; an agent that does not read ends its session. */
   send(message: MessageInitShape<typeof SessionResponseSchema>): void {
+    if (this.outbound.size >= maxUnreadMessages) {
+      this.close(`not reading: ${this.outbound.size} messages unread; session dropped`);
+      return;
+    }
     this.outbound.push(create(SessionResponseSchema, message));
   }
 
@@ -105,6 +120,7 @@ export class AgentSession {
   /** Ends the session: pending requests fail, the outbound stream closes. */
   close(reason: string): void {
     if (!this.isOpen) return;
+    this.endReason = reason;
     this.ended.abort(new AgentUnavailableError(reason, this.hostId));
     for (const [id, waiter] of this.pending) {
       clearTimeout(waiter.timer);

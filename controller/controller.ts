@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { clone, create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import {
-  AsyncQueue,
+  LatestQueue,
   JobSchema,
   JobState,
   SlotUseSchema,
@@ -143,6 +143,9 @@ function describeProcesses(selector: TargetSelector): string {
 /** How often the queue is offered registers again even when none were freed (foreign holders and tracers may have left). */
 const retryQueueEveryMs = 5_000;
 
+/** Longest delay setTimeout keeps (2^31-1 ms); longer ones fire at once. */
+const maxTimerMs = 2_147_483_647;
+
 /** Back-off after a rate limit trips, when the job names none. */
 const defaultBackoffMs = 1_000;
 
@@ -242,6 +245,9 @@ export class Controller {
   private leaseTimer: NodeJS.Timeout | undefined;
   private readonly stopped = new AbortController();
   private startedMs = Date.now();
+  /** The queues of job followers (WatchJob). */
+  private readonly followers = new Set<LatestQueue<Job>>();
+  private skippedStates = 0;
 
   constructor(
     private readonly store: JobStore,
@@ -870,16 +876,20 @@ export class Controller {
     return { cancelled, agents: agents.sort((a, b) => a.hostId.localeCompare(b.hostId)), allAfterMs };
   }
 
-  /** The job now, then after every change, until it is final. */
-  async *watch(id: string, signal: AbortSignal): AsyncGenerator<Job> {
+  /**
+   * The job now, then after every change, until it is final. A follower that
+   * reads slower than the job changes gets the newest state and the count of
+   * states it skipped: what waits for it is one job, however slow it is.
+   */
+  async *watch(id: string, signal: AbortSignal): AsyncGenerator<{ job: Job; skipped: bigint }> {
     const cached = this.get(id);
     // A final job does not change any more: its full record, once. A live one is never without its targets.
     if (isJobFinal(cached)) {
-      yield await this.getFull(id);
+      yield { job: await this.getFull(id), skipped: 0n };
       return;
     }
     const first = cached;
-    const queue = new AsyncQueue<Job>();
+    const queue = new LatestQueue<Job>();
     const listener = (job: Job) => {
       if (job.id === id) queue.push(job);
     };
@@ -888,18 +898,35 @@ export class Controller {
     this.changes.on("job", listener);
     signal.addEventListener("abort", onAbort);
     this.stopped.signal.addEventListener("abort", onStop);
+    this.followers.add(queue);
+    let skippedBefore = 0;
     try {
-      yield first;
+      yield { job: first, skipped: 0n };
       if (isJobFinal(first)) return;
       for await (const job of queue) {
-        yield job;
+        const skipped = queue.replaced - skippedBefore;
+        skippedBefore = queue.replaced;
+        yield { job, skipped: BigInt(skipped) };
         if (isJobFinal(job)) return;
       }
     } finally {
+      this.followers.delete(queue);
+      this.skippedStates += queue.replaced;
       this.changes.off("job", listener);
       signal.removeEventListener("abort", onAbort);
       this.stopped.signal.removeEventListener("abort", onStop);
     }
+  }
+
+  /** Job states waiting for followers that have not read them (at most one per follower), and states they skipped so far. */
+  followerBacklog(): { followers: number; pending: number; skipped: number } {
+    let pending = 0;
+    let skipped = this.skippedStates;
+    for (const q of this.followers) {
+      pending += q.size;
+      skipped += q.replaced;
+    }
+    return { followers: this.followers.size, pending, skipped };
   }
 
   /** Every agent ever seen by this controller, with the slot map of its targets. */
@@ -989,11 +1016,13 @@ export class Controller {
 
   private scheduleDeadline(job: Job): void {
     if (job.deadlineUnixMs === 0n || isJobFinal(job) || this.deadlines.has(job.id)) return;
-    const delay = Math.max(0, Number(job.deadlineUnixMs) - Date.now());
+    // setTimeout fires at once past 2^31-1 ms: a longer duration waits in steps.
+    const delay = Math.min(maxTimerMs, Math.max(0, Number(job.deadlineUnixMs) - Date.now()));
     this.deadlines.set(
       job.id,
       setTimeout(() => {
         this.deadlines.delete(job.id);
+        if (Date.now() < Number(job.deadlineUnixMs)) return this.scheduleDeadline(job);
         this.end(job.id, JobState.COMPLETED, "duration elapsed").catch((err) => this.options.log(`job ${job.id}: ending at its deadline failed: ${String(err)}`));
       }, delay),
     );
@@ -1115,7 +1144,7 @@ export class Controller {
     this.known.set(session.hostId, { info: session.info, lastSeenMs: session.lastSeenMs });
     if (this.sessions.get(session.hostId) === session) {
       this.sessions.delete(session.hostId);
-      this.options.log(`agent ${session.hostId}: ${reason}`);
+      this.options.log(`agent ${session.hostId}: ${session.endReason ?? reason}`);
     }
   }
 

@@ -36,6 +36,8 @@ export interface RunningController {
   readonly address: string;
   /** True while this controller leads (the others stand by). */
   isLeader(): boolean;
+  /** Job states waiting for WatchJob followers that have not read them (bounded: one per follower), and how many they skipped. */
+  followerBacklog(): { followers: number; pending: number; skipped: number };
   stop(): Promise<void>;
 }
 
@@ -113,6 +115,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
     return {
       address,
       isLeader: () => term !== undefined,
+      followerBacklog: () => term?.followerBacklog() ?? { followers: 0, pending: 0, skipped: 0 },
       async stop() {
         term?.stop();
         term = undefined;

@@ -54,6 +54,8 @@ const shardKey = (id: string, n: number) => `${id}.${n}`;
 
 /** Targets of the cache are frozen: a change must go through mutate with their host in its scope. */
 function deepFreeze<T>(value: T): T {
+  // Bytes (a message's unknown fields from a newer client, bytes fields) cannot be frozen: Object.freeze throws on them.
+  if (ArrayBuffer.isView(value)) return value;
   if (value && typeof value === "object" && !Object.isFrozen(value)) {
     Object.freeze(value);
     for (const v of Object.values(value as object)) deepFreeze(v);

@@ -67,7 +67,7 @@ export function controllerService(leader: () => Controller | Promise<Controller>
     },
     async *watchJob(request, ctx) {
       await viewer(ctx, "watch", request.id);
-      for await (const job of (await leader()).watch(request.id, ctx.signal)) yield { job };
+      yield* (await leader()).watch(request.id, ctx.signal);
     },
     async disarmAll(request, ctx) {
       const caller = await access.authorize(ctx, "user", "disarm-all", { method: "disarm-all" });

@@ -94,6 +94,76 @@ function deserializer<D extends DescMessage>(schema: D) {
   return (bytes: Buffer): MessageShape<D> => fromBinary(schema, bytes);
 }
 
+/**
+ * A request whose bytes are no message of its type. grpc-js answers a
+ * deserializer that throws with INTERNAL; this stands in for the message
+ * instead, and the call ends INVALID_ARGUMENT without reaching the handler.
+ */
+class MalformedRequest {
+  readonly error: RpcError;
+  constructor(typeName: string, cause: unknown) {
+    const why = cause instanceof Error ? cause.message : String(cause);
+    this.error = new RpcError(grpc.status.INVALID_ARGUMENT, `malformed ${typeName}: ${why}`, { cause });
+  }
+}
+
+function requestDeserializer<D extends DescMessage>(schema: D) {
+  return (bytes: Buffer): MessageShape<D> | MalformedRequest => {
+    try {
+      return fromBinary(schema, bytes);
+    } catch (err) {
+      return new MalformedRequest(schema.typeName, err);
+    }
+  };
+}
+
+/** A stream's requests; the first malformed one ends the iteration with its error (kept in `malformed`). */
+function checkedRequests(call: grpc.ServerDuplexStream<unknown, unknown>): { requests: AsyncIterable<unknown>; malformed: () => RpcError | undefined } {
+  let malformed: RpcError | undefined;
+  async function* read() {
+    try {
+      // Not destroyed when the handler stops reading: the call still has to send its status.
+      for await (const message of call.iterator({ destroyOnReturn: false })) {
+        if (message instanceof MalformedRequest) {
+          malformed = message.error;
+          throw message.error;
+        }
+        yield message;
+      }
+    } catch (err) {
+      // A client that goes away mid-stream is a cancelled call, not a fault of the handler.
+      if ((err as NodeJS.ErrnoException)?.code === "ERR_STREAM_PREMATURE_CLOSE") throw new RpcError(grpc.status.CANCELLED, "the client closed the stream", { cause: err });
+      throw err;
+    }
+  }
+  return { requests: read(), malformed: () => malformed };
+}
+
+/**
+ * Status details sent to clients are cut to this many bytes: an error that
+ * quotes a client's 4 MB string must not become a 4 MB trailer (clients
+ * refuse headers past a few KiB, and the status would be lost).
+ */
+export const maxStatusDetailsBytes = 1024;
+
+// Half of a surrogate pair, alone.
+const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * Details as grpc-js can send them: at most maxStatusDetailsBytes, and no
+ * lone surrogate (grpc-js percent-encodes details with encodeURI, which
+ * throws on one, and the throw ends the whole server process).
+ */
+function capDetails(details: string): string {
+  let text = details;
+  if (Buffer.byteLength(text) > maxStatusDetailsBytes) {
+    let cut = text.slice(0, maxStatusDetailsBytes);
+    while (Buffer.byteLength(cut) > maxStatusDetailsBytes - 40) cut = cut.slice(0, Math.floor(cut.length * 0.9));
+    text = `${cut}… (${details.length - cut.length} more characters)`;
+  }
+  return text.replace(loneSurrogate, "\uFFFD");
+}
+
 type AnyServerCall = NodeJS.EventEmitter & { readonly metadata: grpc.Metadata; getPeer(): string; getAuthContext(): { sslPeerCertificate?: { subjectaltname?: string } } };
 
 function contextOf(call: AnyServerCall): { ctx: CallContext; done: () => void } {
@@ -142,7 +212,9 @@ export function addService<S extends DescService>(server: grpc.Server, service: 
   const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   const implementation: grpc.UntypedServiceImplementation = {};
   const fail = (err: unknown): grpc.ServiceError => {
-    const { code, details } = statusFor(err);
+    const status = statusFor(err);
+    const code = status.code;
+    const details = capDetails(status.details);
     return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
   };
   for (const method of service.methods) {
@@ -152,7 +224,7 @@ export function addService<S extends DescService>(server: grpc.Server, service: 
       requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
       responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
       requestSerialize: serializer(method.input),
-      requestDeserialize: deserializer(method.input),
+      requestDeserialize: requestDeserializer(method.input),
       responseSerialize: serializer(method.output),
       responseDeserialize: deserializer(method.output),
       originalName: method.localName,
@@ -160,6 +232,7 @@ export function addService<S extends DescService>(server: grpc.Server, service: 
     switch (method.methodKind) {
       case "unary":
         implementation[method.localName] = (call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+          if (call.request instanceof MalformedRequest) return callback(fail(call.request.error));
           const { ctx, done } = contextOf(call);
           (handler(call.request, ctx) as Promise<unknown>).then(
             (response) => callback(null, response),
@@ -169,6 +242,7 @@ export function addService<S extends DescService>(server: grpc.Server, service: 
         break;
       case "server_streaming":
         implementation[method.localName] = (call: grpc.ServerWritableStream<unknown, unknown>) => {
+          if (call.request instanceof MalformedRequest) return failStream(call, fail(call.request.error));
           const { ctx, done } = contextOf(call);
           writeAll(call, handler(call.request, ctx) as AsyncIterable<unknown>, ctx.signal).then(
             () => call.end(),
@@ -179,8 +253,14 @@ export function addService<S extends DescService>(server: grpc.Server, service: 
       case "bidi_streaming":
         implementation[method.localName] = (call: grpc.ServerDuplexStream<unknown, unknown>) => {
           const { ctx, done } = contextOf(call);
-          writeAll(call, handler(call as AsyncIterable<unknown>, ctx) as AsyncIterable<unknown>, ctx.signal).then(
-            () => call.end(),
+          const { requests, malformed } = checkedRequests(call);
+          writeAll(call, handler(requests, ctx) as AsyncIterable<unknown>, ctx.signal).then(
+            () => {
+              // The handler ended because a request was malformed: the client hears why.
+              const err = malformed();
+              if (err) failStream(call, fail(err));
+              else call.end();
+            },
             (err: unknown) => failStream(call, fail(err)),
           ).finally(done);
         };

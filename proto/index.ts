@@ -9,6 +9,7 @@ export * from "./errors.js";
 export * from "./watch-spec.js";
 export * from "./subjects.js";
 export * from "./async-queue.js";
+export * from "./latest-queue.js";
 export * from "./states.js";
 export * from "./selector.js";
 export * from "./epoch-guard.js";

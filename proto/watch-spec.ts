@@ -1,9 +1,9 @@
 // The watch-spec rules every side shares: valid lengths and modes, the user
 // address range, and the exact split of a watched range into aligned
 // debug-register chunks (the same count the ledger reserves and the helper arms).
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { WatchSpecError } from "./errors.js";
-import { ChunkSchema, ConditionOp, ConditionSchema, WatchMode, type Chunk, type Condition, type JobSpec, type TargetSelector, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
+import { ChunkSchema, ConditionOp, ConditionSchema, JobSpecSchema, WatchMode, type Chunk, type Condition, type JobSpec, type TargetSelector, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
 import { parseSelector } from "./selector.js";
 
 /** Debug-address registers per thread (DR0-DR3). */
@@ -200,6 +200,11 @@ export function checkWatch(watch: WatchSpec, index: number): void {
 /** Validates a job spec's fields that need no target, and the chunk count of its address watches. */
 export function checkJobSpec(spec: JobSpec): void {
   if (spec.watches.length === 0) throw new WatchSpecError("a job needs at least one watch (--symbol or --address)", "watches");
+  // Each watch takes a register at least: more can never be placed (and each symbol would be resolved on every target first).
+  if (spec.watches.length > slotsPerThread) throw new WatchSpecError(`${spec.watches.length} watches need more debug registers than a thread has (${slotsPerThread})`, "watches");
+  // The spec is stored with the job: it must fit a store value with room for the targets.
+  const specBytes = toBinary(JobSpecSchema, spec).byteLength;
+  if (specBytes > maxJobSpecBytes) throw new WatchSpecError(`the job spec is ${specBytes} bytes; at most ${maxJobSpecBytes}`, "spec");
   spec.watches.forEach(checkWatch);
   checkTargetSelector(spec.target);
   const reads = spec.watches.filter((w) => w.mode === WatchMode.READ).length;
@@ -218,7 +223,16 @@ export function checkJobSpec(spec: JobSpec): void {
   if (spec.replaceLost && placement.kind !== "sample") throw new WatchSpecError("--replace-lost needs --placement sample:N: with all or any every matching target is already watched", "replace_lost");
   if (spec.lostAfterMs > maxLostAfterMs) throw new WatchSpecError(`lost-after ${spec.lostAfterMs} ms is above one hour`, "lost_after_ms");
   if (spec.queueTimeoutMs > maxQueueTimeoutMs) throw new WatchSpecError(`queue timeout ${spec.queueTimeoutMs} ms is above one day`, "queue_timeout_ms");
+  if (spec.durationMs > maxDurationMs) throw new WatchSpecError(`duration ${spec.durationMs} ms is above one year: give none and cancel the job`, "duration_ms");
+  if (spec.backoffMs > maxBackoffMs) throw new WatchSpecError(`back-off ${spec.backoffMs} ms is above one hour`, "backoff_ms");
 }
+
+/** Longest a job may run by its duration (its deadline must stay a 64-bit time). */
+export const maxDurationMs = 366n * 86_400_000n;
+/** Longest back-off after the rate limit trips (the helper's limit too). */
+export const maxBackoffMs = 3_600_000;
+/** Largest encoded job spec: it is stored with the job, in a value of at most 1 MB. */
+export const maxJobSpecBytes = 512 * 1024;
 
 /** Longest silence of a host a job may tolerate before its targets are lost. */
 export const maxLostAfterMs = 3_600_000n;
