@@ -85,7 +85,10 @@ export function controllerService(leader: () => Controller | Promise<Controller>
     },
     async listAudit(request, ctx) {
       await access.authorize(ctx, "user", "audit", { method: "audit" });
-      return { records: await audit.list(Number(request.sinceUnixMs)) };
+      // Milliseconds since 1970, within what a Date can hold.
+      const since = Number(request.sinceUnixMs);
+      if (since < 0 || since > 8.64e15) throw new InvalidRequestError(`since ${request.sinceUnixMs} is not a time (milliseconds since 1970, 0 for the whole trail)`);
+      return { records: await audit.list(since) };
     },
   };
 }
