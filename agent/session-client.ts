@@ -28,6 +28,9 @@ export interface SessionClientOptions {
   maxBackoffMs?: number;
 }
 
+/** Messages the controller may leave unread before the agent gives up on the session. */
+export const maxUnsentMessages = 10_000;
+
 /** Keeps one session with the controller open for as long as the agent runs. */
 export class SessionClient {
   private readonly stopping = new AbortController();
@@ -108,8 +111,24 @@ export class SessionClient {
     }, this.leaseMs);
   }
 
+  /**
+   * Queues a message on the live session; false when there is none. A
+   * controller that stops reading does not grow this queue without bound:
+   * past maxUnsentMessages the session is ended and a new one started (what
+   * the controller then needs it learns from the registration, and reports
+   * are kept until then).
+   */
   private send(message: MessageInitShape<typeof SessionRequestSchema>): boolean {
-    return this.outbound?.push(create(SessionRequestSchema, message)) ?? false;
+    const outbound = this.outbound;
+    if (!outbound) return false;
+    if (outbound.size >= maxUnsentMessages) {
+      this.options.log(`agent ${this.options.info.hostId}: the controller left ${outbound.size} messages unread; starting a new session`);
+      this.outbound = undefined;
+      this.startLapseTimer();
+      this.attempt?.abort();
+      return false;
+    }
+    return outbound.push(create(SessionRequestSchema, message));
   }
 
   private async run(): Promise<void> {
