@@ -11,13 +11,17 @@ import { resolveTransport } from "../transport.js";
 export interface ControllerRequest {
   listen: string;
   natsUrl: string;
+  /** The controller's NATS nkey seed file. */
+  natsCredsPath?: string;
   leaseMs: number;
   electionLeaseMs: number;
 }
 
 /** Validates the command line. */
-export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string }, natsUrl: string): ControllerRequest {
-  return { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease"), electionLeaseMs: parseDuration(opts.electionLease, "--election-lease") };
+export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string }, natsUrl: string, natsCredsPath?: string): ControllerRequest {
+  const request: ControllerRequest = { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease"), electionLeaseMs: parseDuration(opts.electionLease, "--election-lease") };
+  if (natsCredsPath !== undefined) request.natsCredsPath = natsCredsPath;
+  return request;
 }
 
 /** The one line printed once the controller serves. */
@@ -29,12 +33,12 @@ export function printControllerReady(address: string): string {
 export function registerControllerCommand(program: Command, ctx: CliContext): void {
   program
     .command("controller")
-    .description("run the controller in the foreground (uses --nats; mutual TLS with --ca, --cert and --key)")
+    .description("run the controller in the foreground (uses --nats and --nats-creds; mutual TLS with --ca, --cert and --key)")
     .option("--listen <addr>", "gRPC listen address, host:port (port 0 picks one)", "127.0.0.1:7070")
     .option("--lease <time>", "drop an agent session silent for this long", "15s")
     .option("--election-lease <time>", "with several controllers on one NATS: a standby takes over this long after the leader stops", "5s")
     .action(async (opts: { listen: string; lease: string; electionLease: string }) => {
-      const request = parseControllerArgs(opts, ctx.globals().nats);
+      const request = parseControllerArgs(opts, ctx.globals().nats, ctx.globals().natsCreds);
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
       const transport = resolveTransport(ctx.globals().tls, "controller", [request.listen], log);
       // Signals are ours from here on, so a Ctrl-C while starting still stops cleanly.
