@@ -6,7 +6,7 @@
 // controller heard.
 import { create, fromBinary } from "@bufbuild/protobuf";
 import type { NatsConnection } from "nats";
-import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, isNoMessage, isStreamNotFound, type HitCounts, type NatsRefusals } from "../proto/index.js";
+import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, failFirstCreation, isNoMessage, isStreamNotFound, type HitCounts, type NatsRefusals } from "../proto/index.js";
 
 export interface StoredHits {
   /** The highest hit sequence stored for the job and host (0: none). */
@@ -35,7 +35,7 @@ export function storedHitsReader(nc: NatsConnection, refusals?: NatsRefusals): S
       if (isNoMessage(err) || isStreamNotFound(err)) return found;
       throw err;
     }
-    const consumer = await guard(nc.jetstream().consumers.get(eventStream, { filterSubjects: subject }));
+    const consumer = failFirstCreation(await guard(nc.jetstream().consumers.get(eventStream, { filterSubjects: subject })));
     const messages = await guard(consumer.consume({ max_messages: 256 }));
     const seen = new SequenceTracker();
     try {

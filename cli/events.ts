@@ -7,6 +7,7 @@ import {
   HitBatchSchema,
   SequenceTracker,
   eventStream,
+  failFirstCreation,
   isAuthorizationViolation,
   isPermissionViolation,
   isStreamNotFound,
@@ -88,7 +89,7 @@ export async function* readJobEvents(options: JobEventsOptions): AsyncGenerator<
         if (isStreamNotFound(err)) throw new EventStreamMissingError(options.natsUrl, { cause: err });
         throw refused(err, what, options.natsCredsPath);
       });
-    const consumed: ConsumerMessages = await refusals.guard(consumer.consume({ max_messages: 256 })).catch((err: unknown) => Promise.reject(refused(err, what, options.natsCredsPath)));
+    const consumed: ConsumerMessages = await refusals.guard(failFirstCreation(consumer).consume({ max_messages: 256 })).catch((err: unknown) => Promise.reject(refused(err, what, options.natsCredsPath)));
     messages = consumed;
     if (options.signal?.aborted) return;
     refusals.onNext((err) => messages?.stop(refused(err, what, options.natsCredsPath) as Error));

@@ -143,3 +143,14 @@ export class NatsRefusals {
     return () => this.waiters.delete(waiter);
   }
 }
+
+/**
+ * Makes an ordered consumer fail at once when its first creation fails,
+ * instead of nats.js retrying it for minutes (30 tries, up to 30 s apart):
+ * a refused or missing consumer is then an error the caller reports, and
+ * nothing keeps retrying after the caller gave up.
+ */
+export function failFirstCreation<C extends object>(consumer: C): C {
+  if ("maxInitialReset" in consumer) (consumer as { maxInitialReset: number }).maxInitialReset = 0;
+  return consumer;
+}
