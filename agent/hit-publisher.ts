@@ -2,10 +2,13 @@
 // unacknowledged messages), resent when NATS is away (each batch carries a
 // message id, so JetStream stores a resent copy once), and bounded in memory:
 // past the bound, or after trying for `retryForMs`, a batch counts as
-// dropped. Every batch ends acknowledged (delivered) or dropped, never
-// unknown, and publishing never waits on NATS: the helper is never held up.
+// dropped; a subject the server refuses (permissions) is dropped at once,
+// since resending cannot help. Every batch ends acknowledged (delivered) or
+// dropped, never unknown, and publishing never waits on NATS: the helper is
+// never held up.
 import { randomBytes } from "node:crypto";
 import type { JetStreamClient } from "nats";
+import { isPermissionViolation } from "../proto/index.js";
 
 export interface PublishOutcome {
   (ok: boolean): void;
@@ -93,9 +96,9 @@ export class HitPublisher {
         item.settle(true);
         this.pump();
       },
-      () => {
+      (err: unknown) => {
         this.inFlight--;
-        if (Date.now() - item.firstTryMs < this.retryForMs) {
+        if (!isPermissionViolation(err) && Date.now() - item.firstTryMs < this.retryForMs) {
           this.queue.unshift(item);
           this.pause();
         } else {

@@ -5,7 +5,7 @@ import os from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { connect } from "nats";
-import { AgentInfoSchema, isSubjectToken, parseAddressList, slotsPerThread, type Transport } from "../proto/index.js";
+import { AgentInfoSchema, NatsRefusals, isSubjectToken, natsAuthOptions, parseAddressList, readNatsCredentials, slotsPerThread, type Transport } from "../proto/index.js";
 import { AgentCore } from "./agent.js";
 import { HelperProcess } from "./helper-process.js";
 import { HitPublisher } from "./hit-publisher.js";
@@ -19,6 +19,11 @@ export interface AgentOptions {
   /** Controller address host:port, or several comma-separated (leader and standbys). */
   controller: string;
   natsUrl: string;
+  /**
+   * This agent's NATS nkey seed file (`agent-HOST.nk`); its permissions let
+   * it publish only this host's hits. Unset: NATS without authentication.
+   */
+  natsCredsPath?: string;
   /** This host's id: letters, digits, '-' and '_'. */
   hostId: string;
   labels?: Record<string, string>;
@@ -62,8 +67,17 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   // A policy file that cannot be used stops the start: no watching under a policy nobody wrote.
   const policy: LoadedPolicy | undefined = options.policyPath === undefined ? undefined : loadPolicyFile(options.policyPath);
   log(policy ? `agent ${options.hostId}: host policy ${options.policyPath}: ${summarizePolicy(policy.policy)}` : `agent ${options.hostId}: no host policy file: any process but pid 1, the agent and its helper may be watched, values captured`);
+  const credentials = options.natsCredsPath === undefined ? undefined : readNatsCredentials(options.natsCredsPath);
   // No async stack traces: one per published batch is pure overhead on the hit path.
-  const nc = await connect({ servers: options.natsUrl, name: `fleetwatch-agent-${options.hostId}`, maxReconnectAttempts: -1, noAsyncTraces: true });
+  const nc = await connect({ servers: options.natsUrl, name: `fleetwatch-agent-${options.hostId}`, maxReconnectAttempts: -1, noAsyncTraces: true, ...natsAuthOptions(credentials) });
+  // Each refused subject is logged once: a misconfigured server must be visible, not flood the log.
+  const refusedSubjects = new Set<string>();
+  const refusals = new NatsRefusals(nc, (err) => {
+    const key = `${err.permissionContext?.operation} ${err.permissionContext?.subject}`;
+    if (refusedSubjects.has(key)) return;
+    refusedSubjects.add(key);
+    log(`agent ${options.hostId}: ${err.message}${credentials ? ` (credentials ${credentials.path})` : ""}: check the server's nats-auth.conf for this host`);
+  });
   const startHelper = () => HelperProcess.start(options.helperPath ? { path: options.helperPath } : {});
   let helper: HelperProcess;
   try {
@@ -72,7 +86,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     await nc.close();
     throw err;
   }
-  const core = new AgentCore(new HitPublisher(nc.jetstream()), storedHitsReader(nc), options.hostId, log);
+  const core = new AgentCore(new HitPublisher(nc.jetstream()), storedHitsReader(nc, refusals), options.hostId, log);
   if (policy) await core.setPolicy(policy);
   const stopping = new AbortController();
   // The helper is supervised: when it dies its watches are reported failed

@@ -6,7 +6,7 @@
 // controller heard.
 import { create, fromBinary } from "@bufbuild/protobuf";
 import type { NatsConnection } from "nats";
-import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, isNoMessage, isStreamNotFound, type HitCounts } from "../proto/index.js";
+import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, failFirstCreation, isNoMessage, isStreamNotFound, type HitCounts, type NatsRefusals } from "../proto/index.js";
 
 export interface StoredHits {
   /** The highest hit sequence stored for the job and host (0: none). */
@@ -17,21 +17,26 @@ export interface StoredHits {
 
 export type StoredHitsReader = (jobId: string, hostId: string) => Promise<StoredHits>;
 
-/** Reads the stored hits of one job from one host, in stream order, until the last one stored when reading began. */
-export function storedHitsReader(nc: NatsConnection): StoredHitsReader {
+/**
+ * Reads the stored hits of one job from one host, in stream order, until the
+ * last one stored when reading began. With `refusals`, a subject the server
+ * refuses fails the read at once instead of leaving nats.js retrying.
+ */
+export function storedHitsReader(nc: NatsConnection, refusals?: NatsRefusals): StoredHitsReader {
+  const guard = <T>(work: Promise<T>): Promise<T> => (refusals ? refusals.guard(work) : work);
   return async (jobId, hostId) => {
     const found: StoredHits = { lastSequence: 0n, byPid: new Map() };
     const subject = eventSubject(jobId, hostId);
-    const jsm = await nc.jetstreamManager();
+    const jsm = await guard(nc.jetstreamManager());
     let last: number;
     try {
-      last = (await jsm.streams.getMessage(eventStream, { last_by_subj: subject })).seq;
+      last = (await guard(jsm.streams.getMessage(eventStream, { last_by_subj: subject }))).seq;
     } catch (err) {
       if (isNoMessage(err) || isStreamNotFound(err)) return found;
       throw err;
     }
-    const consumer = await nc.jetstream().consumers.get(eventStream, { filterSubjects: subject });
-    const messages = await consumer.consume({ max_messages: 256 });
+    const consumer = failFirstCreation(await guard(nc.jetstream().consumers.get(eventStream, { filterSubjects: subject })));
+    const messages = await guard(consumer.consume({ max_messages: 256 }));
     const seen = new SequenceTracker();
     try {
       for await (const message of messages) {

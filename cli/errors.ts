@@ -45,6 +45,39 @@ export class NatsUnreachableError extends CliError {
   }
 }
 
+/** NATS refused the connection's credentials, or their absence. */
+export class NatsAuthError extends CliError {
+  override readonly name = "NatsAuthError";
+  constructor(
+    readonly url: string,
+    readonly credsPath: string | undefined,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      credsPath
+        ? `NATS at ${url} refused the credentials in ${credsPath}: is that party's public key in the server's nats-auth.conf (written by \`fleetwatch certs init\`)?`
+        : `NATS at ${url} requires credentials: give this party's nkey seed with --nats-creds (or FLEETWATCH_NATS_CREDS)`,
+      ExitCode.error,
+      options,
+    );
+  }
+}
+
+/** NATS refused a subject under this party's permissions. */
+export class NatsPermissionError extends CliError {
+  override readonly name = "NatsPermissionError";
+  constructor(
+    readonly what: string,
+    readonly credsPath: string | undefined,
+    readonly operation: string | undefined,
+    readonly subject: string | undefined,
+    options?: { cause?: unknown },
+  ) {
+    const lacked = subject ? `permission to ${operation ?? "use"} ${subject}` : "a permission";
+    super(`NATS refused to ${what}: the credentials ${credsPath ? `in ${credsPath} ` : ""}lack ${lacked}`, ExitCode.error, options);
+  }
+}
+
 /** NATS is up but the controller's event stream is not there. */
 export class EventStreamMissingError extends CliError {
   override readonly name = "EventStreamMissingError";
@@ -134,6 +167,9 @@ export function startFailureReason(cause: unknown, natsUrl?: string): string {
   }
   // nats.js reports a refused first connection as a NatsError with this code.
   if ((cause as { code?: unknown } | null)?.code === "CONNECTION_REFUSED") return `cannot reach NATS at ${natsUrl ?? "its URL"}: is nats-server running?`;
+  if ((cause as { code?: unknown } | null)?.code === "AUTHORIZATION_VIOLATION") {
+    return `NATS at ${natsUrl ?? "its URL"} refused the connection (authorization violation): give this party's nkey seed with --nats-creds, one listed in the server's nats-auth.conf`;
+  }
   if (cause instanceof Error) return cause.message || cause.name;
   return String(cause);
 }

@@ -3,12 +3,29 @@
 // either stops once caught up or keeps following until aborted.
 import { fromBinary } from "@bufbuild/protobuf";
 import { connect, type ConsumerMessages, type NatsConnection } from "nats";
-import { HitBatchSchema, SequenceTracker, eventStream, isStreamNotFound, jobEventFilter, type HitBatch, type HitEvent } from "../proto/index.js";
-import { CliError, EventStreamMissingError, NatsUnreachableError } from "./errors.js";
+import {
+  HitBatchSchema,
+  SequenceTracker,
+  eventStream,
+  failFirstCreation,
+  isAuthorizationViolation,
+  isPermissionViolation,
+  isStreamNotFound,
+  jobEventFilter,
+  NatsRefusals,
+  natsAuthOptions,
+  readNatsCredentials,
+  violationContext,
+  type HitBatch,
+  type HitEvent,
+} from "../proto/index.js";
+import { CliError, EventStreamMissingError, NatsAuthError, NatsPermissionError, NatsUnreachableError, UsageError } from "./errors.js";
 
 /** What to read. */
 export interface JobEventsOptions {
   natsUrl: string;
+  /** This user's NATS nkey seed file; unset: connect unauthenticated. */
+  natsCredsPath?: string | undefined;
   jobId: string;
   /** Start at this instant instead of the start of the stream. */
   since?: Date;
@@ -21,12 +38,26 @@ export interface JobEventsOptions {
 // How long connecting to NATS may take before the CLI says it is unreachable.
 const connectTimeoutMs = 5_000;
 
-async function connectNats(url: string): Promise<NatsConnection> {
+async function connectNats(url: string, credsPath: string | undefined): Promise<NatsConnection> {
+  let credentials;
   try {
-    return await connect({ servers: url, name: "fleetwatch-cli", timeout: connectTimeoutMs });
+    credentials = credsPath === undefined ? undefined : readNatsCredentials(credsPath);
   } catch (err) {
+    throw new UsageError((err as Error).message, { cause: err });
+  }
+  try {
+    return await connect({ servers: url, name: "fleetwatch-cli", timeout: connectTimeoutMs, ...natsAuthOptions(credentials) });
+  } catch (err) {
+    if (isAuthorizationViolation(err)) throw new NatsAuthError(url, credsPath, { cause: err });
     throw new NatsUnreachableError(url, { cause: err });
   }
+}
+
+/** A refusal under the user's permissions, said as what was refused. */
+function refused(err: unknown, what: string, credsPath: string | undefined): unknown {
+  if (!isPermissionViolation(err)) return err;
+  const context = violationContext(err);
+  return new NatsPermissionError(what, credsPath, context?.operation, context?.subject, { cause: err });
 }
 
 /**
@@ -35,34 +66,41 @@ async function connectNats(url: string): Promise<NatsConnection> {
  */
 export async function* readJobEvents(options: JobEventsOptions): AsyncGenerator<HitEvent> {
   if (options.signal?.aborted) return;
-  const nc = await connectNats(options.natsUrl);
+  const nc = await connectNats(options.natsUrl, options.natsCredsPath);
+  const what = `read the events of job ${options.jobId}`;
   let messages: ConsumerMessages | undefined;
   const stop = () => messages?.stop();
   options.signal?.addEventListener("abort", stop, { once: true });
+  // A refused subject ends the reading with what was lacking, at any step.
+  const refusals = new NatsRefusals(nc);
   try {
     const js = nc.jetstream();
     // One filter subject only: nats-server 2.9 refuses consumers with several.
     // No deliver_policy: the ordered consumer then starts at sequence 1 by
     // itself, and DeliverPolicy.All together with that start sequence is refused.
-    const consumer = await js.consumers
-      .get(eventStream, {
-        filterSubjects: jobEventFilter(options.jobId),
-        ...(options.since ? { opt_start_time: options.since.toISOString() } : {}),
-      })
+    const consumer = await refusals
+      .guard(
+        js.consumers.get(eventStream, {
+          filterSubjects: jobEventFilter(options.jobId),
+          ...(options.since ? { opt_start_time: options.since.toISOString() } : {}),
+        }),
+      )
       .catch((err: unknown) => {
         if (isStreamNotFound(err)) throw new EventStreamMissingError(options.natsUrl, { cause: err });
-        throw err;
+        throw refused(err, what, options.natsCredsPath);
       });
-    messages = await consumer.consume({ max_messages: 256 });
+    const consumed: ConsumerMessages = await refusals.guard(failFirstCreation(consumer).consume({ max_messages: 256 })).catch((err: unknown) => Promise.reject(refused(err, what, options.natsCredsPath)));
+    messages = consumed;
     if (options.signal?.aborted) return;
+    refusals.onNext((err) => messages?.stop(refused(err, what, options.natsCredsPath) as Error));
     // A dead connection must end a follow with an error, not hang it.
     void nc.closed().then((err) => messages?.stop(err ? new CliError(`lost the NATS connection to ${options.natsUrl}: ${err.message}`, 1, { cause: err }) : undefined));
     if (!options.follow) {
-      const info = await consumer.info(true);
+      const info = await refusals.guard(consumer.info(true)).catch((err: unknown) => Promise.reject(refused(err, what, options.natsCredsPath)));
       if (info.num_pending === 0) return;
     }
     const seen = new SequenceTracker();
-    for await (const message of messages) {
+    for await (const message of consumed) {
       let batch: HitBatch;
       try {
         batch = fromBinary(HitBatchSchema, message.data);

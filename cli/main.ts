@@ -31,6 +31,8 @@ export interface GlobalOptions {
   controller: string;
   /** NATS URL for events. */
   nats: string;
+  /** This party's NATS nkey seed file; unset: connect to NATS unauthenticated. */
+  natsCreds?: string | undefined;
   /** Mutual TLS files, or plaintext on purpose. */
   tls: TlsOptions;
 }
@@ -80,6 +82,7 @@ export function createProgram(ctx: CliContext): Command {
     .version(packageVersion())
     .addOption(new Option("--controller <addr>", "controller gRPC address, or several comma-separated (leader and standbys)").env("FLEETWATCH_CONTROLLER").default(defaultControllerAddress))
     .addOption(new Option("--nats <url>", "NATS URL (events)").env("FLEETWATCH_NATS").default(defaultNatsUrl))
+    .addOption(new Option("--nats-creds <file>", "NATS nkey seed file of this party (written by `certs init`); unset: no NATS authentication").env("FLEETWATCH_NATS_CREDS"))
     .addOption(new Option("--ca <file>", "mutual TLS: the CA certificate to trust (pinned)").env("FLEETWATCH_CA"))
     .addOption(new Option("--cert <file>", "mutual TLS: this party's certificate").env("FLEETWATCH_CERT"))
     .addOption(new Option("--key <file>", "mutual TLS: this party's private key").env("FLEETWATCH_KEY"))
@@ -128,7 +131,7 @@ export async function main(argv: readonly string[], io: MainIo = {}): Promise<nu
     stderr,
     globals: () => {
       const opts = program?.opts<Partial<Omit<GlobalOptions, "tls"> & TlsOptions>>() ?? {};
-      return { controller: opts.controller ?? defaultControllerAddress, nats: opts.nats ?? defaultNatsUrl, tls: { ca: opts.ca, cert: opts.cert, key: opts.key, insecure: opts.insecure } };
+      return { controller: opts.controller ?? defaultControllerAddress, nats: opts.nats ?? defaultNatsUrl, natsCreds: opts.natsCreds || undefined, tls: { ca: opts.ca, cert: opts.cert, key: opts.key, insecure: opts.insecure } };
     },
     controller: () => {
       if (!client) {

@@ -13,6 +13,12 @@ export interface NatsServerOptions {
   port?: number;
   /** Executable; default `nats-server` from PATH. */
   binary?: string;
+  /**
+   * A configuration file for the server (`-c`), e.g. the `nats-auth.conf`
+   * written by `fleetwatch certs init`: its parties and their permissions.
+   * Unset: no authentication.
+   */
+  configFile?: string;
   /** How long to wait for the server to accept connections. */
   readyTimeoutMs?: number;
   /**
@@ -71,7 +77,9 @@ export async function startNatsServer(options: NatsServerOptions): Promise<Runni
   }
   await mkdir(options.dataDir, { recursive: true });
   const binary = options.binary ?? "nats-server";
-  const child = spawn(binary, ["-js", "-a", host, "-p", String(port), "-sd", options.dataDir], {
+  const args = ["-js", "-a", host, "-p", String(port), "-sd", options.dataDir];
+  if (options.configFile !== undefined) args.push("-c", options.configFile);
+  const child = spawn(binary, args, {
     stdio: ["ignore", "ignore", "pipe"],
     detached: options.ownProcessGroup === true,
   });

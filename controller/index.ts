@@ -2,7 +2,7 @@
 // several started on one NATS elect a leader and the rest stand by.
 import os from "node:os";
 import { connect } from "nats";
-import { AgentService, ControllerService, addService, bindServer, createServer, serverCredentials, type Transport } from "../proto/index.js";
+import { AgentService, ControllerService, NatsRefusals, addService, bindServer, createServer, natsAuthOptions, readNatsCredentials, serverCredentials, type Transport } from "../proto/index.js";
 import { Controller } from "./controller.js";
 import { LeaderElection, NotLeaderError } from "./leader-election.js";
 import { statusFor } from "./errors.js";
@@ -16,6 +16,8 @@ export interface ControllerOptions {
   /** host:port to listen on; port 0 picks one. */
   listen: string;
   natsUrl: string;
+  /** The controller's NATS nkey seed file (`controller.nk`). Unset: NATS without authentication. */
+  natsCredsPath?: string;
   /** A silent agent session is closed after this long. */
   leaseMs?: number;
   /** How long an agent may take to answer a command. */
@@ -51,7 +53,15 @@ export async function startController(options: ControllerOptions): Promise<Runni
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const leaseMs = options.leaseMs ?? 15_000;
   // No async stack traces: capturing one per KV write costs more than the write's own encoding at fleet scale.
-  const nc = await connect({ servers: options.natsUrl, name: "fleetwatch-controller", maxReconnectAttempts: -1, noAsyncTraces: true });
+  const credentials = options.natsCredsPath === undefined ? undefined : readNatsCredentials(options.natsCredsPath);
+  const nc = await connect({ servers: options.natsUrl, name: "fleetwatch-controller", maxReconnectAttempts: -1, noAsyncTraces: true, ...natsAuthOptions(credentials) });
+  // A subject the server refuses is logged once: the server's nats-auth.conf is older than this controller's needs.
+  const refused = new Set<string>();
+  new NatsRefusals(nc, (err) => {
+    if (refused.has(err.message)) return;
+    refused.add(err.message);
+    log(`controller: ${err.message}${credentials ? ` (credentials ${credentials.path})` : ""}: check the server's nats-auth.conf`);
+  });
   const server = createServer();
   let election: LeaderElection | undefined;
   let access: AccessControl | undefined;

@@ -3,7 +3,7 @@
 // compare-and-set. The agent's side of fencing, EpochGuard, lives in proto.
 import { performance } from "node:perf_hooks";
 import type { JetStreamClient, KV, KvEntry, QueuedIterator } from "nats";
-import { withDeadline as deadline } from "../proto/index.js";
+import { leaderBucket, withDeadline as deadline } from "../proto/index.js";
 import { openBucket } from "./kv-bucket.js";
 
 // ---------------------------------------------------------------- options
@@ -244,7 +244,7 @@ function settingsFrom(o: LeaderElectionOptions): Settings {
     throw new LeaderElectionOptionsError(`renewDeadlineMs must lie between leaseMs / 3 (${renewEveryMs}) and leaseMs (${leaseMs}), got ${renewDeadlineMs}`, "renewDeadlineMs");
   }
   return {
-    bucket: o.bucket ?? "fleetwatch-leader",
+    bucket: o.bucket ?? leaderBucket,
     key: o.key ?? "leader",
     id: o.id,
     address: o.address,

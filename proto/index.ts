@@ -1,5 +1,5 @@
 // The contract: generated messages and services, the grpc-js adapter, the
-// watch-spec rules and NATS names. Every folder imports it; it imports nobody.
+// watch-spec rules, NATS names and permissions. Every folder imports it; it imports nobody.
 export * from "./gen/fleetwatch/v1/watch_pb.js";
 export * from "./gen/fleetwatch/v1/controller_pb.js";
 export * from "./gen/fleetwatch/v1/agent_pb.js";
@@ -18,3 +18,5 @@ export * from "./deadline.js";
 export * from "./tls.js";
 export * from "./process-scope.js";
 export * from "./watched-file.js";
+export * from "./nats-permissions.js";
+export * from "./nats-credentials.js";

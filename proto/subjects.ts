@@ -10,6 +10,9 @@ export const eventSubjects = "fleetwatch.events.>";
 /** KV bucket of jobs (protobuf Job, key = job id). */
 export const jobBucket = "fleetwatch-jobs";
 
+/** KV bucket of the controllers' leader lease. */
+export const leaderBucket = "fleetwatch-leader";
+
 const token = /^[A-Za-z0-9_-]+$/;
 
 /** Checks that a job or host id can be one subject token. */

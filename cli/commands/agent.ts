@@ -13,6 +13,8 @@ import { resolveTransport } from "../transport.js";
 export interface AgentRequest {
   controller: string;
   natsUrl: string;
+  /** The agent's NATS nkey seed file. */
+  natsCredsPath?: string;
   hostId: string;
   labels: Record<string, string>;
   helperPath?: string;
@@ -48,10 +50,11 @@ export function readLabelFile(path: string): Record<string, string> {
 }
 
 /** Validates the command line; --label wins over the same key in --label-file. */
-export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string }, globals: { controller: string; nats: string }): AgentRequest {
+export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string }, globals: { controller: string; nats: string; natsCreds?: string | undefined }): AgentRequest {
   if (!isSubjectToken(opts.hostId)) throw new UsageError(`--host-id '${opts.hostId}' may hold only letters, digits, _ and -`);
   const labels = { ...(opts.labelFile ? readLabelFile(opts.labelFile) : {}), ...parseLabels(opts.label ?? []) };
   const request: AgentRequest = { controller: globals.controller, natsUrl: globals.nats, hostId: opts.hostId, labels };
+  if (globals.natsCreds !== undefined) request.natsCredsPath = resolve(globals.natsCreds);
   if (opts.helper !== undefined) request.helperPath = opts.helper;
   if (opts.policy !== undefined) request.policyPath = resolve(opts.policy);
   return request;
@@ -66,7 +69,7 @@ export function printAgentReady(request: AgentRequest): string {
 export function registerAgentCommand(program: Command, ctx: CliContext): void {
   program
     .command("agent")
-    .description("run this host's agent in the foreground (uses --controller and --nats)")
+    .description("run this host's agent in the foreground (uses --controller, --nats and --nats-creds)")
     .requiredOption("--host-id <id>", "this host's id (letters, digits, _ and -)")
     .option("--label <k=v...>", "labels the scheduler can select on (repeatable)")
     .option("--label-file <path>", "more labels, one k=v per line (e.g. a Kubernetes node's labels)")

@@ -1,12 +1,15 @@
 // `fleetwatch certs init|issue`: a CA and the certificates of a fleet in one
 // directory. `init` makes the CA, the controller's certificate and any agents'
-// and users' named; `issue` adds more under an existing CA.
+// and users' named; `issue` adds more under an existing CA. Each party also
+// gets a NATS nkey seed, and nats-auth.conf (the server's list of parties and
+// their permissions) is rewritten to include it.
 import { existsSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
 import { isSubjectToken, type Identity } from "../../proto/index.js";
 import { caCertFile, caKeyFile, certificateBaseName, createAuthority, issueCertificate, readAuthority, writeIssued, type CertificateAuthority } from "../certificates.js";
 import { UsageError } from "../errors.js";
+import { natsAuthFile, natsSeedFile, writeNatsAuthConfig, writeNatsSeed } from "../nats-credentials.js";
 import type { CliContext } from "../main.js";
 import { formatTime, outputOption, renderTable, type OutputFormat } from "../output.js";
 
@@ -15,6 +18,8 @@ export interface WrittenCertificate {
   identity: string;
   cert: string;
   key: string;
+  /** The party's NATS nkey seed (none for the CA). */
+  natsSeed?: string;
   notAfterUnixMs: number;
 }
 
@@ -50,26 +55,36 @@ export function parseIssueRequest(opts: { dir: string; agent?: string[]; user?: 
   return { dir: opts.dir, identities, days: parseDays(opts.days, 365) };
 }
 
-/** Issues each identity under the CA and writes it next to the CA. */
+/**
+ * Issues each identity under the CA and writes it, with its NATS seed, next
+ * to the CA; then rewrites nats-auth.conf to name every party there.
+ */
 export async function issueAll(ca: CertificateAuthority, request: IssueRequest): Promise<WrittenCertificate[]> {
+  // Checked before writing anything: a name issued before stops the whole request, not half of it.
+  for (const identity of request.identities) {
+    const seed = natsSeedFile(request.dir, identity);
+    if (existsSync(seed)) throw new UsageError(`${seed} exists already: remove ${certificateBaseName(identity)}.* first to issue it again`);
+  }
   const written: WrittenCertificate[] = [];
   for (const identity of request.identities) {
     const issued = await issueCertificate(ca, identity, { days: request.days });
     const files = await writeIssued(request.dir, issued, certificateBaseName(identity));
-    written.push({ identity: `${identity.kind} ${identity.name}`, ...files, notAfterUnixMs: issued.notAfter.getTime() });
+    const seed = await writeNatsSeed(request.dir, identity);
+    written.push({ identity: `${identity.kind} ${identity.name}`, ...files, natsSeed: seed.path, notAfterUnixMs: issued.notAfter.getTime() });
   }
+  await writeNatsAuthConfig(request.dir);
   return written;
 }
 
 /** The files written: a table, or JSON lines. */
 export function printWritten(written: readonly WrittenCertificate[], format: OutputFormat): string {
   if (format === "json") return written.map((w) => JSON.stringify(w)).join("\n") + "\n";
-  return renderTable(["IDENTITY", "CERTIFICATE", "KEY", "VALID UNTIL"], written.map((w) => [w.identity, w.cert, w.key, formatTime(w.notAfterUnixMs)]));
+  return renderTable(["IDENTITY", "CERTIFICATE", "KEY", "NATS SEED", "VALID UNTIL"], written.map((w) => [w.identity, w.cert, w.key, w.natsSeed ?? "-", formatTime(w.notAfterUnixMs)]));
 }
 
 /** Adds `certs init` and `certs issue` to the program. */
 export function registerCertsCommand(program: Command, ctx: CliContext): void {
-  const certs = program.command("certs").description("create a CA and the certificates of controllers, agents and users (mutual TLS)");
+  const certs = program.command("certs").description(`create a CA and the certificates of controllers, agents and users (mutual TLS), their NATS nkey seeds and ${natsAuthFile}`);
   certs
     .command("init")
     .description("create a CA and, under it, the controller's certificate and those of the agents and users named")

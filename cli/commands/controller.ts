@@ -12,14 +12,17 @@ import { resolveTransport } from "../transport.js";
 export interface ControllerRequest {
   listen: string;
   natsUrl: string;
+  /** The controller's NATS nkey seed file. */
+  natsCredsPath?: string;
   leaseMs: number;
   electionLeaseMs: number;
   accessPolicyPath?: string;
 }
 
 /** Validates the command line. */
-export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string }, natsUrl: string): ControllerRequest {
+export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string }, natsUrl: string, natsCredsPath?: string): ControllerRequest {
   const request: ControllerRequest = { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease"), electionLeaseMs: parseDuration(opts.electionLease, "--election-lease") };
+  if (natsCredsPath !== undefined) request.natsCredsPath = natsCredsPath;
   // Absolute: the file is read again on every change.
   if (opts.accessPolicy !== undefined) request.accessPolicyPath = path.resolve(opts.accessPolicy);
   return request;
@@ -34,13 +37,13 @@ export function printControllerReady(address: string): string {
 export function registerControllerCommand(program: Command, ctx: CliContext): void {
   program
     .command("controller")
-    .description("run the controller in the foreground (uses --nats; mutual TLS with --ca, --cert and --key)")
+    .description("run the controller in the foreground (uses --nats and --nats-creds; mutual TLS with --ca, --cert and --key)")
     .option("--listen <addr>", "gRPC listen address, host:port (port 0 picks one)", "127.0.0.1:7070")
     .option("--lease <time>", "drop an agent session silent for this long", "15s")
     .option("--election-lease <time>", "with several controllers on one NATS: a standby takes over this long after the leader stops", "5s")
     .option("--access-policy <file>", "roles and scopes of users (JSON; reloaded when it changes or on SIGHUP); default: every user certificate is an admin")
     .action(async (opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string }) => {
-      const request = parseControllerArgs(opts, ctx.globals().nats);
+      const request = parseControllerArgs(opts, ctx.globals().nats, ctx.globals().natsCreds);
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
       const transport = resolveTransport(ctx.globals().tls, "controller", [request.listen], log);
       if (request.accessPolicyPath !== undefined && !("tls" in transport)) throw new UsageError("--access-policy needs mutual TLS (--ca, --cert, --key): over plaintext nobody is known");

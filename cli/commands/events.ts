@@ -43,7 +43,7 @@ export function registerEventsCommand(program: Command, ctx: CliContext): void {
       const request = parseEventsArgs(jobId, opts);
       const interrupted = request.follow ? ctx.interrupted() : undefined;
       let printed = 0;
-      for await (const hit of readJobEvents({ natsUrl: ctx.globals().nats, ...request, ...(interrupted ? { signal: interrupted } : {}) })) {
+      for await (const hit of readJobEvents({ natsUrl: ctx.globals().nats, natsCredsPath: ctx.globals().natsCreds, ...request, ...(interrupted ? { signal: interrupted } : {}) })) {
         // The header waits for the first hit so failures print nothing on stdout.
         if (printed === 0 && opts.output === "table") ctx.stdout.write(renderHitHeader());
         ctx.stdout.write(printHit(hit, opts.output));

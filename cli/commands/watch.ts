@@ -221,6 +221,7 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
   const reader = (async () => {
     const hits = readJobEvents({
       natsUrl: ctx.globals().nats,
+      natsCredsPath: ctx.globals().natsCreds,
       jobId: job.id,
       follow: true,
       signal: AbortSignal.any([session.signal, caughtUp.signal]),

@@ -61,6 +61,11 @@ test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTR
   for (const name of ["controller", "agent-a", "agent-b", "cli"]) assert.ok(services[name]!.volumes?.includes("certs:/certs:ro"), `${name} mounts the certificates read-only`);
   assert.deepEqual([services.cli!.environment!.FLEETWATCH_CA, services.cli!.environment!.FLEETWATCH_CERT], ["/certs/ca.crt", "/certs/user-admin.crt"]);
   assert.match(issued, /certs init --dir \/certs --agent demo-a --agent demo-b --user admin/);
+  // NATS with credentials: the server loads the generated permissions, each party signs in with its own seed.
+  assert.equal(arg(services.nats!.command!, "-c"), "/certs/nats-auth.conf");
+  assert.ok(services.nats!.volumes?.includes("certs:/certs:ro"), "nats mounts the certificates read-only");
+  assert.equal(arg(controller.command!, "--nats-creds"), "/certs/controller.nk");
+  assert.equal(services.cli!.environment!.FLEETWATCH_NATS_CREDS, "/certs/user-admin.nk");
 
   const agents = Object.entries(services).filter(([, s]) => s.command?.includes("agent"));
   assert.equal(agents.length, 2);
@@ -78,6 +83,7 @@ test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTR
     assert.ok(isSubjectToken(hostId), hostId);
     hostIds.add(hostId);
     assert.equal(arg(agent.command!, "--cert"), `/certs/agent-${hostId}.crt`, `${name} presents its own host's certificate`);
+    assert.equal(arg(agent.command!, "--nats-creds"), `/certs/agent-${hostId}.nk`, `${name} signs in to NATS as its own host`);
     // The agent's own command line parser takes it.
     const flags = agent.command!.slice(agent.command!.indexOf("agent") + 1);
     const labels = flags.flatMap((f, i) => (f === "--label" ? [flags[i + 1]!] : []));

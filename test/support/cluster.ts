@@ -6,7 +6,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
-import { ControllerService, createClient, type ServiceClient } from "../../proto/index.js";
+import { natsAuthFile, natsSeedFile, writeNatsAuthConfig, writeNatsSeed } from "../../cli/nats-credentials.js";
+import { ControllerService, createClient, type Identity, type ServiceClient } from "../../proto/index.js";
 import { cliPath, helperPath } from "./paths.js";
 import { waitFor } from "./wait.js";
 
@@ -123,6 +124,13 @@ export interface ClusterOptions {
   /** Labels per host id, as `key=value`. */
   labels?: Record<string, string[]>;
   leaseMs?: number;
+  /**
+   * NATS with nkey authentication and the generated permissions: seeds for
+   * the controller, user "operator" and these agents are written to
+   * `credsDir`, and every party started here signs in with its own.
+   * Unset: NATS without authentication.
+   */
+  natsAuth?: { agents: string[] };
 }
 
 /** nats-server + controller + agents, all real. */
@@ -140,7 +148,16 @@ export class Cluster {
 
   static async start(options: ClusterOptions = {}): Promise<Cluster> {
     const dataDir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-test-"));
-    const nats = await startNatsServer({ dataDir: path.join(dataDir, "nats") });
+    const credsDir = path.join(dataDir, "creds");
+    if (options.natsAuth) {
+      const identities: Identity[] = [{ kind: "controller", name: "controller" }, { kind: "user", name: "operator" }, ...options.natsAuth.agents.map((name) => ({ kind: "agent" as const, name }))];
+      for (const identity of identities) await writeNatsSeed(credsDir, identity);
+      await writeNatsAuthConfig(credsDir);
+    }
+    const nats = await startNatsServer({ dataDir: path.join(dataDir, "nats"), ...(options.natsAuth ? { configFile: path.join(credsDir, natsAuthFile) } : {}) }).catch(async (err: unknown) => {
+      await rm(dataDir, { recursive: true, force: true });
+      throw err;
+    });
     const cluster = new Cluster(nats, dataDir, options);
     try {
       await cluster.startController();
@@ -156,6 +173,21 @@ export class Cluster {
     return this.nats.url;
   }
 
+  /** Where the nkey seeds and nats-auth.conf are (with natsAuth). */
+  get credsDir(): string {
+    return path.join(this.dataDir, "creds");
+  }
+
+  /** One party's seed file. */
+  natsCreds(identity: Identity): string {
+    return natsSeedFile(this.credsDir, identity);
+  }
+
+  /** `--nats-creds FILE` for a party when NATS is authenticated, else nothing. */
+  private natsCredsArgs(identity: Identity): string[] {
+    return this.options.natsAuth ? ["--nats-creds", this.natsCreds(identity)] : [];
+  }
+
   /** A gRPC client of the running controller. */
   api(): ServiceClient<typeof ControllerService> {
     this.client ??= createClient(ControllerService, this.controllerAddress);
@@ -164,7 +196,7 @@ export class Cluster {
 
   /** Starts the controller on a free port, or again on the same one after stopController. */
   async startController(): Promise<void> {
-    const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl];
+    const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl, ...this.natsCredsArgs({ kind: "controller", name: "controller" })];
     // A long leader lease: a test that pauses the controller (SIGSTOP) is about agent leases, not elections.
     if (this.options.leaseMs) args.push("--lease", `${this.options.leaseMs}ms`, "--election-lease", "30s");
     const daemon = new Daemon("controller", spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
@@ -183,7 +215,7 @@ export class Cluster {
 
   /** Starts an agent (with `extraArgs`, e.g. --policy) and waits until the controller lists it as connected. */
   async startAgent(hostId: string, labels: string[] = [], extraArgs: string[] = []): Promise<Daemon> {
-    const args = [cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", hostId, "--helper", helperPath, ...extraArgs];
+    const args = [cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", hostId, "--helper", helperPath, ...this.natsCredsArgs({ kind: "agent", name: hostId }), ...extraArgs];
     for (const label of labels) args.push("--label", label);
     const daemon = new Daemon(`agent ${hostId}`, spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
     this.agents.set(hostId, daemon);
@@ -210,7 +242,13 @@ export class Cluster {
   spawnCli(args: string[], env: Record<string, string> = {}): ChildProcess {
     return spawn(process.execPath, [cliPath, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddress, FLEETWATCH_NATS: this.natsUrl, ...env },
+      env: {
+        ...process.env,
+        FLEETWATCH_CONTROLLER: this.controllerAddress,
+        FLEETWATCH_NATS: this.natsUrl,
+        ...(this.options.natsAuth ? { FLEETWATCH_NATS_CREDS: this.natsCreds({ kind: "user", name: "operator" }) } : {}),
+        ...env,
+      },
     });
   }
 
@@ -222,7 +260,7 @@ export class Cluster {
       this.nats.process.kill(signal);
       await new Promise((resolve) => (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null ? resolve(undefined) : this.nats.process.once("exit", resolve)));
     }
-    this.nats = await startNatsServer({ dataDir: path.join(this.dataDir, "nats"), port });
+    this.nats = await startNatsServer({ dataDir: path.join(this.dataDir, "nats"), port, ...(this.options.natsAuth ? { configFile: path.join(this.credsDir, natsAuthFile) } : {}) });
   }
 
   /** Stops agents (they disarm), the controller and nats-server; removes the data. */

@@ -3,9 +3,10 @@
 // /proc, so its agent sees only that host's processes; nats-server and the
 // controller run in an "infra" namespace that owns the bridge. Addresses
 // exist only inside namespaces made here; stop() removes all of it and
-// assertClean() proves that nothing is left. Every gRPC link is mutual TLS,
-// as in production: a CA and certificates for the controller, each agent
-// and a user are issued at start.
+// assertClean() proves that nothing is left. Every gRPC link is mutual TLS
+// and every NATS connection signs in with its party's nkey under the
+// generated permissions, as in production: a CA, certificates and nkey
+// seeds for the controller, each agent and a user are issued at start.
 import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { access, mkdtemp, readdir, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
@@ -13,6 +14,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { caCertFile, certificateBaseName, createAuthority, issueCertificate, writeIssued } from "../../cli/certificates.js";
+import { natsAuthFile, natsSeedFile, writeNatsAuthConfig, writeNatsSeed } from "../../cli/nats-credentials.js";
 import type { Identity } from "../../proto/index.js";
 import { collectCli, Daemon, type CliResult } from "./cluster.js";
 import { cliPath, helperPath } from "./paths.js";
@@ -278,7 +280,7 @@ export class Fleet {
     return fleet;
   }
 
-  /** The fleet's CA and certificates (ca.crt, controller.crt, agent-ID.crt, user-operator.crt, and keys). */
+  /** The fleet's CA and certificates (ca.crt, controller.crt, agent-ID.crt, user-operator.crt, and keys), nkey seeds and nats-auth.conf. */
   get certDir(): string {
     return path.join(this.dataDir, "certs");
   }
@@ -289,6 +291,11 @@ export class Fleet {
     return ["--ca", path.join(this.certDir, caCertFile), "--cert", `${base}.crt`, "--key", `${base}.key`];
   }
 
+  /** One party's NATS nkey seed file. */
+  natsCreds(identity: Identity): string {
+    return natsSeedFile(this.certDir, identity);
+  }
+
   private async issueCertificates(): Promise<void> {
     const ca = await createAuthority(`fleetwatch test CA ${this.prefix}`);
     await writeIssued(this.certDir, ca, "ca");
@@ -297,7 +304,9 @@ export class Fleet {
     for (const identity of identities) {
       const issued = await issueCertificate(ca, identity);
       await writeIssued(this.certDir, issued, certificateBaseName(identity));
+      await writeNatsSeed(this.certDir, identity);
     }
+    await writeNatsAuthConfig(this.certDir);
   }
 
   get infraAddress(): string {
@@ -363,9 +372,10 @@ export class Fleet {
     await this.startController(0);
   }
 
-  /** Starts nats-server in the infra namespace on its port, with the fleet's JetStream store. */
+  /** Starts nats-server in the infra namespace on its port, with the fleet's JetStream store and its parties' permissions. */
   private async startNats(): Promise<void> {
-    const nats = await this.infraBox().daemon("nats-server", ["nats-server", "-js", "-a", this.infraAddress, "-p", String(natsPort), "-sd", path.join(this.dataDir, "nats")]);
+    const argv = ["nats-server", "-js", "-a", this.infraAddress, "-p", String(natsPort), "-sd", path.join(this.dataDir, "nats"), "-c", path.join(this.certDir, natsAuthFile)];
+    const nats = await this.infraBox().daemon("nats-server", argv);
     this.infraDaemons.push(nats);
     this.nats = nats;
     await nats.waitForOutput(/Server is ready/, daemonReadyMs);
@@ -393,7 +403,7 @@ export class Fleet {
   async startController(index = 0): Promise<Daemon> {
     if (index >= (this.options.controllers ?? 1)) throw new Error(`fleet ${this.prefix} has ${this.options.controllers ?? 1} controller address(es); no controller ${index}`);
     if (this.controllers[index]?.running) throw new Error(`controller ${index} is still running`);
-    const argv = [process.execPath, cliPath, "controller", "--listen", this.controllerAddressOf(index), "--nats", this.natsUrl, ...this.tlsArgs({ kind: "controller", name: "controller" })];
+    const argv = [process.execPath, cliPath, "controller", "--listen", this.controllerAddressOf(index), "--nats", this.natsUrl, "--nats-creds", this.natsCreds({ kind: "controller", name: "controller" }), ...this.tlsArgs({ kind: "controller", name: "controller" })];
     if (this.options.leaseMs !== undefined) argv.push("--lease", `${this.options.leaseMs}ms`);
     if (this.options.electionLeaseMs !== undefined) argv.push("--election-lease", `${this.options.electionLeaseMs}ms`);
     if (this.options.accessPolicy !== undefined) {
@@ -424,7 +434,7 @@ export class Fleet {
     await ip("-n", ns, "link", "set", "eth0", "up");
     const box = await this.addBox(ns);
     const labels = options.labels ?? [];
-    const argv = [process.execPath, cliPath, "agent", "--controller", this.controllerAddresses, "--nats", this.natsUrl, "--host-id", options.id, "--helper", helperPath, ...this.tlsArgs({ kind: "agent", name: options.id })];
+    const argv = [process.execPath, cliPath, "agent", "--controller", this.controllerAddresses, "--nats", this.natsUrl, "--host-id", options.id, "--helper", helperPath, "--nats-creds", this.natsCreds({ kind: "agent", name: options.id }), ...this.tlsArgs({ kind: "agent", name: options.id })];
     for (const label of labels) argv.push("--label", label);
     const host = new FleetHost(options.id, labels, address, box, argv, { netns: this.infraNetns, name: port }, this.targets);
     this.hosts.set(options.id, host);
@@ -434,11 +444,12 @@ export class Fleet {
 
   /** Runs `fleetwatch ARGS` in the infra namespace against this fleet and collects its output. */
   cli(args: string[], options: { timeoutMs?: number; as?: Identity } = {}): Promise<CliResult> {
-    const [, ca, , cert, , key] = this.tlsArgs(options.as ?? { kind: "user", name: "operator" });
+    const as: Identity = options.as ?? { kind: "user", name: "operator" };
+    const [, ca, , cert, , key] = this.tlsArgs(as);
     // `ip netns exec` execs the CLI itself, so a timeout's SIGKILL reaches it.
     const child = spawn("ip", ["netns", "exec", this.infraNetns, process.execPath, cliPath, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddresses, FLEETWATCH_NATS: this.natsUrl, FLEETWATCH_CA: ca, FLEETWATCH_CERT: cert, FLEETWATCH_KEY: key },
+      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddresses, FLEETWATCH_NATS: this.natsUrl, FLEETWATCH_NATS_CREDS: this.natsCreds(as), FLEETWATCH_CA: ca, FLEETWATCH_CERT: cert, FLEETWATCH_KEY: key },
     });
     return collectCli(child, args, options.timeoutMs);
   }
