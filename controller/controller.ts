@@ -1414,18 +1414,21 @@ export class Controller {
         if (target.hostId !== session.hostId || !isTargetActive(target) || have.has(`${job.id}/${target.pid}`)) continue;
         this.options.log(`agent ${session.hostId}: re-arming pid ${target.pid} for job ${job.id}`);
         let failure = "";
+        let gone = false;
         try {
           const result = await session.arm(armRequest(job, target, this.options.epoch));
           if (result.reservedMask) this.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
           if (result.error) failure = `${session.hostId}: ${result.error.message}`;
+          // The process ended while the agent was away (its report of the exit may still be on its way).
+          gone = result.error?.errnoName === "ESRCH";
         } catch (err) {
           failure = err instanceof Error ? err.message : String(err);
         }
         const updated = await this.store.mutate(job.id, (j) => {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === target.pid);
           if (!t || !isTargetActive(t)) return;
-          t.state = failure ? TargetState.FAILED : TargetState.ARMED;
-          t.reason = failure ? `re-arm after reconnect failed: ${failure}` : "re-armed after the agent reconnected";
+          t.state = gone ? TargetState.EXITED : failure ? TargetState.FAILED : TargetState.ARMED;
+          t.reason = gone ? `the process exited while its agent was away (${failure})` : failure ? `re-arm after reconnect failed: ${failure}` : "re-armed after the agent reconnected";
           rollUp(j);
         }, [session.hostId]);
         if (failure) this.ledger.release(session.hostId, target.pid, job.id);

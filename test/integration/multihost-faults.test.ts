@@ -413,7 +413,7 @@ describe("multihost faults", () => {
       const settled = await poll(job.id, history, "the job completed with every trap settled", (j) => {
         if (j.state === JobState.COMPLETED && j.targets.every((t) => t.counts!.trapped === BigInt(writes) && t.counts!.delivered + t.counts!.dropped === t.counts!.trapped)) return true;
         // Named in the timeout's message: where the job stood when it did not settle.
-        throw new Error(`job ${JobState[j.state]}: ${j.targets.map((t) => `${t.hostId} ${TargetState[t.state]} (${t.reason}) trapped ${t.counts?.trapped} delivered ${t.counts?.delivered} dropped ${t.counts?.dropped}`).join("; ")}`);
+        throw new Error(`job ${JobState[j.state]}: ${j.targets.map((t) => `${t.hostId} ${TargetState[t.state]} (${t.reason}) trapped ${t.counts?.trapped} delivered ${t.counts?.delivered} dropped ${t.counts?.dropped}`).join("; ")}; the controller said: ${fleet.controller!.output.split("\n").filter((l) => /leading|standing by|session|lease|connected/.test(l)).slice(-12).join(" | ")}`);
       }, 60_000);
       const hits = await events(job.id);
       for (const id of hot) {
