@@ -6,7 +6,7 @@
 // controller heard.
 import { create, fromBinary } from "@bufbuild/protobuf";
 import type { NatsConnection } from "nats";
-import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, failFirstCreation, isNoMessage, isStreamNotFound, type HitCounts, type NatsRefusals } from "../proto/index.js";
+import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, failFirstCreation, isStreamNotFound, type HitCounts, type NatsRefusals } from "../proto/index.js";
 
 export interface StoredHits {
   /** The highest hit sequence stored for the job and host (0: none). */
@@ -27,25 +27,27 @@ export function storedHitsReader(nc: NatsConnection, refusals?: NatsRefusals): S
   return async (jobId, hostId) => {
     const found: StoredHits = { lastSequence: 0n, byPid: new Map() };
     const subject = eventSubject(jobId, hostId);
-    const jsm = await guard(nc.jetstreamManager());
-    let last: number;
+    // An ordered consumer filtered on this host's own subject: what the agent's NATS permissions allow, and no more.
+    let consumer;
     try {
-      last = (await guard(jsm.streams.getMessage(eventStream, { last_by_subj: subject }))).seq;
+      consumer = failFirstCreation(await guard(nc.jetstream().consumers.get(eventStream, { filterSubjects: subject })));
     } catch (err) {
-      if (isNoMessage(err) || isStreamNotFound(err)) return found;
+      if (isStreamNotFound(err)) return found;
       throw err;
     }
-    const consumer = failFirstCreation(await guard(nc.jetstream().consumers.get(eventStream, { filterSubjects: subject })));
     const messages = await guard(consumer.consume({ max_messages: 256 }));
     const seen = new SequenceTracker();
     try {
+      // Nothing stored: nothing to wait for.
+      if ((await guard(consumer.info(true))).num_pending === 0) return found;
       for await (const message of messages) {
         for (const hit of fromBinary(HitBatchSchema, message.data).hits) {
           if (!seen.add(hostId, hit.sequence)) continue;
           found.byPid.set(hit.pid, (found.byPid.get(hit.pid) ?? 0n) + 1n);
           if (hit.sequence > found.lastSequence) found.lastSequence = hit.sequence;
         }
-        if (message.seq >= last) break;
+        // Nobody publishes this job from this host meanwhile: caught up is the end.
+        if (message.info.pending === 0) break;
       }
     } finally {
       messages.stop();

@@ -4,7 +4,7 @@
 // (a standby's denials too); ListAudit reads it back in order.
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { ConsumerMessages, JetStreamClient } from "nats";
-import { AuditRecordSchema, auditStream, auditSubject, auditSubjects, withDeadline, type AuditRecord } from "../proto/index.js";
+import { AuditRecordSchema, auditStream, auditSubject, auditSubjects, failFirstCreation, withDeadline, type AuditRecord } from "../proto/index.js";
 
 // A record that cannot be stored within this is logged as lost: the request it describes is not held up longer.
 const publishTimeoutMs = 5_000;
@@ -40,17 +40,25 @@ export class AuditTrail {
     }
   }
 
-  /** Records at or after `sinceUnixMs`, oldest first, at most maxAuditRecords. */
+  /**
+   * Records at or after `sinceUnixMs`, oldest first, at most maxAuditRecords:
+   * those stored when the reading began (records written meanwhile, by a
+   * busy controller, are not chased).
+   */
   async list(sinceUnixMs: number): Promise<AuditRecord[]> {
-    const consumer = await this.js.consumers.get(auditStream, { filterSubjects: auditSubjects, ...(sinceUnixMs > 0 ? { opt_start_time: new Date(sinceUnixMs).toISOString() } : {}) });
-    if ((await consumer.info(true)).num_pending === 0) return [];
+    // Nothing is stored after now (and a start time far ahead is one the server refuses).
+    if (sinceUnixMs > Date.now()) return [];
+    const consumer = failFirstCreation(await this.js.consumers.get(auditStream, { filterSubjects: auditSubjects, ...(sinceUnixMs > 0 ? { opt_start_time: new Date(sinceUnixMs).toISOString() } : {}) }));
     const records: AuditRecord[] = [];
     let messages: ConsumerMessages | undefined;
     try {
       messages = await consumer.consume({ max_messages: 256 });
+      // How many were there when the consumer was made.
+      const want = Math.min((await consumer.info(true)).num_pending, maxAuditRecords);
+      if (want === 0) return [];
       for await (const message of messages) {
         records.push(fromBinary(AuditRecordSchema, message.data));
-        if (message.info.pending === 0 || records.length >= maxAuditRecords) break;
+        if (records.length >= want) break;
       }
     } finally {
       messages?.stop();

@@ -48,9 +48,9 @@ function streamAdmin(stream: string): string[] {
  * The permissions of one party, given its public nkey (which names its inbox).
  *
  * - agent HOST: publishes hits only on `fleetwatch.events.*.HOST`; reads its
- *   stored hits back with a message get and an ordered consumer whose create
- *   subject carries the filter, so only consumers filtered on its own
- *   subjects can be made; no stream or KV administration.
+ *   stored hits back with an ordered consumer whose create subject carries
+ *   the filter, so only consumers filtered on its own subjects can be made;
+ *   no message get, no stream or KV administration.
  * - user: reads the event stream through ordered consumers; publishes nothing
  *   under `fleetwatch.>` and has no KV access.
  * - controller: administers the event and audit streams and its two KV
@@ -65,7 +65,7 @@ export function natsPermissions(identity: Identity, publicKey: string): NatsPerm
           `fleetwatch.events.*.${identity.name}`,
           // The manager's account check when it is opened.
           `${api}.INFO`,
-          `${api}.STREAM.MSG.GET.${eventStream}`,
+          // Its stored hits are read through a consumer filtered on its own subjects (no message get: that reads any host's).
           `${api}.CONSUMER.CREATE.${eventStream}.*.fleetwatch.events.*.${identity.name}`,
           ...orderedConsumerUse(eventStream),
         ],

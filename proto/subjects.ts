@@ -36,12 +36,6 @@ export function isStreamNotFound(err: unknown): boolean {
   return e?.api_error?.err_code === 10059 || e?.message === "stream not found" || e?.code === "503";
 }
 
-/** JetStream's answer to a direct get that matched no message. */
-export function isNoMessage(err: unknown): boolean {
-  const e = err as { message?: string; code?: string; api_error?: { err_code?: number } } | null;
-  return e?.api_error?.err_code === 10037 || e?.message === "no message found" || e?.code === "404";
-}
-
 /** JetStream stream holding the audit trail (AuditRecord, protobuf binary). */
 export const auditStream = "FLEETWATCH_AUDIT";
 

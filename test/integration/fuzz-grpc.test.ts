@@ -374,6 +374,8 @@ describe("fuzz - the gRPC API", { timeout: 300_000 }, () => {
       { what: "a spec with an unknown field", method: "SubmitJob", bytes: withUnknownField(submit({ watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid } })), code: S.OK, details: /^$/ },
       { what: "a back-off the helper refuses", method: "SubmitJob", bytes: submit({ watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, maxHitsPerSecond: 1, backoffMs: 0xffffffff }), code: S.INVALID_ARGUMENT, details: /^back-off 4294967295 ms is above one hour/ },
       // A time past what a Date holds threw RangeError in the audit reader: INTERNAL.
+      // A start time far ahead made the server refuse the ordered consumer, which nats.js then retried past every deadline.
+      { what: "an audit since in the year 16743", method: "ListAudit", bytes: Buffer.from(toBinary(ListAuditRequestSchema, create(ListAuditRequestSchema, { sinceUnixMs: 466_192_930_177_023n }))), code: S.OK, details: /^$/ },
       { what: "an audit since past 64-bit time", method: "ListAudit", bytes: Buffer.from(toBinary(ListAuditRequestSchema, create(ListAuditRequestSchema, { sinceUnixMs: 0x7fff_ffff_ffff_ffffn }))), code: S.INVALID_ARGUMENT, details: /^since 9223372036854775807 is not a time/ },
     ];
     for (const c of cases) {

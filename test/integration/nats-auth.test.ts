@@ -121,7 +121,11 @@ describe("NATS credentials and permissions", () => {
     assert.deepEqual(await refusal(jsm.streams.delete(eventStream)), { operation: "publish", subject: `$JS.API.STREAM.DELETE.${eventStream}` });
     assert.deepEqual(await refusal(js.views.kv(jobBucket)), { operation: "publish", subject: `$JS.API.STREAM.INFO.KV_${jobBucket}` });
 
+    // A message get would read any host's hits: refused.
+    assert.deepEqual(await refusal(jsm.streams.getMessage(eventStream, { last_by_subj: eventSubject("auth-j1", "h2") })), { operation: "publish", subject: `$JS.API.STREAM.MSG.GET.${eventStream}` });
+
     // What an agent does before arming: its own stored hits read back; another host's consumer is refused, not retried.
+    assert.deepEqual(await storedHitsReader(nc)("auth-none", "h1"), { lastSequence: 0n, byPid: new Map() }, "a job with nothing stored yet");
     await (await connectAs(h2)).jetstream().publish(eventSubject("auth-j1", "h2"), batch("auth-j1", "h2", 1n));
     const refusals = new NatsRefusals(nc);
     const stored = await storedHitsReader(nc, refusals)("auth-j1", "h1");

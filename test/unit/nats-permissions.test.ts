@@ -27,7 +27,8 @@ test("nats permissions - an agent publishes only its own host's hits and reads b
     ["fleetwatch.events.j1.h2", false],
     ["fleetwatch.events.j1.h1.x", false],
     ["fleetwatch.jobs", false],
-    ["$JS.API.STREAM.MSG.GET.FLEETWATCH_EVENTS", true],
+    // A message get reads any host's hits: the agent reads its own through a filtered consumer only.
+    ["$JS.API.STREAM.MSG.GET.FLEETWATCH_EVENTS", false],
     ["$JS.API.STREAM.INFO.FLEETWATCH_EVENTS", true],
     ["$JS.API.CONSUMER.CREATE.FLEETWATCH_EVENTS.oc_1.fleetwatch.events.j1.h1", true],
     ["$JS.API.CONSUMER.CREATE.FLEETWATCH_EVENTS.oc_1.fleetwatch.events.j1.h2", false],
