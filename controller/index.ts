@@ -90,7 +90,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
     const audit = new AuditTrail(js, log);
     access = new AccessControl(secure, audit, log, options.accessPolicyPath);
     addService(server, ControllerService, controllerService(leader, access, audit), logged);
-    addService(server, AgentService, agentService(leader, access), logged);
+    addService(server, AgentService, agentService(leader, access, audit), logged);
     const port = await bindServer(server, options.listen, serverCredentials(transport));
     const host = options.listen.slice(0, options.listen.lastIndexOf(":"));
     const address = `${host}:${port}`;

@@ -8,7 +8,7 @@ import { AgentService, ControllerService, type CallContext, type ServiceImpl } f
 import type { AccessControl, Caller } from "./access.js";
 import type { AuditEntry, AuditTrail } from "./audit.js";
 import { describeJobSpec, type Controller } from "./controller.js";
-import { InvalidRequestError, statusFor } from "./errors.js";
+import { InvalidRequestError, PermissionDeniedError, statusFor } from "./errors.js";
 
 // How long the kill switch waits for each agent's confirmation.
 const disarmAllTimeoutMs = 10_000;
@@ -93,12 +93,17 @@ export function controllerService(leader: () => Controller | Promise<Controller>
   };
 }
 
-/** AgentService handlers. */
-export function agentService(leader: () => Controller | Promise<Controller>, access: Pick<AccessControl, "authorize">): ServiceImpl<typeof AgentService> {
+/** AgentService handlers; an agent refused its registration (another host's id) goes to the audit trail too. */
+export function agentService(leader: () => Controller | Promise<Controller>, access: Pick<AccessControl, "authorize">, audit?: Pick<AuditTrail, "record">): ServiceImpl<typeof AgentService> {
   return {
     async *session(requests, ctx) {
       const agent = await access.authorize(ctx, "agent", undefined, { method: "agent-session" });
-      yield* (await leader()).session(requests, ctx.signal, agent.user);
+      try {
+        yield* (await leader()).session(requests, ctx.signal, agent.user);
+      } catch (err) {
+        if (err instanceof PermissionDeniedError) await audit?.record({ who: agent.who, action: "agent-session", result: "PERMISSION_DENIED", reason: err.message });
+        throw err;
+      }
     },
   };
 }

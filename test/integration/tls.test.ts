@@ -165,6 +165,12 @@ describe("mutual TLS", () => {
       })());
       assert.equal(otherHost.code, grpc.status.PERMISSION_DENIED);
       assert.equal(otherHost.details, "the certificate of agent h1 may not register host h2");
+      // Both refusals are in the audit trail, with who presented what.
+      const trail = await cli([...tls("user-alice"), "audit", "-o", "json"]);
+      assert.equal(trail.code, 0, trail.stderr);
+      const records = trail.stdout.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { who?: string; action: string; result: string; reason: string });
+      assert.ok(records.some((r) => r.who === "user alice" && r.action === "agent-session" && r.result === "PERMISSION_DENIED" && /this service is for agent certificates/.test(r.reason)), trail.stdout);
+      assert.ok(records.some((r) => r.who === "agent h1" && r.action === "agent-session" && r.reason === "the certificate of agent h1 may not register host h2"), trail.stdout);
     } finally {
       asUser.close();
       asAgent.close();
