@@ -10,7 +10,27 @@ import { AuditRecordSchema, auditStream, auditSubject, auditSubjects, failFirstC
 const publishTimeoutMs = 5_000;
 
 /** At most this many records per ListAudit answer (the oldest first); ask again with a later since. */
-export const maxAuditRecords = 10_000;
+export const maxAuditRecords = 2_000;
+
+// A record stays small whatever a request carried (a spec can quote 100,000-character strings).
+const maxFieldChars = 1_024;
+const maxWhere = 64;
+
+function cut(text: string): string {
+  return text.length <= maxFieldChars ? text : `${text.slice(0, maxFieldChars)}… (${text.length - maxFieldChars} more characters)`;
+}
+
+function bounded(entry: AuditEntry): AuditEntry {
+  const where = entry.where ?? [];
+  return {
+    ...entry,
+    who: cut(entry.who),
+    ...(entry.jobId !== undefined ? { jobId: cut(entry.jobId) } : {}),
+    ...(entry.what !== undefined ? { what: cut(entry.what) } : {}),
+    ...(entry.reason !== undefined ? { reason: cut(entry.reason) } : {}),
+    where: where.length <= maxWhere ? where.map(cut) : [...where.slice(0, maxWhere).map(cut), `… and ${where.length - maxWhere} more`],
+  };
+}
 
 /** One record as the controller makes it (the time is added when stored). */
 export interface AuditEntry {
@@ -32,7 +52,7 @@ export class AuditTrail {
 
   /** Stores one record; a record that cannot be stored is logged in full, so it is not lost from sight. */
   async record(init: AuditEntry): Promise<void> {
-    const record = create(AuditRecordSchema, { ...init, timeUnixMs: BigInt(Date.now()) });
+    const record = create(AuditRecordSchema, { ...bounded(init), timeUnixMs: BigInt(Date.now()) });
     try {
       await withDeadline(this.js.publish(auditSubject(record.action), toBinary(AuditRecordSchema, record)), publishTimeoutMs, (ms) => new Error(`no answer from NATS within ${ms} ms`));
     } catch (err) {

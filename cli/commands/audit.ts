@@ -31,6 +31,9 @@ export function registerAuditCommand(program: Command, ctx: CliContext): void {
     .addOption(outputOption())
     .action(async (opts: { since?: string; output: OutputFormat }) => {
       const since = opts.since === undefined ? 0 : Date.now() - parseDuration(opts.since, "--since");
-      ctx.stdout.write(printAudit(await listAudit(ctx.controller(), since), opts.output));
+      const records = await listAudit(ctx.controller(), since);
+      ctx.stdout.write(printAudit(records, opts.output));
+      // The controller answers with the oldest 2,000 at most.
+      if (records.length >= 2_000) ctx.stderr.write(`fleetwatch: the first ${records.length} records only: ask for the rest with a later --since\n`);
     });
 }
