@@ -1,6 +1,7 @@
 // The controller's door: start one on a NATS server and a listen address;
 // several started on one NATS elect a leader and the rest stand by.
 import os from "node:os";
+import { setTimeout as delay } from "node:timers/promises";
 import { connect } from "nats";
 import { AgentService, ControllerService, NatsRefusals, addService, bindServer, createServer, natsAuthOptions, readNatsCredentials, serverCredentials, type Transport } from "../proto/index.js";
 import { Controller } from "./controller.js";
@@ -32,6 +33,9 @@ export interface ControllerOptions {
   id?: string;
   log?: (line: string) => void;
 }
+
+// Longest pause between attempts to load a new leader term.
+const termRetryMaxMs = 5_000;
 
 export interface RunningController {
   /** host:port actually bound. */
@@ -100,13 +104,36 @@ export async function startController(options: ControllerOptions): Promise<Runni
     // Terms follow the election: a new Controller (fresh from the store) per term.
     let decided!: () => void;
     const firstDecision = new Promise<void>((resolve) => (decided = resolve));
+    /**
+     * A new leader term: the stored jobs loaded and the core started. NATS may
+     * still be recovering (a leader re-elected right after a restart): a
+     * failure is logged and tried again while we still lead, rather than
+     * leaving a leader that serves nothing. Undefined once we no longer lead.
+     */
+    const openTerm = async (epoch: bigint): Promise<Controller | undefined> => {
+      for (let attempt = 0; ; attempt++) {
+        let next: Controller | undefined;
+        try {
+          const store = await JobStore.open(js, () => election?.holds(epoch) ?? false);
+          next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch, log, access: access! });
+          await next.start();
+          return next;
+        } catch (err) {
+          next?.stop();
+          if (!(await election!.holds(epoch).catch(() => false))) return undefined;
+          const pauseMs = Math.min(termRetryMaxMs, 250 * 2 ** attempt);
+          log(`controller: taking over with epoch ${epoch} failed (${err instanceof Error ? err.message : String(err)}); trying again in ${pauseMs} ms`);
+          await delay(pauseMs);
+        }
+      }
+    };
     const terms = (async () => {
       for await (const change of election!.changes()) {
         if (change.leader && change.epoch !== undefined) {
           const epoch = change.epoch;
-          const store = await JobStore.open(js, () => election?.holds(epoch) ?? false);
-          const next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch: change.epoch, log, access: access! });
-          await next.start();
+          const next = await openTerm(epoch);
+          // Deposed while loading: the change that says so is next in line.
+          if (!next) continue;
           term?.stop();
           term = next;
           termEpoch = epoch;
