@@ -11,6 +11,7 @@ import {
   HitCountsSchema,
   DiscoverResultSchema,
   DiscoveredProcessSchema,
+  timerAt,
   withDeadline,
   HitBatchSchema,
   HitEventSchema,
@@ -34,6 +35,7 @@ import {
   type DiscoverResult,
   type DiscoveredProcess,
   type PolicyRefusal,
+  type TimerAt,
   type Follow,
   type ProcessAppeared,
   type TargetSelector,
@@ -56,8 +58,6 @@ import { inspectProcess, scanProcesses, watchProcesses } from "./process-discove
 // How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
 const storedHitsTimeoutMs = 10_000;
 
-/** Longest delay setTimeout keeps (2^31-1 ms). */
-const maxTimerMs = 2_147_483_647;
 
 /** One job's watch on one process of this host. */
 interface Watch {
@@ -83,7 +83,7 @@ interface Watch {
   batch: HitEvent[];
   flushTimer: NodeJS.Timeout | undefined;
   settledWaiters: Array<() => void>;
-  deadlineTimer: NodeJS.Timeout | undefined;
+  deadlineTimer: TimerAt | undefined;
   /** Set once the helper no longer has the group armed. */
   ended: boolean;
   lastReported: string;
@@ -257,7 +257,7 @@ export class AgentCore {
     for (const watch of this.byKey.values()) {
       if (watch.ended) continue;
       watch.ended = true;
-      clearTimeout(watch.deadlineTimer);
+      watch.deadlineTimer?.cancel();
       watch.expected = watch.received;
       watch.counts.trapped = watch.base.trapped + watch.received;
       this.flush(watch);
@@ -481,7 +481,7 @@ export class AgentCore {
       this.noteReserved(request.pid, result.reservedMask);
       watch.threadsTotal = result.threadsTotal;
       watch.threadsArmed = result.threadsArmed;
-      if (request.deadlineUnixMs > 0n) this.scheduleDeadline(watch, Number(request.deadlineUnixMs));
+      if (request.deadlineUnixMs > 0n) watch.deadlineTimer = timerAt(Number(request.deadlineUnixMs), () => void this.endAtDeadline(watch));
       this.log(`agent ${this.hostId}: job ${request.jobId} armed on pid ${request.pid}: ${request.slots.map((s) => `DR${s.dr}=${hex(s.chunk?.address ?? 0n)}/${s.chunk?.length}`).join(" ")}, ${result.threadsArmed}/${result.threadsTotal} threads`);
       return create(ArmResultSchema, { ...reply, threadsTotal: result.threadsTotal, threadsArmed: result.threadsArmed, slots: request.slots, reservedMask: this.reservedOf(request.pid) });
     } catch (err) {
@@ -604,7 +604,7 @@ export class AgentCore {
 
   /** Clears the watch's registers in the helper; its hits may still be on their way. */
   private async disarmInHelper(watch: Watch): Promise<void> {
-    clearTimeout(watch.deadlineTimer);
+    watch.deadlineTimer?.cancel();
     if (watch.ended) return;
     try {
       const result = await this.currentHelper().disarm(watch.pid, watch.group);
@@ -623,7 +623,7 @@ export class AgentCore {
    */
   private endWatch(watch: Watch, counts: GroupCounts): void {
     watch.ended = true;
-    clearTimeout(watch.deadlineTimer);
+    watch.deadlineTimer?.cancel();
     watch.expected = counts.delivered;
     if (this.isLastHit(watch)) this.flush(watch);
     watch.counts.trapped = watch.base.trapped + counts.trapped;
@@ -651,14 +651,6 @@ export class AgentCore {
     return new Promise((resolve) => watch.settledWaiters.push(resolve));
   }
 
-  /** Ends the watch at its deadline. setTimeout fires at once past 2^31-1 ms (a job of a month would end now): a far deadline waits in steps. */
-  private scheduleDeadline(watch: Watch, deadlineUnixMs: number): void {
-    const left = deadlineUnixMs - Date.now();
-    watch.deadlineTimer = setTimeout(() => {
-      if (left > maxTimerMs) this.scheduleDeadline(watch, deadlineUnixMs);
-      else void this.endAtDeadline(watch);
-    }, Math.min(maxTimerMs, Math.max(0, left)));
-  }
 
   private async endAtDeadline(watch: Watch): Promise<void> {
     if (watch.ended) return;

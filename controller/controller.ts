@@ -31,6 +31,8 @@ import {
   targetStateName,
   ValueRedaction,
   WatchMode,
+  timerAt,
+  type TimerAt,
   type Agent,
   type AgentError,
   type AgentInfo,
@@ -143,9 +145,6 @@ function describeProcesses(selector: TargetSelector): string {
 /** How often the queue is offered registers again even when none were freed (foreign holders and tracers may have left). */
 const retryQueueEveryMs = 5_000;
 
-/** Longest delay setTimeout keeps (2^31-1 ms); longer ones fire at once. */
-const maxTimerMs = 2_147_483_647;
-
 /** Back-off after a rate limit trips, when the job names none. */
 const defaultBackoffMs = 1_000;
 
@@ -231,7 +230,7 @@ export class Controller {
   private readonly known = new Map<string, { info: AgentInfo; lastSeenMs: number }>();
   private readonly ledger = new SlotLedger();
   private readonly changes = new EventEmitter();
-  private readonly deadlines = new Map<string, NodeJS.Timeout>();
+  private readonly deadlines = new Map<string, TimerAt>();
   /** Jobs with targets waiting for registers (order: see queuedInOrder). */
   private readonly queue = new Set<string>();
   private readonly queueTimers = new Map<string, NodeJS.Timeout>();
@@ -278,7 +277,7 @@ export class Controller {
     // Job watchers of this term end UNAVAILABLE: their clients reconnect to the next leader.
     this.stopped.abort();
     clearInterval(this.leaseTimer);
-    for (const timer of this.deadlines.values()) clearTimeout(timer);
+    for (const timer of this.deadlines.values()) timer.cancel();
     this.deadlines.clear();
     for (const timer of this.queueTimers.values()) clearTimeout(timer);
     this.queueTimers.clear();
@@ -1016,15 +1015,12 @@ export class Controller {
 
   private scheduleDeadline(job: Job): void {
     if (job.deadlineUnixMs === 0n || isJobFinal(job) || this.deadlines.has(job.id)) return;
-    // setTimeout fires at once past 2^31-1 ms: a longer duration waits in steps.
-    const delay = Math.min(maxTimerMs, Math.max(0, Number(job.deadlineUnixMs) - Date.now()));
     this.deadlines.set(
       job.id,
-      setTimeout(() => {
+      timerAt(Number(job.deadlineUnixMs), () => {
         this.deadlines.delete(job.id);
-        if (Date.now() < Number(job.deadlineUnixMs)) return this.scheduleDeadline(job);
         this.end(job.id, JobState.COMPLETED, "duration elapsed").catch((err) => this.options.log(`job ${job.id}: ending at its deadline failed: ${String(err)}`));
-      }, delay),
+      }),
     );
   }
 
@@ -1045,7 +1041,7 @@ export class Controller {
 
   /** Disarms every active target of a job (agents answer with final counts) and stores the final state. */
   private async end(id: string, state: JobState.COMPLETED | JobState.CANCELLED, reason: string): Promise<Job> {
-    clearTimeout(this.deadlines.get(id));
+    this.deadlines.get(id)?.cancel();
     this.deadlines.delete(id);
     this.dequeue(id);
     const finals = await this.disarmTargets(id, this.get(id).targets.filter(isTargetActive));
@@ -1092,7 +1088,7 @@ export class Controller {
 
   /** A final job needs no deadline, no queue place, and no agent looking for its late joiners. */
   private forgetJobTimers(job: Job): void {
-    clearTimeout(this.deadlines.get(job.id));
+    this.deadlines.get(job.id)?.cancel();
     this.deadlines.delete(job.id);
     this.dequeue(job.id);
     this.unfollow(job);

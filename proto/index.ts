@@ -20,3 +20,4 @@ export * from "./process-scope.js";
 export * from "./watched-file.js";
 export * from "./nats-permissions.js";
 export * from "./nats-credentials.js";
+export * from "./timer-at.js";
