@@ -6,7 +6,7 @@
 // controller heard.
 import { create, fromBinary } from "@bufbuild/protobuf";
 import type { NatsConnection } from "nats";
-import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, failFirstCreation, isStreamNotFound, type HitCounts, type NatsRefusals } from "../proto/index.js";
+import { HitBatchSchema, HitCountsSchema, SequenceTracker, eventStream, eventSubject, failFirstCreation, isStreamNotFound, readPending, type HitCounts, type NatsRefusals } from "../proto/index.js";
 
 export interface StoredHits {
   /** The highest hit sequence stored for the job and host (0: none). */
@@ -18,8 +18,9 @@ export interface StoredHits {
 export type StoredHitsReader = (jobId: string, hostId: string) => Promise<StoredHits>;
 
 /**
- * Reads the stored hits of one job from one host, in stream order, until the
- * last one stored when reading began. With `refusals`, a subject the server
+ * Reads the stored hits of one job from one host, in stream order: those
+ * stored when reading began (nobody publishes them meanwhile: this agent has
+ * not armed the job yet). With `refusals`, a subject the server
  * refuses fails the read at once instead of leaving nats.js retrying.
  */
 export function storedHitsReader(nc: NatsConnection, refusals?: NatsRefusals): StoredHitsReader {
@@ -35,23 +36,18 @@ export function storedHitsReader(nc: NatsConnection, refusals?: NatsRefusals): S
       if (isStreamNotFound(err)) return found;
       throw err;
     }
-    const messages = await guard(consumer.consume({ max_messages: 256 }));
     const seen = new SequenceTracker();
-    try {
-      // Nothing stored: nothing to wait for.
-      if ((await guard(consumer.info(true))).num_pending === 0) return found;
-      for await (const message of messages) {
+    await readPending(
+      consumer,
+      (message) => {
         for (const hit of fromBinary(HitBatchSchema, message.data).hits) {
           if (!seen.add(hostId, hit.sequence)) continue;
           found.byPid.set(hit.pid, (found.byPid.get(hit.pid) ?? 0n) + 1n);
           if (hit.sequence > found.lastSequence) found.lastSequence = hit.sequence;
         }
-        // Nobody publishes this job from this host meanwhile: caught up is the end.
-        if (message.info.pending === 0) break;
-      }
-    } finally {
-      messages.stop();
-    }
+      },
+      { guard },
+    );
     return found;
   };
 }

@@ -3,21 +3,18 @@
 // JetStream stream of their own (kept 90 days). Any controller writes it
 // (a standby's denials too); ListAudit reads it back in order.
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { ConsumerMessages, JetStreamClient } from "nats";
-import { AuditRecordSchema, auditStream, auditSubject, auditSubjects, failFirstCreation, withDeadline, type AuditRecord } from "../proto/index.js";
+import type { JetStreamClient } from "nats";
+import { AuditRecordSchema, auditStream, auditSubject, auditSubjects, capText, failFirstCreation, maxAuditRecords, readPending, withDeadline, type AuditRecord } from "../proto/index.js";
 
 // A record that cannot be stored within this is logged as lost: the request it describes is not held up longer.
 const publishTimeoutMs = 5_000;
 
-/** At most this many records per ListAudit answer (the oldest first); ask again with a later since. */
-export const maxAuditRecords = 2_000;
-
 // A record stays small whatever a request carried (a spec can quote 100,000-character strings).
-const maxFieldChars = 1_024;
+const maxFieldBytes = 1_024;
 const maxWhere = 64;
 
 function cut(text: string): string {
-  return text.length <= maxFieldChars ? text : `${text.slice(0, maxFieldChars)}… (${text.length - maxFieldChars} more characters)`;
+  return capText(text, maxFieldBytes);
 }
 
 function bounded(entry: AuditEntry): AuditEntry {
@@ -70,19 +67,7 @@ export class AuditTrail {
     if (sinceUnixMs > Date.now()) return [];
     const consumer = failFirstCreation(await this.js.consumers.get(auditStream, { filterSubjects: auditSubjects, ...(sinceUnixMs > 0 ? { opt_start_time: new Date(sinceUnixMs).toISOString() } : {}) }));
     const records: AuditRecord[] = [];
-    let messages: ConsumerMessages | undefined;
-    try {
-      messages = await consumer.consume({ max_messages: 256 });
-      // How many were there when the consumer was made.
-      const want = Math.min((await consumer.info(true)).num_pending, maxAuditRecords);
-      if (want === 0) return [];
-      for await (const message of messages) {
-        records.push(fromBinary(AuditRecordSchema, message.data));
-        if (records.length >= want) break;
-      }
-    } finally {
-      messages?.stop();
-    }
+    await readPending(consumer, (message) => records.push(fromBinary(AuditRecordSchema, message.data)), { limit: maxAuditRecords });
     return records;
   }
 }

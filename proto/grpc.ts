@@ -13,6 +13,7 @@ import {
   type MessageShape,
 } from "@bufbuild/protobuf";
 import { RpcError, type StatusFor } from "./errors.js";
+import { capText } from "./text.js";
 import { identityFromSubjectAltName, type Identity } from "./tls.js";
 
 /** What a handler knows about its call. */
@@ -146,22 +147,13 @@ function checkedRequests(call: grpc.ServerDuplexStream<unknown, unknown>): { req
  */
 export const maxStatusDetailsBytes = 1024;
 
-// Half of a surrogate pair, alone.
-const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
-
 /**
  * Details as grpc-js can send them: at most maxStatusDetailsBytes, and no
  * lone surrogate (grpc-js percent-encodes details with encodeURI, which
  * throws on one, and the throw ends the whole server process).
  */
 function capDetails(details: string): string {
-  let text = details;
-  if (Buffer.byteLength(text) > maxStatusDetailsBytes) {
-    let cut = text.slice(0, maxStatusDetailsBytes);
-    while (Buffer.byteLength(cut) > maxStatusDetailsBytes - 40) cut = cut.slice(0, Math.floor(cut.length * 0.9));
-    text = `${cut}… (${details.length - cut.length} more characters)`;
-  }
-  return text.replace(loneSurrogate, "\uFFFD");
+  return capText(details, maxStatusDetailsBytes);
 }
 
 type AnyServerCall = NodeJS.EventEmitter & { readonly metadata: grpc.Metadata; getPeer(): string; getAuthContext(): { sslPeerCertificate?: { subjectaltname?: string } } };

@@ -21,3 +21,5 @@ export * from "./watched-file.js";
 export * from "./nats-permissions.js";
 export * from "./nats-credentials.js";
 export * from "./timer-at.js";
+export * from "./text.js";
+export * from "./stored-messages.js";

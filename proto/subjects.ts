@@ -39,6 +39,9 @@ export function isStreamNotFound(err: unknown): boolean {
 /** JetStream stream holding the audit trail (AuditRecord, protobuf binary). */
 export const auditStream = "FLEETWATCH_AUDIT";
 
+/** At most this many records per ListAudit answer (the oldest first); ask again with a later since. */
+export const maxAuditRecords = 2_000;
+
 /** Subjects the audit stream captures. */
 export const auditSubjects = "fleetwatch.audit.>";
 

@@ -3,7 +3,7 @@
 // request denied with the rule that denied it.
 import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
-import { AuditRecordSchema, type AuditRecord } from "../../proto/index.js";
+import { AuditRecordSchema, maxAuditRecords, type AuditRecord } from "../../proto/index.js";
 import type { CliContext, ControllerClient } from "../main.js";
 import { formatTime, outputOption, parseDuration, renderTable, type OutputFormat } from "../output.js";
 
@@ -33,7 +33,7 @@ export function registerAuditCommand(program: Command, ctx: CliContext): void {
       const since = opts.since === undefined ? 0 : Date.now() - parseDuration(opts.since, "--since");
       const records = await listAudit(ctx.controller(), since);
       ctx.stdout.write(printAudit(records, opts.output));
-      // The controller answers with the oldest 2,000 at most.
-      if (records.length >= 2_000) ctx.stderr.write(`fleetwatch: the first ${records.length} records only: ask for the rest with a later --since\n`);
+      // The controller answers with the oldest maxAuditRecords at most.
+      if (records.length >= maxAuditRecords) ctx.stderr.write(`fleetwatch: the first ${records.length} records only: ask for the rest with a later --since\n`);
     });
 }
