@@ -823,7 +823,7 @@ export class Controller {
    * the agents as usual). Agents not connected clear theirs when their
    * lease runs out or, back, when they find their jobs cancelled.
    */
-  async disarmAll(reason: string, timeoutMs: number): Promise<{ cancelled: string[]; agents: Array<{ hostId: string; confirmed: boolean; disarmed: number; afterMs: number; error: string }>; allAfterMs: number }> {
+  async disarmAll(reason: string, timeoutMs: number): Promise<{ cancelled: string[]; agents: Array<{ hostId: string; connected: boolean; confirmed: boolean; disarmed: number; afterMs: number; error: string }>; allAfterMs: number }> {
     const startMs = Date.now();
     // Cancelled in the store first: nothing (a report, a reconnect, the queue) arms them again meanwhile.
     const live = this.store.all().filter((j) => !isJobFinal(j));
@@ -848,16 +848,16 @@ export class Controller {
         try {
           const result = await session.disarmAll({ epoch: this.options.epoch, reason }, timeoutMs);
           const afterMs = Date.now() - startMs;
-          if (result.error) return { hostId: session.hostId, confirmed: false, disarmed: 0, afterMs, error: result.error.message };
-          return { hostId: session.hostId, confirmed: true, disarmed: result.disarmed, afterMs, error: "" };
+          if (result.error) return { hostId: session.hostId, connected: true, confirmed: false, disarmed: 0, afterMs, error: result.error.message };
+          return { hostId: session.hostId, connected: true, confirmed: true, disarmed: result.disarmed, afterMs, error: "" };
         } catch (err) {
-          return { hostId: session.hostId, confirmed: false, disarmed: 0, afterMs: Date.now() - startMs, error: errorText(err) };
+          return { hostId: session.hostId, connected: true, confirmed: false, disarmed: 0, afterMs: Date.now() - startMs, error: errorText(err) };
         }
       }),
     );
     const allAfterMs = Date.now() - startMs;
     for (const [hostId, known] of this.known) {
-      if (!this.sessions.get(hostId)?.isOpen) agents.push({ hostId, confirmed: false, disarmed: 0, afterMs: 0, error: `not connected (last seen ${new Date(known.lastSeenMs).toISOString()}): it disarms when its lease runs out` });
+      if (!this.sessions.get(hostId)?.isOpen) agents.push({ hostId, connected: false, confirmed: false, disarmed: 0, afterMs: 0, error: `not connected (last seen ${new Date(known.lastSeenMs).toISOString()}): it disarms when its lease runs out` });
     }
     // The final counts, as a cancel would have them.
     await Promise.all(

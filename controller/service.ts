@@ -79,7 +79,7 @@ export function controllerService(leader: () => Controller | Promise<Controller>
       }));
       return {
         cancelledJobIds: result.cancelled,
-        agents: result.agents.map((a) => ({ hostId: a.hostId, confirmed: a.confirmed, disarmed: a.disarmed, confirmedAfterMs: BigInt(a.afterMs), error: a.error })),
+        agents: result.agents.map((a) => ({ hostId: a.hostId, connected: a.connected, confirmed: a.confirmed, disarmed: a.disarmed, confirmedAfterMs: BigInt(a.afterMs), error: a.error })),
         allConfirmedAfterMs: BigInt(result.allAfterMs),
       };
     },

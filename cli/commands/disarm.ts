@@ -18,7 +18,7 @@ export async function disarmAll(client: ControllerClient, reason: string): Promi
 
 /** Connected agents that did not confirm (not-connected ones clear their registers at their lease). */
 export function unconfirmed(response: DisarmAllResponse): string[] {
-  return response.agents.filter((a) => !a.confirmed && !a.error.startsWith("not connected")).map((a) => a.hostId);
+  return response.agents.filter((a) => a.connected && !a.confirmed).map((a) => a.hostId);
 }
 
 /** Each agent's answer, then the totals. */
@@ -28,7 +28,7 @@ export function printDisarmAll(response: DisarmAllResponse, format: OutputFormat
     ["HOST", "CONFIRMED", "DISARMED", "AFTER", "NOTE"],
     response.agents.map((a) => [a.hostId, a.confirmed ? "yes" : "no", a.confirmed ? String(a.disarmed) : "-", a.confirmed ? `${a.confirmedAfterMs} ms` : "-", a.error]),
   );
-  const connected = response.agents.filter((a) => !a.error.startsWith("not connected"));
+  const connected = response.agents.filter((a) => a.connected);
   return `${table}${connected.filter((a) => a.confirmed).length}/${connected.length} connected agents confirmed in ${response.allConfirmedAfterMs} ms; ${response.cancelledJobIds.length} job(s) cancelled\n`;
 }
 
