@@ -70,8 +70,7 @@ export class SessionClient {
     core.onAppeared = (appeared) => void this.send({ msg: { case: "processAppeared", value: appeared } });
     // A registration on its way may list a watch as armed that is not any more: start over with the truth.
     core.onSuspended = () => {
-      const armedNow = new Set(core.armed().map(armedKey));
-      if (this.listed.some((a) => !armedNow.has(armedKey(a)))) this.attempt?.abort();
+      if (this.disarmedSince(this.listed).length > 0) this.attempt?.abort();
     };
   }
 
@@ -109,6 +108,12 @@ export class SessionClient {
       void this.core.suspendAll(reason, this.leaseMs);
       this.attempt?.abort();
     }, this.leaseMs);
+  }
+
+  /** Watches of a registration's armed list that are not armed any more. */
+  private disarmedSince(listed: readonly ArmedTarget[]): ArmedTarget[] {
+    const armedNow = new Set(this.core.armed().map(armedKey));
+    return listed.filter((a) => !armedNow.has(armedKey(a)));
   }
 
   /**
@@ -166,8 +171,7 @@ export class SessionClient {
               }
               // A watch this registration listed as armed was disarmed since (the lease lapsed while
               // the connection was being made): the controller would believe it armed. Start over.
-              const armedNow = new Set(this.core.armed().map(armedKey));
-              const gone = listed.filter((a) => !armedNow.has(armedKey(a)));
+              const gone = this.disarmedSince(listed);
               if (gone.length > 0) {
                 this.options.log(`agent ${this.options.info.hostId}: ${gone.length} target(s) listed as armed when registering were disarmed since; registering again`);
                 silent.abort();

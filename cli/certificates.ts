@@ -2,7 +2,7 @@
 // party, each naming its identity as a URI (fleetwatch://agent/db-1). Keys
 // are ECDSA P-256, written 0600; the CA key never leaves the directory it
 // was made in.
-import { webcrypto, X509Certificate, randomBytes } from "node:crypto";
+import { webcrypto, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile, writeFile, mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -149,9 +149,4 @@ export async function writeIssued(dir: string, issued: { certPem: string; keyPem
   await writeFile(key, issued.keyPem, { mode: 0o600, flag: "wx" });
   await writeFile(cert, issued.certPem, { mode: 0o644, flag: "wx" });
   return { cert, key };
-}
-
-/** The expiry of a PEM certificate. */
-export function notAfterOf(certPem: string): Date {
-  return new Date(new X509Certificate(certPem).validTo);
 }
