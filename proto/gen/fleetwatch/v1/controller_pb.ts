@@ -2,9 +2,9 @@
 // @generated from file fleetwatch/v1/controller.proto (package fleetwatch.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Chunk, Job, JobSpec } from "./watch_pb.js";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Backend, Chunk, Job, JobSpec } from "./watch_pb.js";
 import { file_fleetwatch_v1_watch } from "./watch_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/controller.proto.
  */
 export const file_fleetwatch_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiIgoQRGlzYXJtQWxsUmVxdWVzdBIOCgZyZWFzb24YASABKAkigQEKC0FnZW50RGlzYXJtEg8KB2hvc3RfaWQYASABKAkSEQoJY29uZmlybWVkGAIgASgIEhAKCGRpc2FybWVkGAMgASgNEhoKEmNvbmZpcm1lZF9hZnRlcl9tcxgEIAEoBBINCgVlcnJvchgFIAEoCRIRCgljb25uZWN0ZWQYBiABKAgiegoRRGlzYXJtQWxsUmVzcG9uc2USGQoRY2FuY2VsbGVkX2pvYl9pZHMYASADKAkSKgoGYWdlbnRzGAIgAygLMhouZmxlZXR3YXRjaC52MS5BZ2VudERpc2FybRIeChZhbGxfY29uZmlybWVkX2FmdGVyX21zGAMgASgEIikKEExpc3RBdWRpdFJlcXVlc3QSFQoNc2luY2VfdW5peF9tcxgBIAEoAyJAChFMaXN0QXVkaXRSZXNwb25zZRIrCgdyZWNvcmRzGAEgAygLMhouZmxlZXR3YXRjaC52MS5BdWRpdFJlY29yZCKNAQoLQXVkaXRSZWNvcmQSFAoMdGltZV91bml4X21zGAEgASgDEgsKA3dobxgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDgoGam9iX2lkGAQgASgJEgwKBHdoYXQYBSABKAkSDQoFd2hlcmUYBiADKAkSDgoGcmVzdWx0GAcgASgJEg4KBnJlYXNvbhgIIAEoCSI4ChBTdWJtaXRKb2JSZXF1ZXN0EiQKBHNwZWMYASABKAsyFi5mbGVldHdhdGNoLnYxLkpvYlNwZWMiNAoRU3VibWl0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIxCg5HZXRKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiIRCg9MaXN0Sm9ic1JlcXVlc3QiNAoQTGlzdEpvYnNSZXNwb25zZRIgCgRqb2JzGAEgAygLMhIuZmxlZXR3YXRjaC52MS5Kb2IiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChFDYW5jZWxKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiITChFMaXN0QWdlbnRzUmVxdWVzdCI6ChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuZmxlZXR3YXRjaC52MS5BZ2VudCIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkiRAoQV2F0Y2hKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYhIPCgdza2lwcGVkGAIgASgEIooCCglBZ2VudEluZm8SDwoHaG9zdF9pZBgBIAEoCRI0CgZsYWJlbHMYAiADKAsyJC5mbGVldHdhdGNoLnYxLkFnZW50SW5mby5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIOCgZrZXJuZWwYBCABKAkSDAoEYXJjaBgFIAEoCRIYChBzbG90c19wZXJfdGhyZWFkGAYgASgNEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaGVscGVyX3ZlcnNpb24YCCABKAkSDgoGcG9saWN5GAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEifgoHU2xvdFVzZRIKCgJkchgBIAEoDRIOCgZqb2JfaWQYAiABKAkSIwoFY2h1bmsYAyABKAsyFC5mbGVldHdhdGNoLnYxLkNodW5rEhAKCHJlc2VydmVkGAQgASgIEg8KB2pvYl9pZHMYBSADKAkSDwoHZm9yZWlnbhgGIAEoCCJwCgtUYXJnZXRTbG90cxILCgNwaWQYASABKA0SJQoFc2xvdHMYAiADKAsyFi5mbGVldHdhdGNoLnYxLlNsb3RVc2USFQoNdHJhY2VkX2J5X3BpZBgDIAEoDRIWCg50cmFjZWRfYnlfY29tbRgEIAEoCSKKAQoFQWdlbnQSJgoEaW5mbxgBIAEoCzIYLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvEhEKCWNvbm5lY3RlZBgCIAEoCBIZChFsYXN0X3NlZW5fdW5peF9tcxgDIAEoAxIrCgd0YXJnZXRzGAQgAygLMhouZmxlZXR3YXRjaC52MS5UYXJnZXRTbG90czKJBQoRQ29udHJvbGxlclNlcnZpY2USTgoJU3VibWl0Sm9iEh8uZmxlZXR3YXRjaC52MS5TdWJtaXRKb2JSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5TdWJtaXRKb2JSZXNwb25zZRJFCgZHZXRKb2ISHC5mbGVldHdhdGNoLnYxLkdldEpvYlJlcXVlc3QaHS5mbGVldHdhdGNoLnYxLkdldEpvYlJlc3BvbnNlEksKCExpc3RKb2JzEh4uZmxlZXR3YXRjaC52MS5MaXN0Sm9ic1JlcXVlc3QaHy5mbGVldHdhdGNoLnYxLkxpc3RKb2JzUmVzcG9uc2USTgoJQ2FuY2VsSm9iEh8uZmxlZXR3YXRjaC52MS5DYW5jZWxKb2JSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5DYW5jZWxKb2JSZXNwb25zZRJRCgpMaXN0QWdlbnRzEiAuZmxlZXR3YXRjaC52MS5MaXN0QWdlbnRzUmVxdWVzdBohLmZsZWV0d2F0Y2gudjEuTGlzdEFnZW50c1Jlc3BvbnNlEk0KCFdhdGNoSm9iEh4uZmxlZXR3YXRjaC52MS5XYXRjaEpvYlJlcXVlc3QaHy5mbGVldHdhdGNoLnYxLldhdGNoSm9iUmVzcG9uc2UwARJOCglEaXNhcm1BbGwSHy5mbGVldHdhdGNoLnYxLkRpc2FybUFsbFJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkRpc2FybUFsbFJlc3BvbnNlEk4KCUxpc3RBdWRpdBIfLmZsZWV0d2F0Y2gudjEuTGlzdEF1ZGl0UmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuTGlzdEF1ZGl0UmVzcG9uc2ViBnByb3RvMw", [file_fleetwatch_v1_watch]);
+  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiIgoQRGlzYXJtQWxsUmVxdWVzdBIOCgZyZWFzb24YASABKAkigQEKC0FnZW50RGlzYXJtEg8KB2hvc3RfaWQYASABKAkSEQoJY29uZmlybWVkGAIgASgIEhAKCGRpc2FybWVkGAMgASgNEhoKEmNvbmZpcm1lZF9hZnRlcl9tcxgEIAEoBBINCgVlcnJvchgFIAEoCRIRCgljb25uZWN0ZWQYBiABKAgiegoRRGlzYXJtQWxsUmVzcG9uc2USGQoRY2FuY2VsbGVkX2pvYl9pZHMYASADKAkSKgoGYWdlbnRzGAIgAygLMhouZmxlZXR3YXRjaC52MS5BZ2VudERpc2FybRIeChZhbGxfY29uZmlybWVkX2FmdGVyX21zGAMgASgEIikKEExpc3RBdWRpdFJlcXVlc3QSFQoNc2luY2VfdW5peF9tcxgBIAEoAyJAChFMaXN0QXVkaXRSZXNwb25zZRIrCgdyZWNvcmRzGAEgAygLMhouZmxlZXR3YXRjaC52MS5BdWRpdFJlY29yZCKNAQoLQXVkaXRSZWNvcmQSFAoMdGltZV91bml4X21zGAEgASgDEgsKA3dobxgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDgoGam9iX2lkGAQgASgJEgwKBHdoYXQYBSABKAkSDQoFd2hlcmUYBiADKAkSDgoGcmVzdWx0GAcgASgJEg4KBnJlYXNvbhgIIAEoCSI4ChBTdWJtaXRKb2JSZXF1ZXN0EiQKBHNwZWMYASABKAsyFi5mbGVldHdhdGNoLnYxLkpvYlNwZWMiNAoRU3VibWl0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIxCg5HZXRKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiIRCg9MaXN0Sm9ic1JlcXVlc3QiNAoQTGlzdEpvYnNSZXNwb25zZRIgCgRqb2JzGAEgAygLMhIuZmxlZXR3YXRjaC52MS5Kb2IiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChFDYW5jZWxKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiITChFMaXN0QWdlbnRzUmVxdWVzdCI6ChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuZmxlZXR3YXRjaC52MS5BZ2VudCIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkiRAoQV2F0Y2hKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYhIPCgdza2lwcGVkGAIgASgEIvcCCglBZ2VudEluZm8SDwoHaG9zdF9pZBgBIAEoCRI0CgZsYWJlbHMYAiADKAsyJC5mbGVldHdhdGNoLnYxLkFnZW50SW5mby5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIOCgZrZXJuZWwYBCABKAkSDAoEYXJjaBgFIAEoCRIYChBzbG90c19wZXJfdGhyZWFkGAYgASgNEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaGVscGVyX3ZlcnNpb24YCCABKAkSDgoGcG9saWN5GAkgASgJEigKCGJhY2tlbmRzGAogAygOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kEi4KC3BlcmZfdmFsdWVzGAsgASgOMhkuZmxlZXR3YXRjaC52MS5QZXJmVmFsdWVzEhEKCXBlcmZfbm90ZRgMIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIn4KB1Nsb3RVc2USCgoCZHIYASABKA0SDgoGam9iX2lkGAIgASgJEiMKBWNodW5rGAMgASgLMhQuZmxlZXR3YXRjaC52MS5DaHVuaxIQCghyZXNlcnZlZBgEIAEoCBIPCgdqb2JfaWRzGAUgAygJEg8KB2ZvcmVpZ24YBiABKAgicAoLVGFyZ2V0U2xvdHMSCwoDcGlkGAEgASgNEiUKBXNsb3RzGAIgAygLMhYuZmxlZXR3YXRjaC52MS5TbG90VXNlEhUKDXRyYWNlZF9ieV9waWQYAyABKA0SFgoOdHJhY2VkX2J5X2NvbW0YBCABKAkiigEKBUFnZW50EiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIRCgljb25uZWN0ZWQYAiABKAgSGQoRbGFzdF9zZWVuX3VuaXhfbXMYAyABKAMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2xvdHMqXAoKUGVyZlZhbHVlcxIbChdQRVJGX1ZBTFVFU19VTlNQRUNJRklFRBAAEhoKFlBFUkZfVkFMVUVTX0FGVEVSX1RSQVAQARIVChFQRVJGX1ZBTFVFU19FWEFDVBACMokFChFDb250cm9sbGVyU2VydmljZRJOCglTdWJtaXRKb2ISHy5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEkUKBkdldEpvYhIcLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVxdWVzdBodLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVzcG9uc2USSwoITGlzdEpvYnMSHi5mbGVldHdhdGNoLnYxLkxpc3RKb2JzUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXNwb25zZRJOCglDYW5jZWxKb2ISHy5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlc3BvbnNlElEKCkxpc3RBZ2VudHMSIC5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuZmxlZXR3YXRjaC52MS5MaXN0QWdlbnRzUmVzcG9uc2USTQoIV2F0Y2hKb2ISHi5mbGVldHdhdGNoLnYxLldhdGNoSm9iUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXNwb25zZTABEk4KCURpc2FybUFsbBIfLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVzcG9uc2USTgoJTGlzdEF1ZGl0Eh8uZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXNwb25zZWIGcHJvdG8z", [file_fleetwatch_v1_watch]);
 
 /**
  * @generated from message fleetwatch.v1.DisarmAllRequest
@@ -475,6 +475,28 @@ export type AgentInfo = Message<"fleetwatch.v1.AgentInfo"> & {
    * @generated from field: string policy = 9;
    */
   policy: string;
+
+  /**
+   * The arming backends the host's helper can use (ptrace, and perf where
+   * perf_event_open breakpoints work).
+   *
+   * @generated from field: repeated fleetwatch.v1.Backend backends = 10;
+   */
+  backends: Backend[];
+
+  /**
+   * How the perf backend reads hits' values on this host.
+   *
+   * @generated from field: fleetwatch.v1.PerfValues perf_values = 11;
+   */
+  perfValues: PerfValues;
+
+  /**
+   * Why perf is unavailable or its values are not exact; "" otherwise.
+   *
+   * @generated from field: string perf_note = 12;
+   */
+  perfNote: string;
 };
 
 /**
@@ -602,6 +624,41 @@ export type Agent = Message<"fleetwatch.v1.Agent"> & {
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_controller, 21);
+
+/**
+ * How the perf backend reads a hit's values on a host.
+ *
+ * @generated from enum fleetwatch.v1.PerfValues
+ */
+export enum PerfValues {
+  /**
+   * perf is unavailable on the host (AgentInfo.perf_note says why).
+   *
+   * @generated from enum value: PERF_VALUES_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * From the target's memory when the sample is drained, after the trap: a
+   * later store may already have replaced the value the trap saw.
+   *
+   * @generated from enum value: PERF_VALUES_AFTER_TRAP = 1;
+   */
+  AFTER_TRAP = 1,
+
+  /**
+   * Read in the kernel at the trap: exact.
+   *
+   * @generated from enum value: PERF_VALUES_EXACT = 2;
+   */
+  EXACT = 2,
+}
+
+/**
+ * Describes the enum fleetwatch.v1.PerfValues.
+ */
+export const PerfValuesSchema: GenEnum<PerfValues> = /*@__PURE__*/
+  enumDesc(file_fleetwatch_v1_controller, 0);
 
 /**
  * What users and scripts talk to.

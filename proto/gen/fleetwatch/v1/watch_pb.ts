@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/watch.proto.
  */
 export const file_fleetwatch_v1_watch: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL3dhdGNoLnByb3RvEg1mbGVldHdhdGNoLnYxIkIKCUNvbmRpdGlvbhImCgJvcBgBIAEoDjIaLmZsZWV0d2F0Y2gudjEuQ29uZGl0aW9uT3ASDQoFdmFsdWUYAiABKAQidAoJV2F0Y2hTcGVjEhAKBnN5bWJvbBgBIAEoCUgAEhEKB2FkZHJlc3MYAiABKARIABIOCgZsZW5ndGgYAyABKA0SJgoEbW9kZRgEIAEoDjIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hNb2RlQgoKCGxvY2F0aW9uIoQBCg5UYXJnZXRTZWxlY3RvchIQCghob3N0X2lkcxgBIAMoCRILCgNwaWQYAiABKA0SCwoDZXhlGAMgASgJEgwKBGNvbW0YBCABKAkSDgoGY2dyb3VwGAUgASgJEhUKDWhvc3Rfc2VsZWN0b3IYBiABKAkSEQoJYWxsX2hvc3RzGAcgASgIIo0DCgdKb2JTcGVjEikKB3dhdGNoZXMYASADKAsyGC5mbGVldHdhdGNoLnYxLldhdGNoU3BlYxItCgZ0YXJnZXQYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yEhAKCG1heF9oaXRzGAMgASgEEhMKC2R1cmF0aW9uX21zGAQgASgEEiwKCmNvbmRpdGlvbnMYBSADKAsyGC5mbGVldHdhdGNoLnYxLkNvbmRpdGlvbhIMCgR0aWRzGAYgAygNEhsKE21heF9oaXRzX3Blcl9zZWNvbmQYByABKA0SEgoKYmFja29mZl9tcxgIIAEoDRIYCgtzdGFja19kZXB0aBgJIAEoDUgAiAEBEhEKCXBsYWNlbWVudBgKIAEoCRIQCghwcmlvcml0eRgLIAEoBRIYChBxdWV1ZV90aW1lb3V0X21zGAwgASgEEhUKDWxvc3RfYWZ0ZXJfbXMYDSABKAQSFAoMcmVwbGFjZV9sb3N0GA4gASgIQg4KDF9zdGFja19kZXB0aCJlCgVDaHVuaxIPCgdhZGRyZXNzGAEgASgEEg4KBmxlbmd0aBgCIAEoDRImCgRtb2RlGAMgASgOMhguZmxlZXR3YXRjaC52MS5XYXRjaE1vZGUSEwoLd2F0Y2hfaW5kZXgYBCABKA0iQQoOU2xvdEFzc2lnbm1lbnQSCgoCZHIYASABKA0SIwoFY2h1bmsYAiABKAsyFC5mbGVldHdhdGNoLnYxLkNodW5rImYKCUhpdENvdW50cxIPCgd0cmFwcGVkGAEgASgEEhEKCWRlbGl2ZXJlZBgCIAEoBBISCgpzdXBwcmVzc2VkGAMgASgEEg8KB2Ryb3BwZWQYBCABKAQSEAoIZmlsdGVyZWQYBSABKAQiuQIKBlRhcmdldBIPCgdob3N0X2lkGAEgASgJEgsKA3BpZBgCIAEoDRIpCgVzdGF0ZRgDIAEoDjIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U3RhdGUSDgoGcmVhc29uGAQgASgJEiwKBXNsb3RzGAUgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIVCg10aHJlYWRzX3RvdGFsGAYgASgNEhUKDXRocmVhZHNfYXJtZWQYByABKA0SKAoGY291bnRzGAggASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSFQoNcmVzZXJ2ZWRfbWFzaxgJIAEoDRIkCgZjaHVua3MYCiADKAsyFC5mbGVldHdhdGNoLnYxLkNodW5rEhMKC3ByZWVtcHRpb25zGAsgASgNIuwCCgNKb2ISCgoCaWQYASABKAkSJAoEc3BlYxgCIAEoCzIWLmZsZWV0d2F0Y2gudjEuSm9iU3BlYxImCgVzdGF0ZRgDIAEoDjIXLmZsZWV0d2F0Y2gudjEuSm9iU3RhdGUSDgoGcmVhc29uGAQgASgJEiYKB3RhcmdldHMYBSADKAsyFS5mbGVldHdhdGNoLnYxLlRhcmdldBIXCg9jcmVhdGVkX3VuaXhfbXMYBiABKAMSGAoQZGVhZGxpbmVfdW5peF9tcxgHIAEoAxIVCg1lbmRlZF91bml4X21zGAggASgDEigKBmNvdW50cxgJIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEh4KFnF1ZXVlX2RlYWRsaW5lX3VuaXhfbXMYCiABKAMSDQoFb3duZXIYCyABKAkSMAoJcmVkYWN0aW9uGAwgASgOMh0uZmxlZXR3YXRjaC52MS5WYWx1ZVJlZGFjdGlvbiJKCgpTdGFja0ZyYW1lEgoKAmlwGAEgASgEEhAKCGZ1bmN0aW9uGAIgASgJEg4KBm9mZnNldBgDIAEoBBIOCgZtb2R1bGUYBCABKAki7wIKCEhpdEV2ZW50Eg4KBmpvYl9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEgsKA3BpZBgDIAEoDRILCgN0aWQYBCABKA0SDwoHYWRkcmVzcxgFIAEoBBIOCgZsZW5ndGgYBiABKA0SJgoEbW9kZRgHIAEoDjIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hNb2RlEgwKBHNsb3QYCCABKA0SCgoCaXAYCSABKAQSEQoJbmV3X3ZhbHVlGAogASgEEhEKCW9sZF92YWx1ZRgLIAEoBBIWCg50aW1lX3VuaXhfbmFubxgMIAEoBBIoCgVzdGFjaxgNIAMoCzIZLmZsZWV0d2F0Y2gudjEuU3RhY2tGcmFtZRITCgt3YXRjaF9pbmRleBgOIAEoDRIQCghzZXF1ZW5jZRgPIAEoBBI2Cg92YWx1ZV9yZWRhY3Rpb24YECABKA4yHS5mbGVldHdhdGNoLnYxLlZhbHVlUmVkYWN0aW9uIjEKCEhpdEJhdGNoEiUKBGhpdHMYASADKAsyFy5mbGVldHdhdGNoLnYxLkhpdEV2ZW50KoUBCglXYXRjaE1vZGUSGgoWV0FUQ0hfTU9ERV9VTlNQRUNJRklFRBAAEhQKEFdBVENIX01PREVfV1JJVEUQARIZChVXQVRDSF9NT0RFX1JFQURfV1JJVEUQAhIWChJXQVRDSF9NT0RFX0VYRUNVVEUQAxITCg9XQVRDSF9NT0RFX1JFQUQQBCrfAQoLQ29uZGl0aW9uT3ASHAoYQ09ORElUSU9OX09QX1VOU1BFQ0lGSUVEEAASEwoPQ09ORElUSU9OX09QX0VREAESEwoPQ09ORElUSU9OX09QX05FEAISEwoPQ09ORElUSU9OX09QX0xUEAMSEwoPQ09ORElUSU9OX09QX0dUEAQSEwoPQ09ORElUSU9OX09QX0xFEAUSEwoPQ09ORElUSU9OX09QX0dFEAYSGAoUQ09ORElUSU9OX09QX0NIQU5HRUQQBxIaChZDT05ESVRJT05fT1BfVU5DSEFOR0VEEAgqsQEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUpPQl9TVEFURV9QRU5ESU5HEAESEwoPSk9CX1NUQVRFX0FSTUVEEAISFwoTSk9CX1NUQVRFX0NPTVBMRVRFRBADEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBBIUChBKT0JfU1RBVEVfRkFJTEVEEAUSFgoSSk9CX1NUQVRFX0RFR1JBREVEEAYqkwIKC1RhcmdldFN0YXRlEhwKGFRBUkdFVF9TVEFURV9VTlNQRUNJRklFRBAAEhgKFFRBUkdFVF9TVEFURV9QRU5ESU5HEAESFgoSVEFSR0VUX1NUQVRFX0FSTUVEEAISGgoWVEFSR0VUX1NUQVRFX0NPTVBMRVRFRBADEhoKFlRBUkdFVF9TVEFURV9DQU5DRUxMRUQQBBIXChNUQVJHRVRfU1RBVEVfRkFJTEVEEAUSFwoTVEFSR0VUX1NUQVRFX0VYSVRFRBAGEhUKEVRBUkdFVF9TVEFURV9MT1NUEAcSGgoWVEFSR0VUX1NUQVRFX1BSRUVNUFRFRBAIEhcKE1RBUkdFVF9TVEFURV9BUk1JTkcQCSqCAQoOVmFsdWVSZWRhY3Rpb24SHwobVkFMVUVfUkVEQUNUSU9OX1VOU1BFQ0lGSUVEEAASGgoWVkFMVUVfUkVEQUNUSU9OX0hBU0hFRBABEhoKFlZBTFVFX1JFREFDVElPTl9NQVNLRUQQAhIXChNWQUxVRV9SRURBQ1RJT05fT0ZGEANiBnByb3RvMw");
+  fileDesc("ChlmbGVldHdhdGNoL3YxL3dhdGNoLnByb3RvEg1mbGVldHdhdGNoLnYxIkIKCUNvbmRpdGlvbhImCgJvcBgBIAEoDjIaLmZsZWV0d2F0Y2gudjEuQ29uZGl0aW9uT3ASDQoFdmFsdWUYAiABKAQidAoJV2F0Y2hTcGVjEhAKBnN5bWJvbBgBIAEoCUgAEhEKB2FkZHJlc3MYAiABKARIABIOCgZsZW5ndGgYAyABKA0SJgoEbW9kZRgEIAEoDjIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hNb2RlQgoKCGxvY2F0aW9uIoQBCg5UYXJnZXRTZWxlY3RvchIQCghob3N0X2lkcxgBIAMoCRILCgNwaWQYAiABKA0SCwoDZXhlGAMgASgJEgwKBGNvbW0YBCABKAkSDgoGY2dyb3VwGAUgASgJEhUKDWhvc3Rfc2VsZWN0b3IYBiABKAkSEQoJYWxsX2hvc3RzGAcgASgIIuUDCgdKb2JTcGVjEikKB3dhdGNoZXMYASADKAsyGC5mbGVldHdhdGNoLnYxLldhdGNoU3BlYxItCgZ0YXJnZXQYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yEhAKCG1heF9oaXRzGAMgASgEEhMKC2R1cmF0aW9uX21zGAQgASgEEiwKCmNvbmRpdGlvbnMYBSADKAsyGC5mbGVldHdhdGNoLnYxLkNvbmRpdGlvbhIMCgR0aWRzGAYgAygNEhsKE21heF9oaXRzX3Blcl9zZWNvbmQYByABKA0SEgoKYmFja29mZl9tcxgIIAEoDRIYCgtzdGFja19kZXB0aBgJIAEoDUgAiAEBEhEKCXBsYWNlbWVudBgKIAEoCRIQCghwcmlvcml0eRgLIAEoBRIYChBxdWV1ZV90aW1lb3V0X21zGAwgASgEEhUKDWxvc3RfYWZ0ZXJfbXMYDSABKAQSFAoMcmVwbGFjZV9sb3N0GA4gASgIEicKB2JhY2tlbmQYDyABKA4yFi5mbGVldHdhdGNoLnYxLkJhY2tlbmQSEgoKY291bnRfb25seRgQIAEoCBIZChFjb3VudF9pbnRlcnZhbF9tcxgRIAEoBEIOCgxfc3RhY2tfZGVwdGgiZQoFQ2h1bmsSDwoHYWRkcmVzcxgBIAEoBBIOCgZsZW5ndGgYAiABKA0SJgoEbW9kZRgDIAEoDjIYLmZsZWV0d2F0Y2gudjEuV2F0Y2hNb2RlEhMKC3dhdGNoX2luZGV4GAQgASgNIkEKDlNsb3RBc3NpZ25tZW50EgoKAmRyGAEgASgNEiMKBWNodW5rGAIgASgLMhQuZmxlZXR3YXRjaC52MS5DaHVuayJmCglIaXRDb3VudHMSDwoHdHJhcHBlZBgBIAEoBBIRCglkZWxpdmVyZWQYAiABKAQSEgoKc3VwcHJlc3NlZBgDIAEoBBIPCgdkcm9wcGVkGAQgASgEEhAKCGZpbHRlcmVkGAUgASgEIvgCCgZUYXJnZXQSDwoHaG9zdF9pZBgBIAEoCRILCgNwaWQYAiABKA0SKQoFc3RhdGUYAyABKA4yGi5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlEg4KBnJlYXNvbhgEIAEoCRIsCgVzbG90cxgFIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSFQoNdGhyZWFkc190b3RhbBgGIAEoDRIVCg10aHJlYWRzX2FybWVkGAcgASgNEigKBmNvdW50cxgIIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXJlc2VydmVkX21hc2sYCSABKA0SJAoGY2h1bmtzGAogAygLMhQuZmxlZXR3YXRjaC52MS5DaHVuaxITCgtwcmVlbXB0aW9ucxgLIAEoDRInCgdiYWNrZW5kGAwgASgOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kEhQKDHZhbHVlc19leGFjdBgNIAEoCCLsAgoDSm9iEgoKAmlkGAEgASgJEiQKBHNwZWMYAiABKAsyFi5mbGVldHdhdGNoLnYxLkpvYlNwZWMSJgoFc3RhdGUYAyABKA4yFy5mbGVldHdhdGNoLnYxLkpvYlN0YXRlEg4KBnJlYXNvbhgEIAEoCRImCgd0YXJnZXRzGAUgAygLMhUuZmxlZXR3YXRjaC52MS5UYXJnZXQSFwoPY3JlYXRlZF91bml4X21zGAYgASgDEhgKEGRlYWRsaW5lX3VuaXhfbXMYByABKAMSFQoNZW5kZWRfdW5peF9tcxgIIAEoAxIoCgZjb3VudHMYCSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIeChZxdWV1ZV9kZWFkbGluZV91bml4X21zGAogASgDEg0KBW93bmVyGAsgASgJEjAKCXJlZGFjdGlvbhgMIAEoDjIdLmZsZWV0d2F0Y2gudjEuVmFsdWVSZWRhY3Rpb24iSgoKU3RhY2tGcmFtZRIKCgJpcBgBIAEoBBIQCghmdW5jdGlvbhgCIAEoCRIOCgZvZmZzZXQYAyABKAQSDgoGbW9kdWxlGAQgASgJIoQDCghIaXRFdmVudBIOCgZqb2JfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRILCgNwaWQYAyABKA0SCwoDdGlkGAQgASgNEg8KB2FkZHJlc3MYBSABKAQSDgoGbGVuZ3RoGAYgASgNEiYKBG1vZGUYByABKA4yGC5mbGVldHdhdGNoLnYxLldhdGNoTW9kZRIMCgRzbG90GAggASgNEgoKAmlwGAkgASgEEhEKCW5ld192YWx1ZRgKIAEoBBIRCglvbGRfdmFsdWUYCyABKAQSFgoOdGltZV91bml4X25hbm8YDCABKAQSKAoFc3RhY2sYDSADKAsyGS5mbGVldHdhdGNoLnYxLlN0YWNrRnJhbWUSEwoLd2F0Y2hfaW5kZXgYDiABKA0SEAoIc2VxdWVuY2UYDyABKAQSNgoPdmFsdWVfcmVkYWN0aW9uGBAgASgOMh0uZmxlZXR3YXRjaC52MS5WYWx1ZVJlZGFjdGlvbhITCgt2YWx1ZV9leGFjdBgRIAEoCCIoCgtUaHJlYWRDb3VudBILCgN0aWQYASABKA0SDAoEaGl0cxgCIAEoBCLRAQoLQ291bnRSZXBvcnQSDgoGam9iX2lkGAEgASgJEg8KB2hvc3RfaWQYAiABKAkSCwoDcGlkGAMgASgNEhYKDnRpbWVfdW5peF9uYW5vGAQgASgEEhMKC2ludGVydmFsX21zGAUgASgEEigKBnRvdGFscxgGIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEisKB3RocmVhZHMYByADKAsyGi5mbGVldHdhdGNoLnYxLlRocmVhZENvdW50EhAKCHNlcXVlbmNlGAggASgEIl0KCEhpdEJhdGNoEiUKBGhpdHMYASADKAsyFy5mbGVldHdhdGNoLnYxLkhpdEV2ZW50EioKBmNvdW50cxgCIAMoCzIaLmZsZWV0d2F0Y2gudjEuQ291bnRSZXBvcnQqhQEKCVdhdGNoTW9kZRIaChZXQVRDSF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQV0FUQ0hfTU9ERV9XUklURRABEhkKFVdBVENIX01PREVfUkVBRF9XUklURRACEhYKEldBVENIX01PREVfRVhFQ1VURRADEhMKD1dBVENIX01PREVfUkVBRBAEKt8BCgtDb25kaXRpb25PcBIcChhDT05ESVRJT05fT1BfVU5TUEVDSUZJRUQQABITCg9DT05ESVRJT05fT1BfRVEQARITCg9DT05ESVRJT05fT1BfTkUQAhITCg9DT05ESVRJT05fT1BfTFQQAxITCg9DT05ESVRJT05fT1BfR1QQBBITCg9DT05ESVRJT05fT1BfTEUQBRITCg9DT05ESVRJT05fT1BfR0UQBhIYChRDT05ESVRJT05fT1BfQ0hBTkdFRBAHEhoKFkNPTkRJVElPTl9PUF9VTkNIQU5HRUQQCCpICgdCYWNrZW5kEhcKE0JBQ0tFTkRfVU5TUEVDSUZJRUQQABISCg5CQUNLRU5EX1BUUkFDRRABEhAKDEJBQ0tFTkRfUEVSRhACKrEBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFKT0JfU1RBVEVfUEVORElORxABEhMKD0pPQl9TVEFURV9BUk1FRBACEhcKE0pPQl9TVEFURV9DT01QTEVURUQQAxIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFEhYKEkpPQl9TVEFURV9ERUdSQURFRBAGKpMCCgtUYXJnZXRTdGF0ZRIcChhUQVJHRVRfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRUQVJHRVRfU1RBVEVfUEVORElORxABEhYKElRBUkdFVF9TVEFURV9BUk1FRBACEhoKFlRBUkdFVF9TVEFURV9DT01QTEVURUQQAxIaChZUQVJHRVRfU1RBVEVfQ0FOQ0VMTEVEEAQSFwoTVEFSR0VUX1NUQVRFX0ZBSUxFRBAFEhcKE1RBUkdFVF9TVEFURV9FWElURUQQBhIVChFUQVJHRVRfU1RBVEVfTE9TVBAHEhoKFlRBUkdFVF9TVEFURV9QUkVFTVBURUQQCBIXChNUQVJHRVRfU1RBVEVfQVJNSU5HEAkqggEKDlZhbHVlUmVkYWN0aW9uEh8KG1ZBTFVFX1JFREFDVElPTl9VTlNQRUNJRklFRBAAEhoKFlZBTFVFX1JFREFDVElPTl9IQVNIRUQQARIaChZWQUxVRV9SRURBQ1RJT05fTUFTS0VEEAISFwoTVkFMVUVfUkVEQUNUSU9OX09GRhADYgZwcm90bzM");
 
 /**
  * A predicate on the new value (unsigned 64-bit), evaluated next to the
@@ -258,6 +258,30 @@ export type JobSpec = Message<"fleetwatch.v1.JobSpec"> & {
    * @generated from field: bool replace_lost = 14;
    */
   replaceLost: boolean;
+
+  /**
+   * How targets are armed; UNSPECIFIED chooses (see Backend).
+   *
+   * @generated from field: fleetwatch.v1.Backend backend = 15;
+   */
+  backend: Backend;
+
+  /**
+   * Count hits per target and thread instead of reporting each one: no
+   * HitEvent at all, a CountReport per target every count_interval_ms.
+   * Needs the perf backend (UNSPECIFIED chooses it) and no conditions;
+   * max_hits and tids apply, the rate limit does not.
+   *
+   * @generated from field: bool count_only = 16;
+   */
+  countOnly: boolean;
+
+  /**
+   * How often a counting job reports; 0 = 1000. 10 ms .. 1 hour.
+   *
+   * @generated from field: uint64 count_interval_ms = 17;
+   */
+  countIntervalMs: bigint;
 };
 
 /**
@@ -450,6 +474,21 @@ export type Target = Message<"fleetwatch.v1.Target"> & {
    * @generated from field: uint32 preemptions = 11;
    */
   preemptions: number;
+
+  /**
+   * The backend this target is armed with: the job's, resolved.
+   *
+   * @generated from field: fleetwatch.v1.Backend backend = 12;
+   */
+  backend: Backend;
+
+  /**
+   * Its hits' new values are read at the trap (ptrace; perf where the host's
+   * kernel reads them), not some time after it. Set when armed.
+   *
+   * @generated from field: bool values_exact = 13;
+   */
+  valuesExact: boolean;
 };
 
 /**
@@ -672,6 +711,16 @@ export type HitEvent = Message<"fleetwatch.v1.HitEvent"> & {
    * @generated from field: fleetwatch.v1.ValueRedaction value_redaction = 16;
    */
   valueRedaction: ValueRedaction;
+
+  /**
+   * new_value was read at the trap. False (perf backend): it was read when
+   * the helper drained the sample, and a later store may have replaced the
+   * value the trap saw; old_value is then the value last read, not
+   * necessarily the one the access overwrote.
+   *
+   * @generated from field: bool value_exact = 17;
+   */
+  valueExact: boolean;
 };
 
 /**
@@ -682,9 +731,101 @@ export const HitEventSchema: GenMessage<HitEvent> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_watch, 10);
 
 /**
+ * Hits of one thread of a counting job in one interval.
+ *
+ * @generated from message fleetwatch.v1.ThreadCount
+ */
+export type ThreadCount = Message<"fleetwatch.v1.ThreadCount"> & {
+  /**
+   * @generated from field: uint32 tid = 1;
+   */
+  tid: number;
+
+  /**
+   * @generated from field: uint64 hits = 2;
+   */
+  hits: bigint;
+};
+
+/**
+ * Describes the message fleetwatch.v1.ThreadCount.
+ * Use `create(ThreadCountSchema)` to create a new message.
+ */
+export const ThreadCountSchema: GenMessage<ThreadCount> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_watch, 11);
+
+/**
+ * A counting job's (JobSpec.count_only) hits on one target, published every
+ * count interval instead of HitEvents, and once more when the watch ends.
+ *
+ * @generated from message fleetwatch.v1.CountReport
+ */
+export type CountReport = Message<"fleetwatch.v1.CountReport"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: string host_id = 2;
+   */
+  hostId: string;
+
+  /**
+   * @generated from field: uint32 pid = 3;
+   */
+  pid: number;
+
+  /**
+   * End of the interval (CLOCK_REALTIME on the host).
+   *
+   * @generated from field: uint64 time_unix_nano = 4;
+   */
+  timeUnixNano: bigint;
+
+  /**
+   * The job's count interval.
+   *
+   * @generated from field: uint64 interval_ms = 5;
+   */
+  intervalMs: bigint;
+
+  /**
+   * Cumulative since the target was first armed for the job, across
+   * re-arms and agent restarts; delivered = hits counted.
+   *
+   * @generated from field: fleetwatch.v1.HitCounts totals = 6;
+   */
+  totals?: HitCounts | undefined;
+
+  /**
+   * Hits per thread in this interval; threads without any are left out.
+   *
+   * @generated from field: repeated fleetwatch.v1.ThreadCount threads = 7;
+   */
+  threads: ThreadCount[];
+
+  /**
+   * 1, 2, 3, ... per job and host, the same sequence HitEvents draw from:
+   * readers drop a (host, sequence) they have seen.
+   *
+   * @generated from field: uint64 sequence = 8;
+   */
+  sequence: bigint;
+};
+
+/**
+ * Describes the message fleetwatch.v1.CountReport.
+ * Use `create(CountReportSchema)` to create a new message.
+ */
+export const CountReportSchema: GenMessage<CountReport> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_watch, 12);
+
+/**
  * What an agent publishes on fleetwatch.events.<job_id>.<host_id>: hits of
  * one job on one host in trap order, up to a few milliseconds' worth per
- * message (one JetStream acknowledgement per batch, not per hit).
+ * message (one JetStream acknowledgement per batch, not per hit), or count
+ * reports of a counting job.
  *
  * @generated from message fleetwatch.v1.HitBatch
  */
@@ -693,6 +834,11 @@ export type HitBatch = Message<"fleetwatch.v1.HitBatch"> & {
    * @generated from field: repeated fleetwatch.v1.HitEvent hits = 1;
    */
   hits: HitEvent[];
+
+  /**
+   * @generated from field: repeated fleetwatch.v1.CountReport counts = 2;
+   */
+  counts: CountReport[];
 };
 
 /**
@@ -700,7 +846,7 @@ export type HitBatch = Message<"fleetwatch.v1.HitBatch"> & {
  * Use `create(HitBatchSchema)` to create a new message.
  */
 export const HitBatchSchema: GenMessage<HitBatch> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_watch, 11);
+  messageDesc(file_fleetwatch_v1_watch, 13);
 
 /**
  * Which accesses to a watched range trap.
@@ -812,6 +958,49 @@ export const ConditionOpSchema: GenEnum<ConditionOp> = /*@__PURE__*/
   enumDesc(file_fleetwatch_v1_watch, 1);
 
 /**
+ * How a target's debug registers are armed and its traps handled.
+ *
+ * @generated from enum fleetwatch.v1.Backend
+ */
+export enum Backend {
+  /**
+   * Chosen by the controller, favouring the target's safety: perf, unless
+   * the job needs each trap handled while the writing thread is stopped
+   * (conditions, or WATCH_MODE_READ, which is emulated with an "unchanged"
+   * condition): then ptrace.
+   *
+   * @generated from enum value: BACKEND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The helper traces the target (ptrace) and handles each trap while the
+   * writing thread is stopped: exact values, conditions, a stack of the
+   * moment. Jobs watching an identical chunk share one register. A helper
+   * killed with SIGKILL leaves the registers armed (see the README).
+   *
+   * @generated from enum value: BACKEND_PTRACE = 1;
+   */
+  PTRACE = 1,
+
+  /**
+   * perf_event_open breakpoints: the target is never stopped or signalled,
+   * and the breakpoints vanish with the helper's file descriptors however it
+   * dies. Values are read after the trap (a later store may have replaced
+   * them); no conditions. Each job takes registers of its own.
+   *
+   * @generated from enum value: BACKEND_PERF = 2;
+   */
+  PERF = 2,
+}
+
+/**
+ * Describes the enum fleetwatch.v1.Backend.
+ */
+export const BackendSchema: GenEnum<Backend> = /*@__PURE__*/
+  enumDesc(file_fleetwatch_v1_watch, 2);
+
+/**
  * @generated from enum fleetwatch.v1.JobState
  */
 export enum JobState {
@@ -859,7 +1048,7 @@ export enum JobState {
  * Describes the enum fleetwatch.v1.JobState.
  */
 export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
-  enumDesc(file_fleetwatch_v1_watch, 2);
+  enumDesc(file_fleetwatch_v1_watch, 3);
 
 /**
  * @generated from enum fleetwatch.v1.TargetState
@@ -930,7 +1119,7 @@ export enum TargetState {
  * Describes the enum fleetwatch.v1.TargetState.
  */
 export const TargetStateSchema: GenEnum<TargetState> = /*@__PURE__*/
-  enumDesc(file_fleetwatch_v1_watch, 3);
+  enumDesc(file_fleetwatch_v1_watch, 4);
 
 /**
  * How a hit's values were treated by the host policy of the agent that
@@ -974,5 +1163,5 @@ export enum ValueRedaction {
  * Describes the enum fleetwatch.v1.ValueRedaction.
  */
 export const ValueRedactionSchema: GenEnum<ValueRedaction> = /*@__PURE__*/
-  enumDesc(file_fleetwatch_v1_watch, 4);
+  enumDesc(file_fleetwatch_v1_watch, 5);
 
