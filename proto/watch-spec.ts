@@ -3,7 +3,7 @@
 // debug-register chunks (the same count the ledger reserves and the helper arms).
 import { create, toBinary } from "@bufbuild/protobuf";
 import { WatchSpecError } from "./errors.js";
-import { ChunkSchema, ConditionOp, ConditionSchema, JobSpecSchema, WatchMode, type Chunk, type Condition, type JobSpec, type TargetSelector, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
+import { Backend, ChunkSchema, ConditionOp, ConditionSchema, JobSpecSchema, WatchMode, type Chunk, type Condition, type JobSpec, type TargetSelector, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
 import { parseSelector } from "./selector.js";
 
 /** Debug-address registers per thread (DR0-DR3). */
@@ -225,6 +225,79 @@ export function checkJobSpec(spec: JobSpec): void {
   if (spec.queueTimeoutMs > maxQueueTimeoutMs) throw new WatchSpecError(`queue timeout ${spec.queueTimeoutMs} ms is above one day`, "queue_timeout_ms");
   if (spec.durationMs > maxDurationMs) throw new WatchSpecError(`duration ${spec.durationMs} ms is above one year: give none and cancel the job`, "duration_ms");
   if (spec.backoffMs > maxBackoffMs) throw new WatchSpecError(`back-off ${spec.backoffMs} ms is above one hour`, "backoff_ms");
+  checkBackend(spec);
+}
+
+/** Shortest and longest interval between a counting job's reports (the helper's limits too); 0 asks for the default. */
+export const minCountIntervalMs = 10n;
+export const maxCountIntervalMs = 3_600_000n;
+export const defaultCountIntervalMs = 1_000n;
+
+const backendNames: Record<string, Backend> = { ptrace: Backend.PTRACE, perf: Backend.PERF, auto: Backend.UNSPECIFIED };
+
+/** Parses the CLI's `ptrace`, `perf` (and `auto`: the controller chooses). */
+export function parseBackend(text: string): Backend {
+  const backend = backendNames[text.trim()];
+  if (backend === undefined) throw new WatchSpecError(`backend '${text}' is not ptrace or perf`, "backend");
+  return backend;
+}
+
+/** `ptrace`, `perf`, or `auto` for UNSPECIFIED. */
+export function backendName(backend: Backend): string {
+  switch (backend) {
+    case Backend.PTRACE:
+      return "ptrace";
+    case Backend.PERF:
+      return "perf";
+    case Backend.UNSPECIFIED:
+      return "auto";
+    default:
+      return `backend ${backend}`;
+  }
+}
+
+/**
+ * What in a spec needs each trap handled while the writing thread is stopped
+ * (only ptrace can): conditions, and read watches (emulated with an
+ * `unchanged` condition). Undefined when nothing does.
+ */
+export function stopNeededFor(spec: JobSpec): string | undefined {
+  if (spec.conditions.length > 0) return "conditions (--if) need the value at the trap";
+  if (spec.watches.some((w) => w.mode === WatchMode.READ)) return "read watches (--mode r) are emulated by comparing values at the trap";
+  return undefined;
+}
+
+/**
+ * The backend a job's targets are armed with. Automatic (UNSPECIFIED)
+ * favours the target's safety: perf never stops or signals it and dies with
+ * the helper; ptrace only when the spec needs a stop at each trap.
+ */
+export function resolveBackend(spec: JobSpec): Backend.PTRACE | Backend.PERF {
+  if (spec.backend === Backend.PTRACE) return Backend.PTRACE;
+  if (spec.backend === Backend.PERF) return Backend.PERF;
+  return stopNeededFor(spec) === undefined ? Backend.PERF : Backend.PTRACE;
+}
+
+/** A counting job's interval between reports, its 0 made the default. */
+export function countIntervalMs(spec: JobSpec): bigint {
+  return spec.countIntervalMs === 0n ? defaultCountIntervalMs : spec.countIntervalMs;
+}
+
+/** The backend and counting rules: what each backend can do, and what counting takes. */
+function checkBackend(spec: JobSpec): void {
+  if (Backend[spec.backend] === undefined) throw new WatchSpecError(`backend ${spec.backend} is not known`, "backend");
+  const stop = stopNeededFor(spec);
+  if (spec.countOnly) {
+    if (stop) throw new WatchSpecError(`a counting job (--count) counts every trap: ${stop}, and counting has none; drop them or watch without --count`, "count_only");
+    if (spec.backend === Backend.PTRACE) throw new WatchSpecError("counting (--count) needs the perf backend, which counts in the kernel without stopping the target: use --backend perf or leave --backend out", "backend");
+    if (spec.maxHitsPerSecond > 0) throw new WatchSpecError("a counting job (--count) has no rate limit (--rate): its traps never stop the target and no hit leaves the host", "max_hits_per_second");
+  } else if (spec.countIntervalMs !== 0n) {
+    throw new WatchSpecError("a count interval (--count-interval) needs a counting job (--count)", "count_interval_ms");
+  }
+  if (spec.countIntervalMs !== 0n && (spec.countIntervalMs < minCountIntervalMs || spec.countIntervalMs > maxCountIntervalMs)) {
+    throw new WatchSpecError(`count interval ${formatDuration(spec.countIntervalMs)} is outside ${formatDuration(minCountIntervalMs)} .. ${formatDuration(maxCountIntervalMs)}`, "count_interval_ms");
+  }
+  if (spec.backend === Backend.PERF && stop) throw new WatchSpecError(`the perf backend handles traps without stopping the target, and ${stop}: use --backend ptrace`, "backend");
 }
 
 /** Longest a job may run by its duration (its deadline must stay a 64-bit time). */

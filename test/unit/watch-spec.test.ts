@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { ConditionOp, JobSpecSchema, WatchMode, WatchSpecError, armConditions, checkJobSpec, chunksOf, formatChunk, formatCondition, parseCondition, parseSymbol, splitRange } from "../../proto/index.js";
+import { Backend, ConditionOp, JobSpecSchema, WatchMode, WatchSpecError, armConditions, backendName, checkJobSpec, chunksOf, countIntervalMs, formatChunk, formatCondition, parseBackend, parseCondition, parseSymbol, resolveBackend, splitRange } from "../../proto/index.js";
 
 const split = (address: bigint, length: number) => splitRange(address, length, WatchMode.WRITE).map((c) => [Number(c.address - address), c.length]);
 
@@ -106,4 +106,64 @@ test("watch-spec - bounds conditions, thread filters and stack depth", () => {
   assert.throws(() => checkJobSpec(many), /at most 4 conditions per job, read watches use one \(got 5\)/);
   assert.throws(() => checkJobSpec(create(JobSpecSchema, { ...base, tids: Array.from({ length: 17 }, (_, i) => i + 1) } as never)), /at most 16 threads/);
   assert.throws(() => checkJobSpec(create(JobSpecSchema, { ...base, stackDepth: 65 } as never)), /stack depth 65 is above 64/);
+});
+
+const write8 = { location: { case: "address", value: 0x1000n }, length: 8, mode: WatchMode.WRITE };
+const read8 = { ...write8, mode: WatchMode.READ };
+const changed = [{ op: ConditionOp.CHANGED }];
+const spec = (fields: object, watches: object[] = [write8]) => create(JobSpecSchema, { watches, target: { pid: 42 }, ...fields } as never);
+
+test("watch-spec - automatic backend is perf unless the spec needs a stop at each trap; an explicit one is kept", () => {
+  const table: Array<[string, object, object[], Backend]> = [
+    ["automatic, plain write watch", {}, [write8], Backend.PERF],
+    ["automatic, counting", { countOnly: true }, [write8], Backend.PERF],
+    ["automatic, conditions", { conditions: changed }, [write8], Backend.PTRACE],
+    ["automatic, read watch", {}, [read8], Backend.PTRACE],
+    ["ptrace", { backend: Backend.PTRACE }, [write8], Backend.PTRACE],
+    ["ptrace with conditions", { backend: Backend.PTRACE, conditions: changed }, [write8], Backend.PTRACE],
+    ["perf", { backend: Backend.PERF }, [write8], Backend.PERF],
+    ["perf, rw with a thread filter and a rate limit", { backend: Backend.PERF, tids: [7], maxHitsPerSecond: 10 }, [{ ...write8, mode: WatchMode.READ_WRITE }], Backend.PERF],
+  ];
+  for (const [name, fields, watches, backend] of table) {
+    const s = spec(fields, watches);
+    checkJobSpec(s);
+    assert.equal(resolveBackend(s), backend, name);
+  }
+});
+
+test("watch-spec - refuses what a backend cannot do, and counting that is not perf or filters by value", () => {
+  const table: Array<[string, object, object[], RegExp]> = [
+    ["perf with conditions", { backend: Backend.PERF, conditions: changed }, [write8], /perf backend .* conditions \(--if\) need the value at the trap: use --backend ptrace/],
+    ["perf with a read watch", { backend: Backend.PERF }, [read8], /perf backend .* read watches \(--mode r\) .*: use --backend ptrace/],
+    ["counting on ptrace", { backend: Backend.PTRACE, countOnly: true }, [write8], /counting \(--count\) needs the perf backend/],
+    ["counting with conditions", { countOnly: true, conditions: changed }, [write8], /counting job \(--count\) .* conditions \(--if\)/],
+    ["counting a read watch", { countOnly: true }, [read8], /counting job \(--count\) .* read watches/],
+    ["counting with a rate limit", { countOnly: true, maxHitsPerSecond: 100 }, [write8], /no rate limit \(--rate\)/],
+    ["interval without counting", { countIntervalMs: 1000n }, [write8], /needs a counting job \(--count\)/],
+    ["interval below 10 ms", { countOnly: true, countIntervalMs: 9n }, [write8], /count interval 9ms is outside 10ms \.\. 1h/],
+    ["interval above an hour", { countOnly: true, countIntervalMs: 3_600_001n }, [write8], /count interval 1h1ms is outside/],
+    ["unknown backend", { backend: 7 }, [write8], /backend 7 is not known/],
+  ];
+  for (const [name, fields, watches, message] of table) {
+    assert.throws(() => checkJobSpec(spec(fields, watches)), (err: unknown) => err instanceof WatchSpecError && message.test(err.message), name);
+  }
+});
+
+test("watch-spec - count intervals default to 1 s and take 10 ms .. 1 h", () => {
+  const table: Array<[bigint, bigint]> = [
+    [0n, 1_000n],
+    [10n, 10n],
+    [250n, 250n],
+    [3_600_000n, 3_600_000n],
+  ];
+  for (const [asked, used] of table) {
+    const s = spec({ countOnly: true, countIntervalMs: asked });
+    checkJobSpec(s);
+    assert.equal(countIntervalMs(s), used, String(asked));
+  }
+});
+
+test("watch-spec - backend names round trip", () => {
+  for (const name of ["ptrace", "perf", "auto"]) assert.equal(backendName(parseBackend(name)), name);
+  assert.throws(() => parseBackend("ebpf"), /backend 'ebpf' is not ptrace or perf/);
 });
