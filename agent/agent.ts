@@ -49,7 +49,7 @@ import {
 import { AgentCommandError, HostPolicyRefusal, toAgentError } from "./errors.js";
 import { defaultPolicy, policyLabel, redactValues, refusal, stricterValues, summarizePolicy, valuePolicyOf, type HostPolicy, type ValuePolicy } from "./host-policy.js";
 import { userNames, type LoadedPolicy } from "./policy-file.js";
-import type { GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
+import type { ExitKind, GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
 import { resumeCounts, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
 import { parseStat, processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
@@ -152,6 +152,13 @@ function commOf(pid: number): string {
   } catch {
     return "?";
   }
+}
+
+/** Why a watched process is gone, in words: perf watches a process without tracing it, so its exit status may be unknown. */
+function exitReason(how: ExitKind, code: number): string {
+  if (how === "killed") return `process killed by signal ${code}`;
+  if (how === "gone") return "process exited";
+  return `process exited with code ${code}`;
 }
 
 /** What a progress report says; unchanged means nothing to send. */
@@ -738,7 +745,7 @@ export class AgentCore {
       }
       case "target-exited":
       case "target-exec": {
-        const why = event.kind === "target-exec" ? "process exec'd: the watched address space is gone" : event.killed ? `process killed by signal ${event.code}` : `process exited with code ${event.code}`;
+        const why = event.kind === "target-exec" ? "process exec'd: the watched address space is gone" : exitReason(event.how, event.code);
         for (const watch of this.byKey.values()) {
           if (watch.pid !== event.pid || watch.lastReported === "final") continue;
           await this.settled(watch);

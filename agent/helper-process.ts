@@ -17,6 +17,7 @@ import {
   decodeEvent,
   decodeHello,
   decodeResolved,
+  helloProtocolVersion,
   encodeArm,
   expandHit,
   encodeDisarm,
@@ -27,9 +28,12 @@ import type {
   ArmResult,
   DisarmResult,
   Frame,
+  HelloPayload,
+  HelperBackend,
   HelperChunk,
   HelperCondition,
   HelperEvent,
+  PerfValues,
   ResolvedSymbol,
   SymbolDefinition,
 } from "./helper-protocol.js";
@@ -37,8 +41,10 @@ import type {
 export type {
   ArmResult,
   DisarmResult,
+  ExitKind,
   GroupCounts,
   GroupDoneReason,
+  HelperBackend,
   HelperChunk,
   HelperCompareOp,
   HelperCondition,
@@ -46,8 +52,10 @@ export type {
   HelperHit,
   HelperLogLevel,
   HelperMode,
+  PerfValues,
   ResolvedSymbol,
   StackFrame,
+  ThreadHits,
 } from "./helper-protocol.js";
 export { HelperProtocolError } from "./helper-protocol.js";
 
@@ -83,6 +91,20 @@ export interface WatchOptions {
   tids?: number[];
   /** Frames of symbolized stack per hit, 0-64. Default 0: no stack. */
   stackDepth?: number;
+  /** Default "ptrace". */
+  backend?: HelperBackend;
+  /** No hit records: "counts" events every countIntervalMs (perf only). Default false. */
+  countOnly?: boolean;
+  /** Default 0: the helper's 1000. */
+  countIntervalMs?: number;
+}
+
+/** What the helper can do on this host, from its HELLO. */
+export interface HelperCapabilities {
+  backends: HelperBackend[];
+  perfValues: PerfValues;
+  /** Why perf is unavailable or its values are not exact; "" otherwise. */
+  perfNote: string;
 }
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -217,7 +239,7 @@ export class HelperProcess {
   private fatal: Error | undefined;
   private helloWaiter: { resolve(): void; reject(err: Error): void } | undefined;
   private helloSeen = false;
-  private version = "";
+  private hello: HelloPayload | undefined;
   /** Per pid: what each stack ip means (SYMBOLS events). */
   private readonly symbols = new Map<number, Map<bigint, SymbolDefinition>>();
 
@@ -243,7 +265,12 @@ export class HelperProcess {
 
   /** Version string the helper announced in HELLO. */
   get helperVersion(): string {
-    return this.version;
+    return this.hello?.helperVersion ?? "";
+  }
+
+  /** The backends and perf value mode the helper announced in HELLO. */
+  get capabilities(): HelperCapabilities {
+    return { backends: this.hello?.backends ?? [], perfValues: this.hello?.perfValues ?? "unavailable", perfNote: this.hello?.perfNote ?? "" };
   }
 
   /** Spawns the helper and waits for its HELLO (protocol version must be PROTOCOL_VERSION). */
@@ -305,6 +332,9 @@ export class HelperProcess {
       conditions: options.conditions ?? [],
       tids: options.tids ?? [],
       stackDepth: options.stackDepth ?? 0,
+      backend: options.backend ?? "ptrace",
+      countOnly: options.countOnly ?? false,
+      countIntervalMs: options.countIntervalMs ?? 0,
     };
     const frame = await this.request((id) => encodeArm(id, request), MessageType.Armed, attempted);
     return decodeArmed(frame.payload);
@@ -318,8 +348,9 @@ export class HelperProcess {
   }
 
   /**
-   * Hits (in batches, stacks symbolized), group lifecycle (done, back-off,
-   * resumed), target lifecycle (exited, exec, fork, thread counts), logs.
+   * Hits (in batches, stacks symbolized), counting groups' counts, group
+   * lifecycle (done, back-off, resumed), target lifecycle (exited, exec,
+   * fork, thread counts), logs.
    * The helper's SYMBOLS definitions are consumed here, kept per pid until
    * its exit or exec. Single consumer; ends when the helper exits.
    */
@@ -443,15 +474,15 @@ export class HelperProcess {
           frameType: frame.type,
         });
       }
-      const hello = decodeHello(frame.payload);
-      if (hello.protocolVersion !== PROTOCOL_VERSION) {
-        throw new HelperProtocolError(
-          `helper speaks protocol ${hello.protocolVersion}, this agent speaks ${PROTOCOL_VERSION}`,
-          { frameType: frame.type },
-        );
+      // The version first: the rest of a HELLO of another version has another layout.
+      const version = helloProtocolVersion(frame.payload);
+      if (version !== PROTOCOL_VERSION) {
+        throw new HelperProtocolError(`helper speaks protocol ${version}, this agent speaks ${PROTOCOL_VERSION}`, {
+          frameType: frame.type,
+        });
       }
+      this.hello = decodeHello(frame.payload);
       this.helloSeen = true;
-      this.version = hello.helperVersion;
       this.helloWaiter?.resolve();
       return;
     }

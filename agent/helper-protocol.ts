@@ -1,10 +1,10 @@
-// Pure encode/decode of the fleetwatch-helper wire protocol, version 2
+// Pure encode/decode of the fleetwatch-helper wire protocol, version 3
 // (agent/native/PROTOCOL.md): 12-byte frame headers, request encoders, reply and
 // event decoders, a streaming frame decoder, and the expansion of a hit's
 // stack ips through the SYMBOLS definitions. No I/O here.
 
 /** Protocol version this client speaks; HELLO must carry the same. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const FRAME_HEADER_BYTES = 12;
 /** Largest frame either side may send, header included. */
 export const FRAME_MAX_BYTES = 1 << 20;
@@ -12,6 +12,8 @@ export const FRAME_MAX_BYTES = 1 << 20;
 export const HIT_FIXED_BYTES = 64;
 export const CHUNK_BYTES = 12;
 export const CONDITION_BYTES = 16;
+/** ARM's fixed part, before its chunks. */
+export const ARM_FIXED_BYTES = 40;
 /** ARM limits (the helper re-checks them). */
 export const MAX_CONDITIONS = 4;
 export const MAX_TID_FILTER = 16;
@@ -39,9 +41,24 @@ export const MessageType = {
   GroupResumed: 0x0208,
   TargetFork: 0x0209,
   Threads: 0x020a,
+  Counts: 0x020b,
 } as const;
 
 export type HelperMode = "x" | "w" | "rw";
+
+/**
+ * How a group is armed. "ptrace": the helper traces the pid and handles each
+ * trap while the thread is stopped. "perf": perf_event_open breakpoints,
+ * no attach and no stop; they vanish with the helper's file descriptors.
+ */
+export type HelperBackend = "ptrace" | "perf";
+
+/**
+ * How the perf backend reads a hit's values on this host: "unavailable"
+ * (no perf), "after-trap" (when the sample is drained), "exact" (in the
+ * kernel at the trap).
+ */
+export type PerfValues = "unavailable" | "after-trap" | "exact";
 
 /** One debug-register chunk: already aligned, `length` bytes at `address`. */
 export interface HelperChunk {
@@ -77,14 +94,17 @@ export interface ArmResult {
   reservedMask: number;
 }
 
-/** Per group: trapped = delivered + suppressed + filtered. */
+/** Per group: trapped = delivered + suppressed + filtered + lost. */
 export interface GroupCounts {
   trapped: bigint;
+  /** Hit records sent; for a counting group, hits counted. */
   delivered: bigint;
   /** Budget used up or rate limit hit before the slots were cleared. */
   suppressed: bigint;
   /** Failed the group's thread filter or conditions. */
   filtered: bigint;
+  /** perf samples the kernel could not write (a ring buffer was full); always 0 with ptrace. */
+  lost: bigint;
 }
 
 /** DISARM's answer: the group's final counts and the process's reserved DR indexes. */
@@ -125,6 +145,8 @@ interface HitFields {
   dr: number;
   length: number;
   mode: HelperMode;
+  /** newValue was read at the trap (ptrace); false: read when a perf sample was drained. */
+  valueExact: boolean;
 }
 
 /** A hit as it travels: its stack as bare ips (innermost first). */
@@ -138,6 +160,14 @@ export interface HelperHit extends HitFields {
 }
 
 export type GroupDoneReason = "budget" | "exited" | "exec";
+/** How a process ended: "gone" when the helper could not learn its status (only perf watched it: not its tracee). */
+export type ExitKind = "exited" | "killed" | "gone";
+
+/** One thread's hits in a COUNTS interval. */
+export interface ThreadHits {
+  tid: number;
+  hits: bigint;
+}
 export type HelperLogLevel = "debug" | "info" | "warning" | "error";
 
 /** Events other than hits and symbol definitions, the same on the wire and from the client. */
@@ -145,10 +175,12 @@ export type HelperLifecycleEvent =
   | { kind: "group-done"; pid: number; group: bigint; reason: GroupDoneReason; counts: GroupCounts }
   | { kind: "group-backoff"; pid: number; group: bigint; untilNs: bigint; suppressedSoFar: bigint }
   | { kind: "group-resumed"; pid: number; group: bigint }
-  | { kind: "target-exited"; pid: number; killed: boolean; code: number }
+  | { kind: "target-exited"; pid: number; how: ExitKind; code: number }
   | { kind: "target-exec"; pid: number }
   | { kind: "target-fork"; pid: number; childPid: number }
   | { kind: "threads"; pid: number; threadsTotal: number; threadsArmed: number }
+  /** A counting group's totals so far and each thread's hits since its previous COUNTS. */
+  | { kind: "counts"; pid: number; group: bigint; timeNs: bigint; counts: GroupCounts; threads: ThreadHits[] }
   | { kind: "log"; level: HelperLogLevel; message: string };
 
 /** An event frame as decoded. */
@@ -170,7 +202,12 @@ export interface Frame {
 export interface HelloPayload {
   protocolVersion: number;
   slotsPerThread: number;
+  /** What works on this host. */
+  backends: HelperBackend[];
+  perfValues: PerfValues;
   helperVersion: string;
+  /** Why perf is unavailable or its values are not exact; "" otherwise. */
+  perfNote: string;
 }
 
 export interface ErrorPayload {
@@ -200,6 +237,11 @@ export interface ArmRequest {
   tids: number[];
   /** 0: no stack. */
   stackDepth: number;
+  backend: HelperBackend;
+  /** No hit records: COUNTS every countIntervalMs (perf only). */
+  countOnly: boolean;
+  /** 0: 1000. */
+  countIntervalMs: number;
 }
 
 export interface DisarmRequest {
@@ -221,6 +263,11 @@ export class HelperProtocolError extends Error {
 
 const MODE_TO_WIRE: Record<HelperMode, number> = { x: 0, w: 1, rw: 3 };
 const DONE_REASONS: Record<number, GroupDoneReason> = { 1: "budget", 2: "exited", 3: "exec" };
+const EXIT_KINDS: ExitKind[] = ["exited", "killed", "gone"];
+const BACKENDS: HelperBackend[] = ["ptrace", "perf"];
+const PERF_VALUES: PerfValues[] = ["unavailable", "after-trap", "exact"];
+const ARM_FLAG_COUNT_ONLY = 1;
+const HIT_FLAG_VALUE_EXACT = 1;
 const LOG_LEVELS: HelperLogLevel[] = ["debug", "info", "warning", "error"];
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -382,6 +429,7 @@ function checkCount(what: string, n: number, max: number): void {
 }
 
 export function encodeArm(requestId: number, req: ArmRequest): Buffer {
+  if (!BACKENDS.includes(req.backend)) throw new RangeError(`unknown backend ${String(req.backend)}`);
   checkCount("conditions", req.conditions.length, MAX_CONDITIONS);
   checkCount("tids in the thread filter", req.tids.length, MAX_TID_FILTER);
   checkCount("frames of stack depth", req.stackDepth, MAX_STACK_DEPTH);
@@ -394,7 +442,11 @@ export function encodeArm(requestId: number, req: ArmRequest): Buffer {
     .u8(req.chunks.length)
     .u8(req.conditions.length)
     .u8(req.tids.length)
-    .u8(req.stackDepth);
+    .u8(req.stackDepth)
+    .u8(BACKENDS.indexOf(req.backend))
+    .u8(req.countOnly ? ARM_FLAG_COUNT_ONLY : 0)
+    .pad(2)
+    .u32(req.countIntervalMs);
   for (const c of req.chunks) {
     w.u8(c.dr).u8(modeToWire(c.mode)).u8(c.length).pad(1).u64(c.address);
   }
@@ -429,6 +481,12 @@ export function decodeArmRequest(payload: Buffer): ArmRequest {
   const conditionCount = r.u8();
   const tidCount = r.u8();
   const stackDepth = r.u8();
+  const backendCode = r.u8();
+  const backend = BACKENDS[backendCode];
+  if (backend === undefined) throw new HelperProtocolError(`unknown backend ${backendCode}`, { frameType: MessageType.Arm });
+  const countOnly = (r.u8() & ARM_FLAG_COUNT_ONLY) !== 0;
+  r.skip(2);
+  const countIntervalMs = r.u32();
   const chunks: HelperChunk[] = [];
   for (let i = 0; i < count; i++) {
     const dr = r.u8();
@@ -445,7 +503,7 @@ export function decodeArmRequest(payload: Buffer): ArmRequest {
   }
   const tids: number[] = [];
   for (let i = 0; i < tidCount; i++) tids.push(r.u32());
-  return { pid, group, maxHits, maxHitsPerSecond, backoffMs, chunks, conditions, tids, stackDepth };
+  return { pid, group, maxHits, maxHitsPerSecond, backoffMs, chunks, conditions, tids, stackDepth, backend, countOnly, countIntervalMs };
 }
 
 export function decodeDisarmRequest(payload: Buffer): DisarmRequest {
@@ -454,13 +512,34 @@ export function decodeDisarmRequest(payload: Buffer): DisarmRequest {
 }
 
 export function encodeHello(hello: HelloPayload): Buffer {
-  const p = new PayloadWriter().u32(hello.protocolVersion).u32(hello.slotsPerThread).str(hello.helperVersion);
+  const backends = hello.backends.reduce((mask, b) => mask | (1 << BACKENDS.indexOf(b)), 0);
+  const p = new PayloadWriter()
+    .u32(hello.protocolVersion)
+    .u32(hello.slotsPerThread)
+    .u32(backends)
+    .u8(PERF_VALUES.indexOf(hello.perfValues))
+    .pad(3)
+    .str(hello.helperVersion)
+    .str(hello.perfNote);
   return encodeFrame(MessageType.Hello, 0, p.done());
+}
+
+/** The protocol version a HELLO announces: read on its own, since the rest of its layout depends on it. */
+export function helloProtocolVersion(payload: Buffer): number {
+  return new PayloadReader(payload, MessageType.Hello).u32();
 }
 
 export function decodeHello(payload: Buffer): HelloPayload {
   const r = new PayloadReader(payload, MessageType.Hello);
-  return { protocolVersion: r.u32(), slotsPerThread: r.u32(), helperVersion: r.str() };
+  const protocolVersion = r.u32();
+  const slotsPerThread = r.u32();
+  const mask = r.u32();
+  const perfCode = r.u8();
+  r.skip(3);
+  const perfValues = PERF_VALUES[perfCode];
+  if (perfValues === undefined) throw new HelperProtocolError(`unknown perf_values ${perfCode} in HELLO`, { frameType: MessageType.Hello });
+  const backends = BACKENDS.filter((_, bit) => (mask >> bit) & 1);
+  return { protocolVersion, slotsPerThread, backends, perfValues, helperVersion: r.str(), perfNote: r.str() };
 }
 
 export function encodeResolved(requestId: number, s: ResolvedSymbol): Buffer {
@@ -484,11 +563,11 @@ export function decodeArmed(payload: Buffer): ArmResult {
 }
 
 function writeCounts(w: PayloadWriter, c: GroupCounts): PayloadWriter {
-  return w.u64(c.trapped).u64(c.delivered).u64(c.suppressed).u64(c.filtered);
+  return w.u64(c.trapped).u64(c.delivered).u64(c.suppressed).u64(c.filtered).u64(c.lost);
 }
 
 function readCounts(r: PayloadReader): GroupCounts {
-  return { trapped: r.u64(), delivered: r.u64(), suppressed: r.u64(), filtered: r.u64() };
+  return { trapped: r.u64(), delivered: r.u64(), suppressed: r.u64(), filtered: r.u64(), lost: r.u64() };
 }
 
 export function encodeDisarmed(requestId: number, d: DisarmResult): Buffer {
@@ -527,7 +606,8 @@ export function encodeHitRecord(h: HelperHitRecord): Buffer {
     .u8(h.dr)
     .u8(h.length)
     .u8(modeToWire(h.mode))
-    .pad(5)
+    .u8(h.valueExact ? HIT_FLAG_VALUE_EXACT : 0)
+    .pad(4)
     .u8(h.ips.length);
   for (const ip of h.ips) w.u64(ip);
   return w.done();
@@ -561,6 +641,7 @@ export function decodeHitRecord(buf: Buffer, offset = 0): { hit: HelperHitRecord
     dr: buf.readUInt8(offset + 56),
     length: buf.readUInt8(offset + 57),
     mode: modeFromWire(buf.readUInt8(offset + 58)),
+    valueExact: (buf.readUInt8(offset + 59) & HIT_FLAG_VALUE_EXACT) !== 0,
     ips,
   };
   return { hit, end };
@@ -619,9 +700,15 @@ export function encodeThreads(pid: number, threadsTotal: number, threadsArmed: n
   return encodeFrame(MessageType.Threads, 0, new PayloadWriter().u32(pid).u32(threadsTotal).u32(threadsArmed).done());
 }
 
-export function encodeTargetExited(pid: number, killed: boolean, code: number): Buffer {
-  const p = new PayloadWriter().u32(pid).u8(killed ? 1 : 0).pad(3).i32(code).done();
+export function encodeTargetExited(pid: number, how: ExitKind, code: number): Buffer {
+  const p = new PayloadWriter().u32(pid).u8(EXIT_KINDS.indexOf(how)).pad(3).i32(code).done();
   return encodeFrame(MessageType.TargetExited, 0, p);
+}
+
+export function encodeCounts(pid: number, group: bigint, timeNs: bigint, counts: GroupCounts, threads: ThreadHits[]): Buffer {
+  const w = writeCounts(new PayloadWriter().u32(pid).u32(threads.length).u64(group).u64(timeNs), counts);
+  for (const t of threads) w.u32(t.tid).pad(4).u64(t.hits);
+  return encodeFrame(MessageType.Counts, 0, w.done());
 }
 
 export function encodeTargetExec(pid: number): Buffer {
@@ -674,9 +761,29 @@ export function decodeEvent(frame: Frame): HelperWireEvent | undefined {
     }
     case MessageType.TargetExited: {
       const pid = r.u32();
-      const killed = r.u8() !== 0;
+      const code = r.u8();
+      const how = EXIT_KINDS[code];
+      if (how === undefined) throw new HelperProtocolError(`unknown TARGET_EXITED killed ${code}`, { frameType: frame.type });
       r.skip(3);
-      return { kind: "target-exited", pid, killed, code: r.i32() };
+      return { kind: "target-exited", pid, how, code: r.i32() };
+    }
+    case MessageType.Counts: {
+      const pid = r.u32();
+      const threadCount = r.u32();
+      const group = r.u64();
+      const timeNs = r.u64();
+      const counts = readCounts(r);
+      // Each thread takes 16 bytes: a count the payload cannot hold is refused before anything is allocated for it.
+      if (threadCount * 16 !== frame.payload.length - 64) {
+        throw new HelperProtocolError(`COUNTS of ${threadCount} threads has a payload of ${frame.payload.length} bytes`, { frameType: frame.type });
+      }
+      const threads: ThreadHits[] = [];
+      for (let i = 0; i < threadCount; i++) {
+        const tid = r.u32();
+        r.skip(4);
+        threads.push({ tid, hits: r.u64() });
+      }
+      return { kind: "counts", pid, group, timeNs, counts, threads };
     }
     case MessageType.TargetExec:
       return { kind: "target-exec", pid: r.u32() };

@@ -141,7 +141,7 @@ export async function measureHelper(ctx: CaseContext, threads: number, hits: num
         if (event.counts.delivered !== BigInt(count)) problems.push(`GROUP_DONE says ${event.counts.delivered} delivered, ${count} received`);
         break;
       } else if (event.kind === "target-exited") {
-        throw new Error(`the writer exited (${event.killed ? "signal" : "code"} ${event.code}) before the budget, after ${count} hits`);
+        throw new Error(`the writer exited (${event.how === "killed" ? "signal" : event.how === "gone" ? "status unknown," : "code"} ${event.code}) before the budget, after ${count} hits`);
       } else if (event.kind === "log" && (event.level === "warning" || event.level === "error")) {
         problems.push(`helper ${event.level}: ${event.message}`);
       }

@@ -199,7 +199,23 @@ function hostileArm(rng: Rng, id: number, scene: Scene): Sent {
   const backoffMs = sane || rng.chance(0.7) ? rng.int(2000) : rng.u32Edge();
   let bad = !live || chunkCount < 1 || chunkCount > 4 || conditions > 4 || tids > 16 || stackDepth > 64 || backoffMs > 3_600_000;
   bad ||= listed !== chunkCount || condListed !== conditions || tidListed !== tids;
-  const parts: Buffer[] = [u32(pid), u64(group), u64(rng.u64Edge()), u32(rng.u32Edge()), u32(backoffMs), Buffer.from([chunkCount, conditions, tids, stackDepth])];
+  // Backend 0 ptrace, 1 perf; flags bit 0 counts only (perf only), other bits unused; the interval counts only with bit 0.
+  const backend = sane || rng.chance(0.9) ? rng.pick([0, 0, 1]) : rng.pick([2, 3, 255]);
+  const countOnly = rng.chance(0.2);
+  const flags = (countOnly ? 1 : 0) | (sane || rng.chance(0.9) ? 0 : rng.int(256) & ~1);
+  const countIntervalMs = rng.chance(0.7) ? rng.pick([0, 10, 250, 1000]) : rng.chance(0.5) ? rng.pick([1, 9, 3_600_001]) : rng.u32Edge();
+  bad ||= backend > 1 || (countOnly && backend === 0) || (backend === 1 && conditions > 0);
+  bad ||= countOnly && countIntervalMs !== 0 && (countIntervalMs < 10 || countIntervalMs > 3_600_000);
+  const parts: Buffer[] = [
+    u32(pid),
+    u64(group),
+    u64(rng.u64Edge()),
+    u32(rng.u32Edge()),
+    u32(backoffMs),
+    Buffer.from([chunkCount, conditions, tids, stackDepth, backend, flags]),
+    sane ? Buffer.alloc(2) : rng.bytes(2),
+    u32(countIntervalMs),
+  ];
   const drs = new Set<number>();
   for (let i = 0; i < listed; i++) {
     const dr = sane ? i : rng.chance(0.9) ? rng.int(4) : rng.pick([4, 5, 7, 255]);
@@ -222,7 +238,8 @@ function hostileArm(rng: Rng, id: number, scene: Scene): Sent {
     parts.push(u32(tid));
   }
   const frame = encodeFrame(MessageType.Arm, id, Buffer.concat(parts));
-  return { what: `ARM pid ${pid} group ${group}`, frame, mustFail: bad, okType: MessageType.Armed };
+  const how = backend === 0 ? "ptrace" : backend === 1 ? "perf" : `backend ${backend}`;
+  return { what: `ARM pid ${pid} group ${group} ${how}${countOnly ? " count" : ""}`, frame, mustFail: bad, okType: MessageType.Armed };
 }
 
 function hostileResolve(rng: Rng, id: number, scene: Scene): Sent {

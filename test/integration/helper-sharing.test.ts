@@ -20,7 +20,7 @@ const TEST_TIMEOUT_MS = 120_000;
 const MAX_GROUPS = 16;
 
 function counts(trapped: number, delivered: number, suppressed = 0, filtered = 0): GroupCounts {
-  return { trapped: BigInt(trapped), delivered: BigInt(delivered), suppressed: BigInt(suppressed), filtered: BigInt(filtered) };
+  return { trapped: BigInt(trapped), delivered: BigInt(delivered), suppressed: BigInt(suppressed), filtered: BigInt(filtered), lost: 0n };
 }
 
 function addsUp(c: GroupCounts, what: string): void {

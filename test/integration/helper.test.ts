@@ -118,7 +118,7 @@ async function fakeHelper(t: TestContext, mode: "v1" | "mute"): Promise<string> 
     file,
     `#!${process.execPath}
 import { encodeHello } from ${JSON.stringify(protocolUrl)};
-process.stdout.write(encodeHello({ protocolVersion: ${mode === "v1" ? 1 : 2}, slotsPerThread: 4, helperVersion: "fake" }));
+process.stdout.write(encodeHello({ protocolVersion: ${mode === "v1" ? 1 : 3}, slotsPerThread: 4, backends: ["ptrace"], perfValues: "unavailable", helperVersion: "fake", perfNote: "" }));
 process.stdin.on("data", () => {});
 process.stdin.on("end", () => process.exit(0));
 `,
@@ -146,7 +146,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
 
   test("helper - --version prints the version", async () => {
     const { stdout } = await execFileAsync(helperPath, ["--version"]);
-    assert.match(stdout, /^fleetwatch-helper \d+\.\d+\.\d+ \(protocol 2\)$/m);
+    assert.match(stdout, /^fleetwatch-helper \d+\.\d+\.\d+ \(protocol 3\)$/m);
   });
 
   test("resolve - fw_counter in a PIE target equals the target's own &fw_counter", async (t) => {
@@ -213,9 +213,9 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       pid: target.pid,
       group: 1n,
       reason: "exited",
-      counts: { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n, filtered: 0n },
+      counts: { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n, filtered: 0n, lost: 0n },
     });
-    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, how: "exited", code: 0 });
     assert.ok(log.events.indexOf(done) < log.events.indexOf(exited), "GROUP_DONE precedes TARGET_EXITED");
     const first = log.hits[0] as HelperHit;
     const last = log.hits[N - 1] as HelperHit;
@@ -238,7 +238,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const elapsedMs = Date.now() - started;
 
     assert.equal(log.hits.length, N * T);
-    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n });
+    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n, lost: 0n });
     const byTid = new Map<number, HelperHit[]>();
     for (const h of log.hits) byTid.set(h.tid, [...(byTid.get(h.tid) ?? []), h]);
     assert.equal(byTid.size, T);
@@ -425,7 +425,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       assert.equal(hits.length, N, `group ${group}`);
       assert.ok(hits.every((h) => h.dr === dr && h.address === address));
       assert.deepEqual(hits.map((h) => h.newValue & 0xffff_ffffn), Array.from({ length: N }, (_, i) => BigInt(i + 1)));
-      assert.deepEqual(done.counts, { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n, filtered: 0n });
+      assert.deepEqual(done.counts, { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n, filtered: 0n, lost: 0n });
       assert.equal(done.reason, "exited");
     }
   });
@@ -442,7 +442,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     await finishesNormally(target);
     const done = await log.groupDone(5n);
     assert.equal(log.hits.length, 2 * N);
-    assert.deepEqual(done.counts, { trapped: BigInt(2 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: 0n });
+    assert.deepEqual(done.counts, { trapped: BigInt(2 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: 0n, lost: 0n });
     for (let i = 0; i < N; i++) {
       const [a, b] = [log.hits[2 * i] as HelperHit, log.hits[2 * i + 1] as HelperHit];
       assert.deepEqual([a.dr, b.dr], [0, 1]);
@@ -467,9 +467,9 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       pid: target.pid,
       group: 9n,
       reason: "exited",
-      counts: { trapped: 1000n, delivered: 1000n, suppressed: 0n, filtered: 0n },
+      counts: { trapped: 1000n, delivered: 1000n, suppressed: 0n, filtered: 0n, lost: 0n },
     });
-    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, how: "exited", code: 0 });
     assert.ok(log.events.indexOf(done) < log.events.indexOf(exited));
   });
 
@@ -483,7 +483,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     process.kill(target.pid, "SIGKILL");
     const done = await log.groupDone(1n);
     assert.equal(done.reason, "exited");
-    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, killed: true, code: 9 });
+    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, how: "killed", code: 9 });
   });
 
   test("lifecycle - exec: group-done(exec), target-exec, and the new program runs untraced", async (t) => {
@@ -497,7 +497,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const done = await log.groupDone(4n);
     assert.deepEqual(exec, { kind: "target-exec", pid: target.pid });
     assert.equal(done.reason, "exec");
-    assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n, filtered: 0n });
+    assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n, filtered: 0n, lost: 0n });
     assert.ok(log.events.indexOf(done) < log.events.indexOf(exec));
     assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
   });
@@ -513,7 +513,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const done = await log.groupDone(1n);
     assert.equal(log.hits.length, 800);
     assert.equal(new Set(log.hits.map((h) => h.tid)).size >= 4, true);
-    assert.deepEqual(done.counts, { trapped: 800n, delivered: 800n, suppressed: 0n, filtered: 0n });
+    assert.deepEqual(done.counts, { trapped: 800n, delivered: 800n, suppressed: 0n, filtered: 0n, lost: 0n });
   });
 
   test("signals - the target's own SIGTRAP reaches its handler while watched", async (t) => {
@@ -554,7 +554,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     await log.until("a hit after SIGCONT", () => log.hits.length > seen);
     process.kill(target.pid, "SIGTERM");
     assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
-    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, how: "exited", code: 0 });
   });
 
   test("signals - a SIGSTOPped target is armed and disarmed in place; SIGCONT resumes it", async (t) => {
@@ -630,7 +630,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const target = await s.target("counter", ["--threads", "2", "--writes", "20000"]);
     const raw = new RawHelper();
     const hello = decodeHello((await raw.next(MessageType.Hello)).payload);
-    assert.equal(hello.protocolVersion, 2);
+    assert.equal(hello.protocolVersion, 3);
     raw.send(encodeResolve(1, { pid: target.pid, offset: 0n, name: "fw_counter" }));
     const sym = decodeResolved((await raw.next(MessageType.Resolved)).payload);
     raw.send(
@@ -644,6 +644,9 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
         conditions: [],
         tids: [],
         stackDepth: 0,
+        backend: "ptrace",
+        countOnly: false,
+        countIntervalMs: 0,
       }),
     );
     assert.equal(decodeArmed((await raw.next(MessageType.Armed)).payload).threadsArmed, 1);
@@ -702,8 +705,8 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(perTid.size, T);
     assert.ok(!perTid.has(target.pid), "the leader wrote nothing");
     assert.deepEqual([...perTid.values()], [N, N, N]);
-    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n });
-    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n, lost: 0n });
+    assert.deepEqual(exited, { kind: "target-exited", pid: target.pid, how: "exited", code: 0 });
     assert.ok(log.events.indexOf(done) < log.events.indexOf(exited));
   });
 
@@ -722,10 +725,10 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     target.send("write");
     await target.waitForLine(/^done$/, EVENT_TIMEOUT_MS);
     const done = await log.groupDone(1n);
-    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, killed: false, code: 0 });
+    assert.deepEqual(await log.targetExited(target.pid), { kind: "target-exited", pid: target.pid, how: "exited", code: 0 });
     assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
     assert.equal(log.hits.length, N * T);
-    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n });
+    assert.deepEqual(done.counts, { trapped: BigInt(N * T), delivered: BigInt(N * T), suppressed: 0n, filtered: 0n, lost: 0n });
   });
 
   test("threads - 5000 short-lived threads each write once: 5000 exact hits, then THREADS 1 of 1 armed", async (t) => {
@@ -754,7 +757,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     });
     assert.ok(threads().every((e) => e.threadsArmed <= e.threadsTotal));
     const counts = await helper.disarm(target.pid, 1n);
-    assert.deepEqual(counts, { trapped: BigInt(COUNT), delivered: BigInt(COUNT), suppressed: 0n, filtered: 0n, reservedMask: 1 });
+    assert.deepEqual(counts, { trapped: BigInt(COUNT), delivered: BigInt(COUNT), suppressed: 0n, filtered: 0n, lost: 0n, reservedMask: 1 });
     target.send("quit");
     assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
     t.diagnostic(`${COUNT} threads created, armed, trapped and joined in ${elapsedMs} ms; ${threads().length} THREADS events`);
@@ -816,8 +819,8 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const g2 = log.hits.filter((h) => h.group === 2n);
     assert.deepEqual(g1.map((h) => [h.oldValue, h.newValue]), [[v(499), v(500)]], "old value follows filtered traps too");
     assert.deepEqual(g2.map((h) => h.newValue), Array.from({ length: 100 }, (_, i) => v(100 + i)));
-    assert.deepEqual(d1.counts, { trapped: BigInt(N), delivered: 1n, suppressed: 0n, filtered: BigInt(N - 1) });
-    assert.deepEqual(d2.counts, { trapped: BigInt(N), delivered: 100n, suppressed: 0n, filtered: BigInt(N - 100) });
+    assert.deepEqual(d1.counts, { trapped: BigInt(N), delivered: 1n, suppressed: 0n, filtered: BigInt(N - 1), lost: 0n });
+    assert.deepEqual(d2.counts, { trapped: BigInt(N), delivered: 100n, suppressed: 0n, filtered: BigInt(N - 100), lost: 0n });
   });
 
   test("conditions - changed: a value stored 3 times in a row is delivered once", async (t) => {
@@ -831,7 +834,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     await finishesNormally(target);
     const done = await log.groupDone(1n);
     assert.deepEqual(log.hits.map((h) => [h.oldValue, h.newValue]), Array.from({ length: M }, (_, i) => [BigInt(i), BigInt(i + 1)]));
-    assert.deepEqual(done.counts, { trapped: BigInt(3 * M), delivered: BigInt(M), suppressed: 0n, filtered: BigInt(2 * M) });
+    assert.deepEqual(done.counts, { trapped: BigInt(3 * M), delivered: BigInt(M), suppressed: 0n, filtered: BigInt(2 * M), lost: 0n });
   });
 
   test("conditions - rw + unchanged is a read-only watch: exactly the 700 reads of 700 reads and 300 writes", async (t) => {
@@ -849,7 +852,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     // Read i (i <= 300) sees the value written by iteration i - 1.
     assert.deepEqual(log.hits.slice(0, 3).map((h) => h.newValue), [0n, 1n, 2n]);
     assert.equal(log.hits.at(-1)?.newValue, BigInt(WRITES));
-    assert.deepEqual(done.counts, { trapped: BigInt(READS + WRITES), delivered: BigInt(READS), suppressed: 0n, filtered: BigInt(WRITES) });
+    assert.deepEqual(done.counts, { trapped: BigInt(READS + WRITES), delivered: BigInt(READS), suppressed: 0n, filtered: BigInt(WRITES), lost: 0n });
   });
 
   test("tids - only the listed threads' traps are delivered; the others are counted as filtered", async (t) => {
@@ -866,7 +869,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     target.send("go");
     await finishesNormally(target);
     const done = await log.groupDone(1n);
-    assert.deepEqual(done.counts, { trapped: BigInt(4 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: BigInt(2 * N) });
+    assert.deepEqual(done.counts, { trapped: BigInt(4 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: BigInt(2 * N), lost: 0n });
     for (const tid of tids) {
       assert.equal(log.hits.filter((h) => h.tid === tid).length, wanted.includes(tid) ? N : 0, `tid ${tid}`);
     }
@@ -935,6 +938,9 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
         conditions: [],
         tids: [],
         stackDepth: 8,
+        backend: "ptrace",
+        countOnly: false,
+        countIntervalMs: 0,
       }),
     );
     await raw.next(MessageType.Armed);
@@ -966,7 +972,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const target = await s.target("counter", ["--writes", "100", "--other"]);
     const [counter, other, bytes] = readyAddresses(target) as [bigint, bigint, bigint];
     assert.deepEqual(await helper.arm(target.pid, 1n, [write8(counter, 2)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b100, reservedMask: 0b100 });
-    assert.deepEqual(await helper.disarm(target.pid, 1n), { trapped: 0n, delivered: 0n, suppressed: 0n, filtered: 0n, reservedMask: 0b100 });
+    assert.deepEqual(await helper.disarm(target.pid, 1n), { trapped: 0n, delivered: 0n, suppressed: 0n, filtered: 0n, lost: 0n, reservedMask: 0b100 });
     assert.equal(await target.tracerPid(), 0);
     if (existsSync("/usr/bin/perf")) {
       // The kernel still holds DR2's slot for the thread: perf gets the other three, not four.
@@ -982,11 +988,11 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
       target.send("go");
       await finishesNormally(target);
       const done = await log.groupDone(3n);
-      assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n, filtered: 0n });
+      assert.deepEqual(done.counts, { trapped: 100n, delivered: 100n, suppressed: 0n, filtered: 0n, lost: 0n });
       return;
     }
     assert.deepEqual(await helper.arm(target.pid, 3n, [write8(other, 2)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b100, reservedMask: 0b100 });
-    assert.deepEqual(await helper.disarm(target.pid, 3n), { trapped: 0n, delivered: 0n, suppressed: 0n, filtered: 0n, reservedMask: 0b100 });
+    assert.deepEqual(await helper.disarm(target.pid, 3n), { trapped: 0n, delivered: 0n, suppressed: 0n, filtered: 0n, lost: 0n, reservedMask: 0b100 });
     assert.deepEqual(await helper.arm(target.pid, 4n, [write8(other, 0)]), { threadsTotal: 1, threadsArmed: 1, drMask: 0b001, reservedMask: 0b101 });
     target.send("go");
     await finishesNormally(target);
@@ -1021,7 +1027,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const fake = await fakeHelper(t, "v1");
     await assert.rejects(HelperProcess.start({ path: fake }), (err: unknown) => {
       assert.ok(err instanceof HelperProtocolError);
-      assert.match(err.message, /helper speaks protocol 1, this agent speaks 2/);
+      assert.match(err.message, /helper speaks protocol 1, this agent speaks 3/);
       return true;
     });
   });

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
+  ARM_FIXED_BYTES,
   FRAME_HEADER_BYTES,
   FRAME_MAX_BYTES,
   FrameDecoder,
@@ -22,6 +23,7 @@ import {
   decodeResolved,
   encodeArm,
   encodeArmed,
+  encodeCounts,
   encodeDisarm,
   encodeDisarmed,
   encodeError,
@@ -41,8 +43,9 @@ import {
   encodeTargetExited,
   encodeTargetFork,
   encodeThreads,
+  helloProtocolVersion,
 } from "../../agent/helper-protocol.js";
-import type { ArmRequest, Frame, HelperHitRecord } from "../../agent/helper-protocol.js";
+import type { ArmRequest, Frame, HelloPayload, HelperHitRecord } from "../../agent/helper-protocol.js";
 
 function onlyFrame(bytes: Buffer): Frame {
   const frames = new FrameDecoder().push(bytes);
@@ -62,6 +65,7 @@ const hit: HelperHitRecord = {
   dr: 3,
   length: 8,
   mode: "rw",
+  valueExact: true,
   ips: [],
 };
 
@@ -74,6 +78,9 @@ const armBase: Omit<ArmRequest, "chunks"> = {
   conditions: [],
   tids: [],
   stackDepth: 0,
+  backend: "ptrace",
+  countOnly: false,
+  countIntervalMs: 0,
 };
 
 describe("helper protocol", () => {
@@ -102,21 +109,35 @@ describe("helper protocol", () => {
       conditions: [{ op: ">=", value: 10n }, { op: "<", value: (1n << 64n) - 1n }, { op: "changed" }, { op: "unchanged" }],
       tids: [4242, 4243],
       stackDepth: 16,
+      backend: "ptrace",
+      countOnly: false,
+      countIntervalMs: 0,
     };
     const armFrame = onlyFrame(encodeArm(8, arm));
     assert.equal(armFrame.type, MessageType.Arm);
-    assert.equal(armFrame.payload.length, 32 + 3 * 12 + 4 * 16 + 2 * 4);
+    assert.equal(armFrame.payload.length, ARM_FIXED_BYTES + 3 * 12 + 4 * 16 + 2 * 4);
     assert.deepEqual(decodeArmRequest(armFrame.payload), arm);
     const p = armFrame.payload;
     assert.deepEqual([p.readUInt32LE(20), p.readUInt32LE(24)], [1000, 250], "rate and backoff");
     assert.deepEqual([p[28], p[29], p[30], p[31]], [3, 4, 2, 16], "chunk, condition and tid counts, stack depth");
+    assert.deepEqual([p[32], p[33], p.readUInt16LE(34), p.readUInt32LE(36)], [0, 0, 0, 0], "backend 0 = ptrace, no flags, pad, interval");
     // Mode travels as the DR7 RW encoding.
-    assert.deepEqual([p[33], p[45], p[57]], [1, 0, 3]);
+    assert.deepEqual([p[41], p[53], p[65]], [1, 0, 3]);
     // Conditions: u8 op, 7 pad, u64 value; "changed"/"unchanged" carry 0.
-    assert.deepEqual([p[68], p[84], p[100], p[116]], [5, 2, 6, 7]);
-    assert.equal(p.readBigUInt64LE(76), 10n);
-    assert.equal(p.readBigUInt64LE(108), 0n);
-    assert.deepEqual([p.readUInt32LE(132), p.readUInt32LE(136)], [4242, 4243]);
+    assert.deepEqual([p[76], p[92], p[108], p[124]], [5, 2, 6, 7]);
+    assert.equal(p.readBigUInt64LE(84), 10n);
+    assert.equal(p.readBigUInt64LE(116), 0n);
+    assert.deepEqual([p.readUInt32LE(140), p.readUInt32LE(144)], [4242, 4243]);
+
+    const count: ArmRequest = { ...armBase, pid: 7, group: 3n, chunks: [{ dr: 1, mode: "w", length: 4, address: 0x601004n }], tids: [9], backend: "perf", countOnly: true, countIntervalMs: 250 };
+    const countFrame = onlyFrame(encodeArm(11, count));
+    const c = countFrame.payload;
+    assert.equal(c.length, ARM_FIXED_BYTES + 12 + 4);
+    assert.deepEqual([c[32], c[33], c.readUInt32LE(36)], [1, 1, 250], "backend 1 = perf, flags bit 0 = count only, interval");
+    assert.deepEqual(decodeArmRequest(c), count);
+    const badBackend = Buffer.from(c);
+    badBackend[32] = 2;
+    assert.throws(() => decodeArmRequest(badBackend), /unknown backend 2/);
 
     const disarm = onlyFrame(encodeDisarm(9, { pid: 99, group: 5n }));
     assert.deepEqual(decodeDisarmRequest(disarm.payload), { pid: 99, group: 5n });
@@ -126,8 +147,13 @@ describe("helper protocol", () => {
   });
 
   test("replies - HELLO, RESOLVED, ARMED, DISARMED and ERROR round trip", () => {
-    const hello = { protocolVersion: 2, slotsPerThread: 4, helperVersion: "0.2.0" };
-    assert.deepEqual(decodeHello(onlyFrame(encodeHello(hello)).payload), hello);
+    const hello: HelloPayload = { protocolVersion: 3, slotsPerThread: 4, backends: ["ptrace", "perf"], perfValues: "after-trap", helperVersion: "0.3.0", perfNote: "values are read after the trap" };
+    const helloFrame = onlyFrame(encodeHello(hello));
+    assert.deepEqual([helloFrame.payload.readUInt32LE(8), helloFrame.payload[12]], [0b11, 1], "backends mask, perf_values");
+    assert.equal(helloProtocolVersion(helloFrame.payload), 3);
+    assert.deepEqual(decodeHello(helloFrame.payload), hello);
+    const noPerf: HelloPayload = { ...hello, backends: ["ptrace"], perfValues: "unavailable", perfNote: "perf_event_open: EACCES (perf_event_paranoid 3)" };
+    assert.deepEqual(decodeHello(onlyFrame(encodeHello(noPerf)).payload), noPerf);
     const sym = { address: 0x5555_5555_8010n, size: 8n, module: "/usr/bin/postgres", symbol: "work_mem" };
     assert.deepEqual(decodeResolved(onlyFrame(encodeResolved(3, sym)).payload), sym);
     const armed = { threadsTotal: 12, threadsArmed: 12, drMask: 0b1010, reservedMask: 0b1011 };
@@ -135,10 +161,12 @@ describe("helper protocol", () => {
     assert.equal(armedFrame.payload.length, 12);
     assert.equal(armedFrame.payload[9], 0b1011, "reserved_mask after dr_mask");
     assert.deepEqual(decodeArmed(armedFrame.payload), armed);
-    const disarmed = { trapped: 115n, delivered: 100n, suppressed: 5n, filtered: 10n, reservedMask: 0b0001 };
+    const disarmed = { trapped: 118n, delivered: 100n, suppressed: 5n, filtered: 10n, lost: 3n, reservedMask: 0b0001 };
     const disarmedFrame = onlyFrame(encodeDisarmed(5, disarmed));
-    assert.equal(disarmedFrame.payload.length, 40);
+    assert.equal(disarmedFrame.payload.length, 48);
     assert.equal(disarmedFrame.payload.readBigUInt64LE(24), 10n, "filtered after suppressed");
+    assert.equal(disarmedFrame.payload.readBigUInt64LE(32), 3n, "lost after filtered");
+    assert.equal(disarmedFrame.payload[40], 0b0001, "reserved_mask after the counts");
     assert.deepEqual(decodeDisarmed(disarmedFrame.payload), disarmed);
     const err = { errno: 1, errnoName: "EPERM", message: "PTRACE_SEIZE pid 4242: already traced by pid 77 (strace)" };
     const errFrame = onlyFrame(encodeError(6, err));
@@ -154,8 +182,11 @@ describe("helper protocol", () => {
     assert.equal(rec.readUInt32LE(12), 4243);
     assert.equal(rec.readBigUInt64LE(40), hit.newValue);
     assert.deepEqual([rec[56], rec[57], rec[58]], [3, 8, 3]);
-    assert.deepEqual([...rec.subarray(59)], [0, 0, 0, 0, 0, 0]);
+    assert.deepEqual([...rec.subarray(59)], [1, 0, 0, 0, 0, 0], "flags (bit 0 value_exact), 4 pad, frame count");
     assert.deepEqual(decodeHitRecord(rec), { hit, end: 65 });
+    const afterTrap = { ...hit, valueExact: false };
+    assert.equal(encodeHitRecord(afterTrap)[59], 0);
+    assert.deepEqual(decodeHitRecord(encodeHitRecord(afterTrap)).hit, afterTrap);
 
     const withStack = { ...hit, ips: [0x401000n, 0x401234n, 0x7f00_0000_1000n] };
     const rec3 = encodeHitRecord(withStack);
@@ -224,6 +255,7 @@ describe("helper protocol", () => {
       dr: 1,
       length: 4,
       mode: "w",
+      valueExact: false,
       ips: [],
     });
   });
@@ -231,9 +263,10 @@ describe("helper protocol", () => {
   test("events - HITS, GROUP_DONE, GROUP_BACKOFF, GROUP_RESUMED, TARGET_*, THREADS and LOG decode", () => {
     const second = { ...hit, tid: 4244, newValue: 8n, mode: "w" as const };
     assert.deepEqual(decodeEvent(onlyFrame(encodeHits([hit, second]))), { kind: "hits", hits: [hit, second] });
-    const counts = { trapped: 105n, delivered: 100n, suppressed: 2n, filtered: 3n };
+    const counts = { trapped: 107n, delivered: 100n, suppressed: 2n, filtered: 3n, lost: 2n };
     const doneFrame = onlyFrame(encodeGroupDone(4242, 7n, "budget", counts));
-    assert.equal(doneFrame.payload.length, 48);
+    assert.equal(doneFrame.payload.length, 56);
+    assert.equal(doneFrame.payload.readBigUInt64LE(48), 2n, "lost last");
     assert.deepEqual(decodeEvent(doneFrame), {
       kind: "group-done",
       pid: 4242,
@@ -256,12 +289,14 @@ describe("helper protocol", () => {
       threadsTotal: 12,
       threadsArmed: 11,
     });
-    assert.deepEqual(decodeEvent(onlyFrame(encodeTargetExited(4242, true, 9))), {
-      kind: "target-exited",
-      pid: 4242,
-      killed: true,
-      code: 9,
-    });
+    for (const [how, code, wire] of [["exited", 3, 0], ["killed", 9, 1], ["gone", 0, 2]] as const) {
+      const frame = onlyFrame(encodeTargetExited(4242, how, code));
+      assert.equal(frame.payload[4], wire, how);
+      assert.deepEqual(decodeEvent(frame), { kind: "target-exited", pid: 4242, how, code });
+    }
+    const unknownExit = onlyFrame(encodeTargetExited(4242, "gone", 0));
+    unknownExit.payload[4] = 3;
+    assert.throws(() => decodeEvent(unknownExit), /unknown TARGET_EXITED killed 3/);
     assert.deepEqual(decodeEvent(onlyFrame(encodeTargetExec(4242))), { kind: "target-exec", pid: 4242 });
     assert.deepEqual(decodeEvent(onlyFrame(encodeLog("warning", "pid 1: slow"))), {
       kind: "log",
@@ -269,6 +304,27 @@ describe("helper protocol", () => {
       message: "pid 1: slow",
     });
     assert.equal(decodeEvent(onlyFrame(encodeShutdown(1))), undefined);
+  });
+
+  test("events - COUNTS carries a counting group's totals and each thread's hits of the interval", () => {
+    const counts = { trapped: 5200n, delivered: 5123n, suppressed: 0n, filtered: 70n, lost: 7n };
+    const threads = [
+      { tid: 4243, hits: 5000n },
+      { tid: 4244, hits: 123n },
+    ];
+    const frame = onlyFrame(encodeCounts(4242, 9n, 1_732_600_000_000_000_000n, counts, threads));
+    assert.equal(frame.type, MessageType.Counts);
+    assert.equal(frame.payload.length, 64 + 2 * 16);
+    const p = frame.payload;
+    assert.deepEqual([p.readUInt32LE(0), p.readUInt32LE(4), p.readBigUInt64LE(8)], [4242, 2, 9n], "pid, thread count, group");
+    assert.deepEqual([p.readBigUInt64LE(24), p.readBigUInt64LE(56)], [5200n, 7n], "trapped first, lost last");
+    assert.deepEqual([p.readUInt32LE(64), p.readBigUInt64LE(72), p.readUInt32LE(80)], [4243, 5000n, 4244]);
+    assert.deepEqual(decodeEvent(frame), { kind: "counts", pid: 4242, group: 9n, timeNs: 1_732_600_000_000_000_000n, counts, threads });
+    assert.deepEqual(decodeEvent(onlyFrame(encodeCounts(1, 1n, 1n, counts, []))), { kind: "counts", pid: 1, group: 1n, timeNs: 1n, counts, threads: [] });
+    // A thread count the payload does not hold is refused, not read past.
+    const lying = Buffer.from(p);
+    lying.writeUInt32LE(1_000_000, 4);
+    assert.throws(() => decodeEvent({ ...frame, payload: lying }), /COUNTS of 1000000 threads has a payload of 96 bytes/);
   });
 
   test("decoder - a frame split across chunks at every byte boundary", () => {
