@@ -44,7 +44,7 @@ function runQueue(hostIds: readonly string[], processes: number, jobs: number): 
   const targets = freshTargets(hostIds, processes);
   const queue = Array.from({ length: jobs }, (_, i) => {
     const ref = { hostId: hostIds[i % hostIds.length] as string, pid: simPid(Math.floor(i / hostIds.length) % processes) };
-    const job: PlacementJob = { id: `job-${i}`, priority: 0, createdUnixMs: i, placement: { kind: "all" } };
+    const job: PlacementJob = { id: `job-${i}`, priority: 0, createdUnixMs: i, placement: { kind: "all" }, backend: "perf" };
     return { job, ref, chunk: chunkAt(i) };
   });
   const outcomes: Record<string, number> = {};
@@ -64,7 +64,7 @@ function runQueue(hostIds: readonly string[], processes: number, jobs: number): 
 function runFleetDecision(hostIds: readonly string[], processes: number): number {
   const targets = freshTargets(hostIds, processes);
   const chunk = chunkAt(0);
-  const job: PlacementJob = { id: "fleet", priority: 0, createdUnixMs: 0, placement: { kind: "all" } };
+  const job: PlacementJob = { id: "fleet", priority: 0, createdUnixMs: 0, placement: { kind: "all" }, backend: "perf" };
   const started = performance.now();
   const candidates = [...targets.values()].map((t) => ({ ...t, chunks: [chunk] }));
   const decision = place(job, candidates);

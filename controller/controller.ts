@@ -15,6 +15,10 @@ import {
   AgentSchema,
   RpcError,
   armConditions,
+  Backend,
+  backendName,
+  countIntervalMs,
+  resolveBackend,
   TargetSchema,
   TargetSelectorSchema,
   checkJobSpec,
@@ -123,15 +127,20 @@ function isFollowable(selector: TargetSelector): boolean {
   return selector.exe !== "" || selector.comm !== "" || selector.cgroup !== "";
 }
 
-/** `pid 42`, `comm 'postgres' in cgroup /db`, for messages. */
-/** A job's watch in words for the audit trail: `demo_counter (w) in comm 'demo-counter' on hosts role=db`. */
+/**
+ * A job's watch in words for the audit trail, with the backend it arms
+ * with: `demo_counter (write) in comm 'demo-counter' on hosts role=db, perf`;
+ * a counting job says so: `…, perf counting every 1s`.
+ */
 export function describeJobSpec(spec: JobSpec): string {
   const watches = spec.watches.map((w) => `${w.location.case === "symbol" ? w.location.value : w.location.case === "address" ? `0x${w.location.value.toString(16)}` : "?"} (${WatchMode[w.mode]?.toLowerCase() ?? "?"})`).join(", ");
   const t = spec.target;
   const hosts = !t ? "" : t.allHosts ? "all hosts" : t.hostSelector ? `hosts ${t.hostSelector}` : t.hostIds.length > 0 ? `hosts ${t.hostIds.join(", ")}` : "";
-  return `${watches} in ${t ? describeProcesses(t) : "?"}${hosts ? ` on ${hosts}` : ""}`;
+  const counting = spec.countOnly ? ` counting every ${formatDuration(countIntervalMs(spec))}` : "";
+  return `${watches} in ${t ? describeProcesses(t) : "?"}${hosts ? ` on ${hosts}` : ""}, ${backendName(resolveBackend(spec))}${counting}`;
 }
 
+/** `pid 42, comm 'postgres'`, for messages. */
 function describeProcesses(selector: TargetSelector): string {
   const parts = [
     selector.pid ? `pid ${selector.pid}` : "",
@@ -155,6 +164,7 @@ function newJobId(): string {
 /** What an agent is asked to arm for one target of a job: registers, budget, deadline and the helper-side filters. */
 function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[]; counts?: HitCounts | undefined }, epoch: bigint) {
   const spec = job.spec!;
+  const counting = spec.countOnly;
   return {
     jobId: job.id,
     pid: target.pid,
@@ -165,8 +175,12 @@ function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[]; co
     tids: spec.tids,
     maxHitsPerSecond: spec.maxHitsPerSecond,
     backoffMs: spec.maxHitsPerSecond > 0 ? spec.backoffMs || defaultBackoffMs : 0,
-    stackDepth: spec.stackDepth ?? defaultStackDepth,
+    // A counting job sends no hits, so no stacks either.
+    stackDepth: counting ? 0 : (spec.stackDepth ?? defaultStackDepth),
     lostAfterMs: spec.lostAfterMs,
+    backend: resolveBackend(spec),
+    countOnly: counting,
+    countIntervalMs: counting ? countIntervalMs(spec) : 0n,
     epoch,
     ...(target.counts ? { counts: target.counts } : {}),
     redaction: job.redaction,
@@ -190,7 +204,20 @@ function isRetryable(err: unknown): boolean {
 
 /** What the placement core needs to know about a job. */
 function placementJob(job: Job): PlacementJob {
-  return { id: job.id, priority: job.spec?.priority ?? 0, createdUnixMs: Number(job.createdUnixMs), placement: parsePlacement(job.spec?.placement ?? "") };
+  const backend = job.spec && resolveBackend(job.spec) === Backend.PERF ? "perf" : "ptrace";
+  return { id: job.id, priority: job.spec?.priority ?? 0, createdUnixMs: Number(job.createdUnixMs), placement: parsePlacement(job.spec?.placement ?? ""), backend };
+}
+
+/**
+ * Refuses a perf job on a host whose helper cannot open perf breakpoints,
+ * with the host's reason: never a silent fall back to ptrace, which would
+ * stop the target and survive no SIGKILL of the helper.
+ */
+function checkHostBackend(info: AgentInfo, spec: JobSpec): void {
+  if (resolveBackend(spec) !== Backend.PERF || info.backends.includes(Backend.PERF)) return;
+  const why = info.perfNote || "its agent does not offer them";
+  const fix = spec.countOnly ? "counting (--count) needs them" : "use --backend ptrace";
+  throw new PreconditionError(`perf events are unavailable on host ${info.hostId}: ${why}; ${fix}`);
 }
 
 /** A job's targets by `host/pid`: lookups of many targets in a job of thousands must not each scan it. */
@@ -339,9 +366,10 @@ export class Controller {
       owner: caller.who,
       redaction,
     });
-    for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, state: TargetState.FAILED, reason: err.message }));
+    const backend = resolveBackend(spec);
+    for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, backend, state: TargetState.FAILED, reason: err.message }));
     for (const plan of plans) {
-      const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {} };
+      const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {}, backend };
       draft.targets.push(
         "err" in plan
           ? create(TargetSchema, { ...base, state: TargetState.FAILED, reason: errorText(plan.err) })
@@ -406,6 +434,7 @@ export class Controller {
   /** Resolves the job's symbols in one process and splits its watches into chunks. */
   private async plan(session: AgentSession, spec: JobSpec, pid: number): Promise<Plan> {
     try {
+      checkHostBackend(session.info, spec);
       const resolved = new Map<number, { address: bigint; size: bigint }>();
       for (const [index, watch] of spec.watches.entries()) {
         if (watch.location.case !== "symbol") continue;
@@ -449,7 +478,8 @@ export class Controller {
     const s = this.ledger.snapshot(target.hostId, target.pid);
     const where = `pid ${target.pid} on ${target.hostId}`;
     if (s.tracedBy) return `${where} is already traced by pid ${s.tracedBy.pid} (${s.tracedBy.comm}): stop that tracer first`;
-    const need = distinctChunks(target.chunks).filter((c) => !s.slots.some((slot) => slot && sameChunk(slot.chunk, c))).length;
+    const shares = placementJob(job).backend === "ptrace";
+    const need = distinctChunks(target.chunks).filter((c) => !shares || !s.slots.some((slot) => slot && !slot.exclusive && sameChunk(slot.chunk, c))).length;
     const held = this.ledger.describe(target.hostId, target.pid);
     return (
       `${where} has ${this.ledger.freeCount(target.hostId, target.pid)} free debug register(s) of ${slotsPerThread} and the job needs ${need}` +
@@ -543,6 +573,8 @@ export class Controller {
           t.threadsTotal = outcome.result.threadsTotal;
           t.threadsArmed = outcome.result.threadsArmed;
           t.reservedMask = outcome.result.reservedMask;
+          if (outcome.result.backend !== Backend.UNSPECIFIED) t.backend = outcome.result.backend;
+          t.valuesExact = outcome.result.valuesExact;
         } else if (outcome.err instanceof AgentOperationError && outcome.err.errnoName === "ESRCH") {
           // Gone before its turn came (the agent had nothing armed there to see the exit).
           t.state = TargetState.EXITED;
@@ -607,7 +639,7 @@ export class Controller {
     const added = await this.withLedger(async () => {
       const current = this.store.get(jobId);
       if (!current || isJobFinal(current) || current.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return undefined;
-      const base = { hostId: session.hostId, pid, counts: {} };
+      const base = { hostId: session.hostId, pid, counts: {}, backend: resolveBackend(current.spec!) };
       const target =
         "err" in plan
           ? create(TargetSchema, { ...base, state: TargetState.FAILED, reason: errorText(plan.err) })
@@ -954,6 +986,7 @@ export class Controller {
                     chunk: held?.chunk,
                     reserved: ((e.reservedMask >> dr) & 1) === 1,
                     foreign: ((e.foreignMask >> dr) & 1) === 1,
+                    backend: !held ? Backend.UNSPECIFIED : held.exclusive ? Backend.PERF : Backend.PTRACE,
                   });
                 }),
                 tracedByPid: e.tracedBy?.pid ?? 0,
@@ -1220,7 +1253,7 @@ export class Controller {
       // Decide as if the lost targets were gone and the candidates waiting.
       const trial = clone(JobSchema, current);
       trial.targets = current.targets.filter((t) => !lost.includes(t)).map((t) => clone(TargetSchema, t));
-      for (const p of plans) trial.targets.push(create(TargetSchema, { hostId: p.session.hostId, pid: p.pid, state: TargetState.PENDING, reason: "waiting to be placed", chunks: p.chunks, counts: {} }));
+      for (const p of plans) trial.targets.push(create(TargetSchema, { hostId: p.session.hostId, pid: p.pid, state: TargetState.PENDING, reason: "waiting to be placed", chunks: p.chunks, counts: {}, backend: resolveBackend(current.spec!) }));
       const before = this.ledgerCheckpoint(current).concat(this.ledgerCheckpoint(trial));
       for (const t of lost) this.ledger.release(t.hostId, t.pid, jobId);
       const decision = this.decide(trial);

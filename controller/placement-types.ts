@@ -14,10 +14,20 @@ export interface SlotHolder {
   readonly createdUnixMs: number;
 }
 
+/**
+ * How a job's targets are armed. Both draw on the same kernel pool of four
+ * registers per thread; ptrace jobs watching an identical chunk share one
+ * register, while each perf job opens events of its own, so a perf register
+ * is never shared.
+ */
+export type PlacementBackend = "ptrace" | "perf";
+
 /** A register in use: one chunk (address, length, mode) and the jobs holding it. Its reference count is `holders.length`. */
 export interface HeldSlot {
   readonly chunk: Chunk;
   readonly holders: readonly SlotHolder[];
+  /** Held by one perf job: no other job shares it, whatever it watches. */
+  readonly exclusive?: boolean;
 }
 
 /** The fleet's view of one target process (one host, one pid), as the ledger knows it. */
@@ -49,6 +59,8 @@ export interface PlacementJob {
   readonly priority: number;
   readonly createdUnixMs: number;
   readonly placement: PlacementMode;
+  /** ptrace jobs share registers watching identical chunks; perf jobs never do. */
+  readonly backend: PlacementBackend;
 }
 
 /** A (host, pid) pair. */
@@ -62,7 +74,7 @@ export interface Assignment {
   /** 0..3 for DR0..DR3. */
   readonly dr: number;
   readonly chunk: Chunk;
-  /** The register already watched this identical chunk (for another job, or for an earlier chunk of this job): a new reference, no new slot. */
+  /** The register already watched this identical chunk (for another ptrace job, or for an earlier chunk of this job): a new reference, no new slot. */
   readonly shared: boolean;
 }
 

@@ -5,6 +5,7 @@ import { sameChunk, slotsPerThread, type Chunk } from "../proto/index.js";
 import { InvalidRequestError } from "./errors.js";
 import type {
   Assignment,
+  PlacementBackend,
   Candidate,
   Eviction,
   HeldSlot,
@@ -81,6 +82,11 @@ function assign(chunks: readonly Chunk[], drOf: number[], sameAs: readonly numbe
   return out;
 }
 
+/** Whether a job of this backend may take one more reference on a held register: ptrace with ptrace only (perf events are each job's own). */
+function canShare(slot: HeldSlot, backend: PlacementBackend): boolean {
+  return backend === "ptrace" && !slot.exclusive;
+}
+
 /** Decides one candidate on its own: targets are independent, the mode only chooses among them. */
 function evaluate(c: Candidate, job: PlacementJob): Fit {
   // A register nobody holds any more is free, whatever the snapshot left in it.
@@ -96,7 +102,7 @@ function evaluate(c: Candidate, job: PlacementJob): Fit {
   }
   const foreign = c.foreignMask & allRegisters;
 
-  // Sharing first: an identical chunk already in a register, or earlier in this job, costs no slot.
+  // Sharing first: an identical chunk already in a register of another ptrace job, or earlier in this job, costs no slot.
   const chunks = c.chunks;
   const drOf: number[] = [];
   const sameAs: number[] = [];
@@ -111,7 +117,7 @@ function evaluate(c: Candidate, job: PlacementJob): Fit {
     if (first === -1) {
       for (let r = 0; r < slotsPerThread && dr === -1; r++) {
         const s = live[r];
-        if (s && !((foreign >> r) & 1) && sameChunk(s.chunk, chunk)) dr = r;
+        if (s && !((foreign >> r) & 1) && canShare(s, job.backend) && sameChunk(s.chunk, chunk)) dr = r;
       }
       if (dr === -1) need++;
       else joinedMask |= 1 << dr;
@@ -330,8 +336,9 @@ function decision(outcome: PlacementDecision["outcome"], placed: TargetPlacement
 /**
  * Decides where a job's watches go among its candidate targets.
  *
- * Per target: identical chunks (address, length, mode) share a register
- * (one more reference, no new slot); the job's chunks are placed all or none;
+ * Per target: identical chunks (address, length, mode) of ptrace jobs share
+ * a register (one more reference, no new slot), a perf job's registers are
+ * its own; the job's chunks are placed all or none;
  * new chunks take free registers the kernel reserved for us first, then the
  * lowest free index, never one in foreignMask; a target traced by another
  * tracer is unusable. When a target lacks room the job may evict holders of
@@ -408,7 +415,7 @@ export function releaseJobs<T extends TargetSnapshot>(target: T, jobIds: Iterabl
     if (!s) return null;
     const holders = s.holders.filter((h) => !leaving.has(h.jobId));
     if (holders.length === s.holders.length) return s;
-    if (holders.length > 0) return { chunk: s.chunk, holders };
+    if (holders.length > 0) return { ...s, holders };
     cleared.push(dr);
     return null;
   });
@@ -435,7 +442,10 @@ export function applyPlacement<T extends TargetSnapshot>(target: T, job: Placeme
     if (s && !sameChunk(s.chunk, chunk)) {
       throw new Error(`stale placement: DR${dr} of pid ${target.pid} on ${target.hostId} watches another chunk (held by ${s.holders.map((h) => h.jobId).join(", ")})`);
     }
-    slots[dr] = s ? { chunk: s.chunk, holders: [...s.holders, holder] } : { chunk, holders: [holder] };
+    if (s && !canShare(s, job.backend)) {
+      throw new Error(`stale placement: DR${dr} of pid ${target.pid} on ${target.hostId} is held by ${s.holders.map((h) => h.jobId).join(", ")}, and perf registers are never shared`);
+    }
+    slots[dr] = s ? { chunk: s.chunk, holders: [...s.holders, holder] } : job.backend === "perf" ? { chunk, holders: [holder], exclusive: true } : { chunk, holders: [holder] };
   }
   return { ...after, slots };
 }

@@ -26,7 +26,7 @@ interface Entry {
 
 const emptySlots = (): Array<HeldSlot | null> => new Array<HeldSlot | null>(slotsPerThread).fill(null);
 
-/** Debug-register bookkeeping per (host, pid); at most `slotsPerThread` registers each, shared by identical chunks. */
+/** Debug-register bookkeeping per (host, pid); at most `slotsPerThread` registers each, shared by identical chunks of ptrace jobs. */
 export class SlotLedger {
   private readonly targets = new Map<string, Entry>();
 
@@ -132,7 +132,8 @@ export class SlotLedger {
     for (const { dr, chunk } of assignments) {
       if (!chunk) continue;
       const held = entry.snapshot.slots[dr];
-      if (held && !sameChunk(held.chunk, chunk)) {
+      if (held && sameChunk(held.chunk, chunk) && held.holders.some((h) => h.jobId === job.id)) continue;
+      if (held && (!sameChunk(held.chunk, chunk) || held.exclusive || job.backend === "perf")) {
         throw new SlotsExhaustedError(
           `DR${dr} of pid ${pid} on ${hostId} is claimed by ${held.holders.map((h) => h.jobId).join(", ")} (${formatChunk(held.chunk)}) and by ${job.id} (${formatChunk(chunk)})`,
           hostId,

@@ -161,7 +161,7 @@ describe("authorization", () => {
     };
     const submitted = find((r) => r.action === "submit" && r.jobId === a.id, "olga's submit");
     assert.deepEqual([submitted.who, submitted.result, submitted.where], ["user olga", "ok", [`h1/${demo.pid}`]]);
-    assert.match(submitted.what, /^demo_counter \(write\) in pid \d+$/);
+    assert.match(submitted.what, /^demo_counter \(write\) in pid \d+, perf$/, "the audit names the backend the job arms with");
     const refused = find((r) => r.action === "submit" && r.who === "user olga" && r.result === "PERMISSION_DENIED", "olga's refused submit");
     assert.match(refused.reason, /idler is not in executables/);
     find((r) => r.action === "submit" && r.who === "user vera" && r.result === "PERMISSION_DENIED" && /submit needs operator or admin/.test(r.reason), "vera's denied submit");

@@ -4,7 +4,7 @@ import { create } from "@bufbuild/protobuf";
 import { ChunkSchema, WatchMode, splitRange, type Chunk } from "../../proto/index.js";
 import { InvalidRequestError } from "../../controller/errors.js";
 import { applyDecision, applyPlacement, place, releaseJob, releaseJobs } from "../../controller/placement.js";
-import type { Candidate, HeldSlot, PlacementDecision, PlacementJob, PlacementMode, SlotHolder, TargetSnapshot } from "../../controller/placement-types.js";
+import type { Candidate, HeldSlot, PlacementBackend, PlacementDecision, PlacementJob, PlacementMode, SlotHolder, TargetSnapshot } from "../../controller/placement-types.js";
 
 // ---- builders: short names keep the tables readable ----------------------
 
@@ -15,7 +15,7 @@ const rw = (address: number, length = 8): Chunk => create(ChunkSchema, { address
 const h = (jobId: string, priority = 0, createdUnixMs = 0): SlotHolder => ({ jobId, priority, createdUnixMs });
 const held = (chunk: Chunk, ...holders: SlotHolder[]): HeldSlot => ({ chunk, holders });
 
-const job = (id: string, priority = 0, placement: PlacementMode = { kind: "any" }, createdUnixMs = 1_000): PlacementJob => ({ id, priority, createdUnixMs, placement });
+const job = (id: string, priority = 0, placement: PlacementMode = { kind: "any" }, createdUnixMs = 1_000, backend: PlacementBackend = "ptrace"): PlacementJob => ({ id, priority, createdUnixMs, placement, backend });
 
 const target = (hostId: string, pid: number, chunks: Chunk[], more: Partial<Omit<Candidate, "hostId" | "pid" | "chunks">> = {}): Candidate => ({
   hostId,
@@ -66,6 +66,34 @@ test("placement - shares only identical address, length and mode", () => {
     if (expected === "pending") assert.equal(d.outcome, "pending", name);
     else assert.deepEqual(summary(d), expected, name);
   }
+});
+
+test("placement - perf jobs never share a register between jobs; within a job a repeated chunk still takes one", () => {
+  const ptraceHeld = held(w(0x1000), h("p"));
+  const perfHeld: HeldSlot = { chunk: w(0x2000), holders: [h("q")], exclusive: true };
+  const slots = [ptraceHeld, perfHeld, null, null];
+  const perf = (id: string) => job(id, 0, { kind: "any" }, 1_000, "perf");
+  const cases: Array<[string, PlacementJob, Chunk[], string[] | "pending"]> = [
+    ["ptrace joins an identical ptrace chunk", job("x"), [w(0x1000)], ["h1/10 0*"]],
+    ["ptrace does not join a perf job's identical chunk", job("x"), [w(0x2000)], ["h1/10 2"]],
+    ["perf does not join a ptrace job's identical chunk", perf("x"), [w(0x1000)], ["h1/10 2"]],
+    ["perf does not join another perf job's identical chunk", perf("x"), [w(0x2000)], ["h1/10 2"]],
+    ["perf with a repeated chunk of its own takes one register", perf("x"), [w(0x4000, 8, 0), w(0x4000, 8, 1)], ["h1/10 2,2*"]],
+    ["perf with three chunks and two free registers waits", perf("x"), [w(0x1000), w(0x2000), w(0x3000)], "pending"],
+  ];
+  for (const [name, j, chunks, expected] of cases) {
+    const d = place(j, [target("h1", 10, chunks, { slots })]);
+    if (expected === "pending") assert.equal(d.outcome, "pending", name);
+    else assert.deepEqual(summary(d), expected, name);
+  }
+  // Applied, a perf job's register is its own: an identical chunk of any later job takes another.
+  let t: Candidate = target("h1", 10, [w(0x1000)]);
+  const a = perf("a");
+  t = { ...applyPlacement(t, a, place(a, [t]).placed[0]!), chunks: [w(0x1000)] };
+  assert.equal(t.slots[0]!.exclusive, true);
+  for (const j of [perf("b"), job("c")]) assert.deepEqual(summary(place(j, [t])), ["h1/10 1"], j.id);
+  assert.throws(() => applyPlacement(t, job("c"), { hostId: "h1", pid: 10, evicts: [], assignments: [{ dr: 0, chunk: w(0x1000), shared: true }] }), /perf registers are never shared/);
+  assert.deepEqual(releaseJob(t, "a").cleared, [0], "its register frees when the perf job leaves");
 });
 
 test("placement - prefers free reserved registers, then the lowest index, never a foreign one", () => {

@@ -3,11 +3,11 @@ import assert from "node:assert/strict";
 import { SlotLedger, assignmentsOf, foreignHoldMs } from "../../controller/slot-ledger.js";
 import { SlotsExhaustedError } from "../../controller/errors.js";
 import { place } from "../../controller/placement.js";
-import type { PlacementJob } from "../../controller/placement-types.js";
+import type { PlacementBackend, PlacementJob } from "../../controller/placement-types.js";
 import { WatchMode, splitRange, type Chunk } from "../../proto/index.js";
 
 const chunks = (address: bigint, length: number) => splitRange(address, length, WatchMode.WRITE);
-const job = (id: string, priority = 0): PlacementJob => ({ id, priority, createdUnixMs: 0, placement: { kind: "any" } });
+const job = (id: string, priority = 0, backend: PlacementBackend = "ptrace"): PlacementJob => ({ id, priority, createdUnixMs: 0, placement: { kind: "any" }, backend });
 
 /** Places one job on one target through the placement core and applies it, as the controller does. */
 function reserve(ledger: SlotLedger, hostId: string, pid: number, j: PlacementJob, cs: Chunk[]): number[] {
@@ -70,6 +70,23 @@ test("slot-ledger - restore rebuilds holdings, shares identical chunks, refuses 
   assert.deepEqual(holders(first, "h1", 10), ["a,b", "", "", ""]);
   const other = assignmentsOf(chunks(0x2000n, 8).map((chunk) => ({ dr: 0, chunk })));
   assert.throws(() => first.restore("h1", 10, job("c"), other), (err: unknown) => err instanceof SlotsExhaustedError && /DR0 of pid 10 on h1 is claimed by a, b .* and by c/.test(err.message));
+});
+
+test("slot-ledger - perf jobs take a register each for identical chunks, and restore refuses sharing one", () => {
+  const ledger = new SlotLedger();
+  assert.deepEqual(reserve(ledger, "h1", 10, job("a", 0, "perf"), chunks(0x1000n, 8)), [0]);
+  assert.deepEqual(reserve(ledger, "h1", 10, job("b", 0, "perf"), chunks(0x1000n, 8)), [1]);
+  assert.deepEqual(reserve(ledger, "h1", 10, job("c"), chunks(0x1000n, 8)), [2], "a ptrace job does not share a perf register");
+  assert.deepEqual(reserve(ledger, "h1", 10, job("d"), chunks(0x1000n, 8)), [2], "ptrace jobs share among themselves");
+  assert.deepEqual(holders(ledger, "h1", 10), ["a", "b", "c,d", ""]);
+  assert.equal(ledger.freeCount("h1", 10), 1);
+  assert.deepEqual(ledger.release("h1", 10, "a"), [0]);
+
+  const restored = new SlotLedger();
+  const [slot] = assignmentsOf([{ dr: 0, chunk: chunks(0x1000n, 8)[0]! }]);
+  restored.restore("h1", 10, job("a", 0, "perf"), [slot!]);
+  assert.throws(() => restored.restore("h1", 10, job("b", 0, "perf"), [slot!]), SlotsExhaustedError);
+  assert.throws(() => restored.restore("h1", 10, job("c"), [slot!]), SlotsExhaustedError);
 });
 
 test("slot-ledger - reuses registers the kernel still reserves for us before fresh ones", () => {
