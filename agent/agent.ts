@@ -7,6 +7,8 @@ import { clone, create, toBinary } from "@bufbuild/protobuf";
 import {
   ArmResultSchema,
   ArmedTargetSchema,
+  Backend,
+  CountReportSchema,
   DisarmResultSchema,
   HitCountsSchema,
   DiscoverResultSchema,
@@ -49,14 +51,19 @@ import {
 import { AgentCommandError, HostPolicyRefusal, toAgentError } from "./errors.js";
 import { defaultPolicy, policyLabel, redactValues, refusal, stricterValues, summarizePolicy, valuePolicyOf, type HostPolicy, type ValuePolicy } from "./host-policy.js";
 import { userNames, type LoadedPolicy } from "./policy-file.js";
-import type { ExitKind, GroupCounts, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess } from "./helper-process.js";
+import type { ExitKind, GroupCounts, HelperBackend, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess, ThreadHits } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
-import { resumeCounts, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
+import { resumeCounts, resumeCountingTotals, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
 import { parseStat, processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
 import { inspectProcess, scanProcesses, watchProcesses } from "./process-discovery.js";
 
 // How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
 const storedHitsTimeoutMs = 10_000;
+
+// The helper sends a counting group's last COUNTS before saying it ended; an
+// ended counting watch waits this long for it to come through before its
+// counts are taken as final without it.
+const lastCountsWaitMs = 5_000;
 
 
 /** One job's watch on one process of this host. */
@@ -95,6 +102,19 @@ interface Watch {
   readonly jobValues: ValuePolicy;
   threadsTotal: number;
   threadsArmed: number;
+  readonly backend: HelperBackend;
+  /** Hits' values are read at the trap: ptrace, or perf where the kernel reads them. */
+  readonly valuesExact: boolean;
+  /** A counting watch: no hit records, count reports every countIntervalMs. */
+  readonly countOnly: boolean;
+  readonly countIntervalMs: bigint;
+  /** perf samples lost (ring buffer full) already counted as dropped. */
+  lostCounted: bigint;
+  /** A counting watch: `trapped` of the latest COUNTS received, and of the group's final counts once it ended. */
+  countsTrapped: bigint;
+  finalTrapped: bigint | undefined;
+  /** Gives up waiting for a counting watch's last COUNTS. */
+  lastCountsTimer: NodeJS.Timeout | undefined;
 }
 
 const helperModes: Record<number, HelperMode> = { [WatchMode.WRITE]: "w", [WatchMode.READ_WRITE]: "rw", [WatchMode.EXECUTE]: "x" };
@@ -178,6 +198,24 @@ const helperOps: Record<number, HelperCondition["op"]> = {
   [ConditionOp.UNCHANGED]: "unchanged",
 };
 
+/** A counting watch's totals: its earlier watches' plus the helper's (delivered = hits counted; lost samples are dropped). */
+function countingTotals(base: HitCounts, counts: GroupCounts): HitCounts {
+  return create(HitCountsSchema, {
+    trapped: base.trapped + counts.trapped,
+    delivered: base.delivered + counts.delivered,
+    suppressed: base.suppressed + counts.suppressed,
+    filtered: base.filtered + counts.filtered,
+    dropped: base.dropped + counts.lost,
+  });
+}
+
+/** The helper's name of an Arm's backend; UNSPECIFIED (a controller that does not choose) is ptrace, as before there was a choice. */
+function helperBackend(backend: Backend): HelperBackend {
+  if (backend === Backend.PERF) return "perf";
+  if (backend === Backend.PTRACE || backend === Backend.UNSPECIFIED) return "ptrace";
+  throw new AgentCommandError(`backend ${backend} is not known`, "EINVAL");
+}
+
 function helperCondition(condition: Condition): HelperCondition {
   const op = helperOps[condition.op];
   if (!op) throw new AgentCommandError(`condition operator ${condition.op} is not known`, "EINVAL");
@@ -257,19 +295,22 @@ export class AgentCore {
 
   /**
    * The helper died: every watch it held is gone (a helper that could clean
-   * up cleared the registers and detached first). Each is reported failed
-   * with the reason, so the job's status tells the truth.
+   * up cleared the registers and detached first; perf breakpoints go with
+   * it however it died). Each is reported failed with the reason for its
+   * backend, so the job's status tells the truth.
    */
-  helperLost(reason: string): void {
+  helperLost(reason: (backend: HelperBackend) => string): void {
     for (const watch of this.byKey.values()) {
       if (watch.ended) continue;
       watch.ended = true;
       watch.deadlineTimer?.cancel();
       watch.expected = watch.received;
-      watch.counts.trapped = watch.base.trapped + watch.received;
+      // A counting watch keeps the totals of its last COUNTS: they add up on their own.
+      if (!watch.countOnly) watch.counts.trapped = watch.base.trapped + watch.received;
+      watch.finalTrapped = watch.countsTrapped;
       this.flush(watch);
       this.wakeIfSettled(watch);
-      void this.settled(watch).then(() => this.report(watch, TargetState.FAILED, reason));
+      void this.settled(watch).then(() => this.report(watch, TargetState.FAILED, reason(watch.backend)));
     }
     this.byGroup.clear();
   }
@@ -421,10 +462,14 @@ export class AgentCore {
       const existing = this.byKey.get(key(request.jobId, request.pid));
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
       if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
+      const backend = helperBackend(request.backend);
+      if (backend === "perf" && !this.currentHelper().capabilities.backends.includes("perf")) {
+        throw new AgentCommandError(`perf events are unavailable on ${this.hostId}: ${this.currentHelper().capabilities.perfNote || "the helper cannot open perf breakpoints here"}`, "EOPNOTSUPP");
+      }
       // Armed again after a lapse: counters and hit sequence go on from the earlier watch.
       // The same counters object: hits of the earlier watch still being published land in it.
       // Otherwise from what the controller and the event stream know (this agent may have started again).
-      const carried = existing ? existing.counts : resumeCounts(request.counts, (await this.storedHits(request.jobId)).byPid.get(request.pid) ?? 0n);
+      const carried = existing ? existing.counts : await this.resumedCounts(request);
       if (this.byKey.get(key(request.jobId, request.pid)) !== existing) throw new AgentCommandError(`job ${request.jobId} was armed on pid ${request.pid} meanwhile`, "EEXIST");
       const chunks: HelperChunk[] = request.slots.map((s) => {
         const mode = helperModes[s.chunk?.mode ?? WatchMode.UNSPECIFIED];
@@ -456,6 +501,14 @@ export class AgentCore {
         jobValues: valuePolicyOf(request.redaction),
         threadsTotal: 0,
         threadsArmed: 0,
+        backend,
+        valuesExact: backend === "ptrace" || this.currentHelper().capabilities.perfValues === "exact",
+        countOnly: request.countOnly,
+        countIntervalMs: request.countOnly ? request.countIntervalMs || 1_000n : 0n,
+        lostCounted: 0n,
+        countsTrapped: 0n,
+        finalTrapped: undefined,
+        lastCountsTimer: undefined,
       };
       // Registered before arming: hits can arrive before the helper's reply.
       this.byGroup.set(group, watch);
@@ -468,6 +521,9 @@ export class AgentCore {
           conditions: request.conditions.map(helperCondition),
           tids: request.tids,
           stackDepth: request.stackDepth,
+          backend,
+          countOnly: request.countOnly,
+          countIntervalMs: Number(watch.countIntervalMs),
         });
       } catch (err) {
         this.byGroup.delete(group);
@@ -489,11 +545,30 @@ export class AgentCore {
       watch.threadsTotal = result.threadsTotal;
       watch.threadsArmed = result.threadsArmed;
       if (request.deadlineUnixMs > 0n) watch.deadlineTimer = timerAt(Number(request.deadlineUnixMs), () => void this.endAtDeadline(watch));
-      this.log(`agent ${this.hostId}: job ${request.jobId} armed on pid ${request.pid}: ${request.slots.map((s) => `DR${s.dr}=${hex(s.chunk?.address ?? 0n)}/${s.chunk?.length}`).join(" ")}, ${result.threadsArmed}/${result.threadsTotal} threads`);
-      return create(ArmResultSchema, { ...reply, threadsTotal: result.threadsTotal, threadsArmed: result.threadsArmed, slots: request.slots, reservedMask: this.reservedOf(request.pid) });
+      this.log(`agent ${this.hostId}: job ${request.jobId} armed on pid ${request.pid} (${backend}${watch.countOnly ? ", counting" : ""}): ${request.slots.map((s) => `DR${s.dr}=${hex(s.chunk?.address ?? 0n)}/${s.chunk?.length}`).join(" ")}, ${result.threadsArmed}/${result.threadsTotal} threads`);
+      return create(ArmResultSchema, {
+        ...reply,
+        threadsTotal: result.threadsTotal,
+        threadsArmed: result.threadsArmed,
+        slots: request.slots,
+        reservedMask: this.reservedOf(request.pid),
+        backend: backend === "perf" ? Backend.PERF : Backend.PTRACE,
+        valuesExact: watch.valuesExact,
+      });
     } catch (err) {
       return create(ArmResultSchema, { ...reply, error: toAgentError(err) });
     }
+  }
+
+  /**
+   * Where a target's counters go on from when this agent has no earlier
+   * watch of it: what the controller last heard and what the event stream
+   * holds of it (stored hits, or a counting job's last report).
+   */
+  private async resumedCounts(request: Arm): Promise<HitCounts> {
+    const stored = await this.storedHits(request.jobId);
+    if (request.countOnly) return resumeCountingTotals(request.counts, stored.countedByPid.get(request.pid));
+    return resumeCounts(request.counts, stored.byPid.get(request.pid) ?? 0n);
   }
 
   async disarm(request: Disarm): Promise<DisarmResult> {
@@ -631,23 +706,49 @@ export class AgentCore {
   private endWatch(watch: Watch, counts: GroupCounts): void {
     watch.ended = true;
     watch.deadlineTimer?.cancel();
+    if (watch.countOnly) {
+      // No hit records: the counts are the helper's, and its last COUNTS (published as a report) may still be on its way here.
+      watch.expected = 0n;
+      this.takeCountingTotals(watch, counts);
+      watch.finalTrapped = counts.trapped;
+      if (watch.countsTrapped < counts.trapped) {
+        watch.lastCountsTimer = setTimeout(() => {
+          this.log(`agent ${this.hostId}: job ${watch.jobId} on pid ${watch.pid}: no last COUNTS from the helper within ${lastCountsWaitMs} ms; its final counts stand without a last report`);
+          watch.countsTrapped = counts.trapped;
+          this.wakeIfSettled(watch);
+        }, lastCountsWaitMs);
+      }
+      this.wakeIfSettled(watch);
+      return;
+    }
     watch.expected = counts.delivered;
     if (this.isLastHit(watch)) this.flush(watch);
     watch.counts.trapped = watch.base.trapped + counts.trapped;
     watch.counts.suppressed = watch.base.suppressed + counts.suppressed;
     watch.counts.filtered = watch.base.filtered + counts.filtered;
+    // perf samples the kernel could not write never became hits: dropped, so the counts still add up.
+    watch.counts.dropped += counts.lost - watch.lostCounted;
+    watch.lostCounted = counts.lost;
     this.wakeIfSettled(watch);
+  }
+
+  /** A counting watch's counters from the helper's totals (delivered = hits counted; lost samples are dropped). */
+  private takeCountingTotals(watch: Watch, counts: GroupCounts): void {
+    Object.assign(watch.counts, countingTotals(watch.base, counts));
+    watch.lostCounted = counts.lost;
   }
 
   private isSettled(watch: Watch): boolean {
     // An earlier watch's hits still being published are this one's too: its counts are final only after them.
     if (watch.pending !== 0 || watch.expected === undefined || watch.received < watch.expected) return false;
+    if (watch.finalTrapped !== undefined && watch.countsTrapped < watch.finalTrapped) return false;
     for (let p = watch.previous; p; p = p.previous) if (p.pending !== 0) return false;
     return true;
   }
 
   private wakeIfSettled(watch: Watch): void {
     if (!this.isSettled(watch)) return;
+    clearTimeout(watch.lastCountsTimer);
     this.byGroup.delete(watch.group);
     for (const resolve of watch.settledWaiters.splice(0)) resolve();
   }
@@ -780,6 +881,12 @@ export class AgentCore {
           this.report(watch, TargetState.ARMED, watch.status);
         }
         return;
+      case "counts": {
+        const watch = this.byGroup.get(event.group);
+        if (!watch) return;
+        this.onCounts(watch, event.timeNs, event.counts, event.threads);
+        return;
+      }
       case "threads":
         for (const watch of this.watchesOf(event.pid)) {
           watch.threadsTotal = event.threadsTotal;
@@ -790,6 +897,40 @@ export class AgentCore {
         this.log(`helper ${event.level}: ${event.message}`);
         return;
     }
+  }
+
+  /**
+   * A counting group's totals so far and its threads' hits of the interval:
+   * the watch's counters move, and a CountReport goes out on the job's
+   * event subject (its publishing is waited for like a hit's before the
+   * watch's final report).
+   */
+  private onCounts(watch: Watch, timeNs: bigint, counts: GroupCounts, threads: ThreadHits[]): void {
+    // The final counts (DISARMED) may have been taken already: totals only go forward.
+    if (counts.trapped < watch.countsTrapped) return;
+    // A watch that took over after a re-arm shares the counters: a late report of this one must not set them back.
+    if (!watch.next) this.takeCountingTotals(watch, counts);
+    watch.countsTrapped = counts.trapped;
+    const sequence = (this.sequences.get(watch.jobId) ?? 0n) + 1n;
+    this.sequences.set(watch.jobId, sequence);
+    const report = create(CountReportSchema, {
+      jobId: watch.jobId,
+      hostId: this.hostId,
+      pid: watch.pid,
+      timeUnixNano: timeNs,
+      intervalMs: watch.countIntervalMs,
+      totals: countingTotals(watch.base, counts),
+      threads: threads.map((t) => ({ tid: t.tid, hits: t.hits })),
+      sequence,
+    });
+    watch.pending++;
+    // The totals are cumulative: a report that cannot be published is made good by the next, and the target's counts carry them anyway.
+    this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { counts: [report] })), `${watch.jobId}.${watch.pid}.${sequence}`, () => {
+      watch.pending--;
+      this.wakeIfSettled(watch);
+      for (let n = watch.next; n; n = n.next) this.wakeIfSettled(n);
+    });
+    this.wakeIfSettled(watch);
   }
 
   private onHit(hit: HelperHit): void {
@@ -817,6 +958,8 @@ export class AgentCore {
       watchIndex: watch.watchIndexByDr.get(hit.dr) ?? 0,
       sequence,
       stack: hit.stack,
+      // ptrace reads the value while the writing thread is stopped right after its store.
+      valueExact: hit.valueExact || watch.backend === "ptrace",
     });
     watch.pending++;
     watch.batch.push(event);

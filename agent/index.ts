@@ -5,9 +5,9 @@ import os from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { connect } from "nats";
-import { AgentInfoSchema, NatsRefusals, isSubjectToken, natsAuthOptions, parseAddressList, readNatsCredentials, slotsPerThread, type Transport } from "../proto/index.js";
+import { AgentInfoSchema, Backend, NatsRefusals, PerfValues, isSubjectToken, natsAuthOptions, parseAddressList, readNatsCredentials, slotsPerThread, type Transport } from "../proto/index.js";
 import { AgentCore } from "./agent.js";
-import { HelperProcess } from "./helper-process.js";
+import { HelperProcess, type HelperCapabilities } from "./helper-process.js";
 import { HitPublisher } from "./hit-publisher.js";
 import { SessionClient } from "./session-client.js";
 import { storedHitsReader } from "./stored-hits.js";
@@ -54,6 +54,12 @@ export const agentVersion = "0.1.0";
 const restartPauseMs = 100;
 const maxRestartPauseMs = 5_000;
 
+/** What the helper can do, as the controller and `agents ls` show it. */
+function capabilityFields(c: HelperCapabilities): { backends: Backend[]; perfValues: PerfValues; perfNote: string } {
+  const perfValues = c.perfValues === "exact" ? PerfValues.EXACT : c.perfValues === "after-trap" ? PerfValues.AFTER_TRAP : PerfValues.UNSPECIFIED;
+  return { backends: c.backends.map((b) => (b === "perf" ? Backend.PERF : Backend.PTRACE)), perfValues, perfNote: c.perfNote };
+}
+
 /** SIGHUP means "reload the policy" to an agent: without a policy file it must not end the agent (the default action). */
 function ignoreHangup(onHup: () => void): () => void {
   process.on("SIGHUP", onHup);
@@ -86,38 +92,10 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     await nc.close();
     throw err;
   }
+  // Jobs that ask for perf fail on this host with the reason; said once here too.
+  if (!helper.capabilities.backends.includes("perf")) log(`agent ${options.hostId}: perf events are unavailable: ${helper.capabilities.perfNote || "the helper does not say why"}; only --backend ptrace jobs can be armed here`);
   const core = new AgentCore(new HitPublisher(nc.jetstream()), storedHitsReader(nc, refusals), options.hostId, log);
   if (policy) await core.setPolicy(policy);
-  const stopping = new AbortController();
-  // The helper is supervised: when it dies its watches are reported failed
-  // and a new one is started, with a growing pause if it keeps dying.
-  const supervised = (async () => {
-    let pauseMs = restartPauseMs;
-    for (;;) {
-      await core.run(helper).catch((err) => log(`agent ${options.hostId}: helper event loop failed: ${String(err)}`));
-      if (stopping.signal.aborted) return;
-      const { code, signal } = await helper.exited;
-      // Every death but SIGKILL runs the helper's disarm-and-detach first.
-      const reason =
-        signal === "SIGKILL"
-          ? "the helper was killed with SIGKILL: it could not clear the debug registers, so the target may take a stray SIGTRAP"
-          : `the helper exited (${signal ? `signal ${signal}` : `code ${code}`}) after disarming and detaching`;
-      log(`agent ${options.hostId}: ${reason}; restarting it`);
-      core.helperLost(reason);
-      for (;;) {
-        await delay(pauseMs, undefined, { signal: stopping.signal }).catch(() => {});
-        if (stopping.signal.aborted) return;
-        try {
-          helper = await startHelper();
-          pauseMs = restartPauseMs;
-          break;
-        } catch (err) {
-          log(`agent ${options.hostId}: restarting the helper failed: ${err instanceof Error ? err.message : String(err)}`);
-          pauseMs = Math.min(maxRestartPauseMs, pauseMs * 2);
-        }
-      }
-    }
-  })();
   const info = create(AgentInfoSchema, {
     hostId: options.hostId,
     labels: options.labels ?? {},
@@ -128,7 +106,41 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     agentVersion,
     helperVersion: helper.helperVersion,
     policy: core.policySummary(),
+    ...capabilityFields(helper.capabilities),
   });
+  const stopping = new AbortController();
+  // The helper is supervised: when it dies its watches are reported failed
+  // and a new one is started, with a growing pause if it keeps dying.
+  const supervised = (async () => {
+    let pauseMs = restartPauseMs;
+    for (;;) {
+      await core.run(helper).catch((err) => log(`agent ${options.hostId}: helper event loop failed: ${String(err)}`));
+      if (stopping.signal.aborted) return;
+      const { code, signal } = await helper.exited;
+      // Every death but SIGKILL runs the helper's disarm-and-detach first; perf breakpoints go with the helper however it dies.
+      const reason =
+        signal === "SIGKILL"
+          ? "the helper was killed with SIGKILL: it could not clear the debug registers, so the target may take a stray SIGTRAP"
+          : `the helper exited (${signal ? `signal ${signal}` : `code ${code}`}) after disarming and detaching`;
+      const perfReason = `the helper ${signal ? `was killed with ${signal}` : `exited (code ${code})`}: its perf breakpoints went with it, the target was never stopped`;
+      log(`agent ${options.hostId}: ${reason}; restarting it`);
+      core.helperLost((backend) => (backend === "perf" ? perfReason : reason));
+      for (;;) {
+        await delay(pauseMs, undefined, { signal: stopping.signal }).catch(() => {});
+        if (stopping.signal.aborted) return;
+        try {
+          helper = await startHelper();
+          pauseMs = restartPauseMs;
+          // What the next registration says: a new helper may find perf where the last did not, or the reverse.
+          Object.assign(info, { helperVersion: helper.helperVersion, ...capabilityFields(helper.capabilities) });
+          break;
+        } catch (err) {
+          log(`agent ${options.hostId}: restarting the helper failed: ${err instanceof Error ? err.message : String(err)}`);
+          pauseMs = Math.min(maxRestartPauseMs, pauseMs * 2);
+        }
+      }
+    }
+  })();
   const unwatchPolicy =
     options.policyPath === undefined
       ? ignoreHangup(() => log(`agent ${options.hostId}: SIGHUP: no --policy file to reload`))

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { resumeCounts } from "../../agent/stored-hits.js";
+import { resumeCounts, resumeCountingTotals } from "../../agent/stored-hits.js";
 import { HitCountsSchema, type HitCounts } from "../../proto/index.js";
 
 const counts = (c: Partial<Record<"trapped" | "delivered" | "suppressed" | "dropped" | "filtered", bigint>>): HitCounts => create(HitCountsSchema, c);
@@ -34,4 +34,21 @@ test("counters never go back, whatever the stream holds", () => {
   const next = resumeCounts(last, 4n);
   for (const name of ["trapped", "delivered", "suppressed", "dropped", "filtered"] as const) assert.ok(next[name] >= last[name], name);
   assert.equal(next.trapped, next.delivered + next.suppressed + next.dropped + next.filtered);
+});
+
+test("a counting target goes on from the later of the controller's counts and the last stored report", () => {
+  const heard = counts({ trapped: 100n, delivered: 90n, dropped: 4n, filtered: 6n });
+  const reported = counts({ trapped: 150n, delivered: 138n, dropped: 5n, filtered: 7n });
+  const table: Array<[string, HitCounts | undefined, HitCounts | undefined, HitCounts]> = [
+    ["never armed", undefined, undefined, counts({})],
+    ["only the controller's", heard, undefined, heard],
+    ["only a report (the controller heard nothing yet)", undefined, reported, reported],
+    ["a report after the last count heard", heard, reported, reported],
+    ["counts heard after the last report stored", reported, heard, reported],
+  ];
+  for (const [name, last, stored, expected] of table) {
+    const next = resumeCountingTotals(last, stored);
+    assert.deepEqual(plain(next), plain(expected), name);
+    assert.equal(next.trapped, next.delivered + next.suppressed + next.dropped + next.filtered, name);
+  }
 });
