@@ -1,6 +1,7 @@
-// Reads one job's hit events back from the JetStream event stream: an ordered
-// consumer filtered on the job, from the start of the stream (or a time), that
-// either stops once caught up or keeps following until aborted.
+// Reads one job's events back from the JetStream event stream (hits, or a
+// counting job's count reports): an ordered consumer filtered on the job, from
+// the start of the stream (or a time), that either stops once caught up or
+// keeps following until aborted.
 import { fromBinary } from "@bufbuild/protobuf";
 import { connect, type ConsumerMessages, type NatsConnection } from "nats";
 import {
@@ -16,10 +17,14 @@ import {
   natsAuthOptions,
   readNatsCredentials,
   violationContext,
+  type CountReport,
   type HitBatch,
   type HitEvent,
 } from "../proto/index.js";
 import { CliError, EventStreamMissingError, NatsAuthError, NatsPermissionError, NatsUnreachableError, UsageError } from "./errors.js";
+
+/** One event of a job: a hit, or a counting job's count report of one target. */
+export type JobEvent = { kind: "hit"; hit: HitEvent } | { kind: "count"; report: CountReport };
 
 /** What to read. */
 export interface JobEventsOptions {
@@ -61,10 +66,11 @@ function refused(err: unknown, what: string, credsPath: string | undefined): unk
 }
 
 /**
- * Hits of one job in stream order, each once. Without `follow` the iterator
- * ends when it has delivered everything the stream held when reading started.
+ * Hits and count reports of one job in stream order, each once. Without
+ * `follow` the iterator ends when it has delivered everything the stream
+ * held when reading started.
  */
-export async function* readJobEvents(options: JobEventsOptions): AsyncGenerator<HitEvent> {
+export async function* readJobEvents(options: JobEventsOptions): AsyncGenerator<JobEvent> {
   if (options.signal?.aborted) return;
   const nc = await connectNats(options.natsUrl, options.natsCredsPath);
   const what = `read the events of job ${options.jobId}`;
@@ -107,7 +113,9 @@ export async function* readJobEvents(options: JobEventsOptions): AsyncGenerator<
       } catch (err) {
         throw new CliError(`message ${message.info.streamSequence} on ${message.subject} is not a HitBatch: ${(err as Error).message}`, 1, { cause: err });
       }
-      for (const hit of batch.hits) if (seen.add(hit.hostId, hit.sequence)) yield hit;
+      for (const hit of batch.hits) if (seen.add(hit.hostId, hit.sequence)) yield { kind: "hit", hit };
+      // Reports draw on the host's hit sequence: a resent one is dropped like a resent hit.
+      for (const report of batch.counts) if (seen.add(report.hostId, report.sequence)) yield { kind: "count", report };
       if (!options.follow && message.info.pending === 0) return;
     }
   } finally {

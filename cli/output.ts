@@ -4,17 +4,26 @@
 import { toJson, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import { Option } from "commander";
 import {
+  Backend,
+  CountReportSchema,
   HitEventSchema,
   JobSchema,
+  PerfValues,
   ValueRedaction,
+  backendName,
+  countIntervalMs,
   formatCondition,
   formatDuration,
   hex,
   jobStateName,
   modeName,
+  resolveBackend,
+  stopNeededFor,
   targetStateName,
   type Agent,
+  type AgentInfo,
   type Chunk,
+  type CountReport,
   type HitCounts,
   type HitEvent,
   type Job,
@@ -189,6 +198,7 @@ export function renderJobDetail(job: Job): string {
     ...(spec && spec.conditions.length > 0 ? [["if", spec.conditions.map(formatCondition).join(" and ")] as [string, string]] : []),
     ...(spec && spec.tids.length > 0 ? [["threads", spec.tids.join(", ")] as [string, string]] : []),
     ...(spec && spec.maxHitsPerSecond > 0 ? [["rate", `${spec.maxHitsPerSecond} hits/s per target, then off for ${formatDuration(spec.backoffMs || 1000)}`] as [string, string]] : []),
+    ...(spec ? [["backend", formatJobBackend(job)] as [string, string]] : []),
     ["placement", `${spec?.placement || "any"}, priority ${spec?.priority ?? 0}${spec && spec.queueTimeoutMs > 0n ? `, may wait ${formatDuration(spec.queueTimeoutMs)} in the queue` : ""}${spec && spec.lostAfterMs > 0n ? `, lost after ${formatDuration(spec.lostAfterMs)} of silence` : ""}`],
     ["created", formatTime(job.createdUnixMs)],
     ["ends", jobEnds(job)],
@@ -212,17 +222,43 @@ export function renderJobDetail(job: Job): string {
   return `${head}\n${targets}`;
 }
 
+/**
+ * How a job arms its targets, and what that means for its values: `ptrace`,
+ * `perf (automatic), values read after the trap`, `perf, counting every 1s`.
+ */
+export function formatJobBackend(job: Job): string {
+  const spec = job.spec;
+  if (!spec) return "-";
+  const backend = resolveBackend(spec);
+  const why = spec.backend !== Backend.UNSPECIFIED ? "" : backend === Backend.PTRACE ? ` (automatic: ${stopNeededFor(spec) ?? "a stop is needed"})` : " (automatic)";
+  if (spec.countOnly) return `${backendName(backend)}${why}, counting every ${formatDuration(countIntervalMs(spec))} (no per-hit events)`;
+  if (backend !== Backend.PERF) return `${backendName(backend)}${why}`;
+  // Each host's kernel decides: exact only where every armed target says so.
+  const armed = job.targets.filter((t) => t.backend === Backend.PERF && t.threadsTotal > 0);
+  const exact = armed.length > 0 && armed.every((t) => t.valuesExact);
+  return `${backendName(backend)}${why}, ${exact ? "values exact (read in the kernel at the trap)" : "values read after the trap (a later store may have replaced them)"}`;
+}
+
 /** `trapped 12, delivered 10, suppressed 2, dropped 0, filtered 0`. */
 export function describeCounts(counts: HitCounts | undefined): string {
   const c = counts ?? { trapped: 0n, delivered: 0n, suppressed: 0n, dropped: 0n, filtered: 0n };
   return `trapped ${c.trapped}, delivered ${c.delivered}, suppressed ${c.suppressed}, dropped ${c.dropped}, filtered ${c.filtered}`;
 }
 
-/** One register of a watched target: `free`, `free (reserved)`, `foreign` (held outside fleetwatch) or `<job id>[,<job id>…] 0x…/8 w` (jobs sharing it). */
+/** One register of a watched target: `free`, `free (reserved)`, `foreign` (held outside fleetwatch), `<job id>[,<job id>…] 0x…/8 w` (ptrace jobs sharing it) or `<job id> 0x…/8 w perf` (one perf job's own). */
 export function formatSlotUse(use: SlotUse | undefined): string {
   const jobIds = use ? (use.jobIds.length > 0 ? use.jobIds : use.jobId ? [use.jobId] : []) : [];
   if (!use || jobIds.length === 0) return use?.foreign ? "foreign" : use?.reserved ? "free (reserved)" : "free";
-  return `${jobIds.join(",")} ${formatChunkShort(use.chunk)}`;
+  return `${jobIds.join(",")} ${formatChunkShort(use.chunk)}${use.backend === Backend.PERF ? " perf" : ""}`;
+}
+
+/** The backends a host offers: `ptrace,perf`, `ptrace,perf (values exact)`, or `ptrace (no perf: why)`. */
+export function formatHostBackends(info: AgentInfo | undefined): string {
+  if (!info) return "-";
+  const names = info.backends.map(backendName);
+  if (names.length === 0) return "-";
+  if (!info.backends.includes(Backend.PERF)) return `${names.join(",")} (no perf${info.perfNote ? `: ${info.perfNote}` : ""})`;
+  return info.perfValues === PerfValues.EXACT ? `${names.join(",")} (values exact)` : names.join(",");
 }
 
 /** `k=v,k2=v2` sorted by key; `-` when none. */
@@ -235,12 +271,13 @@ export function formatLabels(labels: Readonly<Record<string, string>>): string {
 export function renderAgentsTable(agents: readonly Agent[], nowMs: number): string {
   if (agents.length === 0) return "no agents\n";
   const hosts = renderTable(
-    ["HOST", "LABELS", "CONNECTED", "KERNEL", "POLICY", "LAST SEEN"],
+    ["HOST", "LABELS", "CONNECTED", "KERNEL", "BACKENDS", "POLICY", "LAST SEEN"],
     agents.map((agent) => [
       agent.info?.hostId ?? "?",
       formatLabels(agent.info?.labels ?? {}),
       agent.connected ? "yes" : "no",
       agent.info?.kernel || "-",
+      formatHostBackends(agent.info),
       agent.info?.policy || "none",
       formatAge(agent.lastSeenUnixMs, nowMs),
     ]),
@@ -307,6 +344,26 @@ export function renderHitLine(hit: HitEvent): string {
 /** One hit as one line of protobuf JSON (uint64 as strings), for `-o json` streams. */
 export function renderHitJson(hit: HitEvent): string {
   return JSON.stringify(toJson(HitEventSchema, hit)) + "\n";
+}
+
+/** Hits a count report counted in its interval: the sum of its threads'. */
+export function countReportHits(report: CountReport): bigint {
+  return report.threads.reduce((sum, t) => sum + t.hits, 0n);
+}
+
+/**
+ * One count report as one greppable line, the threads with hits in the
+ * interval by tid: `host-a 4242  +5123 hits (51230 total)  tids 4243:5000 4244:123`
+ * (`tids -` when none had any).
+ */
+export function renderCountLine(report: CountReport): string {
+  const tids = report.threads.length === 0 ? "-" : report.threads.map((t) => `${t.tid}:${t.hits}`).join(" ");
+  return `${report.hostId} ${report.pid}  +${countReportHits(report)} hits (${report.totals?.delivered ?? 0n} total)  tids ${tids}\n`;
+}
+
+/** One count report as one line of protobuf JSON, for `-o json` streams. */
+export function renderCountJson(report: CountReport): string {
+  return JSON.stringify(toJson(CountReportSchema, report)) + "\n";
 }
 
 /** A message as indented protobuf JSON. */

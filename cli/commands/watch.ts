@@ -1,7 +1,8 @@
 // `fleetwatch watch`: builds a job spec from the command line, validates it
 // locally with the shared watch-spec rules, submits it, and either prints the
-// armed job or follows it: hits from JetStream until the job ends and every
-// delivered hit has been printed.
+// armed job or follows it: hits (or, counting, count reports) from JetStream
+// until the job ends and every delivered hit (each target's last count) has
+// been printed.
 import { status } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import type { Command } from "commander";
@@ -16,6 +17,7 @@ import {
   jobStateName,
   parseAddress,
   maxStackDepth,
+  parseBackend,
   parseCondition,
   parseMode,
   parseSymbol,
@@ -32,6 +34,8 @@ import {
   outputOption,
   parseDuration,
   renderHitHeader,
+  renderCountJson,
+  renderCountLine,
   renderHitJson,
   renderHitLine,
   renderJobDetail,
@@ -82,6 +86,11 @@ export interface WatchArgs {
   queueTimeout?: string;
   lostAfter?: string;
   replaceLost?: boolean;
+  /** `--backend ptrace|perf`; unset: the controller chooses. */
+  backend?: string;
+  /** `--count`: count hits instead of reporting each. */
+  count?: boolean;
+  countInterval?: string;
 }
 
 function parseCount(text: string, option: string, max: bigint): bigint {
@@ -140,6 +149,9 @@ export function buildJobSpec(args: WatchArgs): JobSpec {
     queueTimeoutMs: args.queueTimeout === undefined ? 0n : BigInt(parseDuration(args.queueTimeout, "--queue-timeout")),
     lostAfterMs: args.lostAfter === undefined ? 0n : BigInt(parseDuration(args.lostAfter, "--lost-after")),
     replaceLost: args.replaceLost ?? false,
+    ...(args.backend === undefined ? {} : { backend: parseBackend(args.backend) }),
+    countOnly: args.count ?? false,
+    countIntervalMs: args.countInterval === undefined ? 0n : BigInt(parseDuration(args.countInterval, "--count-interval")),
   });
   checkJobSpec(spec);
   return spec;
@@ -161,6 +173,18 @@ export function printSubmitted(job: Job, format: OutputFormat): string {
 export function printFollowSummary(job: Job, printed: number): string {
   const reason = job.reason ? ` (${job.reason})` : "";
   return `job ${job.id} ${jobStateName(job.state)}${reason}: ${printed} hits printed; ${describeCounts(job.counts)}\n`;
+}
+
+/** The last line of a table-mode follow of a counting job. */
+export function printCountFollowSummary(job: Job, reports: number): string {
+  const reason = job.reason ? ` (${job.reason})` : "";
+  const targets = job.targets.filter((t) => (t.counts?.trapped ?? 0n) > 0n || t.threadsTotal > 0).length;
+  return `job ${job.id} ${jobStateName(job.state)}${reason}: ${reports} count reports printed; counted ${job.counts?.delivered ?? 0n} hits on ${targets} ${targets === 1 ? "target" : "targets"}; ${describeCounts(job.counts)}\n`;
+}
+
+/** Targets of a final counting job whose last count (by trapped) has not been printed yet. */
+function countsBehind(job: Job, printedTrapped: ReadonlyMap<string, bigint>): number {
+  return job.targets.filter((t) => (t.counts?.trapped ?? 0n) > (printedTrapped.get(`${t.hostId}/${t.pid}`) ?? 0n)).length;
 }
 
 /**
@@ -216,25 +240,39 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
     session.abort(new FollowStopped("failed"));
   };
 
+  const counting = job.spec?.countOnly ?? false;
   let printed = 0;
   let expected: number | undefined;
+  // Counting: the latest totals printed per target; the follow is caught up once they reach each target's final counts.
+  let reports = 0;
+  const printedTrapped = new Map<string, bigint>();
+  let final: Job | undefined;
+  const isCaughtUp = (): boolean => (counting ? final !== undefined && countsBehind(final, printedTrapped) === 0 : expected !== undefined && printed >= expected);
   const reader = (async () => {
-    const hits = readJobEvents({
+    const events = readJobEvents({
       natsUrl: ctx.globals().nats,
       natsCredsPath: ctx.globals().natsCreds,
       jobId: job.id,
       follow: true,
       signal: AbortSignal.any([session.signal, caughtUp.signal]),
     });
-    for await (const hit of hits) {
-      ctx.stdout.write(format === "json" ? renderHitJson(hit) : renderHitLine(hit));
-      printed++;
-      if (expected !== undefined && printed >= expected) caughtUp.abort();
+    for await (const event of events) {
+      if (event.kind === "hit") {
+        ctx.stdout.write(format === "json" ? renderHitJson(event.hit) : renderHitLine(event.hit));
+        printed++;
+      } else {
+        const report = event.report;
+        ctx.stdout.write(format === "json" ? renderCountJson(report) : renderCountLine(report));
+        reports++;
+        const key = `${report.hostId}/${report.pid}`;
+        const trapped = report.totals?.trapped ?? 0n;
+        if (trapped > (printedTrapped.get(key) ?? 0n)) printedTrapped.set(key, trapped);
+      }
+      if (isCaughtUp()) caughtUp.abort();
     }
     if (!session.signal.aborted && !caughtUp.signal.aborted) throw new CliError(`the event stream of job ${job.id} ended before the job did`);
   })().catch(fail);
 
-  let final: Job | undefined;
   let drainTimer: NodeJS.Timeout | undefined;
   let drainTimedOut = false;
   try {
@@ -252,8 +290,9 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
       if (!session.signal.aborted) fail(err);
     }
     if (final) {
-      expected = Number(final.counts?.delivered ?? 0n);
-      if (printed >= expected) {
+      // A counting job's delivered are hits counted, not events: it waits for each target's last report instead.
+      expected = counting ? 0 : Number(final.counts?.delivered ?? 0n);
+      if (isCaughtUp()) {
         caughtUp.abort();
       } else {
         drainTimer = setTimeout(() => {
@@ -273,10 +312,17 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
       () => `cancelled job ${job.id}`,
       (err: unknown) => `could not cancel job ${job.id}: ${err instanceof RpcError ? err.details || err.codeName : String(err)}`,
     );
-    throw new InterruptedError(`interrupted after ${printed} hits; ${cancelled}`);
+    throw new InterruptedError(`interrupted after ${counting ? `${reports} count reports` : `${printed} hits`}; ${cancelled}`);
   }
   if (failure !== undefined) throw failure;
   if (!final || expected === undefined) throw new CliError(`lost track of job ${job.id}`);
+  if (counting) {
+    // The final counts are in the summary either way: a last report that did not come is said, not fatal.
+    const behind = countsBehind(final, printedTrapped);
+    if (behind > 0) ctx.stderr.write(`fleetwatch: the last count report of ${behind} target(s) did not arrive within ${formatDuration(drainTimeoutMs)}; the summary has their final counts\n`);
+    if (format === "table") ctx.stdout.write(printCountFollowSummary(final, reports));
+    return;
+  }
   if (printed < expected) {
     const waited = drainTimedOut ? ` within ${formatDuration(drainTimeoutMs)}` : "";
     throw new CliError(`job ${job.id} delivered ${expected} hits but ${printed} arrived from the event stream${waited}: ${expected - printed} missing`);
@@ -307,6 +353,9 @@ interface WatchOptions {
   queueTimeout?: string;
   lostAfter?: string;
   replaceLost?: boolean;
+  backend?: string;
+  count?: boolean;
+  countInterval?: string;
   follow?: boolean;
   output: OutputFormat;
 }
@@ -347,7 +396,13 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
     .option("--queue-timeout <time>", "wait this long in the queue for debug registers instead of being refused (for --placement all: the whole gang)")
     .option("--lost-after <time>", "how long a host may be silent before its targets are lost and disarmed there (default: the controller's session lease)")
     .option("--replace-lost", "with --placement sample:N: give up a lost target and watch a matching process on another host instead")
-    .option("--follow", "print hits as they arrive until the job ends")
+    .option(
+      "--backend <backend>",
+      "how targets are armed: perf (the target never stops and is never signalled, its breakpoints die with the helper however it dies; values are read after the trap; the default unless --if or --mode r need a stop) or ptrace (each trap handled while the writing thread is stopped: exact old and new values, --if conditions, --mode r; jobs watching the same variable share a register)",
+    )
+    .option("--count", "count hits per target and thread instead of reporting each one (perf; no --if, --mode r or --rate)")
+    .option("--count-interval <time>", "with --count: how often each target's counts are reported, 10ms to 1h (default 1s)")
+    .option("--follow", "print hits (with --count: each target's counts every interval) as they arrive until the job ends")
     .addOption(outputOption())
     .action(async (opts: WatchOptions) => {
       const spec = buildJobSpec({ ...opts, locations, hosts: opts.host ?? [], conditions: opts.if ?? [], tids: opts.tid ?? [] });
@@ -357,8 +412,8 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
       }
       const interrupted = ctx.interrupted();
       const job = await submitJob(ctx.controller(), spec);
-      // Only table output may carry anything besides hits on stdout.
-      if (opts.output === "table") ctx.stdout.write(`${printSubmitted(job, "table")}\n${renderHitHeader()}`);
+      // Only table output may carry anything besides hits on stdout; count lines name their columns themselves.
+      if (opts.output === "table") ctx.stdout.write(`${printSubmitted(job, "table")}\n${spec.countOnly ? "" : renderHitHeader()}`);
       else ctx.stderr.write(`fleetwatch: following job ${job.id}\n`);
       await followJob(ctx, job, opts.output, interrupted);
     });

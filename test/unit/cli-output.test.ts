@@ -1,15 +1,18 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { AgentSchema, HitEventSchema, JobSchema, JobState, TargetState, ValueRedaction, WatchMode } from "../../proto/index.js";
+import { AgentSchema, Backend, ConditionOp, CountReportSchema, HitEventSchema, JobSchema, JobState, PerfValues, TargetState, ValueRedaction, WatchMode } from "../../proto/index.js";
 import {
   formatAge,
   formatDuration,
   formatHitValue,
+  formatJobBackend,
   formatValue,
   formatWatch,
   parseDuration,
   renderAgentsTable,
+  renderCountJson,
+  renderCountLine,
   renderHitJson,
   renderHitLine,
   renderJobDetail,
@@ -119,6 +122,7 @@ test("cli output - job detail lists the spec, then each target's threads, regist
       "hosts      (the only agent)",
       "max hits   10",
       "duration   30s",
+      "backend    perf (automatic), values read after the trap (a later store may have replaced them)",
       "placement  any, priority 0",
       "created    2023-11-14T22:13:20.000Z",
       "ends       2023-11-14T22:13:50.000Z",
@@ -134,19 +138,28 @@ test("cli output - job detail lists the spec, then each target's threads, regist
 
 test("cli output - agents table shows DR0-DR3 of each watched target, free or held", () => {
   const agent = create(AgentSchema, {
-    info: { hostId: "h1", labels: { role: "db", embedded: "true" }, kernel: "6.1.0" },
+    info: { hostId: "h1", labels: { role: "db", embedded: "true" }, kernel: "6.1.0", backends: [Backend.PTRACE, Backend.PERF], perfValues: PerfValues.AFTER_TRAP },
     connected: true,
     lastSeenUnixMs: 7_000n,
-    targets: [{ pid: 4242, slots: [{ dr: 1, jobId: "j-1", chunk: { address: 0x4010n, length: 8, mode: WatchMode.WRITE } }, { dr: 2, jobId: "" }] }],
+    targets: [
+      {
+        pid: 4242,
+        slots: [
+          { dr: 1, jobId: "j-1", chunk: { address: 0x4010n, length: 8, mode: WatchMode.WRITE }, backend: Backend.PTRACE },
+          { dr: 2, jobId: "" },
+          { dr: 3, jobId: "j-2", chunk: { address: 0x4010n, length: 8, mode: WatchMode.WRITE }, backend: Backend.PERF },
+        ],
+      },
+    ],
   });
   assert.equal(
     renderAgentsTable([agent], 10_000),
     [
-      "HOST  LABELS                 CONNECTED  KERNEL  POLICY  LAST SEEN",
-      "h1    embedded=true,role=db  yes        6.1.0   none    3s ago",
+      "HOST  LABELS                 CONNECTED  KERNEL  BACKENDS     POLICY  LAST SEEN",
+      "h1    embedded=true,role=db  yes        6.1.0   ptrace,perf  none    3s ago",
       "",
-      "HOST  PID   DR0   DR1             DR2   DR3   TRACED BY",
-      "h1    4242  free  j-1 0x4010/8 w  free  free  -",
+      "HOST  PID   DR0   DR1             DR2   DR3                  TRACED BY",
+      "h1    4242  free  j-1 0x4010/8 w  free  j-2 0x4010/8 w perf  -",
       "",
     ].join("\n"),
   );
@@ -155,7 +168,52 @@ test("cli output - agents table shows DR0-DR3 of each watched target, free or he
 
 test("cli output - agents table shows each host's policy summary", () => {
   const agent = create(AgentSchema, { info: { hostId: "h1", kernel: "6.1.0", policy: "exe 2, users 1, values hash" }, connected: true, lastSeenUnixMs: 7_000n });
-  assert.match(renderAgentsTable([agent], 10_000), /^h1\s+-\s+yes\s+6\.1\.0\s+exe 2, users 1, values hash\s+3s ago$/m);
+  assert.match(renderAgentsTable([agent], 10_000), /^h1\s+-\s+yes\s+6\.1\.0\s+-\s+exe 2, users 1, values hash\s+3s ago$/m);
+});
+
+test("cli output - agents table says which backends each host offers, and why not perf", () => {
+  const table: Array<[object, RegExp]> = [
+    [{ backends: [Backend.PTRACE, Backend.PERF], perfValues: PerfValues.EXACT }, /\sptrace,perf \(values exact\)\s/],
+    [{ backends: [Backend.PTRACE], perfNote: "perf_event_open: EACCES (perf_event_paranoid 3)" }, /\sptrace \(no perf: perf_event_open: EACCES \(perf_event_paranoid 3\)\)\s/],
+  ];
+  for (const [info, line] of table) {
+    const agent = create(AgentSchema, { info: { hostId: "h1", kernel: "6.1.0", ...info }, connected: true, lastSeenUnixMs: 7_000n });
+    assert.match(renderAgentsTable([agent], 10_000), line);
+  }
+});
+
+test("cli output - a job names its backend, how it was chosen, and for perf whether values are exact", () => {
+  const watches = [{ location: { case: "symbol", value: "counter" }, length: 0, mode: WatchMode.WRITE }];
+  const spec = (more: object) => ({ watches, target: { pid: 1 }, ...more });
+  const armed = (valuesExact: boolean) => ({ hostId: "h1", pid: 1, state: TargetState.ARMED, threadsTotal: 1, backend: Backend.PERF, valuesExact });
+  const table: Array<[object, object[], string]> = [
+    [spec({ backend: Backend.PTRACE }), [], "ptrace"],
+    [spec({ conditions: [{ op: ConditionOp.CHANGED }] }), [], "ptrace (automatic: conditions (--if) need the value at the trap)"],
+    [spec({ backend: Backend.PERF }), [armed(false)], "perf, values read after the trap (a later store may have replaced them)"],
+    [spec({}), [armed(true), armed(true)], "perf (automatic), values exact (read in the kernel at the trap)"],
+    [spec({}), [armed(true), armed(false)], "perf (automatic), values read after the trap (a later store may have replaced them)"],
+    [spec({ countOnly: true, countIntervalMs: 250n }), [], "perf (automatic), counting every 250ms (no per-hit events)"],
+  ];
+  for (const [s, targets, text] of table) assert.equal(formatJobBackend(create(JobSchema, { spec: s as never, targets: targets as never })), text);
+});
+
+test("cli output - a count report is one greppable line: host, pid, hits of the interval, total, hits per tid", () => {
+  const report = create(CountReportSchema, {
+    jobId: "j-1",
+    hostId: "host-a",
+    pid: 4242,
+    intervalMs: 1_000n,
+    totals: { trapped: 51_300n, delivered: 51_230n, filtered: 70n },
+    threads: [
+      { tid: 4243, hits: 5000n },
+      { tid: 4244, hits: 123n },
+    ],
+    sequence: 10n,
+  });
+  assert.equal(renderCountLine(report), "host-a 4242  +5123 hits (51230 total)  tids 4243:5000 4244:123\n");
+  assert.equal(renderCountLine(create(CountReportSchema, { ...report, threads: [] })), "host-a 4242  +0 hits (51230 total)  tids -\n");
+  const json = JSON.parse(renderCountJson(report)) as { totals: { delivered: string }; threads: Array<{ tid: number; hits: string }>; intervalMs: string };
+  assert.deepEqual([json.totals.delivered, json.threads[1], json.intervalMs], ["51230", { tid: 4244, hits: "123" }, "1000"]);
 });
 
 const hit = create(HitEventSchema, {

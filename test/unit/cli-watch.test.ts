@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import path from "node:path";
-import { ConditionOp, WatchMode, WatchSpecError } from "../../proto/index.js";
+import { Backend, ConditionOp, WatchMode, WatchSpecError } from "../../proto/index.js";
 import { buildJobSpec, type WatchArgs } from "../../cli/commands/watch.js";
 import { parseEventsArgs } from "../../cli/commands/events.js";
 import { parseAgentArgs, parseLabels } from "../../cli/commands/agent.js";
@@ -78,6 +78,12 @@ test("cli watch - refuses bad input locally with the shared rules' messages (exi
     [{ locations: [{ kind: "symbol", text: "x" }], duration: "30" }, /--duration '30' is not a duration/],
     [{ locations: [{ kind: "symbol", text: "x" }], maxHits: "-1" }, /--max-hits '-1'/],
     [{ locations: [{ kind: "symbol", text: "x" }], hosts: ["a.b"] }, /--host 'a.b' is not a host id/],
+    [{ locations: [{ kind: "symbol", text: "x" }], backend: "ebpf" }, /backend 'ebpf' is not ptrace or perf/],
+    [{ locations: [{ kind: "symbol", text: "x" }], backend: "perf", conditions: ["changed"] }, /use --backend ptrace/],
+    [{ locations: [{ kind: "symbol", text: "x" }], backend: "ptrace", count: true }, /counting \(--count\) needs the perf backend/],
+    [{ locations: [{ kind: "symbol", text: "x" }], count: true, countInterval: "5ms" }, /count interval 5ms is outside 10ms \.\. 1h/],
+    [{ locations: [{ kind: "symbol", text: "x" }], count: true, countInterval: "1s5" }, /--count-interval '1s5' is not a duration/],
+    [{ locations: [{ kind: "symbol", text: "x" }], countInterval: "1s" }, /needs a counting job \(--count\)/],
   ];
   for (const [extra, message] of cases) {
     assert.throws(() => buildJobSpec(args(extra)), (err: unknown) => {
@@ -149,4 +155,19 @@ test("cli watch - conditions, thread filter, rate limit and stack depth go into 
   assert.equal(spec.watches[0]!.mode, WatchMode.READ);
   const defaults = buildJobSpec({ pid: "42", locations: [{ kind: "symbol", text: "counter" }], mode: "w", hosts: [] });
   assert.equal(defaults.stackDepth, undefined, "unset: the controller applies the default depth");
+});
+
+test("cli watch - --backend, --count and --count-interval go into the spec; no --backend leaves the choice to the controller", () => {
+  const table: Array<[Partial<WatchArgs>, Backend, boolean, bigint]> = [
+    [{}, Backend.UNSPECIFIED, false, 0n],
+    [{ backend: "ptrace" }, Backend.PTRACE, false, 0n],
+    [{ backend: "perf" }, Backend.PERF, false, 0n],
+    [{ count: true }, Backend.UNSPECIFIED, true, 0n],
+    [{ count: true, backend: "perf", countInterval: "250ms" }, Backend.PERF, true, 250n],
+    [{ count: true, countInterval: "1h" }, Backend.UNSPECIFIED, true, 3_600_000n],
+  ];
+  for (const [extra, backend, countOnly, intervalMs] of table) {
+    const spec = buildJobSpec(args({ locations: [{ kind: "symbol", text: "counter" }], ...extra }));
+    assert.deepEqual([spec.backend, spec.countOnly, spec.countIntervalMs], [backend, countOnly, intervalMs], JSON.stringify(extra));
+  }
 });
