@@ -9,8 +9,11 @@
  * each buffer has one writer at a time and is in time order. Events are
  * inherited by threads created later (inherit + inherit_thread: inside
  * clone, before the new thread runs); a sample's identifier names the root
- * whose event, or a copy of it, fired. The chunk-0 events also report
- * thread creation and exit (attr.task) and exec (attr.comm_exec).
+ * whose event, or a copy of it, fired. A software dummy event per thread
+ * and CPU (the tracker, which takes no debug register) reports thread
+ * creation and exit (attr.task) and exec (attr.comm_exec): the breakpoints
+ * themselves are removed in the kernel at exec (remove_on_exec), before
+ * the exec's COMM record is written.
  *
  * The kernel may cover one thread twice: a thread that showed up in a scan
  * of /proc/PID/task before the FORK record that announces it, or whose
@@ -31,6 +34,8 @@
 #include <fcntl.h>
 #include <linux/hw_breakpoint.h>
 #include <linux/perf_event.h>
+#include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +45,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,10 +55,17 @@
 #define ARM_SCAN_ROUNDS 100 /* scans at ARM until one finds no uncovered thread */
 #define BACKOFF_WINDOW_MS 1000
 #define STACK_SAMPLE_BYTES 8192u
-/* Data pages per CPU's ring buffer (a power of two), by what samples carry. */
-#define DATA_PAGES_COUNT 32u
-#define DATA_PAGES_PLAIN 64u
-#define DATA_PAGES_STACK 256u
+/* Data pages per CPU's ring buffer (a power of two), by what samples carry:
+ * enough for ~0.1 s of traps on a CPU while the helper is not scheduled.
+ * Hosts with more than 16 CPUs get smaller buffers per CPU. */
+#define DATA_PAGES_COUNT 128u
+#define DATA_PAGES_PLAIN 256u
+#define DATA_PAGES_STACK 512u
+#define DATA_PAGES_MIN 16u
+/* A thread that shows up in /proc before its FORK record is written: how
+ * often ARM and rescans look for the record again before opening events of
+ * its own for it (which would cover it twice). */
+#define ANNOUNCE_RETRIES 3
 #define MAX_CPUS 1024
 #define COUNTS_PER_FRAME 1000u
 #define DEFAULT_INTERVAL_MS 1000u
@@ -74,7 +87,11 @@
 /* epoll data: buffers are drained all together; a pidfd names its group. */
 #define EP_BUFFER 0u
 
-/* A thread's events: fd[cpu_index * FW_SLOTS_PER_THREAD + chunk], -1 if none. */
+/* Events per thread and CPU: one per chunk, then the tracker (TRACKER). */
+#define EVENTS_PER_CPU (FW_SLOTS_PER_THREAD + 1u)
+#define TRACKER FW_SLOTS_PER_THREAD
+
+/* A thread's events: fd[cpu_index * EVENTS_PER_CPU + chunk or TRACKER], -1 if none. */
 struct root {
 	pid_t tid;
 	int *fd;
@@ -92,7 +109,7 @@ struct cpu_buf {
 struct id_ent {
 	uint64_t id; /* 0: empty */
 	int32_t root;
-	uint8_t chunk;
+	uint8_t chunk; /* TRACKER: the thread tracker */
 };
 
 struct tid_ent {
@@ -107,6 +124,7 @@ struct pgroup {
 	bool used;
 	pid_t pid;
 	uint64_t id;
+	uint64_t start_time; /* /proc/PID/stat field 22: tells a reused pid apart */
 	struct fw_watch_options opt;
 	bool count_only;
 	uint32_t interval_ms;
@@ -125,6 +143,7 @@ struct pgroup {
 	/* Samples the buffers gave, own and duplicate, plus those LOST records
 	 * named: what the kernel's own counts of the events should add up to. */
 	uint64_t seen;
+	uint64_t kernel_closed; /* the kernel's counts of events closed early */
 	uint32_t pass;
 	int pidfd;
 	bool exited, exec_seen, done;
@@ -156,9 +175,9 @@ static uint64_t mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int perf_open(struct perf_event_attr *attr, pid_t tid)
+static int perf_open(struct perf_event_attr *attr, pid_t tid, int cpu)
 {
-	return (int)syscall(SYS_perf_event_open, attr, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+	return (int)syscall(SYS_perf_event_open, attr, tid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
 }
 
 /* ---- start-up probe ---- */
@@ -215,7 +234,7 @@ void perf_init(void)
 	a.exclude_kernel = 1;
 	a.exclude_hv = 1;
 	a.disabled = 1;
-	fd = perf_open(&a, 0);
+	fd = perf_open(&a, 0, -1);
 	if (ep_fd < 0 || fd < 0) {
 		int err = errno;
 		char paranoid[16] = "?";
@@ -422,19 +441,37 @@ static uint32_t bp_type_of(uint8_t mode)
 	}
 }
 
+/* The attributes of chunk k's breakpoint, or of the tracker (k == TRACKER). */
 static void build_attr(const struct pgroup *g, unsigned k, struct perf_event_attr *a)
 {
+	memset(a, 0, sizeof *a);
+	a->size = sizeof *a;
+	a->sample_type = PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_TID | PERF_SAMPLE_TIME;
+	a->inherit = 1;
+	a->inherit_thread = 1;
+	a->use_clockid = 1;
+	a->clockid = CLOCK_MONOTONIC;
+	a->sample_id_all = 1;
+	a->exclude_kernel = 1;
+	a->exclude_hv = 1;
+	a->watermark = 1;
+	a->wakeup_watermark = (uint32_t)(g->data_bytes / 2);
+	if (k == TRACKER) {
+		a->type = PERF_TYPE_SOFTWARE;
+		a->config = PERF_COUNT_SW_DUMMY;
+		a->task = 1;
+		a->comm = 1;
+		a->comm_exec = 1;
+		return;
+	}
 	const struct fw_chunk *c = &g->chunks[k];
 
-	memset(a, 0, sizeof *a);
 	a->type = PERF_TYPE_BREAKPOINT;
-	a->size = sizeof *a;
 	a->bp_type = bp_type_of(c->mode);
 	a->bp_addr = c->address;
 	/* An execute breakpoint is one instruction: the kernel wants sizeof(long). */
 	a->bp_len = c->mode == 0 ? sizeof(long) : c->length;
 	a->sample_period = 1;
-	a->sample_type = PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_TID | PERF_SAMPLE_TIME;
 	if (!g->count_only)
 		a->sample_type |= PERF_SAMPLE_IP;
 	if (!g->count_only && g->opt.stack_depth > 0) {
@@ -442,21 +479,7 @@ static void build_attr(const struct pgroup *g, unsigned k, struct perf_event_att
 		a->sample_regs_user = SAMPLE_REGS;
 		a->sample_stack_user = STACK_SAMPLE_BYTES;
 	}
-	a->exclude_kernel = 1;
-	a->exclude_hv = 1;
-	a->inherit = 1;
-	a->inherit_thread = 1;
 	a->remove_on_exec = 1;
-	a->use_clockid = 1;
-	a->clockid = CLOCK_MONOTONIC;
-	a->sample_id_all = 1;
-	if (k == 0) {
-		a->task = 1;
-		a->comm = 1;
-		a->comm_exec = 1;
-		a->watermark = 1;
-		a->wakeup_watermark = (uint32_t)(g->data_bytes / 2);
-	}
 }
 
 /* Closes a root's events; buffer owners stay (group_free closes them last). */
@@ -464,7 +487,7 @@ static void root_close(struct pgroup *g, struct root *r)
 {
 	if (!r->fd)
 		return;
-	for (unsigned i = 0; i < ncpus * FW_SLOTS_PER_THREAD; i++) {
+	for (unsigned i = 0; i < ncpus * EVENTS_PER_CPU; i++) {
 		bool owner = false;
 
 		if (r->fd[i] < 0)
@@ -483,7 +506,7 @@ static const char *open_hint(int err)
 {
 	switch (err) {
 	case ENOSPC:
-		return ": no free debug register on that thread (4 per thread, shared by ptrace watches, other perf users and this helper's other groups)";
+		return ": no free debug register on that thread (4 per thread, shared by ptrace watches, other perf users and this helper's other groups; a register once written through ptrace stays reserved until the thread exits or execs)";
 	case EACCES:
 	case EPERM:
 		return ": not permitted (root, or CAP_PERFMON and ptrace access to the process, is needed)";
@@ -550,24 +573,31 @@ static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw
 		g->roots = more;
 		g->roots_cap = cap;
 	}
-	r.fd = malloc(ncpus * FW_SLOTS_PER_THREAD * sizeof *r.fd);
+	r.fd = malloc(ncpus * EVENTS_PER_CPU * sizeof *r.fd);
 	if (!r.fd) {
 		fw_error_set(e, ENOMEM, "pid %d: no memory for thread %d's events", (int)g->pid,
 			     (int)tid);
 		errno = ENOMEM;
 		return -1;
 	}
-	for (unsigned i = 0; i < ncpus * FW_SLOTS_PER_THREAD; i++)
+	for (unsigned i = 0; i < ncpus * EVENTS_PER_CPU; i++)
 		r.fd[i] = -1;
 	*opened_ns = mono_ns();
 	for (unsigned ci = 0; ci < ncpus; ci++) {
-		for (unsigned k = 0; k < g->nchunks; k++) {
+		/* The tracker first: it owns the CPU's buffer when it is the first. */
+		for (unsigned n = 0; n <= g->nchunks; n++) {
+			unsigned k = n == 0 ? TRACKER : n - 1;
 			int fd;
 			uint64_t id;
 
 			build_attr(g, k, &a);
-			fd = (int)syscall(SYS_perf_event_open, &a, tid, cpus[ci], -1,
-					  PERF_FLAG_FD_CLOEXEC);
+			fd = perf_open(&a, tid, cpus[ci]);
+			if (fd < 0 && k == TRACKER) {
+				err = errno;
+				fw_error_set(e, err, "perf_event_open (thread tracker) on thread %d of pid %d, cpu %d: %s%s",
+					     (int)tid, (int)g->pid, cpus[ci], fw_errno_name(err), open_hint(err));
+				goto fail;
+			}
 			if (fd < 0) {
 				err = errno;
 				fw_error_set(e, err,
@@ -580,7 +610,7 @@ static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw
 					     (int)g->pid, cpus[ci], fw_errno_name(err), open_hint(err));
 				goto fail;
 			}
-			r.fd[ci * FW_SLOTS_PER_THREAD + k] = fd;
+			r.fd[ci * EVENTS_PER_CPU + k] = fd;
 			if (ioctl(fd, PERF_EVENT_IOC_ID, &id) == -1 || ids_add(g, id, ri, k) == -1) {
 				err = errno ? errno : ENOMEM;
 				fw_error_set(e, err, "PERF_EVENT_IOC_ID on thread %d of pid %d: %s",
@@ -601,10 +631,55 @@ fail:
 	return -1;
 }
 
+/* What the kernel counted on a root's events, their inherited copies included. */
+static uint64_t root_kernel_count(const struct pgroup *g, const struct root *r)
+{
+	uint64_t total = 0;
+
+	(void)g;
+	for (unsigned i = 0; r->fd && i < ncpus * EVENTS_PER_CPU; i++) {
+		uint64_t v;
+
+		if (r->fd[i] >= 0 && read(r->fd[i], &v, sizeof v) == sizeof v)
+			total += v;
+	}
+	return total;
+}
+
+static bool root_owns_buffer(const struct pgroup *g, const struct root *r)
+{
+	for (unsigned i = 0; r->fd && i < ncpus * EVENTS_PER_CPU; i++)
+		for (unsigned c = 0; r->fd[i] >= 0 && c < ncpus; c++)
+			if (g->bufs[c].owner == r->fd[i])
+				return true;
+	return false;
+}
+
+/* A sample of e's thread came from another root's events (other) after the
+ * thread got events of its own: it inherited other's events in clone, so
+ * its own are a second copy, taking a debug register each. Close them
+ * (unless one holds a ring buffer) and count the thread, and every thread
+ * that counted from them, from other. */
+static void drop_second_cover(struct pgroup *g, struct tid_ent *e, int other)
+{
+	int own = e->root;
+	struct root *r = &g->roots[own];
+
+	if (r->tid != e->tid || !r->fd || root_owns_buffer(g, r))
+		return;
+	g->kernel_closed += root_kernel_count(g, r);
+	root_close(g, r);
+	for (unsigned i = 0; i < g->ents_cap; i++)
+		if (g->ents[i].tid > 0 && g->ents[i].root == own) {
+			g->ents[i].root = other;
+			g->ents[i].since = 0;
+		}
+}
+
 static void for_each_event(struct pgroup *g, unsigned long request)
 {
 	for (unsigned ri = 0; ri < g->nroots; ri++)
-		for (unsigned i = 0; i < ncpus * FW_SLOTS_PER_THREAD; i++)
+		for (unsigned i = 0; g->roots[ri].fd && i < ncpus * EVENTS_PER_CPU; i++)
 			if (g->roots[ri].fd[i] >= 0)
 				ioctl(g->roots[ri].fd[i], request, 0);
 }
@@ -777,10 +852,15 @@ static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t r
 		return; /* not this group's (cannot happen: the buffer is the group's) */
 	ri = which->root;
 	k = which->chunk;
+	if (k >= g->nchunks)
+		return; /* the tracker samples nothing */
 	g->seen++;
 	e = ent_get(g, (pid_t)s.tid, ri);
-	if (e && e->root != ri && s.time >= e->since)
-		return; /* the same trap, counted from this thread's own buffer */
+	if (e && e->root != ri && s.time >= e->since) {
+		/* The same trap, counted from the thread's own events. */
+		drop_second_cover(g, e, ri);
+		return;
+	}
 	g->counts.trapped++;
 	if (g->done || g->backoff || g->exec_seen) {
 		g->counts.suppressed++;
@@ -997,6 +1077,60 @@ static void drain_group(struct pgroup *g)
 
 /* ---- counts, threads, finishing ---- */
 
+/* Fields 22 (start time) and 52 (exit code, a wait status) of /proc/PID/stat. */
+static int read_stat(pid_t pid, uint64_t *start_time, int *exit_code)
+{
+	char path[64], buf[2048], *p;
+	ssize_t n;
+	int fd, field = 2;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	p = strrchr(buf, ')'); /* the command name may hold anything */
+	if (!p)
+		return -1;
+	p++;
+	while (*p && field < 52) {
+		while (*p == ' ')
+			p++;
+		field++;
+		if (field == 22 && start_time)
+			*start_time = strtoull(p, NULL, 10);
+		if (field == 52 && exit_code)
+			*exit_code = (int)strtol(p, NULL, 10);
+		while (*p && *p != ' ')
+			p++;
+	}
+	return field == 52 ? 0 : -1;
+}
+
+/* TARGET_EXITED for a process only this side watched: its wait status is
+ * in /proc while it is a zombie, if its parent has not reaped it yet. */
+static void report_exit(pid_t pid, uint64_t start_time)
+{
+	uint64_t start = 0;
+	int status = 0;
+
+	if (read_stat(pid, &start, &status) == 0 && start == start_time) {
+		if (WIFSIGNALED(status)) {
+			out_target_exited(pid, FW_EXIT_KILLED, WTERMSIG(status));
+			return;
+		}
+		if (WIFEXITED(status)) {
+			out_target_exited(pid, FW_EXIT_EXITED, WEXITSTATUS(status));
+			return;
+		}
+	}
+	out_target_exited(pid, FW_EXIT_GONE, 0);
+}
+
 static void send_counts(struct pgroup *g)
 {
 	static struct fw_thread_count batch[COUNTS_PER_FRAME];
@@ -1061,21 +1195,47 @@ static void note_uncovered(struct pgroup *g, pid_t tid, void *arg)
 		u->tids[u->n++] = tid;
 }
 
+/* Drops from u the threads a FORK record (still in a buffer) announces;
+ * a record written a moment after the thread became visible gets a few
+ * chances. */
+static void drop_announced(struct pgroup *g, struct uncovered *u)
+{
+	for (int attempt = 0; attempt <= ANNOUNCE_RETRIES && u->n > 0; attempt++) {
+		unsigned keep = 0;
+
+		if (attempt > 0)
+			sched_yield();
+		for (unsigned ci = 0; ci < ncpus; ci++)
+			drain_buf(g, ci, false, 0);
+		for (unsigned i = 0; i < u->n; i++) {
+			struct tid_ent *ent = ent_find(g, u->tids[i]);
+
+			if (!ent || ent->dead_pass != 0)
+				u->tids[keep++] = u->tids[i];
+		}
+		u->n = keep;
+	}
+}
+
 /* Gives each uncovered thread events of its own. -1 (error in e) on the
  * first failure other than the thread being gone, if strict; else the
- * number of threads left uncovered. */
-static int cover(struct pgroup *g, const struct uncovered *u, bool strict, struct fw_error *e)
+ * number of threads left uncovered. *gone: threads that were exiting. */
+static int cover(struct pgroup *g, const struct uncovered *u, bool strict, unsigned *gone,
+		 struct fw_error *e)
 {
 	int left = 0;
 
+	*gone = 0;
 	for (unsigned i = 0; i < u->n; i++) {
 		uint64_t opened;
 		struct tid_ent *ent;
 		int ri = root_open(g, u->tids[i], &opened, e);
 
 		if (ri < 0) {
-			if (errno == ESRCH)
-				continue; /* exited meanwhile */
+			if (errno == ESRCH) {
+				(*gone)++; /* exiting: nothing left to watch there */
+				continue;
+			}
 			if (strict)
 				return -1;
 			left++;
@@ -1107,16 +1267,10 @@ static void rescan(struct pgroup *g)
 	if (u.n > 0) {
 		/* Their FORK records may be waiting in a buffer. */
 		drain_group(g);
-		static struct uncovered still;
+		drop_announced(g, &u);
+		unsigned gone;
 
-		still.n = 0;
-		for (unsigned i = 0; i < u.n; i++) {
-			struct tid_ent *ent = ent_find(g, u.tids[i]);
-
-			if (!ent || ent->dead_pass != 0)
-				still.tids[still.n++] = u.tids[i];
-		}
-		left = cover(g, &still, false, &e);
+		left = cover(g, &u, false, &gone, &e);
 		if (left > 0 && !g->unarmed_warned) {
 			g->unarmed_warned = true;
 			out_log(FW_LOG_WARNING, "pid %d: %d thread(s) not watched: %s", (int)g->pid,
@@ -1140,13 +1294,9 @@ static void final_drain(struct pgroup *g)
 
 	for_each_event(g, PERF_EVENT_IOC_DISABLE);
 	drain_group(g);
+	kernel = g->kernel_closed;
 	for (unsigned ri = 0; ri < g->nroots; ri++)
-		for (unsigned i = 0; i < ncpus * FW_SLOTS_PER_THREAD; i++) {
-			uint64_t v;
-
-			if (g->roots[ri].fd[i] >= 0 && read(g->roots[ri].fd[i], &v, sizeof v) == sizeof v)
-				kernel += v;
-		}
+		kernel += root_kernel_count(g, &g->roots[ri]);
 	if (kernel <= g->seen)
 		return;
 	missing = kernel - g->seen;
@@ -1160,6 +1310,7 @@ static void final_drain(struct pgroup *g)
 static void finish(struct pgroup *g, enum fw_done_reason reason)
 {
 	pid_t pid = g->pid;
+	uint64_t start_time = g->start_time;
 
 	final_drain(g);
 	if (g->count_only)
@@ -1170,7 +1321,7 @@ static void finish(struct pgroup *g, enum fw_done_reason reason)
 		if (reason == FW_DONE_EXEC)
 			out_target_exec(pid);
 		else
-			out_target_exited(pid, FW_EXIT_GONE, 0);
+			report_exit(pid, start_time);
 	}
 }
 
@@ -1202,12 +1353,13 @@ static void end_backoff(struct pgroup *g)
 /* After a drain: what the records asked for. */
 static void settle(struct pgroup *g, int64_t now)
 {
-	if (g->exited) {
-		finish(g, FW_DONE_EXITED);
-		return;
-	}
+	/* An exec seen in the records came before any exit the pidfd shows. */
 	if (g->exec_seen) {
 		finish(g, FW_DONE_EXEC);
+		return;
+	}
+	if (g->exited) {
+		finish(g, FW_DONE_EXITED);
 		return;
 	}
 	if (g->done) {
@@ -1295,6 +1447,14 @@ int perf_next_timeout_ms(void)
 
 /* ---- ARM and DISARM ---- */
 
+/* The pidfd is readable once the process has exited (a zombie included). */
+static bool process_exited(const struct pgroup *g)
+{
+	struct pollfd p = { .fd = g->pidfd, .events = POLLIN };
+
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 static int check_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 		     const struct fw_chunk *chunks, unsigned count, bool count_only,
 		     uint32_t interval_ms, struct fw_error *e)
@@ -1345,6 +1505,8 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 	memcpy(g->chunks, chunks, count * sizeof *chunks);
 	pages = count_only ? DATA_PAGES_COUNT
 			   : opt->stack_depth > 0 ? DATA_PAGES_STACK : DATA_PAGES_PLAIN;
+	for (unsigned n = ncpus; n > 16 && pages > DATA_PAGES_MIN; n /= 2)
+		pages /= 2;
 	g->data_bytes = (size_t)pages * (size_t)page_size;
 	g->ents = calloc(ENTS_INITIAL, sizeof *g->ents);
 	g->ents_cap = ENTS_INITIAL;
@@ -1355,6 +1517,7 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 		fw_error_set(e, ENOMEM, "ARM pid %d: no memory", (int)pid);
 		return -1;
 	}
+	read_stat(pid, &g->start_time, NULL);
 	g->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (g->pidfd < 0) {
 		int errn = errno;
@@ -1383,6 +1546,7 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	struct pgroup *g = NULL;
 	struct epoll_event ev = { .events = EPOLLIN };
 	int total = 0, gi;
+	unsigned gone;
 	int64_t now;
 
 	if (check_arm(pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
@@ -1409,20 +1573,8 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 			fw_error_set(e, ESRCH, "ARM pid %d: no such process", (int)pid);
 			goto fail;
 		}
-		if (u.n > 0 && round > 0) {
-			/* FORK records of threads created since the last round. */
-			for (unsigned ci = 0; ci < ncpus; ci++)
-				drain_buf(g, ci, false, 0);
-			unsigned keep = 0;
-
-			for (unsigned i = 0; i < u.n; i++) {
-				struct tid_ent *ent = ent_find(g, u.tids[i]);
-
-				if (!ent || ent->dead_pass != 0)
-					u.tids[keep++] = u.tids[i];
-			}
-			u.n = keep;
-		}
+		if (round > 0)
+			drop_announced(g, &u); /* created since the last round by covered threads */
 		if (u.n == 0)
 			break;
 		if (round == ARM_SCAN_ROUNDS) {
@@ -1431,8 +1583,12 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 				     (int)pid, ARM_SCAN_ROUNDS, (int)pid);
 			goto fail;
 		}
-		if (cover(g, &u, true, e) == -1)
+		if (cover(g, &u, true, &gone, e) == -1)
 			goto fail;
+		if (gone == u.n && process_exited(g)) {
+			fw_error_set(e, ESRCH, "ARM pid %d: the process exited", (int)pid);
+			goto fail;
+		}
 	}
 	if (g->nroots == 0) {
 		fw_error_set(e, ESRCH, "ARM pid %d: no thread left to watch", (int)pid);
