@@ -8,8 +8,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define FW_HELPER_VERSION "0.3.0"
-#define FW_PROTOCOL_VERSION 2u
+#define FW_HELPER_VERSION "0.4.0"
+#define FW_PROTOCOL_VERSION 3u
 #define FW_SLOTS_PER_THREAD 4u
 
 /* Fixed-size tables keep the hot path free of malloc. */

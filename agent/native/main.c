@@ -2,6 +2,7 @@
  * names. One thread, one poll() loop over stdin (requests) and a signalfd
  * (tracee stops, termination). Every way out disarms and detaches first. */
 #include "fw.h"
+#include "perf.h"
 #include "resolve.h"
 #include "tracer.h"
 #include "wire.h"
@@ -78,7 +79,11 @@ static void send_hello(void)
 	out_frame_begin(FW_MSG_HELLO, 0);
 	out_u32(FW_PROTOCOL_VERSION);
 	out_u32(FW_SLOTS_PER_THREAD);
+	out_u32(1u | (perf_values() != FW_PERF_UNAVAILABLE ? 2u : 0u));
+	out_u8((uint8_t)perf_values());
+	out_pad(3);
 	out_str(FW_HELPER_VERSION);
+	out_str(perf_note());
 	out_frame_end();
 	out_flush();
 }
@@ -124,7 +129,9 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 	struct fw_error e;
 	pid_t pid = (pid_t)rd_u32(r);
 	uint64_t group = rd_u64(r);
-	unsigned count;
+	unsigned count, backend, flags;
+	uint32_t interval_ms;
+	int rc;
 
 	memset(&opt, 0, sizeof opt);
 	opt.max_hits = rd_u64(r);
@@ -134,6 +141,23 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 	opt.nconditions = rd_u8(r);
 	opt.ntids = rd_u8(r);
 	opt.stack_depth = rd_u8(r);
+	backend = rd_u8(r);
+	flags = rd_u8(r);
+	rd_skip(r, 2);
+	interval_ms = rd_u32(r);
+	if (!r->bad && (backend > 1 || (flags & ~1u) != 0)) {
+		fw_error_set(&e, EINVAL, "ARM pid %d: unknown backend %u or flags 0x%x", (int)pid,
+			     backend, flags);
+		out_error(id, &e);
+		return;
+	}
+	if (!r->bad && (flags & 1u) && backend != 1) {
+		fw_error_set(&e, EINVAL,
+			     "ARM pid %d: counting only needs the perf backend (ptrace stops the target at every trap)",
+			     (int)pid);
+		out_error(id, &e);
+		return;
+	}
 	if (!r->bad && (count < 1 || count > FW_SLOTS_PER_THREAD)) {
 		fw_error_set(&e, EINVAL, "ARM pid %d: %u chunks (must be 1-4)", (int)pid, count);
 		out_error(id, &e);
@@ -163,7 +187,17 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 		malformed(id, "ARM");
 		return;
 	}
-	if (tracer_arm(pid, group, &opt, chunks, count, &res, &e) == -1) {
+	if (backend == 1) {
+		rc = perf_arm(pid, group, &opt, chunks, count, (flags & 1u) != 0, interval_ms, &res,
+			      &e);
+	} else if (perf_has_group(pid, group)) {
+		fw_error_set(&e, EEXIST, "group %llu is already armed on pid %d",
+			     (unsigned long long)group, (int)pid);
+		rc = -1;
+	} else {
+		rc = tracer_arm(pid, group, &opt, chunks, count, &res, &e);
+	}
+	if (rc == -1) {
 		out_error(id, &e);
 		return;
 	}
@@ -188,7 +222,9 @@ static void handle_disarm(uint32_t id, struct fw_reader *r)
 		malformed(id, "DISARM");
 		return;
 	}
-	if (tracer_disarm(pid, group, &c, &reserved, &e) == -1) {
+	memset(&c, 0, sizeof c);
+	if (perf_has_group(pid, group) ? perf_disarm(pid, group, &c, &e) == -1
+				       : tracer_disarm(pid, group, &c, &reserved, &e) == -1) {
 		out_error(id, &e);
 		return;
 	}
@@ -197,6 +233,7 @@ static void handle_disarm(uint32_t id, struct fw_reader *r)
 	out_u64(c.delivered);
 	out_u64(c.suppressed);
 	out_u64(c.filtered);
+	out_u64(c.lost);
 	out_u8(reserved);
 	out_pad(7);
 	out_frame_end();
@@ -217,6 +254,7 @@ static void handle_request(uint16_t type, uint32_t id, struct fw_reader *r)
 		handle_disarm(id, r);
 		break;
 	case FW_MSG_SHUTDOWN:
+		perf_close_all();
 		tracer_detach_all();
 		out_frame_begin(FW_MSG_SHUTDOWN_OK, id);
 		out_frame_end();
@@ -296,7 +334,7 @@ static int usage(const char *argv0)
 int main(int argc, char **argv)
 {
 	pid_t parent = getppid();
-	struct pollfd fds[2];
+	struct pollfd fds[3];
 	int sfd, exit_code = 0;
 	char oom_msg[256];
 	const char *oom_refused;
@@ -338,6 +376,7 @@ int main(int argc, char **argv)
 	 * target sits stopped in a hit: symbols come from what is installed. */
 	unsetenv("DEBUGINFOD_URLS");
 	tracer_init(sfd);
+	perf_init();
 	out_init(STDOUT_FILENO);
 	send_hello();
 	if (oom_refused) {
@@ -347,20 +386,25 @@ int main(int argc, char **argv)
 
 	fds[0] = (struct pollfd){ .fd = STDIN_FILENO, .events = POLLIN };
 	fds[1] = (struct pollfd){ .fd = sfd, .events = POLLIN };
+	fds[2] = (struct pollfd){ .fd = perf_poll_fd(), .events = POLLIN };
 	for (;;) {
 		int timeout, due;
 
 		tracer_process_pending();
+		perf_process_pending();
 		if (out_due_ms() == 0)
 			out_flush();
 		if (shutdown_requested || stdin_closed || out_broken() ||
 		    tracer_terminate_requested())
 			break;
 		timeout = tracer_next_timeout_ms();
+		due = perf_next_timeout_ms();
+		if (due >= 0 && (timeout < 0 || due < timeout))
+			timeout = due;
 		due = out_due_ms();
 		if (due >= 0 && (timeout < 0 || due < timeout))
 			timeout = due;
-		if (poll(fds, 2, timeout) < 0) {
+		if (poll(fds, 3, timeout) < 0) {
 			if (errno == EINTR)
 				continue;
 			perror("fleetwatch-helper: poll");
@@ -369,6 +413,8 @@ int main(int argc, char **argv)
 		}
 		if (fds[1].revents & POLLIN)
 			tracer_on_signals();
+		if (fds[2].revents & POLLIN)
+			perf_on_ready();
 		if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
 			if (read_requests() == -1) {
 				exit_code = 1;
@@ -376,6 +422,7 @@ int main(int argc, char **argv)
 			}
 		}
 	}
+	perf_close_all();
 	tracer_detach_all();
 	out_flush();
 	return exit_code;

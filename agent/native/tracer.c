@@ -8,6 +8,7 @@
 
 #include "dregs.h"
 #include "symctx.h"
+#include "symdefs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -40,8 +41,6 @@
 #define THREADS_REPORT_MS 100
 #define CPU_FOLLOW_CHECK_MS 50
 #define RESERVATIONS 256
-#define KNOWN_IPS 4096 /* per process, power of two */
-#define KNOWN_IPS_LIMIT (KNOWN_IPS * 3 / 4)
 #define BACKOFF_WINDOW_MS 1000
 
 enum thread_state {
@@ -116,7 +115,6 @@ struct proc {
 	bool service_pending; /* a group reached its budget or rate limit */
 	int resv;             /* index into reservations */
 	struct fw_symctx *sym; /* opened at the first ARM asking for a stack */
-	unsigned nknown_ips;   /* entries in known_ips[this index] */
 	bool threads_changed;
 	int64_t threads_reported_ms;
 	uint32_t reported_total, reported_armed;
@@ -132,7 +130,7 @@ static bool terminate_requested;
 static struct reservation reservations[RESERVATIONS];
 static uint64_t reservation_seq;
 /* ips already defined to the agent by a SYMBOLS event, per process (0 = empty). */
-static uint64_t known_ips[FW_MAX_PROCS][KNOWN_IPS];
+static struct fw_known_ips known_ips[FW_MAX_PROCS];
 static enum fw_cpu_policy cpu_policy = FW_CPU_POLICY_FOLLOW;
 static int cpu_pinned = -1; /* CPU this thread is pinned to by the policy, or -1 */
 static cpu_set_t cpu_initial;
@@ -250,9 +248,7 @@ static void proc_free(int pi)
 	if (procs[pi].sym)
 		fw_symctx_close(procs[pi].sym);
 	procs[pi].sym = NULL;
-	if (procs[pi].nknown_ips > 0)
-		memset(known_ips[pi], 0, sizeof known_ips[pi]);
-	procs[pi].nknown_ips = 0;
+	fw_known_ips_reset(&known_ips[pi]);
 	procs[pi].used = false;
 }
 
@@ -685,9 +681,9 @@ static void proc_finish_exit(int pi)
 				       &gr->counts);
 	}
 	if (WIFSIGNALED(st))
-		out_target_exited(p->pid, true, WTERMSIG(st));
+		out_target_exited(p->pid, FW_EXIT_KILLED, WTERMSIG(st));
 	else
-		out_target_exited(p->pid, false, WEXITSTATUS(st));
+		out_target_exited(p->pid, FW_EXIT_EXITED, WEXITSTATUS(st));
 	proc_free(pi);
 }
 
@@ -823,53 +819,6 @@ static size_t copy_stack(struct thread *t, pid_t pid, uint64_t sp, uint8_t *buf)
 	return got > 0 ? (size_t)got : 0;
 }
 
-/* Sends a SYMBOLS event for the ips of this stack the agent has not been
- * told about yet (each distinct ip once per process). An ip is named after
- * ip - 1: for a return address that is inside its call instruction (see
- * fw_unwind), and for the trap's own ip (just past the store) inside the
- * store; the offset is then ip's own. */
-static void define_symbols(int pi, const uint64_t *ips, int n)
-{
-	static struct fw_symbol syms[FW_MAX_STACK_DEPTH];
-	struct proc *p = &procs[pi];
-	unsigned nsyms = 0;
-
-	if (p->nknown_ips + (unsigned)n > KNOWN_IPS_LIMIT) {
-		/* Full: forget, and define again what comes next. */
-		memset(known_ips[pi], 0, sizeof known_ips[pi]);
-		p->nknown_ips = 0;
-	}
-	for (int i = 0; i < n; i++) {
-		uint64_t ip = ips[i];
-		unsigned h = (unsigned)((ip * UINT64_C(0x9e3779b97f4a7c15)) >> 52) & (KNOWN_IPS - 1);
-		const char *function = NULL, *module = NULL;
-		uint64_t offset = 0;
-
-		if (ip == 0)
-			continue;
-		while (known_ips[pi][h] != 0 && known_ips[pi][h] != ip)
-			h = (h + 1) & (KNOWN_IPS - 1);
-		if (known_ips[pi][h] == ip)
-			continue;
-		known_ips[pi][h] = ip;
-		p->nknown_ips++;
-		if (fw_symbolize(p->sym, ip - 1, &function, &offset, &module) == 0) {
-			offset++;
-		} else {
-			function = NULL;
-			offset = 0;
-		}
-		syms[nsyms++] = (struct fw_symbol){
-			.ip = ip,
-			.offset = offset,
-			.function = function ? function : "",
-			.module = module ? module : "",
-		};
-	}
-	if (nsyms > 0)
-		out_symbols(p->pid, syms, nsyms);
-}
-
 /* The stack of a stopped thread for a hit: copy from rsp, unwind with DWARF
  * CFI, define new ips. Never fails: at worst one frame, the trap's ip. */
 static int capture_stack(int ti, const struct user_regs_struct *regs, int depth, uint64_t *ips)
@@ -889,7 +838,7 @@ static int capture_stack(int ti, const struct user_regs_struct *regs, int depth,
 		n = 1;
 	}
 	if (p->sym)
-		define_symbols(t->proc, ips, n);
+		fw_define_symbols(&known_ips[t->proc], p->sym, p->pid, ips, n);
 	return n;
 }
 
@@ -1009,6 +958,7 @@ static void on_trap(int ti)
 				.dr = (uint8_t)s,
 				.length = slot->length,
 				.mode = slot->mode,
+				.value_exact = true,
 				.nframes = 0,
 				.ips = ips,
 			};
@@ -1857,7 +1807,7 @@ int tracer_next_timeout_ms(void)
 	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
 }
 
-static int check_chunks(pid_t pid, const struct fw_chunk *chunks, unsigned count,
+int tracer_check_chunks(pid_t pid, const struct fw_chunk *chunks, unsigned count,
 			struct fw_error *e)
 {
 	uint8_t seen = 0;
@@ -1993,7 +1943,7 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	uint32_t total = 0, armed = 0;
 	pid_t reader;
 
-	if (tracer_policy_check(pid, e) == -1 || check_chunks(pid, chunks, count, e) == -1 ||
+	if (tracer_policy_check(pid, e) == -1 || tracer_check_chunks(pid, chunks, count, e) == -1 ||
 	    tracer_check_options(pid, opt, e) == -1)
 		return -1;
 	pi = proc_find(pid);
@@ -2273,4 +2223,16 @@ void tracer_emergency_detach(void)
 		}
 		ptrace(PTRACE_DETACH, tid, NULL, (void *)(long)sig);
 	}
+}
+
+bool tracer_has_pid(pid_t pid)
+{
+	return proc_find(pid) >= 0;
+}
+
+bool tracer_has_group(pid_t pid, uint64_t group)
+{
+	int pi = proc_find(pid);
+
+	return pi >= 0 && group_find(&procs[pi], group) >= 0;
 }

@@ -78,6 +78,14 @@ void tracer_set_cpu_policy(enum fw_cpu_policy policy);
 /* Refuses pids the policy never allows (EPERM). */
 int tracer_policy_check(pid_t pid, struct fw_error *e);
 
+/* 0 if the chunks are valid and name distinct registers; else -1 with EINVAL. */
+int tracer_check_chunks(pid_t pid, const struct fw_chunk *chunks, unsigned count,
+			struct fw_error *e);
+
+/* Whether the ptrace side is attached to pid / holds that group. */
+bool tracer_has_pid(pid_t pid);
+bool tracer_has_group(pid_t pid, uint64_t group);
+
 /* 0 if the options are in range; else -1 with EINVAL in e. */
 int tracer_check_options(pid_t pid, const struct fw_watch_options *opt, struct fw_error *e);
 

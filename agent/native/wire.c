@@ -192,7 +192,8 @@ void out_hit(const struct fw_hit *h)
 	put_le(h->dr, 1);
 	put_le(h->length, 1);
 	put_le(h->mode, 1);
-	out_pad(5);
+	put_le(h->value_exact ? 1 : 0, 1);
+	out_pad(4);
 	put_le(h->nframes, 1);
 	for (unsigned i = 0; i < h->nframes; i++)
 		put_le(h->ips[i], 8);
@@ -220,14 +221,15 @@ void out_group_done(pid_t pid, enum fw_done_reason reason, uint64_t group,
 	out_u64(c->delivered);
 	out_u64(c->suppressed);
 	out_u64(c->filtered);
+	out_u64(c->lost);
 	out_frame_end();
 }
 
-void out_target_exited(pid_t pid, bool killed, int code)
+void out_target_exited(pid_t pid, enum fw_exit_kind kind, int code)
 {
 	out_frame_begin(FW_MSG_TARGET_EXITED, 0);
 	out_u32((uint32_t)pid);
-	out_u8(killed ? 1 : 0);
+	out_u8((uint8_t)kind);
 	out_pad(3);
 	out_u32((uint32_t)code);
 	out_frame_end();
@@ -392,4 +394,25 @@ void rd_str(struct fw_reader *r, char *buf, size_t cap)
 	memcpy(buf, r->p + r->off, n);
 	buf[n] = '\0';
 	r->off += n;
+}
+
+void out_counts(pid_t pid, uint64_t group, uint64_t time_ns, const struct fw_counts *c,
+		const struct fw_thread_count *threads, unsigned n)
+{
+	out_frame_begin(FW_MSG_COUNTS, 0);
+	out_u32((uint32_t)pid);
+	out_u32(n);
+	out_u64(group);
+	out_u64(time_ns);
+	out_u64(c->trapped);
+	out_u64(c->delivered);
+	out_u64(c->suppressed);
+	out_u64(c->filtered);
+	out_u64(c->lost);
+	for (unsigned i = 0; i < n; i++) {
+		out_u32((uint32_t)threads[i].tid);
+		out_pad(4);
+		out_u64(threads[i].hits);
+	}
+	out_frame_end();
 }

@@ -32,12 +32,20 @@ enum fw_msg {
 	FW_MSG_GROUP_RESUMED = 0x0208,
 	FW_MSG_TARGET_FORK = 0x0209,
 	FW_MSG_THREADS = 0x020A,
+	FW_MSG_COUNTS = 0x020B,
 };
 
 enum fw_done_reason {
 	FW_DONE_BUDGET = 1,
 	FW_DONE_EXITED = 2,
 	FW_DONE_EXEC = 3,
+};
+
+/* TARGET_EXITED's killed byte. */
+enum fw_exit_kind {
+	FW_EXIT_EXITED = 0,
+	FW_EXIT_KILLED = 1,
+	FW_EXIT_GONE = 2, /* not our tracee: its status is not ours to read */
 };
 
 enum fw_log_level {
@@ -59,16 +67,24 @@ struct fw_hit {
 	uint8_t dr;
 	uint8_t length;
 	uint8_t mode;
-	uint8_t nframes; /* 0 when the group asked for no stack */
+	bool value_exact; /* new_value read at the trap (ptrace), not after it (perf) */
+	uint8_t nframes;  /* 0 when the group asked for no stack */
 	const uint64_t *ips;
 };
 
-/* Per group: trapped = delivered + suppressed + filtered. */
+/* Per group: trapped = delivered + suppressed + filtered + lost. */
 struct fw_counts {
 	uint64_t trapped;
 	uint64_t delivered;
 	uint64_t suppressed; /* budget used up, or rate limit hit, before the slots were cleared */
 	uint64_t filtered;   /* failed the group's thread filter or conditions */
+	uint64_t lost;       /* perf: samples the kernel could not write (ring buffer full) */
+};
+
+/* One thread's hits in a COUNTS interval. */
+struct fw_thread_count {
+	pid_t tid;
+	uint64_t hits;
 };
 
 /* One ip of a SYMBOLS event; function and module may be "" (unknown). */
@@ -107,7 +123,7 @@ void out_hit(const struct fw_hit *h);
 void out_error(uint32_t request_id, const struct fw_error *e);
 void out_group_done(pid_t pid, enum fw_done_reason reason, uint64_t group,
 		    const struct fw_counts *c);
-void out_target_exited(pid_t pid, bool killed, int code);
+void out_target_exited(pid_t pid, enum fw_exit_kind kind, int code);
 void out_target_exec(pid_t pid);
 /* One or more SYMBOLS frames defining n ips of pid (split to fit the buffer). */
 void out_symbols(pid_t pid, const struct fw_symbol *syms, unsigned n);
@@ -115,6 +131,8 @@ void out_group_backoff(pid_t pid, uint64_t group, uint64_t until_ns, uint64_t su
 void out_group_resumed(pid_t pid, uint64_t group);
 void out_target_fork(pid_t pid, pid_t child);
 void out_threads(pid_t pid, uint32_t total, uint32_t armed);
+void out_counts(pid_t pid, uint64_t group, uint64_t time_ns, const struct fw_counts *c,
+		const struct fw_thread_count *threads, unsigned n);
 void out_log(enum fw_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Bounds-checked little-endian reader over one request payload. */

@@ -1,0 +1,1646 @@
+/* The perf-event backend (PROTOCOL.md, "Backends").
+ *
+ * A group is one set of chunks on one process. For each thread found in
+ * /proc/PID/task (a "root") the group opens one PERF_TYPE_BREAKPOINT event
+ * per chunk and CPU, as `perf record -p` does: inherited per-thread events
+ * cannot own a ring buffer (their copies in other threads would write it
+ * from several CPUs at once), per-CPU ones can. Every event bound to a CPU
+ * writes into that CPU's one ring buffer (PERF_EVENT_IOC_SET_OUTPUT), so
+ * each buffer has one writer at a time and is in time order. Events are
+ * inherited by threads created later (inherit + inherit_thread: inside
+ * clone, before the new thread runs); a sample's identifier names the root
+ * whose event, or a copy of it, fired. A software dummy event per thread
+ * and CPU (the tracker, which takes no debug register) reports thread
+ * creation and exit (attr.task) and exec (attr.comm_exec): the breakpoints
+ * themselves are removed in the kernel at exec (remove_on_exec), before
+ * the exec's COMM record is written.
+ *
+ * The kernel may cover one thread twice: a thread that showed up in a scan
+ * of /proc/PID/task before the FORK record that announces it, or whose
+ * clone raced the opening of its creator's events, gets events of its own
+ * while it may also have inherited some. Each thread therefore has one
+ * root whose samples count (its entry's root); its samples from any other
+ * root's events from the time its own events were opened are the same
+ * traps seen twice and are skipped. */
+#include "perf.h"
+
+#include "symctx.h"
+#include "symdefs.h"
+#include "wire.h"
+
+#include <asm/perf_regs.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/hw_breakpoint.h>
+#include <linux/perf_event.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PERF_MAX_GROUPS 64
+#define DRAIN_MS 5          /* samples wait at most this long in a ring buffer */
+#define SCAN_MS 100         /* /proc/PID/task rescans and THREADS reports */
+#define ARM_SCAN_ROUNDS 100 /* scans at ARM until one finds no uncovered thread */
+#define BACKOFF_WINDOW_MS 1000
+#define STACK_SAMPLE_BYTES 8192u
+/* Data pages per CPU's ring buffer (a power of two), by what samples carry:
+ * enough for ~0.1 s of traps on a CPU while the helper is not scheduled.
+ * Hosts with more than 16 CPUs get smaller buffers per CPU. */
+#define DATA_PAGES_COUNT 128u
+#define DATA_PAGES_PLAIN 256u
+#define DATA_PAGES_STACK 512u
+#define DATA_PAGES_MIN 16u
+/* A thread that shows up in /proc before its FORK record is written: how
+ * often ARM and rescans look for the record again before opening events of
+ * its own for it (which would cover it twice). */
+#define ANNOUNCE_RETRIES 3
+#define MAX_CPUS 1024
+#define COUNTS_PER_FRAME 1000u
+#define DEFAULT_INTERVAL_MS 1000u
+#define MIN_INTERVAL_MS 10u
+#define MAX_INTERVAL_MS (3600u * 1000u)
+#define ENTS_INITIAL 256u /* power of two */
+/* Entries of exited threads stay this many drain passes: their last
+ * samples may still sit in another buffer. */
+#define DEAD_PASSES 2u
+
+/* User registers sampled for the unwinder, in the order the kernel writes them. */
+#define SAMPLE_REGS                                                                     \
+	((1ull << PERF_REG_X86_AX) | (1ull << PERF_REG_X86_BX) | (1ull << PERF_REG_X86_CX) | \
+	 (1ull << PERF_REG_X86_DX) | (1ull << PERF_REG_X86_SI) | (1ull << PERF_REG_X86_DI) | \
+	 (1ull << PERF_REG_X86_BP) | (1ull << PERF_REG_X86_SP) | (1ull << PERF_REG_X86_IP) | \
+	 (0xffull << PERF_REG_X86_R8))
+#define SAMPLE_NREGS 17
+
+/* epoll data: buffers are drained all together; a pidfd names its group. */
+#define EP_BUFFER 0u
+
+/* Events per thread and CPU: one per chunk, then the tracker (TRACKER). */
+#define EVENTS_PER_CPU (FW_SLOTS_PER_THREAD + 1u)
+#define TRACKER FW_SLOTS_PER_THREAD
+
+/* A thread's events: fd[cpu_index * EVENTS_PER_CPU + chunk or TRACKER], -1 if none. */
+struct root {
+	pid_t tid;
+	int *fd;
+};
+
+/* One CPU's ring buffer; owner is the first event opened on that CPU. */
+struct cpu_buf {
+	int owner;
+	struct perf_event_mmap_page *meta;
+	size_t map_len;
+};
+
+/* Event id -> root and chunk (samples of inherited copies carry their
+ * original's id). */
+struct id_ent {
+	uint64_t id; /* 0: empty */
+	int32_t root;
+	uint8_t chunk; /* TRACKER: the thread tracker */
+};
+
+struct tid_ent {
+	pid_t tid;          /* 0: empty, -1: deleted */
+	int32_t root;       /* the buffer whose samples of this thread count */
+	uint64_t since;     /* other buffers' samples before this (monotonic ns) count too */
+	uint64_t hits;      /* in the current COUNTS interval */
+	uint32_t dead_pass; /* drain pass of its EXIT record; 0: alive */
+};
+
+struct pgroup {
+	bool used;
+	pid_t pid;
+	uint64_t id;
+	uint64_t start_time; /* /proc/PID/stat field 22: tells a reused pid apart */
+	struct fw_watch_options opt;
+	bool count_only;
+	uint32_t interval_ms;
+	unsigned nchunks;
+	struct fw_chunk chunks[FW_SLOTS_PER_THREAD];
+	uint64_t last_value[FW_SLOTS_PER_THREAD];
+	size_t data_bytes;
+	struct cpu_buf *bufs; /* one per CPU of cpus[] */
+	struct root *roots;
+	unsigned nroots, roots_cap;
+	struct id_ent *ids;
+	unsigned ids_cap, nids;
+	struct tid_ent *ents;
+	unsigned ents_cap, ents_used; /* used: live and deleted slots */
+	struct fw_counts counts;
+	/* Samples the buffers gave, own and duplicate, plus those LOST records
+	 * named: what the kernel's own counts of the events should add up to. */
+	uint64_t seen;
+	uint64_t kernel_closed; /* the kernel's counts of events closed early */
+	uint32_t pass;
+	int pidfd;
+	bool exited, exec_seen, done;
+	int64_t window_start_ms;
+	uint64_t window_delivered;
+	bool backoff_pending, backoff;
+	int64_t backoff_until_ms;
+	int64_t next_counts_ms, next_scan_ms;
+	uint32_t reported_total, reported_armed;
+	bool unarmed_warned, throttle_warned;
+	struct fw_symctx *sym;
+	struct fw_known_ips *known;
+};
+
+static struct pgroup groups[PERF_MAX_GROUPS];
+static int ep_fd = -1;
+static enum fw_perf_values values_mode = FW_PERF_UNAVAILABLE;
+static char note[256];
+static int64_t next_drain_ms = INT64_MAX;
+static long page_size;
+static int cpus[MAX_CPUS]; /* the online CPUs */
+static unsigned ncpus;
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static int perf_open(struct perf_event_attr *attr, pid_t tid, int cpu)
+{
+	return (int)syscall(SYS_perf_event_open, attr, tid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+}
+
+/* ---- start-up probe ---- */
+
+static volatile uint64_t probe_word;
+
+/* /sys/devices/system/cpu/online: "0-3,6". */
+static void read_online_cpus(void)
+{
+	char line[4096];
+	FILE *f = fopen("/sys/devices/system/cpu/online", "re");
+	char *p = line;
+
+	ncpus = 0;
+	if (f && fgets(line, sizeof line, f)) {
+		while (*p && *p != '\n' && ncpus < MAX_CPUS) {
+			long lo = strtol(p, &p, 10), hi = lo;
+
+			if (*p == '-')
+				hi = strtol(p + 1, &p, 10);
+			for (long c = lo; c <= hi && ncpus < MAX_CPUS; c++)
+				cpus[ncpus++] = (int)c;
+			if (*p == ',')
+				p++;
+			else
+				break;
+		}
+	}
+	if (f)
+		fclose(f);
+	if (ncpus == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		for (long c = 0; c < n && c < MAX_CPUS; c++)
+			cpus[ncpus++] = (int)c;
+	}
+}
+
+void perf_init(void)
+{
+	struct perf_event_attr a;
+	int fd;
+
+	page_size = sysconf(_SC_PAGESIZE);
+	read_online_cpus();
+	ep_fd = epoll_create1(EPOLL_CLOEXEC);
+	memset(&a, 0, sizeof a);
+	a.type = PERF_TYPE_BREAKPOINT;
+	a.size = sizeof a;
+	a.bp_type = HW_BREAKPOINT_W;
+	a.bp_addr = (uint64_t)(uintptr_t)&probe_word;
+	a.bp_len = HW_BREAKPOINT_LEN_8;
+	a.sample_period = 1;
+	a.exclude_kernel = 1;
+	a.exclude_hv = 1;
+	a.disabled = 1;
+	fd = perf_open(&a, 0, -1);
+	if (ep_fd < 0 || fd < 0) {
+		int err = errno;
+		char paranoid[16] = "?";
+		FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "re");
+
+		if (f) {
+			if (!fgets(paranoid, sizeof paranoid, f))
+				snprintf(paranoid, sizeof paranoid, "?");
+			paranoid[strcspn(paranoid, "\n")] = 0;
+			fclose(f);
+		}
+		snprintf(note, sizeof note,
+			 "perf_event_open of a breakpoint failed: %s (%s; kernel.perf_event_paranoid = %s)",
+			 fw_errno_name(err), strerror(err), paranoid);
+		return;
+	}
+	close(fd);
+	values_mode = FW_PERF_VALUES_AFTER;
+	snprintf(note, sizeof note,
+		 "values are read from the target when a sample is drained, not at the trap");
+}
+
+enum fw_perf_values perf_values(void)
+{
+	return values_mode;
+}
+
+const char *perf_note(void)
+{
+	return note;
+}
+
+int perf_poll_fd(void)
+{
+	return ep_fd;
+}
+
+/* ---- groups and lookups ---- */
+
+static int group_index(pid_t pid, uint64_t id)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++)
+		if (groups[i].used && groups[i].pid == pid && groups[i].id == id)
+			return i;
+	return -1;
+}
+
+bool perf_has_group(pid_t pid, uint64_t group)
+{
+	return group_index(pid, group) >= 0;
+}
+
+bool perf_has_pid(pid_t pid)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++)
+		if (groups[i].used && groups[i].pid == pid)
+			return true;
+	return false;
+}
+
+/* The first group of pid speaks for the process (TARGET_FORK). */
+static bool first_of_pid(const struct pgroup *g)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++)
+		if (groups[i].used && groups[i].pid == g->pid)
+			return &groups[i] == g;
+	return false;
+}
+
+static unsigned ent_home(const struct pgroup *g, pid_t tid)
+{
+	return ((unsigned)tid * 2654435761u) & (g->ents_cap - 1);
+}
+
+static struct tid_ent *ent_find(struct pgroup *g, pid_t tid)
+{
+	for (unsigned h = ent_home(g, tid);; h = (h + 1) & (g->ents_cap - 1)) {
+		if (g->ents[h].tid == tid)
+			return &g->ents[h];
+		if (g->ents[h].tid == 0)
+			return NULL;
+	}
+}
+
+static int ents_resize(struct pgroup *g, unsigned cap)
+{
+	struct tid_ent *old = g->ents;
+	unsigned old_cap = g->ents_cap;
+
+	g->ents = calloc(cap, sizeof *g->ents);
+	if (!g->ents) {
+		g->ents = old;
+		return -1;
+	}
+	g->ents_cap = cap;
+	g->ents_used = 0;
+	for (unsigned i = 0; i < old_cap; i++) {
+		if (old[i].tid <= 0)
+			continue;
+		unsigned h = ent_home(g, old[i].tid);
+
+		while (g->ents[h].tid != 0)
+			h = (h + 1) & (cap - 1);
+		g->ents[h] = old[i];
+		g->ents_used++;
+	}
+	free(old);
+	return 0;
+}
+
+/* The entry of tid, made (buffer ri counts its samples) if it has none. */
+static struct tid_ent *ent_get(struct pgroup *g, pid_t tid, int ri)
+{
+	struct tid_ent *e = ent_find(g, tid);
+	unsigned h;
+
+	if (e)
+		return e;
+	if ((g->ents_used + 1) * 4 > g->ents_cap * 3) {
+		unsigned live = 0;
+
+		for (unsigned i = 0; i < g->ents_cap; i++)
+			live += g->ents[i].tid > 0;
+		if (ents_resize(g, live * 2 + 2 > g->ents_cap ? g->ents_cap * 2 : g->ents_cap) ==
+		    -1)
+			return NULL;
+	}
+	h = ent_home(g, tid);
+	while (g->ents[h].tid > 0)
+		h = (h + 1) & (g->ents_cap - 1);
+	if (g->ents[h].tid == 0)
+		g->ents_used++;
+	g->ents[h] = (struct tid_ent){ .tid = tid, .root = ri };
+	return &g->ents[h];
+}
+
+/* Forgets threads that exited DEAD_PASSES passes ago and have no hits
+ * waiting for a COUNTS report. */
+static void ents_purge(struct pgroup *g)
+{
+	for (unsigned i = 0; i < g->ents_cap; i++) {
+		struct tid_ent *e = &g->ents[i];
+
+		if (e->tid > 0 && e->dead_pass != 0 && g->pass - e->dead_pass >= DEAD_PASSES &&
+		    e->hits == 0)
+			e->tid = -1;
+	}
+}
+
+static int ids_add(struct pgroup *g, uint64_t id, int root, unsigned chunk)
+{
+	if ((g->nids + 1) * 2 > g->ids_cap) {
+		unsigned cap = g->ids_cap ? g->ids_cap * 2 : 256;
+		struct id_ent *more = calloc(cap, sizeof *more);
+
+		if (!more)
+			return -1;
+		for (unsigned i = 0; i < g->ids_cap; i++) {
+			if (g->ids[i].id == 0)
+				continue;
+			unsigned h = (unsigned)(g->ids[i].id * 0x9e3779b97f4a7c15ull >> 40) & (cap - 1);
+
+			while (more[h].id != 0)
+				h = (h + 1) & (cap - 1);
+			more[h] = g->ids[i];
+		}
+		free(g->ids);
+		g->ids = more;
+		g->ids_cap = cap;
+	}
+	unsigned h = (unsigned)(id * 0x9e3779b97f4a7c15ull >> 40) & (g->ids_cap - 1);
+
+	while (g->ids[h].id != 0)
+		h = (h + 1) & (g->ids_cap - 1);
+	g->ids[h] = (struct id_ent){ .id = id, .root = root, .chunk = (uint8_t)chunk };
+	g->nids++;
+	return 0;
+}
+
+static const struct id_ent *ids_find(const struct pgroup *g, uint64_t id)
+{
+	if (g->ids_cap == 0)
+		return NULL;
+	for (unsigned h = (unsigned)(id * 0x9e3779b97f4a7c15ull >> 40) & (g->ids_cap - 1);;
+	     h = (h + 1) & (g->ids_cap - 1)) {
+		if (g->ids[h].id == id)
+			return &g->ids[h];
+		if (g->ids[h].id == 0)
+			return NULL;
+	}
+}
+
+/* ---- opening and closing events ---- */
+
+static uint32_t bp_type_of(uint8_t mode)
+{
+	switch (mode) {
+	case 0:
+		return HW_BREAKPOINT_X;
+	case 1:
+		return HW_BREAKPOINT_W;
+	default:
+		return HW_BREAKPOINT_RW;
+	}
+}
+
+/* The attributes of chunk k's breakpoint, or of the tracker (k == TRACKER). */
+static void build_attr(const struct pgroup *g, unsigned k, struct perf_event_attr *a)
+{
+	memset(a, 0, sizeof *a);
+	a->size = sizeof *a;
+	a->sample_type = PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_TID | PERF_SAMPLE_TIME;
+	a->inherit = 1;
+	a->inherit_thread = 1;
+	a->use_clockid = 1;
+	a->clockid = CLOCK_MONOTONIC;
+	a->sample_id_all = 1;
+	a->exclude_kernel = 1;
+	a->exclude_hv = 1;
+	a->watermark = 1;
+	a->wakeup_watermark = (uint32_t)(g->data_bytes / 2);
+	if (k == TRACKER) {
+		a->type = PERF_TYPE_SOFTWARE;
+		a->config = PERF_COUNT_SW_DUMMY;
+		a->task = 1;
+		a->comm = 1;
+		a->comm_exec = 1;
+		return;
+	}
+	const struct fw_chunk *c = &g->chunks[k];
+
+	a->type = PERF_TYPE_BREAKPOINT;
+	a->bp_type = bp_type_of(c->mode);
+	a->bp_addr = c->address;
+	/* An execute breakpoint is one instruction: the kernel wants sizeof(long). */
+	a->bp_len = c->mode == 0 ? sizeof(long) : c->length;
+	a->sample_period = 1;
+	if (!g->count_only)
+		a->sample_type |= PERF_SAMPLE_IP;
+	if (!g->count_only && g->opt.stack_depth > 0) {
+		a->sample_type |= PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
+		a->sample_regs_user = SAMPLE_REGS;
+		a->sample_stack_user = STACK_SAMPLE_BYTES;
+	}
+	a->remove_on_exec = 1;
+}
+
+/* Closes a root's events; buffer owners stay (group_free closes them last). */
+static void root_close(struct pgroup *g, struct root *r)
+{
+	if (!r->fd)
+		return;
+	for (unsigned i = 0; i < ncpus * EVENTS_PER_CPU; i++) {
+		bool owner = false;
+
+		if (r->fd[i] < 0)
+			continue;
+		for (unsigned c = 0; c < ncpus && !owner; c++)
+			owner = g->bufs && g->bufs[c].owner == r->fd[i];
+		if (!owner)
+			close(r->fd[i]);
+		r->fd[i] = -1;
+	}
+	free(r->fd);
+	r->fd = NULL;
+}
+
+static const char *open_hint(int err)
+{
+	switch (err) {
+	case ENOSPC:
+		return ": no free debug register on that thread (4 per thread, shared by ptrace watches, other perf users and this helper's other groups; a register once written through ptrace stays reserved until the thread exits or execs)";
+	case EACCES:
+	case EPERM:
+		return ": not permitted (root, or CAP_PERFMON and ptrace access to the process, is needed)";
+	case EINVAL:
+		return ": the kernel refused the breakpoint (address, length or alignment)";
+	default:
+		return "";
+	}
+}
+
+/* The first event on a CPU gets that CPU's ring buffer; the others write into it. */
+static int attach_buffer(struct pgroup *g, unsigned ci, int fd, pid_t tid, struct fw_error *e)
+{
+	struct cpu_buf *b = &g->bufs[ci];
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_BUFFER };
+	int err;
+
+	if (b->owner >= 0) {
+		if (ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, b->owner) == 0)
+			return 0;
+		err = errno;
+		fw_error_set(e, err, "PERF_EVENT_IOC_SET_OUTPUT on thread %d of pid %d, cpu %d: %s",
+			     (int)tid, (int)g->pid, cpus[ci], strerror(err));
+		return -1;
+	}
+	b->map_len = (size_t)page_size + g->data_bytes;
+	b->meta = mmap(NULL, b->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (b->meta == MAP_FAILED) {
+		err = errno;
+		b->meta = NULL;
+		fw_error_set(e, err, "mapping the ring buffer of cpu %d for pid %d (%zu KiB): %s",
+			     cpus[ci], (int)g->pid, b->map_len / 1024, strerror(err));
+		return -1;
+	}
+	if (ep_fd >= 0 && epoll_ctl(ep_fd, EPOLL_CTL_ADD, fd, &ev) == -1) {
+		err = errno;
+		munmap(b->meta, b->map_len);
+		b->meta = NULL;
+		fw_error_set(e, err, "epoll_ctl: %s", strerror(err));
+		return -1;
+	}
+	b->owner = fd;
+	return 0;
+}
+
+/* Opens the group's events on one thread, every chunk on every CPU. Its
+ * root index, or -1 with errno (ESRCH: the thread is gone). */
+static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw_error *e)
+{
+	struct root r = { .tid = tid };
+	struct perf_event_attr a;
+	int err = 0, ri = (int)g->nroots;
+
+	if (g->nroots == g->roots_cap) {
+		unsigned cap = g->roots_cap ? g->roots_cap * 2 : 16;
+		struct root *more = realloc(g->roots, cap * sizeof *more);
+
+		if (!more) {
+			fw_error_set(e, ENOMEM, "pid %d: no memory for thread %d's events",
+				     (int)g->pid, (int)tid);
+			errno = ENOMEM;
+			return -1;
+		}
+		g->roots = more;
+		g->roots_cap = cap;
+	}
+	r.fd = malloc(ncpus * EVENTS_PER_CPU * sizeof *r.fd);
+	if (!r.fd) {
+		fw_error_set(e, ENOMEM, "pid %d: no memory for thread %d's events", (int)g->pid,
+			     (int)tid);
+		errno = ENOMEM;
+		return -1;
+	}
+	for (unsigned i = 0; i < ncpus * EVENTS_PER_CPU; i++)
+		r.fd[i] = -1;
+	*opened_ns = mono_ns();
+	for (unsigned ci = 0; ci < ncpus; ci++) {
+		/* The tracker first: it owns the CPU's buffer when it is the first. */
+		for (unsigned n = 0; n <= g->nchunks; n++) {
+			unsigned k = n == 0 ? TRACKER : n - 1;
+			int fd;
+			uint64_t id;
+
+			build_attr(g, k, &a);
+			fd = perf_open(&a, tid, cpus[ci]);
+			if (fd < 0 && k == TRACKER) {
+				err = errno;
+				fw_error_set(e, err, "perf_event_open (thread tracker) on thread %d of pid %d, cpu %d: %s%s",
+					     (int)tid, (int)g->pid, cpus[ci], fw_errno_name(err), open_hint(err));
+				goto fail;
+			}
+			if (fd < 0) {
+				err = errno;
+				fw_error_set(e, err,
+					     "perf_event_open breakpoint (%s of %u bytes at 0x%llx) on thread %d of pid %d, cpu %d: %s%s",
+					     g->chunks[k].mode == 0   ? "execute"
+					     : g->chunks[k].mode == 1 ? "write"
+								      : "read/write",
+					     g->chunks[k].length,
+					     (unsigned long long)g->chunks[k].address, (int)tid,
+					     (int)g->pid, cpus[ci], fw_errno_name(err), open_hint(err));
+				goto fail;
+			}
+			r.fd[ci * EVENTS_PER_CPU + k] = fd;
+			if (ioctl(fd, PERF_EVENT_IOC_ID, &id) == -1 || ids_add(g, id, ri, k) == -1) {
+				err = errno ? errno : ENOMEM;
+				fw_error_set(e, err, "PERF_EVENT_IOC_ID on thread %d of pid %d: %s",
+					     (int)tid, (int)g->pid, strerror(err));
+				goto fail;
+			}
+			if (attach_buffer(g, ci, fd, tid, e) == -1) {
+				err = e->err;
+				goto fail;
+			}
+		}
+	}
+	g->roots[g->nroots++] = r;
+	return ri;
+fail:
+	root_close(g, &r);
+	errno = err;
+	return -1;
+}
+
+/* What the kernel counted on a root's events, their inherited copies included. */
+static uint64_t root_kernel_count(const struct pgroup *g, const struct root *r)
+{
+	uint64_t total = 0;
+
+	(void)g;
+	for (unsigned i = 0; r->fd && i < ncpus * EVENTS_PER_CPU; i++) {
+		uint64_t v;
+
+		if (r->fd[i] >= 0 && read(r->fd[i], &v, sizeof v) == sizeof v)
+			total += v;
+	}
+	return total;
+}
+
+static bool root_owns_buffer(const struct pgroup *g, const struct root *r)
+{
+	for (unsigned i = 0; r->fd && i < ncpus * EVENTS_PER_CPU; i++)
+		for (unsigned c = 0; r->fd[i] >= 0 && c < ncpus; c++)
+			if (g->bufs[c].owner == r->fd[i])
+				return true;
+	return false;
+}
+
+/* A sample of e's thread came from another root's events (other) after the
+ * thread got events of its own: it inherited other's events in clone, so
+ * its own are a second copy, taking a debug register each. Close them
+ * (unless one holds a ring buffer) and count the thread, and every thread
+ * that counted from them, from other. */
+static void drop_second_cover(struct pgroup *g, struct tid_ent *e, int other)
+{
+	int own = e->root;
+	struct root *r = &g->roots[own];
+
+	if (r->tid != e->tid || !r->fd || root_owns_buffer(g, r))
+		return;
+	g->kernel_closed += root_kernel_count(g, r);
+	root_close(g, r);
+	for (unsigned i = 0; i < g->ents_cap; i++)
+		if (g->ents[i].tid > 0 && g->ents[i].root == own) {
+			g->ents[i].root = other;
+			g->ents[i].since = 0;
+		}
+}
+
+static void for_each_event(struct pgroup *g, unsigned long request)
+{
+	for (unsigned ri = 0; ri < g->nroots; ri++)
+		for (unsigned i = 0; g->roots[ri].fd && i < ncpus * EVENTS_PER_CPU; i++)
+			if (g->roots[ri].fd[i] >= 0)
+				ioctl(g->roots[ri].fd[i], request, 0);
+}
+
+static void group_free(struct pgroup *g)
+{
+	for (unsigned ri = 0; ri < g->nroots; ri++)
+		root_close(g, &g->roots[ri]);
+	for (unsigned ci = 0; g->bufs && ci < ncpus; ci++) {
+		if (g->bufs[ci].owner >= 0)
+			close(g->bufs[ci].owner);
+		if (g->bufs[ci].meta)
+			munmap(g->bufs[ci].meta, g->bufs[ci].map_len);
+	}
+	free(g->bufs);
+	free(g->roots);
+	free(g->ents);
+	free(g->ids);
+	if (g->pidfd >= 0)
+		close(g->pidfd);
+	if (g->sym)
+		fw_symctx_close(g->sym);
+	free(g->known);
+	memset(g, 0, sizeof *g);
+	g->pidfd = -1;
+}
+
+/* ---- values ---- */
+
+static uint64_t read_value(pid_t pid, uint64_t address, unsigned length)
+{
+	uint64_t v = 0;
+	struct iovec local = { .iov_base = &v, .iov_len = length };
+	struct iovec remote = { .iov_base = (void *)(uintptr_t)address, .iov_len = length };
+
+	if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)length)
+		return 0;
+	return v; /* little-endian: the low bytes, zero-extended */
+}
+
+/* ---- draining ---- */
+
+struct sample {
+	uint64_t id, ip, time;
+	uint32_t pid, tid;
+	bool have_regs;
+	uint64_t regs[SAMPLE_NREGS];
+	const uint8_t *stack;
+	uint64_t stack_len;
+};
+
+static bool parse_sample(const struct pgroup *g, const uint8_t *p, size_t len, struct sample *s)
+{
+	size_t off = 0;
+
+#define TAKE(dst, n)                          \
+	do {                                  \
+		if (off + (n) > len)          \
+			return false;         \
+		memcpy((dst), p + off, (n)); \
+		off += (n);                   \
+	} while (0)
+	memset(s, 0, sizeof *s);
+	TAKE(&s->id, 8);
+	if (!g->count_only)
+		TAKE(&s->ip, 8);
+	TAKE(&s->pid, 4);
+	TAKE(&s->tid, 4);
+	TAKE(&s->time, 8);
+	if (!g->count_only && g->opt.stack_depth > 0) {
+		uint64_t abi, size, dyn;
+
+		TAKE(&abi, 8);
+		if (abi != PERF_SAMPLE_REGS_ABI_NONE) {
+			TAKE(s->regs, sizeof s->regs);
+			s->have_regs = true;
+		}
+		TAKE(&size, 8);
+		if (size > 0) {
+			if (off + size + 8 > len)
+				return false;
+			s->stack = p + off;
+			off += size;
+			TAKE(&dyn, 8);
+			s->stack_len = dyn < size ? dyn : size;
+		}
+	}
+#undef TAKE
+	return true;
+}
+
+static bool tid_listed(const struct pgroup *g, pid_t tid)
+{
+	if (g->opt.ntids == 0)
+		return true;
+	for (unsigned i = 0; i < g->opt.ntids; i++)
+		if (g->opt.tids[i] == tid)
+			return true;
+	return false;
+}
+
+static bool rate_allows(struct pgroup *g)
+{
+	int64_t now;
+
+	if (g->opt.max_hits_per_second == 0 || g->count_only)
+		return true;
+	now = fw_now_ms();
+	if (now - g->window_start_ms >= BACKOFF_WINDOW_MS) {
+		g->window_start_ms = now;
+		g->window_delivered = 0;
+	}
+	if (g->window_delivered < g->opt.max_hits_per_second)
+		return true;
+	g->backoff_pending = true;
+	return false;
+}
+
+static int sample_stack(struct pgroup *g, const struct sample *s, uint64_t *ips)
+{
+	struct user_regs_struct regs;
+	int n = -1;
+
+	if (s->have_regs && g->sym) {
+		memset(&regs, 0, sizeof regs);
+		regs.rax = s->regs[0];
+		regs.rbx = s->regs[1];
+		regs.rcx = s->regs[2];
+		regs.rdx = s->regs[3];
+		regs.rsi = s->regs[4];
+		regs.rdi = s->regs[5];
+		regs.rbp = s->regs[6];
+		regs.rsp = s->regs[7];
+		regs.rip = s->regs[8];
+		regs.r8 = s->regs[9];
+		regs.r9 = s->regs[10];
+		regs.r10 = s->regs[11];
+		regs.r11 = s->regs[12];
+		regs.r12 = s->regs[13];
+		regs.r13 = s->regs[14];
+		regs.r14 = s->regs[15];
+		regs.r15 = s->regs[16];
+		n = fw_unwind(g->sym, (pid_t)s->tid, &regs, s->stack, (size_t)s->stack_len, ips,
+			      g->opt.stack_depth);
+	}
+	if (n < 1) {
+		ips[0] = s->ip;
+		n = 1;
+	}
+	if (g->sym)
+		fw_define_symbols(g->known, g->sym, g->pid, ips, n);
+	return n;
+}
+
+static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t real_off)
+{
+	static uint64_t ips[FW_MAX_STACK_DEPTH];
+	const struct id_ent *which;
+	struct sample s;
+	struct tid_ent *e;
+	unsigned k;
+	int ri;
+	uint64_t value, old_value;
+	struct fw_hit hit;
+
+	if (!parse_sample(g, p, len, &s))
+		return;
+	which = ids_find(g, s.id);
+	if (!which)
+		return; /* not this group's (cannot happen: the buffer is the group's) */
+	ri = which->root;
+	k = which->chunk;
+	if (k >= g->nchunks)
+		return; /* the tracker samples nothing */
+	g->seen++;
+	e = ent_get(g, (pid_t)s.tid, ri);
+	if (e && e->root != ri && s.time >= e->since) {
+		/* The same trap, counted from the thread's own events. */
+		drop_second_cover(g, e, ri);
+		return;
+	}
+	g->counts.trapped++;
+	if (g->done || g->backoff || g->exec_seen) {
+		g->counts.suppressed++;
+		return;
+	}
+	if (!tid_listed(g, (pid_t)s.tid)) {
+		g->counts.filtered++;
+		return;
+	}
+	if (g->count_only) {
+		g->counts.delivered++;
+		if (e)
+			e->hits++;
+		goto budget;
+	}
+	if (!rate_allows(g)) {
+		g->counts.suppressed++;
+		return;
+	}
+	value = read_value(g->pid, g->chunks[k].address, g->chunks[k].length);
+	old_value = g->last_value[k];
+	g->last_value[k] = value;
+	hit = (struct fw_hit){
+		.group = g->id,
+		.pid = (uint32_t)g->pid,
+		.tid = s.tid,
+		.ip = s.ip,
+		.address = g->chunks[k].address,
+		.old_value = old_value,
+		.new_value = value,
+		.time_ns = s.time + real_off,
+		.dr = g->chunks[k].dr,
+		.length = g->chunks[k].length,
+		.mode = g->chunks[k].mode,
+		.value_exact = false,
+		.nframes = 0,
+		.ips = ips,
+	};
+	if (g->opt.stack_depth > 0)
+		hit.nframes = (uint8_t)sample_stack(g, &s, ips);
+	out_hit(&hit);
+	g->counts.delivered++;
+	g->window_delivered++;
+budget:
+	if (g->opt.max_hits != 0 && g->counts.delivered >= g->opt.max_hits && !g->done) {
+		g->done = true;
+		for_each_event(g, PERF_EVENT_IOC_DISABLE);
+	}
+}
+
+struct task_record {
+	uint32_t pid, ppid, tid, ptid;
+	uint64_t time;
+};
+
+/* announce: report a fork child (not while ARM only peeks at records). */
+static void on_fork(struct pgroup *g, int ri, const struct task_record *t, bool announce)
+{
+	struct tid_ent *e;
+
+	if (t->pid != (uint32_t)g->pid) {
+		/* A new process (fork): not watched (inherit_thread). */
+		if (announce && t->ppid == (uint32_t)g->pid && t->tid == t->pid && first_of_pid(g))
+			out_target_fork(g->pid, (pid_t)t->pid);
+		return;
+	}
+	e = ent_find(g, (pid_t)t->tid);
+	if (e && e->dead_pass != 0)
+		*e = (struct tid_ent){ .tid = e->tid, .root = ri }; /* tid reused */
+	else if (!e)
+		ent_get(g, (pid_t)t->tid, ri);
+}
+
+/* The root of a non-sample record: sample_id_all puts the identifier last. */
+static int record_root(const struct pgroup *g, const uint8_t *body, size_t len)
+{
+	const struct id_ent *which;
+	uint64_t id;
+
+	if (len < 8)
+		return -1;
+	memcpy(&id, body + len - 8, 8);
+	which = ids_find(g, id);
+	return which ? which->root : -1;
+}
+
+static void on_record(struct pgroup *g, const struct perf_event_header *h, const uint8_t *body,
+		      size_t len, uint64_t real_off)
+{
+	struct task_record t;
+	int ri;
+
+	switch (h->type) {
+	case PERF_RECORD_SAMPLE:
+		on_sample(g, body, len, real_off);
+		break;
+	case PERF_RECORD_FORK:
+		ri = record_root(g, body, len);
+		if (len >= sizeof t && ri >= 0) {
+			memcpy(&t, body, sizeof t);
+			on_fork(g, ri, &t, true);
+		}
+		break;
+	case PERF_RECORD_EXIT:
+		if (len >= sizeof t) {
+			struct tid_ent *e;
+
+			memcpy(&t, body, sizeof t);
+			ri = record_root(g, body, len);
+			e = t.pid == (uint32_t)g->pid ? ent_find(g, (pid_t)t.tid) : NULL;
+			if (e && e->root == ri && e->dead_pass == 0)
+				e->dead_pass = g->pass ? g->pass : 1;
+		}
+		break;
+	case PERF_RECORD_COMM:
+		if ((h->misc & PERF_RECORD_MISC_COMM_EXEC) && len >= 4) {
+			uint32_t pid;
+
+			memcpy(&pid, body, 4);
+			if (pid == (uint32_t)g->pid)
+				g->exec_seen = true;
+		}
+		break;
+	case PERF_RECORD_LOST:
+		if (len >= 16) {
+			uint64_t lost;
+
+			memcpy(&lost, body + 8, 8);
+			g->seen += lost;
+			g->counts.lost += lost;
+			g->counts.trapped += lost;
+		}
+		break;
+	case PERF_RECORD_THROTTLE:
+		if (!g->throttle_warned) {
+			g->throttle_warned = true;
+			out_log(FW_LOG_WARNING,
+				"pid %d: the kernel throttled breakpoint sampling (kernel.perf_event_max_sample_rate): traps while throttled are neither counted nor reported",
+				(int)g->pid);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+/* Walks the records of one CPU's buffer. consume: handle each and free the
+ * space; else only look for FORK records (ARM), leaving everything in place. */
+static void drain_buf(struct pgroup *g, unsigned ci, bool consume, uint64_t real_off)
+{
+	static uint8_t rec[65536];
+	struct perf_event_mmap_page *m = g->bufs[ci].meta;
+	const uint8_t *data;
+	uint64_t head, tail, size;
+
+	if (!m)
+		return;
+	data = (const uint8_t *)m + m->data_offset;
+	size = m->data_size;
+	head = __atomic_load_n(&m->data_head, __ATOMIC_ACQUIRE);
+	tail = m->data_tail;
+	while (tail < head) {
+		struct perf_event_header h;
+		uint64_t at = tail % size;
+
+		if (head - tail < sizeof h)
+			break;
+		if (at + sizeof h <= size) {
+			memcpy(&h, data + at, sizeof h);
+		} else {
+			size_t first = (size_t)(size - at);
+
+			memcpy(&h, data + at, first);
+			memcpy((uint8_t *)&h + first, data, sizeof h - first);
+		}
+		if (h.size < sizeof h || h.size > head - tail)
+			break;
+		if (consume || h.type == PERF_RECORD_FORK) {
+			if (at + h.size <= size) {
+				memcpy(rec, data + at, h.size);
+			} else {
+				size_t first = (size_t)(size - at);
+
+				memcpy(rec, data + at, first);
+				memcpy(rec + first, data, h.size - first);
+			}
+			if (consume) {
+				on_record(g, &h, rec + sizeof h, h.size - sizeof h, real_off);
+			} else if (h.size - sizeof h >= sizeof(struct task_record)) {
+				struct task_record t;
+				int ri = record_root(g, rec + sizeof h, h.size - sizeof h);
+
+				memcpy(&t, rec + sizeof h, sizeof t);
+				if (ri >= 0)
+					on_fork(g, ri, &t, false);
+			}
+		}
+		tail += h.size;
+	}
+	if (consume)
+		__atomic_store_n(&m->data_tail, tail, __ATOMIC_RELEASE);
+}
+
+static void drain_group(struct pgroup *g)
+{
+	uint64_t real_off = fw_realtime_ns() - mono_ns();
+
+	g->pass++;
+	for (unsigned ci = 0; ci < ncpus; ci++)
+		drain_buf(g, ci, true, real_off);
+	if (!g->count_only)
+		ents_purge(g);
+}
+
+/* ---- counts, threads, finishing ---- */
+
+/* Fields 22 (start time) and 52 (exit code, a wait status) of /proc/PID/stat. */
+static int read_stat(pid_t pid, uint64_t *start_time, int *exit_code)
+{
+	char path[64], buf[2048], *p;
+	ssize_t n;
+	int fd, field = 2;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	p = strrchr(buf, ')'); /* the command name may hold anything */
+	if (!p)
+		return -1;
+	p++;
+	while (*p && field < 52) {
+		while (*p == ' ')
+			p++;
+		field++;
+		if (field == 22 && start_time)
+			*start_time = strtoull(p, NULL, 10);
+		if (field == 52 && exit_code)
+			*exit_code = (int)strtol(p, NULL, 10);
+		while (*p && *p != ' ')
+			p++;
+	}
+	return field == 52 ? 0 : -1;
+}
+
+/* TARGET_EXITED for a process only this side watched: its wait status is
+ * in /proc while it is a zombie, if its parent has not reaped it yet. */
+static void report_exit(pid_t pid, uint64_t start_time)
+{
+	uint64_t start = 0;
+	int status = 0;
+
+	if (read_stat(pid, &start, &status) == 0 && start == start_time) {
+		if (WIFSIGNALED(status)) {
+			out_target_exited(pid, FW_EXIT_KILLED, WTERMSIG(status));
+			return;
+		}
+		if (WIFEXITED(status)) {
+			out_target_exited(pid, FW_EXIT_EXITED, WEXITSTATUS(status));
+			return;
+		}
+	}
+	out_target_exited(pid, FW_EXIT_GONE, 0);
+}
+
+static void send_counts(struct pgroup *g)
+{
+	static struct fw_thread_count batch[COUNTS_PER_FRAME];
+	uint64_t now = fw_realtime_ns();
+	unsigned n = 0;
+	bool sent = false;
+
+	for (unsigned i = 0; i < g->ents_cap; i++) {
+		struct tid_ent *e = &g->ents[i];
+
+		if (e->tid <= 0 || e->hits == 0)
+			continue;
+		batch[n++] = (struct fw_thread_count){ .tid = e->tid, .hits = e->hits };
+		e->hits = 0;
+		if (n == COUNTS_PER_FRAME) {
+			out_counts(g->pid, g->id, now, &g->counts, batch, n);
+			n = 0;
+			sent = true;
+		}
+	}
+	if (n > 0 || !sent)
+		out_counts(g->pid, g->id, now, &g->counts, batch, n);
+	ents_purge(g);
+}
+
+/* Lists /proc/PID/task: calls fn for each tid; the count, or -1 if the process is gone. */
+static int list_tasks(pid_t pid, void (*fn)(struct pgroup *, pid_t, void *), struct pgroup *g,
+		      void *arg)
+{
+	char path[64];
+	DIR *d;
+	struct dirent *de;
+	int n = 0;
+
+	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		long tid = strtol(de->d_name, NULL, 10);
+
+		if (tid <= 0)
+			continue;
+		n++;
+		fn(g, (pid_t)tid, arg);
+	}
+	closedir(d);
+	return n;
+}
+
+struct uncovered {
+	pid_t tids[FW_MAX_THREADS];
+	unsigned n;
+};
+
+static void note_uncovered(struct pgroup *g, pid_t tid, void *arg)
+{
+	struct uncovered *u = arg;
+	struct tid_ent *e = ent_find(g, tid);
+
+	if ((!e || e->dead_pass != 0) && u->n < FW_MAX_THREADS)
+		u->tids[u->n++] = tid;
+}
+
+/* Drops from u the threads a FORK record (still in a buffer) announces;
+ * a record written a moment after the thread became visible gets a few
+ * chances. */
+static void drop_announced(struct pgroup *g, struct uncovered *u)
+{
+	for (int attempt = 0; attempt <= ANNOUNCE_RETRIES && u->n > 0; attempt++) {
+		unsigned keep = 0;
+
+		if (attempt > 0)
+			sched_yield();
+		for (unsigned ci = 0; ci < ncpus; ci++)
+			drain_buf(g, ci, false, 0);
+		for (unsigned i = 0; i < u->n; i++) {
+			struct tid_ent *ent = ent_find(g, u->tids[i]);
+
+			if (!ent || ent->dead_pass != 0)
+				u->tids[keep++] = u->tids[i];
+		}
+		u->n = keep;
+	}
+}
+
+/* Gives each uncovered thread events of its own. -1 (error in e) on the
+ * first failure other than the thread being gone, if strict; else the
+ * number of threads left uncovered. *gone: threads that were exiting. */
+static int cover(struct pgroup *g, const struct uncovered *u, bool strict, unsigned *gone,
+		 struct fw_error *e)
+{
+	int left = 0;
+
+	*gone = 0;
+	for (unsigned i = 0; i < u->n; i++) {
+		uint64_t opened;
+		struct tid_ent *ent;
+		int ri = root_open(g, u->tids[i], &opened, e);
+
+		if (ri < 0) {
+			if (errno == ESRCH) {
+				(*gone)++; /* exiting: nothing left to watch there */
+				continue;
+			}
+			if (strict)
+				return -1;
+			left++;
+			continue;
+		}
+		ent = ent_get(g, u->tids[i], ri);
+		if (ent) {
+			if (ent->dead_pass != 0)
+				*ent = (struct tid_ent){ .tid = ent->tid };
+			ent->root = ri;
+			ent->since = opened;
+		}
+	}
+	return left;
+}
+
+/* A periodic rescan: new threads not announced by a FORK record get events
+ * of their own; THREADS reports changes. */
+static void rescan(struct pgroup *g)
+{
+	static struct uncovered u;
+	struct fw_error e;
+	int total, left = 0;
+
+	u.n = 0;
+	total = list_tasks(g->pid, note_uncovered, g, &u);
+	if (total < 0)
+		return; /* gone: the pidfd says so */
+	if (u.n > 0) {
+		/* Their FORK records may be waiting in a buffer. */
+		drain_group(g);
+		drop_announced(g, &u);
+		unsigned gone;
+
+		left = cover(g, &u, false, &gone, &e);
+		if (left > 0 && !g->unarmed_warned) {
+			g->unarmed_warned = true;
+			out_log(FW_LOG_WARNING, "pid %d: %d thread(s) not watched: %s", (int)g->pid,
+				left, e.msg);
+		}
+	}
+	if ((uint32_t)total != g->reported_total || (uint32_t)(total - left) != g->reported_armed) {
+		g->reported_total = (uint32_t)total;
+		g->reported_armed = (uint32_t)(total - left);
+		out_threads(g->pid, g->reported_total, g->reported_armed);
+	}
+}
+
+/* Disables every event and drains what is left. The kernel counts every
+ * trap of an event, sampled or not; traps whose samples never reached a
+ * buffer (dropped while it was full with no LOST record written after, or
+ * skipped while the kernel throttled the event) are counted as lost. */
+static void final_drain(struct pgroup *g)
+{
+	uint64_t kernel = 0, missing;
+
+	for_each_event(g, PERF_EVENT_IOC_DISABLE);
+	drain_group(g);
+	kernel = g->kernel_closed;
+	for (unsigned ri = 0; ri < g->nroots; ri++)
+		kernel += root_kernel_count(g, &g->roots[ri]);
+	if (kernel <= g->seen)
+		return;
+	missing = kernel - g->seen;
+	g->counts.lost += missing;
+	g->counts.trapped += missing;
+	out_log(FW_LOG_WARNING,
+		"pid %d: %llu trap(s) counted by the kernel had no sample (ring buffer full or sampling throttled): counted as lost",
+		(int)g->pid, (unsigned long long)missing);
+}
+
+static void finish(struct pgroup *g, enum fw_done_reason reason)
+{
+	pid_t pid = g->pid;
+	uint64_t start_time = g->start_time;
+
+	final_drain(g);
+	if (g->count_only)
+		send_counts(g);
+	out_group_done(pid, reason, g->id, &g->counts);
+	group_free(g);
+	if (reason != FW_DONE_BUDGET && !perf_has_pid(pid) && !tracer_has_pid(pid)) {
+		if (reason == FW_DONE_EXEC)
+			out_target_exec(pid);
+		else
+			report_exit(pid, start_time);
+	}
+}
+
+static void start_backoff(struct pgroup *g, int64_t now)
+{
+	int64_t until = g->opt.backoff_ms ? now + g->opt.backoff_ms
+					  : g->window_start_ms + BACKOFF_WINDOW_MS;
+
+	g->backoff_pending = false;
+	if (until <= now)
+		until = now + 1;
+	for_each_event(g, PERF_EVENT_IOC_DISABLE);
+	g->backoff = true;
+	g->backoff_until_ms = until;
+	out_group_backoff(g->pid, g->id,
+			  fw_realtime_ns() + (uint64_t)(until - now) * 1000000u,
+			  g->counts.suppressed);
+}
+
+static void end_backoff(struct pgroup *g)
+{
+	for (unsigned k = 0; k < g->nchunks; k++)
+		g->last_value[k] = read_value(g->pid, g->chunks[k].address, g->chunks[k].length);
+	g->backoff = false;
+	for_each_event(g, PERF_EVENT_IOC_ENABLE);
+	out_group_resumed(g->pid, g->id);
+}
+
+/* After a drain: what the records asked for. */
+static void settle(struct pgroup *g, int64_t now)
+{
+	/* An exec seen in the records came before any exit the pidfd shows. */
+	if (g->exec_seen) {
+		finish(g, FW_DONE_EXEC);
+		return;
+	}
+	if (g->exited) {
+		finish(g, FW_DONE_EXITED);
+		return;
+	}
+	if (g->done) {
+		finish(g, FW_DONE_BUDGET);
+		return;
+	}
+	if (g->backoff_pending && !g->backoff)
+		start_backoff(g, now);
+}
+
+void perf_on_ready(void)
+{
+	struct epoll_event evs[64];
+	int n;
+
+	if (ep_fd < 0)
+		return;
+	n = epoll_wait(ep_fd, evs, 64, 0);
+	for (int i = 0; i < n; i++)
+		if (evs[i].data.u64 != EP_BUFFER) {
+			unsigned gi = (unsigned)(evs[i].data.u64 - 1);
+
+			if (gi < PERF_MAX_GROUPS && groups[gi].used)
+				groups[gi].exited = true;
+		}
+	next_drain_ms = 0; /* now */
+}
+
+void perf_process_pending(void)
+{
+	int64_t now = fw_now_ms();
+	bool any = false;
+
+	for (int i = 0; i < PERF_MAX_GROUPS; i++) {
+		struct pgroup *g = &groups[i];
+
+		if (!g->used)
+			continue;
+		if (now >= next_drain_ms || g->exited)
+			drain_group(g);
+		settle(g, now);
+		if (!g->used)
+			continue;
+		if (g->backoff && now >= g->backoff_until_ms)
+			end_backoff(g);
+		if (g->count_only && now >= g->next_counts_ms) {
+			send_counts(g);
+			g->next_counts_ms = now + g->interval_ms;
+		}
+		if (now >= g->next_scan_ms) {
+			rescan(g);
+			settle(g, now);
+			if (!g->used)
+				continue;
+			g->next_scan_ms = now + SCAN_MS;
+		}
+		any = true;
+	}
+	if (now >= next_drain_ms)
+		next_drain_ms = any ? now + DRAIN_MS : INT64_MAX;
+	else if (!any)
+		next_drain_ms = INT64_MAX;
+}
+
+int perf_next_timeout_ms(void)
+{
+	int64_t now = fw_now_ms(), due = next_drain_ms;
+
+	for (int i = 0; i < PERF_MAX_GROUPS; i++) {
+		const struct pgroup *g = &groups[i];
+
+		if (!g->used)
+			continue;
+		if (g->next_scan_ms < due)
+			due = g->next_scan_ms;
+		if (g->count_only && g->next_counts_ms < due)
+			due = g->next_counts_ms;
+		if (g->backoff && g->backoff_until_ms < due)
+			due = g->backoff_until_ms;
+	}
+	if (due == INT64_MAX)
+		return -1;
+	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
+}
+
+/* ---- ARM and DISARM ---- */
+
+/* The pidfd is readable once the process has exited (a zombie included). */
+static bool process_exited(const struct pgroup *g)
+{
+	struct pollfd p = { .fd = g->pidfd, .events = POLLIN };
+
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+static int check_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
+		     const struct fw_chunk *chunks, unsigned count, bool count_only,
+		     uint32_t interval_ms, struct fw_error *e)
+{
+	if (tracer_policy_check(pid, e) == -1 || tracer_check_chunks(pid, chunks, count, e) == -1 ||
+	    tracer_check_options(pid, opt, e) == -1)
+		return -1;
+	if (values_mode == FW_PERF_UNAVAILABLE) {
+		fw_error_set(e, EOPNOTSUPP, "ARM pid %d on the perf backend: %s", (int)pid, note);
+		return -1;
+	}
+	if (opt->nconditions > 0) {
+		fw_error_set(e, EINVAL,
+			     "ARM pid %d: conditions need the value at the trap, which only the ptrace backend has (the perf backend never stops the target)",
+			     (int)pid);
+		return -1;
+	}
+	if (count_only && interval_ms != 0 &&
+	    (interval_ms < MIN_INTERVAL_MS || interval_ms > MAX_INTERVAL_MS)) {
+		fw_error_set(e, EINVAL, "ARM pid %d: count interval of %u ms (must be %u-%u)",
+			     (int)pid, interval_ms, MIN_INTERVAL_MS, MAX_INTERVAL_MS);
+		return -1;
+	}
+	if (group_index(pid, group) >= 0 || tracer_has_group(pid, group)) {
+		fw_error_set(e, EEXIST, "group %llu is already armed on pid %d",
+			     (unsigned long long)group, (int)pid);
+		return -1;
+	}
+	return 0;
+}
+
+static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
+		       const struct fw_watch_options *opt, const struct fw_chunk *chunks,
+		       unsigned count, bool count_only, uint32_t interval_ms, struct fw_error *e)
+{
+	char err[256] = "";
+	unsigned pages;
+
+	memset(g, 0, sizeof *g);
+	g->pidfd = -1;
+	g->used = true;
+	g->pid = pid;
+	g->id = group;
+	g->opt = *opt;
+	g->count_only = count_only;
+	g->interval_ms = interval_ms ? interval_ms : DEFAULT_INTERVAL_MS;
+	g->nchunks = count;
+	memcpy(g->chunks, chunks, count * sizeof *chunks);
+	pages = count_only ? DATA_PAGES_COUNT
+			   : opt->stack_depth > 0 ? DATA_PAGES_STACK : DATA_PAGES_PLAIN;
+	for (unsigned n = ncpus; n > 16 && pages > DATA_PAGES_MIN; n /= 2)
+		pages /= 2;
+	g->data_bytes = (size_t)pages * (size_t)page_size;
+	g->ents = calloc(ENTS_INITIAL, sizeof *g->ents);
+	g->ents_cap = ENTS_INITIAL;
+	g->bufs = calloc(ncpus, sizeof *g->bufs);
+	for (unsigned ci = 0; g->bufs && ci < ncpus; ci++)
+		g->bufs[ci].owner = -1;
+	if (!g->ents || !g->bufs) {
+		fw_error_set(e, ENOMEM, "ARM pid %d: no memory", (int)pid);
+		return -1;
+	}
+	read_stat(pid, &g->start_time, NULL);
+	g->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (g->pidfd < 0) {
+		int errn = errno;
+
+		fw_error_set(e, errn, "pidfd_open(%d): %s%s", (int)pid, strerror(errn),
+			     errn == ESRCH ? " (no such process)" : "");
+		return -1;
+	}
+	if (!count_only && opt->stack_depth > 0) {
+		g->known = calloc(1, sizeof *g->known);
+		g->sym = fw_symctx_open(pid, err, sizeof err);
+		if (!g->known || !g->sym) {
+			fw_error_set(e, EIO, "opening the symbols of pid %d for stacks: %s", (int)pid,
+				     err[0] ? err : "failed");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
+	     const struct fw_chunk *chunks, unsigned count, bool count_only, uint32_t interval_ms,
+	     struct fw_arm_result *result, struct fw_error *e)
+{
+	static struct uncovered u;
+	struct pgroup *g = NULL;
+	struct epoll_event ev = { .events = EPOLLIN };
+	int total = 0, gi;
+	unsigned gone;
+	int64_t now;
+
+	if (check_arm(pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
+		return -1;
+	for (gi = 0; gi < PERF_MAX_GROUPS && !g; gi++)
+		if (!groups[gi].used)
+			g = &groups[gi];
+	if (!g) {
+		fw_error_set(e, EBUSY, "ARM pid %d: %d perf groups are armed, the most this helper holds",
+			     (int)pid, PERF_MAX_GROUPS);
+		return -1;
+	}
+	gi--;
+	if (group_setup(g, pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
+		goto fail;
+	for (unsigned k = 0; k < count; k++)
+		g->last_value[k] = read_value(pid, chunks[k].address, chunks[k].length);
+	/* Scan until every thread is covered: by events of its own, or by
+	 * inheritance from a covered thread that created it (FORK record). */
+	for (int round = 0;; round++) {
+		u.n = 0;
+		total = list_tasks(pid, note_uncovered, g, &u);
+		if (total < 0) {
+			fw_error_set(e, ESRCH, "ARM pid %d: no such process", (int)pid);
+			goto fail;
+		}
+		if (round > 0)
+			drop_announced(g, &u); /* created since the last round by covered threads */
+		if (u.n == 0)
+			break;
+		if (round == ARM_SCAN_ROUNDS) {
+			fw_error_set(e, EAGAIN,
+				     "ARM pid %d: threads kept appearing uncovered over %d scans of /proc/%d/task",
+				     (int)pid, ARM_SCAN_ROUNDS, (int)pid);
+			goto fail;
+		}
+		if (cover(g, &u, true, &gone, e) == -1)
+			goto fail;
+		if (gone == u.n && process_exited(g)) {
+			fw_error_set(e, ESRCH, "ARM pid %d: the process exited", (int)pid);
+			goto fail;
+		}
+	}
+	if (g->nroots == 0) {
+		fw_error_set(e, ESRCH, "ARM pid %d: no thread left to watch", (int)pid);
+		goto fail;
+	}
+	ev.data.u64 = (uint64_t)gi + 1;
+	if (epoll_ctl(ep_fd, EPOLL_CTL_ADD, g->pidfd, &ev) == -1) {
+		fw_error_set(e, errno, "epoll_ctl(pidfd of %d): %s", (int)pid, strerror(errno));
+		goto fail;
+	}
+	now = fw_now_ms();
+	g->window_start_ms = now;
+	g->next_counts_ms = now + g->interval_ms;
+	g->next_scan_ms = now + SCAN_MS;
+	g->reported_total = g->reported_armed = (uint32_t)total;
+	if (next_drain_ms == INT64_MAX)
+		next_drain_ms = now + DRAIN_MS;
+	result->threads_total = (uint32_t)total;
+	result->threads_armed = (uint32_t)total;
+	result->dr_mask = 0;
+	for (unsigned k = 0; k < count; k++)
+		result->dr_mask |= (uint8_t)(1u << chunks[k].dr);
+	result->reserved_mask = 0;
+	return 0;
+fail:
+	group_free(g);
+	return -1;
+}
+
+int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_error *e)
+{
+	int gi = group_index(pid, group);
+	struct pgroup *g;
+
+	if (gi < 0) {
+		fw_error_set(e, ENOENT, "no perf group %llu on pid %d", (unsigned long long)group,
+			     (int)pid);
+		return -1;
+	}
+	g = &groups[gi];
+	/* Samples still in the buffers are traps from before: delivered as usual. */
+	final_drain(g);
+	if (g->count_only)
+		send_counts(g);
+	*counts = g->counts;
+	group_free(g);
+	return 0;
+}
+
+void perf_close_all(void)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++)
+		if (groups[i].used)
+			group_free(&groups[i]);
+}

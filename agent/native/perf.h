@@ -1,0 +1,51 @@
+/* The perf-event side of the helper (PROTOCOL.md, "Backends"): breakpoints
+ * opened with perf_event_open on every thread of a process, no attach and
+ * no stop; samples drained from ring buffers into hit records or counts.
+ * The breakpoints belong to this process's file descriptors: whatever way
+ * the helper dies, the kernel removes them and the targets run on. */
+#ifndef FW_PERF_H
+#define FW_PERF_H
+
+#include "fw.h"
+#include "tracer.h"
+
+/* HELLO's perf_values. */
+enum fw_perf_values {
+	FW_PERF_UNAVAILABLE = 0,
+	FW_PERF_VALUES_AFTER = 1, /* read from the target when the sample is drained */
+	FW_PERF_VALUES_EXACT = 2, /* read in the kernel at the trap */
+};
+
+/* Probes whether this host lets the helper open breakpoint events. */
+void perf_init(void);
+enum fw_perf_values perf_values(void);
+/* Why perf is unavailable or its values are not exact; "" otherwise. */
+const char *perf_note(void);
+
+/* An fd that becomes readable when a ring buffer needs draining or a
+ * watched process exited (-1 before perf_init). */
+int perf_poll_fd(void);
+void perf_on_ready(void);
+
+/* Draining, counts intervals, thread rescans, rate-limit back-off. */
+void perf_process_pending(void);
+/* Milliseconds until perf_process_pending has timed work (-1: none). */
+int perf_next_timeout_ms(void);
+
+bool perf_has_pid(pid_t pid);
+bool perf_has_group(pid_t pid, uint64_t group);
+
+/* ARM with backend perf. count_only: no hit records, COUNTS every
+ * interval_ms (0 = 1,000). */
+int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
+	     const struct fw_chunk *chunks, unsigned count, bool count_only, uint32_t interval_ms,
+	     struct fw_arm_result *result, struct fw_error *e);
+
+/* Disables, drains (a last COUNTS for counting groups) and closes the group. */
+int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_error *e);
+
+/* Every group: drained, final counts reported as GROUP_DONE is not (the
+ * agent asked or is gone), closed. */
+void perf_close_all(void);
+
+#endif

@@ -1,0 +1,428 @@
+// The real fleetwatch-helper on its perf-event backend against real target
+// programs: the exact-count, thread-churn, fork/exec/exit and bad-input
+// cases of the ptrace backend, counting-only groups, and the property the
+// backend exists for: the helper may die by SIGKILL at any moment and the
+// watched process runs on to a normal exit.
+import assert from "node:assert/strict";
+import { readdir } from "node:fs/promises";
+import { before, describe, test } from "node:test";
+
+import { HelperProcess } from "../../agent/helper-process.js";
+import type { HelperEvent, WatchOptions } from "../../agent/helper-process.js";
+import { buildFixtures, fixturePath } from "../support/targets.js";
+import type { Target } from "../support/targets.js";
+import { waitFor } from "../support/wait.js";
+import { EVENT_TIMEOUT_MS, EventLog, readyAddresses, rejectsWith, scene, write8 } from "../support/helper-scene.js";
+
+const TEST_TIMEOUT_MS = 120_000;
+const PERF: WatchOptions = { backend: "perf" };
+
+async function finishesNormally(target: Target): Promise<void> {
+  await target.waitForLine(/^done/, EVENT_TIMEOUT_MS);
+  assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+}
+
+/** Hits per tid of a group. */
+function perThread(log: EventLog, group: bigint): Map<number, number> {
+  const m = new Map<number, number>();
+  for (const h of log.hitsOf(group)) m.set(h.tid, (m.get(h.tid) ?? 0) + 1);
+  return m;
+}
+
+/** Every counts event of a group, summed per tid. */
+function countedPerThread(events: HelperEvent[], group: bigint): Map<number, bigint> {
+  const m = new Map<number, bigint>();
+  for (const e of events) {
+    if (e.kind !== "counts" || e.group !== group) continue;
+    for (const t of e.threads) m.set(t.tid, (m.get(t.tid) ?? 0n) + t.hits);
+  }
+  return m;
+}
+
+/** The target's exit as the helper saw it: exited 0, or gone when its parent (this test) reaped it first. */
+function exitedNormally(e: { how: string; code: number }): void {
+  assert.ok(e.how === "gone" || (e.how === "exited" && e.code === 0), `target-exited ${e.how} ${e.code}`);
+}
+
+describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
+  before(async () => {
+    await buildFixtures();
+  });
+
+  test("hello - the host offers the perf backend and says how values are read", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const caps = helper.capabilities;
+    assert.deepEqual(caps.backends, ["ptrace", "perf"]);
+    assert.equal(caps.perfValues, "after");
+    assert.match(caps.perfNote, /read .* when a sample is drained/);
+  });
+
+  test("arm - 10000 writes by 1 thread give exactly 10000 hits; the target is never traced", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 10_000;
+    const target = await s.target("counter", ["--threads", "1", "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    const armed = await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    assert.deepEqual(armed, { threadsTotal: 1, threadsArmed: 1, drMask: 1, reservedMask: 0 });
+    assert.equal(await target.tracerPid(), 0, "no ptrace attach");
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    exitedNormally(await log.targetExited(target.pid));
+    assert.deepEqual(done.counts, { trapped: BigInt(N), delivered: BigInt(N), suppressed: 0n, filtered: 0n, lost: 0n });
+    assert.equal(done.reason, "exited");
+    assert.equal(log.hits.length, N);
+    const tids = [...perThread(log, 1n).keys()];
+    assert.equal(tids.length, 1);
+    assert.notEqual(tids[0], target.pid, "the worker thread wrote, not main");
+    for (const h of log.hits) {
+      assert.deepEqual([h.group, h.pid, h.address, h.dr, h.length, h.mode, h.valueExact], [1n, target.pid, counter, 0, 8, "w", false]);
+      assert.ok(h.ip > 0n);
+      // Read after the trap: a value the thread wrote, at or after this hit's write.
+      assert.equal(h.newValue >> 32n, 1n);
+    }
+    const times = log.hits.map((h) => h.timeNs);
+    assert.ok(times.every((v, i) => i === 0 || v >= (times[i - 1] as bigint)), "hits in trap order");
+  });
+
+  test("arm - 4 threads x 10000 writes give exactly 10000 hits per thread", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 10_000;
+    const target = await s.target("counter", ["--threads", "4", "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(done.counts, { trapped: BigInt(4 * N), delivered: BigInt(4 * N), suppressed: 0n, filtered: 0n, lost: 0n });
+    const per = perThread(log, 1n);
+    assert.equal(per.size, 4);
+    for (const [tid, n] of per) assert.equal(n, N, `tid ${tid}`);
+  });
+
+  test("threads - threads created while armed are all watched (200 rounds x 4 threads x 50 writes)", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const [R, T, W] = [200, 4, 50];
+    const target = await s.target("thread-churn", [String(R), String(T), String(W)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(done.counts, { trapped: BigInt(R * T * W), delivered: BigInt(R * T * W), suppressed: 0n, filtered: 0n, lost: 0n });
+    const per = perThread(log, 1n);
+    assert.equal(per.size, R * T, "every thread");
+    for (const [tid, n] of per) assert.equal(n, W, `tid ${tid}`);
+  });
+
+  test("threads - armed in the middle of thread churn: no thread is counted twice, those started after are complete", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const [R, T, W] = [1_000_000, 4, 2000];
+    const target = await s.target("thread-churn", [String(R), String(T), String(W)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    target.send("go");
+    // Threads come and go while the helper scans /proc/PID/task and opens events.
+    await waitFor("the churn is under way", async () => (await readdir(`/proc/${target.pid}/task`)).length > 1, 10_000);
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    await log.until("2 x 5 rounds of threads", () => perThread(log, 1n).size >= 10 * T);
+    const counts = await helper.disarm(target.pid, 1n);
+    assert.equal(counts.trapped, counts.delivered + counts.suppressed + counts.filtered + counts.lost);
+    assert.equal(counts.lost, 0n);
+    await log.until("every delivered hit", () => BigInt(log.hitsOf(1n).length) === counts.delivered);
+    const per = perThread(log, 1n);
+    const partial = [...per.values()].filter((n) => n < W).length;
+    assert.ok([...per.values()].every((n) => n <= W), `a thread with more than ${W} hits was covered twice`);
+    // Only the threads running at arm time and at disarm time can be partial.
+    assert.ok(partial <= 2 * T, `${partial} threads with fewer than ${W} hits of ${per.size}`);
+    t.diagnostic(`${per.size} threads, ${partial} partial, ${counts.delivered} hits`);
+  });
+
+  test("threads - 5000 short-lived threads each write once: 5000 hits, one per thread", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const COUNT = 5000;
+    const target = await s.target("short-threads", [String(COUNT), "8"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    assert.equal(await target.waitForLine(/^done /, EVENT_TIMEOUT_MS), `done ${COUNT}`);
+    await log.until(`${COUNT} hits`, () => log.hits.length >= COUNT);
+    const counts = await helper.disarm(target.pid, 1n);
+    assert.deepEqual(counts, { trapped: BigInt(COUNT), delivered: BigInt(COUNT), suppressed: 0n, filtered: 0n, lost: 0n, reservedMask: 0 });
+    assert.equal(perThread(log, 1n).size, COUNT, "one hit per thread");
+    target.send("quit");
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+  });
+
+  test("threads - the leader exits (pthread_exit) while 3 threads keep writing: every hit, then exit 0", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 20_000;
+    const target = await s.target("leader-exit", ["--threads", "3", "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    await target.waitForLine(/^done/, EVENT_TIMEOUT_MS);
+    assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
+    const done = await log.groupDone(1n);
+    assert.equal(done.reason, "exited");
+    assert.equal(done.counts.delivered, BigInt(3 * N));
+    assert.equal(done.counts.trapped, BigInt(3 * N));
+  });
+
+  test("fork - a child forked while armed is not watched and not harmed", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--threads", "2", "--writes", String(N), "--fork"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    assert.equal(await target.waitForLine(/^child /, EVENT_TIMEOUT_MS), "child exit 0");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    const forks = log.of("target-fork");
+    assert.equal(forks.length, 1);
+    assert.equal(forks[0]?.pid, target.pid);
+    assert.ok((forks[0]?.childPid ?? 0) > 0 && forks[0]?.childPid !== target.pid);
+    assert.equal(log.hits.length, 2 * N, "only the parent's writes");
+    assert.ok(log.hits.every((h) => h.pid === target.pid));
+    assert.equal(done.counts.delivered, BigInt(2 * N));
+  });
+
+  test("lifecycle - exec: group-done(exec), target-exec, and the new program runs unwatched", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--writes", String(N), "--exec", fixturePath("counter")]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    const done = await log.groupDone(1n);
+    assert.equal(done.reason, "exec");
+    assert.equal(done.counts.delivered, BigInt(N));
+    await log.until("target-exec", () => log.of("target-exec").find((e) => e.pid === target.pid));
+    // The new image (the same program) prints its own ready line and writes unwatched.
+    await waitFor("the exec'd program is ready", async () => target.lines.filter((l) => l.startsWith("ready ")).length === 2, EVENT_TIMEOUT_MS);
+    target.send("go");
+    await finishesNormally(target);
+    assert.equal(log.hits.length, N, "no hit from the new program");
+  });
+
+  test("lifecycle - target SIGKILLed while armed: group-done(exited), then target-exited", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--threads", "2", "--writes", "100000000"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    await log.until("some hits", () => log.hits.length >= 100);
+    process.kill(target.rootPid, "SIGKILL");
+    const done = await log.groupDone(1n);
+    assert.equal(done.reason, "exited");
+    const c = done.counts;
+    assert.equal(c.trapped, c.delivered + c.suppressed + c.filtered + c.lost);
+    const exited = await log.targetExited(target.pid);
+    assert.ok(exited.how === "gone" || (exited.how === "killed" && exited.code === 9), `${exited.how} ${exited.code}`);
+  });
+
+  test("budget - max_hits 100 with 4 threads delivers exactly 100; the target finishes", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--threads", "4", "--writes", "20000"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, maxHits: 100n });
+    target.send("go");
+    const done = await log.groupDone(1n);
+    assert.equal(done.reason, "budget");
+    assert.equal(done.counts.delivered, 100n);
+    assert.equal(done.counts.trapped, done.counts.delivered + done.counts.suppressed);
+    await finishesNormally(target);
+    assert.equal(log.hits.length, 100);
+  });
+
+  test("rate limit - 1000/s on a hot writer: backs off and resumes, delivered within the rate", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const RATE = 1000;
+    const target = await s.target("hot-writer");
+    const [counter] = readyAddresses(target) as [bigint];
+    const armedAt = Date.now();
+    await helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, maxHitsPerSecond: RATE, backoffMs: 200 });
+    target.send("run 2000 limited");
+    await target.waitForLine(/^wrote limited /, EVENT_TIMEOUT_MS);
+    const counts = await helper.disarm(target.pid, 1n);
+    const elapsedS = (Date.now() - armedAt) / 1000;
+    assert.ok(log.of("group-backoff").length >= 1 && log.of("group-resumed").length >= 1);
+    assert.equal(counts.trapped, counts.delivered + counts.suppressed + counts.filtered + counts.lost);
+    assert.ok(counts.suppressed > 0n);
+    assert.ok(Number(counts.delivered) <= RATE * elapsedS + RATE, `${counts.delivered} delivered in ${elapsedS} s`);
+    target.send("quit");
+    await finishesNormally(target);
+  });
+
+  test("tids - only the listed threads' traps are delivered; the others are counted as filtered", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--threads", "4", "--writes", String(N), "--hold"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    const tids = (await target.waitForLine(/^tids /)).split(" ").slice(1).map(Number);
+    const wanted = [tids[0] as number, tids[2] as number];
+    const armed = await helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, tids: wanted });
+    assert.equal(armed.threadsArmed, 5);
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(done.counts, { trapped: BigInt(4 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: BigInt(2 * N), lost: 0n });
+    for (const tid of tids) assert.equal(log.hits.filter((h) => h.tid === tid).length, wanted.includes(tid) ? N : 0, `tid ${tid}`);
+  });
+
+  test("stacks - sampled registers and stack unwind an -O2 call chain to fw_level_c, fw_level_b, fw_level_a, main", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 20;
+    const target = await s.target("stack-chain", [String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, stackDepth: 16 });
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.equal(done.counts.delivered, BigInt(N));
+    for (const h of log.hits) {
+      assert.deepEqual(h.stack.slice(0, 4).map((f) => f.function), ["fw_level_c", "fw_level_b", "fw_level_a", "main"]);
+      assert.equal(h.stack[0]?.ip, h.ip, "frame 0 is the trap's ip");
+    }
+  });
+
+  test("count only - totals and per-thread hits at each interval, no hit records", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 20_000;
+    const target = await s.target("counter", ["--threads", "4", "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, countOnly: true, countIntervalMs: 50 });
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(done.counts, { trapped: BigInt(4 * N), delivered: BigInt(4 * N), suppressed: 0n, filtered: 0n, lost: 0n });
+    assert.equal(log.hits.length, 0, "no hit records");
+    const reports = log.of("counts").filter((e) => e.group === 1n);
+    assert.ok(reports.length >= 2, `${reports.length} counts events`);
+    const last = reports.at(-1);
+    assert.deepEqual(last?.counts, done.counts, "the last counts precede group-done with the final totals");
+    assert.ok(log.events.indexOf(last as HelperEvent) < log.events.indexOf(done));
+    const totals = reports.map((r) => r.counts.delivered);
+    assert.ok(totals.every((v, i) => i === 0 || v >= (totals[i - 1] as bigint)), "totals never go back");
+    const per = countedPerThread(log.events, 1n);
+    assert.equal(per.size, 4);
+    for (const [tid, n] of per) assert.equal(n, BigInt(N), `tid ${tid}`);
+  });
+
+  test("count only - disarm sends a last counts event before its reply", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("hot-writer");
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, countOnly: true, countIntervalMs: 60_000 });
+    target.send("run 300 counted");
+    const line = await target.waitForLine(/^wrote counted /, EVENT_TIMEOUT_MS);
+    const writes = BigInt(line.split(" ")[2] as string);
+    const counts = await helper.disarm(target.pid, 1n);
+    assert.equal(counts.delivered, writes);
+    const last = await log.until("a counts event", () => log.of("counts").at(-1));
+    assert.equal(last.counts.delivered, writes);
+    target.send("quit");
+    await finishesNormally(target);
+  });
+
+  test("bad input - refusals name what is wrong and leave the target untouched", async (t) => {
+    const s = scene(t);
+    const { helper } = await s.helper();
+    const target = await s.target("counter", ["--writes", "10"]);
+    const [counter, other] = readyAddresses(target) as [bigint, bigint];
+    await rejectsWith(helper.arm(2 ** 22 + 12345, 1n, [write8(counter)], PERF), "ESRCH", /pidfd_open|no such process/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, conditions: [{ op: "==", value: 5n }] }), "EINVAL", /conditions need .* ptrace backend/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(counter)], { countOnly: true }), "EINVAL", /counting only needs the perf backend/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(counter)], { ...PERF, countOnly: true, countIntervalMs: 5 }), "EINVAL", /count interval of 5 ms/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(counter + 4n)], PERF), "EINVAL", /not aligned/);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(0xffff_ffff_8100_0000n)], PERF), "EINVAL", /not a user address/);
+    await rejectsWith(helper.arm(1, 1n, [write8(counter)], PERF), "EPERM", /pid 1/);
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    await rejectsWith(helper.arm(target.pid, 1n, [write8(other, 1)], PERF), "EEXIST", /already armed/);
+    await helper.disarm(target.pid, 1n);
+    assert.equal(await target.tracerPid(), 0);
+    target.send("go");
+    await finishesNormally(target);
+  });
+
+  test("slots - ENOSPC when ptrace holds all four: the partial attach is rolled back, the target untouched", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--threads", "2", "--writes", "1000", "--hold"]);
+    const [counter, other] = readyAddresses(target) as [bigint, bigint];
+    await target.waitForLine(/^tids /);
+    const ptraceChunks = [write8(counter, 0), write8(other, 1), { dr: 2, mode: "w" as const, length: 1, address: counter }, { dr: 3, mode: "w" as const, length: 1, address: other }];
+    await helper.arm(target.pid, 1n, ptraceChunks);
+    await rejectsWith(helper.arm(target.pid, 2n, [write8(counter)], PERF), "ENOSPC", /no free debug register/);
+    // Group 1 still gets every trap: the failed perf group left nothing armed.
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.equal(done.counts.delivered, 2n * 2n * 1000n, "two threads, each write of fw_counter trapping its 8-byte and its 1-byte chunk");
+    assert.equal(log.hitsOf(2n).length, 0);
+  });
+
+  test("mixed - a ptrace group and a perf group on one process each get every trap of their chunk", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 2000;
+    const target = await s.target("counter", ["--writes", String(N), "--other"]);
+    const [counter, other] = readyAddresses(target) as [bigint, bigint];
+    await helper.arm(target.pid, 1n, [write8(counter, 0)]);
+    await helper.arm(target.pid, 2n, [write8(other, 1)], PERF);
+    target.send("go");
+    await finishesNormally(target);
+    assert.equal((await log.groupDone(1n)).counts.delivered, BigInt(N));
+    assert.equal((await log.groupDone(2n)).counts.delivered, BigInt(N));
+    assert.ok(log.hitsOf(1n).every((h) => h.valueExact) && log.hitsOf(2n).every((h) => !h.valueExact));
+    assert.equal(log.of("target-exited").filter((e) => e.pid === target.pid).length, 1, "one target-exited");
+  });
+
+  test("safety - the helper SIGKILLed 20 times during hot 4-thread writes: every target exits normally", async (t) => {
+    const s = scene(t);
+    const ROUNDS = 20;
+    for (let round = 0; round < ROUNDS; round++) {
+      const helper = await HelperProcess.start();
+      const log = new EventLog(helper);
+      const target = await s.target("counter", ["--threads", "4", "--writes", "300000"]);
+      const [counter] = readyAddresses(target) as [bigint];
+      await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+      target.send("go");
+      // Somewhere in the hot phase: after 1 to 20,000 hits.
+      const after = 1 + Math.floor(Math.random() * 20_000);
+      await log.until(`${after} hits`, () => log.hits.length >= after);
+      process.kill(helper.pid, "SIGKILL");
+      await log.until("the helper's events end", () => log.finished);
+      await finishesNormally(target);
+    }
+    t.diagnostic(`${ROUNDS} rounds: every target exited 0`);
+  });
+
+  test("safety - helper shutdown while armed and hot: the target finishes normally", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--threads", "4", "--writes", "200000"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    await log.until("some hits", () => log.hits.length >= 1000);
+    await helper.shutdown();
+    await finishesNormally(target);
+  });
+});
