@@ -54,7 +54,7 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     const { helper } = await s.helper();
     const caps = helper.capabilities;
     assert.deepEqual(caps.backends, ["ptrace", "perf"]);
-    assert.equal(caps.perfValues, "after");
+    assert.equal(caps.perfValues, "after-trap");
     assert.match(caps.perfNote, /read .* when a sample is drained/);
   });
 
