@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { JobState, TargetState, type Job } from "../../proto/index.js";
+import { Backend, JobState, TargetState, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, fixturePath, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -54,7 +54,9 @@ describe("targeting", () => {
 
     const three = await start();
     await waitFor("the late joiner is armed", async () => (await job(id)).targets.some((t) => t.pid === three.pid && t.state === TargetState.ARMED));
-    assert.notEqual(await three.tracerPid(), 0);
+    // The default backend: perf events, no tracer.
+    assert.equal((await job(id)).targets.find((t) => t.pid === three.pid)?.backend, Backend.PERF);
+    assert.equal(await three.tracerPid(), 0);
     await waitFor("hits from the late joiner", async () => ((await job(id)).targets.find((t) => t.pid === three.pid)?.counts?.delivered ?? 0n) > 0n);
 
     one.child.kill("SIGTERM");

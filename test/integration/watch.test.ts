@@ -1,7 +1,10 @@
 // End to end: the CLI submits, the controller places, the agent arms through
 // the helper in a real C target, hits flow through JetStream back to the CLI.
+// Tests of exact values, shared and reserved registers and tracing ask for
+// ptrace; the default (perf) has its own: exact counts, no tracing, counting.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { Backend, TargetState } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -16,6 +19,7 @@ interface HitJson {
   newValue: string;
   oldValue?: string;
   sequence: string;
+  valueExact?: boolean;
 }
 
 function parseHits(stdout: string): HitJson[] {
@@ -55,9 +59,10 @@ describe("watch end to end", () => {
     });
   }
 
-  async function followHits(target: Target, threads: number, writes: number): Promise<HitJson[]> {
+  /** Follows N hits of fw_counter (`backend`: the --backend flags, none for the default). */
+  async function followHits(target: Target, threads: number, writes: number, backend: string[] = ["--backend", "ptrace"]): Promise<HitJson[]> {
     const total = threads * writes;
-    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(total), "--follow", "-o", "json"], { timeoutMs: 120_000 });
+    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(total), ...backend, "--follow", "-o", "json"], { timeoutMs: 120_000 });
     await armedJobOn(target.pid);
     target.send("go");
     const result = await watch;
@@ -119,10 +124,10 @@ describe("watch end to end", () => {
   test("two watches use two registers; a job that needs more is refused naming the holders; cancel detaches", async () => {
     const target = await counter(1, 100);
     const pid = String(target.pid);
-    const first = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_counter", "-o", "json"]);
+    const first = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_counter", "--backend", "ptrace", "-o", "json"]);
     assert.equal(first.code, 0, first.stderr);
     const jobA = (JSON.parse(first.stdout) as { id: string }).id;
-    const second = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_other", "-o", "json"]);
+    const second = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_other", "--backend", "ptrace", "-o", "json"]);
     assert.equal(second.code, 0, second.stderr);
     const jobB = (JSON.parse(second.stdout) as { id: string }).id;
 
@@ -132,7 +137,7 @@ describe("watch end to end", () => {
     assert.equal(await target.tracerPid() !== 0, true, "traced while armed");
 
     // fw_bytes+1, 8 bytes: 1 + 2 + 4 + 1 = four chunks, two registers left.
-    const third = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_bytes+1", "--length", "8"]);
+    const third = await cluster.cli(["watch", "--pid", pid, "--symbol", "fw_bytes+1", "--length", "8", "--backend", "ptrace"]);
     assert.equal(third.code, 2, third.stderr);
     assert.match(third.stderr, /has 2 free debug register\(s\) of 4 and the job needs 4/);
     assert.match(third.stderr, new RegExp(`DR0 ${jobA} .*DR1 ${jobB}`));
@@ -202,7 +207,7 @@ describe("watch end to end", () => {
     const target = await startTarget("config", ["--writes", "3"]);
     targets.push(target);
     const [, , address] = (await target.waitForLine(/^ready /)).split(" ");
-    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_cfg.limits->max", "--max-hits", "3", "--stack", "8", "--follow", "-o", "json"]);
+    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_cfg.limits->max", "--max-hits", "3", "--stack", "8", "--backend", "ptrace", "--follow", "-o", "json"]);
     await armedJobOn(target.pid);
     target.send("go");
     const result = await watch;
@@ -215,6 +220,74 @@ describe("watch end to end", () => {
       assert.deepEqual(names.slice(0, 3), ["set_limit", "apply_config", "main"], `stack: ${names.join(" < ")}`);
     }
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("the default backend is perf: exactly N hits of four threads, the target never traced, values said to be read after the trap", async () => {
+    const writes = 2_500;
+    const target = await counter(4, writes);
+    const total = 4 * writes;
+    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(total), "--stack", "0", "--follow", "-o", "json"], { timeoutMs: 120_000 });
+    const id = await armedJobOn(target.pid);
+    const armed = (await cluster.api().getJob({ id })).job!;
+    assert.deepEqual(armed.targets.map((t) => [t.backend, t.valuesExact, t.state]), [[Backend.PERF, false, TargetState.ARMED]]);
+    assert.equal(await target.tracerPid(), 0, "perf never attaches");
+    target.send("go");
+    const result = await watch;
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+    const hits = parseHits(result.stdout);
+    assert.equal(hits.length, total);
+    assert.deepEqual(hits.map((h) => BigInt(h.sequence)), hits.map((_, i) => BigInt(i + 1)), "sequences 1..N");
+    const perTid = new Map<number, number>();
+    for (const h of hits) perTid.set(h.tid, (perTid.get(h.tid) ?? 0) + 1);
+    assert.deepEqual([...perTid.values()], [writes, writes, writes, writes], "every write of every thread, once");
+    assert.ok(hits.every((h) => !h.valueExact), "perf values are read after the trap");
+    const job = (await cluster.api().getJob({ id })).job!;
+    assert.deepEqual([job.counts?.trapped, job.counts?.delivered, job.counts?.suppressed, job.counts?.dropped, job.counts?.filtered], [BigInt(total), BigInt(total), 0n, 0n, 0n]);
+    const detail = await cluster.cli(["jobs", "get", id]);
+    assert.match(detail.stdout, /^backend +perf \(automatic\), values read after the trap/m);
+  });
+
+  test("a counting watch prints each target's counts per interval, with per-thread hits, and a summary of the final totals", async () => {
+    const writes = 2_500;
+    const target = await counter(4, writes);
+    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--count", "--count-interval", "100ms", "--duration", "1m", "--follow"], { timeoutMs: 120_000 });
+    const id = await armedJobOn(target.pid);
+    assert.equal(await target.tracerPid(), 0, "counting never attaches");
+    target.send("go");
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+    const result = await watch;
+    assert.equal(result.code, 0, result.stderr);
+    const job = (await cluster.api().getJob({ id })).job!;
+    const c = job.counts!;
+    assert.equal(c.trapped, BigInt(4 * writes), "every write trapped");
+    assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered, "the counts add up");
+    const lines = result.stdout.split("\n").filter((l) => l.startsWith(`host-a ${target.pid} `));
+    assert.ok(lines.length >= 1, result.stdout);
+    let sum = 0n;
+    const perTid = new Map<number, bigint>();
+    let lastTotal = 0n;
+    for (const line of lines) {
+      const m = /^host-a \d+  \+(\d+) hits \((\d+) total\)  tids (.*)$/.exec(line);
+      assert.ok(m, `a count line: ${line}`);
+      sum += BigInt(m[1]!);
+      lastTotal = BigInt(m[2]!);
+      if (m[3] === "-") continue;
+      for (const pair of m[3]!.split(" ")) {
+        const [tid, hits] = pair.split(":");
+        perTid.set(Number(tid), (perTid.get(Number(tid)) ?? 0n) + BigInt(hits!));
+      }
+    }
+    assert.equal(lastTotal, c.delivered, "the last line's total is the final count");
+    assert.equal(sum, c.delivered, "the intervals add up to the total");
+    assert.equal(perTid.size, 4, "four writer threads");
+    assert.ok(!perTid.has(target.pid), "the main thread only waits");
+    // The target's exit ends the job before its duration.
+    assert.match(result.stdout, new RegExp(`^job ${id} completed \\(process exited[^)]*\\): \\d+ count reports printed; counted ${c.delivered} hits on 1 target; trapped ${c.trapped}, `, "m"));
+    // The same reports replay from JetStream.
+    const replay = await cluster.cli(["events", id]);
+    assert.equal(replay.code, 0, replay.stderr);
+    assert.deepEqual(replay.stdout.split("\n").filter((l) => l.startsWith("host-a ")), lines);
   });
 
   test("a restarted controller keeps the job list", async () => {
