@@ -12,7 +12,7 @@ import { connect } from "nats";
 
 import { HelperProcess } from "../agent/helper-process.js";
 import type { CpuPolicy, HelperEvent } from "../agent/helper-process.js";
-import { JobSpecSchema, HitBatchSchema, JobState, WatchMode, jobEventFilter } from "../proto/index.js";
+import { Backend, JobSpecSchema, HitBatchSchema, JobState, WatchMode, jobEventFilter } from "../proto/index.js";
 import type { Cluster } from "../test/support/cluster.js";
 import type { BenchBinaries } from "./build.js";
 import { armWrite8, helperSupportsRateLimit } from "./helper-arm.js";
@@ -203,6 +203,8 @@ export async function measureFull(ctx: CaseContext, cluster: Cluster, hostId: st
       watches: [{ location: { case: "address", value: writer.address }, length: 8, mode: WatchMode.WRITE }],
       target: { hostIds: [hostId], pid: writer.pid },
       maxHits: BigInt(hits),
+      // The ptrace path, beside the bare ptrace loop and gdb it is compared with.
+      backend: Backend.PTRACE,
     });
     const api = cluster.api();
     const { job } = await api.submitJob({ spec }, { deadlineMs: 60_000, signal: ctx.signal });

@@ -8,7 +8,9 @@ import { setTimeout as delay } from "node:timers/promises";
 import {
   AgentService,
   AsyncQueue,
+  Backend,
   EpochGuard,
+  PerfValues,
   slotsPerThread,
   type Arm,
   type Disarm,
@@ -279,6 +281,9 @@ export class SimAgent {
       slotsPerThread,
       agentVersion: "bench-sim",
       helperVersion: "bench-sim",
+      // Like a real host: both backends, perf values read after the trap.
+      backends: [Backend.PTRACE, Backend.PERF],
+      perfValues: PerfValues.AFTER_TRAP,
     };
   }
 

@@ -44,7 +44,8 @@ describe("authorization", () => {
       60_000,
     );
   const submit = async (user: string, target: Target, symbol: string, extra: string[] = []): Promise<Job> => {
-    const result = await as(user, ["watch", "--pid", String(target.pid), "--symbol", symbol, "--stack", "0", "-o", "json", ...extra]);
+    // ptrace: the kill switch test sees arming as the target being traced.
+    const result = await as(user, ["watch", "--pid", String(target.pid), "--symbol", symbol, "--stack", "0", "--backend", "ptrace", "-o", "json", ...extra]);
     assert.equal(result.code, 0, result.stderr);
     return fromJson(JobSchema, JSON.parse(result.stdout));
   };
@@ -161,7 +162,7 @@ describe("authorization", () => {
     };
     const submitted = find((r) => r.action === "submit" && r.jobId === a.id, "olga's submit");
     assert.deepEqual([submitted.who, submitted.result, submitted.where], ["user olga", "ok", [`h1/${demo.pid}`]]);
-    assert.match(submitted.what, /^demo_counter \(write\) in pid \d+, perf$/, "the audit names the backend the job arms with");
+    assert.match(submitted.what, /^demo_counter \(write\) in pid \d+, ptrace$/, "the audit names the backend the job arms with");
     const refused = find((r) => r.action === "submit" && r.who === "user olga" && r.result === "PERMISSION_DENIED", "olga's refused submit");
     assert.match(refused.reason, /idler is not in executables/);
     find((r) => r.action === "submit" && r.who === "user vera" && r.result === "PERMISSION_DENIED" && /submit needs operator or admin/.test(r.reason), "vera's denied submit");

@@ -3,13 +3,15 @@
 // signal at a random moment. Every target must still run to its normal exit
 // with its own output. Rounds: FLEETWATCH_CHAOS_ROUNDS (default 50); faults:
 // FLEETWATCH_CHAOS_FAULTS, comma-separated (e.g. "helper SIGKILL", which
-// ptrace cannot survive, shows that the test catches a harmed target).
+// ptrace cannot survive, shows that the test catches a harmed target). The
+// watches are ptrace: perf needs no cleanup to survive any of these, and
+// the helper's own tests SIGKILL it under perf watches.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { connect, type NatsConnection } from "nats";
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { HitBatchSchema, JobSpecSchema, JobState, WatchMode, jobEventFilter, type Job } from "../../proto/index.js";
+import { Backend, HitBatchSchema, JobSpecSchema, JobState, WatchMode, jobEventFilter, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -49,7 +51,7 @@ describe("chaos", () => {
 
   /** Submits a watch on the target, retrying while the agent restarts its helper. */
   async function arm(pid: number): Promise<Job> {
-    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid }, stackDepth: 0 });
+    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid }, stackDepth: 0, backend: Backend.PTRACE });
     return waitFor(`job armed on pid ${pid}`, async () => {
       await cluster.waitForAgent("host-a");
       const { job } = await cluster.api().submitJob({ spec });

@@ -69,7 +69,7 @@ describe("controller failover", () => {
 
     target = await startTarget("demo-counter");
     await target.waitForLine(/^ready /);
-    const submitted = await cli(["watch", "--pid", String(target.pid), "--symbol", "demo_counter", "--stack", "0", "-o", "json"], both);
+    const submitted = await cli(["watch", "--pid", String(target.pid), "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace", "-o", "json"], both);
     assert.equal(submitted.code, 0, submitted.stderr);
     const id = (JSON.parse(submitted.stdout) as { id: string }).id;
     const job = async () => (await api!.getJob({ id })).job!;
@@ -128,7 +128,7 @@ describe("controller failover", () => {
       const [onC, onD] = [await start(programs[0]!), await start(programs[1]!)];
       const ids: string[] = [];
       for (const [i, host] of ["host-c", "host-d"].entries()) {
-        const submitted = await cli(["watch", "--comm", path.basename(programs[i]!), "--host", host, "--symbol", "demo_counter", "--stack", "0", "-o", "json"], both);
+        const submitted = await cli(["watch", "--comm", path.basename(programs[i]!), "--host", host, "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace", "-o", "json"], both);
         assert.equal(submitted.code, 0, submitted.stderr);
         ids.push((JSON.parse(submitted.stdout) as { id: string }).id);
       }

@@ -10,6 +10,7 @@ import { after, before, describe, test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { create, fromBinary, toBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import {
+  Backend,
   CancelJobRequestSchema,
   ConditionOp,
   GetJobRequestSchema,
@@ -186,6 +187,9 @@ function anySpec(rng: Rng, scene: Scene): SpecInit {
     queueTimeoutMs: rng.chance(0.8) ? 0n : rng.chance(0.5) ? BigInt(1 + rng.int(100)) : rng.u64Edge(),
     lostAfterMs: rng.chance(0.8) ? 0n : rng.u64Edge(),
     replaceLost: rng.chance(0.1),
+    backend: enumValue(rng, 2) as Backend,
+    countOnly: rng.chance(0.15),
+    countIntervalMs: rng.chance(0.8) ? 0n : rng.chance(0.5) ? BigInt(rng.pick([5, 10, 250, 3_600_000, 3_600_001])) : rng.u64Edge(),
   };
 }
 
@@ -436,7 +440,8 @@ describe("fuzz - the gRPC API", { timeout: 300_000 }, () => {
     await cluster.waitForAgent("host-a");
 
     // A normal watch end to end.
-    const watch = cluster.cli(["watch", "--host", "host-a", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", "1000", "--follow", "-o", "json"], { timeoutMs: 60_000 });
+    // ptrace: every write a hit, whatever the pace (perf may lose samples and count them dropped).
+    const watch = cluster.cli(["watch", "--host", "host-a", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", "1000", "--backend", "ptrace", "--follow", "-o", "json"], { timeoutMs: 60_000 });
     await waitFor(`a job armed on pid ${target.pid}`, async () => {
       const listed = await cluster.api().listJobs({});
       return listed.jobs.some((j) => j.state === JobState.ARMED && j.targets.some((x) => x.pid === target.pid && x.state === TargetState.ARMED));

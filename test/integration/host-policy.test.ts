@@ -11,7 +11,7 @@ import path from "node:path";
 import { status } from "@grpc/grpc-js";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { connect, type NatsConnection, type Subscription } from "nats";
-import { HitBatchSchema, JobSpecSchema, JobState, RpcError, TargetState, ValueRedaction, WatchMode, eventSubjects, type HitEvent, type Job } from "../../proto/index.js";
+import { Backend, HitBatchSchema, JobSpecSchema, JobState, RpcError, TargetState, ValueRedaction, WatchMode, eventSubjects, type HitEvent, type Job } from "../../proto/index.js";
 import { Cluster, type Daemon } from "../support/cluster.js";
 import { buildFixtures, childPids, fixturePath, procState, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -122,7 +122,8 @@ describe("host policy", () => {
     return target;
   }
 
-  const demoSpec = (target: { pid?: number; comm?: string }) => create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target, stackDepth: 0 });
+  // ptrace: these tests see arming and disarming as the target being traced.
+  const demoSpec = (target: { pid?: number; comm?: string }) => create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target, stackDepth: 0, backend: Backend.PTRACE });
 
   async function submit(target: { pid?: number; comm?: string }): Promise<Job> {
     return (await cluster.api().submitJob({ spec: demoSpec(target) })).job!;
@@ -260,7 +261,7 @@ describe("host policy", () => {
       })();
       try {
         await nc.flush();
-        const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, maxHits: BigInt(writes), stackDepth: 0 });
+        const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, maxHits: BigInt(writes), stackDepth: 0, backend: Backend.PTRACE });
         const submitted = (await cluster.api().submitJob({ spec })).job!;
         assert.equal(submitted.state, JobState.ARMED, submitted.reason);
         target.send("go");

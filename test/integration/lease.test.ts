@@ -5,7 +5,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { JobSpecSchema, JobState, TargetState, WatchMode, isFinalJobState, type Job } from "../../proto/index.js";
+import { Backend, JobSpecSchema, JobState, TargetState, WatchMode, isFinalJobState, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -26,7 +26,7 @@ describe("leases", () => {
 
   test("a silent controller: the agent disarms after the lease, the host is lost, then re-armed with counts intact", async () => {
     target = await startTarget("demo-counter");
-    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0 });
+    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
     const { job } = await cluster.api().submitJob({ spec });
     assert.equal(job?.state, JobState.ARMED, job?.reason);
     const id = job!.id;
@@ -85,7 +85,7 @@ describe("leases", () => {
   test("a job's lost-after: the agent keeps its target armed and publishing past the lease, then disarms it", async () => {
     const second = await startTarget("demo-counter");
     try {
-      const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: second.pid }, stackDepth: 0, lostAfterMs: 5_000n });
+      const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: second.pid }, stackDepth: 0, lostAfterMs: 5_000n, backend: Backend.PTRACE });
       const { job } = await cluster.api().submitJob({ spec });
       assert.equal(job?.state, JobState.ARMED, job?.reason);
       const id = job!.id;

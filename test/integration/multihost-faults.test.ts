@@ -185,7 +185,7 @@ describe("multihost faults", () => {
 
   /** Submits the scenario's job: demo_counter in every demo-counter on role=db hosts. */
   const submitDemoJob = async (context: TestContext, extra: string[] = []): Promise<Job> => {
-    const job = fromJson(JobSchema, (await cliJson(["watch", "--comm", "demo-counter", "--selector", "role=db", "--symbol", "demo_counter", "--stack", "0", ...extra])) as never);
+    const job = fromJson(JobSchema, (await cliJson(["watch", "--comm", "demo-counter", "--selector", "role=db", "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace", ...extra])) as never);
     cancelAtEnd(context, job.id);
     assert.equal(job.state, JobState.ARMED, job.reason);
     assert.deepEqual(job.targets.map((t) => [t.hostId, TargetState[t.state]]).sort(), hostIds.map((id) => [id, "ARMED"]));
@@ -393,7 +393,7 @@ describe("multihost faults", () => {
     const writers = new Map<string, Target>();
     try {
       for (const id of hot) writers.set(id, await fleet.host(id).startTarget("counter", ["--writes", String(writes)]));
-      const job = fromJson(JobSchema, (await cliJson(["watch", "--comm", "counter", "--selector", "role=db", "--symbol", "fw_counter", "--stack", "0"])) as never);
+      const job = fromJson(JobSchema, (await cliJson(["watch", "--comm", "counter", "--selector", "role=db", "--symbol", "fw_counter", "--stack", "0", "--backend", "ptrace"])) as never);
       cancelAtEnd(context, job.id);
       assert.equal(job.state, JobState.ARMED, job.reason);
       assert.deepEqual(job.targets.map((t) => t.hostId).sort(), hot);

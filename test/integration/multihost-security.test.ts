@@ -43,7 +43,7 @@ describe("multihost security", () => {
 
   const as = async (user: string, args: string[]) => fleet.cli(args, { as: { kind: "user", name: user } });
   const watchAll = async (user: string, extra: string[]): Promise<Job> => {
-    const result = await as(user, ["watch", "--comm", "demo-counter", "--symbol", "demo_counter", "--stack", "0", "-o", "json", ...extra]);
+    const result = await as(user, ["watch", "--comm", "demo-counter", "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace", "-o", "json", ...extra]);
     assert.equal(result.code, 0, result.stderr);
     return fromJson(JobSchema, JSON.parse(result.stdout));
   };

@@ -53,7 +53,7 @@ test("multihost - a job selecting role=db arms 2 targets on each of 3 hosts, hit
   // Each host numbers its own processes: what its agent reports is not our pid.
   for (const target of [...dbTargets, ...byHost.get("web-1")!]) assert.notEqual(target.pid, target.rootPid);
 
-  const submitted = await fleet.cli(["watch", "--comm", "demo-counter", "--selector", "role=db", "--symbol", "demo_counter", "--stack", "0", "-o", "json"]);
+  const submitted = await fleet.cli(["watch", "--comm", "demo-counter", "--selector", "role=db", "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace", "-o", "json"]);
   assert.equal(submitted.code, 0, submitted.stderr);
   const armed = fromJson(JobSchema, JSON.parse(submitted.stdout));
   assert.equal(armed.state, JobState.ARMED, armed.reason);

@@ -90,7 +90,8 @@ describe("NATS credentials and permissions", () => {
     const target = await startTarget("counter", ["--threads", "1", "--writes", String(writes)]);
     targets.push(target);
     await target.waitForLine(/^ready /);
-    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(writes), "--follow", "-o", "json"], { timeoutMs: 120_000 });
+    // ptrace: every write a hit (perf may lose samples of a writer that outruns its ring buffer, and counts them dropped).
+    const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(writes), "--backend", "ptrace", "--follow", "-o", "json"], { timeoutMs: 120_000 });
     const jobId = await waitFor(`a job armed on pid ${target.pid}`, async () => {
       const { jobs } = await cluster.api().listJobs({});
       return jobs.find((j) => j.targets.some((t) => t.pid === target.pid && t.state === 2))?.id;
@@ -125,7 +126,7 @@ describe("NATS credentials and permissions", () => {
     assert.deepEqual(await refusal(jsm.streams.getMessage(eventStream, { last_by_subj: eventSubject("auth-j1", "h2") })), { operation: "publish", subject: `$JS.API.STREAM.MSG.GET.${eventStream}` });
 
     // What an agent does before arming: its own stored hits read back; another host's consumer is refused, not retried.
-    assert.deepEqual(await storedHitsReader(nc)("auth-none", "h1"), { lastSequence: 0n, byPid: new Map() }, "a job with nothing stored yet");
+    assert.deepEqual(await storedHitsReader(nc)("auth-none", "h1"), { lastSequence: 0n, byPid: new Map(), countedByPid: new Map() }, "a job with nothing stored yet");
     await (await connectAs(h2)).jetstream().publish(eventSubject("auth-j1", "h2"), batch("auth-j1", "h2", 1n));
     const refusals = new NatsRefusals(nc);
     const stored = await storedHitsReader(nc, refusals)("auth-j1", "h1");

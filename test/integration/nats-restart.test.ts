@@ -6,7 +6,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { JobSpecSchema, JobState, WatchMode, type Job } from "../../proto/index.js";
+import { Backend, JobSpecSchema, JobState, WatchMode, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -31,7 +31,7 @@ describe("nats-server restarts", () => {
       const target = await startTarget("counter", ["--writes", String(writes)]);
       targets.push(target);
       await target.waitForLine(/^ready /);
-      const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0 });
+      const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
       const { job } = await cluster.api().submitJob({ spec });
       const id = job!.id;
       const get = async (): Promise<Job> => (await cluster.api().getJob({ id })).job!;

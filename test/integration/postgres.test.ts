@@ -38,7 +38,7 @@ describe("postgres", async () => {
     assert.ok(backend > 0, `backend pid ${backend}`);
     assert.equal(await session.query("show work_mem;"), "4MB");
 
-    const watch = cluster.cli(["watch", "--pid", String(backend), "--symbol", "work_mem", "--max-hits", "1", "--follow", "-o", "json"], { timeoutMs: 60_000 });
+    const watch = cluster.cli(["watch", "--pid", String(backend), "--symbol", "work_mem", "--max-hits", "1", "--backend", "ptrace", "--follow", "-o", "json"], { timeoutMs: 60_000 });
     await waitFor("work_mem watch armed", async () => (await cluster.api().listJobs({})).jobs.some((j) => j.targets.some((t) => t.pid === backend && t.state === 2)));
     await session.query("SET work_mem = '8MB';");
     const result = await watch;

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { JobState, TargetState, type Job } from "../../proto/index.js";
+import { Backend, JobState, TargetState, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, fixturePath, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -46,9 +46,9 @@ describe("scheduling", () => {
     return target;
   }
 
-  /** Submits through the CLI and returns the job as printed (JSON). */
-  async function submit(args: string[]): Promise<Job & { id: string }> {
-    const result = await cluster.cli(["watch", ...args, "--stack", "0", "-o", "json"]);
+  /** Submits through the CLI and returns the job as printed (JSON); ptrace unless asked: identical chunks of two jobs share a register only there. */
+  async function submit(args: string[], backend: "ptrace" | "perf" = "ptrace"): Promise<Job & { id: string }> {
+    const result = await cluster.cli(["watch", ...args, "--stack", "0", "--backend", backend, "-o", "json"]);
     assert.equal(result.code, 0, result.stderr);
     const printed = JSON.parse(result.stdout) as { id: string };
     return { ...(await job(printed.id)), id: printed.id };
@@ -68,7 +68,7 @@ describe("scheduling", () => {
     const full = await submit(fillAll(target.pid));
     assert.equal(full.state, JobState.ARMED);
 
-    const refused = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter"]);
+    const refused = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--backend", "ptrace"]);
     assert.equal(refused.code, 2, "without a queue timeout a job that does not fit is refused");
     assert.match(refused.stderr, new RegExp(`has 0 free debug register\\(s\\) of 4 and the job needs 1; held by DR0 ${full.id} .*--queue-timeout`));
 
@@ -108,7 +108,7 @@ describe("scheduling", () => {
     const low = await submit(fillAll(target.pid));
     assert.equal(low.state, JobState.ARMED);
 
-    const equal = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--priority", "0"]);
+    const equal = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--priority", "0", "--backend", "ptrace"]);
     assert.equal(equal.code, 2, "equal priority never preempts");
 
     const high = await submit(["--pid", String(target.pid), "--symbol", "fw_counter", "--priority", "10"]);
@@ -182,6 +182,30 @@ describe("scheduling", () => {
     assert.deepEqual([b.counts?.trapped, b.counts?.delivered, b.counts?.filtered], [20n, 10n, 10n]);
   });
 
+  test("perf jobs watching the identical chunk take a register each; a counting one counts every write beside a hit job", async () => {
+    const target = await counter(20);
+    const hits = await submit(["--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", "20"], "perf");
+    const counting = await submit(["--pid", String(target.pid), "--symbol", "fw_counter", "--count"], "perf");
+    assert.equal(hits.state, JobState.ARMED, hits.reason);
+    assert.equal(counting.state, JobState.ARMED, counting.reason);
+    const { agents } = await cluster.api().listAgents({});
+    const slots = agents[0]!.targets.find((t) => t.pid === target.pid)!.slots;
+    assert.deepEqual(slots.map((s) => [s.jobIds, s.backend]), [[[hits.id], Backend.PERF], [[counting.id], Backend.PERF], [[], Backend.UNSPECIFIED], [[], Backend.UNSPECIFIED]], "two registers, one each");
+    const listed = await cluster.cli(["agents", "ls"]);
+    assert.match(listed.stdout, new RegExp(`${hits.id} 0x[0-9a-f]+/8 w perf\\s+${counting.id} 0x[0-9a-f]+/8 w perf`));
+
+    target.send("go");
+    await target.waitForLine(/^done/);
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+    for (const id of [hits.id, counting.id]) {
+      const j = await waitFor(`job ${id} ends with its budget or the process`, async () => {
+        const x = await job(id);
+        return x.state === JobState.COMPLETED ? x : undefined;
+      });
+      assert.deepEqual([j.counts?.trapped, j.counts?.delivered], [20n, 20n], `job ${id}`);
+    }
+  });
+
   test("placement all is a gang: nothing is armed until every target fits; sample:N takes N", async () => {
     const program = path.join(dir, `fwsch${process.pid % 100000}`);
     await copyFile(fixturePath("counter"), program);
@@ -189,7 +213,7 @@ describe("scheduling", () => {
     const [one, two, three] = [await counter(3, program), await counter(3, program), await counter(3, program)];
     const blocker = await submit(fillAll(two.pid));
 
-    const refused = await cluster.cli(["watch", "--comm", comm, "--symbol", "fw_counter", "--placement", "all"]);
+    const refused = await cluster.cli(["watch", "--comm", comm, "--symbol", "fw_counter", "--placement", "all", "--backend", "ptrace"]);
     assert.equal(refused.code, 2, refused.stderr);
     assert.match(refused.stderr, /2\/3 targets have 1 free debug register: 1 full .*placement all needs all 3/);
     assert.equal(await one.tracerPid(), 0, "a gang that cannot be complete arms nothing");
@@ -248,7 +272,7 @@ describe("scheduling: a lost sample target is replaced on another host", () => {
   test("sample:1 with --replace-lost: the host's agent dies, the target is given up there and watched from the other host", async () => {
     target = await startTarget("demo-counter");
     // Both agents see this machine's processes: the sample takes the first host, host-a.
-    const submitted = await cluster.cli(["watch", "--pid", String(target.pid), "--all-hosts", "--placement", "sample:1", "--replace-lost", "--symbol", "demo_counter", "--stack", "0", "-o", "json"]);
+    const submitted = await cluster.cli(["watch", "--pid", String(target.pid), "--all-hosts", "--placement", "sample:1", "--replace-lost", "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace", "-o", "json"]);
     assert.equal(submitted.code, 0, submitted.stderr);
     const id = (JSON.parse(submitted.stdout) as { id: string }).id;
     const job = async () => (await cluster.api().getJob({ id })).job!;

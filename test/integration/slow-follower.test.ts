@@ -15,6 +15,7 @@ import { startController, type RunningController } from "../../controller/index.
 import {
   AgentService,
   AsyncQueue,
+  Backend,
   ControllerService,
   JobState,
   SessionRequestSchema,
@@ -60,7 +61,7 @@ describe("slow follower", { timeout: 180_000 }, () => {
     const agentClient = createClient(AgentService, controller.address);
     const toController = new AsyncQueue<SessionRequest>();
     const send = (msg: MessageInitShape<typeof SessionRequestSchema>["msg"]) => toController.push(create(SessionRequestSchema, { msg }));
-    send({ case: "register", value: { info: { hostId: HOST, slotsPerThread: 4 } } });
+    send({ case: "register", value: { info: { hostId: HOST, slotsPerThread: 4, backends: [Backend.PTRACE, Backend.PERF] } } });
     const agentDone = (async () => {
       for await (const m of agentClient.session(toController)) {
         const c = m.msg;

@@ -25,7 +25,7 @@ import { Controller } from "../../controller/controller.js";
 import { statusFor } from "../../controller/errors.js";
 import { JobStore } from "../../controller/job-store.js";
 import { agentService } from "../../controller/service.js";
-import { AgentService, ControllerService, JobState, RpcError, TargetState, WatchMode, addService, bindServer, createClient, createServer, type ServiceClient } from "../../proto/index.js";
+import { AgentService, Backend, ControllerService, JobState, RpcError, TargetState, WatchMode, addService, bindServer, createClient, createServer, type ServiceClient } from "../../proto/index.js";
 import { Daemons, type Daemon } from "../support/cluster.js";
 import { helperPath } from "../support/paths.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
@@ -109,7 +109,7 @@ describe("stale leader epoch", () => {
     target = await startTarget("demo-counter");
     const viaA = api(a.address);
     const viaB = api(b.address);
-    const submitted = await viaA.submitJob({ spec: { target: { pid: target.pid }, watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], stackDepth: 0 } });
+    const submitted = await viaA.submitJob({ spec: { target: { pid: target.pid }, watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], stackDepth: 0, backend: Backend.PTRACE } });
     const id = submitted.job!.id;
     const delivered = async () => (await viaB.getJob({ id })).job!.counts?.delivered ?? 0n;
     await waitFor("hits delivered under leader a", async () => ((await viaA.getJob({ id })).job!.counts?.delivered ?? 0n) > 0n);
