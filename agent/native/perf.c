@@ -709,15 +709,17 @@ static void group_free(struct pgroup *g)
 
 /* ---- values ---- */
 
-static uint64_t read_value(pid_t pid, uint64_t address, unsigned length)
+/* The chunk's content now, or fallback when it cannot be read (the
+ * process is gone). Little-endian: the low bytes, zero-extended. */
+static uint64_t read_value(pid_t pid, uint64_t address, unsigned length, uint64_t fallback)
 {
 	uint64_t v = 0;
 	struct iovec local = { .iov_base = &v, .iov_len = length };
 	struct iovec remote = { .iov_base = (void *)(uintptr_t)address, .iov_len = length };
 
 	if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)length)
-		return 0;
-	return v; /* little-endian: the low bytes, zero-extended */
+		return fallback;
+	return v;
 }
 
 /* ---- draining ---- */
@@ -880,7 +882,7 @@ static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t r
 		g->counts.suppressed++;
 		return;
 	}
-	value = read_value(g->pid, g->chunks[k].address, g->chunks[k].length);
+	value = read_value(g->pid, g->chunks[k].address, g->chunks[k].length, g->last_value[k]);
 	old_value = g->last_value[k];
 	g->last_value[k] = value;
 	hit = (struct fw_hit){
@@ -1307,7 +1309,10 @@ static void final_drain(struct pgroup *g)
 		(int)g->pid, (unsigned long long)missing);
 }
 
-static void finish(struct pgroup *g, enum fw_done_reason reason)
+/* The group's last counts and GROUP_DONE; then, unless the ptrace side
+ * traces the process (it reports it), TARGET_EXEC or TARGET_EXITED once the
+ * process's last perf group is gone. */
+static void finish(struct pgroup *g, enum fw_done_reason reason, bool report_target)
 {
 	pid_t pid = g->pid;
 	uint64_t start_time = g->start_time;
@@ -1317,12 +1322,19 @@ static void finish(struct pgroup *g, enum fw_done_reason reason)
 		send_counts(g);
 	out_group_done(pid, reason, g->id, &g->counts);
 	group_free(g);
-	if (reason != FW_DONE_BUDGET && !perf_has_pid(pid) && !tracer_has_pid(pid)) {
-		if (reason == FW_DONE_EXEC)
-			out_target_exec(pid);
-		else
-			report_exit(pid, start_time);
-	}
+	if (!report_target || reason == FW_DONE_BUDGET || perf_has_pid(pid) || tracer_has_pid(pid))
+		return;
+	if (reason == FW_DONE_EXEC)
+		out_target_exec(pid);
+	else
+		report_exit(pid, start_time);
+}
+
+void perf_target_gone(pid_t pid, enum fw_done_reason reason)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++)
+		if (groups[i].used && groups[i].pid == pid)
+			finish(&groups[i], reason, false);
 }
 
 static void start_backoff(struct pgroup *g, int64_t now)
@@ -1344,7 +1356,8 @@ static void start_backoff(struct pgroup *g, int64_t now)
 static void end_backoff(struct pgroup *g)
 {
 	for (unsigned k = 0; k < g->nchunks; k++)
-		g->last_value[k] = read_value(g->pid, g->chunks[k].address, g->chunks[k].length);
+		g->last_value[k] = read_value(g->pid, g->chunks[k].address, g->chunks[k].length,
+					      g->last_value[k]);
 	g->backoff = false;
 	for_each_event(g, PERF_EVENT_IOC_ENABLE);
 	out_group_resumed(g->pid, g->id);
@@ -1355,15 +1368,15 @@ static void settle(struct pgroup *g, int64_t now)
 {
 	/* An exec seen in the records came before any exit the pidfd shows. */
 	if (g->exec_seen) {
-		finish(g, FW_DONE_EXEC);
+		finish(g, FW_DONE_EXEC, true);
 		return;
 	}
 	if (g->exited) {
-		finish(g, FW_DONE_EXITED);
+		finish(g, FW_DONE_EXITED, true);
 		return;
 	}
 	if (g->done) {
-		finish(g, FW_DONE_BUDGET);
+		finish(g, FW_DONE_BUDGET, true);
 		return;
 	}
 	if (g->backoff_pending && !g->backoff)
@@ -1563,7 +1576,7 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	if (group_setup(g, pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
 		goto fail;
 	for (unsigned k = 0; k < count; k++)
-		g->last_value[k] = read_value(pid, chunks[k].address, chunks[k].length);
+		g->last_value[k] = read_value(pid, chunks[k].address, chunks[k].length, 0);
 	/* Scan until every thread is covered: by events of its own, or by
 	 * inheritance from a covered thread that created it (FORK record). */
 	for (int round = 0;; round++) {
