@@ -392,6 +392,9 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal((await log.groupDone(1n)).counts.delivered, BigInt(N));
     assert.equal((await log.groupDone(2n)).counts.delivered, BigInt(N));
     assert.ok(log.hitsOf(1n).every((h) => h.valueExact) && log.hitsOf(2n).every((h) => !h.valueExact));
+    const exited = await log.targetExited(target.pid);
+    assert.deepEqual([exited.how, exited.code], ["exited", 0], "the tracer's exact status");
+    await helper.shutdown();
     assert.equal(log.of("target-exited").filter((e) => e.pid === target.pid).length, 1, "one target-exited");
   });
 
