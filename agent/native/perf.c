@@ -958,7 +958,9 @@ static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t le
 		return;
 	}
 	g->counts.trapped++;
-	if (g->done || g->backoff || g->exec_seen) {
+	/* Not exec_seen: a sample in another CPU's buffer may predate the exec
+	 * record just read, and after exec the breakpoints are gone anyway. */
+	if (g->done || g->backoff) {
 		g->counts.suppressed++;
 		return;
 	}
