@@ -60,8 +60,8 @@
  * enough for ~0.1 s of traps on a CPU while the helper is not scheduled.
  * Hosts with more than 16 CPUs get smaller buffers per CPU. */
 #define DATA_PAGES_COUNT 128u
-#define DATA_PAGES_PLAIN 256u
-#define DATA_PAGES_STACK 512u
+#define DATA_PAGES_PLAIN 512u
+#define DATA_PAGES_STACK 1024u
 #define DATA_PAGES_MIN 16u
 /* A thread that shows up in /proc before its FORK record is written: how
  * often ARM and rescans look for the record again before opening events of
