@@ -10,9 +10,9 @@ RUN scripts/setup.sh \
  && npm prune --omit=dev --no-audit --no-fund
 
 FROM node:20-bookworm-slim
-# The helper links elfutils (libdw, libelf); nothing else is added.
+# The helper links elfutils (libdw, libelf) and libbpf; nothing else is added.
 RUN apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libdw1 libelf1 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libdw1 libelf1 libbpf1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fleetwatch
 WORKDIR /opt/fleetwatch

@@ -11,6 +11,8 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
 [ -f /usr/include/elfutils/libdwfl.h ] || need+=(libdw-dev)
 [ -f /usr/include/libelf.h ] || need+=(libelf-dev)
+# The perf backend's exact-value program is loaded with libbpf.
+[ -f /usr/include/bpf/bpf.h ] || need+=(libbpf-dev)
 if [ "${1:-}" = "--test" ]; then
   # Tests use strace (a foreign tracer), a real PostgreSQL server (a
   # distribution binary without frame pointers or debug info) and

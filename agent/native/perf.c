@@ -24,6 +24,7 @@
  * traps seen twice and are skipped. */
 #include "perf.h"
 
+#include "perfbpf.h"
 #include "symctx.h"
 #include "symdefs.h"
 #include "wire.h"
@@ -59,8 +60,8 @@
  * enough for ~0.1 s of traps on a CPU while the helper is not scheduled.
  * Hosts with more than 16 CPUs get smaller buffers per CPU. */
 #define DATA_PAGES_COUNT 128u
-#define DATA_PAGES_PLAIN 256u
-#define DATA_PAGES_STACK 512u
+#define DATA_PAGES_PLAIN 512u
+#define DATA_PAGES_STACK 1024u
 #define DATA_PAGES_MIN 16u
 /* A thread that shows up in /proc before its FORK record is written: how
  * often ARM and rescans look for the record again before opening events of
@@ -90,6 +91,11 @@
 /* Events per thread and CPU: one per chunk, then the tracker (TRACKER). */
 #define EVENTS_PER_CPU (FW_SLOTS_PER_THREAD + 1u)
 #define TRACKER FW_SLOTS_PER_THREAD
+/* The chunk of a value event (one per CPU: the BPF program's output). */
+#define VALUE_EVENT 0xfeu
+/* A value record and the breakpoint sample it belongs to are written
+ * back to back on one CPU; anything further apart is not a pair. */
+#define VALUE_PAIR_NS 1000000u
 
 /* A thread's events: fd[cpu_index * EVENTS_PER_CPU + chunk or TRACKER], -1 if none. */
 struct root {
@@ -97,11 +103,17 @@ struct root {
 	int *fd;
 };
 
-/* One CPU's ring buffer; owner is the first event opened on that CPU. */
+/* One CPU's ring buffer; owner is the first event opened on that CPU (the
+ * value event when there is one). pending: the last value record read from
+ * it, waiting for its breakpoint sample. */
 struct cpu_buf {
 	int owner;
 	struct perf_event_mmap_page *meta;
 	size_t map_len;
+	int value_fd;
+	bool pending;
+	uint32_t pending_tid;
+	uint64_t pending_time, pending_word;
 };
 
 /* Event id -> root and chunk (samples of inherited copies carry their
@@ -156,6 +168,7 @@ struct pgroup {
 	bool unarmed_warned, throttle_warned;
 	struct fw_symctx *sym;
 	struct fw_known_ips *known;
+	int bpf_map, bpf_prog; /* exact values: -1 when read after the trap */
 };
 
 static struct pgroup groups[PERF_MAX_GROUPS];
@@ -252,9 +265,17 @@ void perf_init(void)
 		return;
 	}
 	close(fd);
+	char why[200] = "";
+
+	if (fw_bpf_probe(why, sizeof why)) {
+		values_mode = FW_PERF_VALUES_EXACT;
+		note[0] = 0;
+		return;
+	}
 	values_mode = FW_PERF_VALUES_AFTER;
 	snprintf(note, sizeof note,
-		 "values are read from the target when a sample is drained, not at the trap");
+		 "values are read from the target when a sample is drained, not at the trap (BPF: %s)",
+		 why);
 }
 
 enum fw_perf_values perf_values(void)
@@ -456,6 +477,15 @@ static void build_attr(const struct pgroup *g, unsigned k, struct perf_event_att
 	a->exclude_hv = 1;
 	a->watermark = 1;
 	a->wakeup_watermark = (uint32_t)(g->data_bytes / 2);
+	if (k == VALUE_EVENT) {
+		a->type = PERF_TYPE_SOFTWARE;
+		a->config = PERF_COUNT_SW_BPF_OUTPUT;
+		a->sample_period = 1;
+		a->sample_type |= PERF_SAMPLE_RAW;
+		a->inherit = 0;
+		a->inherit_thread = 0;
+		return;
+	}
 	if (k == TRACKER) {
 		a->type = PERF_TYPE_SOFTWARE;
 		a->config = PERF_COUNT_SW_DUMMY;
@@ -621,6 +651,14 @@ static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw
 				err = e->err;
 				goto fail;
 			}
+			if (k != TRACKER && g->bpf_prog >= 0 &&
+			    ioctl(fd, PERF_EVENT_IOC_SET_BPF, g->bpf_prog) == -1) {
+				err = errno;
+				fw_error_set(e, err,
+					     "attaching the value program to thread %d of pid %d, cpu %d: %s",
+					     (int)tid, (int)g->pid, cpus[ci], strerror(err));
+				goto fail;
+			}
 		}
 	}
 	g->roots[g->nroots++] = r;
@@ -695,6 +733,10 @@ static void group_free(struct pgroup *g)
 			munmap(g->bufs[ci].meta, g->bufs[ci].map_len);
 	}
 	free(g->bufs);
+	if (g->bpf_prog >= 0)
+		close(g->bpf_prog);
+	if (g->bpf_map >= 0)
+		close(g->bpf_map);
 	free(g->roots);
 	free(g->ents);
 	free(g->ids);
@@ -705,19 +747,22 @@ static void group_free(struct pgroup *g)
 	free(g->known);
 	memset(g, 0, sizeof *g);
 	g->pidfd = -1;
+	g->bpf_map = g->bpf_prog = -1;
 }
 
 /* ---- values ---- */
 
-static uint64_t read_value(pid_t pid, uint64_t address, unsigned length)
+/* The chunk's content now, or fallback when it cannot be read (the
+ * process is gone). Little-endian: the low bytes, zero-extended. */
+static uint64_t read_value(pid_t pid, uint64_t address, unsigned length, uint64_t fallback)
 {
 	uint64_t v = 0;
 	struct iovec local = { .iov_base = &v, .iov_len = length };
 	struct iovec remote = { .iov_base = (void *)(uintptr_t)address, .iov_len = length };
 
 	if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)length)
-		return 0;
-	return v; /* little-endian: the low bytes, zero-extended */
+		return fallback;
+	return v;
 }
 
 /* ---- draining ---- */
@@ -834,7 +879,47 @@ static int sample_stack(struct pgroup *g, const struct sample *s, uint64_t *ips)
 	return n;
 }
 
-static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t real_off)
+/* A value event's sample: identifier, pid/tid, time, raw (u32 size, the word). */
+static void on_value(struct pgroup *g, unsigned ci, const uint8_t *p, size_t len)
+{
+	struct cpu_buf *b = &g->bufs[ci];
+	uint32_t raw_size;
+
+	if (len < 8 + 8 + 8 + 4 + FW_BPF_VALUE_BYTES)
+		return;
+	memcpy(&b->pending_tid, p + 12, 4);
+	memcpy(&b->pending_time, p + 16, 8);
+	memcpy(&raw_size, p + 24, 4);
+	if (raw_size < FW_BPF_VALUE_BYTES)
+		return;
+	memcpy(&b->pending_word, p + 28, 8);
+	b->pending = true;
+}
+
+/* The exact value of chunk c for a breakpoint sample, if the value record
+ * written just before it on this CPU is its own. */
+static bool take_value(struct pgroup *g, unsigned ci, const struct sample *s,
+		       const struct fw_chunk *c, uint64_t *value)
+{
+	struct cpu_buf *b = &g->bufs[ci];
+	unsigned shift = (unsigned)(c->address & 7u) * 8u;
+
+	if (!b->pending)
+		return false;
+	b->pending = false;
+	/* The sample's time may be taken before the program runs: either order. */
+	if (b->pending_tid != s->tid ||
+	    (s->time > b->pending_time ? s->time - b->pending_time : b->pending_time - s->time) >
+		    VALUE_PAIR_NS)
+		return false;
+	*value = b->pending_word >> shift;
+	if (c->length < 8)
+		*value &= (UINT64_C(1) << (c->length * 8u)) - 1;
+	return true;
+}
+
+static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t len,
+		      uint64_t real_off)
 {
 	static uint64_t ips[FW_MAX_STACK_DEPTH];
 	const struct id_ent *which;
@@ -843,8 +928,19 @@ static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t r
 	unsigned k;
 	int ri;
 	uint64_t value, old_value;
+	bool exact;
 	struct fw_hit hit;
 
+	if (len >= 8) {
+		uint64_t id;
+
+		memcpy(&id, p, 8);
+		which = ids_find(g, id);
+		if (which && which->chunk == VALUE_EVENT) {
+			on_value(g, ci, p, len);
+			return;
+		}
+	}
 	if (!parse_sample(g, p, len, &s))
 		return;
 	which = ids_find(g, s.id);
@@ -862,7 +958,9 @@ static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t r
 		return;
 	}
 	g->counts.trapped++;
-	if (g->done || g->backoff || g->exec_seen) {
+	/* Not exec_seen: a sample in another CPU's buffer may predate the exec
+	 * record just read, and after exec the breakpoints are gone anyway. */
+	if (g->done || g->backoff) {
 		g->counts.suppressed++;
 		return;
 	}
@@ -880,7 +978,10 @@ static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t r
 		g->counts.suppressed++;
 		return;
 	}
-	value = read_value(g->pid, g->chunks[k].address, g->chunks[k].length);
+	exact = take_value(g, ci, &s, &g->chunks[k], &value);
+	if (!exact)
+		value = read_value(g->pid, g->chunks[k].address, g->chunks[k].length,
+				   g->last_value[k]);
 	old_value = g->last_value[k];
 	g->last_value[k] = value;
 	hit = (struct fw_hit){
@@ -895,7 +996,7 @@ static void on_sample(struct pgroup *g, const uint8_t *p, size_t len, uint64_t r
 		.dr = g->chunks[k].dr,
 		.length = g->chunks[k].length,
 		.mode = g->chunks[k].mode,
-		.value_exact = false,
+		.value_exact = exact,
 		.nframes = 0,
 		.ips = ips,
 	};
@@ -947,15 +1048,15 @@ static int record_root(const struct pgroup *g, const uint8_t *body, size_t len)
 	return which ? which->root : -1;
 }
 
-static void on_record(struct pgroup *g, const struct perf_event_header *h, const uint8_t *body,
-		      size_t len, uint64_t real_off)
+static void on_record(struct pgroup *g, unsigned ci, const struct perf_event_header *h,
+		      const uint8_t *body, size_t len, uint64_t real_off)
 {
 	struct task_record t;
 	int ri;
 
 	switch (h->type) {
 	case PERF_RECORD_SAMPLE:
-		on_sample(g, body, len, real_off);
+		on_sample(g, ci, body, len, real_off);
 		break;
 	case PERF_RECORD_FORK:
 		ri = record_root(g, body, len);
@@ -989,6 +1090,7 @@ static void on_record(struct pgroup *g, const struct perf_event_header *h, const
 			uint64_t lost;
 
 			memcpy(&lost, body + 8, 8);
+			g->bufs[ci].pending = false; /* its sample may be among them */
 			g->seen += lost;
 			g->counts.lost += lost;
 			g->counts.trapped += lost;
@@ -1048,7 +1150,7 @@ static void drain_buf(struct pgroup *g, unsigned ci, bool consume, uint64_t real
 				memcpy(rec + first, data, h.size - first);
 			}
 			if (consume) {
-				on_record(g, &h, rec + sizeof h, h.size - sizeof h, real_off);
+				on_record(g, ci, &h, rec + sizeof h, h.size - sizeof h, real_off);
 			} else if (h.size - sizeof h >= sizeof(struct task_record)) {
 				struct task_record t;
 				int ri = record_root(g, rec + sizeof h, h.size - sizeof h);
@@ -1307,7 +1409,10 @@ static void final_drain(struct pgroup *g)
 		(int)g->pid, (unsigned long long)missing);
 }
 
-static void finish(struct pgroup *g, enum fw_done_reason reason)
+/* The group's last counts and GROUP_DONE; then, unless the ptrace side
+ * traces the process (it reports it), TARGET_EXEC or TARGET_EXITED once the
+ * process's last perf group is gone. */
+static void finish(struct pgroup *g, enum fw_done_reason reason, bool report_target)
 {
 	pid_t pid = g->pid;
 	uint64_t start_time = g->start_time;
@@ -1317,12 +1422,19 @@ static void finish(struct pgroup *g, enum fw_done_reason reason)
 		send_counts(g);
 	out_group_done(pid, reason, g->id, &g->counts);
 	group_free(g);
-	if (reason != FW_DONE_BUDGET && !perf_has_pid(pid) && !tracer_has_pid(pid)) {
-		if (reason == FW_DONE_EXEC)
-			out_target_exec(pid);
-		else
-			report_exit(pid, start_time);
-	}
+	if (!report_target || reason == FW_DONE_BUDGET || perf_has_pid(pid) || tracer_has_pid(pid))
+		return;
+	if (reason == FW_DONE_EXEC)
+		out_target_exec(pid);
+	else
+		report_exit(pid, start_time);
+}
+
+void perf_target_gone(pid_t pid, enum fw_done_reason reason)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++)
+		if (groups[i].used && groups[i].pid == pid)
+			finish(&groups[i], reason, false);
 }
 
 static void start_backoff(struct pgroup *g, int64_t now)
@@ -1344,7 +1456,8 @@ static void start_backoff(struct pgroup *g, int64_t now)
 static void end_backoff(struct pgroup *g)
 {
 	for (unsigned k = 0; k < g->nchunks; k++)
-		g->last_value[k] = read_value(g->pid, g->chunks[k].address, g->chunks[k].length);
+		g->last_value[k] = read_value(g->pid, g->chunks[k].address, g->chunks[k].length,
+					      g->last_value[k]);
 	g->backoff = false;
 	for_each_event(g, PERF_EVENT_IOC_ENABLE);
 	out_group_resumed(g->pid, g->id);
@@ -1355,15 +1468,15 @@ static void settle(struct pgroup *g, int64_t now)
 {
 	/* An exec seen in the records came before any exit the pidfd shows. */
 	if (g->exec_seen) {
-		finish(g, FW_DONE_EXEC);
+		finish(g, FW_DONE_EXEC, true);
 		return;
 	}
 	if (g->exited) {
-		finish(g, FW_DONE_EXITED);
+		finish(g, FW_DONE_EXITED, true);
 		return;
 	}
 	if (g->done) {
-		finish(g, FW_DONE_BUDGET);
+		finish(g, FW_DONE_BUDGET, true);
 		return;
 	}
 	if (g->backoff_pending && !g->backoff)
@@ -1486,6 +1599,62 @@ static int check_arm(pid_t pid, uint64_t group, const struct fw_watch_options *o
 	return 0;
 }
 
+static void drop_values(struct pgroup *g)
+{
+	for (unsigned ci = 0; ci < ncpus; ci++) {
+		struct cpu_buf *b = &g->bufs[ci];
+
+		if (b->value_fd < 0)
+			continue;
+		if (b->meta)
+			munmap(b->meta, b->map_len);
+		close(b->value_fd);
+		*b = (struct cpu_buf){ .owner = -1, .value_fd = -1 };
+	}
+	if (g->bpf_prog >= 0)
+		close(g->bpf_prog);
+	if (g->bpf_map >= 0)
+		close(g->bpf_map);
+	g->bpf_prog = g->bpf_map = -1;
+}
+
+/* Exact values: the program, its map, and a value event per CPU owning that
+ * CPU's buffer, so each value record lands right before its breakpoint's
+ * sample. On failure the group reads values after the trap (and says so). */
+static void setup_values(struct pgroup *g)
+{
+	struct perf_event_attr a;
+	struct fw_error e = { 0 };
+	char err[768] = "";
+
+	g->bpf_map = fw_bpf_map_create((unsigned)cpus[ncpus - 1] + 1, err, sizeof err);
+	if (g->bpf_map >= 0)
+		g->bpf_prog = fw_bpf_prog_load(g->bpf_map, err, sizeof err);
+	for (unsigned ci = 0; ci < ncpus && g->bpf_prog >= 0 && !err[0]; ci++) {
+		uint64_t id;
+		int fd;
+
+		build_attr(g, VALUE_EVENT, &a);
+		fd = perf_open(&a, -1, cpus[ci]);
+		if (fd < 0) {
+			snprintf(err, sizeof err, "opening the value event on cpu %d: %s", cpus[ci],
+				 strerror(errno));
+			break;
+		}
+		g->bufs[ci].value_fd = fd;
+		if (ioctl(fd, PERF_EVENT_IOC_ID, &id) == -1 || ids_add(g, id, -1, VALUE_EVENT) == -1 ||
+		    attach_buffer(g, ci, fd, -1, &e) == -1 ||
+		    fw_bpf_map_set(g->bpf_map, (unsigned)cpus[ci], fd) == -1)
+			snprintf(err, sizeof err, "setting up the value event on cpu %d: %s", cpus[ci],
+				 e.msg[0] ? e.msg : strerror(errno));
+	}
+	if (!err[0])
+		return;
+	drop_values(g);
+	out_log(FW_LOG_WARNING, "pid %d: values of this watch are read after the trap: %s",
+		(int)g->pid, err);
+}
+
 static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 		       const struct fw_watch_options *opt, const struct fw_chunk *chunks,
 		       unsigned count, bool count_only, uint32_t interval_ms, struct fw_error *e)
@@ -1495,6 +1664,7 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 
 	memset(g, 0, sizeof *g);
 	g->pidfd = -1;
+	g->bpf_map = g->bpf_prog = -1;
 	g->used = true;
 	g->pid = pid;
 	g->id = group;
@@ -1512,7 +1682,7 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 	g->ents_cap = ENTS_INITIAL;
 	g->bufs = calloc(ncpus, sizeof *g->bufs);
 	for (unsigned ci = 0; g->bufs && ci < ncpus; ci++)
-		g->bufs[ci].owner = -1;
+		g->bufs[ci].owner = g->bufs[ci].value_fd = -1;
 	if (!g->ents || !g->bufs) {
 		fw_error_set(e, ENOMEM, "ARM pid %d: no memory", (int)pid);
 		return -1;
@@ -1535,6 +1705,8 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 			return -1;
 		}
 	}
+	if (!count_only && values_mode == FW_PERF_VALUES_EXACT)
+		setup_values(g);
 	return 0;
 }
 
@@ -1563,7 +1735,7 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	if (group_setup(g, pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
 		goto fail;
 	for (unsigned k = 0; k < count; k++)
-		g->last_value[k] = read_value(pid, chunks[k].address, chunks[k].length);
+		g->last_value[k] = read_value(pid, chunks[k].address, chunks[k].length, 0);
 	/* Scan until every thread is covered: by events of its own, or by
 	 * inheritance from a covered thread that created it (FORK record). */
 	for (int round = 0;; round++) {

@@ -8,6 +8,7 @@
 
 #include "fw.h"
 #include "tracer.h"
+#include "wire.h"
 
 /* HELLO's perf_values. */
 enum fw_perf_values {
@@ -43,6 +44,10 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 
 /* Disables, drains (a last COUNTS for counting groups) and closes the group. */
 int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_error *e);
+
+/* The ptrace side saw pid exit or exec: each of its perf groups is drained
+ * and ends (GROUP_DONE) before the ptrace side reports the target. */
+void perf_target_gone(pid_t pid, enum fw_done_reason reason);
 
 /* Every group: drained, final counts reported as GROUP_DONE is not (the
  * agent asked or is gone), closed. */

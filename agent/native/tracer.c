@@ -5,6 +5,7 @@
  * Groups watching the same chunk share one register: it stays armed while
  * one of its owners is live, and each trap on it is dispatched to every owner. */
 #include "tracer.h"
+#include "perf.h"
 
 #include "dregs.h"
 #include "symctx.h"
@@ -680,6 +681,7 @@ static void proc_finish_exit(int pi)
 			out_group_done(p->pid, gr->done ? FW_DONE_BUDGET : FW_DONE_EXITED, gr->id,
 				       &gr->counts);
 	}
+	perf_target_gone(p->pid, FW_DONE_EXITED);
 	if (WIFSIGNALED(st))
 		out_target_exited(p->pid, FW_EXIT_KILLED, WTERMSIG(st));
 	else
@@ -713,6 +715,7 @@ static void on_exec(int ti)
 	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		if (p->groups[g].used)
 			out_group_done(p->pid, FW_DONE_EXEC, p->groups[g].id, &p->groups[g].counts);
+	perf_target_gone(p->pid, FW_DONE_EXEC);
 	out_target_exec(p->pid);
 	/* The kernel released every slot of the process at exec. */
 	if (p->resv >= 0)

@@ -46,7 +46,7 @@ test("deploy - docker-compose accepts the compose file", async () => {
   assert.equal(stderr.trim(), "");
 });
 
-test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTRACE only; everything else unprivileged", async () => {
+test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTRACE, CAP_PERFMON and CAP_BPF only; everything else unprivileged", async () => {
   const compose = parse(await readFile(path.join(repoRoot, "docker-compose.yml"), "utf8"), { merge: true }) as { services: Record<string, ComposeService> };
   const services = compose.services;
   const controller = services.controller!;
@@ -74,7 +74,7 @@ test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTR
     const demo = agent.pid?.replace(/^service:/, "");
     assert.ok(demo && services[demo], `${name} shares the PID namespace of a service of this file (${agent.pid})`);
     assert.deepEqual(services[demo].entrypoint, ["/usr/local/bin/fleetwatch-demo-counter"]);
-    assert.deepEqual(agent.cap_add, ["SYS_PTRACE"], `${name}: CAP_SYS_PTRACE and nothing else`);
+    assert.deepEqual(agent.cap_add, ["SYS_PTRACE", "PERFMON", "BPF"], `${name}: ptrace, perf events, BPF and nothing else`);
     assert.deepEqual(agent.cap_drop, ["ALL"]);
     assert.notEqual(agent.privileged, true);
     assert.equal(arg(agent.command!, "--controller"), `controller:${listen.split(":")[1]}`);
@@ -155,13 +155,13 @@ test("deploy - k8s: every object is well formed and in the fleetwatch namespace"
   }
 });
 
-test("deploy - k8s: the agent sees its node's processes with CAP_SYS_PTRACE only, named after its node, with the node's labels", async () => {
+test("deploy - k8s: the agent sees its node's processes with CAP_SYS_PTRACE, CAP_PERFMON and CAP_BPF only, named after its node, with the node's labels", async () => {
   const objects = await manifests();
   const ds = objects.find((o) => o.kind === "DaemonSet")!;
   const pod = ds.spec.template.spec;
   assert.equal(pod.hostPID, true);
   const agent = pod.containers.find((c: { name: string }) => c.name === "agent");
-  assert.deepEqual(agent.securityContext.capabilities, { drop: ["ALL"], add: ["SYS_PTRACE"] });
+  assert.deepEqual(agent.securityContext.capabilities, { drop: ["ALL"], add: ["SYS_PTRACE", "PERFMON", "BPF"] });
   assert.notEqual(agent.securityContext.privileged, true);
   assert.equal(agent.securityContext.allowPrivilegeEscalation, false);
   assert.deepEqual(agent.env.find((e: { name: string }) => e.name === "NODE_NAME").valueFrom, { fieldRef: { fieldPath: "spec.nodeName" } });
