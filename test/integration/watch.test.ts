@@ -4,7 +4,7 @@
 // ptrace; the default (perf) has its own: exact counts, no tracing, counting.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Backend, TargetState } from "../../proto/index.js";
+import { Backend, PerfValues, TargetState } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -222,14 +222,17 @@ describe("watch end to end", () => {
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
   });
 
-  test("the default backend is perf: exactly N hits of four threads, the target never traced, values said to be read after the trap", async () => {
+  test("the default backend is perf: exactly N hits of four threads, the target never traced, values as exact as the host says", async () => {
     const writes = 2_500;
     const target = await counter(4, writes);
     const total = 4 * writes;
     const watch = cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(total), "--stack", "0", "--follow", "-o", "json"], { timeoutMs: 120_000 });
     const id = await armedJobOn(target.pid);
+    // Exact where the host's kernel reads the value at the trap, else read when the sample is drained.
+    const { agents } = await cluster.api().listAgents({});
+    const exact = agents.find((a) => a.info?.hostId === "host-a")?.info?.perfValues === PerfValues.EXACT;
     const armed = (await cluster.api().getJob({ id })).job!;
-    assert.deepEqual(armed.targets.map((t) => [t.backend, t.valuesExact, t.state]), [[Backend.PERF, false, TargetState.ARMED]]);
+    assert.deepEqual(armed.targets.map((t) => [t.backend, t.valuesExact, t.state]), [[Backend.PERF, exact, TargetState.ARMED]]);
     assert.equal(await target.tracerPid(), 0, "perf never attaches");
     target.send("go");
     const result = await watch;
@@ -241,11 +244,11 @@ describe("watch end to end", () => {
     const perTid = new Map<number, number>();
     for (const h of hits) perTid.set(h.tid, (perTid.get(h.tid) ?? 0) + 1);
     assert.deepEqual([...perTid.values()], [writes, writes, writes, writes], "every write of every thread, once");
-    assert.ok(hits.every((h) => !h.valueExact), "perf values are read after the trap");
+    assert.ok(hits.every((h) => (h.valueExact ?? false) === exact), `every hit's value_exact is ${exact}`);
     const job = (await cluster.api().getJob({ id })).job!;
     assert.deepEqual([job.counts?.trapped, job.counts?.delivered, job.counts?.suppressed, job.counts?.dropped, job.counts?.filtered], [BigInt(total), BigInt(total), 0n, 0n, 0n]);
     const detail = await cluster.cli(["jobs", "get", id]);
-    assert.match(detail.stdout, /^backend +perf \(automatic\), values read after the trap/m);
+    assert.match(detail.stdout, exact ? /^backend +perf \(automatic\), values exact \(read in the kernel at the trap\)$/m : /^backend +perf \(automatic\), values read after the trap/m);
   });
 
   test("a counting watch prints each target's counts per interval, with per-thread hits, and a summary of the final totals", async () => {
