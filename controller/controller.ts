@@ -241,7 +241,7 @@ function markPlaced(job: Job, decision: PlacementDecision): void {
 /** A decision no amount of waiting changes: every candidate needs more registers than a thread has. */
 function neverFits(decision: PlacementDecision): boolean {
   const c = decision.shortfall?.counts;
-  return c !== undefined && c.tooMany > 0 && c.full + c.foreign + c.traced === 0 && decision.placed.length + decision.kept.length === 0;
+  return c !== undefined && c.tooMany > 0 && c.full + c.foreign + c.reserved + c.traced === 0 && decision.placed.length + decision.kept.length === 0;
 }
 
 /** Chunks with repeats (same address, length, mode) left out. */
@@ -496,8 +496,8 @@ export class Controller {
     if (waiting.length > details.length) details.push(`and ${waiting.length - details.length} more`);
     const text = waiting.length === 1 ? details[0]! : `${shortfall.reason}. ${details.join(". ")}`;
     const { counts } = shortfall;
-    if (counts.tooMany > 0 && counts.full + counts.foreign + counts.traced === 0) return new InvalidRequestError(text);
-    if (counts.traced > 0 && counts.full + counts.foreign + counts.tooMany === 0) return new PreconditionError(text);
+    if (counts.tooMany > 0 && counts.full + counts.foreign + counts.reserved + counts.traced === 0) return new InvalidRequestError(text);
+    if (counts.traced > 0 && counts.full + counts.foreign + counts.reserved + counts.tooMany === 0) return new PreconditionError(text);
     const first = waiting[0]!;
     const holders = [...new Set(waiting.flatMap((t) => this.ledger.describe(t.hostId, t.pid).holders))];
     const hint = holders.length > 0 ? `. Cancel one of ${holders.join(", ")} or wait for it to end; ` : ". ";

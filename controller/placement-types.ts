@@ -97,6 +97,8 @@ export interface ShortfallCounts {
   readonly full: number;
   /** Would fit if registers held outside fleetwatch (foreignMask) were free. */
   readonly foreign: number;
+  /** A perf job that would fit if registers earlier ptrace watches reserved in the kernel were free. */
+  readonly reserved: number;
   /** Another tracer owns the process. */
   readonly traced: number;
   /** Needs more registers than a thread has, even with sharing. */

@@ -26,6 +26,7 @@ type Fit =
   | { readonly kind: "traced"; readonly need: number; readonly by: { readonly pid: number; readonly comm: string } }
   | { readonly kind: "tooMany"; readonly need: number }
   | { readonly kind: "foreign"; readonly need: number }
+  | { readonly kind: "reserved"; readonly need: number }
   | { readonly kind: "full"; readonly need: number; readonly holders: string[] };
 
 const allRegisters = (1 << slotsPerThread) - 1;
@@ -101,6 +102,11 @@ function evaluate(c: Candidate, job: PlacementJob): Fit {
     live.push(s);
   }
   const foreign = c.foreignMask & allRegisters;
+  // A register an earlier ptrace watch wrote stays reserved in the kernel
+  // until the process's threads exit: a ptrace job reuses it at no cost, a
+  // perf event needs a slot of its own and cannot have it.
+  const reservedBlock = job.backend === "perf" ? c.reservedMask & allRegisters & ~foreign : 0;
+  const blocked = foreign | reservedBlock;
 
   // Sharing first: an identical chunk already in a register of another ptrace job, or earlier in this job, costs no slot.
   const chunks = c.chunks;
@@ -131,7 +137,7 @@ function evaluate(c: Candidate, job: PlacementJob): Fit {
   let freeMask = 0;
   let evictableMask = 0;
   for (let dr = 0; dr < slotsPerThread; dr++) {
-    if ((foreign >> dr) & 1) continue;
+    if ((blocked >> dr) & 1) continue;
     const s = live[dr];
     if (!s) freeMask |= 1 << dr;
     else if (!((joinedMask >> dr) & 1) && s.holders.every((h) => h.priority < job.priority)) evictableMask |= 1 << dr;
@@ -158,12 +164,13 @@ function evaluate(c: Candidate, job: PlacementJob): Fit {
     let available = freeMask;
     for (let dr = 0; dr < slotsPerThread; dr++) {
       const s = live[dr];
-      if (s && !((foreign >> dr) & 1) && !((joinedMask >> dr) & 1) && s.holders.every((h) => ids.has(h.jobId))) available |= 1 << dr;
+      if (s && !((blocked >> dr) & 1) && !((joinedMask >> dr) & 1) && s.holders.every((h) => ids.has(h.jobId))) available |= 1 << dr;
     }
     return { kind: "preempt", need, assignments: assign(chunks, drOf, sameAs, available, c.reservedMask), victims: [...ids].sort() };
   }
 
   if (foreign !== 0 && need <= free + bitCount(evictableMask) + bitCount(foreign)) return { kind: "foreign", need };
+  if (reservedBlock !== 0 && need <= free + bitCount(evictableMask) + bitCount(reservedBlock)) return { kind: "reserved", need };
   const holders = new Set<string>();
   for (const s of live) for (const h of s?.holders ?? []) holders.add(h.jobId);
   return { kind: "full", need, holders: [...holders] };
@@ -246,7 +253,7 @@ function jobList(ids: Iterable<string>): string {
 
 /** The pending reason in words and numbers, counted over every candidate. */
 function describe(fits: readonly Fit[], needed: number, suffix: string): Shortfall {
-  const counts = { full: 0, foreign: 0, traced: 0, tooMany: 0 };
+  const counts = { full: 0, foreign: 0, reserved: 0, traced: 0, tooMany: 0 };
   let fitting = 0;
   let keptCount = 0;
   let preempting = 0;
@@ -279,6 +286,9 @@ function describe(fits: readonly Fit[], needed: number, suffix: string): Shortfa
       case "foreign":
         counts.foreign++;
         break;
+      case "reserved":
+        counts.reserved++;
+        break;
       case "traced": {
         counts.traced++;
         const key = `${fit.by.pid} ${fit.by.comm}`;
@@ -306,6 +316,7 @@ function describe(fits: readonly Fit[], needed: number, suffix: string): Shortfa
   const causes: string[] = [];
   if (counts.full > 0) causes.push(`${counts.full} full (${jobList(holders)})`);
   if (counts.foreign > 0) causes.push(`${counts.foreign} blocked by debug registers in use outside fleetwatch (perf or another debugger)`);
+  if (counts.reserved > 0) causes.push(`${counts.reserved} blocked by registers earlier ptrace watches reserved, which the kernel frees only when the threads exit (--backend ptrace can reuse them)`);
   const byCount = [...tracers.values()].sort((a, b) => b.n - a.n || a.pid - b.pid);
   const shownTracers = byCount.length > 4 ? byCount.slice(0, 3) : byCount;
   for (const t of shownTracers) causes.push(`${t.n} traced by pid ${t.pid} (${t.comm})`);

@@ -113,6 +113,26 @@ test("placement - prefers free reserved registers, then the lowest index, never 
   }
 });
 
+test("placement - a perf job never takes a register that earlier ptrace watches reserved in the kernel", () => {
+  const perf = job("x", 0, { kind: "any" }, 1_000, "perf");
+  const cases: Array<[string, Partial<Candidate>, number, number[] | "reserved"]> = [
+    ["skips the reserved one", { reservedMask: 0b0001 }, 2, [1, 2]],
+    ["three reserved leave one", { reservedMask: 0b0111 }, 1, [3]],
+    ["two reserved, three chunks: blocked by the reservation", { reservedMask: 0b0011 }, 3, "reserved"],
+  ];
+  for (const [name, more, count, expected] of cases) {
+    const chunks = Array.from({ length: count }, (_, i) => w(0x1000 + 8 * i));
+    const d = place(perf, [target("h1", 10, chunks, more)]);
+    if (expected === "reserved") {
+      assert.equal(d.outcome, "pending", name);
+      assert.deepEqual(d.shortfall?.counts, { full: 0, foreign: 0, reserved: 1, traced: 0, tooMany: 0 }, name);
+      assert.match(d.shortfall?.reason ?? "", /1 blocked by registers earlier ptrace watches reserved/, name);
+    } else assert.deepEqual(d.placed[0]?.assignments.map((a) => a.dr), expected, name);
+  }
+  // A ptrace job still prefers them.
+  assert.deepEqual(place(job("y"), [target("h1", 10, [w(0x1000)], { reservedMask: 0b0001 })]).placed[0]?.assignments.map((a) => a.dr), [0]);
+});
+
 test("placement - refuses a fifth chunk on one pid and places a job's chunks on a target all or none", () => {
   const slots = [held(w(0x100), h("a")), held(w(0x200), h("a")), held(w(0x300), h("b")), null];
   const one = place(job("c"), [target("h1", 10, [w(0x1000)], { slots })]);
@@ -123,7 +143,7 @@ test("placement - refuses a fifth chunk on one pid and places a job's chunks on 
   assert.equal(two.shortfall?.reason, "0/1 targets have 2 free debug registers: 1 full (jobs a, b)");
   const five = place(job("c"), [target("h1", 10, splitRange(0x1001n, 16, WatchMode.WRITE))]);
   assert.equal(five.shortfall?.reason, "0/1 targets have 5 free debug registers: 1 need more than 4 debug registers");
-  assert.deepEqual(five.shortfall?.counts, { full: 0, foreign: 0, traced: 0, tooMany: 1 });
+  assert.deepEqual(five.shortfall?.counts, { full: 0, foreign: 0, reserved: 0, traced: 0, tooMany: 1 });
 });
 
 // ---- placement modes -------------------------------------------------------
@@ -155,7 +175,7 @@ test("placement - all is a gang, any takes what fits, sample takes N", () => {
   assert.equal(gang.outcome, "placed");
   assert.deepEqual(summary(gang), ["h1/10 0", "h1/11 0", "h3/30 0"]);
   const stuck = place(job("j", 5, { kind: "all" }), fleet()).shortfall;
-  assert.deepEqual([stuck?.fits, stuck?.needed, stuck?.counts], [3, 4, { full: 1, foreign: 0, traced: 0, tooMany: 0 }]);
+  assert.deepEqual([stuck?.fits, stuck?.needed, stuck?.counts], [3, 4, { full: 1, foreign: 0, reserved: 0, traced: 0, tooMany: 0 }]);
 });
 
 test("placement - sample spreads round-robin over hosts sorted by id, then pid, and is deterministic", () => {
@@ -314,7 +334,7 @@ test("placement - pending reason counts every cause like a scheduler", () => {
   ];
   const d = place(job("j", 1), twelve);
   assert.equal(d.shortfall?.reason, "0/12 targets have 2 free debug registers: 9 full (jobs a, b), 3 traced by pid 77 (gdb)");
-  assert.deepEqual([d.shortfall?.fits, d.shortfall?.needed, d.shortfall?.counts], [0, 12, { full: 9, foreign: 0, traced: 3, tooMany: 0 }]);
+  assert.deepEqual([d.shortfall?.fits, d.shortfall?.needed, d.shortfall?.counts], [0, 12, { full: 9, foreign: 0, reserved: 0, traced: 3, tooMany: 0 }]);
 
   const mixed = [
     target("h1", 1, [w(8), w(16)], { slots: [held(w(8), h("a")), null, null, null] }),
