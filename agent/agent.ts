@@ -16,7 +16,7 @@ import {
   timerAt,
   withDeadline,
   HitBatchSchema,
-  HitEventSchema,
+  StackFrameSchema,
   PolicyRefusalSchema,
   ProcessAppearedSchema,
   ResolveResultSchema,
@@ -943,7 +943,12 @@ export class AgentCore {
     if (!watch.ended) watch.counts.trapped = watch.base.trapped + watch.received;
     const sequence = (this.sequences.get(watch.jobId) ?? 0n) + 1n;
     this.sequences.set(watch.jobId, sequence);
-    const event = create(HitEventSchema, {
+    const values = this.valuesOf(hit, watch);
+    // The message spelled out field by field rather than through create():
+    // this runs once per hit, up to ~100,000 times a second with perf, and
+    // the type makes sure no field is left out.
+    const event: HitEvent = {
+      $typeName: "fleetwatch.v1.HitEvent",
       jobId: watch.jobId,
       hostId: this.hostId,
       pid: hit.pid,
@@ -953,14 +958,16 @@ export class AgentCore {
       mode: protoModes[hit.mode],
       slot: hit.dr,
       ip: hit.ip,
-      ...this.valuesOf(hit, watch),
+      newValue: values.newValue,
+      oldValue: values.oldValue,
       timeUnixNano: hit.timeNs,
+      stack: hit.stack.length === 0 ? [] : hit.stack.map((f) => create(StackFrameSchema, f)),
       watchIndex: watch.watchIndexByDr.get(hit.dr) ?? 0,
       sequence,
-      stack: hit.stack,
+      valueRedaction: values.valueRedaction,
       // ptrace reads the value while the writing thread is stopped right after its store.
       valueExact: hit.valueExact || watch.backend === "ptrace",
-    });
+    };
     watch.pending++;
     watch.batch.push(event);
     // The last hit of an ended watch goes out at once: its final report waits for it.

@@ -806,8 +806,8 @@ export function decodeEvent(frame: Frame): HelperWireEvent | undefined {
  * without a definition is a protocol error).
  */
 export function expandHit(record: HelperHitRecord, symbols: ReadonlyMap<bigint, SymbolDefinition> | undefined): HelperHit {
-  const { ips, ...fields } = record;
-  const stack = ips.map((ip): StackFrame => {
+  const ips = record.ips;
+  const stack = ips.length === 0 ? [] : ips.map((ip): StackFrame => {
     if (ip === 0n) return { ip, function: "", offset: 0n, module: "" };
     const def = symbols?.get(ip);
     if (def === undefined) {
@@ -817,7 +817,22 @@ export function expandHit(record: HelperHitRecord, symbols: ReadonlyMap<bigint, 
     }
     return { ip, function: def.function, offset: def.offset, module: def.module };
   });
-  return { ...fields, stack };
+  // Field by field, not a rest/spread copy: this runs once per hit.
+  return {
+    group: record.group,
+    pid: record.pid,
+    tid: record.tid,
+    ip: record.ip,
+    address: record.address,
+    oldValue: record.oldValue,
+    newValue: record.newValue,
+    timeNs: record.timeNs,
+    dr: record.dr,
+    length: record.length,
+    mode: record.mode,
+    valueExact: record.valueExact,
+    stack,
+  };
 }
 
 /** Splits a byte stream into frames; keeps partial frames across pushes. */
