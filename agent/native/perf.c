@@ -25,6 +25,7 @@
 #include "perf.h"
 
 #include "perfbpf.h"
+#include "procfs.h"
 #include "symctx.h"
 #include "symdefs.h"
 #include "wire.h"
@@ -54,7 +55,6 @@
 #define DRAIN_MS 5          /* samples wait at most this long in a ring buffer */
 #define SCAN_MS 100         /* /proc/PID/task rescans and THREADS reports */
 #define ARM_SCAN_ROUNDS 100 /* scans at ARM until one finds no uncovered thread */
-#define BACKOFF_WINDOW_MS 1000
 #define STACK_SAMPLE_BYTES 8192u
 /* Data pages per CPU's ring buffer (a power of two), by what samples carry:
  * enough for ~0.1 s of traps on a CPU while the helper is not scheduled.
@@ -159,8 +159,7 @@ struct pgroup {
 	uint32_t pass;
 	int pidfd;
 	bool exited, exec_seen, done;
-	int64_t window_start_ms;
-	uint64_t window_delivered;
+	struct fw_rate_window rate;
 	bool backoff_pending, backoff;
 	int64_t backoff_until_ms;
 	int64_t next_counts_ms, next_scan_ms;
@@ -251,14 +250,10 @@ void perf_init(void)
 	if (ep_fd < 0 || fd < 0) {
 		int err = errno;
 		char paranoid[16] = "?";
-		FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "re");
 
-		if (f) {
-			if (!fgets(paranoid, sizeof paranoid, f))
-				snprintf(paranoid, sizeof paranoid, "?");
-			paranoid[strcspn(paranoid, "\n")] = 0;
-			fclose(f);
-		}
+		if (fw_read_small_file("/proc/sys/kernel/perf_event_paranoid", paranoid, sizeof paranoid) < 0)
+			snprintf(paranoid, sizeof paranoid, "?");
+		paranoid[strcspn(paranoid, "\n")] = 0;
 		snprintf(note, sizeof note,
 			 "perf_event_open of a breakpoint failed: %s (%s; kernel.perf_event_paranoid = %s)",
 			 fw_errno_name(err), strerror(err), paranoid);
@@ -828,16 +823,8 @@ static bool tid_listed(const struct pgroup *g, pid_t tid)
 
 static bool rate_allows(struct pgroup *g)
 {
-	int64_t now;
-
-	if (g->opt.max_hits_per_second == 0 || g->count_only)
-		return true;
-	now = fw_now_ms();
-	if (now - g->window_start_ms >= BACKOFF_WINDOW_MS) {
-		g->window_start_ms = now;
-		g->window_delivered = 0;
-	}
-	if (g->window_delivered < g->opt.max_hits_per_second)
+	if (g->opt.max_hits_per_second == 0 || g->count_only ||
+	    fw_rate_allows(&g->rate, g->opt.max_hits_per_second))
 		return true;
 	g->backoff_pending = true;
 	return false;
@@ -1004,7 +991,7 @@ static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t le
 		hit.nframes = (uint8_t)sample_stack(g, &s, ips);
 	out_hit(&hit);
 	g->counts.delivered++;
-	g->window_delivered++;
+	g->rate.delivered++;
 budget:
 	if (g->opt.max_hits != 0 && g->counts.delivered >= g->opt.max_hits && !g->done) {
 		g->done = true;
@@ -1179,54 +1166,23 @@ static void drain_group(struct pgroup *g)
 
 /* ---- counts, threads, finishing ---- */
 
-/* Fields 22 (start time) and 52 (exit code, a wait status) of /proc/PID/stat. */
-static int read_stat(pid_t pid, uint64_t *start_time, int *exit_code)
-{
-	char path[64], buf[2048], *p;
-	ssize_t n;
-	int fd, field = 2;
-
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	p = strrchr(buf, ')'); /* the command name may hold anything */
-	if (!p)
-		return -1;
-	p++;
-	while (*p && field < 52) {
-		while (*p == ' ')
-			p++;
-		field++;
-		if (field == 22 && start_time)
-			*start_time = strtoull(p, NULL, 10);
-		if (field == 52 && exit_code)
-			*exit_code = (int)strtol(p, NULL, 10);
-		while (*p && *p != ' ')
-			p++;
-	}
-	return field == 52 ? 0 : -1;
-}
-
 /* TARGET_EXITED for a process only this side watched: its wait status is
  * in /proc while it is a zombie, if its parent has not reaped it yet. */
 static void report_exit(pid_t pid, uint64_t start_time)
 {
-	uint64_t start = 0;
-	int status = 0;
+	char path[64];
+	long long start, status;
 
-	if (read_stat(pid, &start, &status) == 0 && start == start_time) {
-		if (WIFSIGNALED(status)) {
-			out_target_exited(pid, FW_EXIT_KILLED, WTERMSIG(status));
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	start = fw_stat_field(path, 22);
+	status = fw_stat_field(path, 52); /* exit code: a wait status */
+	if (start >= 0 && status >= 0 && (uint64_t)start == start_time) {
+		if (WIFSIGNALED((int)status)) {
+			out_target_exited(pid, FW_EXIT_KILLED, WTERMSIG((int)status));
 			return;
 		}
-		if (WIFEXITED(status)) {
-			out_target_exited(pid, FW_EXIT_EXITED, WEXITSTATUS(status));
+		if (WIFEXITED((int)status)) {
+			out_target_exited(pid, FW_EXIT_EXITED, WEXITSTATUS((int)status));
 			return;
 		}
 	}
@@ -1440,7 +1396,7 @@ void perf_target_gone(pid_t pid, enum fw_done_reason reason)
 static void start_backoff(struct pgroup *g, int64_t now)
 {
 	int64_t until = g->opt.backoff_ms ? now + g->opt.backoff_ms
-					  : g->window_start_ms + BACKOFF_WINDOW_MS;
+					  : g->rate.start_ms + FW_RATE_WINDOW_MS;
 
 	g->backoff_pending = false;
 	if (until <= now)
@@ -1687,7 +1643,12 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 		fw_error_set(e, ENOMEM, "ARM pid %d: no memory", (int)pid);
 		return -1;
 	}
-	read_stat(pid, &g->start_time, NULL);
+	char stat_path[64];
+	long long start;
+
+	snprintf(stat_path, sizeof stat_path, "/proc/%d/stat", (int)pid);
+	start = fw_stat_field(stat_path, 22);
+	g->start_time = start > 0 ? (uint64_t)start : 0;
 	g->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (g->pidfd < 0) {
 		int errn = errno;
@@ -1772,7 +1733,7 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 		goto fail;
 	}
 	now = fw_now_ms();
-	g->window_start_ms = now;
+	g->rate.start_ms = now;
 	g->next_counts_ms = now + g->interval_ms;
 	g->next_scan_ms = now + SCAN_MS;
 	g->reported_total = g->reported_armed = (uint32_t)total;

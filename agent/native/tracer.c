@@ -9,6 +9,7 @@
 
 #include "dregs.h"
 #include "symctx.h"
+#include "procfs.h"
 #include "symdefs.h"
 
 #include <dirent.h>
@@ -42,7 +43,6 @@
 #define THREADS_REPORT_MS 100
 #define CPU_FOLLOW_CHECK_MS 50
 #define RESERVATIONS 256
-#define BACKOFF_WINDOW_MS 1000
 
 enum thread_state {
 	TS_FREE = 0,
@@ -78,8 +78,7 @@ struct group {
 	uint64_t id;
 	uint8_t dr_mask;
 	struct fw_watch_options opt;
-	int64_t window_start_ms; /* the current 1-second rate window */
-	uint64_t window_delivered;
+	struct fw_rate_window rate;
 	int64_t backoff_until_ms;
 	struct fw_counts counts;
 };
@@ -307,21 +306,6 @@ static void group_free(struct proc *p, int g)
 
 /* ---- /proc helpers ---- */
 
-static ssize_t read_small_file(const char *path, char *buf, size_t cap)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, cap - 1);
-	close(fd);
-	if (n < 0)
-		return -1;
-	buf[n] = '\0';
-	return n;
-}
-
 /* A numeric field of /proc/PID/status ("Tgid:", "TracerPid:"); -1 if absent. */
 static long status_field(pid_t pid, const char *field)
 {
@@ -329,7 +313,7 @@ static long status_field(pid_t pid, const char *field)
 	size_t flen = strlen(field);
 
 	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-	if (read_small_file(path, buf, sizeof buf) < 0)
+	if (fw_read_small_file(path, buf, sizeof buf) < 0)
 		return -1;
 	for (char *line = buf; line && *line; line = strchr(line, '\n')) {
 		if (*line == '\n')
@@ -346,7 +330,7 @@ static void read_comm(pid_t pid, char *buf, size_t cap)
 	ssize_t n;
 
 	snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
-	n = read_small_file(path, buf, cap);
+	n = fw_read_small_file(path, buf, cap);
 	if (n <= 0) {
 		snprintf(buf, cap, "?");
 		return;
@@ -362,7 +346,7 @@ static char thread_state_letter(pid_t pid, pid_t tid)
 	char *close_paren;
 
 	snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-	if (read_small_file(path, buf, sizeof buf) < 0)
+	if (fw_read_small_file(path, buf, sizeof buf) < 0)
 		return 0;
 	close_paren = strrchr(buf, ')');
 	if (!close_paren || close_paren[1] == '\0')
@@ -371,25 +355,6 @@ static char thread_state_letter(pid_t pid, pid_t tid)
 }
 
 /* Field `field` (1-based, as in proc(5)) of a /proc stat line; -1 if absent. */
-static long long stat_field(const char *path, int field)
-{
-	char buf[1024];
-	char *p;
-	int at = 2; /* p points at the end of field 2 (comm, which may hold spaces) */
-
-	if (read_small_file(path, buf, sizeof buf) < 0)
-		return -1;
-	p = strrchr(buf, ')');
-	if (!p)
-		return -1;
-	for (p++; *p && at < field; p++)
-		if (*p == ' ')
-			at++;
-	if (at != field || *p == '\0')
-		return -1;
-	return strtoll(p, NULL, 10);
-}
-
 /* Start time of a process (field 22, clock ticks since boot); 0 if gone. */
 static uint64_t proc_start_time(pid_t pid)
 {
@@ -397,7 +362,7 @@ static uint64_t proc_start_time(pid_t pid)
 	long long v;
 
 	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	v = stat_field(path, 22);
+	v = fw_stat_field(path, 22);
 	return v > 0 ? (uint64_t)v : 0;
 }
 
@@ -407,7 +372,7 @@ static int thread_last_cpu(pid_t pid, pid_t tid)
 	char path[96];
 
 	snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-	return (int)stat_field(path, 39);
+	return (int)fw_stat_field(path, 39);
 }
 
 /* The mapping of pid that contains address, from /proc/PID/maps, read in
@@ -860,16 +825,9 @@ static int proc_stack_depth(const struct proc *p)
  * hit would exceed max_hits_per_second in the current 1-second window. */
 static bool rate_allows(struct proc *p, struct group *g)
 {
-	int64_t now;
-
 	if (g->opt.max_hits_per_second == 0)
 		return true;
-	now = fw_now_ms();
-	if (now - g->window_start_ms >= BACKOFF_WINDOW_MS) {
-		g->window_start_ms = now;
-		g->window_delivered = 0;
-	}
-	if (g->window_delivered < g->opt.max_hits_per_second)
+	if (fw_rate_allows(&g->rate, g->opt.max_hits_per_second))
 		return true;
 	g->backoff_pending = true;
 	p->service_pending = true;
@@ -970,7 +928,7 @@ static void on_trap(int ti)
 										       : g->opt.stack_depth);
 			out_hit(&hit);
 			g->counts.delivered++;
-			g->window_delivered++;
+			g->rate.delivered++;
 			if (g->opt.max_hits != 0 && g->counts.delivered >= g->opt.max_hits) {
 				g->done = true;
 				p->service_pending = true;
@@ -1644,7 +1602,7 @@ static void proc_service(int pi)
 		} else if (backing & group_bit(g)) {
 			int64_t until = gr->opt.backoff_ms > 0
 						? now + (int64_t)gr->opt.backoff_ms
-						: gr->window_start_ms + BACKOFF_WINDOW_MS;
+						: gr->rate.start_ms + FW_RATE_WINDOW_MS;
 
 			if (until < now)
 				until = now;
@@ -2048,7 +2006,7 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 		.id = group,
 		.dr_mask = mask,
 		.opt = *opt,
-		.window_start_ms = fw_now_ms(),
+		.rate = { .start_ms = fw_now_ms() },
 	};
 	for (unsigned i = 0; i < count; i++) {
 		uint8_t dr = chunks[i].dr;
