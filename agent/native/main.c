@@ -195,6 +195,7 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 			     (unsigned long long)group, (int)pid);
 		rc = -1;
 	} else {
+		perf_release_parked(pid);
 		rc = tracer_arm(pid, group, &opt, chunks, count, &res, &e);
 	}
 	if (rc == -1) {

@@ -73,6 +73,9 @@
 #define MIN_INTERVAL_MS 10u
 #define MAX_INTERVAL_MS (3600u * 1000u)
 #define ENTS_INITIAL 256u /* power of two */
+/* A disarmed group's events wait this long, disabled, for an ARM of the
+ * same shape on the same process to re-target them in place. */
+#define PARK_MS 250
 /* Entries of exited threads stay this many drain passes: their last
  * samples may still sit in another buffer. */
 #define DEAD_PASSES 2u
@@ -159,6 +162,11 @@ struct pgroup {
 	uint32_t pass;
 	int pidfd;
 	bool exited, exec_seen, done;
+	/* Disarmed, its events disabled and kept for a re-target until park_until_ms. */
+	bool parked;
+	int64_t park_until_ms;
+	/* The kernel's counts of its events when they were re-targeted to it. */
+	uint64_t kernel_base;
 	struct fw_rate_window rate;
 	bool backoff_pending, backoff;
 	int64_t backoff_until_ms;
@@ -290,10 +298,16 @@ int perf_poll_fd(void)
 
 /* ---- groups and lookups ---- */
 
+/* Armed: in use and not parked. */
+static bool live(const struct pgroup *g)
+{
+	return g->used && !g->parked;
+}
+
 static int group_index(pid_t pid, uint64_t id)
 {
 	for (int i = 0; i < PERF_MAX_GROUPS; i++)
-		if (groups[i].used && groups[i].pid == pid && groups[i].id == id)
+		if (live(&groups[i]) && groups[i].pid == pid && groups[i].id == id)
 			return i;
 	return -1;
 }
@@ -306,7 +320,7 @@ bool perf_has_group(pid_t pid, uint64_t group)
 bool perf_has_pid(pid_t pid)
 {
 	for (int i = 0; i < PERF_MAX_GROUPS; i++)
-		if (groups[i].used && groups[i].pid == pid)
+		if (live(&groups[i]) && groups[i].pid == pid)
 			return true;
 	return false;
 }
@@ -315,7 +329,7 @@ bool perf_has_pid(pid_t pid)
 static bool first_of_pid(const struct pgroup *g)
 {
 	for (int i = 0; i < PERF_MAX_GROUPS; i++)
-		if (groups[i].used && groups[i].pid == g->pid)
+		if (live(&groups[i]) && groups[i].pid == g->pid)
 			return &groups[i] == g;
 	return false;
 }
@@ -709,12 +723,19 @@ static void drop_second_cover(struct pgroup *g, struct tid_ent *e, int other)
 		}
 }
 
+/* An ioctl on every breakpoint event of the group (and so on their
+ * inherited copies). The trackers stay on: threads, exits and exec are
+ * followed through a back-off or a park. */
 static void for_each_event(struct pgroup *g, unsigned long request)
 {
 	for (unsigned ri = 0; ri < g->nroots; ri++)
-		for (unsigned i = 0; g->roots[ri].fd && i < ncpus * EVENTS_PER_CPU; i++)
-			if (g->roots[ri].fd[i] >= 0)
-				ioctl(g->roots[ri].fd[i], request, 0);
+		for (unsigned ci = 0; g->roots[ri].fd && ci < ncpus; ci++)
+			for (unsigned k = 0; k < g->nchunks; k++) {
+				int fd = g->roots[ri].fd[ci * EVENTS_PER_CPU + k];
+
+				if (fd >= 0)
+					ioctl(fd, request, 0);
+			}
 }
 
 static void group_free(struct pgroup *g)
@@ -1355,6 +1376,7 @@ static void final_drain(struct pgroup *g)
 	kernel = g->kernel_closed;
 	for (unsigned ri = 0; ri < g->nroots; ri++)
 		kernel += root_kernel_count(g, &g->roots[ri]);
+	kernel = kernel > g->kernel_base ? kernel - g->kernel_base : 0;
 	if (kernel <= g->seen)
 		return;
 	missing = kernel - g->seen;
@@ -1388,9 +1410,21 @@ static void finish(struct pgroup *g, enum fw_done_reason reason, bool report_tar
 
 void perf_target_gone(pid_t pid, enum fw_done_reason reason)
 {
-	for (int i = 0; i < PERF_MAX_GROUPS; i++)
-		if (groups[i].used && groups[i].pid == pid)
+	for (int i = 0; i < PERF_MAX_GROUPS; i++) {
+		if (!groups[i].used || groups[i].pid != pid)
+			continue;
+		if (groups[i].parked)
+			group_free(&groups[i]);
+		else
 			finish(&groups[i], reason, false);
+	}
+}
+
+void perf_release_parked(pid_t pid)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++)
+		if (groups[i].used && groups[i].parked && groups[i].pid == pid)
+			group_free(&groups[i]);
 }
 
 static void start_backoff(struct pgroup *g, int64_t now)
@@ -1467,6 +1501,11 @@ void perf_process_pending(void)
 
 		if (!g->used)
 			continue;
+		if (g->parked) {
+			if (g->exited || now >= g->park_until_ms)
+				group_free(g);
+			continue;
+		}
 		if (now >= next_drain_ms || g->exited)
 			drain_group(g);
 		settle(g, now);
@@ -1502,6 +1541,11 @@ int perf_next_timeout_ms(void)
 
 		if (!g->used)
 			continue;
+		if (g->parked) {
+			if (g->park_until_ms < due)
+				due = g->park_until_ms;
+			continue;
+		}
 		if (g->next_scan_ms < due)
 			due = g->next_scan_ms;
 		if (g->count_only && g->next_counts_ms < due)
@@ -1671,6 +1715,95 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 	return 0;
 }
 
+/* A parked group of pid whose events can take these chunks: the same
+ * number, and samples of the same shape (counting, stacks). */
+static struct pgroup *parked_match(pid_t pid, const struct fw_watch_options *opt,
+				   unsigned count, bool count_only)
+{
+	for (int i = 0; i < PERF_MAX_GROUPS; i++) {
+		struct pgroup *g = &groups[i];
+
+		if (g->used && g->parked && !g->exited && g->pid == pid && g->nchunks == count &&
+		    g->count_only == count_only &&
+		    (g->opt.stack_depth > 0) == (!count_only && opt->stack_depth > 0))
+			return g;
+	}
+	return NULL;
+}
+
+/* Points a parked group's events at new chunks without closing them
+ * (PERF_EVENT_IOC_MODIFY_ATTRIBUTES, which reaches the inherited copies
+ * too) and arms it as a new group: no event is opened or closed, no ring
+ * buffer mapped, and no register leaves the process meanwhile. -1 if the
+ * kernel refuses a change: the caller frees the group and opens anew. */
+static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_options *opt,
+		    const struct fw_chunk *chunks, uint32_t interval_ms, struct fw_arm_result *result)
+{
+	struct pgroup next = *g;
+	struct perf_event_attr a;
+	int64_t now = fw_now_ms(), parked_ms = now - (g->park_until_ms - PARK_MS);
+	uint64_t base = g->kernel_closed;
+	uint32_t total, armed;
+
+	/* What happened while parked: an exec took the breakpoints away. */
+	drain_group(g);
+	if (g->exec_seen)
+		return -1;
+	memcpy(next.chunks, chunks, g->nchunks * sizeof *chunks);
+	next.opt = *opt;
+	for (unsigned ri = 0; ri < g->nroots; ri++) {
+		const struct root *r = &g->roots[ri];
+
+		for (unsigned ci = 0; r->fd && ci < ncpus; ci++)
+			for (unsigned k = 0; k < g->nchunks; k++) {
+				int fd = r->fd[ci * EVENTS_PER_CPU + k];
+
+				build_attr(&next, k, &a);
+				if (fd >= 0 && ioctl(fd, PERF_EVENT_IOC_MODIFY_ATTRIBUTES, &a) == -1) {
+					out_log(FW_LOG_DEBUG,
+						"pid %d: re-targeting a breakpoint: %s; opening new events",
+						(int)g->pid, strerror(errno));
+					return -1;
+				}
+			}
+		base += root_kernel_count(g, r);
+	}
+	memcpy(g->chunks, chunks, g->nchunks * sizeof *chunks);
+	g->opt = *opt;
+	g->id = group;
+	g->interval_ms = interval_ms ? interval_ms : DEFAULT_INTERVAL_MS;
+	g->counts = (struct fw_counts){ 0 };
+	g->seen = 0;
+	g->kernel_base = base;
+	g->kernel_closed = 0;
+	g->done = g->backoff = g->backoff_pending = false;
+	g->parked = false;
+	for (unsigned i = 0; i < g->ents_cap; i++)
+		g->ents[i].hits = 0;
+	for (unsigned ci = 0; ci < ncpus; ci++)
+		g->bufs[ci].pending = false;
+	for (unsigned k = 0; k < g->nchunks; k++)
+		g->last_value[k] = read_value(g->pid, chunks[k].address, chunks[k].length, 0);
+	for_each_event(g, PERF_EVENT_IOC_ENABLE);
+	g->rate.start_ms = now;
+	g->next_counts_ms = now + g->interval_ms;
+	g->next_scan_ms = now; /* threads created while parked: rescanned at once */
+	total = g->reported_total;
+	armed = g->reported_armed;
+	result->threads_total = total;
+	result->threads_armed = armed;
+	result->dr_mask = 0;
+	for (unsigned k = 0; k < g->nchunks; k++)
+		result->dr_mask |= (uint8_t)(1u << chunks[k].dr);
+	result->reserved_mask = 0;
+	if (next_drain_ms == INT64_MAX)
+		next_drain_ms = now + DRAIN_MS;
+	out_log(FW_LOG_DEBUG,
+		"pid %d: group %llu re-targets the breakpoints of a group disarmed %lld ms ago",
+		(int)g->pid, (unsigned long long)group, (long long)parked_ms);
+	return 0;
+}
+
 int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	     const struct fw_chunk *chunks, unsigned count, bool count_only, uint32_t interval_ms,
 	     struct fw_arm_result *result, struct fw_error *e)
@@ -1684,6 +1817,12 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 
 	if (check_arm(pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
 		return -1;
+	g = parked_match(pid, opt, count, count_only);
+	if (g && retarget(g, group, opt, chunks, interval_ms, result) == 0)
+		return 0;
+	/* Whatever is parked on the process holds registers the new events need. */
+	perf_release_parked(pid);
+	g = NULL;
 	for (gi = 0; gi < PERF_MAX_GROUPS && !g; gi++)
 		if (!groups[gi].used)
 			g = &groups[gi];
@@ -1767,7 +1906,10 @@ int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_e
 	if (g->count_only)
 		send_counts(g);
 	*counts = g->counts;
-	group_free(g);
+	/* Its events are already disabled: kept a moment for an ARM that can
+	 * re-target them (a job taking over from this one), else closed. */
+	g->parked = true;
+	g->park_until_ms = fw_now_ms() + PARK_MS;
 	return 0;
 }
 

@@ -49,6 +49,10 @@ int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_e
  * and ends (GROUP_DONE) before the ptrace side reports the target. */
 void perf_target_gone(pid_t pid, enum fw_done_reason reason);
 
+/* Closes the events a disarmed group of pid keeps for a re-target (before
+ * the ptrace side needs the process's registers). */
+void perf_release_parked(pid_t pid);
+
 /* Every group: drained, final counts reported as GROUP_DONE is not (the
  * agent asked or is gone), closed. */
 void perf_close_all(void);

@@ -414,6 +414,42 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(log.of("target-exited").filter((e) => e.pid === target.pid).length, 1, "one target-exited");
   });
 
+  test("re-target - an ARM right after a DISARM on the same process re-targets the disarmed group's breakpoints in place", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const N = 1000;
+    const target = await s.target("counter", ["--threads", "2", "--writes", String(N), "--other", "--hold"]);
+    const [counter, other] = readyAddresses(target) as [bigint, bigint];
+    await target.waitForLine(/^tids /);
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    assert.deepEqual(await helper.disarm(target.pid, 1n), { trapped: 0n, delivered: 0n, suppressed: 0n, filtered: 0n, lost: 0n, reservedMask: 0 });
+    const armed = await helper.arm(target.pid, 2n, [write8(other, 1)], PERF);
+    assert.deepEqual([armed.threadsTotal, armed.threadsArmed, armed.drMask], [3, 3, 0b10]);
+    await log.until("the re-target is logged", () => log.of("log").find((l) => /group 2 re-targets the breakpoints of a group disarmed/.test(l.message)));
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(2n);
+    assert.deepEqual(done.counts, { trapped: BigInt(2 * N), delivered: BigInt(2 * N), suppressed: 0n, filtered: 0n, lost: 0n }, "only fw_other's writes, counted from zero");
+    assert.ok(log.hitsOf(2n).every((h) => h.address === other && h.dr === 1));
+    assert.equal(log.hitsOf(1n).length, 0, "the old address traps no more");
+  });
+
+  test("re-target - a ptrace ARM after a perf DISARM gets the registers the parked breakpoints held", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("counter", ["--writes", "100", "--other"]);
+    const [counter, other] = readyAddresses(target) as [bigint, bigint];
+    const four = [write8(counter, 0), write8(other, 1), { dr: 2, mode: "w" as const, length: 4, address: counter }, { dr: 3, mode: "w" as const, length: 4, address: other }];
+    await helper.arm(target.pid, 1n, four, PERF);
+    await helper.disarm(target.pid, 1n);
+    // All four registers of the thread are free again at once for ptrace.
+    await helper.arm(target.pid, 2n, four);
+    target.send("go");
+    await finishesNormally(target);
+    const done = await log.groupDone(2n);
+    assert.equal(done.counts.delivered, 400n, "each write of a global traps its 8-byte and its 4-byte chunk");
+  });
+
   test("safety - the helper SIGKILLed 20 times during hot 4-thread writes: every target exits normally", async (t) => {
     const s = scene(t);
     const ROUNDS = 20;
