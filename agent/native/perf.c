@@ -44,6 +44,7 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
@@ -236,12 +237,25 @@ static void read_online_cpus(void)
 	}
 }
 
+/* Every thread of a watched process takes an event per chunk and CPU, and
+ * one more (the tracker): allow as many descriptors as the hard limit does. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 void perf_init(void)
 {
 	struct perf_event_attr a;
 	int fd;
 
 	page_size = sysconf(_SC_PAGESIZE);
+	raise_fd_limit();
 	read_online_cpus();
 	ep_fd = epoll_create1(EPOLL_CLOEXEC);
 	memset(&a, 0, sizeof a);
@@ -551,6 +565,9 @@ static const char *open_hint(int err)
 		return ": not permitted (root, or CAP_PERFMON and ptrace access to the process, is needed)";
 	case EINVAL:
 		return ": the kernel refused the breakpoint (address, length or alignment)";
+	case EMFILE:
+	case ENFILE:
+		return ": out of file descriptors (each thread takes one per chunk and CPU, plus one; raise the agent's RLIMIT_NOFILE)";
 	default:
 		return "";
 	}

@@ -4,7 +4,9 @@
 // backend exists for: the helper may die by SIGKILL at any moment and the
 // watched process runs on to a normal exit.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { readdir } from "node:fs/promises";
+import { promisify } from "node:util";
 import { before, describe, test } from "node:test";
 
 import { HelperProcess } from "../../agent/helper-process.js";
@@ -14,6 +16,7 @@ import type { Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
 import { EVENT_TIMEOUT_MS, EventLog, readyAddresses, rejectsWith, scene, write8 } from "../support/helper-scene.js";
 
+const execFileAsync = promisify(execFile);
 const TEST_TIMEOUT_MS = 120_000;
 const PERF: WatchOptions = { backend: "perf" };
 
@@ -375,6 +378,27 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(await target.tracerPid(), 0);
     target.send("go");
     await finishesNormally(target);
+  });
+
+  test("limits - out of file descriptors: EMFILE names the limit, the partial attach is closed, a smaller ARM still fits", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const big = await s.target("counter", ["--threads", "16", "--writes", "10", "--hold"]);
+    const small = await s.target("counter", ["--threads", "1", "--writes", "100"]);
+    const [bigCounter] = readyAddresses(big) as [bigint];
+    const [smallCounter] = readyAddresses(small) as [bigint];
+    await big.waitForLine(/^tids /);
+    // 17 threads x every CPU x (a breakpoint + a tracker) cannot fit in 40 descriptors.
+    await execFileAsync("prlimit", ["--pid", String(helper.pid), "--nofile=40:40"]);
+    await rejectsWith(helper.arm(big.pid, 1n, [write8(bigCounter)], PERF), "EMFILE", /out of file descriptors .* RLIMIT_NOFILE/);
+    // Everything the failed ARM opened was closed: a one-thread process still fits.
+    await helper.arm(small.pid, 2n, [write8(smallCounter)], PERF);
+    small.send("go");
+    await finishesNormally(small);
+    assert.equal((await log.groupDone(2n)).counts.delivered, 100n);
+    big.send("go");
+    await finishesNormally(big);
+    assert.equal(log.hitsOf(1n).length, 0);
   });
 
   test("slots - ENOSPC when ptrace holds all four: the partial attach is rolled back, the target untouched", async (t) => {
