@@ -54,6 +54,9 @@
 
 #define PERF_MAX_GROUPS 64
 #define DRAIN_MS 5          /* samples wait at most this long in a ring buffer */
+/* Records this recent wait for the next drain: another CPU may still be
+ * committing older ones (see drain). */
+#define DRAIN_HORIZON_NS 1000000u
 #define SCAN_MS 100         /* /proc/PID/task rescans and THREADS reports */
 #define ARM_SCAN_ROUNDS 100 /* scans at ARM until one finds no uncovered thread */
 #define STACK_SAMPLE_BYTES 8192u
@@ -1134,9 +1137,9 @@ static void on_record(struct pgroup *g, unsigned ci, const struct perf_event_hea
 	}
 }
 
-/* Walks the records of one CPU's buffer. consume: handle each and free the
- * space; else only look for FORK records (ARM), leaving everything in place. */
-static void drain_buf(struct pgroup *g, unsigned ci, bool consume, uint64_t real_off)
+/* Looks for FORK records in one CPU's buffer (ARM, rescans), leaving every
+ * record in place. */
+static void scan_forks(struct pgroup *g, unsigned ci)
 {
 	static uint8_t rec[65536];
 	struct perf_event_mmap_page *m = g->bufs[ci].meta;
@@ -1149,12 +1152,10 @@ static void drain_buf(struct pgroup *g, unsigned ci, bool consume, uint64_t real
 	size = m->data_size;
 	head = __atomic_load_n(&m->data_head, __ATOMIC_ACQUIRE);
 	tail = m->data_tail;
-	while (tail < head) {
+	while (head - tail >= sizeof(struct perf_event_header)) {
 		struct perf_event_header h;
 		uint64_t at = tail % size;
 
-		if (head - tail < sizeof h)
-			break;
 		if (at + sizeof h <= size) {
 			memcpy(&h, data + at, sizeof h);
 		} else {
@@ -1165,7 +1166,10 @@ static void drain_buf(struct pgroup *g, unsigned ci, bool consume, uint64_t real
 		}
 		if (h.size < sizeof h || h.size > head - tail)
 			break;
-		if (consume || h.type == PERF_RECORD_FORK) {
+		if (h.type == PERF_RECORD_FORK && h.size - sizeof h >= sizeof(struct task_record)) {
+			struct task_record t;
+			int ri;
+
 			if (at + h.size <= size) {
 				memcpy(rec, data + at, h.size);
 			} else {
@@ -1174,30 +1178,115 @@ static void drain_buf(struct pgroup *g, unsigned ci, bool consume, uint64_t real
 				memcpy(rec, data + at, first);
 				memcpy(rec + first, data, h.size - first);
 			}
-			if (consume) {
-				on_record(g, ci, &h, rec + sizeof h, h.size - sizeof h, real_off);
-			} else if (h.size - sizeof h >= sizeof(struct task_record)) {
-				struct task_record t;
-				int ri = record_root(g, rec + sizeof h, h.size - sizeof h);
-
-				memcpy(&t, rec + sizeof h, sizeof t);
-				if (ri >= 0)
-					on_fork(g, ri, &t, false);
-			}
+			ri = record_root(g, rec + sizeof h, h.size - sizeof h);
+			memcpy(&t, rec + sizeof h, sizeof t);
+			if (ri >= 0)
+				on_fork(g, ri, &t, false);
 		}
 		tail += h.size;
 	}
-	if (consume)
-		__atomic_store_n(&m->data_tail, tail, __ATOMIC_RELEASE);
 }
 
-static void drain_group(struct pgroup *g)
+/* Where one CPU's buffer is read from, and its next record. */
+struct cursor {
+	struct perf_event_mmap_page *m;
+	const uint8_t *data;
+	uint64_t size, head, tail;
+	bool ready; /* h and time describe a whole record at tail */
+	struct perf_event_header h;
+	uint64_t time;
+};
+
+static void ring_copy(const struct cursor *c, uint64_t pos, void *dst, size_t n)
 {
-	uint64_t real_off = fw_realtime_ns() - mono_ns();
+	uint64_t at = pos % c->size;
+
+	if (at + n <= c->size) {
+		memcpy(dst, c->data + at, n);
+	} else {
+		size_t first = (size_t)(c->size - at);
+
+		memcpy(dst, c->data + at, first);
+		memcpy((uint8_t *)dst + first, c->data, n - first);
+	}
+}
+
+/* Loads the header and time of the cursor's next record: false when what
+ * is left is not a whole record. A sample's time follows its identifier
+ * (and its ip, on breakpoints that sample one); every other record ends
+ * with sample_id (pid/tid, time, identifier). */
+static bool cursor_peek(const struct pgroup *g, struct cursor *c)
+{
+	size_t body, off;
+
+	c->ready = false;
+	if (c->head - c->tail < sizeof c->h)
+		return false;
+	ring_copy(c, c->tail, &c->h, sizeof c->h);
+	if (c->h.size < sizeof c->h || c->h.size > c->head - c->tail)
+		return false;
+	body = c->h.size - sizeof c->h;
+	c->time = 0;
+	if (c->h.type == PERF_RECORD_SAMPLE && body >= 8) {
+		const struct id_ent *which;
+		uint64_t id;
+
+		ring_copy(c, c->tail + sizeof c->h, &id, 8);
+		which = ids_find(g, id);
+		off = which && which->chunk != VALUE_EVENT && !g->count_only ? 24 : 16;
+	} else {
+		off = body >= 16 ? body - 16 : body;
+	}
+	if (off + 8 <= body)
+		ring_copy(c, c->tail + sizeof c->h + off, &c->time, 8);
+	c->ready = true;
+	return true;
+}
+
+/* Handles what the group's buffers hold, merged across CPUs in time order
+ * (a thread that moves to another CPU writes its later traps into another
+ * buffer): records newer than a millisecond ago wait for the next drain,
+ * since another CPU may still be writing older ones, unless all is set
+ * (the events are disabled). */
+static void drain(struct pgroup *g, bool all)
+{
+	static struct cursor cur[MAX_CPUS];
+	static uint8_t rec[65536];
+	uint64_t now = mono_ns(), real_off = fw_realtime_ns() - now;
+	uint64_t horizon = all ? UINT64_MAX : now - DRAIN_HORIZON_NS;
 
 	g->pass++;
+	for (unsigned ci = 0; ci < ncpus; ci++) {
+		struct cursor *c = &cur[ci];
+
+		*c = (struct cursor){ .m = g->bufs[ci].meta };
+		if (!c->m)
+			continue;
+		c->data = (const uint8_t *)c->m + c->m->data_offset;
+		c->size = c->m->data_size;
+		c->head = __atomic_load_n(&c->m->data_head, __ATOMIC_ACQUIRE);
+		c->tail = c->m->data_tail;
+		cursor_peek(g, c);
+	}
+	for (;;) {
+		int best = -1;
+
+		for (unsigned ci = 0; ci < ncpus; ci++)
+			if (cur[ci].ready && cur[ci].time <= horizon &&
+			    (best < 0 || cur[ci].time < cur[best].time))
+				best = (int)ci;
+		if (best < 0)
+			break;
+		struct cursor *c = &cur[best];
+
+		ring_copy(c, c->tail, rec, c->h.size);
+		on_record(g, (unsigned)best, &c->h, rec + sizeof c->h, c->h.size - sizeof c->h, real_off);
+		c->tail += c->h.size;
+		cursor_peek(g, c);
+	}
 	for (unsigned ci = 0; ci < ncpus; ci++)
-		drain_buf(g, ci, true, real_off);
+		if (cur[ci].m)
+			__atomic_store_n(&cur[ci].m->data_tail, cur[ci].tail, __ATOMIC_RELEASE);
 	if (!g->count_only)
 		ents_purge(g);
 }
@@ -1302,7 +1391,7 @@ static void drop_announced(struct pgroup *g, struct uncovered *u)
 		if (attempt > 0)
 			sched_yield();
 		for (unsigned ci = 0; ci < ncpus; ci++)
-			drain_buf(g, ci, false, 0);
+			scan_forks(g, ci);
 		for (unsigned i = 0; i < u->n; i++) {
 			struct tid_ent *ent = ent_find(g, u->tids[i]);
 
@@ -1362,7 +1451,7 @@ static void rescan(struct pgroup *g)
 		return; /* gone: the pidfd says so */
 	if (u.n > 0) {
 		/* Their FORK records may be waiting in a buffer. */
-		drain_group(g);
+		drain(g, false);
 		drop_announced(g, &u);
 		unsigned gone;
 
@@ -1389,7 +1478,7 @@ static void final_drain(struct pgroup *g)
 	uint64_t kernel = 0, missing;
 
 	for_each_event(g, PERF_EVENT_IOC_DISABLE);
-	drain_group(g);
+	drain(g, true);
 	kernel = g->kernel_closed;
 	for (unsigned ri = 0; ri < g->nroots; ri++)
 		kernel += root_kernel_count(g, &g->roots[ri]);
@@ -1524,7 +1613,7 @@ void perf_process_pending(void)
 			continue;
 		}
 		if (now >= next_drain_ms || g->exited)
-			drain_group(g);
+			drain(g, g->exited);
 		settle(g, now);
 		if (!g->used)
 			continue;
@@ -1763,7 +1852,7 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 	uint32_t total, armed;
 
 	/* What happened while parked: an exec took the breakpoints away. */
-	drain_group(g);
+	drain(g, true);
 	if (g->exec_seen)
 		return -1;
 	memcpy(next.chunks, chunks, g->nchunks * sizeof *chunks);

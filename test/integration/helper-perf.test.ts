@@ -103,6 +103,34 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.ok(times.every((v, i) => i === 0 || v >= (times[i - 1] as bigint)), "hits in trap order");
   });
 
+  test("order - a writer moved between CPUs while it traps: hits come in trap order across the CPUs' buffers", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("hot-writer");
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("run 3000 moved");
+    // Every 1,000 hits the writer is pinned to the other CPU.
+    const cpus = (await execFileAsync("nproc")).stdout.trim() === "1" ? 1 : 2;
+    for (let move = 1; move <= 20; move++) {
+      await log.until(`${move * 1000} hits`, () => log.hits.length >= move * 1000);
+      await execFileAsync("taskset", ["-pc", String(move % cpus), String(target.pid)]);
+    }
+    await target.waitForLine(/^wrote moved /, EVENT_TIMEOUT_MS);
+    const counts = await helper.disarm(target.pid, 1n);
+    await log.until("every delivered hit", () => BigInt(log.hits.length) === counts.delivered);
+    const times = log.hits.map((h) => h.timeNs);
+    assert.ok(times.every((v, i) => i === 0 || v >= (times[i - 1] as bigint)), "hits in trap order");
+    if (helper.capabilities.perfValues === "exact") {
+      // hot-writer increments: each hit's value is its predecessor's plus one.
+      log.hits.forEach((h, i) => {
+        if (i > 0) assert.equal(h.newValue, (log.hits[i - 1] as typeof h).newValue + 1n, `hit ${i}`);
+      });
+    }
+    target.send("quit");
+    await finishesNormally(target);
+  });
+
   test("arm - 4 threads x 10000 writes give exactly 10000 hits per thread", async (t) => {
     const s = scene(t);
     const { helper, log } = await s.helper();
