@@ -86,8 +86,9 @@ interface Watch {
   expected: bigint | undefined;
   /** Hits received and not yet settled (buffered or in flight), and who waits for them. */
   pending: number;
-  /** Hits waiting to go out in the next HitBatch. */
+  /** Hits waiting to go out in the next HitBatch, and about how many bytes they encode to. */
   batch: HitEvent[];
+  batchBytes: number;
   flushTimer: NodeJS.Timeout | undefined;
   settledWaiters: Array<() => void>;
   deadlineTimer: TimerAt | undefined;
@@ -223,6 +224,19 @@ function helperCondition(condition: Condition): HelperCondition {
 }
 
 /** The watches of one host. */
+/**
+ * About this many encoded bytes make a HitBatch go out: well under the 1 MiB
+ * a NATS server takes in one message by default, whatever the stacks carry.
+ */
+const maxBatchBytes = 256 * 1024;
+
+/** An upper estimate of a HitEvent's encoded size (fixed fields, ids, each frame's strings). */
+function encodedSizeGuess(e: HitEvent): number {
+  let n = 96 + e.jobId.length + e.hostId.length;
+  for (const f of e.stack) n += 32 + f.function.length * 3 + f.module.length * 3;
+  return n;
+}
+
 export class AgentCore {
   private readonly byGroup = new Map<bigint, Watch>();
   private readonly byKey = new Map<string, Watch>();
@@ -267,8 +281,8 @@ export class AgentCore {
     private readonly hostId: string,
     private readonly log: (line: string) => void,
     private readonly progressIntervalMs = 1_000,
-    /** A HitBatch goes out when it holds this many hits... */
-    private readonly maxBatchHits = 512,
+    /** A HitBatch goes out when it holds this many hits, or about maxBatchBytes (stacks make hits large)... */
+    private readonly maxBatchHits = 2048,
     /** ...or this long after its first hit. */
     private readonly batchDelayMs = 2,
   ) {}
@@ -491,6 +505,7 @@ export class AgentCore {
         expected: undefined,
         pending: 0,
         batch: [],
+        batchBytes: 0,
         flushTimer: undefined,
         settledWaiters: [],
         deadlineTimer: undefined,
@@ -970,8 +985,9 @@ export class AgentCore {
     };
     watch.pending++;
     watch.batch.push(event);
+    watch.batchBytes += encodedSizeGuess(event);
     // The last hit of an ended watch goes out at once: its final report waits for it.
-    if (watch.batch.length >= this.maxBatchHits || this.isLastHit(watch)) this.flush(watch);
+    if (watch.batch.length >= this.maxBatchHits || watch.batchBytes >= maxBatchBytes || this.isLastHit(watch)) this.flush(watch);
     else watch.flushTimer ??= setTimeout(() => this.flush(watch), this.batchDelayMs);
   }
 
@@ -992,6 +1008,7 @@ export class AgentCore {
     const hits = watch.batch;
     if (hits.length === 0) return;
     watch.batch = [];
+    watch.batchBytes = 0;
     const n = BigInt(hits.length);
     const id = `${watch.jobId}.${watch.pid}.${hits[0]!.sequence}`;
     this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { hits })), id, (ok) => {

@@ -3,7 +3,7 @@
 // exact-value flags, and a perf-only process gone with an unknown status.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AgentCore } from "../../agent/agent.js";
 import type { GroupCounts, HelperEvent, HelperHit, HelperProcess, WatchOptions } from "../../agent/helper-process.js";
 import type { HitPublisher } from "../../agent/hit-publisher.js";
@@ -142,4 +142,21 @@ test("agent - a perf arm on a helper without perf is refused with the helper's r
   assert.match(armed.error?.message ?? "", /perf events are unavailable on h1: perf_event_open: EACCES \(perf_event_paranoid 3\)/);
   assert.equal(helper.arms.length, 0, "nothing was asked of the helper");
   await stop();
+});
+
+test("agent - hits with deep stacks go out in batches a NATS server takes (under its 1 MiB message limit)", async () => {
+  const { core, helper, publisher, stop } = agent();
+  await core.arm(armRequest({ backend: Backend.PERF, stackDepth: 64 }));
+  const frame = { ip: 0x401000n, function: "a_function_name_of_some_length", offset: 16n, module: "/usr/lib/x86_64-linux-gnu/a-library-with-a-long-path.so.1" };
+  const deep = (i: number): HelperHit => ({ group: 1n, pid, tid: 7, ip: 0x401000n, address: 0x1000n, oldValue: BigInt(i), newValue: BigInt(i + 1), timeNs: BigInt(i), dr: 0, length: 8, mode: "w", valueExact: true, stack: Array.from({ length: 64 }, () => frame) });
+  // More hits at once than a batch may hold: a writer trapping ~100,000 times a second.
+  const N = 3000;
+  try {
+    helper.emit({ kind: "hits", hits: Array.from({ length: N }, (_, i) => deep(i)) });
+    await waitFor("every hit published", () => publisher.batches.reduce((n, b) => n + b.hits.length, 0) === N);
+    assert.ok(publisher.batches.length > 1, "split into several batches");
+    for (const b of publisher.batches) assert.ok(toBinary(HitBatchSchema, b).length < 1024 * 1024, `a batch of ${b.hits.length} hits`);
+  } finally {
+    await stop();
+  }
 });
