@@ -477,7 +477,7 @@ export class Controller {
   private whyNot(job: Job, target: Target): string {
     const s = this.ledger.snapshot(target.hostId, target.pid);
     const where = `pid ${target.pid} on ${target.hostId}`;
-    if (s.tracedBy) return `${where} is already traced by pid ${s.tracedBy.pid} (${s.tracedBy.comm}): stop that tracer first`;
+    if (s.tracedBy && placementJob(job).backend !== "perf") return `${where} is already traced by pid ${s.tracedBy.pid} (${s.tracedBy.comm}): stop that tracer first, or watch it with --backend perf`;
     const shares = placementJob(job).backend === "ptrace";
     const need = distinctChunks(target.chunks).filter((c) => !shares || !s.slots.some((slot) => slot && !slot.exclusive && sameChunk(slot.chunk, c))).length;
     const held = this.ledger.describe(target.hostId, target.pid);

@@ -131,7 +131,9 @@ function evaluate(c: Candidate, job: PlacementJob): Fit {
     drOf.push(dr);
   }
 
-  if (c.tracedBy) return { kind: "traced", need, by: c.tracedBy };
+  // Another tracer (gdb, strace) rules out ptrace; perf breakpoints neither
+  // attach nor stop, so they sit beside it.
+  if (c.tracedBy && job.backend !== "perf") return { kind: "traced", need, by: c.tracedBy };
   if (need > slotsPerThread) return { kind: "tooMany", need };
 
   let freeMask = 0;
@@ -352,7 +354,7 @@ function decision(outcome: PlacementDecision["outcome"], placed: TargetPlacement
  * its own; the job's chunks are placed all or none;
  * new chunks take free registers the kernel reserved for us first, then the
  * lowest free index, never one in foreignMask; a target traced by another
- * tracer is unusable. When a target lacks room the job may evict holders of
+ * tracer is unusable for ptrace jobs (perf jobs do not attach). When a target lacks room the job may evict holders of
  * strictly lower priority from that whole target: the fewest jobs, sparing
  * the highest priorities, then the oldest (see compareVictims); a shared
  * register is freed only when all its holders go.

@@ -188,14 +188,23 @@ describe("watch end to end", () => {
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
   });
 
-  test("a process traced by someone else is refused naming the tracer", async () => {
-    const target = await counter(1, 10);
+  test("a process traced by someone else is refused for ptrace naming the tracer, and watched with perf beside it", async () => {
+    const N = 10;
+    const target = await counter(1, N);
     const strace = await startTarget("strace", ["-p", String(target.pid), "-o", "/dev/null"], { path: "strace" });
     targets.push(strace);
     await waitFor("strace attached", async () => (await target.tracerPid()) === strace.pid);
-    const result = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter"]);
-    assert.equal(result.code, 2, result.stderr);
-    assert.match(result.stderr, new RegExp(`already traced by pid ${strace.pid} \\(strace\\)`));
+    const refused = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--backend", "ptrace"]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, new RegExp(`already traced by pid ${strace.pid} \\(strace\\)`));
+    // perf breakpoints neither attach nor stop: strace keeps the process, the job gets every write.
+    const watched = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--max-hits", String(N), "-o", "json"]);
+    assert.equal(watched.code, 0, watched.stderr);
+    const jobId = (JSON.parse(watched.stdout) as { id: string }).id;
+    assert.equal(await target.tracerPid(), strace.pid, "strace still traces it");
+    target.send("go");
+    await target.waitForLine(/^done/);
+    await waitFor("every write a hit", async () => (await cluster.api().getJob({ id: jobId })).job?.counts?.delivered === BigInt(N), 20_000);
     await strace.kill();
     await waitFor("strace detached", async () => (await target.tracerPid()) === 0);
     target.send("go");

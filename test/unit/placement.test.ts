@@ -322,6 +322,9 @@ test("placement - foreign registers and other tracers make targets unusable, wit
     const d = place(job("x", 100), [target("h1", 10, chunks, more)]);
     assert.deepEqual([d.outcome, d.shortfall?.reason], ["pending", reason], name);
   }
+  // A perf job does not attach: another tracer does not stand in its way.
+  const besideGdb = place(job("p", 0, { kind: "any" }, 1_000, "perf"), [target("h1", 10, [w(0x1000)], { tracedBy: { pid: 77, comm: "gdb" } })]);
+  assert.deepEqual(summary(besideGdb), ["h1/10 0"], "perf beside another tracer");
   const sameChunkInForeign = place(job("x"), [target("h1", 10, [w(0x100)], { foreignMask: 0b0001, slots: [held(w(0x100), h("a")), null, null, null] })]);
   assert.deepEqual(summary(sameChunkInForeign), ["h1/10 1"], "a register in foreignMask is not shared either");
 });
