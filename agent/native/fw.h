@@ -64,6 +64,9 @@ static inline bool fw_rate_allows(struct fw_rate_window *w, uint32_t max_per_sec
 	return w->delivered < max_per_second;
 }
 
+/* Nanoseconds on CLOCK_MONOTONIC (the clock of perf records). */
+uint64_t fw_mono_ns(void);
+
 /* Nanoseconds on CLOCK_REALTIME (the clock of hit records and events). */
 uint64_t fw_realtime_ns(void);
 

@@ -191,14 +191,6 @@ static long page_size;
 static int cpus[MAX_CPUS]; /* the online CPUs */
 static unsigned ncpus;
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static int perf_open(struct perf_event_attr *attr, pid_t tid, int cpu)
 {
 	return (int)syscall(SYS_perf_event_open, attr, tid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
@@ -538,19 +530,22 @@ static void build_attr(const struct pgroup *g, unsigned k, struct perf_event_att
 	a->remove_on_exec = 1;
 }
 
+/* fd owns one of the group's CPU buffers (the others write into it). */
+static bool owns_buffer(const struct pgroup *g, int fd)
+{
+	for (unsigned c = 0; g->bufs && c < ncpus; c++)
+		if (g->bufs[c].owner == fd)
+			return true;
+	return false;
+}
+
 /* Closes a root's events; buffer owners stay (group_free closes them last). */
 static void root_close(struct pgroup *g, struct root *r)
 {
 	if (!r->fd)
 		return;
 	for (unsigned i = 0; i < ncpus * EVENTS_PER_CPU; i++) {
-		bool owner = false;
-
-		if (r->fd[i] < 0)
-			continue;
-		for (unsigned c = 0; c < ncpus && !owner; c++)
-			owner = g->bufs && g->bufs[c].owner == r->fd[i];
-		if (!owner)
+		if (r->fd[i] >= 0 && !owns_buffer(g, r->fd[i]))
 			close(r->fd[i]);
 		r->fd[i] = -1;
 	}
@@ -641,7 +636,7 @@ static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw
 	}
 	for (unsigned i = 0; i < ncpus * EVENTS_PER_CPU; i++)
 		r.fd[i] = -1;
-	*opened_ns = mono_ns();
+	*opened_ns = fw_mono_ns();
 	for (unsigned ci = 0; ci < ncpus; ci++) {
 		/* The tracker first: it owns the CPU's buffer when it is the first. */
 		for (unsigned n = 0; n <= g->nchunks; n++) {
@@ -661,10 +656,7 @@ static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw
 				err = errno;
 				fw_error_set(e, err,
 					     "perf_event_open breakpoint (%s of %u bytes at 0x%llx) on thread %d of pid %d, cpu %d: %s%s",
-					     g->chunks[k].mode == 0   ? "execute"
-					     : g->chunks[k].mode == 1 ? "write"
-								      : "read/write",
-					     g->chunks[k].length,
+					     tracer_mode_name(g->chunks[k].mode), g->chunks[k].length,
 					     (unsigned long long)g->chunks[k].address, (int)tid,
 					     (int)g->pid, cpus[ci], fw_errno_name(err), open_hint(err));
 				goto fail;
@@ -699,11 +691,10 @@ fail:
 }
 
 /* What the kernel counted on a root's events, their inherited copies included. */
-static uint64_t root_kernel_count(const struct pgroup *g, const struct root *r)
+static uint64_t root_kernel_count(const struct root *r)
 {
 	uint64_t total = 0;
 
-	(void)g;
 	for (unsigned i = 0; r->fd && i < ncpus * EVENTS_PER_CPU; i++) {
 		uint64_t v;
 
@@ -716,9 +707,8 @@ static uint64_t root_kernel_count(const struct pgroup *g, const struct root *r)
 static bool root_owns_buffer(const struct pgroup *g, const struct root *r)
 {
 	for (unsigned i = 0; r->fd && i < ncpus * EVENTS_PER_CPU; i++)
-		for (unsigned c = 0; r->fd[i] >= 0 && c < ncpus; c++)
-			if (g->bufs[c].owner == r->fd[i])
-				return true;
+		if (r->fd[i] >= 0 && owns_buffer(g, r->fd[i]))
+			return true;
 	return false;
 }
 
@@ -734,7 +724,7 @@ static void drop_second_cover(struct pgroup *g, struct tid_ent *e, int other)
 
 	if (r->tid != e->tid || !r->fd || root_owns_buffer(g, r))
 		return;
-	g->kernel_closed += root_kernel_count(g, r);
+	g->kernel_closed += root_kernel_count(r);
 	root_close(g, r);
 	for (unsigned i = 0; i < g->ents_cap; i++)
 		if (g->ents[i].tid > 0 && g->ents[i].root == own) {
@@ -852,16 +842,6 @@ static bool parse_sample(const struct pgroup *g, const uint8_t *p, size_t len, s
 	return true;
 }
 
-static bool tid_listed(const struct pgroup *g, pid_t tid)
-{
-	if (g->opt.ntids == 0)
-		return true;
-	for (unsigned i = 0; i < g->opt.ntids; i++)
-		if (g->opt.tids[i] == tid)
-			return true;
-	return false;
-}
-
 static bool rate_allows(struct pgroup *g)
 {
 	if (g->opt.max_hits_per_second == 0 || g->count_only ||
@@ -930,7 +910,6 @@ static bool take_value(struct pgroup *g, unsigned ci, const struct sample *s,
 		       const struct fw_chunk *c, uint64_t *value)
 {
 	struct cpu_buf *b = &g->bufs[ci];
-	unsigned shift = (unsigned)(c->address & 7u) * 8u;
 
 	if (!b->pending)
 		return false;
@@ -940,9 +919,7 @@ static bool take_value(struct pgroup *g, unsigned ci, const struct sample *s,
 	    (s->time > b->pending_time ? s->time - b->pending_time : b->pending_time - s->time) >
 		    VALUE_PAIR_NS)
 		return false;
-	*value = b->pending_word >> shift;
-	if (c->length < 8)
-		*value &= (UINT64_C(1) << (c->length * 8u)) - 1;
+	*value = fw_chunk_value(b->pending_word, c->address, c->length);
 	return true;
 }
 
@@ -959,21 +936,18 @@ static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t le
 	bool exact;
 	struct fw_hit hit;
 
-	if (len >= 8) {
-		uint64_t id;
-
-		memcpy(&id, p, 8);
-		which = ids_find(g, id);
-		if (which && which->chunk == VALUE_EVENT) {
-			on_value(g, ci, p, len);
-			return;
-		}
-	}
-	if (!parse_sample(g, p, len, &s))
+	if (len < 8)
 		return;
+	memcpy(&s.id, p, 8); /* the identifier comes first */
 	which = ids_find(g, s.id);
 	if (!which)
 		return; /* not this group's (cannot happen: the buffer is the group's) */
+	if (which->chunk == VALUE_EVENT) {
+		on_value(g, ci, p, len);
+		return;
+	}
+	if (!parse_sample(g, p, len, &s))
+		return;
 	ri = which->root;
 	k = which->chunk;
 	if (k >= g->nchunks)
@@ -992,7 +966,7 @@ static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t le
 		g->counts.suppressed++;
 		return;
 	}
-	if (!tid_listed(g, (pid_t)s.tid)) {
+	if (!fw_options_want_tid(&g->opt, (pid_t)s.tid)) {
 		g->counts.filtered++;
 		return;
 	}
@@ -1252,7 +1226,7 @@ static void drain(struct pgroup *g, bool all)
 {
 	static struct cursor cur[MAX_CPUS];
 	static uint8_t rec[65536];
-	uint64_t now = mono_ns(), real_off = fw_realtime_ns() - now;
+	uint64_t now = fw_mono_ns(), real_off = fw_realtime_ns() - now;
 	uint64_t horizon = all ? UINT64_MAX : now - DRAIN_HORIZON_NS;
 
 	g->pass++;
@@ -1481,7 +1455,7 @@ static void final_drain(struct pgroup *g)
 	drain(g, true);
 	kernel = g->kernel_closed;
 	for (unsigned ri = 0; ri < g->nroots; ri++)
-		kernel += root_kernel_count(g, &g->roots[ri]);
+		kernel += root_kernel_count(&g->roots[ri]);
 	kernel = kernel > g->kernel_base ? kernel - g->kernel_base : 0;
 	if (kernel <= g->seen)
 		return;
@@ -1872,7 +1846,7 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 					return -1;
 				}
 			}
-		base += root_kernel_count(g, r);
+		base += root_kernel_count(r);
 	}
 	memcpy(g->chunks, chunks, g->nchunks * sizeof *chunks);
 	g->opt = *opt;

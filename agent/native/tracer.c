@@ -698,18 +698,13 @@ static void on_exec(int ti)
 
 static uint64_t read_chunk_value(pid_t tid, uint64_t address, unsigned length)
 {
-	uint64_t base = address & ~UINT64_C(7);
-	unsigned shift = (unsigned)(address - base) * 8;
 	long word;
 
 	errno = 0;
-	word = ptrace(PTRACE_PEEKDATA, tid, (void *)base, NULL);
+	word = ptrace(PTRACE_PEEKDATA, tid, (void *)(address & ~UINT64_C(7)), NULL);
 	if (errno != 0)
 		return 0;
-	uint64_t v = (uint64_t)word >> shift;
-	if (length < 8)
-		v &= (UINT64_C(1) << (length * 8)) - 1;
-	return v;
+	return fw_chunk_value((uint64_t)word, address, length);
 }
 
 static bool condition_holds(const struct fw_condition *c, uint64_t old_value, uint64_t value)
@@ -739,14 +734,8 @@ static bool condition_holds(const struct fw_condition *c, uint64_t old_value, ui
 /* The group's thread filter and conditions (ANDed) pass this trap. */
 static bool group_wants(const struct group *g, pid_t tid, uint64_t old_value, uint64_t value)
 {
-	if (g->opt.ntids > 0) {
-		bool listed = false;
-
-		for (unsigned i = 0; i < g->opt.ntids && !listed; i++)
-			listed = g->opt.tids[i] == tid;
-		if (!listed)
-			return false;
-	}
+	if (!fw_options_want_tid(&g->opt, tid))
+		return false;
 	for (unsigned i = 0; i < g->opt.nconditions; i++)
 		if (!condition_holds(&g->opt.conditions[i], old_value, value))
 			return false;
@@ -1832,7 +1821,7 @@ int tracer_check_options(pid_t pid, const struct fw_watch_options *opt, struct f
 	return 0;
 }
 
-static const char *mode_name(unsigned mode)
+const char *tracer_mode_name(unsigned mode)
 {
 	switch (mode) {
 	case DR_MODE_EXECUTE:
@@ -1869,8 +1858,8 @@ static int check_shareable(const struct proc *p, const struct fw_chunk *c, struc
 		     "dr%u of pid %d is used by group %llu%s for %s of %u bytes at 0x%llx; only "
 		     "that identical chunk can share it, not %s of %u bytes at 0x%llx",
 		     c->dr, (int)p->pid, (unsigned long long)p->groups[holder].id,
-		     others > 0 ? " and others" : "", mode_name(held->mode), held->length,
-		     (unsigned long long)held->address, mode_name(c->mode), c->length,
+		     others > 0 ? " and others" : "", tracer_mode_name(held->mode), held->length,
+		     (unsigned long long)held->address, tracer_mode_name(c->mode), c->length,
 		     (unsigned long long)c->address);
 	return -1;
 }

@@ -44,6 +44,29 @@ struct fw_watch_options {
 	uint8_t stack_depth; /* 0: no stack */
 };
 
+/* The group's thread filter lets this tid's traps through (no tids: every thread). */
+static inline bool fw_options_want_tid(const struct fw_watch_options *opt, pid_t tid)
+{
+	if (opt->ntids == 0)
+		return true;
+	for (unsigned i = 0; i < opt->ntids; i++)
+		if (opt->tids[i] == tid)
+			return true;
+	return false;
+}
+
+/* A chunk's value out of the aligned 8-byte word that holds it (little-endian,
+ * zero-extended). */
+static inline uint64_t fw_chunk_value(uint64_t word, uint64_t address, unsigned length)
+{
+	uint64_t v = word >> ((address & 7u) * 8u);
+
+	return length < 8 ? v & ((UINT64_C(1) << (length * 8u)) - 1) : v;
+}
+
+/* "execute", "write" or "read/write" for a chunk's mode. */
+const char *tracer_mode_name(unsigned mode);
+
 struct fw_arm_result {
 	uint32_t threads_total;
 	uint32_t threads_armed;
