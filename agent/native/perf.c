@@ -1111,56 +1111,6 @@ static void on_record(struct pgroup *g, unsigned ci, const struct perf_event_hea
 	}
 }
 
-/* Looks for FORK records in one CPU's buffer (ARM, rescans), leaving every
- * record in place. */
-static void scan_forks(struct pgroup *g, unsigned ci)
-{
-	static uint8_t rec[65536];
-	struct perf_event_mmap_page *m = g->bufs[ci].meta;
-	const uint8_t *data;
-	uint64_t head, tail, size;
-
-	if (!m)
-		return;
-	data = (const uint8_t *)m + m->data_offset;
-	size = m->data_size;
-	head = __atomic_load_n(&m->data_head, __ATOMIC_ACQUIRE);
-	tail = m->data_tail;
-	while (head - tail >= sizeof(struct perf_event_header)) {
-		struct perf_event_header h;
-		uint64_t at = tail % size;
-
-		if (at + sizeof h <= size) {
-			memcpy(&h, data + at, sizeof h);
-		} else {
-			size_t first = (size_t)(size - at);
-
-			memcpy(&h, data + at, first);
-			memcpy((uint8_t *)&h + first, data, sizeof h - first);
-		}
-		if (h.size < sizeof h || h.size > head - tail)
-			break;
-		if (h.type == PERF_RECORD_FORK && h.size - sizeof h >= sizeof(struct task_record)) {
-			struct task_record t;
-			int ri;
-
-			if (at + h.size <= size) {
-				memcpy(rec, data + at, h.size);
-			} else {
-				size_t first = (size_t)(size - at);
-
-				memcpy(rec, data + at, first);
-				memcpy(rec + first, data, h.size - first);
-			}
-			ri = record_root(g, rec + sizeof h, h.size - sizeof h);
-			memcpy(&t, rec + sizeof h, sizeof t);
-			if (ri >= 0)
-				on_fork(g, ri, &t, false);
-		}
-		tail += h.size;
-	}
-}
-
 /* Where one CPU's buffer is read from, and its next record. */
 struct cursor {
 	struct perf_event_mmap_page *m;
@@ -1217,6 +1167,46 @@ static bool cursor_peek(const struct pgroup *g, struct cursor *c)
 	return true;
 }
 
+/* Starts reading one CPU's buffer where the helper last stopped; false if
+ * the CPU has none. */
+static bool cursor_open(const struct pgroup *g, unsigned ci, struct cursor *c)
+{
+	*c = (struct cursor){ .m = g->bufs[ci].meta };
+	if (!c->m)
+		return false;
+	c->data = (const uint8_t *)c->m + c->m->data_offset;
+	c->size = c->m->data_size;
+	c->head = __atomic_load_n(&c->m->data_head, __ATOMIC_ACQUIRE);
+	c->tail = c->m->data_tail;
+	cursor_peek(g, c);
+	return true;
+}
+
+/* Looks for FORK records in one CPU's buffer (ARM, rescans), leaving every
+ * record in place. */
+static void scan_forks(struct pgroup *g, unsigned ci)
+{
+	struct cursor c;
+
+	if (!cursor_open(g, ci, &c))
+		return;
+	for (; c.ready; c.tail += c.h.size, cursor_peek(g, &c)) {
+		uint8_t body[sizeof(struct task_record) + 64];
+		size_t len = c.h.size - sizeof c.h;
+		struct task_record t;
+		int ri;
+
+		/* A FORK body: the task record, then sample_id (ending with the identifier). */
+		if (c.h.type != PERF_RECORD_FORK || len < sizeof t || len > sizeof body)
+			continue;
+		ring_copy(&c, c.tail + sizeof c.h, body, len);
+		ri = record_root(g, body, len);
+		memcpy(&t, body, sizeof t);
+		if (ri >= 0)
+			on_fork(g, ri, &t, false);
+	}
+}
+
 /* Handles what the group's buffers hold, merged across CPUs in time order
  * (a thread that moves to another CPU writes its later traps into another
  * buffer): records newer than a millisecond ago wait for the next drain,
@@ -1230,18 +1220,8 @@ static void drain(struct pgroup *g, bool all)
 	uint64_t horizon = all ? UINT64_MAX : now - DRAIN_HORIZON_NS;
 
 	g->pass++;
-	for (unsigned ci = 0; ci < ncpus; ci++) {
-		struct cursor *c = &cur[ci];
-
-		*c = (struct cursor){ .m = g->bufs[ci].meta };
-		if (!c->m)
-			continue;
-		c->data = (const uint8_t *)c->m + c->m->data_offset;
-		c->size = c->m->data_size;
-		c->head = __atomic_load_n(&c->m->data_head, __ATOMIC_ACQUIRE);
-		c->tail = c->m->data_tail;
-		cursor_peek(g, c);
-	}
+	for (unsigned ci = 0; ci < ncpus; ci++)
+		cursor_open(g, ci, &cur[ci]);
 	for (;;) {
 		int best = -1;
 
@@ -1315,16 +1295,31 @@ static void send_counts(struct pgroup *g)
 	ents_purge(g);
 }
 
-/* Lists /proc/PID/task: calls fn for each tid; the count, or -1 if the process is gone. */
-static int list_tasks(pid_t pid, void (*fn)(struct pgroup *, pid_t, void *), struct pgroup *g,
-		      void *arg)
+struct uncovered {
+	pid_t tids[FW_MAX_THREADS];
+	unsigned n;
+};
+
+/* The thread has events of the group: its own, or inherited (an entry made
+ * by its FORK record or a sample) and not seen exiting. */
+static bool covered(struct pgroup *g, pid_t tid)
+{
+	struct tid_ent *e = ent_find(g, tid);
+
+	return e && e->dead_pass == 0;
+}
+
+/* Lists /proc/PID/task into u, the threads not covered: the number of
+ * threads, or -1 if the process is gone. */
+static int list_uncovered(struct pgroup *g, struct uncovered *u)
 {
 	char path[64];
 	DIR *d;
 	struct dirent *de;
 	int n = 0;
 
-	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	u->n = 0;
+	snprintf(path, sizeof path, "/proc/%d/task", (int)g->pid);
 	d = opendir(path);
 	if (!d)
 		return -1;
@@ -1334,24 +1329,11 @@ static int list_tasks(pid_t pid, void (*fn)(struct pgroup *, pid_t, void *), str
 		if (tid <= 0)
 			continue;
 		n++;
-		fn(g, (pid_t)tid, arg);
+		if (!covered(g, (pid_t)tid) && u->n < FW_MAX_THREADS)
+			u->tids[u->n++] = (pid_t)tid;
 	}
 	closedir(d);
 	return n;
-}
-
-struct uncovered {
-	pid_t tids[FW_MAX_THREADS];
-	unsigned n;
-};
-
-static void note_uncovered(struct pgroup *g, pid_t tid, void *arg)
-{
-	struct uncovered *u = arg;
-	struct tid_ent *e = ent_find(g, tid);
-
-	if ((!e || e->dead_pass != 0) && u->n < FW_MAX_THREADS)
-		u->tids[u->n++] = tid;
 }
 
 /* Drops from u the threads a FORK record (still in a buffer) announces;
@@ -1366,12 +1348,9 @@ static void drop_announced(struct pgroup *g, struct uncovered *u)
 			sched_yield();
 		for (unsigned ci = 0; ci < ncpus; ci++)
 			scan_forks(g, ci);
-		for (unsigned i = 0; i < u->n; i++) {
-			struct tid_ent *ent = ent_find(g, u->tids[i]);
-
-			if (!ent || ent->dead_pass != 0)
+		for (unsigned i = 0; i < u->n; i++)
+			if (!covered(g, u->tids[i]))
 				u->tids[keep++] = u->tids[i];
-		}
 		u->n = keep;
 	}
 }
@@ -1419,8 +1398,7 @@ static void rescan(struct pgroup *g)
 	struct fw_error e;
 	int total, left = 0;
 
-	u.n = 0;
-	total = list_tasks(g->pid, note_uncovered, g, &u);
+	total = list_uncovered(g, &u);
 	if (total < 0)
 		return; /* gone: the pidfd says so */
 	if (u.n > 0) {
@@ -1443,10 +1421,11 @@ static void rescan(struct pgroup *g)
 	}
 }
 
-/* Disables every event and drains what is left. The kernel counts every
- * trap of an event, sampled or not; traps whose samples never reached a
- * buffer (dropped while it was full with no LOST record written after, or
- * skipped while the kernel throttled the event) are counted as lost. */
+/* Disables every event and drains what is left; the counts are then final
+ * (a counting group sends its last COUNTS). The kernel counts every trap of
+ * an event, sampled or not; traps whose samples never reached a buffer
+ * (dropped while it was full with no LOST record written after, or skipped
+ * while the kernel throttled the event) are counted as lost. */
 static void final_drain(struct pgroup *g)
 {
 	uint64_t kernel = 0, missing;
@@ -1457,14 +1436,16 @@ static void final_drain(struct pgroup *g)
 	for (unsigned ri = 0; ri < g->nroots; ri++)
 		kernel += root_kernel_count(&g->roots[ri]);
 	kernel = kernel > g->kernel_base ? kernel - g->kernel_base : 0;
-	if (kernel <= g->seen)
-		return;
-	missing = kernel - g->seen;
-	g->counts.lost += missing;
-	g->counts.trapped += missing;
-	out_log(FW_LOG_WARNING,
-		"pid %d: %llu trap(s) counted by the kernel had no sample (ring buffer full or sampling throttled): counted as lost",
-		(int)g->pid, (unsigned long long)missing);
+	if (kernel > g->seen) {
+		missing = kernel - g->seen;
+		g->counts.lost += missing;
+		g->counts.trapped += missing;
+		out_log(FW_LOG_WARNING,
+			"pid %d: %llu trap(s) counted by the kernel had no sample (ring buffer full or sampling throttled): counted as lost",
+			(int)g->pid, (unsigned long long)missing);
+	}
+	if (g->count_only)
+		send_counts(g);
 }
 
 /* The group's last counts and GROUP_DONE; then, unless the ptrace side
@@ -1476,8 +1457,6 @@ static void finish(struct pgroup *g, enum fw_done_reason reason, bool report_tar
 	uint64_t start_time = g->start_time;
 
 	final_drain(g);
-	if (g->count_only)
-		send_counts(g);
 	out_group_done(pid, reason, g->id, &g->counts);
 	group_free(g);
 	if (!report_target || reason == FW_DONE_BUDGET || perf_has_pid(pid) || tracer_has_pid(pid))
@@ -1523,11 +1502,18 @@ static void start_backoff(struct pgroup *g, int64_t now)
 			  g->counts.suppressed);
 }
 
-static void end_backoff(struct pgroup *g)
+/* Each chunk's value now: the old value of its next hit (kept where the
+ * process cannot be read). */
+static void reread_values(struct pgroup *g)
 {
 	for (unsigned k = 0; k < g->nchunks; k++)
 		g->last_value[k] = read_value(g->pid, g->chunks[k].address, g->chunks[k].length,
 					      g->last_value[k]);
+}
+
+static void end_backoff(struct pgroup *g)
+{
+	reread_values(g);
 	g->backoff = false;
 	for_each_event(g, PERF_EVENT_IOC_ENABLE);
 	out_group_resumed(g->pid, g->id);
@@ -1795,6 +1781,24 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 	return 0;
 }
 
+/* The group is armed now: its timers start, and ARMED's answer. */
+static void armed(struct pgroup *g, int64_t next_scan_ms, struct fw_arm_result *result)
+{
+	int64_t now = fw_now_ms();
+
+	g->rate.start_ms = now;
+	g->next_counts_ms = now + g->interval_ms;
+	g->next_scan_ms = next_scan_ms;
+	if (next_drain_ms == INT64_MAX)
+		next_drain_ms = now + DRAIN_MS;
+	result->threads_total = g->reported_total;
+	result->threads_armed = g->reported_armed;
+	result->dr_mask = 0;
+	for (unsigned k = 0; k < g->nchunks; k++)
+		result->dr_mask |= (uint8_t)(1u << g->chunks[k].dr);
+	result->reserved_mask = 0;
+}
+
 /* A parked group of pid whose events can take these chunks: the same
  * number, and samples of the same shape (counting, stacks). */
 static struct pgroup *parked_match(pid_t pid, const struct fw_watch_options *opt,
@@ -1823,7 +1827,6 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 	struct perf_event_attr a;
 	int64_t now = fw_now_ms(), parked_ms = now - (g->park_until_ms - PARK_MS);
 	uint64_t base = g->kernel_closed;
-	uint32_t total, armed;
 
 	/* What happened while parked: an exec took the breakpoints away. */
 	drain(g, true);
@@ -1862,22 +1865,10 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 		g->ents[i].hits = 0;
 	for (unsigned ci = 0; ci < ncpus; ci++)
 		g->bufs[ci].pending = false;
-	for (unsigned k = 0; k < g->nchunks; k++)
-		g->last_value[k] = read_value(g->pid, chunks[k].address, chunks[k].length, 0);
+	memset(g->last_value, 0, sizeof g->last_value);
+	reread_values(g);
 	for_each_event(g, PERF_EVENT_IOC_ENABLE);
-	g->rate.start_ms = now;
-	g->next_counts_ms = now + g->interval_ms;
-	g->next_scan_ms = now; /* threads created while parked: rescanned at once */
-	total = g->reported_total;
-	armed = g->reported_armed;
-	result->threads_total = total;
-	result->threads_armed = armed;
-	result->dr_mask = 0;
-	for (unsigned k = 0; k < g->nchunks; k++)
-		result->dr_mask |= (uint8_t)(1u << chunks[k].dr);
-	result->reserved_mask = 0;
-	if (next_drain_ms == INT64_MAX)
-		next_drain_ms = now + DRAIN_MS;
+	armed(g, now, result); /* threads created while parked: rescanned at once */
 	out_log(FW_LOG_DEBUG,
 		"pid %d: group %llu re-targets the breakpoints of a group disarmed %lld ms ago",
 		(int)g->pid, (unsigned long long)group, (long long)parked_ms);
@@ -1893,7 +1884,6 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	struct epoll_event ev = { .events = EPOLLIN };
 	int total = 0, gi;
 	unsigned gone;
-	int64_t now;
 
 	if (check_arm(pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
 		return -1;
@@ -1914,13 +1904,11 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	gi--;
 	if (group_setup(g, pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
 		goto fail;
-	for (unsigned k = 0; k < count; k++)
-		g->last_value[k] = read_value(pid, chunks[k].address, chunks[k].length, 0);
+	reread_values(g);
 	/* Scan until every thread is covered: by events of its own, or by
 	 * inheritance from a covered thread that created it (FORK record). */
 	for (int round = 0;; round++) {
-		u.n = 0;
-		total = list_tasks(pid, note_uncovered, g, &u);
+		total = list_uncovered(g, &u);
 		if (total < 0) {
 			fw_error_set(e, ESRCH, "ARM pid %d: no such process", (int)pid);
 			goto fail;
@@ -1951,19 +1939,8 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 		fw_error_set(e, errno, "epoll_ctl(pidfd of %d): %s", (int)pid, strerror(errno));
 		goto fail;
 	}
-	now = fw_now_ms();
-	g->rate.start_ms = now;
-	g->next_counts_ms = now + g->interval_ms;
-	g->next_scan_ms = now + SCAN_MS;
 	g->reported_total = g->reported_armed = (uint32_t)total;
-	if (next_drain_ms == INT64_MAX)
-		next_drain_ms = now + DRAIN_MS;
-	result->threads_total = (uint32_t)total;
-	result->threads_armed = (uint32_t)total;
-	result->dr_mask = 0;
-	for (unsigned k = 0; k < count; k++)
-		result->dr_mask |= (uint8_t)(1u << chunks[k].dr);
-	result->reserved_mask = 0;
+	armed(g, fw_now_ms() + SCAN_MS, result);
 	return 0;
 fail:
 	group_free(g);
@@ -1983,8 +1960,6 @@ int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_e
 	g = &groups[gi];
 	/* Samples still in the buffers are traps from before: delivered as usual. */
 	final_drain(g);
-	if (g->count_only)
-		send_counts(g);
 	*counts = g->counts;
 	/* Its events are already disabled: kept a moment for an ARM that can
 	 * re-target them (a job taking over from this one), else closed. */
