@@ -223,7 +223,6 @@ function helperCondition(condition: Condition): HelperCondition {
   return op === "changed" || op === "unchanged" ? { op } : { op, value: condition.value };
 }
 
-/** The watches of one host. */
 /**
  * About this many encoded bytes make a HitBatch go out: well under the 1 MiB
  * a NATS server takes in one message by default, whatever the stacks carry.
@@ -237,6 +236,7 @@ function encodedSizeGuess(e: HitEvent): number {
   return n;
 }
 
+/** The watches of one host. */
 export class AgentCore {
   private readonly byGroup = new Map<bigint, Watch>();
   private readonly byKey = new Map<string, Watch>();
@@ -926,8 +926,7 @@ export class AgentCore {
     // A watch that took over after a re-arm shares the counters: a late report of this one must not set them back.
     if (!watch.next) this.takeCountingTotals(watch, counts);
     watch.countsTrapped = counts.trapped;
-    const sequence = (this.sequences.get(watch.jobId) ?? 0n) + 1n;
-    this.sequences.set(watch.jobId, sequence);
+    const sequence = this.nextSequence(watch.jobId);
     const report = create(CountReportSchema, {
       jobId: watch.jobId,
       hostId: this.hostId,
@@ -941,9 +940,7 @@ export class AgentCore {
     watch.pending++;
     // The totals are cumulative: a report that cannot be published is made good by the next, and the target's counts carry them anyway.
     this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { counts: [report] })), `${watch.jobId}.${watch.pid}.${sequence}`, () => {
-      watch.pending--;
-      this.wakeIfSettled(watch);
-      for (let n = watch.next; n; n = n.next) this.wakeIfSettled(n);
+      this.published(watch, 1);
     });
     this.wakeIfSettled(watch);
   }
@@ -956,8 +953,7 @@ export class AgentCore {
     }
     watch.received++;
     if (!watch.ended) watch.counts.trapped = watch.base.trapped + watch.received;
-    const sequence = (this.sequences.get(watch.jobId) ?? 0n) + 1n;
-    this.sequences.set(watch.jobId, sequence);
+    const sequence = this.nextSequence(watch.jobId);
     const values = this.valuesOf(hit, watch);
     // The message spelled out field by field rather than through create():
     // this runs once per hit, up to ~100,000 times a second with perf, and
@@ -1014,9 +1010,21 @@ export class AgentCore {
     this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { hits })), id, (ok) => {
       if (ok) watch.counts.delivered += n;
       else watch.counts.dropped += n;
-      watch.pending -= hits.length;
-      this.wakeIfSettled(watch);
-      for (let n = watch.next; n; n = n.next) this.wakeIfSettled(n);
+      this.published(watch, hits.length);
     });
+  }
+
+  /** n of the watch's messages are settled: it, and the watches that took over from it, may be too. */
+  private published(watch: Watch, n: number): void {
+    watch.pending -= n;
+    this.wakeIfSettled(watch);
+    for (let next = watch.next; next; next = next.next) this.wakeIfSettled(next);
+  }
+
+  /** The next hit or count report sequence of a job on this host (1, 2, 3, ...). */
+  private nextSequence(jobId: string): bigint {
+    const sequence = (this.sequences.get(jobId) ?? 0n) + 1n;
+    this.sequences.set(jobId, sequence);
+    return sequence;
   }
 }
