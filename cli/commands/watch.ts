@@ -27,6 +27,7 @@ import {
 } from "../../proto/index.js";
 import { CliError, InterruptedError, UsageError } from "../errors.js";
 import { readJobEvents } from "../events.js";
+import { printEvent } from "./events.js";
 import type { CliContext, ControllerClient } from "../main.js";
 import {
   describeCounts,
@@ -34,10 +35,6 @@ import {
   outputOption,
   parseDuration,
   renderHitHeader,
-  renderCountJson,
-  renderCountLine,
-  renderHitJson,
-  renderHitLine,
   renderJobDetail,
   renderJobJson,
   type OutputFormat,
@@ -257,12 +254,11 @@ async function followJob(ctx: CliContext, job: Job, format: OutputFormat, interr
       signal: AbortSignal.any([session.signal, caughtUp.signal]),
     });
     for await (const event of events) {
+      ctx.stdout.write(printEvent(event, format));
       if (event.kind === "hit") {
-        ctx.stdout.write(format === "json" ? renderHitJson(event.hit) : renderHitLine(event.hit));
         printed++;
       } else {
         const report = event.report;
-        ctx.stdout.write(format === "json" ? renderCountJson(report) : renderCountLine(report));
         reports++;
         const key = `${report.hostId}/${report.pid}`;
         const trapped = report.totals?.trapped ?? 0n;
@@ -398,7 +394,7 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
     .option("--replace-lost", "with --placement sample:N: give up a lost target and watch a matching process on another host instead")
     .option(
       "--backend <backend>",
-      "how targets are armed: perf (the target never stops and is never signalled, its breakpoints die with the helper however it dies; values are read after the trap; the default unless --if or --mode r need a stop) or ptrace (each trap handled while the writing thread is stopped: exact old and new values, --if conditions, --mode r; jobs watching the same variable share a register)",
+      "how targets are armed: perf (the target never stops and is never signalled, its breakpoints die with the helper however it dies; values are read in the kernel at the trap where the host loads BPF, else after it; the default unless --if or --mode r need a stop) or ptrace (each trap handled while the writing thread is stopped: exact old and new values, --if conditions, --mode r; jobs watching the same variable share a register)",
     )
     .option("--count", "count hits per target and thread instead of reporting each one (perf; no --if, --mode r or --rate)")
     .option("--count-interval <time>", "with --count: how often each target's counts are reported, 10ms to 1h (default 1s)")
