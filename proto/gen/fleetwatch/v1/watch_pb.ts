@@ -986,8 +986,9 @@ export enum Backend {
   /**
    * perf_event_open breakpoints: the target is never stopped or signalled,
    * and the breakpoints vanish with the helper's file descriptors however it
-   * dies. Values are read after the trap (a later store may have replaced
-   * them); no conditions. Each job takes registers of its own.
+   * dies. Values are read in the kernel at the trap where the host loads
+   * BPF, else after it (a later store may have replaced them; each hit says
+   * which); no conditions. Each job takes registers of its own.
    *
    * @generated from enum value: BACKEND_PERF = 2;
    */
