@@ -60,7 +60,7 @@ import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFou
 import { addCounts, finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { place } from "./placement.js";
-import type { Candidate, Eviction, PlacementDecision, PlacementJob, TargetSnapshot } from "./placement-types.js";
+import { otherShortfalls, type Candidate, type Eviction, type PlacementDecision, type PlacementJob, type TargetSnapshot } from "./placement-types.js";
 import { SlotLedger, assignmentsOf } from "./slot-ledger.js";
 
 export interface ControllerCoreOptions {
@@ -241,7 +241,7 @@ function markPlaced(job: Job, decision: PlacementDecision): void {
 /** A decision no amount of waiting changes: every candidate needs more registers than a thread has. */
 function neverFits(decision: PlacementDecision): boolean {
   const c = decision.shortfall?.counts;
-  return c !== undefined && c.tooMany > 0 && c.full + c.foreign + c.reserved + c.traced === 0 && decision.placed.length + decision.kept.length === 0;
+  return c !== undefined && c.tooMany > 0 && otherShortfalls(c, "tooMany") === 0 && decision.placed.length + decision.kept.length === 0;
 }
 
 /** Chunks with repeats (same address, length, mode) left out. */
@@ -477,8 +477,9 @@ export class Controller {
   private whyNot(job: Job, target: Target): string {
     const s = this.ledger.snapshot(target.hostId, target.pid);
     const where = `pid ${target.pid} on ${target.hostId}`;
-    if (s.tracedBy && placementJob(job).backend !== "perf") return `${where} is already traced by pid ${s.tracedBy.pid} (${s.tracedBy.comm}): stop that tracer first, or watch it with --backend perf`;
-    const shares = placementJob(job).backend === "ptrace";
+    const { backend } = placementJob(job);
+    if (s.tracedBy && backend !== "perf") return `${where} is already traced by pid ${s.tracedBy.pid} (${s.tracedBy.comm}): stop that tracer first, or watch it with --backend perf`;
+    const shares = backend === "ptrace";
     const need = distinctChunks(target.chunks).filter((c) => !shares || !s.slots.some((slot) => slot && !slot.exclusive && sameChunk(slot.chunk, c))).length;
     const held = this.ledger.describe(target.hostId, target.pid);
     return (
@@ -496,8 +497,8 @@ export class Controller {
     if (waiting.length > details.length) details.push(`and ${waiting.length - details.length} more`);
     const text = waiting.length === 1 ? details[0]! : `${shortfall.reason}. ${details.join(". ")}`;
     const { counts } = shortfall;
-    if (counts.tooMany > 0 && counts.full + counts.foreign + counts.reserved + counts.traced === 0) return new InvalidRequestError(text);
-    if (counts.traced > 0 && counts.full + counts.foreign + counts.reserved + counts.tooMany === 0) return new PreconditionError(text);
+    if (counts.tooMany > 0 && otherShortfalls(counts, "tooMany") === 0) return new InvalidRequestError(text);
+    if (counts.traced > 0 && otherShortfalls(counts, "traced") === 0) return new PreconditionError(text);
     const first = waiting[0]!;
     const holders = [...new Set(waiting.flatMap((t) => this.ledger.describe(t.hostId, t.pid).holders))];
     const hint = holders.length > 0 ? `. Cancel one of ${holders.join(", ")} or wait for it to end; ` : ". ";

@@ -92,6 +92,13 @@ export interface Eviction extends TargetRef {
 }
 
 /** Candidates that do not fit, by cause. */
+/** Candidates that do not fit for a cause other than `cause`. */
+export function otherShortfalls(counts: ShortfallCounts, cause: keyof ShortfallCounts): number {
+  let n = 0;
+  for (const [k, v] of Object.entries(counts) as Array<[keyof ShortfallCounts, number]>) if (k !== cause) n += v;
+  return n;
+}
+
 export interface ShortfallCounts {
   /** Every usable register is held by jobs of equal or higher priority. */
   readonly full: number;
