@@ -125,9 +125,12 @@ mkdir -p "$n$run" && mount --move /fwrun "$n$run" || fail "cannot move the run d
 ip link set lo up
 hostname fleetwatch-trap-vm
 echo booted >"$n$run/booted"
-chroot $n /bin/bash "$run/cmd.sh"
-sync
-poweroff -f
+# switch_root, not chroot: a process that enters a mount namespace (nsenter,
+# as multi-host tests do) lands at that namespace's root, which must be the
+# host's tree. This busybox, copied out of the initramfs, stays pid 1 and
+# reaps orphans while COMMAND runs, then powers the machine off.
+mkdir -p $n/run/trap-vm && cp /bin/busybox $n/run/trap-vm/busybox
+exec switch_root $n /run/trap-vm/busybox sh -c '/bin/bash "$1/cmd.sh"; sync; echo o >/proc/sysrq-trigger' sh "$run"
 INIT
 )
 initrd_key=$( { echo "$init_script"; sha256sum "$busybox" "$kdir"/modules/*; } | sha256sum | cut -c1-16)
