@@ -27,18 +27,18 @@ import {
 import { Cluster } from "../support/cluster.js";
 import { caseNumbers, fuzzConfig, replayHint, Rng, varint, type FuzzConfig } from "../support/fuzz.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
-import { waitFor } from "../support/wait.js";
+import { scaled, waitFor } from "../support/wait.js";
 
 /** Default cases per run: with fuzz-helper's, over 10,000 in CI. */
 const DEFAULT_CASES = 5_000;
 const IN_FLIGHT = 16;
 /** Above PID_MAX_LIMIT (2^22): never a process. */
 const NEVER_A_PID = 4_194_305;
-const CALL_DEADLINE_MS = 20_000;
+const CALL_DEADLINE_MS = scaled(20_000);
 /** A follower of a live job is left by its deadline. */
-const WATCH_DEADLINE_MS = 3_000;
+const WATCH_DEADLINE_MS = scaled(3_000);
 // Cancelling waits for the agent to disarm, behind whatever hostile commands its helper is working through.
-const CANCEL_DEADLINE_MS = 60_000;
+const CANCEL_DEADLINE_MS = scaled(60_000);
 /** gRPC's default limit on a request the server accepts. */
 const SERVER_MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 

@@ -8,7 +8,10 @@ import { create } from "@bufbuild/protobuf";
 import { Backend, JobSpecSchema, JobState, TargetState, WatchMode, isFinalJobState, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, startTarget, type Target } from "../support/targets.js";
-import { waitFor } from "../support/wait.js";
+import { scaled, waitFor } from "../support/wait.js";
+
+// Long enough for the CLI to see hits published while the controller is silent.
+const lostAfterMs = scaled(5_000);
 
 describe("leases", () => {
   let cluster: Cluster;
@@ -16,7 +19,8 @@ describe("leases", () => {
 
   before(async () => {
     await buildFixtures();
-    cluster = await Cluster.start({ leaseMs: 1_000 });
+    // Leases stretch with the machine: a slow one must not lose sessions it keeps alive.
+    cluster = await Cluster.start({ leaseMs: scaled(1_000) });
   });
 
   after(async () => {
@@ -85,7 +89,7 @@ describe("leases", () => {
   test("a job's lost-after: the agent keeps its target armed and publishing past the lease, then disarms it", async () => {
     const second = await startTarget("demo-counter");
     try {
-      const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: second.pid }, stackDepth: 0, lostAfterMs: 5_000n, backend: Backend.PTRACE });
+      const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: second.pid }, stackDepth: 0, lostAfterMs: BigInt(lostAfterMs), backend: Backend.PTRACE });
       const { job } = await cluster.api().submitJob({ spec });
       assert.equal(job?.state, JobState.ARMED, job?.reason);
       const id = job!.id;
@@ -101,7 +105,7 @@ describe("leases", () => {
         const atLapse = await replayed();
         await waitFor("hits still published with no controller", async () => (await replayed()) > atLapse, 15_000);
         await waitFor("disarmed once its lost-after passed", async () => (await second.tracerPid()) === 0, 15_000);
-        assert.match(agent.output, /for 5000 ms \(the job's lost-after\): disarmed by the agent/);
+        assert.match(agent.output, new RegExp(`for ${lostAfterMs} ms \\(the job's lost-after\\): disarmed by the agent`));
       } finally {
         process.kill(controllerPid, "SIGCONT");
       }

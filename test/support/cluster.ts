@@ -9,7 +9,7 @@ import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.j
 import { natsAuthFile, natsSeedFile, writeNatsAuthConfig, writeNatsSeed } from "../../cli/nats-credentials.js";
 import { ControllerService, createClient, type Identity, type ServiceClient } from "../../proto/index.js";
 import { cliPath, helperPath } from "./paths.js";
-import { waitFor } from "./wait.js";
+import { scaled, waitFor } from "./wait.js";
 
 /** A daemon started through the CLI. */
 export class Daemon {
@@ -60,7 +60,7 @@ export class Daemon {
   async stop(signal: NodeJS.Signals = "SIGTERM", graceMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     if (this.running) {
       this.kill(signal);
-      const timer = setTimeout(() => this.kill("SIGKILL"), graceMs);
+      const timer = setTimeout(() => this.kill("SIGKILL"), scaled(graceMs));
       const result = await this.exited;
       clearTimeout(timer);
       return result;
@@ -102,6 +102,7 @@ export interface CliResult {
 
 /** Collects the output of a started `fleetwatch` command; SIGKILLs it and fails after timeoutMs. */
 export function collectCli(child: ChildProcess, args: readonly string[], timeoutMs = 60_000): Promise<CliResult> {
+  timeoutMs = scaled(timeoutMs);
   let stdout = "";
   let stderr = "";
   child.stdout?.setEncoding("utf8").on("data", (c: string) => (stdout += c));

@@ -7,6 +7,7 @@ import { HelperError, HelperProcess } from "../../agent/helper-process.js";
 import type { HelperChunk, HelperEvent, HelperHit } from "../../agent/helper-process.js";
 import { procState, startTarget } from "./targets.js";
 import type { StartOptions, Target } from "./targets.js";
+import { scaled } from "./wait.js";
 
 /** How long a test waits for a helper event by default. */
 export const EVENT_TIMEOUT_MS = 60_000;
@@ -70,6 +71,7 @@ export class EventLog {
         }
         return false;
       };
+      timeoutMs = scaled(timeoutMs);
       const timer = setTimeout(() => {
         finish();
         const kinds = this.events.map((e) => e.kind).join(",");

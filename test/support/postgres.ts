@@ -6,7 +6,7 @@ import { chown, mkdtemp, readdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { freePort } from "../../cli/nats-server.js";
-import { waitFor } from "./wait.js";
+import { scaled, waitFor } from "./wait.js";
 
 /** The newest installed server's bin directory, or undefined when none is installed. */
 export async function postgresBinDir(): Promise<string | undefined> {
@@ -109,7 +109,7 @@ export class Postgres {
       const exited = new Promise((resolve) => this.server.once("exit", resolve));
       // SIGINT is postgres's fast shutdown.
       this.server.kill("SIGINT");
-      const timer = setTimeout(() => this.server.kill("SIGKILL"), 15_000);
+      const timer = setTimeout(() => this.server.kill("SIGKILL"), scaled(15_000));
       await exited;
       clearTimeout(timer);
     }

@@ -8,7 +8,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 
 import { repoRoot } from "./paths.js";
-import { waitFor } from "./wait.js";
+import { scaled, waitFor } from "./wait.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -218,8 +218,8 @@ export async function startTarget(name: string, args: string[] = [], options: St
       };
       const timer = setTimeout(() => {
         done();
-        reject(new Error(`timed out after ${ms} ms waiting for ${name} to print ${re}; got ${JSON.stringify(lines)}`));
-      }, ms);
+        reject(new Error(`timed out after ${scaled(ms)} ms waiting for ${name} to print ${re}; got ${JSON.stringify(lines)}`));
+      }, scaled(ms));
       const done = (): void => {
         clearTimeout(timer);
         lineWaiters.delete(check);
@@ -232,8 +232,8 @@ export async function startTarget(name: string, args: string[] = [], options: St
       if (exit) return resolve(exit);
       const timer = setTimeout(() => {
         exitWaiters.delete(onExit);
-        reject(new Error(`timed out after ${ms} ms waiting for ${name} (pid ${child.pid}) to exit`));
-      }, ms);
+        reject(new Error(`timed out after ${scaled(ms)} ms waiting for ${name} (pid ${child.pid}) to exit`));
+      }, scaled(ms));
       const onExit = (): void => {
         clearTimeout(timer);
         exitWaiters.delete(onExit);
