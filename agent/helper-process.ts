@@ -36,6 +36,7 @@ import type {
   PerfValues,
   ResolvedSymbol,
   SymbolDefinition,
+  TrapCheck,
 } from "./helper-protocol.js";
 
 export type {
@@ -105,6 +106,8 @@ export interface HelperCapabilities {
   perfValues: PerfValues;
   /** Why perf is unavailable or its values are not exact; "" otherwise. */
   perfNote: string;
+  /** The start-up trap self-test of each backend (ptrace first); a restarted helper tests again. */
+  traps: TrapCheck[];
 }
 
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
@@ -270,7 +273,7 @@ export class HelperProcess {
 
   /** The backends and perf value mode the helper announced in HELLO. */
   get capabilities(): HelperCapabilities {
-    return { backends: this.hello?.backends ?? [], perfValues: this.hello?.perfValues ?? "unavailable", perfNote: this.hello?.perfNote ?? "" };
+    return { backends: this.hello?.backends ?? [], perfValues: this.hello?.perfValues ?? "unavailable", perfNote: this.hello?.perfNote ?? "", traps: this.hello?.traps ?? [] };
   }
 
   /** Spawns the helper and waits for its HELLO (protocol version must be PROTOCOL_VERSION). */

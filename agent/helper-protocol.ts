@@ -4,7 +4,7 @@
 // stack ips through the SYMBOLS definitions. No I/O here.
 
 /** Protocol version this client speaks; HELLO must carry the same. */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const FRAME_HEADER_BYTES = 12;
 /** Largest frame either side may send, header included. */
 export const FRAME_MAX_BYTES = 1 << 20;
@@ -208,6 +208,30 @@ export interface HelloPayload {
   helperVersion: string;
   /** Why perf is unavailable or its values are not exact; "" otherwise. */
   perfNote: string;
+  /** The helper's start-up trap self-test: one entry per backend, ptrace first. */
+  traps: TrapCheck[];
+}
+
+/**
+ * Whether a backend's watched writes really trap on this host: "delivered"
+ * only when every probe write trapped; "not-delivered" when the probe ran and
+ * some or all writes did not trap; "not-run" when the probe could not run at
+ * all (no ptrace permission, perf forbidden), which is no proof either way.
+ */
+export type TrapDelivery = "delivered" | "not-delivered" | "not-run";
+
+/** One backend's trap self-test result, from HELLO. */
+export interface TrapCheck {
+  backend: HelperBackend;
+  delivery: TrapDelivery;
+  /** Probe writes made to the watched word (0 when not run). */
+  writes: number;
+  /** Of those, how many trapped. */
+  traps: number;
+  /** Measured cost of one trap in nanoseconds (0 when none trapped). */
+  nsPerTrap: number;
+  /** What the probe saw, in words, e.g. "DR0 armed, 0 of 8 probe writes trapped: ...". */
+  detail: string;
 }
 
 export interface ErrorPayload {
@@ -266,6 +290,8 @@ const DONE_REASONS: Record<number, GroupDoneReason> = { 1: "budget", 2: "exited"
 const EXIT_KINDS: ExitKind[] = ["exited", "killed", "gone"];
 const BACKENDS: HelperBackend[] = ["ptrace", "perf"];
 const PERF_VALUES: PerfValues[] = ["unavailable", "after-trap", "exact"];
+/** HELLO's delivery codes, by value. */
+const TRAP_DELIVERIES: TrapDelivery[] = ["not-run", "delivered", "not-delivered"];
 const ARM_FLAG_COUNT_ONLY = 1;
 const HIT_FLAG_VALUE_EXACT = 1;
 const LOG_LEVELS: HelperLogLevel[] = ["debug", "info", "warning", "error"];
@@ -521,6 +547,10 @@ export function encodeHello(hello: HelloPayload): Buffer {
     .pad(3)
     .str(hello.helperVersion)
     .str(hello.perfNote);
+  for (const backend of BACKENDS) {
+    const c = hello.traps.find((t) => t.backend === backend) ?? { delivery: "not-run" as const, writes: 0, traps: 0, nsPerTrap: 0, detail: "" };
+    p.u8(TRAP_DELIVERIES.indexOf(c.delivery)).pad(3).u32(c.writes).u32(c.traps).u32(c.nsPerTrap).str(c.detail);
+  }
   return encodeFrame(MessageType.Hello, 0, p.done());
 }
 
@@ -539,7 +569,16 @@ export function decodeHello(payload: Buffer): HelloPayload {
   const perfValues = PERF_VALUES[perfCode];
   if (perfValues === undefined) throw new HelperProtocolError(`unknown perf_values ${perfCode} in HELLO`, { frameType: MessageType.Hello });
   const backends = BACKENDS.filter((_, bit) => (mask >> bit) & 1);
-  return { protocolVersion, slotsPerThread, backends, perfValues, helperVersion: r.str(), perfNote: r.str() };
+  const helperVersion = r.str();
+  const perfNote = r.str();
+  const traps = BACKENDS.map((backend): TrapCheck => {
+    const code = r.u8();
+    r.skip(3);
+    const delivery = TRAP_DELIVERIES[code];
+    if (delivery === undefined) throw new HelperProtocolError(`unknown trap delivery ${code} for ${backend} in HELLO`, { frameType: MessageType.Hello });
+    return { backend, delivery, writes: r.u32(), traps: r.u32(), nsPerTrap: r.u32(), detail: r.str() };
+  });
+  return { protocolVersion, slotsPerThread, backends, perfValues, helperVersion, perfNote, traps };
 }
 
 export function encodeResolved(requestId: number, s: ResolvedSymbol): Buffer {

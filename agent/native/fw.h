@@ -9,7 +9,7 @@
 #include <sys/types.h>
 
 #define FW_HELPER_VERSION "0.4.0"
-#define FW_PROTOCOL_VERSION 3u
+#define FW_PROTOCOL_VERSION 4u
 #define FW_SLOTS_PER_THREAD 4u
 
 /* Fixed-size tables keep the hot path free of malloc. */

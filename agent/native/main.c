@@ -4,6 +4,7 @@
 #include "fw.h"
 #include "perf.h"
 #include "resolve.h"
+#include "selftest.h"
 #include "tracer.h"
 #include "wire.h"
 
@@ -74,6 +75,33 @@ static int setup_signals(void)
 	return fd;
 }
 
+/* The trap self-test of each backend, ptrace first (HELLO's order). */
+static struct fw_trap_check trap_checks[2];
+
+static void run_selftest(void)
+{
+	selftest_ptrace(&trap_checks[0]);
+	selftest_perf(&trap_checks[1]);
+}
+
+/* --self-test: one line per backend; 0 when every backend that could be
+ * probed delivered and at least one did, 1 otherwise. */
+static int print_selftest(void)
+{
+	static const char *const names[2] = { "ptrace", "perf" };
+	bool any = false, all = true;
+
+	run_selftest();
+	for (int i = 0; i < 2; i++) {
+		const struct fw_trap_check *c = &trap_checks[i];
+
+		printf("%s: %s: %s\n", names[i], selftest_delivery_name(c->delivery), c->detail);
+		any |= c->delivery == FW_TRAPS_DELIVERED;
+		all &= c->delivery != FW_TRAPS_NOT_DELIVERED;
+	}
+	return any && all ? 0 : 1;
+}
+
 static void send_hello(void)
 {
 	out_frame_begin(FW_MSG_HELLO, 0);
@@ -84,6 +112,14 @@ static void send_hello(void)
 	out_pad(3);
 	out_str(FW_HELPER_VERSION);
 	out_str(perf_note());
+	for (int i = 0; i < 2; i++) {
+		out_u8((uint8_t)trap_checks[i].delivery);
+		out_pad(3);
+		out_u32(trap_checks[i].writes);
+		out_u32(trap_checks[i].traps);
+		out_u32(trap_checks[i].ns_per_trap);
+		out_str(trap_checks[i].detail);
+	}
 	out_frame_end();
 	out_flush();
 }
@@ -327,7 +363,7 @@ static const char *protect_from_oom(char *msg, size_t cap)
 static int usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s [--version] [--cpu-policy follow|none]  (speaks the protocol on stdin/stdout)\n",
+		"usage: %s [--version] [--self-test] [--cpu-policy follow|none]  (speaks the protocol on stdin/stdout)\n",
 		argv0);
 	return 2;
 }
@@ -346,6 +382,8 @@ int main(int argc, char **argv)
 			       FW_PROTOCOL_VERSION);
 			return 0;
 		}
+		if (strcmp(argv[i], "--self-test") == 0 && argc == 2)
+			return print_selftest();
 		if (strcmp(argv[i], "--cpu-policy") == 0 && i + 1 < argc) {
 			i++;
 			if (strcmp(argv[i], "follow") == 0)
@@ -367,6 +405,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "fleetwatch-helper: parent exited before start\n");
 		return 1;
 	}
+	/* Before SIGCHLD goes to the signalfd: the probe child is waited for here. */
+	run_selftest();
 	sfd = setup_signals();
 	if (sfd < 0 || install_fatal_handlers() == -1) {
 		perror("fleetwatch-helper: signal setup");

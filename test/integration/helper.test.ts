@@ -118,7 +118,7 @@ async function fakeHelper(t: TestContext, mode: "v1" | "mute"): Promise<string> 
     file,
     `#!${process.execPath}
 import { encodeHello } from ${JSON.stringify(protocolUrl)};
-process.stdout.write(encodeHello({ protocolVersion: ${mode === "v1" ? 1 : 3}, slotsPerThread: 4, backends: ["ptrace"], perfValues: "unavailable", helperVersion: "fake", perfNote: "" }));
+process.stdout.write(encodeHello({ protocolVersion: ${mode === "v1" ? 1 : 4}, slotsPerThread: 4, backends: ["ptrace"], perfValues: "unavailable", helperVersion: "fake", perfNote: "", traps: [] }));
 process.stdin.on("data", () => {});
 process.stdin.on("end", () => process.exit(0));
 `,

@@ -19,7 +19,12 @@ const plain = (c: HitCounts | undefined) => [c?.trapped, c?.delivered, c?.suppre
 /** A helper that arms anything and answers a disarm with the counts it is given, after the events it is given. */
 class ScriptedHelper {
   readonly pid = 1;
-  readonly capabilities = { backends: ["ptrace", "perf"] as const, perfValues: "after-trap" as const, perfNote: "" };
+  readonly capabilities = {
+    backends: ["ptrace", "perf"] as const,
+    perfValues: "after-trap" as const,
+    perfNote: "",
+    traps: (["ptrace", "perf"] as const).map((backend) => ({ backend, delivery: "delivered" as const, writes: 8, traps: 8, nsPerTrap: 1000, detail: "8 of 8 probe writes trapped, 1.0 µs per trap" })),
+  };
   readonly arms: WatchOptions[] = [];
   private readonly queue = new AsyncQueue<HelperEvent>();
   onDisarm: (group: bigint) => { before: HelperEvent[]; counts: GroupCounts } = () => ({ before: [], counts: counts({}) });

@@ -147,11 +147,28 @@ describe("helper protocol", () => {
   });
 
   test("replies - HELLO, RESOLVED, ARMED, DISARMED and ERROR round trip", () => {
-    const hello: HelloPayload = { protocolVersion: 3, slotsPerThread: 4, backends: ["ptrace", "perf"], perfValues: "after-trap", helperVersion: "0.3.0", perfNote: "values are read after the trap" };
+    const hello: HelloPayload = {
+      protocolVersion: 4,
+      slotsPerThread: 4,
+      backends: ["ptrace", "perf"],
+      perfValues: "after-trap",
+      helperVersion: "0.3.0",
+      perfNote: "values are read after the trap",
+      traps: [
+        { backend: "ptrace", delivery: "not-delivered", writes: 8, traps: 3, nsPerTrap: 0, detail: "DR0 armed, 3 of 8 probe writes trapped: traps are delivered unreliably" },
+        { backend: "perf", delivery: "delivered", writes: 8, traps: 8, nsPerTrap: 1234, detail: "8 of 8 probe writes trapped, 1.2 µs per trap" },
+      ],
+    };
     const helloFrame = onlyFrame(encodeHello(hello));
     assert.deepEqual([helloFrame.payload.readUInt32LE(8), helloFrame.payload[12]], [0b11, 1], "backends mask, perf_values");
-    assert.equal(helloProtocolVersion(helloFrame.payload), 3);
+    assert.equal(helloProtocolVersion(helloFrame.payload), 4);
     assert.deepEqual(decodeHello(helloFrame.payload), hello);
+    // A delivery code nobody knows is refused, not read as "delivered".
+    const badDelivery = Buffer.from(helloFrame.payload);
+    const record = (detail: string): number => 4 + 12 + 2 + Buffer.byteLength(detail);
+    const ptraceDelivery = badDelivery.length - record(hello.traps[1]!.detail) - record(hello.traps[0]!.detail);
+    badDelivery[ptraceDelivery] = 7;
+    assert.throws(() => decodeHello(badDelivery), /unknown trap delivery 7 for ptrace in HELLO/);
     const noPerf: HelloPayload = { ...hello, backends: ["ptrace"], perfValues: "unavailable", perfNote: "perf_event_open: EACCES (perf_event_paranoid 3)" };
     assert.deepEqual(decodeHello(onlyFrame(encodeHello(noPerf)).payload), noPerf);
     const sym = { address: 0x5555_5555_8010n, size: 8n, module: "/usr/bin/postgres", symbol: "work_mem" };
