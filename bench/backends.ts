@@ -12,7 +12,7 @@ import { Cluster } from "../test/support/cluster.js";
 import { helperPath } from "../test/support/paths.js";
 import { measureJob, measurePerfStat, measureUnwatched, type BackendCaseContext, type BackendMeasurement } from "./backend-cases.js";
 import { buildBenchPrograms } from "./build.js";
-import { BenchInterruptedError, abortOnSignals, liveProcessNames, parseCommandLine, stopAllProcesses } from "./processes.js";
+import { BenchInterruptedError, abortOnSignals, liveProcessNames, noTrapsHere, parseCommandLine, stopAllProcesses } from "./processes.js";
 import { median } from "./report.js";
 
 const execFileAsync = promisify(execFile);
@@ -126,6 +126,11 @@ async function main(): Promise<number> {
     await access(helperPath).catch(() => {
       throw new Error(`${helperPath} is missing: run \`npm run build\` first`);
     });
+    const noTraps = await noTrapsHere(helperPath);
+    if (noTraps) {
+      process.stderr.write(`bench:backends: no traps on this host (${noTraps}): nothing of the trap path can be measured here; run it where traps are delivered\n`);
+      return 1;
+    }
     const bins = await buildBenchPrograms();
     const perfVersion = await execFileAsync("perf", ["--version"]).then((r) => r.stdout.trim(), () => "");
     if (!perfVersion) process.stderr.write("bench:backends: perf is not installed (apt-get install linux-perf): the perf stat row is skipped\n");

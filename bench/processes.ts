@@ -1,7 +1,7 @@
 // Every process the bench starts itself (writers, the bare loop, gdb), kept in
 // one registry so that an error or Ctrl-C stops and reaps all of them; and
 // waits that end early when the bench is interrupted.
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { readFile } from "node:fs/promises";
 
 /** The bench was interrupted (SIGINT, SIGTERM, SIGHUP). */
@@ -189,4 +189,15 @@ export async function tracerPidOf(pid: number): Promise<number | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The helper's trap self-test on this host: undefined when traps are
+ * delivered, else its report. A trap-path figure from a host that delivers
+ * no traps would time nothing at all, so the benchmarks say so instead.
+ */
+export async function noTrapsHere(helper: string): Promise<string | undefined> {
+  const r = spawnSync(helper, ["--self-test"], { encoding: "utf8", timeout: 10_000 });
+  if (r.status === 0) return undefined;
+  return (r.stdout || r.stderr || `exit ${r.status}`).trim().split("\n").join("; ");
 }

@@ -10,7 +10,7 @@ import { Cluster } from "../test/support/cluster.js";
 import { helperPath } from "../test/support/paths.js";
 import { buildBenchPrograms } from "./build.js";
 import { measureBare, measureFull, measureGdb, measureHelper, measureRateLimited, type CaseContext, type Measurement } from "./cases.js";
-import { BenchInterruptedError, abortOnSignals, liveProcessNames, parseCommandLine, stopAllProcesses } from "./processes.js";
+import { BenchInterruptedError, abortOnSignals, liveProcessNames, noTrapsHere, parseCommandLine, stopAllProcesses } from "./processes.js";
 import { renderThreads, type CaseKey, type CaseResult, type ThreadsResult } from "./report.js";
 
 const execFileAsync = promisify(execFile);
@@ -219,6 +219,11 @@ async function main(): Promise<number> {
     await access(helperPath).catch(() => {
       throw new Error(`${helperPath} is missing: run \`npm run build\` first`);
     });
+    const noTraps = await noTrapsHere(helperPath);
+    if (noTraps) {
+      process.stderr.write(`bench: no traps on this host (${noTraps}): nothing of the trap path can be measured here; run it where traps are delivered\n`);
+      return 1;
+    }
     const bins = await buildBenchPrograms();
     const ctx: CaseContext = { bins, helperPath, signal: interrupt.signal };
     const [gdbVersion, natsVersion] = await Promise.all([firstLine("gdb", ["--version"]), firstLine("nats-server", ["--version"])]);
