@@ -480,6 +480,13 @@ export class AgentCore {
       if (backend === "perf" && !this.currentHelper().capabilities.backends.includes("perf")) {
         throw new AgentCommandError(`perf events are unavailable on ${this.hostId}: ${this.currentHelper().capabilities.perfNote || "the helper cannot open perf breakpoints here"}`, "EOPNOTSUPP");
       }
+      // The controller does not place such a job here; a helper restarted since it last heard may have found otherwise.
+      const trap = this.currentHelper().capabilities.traps.find((t) => t.backend === backend);
+      if (trap && trap.delivery !== "delivered") {
+        const what = trap.delivery === "not-run" ? "could not be tested" : "are not delivered";
+        const so = trap.delivery === "not-run" ? "a watch armed here might never see a hit" : "a watch armed here could never see a hit";
+        throw new AgentCommandError(`${backend} watch traps ${what} on ${this.hostId}: ${trap.detail || "the helper's self-test does not say why"}; ${so}`, "EOPNOTSUPP");
+      }
       // Armed again after a lapse: counters and hit sequence go on from the earlier watch.
       // The same counters object: hits of the earlier watch still being published land in it.
       // Otherwise from what the controller and the event stream know (this agent may have started again).

@@ -5,15 +5,18 @@ import os from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { connect } from "nats";
-import { AgentInfoSchema, Backend, NatsRefusals, PerfValues, isSubjectToken, natsAuthOptions, parseAddressList, readNatsCredentials, slotsPerThread, type Transport } from "../proto/index.js";
+import { AgentInfoSchema, Backend, NatsRefusals, PerfValues, TrapCheckSchema, TrapDelivery, isSubjectToken, natsAuthOptions, parseAddressList, readNatsCredentials, slotsPerThread, type AgentInfo, type Transport } from "../proto/index.js";
 import { AgentCore } from "./agent.js";
 import { HelperProcess, type HelperCapabilities } from "./helper-process.js";
+import type { TrapCheck as HelperTrapCheck } from "./helper-protocol.js";
 import { HitPublisher } from "./hit-publisher.js";
 import { SessionClient } from "./session-client.js";
 import { storedHitsReader } from "./stored-hits.js";
 import { AgentCommandError } from "./errors.js";
 import { summarizePolicy } from "./host-policy.js";
 import { loadPolicyFile, watchPolicyFile, type LoadedPolicy } from "./policy-file.js";
+
+export type { HelperCapabilities } from "./helper-process.js";
 
 export interface AgentOptions {
   /** Controller address host:port, or several comma-separated (leader and standbys). */
@@ -42,6 +45,8 @@ export interface AgentOptions {
 
 export interface RunningAgent {
   readonly hostId: string;
+  /** What the current helper announced: its backends and its trap self-test (a restarted helper's, once it runs). */
+  readonly capabilities: HelperCapabilities;
   /** Resolves once the controller has accepted the session. */
   registered(): Promise<void>;
   /** Disarms every target, stops the helper, closes the session and NATS. */
@@ -54,10 +59,29 @@ export const agentVersion = "0.1.0";
 const restartPauseMs = 100;
 const maxRestartPauseMs = 5_000;
 
+/** The helper's words for a trap self-test's outcome, as AgentInfo carries them. */
+const trapDeliveries: Record<HelperTrapCheck["delivery"], TrapDelivery> = { delivered: TrapDelivery.DELIVERED, "not-delivered": TrapDelivery.NOT_DELIVERED, "not-run": TrapDelivery.NOT_RUN };
+
 /** What the helper can do, as the controller and `agents ls` show it. */
-function capabilityFields(c: HelperCapabilities): { backends: Backend[]; perfValues: PerfValues; perfNote: string } {
+function capabilityFields(c: HelperCapabilities): Pick<AgentInfo, "backends" | "perfValues" | "perfNote" | "trapChecks"> {
   const perfValues = c.perfValues === "exact" ? PerfValues.EXACT : c.perfValues === "after-trap" ? PerfValues.AFTER_TRAP : PerfValues.UNSPECIFIED;
-  return { backends: c.backends.map((b) => (b === "perf" ? Backend.PERF : Backend.PTRACE)), perfValues, perfNote: c.perfNote };
+  const backend = (b: HelperCapabilities["backends"][number]) => (b === "perf" ? Backend.PERF : Backend.PTRACE);
+  return {
+    backends: c.backends.map(backend),
+    perfValues,
+    perfNote: c.perfNote,
+    trapChecks: c.traps.map((t) => create(TrapCheckSchema, { backend: backend(t.backend), delivery: trapDeliveries[t.delivery], writes: t.writes, traps: t.traps, nsPerTrap: t.nsPerTrap, detail: t.detail })),
+  };
+}
+
+/** One line per backend whose watched writes do not trap here: jobs on it are refused, and the log says why once. */
+function logTrapChecks(hostId: string, c: HelperCapabilities, log: (line: string) => void): void {
+  for (const t of c.traps) {
+    // A perf the helper cannot open is said once already, by the perf line.
+    if (t.delivery === "delivered" || (t.backend === "perf" && !c.backends.includes("perf"))) continue;
+    const what = t.delivery === "not-run" ? "could not be tested" : "are not delivered";
+    log(`agent ${hostId}: ${t.backend} watch traps ${what}: ${t.detail || "the helper does not say why"}; nothing is armed with ${t.backend} here`);
+  }
 }
 
 /** SIGHUP means "reload the policy" to an agent: without a policy file it must not end the agent (the default action). */
@@ -94,6 +118,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   }
   // Jobs that ask for perf fail on this host with the reason; said once here too.
   if (!helper.capabilities.backends.includes("perf")) log(`agent ${options.hostId}: perf events are unavailable: ${helper.capabilities.perfNote || "the helper does not say why"}; only --backend ptrace jobs can be armed here`);
+  logTrapChecks(options.hostId, helper.capabilities, log);
   const core = new AgentCore(new HitPublisher(nc.jetstream()), storedHitsReader(nc, refusals), options.hostId, log);
   if (policy) await core.setPolicy(policy);
   const info = create(AgentInfoSchema, {
@@ -108,6 +133,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     policy: core.policySummary(),
     ...capabilityFields(helper.capabilities),
   });
+  const session = new SessionClient(core, { controllers: parseAddressList(options.controller), info, log, transport: options.transport ?? { plaintext: true } });
   const stopping = new AbortController();
   // The helper is supervised: when it dies its watches are reported failed
   // and a new one is started, with a growing pause if it keeps dying.
@@ -131,8 +157,10 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
         try {
           helper = await startHelper();
           pauseMs = restartPauseMs;
-          // What the next registration says: a new helper may find perf where the last did not, or the reverse.
+          // A new helper tested its backends and traps again: the controller hears it now, and the next registration says it too.
           Object.assign(info, { helperVersion: helper.helperVersion, ...capabilityFields(helper.capabilities) });
+          logTrapChecks(options.hostId, helper.capabilities, log);
+          session.infoChanged();
           break;
         } catch (err) {
           log(`agent ${options.hostId}: restarting the helper failed: ${err instanceof Error ? err.message : String(err)}`);
@@ -153,11 +181,13 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
           },
           (line) => log(`agent ${options.hostId}: ${line}`),
         );
-  const session = new SessionClient(core, { controllers: parseAddressList(options.controller), info, log, transport: options.transport ?? { plaintext: true } });
   session.start();
 
   return {
     hostId: options.hostId,
+    get capabilities() {
+      return helper.capabilities;
+    },
     registered: () => session.registered(),
     async stop() {
       unwatchPolicy();

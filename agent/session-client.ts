@@ -51,6 +51,8 @@ export class SessionClient {
   private attempt: AbortController | undefined;
   /** The watches the current attempt's registration listed as armed. */
   private listed: ArmedTarget[] = [];
+  /** The info changed while no session was live. */
+  private infoUnsent = false;
 
   constructor(
     private readonly core: AgentCore,
@@ -81,6 +83,16 @@ export class SessionClient {
 
   start(): void {
     this.loop = this.run();
+  }
+
+  /**
+   * The info given at construction changed (a restarted helper tested its
+   * backends and traps again): the controller hears it on the live session
+   * now; without one, the next registration carries it.
+   */
+  infoChanged(): void {
+    // A registration on its way may carry the old info: sent again once it is accepted.
+    this.infoUnsent = !this.send({ msg: { case: "infoUpdate", value: this.options.info } });
   }
 
   /** Closes the session and stops reconnecting. */
@@ -194,6 +206,7 @@ export class SessionClient {
                 this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()), policy: this.options.info.policy } } });
               }, everyMs);
               if (this.unsentReplaced > 0) this.options.log(`agent ${this.options.info.hostId}: sending ${this.unsent.size} target report(s) kept while disconnected (${this.unsentReplaced} older one(s) replaced by newer ones of the same target)`);
+              if (this.infoUnsent) this.infoChanged();
               for (const report of this.unsent.values()) this.send({ msg: { case: "targetReport", value: report } });
               this.unsent.clear();
               this.unsentReplaced = 0;

@@ -19,8 +19,10 @@ import {
   backendName,
   countIntervalMs,
   resolveBackend,
+  stopNeededFor,
   TargetSchema,
   TargetSelectorSchema,
+  TrapDelivery,
   checkJobSpec,
   defaultStackDepth,
   matches as matchesSelector,
@@ -208,16 +210,39 @@ function placementJob(job: Job): PlacementJob {
   return { id: job.id, priority: job.spec?.priority ?? 0, createdUnixMs: Number(job.createdUnixMs), placement: parsePlacement(job.spec?.placement ?? ""), backend };
 }
 
+/** Whether a host's helper saw watched writes trap with a backend; undefined when it did not test (an older agent). */
+function trapDelivery(info: AgentInfo, backend: Backend): TrapDelivery | undefined {
+  const delivery = info.trapChecks.find((c) => c.backend === backend)?.delivery;
+  return delivery === TrapDelivery.UNSPECIFIED ? undefined : delivery;
+}
+
 /**
- * Refuses a perf job on a host whose helper cannot open perf breakpoints,
- * with the host's reason: never a silent fall back to ptrace, which would
- * stop the target and survive no SIGKILL of the helper.
+ * Refuses a job on a host that cannot arm its backend, with the host's
+ * reason: perf where the helper cannot open perf breakpoints, and any
+ * backend whose trap self-test did not deliver (such a watch would say
+ * armed and never see a hit). Never a silent fall back to the other
+ * backend (ptrace stops the target and survives no SIGKILL of the helper;
+ * perf has no conditions); the refusal names it when it would work there.
  */
-function checkHostBackend(info: AgentInfo, spec: JobSpec): void {
-  if (resolveBackend(spec) !== Backend.PERF || info.backends.includes(Backend.PERF)) return;
-  const why = info.perfNote || "its agent does not offer them";
-  const fix = spec.countOnly ? "counting (--count) needs them" : "use --backend ptrace";
-  throw new PreconditionError(`perf events are unavailable on host ${info.hostId}: ${why}; ${fix}`);
+export function checkHostBackend(info: AgentInfo, spec: JobSpec): void {
+  const backend = resolveBackend(spec);
+  if (backend === Backend.PERF && !info.backends.includes(Backend.PERF)) {
+    const why = info.perfNote || "its agent does not offer them";
+    const fix = spec.countOnly ? "counting (--count) needs them" : "use --backend ptrace";
+    throw new PreconditionError(`perf events are unavailable on host ${info.hostId}: ${why}; ${fix}`);
+  }
+  const delivery = trapDelivery(info, backend);
+  if (delivery === undefined || delivery === TrapDelivery.DELIVERED) return;
+  const check = info.trapChecks.find((c) => c.backend === backend)!;
+  const name = backendName(backend);
+  const saw = check.detail || `${check.traps} of ${check.writes} probe writes trapped`;
+  const what = delivery === TrapDelivery.NOT_RUN ? `could not be tested: ${saw}; a watch there might never see a hit` : `are not delivered: ${saw}; no hit could be seen there`;
+  // The other backend, where it traps and the spec allows it (counting needs perf, a stop at each trap needs ptrace).
+  const other = backend === Backend.PERF ? Backend.PTRACE : Backend.PERF;
+  const allowed = other === Backend.PTRACE ? !spec.countOnly : stopNeededFor(spec) === undefined && info.backends.includes(Backend.PERF);
+  const auto = spec.backend === Backend.UNSPECIFIED ? ` (${name} was the automatic choice)` : "";
+  const fix = allowed && trapDelivery(info, other) === TrapDelivery.DELIVERED ? `; ${backendName(other)} traps are delivered there: use --backend ${backendName(other)}${auto}` : "";
+  throw new PreconditionError(`host ${info.hostId}: ${name} watch traps ${what}${fix}`);
 }
 
 /** A job's targets by `host/pid`: lookups of many targets in a job of thousands must not each scan it. */
@@ -550,6 +575,8 @@ export class Controller {
         const session = this.sessions.get(t.hostId);
         try {
           if (!session?.isOpen) throw new AgentUnavailableError(`agent ${t.hostId} is not connected`, t.hostId);
+          // What the host said since the target was planned (a restarted helper's self-test) still allows it.
+          checkHostBackend(session.info, job.spec!);
           const result = await session.arm(armRequest(job, t, this.options.epoch));
           if (result.reservedMask) this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
           if (result.error) throw agentFailure(t.hostId, result.error);
@@ -742,6 +769,7 @@ export class Controller {
    */
   private async drain(): Promise<void> {
     const work = await this.withLedger(async () => {
+      await this.failUnarmable();
       // Decisions one job after the other (each sees the registers the ones before it took); writes all at once.
       const writes: Promise<{ job: Job; evictions: readonly Eviction[] } | undefined>[] = [];
       const now = Date.now();
@@ -797,6 +825,46 @@ export class Controller {
         await this.armTargets(job, job.targets.filter((t) => t.state === TargetState.ARMING), []);
       }),
     );
+  }
+
+  /**
+   * Waiting targets on hosts that cannot arm their job's backend now (a
+   * restarted helper whose self-test saw no traps) fail with the host's
+   * reason instead of being placed: they would preempt others to watch
+   * nothing. Call under the ledger lock; waiting targets hold no registers.
+   */
+  private async failUnarmable(): Promise<void> {
+    for (const job of this.queuedInOrder()) {
+      const why = new Map<string, string>();
+      const checked = new Set<string>();
+      for (const t of job.targets) {
+        if (!isTargetWaiting(t) || checked.has(t.hostId)) continue;
+        checked.add(t.hostId);
+        const info = this.known.get(t.hostId)?.info;
+        try {
+          if (info && job.spec) checkHostBackend(info, job.spec);
+        } catch (err) {
+          why.set(t.hostId, errorText(err));
+        }
+      }
+      if (why.size === 0) continue;
+      const updated = await this.store
+        .mutate(job.id, (j) => {
+          for (const t of j.targets) {
+            const reason = why.get(t.hostId);
+            if (reason === undefined || !isTargetWaiting(t)) continue;
+            t.state = TargetState.FAILED;
+            t.reason = reason;
+          }
+          rollUp(j);
+        }, why.keys())
+        .catch((err: unknown) => void this.options.log(`job ${job.id}: failing its targets on hosts that cannot trap failed: ${String(err)}`));
+      if (!updated) continue;
+      if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
+      if (isJobFinal(updated)) this.forgetJobTimers(updated);
+      this.publish(updated);
+      this.options.log(`job ${job.id}: waiting targets on ${[...why.keys()].join(", ")} failed: ${[...why.values()][0]}`);
+    }
   }
 
   /** The queue timeout passed: targets that never got registers fail (a gang fails whole). */
@@ -1308,6 +1376,15 @@ export class Controller {
 
   private onAgentMessage(session: AgentSession, message: SessionRequest): void {
     switch (message.msg.case) {
+      case "infoUpdate": {
+        // A restarted helper tested its backends and traps again. The host id stays the session's (its certificate's).
+        Object.assign(session.info, message.msg.value, { hostId: session.hostId });
+        const traps = session.info.trapChecks.map((c) => `${backendName(c.backend)} ${TrapDelivery[c.delivery]?.toLowerCase().replace("_", "-") ?? "?"}`);
+        this.options.log(`agent ${session.hostId}: new helper ${session.info.helperVersion}; backends ${session.info.backends.map(backendName).join(",") || "none"}; traps ${traps.join(", ") || "not tested"}`);
+        // Waiting targets there that cannot trap now fail (failUnarmable) rather than wait.
+        this.drainSoon();
+        return;
+      }
       case "heartbeat":
         // The agent's policy was reloaded: agents ls shows the one in effect.
         session.info.policy = message.msg.value.policy;
@@ -1446,6 +1523,8 @@ export class Controller {
         let failure = "";
         let gone = false;
         try {
+          // This agent's helper may be a new one that does not trap with the job's backend.
+          checkHostBackend(session.info, job.spec!);
           const result = await session.arm(armRequest(job, target, this.options.epoch));
           if (result.reservedMask) this.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
           if (result.error) failure = `${session.hostId}: ${result.error.message}`;

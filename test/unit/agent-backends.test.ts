@@ -149,6 +149,28 @@ test("agent - a perf arm on a helper without perf is refused with the helper's r
   await stop();
 });
 
+test("agent - an arm on a backend whose trap self-test did not deliver is refused with what the probe saw", async () => {
+  const { core, helper, stop } = agent();
+  const detail = "DR0 armed, 0 of 8 probe writes trapped: this host does not deliver debug-register traps (hypervisor)";
+  const traps = [
+    { backend: "ptrace", delivery: "not-delivered", writes: 8, traps: 0, nsPerTrap: 0, detail },
+    { backend: "perf", delivery: "not-run", writes: 0, traps: 0, nsPerTrap: 0, detail: "perf_event_open: EACCES (perf_event_paranoid 2)" },
+  ];
+  Object.assign(helper, { capabilities: { ...helper.capabilities, traps } });
+  try {
+    const ptrace = await core.arm(armRequest({ backend: Backend.PTRACE }));
+    assert.equal(ptrace.error?.errnoName, "EOPNOTSUPP");
+    assert.equal(ptrace.error?.message, `ptrace watch traps are not delivered on h1: ${detail}; a watch armed here could never see a hit`);
+    const perf = await core.arm(armRequest({ backend: Backend.PERF }));
+    assert.equal(perf.error?.errnoName, "EOPNOTSUPP");
+    assert.equal(perf.error?.message, "perf watch traps could not be tested on h1: perf_event_open: EACCES (perf_event_paranoid 2); a watch armed here might never see a hit");
+    assert.equal(helper.arms.length, 0, "nothing was asked of the helper");
+    assert.deepEqual(core.armed(), []);
+  } finally {
+    await stop();
+  }
+});
+
 test("agent - hits with deep stacks go out in batches a NATS server takes (under its 1 MiB message limit)", async () => {
   const { core, helper, publisher, stop } = agent();
   await core.arm(armRequest({ backend: Backend.PERF, stackDepth: 64 }));

@@ -5,7 +5,7 @@ import { Backend, ConditionOp, WatchMode, WatchSpecError } from "../../proto/ind
 import { buildJobSpec, type WatchArgs } from "../../cli/commands/watch.js";
 import { parseEventsArgs } from "../../cli/commands/events.js";
 import { parseAgentArgs, parseLabels } from "../../cli/commands/agent.js";
-import { embeddedHostId, parseUpArgs } from "../../cli/commands/up.js";
+import { embeddedHostId, parseUpArgs, printNoTrapsWarning, printUpReady } from "../../cli/commands/up.js";
 import { UsageError } from "../../cli/errors.js";
 import { SequenceTracker } from "../../proto/index.js";
 
@@ -129,6 +129,19 @@ test("cli up - host id is the hostname reduced to [A-Za-z0-9_-]; data dir is und
   });
   assert.throws(() => parseUpArgs({ dataDir: "d", listen: "127.0.0.1:1", natsPort: "70000" }, "/", "h"), /--nats-port '70000' is not a TCP port/);
   assert.throws(() => parseUpArgs({ dataDir: "d", listen: "0.0.0.0:7070", natsPort: "4222" }, "/", "h"), /serves plaintext, on loopback only/);
+});
+
+test("cli up - warns, in a line scripts waiting for the ready line skip, only when no backend traps here", () => {
+  const ptrace = "DR0 armed, 0 of 8 probe writes trapped: this host does not deliver debug-register traps (hypervisor)";
+  const perf = "perf breakpoint opened, 0 of 8 probe writes trapped: this host does not deliver debug-register traps (hypervisor)";
+  const check = (backend: "ptrace" | "perf", delivery: "delivered" | "not-delivered" | "not-run", detail: string) => ({ backend, delivery, writes: 8, traps: delivery === "delivered" ? 8 : 0, nsPerTrap: 0, detail });
+  const warning = printNoTrapsWarning([check("ptrace", "not-delivered", ptrace), check("perf", "not-delivered", perf)]);
+  assert.equal(warning, `warning: this host delivers no debug-register traps (ptrace: ${ptrace}; perf: ${perf}): watches here are refused; see README "Hosts without debug traps"\n`);
+  assert.doesNotMatch(warning!, /^fleetwatch up:/m);
+  assert.match(printUpReady("127.0.0.1:7070", "nats://127.0.0.1:4222", "h1"), /^fleetwatch up: controller 127\.0\.0\.1:7070, nats nats:\/\/127\.0\.0\.1:4222, host h1\n$/);
+  assert.match(printNoTrapsWarning([check("ptrace", "not-delivered", ptrace), check("perf", "not-run", "perf_event_open: EACCES (perf_event_paranoid 3)")]) ?? "", /\(ptrace: DR0 armed.*; perf: perf_event_open: EACCES \(perf_event_paranoid 3\)\)/);
+  assert.equal(printNoTrapsWarning([check("ptrace", "not-delivered", ptrace), check("perf", "delivered", "8 of 8 probe writes trapped")]), undefined, "perf traps");
+  assert.equal(printNoTrapsWarning([]), undefined, "not tested");
 });
 
 test("cli events - a hit seen again from the same host is dropped, in or out of order", () => {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/controller.proto.
  */
 export const file_fleetwatch_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiIgoQRGlzYXJtQWxsUmVxdWVzdBIOCgZyZWFzb24YASABKAkigQEKC0FnZW50RGlzYXJtEg8KB2hvc3RfaWQYASABKAkSEQoJY29uZmlybWVkGAIgASgIEhAKCGRpc2FybWVkGAMgASgNEhoKEmNvbmZpcm1lZF9hZnRlcl9tcxgEIAEoBBINCgVlcnJvchgFIAEoCRIRCgljb25uZWN0ZWQYBiABKAgiegoRRGlzYXJtQWxsUmVzcG9uc2USGQoRY2FuY2VsbGVkX2pvYl9pZHMYASADKAkSKgoGYWdlbnRzGAIgAygLMhouZmxlZXR3YXRjaC52MS5BZ2VudERpc2FybRIeChZhbGxfY29uZmlybWVkX2FmdGVyX21zGAMgASgEIikKEExpc3RBdWRpdFJlcXVlc3QSFQoNc2luY2VfdW5peF9tcxgBIAEoAyJAChFMaXN0QXVkaXRSZXNwb25zZRIrCgdyZWNvcmRzGAEgAygLMhouZmxlZXR3YXRjaC52MS5BdWRpdFJlY29yZCKNAQoLQXVkaXRSZWNvcmQSFAoMdGltZV91bml4X21zGAEgASgDEgsKA3dobxgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDgoGam9iX2lkGAQgASgJEgwKBHdoYXQYBSABKAkSDQoFd2hlcmUYBiADKAkSDgoGcmVzdWx0GAcgASgJEg4KBnJlYXNvbhgIIAEoCSI4ChBTdWJtaXRKb2JSZXF1ZXN0EiQKBHNwZWMYASABKAsyFi5mbGVldHdhdGNoLnYxLkpvYlNwZWMiNAoRU3VibWl0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIxCg5HZXRKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiIRCg9MaXN0Sm9ic1JlcXVlc3QiNAoQTGlzdEpvYnNSZXNwb25zZRIgCgRqb2JzGAEgAygLMhIuZmxlZXR3YXRjaC52MS5Kb2IiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChFDYW5jZWxKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiITChFMaXN0QWdlbnRzUmVxdWVzdCI6ChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuZmxlZXR3YXRjaC52MS5BZ2VudCIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkiRAoQV2F0Y2hKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYhIPCgdza2lwcGVkGAIgASgEIvcCCglBZ2VudEluZm8SDwoHaG9zdF9pZBgBIAEoCRI0CgZsYWJlbHMYAiADKAsyJC5mbGVldHdhdGNoLnYxLkFnZW50SW5mby5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIOCgZrZXJuZWwYBCABKAkSDAoEYXJjaBgFIAEoCRIYChBzbG90c19wZXJfdGhyZWFkGAYgASgNEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaGVscGVyX3ZlcnNpb24YCCABKAkSDgoGcG9saWN5GAkgASgJEigKCGJhY2tlbmRzGAogAygOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kEi4KC3BlcmZfdmFsdWVzGAsgASgOMhkuZmxlZXR3YXRjaC52MS5QZXJmVmFsdWVzEhEKCXBlcmZfbm90ZRgMIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqcBCgdTbG90VXNlEgoKAmRyGAEgASgNEg4KBmpvYl9pZBgCIAEoCRIjCgVjaHVuaxgDIAEoCzIULmZsZWV0d2F0Y2gudjEuQ2h1bmsSEAoIcmVzZXJ2ZWQYBCABKAgSDwoHam9iX2lkcxgFIAMoCRIPCgdmb3JlaWduGAYgASgIEicKB2JhY2tlbmQYByABKA4yFi5mbGVldHdhdGNoLnYxLkJhY2tlbmQicAoLVGFyZ2V0U2xvdHMSCwoDcGlkGAEgASgNEiUKBXNsb3RzGAIgAygLMhYuZmxlZXR3YXRjaC52MS5TbG90VXNlEhUKDXRyYWNlZF9ieV9waWQYAyABKA0SFgoOdHJhY2VkX2J5X2NvbW0YBCABKAkiigEKBUFnZW50EiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIRCgljb25uZWN0ZWQYAiABKAgSGQoRbGFzdF9zZWVuX3VuaXhfbXMYAyABKAMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2xvdHMqXAoKUGVyZlZhbHVlcxIbChdQRVJGX1ZBTFVFU19VTlNQRUNJRklFRBAAEhoKFlBFUkZfVkFMVUVTX0FGVEVSX1RSQVAQARIVChFQRVJGX1ZBTFVFU19FWEFDVBACMokFChFDb250cm9sbGVyU2VydmljZRJOCglTdWJtaXRKb2ISHy5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEkUKBkdldEpvYhIcLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVxdWVzdBodLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVzcG9uc2USSwoITGlzdEpvYnMSHi5mbGVldHdhdGNoLnYxLkxpc3RKb2JzUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXNwb25zZRJOCglDYW5jZWxKb2ISHy5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlc3BvbnNlElEKCkxpc3RBZ2VudHMSIC5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuZmxlZXR3YXRjaC52MS5MaXN0QWdlbnRzUmVzcG9uc2USTQoIV2F0Y2hKb2ISHi5mbGVldHdhdGNoLnYxLldhdGNoSm9iUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXNwb25zZTABEk4KCURpc2FybUFsbBIfLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVzcG9uc2USTgoJTGlzdEF1ZGl0Eh8uZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXNwb25zZWIGcHJvdG8z", [file_fleetwatch_v1_watch]);
+  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiIgoQRGlzYXJtQWxsUmVxdWVzdBIOCgZyZWFzb24YASABKAkigQEKC0FnZW50RGlzYXJtEg8KB2hvc3RfaWQYASABKAkSEQoJY29uZmlybWVkGAIgASgIEhAKCGRpc2FybWVkGAMgASgNEhoKEmNvbmZpcm1lZF9hZnRlcl9tcxgEIAEoBBINCgVlcnJvchgFIAEoCRIRCgljb25uZWN0ZWQYBiABKAgiegoRRGlzYXJtQWxsUmVzcG9uc2USGQoRY2FuY2VsbGVkX2pvYl9pZHMYASADKAkSKgoGYWdlbnRzGAIgAygLMhouZmxlZXR3YXRjaC52MS5BZ2VudERpc2FybRIeChZhbGxfY29uZmlybWVkX2FmdGVyX21zGAMgASgEIikKEExpc3RBdWRpdFJlcXVlc3QSFQoNc2luY2VfdW5peF9tcxgBIAEoAyJAChFMaXN0QXVkaXRSZXNwb25zZRIrCgdyZWNvcmRzGAEgAygLMhouZmxlZXR3YXRjaC52MS5BdWRpdFJlY29yZCKNAQoLQXVkaXRSZWNvcmQSFAoMdGltZV91bml4X21zGAEgASgDEgsKA3dobxgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDgoGam9iX2lkGAQgASgJEgwKBHdoYXQYBSABKAkSDQoFd2hlcmUYBiADKAkSDgoGcmVzdWx0GAcgASgJEg4KBnJlYXNvbhgIIAEoCSI4ChBTdWJtaXRKb2JSZXF1ZXN0EiQKBHNwZWMYASABKAsyFi5mbGVldHdhdGNoLnYxLkpvYlNwZWMiNAoRU3VibWl0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIxCg5HZXRKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiIRCg9MaXN0Sm9ic1JlcXVlc3QiNAoQTGlzdEpvYnNSZXNwb25zZRIgCgRqb2JzGAEgAygLMhIuZmxlZXR3YXRjaC52MS5Kb2IiHgoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChFDYW5jZWxKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiITChFMaXN0QWdlbnRzUmVxdWVzdCI6ChJMaXN0QWdlbnRzUmVzcG9uc2USJAoGYWdlbnRzGAEgAygLMhQuZmxlZXR3YXRjaC52MS5BZ2VudCIdCg9XYXRjaEpvYlJlcXVlc3QSCgoCaWQYASABKAkiRAoQV2F0Y2hKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYhIPCgdza2lwcGVkGAIgASgEIqYDCglBZ2VudEluZm8SDwoHaG9zdF9pZBgBIAEoCRI0CgZsYWJlbHMYAiADKAsyJC5mbGVldHdhdGNoLnYxLkFnZW50SW5mby5MYWJlbHNFbnRyeRIQCghob3N0bmFtZRgDIAEoCRIOCgZrZXJuZWwYBCABKAkSDAoEYXJjaBgFIAEoCRIYChBzbG90c19wZXJfdGhyZWFkGAYgASgNEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaGVscGVyX3ZlcnNpb24YCCABKAkSDgoGcG9saWN5GAkgASgJEigKCGJhY2tlbmRzGAogAygOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kEi4KC3BlcmZfdmFsdWVzGAsgASgOMhkuZmxlZXR3YXRjaC52MS5QZXJmVmFsdWVzEhEKCXBlcmZfbm90ZRgMIAEoCRItCgt0cmFwX2NoZWNrcxgNIAMoCzIYLmZsZWV0d2F0Y2gudjEuVHJhcENoZWNrGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEipwEKCVRyYXBDaGVjaxInCgdiYWNrZW5kGAEgASgOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kEi0KCGRlbGl2ZXJ5GAIgASgOMhsuZmxlZXR3YXRjaC52MS5UcmFwRGVsaXZlcnkSDgoGd3JpdGVzGAMgASgNEg0KBXRyYXBzGAQgASgNEhMKC25zX3Blcl90cmFwGAUgASgNEg4KBmRldGFpbBgGIAEoCSKnAQoHU2xvdFVzZRIKCgJkchgBIAEoDRIOCgZqb2JfaWQYAiABKAkSIwoFY2h1bmsYAyABKAsyFC5mbGVldHdhdGNoLnYxLkNodW5rEhAKCHJlc2VydmVkGAQgASgIEg8KB2pvYl9pZHMYBSADKAkSDwoHZm9yZWlnbhgGIAEoCBInCgdiYWNrZW5kGAcgASgOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kInAKC1RhcmdldFNsb3RzEgsKA3BpZBgBIAEoDRIlCgVzbG90cxgCIAMoCzIWLmZsZWV0d2F0Y2gudjEuU2xvdFVzZRIVCg10cmFjZWRfYnlfcGlkGAMgASgNEhYKDnRyYWNlZF9ieV9jb21tGAQgASgJIooBCgVBZ2VudBImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SEQoJY29ubmVjdGVkGAIgASgIEhkKEWxhc3Rfc2Vlbl91bml4X21zGAMgASgDEisKB3RhcmdldHMYBCADKAsyGi5mbGVldHdhdGNoLnYxLlRhcmdldFNsb3RzKoYBCgxUcmFwRGVsaXZlcnkSHQoZVFJBUF9ERUxJVkVSWV9VTlNQRUNJRklFRBAAEhsKF1RSQVBfREVMSVZFUllfREVMSVZFUkVEEAESHwobVFJBUF9ERUxJVkVSWV9OT1RfREVMSVZFUkVEEAISGQoVVFJBUF9ERUxJVkVSWV9OT1RfUlVOEAMqXAoKUGVyZlZhbHVlcxIbChdQRVJGX1ZBTFVFU19VTlNQRUNJRklFRBAAEhoKFlBFUkZfVkFMVUVTX0FGVEVSX1RSQVAQARIVChFQRVJGX1ZBTFVFU19FWEFDVBACMokFChFDb250cm9sbGVyU2VydmljZRJOCglTdWJtaXRKb2ISHy5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEkUKBkdldEpvYhIcLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVxdWVzdBodLmZsZWV0d2F0Y2gudjEuR2V0Sm9iUmVzcG9uc2USSwoITGlzdEpvYnMSHi5mbGVldHdhdGNoLnYxLkxpc3RKb2JzUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXNwb25zZRJOCglDYW5jZWxKb2ISHy5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkNhbmNlbEpvYlJlc3BvbnNlElEKCkxpc3RBZ2VudHMSIC5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXF1ZXN0GiEuZmxlZXR3YXRjaC52MS5MaXN0QWdlbnRzUmVzcG9uc2USTQoIV2F0Y2hKb2ISHi5mbGVldHdhdGNoLnYxLldhdGNoSm9iUmVxdWVzdBofLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXNwb25zZTABEk4KCURpc2FybUFsbBIfLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuRGlzYXJtQWxsUmVzcG9uc2USTgoJTGlzdEF1ZGl0Eh8uZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5MaXN0QXVkaXRSZXNwb25zZWIGcHJvdG8z", [file_fleetwatch_v1_watch]);
 
 /**
  * @generated from message fleetwatch.v1.DisarmAllRequest
@@ -497,6 +497,18 @@ export type AgentInfo = Message<"fleetwatch.v1.AgentInfo"> & {
    * @generated from field: string perf_note = 12;
    */
   perfNote: string;
+
+  /**
+   * The helper's start-up trap self-test, one per backend (ptrace first):
+   * whether a watched write really traps on this host. Some hosts (virtual
+   * machines whose hypervisor does not virtualize the debug registers)
+   * accept every register value and never trap; nothing is armed with a
+   * backend whose check did not deliver. A restarted helper tests again.
+   * Empty from an agent that does not test.
+   *
+   * @generated from field: repeated fleetwatch.v1.TrapCheck trap_checks = 13;
+   */
+  trapChecks: TrapCheck[];
 };
 
 /**
@@ -505,6 +517,62 @@ export type AgentInfo = Message<"fleetwatch.v1.AgentInfo"> & {
  */
 export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_controller, 18);
+
+/**
+ * One backend's trap self-test: the helper watches a word of its own, never
+ * a target's (ptrace: in a child it traces; perf: in itself), writes it,
+ * and counts the traps.
+ *
+ * @generated from message fleetwatch.v1.TrapCheck
+ */
+export type TrapCheck = Message<"fleetwatch.v1.TrapCheck"> & {
+  /**
+   * @generated from field: fleetwatch.v1.Backend backend = 1;
+   */
+  backend: Backend;
+
+  /**
+   * @generated from field: fleetwatch.v1.TrapDelivery delivery = 2;
+   */
+  delivery: TrapDelivery;
+
+  /**
+   * Probe writes made to the watched word (0 when the probe could not run).
+   *
+   * @generated from field: uint32 writes = 3;
+   */
+  writes: number;
+
+  /**
+   * Of those, how many trapped.
+   *
+   * @generated from field: uint32 traps = 4;
+   */
+  traps: number;
+
+  /**
+   * What one trap cost, measured (0 when none trapped).
+   *
+   * @generated from field: uint32 ns_per_trap = 5;
+   */
+  nsPerTrap: number;
+
+  /**
+   * What the probe saw, in words: "8 of 8 probe writes trapped, 4.1 µs per
+   * trap", "DR0 armed, 0 of 8 probe writes trapped: this host does not
+   * deliver debug-register traps (hypervisor)".
+   *
+   * @generated from field: string detail = 6;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message fleetwatch.v1.TrapCheck.
+ * Use `create(TrapCheckSchema)` to create a new message.
+ */
+export const TrapCheckSchema: GenMessage<TrapCheck> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 19);
 
 /**
  * One debug register of a target: free (no job_ids) or held by ptrace jobs
@@ -563,7 +631,7 @@ export type SlotUse = Message<"fleetwatch.v1.SlotUse"> & {
  * Use `create(SlotUseSchema)` to create a new message.
  */
 export const SlotUseSchema: GenMessage<SlotUse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 19);
+  messageDesc(file_fleetwatch_v1_controller, 20);
 
 /**
  * The slot map of one watched process.
@@ -599,7 +667,7 @@ export type TargetSlots = Message<"fleetwatch.v1.TargetSlots"> & {
  * Use `create(TargetSlotsSchema)` to create a new message.
  */
 export const TargetSlotsSchema: GenMessage<TargetSlots> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 20);
+  messageDesc(file_fleetwatch_v1_controller, 21);
 
 /**
  * @generated from message fleetwatch.v1.Agent
@@ -631,7 +699,50 @@ export type Agent = Message<"fleetwatch.v1.Agent"> & {
  * Use `create(AgentSchema)` to create a new message.
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 21);
+  messageDesc(file_fleetwatch_v1_controller, 22);
+
+/**
+ * Whether watched writes trap on a host, by its helper's self-test.
+ *
+ * @generated from enum fleetwatch.v1.TrapDelivery
+ */
+export enum TrapDelivery {
+  /**
+   * Not tested (an agent of an older version): armed as before there was a test.
+   *
+   * @generated from enum value: TRAP_DELIVERY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Every probe write trapped.
+   *
+   * @generated from enum value: TRAP_DELIVERY_DELIVERED = 1;
+   */
+  DELIVERED = 1,
+
+  /**
+   * The probe armed the register and wrote, and some or all writes did not
+   * trap: a watch there would say armed and see nothing.
+   *
+   * @generated from enum value: TRAP_DELIVERY_NOT_DELIVERED = 2;
+   */
+  NOT_DELIVERED = 2,
+
+  /**
+   * The probe could not run (no permission to trace, perf forbidden): no
+   * proof either way, so nothing is armed with that backend either.
+   *
+   * @generated from enum value: TRAP_DELIVERY_NOT_RUN = 3;
+   */
+  NOT_RUN = 3,
+}
+
+/**
+ * Describes the enum fleetwatch.v1.TrapDelivery.
+ */
+export const TrapDeliverySchema: GenEnum<TrapDelivery> = /*@__PURE__*/
+  enumDesc(file_fleetwatch_v1_controller, 0);
 
 /**
  * How the perf backend reads a hit's values on a host.
@@ -666,7 +777,7 @@ export enum PerfValues {
  * Describes the enum fleetwatch.v1.PerfValues.
  */
 export const PerfValuesSchema: GenEnum<PerfValues> = /*@__PURE__*/
-  enumDesc(file_fleetwatch_v1_controller, 0);
+  enumDesc(file_fleetwatch_v1_controller, 1);
 
 /**
  * What users and scripts talk to.
