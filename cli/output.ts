@@ -9,6 +9,7 @@ import {
   HitEventSchema,
   JobSchema,
   PerfValues,
+  TrapDelivery,
   ValueRedaction,
   backendName,
   countIntervalMs,
@@ -30,6 +31,7 @@ import {
   type SlotAssignment,
   type SlotUse,
   type Target,
+  type TrapCheck,
   type WatchSpec,
 } from "../proto/index.js";
 import { UsageError } from "./errors.js";
@@ -261,27 +263,83 @@ export function formatHostBackends(info: AgentInfo | undefined): string {
   return info.perfValues === PerfValues.EXACT ? `${names.join(",")} (values exact)` : names.join(",");
 }
 
+/** What one trap costs, for people: `850 ns`, `4.1 µs`, `1.2 ms`. */
+export function formatNsPerTrap(ns: number): string {
+  if (ns < 1_000) return `${ns} ns`;
+  if (ns < 1_000_000) return `${(ns / 1_000).toFixed(1)} µs`;
+  return `${(ns / 1_000_000).toFixed(1)} ms`;
+}
+
+/** One backend's trap self-test in a table cell: `ptrace: 4.1 µs/trap`, `perf: NO TRAPS`, `perf: not tested`. */
+function formatTrapCell(check: TrapCheck): string {
+  const name = backendName(check.backend);
+  switch (check.delivery) {
+    case TrapDelivery.DELIVERED:
+      return `${name}: ${check.nsPerTrap > 0 ? `${formatNsPerTrap(check.nsPerTrap)}/trap` : "delivered"}`;
+    case TrapDelivery.NOT_DELIVERED:
+      return `${name}: NO TRAPS`;
+    case TrapDelivery.NOT_RUN:
+      return `${name}: not tested`;
+    default:
+      return `${name}: ?`;
+  }
+}
+
+/**
+ * Whether watched writes trap on a host, per backend, by its helper's
+ * self-test: `ptrace: 4.1 µs/trap, perf: 1.2 µs/trap`, `ptrace: NO TRAPS, …`;
+ * `untested` from an agent that does not test.
+ */
+export function formatHostTraps(info: AgentInfo | undefined): string {
+  const checks = info?.trapChecks.filter((c) => c.delivery !== TrapDelivery.UNSPECIFIED) ?? [];
+  return checks.length === 0 ? "untested" : checks.map(formatTrapCell).join(", ");
+}
+
+/**
+ * Why a host's watches with a backend are refused, one line per backend
+ * whose self-test did not deliver: `vm-1: no ptrace traps: DR0 armed, 0 of
+ * 8 probe writes trapped: …; watches with ptrace are refused there`. A perf
+ * the host cannot open is said in its backends already.
+ */
+export function hostTrapNotes(info: AgentInfo | undefined): string[] {
+  if (!info) return [];
+  return info.trapChecks.flatMap((c) => {
+    if (c.delivery !== TrapDelivery.NOT_DELIVERED && c.delivery !== TrapDelivery.NOT_RUN) return [];
+    if (c.backend === Backend.PERF && !info.backends.includes(Backend.PERF)) return [];
+    const name = backendName(c.backend);
+    const what = c.delivery === TrapDelivery.NOT_RUN ? `${name} traps not tested` : `no ${name} traps`;
+    const saw = c.detail || `${c.traps} of ${c.writes} probe writes trapped`;
+    return [`${info.hostId}: ${what}: ${saw}; watches with ${name} are refused there`];
+  });
+}
+
 /** `k=v,k2=v2` sorted by key; `-` when none. */
 export function formatLabels(labels: Readonly<Record<string, string>>): string {
   const keys = Object.keys(labels).sort();
   return keys.length === 0 ? "-" : keys.map((key) => `${key}=${labels[key]}`).join(",");
 }
 
-/** The `agents ls` tables: hosts, then every watched target's DR0–DR3. */
+/**
+ * The `agents ls` tables: hosts (with, under them, why a host's traps are
+ * refused where its self-test saw none), then every watched target's DR0–DR3.
+ */
 export function renderAgentsTable(agents: readonly Agent[], nowMs: number): string {
   if (agents.length === 0) return "no agents\n";
-  const hosts = renderTable(
-    ["HOST", "LABELS", "CONNECTED", "KERNEL", "BACKENDS", "POLICY", "LAST SEEN"],
+  const table = renderTable(
+    ["HOST", "LABELS", "CONNECTED", "KERNEL", "BACKENDS", "TRAPS", "POLICY", "LAST SEEN"],
     agents.map((agent) => [
       agent.info?.hostId ?? "?",
       formatLabels(agent.info?.labels ?? {}),
       agent.connected ? "yes" : "no",
       agent.info?.kernel || "-",
       formatHostBackends(agent.info),
+      formatHostTraps(agent.info),
       agent.info?.policy || "none",
       formatAge(agent.lastSeenUnixMs, nowMs),
     ]),
   );
+  const notes = agents.flatMap((agent) => hostTrapNotes(agent.info));
+  const hosts = notes.length === 0 ? table : `${table}\n${notes.join("\n")}\n`;
   const rows = agents.flatMap((agent) =>
     agent.targets.map((target) => {
       const byDr = new Map(target.slots.map((slot) => [slot.dr, slot]));

@@ -4,7 +4,7 @@
 import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
-import type { RunningAgent } from "../../agent/index.js";
+import type { HelperCapabilities, RunningAgent } from "../../agent/index.js";
 import type { RunningController } from "../../controller/index.js";
 import { isLoopbackAddress } from "../../proto/index.js";
 import { CliError, DaemonStartError, UsageError } from "../errors.js";
@@ -41,6 +41,18 @@ export function parseUpArgs(opts: { dataDir: string; listen: string; natsPort: s
 /** The one line printed once everything runs. */
 export function printUpReady(controller: string, natsUrl: string, hostId: string): string {
   return `fleetwatch up: controller ${controller}, nats ${natsUrl}, host ${hostId}\n`;
+}
+
+/**
+ * The warning printed before the ready line when this host's helper saw no
+ * backend trap (a hypervisor that does not virtualize the debug registers):
+ * every watch here is refused. Undefined when one backend traps, or none
+ * was tested. Not a `fleetwatch up:` line: scripts wait for that one.
+ */
+export function printNoTrapsWarning(traps: HelperCapabilities["traps"]): string | undefined {
+  if (traps.length === 0 || traps.some((t) => t.delivery === "delivered")) return undefined;
+  const seen = traps.map((t) => `${t.backend}: ${t.detail || t.delivery}`).join("; ");
+  return `warning: this host delivers no debug-register traps (${seen}): watches here are refused; see README "Hosts without debug traps"\n`;
 }
 
 /** Everything `up` started, stopped in reverse order of start. */
@@ -131,6 +143,9 @@ export function registerUpCommand(program: Command, ctx: CliContext): void {
         throw err;
       }
       if (ready) {
+        // On stdout with the ready line, so whoever reads that sees it first.
+        const warning = printNoTrapsWarning(embedded.agent!.capabilities.traps);
+        if (warning) ctx.stdout.write(warning);
         ctx.stdout.write(printUpReady(embedded.controller!.address, embedded.nats!.url, request.hostId));
         await untilAborted(interrupted);
       }

@@ -1,12 +1,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { AgentSchema, Backend, ConditionOp, CountReportSchema, HitEventSchema, JobSchema, JobState, PerfValues, TargetState, ValueRedaction, WatchMode } from "../../proto/index.js";
+import { AgentSchema, Backend, ConditionOp, CountReportSchema, HitEventSchema, JobSchema, JobState, PerfValues, TargetState, TrapDelivery, ValueRedaction, WatchMode } from "../../proto/index.js";
 import {
   formatAge,
   formatDuration,
   formatHitValue,
   formatJobBackend,
+  formatNsPerTrap,
   formatValue,
   formatWatch,
   parseDuration,
@@ -20,6 +21,7 @@ import {
   renderTable,
 } from "../../cli/output.js";
 import { UsageError } from "../../cli/errors.js";
+import { printAgents } from "../../cli/commands/agents-ls.js";
 
 test("cli output - parses durations with ms, s, m, h and sums of them", () => {
   const table: Array<[string, number]> = [
@@ -155,8 +157,8 @@ test("cli output - agents table shows DR0-DR3 of each watched target, free or he
   assert.equal(
     renderAgentsTable([agent], 10_000),
     [
-      "HOST  LABELS                 CONNECTED  KERNEL  BACKENDS     POLICY  LAST SEEN",
-      "h1    embedded=true,role=db  yes        6.1.0   ptrace,perf  none    3s ago",
+      "HOST  LABELS                 CONNECTED  KERNEL  BACKENDS     TRAPS     POLICY  LAST SEEN",
+      "h1    embedded=true,role=db  yes        6.1.0   ptrace,perf  untested  none    3s ago",
       "",
       "HOST  PID   DR0   DR1             DR2   DR3                  TRACED BY",
       "h1    4242  free  j-1 0x4010/8 w  free  j-2 0x4010/8 w perf  -",
@@ -168,7 +170,7 @@ test("cli output - agents table shows DR0-DR3 of each watched target, free or he
 
 test("cli output - agents table shows each host's policy summary", () => {
   const agent = create(AgentSchema, { info: { hostId: "h1", kernel: "6.1.0", policy: "exe 2, users 1, values hash" }, connected: true, lastSeenUnixMs: 7_000n });
-  assert.match(renderAgentsTable([agent], 10_000), /^h1\s+-\s+yes\s+6\.1\.0\s+-\s+exe 2, users 1, values hash\s+3s ago$/m);
+  assert.match(renderAgentsTable([agent], 10_000), /^h1\s+-\s+yes\s+6\.1\.0\s+-\s+untested\s+exe 2, users 1, values hash\s+3s ago$/m);
 });
 
 test("cli output - agents table says which backends each host offers, and why not perf", () => {
@@ -180,6 +182,83 @@ test("cli output - agents table says which backends each host offers, and why no
     const agent = create(AgentSchema, { info: { hostId: "h1", kernel: "6.1.0", ...info }, connected: true, lastSeenUnixMs: 7_000n });
     assert.match(renderAgentsTable([agent], 10_000), line);
   }
+});
+
+const hypervisor = "DR0 armed, 0 of 8 probe writes trapped: this host does not deliver debug-register traps (hypervisor)";
+const perfHypervisor = "perf breakpoint opened, 0 of 8 probe writes trapped: this host does not deliver debug-register traps (hypervisor)";
+
+test("cli output - agents table says per host and backend whether watched writes trap, with the cost, and why not under the table", () => {
+  const hosts = [
+    create(AgentSchema, {
+      info: {
+        hostId: "h1",
+        kernel: "6.1.0",
+        backends: [Backend.PTRACE, Backend.PERF],
+        perfValues: PerfValues.EXACT,
+        trapChecks: [
+          { backend: Backend.PTRACE, delivery: TrapDelivery.DELIVERED, writes: 8, traps: 8, nsPerTrap: 4100, detail: "8 of 8 probe writes trapped, 4.1 µs per trap" },
+          { backend: Backend.PERF, delivery: TrapDelivery.DELIVERED, writes: 8, traps: 8, nsPerTrap: 1230, detail: "8 of 8 probe writes trapped, 1.2 µs per trap" },
+        ],
+      },
+      connected: true,
+      lastSeenUnixMs: 7_000n,
+    }),
+    create(AgentSchema, {
+      info: {
+        hostId: "vm-1",
+        kernel: "6.8.0",
+        backends: [Backend.PTRACE, Backend.PERF],
+        perfValues: PerfValues.EXACT,
+        trapChecks: [
+          { backend: Backend.PTRACE, delivery: TrapDelivery.NOT_DELIVERED, writes: 8, traps: 0, detail: hypervisor },
+          { backend: Backend.PERF, delivery: TrapDelivery.NOT_DELIVERED, writes: 8, traps: 0, detail: perfHypervisor },
+        ],
+      },
+      connected: true,
+      lastSeenUnixMs: 9_000n,
+    }),
+    create(AgentSchema, {
+      info: {
+        hostId: "vm-2",
+        kernel: "6.8.0",
+        backends: [Backend.PTRACE],
+        perfNote: "perf_event_open: EACCES (perf_event_paranoid 3)",
+        trapChecks: [
+          { backend: Backend.PTRACE, delivery: TrapDelivery.NOT_DELIVERED, writes: 8, traps: 5, detail: "" },
+          { backend: Backend.PERF, delivery: TrapDelivery.NOT_RUN, detail: "perf_event_open: EACCES (perf_event_paranoid 3)" },
+        ],
+      },
+      connected: false,
+      lastSeenUnixMs: 9_000n,
+    }),
+  ];
+  assert.equal(
+    renderAgentsTable(hosts, 10_000),
+    [
+      "HOST  LABELS  CONNECTED  KERNEL  BACKENDS                                                           TRAPS                                   POLICY  LAST SEEN",
+      "h1    -       yes        6.1.0   ptrace,perf (values exact)                                         ptrace: 4.1 µs/trap, perf: 1.2 µs/trap  none    3s ago",
+      "vm-1  -       yes        6.8.0   ptrace,perf (values exact)                                         ptrace: NO TRAPS, perf: NO TRAPS        none    1s ago",
+      "vm-2  -       no         6.8.0   ptrace (no perf: perf_event_open: EACCES (perf_event_paranoid 3))  ptrace: NO TRAPS, perf: not tested      none    1s ago",
+      "",
+      `vm-1: no ptrace traps: ${hypervisor}; watches with ptrace are refused there`,
+      `vm-1: no perf traps: ${perfHypervisor}; watches with perf are refused there`,
+      "vm-2: no ptrace traps: 5 of 8 probe writes trapped; watches with ptrace are refused there",
+      "",
+      "no watched targets",
+      "",
+    ].join("\n"),
+  );
+  // Scripts get every check in the protobuf JSON of the listing.
+  const json = JSON.parse(printAgents({ agents: hosts, nowMs: 10_000 }, "json")) as { agents: Array<{ info: { trapChecks: object[] } }> };
+  assert.deepEqual(json.agents[1]!.info.trapChecks, [
+    { backend: "BACKEND_PTRACE", delivery: "TRAP_DELIVERY_NOT_DELIVERED", writes: 8, detail: hypervisor },
+    { backend: "BACKEND_PERF", delivery: "TRAP_DELIVERY_NOT_DELIVERED", writes: 8, detail: perfHypervisor },
+  ]);
+  assert.deepEqual(json.agents[0]!.info.trapChecks[0], { backend: "BACKEND_PTRACE", delivery: "TRAP_DELIVERY_DELIVERED", writes: 8, traps: 8, nsPerTrap: 4100, detail: "8 of 8 probe writes trapped, 4.1 µs per trap" });
+});
+
+test("cli output - the cost of one trap in the unit that reads best", () => {
+  assert.deepEqual([850, 4100, 999_949, 1_230_000].map(formatNsPerTrap), ["850 ns", "4.1 µs", "999.9 µs", "1.2 ms"]);
 });
 
 test("cli output - a job names its backend, how it was chosen, and for perf whether values are exact", () => {
