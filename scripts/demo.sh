@@ -8,9 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Inside the emulated machine the checkout is already set up and built.
-[ -n "${FLEETWATCH_IN_TRAP_VM:-}" ] || scripts/setup.sh
-
 if [ -z "${FLEETWATCH_IN_TRAP_VM:-}" ]; then
+  scripts/setup.sh
   selftest=$(agent/native/build/fleetwatch-helper --self-test 2>&1) && delivered=1 || delivered=0
   if [ "$delivered" = 0 ]; then
     echo "demo: this host delivers no debug-register traps ($(echo "$selftest" | paste -sd ';' | sed 's/;/; /g')): running the demo inside an emulated x86 machine (scripts/trap-vm.sh)"

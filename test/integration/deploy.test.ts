@@ -102,7 +102,7 @@ test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTR
 test("deploy - the image builds with the quick start's setup script and puts the helper where the agent looks", async () => {
   const dockerfile = await readFile(path.join(repoRoot, "Dockerfile"), "utf8");
   const demo = await readFile(path.join(repoRoot, "scripts", "demo.sh"), "utf8");
-  assert.match(demo, /^scripts\/setup\.sh$/m, "the quick start runs scripts/setup.sh");
+  assert.match(demo, /^\s*scripts\/setup\.sh$/m, "the quick start runs scripts/setup.sh");
   assert.match(dockerfile, /^RUN scripts\/setup\.sh/m, "the build stage runs the same script");
   assert.match(dockerfile, /COPY --from=build \/src\/agent\/native\/build\/fleetwatch-helper \.\/agent\/native\/build\/fleetwatch-helper/);
   assert.match(dockerfile, /^WORKDIR \/opt\/fleetwatch$/m);
