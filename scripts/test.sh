@@ -56,7 +56,9 @@ again=()
 [ ! -f dist/test/integration/no-traps.test.js ] || again=(dist/test/integration/no-traps.test.js)
 vm_started=$(date +%s)
 # Node.js runs 10-20x slower there: test deadlines stretch (never what is
-# asserted). The timeout keeps a wedged guest from holding CI.
-FLEETWATCH_EXPECT_TRAPS=1 FLEETWATCH_TIME_SCALE=${FLEETWATCH_TIME_SCALE:-10} timeout 75m \
+# asserted), and the chaos and fuzz tests run fewer rounds (README). The
+# timeout keeps a wedged guest from holding CI.
+FLEETWATCH_EXPECT_TRAPS=1 FLEETWATCH_TIME_SCALE=${FLEETWATCH_TIME_SCALE:-10} \
+  FLEETWATCH_CHAOS_ROUNDS=${FLEETWATCH_CHAOS_ROUNDS:-20} FLEETWATCH_FUZZ_CASES=${FLEETWATCH_FUZZ_CASES:-2000} timeout 75m \
   scripts/trap-vm.sh node --test --test-concurrency=1 "${trap_files[@]}" "${again[@]}"
 echo "scripts/test.sh: passed; ${#trap_files[@]} integration files ran inside the emulated machine ($(( ($(date +%s) - vm_started) / 60 )) min there, $(( ($(date +%s) - started) / 60 )) min in all)"
