@@ -11,7 +11,8 @@
 # Usage: scripts/trap-vm.sh COMMAND [ARG...]
 # Output is streamed; the exit code is COMMAND's. 125: the emulated machine
 # could not be had or did not boot (the reason is on stderr).
-# Environment: FLEETWATCH_TRAP_VM_MEM (MiB, default 4096),
+# Environment: FLEETWATCH_TRAP_VM_MEM (MiB, default 8192: what the tests
+# write lives in the guest's memory),
 # FLEETWATCH_TRAP_VM_CPUS (default: this host's CPUs, at most 4),
 # FLEETWATCH_TRAP_VM_CACHE (kernel and initramfs, default
 # ${XDG_CACHE_HOME:-~/.cache}/fleetwatch/trap-vm).
@@ -172,14 +173,14 @@ case "$cwd/" in "$root"/*) ;; *) cwd=$root ;; esac
 
 cpus=${FLEETWATCH_TRAP_VM_CPUS:-$(nproc)}
 [ "$cpus" -le 4 ] || cpus=4
-mem=${FLEETWATCH_TRAP_VM_MEM:-4096}
+mem=${FLEETWATCH_TRAP_VM_MEM:-8192}
 qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
   -display none -monitor none -no-reboot -nic none \
   -chardev file,id=console,path="$run/console.log" -serial chardev:console \
   -chardev stdio,id=out,signal=off -serial chardev:out \
   -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 fwrun=$run" \
+  -append "console=ttyS0 loglevel=4 panic=-1 fwrun=$run" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$run,mount_tag=fwrun,security_model=none,multidevs=remap" \
   </dev/null 2>"$run/qemu.err" &
@@ -193,4 +194,6 @@ case "$status" in
   boot-failed:*) die "the emulated machine did not boot: ${status#boot-failed: }" ;;
 esac
 [ -f "$run/booted" ] || die "the emulated machine did not boot (qemu exit $qemu_rc): $(tail -3 "$run/qemu.err" "$run/console.log" 2>/dev/null | tr -s '\n' ' ')"
-die "the emulated machine stopped before COMMAND finished (qemu exit $qemu_rc): a guest kernel panic or out of memory; try FLEETWATCH_TRAP_VM_MEM=8192"
+echo "trap-vm: the guest's console, last lines:" >&2
+tail -25 "$run/console.log" >&2 2>/dev/null || true
+die "the emulated machine stopped before COMMAND finished (qemu exit $qemu_rc): a guest kernel panic or out of memory (console above); FLEETWATCH_TRAP_VM_MEM sets its memory"
