@@ -147,7 +147,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
 
   test("helper - --version prints the version", async () => {
     const { stdout } = await execFileAsync(helperPath, ["--version"]);
-    assert.match(stdout, /^fleetwatch-helper \d+\.\d+\.\d+ \(protocol 3\)$/m);
+    assert.match(stdout, /^fleetwatch-helper \d+\.\d+\.\d+ \(protocol 4\)$/m);
   });
 
   test("resolve - fw_counter in a PIE target equals the target's own &fw_counter", async (t) => {
