@@ -22,6 +22,7 @@ import type { HelperChunk, HelperHit } from "../../agent/helper-process.js";
 import {
   FrameDecoder,
   MessageType,
+  PROTOCOL_VERSION,
   decodeArmed,
   decodeEvent,
   decodeHello,
@@ -63,8 +64,15 @@ class RawHelper {
   private readonly frames: Frame[] = [];
   private readonly wakers = new Set<() => void>();
 
-  constructor() {
+  /** Ends with the test, whatever its outcome: closing stdin makes the helper disarm and exit. */
+  constructor(t: TestContext) {
     this.child = spawn(helperPath, [], { stdio: ["pipe", "pipe", "pipe"] });
+    t.after(async () => {
+      this.child.stdin.end();
+      const timer = setTimeout(() => this.child.kill("SIGKILL"), scaled(10_000));
+      await this.exit();
+      clearTimeout(timer);
+    });
     this.child.stdout.on("data", (chunk: Buffer) => {
       const frames = this.decoder.push(chunk);
       this.seen.push(...frames);
@@ -119,7 +127,7 @@ async function fakeHelper(t: TestContext, mode: "v1" | "mute"): Promise<string> 
     file,
     `#!${process.execPath}
 import { encodeHello } from ${JSON.stringify(protocolUrl)};
-process.stdout.write(encodeHello({ protocolVersion: ${mode === "v1" ? 1 : 4}, slotsPerThread: 4, backends: ["ptrace"], perfValues: "unavailable", helperVersion: "fake", perfNote: "", traps: [] }));
+process.stdout.write(encodeHello({ protocolVersion: ${mode === "v1" ? 1 : PROTOCOL_VERSION}, slotsPerThread: 4, backends: ["ptrace"], perfValues: "unavailable", helperVersion: "fake", perfNote: "", traps: [] }));
 process.stdin.on("data", () => {});
 process.stdin.on("end", () => process.exit(0));
 `,
@@ -629,9 +637,9 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
   test("safety - helper stdin closed while armed: helper exits, target untraced, it finishes normally", async (t) => {
     const s = scene(t);
     const target = await s.target("counter", ["--threads", "2", "--writes", "20000"]);
-    const raw = new RawHelper();
+    const raw = new RawHelper(t);
     const hello = decodeHello((await raw.next(MessageType.Hello)).payload);
-    assert.equal(hello.protocolVersion, 3);
+    assert.equal(hello.protocolVersion, PROTOCOL_VERSION);
     raw.send(encodeResolve(1, { pid: target.pid, offset: 0n, name: "fw_counter" }));
     const sym = decodeResolved((await raw.next(MessageType.Resolved)).payload);
     raw.send(
@@ -922,11 +930,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const N = 20;
     const target = await s.target("stack-chain", [String(N)]);
     const [counter] = readyAddresses(target) as [bigint];
-    const raw = new RawHelper();
-    t.after(async () => {
-      raw.child.stdin.end();
-      await raw.exit();
-    });
+    const raw = new RawHelper(t);
     await raw.next(MessageType.Hello);
     raw.send(
       encodeArm(1, {
@@ -1028,7 +1032,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const fake = await fakeHelper(t, "v1");
     await assert.rejects(HelperProcess.start({ path: fake }), (err: unknown) => {
       assert.ok(err instanceof HelperProtocolError);
-      assert.match(err.message, /helper speaks protocol 1, this agent speaks 3/);
+      assert.match(err.message, new RegExp(`helper speaks protocol 1, this agent speaks ${PROTOCOL_VERSION}$`));
       return true;
     });
   });
