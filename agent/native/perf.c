@@ -101,8 +101,12 @@
 /* The chunk of a value event (one per CPU: the BPF program's output). */
 #define VALUE_EVENT 0xfeu
 /* A value record and the breakpoint sample it belongs to are written
- * back to back on one CPU; anything further apart is not a pair. */
-#define VALUE_PAIR_NS 1000000u
+ * back to back on one CPU, in one exception: what pairs them is that
+ * adjacency (a lost record in between clears the pending value) and the
+ * thread. Their times differ by microseconds, or by however long the
+ * hypervisor kept that virtual CPU from running in between (milliseconds
+ * on a busy host); this bound only refuses nonsense. */
+#define VALUE_PAIR_NS 1000000000u
 
 /* A thread's events: fd[cpu_index * EVENTS_PER_CPU + chunk or TRACKER], -1 if none. */
 struct root {
