@@ -34,6 +34,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v depmod >/dev/null || need+=(kmod)
 command -v cpio >/dev/null || need+=(cpio)
 command -v xz >/dev/null || need+=(xz-utils)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || die "missing ${need[*]}: install them with: sudo apt-get install ${need[*]}"
   echo "trap-vm: installing ${need[*]}" >&2
@@ -130,8 +131,31 @@ echo booted >"$n$run/booted"
 # as multi-host tests do) lands at that namespace's root, which must be the
 # host's tree. This busybox, copied out of the initramfs, stays pid 1 and
 # reaps orphans while COMMAND runs, then powers the machine off.
+# The machine boots with one CPU online (maxcpus=1): trap-vm-hold.c says
+# why its event must be opened before the others come up.
 mkdir -p $n/run/trap-vm && cp /bin/busybox $n/run/trap-vm/busybox
-exec switch_root $n /run/trap-vm/busybox sh -c '/bin/bash "$1/cmd.sh"; sync; echo o >/proc/sysrq-trigger' sh "$run"
+exec switch_root $n /run/trap-vm/busybox sh -c '
+  fail() { echo "boot-failed: $2" >"$1/status"; echo o >/proc/sysrq-trigger; }
+  cp "$1/hold" /run/trap-vm/trap-vm-hold
+  /run/trap-vm/trap-vm-hold >/run/trap-vm/held 2>/run/trap-vm/hold.err &
+  i=0
+  until [ -s /run/trap-vm/held ]; do
+    i=$((i + 1)); [ $i -le 200 ] && kill -0 $! 2>/dev/null || { fail "$1" "trap-vm-hold: $(cat /run/trap-vm/hold.err)"; sleep 60; }
+    sleep 0.05
+  done
+  echo -1000 >/proc/$!/oom_score_adj
+  for c in /sys/devices/system/cpu/cpu[0-9]*/online; do [ -e "$c" ] && echo 1 >"$c"; done
+  # What every process is doing, when the host asks (trap-vm.sh stopped
+  # before COMMAND finished: a hung test is then named, not guessed at).
+  while sleep 2; do
+    [ -e "$1/dump-request" ] || continue
+    for p in /proc/[0-9]*; do
+      c=$(tr -s "\0\n " "   " <"$p/cmdline" 2>/dev/null | cut -c1-200)
+      [ -n "$c" ] && echo "${p#/proc/} $(cut -d" " -f4 "$p/stat" 2>/dev/null) $(sed -n "s/^State:\t//p" "$p/status" 2>/dev/null) $(cat "$p/wchan" 2>/dev/null) $c"
+    done >"$1/dump.tmp" 2>&1
+    mv "$1/dump.tmp" "$1/dump"; rm -f "$1/dump-request"
+  done &
+  /bin/bash "$1/cmd.sh"; sync; echo o >/proc/sysrq-trigger' sh "$run"
 INIT
 )
 initrd_key=$( { echo "$init_script"; sha256sum "$busybox" "$kdir"/modules/*; } | sha256sum | cut -c1-16)
@@ -155,9 +179,33 @@ cleanup() {
   [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
   rm -rf "$run"
 }
+# Stopped while COMMAND runs (a timeout, ^C): first print the guest's
+# processes (pid, ppid, state, wait channel, command line), so whatever
+# hung is named.
+stopped() {
+  if [ -n "$qemu_pid" ] && [ -f "$run/booted" ]; then
+    touch "$run/dump-request"
+    for _ in $(seq 100); do [ -f "$run/dump" ] && break; sleep 0.2; done
+    if [ -f "$run/dump" ]; then
+      echo "trap-vm: stopped; the guest's processes (pid ppid state wchan command):" >&2
+      cat "$run/dump" >&2
+    else
+      echo "trap-vm: stopped; the guest did not list its processes within 20 s" >&2
+    fi
+  fi
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'stopped 130' INT
+trap 'stopped 143' TERM
+
+# The guest's holder of the perf_sched_events key (trap-vm-hold.c), built
+# once per source.
+hold="$cache/hold-$(sha256sum "$root/scripts/trap-vm-hold.c" | cut -c1-16)"
+if [ ! -x "$hold" ]; then
+  cc -O2 -Wall -o "$hold.tmp" "$root/scripts/trap-vm-hold.c" && mv "$hold.tmp" "$hold" || die "cannot build scripts/trap-vm-hold.c"
+fi
+cp "$hold" "$run/hold"
 
 cwd=$(pwd)
 case "$cwd/" in "$root"/*) ;; *) cwd=$root ;; esac
@@ -180,7 +228,7 @@ qemu-system-x86_64 \
   -chardev file,id=console,path="$run/console.log" -serial chardev:console \
   -chardev stdio,id=out,signal=off -serial chardev:out \
   -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-  -append "console=ttyS0 loglevel=4 panic=-1 fwrun=$run" \
+  -append "console=ttyS0 loglevel=4 panic=-1 maxcpus=1 fwrun=$run" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs "local,path=$run,mount_tag=fwrun,security_model=none,multidevs=remap" \
   </dev/null 2>"$run/qemu.err" &
