@@ -1,6 +1,7 @@
 // What an emulated x86 machine (scripts/trap-vm.sh, QEMU's TCG) does not do
 // as hardware does. The few tests that depend on it run on hardware only and
-// say why when skipped; scripts/test.sh runs every other trap test there.
+// say why when skipped, or check there what still holds and say what not;
+// scripts/test.sh runs every other trap test there.
 
 /** Set by scripts/trap-vm.sh inside the emulated machine. */
 export const emulated = process.env.FLEETWATCH_IN_TRAP_VM === "1";
@@ -14,8 +15,10 @@ export const emulated = process.env.FLEETWATCH_IN_TRAP_VM === "1";
 export const oneRegisterPerAccess = emulated && "the emulated machine reports only the first debug register an access matches (QEMU's TCG); checked on hardware only";
 
 /**
- * A perf-watched writer pinned from one CPU to the other thousands of times
- * a second: the emulated machine was measured missing some of its traps
- * (values skipped thousands of writes); hardware misses none.
+ * Writers trapping flat out can outrun the helper's drain of the perf ring
+ * buffers in the emulated machine: the kernel drops samples and the helper
+ * counts them as lost from the kernel's own count (measured: 5-30% of
+ * 60,000 traps of three writers; 28% of a writer moved between CPUs every
+ * 1,000 hits). Those tests check the accounting there, not the total.
  */
-export const trapsAcrossCpuMoves = emulated && "the emulated machine misses traps of a writer moved between CPUs (measured with QEMU's TCG); checked on hardware only";
+export const drainFallsBehind = emulated && "the emulated machine's helper drains the ring buffers too slowly for writers trapping flat out (QEMU's TCG)";
