@@ -19,14 +19,9 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 const algorithm = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 const dayMs = 24 * 3600 * 1000;
 
-/** File names in a certificate directory. */
-export const caCertFile = "ca.crt";
-export const caKeyFile = "ca.key";
+import { caCertFile, caKeyFile } from "./certificate-files.js";
 
-/** Where one party's certificate and key go: `agent-db-1.crt`, `user-alice.key`, `controller.crt`. */
-export function certificateBaseName(identity: Identity): string {
-  return identity.kind === "controller" ? "controller" : `${identity.kind}-${identity.name}`;
-}
+export { caCertFile, caKeyFile, certificateBaseName } from "./certificate-files.js";
 
 /** A CA able to issue: its certificate and signing key. */
 export interface CertificateAuthority {

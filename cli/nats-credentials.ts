@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { mkdir, readdir, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { createNatsUserKey, natsPermissions, readNatsCredentials, type Identity } from "../proto/index.js";
-import { certificateBaseName } from "./certificates.js";
+import { certificateBaseName } from "./certificate-files.js";
 import { UsageError } from "./errors.js";
 
 /** The nats-server include written next to the seeds. */

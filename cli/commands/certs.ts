@@ -7,7 +7,8 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
 import { isSubjectToken, type Identity } from "../../proto/index.js";
-import { caCertFile, caKeyFile, certificateBaseName, createAuthority, issueCertificate, readAuthority, writeIssued, type CertificateAuthority } from "../certificates.js";
+import { caCertFile, caKeyFile, certificateBaseName } from "../certificate-files.js";
+import type { CertificateAuthority } from "../certificates.js";
 import { UsageError } from "../errors.js";
 import { natsAuthFile, natsSeedFile, writeNatsAuthConfig, writeNatsSeed } from "../nats-credentials.js";
 import type { CliContext } from "../main.js";
@@ -31,6 +32,9 @@ export interface IssueRequest {
 }
 
 const userName = /^[A-Za-z0-9_.@-]+$/;
+
+/** The certificate library: loaded by the commands that issue, not by every start of the CLI (it is a third of it). */
+const certificates = () => import("../certificates.js");
 
 function parseDays(text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
@@ -65,6 +69,7 @@ export async function issueAll(ca: CertificateAuthority, request: IssueRequest):
     const seed = natsSeedFile(request.dir, identity);
     if (existsSync(seed)) throw new UsageError(`${seed} exists already: remove ${certificateBaseName(identity)}.* first to issue it again`);
   }
+  const { issueCertificate, writeIssued } = await certificates();
   const written: WrittenCertificate[] = [];
   for (const identity of request.identities) {
     const issued = await issueCertificate(ca, identity, { days: request.days });
@@ -96,6 +101,7 @@ export function registerCertsCommand(program: Command, ctx: CliContext): void {
     .action(async (opts: { dir: string; agent?: string[]; user?: string[]; days?: string; output: OutputFormat }) => {
       const request = parseIssueRequest({ ...opts, user: opts.user ?? ["admin"] }, { controller: true });
       if (existsSync(path.join(request.dir, caKeyFile))) throw new UsageError(`${request.dir} already holds a CA: issue more certificates under it with \`fleetwatch certs issue --dir ${request.dir}\``);
+      const { createAuthority, writeIssued } = await certificates();
       const ca = await createAuthority();
       await writeIssued(request.dir, ca, "ca");
       const written = await issueAll(ca, request);
@@ -112,7 +118,7 @@ export function registerCertsCommand(program: Command, ctx: CliContext): void {
     .addOption(outputOption())
     .action(async (opts: { dir: string; controller?: boolean; agent?: string[]; user?: string[]; days?: string; output: OutputFormat }) => {
       const request = parseIssueRequest(opts, { controller: false });
-      const ca = await readAuthority(request.dir);
+      const ca = await (await certificates()).readAuthority(request.dir);
       ctx.stdout.write(printWritten(await issueAll(ca, request), opts.output));
     });
 }
