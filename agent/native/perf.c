@@ -58,6 +58,7 @@
  * committing older ones (see drain). */
 #define DRAIN_HORIZON_NS 1000000u
 #define SCAN_MS 100         /* /proc/PID/task rescans and THREADS reports */
+#define RECONCILE_MS 100    /* while samples are lost: the kernel's counts read this often */
 #define ARM_SCAN_ROUNDS 100 /* scans at ARM until one finds no uncovered thread */
 #define STACK_SAMPLE_BYTES 8192u
 /* Data pages per CPU's ring buffer (a power of two), by what samples carry:
@@ -163,9 +164,15 @@ struct pgroup {
 	struct tid_ent *ents;
 	unsigned ents_cap, ents_used; /* used: live and deleted slots */
 	struct fw_counts counts;
-	/* Samples the buffers gave, own and duplicate, plus those LOST records
-	 * named: what the kernel's own counts of the events should add up to. */
+	/* Samples the buffers gave, own and duplicate, plus the traps counted
+	 * as lost: what the kernel's own counts of the events should add up to. */
 	uint64_t seen;
+	/* A LOST or THROTTLE record since the kernel's counts were last read;
+	 * kernel_prev: the counts read then (when prev_valid), compared with
+	 * seen at the next reconcile. */
+	bool lost_seen, prev_valid;
+	uint64_t kernel_prev;
+	int64_t next_reconcile_ms;
 	uint64_t kernel_closed; /* the kernel's counts of events closed early */
 	uint32_t pass;
 	int pidfd;
@@ -1095,14 +1102,16 @@ static void on_record(struct pgroup *g, unsigned ci, const struct perf_event_hea
 		if (len >= 16) {
 			uint64_t lost;
 
+			/* The number counts value records and samples alike: the
+			 * traps among them come from the kernel's counts
+			 * (reconcile_lost). */
 			memcpy(&lost, body + 8, 8);
 			g->bufs[ci].pending = false; /* its sample may be among them */
-			g->seen += lost;
-			g->counts.lost += lost;
-			g->counts.trapped += lost;
+			g->lost_seen = lost > 0 || g->lost_seen;
 		}
 		break;
 	case PERF_RECORD_THROTTLE:
+		g->lost_seen = true;
 		if (!g->throttle_warned) {
 			g->throttle_warned = true;
 			out_log(FW_LOG_WARNING,
@@ -1425,29 +1434,63 @@ static void rescan(struct pgroup *g)
 	}
 }
 
-/* Disables every event and drains what is left; the counts are then final
- * (a counting group sends its last COUNTS). The kernel counts every trap of
- * an event, sampled or not; traps whose samples never reached a buffer
- * (dropped while it was full with no LOST record written after, or skipped
- * while the kernel throttled the event) are counted as lost. */
-static void final_drain(struct pgroup *g)
+/* What the kernel counted on the group's breakpoint events since they
+ * became this group's: every trap, sampled or not. */
+static uint64_t kernel_traps(const struct pgroup *g)
 {
-	uint64_t kernel = 0, missing;
+	uint64_t kernel = g->kernel_closed;
 
-	for_each_event(g, PERF_EVENT_IOC_DISABLE);
-	drain(g, true);
-	kernel = g->kernel_closed;
 	for (unsigned ri = 0; ri < g->nroots; ri++)
 		kernel += root_kernel_count(&g->roots[ri]);
-	kernel = kernel > g->kernel_base ? kernel - g->kernel_base : 0;
-	if (kernel > g->seen) {
-		missing = kernel - g->seen;
-		g->counts.lost += missing;
-		g->counts.trapped += missing;
+	return kernel > g->kernel_base ? kernel - g->kernel_base : 0;
+}
+
+/* Traps of a kernel count that no sample read so far stands for: their
+ * samples were dropped with a full buffer or skipped while the kernel
+ * throttled the event. Counted as trapped and lost. */
+static void count_missing(struct pgroup *g, uint64_t kernel)
+{
+	uint64_t missing;
+
+	if (kernel <= g->seen)
+		return;
+	missing = kernel - g->seen;
+	g->seen += missing;
+	g->counts.lost += missing;
+	g->counts.trapped += missing;
+}
+
+/* While samples are being lost, the live counts follow the kernel's: a
+ * count read at one reconcile is compared at the next, RECONCILE_MS and a
+ * drain later, when every sample of a trap it counted has been read or
+ * lost. So the live lost count never runs ahead of the truth; the final
+ * drain makes it exact. Nothing is read while nothing is lost. */
+static void reconcile_lost(struct pgroup *g, int64_t now)
+{
+	if (now < g->next_reconcile_ms)
+		return;
+	if (g->prev_valid)
+		count_missing(g, g->kernel_prev);
+	g->prev_valid = g->lost_seen;
+	if (g->lost_seen) {
+		g->kernel_prev = kernel_traps(g);
+		g->lost_seen = false;
+		g->next_reconcile_ms = now + RECONCILE_MS;
+	}
+}
+
+/* Disables every event and drains what is left; the counts are then final
+ * (a counting group sends its last COUNTS): trapped is the kernel's count
+ * of the group's breakpoint events, whatever the buffers lost. */
+static void final_drain(struct pgroup *g)
+{
+	for_each_event(g, PERF_EVENT_IOC_DISABLE);
+	drain(g, true);
+	count_missing(g, kernel_traps(g));
+	if (g->counts.lost > 0)
 		out_log(FW_LOG_WARNING,
 			"pid %d: %llu trap(s) counted by the kernel had no sample (ring buffer full or sampling throttled): counted as lost",
-			(int)g->pid, (unsigned long long)missing);
-	}
+			(int)g->pid, (unsigned long long)g->counts.lost);
 	if (g->count_only)
 		send_counts(g);
 }
@@ -1576,8 +1619,10 @@ void perf_process_pending(void)
 				group_free(g);
 			continue;
 		}
-		if (now >= next_drain_ms || g->exited)
+		if (now >= next_drain_ms || g->exited) {
 			drain(g, g->exited);
+			reconcile_lost(g, now);
+		}
 		settle(g, now);
 		if (!g->used)
 			continue;
@@ -1861,6 +1906,8 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 	g->interval_ms = interval_ms ? interval_ms : DEFAULT_INTERVAL_MS;
 	g->counts = (struct fw_counts){ 0 };
 	g->seen = 0;
+	g->lost_seen = g->prev_valid = false;
+	g->next_reconcile_ms = 0;
 	g->kernel_base = base;
 	g->kernel_closed = 0;
 	g->done = g->backoff = g->backoff_pending = false;

@@ -7,11 +7,10 @@
 // fault to `lost` and from each heal to `armed` again is printed, not asserted.
 import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
-import { open } from "node:fs/promises";
 import { fromJson } from "@bufbuild/protobuf";
 import { HitEventSchema, JobSchema, JobState, ListAgentsResponseSchema, TargetState, type Agent, type HitEvent, type Job, type Target as JobTarget } from "../../proto/index.js";
 import { Fleet, type FleetHost } from "../support/fleet.js";
-import type { Target } from "../support/targets.js";
+import { readWord, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
 
 const hostIds = ["db-1", "db-2", "db-3"];
@@ -130,17 +129,7 @@ describe("multihost faults", () => {
   };
 
   /** demo_counter of a running demo-counter, read from its memory (no tracer needed). */
-  const readCounter = async (target: Target): Promise<bigint> => {
-    const address = Number(target.lines[0]!.split(" ")[2]!);
-    const mem = await open(`/proc/${target.rootPid}/mem`, "r");
-    try {
-      const buffer = Buffer.alloc(8);
-      await mem.read(buffer, 0, 8, address);
-      return buffer.readBigUInt64LE();
-    } finally {
-      await mem.close();
-    }
-  };
+  const readCounter = (target: Target): Promise<bigint> => readWord(target.rootPid, Number(target.lines[0]!.split(" ")[2]!));
 
   /** The target runs on its own: its counter goes up while we watch. */
   const assertRunning = async (target: Target): Promise<void> => {

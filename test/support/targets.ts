@@ -3,7 +3,7 @@
 // wait for exit) that always carry a deadline.
 import { execFile, spawn } from "node:child_process";
 import type { ChildProcessWithoutNullStreams } from "node:child_process";
-import { readFile, readdir, mkdir, rename, stat } from "node:fs/promises";
+import { open, readFile, readdir, mkdir, rename, stat } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 
@@ -83,6 +83,18 @@ export interface Target {
   tracerPid(): Promise<number>;
   /** SIGKILLs it (by its root pid, and its wrapper) if still running and waits for the exit. */
   kill(): Promise<void>;
+}
+
+/** The 8-byte word at address in a running process, read from its memory (no tracer needed). */
+export async function readWord(pid: number, address: bigint | number): Promise<bigint> {
+  const mem = await open(`/proc/${pid}/mem`, "r");
+  try {
+    const buffer = Buffer.alloc(8);
+    await mem.read(buffer, 0, 8, Number(address));
+    return buffer.readBigUInt64LE();
+  } finally {
+    await mem.close();
+  }
 }
 
 /** A field of /proc/PID/status as a number, or undefined if the process is gone. */
