@@ -163,6 +163,10 @@ describe("host policy", () => {
     assert.equal(await ok.tracerPid(), 0);
 
     await refused({ pid: no.pid }, new RegExp(`^host-a: ${escaped(rule(noDemo))}$`));
+    // The same refusal through the CLI: exit 4 (permission denied), naming the file and the rule.
+    const cli = await cluster.cli(["watch", "--pid", String(no.pid), "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace"]);
+    assert.equal(cli.code, 4, cli.stderr);
+    assert.match(cli.stderr, new RegExp(escaped(rule(noDemo))));
     assert.equal(await no.tracerPid(), 0, "the denied process was never attached");
     const { jobs } = await cluster.api().listJobs({});
     assert.ok(!jobs.some((j) => j.targets.some((t) => t.pid === no.pid)), "a refused submit stores no job");
