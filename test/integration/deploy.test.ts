@@ -10,6 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { parse, parseAllDocuments } from "yaml";
+import { commMatches, kernelComm, validateSelector } from "../../agent/process-match.js";
 import { parseAgentArgs } from "../../cli/commands/agent.js";
 import { isSubjectToken } from "../../proto/index.js";
 import { repoRoot } from "../support/paths.js";
@@ -108,8 +109,19 @@ test("deploy - the image builds with the quick start's setup script and puts the
   assert.match(dockerfile, /^WORKDIR \/opt\/fleetwatch$/m);
   assert.match(dockerfile, /^USER 10001:10001$/m);
   assert.match(dockerfile, /ENTRYPOINT \["node", "\/opt\/fleetwatch\/dist\/cli\/main\.js"\]/);
-  // The demo program's command name, as --comm matches it (15 bytes).
-  assert.equal("fleetwatch-demo-counter".slice(0, 15), "fleetwatch-demo");
+  // The documented watch (compose file and README) selects the demo
+  // programs by the name the kernel gives the installed binary.
+  const compose = await readFile(path.join(repoRoot, "docker-compose.yml"), "utf8");
+  const readme = await readFile(path.join(repoRoot, "README.md"), "utf8");
+  const installed = /^COPY --from=build \/src\/demo-counter (\S+)$/m.exec(dockerfile)?.[1];
+  assert.ok(installed, "the image installs the demo program");
+  const services = (parse(compose, { merge: true }) as { services: Record<string, ComposeService> }).services;
+  for (const name of ["demo-a", "demo-b"]) assert.deepEqual(services[name]!.entrypoint, [installed], `${name} runs the installed demo program`);
+  for (const [where, text] of [["docker-compose.yml", compose], ["README.md", readme]] as const) {
+    const comm = /compose run --rm cli watch --comm (\S+) /.exec(text)?.[1];
+    assert.ok(comm, `${where} shows the watch of the demo programs`);
+    assert.ok(commMatches(validateSelector({ comm }), kernelComm(path.basename(installed))), `${where}: --comm ${comm} matches ${installed}`);
+  }
 });
 
 interface K8sObject {

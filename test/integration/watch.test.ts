@@ -302,15 +302,34 @@ describe("watch end to end", () => {
     assert.deepEqual(replay.stdout.split("\n").filter((l) => l.startsWith("host-a ")), lines);
   });
 
-  test("a restarted controller keeps the job list", async () => {
-    const before = await cluster.cli(["jobs", "ls", "-o", "json"]);
-    assert.equal(before.code, 0, before.stderr);
-    const ids = (JSON.parse(before.stdout) as { jobs?: Array<{ id: string }> }).jobs?.map((j) => j.id).sort() ?? [];
-    assert.ok(ids.length >= 4, `jobs before restart: ${ids.length}`);
+  test("a restarted controller keeps the job list: a finished job with its counts, an armed one still armed", async () => {
+    // Jobs of its own, whatever ran before: one completed, one armed.
+    const finished = await counter(1, 100);
+    assert.equal((await followHits(finished, 1, 100)).length, 100);
+    const finishedId = (await cluster.api().listJobs({})).jobs.find((j) => j.targets.some((t) => t.pid === finished.pid))!.id;
+    const waiting = await counter(1, 100);
+    const submitted = await cluster.cli(["watch", "--pid", String(waiting.pid), "--symbol", "fw_counter", "--backend", "ptrace"]);
+    assert.equal(submitted.code, 0, submitted.stderr);
+    const armedId = await armedJobOn(waiting.pid);
+
+    const list = async () => {
+      const result = await cluster.cli(["jobs", "ls", "-o", "json"]);
+      assert.equal(result.code, 0, result.stderr);
+      return (JSON.parse(result.stdout) as { jobs?: Array<{ id: string; state: string; counts?: { delivered?: string } }> }).jobs ?? [];
+    };
+    const before = await list();
+    const ids = before.map((j) => j.id).sort();
+    assert.ok(ids.includes(finishedId) && ids.includes(armedId), `jobs before restart: ${ids.join(", ")}`);
     await cluster.stopController("SIGKILL");
     await cluster.startController();
-    const after = await cluster.cli(["jobs", "ls", "-o", "json"]);
-    assert.equal(after.code, 0, after.stderr);
-    assert.deepEqual((JSON.parse(after.stdout) as { jobs?: Array<{ id: string }> }).jobs?.map((j) => j.id).sort(), ids);
+    const after = await list();
+    assert.deepEqual(after.map((j) => j.id).sort(), ids);
+    const finishedAfter = after.find((j) => j.id === finishedId)!;
+    assert.deepEqual([finishedAfter.state, finishedAfter.counts?.delivered], ["JOB_STATE_COMPLETED", "100"]);
+    assert.equal(await armedJobOn(waiting.pid), armedId, "the armed job is armed again after the restart");
+    assert.notEqual(await waiting.tracerPid(), 0, "still traced by the helper");
+    const cancelled = await cluster.cli(["jobs", "cancel", armedId]);
+    assert.equal(cancelled.code, 0, cancelled.stderr);
+    assert.equal(await waiting.tracerPid(), 0);
   });
 });
