@@ -3,6 +3,7 @@
 // JetStream with exact per-watch accounting.
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import {
   ArmResultSchema,
@@ -54,6 +55,7 @@ import { userNames, type LoadedPolicy } from "./policy-file.js";
 import type { ExitKind, GroupCounts, HelperBackend, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess, ThreadHits } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
 import { resumeCounts, resumeCountingTotals, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
+import { mappingName, mappingOf, parseMaps } from "./memory-map.js";
 import { parseStat, processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
 import { inspectProcess, scanProcesses, watchProcesses } from "./process-discovery.js";
 
@@ -461,11 +463,26 @@ export class AgentCore {
   async resolve(request: Resolve): Promise<ResolveResult> {
     try {
       this.checkPolicy(request.pid);
+      if (request.symbol === "") return create(ResolveResultSchema, { requestId: request.requestId, ...(await this.mappedAt(request.pid, request.address, request.length)) });
       const symbol = await this.currentHelper().resolve(request.pid, request.symbol, request.offset);
       return create(ResolveResultSchema, { requestId: request.requestId, address: symbol.address, size: symbol.size, module: symbol.module });
     } catch (err) {
       return create(ResolveResultSchema, { requestId: request.requestId, error: toAgentError(err) });
     }
+  }
+
+  /** Where [address, address + length) is mapped in pid; ENOENT naming the range when any of it is not. */
+  private async mappedAt(pid: number, address: bigint, length: number): Promise<{ address: bigint; size: bigint; module: string }> {
+    const range = `${hex(address)}..${hex(address + BigInt(Math.max(length, 1)) - 1n)}`;
+    let text: string;
+    try {
+      text = await readFile(`/proc/${pid}/maps`, "utf8");
+    } catch (err) {
+      throw new AgentCommandError(`pid ${pid}: cannot read its memory map (${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such process" : String(err)})`, "ESRCH");
+    }
+    const mapping = mappingOf(parseMaps(text), address, length);
+    if (!mapping) throw new AgentCommandError(`address ${range} is not mapped in pid ${pid}: give the address of a variable it has mapped, or --allow-unmapped to watch memory it maps later`, "ENOENT");
+    return { address, size: BigInt(length), module: mappingName(mapping) };
   }
 
   async arm(request: Arm): Promise<ArmResult> {

@@ -192,7 +192,7 @@ export function renderJobDetail(job: Job): string {
   const fields: Array<[string, string]> = [
     ["job", job.id],
     ["state", job.reason ? `${jobStateName(job.state)} (${job.reason})` : jobStateName(job.state)],
-    ["watches", (spec?.watches ?? []).map(formatWatch).join(", ") || "-"],
+    ["watches", `${(spec?.watches ?? []).map(formatWatch).join(", ") || "-"}${spec?.allowUnmapped ? " (armed even where an address is not mapped: --allow-unmapped)" : ""}`],
     ["pid", spec?.target ? String(spec.target.pid) : "-"],
     ["hosts", spec?.target && spec.target.hostIds.length > 0 ? spec.target.hostIds.join(", ") : "(the only agent)"],
     ["max hits", spec && spec.maxHits !== 0n ? String(spec.maxHits) : "no limit"],

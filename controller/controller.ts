@@ -462,6 +462,13 @@ export class Controller {
       checkHostBackend(session.info, spec);
       const resolved = new Map<number, { address: bigint; size: bigint }>();
       for (const [index, watch] of spec.watches.entries()) {
+        if (watch.location.case === "address") {
+          // Refused like an unknown symbol when nothing is mapped there, unless the job allows it.
+          if (spec.allowUnmapped) continue;
+          const mapped = await session.resolve({ pid, address: watch.location.value, length: watch.length });
+          if (mapped.error) throw agentFailure(session.hostId, mapped.error);
+          continue;
+        }
         if (watch.location.case !== "symbol") continue;
         const { name, offset } = parseSymbol(watch.location.value);
         const result = await session.resolve({ pid, symbol: name, offset });

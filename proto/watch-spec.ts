@@ -220,6 +220,7 @@ export function checkJobSpec(spec: JobSpec): void {
   const addressChunks = spec.watches.flatMap((w, i) => (w.location.case === "address" ? splitRange(w.location.value, w.length, registerMode(w.mode), i) : []));
   checkChunkCount(addressChunks);
   const placement = parsePlacement(spec.placement);
+  if (spec.allowUnmapped && !spec.watches.some((w) => w.location.case === "address")) throw new WatchSpecError("--allow-unmapped is for --address watches: a symbol is always mapped where it resolves", "allow_unmapped");
   if (spec.replaceLost && placement.kind !== "sample") throw new WatchSpecError("--replace-lost needs --placement sample:N: with all or any every matching target is already watched", "replace_lost");
   if (spec.lostAfterMs > maxLostAfterMs) throw new WatchSpecError(`lost-after ${spec.lostAfterMs} ms is above one hour`, "lost_after_ms");
   if (spec.queueTimeoutMs > maxQueueTimeoutMs) throw new WatchSpecError(`queue timeout ${spec.queueTimeoutMs} ms is above one day`, "queue_timeout_ms");

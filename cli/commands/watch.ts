@@ -83,6 +83,8 @@ export interface WatchArgs {
   queueTimeout?: string;
   lostAfter?: string;
   replaceLost?: boolean;
+  /** `--allow-unmapped`: arm --address watches where nothing is mapped yet. */
+  allowUnmapped?: boolean;
   /** `--backend ptrace|perf`; unset: the controller chooses. */
   backend?: string;
   /** `--count`: count hits instead of reporting each. */
@@ -146,6 +148,7 @@ export function buildJobSpec(args: WatchArgs): JobSpec {
     queueTimeoutMs: args.queueTimeout === undefined ? 0n : BigInt(parseDuration(args.queueTimeout, "--queue-timeout")),
     lostAfterMs: args.lostAfter === undefined ? 0n : BigInt(parseDuration(args.lostAfter, "--lost-after")),
     replaceLost: args.replaceLost ?? false,
+    allowUnmapped: args.allowUnmapped ?? false,
     ...(args.backend === undefined ? {} : { backend: parseBackend(args.backend) }),
     countOnly: args.count ?? false,
     countIntervalMs: args.countInterval === undefined ? 0n : BigInt(parseDuration(args.countInterval, "--count-interval")),
@@ -349,6 +352,7 @@ interface WatchOptions {
   queueTimeout?: string;
   lostAfter?: string;
   replaceLost?: boolean;
+  allowUnmapped?: boolean;
   backend?: string;
   count?: boolean;
   countInterval?: string;
@@ -378,6 +382,7 @@ export function registerWatchCommand(program: Command, ctx: CliContext): void {
       return text;
     })
     .option("--length <bytes>", "width of every watch: 1, 2, 4 or 8 (default: symbol size, 8 for addresses)")
+    .option("--allow-unmapped", "arm --address watches even where nothing is mapped in a target yet (memory it maps later); without it such a target is refused")
     .option("--mode <mode>", "w (writes), rw (reads and writes), r (reads: rw reported only when the value is unchanged) or x (execute)", "w")
     .option("--if <condition>", "report only hits whose new value passes: changed, unchanged, 'value == 5', '> 0x10' (repeatable, all must hold)", (text: string, all: string[] = []) => [...all, text])
     .option("--tid <tid...>", "report only these threads")

@@ -176,6 +176,9 @@ describe("watch end to end", () => {
       [["watch", "--pid", pid, "--address", "0x1003", "--address", "0x2001"], 3, /need 8 debug registers per target but a thread has 4: 0x1003\/1 w #0, .*0x2008\/1 w #1/],
       [["watch", "--pid", pid, "--symbol", "fw_counter", "--host", "nowhere"], 2, /no agent 'nowhere' has ever connected/],
       [["watch", "--pid", pid, "--symbol", "fw_counter", "--mode", "q"], 3, /mode 'q' is not one of w, rw, r, x/],
+      [["watch", "--pid", pid, "--address", "0x1000"], 2, new RegExp(`address 0x1000\\.\\.0x1007 is not mapped in pid ${pid}: .*--allow-unmapped`)],
+      [["watch", "--pid", pid, "--address", "0x1003", "--length", "8"], 2, new RegExp(`address 0x1003\\.\\.0x100a is not mapped in pid ${pid}`)],
+      [["watch", "--pid", pid, "--symbol", "fw_counter", "--allow-unmapped"], 3, /--allow-unmapped is for --address watches/],
     ];
     for (const [args, code, message] of cases) {
       const result = await cluster.cli(args);
@@ -186,6 +189,29 @@ describe("watch end to end", () => {
     target.send("go");
     await target.waitForLine(/^done/);
     assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
+
+  test("an address mapped in the target is armed; with --allow-unmapped an unmapped one is too, and the job says so", async () => {
+    const target = await counter(1, 10);
+    const address = target.lines[0]!.split(" ")[2]!;
+    const mapped = await cluster.cli(["watch", "--pid", String(target.pid), "--address", address, "--max-hits", "10", "-o", "json"]);
+    assert.equal(mapped.code, 0, mapped.stderr);
+    const mappedId = (JSON.parse(mapped.stdout) as { id: string }).id;
+    target.send("go");
+    await target.waitForLine(/^done/);
+    await waitFor("every write of the mapped address a hit", async () => (await cluster.api().getJob({ id: mappedId })).job?.counts?.delivered === 10n, 20_000);
+
+    const later = await counter(1, 10);
+    const allowed = await cluster.cli(["watch", "--pid", String(later.pid), "--address", "0x1000", "--allow-unmapped", "-o", "json"]);
+    assert.equal(allowed.code, 0, allowed.stderr);
+    const allowedId = (JSON.parse(allowed.stdout) as { id: string }).id;
+    const detail = await cluster.cli(["jobs", "get", allowedId]);
+    assert.equal(detail.code, 0, detail.stderr);
+    assert.match(detail.stdout, /^watches +0x1000\/8 w \(armed even where an address is not mapped: --allow-unmapped\)$/m);
+    assert.match(detail.stdout, /^state +armed/m);
+    assert.equal((await cluster.cli(["jobs", "cancel", allowedId])).code, 0);
+    later.send("go");
+    assert.deepEqual(await later.waitForExit(), { code: 0, signal: null });
   });
 
   test("a process traced by someone else is refused for ptrace naming the tracer, and watched with perf beside it", async () => {
