@@ -124,6 +124,11 @@ function processPart(selector: TargetSelector): TargetSelector {
   return create(TargetSelectorSchema, { pid: selector.pid, exe: selector.exe, comm: selector.comm, cgroup: selector.cgroup });
 }
 
+/** A job that has no target yet and may still wait for a matching process to start. */
+function awaitsFirstMatch(job: Job): boolean {
+  return !isJobFinal(job) && job.targets.length === 0 && job.queueDeadlineUnixMs > 0n;
+}
+
 /** Whether agents should watch for processes that start matching later (not for a bare pid). */
 function isFollowable(selector: TargetSelector): boolean {
   return selector.exe !== "" || selector.comm !== "" || selector.cgroup !== "";
@@ -371,13 +376,16 @@ export class Controller {
     const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid })));
     // A gang cannot include a process it may not watch.
     if (refused.length > 0 && (candidates.length === 0 || mode.kind === "all")) throw refused[0]!.err;
-    if (candidates.length === 0) {
-      throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${sessions.map((s) => s.hostId).join(", ")}`);
+    const hostList = sessions.map((s) => s.hostId).join(", ");
+    // With a queue timeout, a job by exe, comm or cgroup waits for its first process to start.
+    const awaitsMatch = candidates.length === 0 && spec.queueTimeoutMs > 0n && isFollowable(selector);
+    if (candidates.length === 0 && !awaitsMatch) {
+      throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${hostList}${isFollowable(selector) ? ": give --queue-timeout to wait for one to start" : ""}`);
     }
     const plans = await Promise.all(candidates.map((c) => this.plan(c.session, spec, c.pid)));
     const planFailures = plans.flatMap((p) => ("err" in p ? [p.err] : []));
     // A gang cannot include a process it cannot watch.
-    if (planFailures.length === plans.length || (mode.kind === "all" && planFailures.length > 0)) throw planFailures[0];
+    if (plans.length > 0 && (planFailures.length === plans.length || (mode.kind === "all" && planFailures.length > 0))) throw planFailures[0];
 
     const now = Date.now();
     const draft = create(JobSchema, {
@@ -390,6 +398,7 @@ export class Controller {
       counts: {},
       owner: caller.who,
       redaction,
+      reason: awaitsMatch ? `waiting for a process matching ${describeProcesses(selector)} to start on ${hostList} (queue timeout ${formatDuration(spec.queueTimeoutMs)})` : "",
     });
     const backend = resolveBackend(spec);
     for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, backend, state: TargetState.FAILED, reason: err.message }));
@@ -403,6 +412,7 @@ export class Controller {
     }
 
     const { job, evictions } = await this.withLedger(async () => {
+      if (awaitsMatch) return { job: await this.store.create(draft), evictions: [] };
       const before = this.ledgerCheckpoint(draft);
       const decision = this.decide(draft);
       const waits = spec.queueTimeoutMs > 0n && !neverFits(decision);
@@ -436,7 +446,7 @@ export class Controller {
       current = await this.armTargets(job, placedOn, failures);
       if (current.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${current.reason}`);
     }
-    if (current.targets.some(isTargetWaiting)) this.enqueue(current);
+    if (current.targets.some(isTargetWaiting) || awaitsMatch) this.enqueue(current);
     if (isFollowable(selector)) {
       const processes = processPart(selector);
       for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector: processes } } });
@@ -723,11 +733,17 @@ export class Controller {
 
   // ---- the queue ----------------------------------------------------------
 
-  /** A job with targets waiting for registers: placed again when registers free up; fails at its queue deadline. */
+  /**
+   * A job with targets waiting for registers: placed again when registers
+   * free up; fails at its queue deadline. A job with no target yet (waiting
+   * for a matching process to start) only gets the deadline.
+   */
   private enqueue(job: Job): void {
-    if (isJobFinal(job) || !job.targets.some(isTargetWaiting)) return;
-    if (!this.queue.has(job.id)) this.reasonSaidMs.set(job.id, Date.now());
-    this.queue.add(job.id);
+    if (isJobFinal(job) || !(job.targets.some(isTargetWaiting) || awaitsFirstMatch(job))) return;
+    if (job.targets.length > 0) {
+      if (!this.queue.has(job.id)) this.reasonSaidMs.set(job.id, Date.now());
+      this.queue.add(job.id);
+    }
     if (job.queueDeadlineUnixMs > 0n && !this.queueTimers.has(job.id)) {
       const delay = Math.max(0, Number(job.queueDeadlineUnixMs) - Date.now());
       this.queueTimers.set(
@@ -878,8 +894,20 @@ export class Controller {
   private async expireQueued(id: string): Promise<void> {
     await this.withLedger(async () => {
       const job = this.store.get(id);
+      const timeout = formatDuration(job?.spec?.queueTimeoutMs ?? 0n);
+      if (job && awaitsFirstMatch(job)) {
+        const selector = job.spec!.target!;
+        const ended = await this.store.mutate(id, (j) => {
+          if (j.targets.length > 0 || isJobFinal(j)) return;
+          j.queueDeadlineUnixMs = 0n;
+          finish(j, JobState.FAILED, `no process matching ${describeProcesses(selector)} started within the queue timeout (${timeout})`);
+        }, []);
+        this.publish(ended);
+        this.options.log(`job ${id}: queue timeout (${timeout}) passed; ${ended.reason}`);
+        if (isJobFinal(ended)) this.forgetJobTimers(ended);
+        return;
+      }
       if (!job || isJobFinal(job) || !job.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) return;
-      const timeout = formatDuration(job.spec?.queueTimeoutMs ?? 0n);
       const updated = await this.store.mutate(id, (j) => {
         const why = j.reason.replace(/^queued: /, "");
         for (const t of j.targets) {

@@ -60,6 +60,11 @@ function describeTroubled(job: Job): string {
 export function rollUp(job: Job, nowMs = Date.now()): void {
   job.counts = addCounts(job.targets.map((t) => t.counts));
   if (isJobFinal(job)) return;
+  // No target yet, and may wait for a matching process to start: pending, with the reason submit gave.
+  if (job.targets.length === 0 && job.queueDeadlineUnixMs > 0n) {
+    job.state = JobState.PENDING;
+    return;
+  }
   const states = job.targets.map((t) => t.state);
   const armed = states.includes(TargetState.ARMED);
   const waiting = job.targets.some(isTargetWaiting);

@@ -79,9 +79,42 @@ describe("targeting", () => {
   test("no matching process is not placeable (exit 2) and says what was looked for", async () => {
     const result = await cluster.cli(["watch", "--comm", "fw-no-such", "--selector", "role=db", "--symbol", "demo_counter"]);
     assert.equal(result.code, 2, result.stderr);
-    assert.match(result.stderr, /no process matches comm 'fw-no-such' on host-b/);
+    assert.match(result.stderr, /no process matches comm 'fw-no-such' on host-b: give --queue-timeout to wait for one to start/);
     const noHost = await cluster.cli(["watch", "--comm", "x", "--selector", "role=cache", "--symbol", "demo_counter"]);
     assert.equal(noHost.code, 2, noHost.stderr);
     assert.match(noHost.stderr, /no connected agent matches selector 'role=cache'; connected: host-a, host-b/);
+  });
+
+  for (const by of ["--exe", "--comm"] as const) {
+    test(`${by} with --queue-timeout and nothing running yet: pending until the first matching process starts, then armed`, async () => {
+      const selector = by === "--exe" ? program : path.basename(program);
+      const submitted = await cluster.cli(["watch", by, selector, "--selector", "role=db", "--symbol", "demo_counter", "--stack", "0", "--queue-timeout", "60s", "-o", "json"]);
+      assert.equal(submitted.code, 0, submitted.stderr);
+      const id = (JSON.parse(submitted.stdout) as { id: string }).id;
+      const waiting = await job(id);
+      assert.equal(waiting.state, JobState.PENDING, waiting.reason);
+      assert.equal(waiting.targets.length, 0);
+      const what = by === "--exe" ? `exe ${program}` : `comm '${selector}'`;
+      assert.equal(waiting.reason, `waiting for a process matching ${what} to start on host-b (queue timeout 1m)`);
+
+      const first = await start();
+      await waitFor("the first matching process is armed", async () => (await job(id)).targets.some((t) => t.pid === first.pid && t.state === TargetState.ARMED));
+      assert.equal((await job(id)).state, JobState.ARMED);
+      await waitFor("its hits are counted", async () => ((await job(id)).counts?.delivered ?? 0n) > 0n);
+      assert.equal((await cluster.api().cancelJob({ id })).job!.state, JobState.CANCELLED);
+      await first.kill();
+    });
+  }
+
+  test("a job waiting for a process that never starts fails at its queue timeout, saying so", async () => {
+    const submitted = await cluster.cli(["watch", "--comm", "fw-never", "--selector", "role=db", "--symbol", "demo_counter", "--queue-timeout", "1s", "-o", "json"]);
+    assert.equal(submitted.code, 0, submitted.stderr);
+    const id = (JSON.parse(submitted.stdout) as { id: string }).id;
+    const failed = await waitFor("the job fails at its queue timeout", async () => {
+      const j = await job(id);
+      return j.state === JobState.FAILED ? j : undefined;
+    });
+    assert.equal(failed.reason, "no process matching comm 'fw-never' started within the queue timeout (1s)");
+    assert.equal(failed.targets.length, 0);
   });
 });

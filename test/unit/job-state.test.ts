@@ -67,3 +67,13 @@ test("job-state - a queued job keeps the queue's reason; a final job does not ch
   assert.equal(done.state, JobState.CANCELLED);
   assert.equal(done.endedUnixMs, 5n);
 });
+
+test("job-state - a job with no target yet waits pending while its queue deadline stands; with none it is over", () => {
+  const waiting = job([], "waiting for a process matching comm 'db' to start on h1 (queue timeout 1m)");
+  waiting.queueDeadlineUnixMs = 60_000n;
+  rollUp(waiting, 1_000);
+  assert.deepEqual([waiting.state, waiting.reason], [JobState.PENDING, "waiting for a process matching comm 'db' to start on h1 (queue timeout 1m)"]);
+  const none = job([]);
+  rollUp(none, 1_000);
+  assert.equal(none.state, JobState.COMPLETED);
+});
