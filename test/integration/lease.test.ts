@@ -121,3 +121,73 @@ describe("leases", () => {
     }
   });
 });
+
+describe("leases: the controller SIGKILLed and started again", () => {
+  let cluster: Cluster;
+  const targets: Target[] = [];
+  // Long enough that a controller started again at once is back within it.
+  const leaseMs = scaled(4_000);
+
+  before(async () => {
+    await buildFixtures();
+    cluster = await Cluster.start({ leaseMs });
+  });
+
+  after(async () => {
+    for (const t of targets) await t.kill();
+    await cluster?.stop();
+  });
+
+  for (const backend of [Backend.PTRACE, Backend.PERF]) {
+    for (const back of ["after", "before"] as const) {
+      const name = Backend[backend].toLowerCase();
+      test(`${name}: back ${back} the agent's lease ran out, the live target of a hot writer is re-armed, never reported exited, and a cancel leaves it untraced`, async () => {
+        // Writes for as long as the test runs (ten minutes at most).
+        const target = await startTarget("hot-writer");
+        targets.push(target);
+        await target.waitForLine(/^ready /);
+        const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend });
+        const { job } = await cluster.api().submitJob({ spec });
+        assert.equal(job?.state, JobState.ARMED, job?.reason);
+        const id = job!.id;
+        target.send("run 600000 hot");
+        const delivered = async () => (await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n;
+        await waitFor("hits from the hot writer", async () => (await delivered()) >= 100n);
+
+        const agent = cluster.agents.get("host-a")!;
+        const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
+        const lapsedBefore = lapses();
+        const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
+        const registeredBefore = registrations();
+        await cluster.stopController("SIGKILL");
+        if (back === "after") {
+          await waitFor("the agent's lease ran out", () => lapses() > lapsedBefore, 30_000);
+          if (backend === Backend.PTRACE) await waitFor("the agent disarmed and detached on its own", async () => (await target.tracerPid()) === 0);
+        }
+        await cluster.startController();
+        // The stored job says armed until the agent has told the new controller what it has.
+        await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
+        await cluster.waitForAgent("host-a");
+        const rearmed = await waitFor("the target armed again", async () => {
+          const j = (await cluster.api().getJob({ id })).job!;
+          assert.notEqual(j.targets[0]?.state, TargetState.EXITED, `a live process reported exited: ${j.targets[0]?.reason}`);
+          return j.targets[0]?.state === TargetState.ARMED && j.state === JobState.ARMED ? j : undefined;
+        }, 30_000);
+        if (back === "before") assert.equal(lapses(), lapsedBefore, "the controller was back within the lease");
+        assert.equal(target.child.exitCode, null, "the target runs on");
+        if (backend === Backend.PTRACE) assert.notEqual(await target.tracerPid(), 0, "traced again");
+        else assert.equal(await target.tracerPid(), 0, "perf never traces");
+        const atRearm = rearmed.counts?.delivered ?? 0n;
+        await waitFor("hits again after the restart", async () => (await delivered()) > atRearm + 10n);
+
+        const cancelled = (await cluster.api().cancelJob({ id })).job!;
+        assert.equal(cancelled.state, JobState.CANCELLED);
+        const c = cancelled.counts!;
+        assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+        await waitFor("untraced after the cancel", async () => (await target.tracerPid()) === 0);
+        assert.equal(target.child.exitCode, null, "the target runs on");
+        await target.kill();
+      });
+    }
+  }
+});
