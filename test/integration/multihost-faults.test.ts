@@ -11,14 +11,16 @@ import { fromJson } from "@bufbuild/protobuf";
 import { HitEventSchema, JobSchema, JobState, ListAgentsResponseSchema, TargetState, type Agent, type HitEvent, type Job, type Target as JobTarget } from "../../proto/index.js";
 import { Fleet, type FleetHost } from "../support/fleet.js";
 import { readWord, type Target } from "../support/targets.js";
-import { waitFor } from "../support/wait.js";
+import { scaled, waitFor } from "../support/wait.js";
 
 const hostIds = ["db-1", "db-2", "db-3"];
-const leaseMs = 2_000;
+// Leases stretch with the machine (FLEETWATCH_TIME_SCALE): on a slow one a
+// controller's restart or a busy moment must not pass for a silent host.
+const leaseMs = scaled(2_000);
 // The controllers' default: long enough to ride out a nats-server restart without a change of leader.
-const electionLeaseMs = 5_000;
+const electionLeaseMs = scaled(5_000);
 // Jobs that must ride out a controller's absence keep their targets armed this long without a session.
-const lostAfter = "30s";
+const lostAfter = `${scaled(30_000)}ms`;
 const helperComm = "fleetwatch-helper";
 // Deadlines for conditions that wait on leases, reconnect backoff (at most 5 s) and a controller's start.
 const faultMs = 30_000;
