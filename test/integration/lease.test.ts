@@ -126,7 +126,7 @@ describe("leases: the controller SIGKILLed and started again", () => {
   let cluster: Cluster;
   const targets: Target[] = [];
   // Long enough that a controller started again at once is back within it.
-  const leaseMs = scaled(4_000);
+  const leaseMs = scaled(2_000);
 
   before(async () => {
     await buildFixtures();
