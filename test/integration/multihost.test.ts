@@ -56,7 +56,7 @@ test("multihost - a job selecting role=db arms 2 targets on each of 3 hosts, hit
   const submitted = await fleet.cli(["watch", "--comm", "demo-counter", "--selector", "role=db", "--symbol", "demo_counter", "--stack", "0", "--backend", "ptrace", "-o", "json"]);
   assert.equal(submitted.code, 0, submitted.stderr);
   const armed = fromJson(JobSchema, JSON.parse(submitted.stdout));
-  assert.equal(armed.state, JobState.ARMED, armed.reason);
+  assert.equal(armed.state, JobState.ARMED, `${armed.reason}: ${armed.targets.filter((t) => t.reason).map((t) => `${key(t.hostId, t.pid)} ${t.reason}`).join("; ")}`);
   assert.deepEqual(armed.targets.map((t) => key(t.hostId, t.pid)).sort(), expected);
   assert.deepEqual(armed.targets.map((t) => t.state), Array(expected.length).fill(TargetState.ARMED));
   for (const target of dbTargets) assert.notEqual(await target.tracerPid(), 0, `${target.name} ${target.rootPid} is traced`);
