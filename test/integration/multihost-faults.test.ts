@@ -9,7 +9,7 @@ import { after, before, describe, test, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { fromJson } from "@bufbuild/protobuf";
 import { HitEventSchema, JobSchema, JobState, ListAgentsResponseSchema, TargetState, type Agent, type HitEvent, type Job, type Target as JobTarget } from "../../proto/index.js";
-import { Fleet, type FleetHost } from "../support/fleet.js";
+import { Fleet, type FleetHost, type JobFollower } from "../support/fleet.js";
 import { readWord, type Target } from "../support/targets.js";
 import { scaled, waitFor } from "../support/wait.js";
 
@@ -75,9 +75,34 @@ describe("multihost faults", () => {
   const stateOn = (job: Job, hostId: string): string => TargetState[on(job, hostId).state] ?? "?";
 
   /** Polls `jobs get` until `done` holds, recording every answer. Failed calls (no controller) are retried. */
-  const poll = (id: string, history: Seen[], name: string, done: (job: Job) => boolean, timeoutMs = faultMs): Promise<Job> =>
+  /**
+   * Waits until the job, as the controller streams its states (one follower
+   * per job), satisfies `done`; every state seen goes into history.
+   */
+  const poll = (id: string, history: Seen[], name: string, done: (job: Job) => boolean, timeoutMs = faultMs): Promise<Job> => {
+    let follower = followers.get(id);
+    if (!follower) followers.set(id, (follower = fleet.followJob(id)));
+    const states = follower.states;
+    return waitFor(name, () => {
+      takeStates(id, history);
+      const job = states.at(-1)?.job;
+      return job && done(job) ? job : undefined;
+    }, timeoutMs, 50);
+  };
+  /** The follower's states not yet in history, in the order they came. */
+  const takeStates = (id: string, history: Seen[]): void => {
+    const states = followers.get(id)?.states ?? [];
+    for (const state of states.slice(historyLength.get(history) ?? 0)) history.push(state);
+    historyLength.set(history, states.length);
+  };
+  const followers = new Map<string, JobFollower>();
+  const historyLength = new WeakMap<Seen[], number>();
+
+  /** As poll, but each look is a `jobs get` of its own: what a controller that just started (or took over) says. */
+  const look = (id: string, history: Seen[], name: string, done: (job: Job) => boolean, timeoutMs = faultMs): Promise<Job> =>
     waitFor(name, async () => {
       const job = await getJob(id);
+      takeStates(id, history);
       history.push({ atMs: Date.now(), job });
       return done(job) ? job : undefined;
     }, timeoutMs, 50);
@@ -361,7 +386,7 @@ describe("multihost faults", () => {
       const leadingAtMs = Date.now();
       for (const id of hostIds) await waitFor(`${id}'s agent registered again`, () => (fleet.host(id).agent.output.match(/registered with/g) ?? []).length > registrations.get(id)!, faultMs);
       const reconciledAtMs = Date.now();
-      const after = await poll(job.id, history, "the job as stored, armed", (j) => j.state === JobState.ARMED);
+      const after = await look(job.id, history, "the job as stored, armed", (j) => j.state === JobState.ARMED);
       // Zero jobs lost: the same ids, the same targets.
       const jobsAfter = ((await cliJson(["jobs", "ls"])) as { jobs: Array<{ id: string }> }).jobs.map((j) => j.id).sort();
       assert.deepEqual(jobsAfter, jobsBefore);
@@ -439,7 +464,7 @@ describe("multihost faults", () => {
       for (const id of hostIds) await fleet.host(id).agent.waitForOutput(new RegExp(`registered with ${newLeader} `), faultMs);
       const followedAtMs = Date.now();
       // The CLI, given both addresses, finds the new leader.
-      const after = await poll(job.id, history, "the job under the new leader", (j) => j.state === JobState.ARMED);
+      const after = await look(job.id, history, "the job under the new leader", (j) => j.state === JobState.ARMED);
       assert.deepEqual(after.targets.map((t) => `${t.hostId}/${t.pid}`).sort(), job.targets.map((t) => `${t.hostId}/${t.pid}`).sort());
       await waitForHitsEverywhere(job.id, history, deliveredByHost(before));
       for (const id of hostIds) assert.deepEqual(path(history, id), ["ARMED"], `${id} armed at every look`);

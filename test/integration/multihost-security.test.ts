@@ -10,10 +10,11 @@ import { DisarmAllResponseSchema, JobSchema, JobState, TargetState, type Job } f
 import { Fleet } from "../support/fleet.js";
 import type { Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
+import { roundsHere } from "../support/emulation.js";
 
 const dbHosts = ["db-1", "db-2", "db-3"];
 const hosts = [...dbHosts, "web-1"];
-const rounds = 5;
+const rounds = roundsHere(5, 2);
 
 describe("multihost security", () => {
   let fleet: Fleet;

@@ -22,3 +22,12 @@ export const oneRegisterPerAccess = emulated && "the emulated machine reports on
  * 1,000 hits). Those tests check the accounting there, not the total.
  */
 export const drainFallsBehind = emulated && "the emulated machine's helper drains the ring buffers too slowly for writers trapping flat out (QEMU's TCG)";
+
+/**
+ * How many rounds a long scenario runs: fewer inside the emulated machine,
+ * where each costs many times more (the README's Tests section lists
+ * them), never none.
+ */
+export function roundsHere(native: number, inEmulation: number): number {
+  return emulated ? Math.max(1, inEmulation) : native;
+}

@@ -15,9 +15,10 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { caCertFile, certificateBaseName, createAuthority, issueCertificate, writeIssued } from "../../cli/certificates.js";
 import { natsAuthFile, natsSeedFile, writeNatsAuthConfig, writeNatsSeed } from "../../cli/nats-credentials.js";
-import type { Identity } from "../../proto/index.js";
+import { fromJsonString } from "@bufbuild/protobuf";
+import { JobSchema, type Identity, type Job } from "../../proto/index.js";
 import { collectCli, Daemon, type CliResult } from "./cluster.js";
-import { cliPath, helperPath } from "./paths.js";
+import { cliPath, helperPath, jobFollowerPath } from "./paths.js";
 import { buildFixtures, childPids, procState, startTarget, type StartOptions, type Target } from "./targets.js";
 import { waitFor } from "./wait.js";
 
@@ -236,6 +237,24 @@ export class FleetHost {
 }
 
 /** nats-server, a controller and K hosts with an agent each, in namespaces of their own. */
+/** A job's states in the order the controller sent them, each with when it arrived. */
+export class JobFollower {
+  readonly states: Array<{ atMs: number; job: Job }> = [];
+  private partial = "";
+
+  constructor(readonly daemon: Daemon) {
+    daemon.child.stdout?.on("data", (chunk: Buffer | string) => {
+      const lines = (this.partial + chunk.toString()).split("\n");
+      this.partial = lines.pop() ?? "";
+      for (const line of lines) if (line.trim() !== "") this.states.push({ atMs: Date.now(), job: fromJsonString(JobSchema, line) });
+    });
+  }
+
+  get latest(): Job | undefined {
+    return this.states.at(-1)?.job;
+  }
+}
+
 export class Fleet {
   readonly hosts = new Map<string, FleetHost>();
   infra: Box | undefined;
@@ -442,16 +461,33 @@ export class Fleet {
     await host.startAgent();
   }
 
+  /** The environment a client in the infra namespace signs in with, as `as`. */
+  private clientEnv(as: Identity): NodeJS.ProcessEnv {
+    const [, ca, , cert, , key] = this.tlsArgs(as);
+    return { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddresses, FLEETWATCH_NATS: this.natsUrl, FLEETWATCH_NATS_CREDS: this.natsCreds(as), FLEETWATCH_CA: ca, FLEETWATCH_CERT: cert, FLEETWATCH_KEY: key };
+  }
+
   /** Runs `fleetwatch ARGS` in the infra namespace against this fleet and collects its output. */
   cli(args: string[], options: { timeoutMs?: number; as?: Identity } = {}): Promise<CliResult> {
-    const as: Identity = options.as ?? { kind: "user", name: "operator" };
-    const [, ca, , cert, , key] = this.tlsArgs(as);
     // `ip netns exec` execs the CLI itself, so a timeout's SIGKILL reaches it.
     const child = spawn("ip", ["netns", "exec", this.infraNetns, process.execPath, cliPath, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, FLEETWATCH_CONTROLLER: this.controllerAddresses, FLEETWATCH_NATS: this.natsUrl, FLEETWATCH_NATS_CREDS: this.natsCreds(as), FLEETWATCH_CA: ca, FLEETWATCH_CERT: cert, FLEETWATCH_KEY: key },
+      env: this.clientEnv(options.as ?? { kind: "user", name: "operator" }),
     });
     return collectCli(child, args, options.timeoutMs);
+  }
+
+  /**
+   * Every state of a job as the controller streams it (WatchJob), from one
+   * client in the infra namespace: what a test that watches a job through
+   * faults looks at, instead of a CLI process per look. Ends with the job,
+   * or with the fleet.
+   */
+  followJob(id: string): JobFollower {
+    const child = spawn("ip", ["netns", "exec", this.infraNetns, process.execPath, jobFollowerPath, id], { stdio: ["pipe", "pipe", "pipe"], env: this.clientEnv({ kind: "user", name: "operator" }) });
+    const follower = new JobFollower(new Daemon(`job follower ${id}`, child));
+    this.infraDaemons.push(follower.daemon);
+    return follower;
   }
 
   /** Stops everything, removes namespaces, links and data. Safe to call twice and after a failed start. */

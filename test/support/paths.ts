@@ -10,3 +10,5 @@ export const helperPath = path.join(repoRoot, "agent/native/build/fleetwatch-hel
 
 /** The CLI entry point as built by `npm run build`. */
 export const cliPath = path.join(repoRoot, "dist/cli/main.js");
+/** test/support/job-follower.ts, built. */
+export const jobFollowerPath = path.join(repoRoot, "dist/test/support/job-follower.js");
