@@ -76,6 +76,8 @@ export interface HelperOptions {
   requestTimeoutMs?: number;
   /** Default: the helper's own ("follow"). */
   cpuPolicy?: CpuPolicy;
+  /** Each CPU's perf ring buffer of a sampling job, in KiB (a power of two, 64 to 262144). Default: the helper's, by what samples carry. */
+  perfBufferKiB?: number;
 }
 
 /** Per-group options of arm(); every field defaults to "off". */
@@ -280,7 +282,7 @@ export class HelperProcess {
   static async start(options: HelperOptions = {}): Promise<HelperProcess> {
     const path = options.path ?? defaultHelperPath();
     const timeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
-    const args = options.cpuPolicy === undefined ? [] : ["--cpu-policy", options.cpuPolicy];
+    const args = [...(options.cpuPolicy === undefined ? [] : ["--cpu-policy", options.cpuPolicy]), ...(options.perfBufferKiB === undefined ? [] : ["--perf-buffer-kib", String(options.perfBufferKiB)])];
     const child = spawn(path, args, { stdio: ["pipe", "pipe", "pipe"] });
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", () => resolve());

@@ -34,6 +34,8 @@ export interface AgentOptions {
   transport?: Transport;
   /** The native helper; default the one built in agent/native/build. */
   helperPath?: string;
+  /** Each CPU's perf ring buffer of a sampling job, in KiB; default the helper's. */
+  perfBufferKiB?: number;
   /**
    * The host policy file (JSON): which processes may be watched and what
    * leaves the host of their values. Read again on SIGHUP and when it
@@ -108,7 +110,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
     refusedSubjects.add(key);
     log(`agent ${options.hostId}: ${err.message}${credentials ? ` (credentials ${credentials.path})` : ""}: check the server's nats-auth.conf for this host`);
   });
-  const startHelper = () => HelperProcess.start(options.helperPath ? { path: options.helperPath } : {});
+  const startHelper = () => HelperProcess.start({ ...(options.helperPath ? { path: options.helperPath } : {}), ...(options.perfBufferKiB ? { perfBufferKiB: options.perfBufferKiB } : {}) });
   let helper: HelperProcess;
   try {
     helper = await startHelper();

@@ -363,7 +363,7 @@ static const char *protect_from_oom(char *msg, size_t cap)
 static int usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s [--version] [--self-test] [--cpu-policy follow|none]  (speaks the protocol on stdin/stdout)\n",
+		"usage: %s [--version] [--self-test] [--cpu-policy follow|none] [--perf-buffer-kib N]  (speaks the protocol on stdin/stdout)\n",
 		argv0);
 	return 2;
 }
@@ -392,6 +392,17 @@ int main(int argc, char **argv)
 				tracer_set_cpu_policy(FW_CPU_POLICY_NONE);
 			else
 				return usage(argv[0]);
+			continue;
+		}
+		if (strcmp(argv[i], "--perf-buffer-kib") == 0 && i + 1 < argc) {
+			char *end;
+			unsigned long kib = strtoul(argv[++i], &end, 10);
+
+			if (*end || perf_set_buffer_kib(kib) == -1) {
+				fprintf(stderr, "%s: --perf-buffer-kib %s: a power of two from 64 to 262144 (KiB per CPU)\n",
+					argv[0], argv[i]);
+				return 2;
+			}
 			continue;
 		}
 		return usage(argv[0]);

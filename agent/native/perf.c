@@ -68,6 +68,7 @@
 #define DATA_PAGES_PLAIN 512u
 #define DATA_PAGES_STACK 1024u
 #define DATA_PAGES_MIN 16u
+#define DATA_PAGES_MAX 65536u /* 256 MiB with 4 KiB pages */
 /* A thread that shows up in /proc before its FORK record is written: how
  * often ARM and rescans look for the record again before opening events of
  * its own for it (which would cover it twice). */
@@ -200,6 +201,7 @@ static char note[256];
 static int64_t next_drain_ms = INT64_MAX;
 static long page_size;
 static int cpus[MAX_CPUS]; /* the online CPUs */
+static unsigned buffer_pages; /* --perf-buffer-kib; 0: by what samples carry */
 static unsigned ncpus;
 
 static int perf_open(struct perf_event_attr *attr, pid_t tid, int cpu)
@@ -1790,8 +1792,11 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 	memcpy(g->chunks, chunks, count * sizeof *chunks);
 	pages = count_only ? DATA_PAGES_COUNT
 			   : opt->stack_depth > 0 ? DATA_PAGES_STACK : DATA_PAGES_PLAIN;
-	for (unsigned n = ncpus; n > 16 && pages > DATA_PAGES_MIN; n /= 2)
-		pages /= 2;
+	if (buffer_pages && !count_only)
+		pages = buffer_pages; /* the operator's size, whatever the CPUs */
+	else
+		for (unsigned n = ncpus; n > 16 && pages > DATA_PAGES_MIN; n /= 2)
+			pages /= 2;
 	g->data_bytes = (size_t)pages * (size_t)page_size;
 	g->ents = calloc(ENTS_INITIAL, sizeof *g->ents);
 	g->ents_cap = ENTS_INITIAL;
@@ -2024,4 +2029,19 @@ void perf_close_all(void)
 	for (int i = 0; i < PERF_MAX_GROUPS; i++)
 		if (groups[i].used)
 			group_free(&groups[i]);
+}
+
+int perf_set_buffer_kib(unsigned long kib)
+{
+	unsigned long bytes = kib * 1024ul, pagesz = (unsigned long)sysconf(_SC_PAGESIZE);
+	unsigned pages = DATA_PAGES_MIN;
+
+	if (kib == 0 || kib > DATA_PAGES_MAX * pagesz / 1024ul || bytes % pagesz != 0)
+		return -1;
+	while ((unsigned long)pages * pagesz < bytes)
+		pages *= 2;
+	if ((unsigned long)pages * pagesz != bytes || pages > DATA_PAGES_MAX)
+		return -1;
+	buffer_pages = pages;
+	return 0;
 }

@@ -19,6 +19,10 @@ enum fw_perf_values {
 
 /* Probes whether this host lets the helper open breakpoint events. */
 void perf_init(void);
+
+/* --perf-buffer-kib: each CPU's ring buffer of a job that samples, in KiB:
+ * a power of two pages, 64 KiB to 256 MiB. -1 when it is not. */
+int perf_set_buffer_kib(unsigned long kib);
 enum fw_perf_values perf_values(void);
 /* Why perf is unavailable or its values are not exact; "" otherwise. */
 const char *perf_note(void);

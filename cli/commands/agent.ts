@@ -18,6 +18,8 @@ export interface AgentRequest {
   hostId: string;
   labels: Record<string, string>;
   helperPath?: string;
+  /** --perf-buffer, in KiB. */
+  perfBufferKiB?: number;
   /** The host policy file, absolute (it is read again on reload, whatever the working directory). */
   policyPath?: string;
 }
@@ -49,13 +51,27 @@ export function readLabelFile(path: string): Record<string, string> {
   }
 }
 
+/**
+ * A perf ring buffer size per CPU: `8MiB`, `512KiB` or KiB as a number; a
+ * power of two from 64 KiB to 256 MiB (the kernel maps a power of two pages).
+ */
+export function parsePerfBuffer(text: string): number {
+  const m = /^(\d+)\s*(KiB|MiB|K|M)?$/i.exec(text.trim());
+  const kib = m ? Number(m[1]) * (/^m/i.test(m[2] ?? "") ? 1024 : 1) : NaN;
+  if (!Number.isSafeInteger(kib) || kib < 64 || kib > 262_144 || (kib & (kib - 1)) !== 0) {
+    throw new UsageError(`--perf-buffer '${text}' is not a power of two from 64KiB to 256MiB (e.g. 2MiB, 8MiB)`);
+  }
+  return kib;
+}
+
 /** Validates the command line; --label wins over the same key in --label-file. */
-export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string }, globals: { controller: string; nats: string; natsCreds?: string | undefined }): AgentRequest {
+export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string }, globals: { controller: string; nats: string; natsCreds?: string | undefined }): AgentRequest {
   if (!isSubjectToken(opts.hostId)) throw new UsageError(`--host-id '${opts.hostId}' may hold only letters, digits, _ and -`);
   const labels = { ...(opts.labelFile ? readLabelFile(opts.labelFile) : {}), ...parseLabels(opts.label ?? []) };
   const request: AgentRequest = { controller: globals.controller, natsUrl: globals.nats, hostId: opts.hostId, labels };
   if (globals.natsCreds !== undefined) request.natsCredsPath = resolve(globals.natsCreds);
   if (opts.helper !== undefined) request.helperPath = opts.helper;
+  if (opts.perfBuffer !== undefined) request.perfBufferKiB = parsePerfBuffer(opts.perfBuffer);
   if (opts.policy !== undefined) request.policyPath = resolve(opts.policy);
   return request;
 }
@@ -75,7 +91,8 @@ export function registerAgentCommand(program: Command, ctx: CliContext): void {
     .option("--label-file <path>", "more labels, one k=v per line (e.g. a Kubernetes node's labels)")
     .option("--helper <path>", "the native helper (default: the one built in agent/native/build)")
     .option("--policy <file>", "host policy (JSON): processes that may be watched, value capture; reloaded on SIGHUP and on change")
-    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string }) => {
+    .option("--perf-buffer <size>", "each CPU's ring buffer of a perf job that reports hits, e.g. 8MiB (a power of two, 64KiB to 256MiB; default 2MiB, 4MiB with stacks): larger loses fewer samples of a busy writer")
+    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string }) => {
       const request = parseAgentArgs(opts, ctx.globals());
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
       const transport = resolveTransport(ctx.globals().tls, "agent", parseAddressList(request.controller), log);

@@ -7,10 +7,10 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { readdir } from "node:fs/promises";
 import { promisify } from "node:util";
-import { before, describe, test } from "node:test";
+import { before, describe, test, type TestContext } from "node:test";
 
 import { HelperProcess } from "../../agent/helper-process.js";
-import type { HelperEvent, WatchOptions } from "../../agent/helper-process.js";
+import type { GroupCounts, HelperEvent, HelperOptions, WatchOptions } from "../../agent/helper-process.js";
 import { buildFixtures, fixturePath, readWord } from "../support/targets.js";
 import type { Target } from "../support/targets.js";
 import { scaled, waitFor } from "../support/wait.js";
@@ -104,36 +104,50 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.ok(times.every((v, i) => i === 0 || v >= (times[i - 1] as bigint)), "hits in trap order");
   });
 
+  /**
+   * T threads write N times each; the helper is stopped until one of them
+   * wrote 40,000 times, so the buffers overflow (perf never waits for the
+   * helper: the kernel drops what a full buffer cannot take), then resumes
+   * while they write on, which brings the kernel's LOST records.
+   */
+  async function overflowWhileStopped(t: TestContext, threads: number, options: HelperOptions = {}): Promise<GroupCounts> {
+    const s = scene(t);
+    const { helper, log } = await s.helper(options);
+    const N = 100_000;
+    const target = await s.target("counter", ["--threads", String(threads), "--writes", String(N)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    process.kill(helper.pid, "SIGSTOP");
+    try {
+      target.send("go");
+      await waitFor("a thread wrote 40,000 times", async () => ((await readWord(target.rootPid, counter)) & 0xffffffffn) >= 40_000n, EVENT_TIMEOUT_MS);
+    } finally {
+      process.kill(helper.pid, "SIGCONT");
+    }
+    await finishesNormally(target);
+    const { counts } = await log.groupDone(1n);
+    const writes = BigInt(threads * N);
+    const shown = JSON.stringify(counts, (_, v) => (typeof v === "bigint" ? Number(v) : v));
+    assert.equal(counts.trapped, writes, `trapped is what the kernel counted: ${shown}`);
+    assert.equal(counts.delivered + counts.suppressed + counts.filtered + counts.lost, counts.trapped);
+    assert.equal(BigInt(log.hitsOf(1n).length), counts.delivered);
+    t.diagnostic(`${threads} thread(s)${options.perfBufferKiB ? `, ${options.perfBufferKiB} KiB buffers` : ""}: ${counts.delivered} delivered, ${counts.lost} lost of ${writes}`);
+    return counts;
+  }
+
   for (const threads of [1, 4]) {
     test(`accounting - ${threads} thread(s) overflow the buffers while the helper is stopped, then write on: trapped is exactly the writes, the rest lost`, async (t) => {
-      const s = scene(t);
-      const { helper, log } = await s.helper();
-      // Far more samples than a CPU's buffer holds (2 MiB: ~20,000 traps).
-      const N = 100_000;
-      const target = await s.target("counter", ["--threads", String(threads), "--writes", String(N)]);
-      const [counter] = readyAddresses(target) as [bigint];
-      await helper.arm(target.pid, 1n, [write8(counter)], PERF);
-      // perf never waits for the helper: the target writes on while it is
-      // stopped, and the kernel drops what the full buffers cannot take.
-      // The writes after it resumes carry the kernel's LOST records.
-      process.kill(helper.pid, "SIGSTOP");
-      try {
-        target.send("go");
-        await waitFor("a thread wrote 40,000 times", async () => ((await readWord(target.rootPid, counter)) & 0xffffffffn) >= 40_000n, EVENT_TIMEOUT_MS);
-      } finally {
-        process.kill(helper.pid, "SIGCONT");
-      }
-      await finishesNormally(target);
-      const { counts } = await log.groupDone(1n);
-      const writes = BigInt(threads * N);
-      const shown = JSON.stringify(counts, (_, v) => (typeof v === "bigint" ? Number(v) : v));
-      assert.equal(counts.trapped, writes, `trapped is what the kernel counted: ${shown}`);
-      assert.ok(counts.lost > 0n, `the buffers overflowed while the helper was stopped: ${shown}`);
-      assert.equal(counts.delivered + counts.suppressed + counts.filtered + counts.lost, counts.trapped);
-      assert.equal(BigInt(log.hitsOf(1n).length), counts.delivered);
-      t.diagnostic(`${threads} thread(s): ${counts.delivered} delivered, ${counts.lost} lost of ${writes}`);
+      const counts = await overflowWhileStopped(t, threads);
+      assert.ok(counts.lost > 0n, "the buffers overflowed while the helper was stopped");
     });
   }
+
+  test("accounting - buffers of 16 MiB (--perf-buffer-kib) hold what the default 2 MiB lose while the helper is stopped", async (t) => {
+    const small = await overflowWhileStopped(t, 1);
+    const large = await overflowWhileStopped(t, 1, { perfBufferKiB: 16_384 });
+    assert.ok(large.lost < small.lost, `lost ${large.lost} with 16 MiB, ${small.lost} with the default`);
+    if (!drainFallsBehind) assert.equal(large.lost, 0n, "16 MiB hold 40,000 samples and more");
+  });
 
   test("order - a writer moved between CPUs while it traps: hits come in trap order across the CPUs' buffers", async (t) => {
     const s = scene(t);

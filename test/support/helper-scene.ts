@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import type { TestContext } from "node:test";
 import { HelperError, HelperProcess } from "../../agent/helper-process.js";
-import type { HelperChunk, HelperEvent, HelperHit } from "../../agent/helper-process.js";
+import type { HelperChunk, HelperEvent, HelperHit, HelperOptions } from "../../agent/helper-process.js";
 import { procState, startTarget } from "./targets.js";
 import type { StartOptions, Target } from "./targets.js";
 import { scaled } from "./wait.js";
@@ -111,8 +111,8 @@ export function scene(t: TestContext) {
     }
   });
   return {
-    async helper(): Promise<{ helper: HelperProcess; log: EventLog }> {
-      const helper = await HelperProcess.start();
+    async helper(options: HelperOptions = {}): Promise<{ helper: HelperProcess; log: EventLog }> {
+      const helper = await HelperProcess.start(options);
       helpers.push(helper);
       return { helper, log: new EventLog(helper) };
     },

@@ -4,7 +4,7 @@ import path from "node:path";
 import { Backend, ConditionOp, WatchMode, WatchSpecError } from "../../proto/index.js";
 import { buildJobSpec, type WatchArgs } from "../../cli/commands/watch.js";
 import { parseEventsArgs } from "../../cli/commands/events.js";
-import { parseAgentArgs, parseLabels } from "../../cli/commands/agent.js";
+import { parseAgentArgs, parseLabels, parsePerfBuffer } from "../../cli/commands/agent.js";
 import { embeddedHostId, parseUpArgs, printNoTrapsWarning, printUpReady } from "../../cli/commands/up.js";
 import { UsageError } from "../../cli/errors.js";
 import { SequenceTracker } from "../../proto/index.js";
@@ -183,4 +183,15 @@ test("cli watch - --backend, --count and --count-interval go into the spec; no -
     const spec = buildJobSpec(args({ locations: [{ kind: "symbol", text: "counter" }], ...extra }));
     assert.deepEqual([spec.backend, spec.countOnly, spec.countIntervalMs], [backend, countOnly, intervalMs], JSON.stringify(extra));
   }
+});
+
+test("cli agent - --perf-buffer is a power of two from 64KiB to 256MiB, in KiB, MiB or a number of KiB", () => {
+  assert.equal(parsePerfBuffer("8MiB"), 8192);
+  assert.equal(parsePerfBuffer("512KiB"), 512);
+  assert.equal(parsePerfBuffer("64"), 64);
+  assert.equal(parsePerfBuffer("256M"), 262_144);
+  for (const bad of ["3MiB", "32KiB", "512MiB", "0", "", "1.5MiB", "8GiB", "-64"]) {
+    assert.throws(() => parsePerfBuffer(bad), /--perf-buffer '.*' is not a power of two from 64KiB to 256MiB/, bad);
+  }
+  assert.equal(parseAgentArgs({ hostId: "h1", perfBuffer: "16MiB" }, { controller: "c:1", nats: "nats://n:1" }).perfBufferKiB, 16_384);
 });
