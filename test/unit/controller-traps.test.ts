@@ -138,7 +138,7 @@ class MemoryJobStore {
   }
 }
 
-/** An agent on a real session with the controller: it finds the pids it is given and arms whatever it is asked. */
+/** An agent on a real session with the controller: it finds the pids it is given, finds every address mapped and arms whatever it is asked. */
 class ScriptedAgent {
   readonly arms: Arm[] = [];
   private requests: AsyncQueue<SessionRequest> | undefined;
@@ -163,6 +163,8 @@ class ScriptedAgent {
         const m = message.msg;
         if (m.case === "registered") registered();
         else if (m.case === "discover") requests.push(create(SessionRequestSchema, { msg: { case: "discoverResult", value: { requestId: m.value.requestId, processes: this.pids.map((pid) => ({ pid, comm: "target", exe: "/bin/target" })) } } }));
+        // Every address it is asked about is mapped (a watch by address is checked before placing).
+        else if (m.case === "resolve") requests.push(create(SessionRequestSchema, { msg: { case: "resolveResult", value: { requestId: m.value.requestId, address: m.value.address, size: BigInt(m.value.length), module: "[heap]" } } }));
         else if (m.case === "arm") {
           this.arms.push(m.value);
           const value = { requestId: m.value.requestId, jobId: m.value.jobId, pid: m.value.pid, threadsTotal: 1, threadsArmed: 1, backend: m.value.backend, valuesExact: true };
