@@ -306,6 +306,11 @@ export class SimAgent {
       this.send({ msg: { case: "resolveResult", value: { requestId: request.requestId, error: { errnoName: "ESRCH", message: `no process ${request.pid} on ${this.hostId}` } } } });
       return;
     }
+    if (request.symbol === "") {
+      // A watch by address: every simulated process has it mapped.
+      this.send({ msg: { case: "resolveResult", value: { requestId: request.requestId, address: request.address, size: BigInt(request.length), module: "[heap]" } } });
+      return;
+    }
     const address = this.options.symbols.addressOf(request.symbol) + request.offset;
     this.send({ msg: { case: "resolveResult", value: { requestId: request.requestId, address, size: 8n, module: simProcessShape.exe } } });
   }

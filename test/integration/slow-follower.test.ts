@@ -57,7 +57,7 @@ describe("slow follower", { timeout: 180_000 }, () => {
   });
 
   test("controller - a follower that never reads holds at most one state; reading again, it gets the final one", async () => {
-    // The agent: answers discover with one process and every arm and disarm with success.
+    // The agent: answers discover with one process, finds every address mapped, and answers every arm and disarm with success.
     const agentClient = createClient(AgentService, controller.address);
     const toController = new AsyncQueue<SessionRequest>();
     const send = (msg: MessageInitShape<typeof SessionRequestSchema>["msg"]) => toController.push(create(SessionRequestSchema, { msg }));
@@ -66,6 +66,7 @@ describe("slow follower", { timeout: 180_000 }, () => {
       for await (const m of agentClient.session(toController)) {
         const c = m.msg;
         if (c.case === "discover") send({ case: "discoverResult", value: { requestId: c.value.requestId, processes: [{ pid: PID, comm: "scripted" }] } });
+        if (c.case === "resolve") send({ case: "resolveResult", value: { requestId: c.value.requestId, address: c.value.address, size: BigInt(c.value.length), module: "[heap]" } });
         if (c.case === "arm") send({ case: "armResult", value: { requestId: c.value.requestId, jobId: c.value.jobId, pid: c.value.pid, threadsTotal: 1, threadsArmed: 1, slots: c.value.slots } });
         if (c.case === "disarm") send({ case: "disarmResult", value: { requestId: c.value.requestId, jobId: c.value.jobId, pid: c.value.pid, counts: { trapped: BigInt(CHANGES), delivered: BigInt(CHANGES) } } });
       }
