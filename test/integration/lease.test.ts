@@ -190,4 +190,35 @@ describe("leases: the controller SIGKILLed and started again", () => {
       });
     }
   }
+
+  test("a target that exits while the controller is stopped and then SIGKILLed keeps its final counts: the agent sends its last report again to the next controller", async () => {
+    const N = 1000;
+    const target = await startTarget("counter", ["--threads", "1", "--writes", String(N)]);
+    targets.push(target);
+    await target.waitForLine(/^ready /);
+    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PERF });
+    const { job } = await cluster.api().submitJob({ spec });
+    assert.equal(job?.state, JobState.ARMED, job?.reason);
+    const id = job!.id;
+    const agent = cluster.agents.get("host-a")!;
+    const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
+    const registeredBefore = registrations();
+    // The target's exit report reaches a controller that never reads it.
+    const controllerPid = cluster.controller!.child.pid!;
+    process.kill(controllerPid, "SIGSTOP");
+    try {
+      target.send("go");
+      assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+    } finally {
+      await cluster.stopController("SIGKILL");
+    }
+    await cluster.startController();
+    await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
+    const done = await waitFor("the job completed with the target's final counts", async () => {
+      const j = (await cluster.api().getJob({ id })).job!;
+      return j.state === JobState.COMPLETED && j.targets[0]?.counts?.trapped === BigInt(N) ? j : undefined;
+    }, 30_000);
+    assert.equal(done.targets[0]!.state, TargetState.EXITED);
+    assert.deepEqual([done.counts?.trapped, done.counts?.delivered, done.counts?.dropped], [BigInt(N), BigInt(N), 0n]);
+  });
 });
