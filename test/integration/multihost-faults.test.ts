@@ -414,7 +414,9 @@ describe("multihost faults", () => {
     const writers = new Map<string, Target>();
     try {
       for (const id of hot) writers.set(id, await fleet.host(id).startTarget("counter", ["--writes", String(writes)]));
-      const job = fromJson(JobSchema, (await cliJson(["watch", "--comm", "counter", "--selector", "role=db", "--symbol", "fw_counter", "--stack", "0", "--backend", "ptrace"])) as never);
+      // A nats-server that is slow to come back can cost the controller its leadership for a
+      // moment; with lost-after the agents keep trapping through it, so every write is a trap.
+      const job = fromJson(JobSchema, (await cliJson(["watch", "--comm", "counter", "--selector", "role=db", "--symbol", "fw_counter", "--stack", "0", "--backend", "ptrace", "--lost-after", lostAfter])) as never);
       cancelAtEnd(context, job.id);
       assert.equal(job.state, JobState.ARMED, job.reason);
       assert.deepEqual(job.targets.map((t) => t.hostId).sort(), hot);
