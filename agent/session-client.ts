@@ -4,7 +4,7 @@
 // registration, so the controller hears every ending.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
-import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, channelCredentials, channelOptions, createClient, type Transport, type AgentError, type AgentInfo, type ArmedTarget, type SessionRequest, type TargetReport } from "../proto/index.js";
+import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, TargetState, channelCredentials, channelOptions, createClient, type Transport, type AgentError, type AgentInfo, type ArmedTarget, type SessionRequest, type TargetReport } from "../proto/index.js";
 
 /** The answer to a command from a leader older than one already seen. */
 function staleEpoch(epoch: bigint, highest: bigint | undefined): AgentError {
@@ -31,6 +31,10 @@ export interface SessionClientOptions {
 /** Messages the controller may leave unread before the agent gives up on the session. */
 export const maxUnsentMessages = 10_000;
 
+/** How long, and how many, final target reports are kept to be sent again to each new session. */
+const finalReportKeepMs = 10 * 60_000;
+const maxFinalReports = 10_000;
+
 /** Keeps one session with the controller open for as long as the agent runs. */
 export class SessionClient {
   private readonly stopping = new AbortController();
@@ -40,6 +44,13 @@ export class SessionClient {
   private readonly unsent = new Map<string, TargetReport>();
   /** Older reports replaced there since the last registration. */
   private unsentReplaced = 0;
+  /**
+   * The last report of each target that ended, kept for finalReportKeepMs:
+   * one sent to a controller that stopped leading as it arrived is lost
+   * with it, and the next leader would know only the counts before. Every
+   * new session gets them again (the controller only moves counts forward).
+   */
+  private readonly finals = new Map<string, { report: TargetReport; atMs: number }>();
   private loop: Promise<void> | undefined;
   /** Lease the controller granted at the last registration. */
   private leaseMs = 0;
@@ -62,9 +73,11 @@ export class SessionClient {
     const promise = new Promise<void>((r) => (resolve = r));
     this.registeredOnce = { promise, resolve };
     core.onReport = (report) => {
+      const key = `${report.jobId}/${report.pid}`;
+      if (report.state !== TargetState.ARMED && report.state !== TargetState.UNSPECIFIED) this.keepFinal(key, report);
+      else this.finals.delete(key);
       if (this.send({ msg: { case: "targetReport", value: report } })) return;
       // Bounded by the targets, not by how long the controller is away.
-      const key = `${report.jobId}/${report.pid}`;
       if (this.unsent.delete(key)) this.unsentReplaced++;
       this.unsent.set(key, report);
     };
@@ -74,6 +87,17 @@ export class SessionClient {
     core.onSuspended = () => {
       if (this.disarmedSince(this.listed).length > 0) this.attempt?.abort();
     };
+  }
+
+  private keepFinal(key: string, report: TargetReport): void {
+    const now = Date.now();
+    this.finals.delete(key);
+    this.finals.set(key, { report, atMs: now });
+    // Oldest first: drop what has been kept long enough.
+    for (const [k, kept] of this.finals) {
+      if (now - kept.atMs < finalReportKeepMs && this.finals.size <= maxFinalReports) break;
+      this.finals.delete(k);
+    }
   }
 
   /** Resolves once the controller has accepted a session. */
@@ -208,6 +232,7 @@ export class SessionClient {
               if (this.unsentReplaced > 0) this.options.log(`agent ${this.options.info.hostId}: sending ${this.unsent.size} target report(s) kept while disconnected (${this.unsentReplaced} older one(s) replaced by newer ones of the same target)`);
               if (this.infoUnsent) this.infoChanged();
               for (const report of this.unsent.values()) this.send({ msg: { case: "targetReport", value: report } });
+              for (const [key, { report }] of this.finals) if (!this.unsent.has(key)) this.send({ msg: { case: "targetReport", value: report } });
               this.unsent.clear();
               this.unsentReplaced = 0;
               this.options.log(`agent ${this.options.info.hostId}: registered with ${controller} (epoch ${message.msg.value.epoch})`);
@@ -225,6 +250,8 @@ export class SessionClient {
                 outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
                 break;
               }
+              // A watch armed again on that job and pid (a reused pid) is not ended by an older final report.
+              this.finals.delete(`${request.jobId}/${request.pid}`);
               void this.core.arm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value } })));
               break;
             }

@@ -409,6 +409,10 @@ describe("multihost faults", () => {
   });
 
   test("nats-server restarted during a hot stream on 2 hosts: per host, delivered + dropped = trapped, every delivered hit stored once", async (context) => {
+    lookOnly = true;
+    context.after(() => {
+      lookOnly = false;
+    });
     const writes = 40_000;
     const hot = hostIds.slice(0, 2);
     const writers = new Map<string, Target>();
