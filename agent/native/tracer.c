@@ -321,6 +321,7 @@ static long status_field(pid_t pid, const char *field)
 		if (strncmp(line, field, flen) == 0)
 			return strtol(line + flen, NULL, 10);
 	}
+	errno = ENODATA;
 	return -1;
 }
 
@@ -1411,14 +1412,50 @@ static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
 	return changed;
 }
 
+/* Seizes every thread of pi, looping while threads are created meanwhile
+ * until a pass finds nothing new. On failure pi is detached (or freed, if
+ * it holds no thread). */
+static int seize_all(int pi, struct fw_error *e)
+{
+	bool skip_leader = false;
+
+	for (int round = 0;; round++) {
+		int r = seize_pass(pi, &skip_leader, e);
+
+		if (r == 0 && procs[pi].nthreads > 0)
+			return 0;
+		if (r == 0) {
+			fw_error_set(e, ESRCH, "pid %d has no thread left to attach",
+				     (int)procs[pi].pid);
+			r = -1;
+		}
+		if (r == 1 && round >= ATTACH_MAX_ROUNDS) {
+			fw_error_set(e, EAGAIN,
+				     "the thread set of pid %d did not settle during attach",
+				     (int)procs[pi].pid);
+			r = -1;
+		}
+		if (r == -1) {
+			if (procs[pi].nthreads > 0)
+				detach_proc(pi);
+			else
+				proc_free(pi);
+			return -1;
+		}
+	}
+}
+
 static int attach(pid_t pid, struct fw_error *e)
 {
 	long tgid = status_field(pid, "Tgid:");
-	bool skip_leader = false;
 	int pi;
 
 	if (tgid < 0) {
-		fw_error_set(e, ESRCH, "no process with pid %d", (int)pid);
+		if (errno == ENOENT)
+			fw_error_set(e, ESRCH, "no process with pid %d", (int)pid);
+		else
+			fw_error_set(e, errno, "reading /proc/%d/status: %s", (int)pid,
+				     strerror(errno));
 		return -1;
 	}
 	if (tgid != pid) {
@@ -1433,29 +1470,22 @@ static int attach(pid_t pid, struct fw_error *e)
 		return -1;
 	}
 	procs[pi].resv = reservation_for(pid);
-	/* Threads created while we attach: loop until a pass finds nothing new. */
-	for (int round = 0;; round++) {
-		int r = seize_pass(pi, &skip_leader, e);
+	return seize_all(pi, e) == -1 ? -1 : pi;
+}
 
-		if (r == 0 && procs[pi].nthreads > 0)
-			return pi;
-		if (r == 0) {
-			fw_error_set(e, ESRCH, "pid %d has no thread left to attach", (int)pid);
-			r = -1;
-		}
-		if (r == 1 && round >= ATTACH_MAX_ROUNDS) {
-			fw_error_set(e, EAGAIN, "the thread set of pid %d did not settle during attach",
-				     (int)pid);
-			r = -1;
-		}
-		if (r == -1) {
-			if (procs[pi].nthreads > 0)
-				detach_proc(pi);
-			else
-				proc_free(pi);
-			return -1;
-		}
-	}
+/* A process still being detached (a thread passed the stop deadline, and the
+ * others were let go) is armed again: take back the threads already let go,
+ * and give every thread the registers of the arm to come. Without this the
+ * straggler's late stop would finish the detach under the new arm. */
+static int readopt(int pi, struct fw_error *e)
+{
+	procs[pi].detach_pending = false;
+	FOR_EACH_THREAD(ti, pi)
+	threads[ti].dirty = true;
+	out_log(FW_LOG_INFO, "pid %d: armed again while %d thread(s) were still to be detached; "
+			     "taking the others back",
+		(int)procs[pi].pid, procs[pi].nthreads);
+	return seize_all(pi, e);
 }
 
 /* ---- operations ---- */
@@ -1897,6 +1927,8 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	    tracer_check_options(pid, opt, e) == -1)
 		return -1;
 	pi = proc_find(pid);
+	if (pi >= 0 && procs[pi].detach_pending && readopt(pi, e) == -1)
+		return -1;
 	if (pi >= 0) {
 		p = &procs[pi];
 		if (group_find(p, group) >= 0) {

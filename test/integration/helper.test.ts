@@ -589,6 +589,41 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.deepEqual(await target.waitForExit(EVENT_TIMEOUT_MS), { code: 0, signal: null });
   });
 
+  test("threads - a thread that cannot stop (vfork) outlives a disarm; armed again meanwhile, every thread is watched, never reported gone", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("vfork-stall");
+    const [counter] = readyAddresses(target) as [bigint];
+    const tids = (await readdir(`/proc/${target.pid}/task`)).map(Number);
+    const writerTid = tids.find((tid) => tid !== target.pid)!;
+    const tracerOf = async (tid: number) => Number(/TracerPid:\s+(\d+)/.exec(await readFile(`/proc/${target.pid}/task/${tid}/status`, "utf8"))?.[1]);
+    assert.equal((await helper.arm(target.pid, 1n, [write8(counter)])).threadsArmed, 2);
+    await log.until("hits of the writer thread", () => log.hitsOf(1n).some((h) => h.tid === writerTid));
+    // The main thread waits for its vfork child in an uninterruptible sleep: no ptrace stop
+    // reaches it until the child exits, well past the helper's stop deadline (5 s).
+    const stallMs = 7_500;
+    target.send(`vfork ${stallMs}`);
+    await target.waitForLine(/^vforking$/);
+    await waitFor("the main thread held in vfork (D)", async () => (await procState(target.pid)) === "D");
+    const first = await helper.disarm(target.pid, 1n);
+    assert.equal(first.trapped, first.delivered + first.suppressed);
+    assert.equal(await tracerOf(writerTid), 0, "the writer thread is let go at once");
+    assert.notEqual(await tracerOf(target.pid), 0, "the held thread is let go only when it stops");
+    // Armed again before the held thread stopped: the writer is taken back, nothing is gone.
+    const again = await helper.arm(target.pid, 2n, [write8(counter)]);
+    assert.deepEqual([again.threadsTotal, again.threadsArmed], [2, 2]);
+    assert.equal(await target.waitForLine(/^vforked /), "vforked 1");
+    const before = log.hitsOf(2n).length;
+    await log.until("hits of the writer thread after the vfork", () => log.hitsOf(2n).filter((h) => h.tid === writerTid).length > before);
+    assert.notEqual(await tracerOf(writerTid), 0);
+    const second = await helper.disarm(target.pid, 2n);
+    assert.equal(second.trapped, second.delivered + second.suppressed);
+    for (const tid of tids) assert.equal(await tracerOf(tid), 0, `tid ${tid} untraced`);
+    assert.equal(target.child.exitCode, null, "the target runs on");
+    target.send("quit");
+    await finishesNormally(target);
+  });
+
   test("fork - a child forked while armed is not watched and not harmed", async (t) => {
     const s = scene(t);
     const { helper, log } = await s.helper();
