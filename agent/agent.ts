@@ -267,6 +267,8 @@ export class AgentCore {
   private readonly sequences = new Map<string, bigint>();
   /** Per job: its hits from this host already in the event stream when this agent first armed it. */
   private readonly stored = new Map<string, Promise<StoredHits>>();
+  /** (job, pid) pairs with an arm on its way: a second one (another session's, a retry) is refused. */
+  private readonly arming = new Set<string>();
 
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
@@ -487,6 +489,19 @@ export class AgentCore {
 
   async arm(request: Arm): Promise<ArmResult> {
     const reply = { requestId: request.requestId, jobId: request.jobId, pid: request.pid };
+    const k = key(request.jobId, request.pid);
+    // Two arms of one target in flight would both reach the helper: one watch
+    // would be forgotten here and keep its registers (and its tracer) for good.
+    if (this.arming.has(k)) return create(ArmResultSchema, { ...reply, error: toAgentError(new AgentCommandError(`job ${request.jobId} is being armed on pid ${request.pid} already`, "EEXIST")) });
+    this.arming.add(k);
+    try {
+      return await this.armOnce(request, reply);
+    } finally {
+      this.arming.delete(k);
+    }
+  }
+
+  private async armOnce(request: Arm, reply: { requestId: bigint; jobId: string; pid: number }): Promise<ArmResult> {
     try {
       this.checkPolicy(request.pid);
       const policyAtCheck = this.policy;

@@ -187,3 +187,21 @@ test("agent - hits with deep stacks go out in batches a NATS server takes (under
     await stop();
   }
 });
+
+test("agent - a second arm of the same job and pid while the first is on its way is refused, and only one watch reaches the helper", async () => {
+  const { core, helper, stop } = agent();
+  try {
+    const [a, b] = await Promise.all([core.arm(armRequest({ backend: Backend.PTRACE })), core.arm(armRequest({ requestId: 2n, backend: Backend.PTRACE }))]);
+    assert.equal(helper.arms.length, 1, "one watch in the helper");
+    assert.equal(a.error, undefined);
+    assert.equal(b.error?.errnoName, "EEXIST");
+    assert.match(b.error?.message ?? "", /job j1 is being armed on pid \d+ already/);
+    // The refused one does not stand in the way of the next arm once the first has ended.
+    const disarmed = await core.disarm(create(DisarmSchema, { requestId: 3n, jobId: "j1", pid }));
+    assert.equal(disarmed.error, undefined);
+    assert.equal((await core.arm(armRequest({ requestId: 4n, backend: Backend.PTRACE }))).error, undefined);
+    assert.equal(helper.arms.length, 2);
+  } finally {
+    await stop();
+  }
+});
