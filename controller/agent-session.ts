@@ -29,6 +29,9 @@ type Pending = { resolve: (value: never) => void; reject: (err: unknown) => void
  */
 export const maxUnreadMessages = 10_000;
 
+/** Arms given up on per session whose late answers are still looked for. */
+const maxAbandonedArms = 10_000;
+
 /** A live session with one agent. */
 export class AgentSession {
   /** What the controller sends; the session handler streams it to the agent. */
@@ -36,11 +39,15 @@ export class AgentSession {
   lastSeenMs = Date.now();
   private nextRequestId = 1n;
   private readonly pending = new Map<bigint, Pending>();
+  /** Arms given up for want of an answer: should one arrive armed after all, nobody owns that watch. */
+  private readonly abandonedArms = new Map<bigint, { jobId: string; pid: number; epoch: bigint }>();
   private readonly ended = new AbortController();
 
   constructor(
     readonly info: AgentInfo,
     readonly requestTimeoutMs: number,
+    /** Where what happens to late arms is told. */
+    private readonly onLateArm: (line: string) => void = () => {},
   ) {}
 
   get hostId(): string {
@@ -100,6 +107,7 @@ export class AgentSession {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(requestId);
+        if (kind === "arm") this.abandon(requestId, value as { jobId: string; pid: number; epoch?: bigint });
         reject(new AgentUnavailableError(`agent ${this.hostId} did not answer ${kind} within ${timeoutMs} ms`, this.hostId));
       }, timeoutMs);
       this.pending.set(requestId, { resolve: resolve as (value: never) => void, reject, timer });
@@ -107,8 +115,32 @@ export class AgentSession {
     });
   }
 
-  /** Delivers an answer to the request it belongs to; false if none waits for it. */
+  private abandon(requestId: bigint, arm: { jobId: string; pid: number; epoch?: bigint }): void {
+    this.abandonedArms.set(requestId, { jobId: arm.jobId, pid: arm.pid, epoch: arm.epoch ?? 0n });
+    // Bounded: the oldest give way (the agent's next registration lists what is armed in any case).
+    for (const id of this.abandonedArms.keys()) {
+      if (this.abandonedArms.size <= maxAbandonedArms) break;
+      this.abandonedArms.delete(id);
+    }
+  }
+
+  /**
+   * Delivers an answer to the request it belongs to; false if none waits for
+   * it. An arm the controller gave up on that was armed after all is
+   * disarmed: the job already took it for failed, and nothing else would
+   * ever clear those registers or let go of the target.
+   */
   answer(requestId: bigint, result: ResolveResult | ArmResult | DisarmResult | DiscoverResult | DisarmAllResult): boolean {
+    const abandoned = this.abandonedArms.get(requestId);
+    if (abandoned) {
+      this.abandonedArms.delete(requestId);
+      const armed = result as ArmResult;
+      if (!armed.error && armed.jobId === abandoned.jobId && armed.pid === abandoned.pid) {
+        this.onLateArm(`agent ${this.hostId}: job ${abandoned.jobId} was armed on pid ${abandoned.pid} after its arm timed out; disarming it`);
+        this.disarm(abandoned).catch((err: unknown) => this.onLateArm(`agent ${this.hostId}: disarming job ${abandoned.jobId} on pid ${abandoned.pid} after a late arm failed: ${err instanceof Error ? err.message : String(err)}`));
+      }
+      return true;
+    }
     const waiter = this.pending.get(requestId);
     if (!waiter) return false;
     this.pending.delete(requestId);

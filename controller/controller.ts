@@ -1245,7 +1245,7 @@ export class Controller {
     if (certifiedHostId !== undefined && info.hostId !== certifiedHostId) throw new PermissionDeniedError(`the certificate of agent ${certifiedHostId} may not register host ${info.hostId}`);
 
     this.sessions.get(info.hostId)?.close("replaced by a new session from the same host");
-    const session = new AgentSession(info, this.options.requestTimeoutMs);
+    const session = new AgentSession(info, this.options.requestTimeoutMs, (line) => this.options.log(line));
     this.sessions.set(info.hostId, session);
     this.known.set(info.hostId, { info, lastSeenMs: Date.now() });
     this.options.log(`agent ${info.hostId}: connected (${info.hostname}, kernel ${info.kernel}, ${register.armed.length} armed target(s))`);
