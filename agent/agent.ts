@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import {
+  AgentErrorSchema,
   ArmResultSchema,
   ArmedTargetSchema,
   Backend,
@@ -28,6 +29,7 @@ import {
   ValueRedaction,
   eventSubject,
   hex,
+  type AgentError,
   type Arm,
   type ArmResult,
   type ArmedTarget,
@@ -125,6 +127,27 @@ const protoModes: Record<HelperMode, WatchMode> = { w: WatchMode.WRITE, rw: Watc
 
 function key(jobId: string, pid: number): string {
   return `${jobId}/${pid}`;
+}
+
+/** The process runs (it is listed and not a zombie). */
+function isRunning(pid: number): boolean {
+  try {
+    const state = parseStat(readFileSync(`/proc/${pid}/stat`, "utf8"))?.state;
+    return state !== undefined && state !== "Z" && state !== "X";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A failed arm as the controller will read it: ESRCH means the process is
+ * gone, and a job takes its target for exited. A helper that said so of a
+ * process still running is not believed; the failure stays, as one to retry.
+ */
+function armFailure(err: unknown, pid: number): AgentError {
+  const error = toAgentError(err);
+  if (error.errnoName !== "ESRCH" || !isRunning(pid)) return error;
+  return create(AgentErrorSchema, { errnoName: "EAGAIN", message: `pid ${pid} is running, but arming it failed (${error.message}): try again` });
 }
 
 /** Start time of a process (clock ticks since boot), or undefined when it is gone. */
@@ -610,7 +633,7 @@ export class AgentCore {
         valuesExact: watch.valuesExact,
       });
     } catch (err) {
-      return create(ArmResultSchema, { ...reply, error: toAgentError(err) });
+      return create(ArmResultSchema, { ...reply, error: armFailure(err, request.pid) });
     }
   }
 

@@ -1,10 +1,13 @@
 // The agent's side of the two backends, with a scripted helper and publisher:
 // counting jobs' reports and totals, lost perf samples counted as dropped,
 // exact-value flags, and a perf-only process gone with an unknown status.
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AgentCore } from "../../agent/agent.js";
+import { HelperError } from "../../agent/helper-process.js";
 import type { GroupCounts, HelperEvent, HelperHit, HelperProcess, WatchOptions } from "../../agent/helper-process.js";
 import type { HitPublisher } from "../../agent/hit-publisher.js";
 import type { StoredHits } from "../../agent/stored-hits.js";
@@ -38,7 +41,10 @@ class ScriptedHelper {
   end(): void {
     this.queue.close();
   }
+  /** Thrown by the next arms, when set. */
+  armError: Error | undefined;
   async arm(_pid: number, _group: bigint, _chunks: unknown, options: WatchOptions) {
+    if (this.armError) throw this.armError;
     this.arms.push(options);
     return { threadsTotal: 2, threadsArmed: 2, drMask: 1, reservedMask: 0 };
   }
@@ -202,6 +208,25 @@ test("agent - a second arm of the same job and pid while the first is on its way
     assert.equal((await core.arm(armRequest({ requestId: 4n, backend: Backend.PTRACE }))).error, undefined);
     assert.equal(helper.arms.length, 2);
   } finally {
+    await stop();
+  }
+});
+
+test("agent - a helper's ESRCH for a process that is still running is not passed on as gone; for one that is gone it is", async () => {
+  const { core, helper, stop } = agent();
+  const running = spawn("sleep", ["60"], { stdio: "ignore" });
+  try {
+    await once(running, "spawn");
+    const esrch = (p: number) => new HelperError(`pid ${p} exited while its threads were being stopped`, { errno: 3, errnoName: "ESRCH", attempted: `arm pid ${p} group 1` });
+    helper.armError = esrch(running.pid!);
+    const alive = await core.arm(armRequest({ pid: running.pid!, backend: Backend.PTRACE }));
+    assert.equal(alive.error?.errnoName, "EAGAIN", alive.error?.message);
+    assert.match(alive.error?.message ?? "", new RegExp(`pid ${running.pid} is running, but arming it failed \\(pid ${running.pid} exited while its threads were being stopped\\): try again`));
+    helper.armError = esrch(pid);
+    const gone = await core.arm(armRequest({ requestId: 2n, backend: Backend.PTRACE }));
+    assert.equal(gone.error?.errnoName, "ESRCH");
+  } finally {
+    running.kill("SIGKILL");
     await stop();
   }
 });
