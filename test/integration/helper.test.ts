@@ -591,7 +591,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
 
   test("threads - a thread that cannot stop (vfork) outlives a disarm; armed again meanwhile, every thread is watched, never reported gone", async (t) => {
     const s = scene(t);
-    const { helper, log } = await s.helper();
+    const { helper, log } = await s.helper({ requestTimeoutMs: scaled(30_000) });
     const target = await s.target("vfork-stall");
     const [counter] = readyAddresses(target) as [bigint];
     const tids = (await readdir(`/proc/${target.pid}/task`)).map(Number);
@@ -600,9 +600,8 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal((await helper.arm(target.pid, 1n, [write8(counter)])).threadsArmed, 2);
     await log.until("hits of the writer thread", () => log.hitsOf(1n).some((h) => h.tid === writerTid));
     // The main thread waits for its vfork child in an uninterruptible sleep: no ptrace stop
-    // reaches it until the child exits, well past the helper's stop deadline (5 s).
-    const stallMs = 7_500;
-    target.send(`vfork ${stallMs}`);
+    // reaches it until the child exits (when it reads a line), past the helper's stop deadline.
+    target.send("vfork");
     await target.waitForLine(/^vforking$/);
     await waitFor("the main thread held in vfork (D)", async () => (await procState(target.pid)) === "D");
     const first = await helper.disarm(target.pid, 1n);
@@ -610,7 +609,11 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(await tracerOf(writerTid), 0, "the writer thread is let go at once");
     assert.notEqual(await tracerOf(target.pid), 0, "the held thread is let go only when it stops");
     // Armed again before the held thread stopped: the writer is taken back, nothing is gone.
-    const again = await helper.arm(target.pid, 2n, [write8(counter)]);
+    const arming = helper.arm(target.pid, 2n, [write8(counter)]);
+    arming.catch(() => {}); // awaited below, once the held thread is let go
+    await waitFor("the writer thread taken back by the arm", async () => (await tracerOf(writerTid)) === helper.pid, 5_000);
+    target.send("release");
+    const again = await arming;
     assert.deepEqual([again.threadsTotal, again.threadsArmed], [2, 2]);
     assert.equal(await target.waitForLine(/^vforked /), "vforked 1");
     const before = log.hitsOf(2n).length;

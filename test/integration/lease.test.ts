@@ -4,10 +4,11 @@
 // agent registers again; counters and hit sequences carry on without a gap.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { readFile, readdir } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
 import { Backend, JobSpecSchema, JobState, TargetState, WatchMode, isFinalJobState, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
-import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import { buildFixtures, procState, startTarget, type Target } from "../support/targets.js";
 import { scaled, waitFor } from "../support/wait.js";
 
 // Long enough for the CLI to see hits published while the controller is silent.
@@ -190,6 +191,64 @@ describe("leases: the controller SIGKILLed and started again", () => {
       });
     }
   }
+
+  test("ptrace: a thread that cannot stop (vfork) when the lease runs out: the re-arm takes the other threads back, the live target is never reported exited, and a cancel leaves every thread untraced", async () => {
+    const target = await startTarget("vfork-stall");
+    targets.push(target);
+    await target.waitForLine(/^ready /);
+    const tids = (await readdir(`/proc/${target.pid}/task`)).map(Number);
+    const writerTid = tids.find((tid) => tid !== target.pid)!;
+    const tracerOf = async (tid: number) => Number(/TracerPid:\s+(\d+)/.exec(await readFile(`/proc/${target.pid}/task/${tid}/status`, "utf8"))?.[1]);
+    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
+    const { job } = await cluster.api().submitJob({ spec });
+    assert.equal(job?.state, JobState.ARMED, job?.reason);
+    const id = job!.id;
+    const delivered = async () => (await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n;
+    await waitFor("hits from the writer thread", async () => (await delivered()) >= 10n);
+    const helperPid = await tracerOf(writerTid);
+    assert.notEqual(helperPid, 0);
+
+    // The main thread waits for its vfork child: no ptrace stop reaches it until the child exits.
+    target.send("vfork");
+    await target.waitForLine(/^vforking$/);
+    await waitFor("the main thread held in vfork (D)", async () => (await procState(target.pid)) === "D");
+    const agent = cluster.agents.get("host-a")!;
+    const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
+    const lapsedBefore = lapses();
+    const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
+    const registeredBefore = registrations();
+    await cluster.stopController("SIGKILL");
+    await waitFor("the agent's lease ran out", () => lapses() > lapsedBefore, 30_000);
+    // Its disarm lets the writer go and leaves the held thread to be detached when it stops.
+    await waitFor("the writer thread let go by the agent's disarm", async () => (await tracerOf(writerTid)) === 0, 30_000);
+    assert.equal(await tracerOf(target.pid), helperPid, "the held thread is still to be detached");
+
+    await cluster.startController();
+    await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
+    const notExited = async () => {
+      const t = (await cluster.api().getJob({ id })).job!.targets[0];
+      assert.notEqual(t?.state, TargetState.EXITED, `a live process reported exited: ${t?.reason}`);
+      return t;
+    };
+    await waitFor("the writer thread taken back by the re-arm (while the held thread still waits)", async () => (await notExited(), (await tracerOf(writerTid)) === helperPid), 30_000);
+    target.send("release");
+    assert.equal(await target.waitForLine(/^vforked /), "vforked 1");
+    const rearmed = await waitFor("the target armed again", async () => {
+      const t = await notExited();
+      return t?.state === TargetState.ARMED && t.reason === "re-armed after the agent reconnected" ? t : undefined;
+    }, 30_000);
+    const atRearm = rearmed.counts?.delivered ?? 0n;
+    await waitFor("hits again after the re-arm", async () => (await delivered()) > atRearm + 10n);
+
+    const cancelled = (await cluster.api().cancelJob({ id })).job!;
+    assert.equal(cancelled.state, JobState.CANCELLED);
+    const c = cancelled.counts!;
+    assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+    await waitFor("every thread untraced after the cancel", async () => (await tracerOf(target.pid)) === 0 && (await tracerOf(writerTid)) === 0);
+    assert.equal(target.child.exitCode, null, "the target runs on");
+    target.send("quit");
+    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+  });
 
   test("a target that exits while the controller is stopped and then SIGKILLed keeps its final counts: the agent sends its last report again to the next controller", async () => {
     const N = 1000;
