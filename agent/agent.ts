@@ -25,10 +25,10 @@ import {
   TargetReportSchema,
   TargetState,
   WatchMode,
-  ConditionOp,
   ValueRedaction,
   eventSubject,
   hex,
+  conditionOperatorOf,
   type AgentError,
   type Arm,
   type ArmResult,
@@ -213,17 +213,6 @@ function progressKey(w: Watch): string {
   return `${c.trapped}/${c.delivered}/${c.suppressed}/${c.dropped}/${c.filtered} ${w.threadsArmed}/${w.threadsTotal}`;
 }
 
-const helperOps: Record<number, HelperCondition["op"]> = {
-  [ConditionOp.EQ]: "==",
-  [ConditionOp.NE]: "!=",
-  [ConditionOp.LT]: "<",
-  [ConditionOp.GT]: ">",
-  [ConditionOp.LE]: "<=",
-  [ConditionOp.GE]: ">=",
-  [ConditionOp.CHANGED]: "changed",
-  [ConditionOp.UNCHANGED]: "unchanged",
-};
-
 /** A counting watch's totals: its earlier watches' plus the helper's (delivered = hits counted; lost samples are dropped). */
 function countingTotals(base: HitCounts, counts: GroupCounts): HitCounts {
   return create(HitCountsSchema, {
@@ -243,7 +232,7 @@ function helperBackend(backend: Backend): HelperBackend {
 }
 
 function helperCondition(condition: Condition): HelperCondition {
-  const op = helperOps[condition.op];
+  const op = conditionOperatorOf(condition.op)?.text;
   if (!op) throw new AgentCommandError(`condition operator ${condition.op} is not known`, "EINVAL");
   return op === "changed" || op === "unchanged" ? { op } : { op, value: condition.value };
 }

@@ -1,10 +1,11 @@
-// Pure encode/decode of the fleetwatch-helper wire protocol, version 3
+// Pure encode/decode of the fleetwatch-helper wire protocol, its version in PROTOCOL_VERSION
 // (agent/native/PROTOCOL.md): 12-byte frame headers, request encoders, reply and
 // event decoders, a streaming frame decoder, and the expansion of a hit's
 // stack ips through the SYMBOLS definitions. No I/O here.
+import { conditionOperators, helperProtocolVersion, maxConditions, maxStackDepth, maxTids, type CompareOperatorText } from "../proto/limits.js";
 
 /** Protocol version this client speaks; HELLO must carry the same. */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = helperProtocolVersion;
 export const FRAME_HEADER_BYTES = 12;
 /** Largest frame either side may send, header included. */
 export const FRAME_MAX_BYTES = 1 << 20;
@@ -15,9 +16,9 @@ export const CONDITION_BYTES = 16;
 /** ARM's fixed part, before its chunks. */
 export const ARM_FIXED_BYTES = 40;
 /** ARM limits (the helper re-checks them). */
-export const MAX_CONDITIONS = 4;
-export const MAX_TID_FILTER = 16;
-export const MAX_STACK_DEPTH = 64;
+export const MAX_CONDITIONS = maxConditions;
+export const MAX_TID_FILTER = maxTids;
+export const MAX_STACK_DEPTH = maxStackDepth;
 
 /** Frame types (PROTOCOL.md). */
 export const MessageType = {
@@ -69,7 +70,7 @@ export interface HelperChunk {
 }
 
 /** Unsigned 64-bit comparisons of a chunk's new value against `value`. */
-export type HelperCompareOp = "==" | "!=" | "<" | ">" | "<=" | ">=";
+export type HelperCompareOp = CompareOperatorText;
 
 /**
  * A value predicate evaluated by the helper on each chunk's new value.
@@ -435,7 +436,8 @@ export function encodeResolve(requestId: number, req: ResolveRequest): Buffer {
   return encodeFrame(MessageType.Resolve, requestId, p);
 }
 
-const CONDITION_OPS = ["==", "!=", "<", ">", "<=", ">=", "changed", "unchanged"] as const;
+/** Operators by their wire code. */
+const CONDITION_OPS: readonly HelperCondition["op"][] = conditionOperators.map((o) => o.text);
 
 /** Wire code of a condition op (PROTOCOL.md). */
 export function conditionOpToWire(op: HelperCondition["op"]): number {

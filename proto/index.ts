@@ -7,6 +7,7 @@ export * from "./gen/fleetwatch/v1/store_pb.js";
 export * from "./grpc.js";
 export * from "./errors.js";
 export * from "./watch-spec.js";
+export * from "./limits.js";
 export * from "./subjects.js";
 export * from "./async-queue.js";
 export * from "./latest-queue.js";

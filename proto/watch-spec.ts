@@ -4,10 +4,8 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { WatchSpecError } from "./errors.js";
 import { Backend, ChunkSchema, ConditionOp, ConditionSchema, JobSpecSchema, WatchMode, type Chunk, type Condition, type JobSpec, type TargetSelector, type WatchSpec } from "./gen/fleetwatch/v1/watch_pb.js";
+import { conditionOperatorOf, conditionOperators, maxConditions, maxStackDepth, maxTids, slotsPerThread } from "./limits.js";
 import { parseSelector } from "./selector.js";
-
-/** Debug-address registers per thread (DR0-DR3). */
-export const slotsPerThread = 4;
 
 /** Widths one debug register can watch. */
 export const chunkLengths = [1, 2, 4, 8] as const;
@@ -19,10 +17,7 @@ export const chunkLengths = [1, 2, 4, 8] as const;
  */
 export const userAddressLimit = 0x7ffffffff000n;
 
-/** Conditions per job, thread filter entries, and stack frames at most. */
-export const maxConditions = 4;
-export const maxTids = 16;
-export const maxStackDepth = 64;
+/** Stack frames per hit when a job does not say. */
 export const defaultStackDepth = 16;
 
 const modeNames: Record<string, WatchMode> = {
@@ -44,32 +39,28 @@ export function registerMode(mode: WatchMode): WatchMode {
   return mode === WatchMode.READ ? WatchMode.READ_WRITE : mode;
 }
 
-const conditionOps: Record<string, ConditionOp> = {
-  "==": ConditionOp.EQ,
-  "!=": ConditionOp.NE,
-  "<": ConditionOp.LT,
-  ">": ConditionOp.GT,
-  "<=": ConditionOp.LE,
-  ">=": ConditionOp.GE,
-};
+/** The comparisons, by how they are written. */
+const compareOps = new Map<string, ConditionOp>(conditionOperators.filter((o) => o.text !== "changed" && o.text !== "unchanged").map((o) => [o.text, o.op]));
+/** `value OP NUMBER`, the longer operators tried first (`<=` before `<`). */
+const comparison = new RegExp(`^(?:value\\s*)?(${[...compareOps.keys()].sort((a, b) => b.length - a.length).join("|")})\\s*(0x[0-9a-fA-F]+|\\d+)$`);
 
 /** Parses `changed`, `unchanged`, or a comparison of the new value: `value > 0x10`, `== 5`. */
 export function parseCondition(text: string): Condition {
   const t = text.trim();
   if (t === "changed") return create(ConditionSchema, { op: ConditionOp.CHANGED });
   if (t === "unchanged") return create(ConditionSchema, { op: ConditionOp.UNCHANGED });
-  const match = /^(?:value\s*)?(==|!=|<=|>=|<|>)\s*(0x[0-9a-fA-F]+|\d+)$/.exec(t);
-  if (!match) throw new WatchSpecError(`condition '${text}' is not 'changed', 'unchanged' or 'value OP NUMBER' (OP one of == != < > <= >=)`, "conditions");
+  const match = comparison.exec(t);
+  if (!match) throw new WatchSpecError(`condition '${text}' is not 'changed', 'unchanged' or 'value OP NUMBER' (OP one of ${[...compareOps.keys()].join(" ")})`, "conditions");
   const value = BigInt(match[2]!);
   if (value >= 1n << 64n) throw new WatchSpecError(`condition '${text}': ${match[2]} does not fit in 64 bits`, "conditions");
-  return create(ConditionSchema, { op: conditionOps[match[1]!]!, value });
+  return create(ConditionSchema, { op: compareOps.get(match[1]!)!, value });
 }
 
 /** `value > 0x10`, `changed`. */
 export function formatCondition(condition: Condition): string {
   if (condition.op === ConditionOp.CHANGED) return "changed";
   if (condition.op === ConditionOp.UNCHANGED) return "unchanged";
-  const op = Object.entries(conditionOps).find(([, o]) => o === condition.op)?.[0] ?? "?";
+  const op = conditionOperatorOf(condition.op)?.text ?? "?";
   return `value ${op} ${hex(condition.value)}`;
 }
 
