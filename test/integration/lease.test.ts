@@ -235,7 +235,9 @@ describe("leases: the controller SIGKILLed and started again", () => {
     assert.equal(await target.waitForLine(/^vforked /), "vforked 1");
     const rearmed = await waitFor("the target armed again", async () => {
       const t = await notExited();
-      return t?.state === TargetState.ARMED && t.reason === "re-armed after the agent reconnected" ? t : undefined;
+      if (t?.state === TargetState.FAILED) assert.fail(`the re-arm failed: ${t.reason}\nagent:\n${agent.output.split("\n").slice(-20).join("\n")}`);
+      // (Its reason moves on to the agent's progress reports.)
+      return t?.state === TargetState.ARMED ? t : undefined;
     }, 30_000);
     const atRearm = rearmed.counts?.delivered ?? 0n;
     await waitFor("hits again after the re-arm", async () => (await delivered()) > atRearm + 10n);
