@@ -31,7 +31,6 @@
 #include "wire.h"
 
 #include <asm/perf_regs.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/hw_breakpoint.h>
@@ -1266,19 +1265,15 @@ static void drain(struct pgroup *g, bool all)
  * in /proc while it is a zombie, if its parent has not reaped it yet. */
 static void report_exit(pid_t pid, uint64_t start_time)
 {
-	char path[64];
-	long long start, status;
+	int status;
 
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	start = fw_stat_field(path, 22);
-	status = fw_stat_field(path, 52); /* exit code: a wait status */
-	if (start >= 0 && status >= 0 && (uint64_t)start == start_time) {
-		if (WIFSIGNALED((int)status)) {
-			out_target_exited(pid, FW_EXIT_KILLED, WTERMSIG((int)status));
+	if (fw_proc_exit_status(pid, start_time, &status) == 0) {
+		if (WIFSIGNALED(status)) {
+			out_target_exited(pid, FW_EXIT_KILLED, WTERMSIG(status));
 			return;
 		}
-		if (WIFEXITED((int)status)) {
-			out_target_exited(pid, FW_EXIT_EXITED, WEXITSTATUS((int)status));
+		if (WIFEXITED(status)) {
+			out_target_exited(pid, FW_EXIT_EXITED, WEXITSTATUS(status));
 			return;
 		}
 	}
@@ -1328,26 +1323,19 @@ static bool covered(struct pgroup *g, pid_t tid)
  * threads, or -1 if the process is gone. */
 static int list_uncovered(struct pgroup *g, struct uncovered *u)
 {
-	char path[64];
-	DIR *d;
-	struct dirent *de;
+	struct fw_tasks tasks;
+	pid_t tid;
 	int n = 0;
 
 	u->n = 0;
-	snprintf(path, sizeof path, "/proc/%d/task", (int)g->pid);
-	d = opendir(path);
-	if (!d)
+	if (fw_tasks_open(&tasks, g->pid) == -1)
 		return -1;
-	while ((de = readdir(d)) != NULL) {
-		long tid = strtol(de->d_name, NULL, 10);
-
-		if (tid <= 0)
-			continue;
+	while ((tid = fw_tasks_next(&tasks)) != 0) {
 		n++;
-		if (!covered(g, (pid_t)tid) && u->n < FW_MAX_THREADS)
-			u->tids[u->n++] = (pid_t)tid;
+		if (!covered(g, tid) && u->n < FW_MAX_THREADS)
+			u->tids[u->n++] = tid;
 	}
-	closedir(d);
+	fw_tasks_close(&tasks);
 	return n;
 }
 
@@ -1807,12 +1795,7 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 		fw_error_set(e, ENOMEM, "ARM pid %d: no memory", (int)pid);
 		return -1;
 	}
-	char stat_path[64];
-	long long start;
-
-	snprintf(stat_path, sizeof stat_path, "/proc/%d/stat", (int)pid);
-	start = fw_stat_field(stat_path, 22);
-	g->start_time = start > 0 ? (uint64_t)start : 0;
+	g->start_time = fw_proc_start_time(pid);
 	g->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (g->pidfd < 0) {
 		int errn = errno;

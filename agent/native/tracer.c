@@ -12,9 +12,7 @@
 #include "procfs.h"
 #include "symdefs.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -304,129 +302,13 @@ static void group_free(struct proc *p, int g)
 	for (int ti = 0; ti < FW_MAX_THREADS; ti++)    \
 		if (threads[ti].state != TS_FREE && threads[ti].proc == (pi))
 
-/* ---- /proc helpers ---- */
-
-/* A numeric field of /proc/PID/status ("Tgid:", "TracerPid:"); -1 if absent. */
-static long status_field(pid_t pid, const char *field)
-{
-	char path[64], buf[4096];
-	size_t flen = strlen(field);
-
-	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-	if (fw_read_small_file(path, buf, sizeof buf) < 0)
-		return -1;
-	for (char *line = buf; line && *line; line = strchr(line, '\n')) {
-		if (*line == '\n')
-			line++;
-		if (strncmp(line, field, flen) == 0)
-			return strtol(line + flen, NULL, 10);
-	}
-	errno = ENODATA;
-	return -1;
-}
-
-static void read_comm(pid_t pid, char *buf, size_t cap)
-{
-	char path[64];
-	ssize_t n;
-
-	snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
-	n = fw_read_small_file(path, buf, cap);
-	if (n <= 0) {
-		snprintf(buf, cap, "?");
-		return;
-	}
-	if (buf[n - 1] == '\n')
-		buf[n - 1] = '\0';
-}
-
-/* Scheduler state letter of one thread ('R', 'S', 't', 'Z', ...); 0 if gone. */
-static char thread_state_letter(pid_t pid, pid_t tid)
-{
-	char path[96], buf[1024];
-	char *close_paren;
-
-	snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-	if (fw_read_small_file(path, buf, sizeof buf) < 0)
-		return 0;
-	close_paren = strrchr(buf, ')');
-	if (!close_paren || close_paren[1] == '\0')
-		return 0;
-	return close_paren[2];
-}
-
-/* Field `field` (1-based, as in proc(5)) of a /proc stat line; -1 if absent. */
-/* Start time of a process (field 22, clock ticks since boot); 0 if gone. */
-static uint64_t proc_start_time(pid_t pid)
-{
-	char path[64];
-	long long v;
-
-	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-	v = fw_stat_field(path, 22);
-	return v > 0 ? (uint64_t)v : 0;
-}
-
-/* CPU a thread last ran on (field 39); -1 if gone. */
-static int thread_last_cpu(pid_t pid, pid_t tid)
-{
-	char path[96];
-
-	snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-	return (int)fw_stat_field(path, 39);
-}
-
-/* The mapping of pid that contains address, from /proc/PID/maps, read in
- * pieces into a static buffer (no allocation). 0 if found. */
-static int find_mapping(pid_t pid, uint64_t address, uint64_t *lo, uint64_t *hi)
-{
-	static char buf[16384];
-	char path[64];
-	size_t have = 0;
-	int fd, found = -1;
-
-	snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	for (;;) {
-		ssize_t n = read(fd, buf + have, sizeof buf - 1 - have);
-		char *line = buf, *nl;
-
-		if (n <= 0)
-			break;
-		have += (size_t)n;
-		buf[have] = '\0';
-		while ((nl = strchr(line, '\n')) != NULL) {
-			char *end;
-			unsigned long long a = strtoull(line, &end, 16), b;
-
-			b = *end == '-' ? strtoull(end + 1, NULL, 16) : 0;
-			if (address >= a && address < b) {
-				*lo = a;
-				*hi = b;
-				found = 0;
-				goto out;
-			}
-			line = nl + 1;
-		}
-		have -= (size_t)(line - buf);
-		memmove(buf, line, have);
-		if (have >= sizeof buf - 1)
-			break; /* a line longer than the buffer: give up */
-	}
-out:
-	close(fd);
-	return found;
-}
-
 /* ---- kernel slot reservations ---- */
 
 /* The reservation entry of a live process, created if new. Evicts first an
  * entry whose process is gone, else the oldest. */
 static int reservation_for(pid_t pid)
 {
-	uint64_t start = proc_start_time(pid);
+	uint64_t start = fw_proc_start_time(pid);
 	int free_i = -1, dead_i = -1, old_i = 0;
 
 	for (int i = 0; i < RESERVATIONS; i++) {
@@ -446,7 +328,7 @@ static int reservation_for(pid_t pid)
 	}
 	if (free_i < 0) {
 		for (int i = 0; i < RESERVATIONS && dead_i < 0; i++)
-			if (proc_start_time(reservations[i].pid) != reservations[i].start_time)
+			if (fw_proc_start_time(reservations[i].pid) != reservations[i].start_time)
 				dead_i = i;
 	}
 	int i = free_i >= 0 ? free_i : dead_i >= 0 ? dead_i : old_i;
@@ -755,7 +637,7 @@ static size_t copy_stack(struct thread *t, pid_t pid, uint64_t sp, uint8_t *buf)
 	ssize_t got;
 
 	if (sp < t->stack_lo || sp >= t->stack_hi) {
-		if (find_mapping(pid, sp, &t->stack_lo, &t->stack_hi) == -1) {
+		if (fw_find_mapping(pid, sp, &t->stack_lo, &t->stack_hi) == -1) {
 			t->stack_lo = t->stack_hi = 0;
 			return 0;
 		}
@@ -944,7 +826,7 @@ static void on_clone(int ti)
 		return; /* its own first stop came first */
 	/* A clone without CLONE_THREAD is a new process: not ours. It is
 	 * detached when it stops (see adopt_unknown). */
-	if (status_field(child, "Tgid:") != procs[t->proc].pid) {
+	if (fw_status_field(child, "Tgid:") != procs[t->proc].pid) {
 		out_target_fork(procs[t->proc].pid, child);
 		return;
 	}
@@ -957,7 +839,7 @@ static void on_clone(int ti)
  * its parent's clone event, or something not ours that must be let go. */
 static int adopt_unknown(pid_t tid, int status)
 {
-	long tgid = status_field(tid, "Tgid:");
+	long tgid = fw_status_field(tid, "Tgid:");
 	int pi = tgid > 0 ? proc_find((pid_t)tgid) : -1;
 	int ti = -1;
 
@@ -1135,7 +1017,7 @@ static void zombie_scan(int pi)
 
 		if (threads[ti].state != TS_RUNNING && threads[ti].state != TS_NEW)
 			continue;
-		st = thread_state_letter(procs[pi].pid, threads[ti].tid);
+		st = fw_thread_state(procs[pi].pid, threads[ti].tid);
 		if (st == 0 || st == 'Z' || st == 'X')
 			threads[ti].state = TS_ZOMBIE;
 	}
@@ -1177,7 +1059,7 @@ static int world_wait(int pi, struct fw_error *e)
 			continue;
 		}
 		if (now >= deadline) {
-			char st = thread_state_letter(pid, threads[ti].tid);
+			char st = fw_thread_state(pid, threads[ti].tid);
 
 			fw_error_set(e, ETIMEDOUT,
 				     "thread %d of pid %d did not stop within %d ms (state %c)",
@@ -1318,12 +1200,12 @@ static void detach_proc(int pi)
 static int seize_failed(pid_t pid, pid_t tid, int err, struct fw_error *e)
 {
 	if (err == EPERM) {
-		long tracer = status_field(tid, "TracerPid:");
+		long tracer = fw_status_field(tid, "TracerPid:");
 
 		if (tracer > 0) {
 			char comm[64];
 
-			read_comm((pid_t)tracer, comm, sizeof comm);
+			fw_read_comm((pid_t)tracer, comm, sizeof comm);
 			fw_error_set(e, EPERM, "PTRACE_SEIZE pid %d: already traced by pid %ld (%s)",
 				     (int)pid, tracer, comm);
 		} else {
@@ -1339,11 +1221,11 @@ static int seize_failed(pid_t pid, pid_t tid, int err, struct fw_error *e)
 }
 
 /* seize_pass's way out when the thread table has no room left. */
-static int seize_table_full(DIR *dir, pid_t pid, struct fw_error *e)
+static int seize_table_full(struct fw_tasks *tasks, pid_t pid, struct fw_error *e)
 {
 	fw_error_set(e, ENOMEM, "thread table full (%d threads) attaching pid %d", FW_MAX_THREADS,
 		     (int)pid);
-	closedir(dir);
+	fw_tasks_close(tasks);
 	return -1;
 }
 
@@ -1352,22 +1234,18 @@ static int seize_table_full(DIR *dir, pid_t pid, struct fw_error *e)
 static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
 {
 	pid_t pid = procs[pi].pid;
-	char path[64];
-	DIR *dir;
-	struct dirent *de;
+	struct fw_tasks tasks;
+	pid_t tid;
 	int changed = 0;
 
-	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
-	dir = opendir(path);
-	if (!dir) {
+	if (fw_tasks_open(&tasks, pid) == -1) {
 		fw_error_set(e, ESRCH, "pid %d exited during attach", (int)pid);
 		return -1;
 	}
-	while ((de = readdir(dir)) != NULL) {
-		pid_t tid = (pid_t)strtol(de->d_name, NULL, 10);
+	while ((tid = fw_tasks_next(&tasks)) != 0) {
 		int ti;
 
-		if (tid <= 0 || thread_find(tid) >= 0 || (tid == pid && *skip_leader))
+		if (thread_find(tid) >= 0 || (tid == pid && *skip_leader))
 			continue;
 		if (ptrace(PTRACE_SEIZE, tid, NULL, (void *)(long)SEIZE_OPTIONS) == 0) {
 			ti = thread_add(tid, pi, TS_RUNNING);
@@ -1378,7 +1256,7 @@ static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
 				ptrace(PTRACE_INTERRUPT, tid, NULL, NULL);
 				if (waitpid(tid, &st, __WALL) == tid && WIFSTOPPED(st))
 					ptrace(PTRACE_DETACH, tid, NULL, NULL);
-				return seize_table_full(dir, pid, e);
+				return seize_table_full(&tasks, pid, e);
 			}
 			changed = 1;
 			continue;
@@ -1388,27 +1266,27 @@ static int seize_pass(int pi, bool *skip_leader, struct fw_error *e)
 		if (err == ESRCH) {
 			if (tid == pid) {
 				fw_error_set(e, ESRCH, "pid %d exited during attach", (int)pid);
-				closedir(dir);
+				fw_tasks_close(&tasks);
 				return -1;
 			}
 			continue; /* that thread exited */
 		}
-		if (err == EPERM && status_field(tid, "TracerPid:") == getpid()) {
+		if (err == EPERM && fw_status_field(tid, "TracerPid:") == getpid()) {
 			/* Auto-attached clone of a thread we already hold. */
 			if (thread_find(tid) < 0 && thread_add(tid, pi, TS_NEW) < 0)
-				return seize_table_full(dir, pid, e);
+				return seize_table_full(&tasks, pid, e);
 			changed = 1;
 			continue;
 		}
-		if (err == EPERM && tid == pid && status_field(tid, "TracerPid:") == 0 &&
-		    thread_state_letter(pid, tid) == 'Z') {
+		if (err == EPERM && tid == pid && fw_status_field(tid, "TracerPid:") == 0 &&
+		    fw_thread_state(pid, tid) == 'Z') {
 			*skip_leader = true; /* main thread exited, others live on */
 			continue;
 		}
-		closedir(dir);
+		fw_tasks_close(&tasks);
 		return seize_failed(pid, tid, err, e);
 	}
-	closedir(dir);
+	fw_tasks_close(&tasks);
 	return changed;
 }
 
@@ -1447,7 +1325,7 @@ static int seize_all(int pi, struct fw_error *e)
 
 static int attach(pid_t pid, struct fw_error *e)
 {
-	long tgid = status_field(pid, "Tgid:");
+	long tgid = fw_status_field(pid, "Tgid:");
 	int pi;
 
 	if (tgid < 0) {
@@ -1726,7 +1604,7 @@ static void cpu_follow(int64_t now)
 		return;
 	cpu_traps = 0;
 	cpu_next_check_ms = now + CPU_FOLLOW_CHECK_MS;
-	cpu = thread_last_cpu(cpu_last_pid, cpu_last_tid);
+	cpu = fw_thread_last_cpu(cpu_last_pid, cpu_last_tid);
 	if (cpu < 0 || cpu == cpu_pinned || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &cpu_initial))
 		return;
 	cpu_pin(cpu);
