@@ -1,6 +1,7 @@
 /* fleetwatch-helper: owns the debug registers of the processes the agent
  * names. One thread, one poll() loop over stdin (requests) and a signalfd
  * (tracee stops, termination). Every way out disarms and detaches first. */
+#include "cpufollow.h"
 #include "fw.h"
 #include "perf.h"
 #include "resolve.h"
@@ -387,9 +388,9 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "--cpu-policy") == 0 && i + 1 < argc) {
 			i++;
 			if (strcmp(argv[i], "follow") == 0)
-				tracer_set_cpu_policy(FW_CPU_POLICY_FOLLOW);
+				fw_cpu_set_policy(FW_CPU_POLICY_FOLLOW);
 			else if (strcmp(argv[i], "none") == 0)
-				tracer_set_cpu_policy(FW_CPU_POLICY_NONE);
+				fw_cpu_set_policy(FW_CPU_POLICY_NONE);
 			else
 				return usage(argv[0]);
 			continue;

@@ -7,6 +7,7 @@
 #include "tracer.h"
 #include "perf.h"
 
+#include "cpufollow.h"
 #include "dregs.h"
 #include "symctx.h"
 #include "procfs.h"
@@ -14,7 +15,6 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,7 +39,6 @@
 	(PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACEFORK | \
 	 PTRACE_O_TRACEVFORK)
 #define THREADS_REPORT_MS 100
-#define CPU_FOLLOW_CHECK_MS 50
 #define RESERVATIONS 256
 
 enum thread_state {
@@ -129,12 +128,6 @@ static struct reservation reservations[RESERVATIONS];
 static uint64_t reservation_seq;
 /* ips already defined to the agent by a SYMBOLS event, per process (0 = empty). */
 static struct fw_known_ips known_ips[FW_MAX_PROCS];
-static enum fw_cpu_policy cpu_policy = FW_CPU_POLICY_FOLLOW;
-static int cpu_pinned = -1; /* CPU this thread is pinned to by the policy, or -1 */
-static cpu_set_t cpu_initial;
-static pid_t cpu_last_pid, cpu_last_tid; /* the thread of the latest trap */
-static uint64_t cpu_traps;                /* traps since the last check */
-static int64_t cpu_next_check_ms;
 
 /* ---- tables ---- */
 
@@ -739,9 +732,7 @@ static void on_trap(int ti)
 	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == 0)
 		ip = regs.rip;
 	now_ns = fw_realtime_ns();
-	cpu_last_pid = p->pid;
-	cpu_last_tid = t->tid;
-	cpu_traps++;
+	fw_cpu_note_trap(p->pid, t->tid);
 	for (int s = 0; s < DR_SLOTS; s++) {
 		const struct dr_slot *slot = &p->def[s];
 		bool armed = p->mirror.slot[s].used, read = false;
@@ -1371,8 +1362,7 @@ static int readopt(int pi, struct fw_error *e)
 void tracer_init(int signal_fd)
 {
 	sig_fd = signal_fd;
-	if (sched_getaffinity(0, sizeof cpu_initial, &cpu_initial) == -1)
-		CPU_ZERO(&cpu_initial);
+	fw_cpu_init();
 	for (int i = 0; i < TID_HASH_SIZE; i++)
 		tid_hash[i] = -1;
 }
@@ -1560,59 +1550,13 @@ static void report_threads(int pi, int64_t now)
 	p->threads_reported_ms = now;
 }
 
-static void cpu_pin(int cpu)
+/* Whether any process is attached. */
+static bool any_attached(void)
 {
-	cpu_set_t set;
-
-	if (cpu < 0) {
-		set = cpu_initial;
-	} else {
-		CPU_ZERO(&set);
-		CPU_SET(cpu, &set);
-	}
-	if (sched_setaffinity(0, sizeof set, &set) == -1) {
-		/* Give the policy up rather than retry (and warn) every check. */
-		out_log(FW_LOG_WARNING, "sched_setaffinity(cpu %d): %s; --cpu-policy follow disabled",
-			cpu, strerror(errno));
-		cpu_policy = FW_CPU_POLICY_NONE;
-		cpu_pinned = -1;
-		return;
-	}
-	cpu_pinned = cpu;
-}
-
-/* Policy follow: run on the CPU the thread of the latest trap last ran on,
- * re-checked every CPU_FOLLOW_CHECK_MS while traps come (a trap handled on
- * the target's own CPU costs about a third of a cross-CPU one, FACTS.md).
- * Only the helper moves; the target's affinity is never changed. */
-static void cpu_follow(int64_t now)
-{
-	bool attached = false;
-	int cpu;
-
-	if (cpu_policy != FW_CPU_POLICY_FOLLOW && cpu_pinned < 0)
-		return;
-	for (int pi = 0; pi < FW_MAX_PROCS && !attached; pi++)
-		attached = procs[pi].used;
-	if (!attached) {
-		if (cpu_pinned >= 0)
-			cpu_pin(-1);
-		cpu_traps = 0;
-		return;
-	}
-	if (cpu_policy != FW_CPU_POLICY_FOLLOW || cpu_traps == 0 || now < cpu_next_check_ms)
-		return;
-	cpu_traps = 0;
-	cpu_next_check_ms = now + CPU_FOLLOW_CHECK_MS;
-	cpu = fw_thread_last_cpu(cpu_last_pid, cpu_last_tid);
-	if (cpu < 0 || cpu == cpu_pinned || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &cpu_initial))
-		return;
-	cpu_pin(cpu);
-}
-
-void tracer_set_cpu_policy(enum fw_cpu_policy policy)
-{
-	cpu_policy = policy;
+	for (int pi = 0; pi < FW_MAX_PROCS; pi++)
+		if (procs[pi].used)
+			return true;
+	return false;
 }
 
 void tracer_process_pending(void)
@@ -1629,7 +1573,7 @@ void tracer_process_pending(void)
 		if (procs[pi].used)
 			report_threads(pi, now);
 	}
-	cpu_follow(now);
+	fw_cpu_follow(now, any_attached());
 }
 
 int tracer_next_timeout_ms(void)
@@ -1650,16 +1594,7 @@ int tracer_next_timeout_ms(void)
 		if (p->threads_changed && p->threads_reported_ms + THREADS_REPORT_MS < due)
 			due = p->threads_reported_ms + THREADS_REPORT_MS;
 	}
-	if (cpu_policy == FW_CPU_POLICY_FOLLOW && cpu_traps > 0 && cpu_next_check_ms < due)
-		due = cpu_next_check_ms;
-	if (cpu_pinned >= 0 && due == INT64_MAX) {
-		bool attached = false;
-
-		for (int pi = 0; pi < FW_MAX_PROCS && !attached; pi++)
-			attached = procs[pi].used;
-		if (!attached)
-			return 0; /* unpin */
-	}
+	due = fw_cpu_due(due, any_attached());
 	if (due == INT64_MAX)
 		return -1;
 	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);

@@ -74,12 +74,6 @@ struct fw_arm_result {
 	uint8_t reserved_mask; /* DR indexes this helper ever wrote in the process */
 };
 
-/* Where the helper's one thread runs relative to its targets. */
-enum fw_cpu_policy {
-	FW_CPU_POLICY_NONE = 0,   /* the scheduler's choice */
-	FW_CPU_POLICY_FOLLOW = 1, /* pin to the CPU the last trapping thread ran on */
-};
-
 /* signal_fd: a non-blocking signalfd for SIGCHLD and the terminating signals. */
 void tracer_init(int signal_fd);
 
@@ -90,13 +84,11 @@ void tracer_on_signals(void);
 bool tracer_terminate_requested(void);
 
 /* Work deferred out of the stop handler or due on a timer: budget
- * retirement, rate-limit back-off and resume, THREADS reports, CPU policy. */
+ * retirement, rate-limit back-off and resume, THREADS reports, CPU follow. */
 void tracer_process_pending(void);
 
 /* Milliseconds until tracer_process_pending has timed work (-1: none). */
 int tracer_next_timeout_ms(void);
-
-void tracer_set_cpu_policy(enum fw_cpu_policy policy);
 
 /* Refuses pids the policy never allows (EPERM). */
 int tracer_policy_check(pid_t pid, struct fw_error *e);
