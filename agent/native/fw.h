@@ -44,26 +44,6 @@ const char *fw_errno_name(int err);
 /* Milliseconds on CLOCK_MONOTONIC. */
 int64_t fw_now_ms(void);
 
-/* A group's 1-second rate window (PROTOCOL.md, "Watch options"). */
-#define FW_RATE_WINDOW_MS 1000
-struct fw_rate_window {
-	int64_t start_ms;
-	uint64_t delivered; /* in this window; the caller counts each delivery */
-};
-
-/* Whether one more hit fits max_per_second: a new window starts at the
- * first call a full window after the current one began. */
-static inline bool fw_rate_allows(struct fw_rate_window *w, uint32_t max_per_second)
-{
-	int64_t now = fw_now_ms();
-
-	if (now - w->start_ms >= FW_RATE_WINDOW_MS) {
-		w->start_ms = now;
-		w->delivered = 0;
-	}
-	return w->delivered < max_per_second;
-}
-
 /* Nanoseconds on CLOCK_MONOTONIC (the clock of perf records). */
 uint64_t fw_mono_ns(void);
 

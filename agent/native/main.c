@@ -195,14 +195,13 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 		out_error(id, &e);
 		return;
 	}
-	if (!r->bad && (count < 1 || count > FW_SLOTS_PER_THREAD)) {
-		fw_error_set(&e, EINVAL, "ARM pid %d: %u chunks (must be 1-4)", (int)pid, count);
+	/* Bound the arrays before reading them; the arm checks the rest. */
+	if (!r->bad && fw_check_chunk_count(pid, count, &e) == -1) {
 		out_error(id, &e);
 		return;
 	}
-	/* Bound the arrays before reading them; tracer_arm checks the rest. */
 	if (!r->bad && (opt.nconditions > FW_MAX_CONDITIONS || opt.ntids > FW_MAX_TID_FILTER)) {
-		tracer_check_options(pid, &opt, &e);
+		fw_check_options(pid, &opt, &e);
 		out_error(id, &e);
 		return;
 	}

@@ -28,6 +28,7 @@
 #include "procfs.h"
 #include "symctx.h"
 #include "symdefs.h"
+#include "tracer.h"
 #include "wire.h"
 
 #include <asm/perf_regs.h>
@@ -668,7 +669,7 @@ static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw
 				err = errno;
 				fw_error_set(e, err,
 					     "perf_event_open breakpoint (%s of %u bytes at 0x%llx) on thread %d of pid %d, cpu %d: %s%s",
-					     tracer_mode_name(g->chunks[k].mode), g->chunks[k].length,
+					     fw_mode_name(g->chunks[k].mode), g->chunks[k].length,
 					     (unsigned long long)g->chunks[k].address, (int)tid,
 					     (int)g->pid, cpus[ci], fw_errno_name(err), open_hint(err));
 				goto fail;
@@ -1677,8 +1678,8 @@ static int check_arm(pid_t pid, uint64_t group, const struct fw_watch_options *o
 		     const struct fw_chunk *chunks, unsigned count, bool count_only,
 		     uint32_t interval_ms, struct fw_error *e)
 {
-	if (tracer_policy_check(pid, e) == -1 || tracer_check_chunks(pid, chunks, count, e) == -1 ||
-	    tracer_check_options(pid, opt, e) == -1)
+	if (fw_policy_check(pid, e) == -1 || fw_check_chunks(pid, chunks, count, e) == -1 ||
+	    fw_check_options(pid, opt, e) == -1)
 		return -1;
 	if (values_mode == FW_PERF_UNAVAILABLE) {
 		fw_error_set(e, EOPNOTSUPP, "ARM pid %d on the perf backend: %s", (int)pid, note);

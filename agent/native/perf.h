@@ -7,7 +7,7 @@
 #define FW_PERF_H
 
 #include "fw.h"
-#include "tracer.h"
+#include "watch.h"
 #include "wire.h"
 
 /* HELLO's perf_values. */

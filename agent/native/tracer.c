@@ -1378,27 +1378,6 @@ bool tracer_terminate_requested(void)
 	return terminate_requested;
 }
 
-int tracer_policy_check(pid_t pid, struct fw_error *e)
-{
-	if (pid <= 0) {
-		fw_error_set(e, EINVAL, "invalid pid %d", (int)pid);
-		return -1;
-	}
-	if (pid == 1) {
-		fw_error_set(e, EPERM, "policy: pid 1 is never watched");
-		return -1;
-	}
-	if (pid == getpid()) {
-		fw_error_set(e, EPERM, "policy: pid %d is the helper itself", (int)pid);
-		return -1;
-	}
-	if (pid == getppid()) {
-		fw_error_set(e, EPERM, "policy: pid %d is the helper's parent (the agent)", (int)pid);
-		return -1;
-	}
-	return 0;
-}
-
 static pid_t any_stopped_tid(int pi)
 {
 	FOR_EACH_THREAD(ti, pi)
@@ -1600,84 +1579,6 @@ int tracer_next_timeout_ms(void)
 	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
 }
 
-int tracer_check_chunks(pid_t pid, const struct fw_chunk *chunks, unsigned count,
-			struct fw_error *e)
-{
-	uint8_t seen = 0;
-
-	if (count < 1 || count > DR_SLOTS) {
-		fw_error_set(e, EINVAL, "ARM pid %d: %u chunks (must be 1-4)", (int)pid, count);
-		return -1;
-	}
-	for (unsigned i = 0; i < count; i++) {
-		const struct fw_chunk *c = &chunks[i];
-
-		if (dr_chunk_check(c->dr, c->mode, c->length, c->address, e) == -1)
-			return -1;
-		if (seen & (1u << c->dr)) {
-			fw_error_set(e, EINVAL, "invalid chunks: dr%u named twice", c->dr);
-			return -1;
-		}
-		seen |= (uint8_t)(1u << c->dr);
-	}
-	return 0;
-}
-
-#define BACKOFF_MAX_MS (3600u * 1000u)
-
-int tracer_check_options(pid_t pid, const struct fw_watch_options *opt, struct fw_error *e)
-{
-	if (opt->nconditions > FW_MAX_CONDITIONS) {
-		fw_error_set(e, EINVAL, "ARM pid %d: %u conditions (at most %d)", (int)pid,
-			     opt->nconditions, FW_MAX_CONDITIONS);
-		return -1;
-	}
-	for (unsigned i = 0; i < opt->nconditions; i++) {
-		if (opt->conditions[i].op >= FW_COND_OP_COUNT) {
-			fw_error_set(e, EINVAL, "ARM pid %d: condition %u has unknown op %u",
-				     (int)pid, i, opt->conditions[i].op);
-			return -1;
-		}
-	}
-	if (opt->ntids > FW_MAX_TID_FILTER) {
-		fw_error_set(e, EINVAL, "ARM pid %d: %u tids in the thread filter (at most %d)",
-			     (int)pid, opt->ntids, FW_MAX_TID_FILTER);
-		return -1;
-	}
-	for (unsigned i = 0; i < opt->ntids; i++) {
-		if (opt->tids[i] <= 0) {
-			fw_error_set(e, EINVAL, "ARM pid %d: thread filter names tid %d", (int)pid,
-				     (int)opt->tids[i]);
-			return -1;
-		}
-	}
-	if (opt->stack_depth > FW_MAX_STACK_DEPTH) {
-		fw_error_set(e, EINVAL, "ARM pid %d: stack depth %u (at most %d)", (int)pid,
-			     opt->stack_depth, FW_MAX_STACK_DEPTH);
-		return -1;
-	}
-	if (opt->backoff_ms > BACKOFF_MAX_MS) {
-		fw_error_set(e, EINVAL, "ARM pid %d: backoff of %u ms (at most %u)", (int)pid,
-			     opt->backoff_ms, BACKOFF_MAX_MS);
-		return -1;
-	}
-	return 0;
-}
-
-const char *tracer_mode_name(unsigned mode)
-{
-	switch (mode) {
-	case DR_MODE_EXECUTE:
-		return "execute";
-	case DR_MODE_WRITE:
-		return "write";
-	case DR_MODE_READ_WRITE:
-		return "read/write";
-	default:
-		return "?";
-	}
-}
-
 /* A chunk may go into a register that no group of p holds, or that its
  * groups hold with the identical chunk (one more owner); else EBUSY, naming
  * a holder and what it watches. */
@@ -1701,8 +1602,8 @@ static int check_shareable(const struct proc *p, const struct fw_chunk *c, struc
 		     "dr%u of pid %d is used by group %llu%s for %s of %u bytes at 0x%llx; only "
 		     "that identical chunk can share it, not %s of %u bytes at 0x%llx",
 		     c->dr, (int)p->pid, (unsigned long long)p->groups[holder].id,
-		     others > 0 ? " and others" : "", tracer_mode_name(held->mode), held->length,
-		     (unsigned long long)held->address, tracer_mode_name(c->mode), c->length,
+		     others > 0 ? " and others" : "", fw_mode_name(held->mode), held->length,
+		     (unsigned long long)held->address, fw_mode_name(c->mode), c->length,
 		     (unsigned long long)c->address);
 	return -1;
 }
@@ -1736,8 +1637,8 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	uint32_t total = 0, armed = 0;
 	pid_t reader;
 
-	if (tracer_policy_check(pid, e) == -1 || tracer_check_chunks(pid, chunks, count, e) == -1 ||
-	    tracer_check_options(pid, opt, e) == -1)
+	if (fw_policy_check(pid, e) == -1 || fw_check_chunks(pid, chunks, count, e) == -1 ||
+	    fw_check_options(pid, opt, e) == -1)
 		return -1;
 	pi = proc_find(pid);
 	if (pi >= 0 && procs[pi].detach_pending && readopt(pi, e) == -1)
