@@ -148,10 +148,8 @@ struct tid_ent {
 struct pgroup {
 	bool used;
 	pid_t pid;
-	uint64_t id;
 	uint64_t start_time; /* /proc/PID/stat field 22: tells a reused pid apart */
-	struct fw_watch_options opt;
-	bool count_only;
+	struct fw_watch w; /* id, options, counts, rate window, done and back-off */
 	uint32_t interval_ms;
 	unsigned nchunks;
 	struct fw_chunk chunks[FW_SLOTS_PER_THREAD];
@@ -164,7 +162,6 @@ struct pgroup {
 	unsigned ids_cap, nids;
 	struct tid_ent *ents;
 	unsigned ents_cap, ents_used; /* used: live and deleted slots */
-	struct fw_counts counts;
 	/* Samples the buffers gave, own and duplicate, plus the traps counted
 	 * as lost: what the kernel's own counts of the events should add up to. */
 	uint64_t seen;
@@ -177,15 +174,12 @@ struct pgroup {
 	uint64_t kernel_closed; /* the kernel's counts of events closed early */
 	uint32_t pass;
 	int pidfd;
-	bool exited, exec_seen, done;
+	bool exited, exec_seen;
 	/* Disarmed, its events disabled and kept for a re-target until park_until_ms. */
 	bool parked;
 	int64_t park_until_ms;
 	/* The kernel's counts of its events when they were re-targeted to it. */
 	uint64_t kernel_base;
-	struct fw_rate_window rate;
-	bool backoff_pending, backoff;
-	int64_t backoff_until_ms;
 	int64_t next_counts_ms, next_scan_ms;
 	uint32_t reported_total, reported_armed;
 	bool unarmed_warned, throttle_warned;
@@ -329,7 +323,7 @@ static bool live(const struct pgroup *g)
 static int group_index(pid_t pid, uint64_t id)
 {
 	for (int i = 0; i < PERF_MAX_GROUPS; i++)
-		if (live(&groups[i]) && groups[i].pid == pid && groups[i].id == id)
+		if (live(&groups[i]) && groups[i].pid == pid && groups[i].w.id == id)
 			return i;
 	return -1;
 }
@@ -533,9 +527,9 @@ static void build_attr(const struct pgroup *g, unsigned k, struct perf_event_att
 	/* An execute breakpoint is one instruction: the kernel wants sizeof(long). */
 	a->bp_len = c->mode == 0 ? sizeof(long) : c->length;
 	a->sample_period = 1;
-	if (!g->count_only)
+	if (!g->w.count_only)
 		a->sample_type |= PERF_SAMPLE_IP;
-	if (!g->count_only && g->opt.stack_depth > 0) {
+	if (!g->w.count_only && g->w.opt.stack_depth > 0) {
 		a->sample_type |= PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
 		a->sample_regs_user = SAMPLE_REGS;
 		a->sample_stack_user = STACK_SAMPLE_BYTES;
@@ -828,12 +822,12 @@ static bool parse_sample(const struct pgroup *g, const uint8_t *p, size_t len, s
 	} while (0)
 	memset(s, 0, sizeof *s);
 	TAKE(&s->id, 8);
-	if (!g->count_only)
+	if (!g->w.count_only)
 		TAKE(&s->ip, 8);
 	TAKE(&s->pid, 4);
 	TAKE(&s->tid, 4);
 	TAKE(&s->time, 8);
-	if (!g->count_only && g->opt.stack_depth > 0) {
+	if (!g->w.count_only && g->w.opt.stack_depth > 0) {
 		uint64_t abi, size, dyn;
 
 		TAKE(&abi, 8);
@@ -855,21 +849,11 @@ static bool parse_sample(const struct pgroup *g, const uint8_t *p, size_t len, s
 	return true;
 }
 
-static bool rate_allows(struct pgroup *g)
-{
-	if (g->opt.max_hits_per_second == 0 || g->count_only ||
-	    fw_rate_allows(&g->rate, g->opt.max_hits_per_second))
-		return true;
-	g->backoff_pending = true;
-	return false;
-}
-
 static int sample_stack(struct pgroup *g, const struct sample *s, uint64_t *ips)
 {
 	struct user_regs_struct regs;
-	int n = -1;
 
-	if (s->have_regs && g->sym) {
+	if (s->have_regs) {
 		memset(&regs, 0, sizeof regs);
 		regs.rax = s->regs[0];
 		regs.rbx = s->regs[1];
@@ -888,16 +872,9 @@ static int sample_stack(struct pgroup *g, const struct sample *s, uint64_t *ips)
 		regs.r13 = s->regs[14];
 		regs.r14 = s->regs[15];
 		regs.r15 = s->regs[16];
-		n = fw_unwind(g->sym, (pid_t)s->tid, &regs, s->stack, (size_t)s->stack_len, ips,
-			      g->opt.stack_depth);
 	}
-	if (n < 1) {
-		ips[0] = s->ip;
-		n = 1;
-	}
-	if (g->sym)
-		fw_define_symbols(g->known, g->sym, g->pid, ips, n);
-	return n;
+	return fw_hit_stack(g->sym, g->known, g->pid, (pid_t)s->tid, s->have_regs ? &regs : NULL,
+			    s->stack, (size_t)s->stack_len, s->ip, ips, g->w.opt.stack_depth);
 }
 
 /* A value event's sample: identifier, pid/tid, time, raw (u32 size, the word). */
@@ -936,18 +913,46 @@ static bool take_value(struct pgroup *g, unsigned ci, const struct sample *s,
 	return true;
 }
 
+/* What on_sample's hooks need of the sample (struct fw_trap's ctx). */
+struct sample_ctx {
+	struct pgroup *g;
+	unsigned ci;
+	const struct sample *s;
+	unsigned k;
+};
+
+/* The value the kernel read at the trap when its record is there, else
+ * what the chunk holds now (or, unreadable, what it held last). */
+static void sample_read_value(struct fw_trap *t)
+{
+	const struct sample_ctx *c = t->ctx;
+	struct pgroup *g = c->g;
+	const struct fw_chunk *chunk = &g->chunks[c->k];
+
+	t->value_exact = take_value(g, c->ci, c->s, chunk, &t->value);
+	if (!t->value_exact)
+		t->value = read_value(g->pid, chunk->address, chunk->length, g->last_value[c->k]);
+	t->old_value = g->last_value[c->k];
+	g->last_value[c->k] = t->value;
+}
+
+static int sample_read_stack(struct fw_trap *t, uint64_t *ips)
+{
+	const struct sample_ctx *c = t->ctx;
+
+	return sample_stack(c->g, c->s, ips);
+}
+
 static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t len,
 		      uint64_t real_off)
 {
-	static uint64_t ips[FW_MAX_STACK_DEPTH];
 	const struct id_ent *which;
 	struct sample s;
 	struct tid_ent *e;
+	struct sample_ctx ctx;
+	struct fw_trap trap;
 	unsigned k;
 	int ri;
-	uint64_t value, old_value;
-	bool exact;
-	struct fw_hit hit;
 
 	if (len < 8)
 		return;
@@ -972,59 +977,35 @@ static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t le
 		drop_second_cover(g, e, ri);
 		return;
 	}
-	g->counts.trapped++;
-	/* Not exec_seen: a sample in another CPU's buffer may predate the exec
-	 * record just read, and after exec the breakpoints are gone anyway. */
-	if (g->done || g->backoff) {
-		g->counts.suppressed++;
-		return;
-	}
-	if (!fw_options_want_tid(&g->opt, (pid_t)s.tid)) {
-		g->counts.filtered++;
-		return;
-	}
-	if (g->count_only) {
-		g->counts.delivered++;
+	ctx = (struct sample_ctx){ .g = g, .ci = ci, .s = &s, .k = k };
+	/* Never late: until settle disables the events (budget spent, back-off)
+	 * every sample goes through every step, after a rate limit hit in
+	 * this drain too. Not exec_seen either: a sample in another CPU's
+	 * buffer may predate the exec record just read, and after exec the
+	 * breakpoints are gone anyway. The value is read only for a hit. */
+	trap = (struct fw_trap){
+		.pid = g->pid,
+		.tid = (pid_t)s.tid,
+		.ip = s.ip,
+		.time_ns = s.time + real_off,
+		.chunk = g->chunks[k],
+		.read_value = sample_read_value,
+		.read_stack = sample_read_stack,
+		.nframes = -1,
+		.ctx = &ctx,
+	};
+	switch (fw_watch_trap(&g->w, &trap)) {
+	case FW_TRAP_COUNTED:
 		if (e)
 			e->hits++;
-		goto budget;
-	}
-	if (!rate_allows(g)) {
-		g->counts.suppressed++;
+		break;
+	case FW_TRAP_DELIVERED:
+		break;
+	default:
 		return;
 	}
-	exact = take_value(g, ci, &s, &g->chunks[k], &value);
-	if (!exact)
-		value = read_value(g->pid, g->chunks[k].address, g->chunks[k].length,
-				   g->last_value[k]);
-	old_value = g->last_value[k];
-	g->last_value[k] = value;
-	hit = (struct fw_hit){
-		.group = g->id,
-		.pid = (uint32_t)g->pid,
-		.tid = s.tid,
-		.ip = s.ip,
-		.address = g->chunks[k].address,
-		.old_value = old_value,
-		.new_value = value,
-		.time_ns = s.time + real_off,
-		.dr = g->chunks[k].dr,
-		.length = g->chunks[k].length,
-		.mode = g->chunks[k].mode,
-		.value_exact = exact,
-		.nframes = 0,
-		.ips = ips,
-	};
-	if (g->opt.stack_depth > 0)
-		hit.nframes = (uint8_t)sample_stack(g, &s, ips);
-	out_hit(&hit);
-	g->counts.delivered++;
-	g->rate.delivered++;
-budget:
-	if (g->opt.max_hits != 0 && g->counts.delivered >= g->opt.max_hits && !g->done) {
-		g->done = true;
-		for_each_event(g, PERF_EVENT_IOC_DISABLE);
-	}
+	if (g->w.done)
+		for_each_event(g, PERF_EVENT_IOC_DISABLE); /* the budget is spent */
 }
 
 struct task_record {
@@ -1172,7 +1153,7 @@ static bool cursor_peek(const struct pgroup *g, struct cursor *c)
 
 		ring_copy(c, c->tail + sizeof c->h, &id, 8);
 		which = ids_find(g, id);
-		off = which && which->chunk != VALUE_EVENT && !g->count_only ? 24 : 16;
+		off = which && which->chunk != VALUE_EVENT && !g->w.count_only ? 24 : 16;
 	} else {
 		off = body >= 16 ? body - 16 : body;
 	}
@@ -1256,7 +1237,7 @@ static void drain(struct pgroup *g, bool all)
 	for (unsigned ci = 0; ci < ncpus; ci++)
 		if (cur[ci].m)
 			__atomic_store_n(&cur[ci].m->data_tail, cur[ci].tail, __ATOMIC_RELEASE);
-	if (!g->count_only)
+	if (!g->w.count_only)
 		ents_purge(g);
 }
 
@@ -1296,13 +1277,13 @@ static void send_counts(struct pgroup *g)
 		batch[n++] = (struct fw_thread_count){ .tid = e->tid, .hits = e->hits };
 		e->hits = 0;
 		if (n == COUNTS_PER_FRAME) {
-			out_counts(g->pid, g->id, now, &g->counts, batch, n);
+			out_counts(g->pid, g->w.id, now, &g->w.counts, batch, n);
 			n = 0;
 			sent = true;
 		}
 	}
 	if (n > 0 || !sent)
-		out_counts(g->pid, g->id, now, &g->counts, batch, n);
+		out_counts(g->pid, g->w.id, now, &g->w.counts, batch, n);
 	ents_purge(g);
 }
 
@@ -1447,8 +1428,8 @@ static void count_missing(struct pgroup *g, uint64_t kernel)
 		return;
 	missing = kernel - g->seen;
 	g->seen += missing;
-	g->counts.lost += missing;
-	g->counts.trapped += missing;
+	g->w.counts.lost += missing;
+	g->w.counts.trapped += missing;
 }
 
 /* While samples are being lost, the live counts follow the kernel's: a
@@ -1478,11 +1459,11 @@ static void final_drain(struct pgroup *g)
 	for_each_event(g, PERF_EVENT_IOC_DISABLE);
 	drain(g, true);
 	count_missing(g, kernel_traps(g));
-	if (g->counts.lost > 0)
+	if (g->w.counts.lost > 0)
 		out_log(FW_LOG_WARNING,
 			"pid %d: %llu trap(s) counted by the kernel had no sample (ring buffer full or sampling throttled): counted as lost",
-			(int)g->pid, (unsigned long long)g->counts.lost);
-	if (g->count_only)
+			(int)g->pid, (unsigned long long)g->w.counts.lost);
+	if (g->w.count_only)
 		send_counts(g);
 }
 
@@ -1495,7 +1476,7 @@ static void finish(struct pgroup *g, enum fw_done_reason reason, bool report_tar
 	uint64_t start_time = g->start_time;
 
 	final_drain(g);
-	out_group_done(pid, reason, g->id, &g->counts);
+	out_group_done(pid, reason, g->w.id, &g->w.counts);
 	group_free(g);
 	if (!report_target || reason == FW_DONE_BUDGET || perf_has_pid(pid) || tracer_has_pid(pid))
 		return;
@@ -1524,20 +1505,12 @@ void perf_release_parked(pid_t pid)
 			group_free(&groups[i]);
 }
 
+/* At least 1 ms: perf_process_pending ends a back-off that is over in
+ * the same pass that started it. */
 static void start_backoff(struct pgroup *g, int64_t now)
 {
-	int64_t until = g->opt.backoff_ms ? now + g->opt.backoff_ms
-					  : g->rate.start_ms + FW_RATE_WINDOW_MS;
-
-	g->backoff_pending = false;
-	if (until <= now)
-		until = now + 1;
 	for_each_event(g, PERF_EVENT_IOC_DISABLE);
-	g->backoff = true;
-	g->backoff_until_ms = until;
-	out_group_backoff(g->pid, g->id,
-			  fw_realtime_ns() + (uint64_t)(until - now) * 1000000u,
-			  g->counts.suppressed);
+	fw_watch_start_backoff(&g->w, g->pid, now, 1);
 }
 
 /* Each chunk's value now: the old value of its next hit (kept where the
@@ -1552,9 +1525,9 @@ static void reread_values(struct pgroup *g)
 static void end_backoff(struct pgroup *g)
 {
 	reread_values(g);
-	g->backoff = false;
+	g->w.backoff = false;
 	for_each_event(g, PERF_EVENT_IOC_ENABLE);
-	out_group_resumed(g->pid, g->id);
+	out_group_resumed(g->pid, g->w.id);
 }
 
 /* After a drain: what the records asked for. */
@@ -1569,11 +1542,11 @@ static void settle(struct pgroup *g, int64_t now)
 		finish(g, FW_DONE_EXITED, true);
 		return;
 	}
-	if (g->done) {
+	if (g->w.done) {
 		finish(g, FW_DONE_BUDGET, true);
 		return;
 	}
-	if (g->backoff_pending && !g->backoff)
+	if (g->w.backoff_pending && !g->w.backoff)
 		start_backoff(g, now);
 }
 
@@ -1617,9 +1590,9 @@ void perf_process_pending(void)
 		settle(g, now);
 		if (!g->used)
 			continue;
-		if (g->backoff && now >= g->backoff_until_ms)
+		if (fw_watch_backoff_over(&g->w, now))
 			end_backoff(g);
-		if (g->count_only && now >= g->next_counts_ms) {
+		if (g->w.count_only && now >= g->next_counts_ms) {
 			send_counts(g);
 			g->next_counts_ms = now + g->interval_ms;
 		}
@@ -1654,10 +1627,10 @@ int perf_next_timeout_ms(void)
 		}
 		if (g->next_scan_ms < due)
 			due = g->next_scan_ms;
-		if (g->count_only && g->next_counts_ms < due)
+		if (g->w.count_only && g->next_counts_ms < due)
 			due = g->next_counts_ms;
-		if (g->backoff && g->backoff_until_ms < due)
-			due = g->backoff_until_ms;
+		if (g->w.backoff && g->w.backoff_until_ms < due)
+			due = g->w.backoff_until_ms;
 	}
 	if (due == INT64_MAX)
 		return -1;
@@ -1773,9 +1746,9 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 	g->bpf_map = g->bpf_prog = -1;
 	g->used = true;
 	g->pid = pid;
-	g->id = group;
-	g->opt = *opt;
-	g->count_only = count_only;
+	g->w.id = group;
+	g->w.opt = *opt;
+	g->w.count_only = count_only;
 	g->interval_ms = interval_ms ? interval_ms : DEFAULT_INTERVAL_MS;
 	g->nchunks = count;
 	memcpy(g->chunks, chunks, count * sizeof *chunks);
@@ -1824,7 +1797,7 @@ static void armed(struct pgroup *g, int64_t next_scan_ms, struct fw_arm_result *
 {
 	int64_t now = fw_now_ms();
 
-	g->rate.start_ms = now;
+	g->w.rate.start_ms = now;
 	g->next_counts_ms = now + g->interval_ms;
 	g->next_scan_ms = next_scan_ms;
 	if (next_drain_ms == INT64_MAX)
@@ -1846,8 +1819,8 @@ static struct pgroup *parked_match(pid_t pid, const struct fw_watch_options *opt
 		struct pgroup *g = &groups[i];
 
 		if (g->used && g->parked && !g->exited && g->pid == pid && g->nchunks == count &&
-		    g->count_only == count_only &&
-		    (g->opt.stack_depth > 0) == (!count_only && opt->stack_depth > 0))
+		    g->w.count_only == count_only &&
+		    (g->w.opt.stack_depth > 0) == (!count_only && opt->stack_depth > 0))
 			return g;
 	}
 	return NULL;
@@ -1871,7 +1844,7 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 	if (g->exec_seen)
 		return -1;
 	memcpy(next.chunks, chunks, g->nchunks * sizeof *chunks);
-	next.opt = *opt;
+	next.w.opt = *opt;
 	for (unsigned ri = 0; ri < g->nroots; ri++) {
 		const struct root *r = &g->roots[ri];
 
@@ -1890,16 +1863,16 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 		base += root_kernel_count(r);
 	}
 	memcpy(g->chunks, chunks, g->nchunks * sizeof *chunks);
-	g->opt = *opt;
-	g->id = group;
+	g->w.opt = *opt;
+	g->w.id = group;
 	g->interval_ms = interval_ms ? interval_ms : DEFAULT_INTERVAL_MS;
-	g->counts = (struct fw_counts){ 0 };
+	g->w.counts = (struct fw_counts){ 0 };
 	g->seen = 0;
 	g->lost_seen = g->prev_valid = false;
 	g->next_reconcile_ms = 0;
 	g->kernel_base = base;
 	g->kernel_closed = 0;
-	g->done = g->backoff = g->backoff_pending = false;
+	g->w.done = g->w.backoff = g->w.backoff_pending = false;
 	g->parked = false;
 	for (unsigned i = 0; i < g->ents_cap; i++)
 		g->ents[i].hits = 0;
@@ -2000,7 +1973,7 @@ int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_e
 	g = &groups[gi];
 	/* Samples still in the buffers are traps from before: delivered as usual. */
 	final_drain(g);
-	*counts = g->counts;
+	*counts = g->w.counts;
 	/* Its events are already disabled: kept a moment for an ARM that can
 	 * re-target them (a job taking over from this one), else closed. */
 	g->parked = true;

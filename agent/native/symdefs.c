@@ -1,4 +1,4 @@
-/* The per-process table of ips already defined to the agent. */
+/* A hit's stack, and the per-process table of ips already defined to the agent. */
 #include "symdefs.h"
 
 #include "fw.h"
@@ -50,4 +50,21 @@ void fw_define_symbols(struct fw_known_ips *k, struct fw_symctx *sym, pid_t pid,
 	}
 	if (nsyms > 0)
 		out_symbols(pid, syms, nsyms);
+}
+
+int fw_hit_stack(struct fw_symctx *sym, struct fw_known_ips *k, pid_t pid, pid_t tid,
+		 const struct user_regs_struct *regs, const uint8_t *stack, size_t stack_len,
+		 uint64_t ip, uint64_t *ips, int depth)
+{
+	int n = -1;
+
+	if (sym && regs)
+		n = fw_unwind(sym, tid, regs, stack, stack_len, ips, depth);
+	if (n < 1) {
+		ips[0] = ip;
+		n = 1;
+	}
+	if (sym)
+		fw_define_symbols(k, sym, pid, ips, n);
+	return n;
 }

@@ -1,6 +1,6 @@
-/* Which ips of one process the agent has been told about (SYMBOLS events):
- * each distinct ip is defined once while the table lasts. Shared by both
- * backends. */
+/* A hit's stack and which ips of one process the agent has been told about
+ * (SYMBOLS events): each distinct ip is defined once while the table lasts.
+ * Shared by both backends. */
 #ifndef FW_SYMDEFS_H
 #define FW_SYMDEFS_H
 
@@ -26,5 +26,14 @@ void fw_known_ips_reset(struct fw_known_ips *k);
  * access) inside the accessing instruction; the offset is then ip's own. */
 void fw_define_symbols(struct fw_known_ips *k, struct fw_symctx *sym, pid_t pid,
 		       const uint64_t *ips, int n);
+
+/* A hit's stack into ips, at most depth frames: unwound from regs and a
+ * copy of the thread's stack (stack_len bytes from regs->rsp) when the
+ * process's symbols are open (sym) and regs is given; when not, or when the
+ * unwind fails, one frame, the trap's ip. Sends the ips not defined yet.
+ * The number of frames (at least 1). */
+int fw_hit_stack(struct fw_symctx *sym, struct fw_known_ips *k, pid_t pid, pid_t tid,
+		 const struct user_regs_struct *regs, const uint8_t *stack, size_t stack_len,
+		 uint64_t ip, uint64_t *ips, int depth);
 
 #endif

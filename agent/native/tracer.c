@@ -66,18 +66,13 @@ struct thread {
 	uint64_t stack_lo, stack_hi;
 };
 
+/* A group's watch state (watch.h): done means leaving; its slots are
+ * cleared at the next service once backoff_pending is set, and stay
+ * cleared while backoff, unless another live owner holds them. */
 struct group {
 	bool used;
-	bool done;            /* budget reached or disarmed: delivers no more, leaving */
-	bool backoff_pending; /* rate limit hit: its slots are cleared at the next service */
-	bool backoff;         /* delivers nothing until backoff_until_ms; its slots are
-			       * cleared unless another live owner holds them */
-	uint64_t id;
 	uint8_t dr_mask;
-	struct fw_watch_options opt;
-	struct fw_rate_window rate;
-	int64_t backoff_until_ms;
-	struct fw_counts counts;
+	struct fw_watch w;
 };
 
 /* DR indexes this helper ever wrote in a process, kept after detach while the
@@ -255,7 +250,7 @@ static int group_count(const struct proc *p)
 static int group_find(const struct proc *p, uint64_t id)
 {
 	for (int g = 0; g < FW_MAX_GROUPS; g++)
-		if (p->groups[g].used && p->groups[g].id == id)
+		if (p->groups[g].used && p->groups[g].w.id == id)
 			return g;
 	return -1;
 }
@@ -269,7 +264,7 @@ static dr_owners group_bit(int g)
  * backed-off one has every trap counted as suppressed. */
 static bool group_live(const struct group *g)
 {
-	return g->used && !g->done && !g->backoff && !g->backoff_pending;
+	return g->used && !g->w.done && !g->w.backoff && !g->w.backoff_pending;
 }
 
 static dr_owners live_groups(const struct proc *p)
@@ -519,8 +514,8 @@ static void proc_finish_exit(int pi)
 		struct group *gr = &p->groups[g];
 
 		if (gr->used)
-			out_group_done(p->pid, gr->done ? FW_DONE_BUDGET : FW_DONE_EXITED, gr->id,
-				       &gr->counts);
+			out_group_done(p->pid, gr->w.done ? FW_DONE_BUDGET : FW_DONE_EXITED, gr->w.id,
+				       &gr->w.counts);
 	}
 	perf_target_gone(p->pid, FW_DONE_EXITED);
 	if (WIFSIGNALED(st))
@@ -555,7 +550,7 @@ static void on_exec(int ti)
 
 	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		if (p->groups[g].used)
-			out_group_done(p->pid, FW_DONE_EXEC, p->groups[g].id, &p->groups[g].counts);
+			out_group_done(p->pid, FW_DONE_EXEC, p->groups[g].w.id, &p->groups[g].w.counts);
 	perf_target_gone(p->pid, FW_DONE_EXEC);
 	out_target_exec(p->pid);
 	/* The kernel released every slot of the process at exec. */
@@ -581,41 +576,6 @@ static uint64_t read_chunk_value(pid_t tid, uint64_t address, unsigned length)
 	if (errno != 0)
 		return 0;
 	return fw_chunk_value((uint64_t)word, address, length);
-}
-
-static bool condition_holds(const struct fw_condition *c, uint64_t old_value, uint64_t value)
-{
-	switch (c->op) {
-	case FW_COND_EQ:
-		return value == c->value;
-	case FW_COND_NE:
-		return value != c->value;
-	case FW_COND_LT:
-		return value < c->value;
-	case FW_COND_GT:
-		return value > c->value;
-	case FW_COND_LE:
-		return value <= c->value;
-	case FW_COND_GE:
-		return value >= c->value;
-	case FW_COND_CHANGED:
-		return value != old_value;
-	case FW_COND_UNCHANGED:
-		return value == old_value;
-	default:
-		return false;
-	}
-}
-
-/* The group's thread filter and conditions (ANDed) pass this trap. */
-static bool group_wants(const struct group *g, pid_t tid, uint64_t old_value, uint64_t value)
-{
-	if (!fw_options_want_tid(&g->opt, tid))
-		return false;
-	for (unsigned i = 0; i < g->opt.nconditions; i++)
-		if (!condition_holds(&g->opt.conditions[i], old_value, value))
-			return false;
-	return true;
 }
 
 /* Copies up to FW_STACK_COPY_MAX bytes of a stopped thread's stack from sp,
@@ -659,20 +619,10 @@ static int capture_stack(int ti, const struct user_regs_struct *regs, int depth,
 	static uint8_t stack_buf[FW_STACK_COPY_MAX];
 	struct thread *t = &threads[ti];
 	struct proc *p = &procs[t->proc];
-	size_t len;
-	int n = -1;
+	size_t len = p->sym ? copy_stack(t, p->pid, regs->rsp, stack_buf) : 0;
 
-	if (p->sym) {
-		len = copy_stack(t, p->pid, regs->rsp, stack_buf);
-		n = fw_unwind(p->sym, t->tid, regs, stack_buf, len, ips, depth);
-	}
-	if (n < 1) {
-		ips[0] = regs->rip;
-		n = 1;
-	}
-	if (p->sym)
-		fw_define_symbols(&known_ips[t->proc], p->sym, p->pid, ips, n);
-	return n;
+	return fw_hit_stack(p->sym, &known_ips[t->proc], p->pid, t->tid, regs, stack_buf, len,
+			    regs->rip, ips, depth);
 }
 
 /* Deepest stack any group of p wants. */
@@ -681,23 +631,37 @@ static int proc_stack_depth(const struct proc *p)
 	int depth = 0;
 
 	for (int g = 0; g < FW_MAX_GROUPS; g++)
-		if (p->groups[g].used && p->groups[g].opt.stack_depth > depth)
-			depth = p->groups[g].opt.stack_depth;
+		if (p->groups[g].used && p->groups[g].w.opt.stack_depth > depth)
+			depth = p->groups[g].w.opt.stack_depth;
 	return depth;
 }
 
-/* The rate limit of an active group: false (and a back-off requested) if this
- * hit would exceed max_hits_per_second in the current 1-second window. */
-static bool rate_allows(struct proc *p, struct group *g)
+/* What on_trap's hooks need of the trap (struct fw_trap's ctx). */
+struct trap_ctx {
+	int ti;
+	int slot;
+	const struct user_regs_struct *regs;
+};
+
+/* The chunk is read once per trap, by the first owner that handles it;
+ * the read moves the slot's last value, which every owner chains on. */
+static void trap_read_value(struct fw_trap *tr)
 {
-	if (g->opt.max_hits_per_second == 0)
-		return true;
-	if (fw_rate_allows(&g->rate, g->opt.max_hits_per_second))
-		return true;
-	g->backoff_pending = true;
-	p->service_pending = true;
-	p->hold = true; /* keep this thread stopped: the world stops next */
-	return false;
+	const struct trap_ctx *c = tr->ctx;
+	struct proc *p = &procs[threads[c->ti].proc];
+
+	tr->value = read_chunk_value(threads[c->ti].tid, tr->chunk.address, tr->chunk.length);
+	tr->old_value = p->last_value[c->slot];
+	p->last_value[c->slot] = tr->value;
+	tr->value_exact = true;
+}
+
+/* One capture per trap, deep enough for every group of the process. */
+static int trap_read_stack(struct fw_trap *tr, uint64_t *ips)
+{
+	const struct trap_ctx *c = tr->ctx;
+
+	return capture_stack(c->ti, c->regs, proc_stack_depth(&procs[threads[c->ti].proc]), ips);
 }
 
 /* SIGTRAP signal-delivery-stop: ours if DR6 names a slot we ever enabled.
@@ -709,14 +673,14 @@ static bool rate_allows(struct proc *p, struct group *g)
  * here except a thread's first stack copy. */
 static void on_trap(int ti)
 {
-	static uint64_t ips[FW_MAX_STACK_DEPTH];
 	struct thread *t = &threads[ti];
 	struct proc *p = &procs[t->proc];
 	struct fw_error e;
 	struct user_regs_struct regs;
-	uint64_t dr6, ip = 0, now_ns;
+	struct trap_ctx ctx = { .ti = ti, .regs = &regs };
+	struct fw_trap tr;
+	uint64_t dr6, ip = 0;
 	uint8_t fired;
-	int nframes = -1; /* -1: not captured yet for this trap */
 
 	if (peek_dr(t->tid, DR_STATUS, &dr6, &e) == -1) {
 		/* Only ESRCH is possible on a stopped tracee: it is dying. */
@@ -731,69 +695,42 @@ static void on_trap(int ti)
 	memset(&regs, 0, sizeof regs);
 	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == 0)
 		ip = regs.rip;
-	now_ns = fw_realtime_ns();
+	tr = (struct fw_trap){
+		.pid = p->pid,
+		.tid = t->tid,
+		.ip = ip,
+		.time_ns = fw_realtime_ns(),
+		.value_first = true,
+		.read_value = trap_read_value,
+		.read_stack = trap_read_stack,
+		.nframes = -1,
+		.ctx = &ctx,
+	};
 	fw_cpu_note_trap(p->pid, t->tid);
 	for (int s = 0; s < DR_SLOTS; s++) {
 		const struct dr_slot *slot = &p->def[s];
-		bool armed = p->mirror.slot[s].used, read = false;
-		uint64_t value = 0, old_value = 0;
+		bool armed = p->mirror.slot[s].used;
 
 		if (!(fired & (1u << s)))
 			continue;
-		/* Every owner gets the trap on its own terms; the chunk is read
-		 * once, by the first owner that handles it. */
+		ctx.slot = s;
+		tr.chunk = (struct fw_chunk){
+			.dr = (uint8_t)s, .mode = slot->mode, .length = slot->length,
+			.address = slot->address,
+		};
+		tr.have_value = false;
+		/* Every owner gets the trap on its own terms. */
 		for (int gi = 0; gi < FW_MAX_GROUPS; gi++) {
 			struct group *g = &p->groups[gi];
-			struct fw_hit hit;
+			enum fw_trap_outcome outcome;
 
 			if (!(p->slot_owners[s] & group_bit(gi)))
 				continue;
-			g->counts.trapped++;
-			if (!armed || !group_live(g)) {
-				/* Done, backed off, or a late trap of a cleared register. */
-				g->counts.suppressed++;
-				continue;
-			}
-			if (!read) {
-				value = read_chunk_value(t->tid, slot->address, slot->length);
-				old_value = p->last_value[s];
-				p->last_value[s] = value;
-				read = true;
-			}
-			if (!group_wants(g, t->tid, old_value, value)) {
-				g->counts.filtered++;
-				continue;
-			}
-			if (!rate_allows(p, g)) {
-				g->counts.suppressed++;
-				continue;
-			}
-			if (g->opt.stack_depth > 0 && nframes < 0)
-				nframes = capture_stack(ti, &regs, proc_stack_depth(p), ips);
-			hit = (struct fw_hit){
-				.group = g->id,
-				.pid = (uint32_t)p->pid,
-				.tid = (uint32_t)t->tid,
-				.ip = ip,
-				.address = slot->address,
-				.old_value = old_value,
-				.new_value = value,
-				.time_ns = now_ns,
-				.dr = (uint8_t)s,
-				.length = slot->length,
-				.mode = slot->mode,
-				.value_exact = true,
-				.nframes = 0,
-				.ips = ips,
-			};
-			if (g->opt.stack_depth > 0)
-				hit.nframes = (uint8_t)(nframes < g->opt.stack_depth ? nframes
-										       : g->opt.stack_depth);
-			out_hit(&hit);
-			g->counts.delivered++;
-			g->rate.delivered++;
-			if (g->opt.max_hits != 0 && g->counts.delivered >= g->opt.max_hits) {
-				g->done = true;
+			/* A late trap of a cleared register, or of one cleared
+			 * at the next service (rate limit hit). */
+			tr.late = !armed || g->w.backoff_pending;
+			outcome = fw_watch_trap(&g->w, &tr);
+			if (outcome == FW_TRAP_LIMITED || (outcome == FW_TRAP_DELIVERED && g->w.done)) {
 				p->service_pending = true;
 				p->hold = true; /* keep this thread stopped: the world stops next */
 			}
@@ -1164,7 +1101,7 @@ static void detach_proc_counts(int pi, int report_gi, struct fw_counts *report)
 	if (!proc_alive(pi, serial))
 		return;
 	if (report)
-		*report = p->groups[report_gi].counts;
+		*report = p->groups[report_gi].w.counts;
 	FOR_EACH_THREAD(ti, pi)
 	{
 		if (threads[ti].state == TS_STOPPED)
@@ -1445,12 +1382,12 @@ static void proc_service(int pi)
 
 		if (!gr->used)
 			continue;
-		if (gr->done) {
+		if (gr->w.done) {
 			leaving |= group_bit(g);
-		} else if (gr->backoff_pending) {
+		} else if (gr->w.backoff_pending) {
 			backing |= group_bit(g);
-		} else if (gr->backoff && now >= gr->backoff_until_ms) {
-			gr->backoff = false;
+		} else if (fw_watch_backoff_over(&gr->w, now)) {
+			gr->w.backoff = false;
 			resumed |= group_bit(g);
 		}
 	}
@@ -1463,23 +1400,13 @@ static void proc_service(int pi)
 		struct group *gr = &p->groups[g];
 
 		if (leaving & group_bit(g)) {
-			out_group_done(p->pid, FW_DONE_BUDGET, gr->id, &gr->counts);
+			out_group_done(p->pid, FW_DONE_BUDGET, gr->w.id, &gr->w.counts);
 			group_free(p, g);
 		} else if (backing & group_bit(g)) {
-			int64_t until = gr->opt.backoff_ms > 0
-						? now + (int64_t)gr->opt.backoff_ms
-						: gr->rate.start_ms + FW_RATE_WINDOW_MS;
-
-			if (until < now)
-				until = now;
-			gr->backoff_pending = false;
-			gr->backoff = true;
-			gr->backoff_until_ms = until;
-			out_group_backoff(p->pid, gr->id,
-					  fw_realtime_ns() + (uint64_t)(until - now) * 1000000u,
-					  gr->counts.suppressed);
+			/* Due again at the next service at the earliest (now included). */
+			fw_watch_start_backoff(&gr->w, p->pid, now, 0);
 		} else if (resumed & group_bit(g)) {
-			out_group_resumed(p->pid, gr->id);
+			out_group_resumed(p->pid, gr->w.id);
 		}
 	}
 	if (group_count(p) == 0)
@@ -1491,7 +1418,7 @@ static void proc_service(int pi)
 static bool backoff_due(const struct proc *p, int64_t now)
 {
 	for (int g = 0; g < FW_MAX_GROUPS; g++)
-		if (p->groups[g].used && p->groups[g].backoff && now >= p->groups[g].backoff_until_ms)
+		if (p->groups[g].used && fw_watch_backoff_over(&p->groups[g].w, now))
 			return true;
 	return false;
 }
@@ -1567,9 +1494,9 @@ int tracer_next_timeout_ms(void)
 		if (p->service_pending)
 			return 0;
 		for (int g = 0; g < FW_MAX_GROUPS; g++)
-			if (p->groups[g].used && p->groups[g].backoff &&
-			    p->groups[g].backoff_until_ms < due)
-				due = p->groups[g].backoff_until_ms;
+			if (p->groups[g].used && p->groups[g].w.backoff &&
+			    p->groups[g].w.backoff_until_ms < due)
+				due = p->groups[g].w.backoff_until_ms;
 		if (p->threads_changed && p->threads_reported_ms + THREADS_REPORT_MS < due)
 			due = p->threads_reported_ms + THREADS_REPORT_MS;
 	}
@@ -1601,7 +1528,7 @@ static int check_shareable(const struct proc *p, const struct fw_chunk *c, struc
 	fw_error_set(e, EBUSY,
 		     "dr%u of pid %d is used by group %llu%s for %s of %u bytes at 0x%llx; only "
 		     "that identical chunk can share it, not %s of %u bytes at 0x%llx",
-		     c->dr, (int)p->pid, (unsigned long long)p->groups[holder].id,
+		     c->dr, (int)p->pid, (unsigned long long)p->groups[holder].w.id,
 		     others > 0 ? " and others" : "", fw_mode_name(held->mode), held->length,
 		     (unsigned long long)held->address, fw_mode_name(c->mode), c->length,
 		     (unsigned long long)c->address);
@@ -1738,10 +1665,8 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	p->mirror = next;
 	p->groups[gi] = (struct group){
 		.used = true,
-		.id = group,
 		.dr_mask = mask,
-		.opt = *opt,
-		.rate = { .start_ms = fw_now_ms() },
+		.w = { .id = group, .opt = *opt, .rate = { .start_ms = fw_now_ms() } },
 	};
 	for (unsigned i = 0; i < count; i++) {
 		uint8_t dr = chunks[i].dr;
@@ -1796,7 +1721,7 @@ int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, uint8_t *
 	resv = p->resv;
 	if (group_count(p) == 1) {
 		/* Last group: the detach drains queued traps before the counts are final. */
-		*counts = p->groups[gi].counts;
+		*counts = p->groups[gi].w.counts;
 		detach_proc_counts(pi, gi, counts);
 		if (proc_alive(pi, serial))
 			group_free(p, gi); /* only left if some thread would not stop */
@@ -1813,14 +1738,14 @@ int tracer_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, uint8_t *
 	}
 	/* Leaving: traps still queued count as its suppressed. Its registers
 	 * are cleared unless another live owner holds them. */
-	p->groups[gi].done = true;
+	p->groups[gi].w.done = true;
 	proc_rearm(pi, "disarming");
 	drain_queued_traps(pi, false);
 	if (!proc_alive(pi, serial)) {
 		fw_error_set(e, ESRCH, "pid %d exited while disarming", (int)pid);
 		return -1;
 	}
-	*counts = p->groups[gi].counts;
+	*counts = p->groups[gi].w.counts;
 	*reserved_mask = reserved_mask_of(resv);
 	group_free(p, gi);
 	world_resume(pi);

@@ -1,4 +1,5 @@
-/* The rules of a watch that do not depend on the backend (watch.h). */
+/* The rules of a watch that do not depend on the backend (watch.h): the
+ * ARM checks and the accounting of each trap. */
 #include "watch.h"
 
 #include "dregs.h"
@@ -113,4 +114,126 @@ int fw_check_options(pid_t pid, const struct fw_watch_options *opt, struct fw_er
 		return -1;
 	}
 	return 0;
+}
+
+static bool condition_holds(const struct fw_condition *c, uint64_t old_value, uint64_t value)
+{
+	switch (c->op) {
+	case FW_COND_EQ:
+		return value == c->value;
+	case FW_COND_NE:
+		return value != c->value;
+	case FW_COND_LT:
+		return value < c->value;
+	case FW_COND_GT:
+		return value > c->value;
+	case FW_COND_LE:
+		return value <= c->value;
+	case FW_COND_GE:
+		return value >= c->value;
+	case FW_COND_CHANGED:
+		return value != old_value;
+	case FW_COND_UNCHANGED:
+		return value == old_value;
+	default:
+		return false;
+	}
+}
+
+/* The group's thread filter and conditions (ANDed) pass this trap. */
+static bool watch_wants(const struct fw_watch *w, const struct fw_trap *t)
+{
+	if (!fw_options_want_tid(&w->opt, t->tid))
+		return false;
+	for (unsigned i = 0; i < w->opt.nconditions; i++)
+		if (!condition_holds(&w->opt.conditions[i], t->old_value, t->value))
+			return false;
+	return true;
+}
+
+static void trap_value(struct fw_trap *t)
+{
+	if (t->have_value)
+		return;
+	t->read_value(t);
+	t->have_value = true;
+}
+
+/* One more delivered; the budget is spent when it reaches max_hits. */
+static void count_delivery(struct fw_watch *w)
+{
+	w->counts.delivered++;
+	if (w->opt.max_hits != 0 && w->counts.delivered >= w->opt.max_hits)
+		w->done = true;
+}
+
+/* The hot path allocates nothing: the stack goes into one static buffer,
+ * and out_hit appends to the static output buffer. */
+enum fw_trap_outcome fw_watch_trap(struct fw_watch *w, struct fw_trap *t)
+{
+	static uint64_t ips[FW_MAX_STACK_DEPTH];
+	struct fw_hit hit;
+
+	w->counts.trapped++;
+	if (t->late || w->done || w->backoff) {
+		w->counts.suppressed++;
+		return FW_TRAP_SUPPRESSED;
+	}
+	if (t->value_first || w->opt.nconditions > 0)
+		trap_value(t);
+	if (!watch_wants(w, t)) {
+		w->counts.filtered++;
+		return FW_TRAP_FILTERED;
+	}
+	if (w->count_only) {
+		count_delivery(w);
+		return FW_TRAP_COUNTED;
+	}
+	if (w->opt.max_hits_per_second != 0 &&
+	    !fw_rate_allows(&w->rate, w->opt.max_hits_per_second)) {
+		w->backoff_pending = true;
+		w->counts.suppressed++;
+		return FW_TRAP_LIMITED;
+	}
+	trap_value(t);
+	hit = (struct fw_hit){
+		.group = w->id,
+		.pid = (uint32_t)t->pid,
+		.tid = (uint32_t)t->tid,
+		.ip = t->ip,
+		.address = t->chunk.address,
+		.old_value = t->old_value,
+		.new_value = t->value,
+		.time_ns = t->time_ns,
+		.dr = t->chunk.dr,
+		.length = t->chunk.length,
+		.mode = t->chunk.mode,
+		.value_exact = t->value_exact,
+		.nframes = 0,
+		.ips = ips,
+	};
+	if (w->opt.stack_depth > 0) {
+		if (t->nframes < 0)
+			t->nframes = t->read_stack(t, ips);
+		hit.nframes = (uint8_t)(t->nframes < w->opt.stack_depth ? t->nframes
+									: w->opt.stack_depth);
+	}
+	out_hit(&hit);
+	w->rate.delivered++;
+	count_delivery(w);
+	return FW_TRAP_DELIVERED;
+}
+
+void fw_watch_start_backoff(struct fw_watch *w, pid_t pid, int64_t now, int64_t min_ms)
+{
+	int64_t until = w->opt.backoff_ms > 0 ? now + (int64_t)w->opt.backoff_ms
+					      : w->rate.start_ms + FW_RATE_WINDOW_MS;
+
+	if (until < now + min_ms)
+		until = now + min_ms;
+	w->backoff_pending = false;
+	w->backoff = true;
+	w->backoff_until_ms = until;
+	out_group_backoff(pid, w->id, fw_realtime_ns() + (uint64_t)(until - now) * 1000000u,
+			  w->counts.suppressed);
 }

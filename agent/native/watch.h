@@ -1,6 +1,7 @@
 /* What a watch is, whichever backend holds it: the chunks and options an
  * ARM carries, the checks they pass before any backend sees them, and the
- * rate window of a group (PROTOCOL.md, "Watch options"). */
+ * one way a group accounts for its traps (PROTOCOL.md, "Watch options"):
+ * counts, thread filter, conditions, rate limit and back-off, budget. */
 #ifndef FW_WATCH_H
 #define FW_WATCH_H
 
@@ -108,6 +109,72 @@ static inline bool fw_rate_allows(struct fw_rate_window *w, uint32_t max_per_sec
 		w->delivered = 0;
 	}
 	return w->delivered < max_per_second;
+}
+
+/* A group's state that both backends keep alike. */
+struct fw_watch {
+	uint64_t id;
+	struct fw_watch_options opt;
+	bool count_only;      /* COUNTS instead of hit records (perf only) */
+	bool done;            /* budget reached or disarmed: delivers no more */
+	bool backoff_pending; /* rate limit hit: the back-off starts at the backend's next service */
+	bool backoff;         /* delivers nothing until backoff_until_ms */
+	int64_t backoff_until_ms;
+	struct fw_rate_window rate;
+	struct fw_counts counts;
+};
+
+/* One trap as a backend sees it. The backend fills in who trapped, where
+ * and when; the chunk's value and the stack are fetched through its hooks
+ * only when a step needs them, each at most once per trap record (a trap
+ * record may serve several groups: ptrace registers have several owners). */
+struct fw_trap {
+	pid_t pid, tid;
+	uint64_t ip, time_ns;
+	struct fw_chunk chunk;
+	/* Suppressed whatever the group's state (ptrace: a late trap of a
+	 * register already cleared, or to be cleared at the next service). */
+	bool late;
+	/* Read the value before the filters, not only for a hit: ptrace reads
+	 * it at the stop, and the read moves the old value that every owner
+	 * of the register chains on. Conditions always need it first. */
+	bool value_first;
+	/* Sets value, old_value and value_exact, then have_value. */
+	void (*read_value)(struct fw_trap *t);
+	bool have_value, value_exact;
+	uint64_t value, old_value;
+	/* Writes at least one frame into ips and returns how many; called
+	 * while nframes < 0. */
+	int (*read_stack)(struct fw_trap *t, uint64_t *ips);
+	int nframes;
+	void *ctx; /* the backend's, for its hooks */
+};
+
+/* Where one trap ended up for one group. */
+enum fw_trap_outcome {
+	FW_TRAP_SUPPRESSED, /* done, backing off, or late */
+	FW_TRAP_FILTERED,   /* the thread filter or a condition */
+	FW_TRAP_LIMITED,    /* over the rate limit: suppressed, and a back-off is now pending */
+	FW_TRAP_COUNTED,    /* count only: delivered without a hit record */
+	FW_TRAP_DELIVERED,  /* a hit record went out */
+};
+
+/* The one sequence every trap of a group goes through: trapped; then
+ * suppressed (done, backing off, late), filtered (thread filter,
+ * conditions), counted (count only), suppressed over the rate limit, or
+ * delivered as a hit record. A delivery that reaches max_hits sets done:
+ * after COUNTED or DELIVERED, done says the budget was spent now. */
+enum fw_trap_outcome fw_watch_trap(struct fw_watch *w, struct fw_trap *t);
+
+/* The rate limit's back-off begins: it lasts backoff_ms, or to the end of
+ * the current window, and at least until now + min_ms (each backend's
+ * shortest: the pass that starts it must not also end it). GROUP_BACKOFF. */
+void fw_watch_start_backoff(struct fw_watch *w, pid_t pid, int64_t now, int64_t min_ms);
+
+/* The back-off is over: the group may deliver again. */
+static inline bool fw_watch_backoff_over(const struct fw_watch *w, int64_t now)
+{
+	return w->backoff && now >= w->backoff_until_ms;
 }
 
 #endif
