@@ -1,6 +1,7 @@
 /* fleetwatch-helper: owns the debug registers of the processes the agent
  * names. One thread, one poll() loop over stdin (requests) and a signalfd
  * (tracee stops, termination). Every way out disarms and detaches first. */
+#include "backend.h"
 #include "cpufollow.h"
 #include "fw.h"
 #include "perf.h"
@@ -160,35 +161,35 @@ static void handle_resolve(uint32_t id, struct fw_reader *r)
 
 static void handle_arm(uint32_t id, struct fw_reader *r)
 {
-	struct fw_chunk chunks[FW_SLOTS_PER_THREAD];
-	struct fw_watch_options opt;
+	struct fw_arm_request req;
+	struct fw_watch_options *opt = &req.opt;
+	struct fw_chunk *chunks = req.chunks;
 	struct fw_arm_result res;
 	struct fw_error e;
-	pid_t pid = (pid_t)rd_u32(r);
-	uint64_t group = rd_u64(r);
+	pid_t pid;
 	unsigned count, backend, flags;
-	uint32_t interval_ms;
-	int rc;
 
-	memset(&opt, 0, sizeof opt);
-	opt.max_hits = rd_u64(r);
-	opt.max_hits_per_second = rd_u32(r);
-	opt.backoff_ms = rd_u32(r);
-	count = rd_u8(r);
-	opt.nconditions = rd_u8(r);
-	opt.ntids = rd_u8(r);
-	opt.stack_depth = rd_u8(r);
+	memset(&req, 0, sizeof req);
+	pid = req.pid = (pid_t)rd_u32(r);
+	req.group = rd_u64(r);
+	opt->max_hits = rd_u64(r);
+	opt->max_hits_per_second = rd_u32(r);
+	opt->backoff_ms = rd_u32(r);
+	count = req.count = rd_u8(r);
+	opt->nconditions = rd_u8(r);
+	opt->ntids = rd_u8(r);
+	opt->stack_depth = rd_u8(r);
 	backend = rd_u8(r);
 	flags = rd_u8(r);
 	rd_skip(r, 2);
-	interval_ms = rd_u32(r);
-	if (!r->bad && (backend > 1 || (flags & ~1u) != 0)) {
+	req.interval_ms = rd_u32(r);
+	if (!r->bad && (backend > FW_BACKEND_PERF || (flags & ~1u) != 0)) {
 		fw_error_set(&e, EINVAL, "ARM pid %d: unknown backend %u or flags 0x%x", (int)pid,
 			     backend, flags);
 		out_error(id, &e);
 		return;
 	}
-	if (!r->bad && (flags & 1u) && backend != 1) {
+	if (!r->bad && (flags & 1u) && backend != FW_BACKEND_PERF) {
 		fw_error_set(&e, EINVAL,
 			     "ARM pid %d: counting only needs the perf backend (ptrace stops the target at every trap)",
 			     (int)pid);
@@ -200,8 +201,8 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 		out_error(id, &e);
 		return;
 	}
-	if (!r->bad && (opt.nconditions > FW_MAX_CONDITIONS || opt.ntids > FW_MAX_TID_FILTER)) {
-		fw_check_options(pid, &opt, &e);
+	if (!r->bad && (opt->nconditions > FW_MAX_CONDITIONS || opt->ntids > FW_MAX_TID_FILTER)) {
+		fw_check_options(pid, opt, &e);
 		out_error(id, &e);
 		return;
 	}
@@ -212,29 +213,20 @@ static void handle_arm(uint32_t id, struct fw_reader *r)
 		rd_skip(r, 1);
 		chunks[i].address = rd_u64(r);
 	}
-	for (unsigned i = 0; i < opt.nconditions && !r->bad; i++) {
-		opt.conditions[i].op = rd_u8(r);
+	for (unsigned i = 0; i < opt->nconditions && !r->bad; i++) {
+		opt->conditions[i].op = rd_u8(r);
 		rd_skip(r, 7);
-		opt.conditions[i].value = rd_u64(r);
+		opt->conditions[i].value = rd_u64(r);
 	}
-	for (unsigned i = 0; i < opt.ntids && !r->bad; i++)
-		opt.tids[i] = (pid_t)rd_u32(r);
+	for (unsigned i = 0; i < opt->ntids && !r->bad; i++)
+		opt->tids[i] = (pid_t)rd_u32(r);
 	if (r->bad || r->off != r->len) {
 		malformed(id, "ARM");
 		return;
 	}
-	if (backend == 1) {
-		rc = perf_arm(pid, group, &opt, chunks, count, (flags & 1u) != 0, interval_ms, &res,
-			      &e);
-	} else if (perf_has_group(pid, group)) {
-		fw_error_set(&e, EEXIST, "group %llu is already armed on pid %d",
-			     (unsigned long long)group, (int)pid);
-		rc = -1;
-	} else {
-		perf_release_parked(pid);
-		rc = tracer_arm(pid, group, &opt, chunks, count, &res, &e);
-	}
-	if (rc == -1) {
+	req.backend = (enum fw_backend)backend;
+	req.count_only = (flags & 1u) != 0;
+	if (backend_arm(&req, &res, &e) == -1) {
 		out_error(id, &e);
 		return;
 	}
@@ -260,8 +252,7 @@ static void handle_disarm(uint32_t id, struct fw_reader *r)
 		return;
 	}
 	memset(&c, 0, sizeof c);
-	if (perf_has_group(pid, group) ? perf_disarm(pid, group, &c, &e) == -1
-				       : tracer_disarm(pid, group, &c, &reserved, &e) == -1) {
+	if (backend_disarm(pid, group, &c, &reserved, &e) == -1) {
 		out_error(id, &e);
 		return;
 	}
@@ -291,8 +282,7 @@ static void handle_request(uint16_t type, uint32_t id, struct fw_reader *r)
 		handle_disarm(id, r);
 		break;
 	case FW_MSG_SHUTDOWN:
-		perf_close_all();
-		tracer_detach_all();
+		backend_close_all();
 		out_frame_begin(FW_MSG_SHUTDOWN_OK, id);
 		out_frame_end();
 		shutdown_requested = true;
@@ -474,8 +464,7 @@ int main(int argc, char **argv)
 			}
 		}
 	}
-	perf_close_all();
-	tracer_detach_all();
+	backend_close_all();
 	out_flush();
 	return exit_code;
 }

@@ -24,11 +24,11 @@
  * traps seen twice and are skipped. */
 #include "perf.h"
 
+#include "backend.h"
 #include "perfbpf.h"
 #include "procfs.h"
 #include "symctx.h"
 #include "symdefs.h"
-#include "tracer.h"
 #include "wire.h"
 
 #include <asm/perf_regs.h>
@@ -1243,25 +1243,6 @@ static void drain(struct pgroup *g, bool all)
 
 /* ---- counts, threads, finishing ---- */
 
-/* TARGET_EXITED for a process only this side watched: its wait status is
- * in /proc while it is a zombie, if its parent has not reaped it yet. */
-static void report_exit(pid_t pid, uint64_t start_time)
-{
-	int status;
-
-	if (fw_proc_exit_status(pid, start_time, &status) == 0) {
-		if (WIFSIGNALED(status)) {
-			out_target_exited(pid, FW_EXIT_KILLED, WTERMSIG(status));
-			return;
-		}
-		if (WIFEXITED(status)) {
-			out_target_exited(pid, FW_EXIT_EXITED, WEXITSTATUS(status));
-			return;
-		}
-	}
-	out_target_exited(pid, FW_EXIT_GONE, 0);
-}
-
 static void send_counts(struct pgroup *g)
 {
 	static struct fw_thread_count batch[COUNTS_PER_FRAME];
@@ -1467,9 +1448,8 @@ static void final_drain(struct pgroup *g)
 		send_counts(g);
 }
 
-/* The group's last counts and GROUP_DONE; then, unless the ptrace side
- * traces the process (it reports it), TARGET_EXEC or TARGET_EXITED once the
- * process's last perf group is gone. */
+/* The group's last counts and GROUP_DONE; then, when this side saw the
+ * process exit or exec (report_target), the dispatcher hears of it. */
 static void finish(struct pgroup *g, enum fw_done_reason reason, bool report_target)
 {
 	pid_t pid = g->pid;
@@ -1478,12 +1458,12 @@ static void finish(struct pgroup *g, enum fw_done_reason reason, bool report_tar
 	final_drain(g);
 	out_group_done(pid, reason, g->w.id, &g->w.counts);
 	group_free(g);
-	if (!report_target || reason == FW_DONE_BUDGET || perf_has_pid(pid) || tracer_has_pid(pid))
+	if (!report_target || reason == FW_DONE_BUDGET)
 		return;
 	if (reason == FW_DONE_EXEC)
-		out_target_exec(pid);
+		backend_target_exec(FW_BACKEND_PERF, pid);
 	else
-		report_exit(pid, start_time);
+		backend_target_exited(FW_BACKEND_PERF, pid, NULL, start_time);
 }
 
 void perf_target_gone(pid_t pid, enum fw_done_reason reason)
@@ -1647,13 +1627,9 @@ static bool process_exited(const struct pgroup *g)
 	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
 }
 
-static int check_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
-		     const struct fw_chunk *chunks, unsigned count, bool count_only,
-		     uint32_t interval_ms, struct fw_error *e)
+int perf_check_arm(pid_t pid, const struct fw_watch_options *opt, bool count_only,
+		   uint32_t interval_ms, struct fw_error *e)
 {
-	if (fw_policy_check(pid, e) == -1 || fw_check_chunks(pid, chunks, count, e) == -1 ||
-	    fw_check_options(pid, opt, e) == -1)
-		return -1;
 	if (values_mode == FW_PERF_UNAVAILABLE) {
 		fw_error_set(e, EOPNOTSUPP, "ARM pid %d on the perf backend: %s", (int)pid, note);
 		return -1;
@@ -1668,11 +1644,6 @@ static int check_arm(pid_t pid, uint64_t group, const struct fw_watch_options *o
 	    (interval_ms < MIN_INTERVAL_MS || interval_ms > MAX_INTERVAL_MS)) {
 		fw_error_set(e, EINVAL, "ARM pid %d: count interval of %u ms (must be %u-%u)",
 			     (int)pid, interval_ms, MIN_INTERVAL_MS, MAX_INTERVAL_MS);
-		return -1;
-	}
-	if (group_index(pid, group) >= 0 || tracer_has_group(pid, group)) {
-		fw_error_set(e, EEXIST, "group %llu is already armed on pid %d",
-			     (unsigned long long)group, (int)pid);
 		return -1;
 	}
 	return 0;
@@ -1898,8 +1869,6 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	int total = 0, gi;
 	unsigned gone;
 
-	if (check_arm(pid, group, opt, chunks, count, count_only, interval_ms, e) == -1)
-		return -1;
 	g = parked_match(pid, opt, count, count_only);
 	if (g && retarget(g, group, opt, chunks, interval_ms, result) == 0)
 		return 0;

@@ -40,8 +40,14 @@ int perf_next_timeout_ms(void);
 bool perf_has_pid(pid_t pid);
 bool perf_has_group(pid_t pid, uint64_t group);
 
-/* ARM with backend perf. count_only: no hit records, COUNTS every
- * interval_ms (0 = 1,000). */
+/* What only the perf backend refuses in an ARM (no perf on this host,
+ * conditions, the count interval); 0, or -1 with the reason in e. */
+int perf_check_arm(pid_t pid, const struct fw_watch_options *opt, bool count_only,
+		   uint32_t interval_ms, struct fw_error *e);
+
+/* ARM with backend perf, of a request the dispatcher checked (no group of
+ * that id on pid). count_only: no hit records, COUNTS every interval_ms
+ * (0 = 1,000). */
 int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	     const struct fw_chunk *chunks, unsigned count, bool count_only, uint32_t interval_ms,
 	     struct fw_arm_result *result, struct fw_error *e);
@@ -49,8 +55,9 @@ int perf_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 /* Disables, drains (a last COUNTS for counting groups) and closes the group. */
 int perf_disarm(pid_t pid, uint64_t group, struct fw_counts *counts, struct fw_error *e);
 
-/* The ptrace side saw pid exit or exec: each of its perf groups is drained
- * and ends (GROUP_DONE) before the ptrace side reports the target. */
+/* The ptrace side saw pid exit or exec (the dispatcher says so): each of
+ * its perf groups is drained and ends (GROUP_DONE) before the target is
+ * reported; parked ones are closed. */
 void perf_target_gone(pid_t pid, enum fw_done_reason reason);
 
 /* Closes the events a disarmed group of pid keeps for a re-target (before

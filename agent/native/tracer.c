@@ -5,8 +5,8 @@
  * Groups watching the same chunk share one register: it stays armed while
  * one of its owners is live, and each trap on it is dispatched to every owner. */
 #include "tracer.h"
-#include "perf.h"
 
+#include "backend.h"
 #include "cpufollow.h"
 #include "dregs.h"
 #include "symctx.h"
@@ -517,11 +517,7 @@ static void proc_finish_exit(int pi)
 			out_group_done(p->pid, gr->w.done ? FW_DONE_BUDGET : FW_DONE_EXITED, gr->w.id,
 				       &gr->w.counts);
 	}
-	perf_target_gone(p->pid, FW_DONE_EXITED);
-	if (WIFSIGNALED(st))
-		out_target_exited(p->pid, FW_EXIT_KILLED, WTERMSIG(st));
-	else
-		out_target_exited(p->pid, FW_EXIT_EXITED, WEXITSTATUS(st));
+	backend_target_exited(FW_BACKEND_PTRACE, p->pid, &st, 0);
 	proc_free(pi);
 }
 
@@ -551,8 +547,7 @@ static void on_exec(int ti)
 	for (int g = 0; g < FW_MAX_GROUPS; g++)
 		if (p->groups[g].used)
 			out_group_done(p->pid, FW_DONE_EXEC, p->groups[g].w.id, &p->groups[g].w.counts);
-	perf_target_gone(p->pid, FW_DONE_EXEC);
-	out_target_exec(p->pid);
+	backend_target_exec(FW_BACKEND_PTRACE, p->pid);
 	/* The kernel released every slot of the process at exec. */
 	if (p->resv >= 0)
 		reservations[p->resv].mask = 0;
@@ -1564,19 +1559,11 @@ int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	uint32_t total = 0, armed = 0;
 	pid_t reader;
 
-	if (fw_policy_check(pid, e) == -1 || fw_check_chunks(pid, chunks, count, e) == -1 ||
-	    fw_check_options(pid, opt, e) == -1)
-		return -1;
 	pi = proc_find(pid);
 	if (pi >= 0 && procs[pi].detach_pending && readopt(pi, e) == -1)
 		return -1;
 	if (pi >= 0) {
 		p = &procs[pi];
-		if (group_find(p, group) >= 0) {
-			fw_error_set(e, EEXIST, "group %llu is already armed on pid %d",
-				     (unsigned long long)group, (int)pid);
-			return -1;
-		}
 		for (unsigned i = 0; i < count; i++)
 			if (check_shareable(p, &chunks[i], e) == -1)
 				return -1;

@@ -28,6 +28,8 @@ int tracer_next_timeout_ms(void);
 bool tracer_has_pid(pid_t pid);
 bool tracer_has_group(pid_t pid, uint64_t group);
 
+/* ARM with backend ptrace, of a request the dispatcher checked (no group of
+ * that id on pid). */
 int tracer_arm(pid_t pid, uint64_t group, const struct fw_watch_options *opt,
 	       const struct fw_chunk *chunks, unsigned count, struct fw_arm_result *result,
 	       struct fw_error *e);
