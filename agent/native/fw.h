@@ -44,6 +44,15 @@ const char *fw_errno_name(int err);
 /* Milliseconds on CLOCK_MONOTONIC. */
 int64_t fw_now_ms(void);
 
+/* poll()'s timeout for work due at due (fw_now_ms time; INT64_MAX: none,
+ * -1): 0 once due, else at most a minute (a later wake-up looks again). */
+static inline int fw_timeout_ms(int64_t due, int64_t now)
+{
+	if (due == INT64_MAX)
+		return -1;
+	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
+}
+
 /* Nanoseconds on CLOCK_MONOTONIC (the clock of perf records). */
 uint64_t fw_mono_ns(void);
 

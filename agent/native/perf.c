@@ -1612,9 +1612,7 @@ int perf_next_timeout_ms(void)
 		if (g->w.backoff && g->w.backoff_until_ms < due)
 			due = g->w.backoff_until_ms;
 	}
-	if (due == INT64_MAX)
-		return -1;
-	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
+	return fw_timeout_ms(due, now);
 }
 
 /* ---- ARM and DISARM ---- */

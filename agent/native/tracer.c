@@ -1496,9 +1496,7 @@ int tracer_next_timeout_ms(void)
 			due = p->threads_reported_ms + THREADS_REPORT_MS;
 	}
 	due = fw_cpu_due(due, any_attached());
-	if (due == INT64_MAX)
-		return -1;
-	return due <= now ? 0 : (int)(due - now > 60000 ? 60000 : due - now);
+	return fw_timeout_ms(due, now);
 }
 
 /* A chunk may go into a register that no group of p holds, or that its
