@@ -274,10 +274,10 @@ void perf_init(void)
 	if (ep_fd < 0 || fd < 0) {
 		int err = errno;
 		char paranoid[16] = "?";
+		int level;
 
-		if (fw_read_small_file("/proc/sys/kernel/perf_event_paranoid", paranoid, sizeof paranoid) < 0)
-			snprintf(paranoid, sizeof paranoid, "?");
-		paranoid[strcspn(paranoid, "\n")] = 0;
+		if (fw_perf_paranoid(&level) == 0)
+			snprintf(paranoid, sizeof paranoid, "%d", level);
 		snprintf(note, sizeof note,
 			 "perf_event_open of a breakpoint failed: %s (%s; kernel.perf_event_paranoid = %s)",
 			 fw_errno_name(err), strerror(err), paranoid);

@@ -163,6 +163,16 @@ out:
 	return found;
 }
 
+int fw_perf_paranoid(int *level)
+{
+	char buf[32];
+
+	if (fw_read_small_file("/proc/sys/kernel/perf_event_paranoid", buf, sizeof buf) < 0 ||
+	    sscanf(buf, "%d", level) != 1)
+		return -1;
+	return 0;
+}
+
 int fw_tasks_open(struct fw_tasks *it, pid_t pid)
 {
 	char path[64];

@@ -1,6 +1,7 @@
 /* Readers of /proc, shared by the backends and the dispatcher: small files,
  * stat and status fields, a process's threads, comm, start time, exit
- * status, and the mapping that holds an address. Nothing here writes. */
+ * status, the mapping that holds an address, and the perf sysctl. Nothing
+ * here writes. */
 #ifndef FW_PROCFS_H
 #define FW_PROCFS_H
 
@@ -41,6 +42,9 @@ int fw_proc_exit_status(pid_t pid, uint64_t start_time, int *status);
 /* The mapping of pid that contains address, from /proc/PID/maps, read in
  * pieces into a static buffer (no allocation). 0 if found, else -1. */
 int fw_find_mapping(pid_t pid, uint64_t address, uint64_t *lo, uint64_t *hi);
+
+/* kernel.perf_event_paranoid (/proc/sys/kernel): 0, or -1 if unreadable. */
+int fw_perf_paranoid(int *level);
 
 /* The threads of a process, one by one from /proc/PID/task. */
 struct fw_tasks {

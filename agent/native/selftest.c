@@ -6,6 +6,7 @@
 #include "selftest.h"
 #include "dregs.h"
 #include "fw.h"
+#include "procfs.h"
 
 #include <errno.h>
 #include <linux/hw_breakpoint.h>
@@ -245,15 +246,12 @@ void selftest_perf(struct fw_trap_check *out)
 	if (fd < 0) {
 		int err = errno;
 		char what[96];
-		FILE *f = fopen("/proc/sys/kernel/perf_event_paranoid", "r");
-		int paranoid = 0;
+		int paranoid;
 
-		if (f && fscanf(f, "%d", &paranoid) == 1 && (err == EACCES || err == EPERM))
+		if (fw_perf_paranoid(&paranoid) == 0 && (err == EACCES || err == EPERM))
 			snprintf(what, sizeof what, "perf_event_open (perf_event_paranoid %d)", paranoid);
 		else
 			snprintf(what, sizeof what, "perf_event_open");
-		if (f)
-			fclose(f);
 		not_run(out, what, err);
 		return;
 	}
