@@ -21,7 +21,8 @@
  * while it may also have inherited some. Each thread therefore has one
  * root whose samples count (its entry's root); its samples from any other
  * root's events from the time its own events were opened are the same
- * traps seen twice and are skipped. */
+ * traps seen twice and are skipped. Every other sample goes through the
+ * group's accounting (watch.h); exit and exec go to the dispatcher. */
 #include "perf.h"
 
 #include "backend.h"

@@ -1,9 +1,10 @@
 /* ptrace state machine of the helper: fixed tables of attached processes and
- * threads, classification of every stop, hit records, and the stop-the-world
- * operations (arm, disarm, budget retirement, detach). One function applies a
+ * threads, classification of every stop, and the stop-the-world operations
+ * (arm, disarm, budget retirement, back-off, detach). One function applies a
  * process's register mirror to a stopped thread; everything else computes.
  * Groups watching the same chunk share one register: it stays armed while
- * one of its owners is live, and each trap on it is dispatched to every owner. */
+ * one of its owners is live, and each trap on it is handed to every owner's
+ * accounting (watch.h). Exit and exec are reported to the dispatcher. */
 #include "tracer.h"
 
 #include "backend.h"
