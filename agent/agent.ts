@@ -58,8 +58,10 @@ import type { ExitKind, GroupCounts, HelperBackend, HelperChunk, HelperCondition
 import type { HitPublisher } from "./hit-publisher.js";
 import { resumeCounts, resumeCountingTotals, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
 import { mappingName, mappingOf, parseMaps } from "./memory-map.js";
-import { parseStat, processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
+import { processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
 import { inspectProcess, scanProcesses, watchProcesses } from "./process-discovery.js";
+import { isRunning } from "./process-liveness.js";
+import { ReservedRegisters } from "./reserved-registers.js";
 
 // How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
 const storedHitsTimeoutMs = 10_000;
@@ -129,16 +131,6 @@ function key(jobId: string, pid: number): string {
   return `${jobId}/${pid}`;
 }
 
-/** The process runs (it is listed and not a zombie). */
-function isRunning(pid: number): boolean {
-  try {
-    const state = parseStat(readFileSync(`/proc/${pid}/stat`, "utf8"))?.state;
-    return state !== undefined && state !== "Z" && state !== "X";
-  } catch {
-    return false;
-  }
-}
-
 /**
  * A failed arm as the controller will read it: ESRCH means the process is
  * gone, and a job takes its target for exited. A helper that said so of a
@@ -148,20 +140,6 @@ function armFailure(err: unknown, pid: number): AgentError {
   const error = toAgentError(err);
   if (error.errnoName !== "ESRCH" || !isRunning(pid)) return error;
   return create(AgentErrorSchema, { errnoName: "EAGAIN", message: `pid ${pid} is running, but arming it failed (${error.message}): try again` });
-}
-
-/** Start time of a process (clock ticks since boot), or undefined when it is gone. */
-function processStartTime(pid: number): number | undefined {
-  try {
-    return parseStat(readFileSync(`/proc/${pid}/stat`, "utf8"))?.startTime;
-  } catch {
-    return undefined;
-  }
-}
-
-function isAlive(pid: number, startTime: number | undefined): boolean {
-  const now = processStartTime(pid);
-  return now !== undefined && (startTime === undefined || now === startTime);
 }
 
 /** The process part of a job's target selector, as discovery takes it. */
@@ -255,9 +233,7 @@ export class AgentCore {
   private readonly byGroup = new Map<bigint, Watch>();
   private readonly byKey = new Map<string, Watch>();
   /** Debug registers the kernel keeps reserved per process for our earlier watches. */
-  private readonly reserved = new Map<number, number>();
-  /** Start time of each such process, so a reused pid is not taken for it. */
-  private readonly startTimes = new Map<number, number | undefined>();
+  private readonly reserved = new ReservedRegisters();
   /** Watches whose job allows more silence than the lease, waiting to be suspended. */
   private readonly graceTimers = new Set<NodeJS.Timeout>();
   private nextGroup = 1n;
@@ -607,7 +583,7 @@ export class AgentCore {
           throw err;
         }
       }
-      this.noteReserved(request.pid, result.reservedMask);
+      this.reserved.note(request.pid, result.reservedMask);
       watch.threadsTotal = result.threadsTotal;
       watch.threadsArmed = result.threadsArmed;
       if (request.deadlineUnixMs > 0n) watch.deadlineTimer = timerAt(Number(request.deadlineUnixMs), () => void this.endAtDeadline(watch));
@@ -617,7 +593,7 @@ export class AgentCore {
         threadsTotal: result.threadsTotal,
         threadsArmed: result.threadsArmed,
         slots: request.slots,
-        reservedMask: this.reservedOf(request.pid),
+        reservedMask: this.reserved.of(request.pid),
         backend: backend === "perf" ? Backend.PERF : Backend.PTRACE,
         valuesExact: watch.valuesExact,
       });
@@ -643,7 +619,7 @@ export class AgentCore {
     if (!watch) return create(DisarmResultSchema, { ...reply, error: toAgentError(new AgentCommandError(`job ${request.jobId} has no watch on pid ${request.pid} here`, "ENOENT")) });
     try {
       await this.stop(watch);
-      return create(DisarmResultSchema, { ...reply, counts: watch.counts, reservedMask: this.reservedOf(watch.pid) });
+      return create(DisarmResultSchema, { ...reply, counts: watch.counts, reservedMask: this.reserved.of(watch.pid) });
     } catch (err) {
       return create(DisarmResultSchema, { ...reply, error: toAgentError(err) });
     }
@@ -756,7 +732,7 @@ export class AgentCore {
     if (watch.ended) return;
     try {
       const result = await this.currentHelper().disarm(watch.pid, watch.group);
-      this.noteReserved(watch.pid, result.reservedMask);
+      this.reserved.note(watch.pid, result.reservedMask);
       this.endWatch(watch, result);
     } catch (err) {
       // The group may have ended on its own (budget, exit) while the disarm was on its way.
@@ -847,7 +823,7 @@ export class AgentCore {
         counts: watch.counts,
         threadsTotal: watch.threadsTotal,
         threadsArmed: watch.threadsArmed,
-        reservedMask: this.reservedOf(watch.pid),
+        reservedMask: this.reserved.of(watch.pid),
       }),
     );
   }
@@ -866,12 +842,9 @@ export class AgentCore {
    * here, so the ledger forgets them and ended watches are dropped.
    */
   private forgetGoneProcesses(): void {
-    for (const [pid, mask] of this.reserved) {
-      // A watch still settling its hits (NATS slow or away) is reported by the process's own exit event.
-      const busy = [...this.byKey.values()].some((w) => w.pid === pid && (!w.ended || !this.isSettled(w)));
-      if (busy || isAlive(pid, this.startTimes.get(pid))) continue;
-      this.reserved.delete(pid);
-      this.startTimes.delete(pid);
+    // A watch still settling its hits (NATS slow or away) is reported by the process's own exit event.
+    const busy = (pid: number) => [...this.byKey.values()].some((w) => w.pid === pid && (!w.ended || !this.isSettled(w)));
+    for (const { pid, mask } of this.reserved.exited(busy)) {
       for (const [k, w] of this.byKey) {
         if (w.pid !== pid) continue;
         this.byKey.delete(k);
@@ -879,17 +852,6 @@ export class AgentCore {
       }
       this.onReport(create(TargetReportSchema, { pid, state: TargetState.EXITED, reason: "process exited", reservedMask: mask }));
     }
-  }
-
-  /** Records debug registers the kernel keeps reserved in a process for us. */
-  private noteReserved(pid: number, mask: number): void {
-    if (!mask) return;
-    this.reserved.set(pid, (this.reserved.get(pid) ?? 0) | mask);
-    if (!this.startTimes.has(pid)) this.startTimes.set(pid, processStartTime(pid));
-  }
-
-  private reservedOf(pid: number): number {
-    return this.reserved.get(pid) ?? 0;
   }
 
   private watchesOf(pid: number): Watch[] {
@@ -922,8 +884,7 @@ export class AgentCore {
           this.forgetSequenceIfDone(watch.jobId);
         }
         // The process and its kernel reservations are gone.
-        this.reserved.delete(event.pid);
-        this.startTimes.delete(event.pid);
+        this.reserved.forget(event.pid);
         return;
       }
       case "group-backoff": {
