@@ -1,8 +1,6 @@
 // The agent's core: the watches this host has armed, the commands that arm
 // and disarm them through the helper, and the hit path from the helper to
 // JetStream with exact per-watch accounting.
-import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import {
@@ -13,14 +11,10 @@ import {
   CountReportSchema,
   DisarmResultSchema,
   HitCountsSchema,
-  DiscoverResultSchema,
-  DiscoveredProcessSchema,
   timerAt,
   withDeadline,
   HitBatchSchema,
   StackFrameSchema,
-  PolicyRefusalSchema,
-  ProcessAppearedSchema,
   ResolveResultSchema,
   TargetReportSchema,
   TargetState,
@@ -38,12 +32,9 @@ import {
   type Condition,
   type Discover,
   type DiscoverResult,
-  type DiscoveredProcess,
-  type PolicyRefusal,
   type TimerAt,
   type Follow,
   type ProcessAppeared,
-  type TargetSelector,
   type HitCounts,
   type HitEvent,
   type Resolve,
@@ -51,17 +42,17 @@ import {
   type SlotAssignment,
   type TargetReport,
 } from "../proto/index.js";
-import { AgentCommandError, HostPolicyRefusal, toAgentError } from "./errors.js";
-import { defaultPolicy, policyLabel, redactValues, refusal, stricterValues, summarizePolicy, valuePolicyOf, type HostPolicy, type ValuePolicy } from "./host-policy.js";
-import { userNames, type LoadedPolicy } from "./policy-file.js";
+import { AgentCommandError, toAgentError } from "./errors.js";
+import { valuePolicyOf, type ValuePolicy } from "./host-policy.js";
+import type { LoadedPolicy } from "./policy-file.js";
 import type { ExitKind, GroupCounts, HelperBackend, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess, ThreadHits } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
 import { resumeCounts, resumeCountingTotals, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
 import { mappingName, mappingOf, parseMaps } from "./memory-map.js";
-import { processKey, type ProcessInfo, type ProcessSelector } from "./process-match.js";
-import { inspectProcess, scanProcesses, watchProcesses } from "./process-discovery.js";
+import { PolicyGate } from "./policy-gate.js";
 import { isRunning } from "./process-liveness.js";
 import { ReservedRegisters } from "./reserved-registers.js";
+import { TargetDiscovery } from "./target-discovery.js";
 
 // How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
 const storedHitsTimeoutMs = 10_000;
@@ -142,42 +133,6 @@ function armFailure(err: unknown, pid: number): AgentError {
   return create(AgentErrorSchema, { errnoName: "EAGAIN", message: `pid ${pid} is running, but arming it failed (${error.message}): try again` });
 }
 
-/** The process part of a job's target selector, as discovery takes it. */
-function processSelector(selector: TargetSelector | undefined): ProcessSelector {
-  if (!selector) throw new AgentCommandError("discover needs a selector", "EINVAL");
-  return {
-    ...(selector.pid ? { pid: selector.pid } : {}),
-    ...(selector.exe ? { exe: selector.exe } : {}),
-    ...(selector.comm ? { comm: selector.comm } : {}),
-    ...(selector.cgroup ? { cgroup: selector.cgroup } : {}),
-  };
-}
-
-/** A process as the controller sees it; `helperPid` tracing it is ours, anyone else is another tracer. */
-function discovered(p: ProcessInfo, helperPid: number | undefined, userName: (uid: number) => string | undefined): DiscoveredProcess {
-  const tracer = p.tracerPid && p.tracerPid !== helperPid ? p.tracerPid : 0;
-  return create(DiscoveredProcessSchema, {
-    pid: p.pid,
-    comm: p.comm,
-    exe: p.exe,
-    startTime: BigInt(p.startTime),
-    tracerPid: tracer,
-    tracerComm: tracer ? commOf(tracer) : "",
-    uid: p.uid,
-    euid: p.euid ?? p.uid,
-    user: userName(p.uid) ?? "",
-  });
-}
-
-/** /proc/PID/comm, or "?" when the process is gone or hidden. */
-function commOf(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
-  } catch {
-    return "?";
-  }
-}
-
 /** Why a watched process is gone, in words: perf watches a process without tracing it, so its exit status may be unknown. */
 function exitReason(how: ExitKind, code: number): string {
   if (how === "killed") return `process killed by signal ${code}`;
@@ -244,8 +199,6 @@ export class AgentCore {
   onAppeared: (appeared: ProcessAppeared) => void = () => {};
   /** The agent disarmed watches on its own (no session for the lease or a job's lost-after). */
   onSuspended: () => void = () => {};
-  /** Jobs whose selectors this host watches for late joiners. */
-  private readonly follows = new Map<string, AbortController>();
   /**
    * The last hit sequence per job: HitEvent.sequence counts per job and host,
    * across all of the job's processes here, since readers drop a (host,
@@ -261,11 +214,8 @@ export class AgentCore {
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
   /** Which processes may be watched and what leaves the host of their values. */
-  private policy: HostPolicy = defaultPolicy;
-  /** This host's user names, read with the policy (and at start without one). */
-  private userName = userNames();
-  /** The key of hashed values: random per run, so hashes cannot be compared across runs or hosts. */
-  private readonly hashKey = randomBytes(32);
+  private readonly gate = new PolicyGate(() => this.helper?.pid);
+  private readonly discovery: TargetDiscovery;
 
   constructor(
     private readonly publisher: HitPublisher,
@@ -277,7 +227,9 @@ export class AgentCore {
     private readonly maxBatchHits = 2048,
     /** ...or this long after its first hit. */
     private readonly batchDelayMs = 2,
-  ) {}
+  ) {
+    this.discovery = new TargetDiscovery({ hostId, gate: this.gate, helperPid: () => this.helper?.pid, onAppeared: (appeared) => this.onAppeared(appeared), log });
+  }
 
   /** Consumes one helper's events until it exits; reports counters every second meanwhile. */
   async run(helper: HelperProcess): Promise<void> {
@@ -327,24 +279,8 @@ export class AgentCore {
   }
 
   /** This host's processes matching a selector's pid, exe, comm and cgroup (never pid 1, the agent or its helper). */
-  async discover(request: Discover): Promise<DiscoverResult> {
-    try {
-      const selector = processSelector(request.selector);
-      // Asked for by pid, the agent and the helper are refused by name rather than not found.
-      const own = selector.pid !== undefined ? inspectProcess(selector.pid) : undefined;
-      if (own && this.ownPids().includes(own.pid)) return create(DiscoverResultSchema, { requestId: request.requestId, refused: [this.refusalOf(own)!] });
-      const processes = await scanProcesses(selector, { excludePids: () => this.ownPids() });
-      const refused: PolicyRefusal[] = [];
-      const allowed: DiscoveredProcess[] = [];
-      for (const p of processes) {
-        const no = this.refusalOf(p);
-        if (no) refused.push(no);
-        else allowed.push(discovered(p, this.helper?.pid, this.userName));
-      }
-      return create(DiscoverResultSchema, { requestId: request.requestId, processes: allowed, refused });
-    } catch (err) {
-      return create(DiscoverResultSchema, { requestId: request.requestId, error: toAgentError(err) });
-    }
+  discover(request: Discover): Promise<DiscoverResult> {
+    return this.discovery.discover(request);
   }
 
   /**
@@ -352,28 +288,19 @@ export class AgentCore {
    * each once; the ones matching now are already the job's targets.
    */
   follow(request: Follow): void {
+    // Unfollowed first: with no watch of the job here, its hit sequence is taken up from the stream again at its next arm.
     this.unfollow(request.jobId);
-    const stop = new AbortController();
-    this.follows.set(request.jobId, stop);
-    void (async () => {
-      const selector = processSelector(request.selector);
-      const initial = new Set((await scanProcesses(selector, { excludePids: () => this.ownPids() })).map(processKey));
-      for await (const event of watchProcesses(selector, { signal: stop.signal, excludePids: () => this.ownPids() })) {
-        if (event.kind !== "started" || initial.has(processKey(event.process)) || this.refusalOf(event.process)) continue;
-        this.onAppeared(create(ProcessAppearedSchema, { jobId: request.jobId, process: discovered(event.process, this.helper?.pid, this.userName) }));
-      }
-    })().catch((err) => this.log(`agent ${this.hostId}: following job ${request.jobId} failed: ${err instanceof Error ? err.message : String(err)}`));
+    this.discovery.follow(request);
   }
 
   unfollow(jobId: string): void {
-    this.follows.get(jobId)?.abort();
-    this.follows.delete(jobId);
+    this.discovery.unfollow(jobId);
     this.forgetSequenceIfDone(jobId);
   }
 
   /** Drops a job's hit sequence once nothing here can produce its hits any more. */
   private forgetSequenceIfDone(jobId: string): void {
-    if (this.follows.has(jobId)) return;
+    if (this.discovery.isFollowed(jobId)) return;
     for (const watch of this.byKey.values()) if (watch.jobId === jobId) return;
     this.sequences.delete(jobId);
     this.stored.delete(jobId);
@@ -402,27 +329,9 @@ export class AgentCore {
     return loading;
   }
 
-  private ownPids(): number[] {
-    return this.helper ? [process.pid, this.helper.pid] : [process.pid];
-  }
-
-  /** Why the host policy forbids watching this process, or undefined when it may be watched. */
-  private refusalOf(p: ProcessInfo): PolicyRefusal | undefined {
-    const reason = refusal(this.policy, p, { agentPid: process.pid, helperPid: this.helper?.pid, userName: this.userName });
-    return reason === undefined ? undefined : create(PolicyRefusalSchema, { pid: p.pid, reason });
-  }
-
-  /** Throws HostPolicyRefusal when the policy forbids watching the pid; a pid that is gone is left to the helper to report. */
-  private checkPolicy(pid: number): void {
-    if (pid === 1) throw new HostPolicyRefusal(`${policyLabel(this.policy)}: pid 1 (the init process) is never watched`);
-    const p = inspectProcess(pid);
-    const no = p && this.refusalOf(p);
-    if (no) throw new HostPolicyRefusal(no.reason);
-  }
-
   /** The policy in effect, in one line. */
   policySummary(): string {
-    return this.policy.file === undefined ? "" : summarizePolicy(this.policy);
+    return this.gate.summary();
   }
 
   /**
@@ -431,14 +340,12 @@ export class AgentCore {
    * reported failed with the rule.
    */
   async setPolicy(loaded: LoadedPolicy): Promise<void> {
-    this.policy = loaded.policy;
-    this.userName = loaded.userName;
+    this.gate.set(loaded);
     await Promise.all([...this.byKey.values()].filter((w) => !w.ended).map((w) => this.enforcePolicy(w)));
   }
 
   private async enforcePolicy(watch: Watch): Promise<void> {
-    const p = inspectProcess(watch.pid);
-    const no = p && this.refusalOf(p);
+    const no = this.gate.refusalOfPid(watch.pid);
     if (!no || watch.ended) return;
     this.log(`agent ${this.hostId}: job ${watch.jobId} on pid ${watch.pid}: disarming, ${no.reason}`);
     try {
@@ -452,7 +359,7 @@ export class AgentCore {
 
   async resolve(request: Resolve): Promise<ResolveResult> {
     try {
-      this.checkPolicy(request.pid);
+      this.gate.check(request.pid);
       if (request.symbol === "") return create(ResolveResultSchema, { requestId: request.requestId, ...(await this.mappedAt(request.pid, request.address, request.length)) });
       const symbol = await this.currentHelper().resolve(request.pid, request.symbol, request.offset);
       return create(ResolveResultSchema, { requestId: request.requestId, address: symbol.address, size: symbol.size, module: symbol.module });
@@ -491,8 +398,8 @@ export class AgentCore {
 
   private async armOnce(request: Arm, reply: { requestId: bigint; jobId: string; pid: number }): Promise<ArmResult> {
     try {
-      this.checkPolicy(request.pid);
-      const policyAtCheck = this.policy;
+      this.gate.check(request.pid);
+      const policyAtCheck = this.gate.policy;
       const existing = this.byKey.get(key(request.jobId, request.pid));
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
       if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
@@ -574,9 +481,9 @@ export class AgentCore {
       this.byKey.set(key(request.jobId, request.pid), watch);
       if (existing) existing.next = watch;
       // A reload while the helper armed it has not seen this watch: the new policy decides now.
-      if (this.policy !== policyAtCheck) {
+      if (this.gate.policy !== policyAtCheck) {
         try {
-          this.checkPolicy(request.pid);
+          this.gate.check(request.pid);
         } catch (err) {
           await this.stop(watch);
           this.report(watch, TargetState.FAILED, (err as Error).message);
@@ -681,7 +588,7 @@ export class AgentCore {
   /** Disarms every watch (agent shutdown), reporting each as cancelled once its hits are settled. */
   async disarmAll(reason: string): Promise<void> {
     this.sessionRestored();
-    for (const jobId of [...this.follows.keys()]) this.unfollow(jobId);
+    for (const jobId of this.discovery.followed()) this.unfollow(jobId);
     const { disarmed } = await this.clearAll();
     for (const watch of disarmed) {
       await this.settled(watch);
@@ -1001,7 +908,7 @@ export class AgentCore {
 
   /** A hit's values as the host policy and the job's owner let them leave the host (the stricter of the two). */
   private valuesOf(hit: HelperHit, watch: Watch): { oldValue: bigint; newValue: bigint; valueRedaction: ValueRedaction } {
-    const r = redactValues(stricterValues(this.policy.values, watch.jobValues), this.hashKey, hit.oldValue, hit.newValue);
+    const r = this.gate.redact(watch.jobValues, hit.oldValue, hit.newValue);
     return { oldValue: r.oldValue, newValue: r.newValue, valueRedaction: r.redaction };
   }
 
