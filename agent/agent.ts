@@ -12,7 +12,6 @@ import {
   DisarmResultSchema,
   HitCountsSchema,
   timerAt,
-  withDeadline,
   HitBatchSchema,
   StackFrameSchema,
   ResolveResultSchema,
@@ -47,15 +46,13 @@ import { valuePolicyOf, type ValuePolicy } from "./host-policy.js";
 import type { LoadedPolicy } from "./policy-file.js";
 import type { ExitKind, GroupCounts, HelperBackend, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess, ThreadHits } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
-import { resumeCounts, resumeCountingTotals, type StoredHits, type StoredHitsReader } from "./stored-hits.js";
+import { StoredHitResume } from "./stored-hit-resume.js";
+import type { StoredHitsReader } from "./stored-hits.js";
 import { mappingName, mappingOf, parseMaps } from "./memory-map.js";
 import { PolicyGate } from "./policy-gate.js";
 import { isRunning } from "./process-liveness.js";
 import { ReservedRegisters } from "./reserved-registers.js";
 import { TargetDiscovery } from "./target-discovery.js";
-
-// How long reading a job's stored hits before arming it may take (the controller waits 15 s for the arm).
-const storedHitsTimeoutMs = 10_000;
 
 // The helper sends a counting group's last COUNTS before saying it ended; an
 // ended counting watch waits this long for it to come through before its
@@ -206,8 +203,6 @@ export class AgentCore {
    * has a watch or a follow here, so a lapse or a late joiner goes on counting.
    */
   private readonly sequences = new Map<string, bigint>();
-  /** Per job: its hits from this host already in the event stream when this agent first armed it. */
-  private readonly stored = new Map<string, Promise<StoredHits>>();
   /** (job, pid) pairs with an arm on its way: a second one (another session's, a retry) is refused. */
   private readonly arming = new Set<string>();
 
@@ -216,10 +211,11 @@ export class AgentCore {
   /** Which processes may be watched and what leaves the host of their values. */
   private readonly gate = new PolicyGate(() => this.helper?.pid);
   private readonly discovery: TargetDiscovery;
+  private readonly resume: StoredHitResume;
 
   constructor(
     private readonly publisher: HitPublisher,
-    private readonly readStoredHits: StoredHitsReader,
+    readStoredHits: StoredHitsReader,
     private readonly hostId: string,
     private readonly log: (line: string) => void,
     private readonly progressIntervalMs = 1_000,
@@ -229,6 +225,9 @@ export class AgentCore {
     private readonly batchDelayMs = 2,
   ) {
     this.discovery = new TargetDiscovery({ hostId, gate: this.gate, helperPid: () => this.helper?.pid, onAppeared: (appeared) => this.onAppeared(appeared), log });
+    this.resume = new StoredHitResume(readStoredHits, hostId, (jobId, lastSequence) => {
+      if (lastSequence > (this.sequences.get(jobId) ?? 0n)) this.sequences.set(jobId, lastSequence);
+    });
   }
 
   /** Consumes one helper's events until it exits; reports counters every second meanwhile. */
@@ -298,35 +297,12 @@ export class AgentCore {
     this.forgetSequenceIfDone(jobId);
   }
 
-  /** Drops a job's hit sequence once nothing here can produce its hits any more. */
+  /** Drops a job's hit sequence and stored hits once nothing here can produce its hits any more. */
   private forgetSequenceIfDone(jobId: string): void {
     if (this.discovery.isFollowed(jobId)) return;
     for (const watch of this.byKey.values()) if (watch.jobId === jobId) return;
     this.sequences.delete(jobId);
-    this.stored.delete(jobId);
-  }
-
-  /**
-   * The job's hits from this host already in the event stream, read once
-   * per job before this agent arms any of its targets; the hit sequence goes
-   * on after the last of them.
-   */
-  private storedHits(jobId: string): Promise<StoredHits> {
-    let loading = this.stored.get(jobId);
-    if (!loading) {
-      loading = withDeadline(this.readStoredHits(jobId, this.hostId), storedHitsTimeoutMs, (ms) => new Error(`no answer within ${ms} ms`)).then(
-        (found) => {
-          if (found.lastSequence > (this.sequences.get(jobId) ?? 0n)) this.sequences.set(jobId, found.lastSequence);
-          return found;
-        },
-        (err: unknown) => {
-          this.stored.delete(jobId);
-          throw new AgentCommandError(`cannot read job ${jobId}'s stored hits from NATS (needed to go on counting where they end): ${err instanceof Error ? err.message : String(err)}`, "EAGAIN");
-        },
-      );
-      this.stored.set(jobId, loading);
-    }
-    return loading;
+    this.resume.forget(jobId);
   }
 
   /** The policy in effect, in one line. */
@@ -417,7 +393,7 @@ export class AgentCore {
       // Armed again after a lapse: counters and hit sequence go on from the earlier watch.
       // The same counters object: hits of the earlier watch still being published land in it.
       // Otherwise from what the controller and the event stream know (this agent may have started again).
-      const carried = existing ? existing.counts : await this.resumedCounts(request);
+      const carried = existing ? existing.counts : await this.resume.counts(request);
       if (this.byKey.get(key(request.jobId, request.pid)) !== existing) throw new AgentCommandError(`job ${request.jobId} was armed on pid ${request.pid} meanwhile`, "EEXIST");
       const chunks: HelperChunk[] = request.slots.map((s) => {
         const mode = helperModes[s.chunk?.mode ?? WatchMode.UNSPECIFIED];
@@ -507,17 +483,6 @@ export class AgentCore {
     } catch (err) {
       return create(ArmResultSchema, { ...reply, error: armFailure(err, request.pid) });
     }
-  }
-
-  /**
-   * Where a target's counters go on from when this agent has no earlier
-   * watch of it: what the controller last heard and what the event stream
-   * holds of it (stored hits, or a counting job's last report).
-   */
-  private async resumedCounts(request: Arm): Promise<HitCounts> {
-    const stored = await this.storedHits(request.jobId);
-    if (request.countOnly) return resumeCountingTotals(request.counts, stored.countedByPid.get(request.pid));
-    return resumeCounts(request.counts, stored.byPid.get(request.pid) ?? 0n);
   }
 
   async disarm(request: Disarm): Promise<DisarmResult> {
