@@ -1,13 +1,10 @@
 // The agent's core: the watches this host has armed, the commands that arm
 // and disarm them through the helper, and the hit path from the helper to
 // JetStream with exact per-watch accounting.
-import { readFile } from "node:fs/promises";
 import { clone, create, toBinary } from "@bufbuild/protobuf";
 import {
-  AgentErrorSchema,
   ArmResultSchema,
   ArmedTargetSchema,
-  Backend,
   CountReportSchema,
   DisarmResultSchema,
   HitCountsSchema,
@@ -21,14 +18,11 @@ import {
   ValueRedaction,
   eventSubject,
   hex,
-  conditionOperatorOf,
-  type AgentError,
   type Arm,
   type ArmResult,
   type ArmedTarget,
   type Disarm,
   type DisarmResult,
-  type Condition,
   type Discover,
   type DiscoverResult,
   type TimerAt,
@@ -41,16 +35,17 @@ import {
   type SlotAssignment,
   type TargetReport,
 } from "../proto/index.js";
+import { armFailure, checkBackend, countIntervalOf, helperBackend, helperChunks, helperWatchOptions, protoBackend } from "./arm-request.js";
 import { AgentCommandError, toAgentError } from "./errors.js";
 import { valuePolicyOf, type ValuePolicy } from "./host-policy.js";
 import type { LoadedPolicy } from "./policy-file.js";
-import type { ExitKind, GroupCounts, HelperBackend, HelperChunk, HelperCondition, HelperEvent, HelperHit, HelperMode, HelperProcess, ThreadHits } from "./helper-process.js";
+import type { ExitKind, GroupCounts, HelperBackend, HelperEvent, HelperHit, HelperMode, HelperProcess, ThreadHits } from "./helper-process.js";
 import type { HitPublisher } from "./hit-publisher.js";
 import { StoredHitResume } from "./stored-hit-resume.js";
 import type { StoredHitsReader } from "./stored-hits.js";
-import { mappingName, mappingOf, parseMaps } from "./memory-map.js";
+import { LeaseGrace } from "./lease-grace.js";
+import { mappedAt } from "./memory-map.js";
 import { PolicyGate } from "./policy-gate.js";
-import { isRunning } from "./process-liveness.js";
 import { ReservedRegisters } from "./reserved-registers.js";
 import { TargetDiscovery } from "./target-discovery.js";
 
@@ -112,22 +107,10 @@ interface Watch {
   lastCountsTimer: NodeJS.Timeout | undefined;
 }
 
-const helperModes: Record<number, HelperMode> = { [WatchMode.WRITE]: "w", [WatchMode.READ_WRITE]: "rw", [WatchMode.EXECUTE]: "x" };
 const protoModes: Record<HelperMode, WatchMode> = { w: WatchMode.WRITE, rw: WatchMode.READ_WRITE, x: WatchMode.EXECUTE };
 
 function key(jobId: string, pid: number): string {
   return `${jobId}/${pid}`;
-}
-
-/**
- * A failed arm as the controller will read it: ESRCH means the process is
- * gone, and a job takes its target for exited. A helper that said so of a
- * process still running is not believed; the failure stays, as one to retry.
- */
-function armFailure(err: unknown, pid: number): AgentError {
-  const error = toAgentError(err);
-  if (error.errnoName !== "ESRCH" || !isRunning(pid)) return error;
-  return create(AgentErrorSchema, { errnoName: "EAGAIN", message: `pid ${pid} is running, but arming it failed (${error.message}): try again` });
 }
 
 /** Why a watched process is gone, in words: perf watches a process without tracing it, so its exit status may be unknown. */
@@ -154,19 +137,6 @@ function countingTotals(base: HitCounts, counts: GroupCounts): HitCounts {
   });
 }
 
-/** The helper's name of an Arm's backend; UNSPECIFIED (a controller that does not choose) is ptrace, as before there was a choice. */
-function helperBackend(backend: Backend): HelperBackend {
-  if (backend === Backend.PERF) return "perf";
-  if (backend === Backend.PTRACE || backend === Backend.UNSPECIFIED) return "ptrace";
-  throw new AgentCommandError(`backend ${backend} is not known`, "EINVAL");
-}
-
-function helperCondition(condition: Condition): HelperCondition {
-  const op = conditionOperatorOf(condition.op)?.text;
-  if (!op) throw new AgentCommandError(`condition operator ${condition.op} is not known`, "EINVAL");
-  return op === "changed" || op === "unchanged" ? { op } : { op, value: condition.value };
-}
-
 /**
  * About this many encoded bytes make a HitBatch go out: well under the 1 MiB
  * a NATS server takes in one message by default, whatever the stacks carry.
@@ -186,8 +156,6 @@ export class AgentCore {
   private readonly byKey = new Map<string, Watch>();
   /** Debug registers the kernel keeps reserved per process for our earlier watches. */
   private readonly reserved = new ReservedRegisters();
-  /** Watches whose job allows more silence than the lease, waiting to be suspended. */
-  private readonly graceTimers = new Set<NodeJS.Timeout>();
   private nextGroup = 1n;
   private progressTimer: NodeJS.Timeout | undefined;
   /** Receives every target report; the session forwards them (or keeps them until it reconnects). */
@@ -212,6 +180,7 @@ export class AgentCore {
   private readonly gate = new PolicyGate(() => this.helper?.pid);
   private readonly discovery: TargetDiscovery;
   private readonly resume: StoredHitResume;
+  private readonly grace: LeaseGrace<Watch>;
 
   constructor(
     private readonly publisher: HitPublisher,
@@ -228,6 +197,7 @@ export class AgentCore {
     this.resume = new StoredHitResume(readStoredHits, hostId, (jobId, lastSequence) => {
       if (lastSequence > (this.sequences.get(jobId) ?? 0n)) this.sequences.set(jobId, lastSequence);
     });
+    this.grace = new LeaseGrace({ hostId, log, suspend: (watch, reason) => this.suspend(watch, reason), onSuspended: () => this.onSuspended() });
   }
 
   /** Consumes one helper's events until it exits; reports counters every second meanwhile. */
@@ -336,26 +306,12 @@ export class AgentCore {
   async resolve(request: Resolve): Promise<ResolveResult> {
     try {
       this.gate.check(request.pid);
-      if (request.symbol === "") return create(ResolveResultSchema, { requestId: request.requestId, ...(await this.mappedAt(request.pid, request.address, request.length)) });
+      if (request.symbol === "") return create(ResolveResultSchema, { requestId: request.requestId, ...(await mappedAt(request.pid, request.address, request.length)) });
       const symbol = await this.currentHelper().resolve(request.pid, request.symbol, request.offset);
       return create(ResolveResultSchema, { requestId: request.requestId, address: symbol.address, size: symbol.size, module: symbol.module });
     } catch (err) {
       return create(ResolveResultSchema, { requestId: request.requestId, error: toAgentError(err) });
     }
-  }
-
-  /** Where [address, address + length) is mapped in pid; ENOENT naming the range when any of it is not. */
-  private async mappedAt(pid: number, address: bigint, length: number): Promise<{ address: bigint; size: bigint; module: string }> {
-    const range = `${hex(address)}..${hex(address + BigInt(Math.max(length, 1)) - 1n)}`;
-    let text: string;
-    try {
-      text = await readFile(`/proc/${pid}/maps`, "utf8");
-    } catch (err) {
-      throw new AgentCommandError(`pid ${pid}: cannot read its memory map (${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such process" : String(err)})`, "ESRCH");
-    }
-    const mapping = mappingOf(parseMaps(text), address, length);
-    if (!mapping) throw new AgentCommandError(`address ${range} is not mapped in pid ${pid}: give the address of a variable it has mapped, or --allow-unmapped to watch memory it maps later`, "ENOENT");
-    return { address, size: BigInt(length), module: mappingName(mapping) };
   }
 
   async arm(request: Arm): Promise<ArmResult> {
@@ -380,26 +336,13 @@ export class AgentCore {
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
       if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
       const backend = helperBackend(request.backend);
-      if (backend === "perf" && !this.currentHelper().capabilities.backends.includes("perf")) {
-        throw new AgentCommandError(`perf events are unavailable on ${this.hostId}: ${this.currentHelper().capabilities.perfNote || "the helper cannot open perf breakpoints here"}`, "EOPNOTSUPP");
-      }
-      // The controller does not place such a job here; a helper restarted since it last heard may have found otherwise.
-      const trap = this.currentHelper().capabilities.traps.find((t) => t.backend === backend);
-      if (trap && trap.delivery !== "delivered") {
-        const what = trap.delivery === "not-run" ? "could not be tested" : "are not delivered";
-        const so = trap.delivery === "not-run" ? "a watch armed here might never see a hit" : "a watch armed here could never see a hit";
-        throw new AgentCommandError(`${backend} watch traps ${what} on ${this.hostId}: ${trap.detail || "the helper's self-test does not say why"}; ${so}`, "EOPNOTSUPP");
-      }
+      checkBackend(this.currentHelper().capabilities, backend, this.hostId);
       // Armed again after a lapse: counters and hit sequence go on from the earlier watch.
       // The same counters object: hits of the earlier watch still being published land in it.
       // Otherwise from what the controller and the event stream know (this agent may have started again).
       const carried = existing ? existing.counts : await this.resume.counts(request);
       if (this.byKey.get(key(request.jobId, request.pid)) !== existing) throw new AgentCommandError(`job ${request.jobId} was armed on pid ${request.pid} meanwhile`, "EEXIST");
-      const chunks: HelperChunk[] = request.slots.map((s) => {
-        const mode = helperModes[s.chunk?.mode ?? WatchMode.UNSPECIFIED];
-        if (!s.chunk || !mode) throw new AgentCommandError(`DR${s.dr}: chunk without a valid mode`, "EINVAL");
-        return { dr: s.dr, mode, length: s.chunk.length, address: s.chunk.address };
-      });
+      const chunks = helperChunks(request.slots);
       const group = this.nextGroup++;
       const watch: Watch = {
         jobId: request.jobId,
@@ -429,7 +372,7 @@ export class AgentCore {
         backend,
         valuesExact: backend === "ptrace" || this.currentHelper().capabilities.perfValues === "exact",
         countOnly: request.countOnly,
-        countIntervalMs: request.countOnly ? request.countIntervalMs || 1_000n : 0n,
+        countIntervalMs: countIntervalOf(request),
         lostCounted: 0n,
         countsTrapped: 0n,
         finalTrapped: undefined,
@@ -439,17 +382,7 @@ export class AgentCore {
       this.byGroup.set(group, watch);
       let result;
       try {
-        result = await this.currentHelper().arm(request.pid, group, chunks, {
-          maxHits: request.maxHits,
-          maxHitsPerSecond: request.maxHitsPerSecond,
-          backoffMs: request.backoffMs,
-          conditions: request.conditions.map(helperCondition),
-          tids: request.tids,
-          stackDepth: request.stackDepth,
-          backend,
-          countOnly: request.countOnly,
-          countIntervalMs: Number(watch.countIntervalMs),
-        });
+        result = await this.currentHelper().arm(request.pid, group, chunks, helperWatchOptions(request, backend));
       } catch (err) {
         this.byGroup.delete(group);
         throw err;
@@ -477,7 +410,7 @@ export class AgentCore {
         threadsArmed: result.threadsArmed,
         slots: request.slots,
         reservedMask: this.reserved.of(request.pid),
-        backend: backend === "perf" ? Backend.PERF : Backend.PTRACE,
+        backend: protoBackend(backend),
         valuesExact: watch.valuesExact,
       });
     } catch (err) {
@@ -508,32 +441,13 @@ export class AgentCore {
    * without waiting for hits still on their way to NATS (which may be out
    * of reach too): no watch stays armed behind another one's hits.
    */
-  async suspendAll(reason: string, silentForMs = 0): Promise<void> {
-    const now: Watch[] = [];
-    for (const watch of [...this.byKey.values()]) {
-      if (watch.ended) continue;
-      const graceMs = watch.lostAfterMs - silentForMs;
-      if (graceMs <= 0) {
-        now.push(watch);
-        continue;
-      }
-      const timer = setTimeout(() => {
-        this.graceTimers.delete(timer);
-        const why = `no session with a controller for ${watch.lostAfterMs} ms (the job's lost-after): disarmed by the agent until the controller re-arms it`;
-        this.log(`agent ${this.hostId}: job ${watch.jobId} on pid ${watch.pid}: ${why}`);
-        void this.suspend(watch, why).finally(() => this.onSuspended());
-      }, graceMs);
-      this.graceTimers.add(timer);
-    }
-    if (now.length === 0) return;
-    await Promise.all(now.map((watch) => this.suspend(watch, reason)));
-    this.onSuspended();
+  suspendAll(reason: string, silentForMs = 0): Promise<void> {
+    return this.grace.suspendAll([...this.byKey.values()], reason, silentForMs);
   }
 
   /** A session is live again: watches still within their job's lost-after stay armed. */
   sessionRestored(): void {
-    for (const timer of this.graceTimers) clearTimeout(timer);
-    this.graceTimers.clear();
+    this.grace.cancel();
   }
 
   /** Disarms one watch now; reports it (not final) once its hits are settled. */

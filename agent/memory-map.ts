@@ -1,5 +1,8 @@
 // A process's memory map (/proc/PID/maps): whether an address range is
 // mapped, and by what, before a watch is armed on it.
+import { readFile } from "node:fs/promises";
+import { hex } from "../proto/index.js";
+import { AgentCommandError } from "./errors.js";
 
 /** One line of /proc/PID/maps. */
 export interface Mapping {
@@ -42,4 +45,18 @@ export function mappingOf(maps: readonly Mapping[], address: bigint, length: num
 /** A mapping's name for people: its file, or what the kernel calls it. */
 export function mappingName(m: Mapping): string {
   return m.path === "" ? "[anonymous]" : m.path;
+}
+
+/** Where [address, address + length) is mapped in pid; ENOENT naming the range when any of it is not. */
+export async function mappedAt(pid: number, address: bigint, length: number): Promise<{ address: bigint; size: bigint; module: string }> {
+  const range = `${hex(address)}..${hex(address + BigInt(Math.max(length, 1)) - 1n)}`;
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/maps`, "utf8");
+  } catch (err) {
+    throw new AgentCommandError(`pid ${pid}: cannot read its memory map (${(err as NodeJS.ErrnoException).code === "ENOENT" ? "no such process" : String(err)})`, "ESRCH");
+  }
+  const mapping = mappingOf(parseMaps(text), address, length);
+  if (!mapping) throw new AgentCommandError(`address ${range} is not mapped in pid ${pid}: give the address of a variable it has mapped, or --allow-unmapped to watch memory it maps later`, "ENOENT");
+  return { address, size: BigInt(length), module: mappingName(mapping) };
 }
