@@ -1,10 +1,12 @@
 // An Arm from the controller in the helper's terms (backend, chunks, watch
-// options), whether this host's helper can trap with that backend, and a
-// failed arm as the controller will read it.
+// options) and the hit pipeline's, whether this host's helper can trap with
+// that backend, and a failed arm as the controller will read it.
 import { create } from "@bufbuild/protobuf";
 import { AgentErrorSchema, Backend, WatchMode, conditionOperatorOf, type AgentError, type Arm, type Condition, type SlotAssignment } from "../proto/index.js";
 import { AgentCommandError, toAgentError } from "./errors.js";
 import type { HelperBackend, HelperCapabilities, HelperChunk, HelperCondition, HelperMode, WatchOptions } from "./helper-process.js";
+import type { WatchHitsInit } from "./hit-pipeline.js";
+import { valuePolicyOf } from "./host-policy.js";
 import { isRunning } from "./process-liveness.js";
 
 const helperModes: Record<number, HelperMode> = { [WatchMode.WRITE]: "w", [WatchMode.READ_WRITE]: "rw", [WatchMode.EXECUTE]: "x" };
@@ -45,7 +47,7 @@ export function helperChunks(slots: readonly SlotAssignment[]): HelperChunk[] {
 }
 
 /** How often a counting watch reports (default each second); 0 for a watch of hits. */
-export function countIntervalOf(request: Arm): bigint {
+function countIntervalOf(request: Arm): bigint {
   return request.countOnly ? request.countIntervalMs || 1_000n : 0n;
 }
 
@@ -61,6 +63,19 @@ export function helperWatchOptions(request: Arm, backend: HelperBackend): WatchO
     backend,
     countOnly: request.countOnly,
     countIntervalMs: Number(countIntervalOf(request)),
+  };
+}
+
+/** What the hit pipeline takes of an Arm for the watch's hits (its counters come from elsewhere). */
+export function watchHitsOf(request: Arm, backend: HelperBackend): Omit<WatchHitsInit, "counts" | "previous" | "onSettled"> {
+  return {
+    jobId: request.jobId,
+    pid: request.pid,
+    slots: request.slots,
+    jobValues: valuePolicyOf(request.redaction),
+    backend,
+    countOnly: request.countOnly,
+    countIntervalMs: countIntervalOf(request),
   };
 }
 
