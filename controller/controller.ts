@@ -19,9 +19,7 @@ import {
   backendName,
   countIntervalMs,
   resolveBackend,
-  stopNeededFor,
   TargetSchema,
-  TargetSelectorSchema,
   TrapDelivery,
   checkJobSpec,
   defaultStackDepth,
@@ -36,11 +34,9 @@ import {
   slotsPerThread,
   targetStateName,
   ValueRedaction,
-  WatchMode,
   timerAt,
   type TimerAt,
   type Agent,
-  type AgentError,
   type AgentInfo,
   type ArmedTarget,
   type Chunk,
@@ -56,28 +52,22 @@ import {
   type TargetReport,
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
-import { plaintextCaller, type AccessControl, type Caller } from "./access.js";
+import { plaintextCaller, type Caller } from "./access.js";
 import type { ScopeSubject } from "./access-policy.js";
-import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, SlotsExhaustedError } from "./errors.js";
+import type { ControllerCoreOptions } from "./controller-options.js";
+import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, SlotsExhaustedError, agentFailure, errorText } from "./errors.js";
+import { checkHostBackend } from "./host-backend.js";
+import { describeProcesses } from "./job-description.js";
 import { addCounts, finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { place } from "./placement.js";
 import { otherShortfalls, type Candidate, type Eviction, type PlacementDecision, type PlacementJob, type TargetSnapshot } from "./placement-types.js";
 import { SlotLedger, assignmentsOf } from "./slot-ledger.js";
+import { awaitsFirstMatch, isFollowable, processPart, targetIndex } from "./job-targets.js";
 
-export interface ControllerCoreOptions {
-  /** An agent sends a heartbeat this often. */
-  heartbeatMs: number;
-  /** A session silent this long is closed. */
-  leaseMs: number;
-  /** How long an agent may take to answer a command. */
-  requestTimeoutMs: number;
-  /** This leader term's fencing epoch, carried on every command. */
-  epoch: bigint;
-  log: (line: string) => void;
-  /** What a job's owner may watch (late joiners are checked too); unset: anything. */
-  access?: Pick<AccessControl, "watchDecision">;
-}
+export type { ControllerCoreOptions } from "./controller-options.js";
+export { checkHostBackend } from "./host-backend.js";
+export { describeJobSpec } from "./job-description.js";
 
 /** One target's outcome of a disarm: its final counts, or a note on why there are none. */
 interface Final {
@@ -119,45 +109,6 @@ function scopeSubject(session: AgentSession, p: DiscoveredProcess): ScopeSubject
 /** A target process planned for a job: its chunks, or why it cannot be watched. */
 type Plan = { session: AgentSession; pid: number; chunks: Chunk[] } | { session: AgentSession; pid: number; err: unknown };
 
-/** The part of a selector an agent needs: which processes (hosts are the controller's business, and a list of thousands of host ids is not worth sending to each). */
-function processPart(selector: TargetSelector): TargetSelector {
-  return create(TargetSelectorSchema, { pid: selector.pid, exe: selector.exe, comm: selector.comm, cgroup: selector.cgroup });
-}
-
-/** A job that has no target yet and may still wait for a matching process to start. */
-function awaitsFirstMatch(job: Job): boolean {
-  return !isJobFinal(job) && job.targets.length === 0 && job.queueDeadlineUnixMs > 0n;
-}
-
-/** Whether agents should watch for processes that start matching later (not for a bare pid). */
-function isFollowable(selector: TargetSelector): boolean {
-  return selector.exe !== "" || selector.comm !== "" || selector.cgroup !== "";
-}
-
-/**
- * A job's watch in words for the audit trail, with the backend it arms
- * with: `demo_counter (write) in comm 'demo-counter' on hosts role=db, perf`;
- * a counting job says so: `…, perf counting every 1s`.
- */
-export function describeJobSpec(spec: JobSpec): string {
-  const watches = spec.watches.map((w) => `${w.location.case === "symbol" ? w.location.value : w.location.case === "address" ? `0x${w.location.value.toString(16)}` : "?"} (${WatchMode[w.mode]?.toLowerCase() ?? "?"})`).join(", ");
-  const t = spec.target;
-  const hosts = !t ? "" : t.allHosts ? "all hosts" : t.hostSelector ? `hosts ${t.hostSelector}` : t.hostIds.length > 0 ? `hosts ${t.hostIds.join(", ")}` : "";
-  const counting = spec.countOnly ? ` counting every ${formatDuration(countIntervalMs(spec))}` : "";
-  return `${watches} in ${t ? describeProcesses(t) : "?"}${hosts ? ` on ${hosts}` : ""}, ${backendName(resolveBackend(spec))}${counting}`;
-}
-
-/** `pid 42, comm 'postgres'`, for messages. */
-function describeProcesses(selector: TargetSelector): string {
-  const parts = [
-    selector.pid ? `pid ${selector.pid}` : "",
-    selector.exe ? `exe ${selector.exe}` : "",
-    selector.comm ? `comm '${selector.comm}'` : "",
-    selector.cgroup ? `cgroup ${selector.cgroup}` : "",
-  ].filter(Boolean);
-  return parts.join(", ");
-}
-
 /** How often the queue is offered registers again even when none were freed (foreign holders and tracers may have left). */
 const retryQueueEveryMs = 5_000;
 
@@ -194,14 +145,6 @@ function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[]; co
   };
 }
 
-function agentFailure(hostId: string, error: AgentError): AgentOperationError {
-  return new AgentOperationError(`${hostId}: ${error.message}`, hostId, error.errnoName, { hostPolicy: error.hostPolicy });
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 /** Arm failures that may pass when the target is tried again later: registers taken, another tracer, agent away. */
 function isRetryable(err: unknown): boolean {
   if (err instanceof AgentUnavailableError) return true;
@@ -213,46 +156,6 @@ function isRetryable(err: unknown): boolean {
 function placementJob(job: Job): PlacementJob {
   const backend = job.spec && resolveBackend(job.spec) === Backend.PERF ? "perf" : "ptrace";
   return { id: job.id, priority: job.spec?.priority ?? 0, createdUnixMs: Number(job.createdUnixMs), placement: parsePlacement(job.spec?.placement ?? ""), backend };
-}
-
-/** Whether a host's helper saw watched writes trap with a backend; undefined when it did not test (an older agent). */
-function trapDelivery(info: AgentInfo, backend: Backend): TrapDelivery | undefined {
-  const delivery = info.trapChecks.find((c) => c.backend === backend)?.delivery;
-  return delivery === TrapDelivery.UNSPECIFIED ? undefined : delivery;
-}
-
-/**
- * Refuses a job on a host that cannot arm its backend, with the host's
- * reason: perf where the helper cannot open perf breakpoints, and any
- * backend whose trap self-test did not deliver (such a watch would say
- * armed and never see a hit). Never a silent fall back to the other
- * backend (ptrace stops the target and survives no SIGKILL of the helper;
- * perf has no conditions); the refusal names it when it would work there.
- */
-export function checkHostBackend(info: AgentInfo, spec: JobSpec): void {
-  const backend = resolveBackend(spec);
-  if (backend === Backend.PERF && !info.backends.includes(Backend.PERF)) {
-    const why = info.perfNote || "its agent does not offer them";
-    const fix = spec.countOnly ? "counting (--count) needs them" : "use --backend ptrace";
-    throw new PreconditionError(`perf events are unavailable on host ${info.hostId}: ${why}; ${fix}`);
-  }
-  const delivery = trapDelivery(info, backend);
-  if (delivery === undefined || delivery === TrapDelivery.DELIVERED) return;
-  const check = info.trapChecks.find((c) => c.backend === backend)!;
-  const name = backendName(backend);
-  const saw = check.detail || `${check.traps} of ${check.writes} probe writes trapped`;
-  const what = delivery === TrapDelivery.NOT_RUN ? `could not be tested: ${saw}; a watch there might never see a hit` : `are not delivered: ${saw}; no hit could be seen there`;
-  // The other backend, where it traps and the spec allows it (counting needs perf, a stop at each trap needs ptrace).
-  const other = backend === Backend.PERF ? Backend.PTRACE : Backend.PERF;
-  const allowed = other === Backend.PTRACE ? !spec.countOnly : stopNeededFor(spec) === undefined && info.backends.includes(Backend.PERF);
-  const auto = spec.backend === Backend.UNSPECIFIED ? ` (${name} was the automatic choice)` : "";
-  const fix = allowed && trapDelivery(info, other) === TrapDelivery.DELIVERED ? `; ${backendName(other)} traps are delivered there: use --backend ${backendName(other)}${auto}` : "";
-  throw new PreconditionError(`host ${info.hostId}: ${name} watch traps ${what}${fix}`);
-}
-
-/** A job's targets by `host/pid`: lookups of many targets in a job of thousands must not each scan it. */
-function targetIndex(job: Job): Map<string, Target> {
-  return new Map(job.targets.map((t) => [`${t.hostId}/${t.pid}`, t]));
 }
 
 /** The job's side of a decision already applied to the ledger: placed targets are arming with their registers. */

@@ -1,7 +1,7 @@
 // The controller's errors, and the one table that turns them into gRPC
 // statuses at the RPC edge. Unknown errors never leak their text.
 import { status } from "@grpc/grpc-js";
-import { RpcError, WatchSpecError, type StatusFor } from "../proto/index.js";
+import { RpcError, WatchSpecError, type AgentError, type StatusFor } from "../proto/index.js";
 import { NotLeaderError } from "./leader-election.js";
 
 /** The request is malformed or can never work as written. */
@@ -51,6 +51,16 @@ export class AgentOperationError extends Error {
     super(message, options);
     this.hostPolicy = options?.hostPolicy ?? false;
   }
+}
+
+/** What a host's agent answered as an error, as the error the controller reports: named after the host. */
+export function agentFailure(hostId: string, error: AgentError): AgentOperationError {
+  return new AgentOperationError(`${hostId}: ${error.message}`, hostId, error.errnoName, { hostPolicy: error.hostPolicy });
+}
+
+/** The text of anything thrown, for targets' reasons and the log. */
+export function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 /** The agent did not answer in time or its session ended. */

@@ -7,7 +7,8 @@ import { status } from "@grpc/grpc-js";
 import { AgentService, ControllerService, type CallContext, type ServiceImpl } from "../proto/index.js";
 import type { AccessControl, Caller } from "./access.js";
 import type { AuditEntry, AuditTrail } from "./audit.js";
-import { describeJobSpec, type Controller } from "./controller.js";
+import type { Controller } from "./controller.js";
+import { describeJobSpec } from "./job-description.js";
 import { InvalidRequestError, PermissionDeniedError, statusFor } from "./errors.js";
 
 // How long the kill switch waits for each agent's confirmation.
