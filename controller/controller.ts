@@ -1,7 +1,6 @@
 // The controller's core: agent sessions, job placement within the slot
 // ledger, arming and disarming through the agents, deadlines, and the
 // reconcile that makes a reconnecting agent and the stored jobs agree.
-import { EventEmitter } from "node:events";
 import { randomBytes } from "node:crypto";
 import { clone, create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
@@ -30,7 +29,6 @@ import {
   parseSymbol,
   parsePlacement,
   formatDuration,
-  sameChunk,
   slotsPerThread,
   targetStateName,
   ValueRedaction,
@@ -55,14 +53,14 @@ import { AgentSession } from "./agent-session.js";
 import { plaintextCaller, type Caller } from "./access.js";
 import type { ScopeSubject } from "./access-policy.js";
 import type { ControllerCoreOptions } from "./controller-options.js";
-import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, SlotsExhaustedError, agentFailure, errorText } from "./errors.js";
+import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, agentFailure, errorText } from "./errors.js";
 import { checkHostBackend } from "./host-backend.js";
 import { describeProcesses } from "./job-description.js";
 import { addCounts, finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
-import { place } from "./placement.js";
-import { otherShortfalls, type Candidate, type Eviction, type PlacementDecision, type PlacementJob, type TargetSnapshot } from "./placement-types.js";
-import { SlotLedger, assignmentsOf } from "./slot-ledger.js";
+import { type Eviction, type PlacementDecision } from "./placement-types.js";
+import { ControllerCore } from "./controller-core.js";
+import { decide, markPlaced, neverFits, placementJob, refusal, whyNot } from "./job-placement.js";
 import { awaitsFirstMatch, isFollowable, processPart, targetIndex } from "./job-targets.js";
 
 export type { ControllerCoreOptions } from "./controller-options.js";
@@ -152,44 +150,9 @@ function isRetryable(err: unknown): boolean {
   return err.errnoName === "ENOSPC" || err.errnoName === "EBUSY" || /already traced by pid/.test(err.message);
 }
 
-/** What the placement core needs to know about a job. */
-function placementJob(job: Job): PlacementJob {
-  const backend = job.spec && resolveBackend(job.spec) === Backend.PERF ? "perf" : "ptrace";
-  return { id: job.id, priority: job.spec?.priority ?? 0, createdUnixMs: Number(job.createdUnixMs), placement: parsePlacement(job.spec?.placement ?? ""), backend };
-}
-
-/** The job's side of a decision already applied to the ledger: placed targets are arming with their registers. */
-function markPlaced(job: Job, decision: PlacementDecision): void {
-  const byKey = decision.placed.length > 8 ? targetIndex(job) : undefined;
-  for (const p of decision.placed) {
-    const t = byKey ? byKey.get(`${p.hostId}/${p.pid}`) : job.targets.find((x) => x.hostId === p.hostId && x.pid === p.pid);
-    if (!t) continue;
-    t.state = TargetState.ARMING;
-    t.reason = "arming";
-    t.slots = assignmentsOf(p.assignments);
-  }
-  rollUp(job);
-}
-
-/** A decision no amount of waiting changes: every candidate needs more registers than a thread has. */
-function neverFits(decision: PlacementDecision): boolean {
-  const c = decision.shortfall?.counts;
-  return c !== undefined && c.tooMany > 0 && otherShortfalls(c, "tooMany") === 0 && decision.placed.length + decision.kept.length === 0;
-}
-
-/** Chunks with repeats (same address, length, mode) left out. */
-function distinctChunks(chunks: readonly Chunk[]): Chunk[] {
-  const out: Chunk[] = [];
-  for (const c of chunks) if (!out.some((o) => sameChunk(o, c))) out.push(c);
-  return out;
-}
-
 /** Jobs, sessions and the ledger of one controller. */
 export class Controller {
-  private readonly sessions = new Map<string, AgentSession>();
-  private readonly known = new Map<string, { info: AgentInfo; lastSeenMs: number }>();
-  private readonly ledger = new SlotLedger();
-  private readonly changes = new EventEmitter();
+  private readonly core: ControllerCore;
   private readonly deadlines = new Map<string, TimerAt>();
   /** Jobs with targets waiting for registers (order: see queuedInOrder). */
   private readonly queue = new Set<string>();
@@ -200,49 +163,43 @@ export class Controller {
   private readonly reasonSaidMs = new Map<string, number>();
   /** Jobs whose targets are being marked lost right now. */
   private readonly losing = new Set<string>();
-  private placing: Promise<unknown> = Promise.resolve();
   private leaseTimer: NodeJS.Timeout | undefined;
-  private readonly stopped = new AbortController();
-  private startedMs = Date.now();
   /** The queues of job followers (WatchJob). */
   private readonly followers = new Set<LatestQueue<Job>>();
   private skippedStates = 0;
 
-  constructor(
-    private readonly store: JobStore,
-    private readonly options: ControllerCoreOptions,
-  ) {
-    this.changes.setMaxListeners(0);
+  constructor(store: JobStore, options: ControllerCoreOptions) {
+    this.core = new ControllerCore(store, options);
   }
 
   /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
   async start(): Promise<void> {
-    const jobs = await this.store.load();
+    const jobs = await this.core.store.load();
     for (const job of jobs) {
       if (isJobFinal(job)) continue;
       for (const target of job.targets) {
-        if (isTargetActive(target)) this.ledger.restore(target.hostId, target.pid, placementJob(job), target.slots);
+        if (isTargetActive(target)) this.core.ledger.restore(target.hostId, target.pid, placementJob(job), target.slots);
       }
       this.scheduleDeadline(job);
     }
     for (const job of jobs) this.enqueue(job);
     this.drainSoon();
-    this.startedMs = Date.now();
-    this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.options.leaseMs / 4)));
-    this.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active, ${this.queue.size} queued`);
+    this.core.startedMs = Date.now();
+    this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.core.options.leaseMs / 4)));
+    this.core.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active, ${this.queue.size} queued`);
   }
 
   /** Stops timers and closes every session (armed targets stay with their agents). */
   stop(): void {
     // Job watchers of this term end UNAVAILABLE: their clients reconnect to the next leader.
-    this.stopped.abort();
+    this.core.stopped.abort();
     clearInterval(this.leaseTimer);
     for (const timer of this.deadlines.values()) timer.cancel();
     this.deadlines.clear();
     for (const timer of this.queueTimers.values()) clearTimeout(timer);
     this.queueTimers.clear();
-    for (const session of this.sessions.values()) session.close("controller stopping");
-    this.sessions.clear();
+    for (const session of this.core.sessions.values()) session.close("controller stopping");
+    this.core.sessions.clear();
   }
 
   // ---- jobs -------------------------------------------------------------
@@ -256,8 +213,8 @@ export class Controller {
   async submit(spec: JobSpec, caller: Caller = plaintextCaller): Promise<Job> {
     checkJobSpec(spec);
     const mode = parsePlacement(spec.placement);
-    if (spec.lostAfterMs > 0n && spec.lostAfterMs < BigInt(this.options.leaseMs)) {
-      throw new InvalidRequestError(`--lost-after ${formatDuration(spec.lostAfterMs)} is shorter than the controller's session lease (${formatDuration(BigInt(this.options.leaseMs))}): a host cannot be told lost before its session is`);
+    if (spec.lostAfterMs > 0n && spec.lostAfterMs < BigInt(this.core.options.leaseMs)) {
+      throw new InvalidRequestError(`--lost-after ${formatDuration(spec.lostAfterMs)} is shorter than the controller's session lease (${formatDuration(BigInt(this.core.options.leaseMs))}): a host cannot be told lost before its session is`);
     }
     const selector = spec.target!;
     const sessions = this.pickSessions(selector);
@@ -271,7 +228,7 @@ export class Controller {
     let redaction = ValueRedaction.UNSPECIFIED;
     for (const { session, processes } of found) {
       for (const p of processes) {
-        const decision = this.options.access?.watchDecision(caller, scopeSubject(session, p));
+        const decision = this.core.options.access?.watchDecision(caller, scopeSubject(session, p));
         if (decision && !decision.allowed) throw new PermissionDeniedError(decision.why);
         if (decision?.allowed && !decision.binding.values) redaction = ValueRedaction.MASKED;
       }
@@ -314,33 +271,33 @@ export class Controller {
       );
     }
 
-    const { job, evictions } = await this.withLedger(async () => {
-      if (awaitsMatch) return { job: await this.store.create(draft), evictions: [] };
-      const before = this.ledgerCheckpoint(draft);
-      const decision = this.decide(draft);
+    const { job, evictions } = await this.core.withLedger(async () => {
+      if (awaitsMatch) return { job: await this.core.store.create(draft), evictions: [] };
+      const before = this.core.ledgerCheckpoint(draft);
+      const decision = decide(this.core, draft);
       const waits = spec.queueTimeoutMs > 0n && !neverFits(decision);
-      if (decision.outcome === "pending" && !waits) throw this.refusal(draft, decision);
+      if (decision.outcome === "pending" && !waits) throw refusal(this.core.ledger, draft, decision);
       markPlaced(draft, decision);
       // A sample that got its targets, or may not wait for more, leaves out the candidates it did not take.
       const dropUnplaced = mode.kind === "sample" && (decision.outcome === "placed" || !waits);
       if (dropUnplaced) draft.targets = draft.targets.filter((t) => t.state !== TargetState.PENDING);
       for (const t of draft.targets) {
         if (t.state !== TargetState.PENDING) continue;
-        t.reason = this.whyNot(draft, t);
+        t.reason = whyNot(this.core.ledger, draft, t);
         if (!waits) t.state = TargetState.FAILED;
       }
       rollUp(draft);
       if (decision.shortfall && draft.state === JobState.PENDING && waits) draft.reason = `queued: ${decision.shortfall.reason}`;
       try {
-        return { job: await this.store.create(draft), evictions: decision.preempted };
+        return { job: await this.core.store.create(draft), evictions: decision.preempted };
       } catch (err) {
-        this.ledgerRollback(before);
+        this.core.ledgerRollback(before);
         throw err;
       }
     });
-    this.publish(job);
+    this.core.publish(job);
     const placedOn = job.targets.filter(isTargetActive);
-    this.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${placedOn.map((t) => `${t.hostId}/${t.pid}`).join(", ")}` : `queued (${job.reason})`}`);
+    this.core.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${placedOn.map((t) => `${t.hostId}/${t.pid}`).join(", ")}` : `queued (${job.reason})`}`);
 
     await this.evict(job, evictions);
     const failures: unknown[] = [];
@@ -365,7 +322,7 @@ export class Controller {
     for (const r of result.refused) {
       refused?.push({ pid: r.pid, err: new AgentOperationError(`${session.hostId}: ${r.reason}`, session.hostId, "EPERM", { hostPolicy: true }) });
     }
-    for (const p of result.processes) this.ledger.noteTracer(session.hostId, p.pid, p.tracerPid ? { pid: p.tracerPid, comm: p.tracerComm } : undefined);
+    for (const p of result.processes) this.core.ledger.noteTracer(session.hostId, p.pid, p.tracerPid ? { pid: p.tracerPid, comm: p.tracerComm } : undefined);
     return result.processes;
   }
 
@@ -394,74 +351,18 @@ export class Controller {
     }
   }
 
-  /**
-   * Asks the placement core where a job's waiting targets go, given what the
-   * ledger holds, and applies the decision to the ledger (call under the
-   * ledger lock; markPlaced applies it to the job).
-   */
-  private decide(job: Job): PlacementDecision {
-    const pj = placementJob(job);
-    const candidates: Candidate[] = job.targets
-      .filter((t) => isTargetWaiting(t) || (isTargetActive(t) && t.chunks.length > 0))
-      .map((t) => ({ ...this.ledger.snapshot(t.hostId, t.pid), hostLabels: this.known.get(t.hostId)?.info.labels ?? {}, chunks: t.chunks }));
-    const decision = place(pj, candidates);
-    for (const p of decision.placed) this.ledger.apply(pj, p);
-    return decision;
-  }
-
-  /** What the ledger said about a job's targets before a decision, to undo it when storing the job fails. */
-  private ledgerCheckpoint(job: Job): TargetSnapshot[] {
-    return job.targets.map((t) => this.ledger.snapshot(t.hostId, t.pid));
-  }
-
-  private ledgerRollback(snapshots: readonly TargetSnapshot[]): void {
-    for (const s of snapshots) this.ledger.put(s);
-  }
-
-  /** Why one waiting target of a job does not fit, for its reason and for refusals. */
-  private whyNot(job: Job, target: Target): string {
-    const s = this.ledger.snapshot(target.hostId, target.pid);
-    const where = `pid ${target.pid} on ${target.hostId}`;
-    const { backend } = placementJob(job);
-    if (s.tracedBy && backend !== "perf") return `${where} is already traced by pid ${s.tracedBy.pid} (${s.tracedBy.comm}): stop that tracer first, or watch it with --backend perf`;
-    const shares = backend === "ptrace";
-    const need = distinctChunks(target.chunks).filter((c) => !shares || !s.slots.some((slot) => slot && !slot.exclusive && sameChunk(slot.chunk, c))).length;
-    const held = this.ledger.describe(target.hostId, target.pid);
-    return (
-      `${where} has ${this.ledger.freeCount(target.hostId, target.pid)} free debug register(s) of ${slotsPerThread} and the job needs ${need}` +
-      (held.text ? `; held by ${held.text}` : "") +
-      (need > slotsPerThread ? `; a thread has only ${slotsPerThread}: watch fewer or narrower ranges` : "")
-    );
-  }
-
-  /** The error for a job that cannot be placed now and may not wait. */
-  private refusal(job: Job, decision: PlacementDecision): Error {
-    const shortfall = decision.shortfall!;
-    const waiting = job.targets.filter(isTargetWaiting);
-    const details = waiting.slice(0, 3).map((t) => this.whyNot(job, t));
-    if (waiting.length > details.length) details.push(`and ${waiting.length - details.length} more`);
-    const text = waiting.length === 1 ? details[0]! : `${shortfall.reason}. ${details.join(". ")}`;
-    const { counts } = shortfall;
-    if (counts.tooMany > 0 && otherShortfalls(counts, "tooMany") === 0) return new InvalidRequestError(text);
-    if (counts.traced > 0 && otherShortfalls(counts, "traced") === 0) return new PreconditionError(text);
-    const first = waiting[0]!;
-    const holders = [...new Set(waiting.flatMap((t) => this.ledger.describe(t.hostId, t.pid).holders))];
-    const hint = holders.length > 0 ? `. Cancel one of ${holders.join(", ")} or wait for it to end; ` : ". ";
-    return new SlotsExhaustedError(`${text}${hint}--queue-timeout DURATION waits in the queue, a higher --priority preempts lower jobs`, first.hostId, first.pid, holders);
-  }
-
   /** Takes the registers of preempted jobs back from their agents; the victims are told (state, reason) and requeued. */
   private async evict(by: Job, evictions: readonly Eviction[]): Promise<void> {
     await Promise.all(
       evictions.map(async (e) => {
-        const session = this.sessions.get(e.hostId);
+        const session = this.core.sessions.get(e.hostId);
         let counts: HitCounts | undefined;
         let note = "";
         if (!session?.isOpen) note = `; agent ${e.hostId} not connected: it disarms when it reconnects`;
         else {
           try {
-            const result = await session.disarm({ jobId: e.jobId, pid: e.pid, epoch: this.options.epoch });
-            this.ledger.noteReserved(e.hostId, e.pid, result.reservedMask);
+            const result = await session.disarm({ jobId: e.jobId, pid: e.pid, epoch: this.core.options.epoch });
+            this.core.ledger.noteReserved(e.hostId, e.pid, result.reservedMask);
             if (result.error) note = `; disarm failed: ${result.error.message}`;
             else counts = result.counts;
           } catch (err) {
@@ -469,7 +370,7 @@ export class Controller {
           }
         }
         const priority = by.spec?.priority ?? 0;
-        const victim = await this.store.mutate(e.jobId, (j) => {
+        const victim = await this.core.store.mutate(e.jobId, (j) => {
           const t = j.targets.find((x) => x.hostId === e.hostId && x.pid === e.pid);
           if (!t || !isTargetActive(t)) return;
           // The agent keeps these counters and goes on from them when the target is armed again.
@@ -481,8 +382,8 @@ export class Controller {
           rollUp(j);
           if (j.state === JobState.PENDING) j.reason = `preempted by job ${by.id}; waiting in the queue`;
         }, [e.hostId]);
-        this.publish(victim);
-        this.options.log(`job ${e.jobId}: ${e.hostId}/${e.pid} preempted by job ${by.id}`);
+        this.core.publish(victim);
+        this.core.options.log(`job ${e.jobId}: ${e.hostId}/${e.pid} preempted by job ${by.id}`);
         this.enqueue(victim);
       }),
     );
@@ -492,25 +393,25 @@ export class Controller {
   private async armTargets(job: Job, targets: readonly Target[], failures: unknown[]): Promise<Job> {
     const outcomes = await Promise.all(
       targets.map(async (t) => {
-        const session = this.sessions.get(t.hostId);
+        const session = this.core.sessions.get(t.hostId);
         try {
           if (!session?.isOpen) throw new AgentUnavailableError(`agent ${t.hostId} is not connected`, t.hostId);
           // What the host said since the target was planned (a restarted helper's self-test) still allows it.
           checkHostBackend(session.info, job.spec!);
-          const result = await session.arm(armRequest(job, t, this.options.epoch));
-          if (result.reservedMask) this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
+          const result = await session.arm(armRequest(job, t, this.core.options.epoch));
+          if (result.reservedMask) this.core.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
           if (result.error) throw agentFailure(t.hostId, result.error);
           return { target: t, result };
         } catch (err) {
           this.learnFromArmFailure(t, err);
-          this.options.log(`job ${job.id}: arming ${t.hostId}/${t.pid} failed: ${errorText(err)}`);
+          this.core.options.log(`job ${job.id}: arming ${t.hostId}/${t.pid} failed: ${errorText(err)}`);
           failures.push(err);
           return { target: t, err };
         }
       }),
     );
     const nowMs = BigInt(Date.now());
-    const armed = await this.store.mutate(job.id, (j) => {
+    const armed = await this.core.store.mutate(job.id, (j) => {
       const byKey = targetIndex(j);
       for (const outcome of outcomes) {
         const t = byKey.get(`${outcome.target.hostId}/${outcome.target.pid}`)!;
@@ -539,19 +440,19 @@ export class Controller {
       }
       rollUp(j);
     }, targets.map((t) => t.hostId));
-    for (const t of armed.targets) if (!isTargetActive(t)) this.ledger.release(t.hostId, t.pid, job.id);
+    for (const t of armed.targets) if (!isTargetActive(t)) this.core.ledger.release(t.hostId, t.pid, job.id);
     // The job ended while these were arming: take them back.
     const armedByKey = targetIndex(armed);
     for (const outcome of outcomes) {
       const t = armedByKey.get(`${outcome.target.hostId}/${outcome.target.pid}`);
       if ("result" in outcome && t && !isTargetActive(t)) {
-        void this.sessions
+        void this.core.sessions
           .get(t.hostId)
-          ?.disarm({ jobId: job.id, pid: t.pid, epoch: this.options.epoch })
-          .catch((err) => this.options.log(`job ${job.id}: disarming ${t.hostId}/${t.pid} after the job ended failed: ${String(err)}`));
+          ?.disarm({ jobId: job.id, pid: t.pid, epoch: this.core.options.epoch })
+          .catch((err) => this.core.options.log(`job ${job.id}: disarming ${t.hostId}/${t.pid} after the job ended failed: ${String(err)}`));
       }
     }
-    this.publish(armed);
+    this.core.publish(armed);
     if (armed.targets.some(isTargetWaiting)) this.enqueue(armed);
     // Registers of targets that failed are free for others.
     if (outcomes.some((o) => "err" in o)) this.drainSoon();
@@ -562,30 +463,30 @@ export class Controller {
   private learnFromArmFailure(target: Target, err: unknown): void {
     if (!(err instanceof AgentOperationError)) return;
     if (err.errnoName === "ENOSPC") {
-      const held = this.ledger.snapshot(target.hostId, target.pid);
+      const held = this.core.ledger.snapshot(target.hostId, target.pid);
       // Registers only this target's job holds were new to the kernel: one of them met the limit.
       let mask = 0;
       for (const a of target.slots) if (held.slots[a.dr]?.holders.length === 1) mask |= 1 << a.dr;
-      this.ledger.noteForeign(target.hostId, target.pid, mask);
+      this.core.ledger.noteForeign(target.hostId, target.pid, mask);
     }
     const traced = /already traced by pid (\d+) \(([^)]*)\)/.exec(err.message);
-    if (traced) this.ledger.noteTracer(target.hostId, target.pid, { pid: Number(traced[1]), comm: traced[2]! });
+    if (traced) this.core.ledger.noteTracer(target.hostId, target.pid, { pid: Number(traced[1]), comm: traced[2]! });
   }
 
   /** A process that started matching an active job (late joiner), or a process of a host that joined. */
   private async addTarget(jobId: string, session: AgentSession, process: DiscoveredProcess): Promise<void> {
     const pid = process.pid;
-    const job = this.store.get(jobId);
+    const job = this.core.store.get(jobId);
     if (!job || isJobFinal(job) || job.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return;
     // A late joiner outside its owner's scope is left alone (and said so).
-    const decision = this.options.access?.watchDecision(ownerCaller(job.owner), scopeSubject(session, process));
+    const decision = this.core.options.access?.watchDecision(ownerCaller(job.owner), scopeSubject(session, process));
     if (decision && !decision.allowed) {
-      this.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken: ${decision.why}`);
+      this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken: ${decision.why}`);
       return;
     }
     const plan = await this.plan(session, job.spec!, pid);
-    const added = await this.withLedger(async () => {
-      const current = this.store.get(jobId);
+    const added = await this.core.withLedger(async () => {
+      const current = this.core.store.get(jobId);
       if (!current || isJobFinal(current) || current.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return undefined;
       const base = { hostId: session.hostId, pid, counts: {}, backend: resolveBackend(current.spec!) };
       const target =
@@ -595,37 +496,37 @@ export class Controller {
       let decision: PlacementDecision | undefined;
       const trial = clone(JobSchema, current);
       trial.targets.push(target);
-      const before = this.ledgerCheckpoint(trial);
-      if (target.state === TargetState.PENDING) decision = this.decide(trial);
+      const before = this.core.ledgerCheckpoint(trial);
+      if (target.state === TargetState.PENDING) decision = decide(this.core, trial);
       const placedHere = decision?.placed.some((p) => p.hostId === session.hostId && p.pid === pid) ?? false;
       // A sample that has its targets does not take more.
       if (!placedHere && parsePlacement(current.spec?.placement ?? "").kind === "sample" && target.state === TargetState.PENDING) {
-        this.ledgerRollback(before);
-        this.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken into the sample (${decision?.outcome === "placed" ? "it has its targets" : (decision?.shortfall?.reason ?? "no room")})`);
+        this.core.ledgerRollback(before);
+        this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken into the sample (${decision?.outcome === "placed" ? "it has its targets" : (decision?.shortfall?.reason ?? "no room")})`);
         return undefined;
       }
       const waits = current.queueDeadlineUnixMs > BigInt(Date.now());
       try {
-        const updated = await this.store.mutate(jobId, (j) => {
+        const updated = await this.core.store.mutate(jobId, (j) => {
           j.targets.push(clone(TargetSchema, target));
           if (decision) markPlaced(j, decision);
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
           if (t.state === TargetState.PENDING) {
-            t.reason = this.whyNot(j, t);
+            t.reason = whyNot(this.core.ledger, j, t);
             if (!waits) t.state = TargetState.FAILED;
           }
           rollUp(j);
         }, [session.hostId, ...(decision?.placed.map((p) => p.hostId) ?? [])]);
         return { updated, decision };
       } catch (err) {
-        this.ledgerRollback(before);
+        this.core.ledgerRollback(before);
         throw err;
       }
     });
     if (!added) return;
-    this.publish(added.updated);
+    this.core.publish(added.updated);
     const t = added.updated.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
-    this.options.log(`job ${jobId}: ${session.hostId}/${pid} joined (${targetStateName(t.state)}${t.state === TargetState.ARMING ? "" : `: ${t.reason}`})`);
+    this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} joined (${targetStateName(t.state)}${t.state === TargetState.ARMING ? "" : `: ${t.reason}`})`);
     await this.evict(added.updated, added.decision?.preempted ?? []);
     // The decision may also have placed other waiting targets of the job (a gang completed by this one).
     const placed = new Set(added.decision?.placed.map((p) => `${p.hostId}/${p.pid}`) ?? []);
@@ -653,7 +554,7 @@ export class Controller {
         job.id,
         setTimeout(() => {
           this.queueTimers.delete(job.id);
-          this.expireQueued(job.id).catch((err) => this.options.log(`job ${job.id}: ending its wait in the queue failed: ${String(err)}`));
+          this.expireQueued(job.id).catch((err) => this.core.options.log(`job ${job.id}: ending its wait in the queue failed: ${String(err)}`));
         }, delay),
       );
     }
@@ -671,7 +572,7 @@ export class Controller {
   private queuedInOrder(): Job[] {
     const jobs: Job[] = [];
     for (const id of this.queue) {
-      const job = this.store.get(id);
+      const job = this.core.store.get(id);
       if (job && !isJobFinal(job) && job.targets.some(isTargetWaiting)) jobs.push(job);
       else this.dequeue(id);
     }
@@ -680,11 +581,11 @@ export class Controller {
 
   /** Runs the queue once soon; several triggers in a row run it once. */
   private drainSoon(): void {
-    if (this.drainScheduled || this.queue.size === 0 || this.stopped.signal.aborted) return;
+    if (this.drainScheduled || this.queue.size === 0 || this.core.stopped.signal.aborted) return;
     this.drainScheduled = true;
     setImmediate(() => {
       this.drainScheduled = false;
-      this.drain().catch((err) => this.options.log(`queue: placing waiting jobs failed: ${String(err)}`));
+      this.drain().catch((err) => this.core.options.log(`queue: placing waiting jobs failed: ${String(err)}`));
     });
   }
 
@@ -694,13 +595,13 @@ export class Controller {
    * the ledger one job after the other, so no register is given twice.
    */
   private async drain(): Promise<void> {
-    const work = await this.withLedger(async () => {
+    const work = await this.core.withLedger(async () => {
       await this.failUnarmable();
       // Decisions one job after the other (each sees the registers the ones before it took); writes all at once.
       const writes: Promise<{ job: Job; evictions: readonly Eviction[] } | undefined>[] = [];
       const now = Date.now();
       for (const job of this.queuedInOrder()) {
-        const decision = this.decide(job);
+        const decision = decide(this.core, job);
         if (decision.placed.length === 0) {
           // A waiting job says why, in words and numbers, as the fleet changes (not more often than the queue is retried).
           const reason = decision.shortfall ? `queued: ${decision.shortfall.reason}` : "";
@@ -708,20 +609,20 @@ export class Controller {
           if (reason && job.state === JobState.PENDING && job.reason !== reason && !job.reason.startsWith("preempted") && now - said >= retryQueueEveryMs) {
             this.reasonSaidMs.set(job.id, now);
             writes.push(
-              this.store
+              this.core.store
                 .mutate(job.id, (j) => {
                   if (j.state === JobState.PENDING) j.reason = reason;
                 }, [])
-                .then((updated) => void this.publish(updated)),
+                .then((updated) => void this.core.publish(updated)),
             );
           }
           continue;
         }
         writes.push(
-          this.store
+          this.core.store
             .mutate(job.id, (j) => {
               markPlaced(j, decision);
-              for (const t of j.targets) if (isTargetWaiting(t)) t.reason = this.whyNot(j, t);
+              for (const t of j.targets) if (isTargetWaiting(t)) t.reason = whyNot(this.core.ledger, j, t);
               if (!j.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) j.queueDeadlineUnixMs = 0n;
             }, [...decision.placed.map((p) => p.hostId), ...job.targets.filter(isTargetWaiting).map((t) => t.hostId)])
             .then((updated) => {
@@ -730,20 +631,20 @@ export class Controller {
             })
             .catch((err: unknown) => {
               // Its registers go back; registers of jobs it would have preempted stay free until those report.
-              for (const p of decision.placed) this.ledger.release(p.hostId, p.pid, job.id);
-              this.options.log(`job ${job.id}: storing its placement failed: ${String(err)}`);
+              for (const p of decision.placed) this.core.ledger.release(p.hostId, p.pid, job.id);
+              this.core.options.log(`job ${job.id}: storing its placement failed: ${String(err)}`);
               return undefined;
             }),
         );
       }
-      const settled = await Promise.all(writes.map((w) => w.catch((err: unknown) => void this.options.log(`queue: ${String(err)}`))));
+      const settled = await Promise.all(writes.map((w) => w.catch((err: unknown) => void this.core.options.log(`queue: ${String(err)}`))));
       return settled.filter((w): w is { job: Job; evictions: readonly Eviction[] } => w !== undefined);
     });
-    for (const { job } of work) this.publish(job);
+    for (const { job } of work) this.core.publish(job);
     if (work.length > 0) {
       // One line per drain: a queue of thousands must not turn into thousands of log lines.
       const shown = work.slice(0, 5).map(({ job }) => `${job.id} on ${job.targets.filter((t) => t.state === TargetState.ARMING).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
-      this.options.log(`queue: placed ${work.length} job(s): ${shown.join("; ")}${work.length > shown.length ? `; and ${work.length - shown.length} more` : ""}`);
+      this.core.options.log(`queue: placed ${work.length} job(s): ${shown.join("; ")}${work.length > shown.length ? `; and ${work.length - shown.length} more` : ""}`);
     }
     await Promise.all(
       work.map(async ({ job, evictions }) => {
@@ -766,7 +667,7 @@ export class Controller {
       for (const t of job.targets) {
         if (!isTargetWaiting(t) || checked.has(t.hostId)) continue;
         checked.add(t.hostId);
-        const info = this.known.get(t.hostId)?.info;
+        const info = this.core.known.get(t.hostId)?.info;
         try {
           if (info && job.spec) checkHostBackend(info, job.spec);
         } catch (err) {
@@ -774,7 +675,7 @@ export class Controller {
         }
       }
       if (why.size === 0) continue;
-      const updated = await this.store
+      const updated = await this.core.store
         .mutate(job.id, (j) => {
           for (const t of j.targets) {
             const reason = why.get(t.hostId);
@@ -784,34 +685,34 @@ export class Controller {
           }
           rollUp(j);
         }, why.keys())
-        .catch((err: unknown) => void this.options.log(`job ${job.id}: failing its targets on hosts that cannot trap failed: ${String(err)}`));
+        .catch((err: unknown) => void this.core.options.log(`job ${job.id}: failing its targets on hosts that cannot trap failed: ${String(err)}`));
       if (!updated) continue;
       if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
       if (isJobFinal(updated)) this.forgetJobTimers(updated);
-      this.publish(updated);
-      this.options.log(`job ${job.id}: waiting targets on ${[...why.keys()].join(", ")} failed: ${[...why.values()][0]}`);
+      this.core.publish(updated);
+      this.core.options.log(`job ${job.id}: waiting targets on ${[...why.keys()].join(", ")} failed: ${[...why.values()][0]}`);
     }
   }
 
   /** The queue timeout passed: targets that never got registers fail (a gang fails whole). */
   private async expireQueued(id: string): Promise<void> {
-    await this.withLedger(async () => {
-      const job = this.store.get(id);
+    await this.core.withLedger(async () => {
+      const job = this.core.store.get(id);
       const timeout = formatDuration(job?.spec?.queueTimeoutMs ?? 0n);
       if (job && awaitsFirstMatch(job)) {
         const selector = job.spec!.target!;
-        const ended = await this.store.mutate(id, (j) => {
+        const ended = await this.core.store.mutate(id, (j) => {
           if (j.targets.length > 0 || isJobFinal(j)) return;
           j.queueDeadlineUnixMs = 0n;
           finish(j, JobState.FAILED, `no process matching ${describeProcesses(selector)} started within the queue timeout (${timeout})`);
         }, []);
-        this.publish(ended);
-        this.options.log(`job ${id}: queue timeout (${timeout}) passed; ${ended.reason}`);
+        this.core.publish(ended);
+        this.core.options.log(`job ${id}: queue timeout (${timeout}) passed; ${ended.reason}`);
         if (isJobFinal(ended)) this.forgetJobTimers(ended);
         return;
       }
       if (!job || isJobFinal(job) || !job.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) return;
-      const updated = await this.store.mutate(id, (j) => {
+      const updated = await this.core.store.mutate(id, (j) => {
         const why = j.reason.replace(/^queued: /, "");
         for (const t of j.targets) {
           if (!isTargetWaiting(t) || t.preemptions > 0) continue;
@@ -823,35 +724,31 @@ export class Controller {
         if (j.state === JobState.FAILED) j.reason = `not placed within the queue timeout (${timeout}): ${why}`;
       }, job.targets.filter(isTargetWaiting).map((t) => t.hostId));
       if (!updated.targets.some(isTargetWaiting)) this.dequeue(id);
-      this.publish(updated);
-      this.options.log(`job ${id}: queue timeout (${timeout}) passed; ${updated.reason}`);
+      this.core.publish(updated);
+      this.core.options.log(`job ${id}: queue timeout (${timeout}) passed; ${updated.reason}`);
       if (isJobFinal(updated)) this.forgetJobTimers(updated);
     });
   }
 
+  /** A job by id (a big finished job without its targets). */
   get(id: string): Job {
-    const job = this.store.get(id);
-    if (!job) throw new NotFoundError(`no job '${id}': list jobs with \`fleetwatch jobs ls\``);
-    return job;
+    return this.core.get(id);
   }
 
   /** The job with every target (a big finished job's are read back from the store). */
-  async getFull(id: string): Promise<Job> {
-    this.get(id);
-    const job = await this.store.full(id);
-    if (!job) throw new NotFoundError(`no job '${id}': list jobs with \`fleetwatch jobs ls\``);
-    return job;
+  getFull(id: string): Promise<Job> {
+    return this.core.getFull(id);
   }
 
   /** Every job, newest first; big finished jobs without their targets (get one to see them). */
   list(): Job[] {
-    return this.store.all().sort((a, b) => Number(b.createdUnixMs - a.createdUnixMs));
+    return this.core.store.all().sort((a, b) => Number(b.createdUnixMs - a.createdUnixMs));
   }
 
   /** Disarms every active target and marks the job cancelled. */
   async cancel(id: string, caller: Caller = plaintextCaller): Promise<Job> {
-    const job = this.get(id);
-    if (isJobFinal(job)) return this.getFull(id);
+    const job = this.core.get(id);
+    if (isJobFinal(job)) return this.core.getFull(id);
     return this.end(id, JobState.CANCELLED, caller.who ? `cancelled by ${caller.who}` : "cancelled by user");
   }
 
@@ -865,27 +762,27 @@ export class Controller {
   async disarmAll(reason: string, timeoutMs: number): Promise<{ cancelled: string[]; agents: Array<{ hostId: string; connected: boolean; confirmed: boolean; disarmed: number; afterMs: number; error: string }>; allAfterMs: number }> {
     const startMs = Date.now();
     // Cancelled in the store first: nothing (a report, a reconnect, the queue) arms them again meanwhile.
-    const live = this.store.all().filter((j) => !isJobFinal(j));
+    const live = this.core.store.all().filter((j) => !isJobFinal(j));
     const wereActive = new Map(live.map((j) => [j.id, j.targets.filter(isTargetActive)]));
     const cancelled: string[] = [];
     await Promise.all(
       live.map(async (j) => {
         try {
-          const ended = await this.store.mutate(j.id, (x) => {
+          const ended = await this.core.store.mutate(j.id, (x) => {
             if (!isJobFinal(x)) finish(x, JobState.CANCELLED, reason);
           });
           cancelled.push(j.id);
           this.afterEnd(ended, reason);
         } catch (err) {
-          this.options.log(`job ${j.id}: marking it cancelled for the kill switch failed (its agent still clears it): ${String(err)}`);
+          this.core.options.log(`job ${j.id}: marking it cancelled for the kill switch failed (its agent still clears it): ${String(err)}`);
         }
       }),
     );
-    const open = [...this.sessions.values()].filter((s) => s.isOpen);
+    const open = [...this.core.sessions.values()].filter((s) => s.isOpen);
     const agents = await Promise.all(
       open.map(async (session) => {
         try {
-          const result = await session.disarmAll({ epoch: this.options.epoch, reason }, timeoutMs);
+          const result = await session.disarmAll({ epoch: this.core.options.epoch, reason }, timeoutMs);
           const afterMs = Date.now() - startMs;
           if (result.error) return { hostId: session.hostId, connected: true, confirmed: false, disarmed: 0, afterMs, error: result.error.message };
           return { hostId: session.hostId, connected: true, confirmed: true, disarmed: result.disarmed, afterMs, error: "" };
@@ -895,22 +792,22 @@ export class Controller {
       }),
     );
     const allAfterMs = Date.now() - startMs;
-    for (const [hostId, known] of this.known) {
-      if (!this.sessions.get(hostId)?.isOpen) agents.push({ hostId, connected: false, confirmed: false, disarmed: 0, afterMs: 0, error: `not connected (last seen ${new Date(known.lastSeenMs).toISOString()}): it disarms when its lease runs out` });
+    for (const [hostId, known] of this.core.known) {
+      if (!this.core.sessions.get(hostId)?.isOpen) agents.push({ hostId, connected: false, confirmed: false, disarmed: 0, afterMs: 0, error: `not connected (last seen ${new Date(known.lastSeenMs).toISOString()}): it disarms when its lease runs out` });
     }
     // The final counts, as a cancel would have them.
     await Promise.all(
       cancelled.map(async (id) => {
         const finals = await this.disarmTargets(id, wereActive.get(id) ?? []);
-        const updated = await this.store.mutate(id, (j) => {
+        const updated = await this.core.store.mutate(id, (j) => {
           applyFinals(j, finals, (t, counts) => !t.counts || notBehind(counts, t.counts));
           applyNotes(j, finals, () => true);
           j.counts = addCounts(j.targets.map((t) => t.counts));
         });
-        this.publish(updated);
+        this.core.publish(updated);
       }),
-    ).catch((err) => this.options.log(`kill switch: collecting final counts failed: ${String(err)}`));
-    this.options.log(`kill switch: ${agents.filter((a) => a.confirmed).length}/${agents.length} agents confirmed in ${allAfterMs} ms; ${cancelled.length} job(s) cancelled (${reason})`);
+    ).catch((err) => this.core.options.log(`kill switch: collecting final counts failed: ${String(err)}`));
+    this.core.options.log(`kill switch: ${agents.filter((a) => a.confirmed).length}/${agents.length} agents confirmed in ${allAfterMs} ms; ${cancelled.length} job(s) cancelled (${reason})`);
     return { cancelled, agents: agents.sort((a, b) => a.hostId.localeCompare(b.hostId)), allAfterMs };
   }
 
@@ -920,10 +817,10 @@ export class Controller {
    * states it skipped: what waits for it is one job, however slow it is.
    */
   async *watch(id: string, signal: AbortSignal): AsyncGenerator<{ job: Job; skipped: bigint }> {
-    const cached = this.get(id);
+    const cached = this.core.get(id);
     // A final job does not change any more: its full record, once. A live one is never without its targets.
     if (isJobFinal(cached)) {
-      yield { job: await this.getFull(id), skipped: 0n };
+      yield { job: await this.core.getFull(id), skipped: 0n };
       return;
     }
     const first = cached;
@@ -933,9 +830,9 @@ export class Controller {
     };
     const onAbort = () => queue.close();
     const onStop = () => queue.fail(new RpcError(status.UNAVAILABLE, "this controller's leader term ended: reconnect to the leader"));
-    this.changes.on("job", listener);
+    this.core.changes.on("job", listener);
     signal.addEventListener("abort", onAbort);
-    this.stopped.signal.addEventListener("abort", onStop);
+    this.core.stopped.signal.addEventListener("abort", onStop);
     this.followers.add(queue);
     let skippedBefore = 0;
     try {
@@ -950,9 +847,9 @@ export class Controller {
     } finally {
       this.followers.delete(queue);
       this.skippedStates += queue.replaced;
-      this.changes.off("job", listener);
+      this.core.changes.off("job", listener);
       signal.removeEventListener("abort", onAbort);
-      this.stopped.signal.removeEventListener("abort", onStop);
+      this.core.stopped.signal.removeEventListener("abort", onStop);
     }
   }
 
@@ -969,14 +866,14 @@ export class Controller {
 
   /** Every agent ever seen by this controller, with the slot map of its targets. */
   agents(): Agent[] {
-    const entries = this.ledger.entries();
-    return [...this.known.values()]
+    const entries = this.core.ledger.entries();
+    return [...this.core.known.values()]
       .sort((a, b) => a.info.hostId.localeCompare(b.info.hostId))
       .map(({ info, lastSeenMs }) =>
         create(AgentSchema, {
           info,
-          connected: this.sessions.get(info.hostId)?.isOpen ?? false,
-          lastSeenUnixMs: BigInt(this.sessions.get(info.hostId)?.lastSeenMs ?? lastSeenMs),
+          connected: this.core.sessions.get(info.hostId)?.isOpen ?? false,
+          lastSeenUnixMs: BigInt(this.core.sessions.get(info.hostId)?.lastSeenMs ?? lastSeenMs),
           targets: entries
             .filter((e) => e.hostId === info.hostId)
             .sort((a, b) => a.pid - b.pid)
@@ -1007,7 +904,7 @@ export class Controller {
   private pickSessions(selector: TargetSelector): AgentSession[] {
     // Named hosts are looked up one by one: filtering every session on each submit costs more than placing the job.
     if (selector.hostIds.length > 0 && !selector.allHosts && !selector.hostSelector) return this.namedSessions(selector.hostIds);
-    const open = [...this.sessions.values()].filter((s) => s.isOpen);
+    const open = [...this.core.sessions.values()].filter((s) => s.isOpen);
     // Only for messages: joining thousands of host ids on every submit costs more than placing the job.
     const connected = () => open.map((s) => s.hostId).join(", ") || "none";
     if (selector.allHosts) {
@@ -1030,11 +927,11 @@ export class Controller {
 
   /** The open sessions of hosts named by id; a host that is not connected is an error naming who is. */
   private namedSessions(hostIds: readonly string[]): AgentSession[] {
-    const connected = () => [...this.sessions.values()].filter((s) => s.isOpen).map((s) => s.hostId).join(", ") || "none";
+    const connected = () => [...this.core.sessions.values()].filter((s) => s.isOpen).map((s) => s.hostId).join(", ") || "none";
     return [...new Set(hostIds)].map((hostId) => {
-      const session = this.sessions.get(hostId);
+      const session = this.core.sessions.get(hostId);
       if (session?.isOpen) return session;
-      const seen = this.known.get(hostId);
+      const seen = this.core.known.get(hostId);
       throw new PreconditionError(
         seen
           ? `agent '${hostId}' is not connected (last seen ${new Date(seen.lastSeenMs).toISOString()}); connected: ${connected()}`
@@ -1043,23 +940,13 @@ export class Controller {
     });
   }
 
-  private withLedger<T>(work: () => Promise<T>): Promise<T> {
-    const next = this.placing.then(work, work);
-    this.placing = next.catch(() => {});
-    return next;
-  }
-
-  private publish(job: Job): void {
-    this.changes.emit("job", job);
-  }
-
   private scheduleDeadline(job: Job): void {
     if (job.deadlineUnixMs === 0n || isJobFinal(job) || this.deadlines.has(job.id)) return;
     this.deadlines.set(
       job.id,
       timerAt(Number(job.deadlineUnixMs), () => {
         this.deadlines.delete(job.id);
-        this.end(job.id, JobState.COMPLETED, "duration elapsed").catch((err) => this.options.log(`job ${job.id}: ending at its deadline failed: ${String(err)}`));
+        this.end(job.id, JobState.COMPLETED, "duration elapsed").catch((err) => this.core.options.log(`job ${job.id}: ending at its deadline failed: ${String(err)}`));
       }),
     );
   }
@@ -1067,7 +954,7 @@ export class Controller {
   /** Agents stop looking for late joiners of a job that ended (unknown jobs are ignored there). */
   private unfollow(job: Job): void {
     if (!job.spec?.target || !isFollowable(job.spec.target)) return;
-    for (const session of this.sessions.values()) session.send({ msg: { case: "unfollow", value: { jobId: job.id } } });
+    for (const session of this.core.sessions.values()) session.send({ msg: { case: "unfollow", value: { jobId: job.id } } });
   }
 
   /** Whether a job's hosts include this one (by id, labels or all). */
@@ -1084,8 +971,8 @@ export class Controller {
     this.deadlines.get(id)?.cancel();
     this.deadlines.delete(id);
     this.dequeue(id);
-    const finals = await this.disarmTargets(id, this.get(id).targets.filter(isTargetActive));
-    const ended = await this.store.mutate(id, (j) => {
+    const finals = await this.disarmTargets(id, this.core.get(id).targets.filter(isTargetActive));
+    const ended = await this.core.store.mutate(id, (j) => {
       if (isJobFinal(j)) return;
       const live = new Set(j.targets.filter(isTargetLive).map((t) => `${t.hostId}/${t.pid}`));
       applyFinals(j, finals, () => true);
@@ -1101,13 +988,13 @@ export class Controller {
   private disarmTargets(id: string, targets: readonly Target[]): Promise<Final[]> {
     return Promise.all(
       targets.map(async (t): Promise<Final> => {
-        const session = this.sessions.get(t.hostId);
+        const session = this.core.sessions.get(t.hostId);
         // Without the agent's answer the counts are the last it reported; they are made final when it reconnects.
         const later = "; counts as last reported until it reconnects";
         if (!session?.isOpen) return { hostId: t.hostId, pid: t.pid, note: `; agent ${t.hostId} not connected: it disarms when it reconnects${later}` };
         try {
-          const result = await session.disarm({ jobId: id, pid: t.pid, epoch: this.options.epoch });
-          this.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
+          const result = await session.disarm({ jobId: id, pid: t.pid, epoch: this.core.options.epoch });
+          this.core.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
           if (result.error) return { hostId: t.hostId, pid: t.pid, note: `; disarm failed: ${result.error.message}` };
           return { hostId: t.hostId, pid: t.pid, counts: result.counts, note: "" };
         } catch (err) {
@@ -1119,10 +1006,10 @@ export class Controller {
 
   /** A job just ended: its registers go back to the ledger, its timers stop, and the queue may move. */
   private afterEnd(ended: Job, reason: string): void {
-    for (const t of ended.targets) this.ledger.release(t.hostId, t.pid, ended.id);
+    for (const t of ended.targets) this.core.ledger.release(t.hostId, t.pid, ended.id);
     this.forgetJobTimers(ended);
-    this.publish(ended);
-    this.options.log(`job ${ended.id}: ${reason}`);
+    this.core.publish(ended);
+    this.core.options.log(`job ${ended.id}: ${reason}`);
     this.drainSoon();
   }
 
@@ -1147,12 +1034,12 @@ export class Controller {
     // An agent speaks for its own host only: the host id its certificate names.
     if (certifiedHostId !== undefined && info.hostId !== certifiedHostId) throw new PermissionDeniedError(`the certificate of agent ${certifiedHostId} may not register host ${info.hostId}`);
 
-    this.sessions.get(info.hostId)?.close("replaced by a new session from the same host");
-    const session = new AgentSession(info, this.options.requestTimeoutMs, (line) => this.options.log(line));
-    this.sessions.set(info.hostId, session);
-    this.known.set(info.hostId, { info, lastSeenMs: Date.now() });
-    this.options.log(`agent ${info.hostId}: connected (${info.hostname}, kernel ${info.kernel}, ${register.armed.length} armed target(s))`);
-    session.send({ msg: { case: "registered", value: { heartbeatMs: this.options.heartbeatMs, leaseMs: this.options.leaseMs, epoch: this.options.epoch } } });
+    this.core.sessions.get(info.hostId)?.close("replaced by a new session from the same host");
+    const session = new AgentSession(info, this.core.options.requestTimeoutMs, (line) => this.core.options.log(line));
+    this.core.sessions.set(info.hostId, session);
+    this.core.known.set(info.hostId, { info, lastSeenMs: Date.now() });
+    this.core.options.log(`agent ${info.hostId}: connected (${info.hostname}, kernel ${info.kernel}, ${register.armed.length} armed target(s))`);
+    session.send({ msg: { case: "registered", value: { heartbeatMs: this.core.options.heartbeatMs, leaseMs: this.core.options.leaseMs, epoch: this.core.options.epoch } } });
 
     const onAbort = () => session.close("session cancelled");
     signal.addEventListener("abort", onAbort);
@@ -1171,30 +1058,30 @@ export class Controller {
         this.dropSession(session, "session ended");
       }
     })();
-    void this.reconcile(session, register.armed).catch((err) => this.options.log(`agent ${info.hostId}: reconcile failed: ${String(err)}`));
+    void this.reconcile(session, register.armed).catch((err) => this.core.options.log(`agent ${info.hostId}: reconcile failed: ${String(err)}`));
     yield* session.outbound;
   }
 
   private dropSession(session: AgentSession, reason: string): void {
     session.close(reason);
-    this.known.set(session.hostId, { info: session.info, lastSeenMs: session.lastSeenMs });
-    if (this.sessions.get(session.hostId) === session) {
-      this.sessions.delete(session.hostId);
-      this.options.log(`agent ${session.hostId}: ${session.endReason ?? reason}`);
+    this.core.known.set(session.hostId, { info: session.info, lastSeenMs: session.lastSeenMs });
+    if (this.core.sessions.get(session.hostId) === session) {
+      this.core.sessions.delete(session.hostId);
+      this.core.options.log(`agent ${session.hostId}: ${session.endReason ?? reason}`);
     }
   }
 
   /** When the host was last heard from: its live session's last message, else its last session's, but not before this controller started. */
   private lastHeardMs(hostId: string): number {
-    const session = this.sessions.get(hostId);
+    const session = this.core.sessions.get(hostId);
     if (session?.isOpen) return session.lastSeenMs;
-    return Math.max(this.known.get(hostId)?.lastSeenMs ?? 0, this.startedMs);
+    return Math.max(this.core.known.get(hostId)?.lastSeenMs ?? 0, this.core.startedMs);
   }
 
   /** How long a job lets a host be silent before its targets there are lost. */
   private lostAfterMs(job: Job): number {
     const ms = Number(job.spec?.lostAfterMs ?? 0n);
-    return ms > 0 ? ms : this.options.leaseMs;
+    return ms > 0 ? ms : this.core.options.leaseMs;
   }
 
   /**
@@ -1203,7 +1090,7 @@ export class Controller {
    * time) until the agent returns and is reconciled, or the job ends.
    */
   private markSilentHostsLost(now: number): void {
-    for (const job of this.store.all()) {
+    for (const job of this.core.store.all()) {
       if (isJobFinal(job) || this.losing.has(job.id)) continue;
       const limit = this.lostAfterMs(job);
       const hosts = new Set<string>();
@@ -1212,7 +1099,7 @@ export class Controller {
       }
       if (hosts.size === 0) continue;
       this.losing.add(job.id);
-      void this.store
+      void this.core.store
         .mutate(job.id, (j) => {
           for (const t of j.targets) {
             if (!hosts.has(t.hostId) || (t.state !== TargetState.ARMED && t.state !== TargetState.ARMING)) continue;
@@ -1222,11 +1109,11 @@ export class Controller {
           rollUp(j);
         }, hosts)
         .then(async (updated) => {
-          this.publish(updated);
-          this.options.log(`job ${job.id}: targets on ${[...hosts].join(", ")} lost`);
+          this.core.publish(updated);
+          this.core.options.log(`job ${job.id}: targets on ${[...hosts].join(", ")} lost`);
           if (updated.spec?.replaceLost) await this.replaceLost(updated.id, hosts);
         })
-        .catch((err) => this.options.log(`job ${job.id}: marking targets lost failed: ${String(err)}`))
+        .catch((err) => this.core.options.log(`job ${job.id}: marking targets lost failed: ${String(err)}`))
         .finally(() => this.losing.delete(job.id));
     }
   }
@@ -1238,22 +1125,22 @@ export class Controller {
    * when it returns) in the same write. With no replacement they stay lost.
    */
   private async replaceLost(jobId: string, hosts: ReadonlySet<string>): Promise<void> {
-    const job = this.store.get(jobId);
+    const job = this.core.store.get(jobId);
     if (!job?.spec?.target || isJobFinal(job)) return;
     const taken = new Set(job.targets.map((t) => t.hostId));
-    const open = [...this.sessions.values()].filter((s) => s.isOpen && !taken.has(s.hostId) && this.selectsHost(job, s.info));
+    const open = [...this.core.sessions.values()].filter((s) => s.isOpen && !taken.has(s.hostId) && this.selectsHost(job, s.info));
     const found = await Promise.all(
       open.map(async (session) => ({
         session,
         processes: await this.discover(session, job.spec!.target!).catch((err: unknown) => {
-          this.options.log(`job ${jobId}: looking for a replacement on ${session.hostId} failed: ${errorText(err)}`);
+          this.core.options.log(`job ${jobId}: looking for a replacement on ${session.hostId} failed: ${errorText(err)}`);
           return [] as DiscoveredProcess[];
         }),
       })),
     );
     const plans = (await Promise.all(found.flatMap(({ session, processes }) => processes.map((p) => this.plan(session, job.spec!, p.pid))))).filter((p): p is Plan & { chunks: Chunk[] } => !("err" in p));
-    const replaced = await this.withLedger(async () => {
-      const current = this.store.get(jobId);
+    const replaced = await this.core.withLedger(async () => {
+      const current = this.core.store.get(jobId);
       if (!current || isJobFinal(current)) return undefined;
       const lost = current.targets.filter((t) => hosts.has(t.hostId) && t.state === TargetState.LOST);
       if (lost.length === 0 || plans.length === 0) return undefined;
@@ -1261,17 +1148,17 @@ export class Controller {
       const trial = clone(JobSchema, current);
       trial.targets = current.targets.filter((t) => !lost.includes(t)).map((t) => clone(TargetSchema, t));
       for (const p of plans) trial.targets.push(create(TargetSchema, { hostId: p.session.hostId, pid: p.pid, state: TargetState.PENDING, reason: "waiting to be placed", chunks: p.chunks, counts: {}, backend: resolveBackend(current.spec!) }));
-      const before = this.ledgerCheckpoint(current).concat(this.ledgerCheckpoint(trial));
-      for (const t of lost) this.ledger.release(t.hostId, t.pid, jobId);
-      const decision = this.decide(trial);
+      const before = this.core.ledgerCheckpoint(current).concat(this.core.ledgerCheckpoint(trial));
+      for (const t of lost) this.core.ledger.release(t.hostId, t.pid, jobId);
+      const decision = decide(this.core, trial);
       if (decision.placed.length === 0) {
-        this.ledgerRollback(before);
-        this.options.log(`job ${jobId}: no replacement for the lost targets on ${[...hosts].join(", ")} (${decision.shortfall?.reason ?? "none fits"})`);
+        this.core.ledgerRollback(before);
+        this.core.options.log(`job ${jobId}: no replacement for the lost targets on ${[...hosts].join(", ")} (${decision.shortfall?.reason ?? "none fits"})`);
         return undefined;
       }
       const placedKeys = new Set(decision.placed.map((p) => `${p.hostId}/${p.pid}`));
       try {
-        const updated = await this.store.mutate(
+        const updated = await this.core.store.mutate(
           jobId,
           (j) => {
             for (const t of j.targets) {
@@ -1287,22 +1174,22 @@ export class Controller {
         );
         return { updated, decision };
       } catch (err) {
-        this.ledgerRollback(before);
+        this.core.ledgerRollback(before);
         throw err;
       }
     });
     if (!replaced) return;
-    this.publish(replaced.updated);
+    this.core.publish(replaced.updated);
     const placed = new Set(replaced.decision.placed.map((p) => `${p.hostId}/${p.pid}`));
-    this.options.log(`job ${jobId}: lost targets on ${[...hosts].join(", ")} replaced by ${[...placed].join(", ")}`);
+    this.core.options.log(`job ${jobId}: lost targets on ${[...hosts].join(", ")} replaced by ${[...placed].join(", ")}`);
     await this.evict(replaced.updated, replaced.decision.preempted);
     await this.armTargets(replaced.updated, replaced.updated.targets.filter((t) => t.state === TargetState.ARMING && placed.has(`${t.hostId}/${t.pid}`)), []);
   }
 
   private expireLeases(): void {
     const now = Date.now();
-    for (const session of this.sessions.values()) {
-      if (now - session.lastSeenMs > this.options.leaseMs) this.dropSession(session, `lease expired (silent for ${now - session.lastSeenMs} ms)`);
+    for (const session of this.core.sessions.values()) {
+      if (now - session.lastSeenMs > this.core.options.leaseMs) this.dropSession(session, `lease expired (silent for ${now - session.lastSeenMs} ms)`);
     }
     this.markSilentHostsLost(now);
     // Foreign registers and other tracers are tried again after a while.
@@ -1318,7 +1205,7 @@ export class Controller {
         // A restarted helper tested its backends and traps again. The host id stays the session's (its certificate's).
         Object.assign(session.info, message.msg.value, { hostId: session.hostId });
         const traps = session.info.trapChecks.map((c) => `${backendName(c.backend)} ${TrapDelivery[c.delivery]?.toLowerCase().replace("_", "-") ?? "?"}`);
-        this.options.log(`agent ${session.hostId}: new helper ${session.info.helperVersion}; backends ${session.info.backends.map(backendName).join(",") || "none"}; traps ${traps.join(", ") || "not tested"}`);
+        this.core.options.log(`agent ${session.hostId}: new helper ${session.info.helperVersion}; backends ${session.info.backends.map(backendName).join(",") || "none"}; traps ${traps.join(", ") || "not tested"}`);
         // Waiting targets there that cannot trap now fail (failUnarmable) rather than wait.
         this.drainSoon();
         return;
@@ -1337,11 +1224,11 @@ export class Controller {
         return;
       case "processAppeared": {
         const { jobId, process } = message.msg.value;
-        if (process) void this.addTarget(jobId, session, process).catch((err) => this.options.log(`job ${jobId}: adding ${session.hostId}/${process.pid} failed: ${String(err)}`));
+        if (process) void this.addTarget(jobId, session, process).catch((err) => this.core.options.log(`job ${jobId}: adding ${session.hostId}/${process.pid} failed: ${String(err)}`));
         return;
       }
       case "targetReport":
-        void this.onTargetReport(session.hostId, message.msg.value).catch((err) => this.options.log(`agent ${session.hostId}: report failed: ${String(err)}`));
+        void this.onTargetReport(session.hostId, message.msg.value).catch((err) => this.core.options.log(`agent ${session.hostId}: report failed: ${String(err)}`));
         return;
       default:
         return;
@@ -1351,12 +1238,12 @@ export class Controller {
   /** A target changed on its host: counters moved, or it ended by itself. */
   private async onTargetReport(hostId: string, report: TargetReport): Promise<void> {
     if (report.state === TargetState.EXITED) {
-      this.ledger.forgetProcess(hostId, report.pid);
+      this.core.ledger.forgetProcess(hostId, report.pid);
       await this.exitWaiting(hostId, report.pid, report.reason);
     }
-    if (!this.store.get(report.jobId)) return;
+    if (!this.core.store.get(report.jobId)) return;
     const ends = report.state !== TargetState.ARMED && report.state !== TargetState.UNSPECIFIED;
-    const job = await this.store.mutate(report.jobId, (j) => {
+    const job = await this.core.store.mutate(report.jobId, (j) => {
       const t = j.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
       // A preempted target's counters were settled when it was disarmed.
       if (!t || isTargetWaiting(t)) return;
@@ -1375,15 +1262,15 @@ export class Controller {
       }
       rollUp(j);
     }, [hostId]);
-    if (report.state === TargetState.EXITED) this.ledger.forgetProcess(hostId, report.pid);
-    else this.ledger.noteReserved(hostId, report.pid, report.reservedMask);
+    if (report.state === TargetState.EXITED) this.core.ledger.forgetProcess(hostId, report.pid);
+    else this.core.ledger.noteReserved(hostId, report.pid, report.reservedMask);
     if (ends) {
       const t = job.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
-      if (!t || !isTargetActive(t)) this.ledger.release(hostId, report.pid, report.jobId);
+      if (!t || !isTargetActive(t)) this.core.ledger.release(hostId, report.pid, report.jobId);
       this.drainSoon();
     }
     if (isJobFinal(job)) this.forgetJobTimers(job);
-    this.publish(job);
+    this.core.publish(job);
     const budget = job.spec?.maxHits ?? 0n;
     if (!isJobFinal(job) && budget > 0n && (job.counts?.delivered ?? 0n) >= budget) {
       await this.end(job.id, JobState.COMPLETED, `max hits reached (${budget})`);
@@ -1392,9 +1279,9 @@ export class Controller {
 
   /** A process exited: targets of other jobs still waiting for its registers end with it. */
   private async exitWaiting(hostId: string, pid: number, why: string): Promise<void> {
-    for (const job of this.store.all()) {
+    for (const job of this.core.store.all()) {
       if (isJobFinal(job) || !job.targets.some((t) => t.hostId === hostId && t.pid === pid && isTargetWaiting(t))) continue;
-      const updated = await this.store.mutate(job.id, (j) => {
+      const updated = await this.core.store.mutate(job.id, (j) => {
         for (const t of j.targets) {
           if (t.hostId !== hostId || t.pid !== pid || !isTargetWaiting(t)) continue;
           t.state = TargetState.EXITED;
@@ -1403,7 +1290,7 @@ export class Controller {
         rollUp(j);
       }, [hostId]);
       if (isJobFinal(updated)) this.forgetJobTimers(updated);
-      this.publish(updated);
+      this.core.publish(updated);
     }
   }
 
@@ -1415,21 +1302,21 @@ export class Controller {
   private async reconcile(session: AgentSession, armed: readonly ArmedTarget[]): Promise<void> {
     const have = new Set(armed.map((a) => `${a.jobId}/${a.pid}`));
     // Jobs that select this host: look for late joiners again, and arm a host that joined.
-    for (const job of this.store.all()) {
+    for (const job of this.core.store.all()) {
       if (isJobFinal(job) || !job.spec?.target || !this.selectsHost(job, session.info)) continue;
       const selector = job.spec.target;
       if (isFollowable(selector)) session.send({ msg: { case: "follow", value: { jobId: job.id, selector: processPart(selector) } } });
       if (job.targets.some((t) => t.hostId === session.hostId) || !(selector.allHosts || selector.hostSelector)) continue;
-      this.options.log(`job ${job.id}: host ${session.hostId} joined; looking for its targets`);
+      this.core.options.log(`job ${job.id}: host ${session.hostId} joined; looking for its targets`);
       const processes = await this.discover(session, selector).catch(() => [] as DiscoveredProcess[]);
       for (const p of processes) await this.addTarget(job.id, session, p);
     }
     for (const a of armed) {
-      const job = this.store.get(a.jobId);
+      const job = this.core.store.get(a.jobId);
       const target = job?.targets.find((t) => t.hostId === session.hostId && t.pid === a.pid);
       if (job && !isJobFinal(job) && target && isTargetActive(target)) {
         if (target.state === TargetState.LOST) {
-          const updated = await this.store.mutate(job.id, (j) => {
+          const updated = await this.core.store.mutate(job.id, (j) => {
             const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
             if (!t || t.state !== TargetState.LOST) return;
             t.state = TargetState.ARMED;
@@ -1437,49 +1324,49 @@ export class Controller {
             if (a.counts) t.counts = a.counts;
             rollUp(j);
           }, [session.hostId]);
-          this.publish(updated);
+          this.core.publish(updated);
         }
         continue;
       }
-      this.options.log(`agent ${session.hostId}: disarming pid ${a.pid} of job ${a.jobId}, which no active job wants`);
-      const result = await session.disarm({ jobId: a.jobId, pid: a.pid, epoch: this.options.epoch });
+      this.core.options.log(`agent ${session.hostId}: disarming pid ${a.pid} of job ${a.jobId}, which no active job wants`);
+      const result = await session.disarm({ jobId: a.jobId, pid: a.pid, epoch: this.core.options.epoch });
       // Its final counts, also for a job whose targets are not in memory any more.
       if (job && result.counts) {
-        const updated = await this.store.mutate(job.id, (j) => {
+        const updated = await this.core.store.mutate(job.id, (j) => {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
           if (t && result.counts) t.counts = result.counts;
           rollUp(j);
         }, [session.hostId]);
-        this.publish(updated);
+        this.core.publish(updated);
       }
     }
-    for (const job of this.store.all()) {
+    for (const job of this.core.store.all()) {
       if (isJobFinal(job)) continue;
       for (const target of job.targets) {
         if (target.hostId !== session.hostId || !isTargetActive(target) || have.has(`${job.id}/${target.pid}`)) continue;
-        this.options.log(`agent ${session.hostId}: re-arming pid ${target.pid} for job ${job.id}`);
+        this.core.options.log(`agent ${session.hostId}: re-arming pid ${target.pid} for job ${job.id}`);
         let failure = "";
         let gone = false;
         try {
           // This agent's helper may be a new one that does not trap with the job's backend.
           checkHostBackend(session.info, job.spec!);
-          const result = await session.arm(armRequest(job, target, this.options.epoch));
-          if (result.reservedMask) this.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
+          const result = await session.arm(armRequest(job, target, this.core.options.epoch));
+          if (result.reservedMask) this.core.ledger.noteReserved(session.hostId, target.pid, result.reservedMask);
           if (result.error) failure = `${session.hostId}: ${result.error.message}`;
           // The process ended while the agent was away (its report of the exit may still be on its way).
           gone = result.error?.errnoName === "ESRCH";
         } catch (err) {
           failure = err instanceof Error ? err.message : String(err);
         }
-        const updated = await this.store.mutate(job.id, (j) => {
+        const updated = await this.core.store.mutate(job.id, (j) => {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === target.pid);
           if (!t || !isTargetActive(t)) return;
           t.state = gone ? TargetState.EXITED : failure ? TargetState.FAILED : TargetState.ARMED;
           t.reason = gone ? `the process exited while its agent was away (${failure})` : failure ? `re-arm after reconnect failed: ${failure}` : "re-armed after the agent reconnected";
           rollUp(j);
         }, [session.hostId]);
-        if (failure) this.ledger.release(session.hostId, target.pid, job.id);
-        this.publish(updated);
+        if (failure) this.core.ledger.release(session.hostId, target.pid, job.id);
+        this.core.publish(updated);
       }
     }
   }
