@@ -32,8 +32,6 @@ import {
   slotsPerThread,
   targetStateName,
   ValueRedaction,
-  timerAt,
-  type TimerAt,
   type Agent,
   type AgentInfo,
   type ArmedTarget,
@@ -56,42 +54,17 @@ import type { ControllerCoreOptions } from "./controller-options.js";
 import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, agentFailure, errorText } from "./errors.js";
 import { checkHostBackend } from "./host-backend.js";
 import { describeProcesses } from "./job-description.js";
-import { addCounts, finish, isJobFinal, isTargetActive, isTargetLive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
+import { addCounts, finish, isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { type Eviction, type PlacementDecision } from "./placement-types.js";
 import { ControllerCore } from "./controller-core.js";
+import { JobEnding, applyFinals, applyNotes } from "./job-ending.js";
 import { decide, markPlaced, neverFits, placementJob, refusal, whyNot } from "./job-placement.js";
 import { awaitsFirstMatch, isFollowable, processPart, targetIndex } from "./job-targets.js";
 
 export type { ControllerCoreOptions } from "./controller-options.js";
 export { checkHostBackend } from "./host-backend.js";
 export { describeJobSpec } from "./job-description.js";
-
-/** One target's outcome of a disarm: its final counts, or a note on why there are none. */
-interface Final {
-  hostId: string;
-  pid: number;
-  counts?: HitCounts | undefined;
-  note: string;
-}
-
-/** Puts disarm outcomes' counts on a job's targets (where `take` agrees). */
-function applyFinals(job: Job, finals: readonly Final[], take: (t: Target, counts: HitCounts) => boolean): void {
-  const byKey = targetIndex(job);
-  for (const f of finals) {
-    const t = byKey.get(`${f.hostId}/${f.pid}`);
-    if (t && f.counts && take(t, f.counts)) t.counts = f.counts;
-  }
-}
-
-/** Appends disarm outcomes' notes to the reasons of a job's targets (where `to` agrees). */
-function applyNotes(job: Job, finals: readonly Final[], to: (t: Target) => boolean): void {
-  const byKey = targetIndex(job);
-  for (const f of finals) {
-    const t = byKey.get(`${f.hostId}/${f.pid}`);
-    if (t && f.note && to(t)) t.reason += f.note;
-  }
-}
 
 /** The caller a job's stored owner (`user alice`, or "" over plaintext) stands for. */
 function ownerCaller(owner: string): Caller {
@@ -153,7 +126,6 @@ function isRetryable(err: unknown): boolean {
 /** Jobs, sessions and the ledger of one controller. */
 export class Controller {
   private readonly core: ControllerCore;
-  private readonly deadlines = new Map<string, TimerAt>();
   /** Jobs with targets waiting for registers (order: see queuedInOrder). */
   private readonly queue = new Set<string>();
   private readonly queueTimers = new Map<string, NodeJS.Timeout>();
@@ -168,8 +140,11 @@ export class Controller {
   private readonly followers = new Set<LatestQueue<Job>>();
   private skippedStates = 0;
 
+  private readonly ending: JobEnding;
+
   constructor(store: JobStore, options: ControllerCoreOptions) {
     this.core = new ControllerCore(store, options);
+    this.ending = new JobEnding(this.core, { dequeue: (id) => this.dequeue(id), drainSoon: () => this.drainSoon(), unfollow: (job) => this.unfollow(job) });
   }
 
   /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
@@ -180,7 +155,7 @@ export class Controller {
       for (const target of job.targets) {
         if (isTargetActive(target)) this.core.ledger.restore(target.hostId, target.pid, placementJob(job), target.slots);
       }
-      this.scheduleDeadline(job);
+      this.ending.scheduleDeadline(job);
     }
     for (const job of jobs) this.enqueue(job);
     this.drainSoon();
@@ -194,8 +169,7 @@ export class Controller {
     // Job watchers of this term end UNAVAILABLE: their clients reconnect to the next leader.
     this.core.stopped.abort();
     clearInterval(this.leaseTimer);
-    for (const timer of this.deadlines.values()) timer.cancel();
-    this.deadlines.clear();
+    this.ending.stop();
     for (const timer of this.queueTimers.values()) clearTimeout(timer);
     this.queueTimers.clear();
     for (const session of this.core.sessions.values()) session.close("controller stopping");
@@ -311,7 +285,7 @@ export class Controller {
       const processes = processPart(selector);
       for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector: processes } } });
     }
-    this.scheduleDeadline(current);
+    this.ending.scheduleDeadline(current);
     return current;
   }
 
@@ -688,7 +662,7 @@ export class Controller {
         .catch((err: unknown) => void this.core.options.log(`job ${job.id}: failing its targets on hosts that cannot trap failed: ${String(err)}`));
       if (!updated) continue;
       if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
-      if (isJobFinal(updated)) this.forgetJobTimers(updated);
+      if (isJobFinal(updated)) this.ending.forgetJobTimers(updated);
       this.core.publish(updated);
       this.core.options.log(`job ${job.id}: waiting targets on ${[...why.keys()].join(", ")} failed: ${[...why.values()][0]}`);
     }
@@ -708,7 +682,7 @@ export class Controller {
         }, []);
         this.core.publish(ended);
         this.core.options.log(`job ${id}: queue timeout (${timeout}) passed; ${ended.reason}`);
-        if (isJobFinal(ended)) this.forgetJobTimers(ended);
+        if (isJobFinal(ended)) this.ending.forgetJobTimers(ended);
         return;
       }
       if (!job || isJobFinal(job) || !job.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) return;
@@ -726,7 +700,7 @@ export class Controller {
       if (!updated.targets.some(isTargetWaiting)) this.dequeue(id);
       this.core.publish(updated);
       this.core.options.log(`job ${id}: queue timeout (${timeout}) passed; ${updated.reason}`);
-      if (isJobFinal(updated)) this.forgetJobTimers(updated);
+      if (isJobFinal(updated)) this.ending.forgetJobTimers(updated);
     });
   }
 
@@ -749,7 +723,7 @@ export class Controller {
   async cancel(id: string, caller: Caller = plaintextCaller): Promise<Job> {
     const job = this.core.get(id);
     if (isJobFinal(job)) return this.core.getFull(id);
-    return this.end(id, JobState.CANCELLED, caller.who ? `cancelled by ${caller.who}` : "cancelled by user");
+    return this.ending.end(id, JobState.CANCELLED, caller.who ? `cancelled by ${caller.who}` : "cancelled by user");
   }
 
   /**
@@ -772,7 +746,7 @@ export class Controller {
             if (!isJobFinal(x)) finish(x, JobState.CANCELLED, reason);
           });
           cancelled.push(j.id);
-          this.afterEnd(ended, reason);
+          this.ending.afterEnd(ended, reason);
         } catch (err) {
           this.core.options.log(`job ${j.id}: marking it cancelled for the kill switch failed (its agent still clears it): ${String(err)}`);
         }
@@ -798,7 +772,7 @@ export class Controller {
     // The final counts, as a cancel would have them.
     await Promise.all(
       cancelled.map(async (id) => {
-        const finals = await this.disarmTargets(id, wereActive.get(id) ?? []);
+        const finals = await this.ending.disarmTargets(id, wereActive.get(id) ?? []);
         const updated = await this.core.store.mutate(id, (j) => {
           applyFinals(j, finals, (t, counts) => !t.counts || notBehind(counts, t.counts));
           applyNotes(j, finals, () => true);
@@ -940,17 +914,6 @@ export class Controller {
     });
   }
 
-  private scheduleDeadline(job: Job): void {
-    if (job.deadlineUnixMs === 0n || isJobFinal(job) || this.deadlines.has(job.id)) return;
-    this.deadlines.set(
-      job.id,
-      timerAt(Number(job.deadlineUnixMs), () => {
-        this.deadlines.delete(job.id);
-        this.end(job.id, JobState.COMPLETED, "duration elapsed").catch((err) => this.core.options.log(`job ${job.id}: ending at its deadline failed: ${String(err)}`));
-      }),
-    );
-  }
-
   /** Agents stop looking for late joiners of a job that ended (unknown jobs are ignored there). */
   private unfollow(job: Job): void {
     if (!job.spec?.target || !isFollowable(job.spec.target)) return;
@@ -964,61 +927,6 @@ export class Controller {
     if (target.allHosts) return true;
     if (target.hostSelector) return matchesSelector(parseSelector(target.hostSelector), info.labels);
     return target.hostIds.includes(info.hostId) || job.targets.some((t) => t.hostId === info.hostId);
-  }
-
-  /** Disarms every active target of a job (agents answer with final counts) and stores the final state. */
-  private async end(id: string, state: JobState.COMPLETED | JobState.CANCELLED, reason: string): Promise<Job> {
-    this.deadlines.get(id)?.cancel();
-    this.deadlines.delete(id);
-    this.dequeue(id);
-    const finals = await this.disarmTargets(id, this.core.get(id).targets.filter(isTargetActive));
-    const ended = await this.core.store.mutate(id, (j) => {
-      if (isJobFinal(j)) return;
-      const live = new Set(j.targets.filter(isTargetLive).map((t) => `${t.hostId}/${t.pid}`));
-      applyFinals(j, finals, () => true);
-      finish(j, state, reason);
-      // After finish, which gives every live target the job's reason: what went wrong on the way stays said.
-      applyNotes(j, finals, (t) => live.has(`${t.hostId}/${t.pid}`));
-    });
-    this.afterEnd(ended, reason);
-    return ended;
-  }
-
-  /** Disarms targets of a job through their agents: each one's final counts, or a note on why there are none. */
-  private disarmTargets(id: string, targets: readonly Target[]): Promise<Final[]> {
-    return Promise.all(
-      targets.map(async (t): Promise<Final> => {
-        const session = this.core.sessions.get(t.hostId);
-        // Without the agent's answer the counts are the last it reported; they are made final when it reconnects.
-        const later = "; counts as last reported until it reconnects";
-        if (!session?.isOpen) return { hostId: t.hostId, pid: t.pid, note: `; agent ${t.hostId} not connected: it disarms when it reconnects${later}` };
-        try {
-          const result = await session.disarm({ jobId: id, pid: t.pid, epoch: this.core.options.epoch });
-          this.core.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
-          if (result.error) return { hostId: t.hostId, pid: t.pid, note: `; disarm failed: ${result.error.message}` };
-          return { hostId: t.hostId, pid: t.pid, counts: result.counts, note: "" };
-        } catch (err) {
-          return { hostId: t.hostId, pid: t.pid, note: `; disarm failed: ${err instanceof Error ? err.message : String(err)}${later}` };
-        }
-      }),
-    );
-  }
-
-  /** A job just ended: its registers go back to the ledger, its timers stop, and the queue may move. */
-  private afterEnd(ended: Job, reason: string): void {
-    for (const t of ended.targets) this.core.ledger.release(t.hostId, t.pid, ended.id);
-    this.forgetJobTimers(ended);
-    this.core.publish(ended);
-    this.core.options.log(`job ${ended.id}: ${reason}`);
-    this.drainSoon();
-  }
-
-  /** A final job needs no deadline, no queue place, and no agent looking for its late joiners. */
-  private forgetJobTimers(job: Job): void {
-    this.deadlines.get(job.id)?.cancel();
-    this.deadlines.delete(job.id);
-    this.dequeue(job.id);
-    this.unfollow(job);
   }
 
   // ---- agent sessions ---------------------------------------------------
@@ -1269,11 +1177,11 @@ export class Controller {
       if (!t || !isTargetActive(t)) this.core.ledger.release(hostId, report.pid, report.jobId);
       this.drainSoon();
     }
-    if (isJobFinal(job)) this.forgetJobTimers(job);
+    if (isJobFinal(job)) this.ending.forgetJobTimers(job);
     this.core.publish(job);
     const budget = job.spec?.maxHits ?? 0n;
     if (!isJobFinal(job) && budget > 0n && (job.counts?.delivered ?? 0n) >= budget) {
-      await this.end(job.id, JobState.COMPLETED, `max hits reached (${budget})`);
+      await this.ending.end(job.id, JobState.COMPLETED, `max hits reached (${budget})`);
     }
   }
 
@@ -1289,7 +1197,7 @@ export class Controller {
         }
         rollUp(j);
       }, [hostId]);
-      if (isJobFinal(updated)) this.forgetJobTimers(updated);
+      if (isJobFinal(updated)) this.ending.forgetJobTimers(updated);
       this.core.publish(updated);
     }
   }
