@@ -8,10 +8,7 @@ import {
   LatestQueue,
   JobSchema,
   JobState,
-  SlotUseSchema,
   TargetState,
-  TargetSlotsSchema,
-  AgentSchema,
   RpcError,
   armConditions,
   Backend,
@@ -29,7 +26,6 @@ import {
   parseSymbol,
   parsePlacement,
   formatDuration,
-  slotsPerThread,
   targetStateName,
   ValueRedaction,
   type Agent,
@@ -54,11 +50,13 @@ import type { ControllerCoreOptions } from "./controller-options.js";
 import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, agentFailure, errorText } from "./errors.js";
 import { checkHostBackend } from "./host-backend.js";
 import { describeProcesses } from "./job-description.js";
-import { addCounts, finish, isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
+import { finish, isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { type Eviction, type PlacementDecision } from "./placement-types.js";
 import { ControllerCore } from "./controller-core.js";
-import { JobEnding, applyFinals, applyNotes } from "./job-ending.js";
+import { JobEnding } from "./job-ending.js";
+import { disarmAll, type KillSwitchResult } from "./kill-switch.js";
+import { listAgents } from "./agent-listing.js";
 import { decide, markPlaced, neverFits, placementJob, refusal, whyNot } from "./job-placement.js";
 import { awaitsFirstMatch, isFollowable, processPart, targetIndex } from "./job-targets.js";
 
@@ -726,63 +724,9 @@ export class Controller {
     return this.ending.end(id, JobState.CANCELLED, caller.who ? `cancelled by ${caller.who}` : "cancelled by user");
   }
 
-  /**
-   * The kill switch: every connected agent clears every register it holds
-   * (confirmed within `timeoutMs` or named as not confirmed), then every
-   * active job ends cancelled with `reason` (their final counts come from
-   * the agents as usual). Agents not connected clear theirs when their
-   * lease runs out or, back, when they find their jobs cancelled.
-   */
-  async disarmAll(reason: string, timeoutMs: number): Promise<{ cancelled: string[]; agents: Array<{ hostId: string; connected: boolean; confirmed: boolean; disarmed: number; afterMs: number; error: string }>; allAfterMs: number }> {
-    const startMs = Date.now();
-    // Cancelled in the store first: nothing (a report, a reconnect, the queue) arms them again meanwhile.
-    const live = this.core.store.all().filter((j) => !isJobFinal(j));
-    const wereActive = new Map(live.map((j) => [j.id, j.targets.filter(isTargetActive)]));
-    const cancelled: string[] = [];
-    await Promise.all(
-      live.map(async (j) => {
-        try {
-          const ended = await this.core.store.mutate(j.id, (x) => {
-            if (!isJobFinal(x)) finish(x, JobState.CANCELLED, reason);
-          });
-          cancelled.push(j.id);
-          this.ending.afterEnd(ended, reason);
-        } catch (err) {
-          this.core.options.log(`job ${j.id}: marking it cancelled for the kill switch failed (its agent still clears it): ${String(err)}`);
-        }
-      }),
-    );
-    const open = [...this.core.sessions.values()].filter((s) => s.isOpen);
-    const agents = await Promise.all(
-      open.map(async (session) => {
-        try {
-          const result = await session.disarmAll({ epoch: this.core.options.epoch, reason }, timeoutMs);
-          const afterMs = Date.now() - startMs;
-          if (result.error) return { hostId: session.hostId, connected: true, confirmed: false, disarmed: 0, afterMs, error: result.error.message };
-          return { hostId: session.hostId, connected: true, confirmed: true, disarmed: result.disarmed, afterMs, error: "" };
-        } catch (err) {
-          return { hostId: session.hostId, connected: true, confirmed: false, disarmed: 0, afterMs: Date.now() - startMs, error: errorText(err) };
-        }
-      }),
-    );
-    const allAfterMs = Date.now() - startMs;
-    for (const [hostId, known] of this.core.known) {
-      if (!this.core.sessions.get(hostId)?.isOpen) agents.push({ hostId, connected: false, confirmed: false, disarmed: 0, afterMs: 0, error: `not connected (last seen ${new Date(known.lastSeenMs).toISOString()}): it disarms when its lease runs out` });
-    }
-    // The final counts, as a cancel would have them.
-    await Promise.all(
-      cancelled.map(async (id) => {
-        const finals = await this.ending.disarmTargets(id, wereActive.get(id) ?? []);
-        const updated = await this.core.store.mutate(id, (j) => {
-          applyFinals(j, finals, (t, counts) => !t.counts || notBehind(counts, t.counts));
-          applyNotes(j, finals, () => true);
-          j.counts = addCounts(j.targets.map((t) => t.counts));
-        });
-        this.core.publish(updated);
-      }),
-    ).catch((err) => this.core.options.log(`kill switch: collecting final counts failed: ${String(err)}`));
-    this.core.options.log(`kill switch: ${agents.filter((a) => a.confirmed).length}/${agents.length} agents confirmed in ${allAfterMs} ms; ${cancelled.length} job(s) cancelled (${reason})`);
-    return { cancelled, agents: agents.sort((a, b) => a.hostId.localeCompare(b.hostId)), allAfterMs };
+  /** The kill switch (see kill-switch.ts): every register cleared, every active job cancelled. */
+  disarmAll(reason: string, timeoutMs: number): Promise<KillSwitchResult> {
+    return disarmAll(this.core, this.ending, reason, timeoutMs);
   }
 
   /**
@@ -840,39 +784,7 @@ export class Controller {
 
   /** Every agent ever seen by this controller, with the slot map of its targets. */
   agents(): Agent[] {
-    const entries = this.core.ledger.entries();
-    return [...this.core.known.values()]
-      .sort((a, b) => a.info.hostId.localeCompare(b.info.hostId))
-      .map(({ info, lastSeenMs }) =>
-        create(AgentSchema, {
-          info,
-          connected: this.core.sessions.get(info.hostId)?.isOpen ?? false,
-          lastSeenUnixMs: BigInt(this.core.sessions.get(info.hostId)?.lastSeenMs ?? lastSeenMs),
-          targets: entries
-            .filter((e) => e.hostId === info.hostId)
-            .sort((a, b) => a.pid - b.pid)
-            .map((e) =>
-              create(TargetSlotsSchema, {
-                pid: e.pid,
-                slots: Array.from({ length: slotsPerThread }, (_, dr) => {
-                  const held = e.slots[dr];
-                  const jobIds = held?.holders.map((h) => h.jobId) ?? [];
-                  return create(SlotUseSchema, {
-                    dr,
-                    jobId: jobIds[0] ?? "",
-                    jobIds,
-                    chunk: held?.chunk,
-                    reserved: ((e.reservedMask >> dr) & 1) === 1,
-                    foreign: ((e.foreignMask >> dr) & 1) === 1,
-                    backend: !held ? Backend.UNSPECIFIED : held.exclusive ? Backend.PERF : Backend.PTRACE,
-                  });
-                }),
-                tracedByPid: e.tracedBy?.pid ?? 0,
-                tracedByComm: e.tracedBy?.comm ?? "",
-              }),
-            ),
-        }),
-      );
+    return listAgents(this.core);
   }
 
   private pickSessions(selector: TargetSelector): AgentSession[] {
