@@ -10,15 +10,11 @@ import {
   JobState,
   TargetState,
   RpcError,
-  armConditions,
-  Backend,
   backendName,
-  countIntervalMs,
   resolveBackend,
   TargetSchema,
   TrapDelivery,
   checkJobSpec,
-  defaultStackDepth,
   matches as matchesSelector,
   parseSelector,
   chunksOf,
@@ -34,20 +30,18 @@ import {
   type Chunk,
   type DiscoveredProcess,
   type HitCounts,
-  type Target,
   type TargetSelector,
   type Job,
   type JobSpec,
   type SessionRequest,
   type SessionResponse,
-  type SlotAssignment,
   type TargetReport,
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
 import { plaintextCaller, type Caller } from "./access.js";
 import type { ScopeSubject } from "./access-policy.js";
 import type { ControllerCoreOptions } from "./controller-options.js";
-import { AgentOperationError, AgentUnavailableError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, agentFailure, errorText } from "./errors.js";
+import { AgentOperationError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, agentFailure, errorText } from "./errors.js";
 import { checkHostBackend } from "./host-backend.js";
 import { describeProcesses } from "./job-description.js";
 import { finish, isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
@@ -55,10 +49,11 @@ import type { JobStore } from "./job-store.js";
 import { type Eviction, type PlacementDecision } from "./placement-types.js";
 import { ControllerCore } from "./controller-core.js";
 import { JobEnding } from "./job-ending.js";
+import { Arming, armRequest } from "./arming.js";
 import { disarmAll, type KillSwitchResult } from "./kill-switch.js";
 import { listAgents } from "./agent-listing.js";
 import { decide, markPlaced, neverFits, placementJob, refusal, whyNot } from "./job-placement.js";
-import { awaitsFirstMatch, isFollowable, processPart, targetIndex } from "./job-targets.js";
+import { awaitsFirstMatch, isFollowable, processPart } from "./job-targets.js";
 
 export type { ControllerCoreOptions } from "./controller-options.js";
 export { checkHostBackend } from "./host-backend.js";
@@ -81,44 +76,8 @@ type Plan = { session: AgentSession; pid: number; chunks: Chunk[] } | { session:
 /** How often the queue is offered registers again even when none were freed (foreign holders and tracers may have left). */
 const retryQueueEveryMs = 5_000;
 
-/** Back-off after a rate limit trips, when the job names none. */
-const defaultBackoffMs = 1_000;
-
 function newJobId(): string {
   return randomBytes(5).toString("hex");
-}
-
-/** What an agent is asked to arm for one target of a job: registers, budget, deadline and the helper-side filters. */
-function armRequest(job: Job, target: { pid: number; slots: SlotAssignment[]; counts?: HitCounts | undefined }, epoch: bigint) {
-  const spec = job.spec!;
-  const counting = spec.countOnly;
-  return {
-    jobId: job.id,
-    pid: target.pid,
-    slots: target.slots,
-    maxHits: spec.maxHits,
-    deadlineUnixMs: job.deadlineUnixMs,
-    conditions: armConditions(spec),
-    tids: spec.tids,
-    maxHitsPerSecond: spec.maxHitsPerSecond,
-    backoffMs: spec.maxHitsPerSecond > 0 ? spec.backoffMs || defaultBackoffMs : 0,
-    // A counting job sends no hits, so no stacks either.
-    stackDepth: counting ? 0 : (spec.stackDepth ?? defaultStackDepth),
-    lostAfterMs: spec.lostAfterMs,
-    backend: resolveBackend(spec),
-    countOnly: counting,
-    countIntervalMs: counting ? countIntervalMs(spec) : 0n,
-    epoch,
-    ...(target.counts ? { counts: target.counts } : {}),
-    redaction: job.redaction,
-  };
-}
-
-/** Arm failures that may pass when the target is tried again later: registers taken, another tracer, agent away. */
-function isRetryable(err: unknown): boolean {
-  if (err instanceof AgentUnavailableError) return true;
-  if (!(err instanceof AgentOperationError)) return false;
-  return err.errnoName === "ENOSPC" || err.errnoName === "EBUSY" || /already traced by pid/.test(err.message);
 }
 
 /** Jobs, sessions and the ledger of one controller. */
@@ -139,9 +98,11 @@ export class Controller {
   private skippedStates = 0;
 
   private readonly ending: JobEnding;
+  private readonly arming: Arming;
 
   constructor(store: JobStore, options: ControllerCoreOptions) {
     this.core = new ControllerCore(store, options);
+    this.arming = new Arming(this.core, { enqueue: (job) => this.enqueue(job), drainSoon: () => this.drainSoon() });
     this.ending = new JobEnding(this.core, { dequeue: (id) => this.dequeue(id), drainSoon: () => this.drainSoon(), unfollow: (job) => this.unfollow(job) });
   }
 
@@ -275,7 +236,7 @@ export class Controller {
     const failures: unknown[] = [];
     let current = job;
     if (placedOn.length > 0) {
-      current = await this.armTargets(job, placedOn, failures);
+      current = await this.arming.armTargets(job, placedOn, failures);
       if (current.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${current.reason}`);
     }
     if (current.targets.some(isTargetWaiting) || awaitsMatch) this.enqueue(current);
@@ -361,90 +322,6 @@ export class Controller {
     );
   }
 
-  /** Arms targets of a stored job through their agents and records each outcome; a target that may wait goes back to the queue. */
-  private async armTargets(job: Job, targets: readonly Target[], failures: unknown[]): Promise<Job> {
-    const outcomes = await Promise.all(
-      targets.map(async (t) => {
-        const session = this.core.sessions.get(t.hostId);
-        try {
-          if (!session?.isOpen) throw new AgentUnavailableError(`agent ${t.hostId} is not connected`, t.hostId);
-          // What the host said since the target was planned (a restarted helper's self-test) still allows it.
-          checkHostBackend(session.info, job.spec!);
-          const result = await session.arm(armRequest(job, t, this.core.options.epoch));
-          if (result.reservedMask) this.core.ledger.noteReserved(t.hostId, t.pid, result.reservedMask);
-          if (result.error) throw agentFailure(t.hostId, result.error);
-          return { target: t, result };
-        } catch (err) {
-          this.learnFromArmFailure(t, err);
-          this.core.options.log(`job ${job.id}: arming ${t.hostId}/${t.pid} failed: ${errorText(err)}`);
-          failures.push(err);
-          return { target: t, err };
-        }
-      }),
-    );
-    const nowMs = BigInt(Date.now());
-    const armed = await this.core.store.mutate(job.id, (j) => {
-      const byKey = targetIndex(j);
-      for (const outcome of outcomes) {
-        const t = byKey.get(`${outcome.target.hostId}/${outcome.target.pid}`)!;
-        if (t.state !== TargetState.ARMING) continue;
-        if ("result" in outcome && outcome.result) {
-          t.state = TargetState.ARMED;
-          t.reason = `${outcome.result.threadsArmed}/${outcome.result.threadsTotal} threads armed`;
-          t.threadsTotal = outcome.result.threadsTotal;
-          t.threadsArmed = outcome.result.threadsArmed;
-          t.reservedMask = outcome.result.reservedMask;
-          if (outcome.result.backend !== Backend.UNSPECIFIED) t.backend = outcome.result.backend;
-          t.valuesExact = outcome.result.valuesExact;
-        } else if (outcome.err instanceof AgentOperationError && outcome.err.errnoName === "ESRCH") {
-          // Gone before its turn came (the agent had nothing armed there to see the exit).
-          t.state = TargetState.EXITED;
-          t.slots = [];
-          t.reason = `the process exited before it could be armed (${errorText(outcome.err)})`;
-        } else if (isRetryable(outcome.err) && (j.queueDeadlineUnixMs > nowMs || t.preemptions > 0)) {
-          t.state = t.preemptions > 0 ? TargetState.PREEMPTED : TargetState.PENDING;
-          t.slots = [];
-          t.reason = `${errorText(outcome.err)}; waiting in the queue`;
-        } else {
-          t.state = TargetState.FAILED;
-          t.reason = errorText(outcome.err);
-        }
-      }
-      rollUp(j);
-    }, targets.map((t) => t.hostId));
-    for (const t of armed.targets) if (!isTargetActive(t)) this.core.ledger.release(t.hostId, t.pid, job.id);
-    // The job ended while these were arming: take them back.
-    const armedByKey = targetIndex(armed);
-    for (const outcome of outcomes) {
-      const t = armedByKey.get(`${outcome.target.hostId}/${outcome.target.pid}`);
-      if ("result" in outcome && t && !isTargetActive(t)) {
-        void this.core.sessions
-          .get(t.hostId)
-          ?.disarm({ jobId: job.id, pid: t.pid, epoch: this.core.options.epoch })
-          .catch((err) => this.core.options.log(`job ${job.id}: disarming ${t.hostId}/${t.pid} after the job ended failed: ${String(err)}`));
-      }
-    }
-    this.core.publish(armed);
-    if (armed.targets.some(isTargetWaiting)) this.enqueue(armed);
-    // Registers of targets that failed are free for others.
-    if (outcomes.some((o) => "err" in o)) this.drainSoon();
-    return armed;
-  }
-
-  /** An arm that met ENOSPC or another tracer tells the ledger about registers and processes it cannot use. */
-  private learnFromArmFailure(target: Target, err: unknown): void {
-    if (!(err instanceof AgentOperationError)) return;
-    if (err.errnoName === "ENOSPC") {
-      const held = this.core.ledger.snapshot(target.hostId, target.pid);
-      // Registers only this target's job holds were new to the kernel: one of them met the limit.
-      let mask = 0;
-      for (const a of target.slots) if (held.slots[a.dr]?.holders.length === 1) mask |= 1 << a.dr;
-      this.core.ledger.noteForeign(target.hostId, target.pid, mask);
-    }
-    const traced = /already traced by pid (\d+) \(([^)]*)\)/.exec(err.message);
-    if (traced) this.core.ledger.noteTracer(target.hostId, target.pid, { pid: Number(traced[1]), comm: traced[2]! });
-  }
-
   /** A process that started matching an active job (late joiner), or a process of a host that joined. */
   private async addTarget(jobId: string, session: AgentSession, process: DiscoveredProcess): Promise<void> {
     const pid = process.pid;
@@ -503,7 +380,7 @@ export class Controller {
     // The decision may also have placed other waiting targets of the job (a gang completed by this one).
     const placed = new Set(added.decision?.placed.map((p) => `${p.hostId}/${p.pid}`) ?? []);
     const arming = added.updated.targets.filter((x) => x.state === TargetState.ARMING && placed.has(`${x.hostId}/${x.pid}`));
-    if (arming.length > 0) await this.armTargets(added.updated, arming, []);
+    if (arming.length > 0) await this.arming.armTargets(added.updated, arming, []);
     else this.enqueue(added.updated);
   }
 
@@ -621,7 +498,7 @@ export class Controller {
     await Promise.all(
       work.map(async ({ job, evictions }) => {
         await this.evict(job, evictions);
-        await this.armTargets(job, job.targets.filter((t) => t.state === TargetState.ARMING), []);
+        await this.arming.armTargets(job, job.targets.filter((t) => t.state === TargetState.ARMING), []);
       }),
     );
   }
@@ -1003,7 +880,7 @@ export class Controller {
     const placed = new Set(replaced.decision.placed.map((p) => `${p.hostId}/${p.pid}`));
     this.core.options.log(`job ${jobId}: lost targets on ${[...hosts].join(", ")} replaced by ${[...placed].join(", ")}`);
     await this.evict(replaced.updated, replaced.decision.preempted);
-    await this.armTargets(replaced.updated, replaced.updated.targets.filter((t) => t.state === TargetState.ARMING && placed.has(`${t.hostId}/${t.pid}`)), []);
+    await this.arming.armTargets(replaced.updated, replaced.updated.targets.filter((t) => t.state === TargetState.ARMING && placed.has(`${t.hostId}/${t.pid}`)), []);
   }
 
   private expireLeases(): void {
