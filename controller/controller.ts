@@ -29,7 +29,6 @@ import {
   type ArmedTarget,
   type Chunk,
   type DiscoveredProcess,
-  type HitCounts,
   type TargetSelector,
   type Job,
   type JobSpec,
@@ -44,16 +43,17 @@ import type { ControllerCoreOptions } from "./controller-options.js";
 import { AgentOperationError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, agentFailure, errorText } from "./errors.js";
 import { checkHostBackend } from "./host-backend.js";
 import { describeProcesses } from "./job-description.js";
-import { finish, isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
+import { isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
-import { type Eviction, type PlacementDecision } from "./placement-types.js";
+import { type PlacementDecision } from "./placement-types.js";
 import { ControllerCore } from "./controller-core.js";
 import { JobEnding } from "./job-ending.js";
 import { Arming, armRequest } from "./arming.js";
+import { JobQueue } from "./job-queue.js";
 import { disarmAll, type KillSwitchResult } from "./kill-switch.js";
 import { listAgents } from "./agent-listing.js";
 import { decide, markPlaced, neverFits, placementJob, refusal, whyNot } from "./job-placement.js";
-import { awaitsFirstMatch, isFollowable, processPart } from "./job-targets.js";
+import { isFollowable, processPart } from "./job-targets.js";
 
 export type { ControllerCoreOptions } from "./controller-options.js";
 export { checkHostBackend } from "./host-backend.js";
@@ -73,9 +73,6 @@ function scopeSubject(session: AgentSession, p: DiscoveredProcess): ScopeSubject
 /** A target process planned for a job: its chunks, or why it cannot be watched. */
 type Plan = { session: AgentSession; pid: number; chunks: Chunk[] } | { session: AgentSession; pid: number; err: unknown };
 
-/** How often the queue is offered registers again even when none were freed (foreign holders and tracers may have left). */
-const retryQueueEveryMs = 5_000;
-
 function newJobId(): string {
   return randomBytes(5).toString("hex");
 }
@@ -83,13 +80,6 @@ function newJobId(): string {
 /** Jobs, sessions and the ledger of one controller. */
 export class Controller {
   private readonly core: ControllerCore;
-  /** Jobs with targets waiting for registers (order: see queuedInOrder). */
-  private readonly queue = new Set<string>();
-  private readonly queueTimers = new Map<string, NodeJS.Timeout>();
-  private drainScheduled = false;
-  private lastDrainMs = 0;
-  /** When each queued job's reason was last rewritten. */
-  private readonly reasonSaidMs = new Map<string, number>();
   /** Jobs whose targets are being marked lost right now. */
   private readonly losing = new Set<string>();
   private leaseTimer: NodeJS.Timeout | undefined;
@@ -99,11 +89,13 @@ export class Controller {
 
   private readonly ending: JobEnding;
   private readonly arming: Arming;
+  private readonly queue: JobQueue;
 
   constructor(store: JobStore, options: ControllerCoreOptions) {
     this.core = new ControllerCore(store, options);
-    this.arming = new Arming(this.core, { enqueue: (job) => this.enqueue(job), drainSoon: () => this.drainSoon() });
-    this.ending = new JobEnding(this.core, { dequeue: (id) => this.dequeue(id), drainSoon: () => this.drainSoon(), unfollow: (job) => this.unfollow(job) });
+    this.arming = new Arming(this.core, { enqueue: (job) => this.queue.enqueue(job), drainSoon: () => this.queue.drainSoon() });
+    this.ending = new JobEnding(this.core, { dequeue: (id) => this.queue.dequeue(id), drainSoon: () => this.queue.drainSoon(), unfollow: (job) => this.unfollow(job) });
+    this.queue = new JobQueue(this.core, this.arming, this.ending);
   }
 
   /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
@@ -116,8 +108,8 @@ export class Controller {
       }
       this.ending.scheduleDeadline(job);
     }
-    for (const job of jobs) this.enqueue(job);
-    this.drainSoon();
+    for (const job of jobs) this.queue.enqueue(job);
+    this.queue.drainSoon();
     this.core.startedMs = Date.now();
     this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.core.options.leaseMs / 4)));
     this.core.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active, ${this.queue.size} queued`);
@@ -129,8 +121,7 @@ export class Controller {
     this.core.stopped.abort();
     clearInterval(this.leaseTimer);
     this.ending.stop();
-    for (const timer of this.queueTimers.values()) clearTimeout(timer);
-    this.queueTimers.clear();
+    this.queue.stop();
     for (const session of this.core.sessions.values()) session.close("controller stopping");
     this.core.sessions.clear();
   }
@@ -232,14 +223,14 @@ export class Controller {
     const placedOn = job.targets.filter(isTargetActive);
     this.core.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${placedOn.map((t) => `${t.hostId}/${t.pid}`).join(", ")}` : `queued (${job.reason})`}`);
 
-    await this.evict(job, evictions);
+    await this.queue.evict(job, evictions);
     const failures: unknown[] = [];
     let current = job;
     if (placedOn.length > 0) {
       current = await this.arming.armTargets(job, placedOn, failures);
       if (current.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${current.reason}`);
     }
-    if (current.targets.some(isTargetWaiting) || awaitsMatch) this.enqueue(current);
+    if (current.targets.some(isTargetWaiting) || awaitsMatch) this.queue.enqueue(current);
     if (isFollowable(selector)) {
       const processes = processPart(selector);
       for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector: processes } } });
@@ -282,44 +273,6 @@ export class Controller {
     } catch (err) {
       return { session, pid, err };
     }
-  }
-
-  /** Takes the registers of preempted jobs back from their agents; the victims are told (state, reason) and requeued. */
-  private async evict(by: Job, evictions: readonly Eviction[]): Promise<void> {
-    await Promise.all(
-      evictions.map(async (e) => {
-        const session = this.core.sessions.get(e.hostId);
-        let counts: HitCounts | undefined;
-        let note = "";
-        if (!session?.isOpen) note = `; agent ${e.hostId} not connected: it disarms when it reconnects`;
-        else {
-          try {
-            const result = await session.disarm({ jobId: e.jobId, pid: e.pid, epoch: this.core.options.epoch });
-            this.core.ledger.noteReserved(e.hostId, e.pid, result.reservedMask);
-            if (result.error) note = `; disarm failed: ${result.error.message}`;
-            else counts = result.counts;
-          } catch (err) {
-            note = `; disarm failed: ${errorText(err)}`;
-          }
-        }
-        const priority = by.spec?.priority ?? 0;
-        const victim = await this.core.store.mutate(e.jobId, (j) => {
-          const t = j.targets.find((x) => x.hostId === e.hostId && x.pid === e.pid);
-          if (!t || !isTargetActive(t)) return;
-          // The agent keeps these counters and goes on from them when the target is armed again.
-          if (counts) t.counts = counts;
-          t.state = TargetState.PREEMPTED;
-          t.preemptions++;
-          t.slots = [];
-          t.reason = `preempted by job ${by.id} (priority ${priority} over ${j.spec?.priority ?? 0})${note}; waiting to be placed again`;
-          rollUp(j);
-          if (j.state === JobState.PENDING) j.reason = `preempted by job ${by.id}; waiting in the queue`;
-        }, [e.hostId]);
-        this.core.publish(victim);
-        this.core.options.log(`job ${e.jobId}: ${e.hostId}/${e.pid} preempted by job ${by.id}`);
-        this.enqueue(victim);
-      }),
-    );
   }
 
   /** A process that started matching an active job (late joiner), or a process of a host that joined. */
@@ -376,207 +329,12 @@ export class Controller {
     this.core.publish(added.updated);
     const t = added.updated.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
     this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} joined (${targetStateName(t.state)}${t.state === TargetState.ARMING ? "" : `: ${t.reason}`})`);
-    await this.evict(added.updated, added.decision?.preempted ?? []);
+    await this.queue.evict(added.updated, added.decision?.preempted ?? []);
     // The decision may also have placed other waiting targets of the job (a gang completed by this one).
     const placed = new Set(added.decision?.placed.map((p) => `${p.hostId}/${p.pid}`) ?? []);
     const arming = added.updated.targets.filter((x) => x.state === TargetState.ARMING && placed.has(`${x.hostId}/${x.pid}`));
     if (arming.length > 0) await this.arming.armTargets(added.updated, arming, []);
-    else this.enqueue(added.updated);
-  }
-
-  // ---- the queue ----------------------------------------------------------
-
-  /**
-   * A job with targets waiting for registers: placed again when registers
-   * free up; fails at its queue deadline. A job with no target yet (waiting
-   * for a matching process to start) only gets the deadline.
-   */
-  private enqueue(job: Job): void {
-    if (isJobFinal(job) || !(job.targets.some(isTargetWaiting) || awaitsFirstMatch(job))) return;
-    if (job.targets.length > 0) {
-      if (!this.queue.has(job.id)) this.reasonSaidMs.set(job.id, Date.now());
-      this.queue.add(job.id);
-    }
-    if (job.queueDeadlineUnixMs > 0n && !this.queueTimers.has(job.id)) {
-      const delay = Math.max(0, Number(job.queueDeadlineUnixMs) - Date.now());
-      this.queueTimers.set(
-        job.id,
-        setTimeout(() => {
-          this.queueTimers.delete(job.id);
-          this.expireQueued(job.id).catch((err) => this.core.options.log(`job ${job.id}: ending its wait in the queue failed: ${String(err)}`));
-        }, delay),
-      );
-    }
-    // No drain here: it was just decided against what the ledger holds. Freed registers drain the queue.
-  }
-
-  private dequeue(id: string): void {
-    this.queue.delete(id);
-    this.reasonSaidMs.delete(id);
-    clearTimeout(this.queueTimers.get(id));
-    this.queueTimers.delete(id);
-  }
-
-  /** Queued jobs in the order they get registers: higher priority first, then first come. */
-  private queuedInOrder(): Job[] {
-    const jobs: Job[] = [];
-    for (const id of this.queue) {
-      const job = this.core.store.get(id);
-      if (job && !isJobFinal(job) && job.targets.some(isTargetWaiting)) jobs.push(job);
-      else this.dequeue(id);
-    }
-    return jobs.sort((a, b) => (b.spec?.priority ?? 0) - (a.spec?.priority ?? 0) || Number(a.createdUnixMs - b.createdUnixMs) || (a.id < b.id ? -1 : 1));
-  }
-
-  /** Runs the queue once soon; several triggers in a row run it once. */
-  private drainSoon(): void {
-    if (this.drainScheduled || this.queue.size === 0 || this.core.stopped.signal.aborted) return;
-    this.drainScheduled = true;
-    setImmediate(() => {
-      this.drainScheduled = false;
-      this.drain().catch((err) => this.core.options.log(`queue: placing waiting jobs failed: ${String(err)}`));
-    });
-  }
-
-  /**
-   * Offers free registers to the queued jobs in order; a job that fits goes
-   * ahead of earlier ones that do not (backfill). Placements are applied to
-   * the ledger one job after the other, so no register is given twice.
-   */
-  private async drain(): Promise<void> {
-    const work = await this.core.withLedger(async () => {
-      await this.failUnarmable();
-      // Decisions one job after the other (each sees the registers the ones before it took); writes all at once.
-      const writes: Promise<{ job: Job; evictions: readonly Eviction[] } | undefined>[] = [];
-      const now = Date.now();
-      for (const job of this.queuedInOrder()) {
-        const decision = decide(this.core, job);
-        if (decision.placed.length === 0) {
-          // A waiting job says why, in words and numbers, as the fleet changes (not more often than the queue is retried).
-          const reason = decision.shortfall ? `queued: ${decision.shortfall.reason}` : "";
-          const said = this.reasonSaidMs.get(job.id) ?? 0;
-          if (reason && job.state === JobState.PENDING && job.reason !== reason && !job.reason.startsWith("preempted") && now - said >= retryQueueEveryMs) {
-            this.reasonSaidMs.set(job.id, now);
-            writes.push(
-              this.core.store
-                .mutate(job.id, (j) => {
-                  if (j.state === JobState.PENDING) j.reason = reason;
-                }, [])
-                .then((updated) => void this.core.publish(updated)),
-            );
-          }
-          continue;
-        }
-        writes.push(
-          this.core.store
-            .mutate(job.id, (j) => {
-              markPlaced(j, decision);
-              for (const t of j.targets) if (isTargetWaiting(t)) t.reason = whyNot(this.core.ledger, j, t);
-              if (!j.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) j.queueDeadlineUnixMs = 0n;
-            }, [...decision.placed.map((p) => p.hostId), ...job.targets.filter(isTargetWaiting).map((t) => t.hostId)])
-            .then((updated) => {
-              if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
-              return { job: updated, evictions: decision.preempted };
-            })
-            .catch((err: unknown) => {
-              // Its registers go back; registers of jobs it would have preempted stay free until those report.
-              for (const p of decision.placed) this.core.ledger.release(p.hostId, p.pid, job.id);
-              this.core.options.log(`job ${job.id}: storing its placement failed: ${String(err)}`);
-              return undefined;
-            }),
-        );
-      }
-      const settled = await Promise.all(writes.map((w) => w.catch((err: unknown) => void this.core.options.log(`queue: ${String(err)}`))));
-      return settled.filter((w): w is { job: Job; evictions: readonly Eviction[] } => w !== undefined);
-    });
-    for (const { job } of work) this.core.publish(job);
-    if (work.length > 0) {
-      // One line per drain: a queue of thousands must not turn into thousands of log lines.
-      const shown = work.slice(0, 5).map(({ job }) => `${job.id} on ${job.targets.filter((t) => t.state === TargetState.ARMING).map((t) => `${t.hostId}/${t.pid}`).join(", ")}`);
-      this.core.options.log(`queue: placed ${work.length} job(s): ${shown.join("; ")}${work.length > shown.length ? `; and ${work.length - shown.length} more` : ""}`);
-    }
-    await Promise.all(
-      work.map(async ({ job, evictions }) => {
-        await this.evict(job, evictions);
-        await this.arming.armTargets(job, job.targets.filter((t) => t.state === TargetState.ARMING), []);
-      }),
-    );
-  }
-
-  /**
-   * Waiting targets on hosts that cannot arm their job's backend now (a
-   * restarted helper whose self-test saw no traps) fail with the host's
-   * reason instead of being placed: they would preempt others to watch
-   * nothing. Call under the ledger lock; waiting targets hold no registers.
-   */
-  private async failUnarmable(): Promise<void> {
-    for (const job of this.queuedInOrder()) {
-      const why = new Map<string, string>();
-      const checked = new Set<string>();
-      for (const t of job.targets) {
-        if (!isTargetWaiting(t) || checked.has(t.hostId)) continue;
-        checked.add(t.hostId);
-        const info = this.core.known.get(t.hostId)?.info;
-        try {
-          if (info && job.spec) checkHostBackend(info, job.spec);
-        } catch (err) {
-          why.set(t.hostId, errorText(err));
-        }
-      }
-      if (why.size === 0) continue;
-      const updated = await this.core.store
-        .mutate(job.id, (j) => {
-          for (const t of j.targets) {
-            const reason = why.get(t.hostId);
-            if (reason === undefined || !isTargetWaiting(t)) continue;
-            t.state = TargetState.FAILED;
-            t.reason = reason;
-          }
-          rollUp(j);
-        }, why.keys())
-        .catch((err: unknown) => void this.core.options.log(`job ${job.id}: failing its targets on hosts that cannot trap failed: ${String(err)}`));
-      if (!updated) continue;
-      if (!updated.targets.some(isTargetWaiting)) this.dequeue(job.id);
-      if (isJobFinal(updated)) this.ending.forgetJobTimers(updated);
-      this.core.publish(updated);
-      this.core.options.log(`job ${job.id}: waiting targets on ${[...why.keys()].join(", ")} failed: ${[...why.values()][0]}`);
-    }
-  }
-
-  /** The queue timeout passed: targets that never got registers fail (a gang fails whole). */
-  private async expireQueued(id: string): Promise<void> {
-    await this.core.withLedger(async () => {
-      const job = this.core.store.get(id);
-      const timeout = formatDuration(job?.spec?.queueTimeoutMs ?? 0n);
-      if (job && awaitsFirstMatch(job)) {
-        const selector = job.spec!.target!;
-        const ended = await this.core.store.mutate(id, (j) => {
-          if (j.targets.length > 0 || isJobFinal(j)) return;
-          j.queueDeadlineUnixMs = 0n;
-          finish(j, JobState.FAILED, `no process matching ${describeProcesses(selector)} started within the queue timeout (${timeout})`);
-        }, []);
-        this.core.publish(ended);
-        this.core.options.log(`job ${id}: queue timeout (${timeout}) passed; ${ended.reason}`);
-        if (isJobFinal(ended)) this.ending.forgetJobTimers(ended);
-        return;
-      }
-      if (!job || isJobFinal(job) || !job.targets.some((t) => isTargetWaiting(t) && t.preemptions === 0)) return;
-      const updated = await this.core.store.mutate(id, (j) => {
-        const why = j.reason.replace(/^queued: /, "");
-        for (const t of j.targets) {
-          if (!isTargetWaiting(t) || t.preemptions > 0) continue;
-          t.state = TargetState.FAILED;
-          t.reason = `not placed within the queue timeout (${timeout}): ${t.reason}`;
-        }
-        j.queueDeadlineUnixMs = 0n;
-        rollUp(j);
-        if (j.state === JobState.FAILED) j.reason = `not placed within the queue timeout (${timeout}): ${why}`;
-      }, job.targets.filter(isTargetWaiting).map((t) => t.hostId));
-      if (!updated.targets.some(isTargetWaiting)) this.dequeue(id);
-      this.core.publish(updated);
-      this.core.options.log(`job ${id}: queue timeout (${timeout}) passed; ${updated.reason}`);
-      if (isJobFinal(updated)) this.ending.forgetJobTimers(updated);
-    });
+    else this.queue.enqueue(added.updated);
   }
 
   /** A job by id (a big finished job without its targets). */
@@ -879,7 +637,7 @@ export class Controller {
     this.core.publish(replaced.updated);
     const placed = new Set(replaced.decision.placed.map((p) => `${p.hostId}/${p.pid}`));
     this.core.options.log(`job ${jobId}: lost targets on ${[...hosts].join(", ")} replaced by ${[...placed].join(", ")}`);
-    await this.evict(replaced.updated, replaced.decision.preempted);
+    await this.queue.evict(replaced.updated, replaced.decision.preempted);
     await this.arming.armTargets(replaced.updated, replaced.updated.targets.filter((t) => t.state === TargetState.ARMING && placed.has(`${t.hostId}/${t.pid}`)), []);
   }
 
@@ -889,11 +647,7 @@ export class Controller {
       if (now - session.lastSeenMs > this.core.options.leaseMs) this.dropSession(session, `lease expired (silent for ${now - session.lastSeenMs} ms)`);
     }
     this.markSilentHostsLost(now);
-    // Foreign registers and other tracers are tried again after a while.
-    if (now - this.lastDrainMs > retryQueueEveryMs) {
-      this.lastDrainMs = now;
-      this.drainSoon();
-    }
+    this.queue.retryIfDue(now);
   }
 
   private onAgentMessage(session: AgentSession, message: SessionRequest): void {
@@ -904,7 +658,7 @@ export class Controller {
         const traps = session.info.trapChecks.map((c) => `${backendName(c.backend)} ${TrapDelivery[c.delivery]?.toLowerCase().replace("_", "-") ?? "?"}`);
         this.core.options.log(`agent ${session.hostId}: new helper ${session.info.helperVersion}; backends ${session.info.backends.map(backendName).join(",") || "none"}; traps ${traps.join(", ") || "not tested"}`);
         // Waiting targets there that cannot trap now fail (failUnarmable) rather than wait.
-        this.drainSoon();
+        this.queue.drainSoon();
         return;
       }
       case "heartbeat":
@@ -964,7 +718,7 @@ export class Controller {
     if (ends) {
       const t = job.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
       if (!t || !isTargetActive(t)) this.core.ledger.release(hostId, report.pid, report.jobId);
-      this.drainSoon();
+      this.queue.drainSoon();
     }
     if (isJobFinal(job)) this.ending.forgetJobTimers(job);
     this.core.publish(job);
