@@ -1,7 +1,6 @@
 // The controller's core: agent sessions, job placement within the slot
 // ledger, arming and disarming through the agents, deadlines, and the
 // reconcile that makes a reconnecting agent and the stored jobs agree.
-import { randomBytes } from "node:crypto";
 import { clone, create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
 import {
@@ -14,22 +13,16 @@ import {
   resolveBackend,
   TargetSchema,
   TrapDelivery,
-  checkJobSpec,
   matches as matchesSelector,
   parseSelector,
-  chunksOf,
   isSubjectToken,
-  parseSymbol,
   parsePlacement,
-  formatDuration,
   targetStateName,
-  ValueRedaction,
   type Agent,
   type AgentInfo,
   type ArmedTarget,
   type Chunk,
   type DiscoveredProcess,
-  type TargetSelector,
   type Job,
   type JobSpec,
   type SessionRequest,
@@ -38,11 +31,9 @@ import {
 } from "../proto/index.js";
 import { AgentSession } from "./agent-session.js";
 import { plaintextCaller, type Caller } from "./access.js";
-import type { ScopeSubject } from "./access-policy.js";
 import type { ControllerCoreOptions } from "./controller-options.js";
-import { AgentOperationError, InvalidRequestError, NotFoundError, PermissionDeniedError, PreconditionError, agentFailure, errorText } from "./errors.js";
+import { InvalidRequestError, PermissionDeniedError, PreconditionError, errorText } from "./errors.js";
 import { checkHostBackend } from "./host-backend.js";
-import { describeProcesses } from "./job-description.js";
 import { isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
 import { type PlacementDecision } from "./placement-types.js";
@@ -50,9 +41,10 @@ import { ControllerCore } from "./controller-core.js";
 import { JobEnding } from "./job-ending.js";
 import { Arming, armRequest } from "./arming.js";
 import { JobQueue } from "./job-queue.js";
+import { SubmitFlow, scopeSubject, type Plan } from "./submit.js";
 import { disarmAll, type KillSwitchResult } from "./kill-switch.js";
 import { listAgents } from "./agent-listing.js";
-import { decide, markPlaced, neverFits, placementJob, refusal, whyNot } from "./job-placement.js";
+import { decide, markPlaced, placementJob, whyNot } from "./job-placement.js";
 import { isFollowable, processPart } from "./job-targets.js";
 
 export type { ControllerCoreOptions } from "./controller-options.js";
@@ -63,18 +55,6 @@ export { describeJobSpec } from "./job-description.js";
 function ownerCaller(owner: string): Caller {
   const [kind, name] = owner.split(" ");
   return kind === "user" && name ? { who: owner, user: name } : plaintextCaller;
-}
-
-/** What a scope is checked against: a discovered process on its host. */
-function scopeSubject(session: AgentSession, p: DiscoveredProcess): ScopeSubject {
-  return { hostId: session.hostId, hostLabels: session.info.labels, pid: p.pid, exe: p.exe, uid: p.uid, euid: p.euid, user: p.user };
-}
-
-/** A target process planned for a job: its chunks, or why it cannot be watched. */
-type Plan = { session: AgentSession; pid: number; chunks: Chunk[] } | { session: AgentSession; pid: number; err: unknown };
-
-function newJobId(): string {
-  return randomBytes(5).toString("hex");
 }
 
 /** Jobs, sessions and the ledger of one controller. */
@@ -90,12 +70,14 @@ export class Controller {
   private readonly ending: JobEnding;
   private readonly arming: Arming;
   private readonly queue: JobQueue;
+  private readonly submitFlow: SubmitFlow;
 
   constructor(store: JobStore, options: ControllerCoreOptions) {
     this.core = new ControllerCore(store, options);
     this.arming = new Arming(this.core, { enqueue: (job) => this.queue.enqueue(job), drainSoon: () => this.queue.drainSoon() });
     this.ending = new JobEnding(this.core, { dequeue: (id) => this.queue.dequeue(id), drainSoon: () => this.queue.drainSoon(), unfollow: (job) => this.unfollow(job) });
     this.queue = new JobQueue(this.core, this.arming, this.ending);
+    this.submitFlow = new SubmitFlow(this.core, this.arming, this.queue, this.ending);
   }
 
   /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
@@ -126,155 +108,6 @@ export class Controller {
     this.core.sessions.clear();
   }
 
-  // ---- jobs -------------------------------------------------------------
-
-  /**
-   * Validates a job, finds its targets, places it within the ledger and arms
-   * what was placed. A job that cannot be placed is refused at once, unless
-   * it may wait (queue timeout): then it is stored pending with the reason
-   * and placed when registers free up.
-   */
-  async submit(spec: JobSpec, caller: Caller = plaintextCaller): Promise<Job> {
-    checkJobSpec(spec);
-    const mode = parsePlacement(spec.placement);
-    if (spec.lostAfterMs > 0n && spec.lostAfterMs < BigInt(this.core.options.leaseMs)) {
-      throw new InvalidRequestError(`--lost-after ${formatDuration(spec.lostAfterMs)} is shorter than the controller's session lease (${formatDuration(BigInt(this.core.options.leaseMs))}): a host cannot be told lost before its session is`);
-    }
-    const selector = spec.target!;
-    const sessions = this.pickSessions(selector);
-    const id = newJobId();
-
-    // Which processes match on each host; then symbols and chunks per process.
-    // Matching processes a host's policy forbids become failed targets naming the rule.
-    const refused: Array<{ pid: number; err: AgentOperationError }> = [];
-    const found = await Promise.all(sessions.map(async (session) => ({ session, processes: await this.discover(session, selector, refused) })));
-    // The owner may watch every one of them, or the job is refused naming the rule; its values may be masked.
-    let redaction = ValueRedaction.UNSPECIFIED;
-    for (const { session, processes } of found) {
-      for (const p of processes) {
-        const decision = this.core.options.access?.watchDecision(caller, scopeSubject(session, p));
-        if (decision && !decision.allowed) throw new PermissionDeniedError(decision.why);
-        if (decision?.allowed && !decision.binding.values) redaction = ValueRedaction.MASKED;
-      }
-    }
-    const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid })));
-    // A gang cannot include a process it may not watch.
-    if (refused.length > 0 && (candidates.length === 0 || mode.kind === "all")) throw refused[0]!.err;
-    const hostList = sessions.map((s) => s.hostId).join(", ");
-    // With a queue timeout, a job by exe, comm or cgroup waits for its first process to start.
-    const awaitsMatch = candidates.length === 0 && spec.queueTimeoutMs > 0n && isFollowable(selector);
-    if (candidates.length === 0 && !awaitsMatch) {
-      throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${hostList}${isFollowable(selector) ? ": give --queue-timeout to wait for one to start" : ""}`);
-    }
-    const plans = await Promise.all(candidates.map((c) => this.plan(c.session, spec, c.pid)));
-    const planFailures = plans.flatMap((p) => ("err" in p ? [p.err] : []));
-    // A gang cannot include a process it cannot watch.
-    if (plans.length > 0 && (planFailures.length === plans.length || (mode.kind === "all" && planFailures.length > 0))) throw planFailures[0];
-
-    const now = Date.now();
-    const draft = create(JobSchema, {
-      id,
-      spec,
-      state: JobState.PENDING,
-      createdUnixMs: BigInt(now),
-      deadlineUnixMs: spec.durationMs > 0n ? BigInt(now) + spec.durationMs : 0n,
-      queueDeadlineUnixMs: spec.queueTimeoutMs > 0n ? BigInt(now) + spec.queueTimeoutMs : 0n,
-      counts: {},
-      owner: caller.who,
-      redaction,
-      reason: awaitsMatch ? `waiting for a process matching ${describeProcesses(selector)} to start on ${hostList} (queue timeout ${formatDuration(spec.queueTimeoutMs)})` : "",
-    });
-    const backend = resolveBackend(spec);
-    for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, backend, state: TargetState.FAILED, reason: err.message }));
-    for (const plan of plans) {
-      const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {}, backend };
-      draft.targets.push(
-        "err" in plan
-          ? create(TargetSchema, { ...base, state: TargetState.FAILED, reason: errorText(plan.err) })
-          : create(TargetSchema, { ...base, state: TargetState.PENDING, reason: "waiting to be placed", chunks: plan.chunks }),
-      );
-    }
-
-    const { job, evictions } = await this.core.withLedger(async () => {
-      if (awaitsMatch) return { job: await this.core.store.create(draft), evictions: [] };
-      const before = this.core.ledgerCheckpoint(draft);
-      const decision = decide(this.core, draft);
-      const waits = spec.queueTimeoutMs > 0n && !neverFits(decision);
-      if (decision.outcome === "pending" && !waits) throw refusal(this.core.ledger, draft, decision);
-      markPlaced(draft, decision);
-      // A sample that got its targets, or may not wait for more, leaves out the candidates it did not take.
-      const dropUnplaced = mode.kind === "sample" && (decision.outcome === "placed" || !waits);
-      if (dropUnplaced) draft.targets = draft.targets.filter((t) => t.state !== TargetState.PENDING);
-      for (const t of draft.targets) {
-        if (t.state !== TargetState.PENDING) continue;
-        t.reason = whyNot(this.core.ledger, draft, t);
-        if (!waits) t.state = TargetState.FAILED;
-      }
-      rollUp(draft);
-      if (decision.shortfall && draft.state === JobState.PENDING && waits) draft.reason = `queued: ${decision.shortfall.reason}`;
-      try {
-        return { job: await this.core.store.create(draft), evictions: decision.preempted };
-      } catch (err) {
-        this.core.ledgerRollback(before);
-        throw err;
-      }
-    });
-    this.core.publish(job);
-    const placedOn = job.targets.filter(isTargetActive);
-    this.core.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${placedOn.map((t) => `${t.hostId}/${t.pid}`).join(", ")}` : `queued (${job.reason})`}`);
-
-    await this.queue.evict(job, evictions);
-    const failures: unknown[] = [];
-    let current = job;
-    if (placedOn.length > 0) {
-      current = await this.arming.armTargets(job, placedOn, failures);
-      if (current.state === JobState.FAILED) throw failures[0] ?? new PreconditionError(`job ${id} failed: ${current.reason}`);
-    }
-    if (current.targets.some(isTargetWaiting) || awaitsMatch) this.queue.enqueue(current);
-    if (isFollowable(selector)) {
-      const processes = processPart(selector);
-      for (const session of sessions) session.send({ msg: { case: "follow", value: { jobId: id, selector: processes } } });
-    }
-    this.ending.scheduleDeadline(current);
-    return current;
-  }
-
-  /** The processes of one host that match the selector's pid, exe, comm and cgroup; who else traces them goes into the ledger. */
-  private async discover(session: AgentSession, selector: TargetSelector, refused?: Array<{ pid: number; err: AgentOperationError }>): Promise<DiscoveredProcess[]> {
-    const result = await session.discover({ selector: processPart(selector) });
-    if (result.error) throw agentFailure(session.hostId, result.error);
-    for (const r of result.refused) {
-      refused?.push({ pid: r.pid, err: new AgentOperationError(`${session.hostId}: ${r.reason}`, session.hostId, "EPERM", { hostPolicy: true }) });
-    }
-    for (const p of result.processes) this.core.ledger.noteTracer(session.hostId, p.pid, p.tracerPid ? { pid: p.tracerPid, comm: p.tracerComm } : undefined);
-    return result.processes;
-  }
-
-  /** Resolves the job's symbols in one process and splits its watches into chunks. */
-  private async plan(session: AgentSession, spec: JobSpec, pid: number): Promise<Plan> {
-    try {
-      checkHostBackend(session.info, spec);
-      const resolved = new Map<number, { address: bigint; size: bigint }>();
-      for (const [index, watch] of spec.watches.entries()) {
-        if (watch.location.case === "address") {
-          // Refused like an unknown symbol when nothing is mapped there, unless the job allows it.
-          if (spec.allowUnmapped) continue;
-          const mapped = await session.resolve({ pid, address: watch.location.value, length: watch.length });
-          if (mapped.error) throw agentFailure(session.hostId, mapped.error);
-          continue;
-        }
-        if (watch.location.case !== "symbol") continue;
-        const { name, offset } = parseSymbol(watch.location.value);
-        const result = await session.resolve({ pid, symbol: name, offset });
-        if (result.error) throw agentFailure(session.hostId, result.error);
-        resolved.set(index, { address: result.address, size: result.size });
-      }
-      return { session, pid, chunks: chunksOf(spec, resolved) };
-    } catch (err) {
-      return { session, pid, err };
-    }
-  }
-
   /** A process that started matching an active job (late joiner), or a process of a host that joined. */
   private async addTarget(jobId: string, session: AgentSession, process: DiscoveredProcess): Promise<void> {
     const pid = process.pid;
@@ -286,7 +119,7 @@ export class Controller {
       this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken: ${decision.why}`);
       return;
     }
-    const plan = await this.plan(session, job.spec!, pid);
+    const plan = await this.submitFlow.plan(session, job.spec!, pid);
     const added = await this.core.withLedger(async () => {
       const current = this.core.store.get(jobId);
       if (!current || isJobFinal(current) || current.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return undefined;
@@ -335,6 +168,14 @@ export class Controller {
     const arming = added.updated.targets.filter((x) => x.state === TargetState.ARMING && placed.has(`${x.hostId}/${x.pid}`));
     if (arming.length > 0) await this.arming.armTargets(added.updated, arming, []);
     else this.queue.enqueue(added.updated);
+  }
+
+  /**
+   * Validates a job, finds its targets, places it within the ledger and arms
+   * what was placed (see submit.ts); refused, or queued when it may wait.
+   */
+  submit(spec: JobSpec, caller: Caller = plaintextCaller): Promise<Job> {
+    return this.submitFlow.submit(spec, caller);
   }
 
   /** A job by id (a big finished job without its targets). */
@@ -420,45 +261,6 @@ export class Controller {
   /** Every agent ever seen by this controller, with the slot map of its targets. */
   agents(): Agent[] {
     return listAgents(this.core);
-  }
-
-  private pickSessions(selector: TargetSelector): AgentSession[] {
-    // Named hosts are looked up one by one: filtering every session on each submit costs more than placing the job.
-    if (selector.hostIds.length > 0 && !selector.allHosts && !selector.hostSelector) return this.namedSessions(selector.hostIds);
-    const open = [...this.core.sessions.values()].filter((s) => s.isOpen);
-    // Only for messages: joining thousands of host ids on every submit costs more than placing the job.
-    const connected = () => open.map((s) => s.hostId).join(", ") || "none";
-    if (selector.allHosts) {
-      if (open.length === 0) throw new PreconditionError("no agent is connected: run `fleetwatch up`, or `fleetwatch agent --controller ADDR` on each host");
-      return open;
-    }
-    if (selector.hostSelector) {
-      const wanted = parseSelector(selector.hostSelector);
-      const matching = open.filter((s) => matchesSelector(wanted, s.info.labels));
-      if (matching.length === 0) throw new PreconditionError(`no connected agent matches selector '${selector.hostSelector}'; connected: ${connected()}`);
-      return matching;
-    }
-    if (selector.hostIds.length === 0) {
-      if (open.length === 1) return open;
-      if (open.length === 0) throw new PreconditionError("no agent is connected: run `fleetwatch up`, or `fleetwatch agent --controller ADDR` on the target's host");
-      throw new InvalidRequestError(`${open.length} agents are connected (${connected()}): name the target's host with --host, --selector or --all-hosts`);
-    }
-    return this.namedSessions(selector.hostIds);
-  }
-
-  /** The open sessions of hosts named by id; a host that is not connected is an error naming who is. */
-  private namedSessions(hostIds: readonly string[]): AgentSession[] {
-    const connected = () => [...this.core.sessions.values()].filter((s) => s.isOpen).map((s) => s.hostId).join(", ") || "none";
-    return [...new Set(hostIds)].map((hostId) => {
-      const session = this.core.sessions.get(hostId);
-      if (session?.isOpen) return session;
-      const seen = this.core.known.get(hostId);
-      throw new PreconditionError(
-        seen
-          ? `agent '${hostId}' is not connected (last seen ${new Date(seen.lastSeenMs).toISOString()}); connected: ${connected()}`
-          : `no agent '${hostId}' has ever connected; connected: ${connected()}`,
-      );
-    });
   }
 
   /** Agents stop looking for late joiners of a job that ended (unknown jobs are ignored there). */
@@ -587,13 +389,13 @@ export class Controller {
     const found = await Promise.all(
       open.map(async (session) => ({
         session,
-        processes: await this.discover(session, job.spec!.target!).catch((err: unknown) => {
+        processes: await this.submitFlow.discover(session, job.spec!.target!).catch((err: unknown) => {
           this.core.options.log(`job ${jobId}: looking for a replacement on ${session.hostId} failed: ${errorText(err)}`);
           return [] as DiscoveredProcess[];
         }),
       })),
     );
-    const plans = (await Promise.all(found.flatMap(({ session, processes }) => processes.map((p) => this.plan(session, job.spec!, p.pid))))).filter((p): p is Plan & { chunks: Chunk[] } => !("err" in p));
+    const plans = (await Promise.all(found.flatMap(({ session, processes }) => processes.map((p) => this.submitFlow.plan(session, job.spec!, p.pid))))).filter((p): p is Plan & { chunks: Chunk[] } => !("err" in p));
     const replaced = await this.core.withLedger(async () => {
       const current = this.core.store.get(jobId);
       if (!current || isJobFinal(current)) return undefined;
@@ -759,7 +561,7 @@ export class Controller {
       if (isFollowable(selector)) session.send({ msg: { case: "follow", value: { jobId: job.id, selector: processPart(selector) } } });
       if (job.targets.some((t) => t.hostId === session.hostId) || !(selector.allHosts || selector.hostSelector)) continue;
       this.core.options.log(`job ${job.id}: host ${session.hostId} joined; looking for its targets`);
-      const processes = await this.discover(session, selector).catch(() => [] as DiscoveredProcess[]);
+      const processes = await this.submitFlow.discover(session, selector).catch(() => [] as DiscoveredProcess[]);
       for (const p of processes) await this.addTarget(job.id, session, p);
     }
     for (const a of armed) {
