@@ -2,13 +2,10 @@
 // ledger, arming and disarming through the agents, deadlines, and the
 // reconcile that makes a reconnecting agent and the stored jobs agree.
 import { clone, create } from "@bufbuild/protobuf";
-import { status } from "@grpc/grpc-js";
 import {
-  LatestQueue,
   JobSchema,
   JobState,
   TargetState,
-  RpcError,
   backendName,
   resolveBackend,
   TargetSchema,
@@ -16,8 +13,6 @@ import {
   matches as matchesSelector,
   parseSelector,
   isSubjectToken,
-  parsePlacement,
-  targetStateName,
   type Agent,
   type AgentInfo,
   type ArmedTarget,
@@ -36,26 +31,20 @@ import { InvalidRequestError, PermissionDeniedError, PreconditionError, errorTex
 import { checkHostBackend } from "./host-backend.js";
 import { isJobFinal, isTargetActive, isTargetWaiting, notBehind, rollUp } from "./job-state.js";
 import type { JobStore } from "./job-store.js";
-import { type PlacementDecision } from "./placement-types.js";
 import { ControllerCore } from "./controller-core.js";
 import { JobEnding } from "./job-ending.js";
 import { Arming, armRequest } from "./arming.js";
 import { JobQueue } from "./job-queue.js";
-import { SubmitFlow, scopeSubject, type Plan } from "./submit.js";
+import { SubmitFlow, type Plan } from "./submit.js";
+import { Followers } from "./followers.js";
 import { disarmAll, type KillSwitchResult } from "./kill-switch.js";
 import { listAgents } from "./agent-listing.js";
-import { decide, markPlaced, placementJob, whyNot } from "./job-placement.js";
+import { decide, markPlaced, placementJob } from "./job-placement.js";
 import { isFollowable, processPart } from "./job-targets.js";
 
 export type { ControllerCoreOptions } from "./controller-options.js";
 export { checkHostBackend } from "./host-backend.js";
 export { describeJobSpec } from "./job-description.js";
-
-/** The caller a job's stored owner (`user alice`, or "" over plaintext) stands for. */
-function ownerCaller(owner: string): Caller {
-  const [kind, name] = owner.split(" ");
-  return kind === "user" && name ? { who: owner, user: name } : plaintextCaller;
-}
 
 /** Jobs, sessions and the ledger of one controller. */
 export class Controller {
@@ -63,21 +52,20 @@ export class Controller {
   /** Jobs whose targets are being marked lost right now. */
   private readonly losing = new Set<string>();
   private leaseTimer: NodeJS.Timeout | undefined;
-  /** The queues of job followers (WatchJob). */
-  private readonly followers = new Set<LatestQueue<Job>>();
-  private skippedStates = 0;
 
   private readonly ending: JobEnding;
   private readonly arming: Arming;
   private readonly queue: JobQueue;
   private readonly submitFlow: SubmitFlow;
+  private readonly followers: Followers;
 
   constructor(store: JobStore, options: ControllerCoreOptions) {
     this.core = new ControllerCore(store, options);
     this.arming = new Arming(this.core, { enqueue: (job) => this.queue.enqueue(job), drainSoon: () => this.queue.drainSoon() });
-    this.ending = new JobEnding(this.core, { dequeue: (id) => this.queue.dequeue(id), drainSoon: () => this.queue.drainSoon(), unfollow: (job) => this.unfollow(job) });
+    this.ending = new JobEnding(this.core, { dequeue: (id) => this.queue.dequeue(id), drainSoon: () => this.queue.drainSoon(), unfollow: (job) => this.followers.unfollow(job) });
     this.queue = new JobQueue(this.core, this.arming, this.ending);
     this.submitFlow = new SubmitFlow(this.core, this.arming, this.queue, this.ending);
+    this.followers = new Followers(this.core, this.submitFlow, this.queue, this.arming);
   }
 
   /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
@@ -106,68 +94,6 @@ export class Controller {
     this.queue.stop();
     for (const session of this.core.sessions.values()) session.close("controller stopping");
     this.core.sessions.clear();
-  }
-
-  /** A process that started matching an active job (late joiner), or a process of a host that joined. */
-  private async addTarget(jobId: string, session: AgentSession, process: DiscoveredProcess): Promise<void> {
-    const pid = process.pid;
-    const job = this.core.store.get(jobId);
-    if (!job || isJobFinal(job) || job.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return;
-    // A late joiner outside its owner's scope is left alone (and said so).
-    const decision = this.core.options.access?.watchDecision(ownerCaller(job.owner), scopeSubject(session, process));
-    if (decision && !decision.allowed) {
-      this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken: ${decision.why}`);
-      return;
-    }
-    const plan = await this.submitFlow.plan(session, job.spec!, pid);
-    const added = await this.core.withLedger(async () => {
-      const current = this.core.store.get(jobId);
-      if (!current || isJobFinal(current) || current.targets.some((t) => t.hostId === session.hostId && t.pid === pid)) return undefined;
-      const base = { hostId: session.hostId, pid, counts: {}, backend: resolveBackend(current.spec!) };
-      const target =
-        "err" in plan
-          ? create(TargetSchema, { ...base, state: TargetState.FAILED, reason: errorText(plan.err) })
-          : create(TargetSchema, { ...base, state: TargetState.PENDING, reason: "waiting to be placed", chunks: plan.chunks });
-      let decision: PlacementDecision | undefined;
-      const trial = clone(JobSchema, current);
-      trial.targets.push(target);
-      const before = this.core.ledgerCheckpoint(trial);
-      if (target.state === TargetState.PENDING) decision = decide(this.core, trial);
-      const placedHere = decision?.placed.some((p) => p.hostId === session.hostId && p.pid === pid) ?? false;
-      // A sample that has its targets does not take more.
-      if (!placedHere && parsePlacement(current.spec?.placement ?? "").kind === "sample" && target.state === TargetState.PENDING) {
-        this.core.ledgerRollback(before);
-        this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} not taken into the sample (${decision?.outcome === "placed" ? "it has its targets" : (decision?.shortfall?.reason ?? "no room")})`);
-        return undefined;
-      }
-      const waits = current.queueDeadlineUnixMs > BigInt(Date.now());
-      try {
-        const updated = await this.core.store.mutate(jobId, (j) => {
-          j.targets.push(clone(TargetSchema, target));
-          if (decision) markPlaced(j, decision);
-          const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
-          if (t.state === TargetState.PENDING) {
-            t.reason = whyNot(this.core.ledger, j, t);
-            if (!waits) t.state = TargetState.FAILED;
-          }
-          rollUp(j);
-        }, [session.hostId, ...(decision?.placed.map((p) => p.hostId) ?? [])]);
-        return { updated, decision };
-      } catch (err) {
-        this.core.ledgerRollback(before);
-        throw err;
-      }
-    });
-    if (!added) return;
-    this.core.publish(added.updated);
-    const t = added.updated.targets.find((x) => x.hostId === session.hostId && x.pid === pid)!;
-    this.core.options.log(`job ${jobId}: ${session.hostId}/${pid} joined (${targetStateName(t.state)}${t.state === TargetState.ARMING ? "" : `: ${t.reason}`})`);
-    await this.queue.evict(added.updated, added.decision?.preempted ?? []);
-    // The decision may also have placed other waiting targets of the job (a gang completed by this one).
-    const placed = new Set(added.decision?.placed.map((p) => `${p.hostId}/${p.pid}`) ?? []);
-    const arming = added.updated.targets.filter((x) => x.state === TargetState.ARMING && placed.has(`${x.hostId}/${x.pid}`));
-    if (arming.length > 0) await this.arming.armTargets(added.updated, arming, []);
-    else this.queue.enqueue(added.updated);
   }
 
   /**
@@ -206,67 +132,21 @@ export class Controller {
   }
 
   /**
-   * The job now, then after every change, until it is final. A follower that
-   * reads slower than the job changes gets the newest state and the count of
-   * states it skipped: what waits for it is one job, however slow it is.
+   * The job now, then after every change, until it is final; a follower that
+   * reads slowly gets the newest state and the count it skipped.
    */
-  async *watch(id: string, signal: AbortSignal): AsyncGenerator<{ job: Job; skipped: bigint }> {
-    const cached = this.core.get(id);
-    // A final job does not change any more: its full record, once. A live one is never without its targets.
-    if (isJobFinal(cached)) {
-      yield { job: await this.core.getFull(id), skipped: 0n };
-      return;
-    }
-    const first = cached;
-    const queue = new LatestQueue<Job>();
-    const listener = (job: Job) => {
-      if (job.id === id) queue.push(job);
-    };
-    const onAbort = () => queue.close();
-    const onStop = () => queue.fail(new RpcError(status.UNAVAILABLE, "this controller's leader term ended: reconnect to the leader"));
-    this.core.changes.on("job", listener);
-    signal.addEventListener("abort", onAbort);
-    this.core.stopped.signal.addEventListener("abort", onStop);
-    this.followers.add(queue);
-    let skippedBefore = 0;
-    try {
-      yield { job: first, skipped: 0n };
-      if (isJobFinal(first)) return;
-      for await (const job of queue) {
-        const skipped = queue.replaced - skippedBefore;
-        skippedBefore = queue.replaced;
-        yield { job, skipped: BigInt(skipped) };
-        if (isJobFinal(job)) return;
-      }
-    } finally {
-      this.followers.delete(queue);
-      this.skippedStates += queue.replaced;
-      this.core.changes.off("job", listener);
-      signal.removeEventListener("abort", onAbort);
-      this.core.stopped.signal.removeEventListener("abort", onStop);
-    }
+  watch(id: string, signal: AbortSignal): AsyncGenerator<{ job: Job; skipped: bigint }> {
+    return this.followers.watch(id, signal);
   }
 
   /** Job states waiting for followers that have not read them (at most one per follower), and states they skipped so far. */
   followerBacklog(): { followers: number; pending: number; skipped: number } {
-    let pending = 0;
-    let skipped = this.skippedStates;
-    for (const q of this.followers) {
-      pending += q.size;
-      skipped += q.replaced;
-    }
-    return { followers: this.followers.size, pending, skipped };
+    return this.followers.backlog();
   }
 
   /** Every agent ever seen by this controller, with the slot map of its targets. */
   agents(): Agent[] {
     return listAgents(this.core);
-  }
-
-  /** Agents stop looking for late joiners of a job that ended (unknown jobs are ignored there). */
-  private unfollow(job: Job): void {
-    if (!job.spec?.target || !isFollowable(job.spec.target)) return;
-    for (const session of this.core.sessions.values()) session.send({ msg: { case: "unfollow", value: { jobId: job.id } } });
   }
 
   /** Whether a job's hosts include this one (by id, labels or all). */
@@ -477,7 +357,7 @@ export class Controller {
         return;
       case "processAppeared": {
         const { jobId, process } = message.msg.value;
-        if (process) void this.addTarget(jobId, session, process).catch((err) => this.core.options.log(`job ${jobId}: adding ${session.hostId}/${process.pid} failed: ${String(err)}`));
+        if (process) void this.followers.addTarget(jobId, session, process).catch((err) => this.core.options.log(`job ${jobId}: adding ${session.hostId}/${process.pid} failed: ${String(err)}`));
         return;
       }
       case "targetReport":
@@ -562,7 +442,7 @@ export class Controller {
       if (job.targets.some((t) => t.hostId === session.hostId) || !(selector.allHosts || selector.hostSelector)) continue;
       this.core.options.log(`job ${job.id}: host ${session.hostId} joined; looking for its targets`);
       const processes = await this.submitFlow.discover(session, selector).catch(() => [] as DiscoveredProcess[]);
-      for (const p of processes) await this.addTarget(job.id, session, p);
+      for (const p of processes) await this.followers.addTarget(job.id, session, p);
     }
     for (const a of armed) {
       const job = this.core.store.get(a.jobId);
