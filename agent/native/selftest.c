@@ -197,7 +197,7 @@ static bool ptrace_probe(struct fw_trap_check *out, long deadline_us)
 		wait_child(pid, &status);
 		probe_deadline(false, 0, &saved);
 		not_run(out, "arming DR0 of the probe child", err);
-		return false;
+		return err == ESRCH; /* the deadline killed it while stopped */
 	}
 	t0 = now_ns();
 	ptrace(PTRACE_CONT, pid, NULL, NULL);
