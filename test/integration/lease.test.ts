@@ -124,162 +124,167 @@ describe("leases", () => {
 });
 
 describe("leases: the controller SIGKILLed and started again", () => {
-  let cluster: Cluster;
-  const targets: Target[] = [];
-  // Long enough that a controller started again at once is back within it.
-  const leaseMs = scaled(2_000);
+  for (const back of ["after", "before"] as const) {
+    describe(`back ${back} the agent's lease ran out`, () => {
+      let cluster: Cluster;
+      const targets: Target[] = [];
+      // After: short, so that it runs out soon. Before: long enough that a controller started again at
+      // once, and the agent's reconnecting with back-off, are back within it on a loaded machine too.
+      const leaseMs = scaled(back === "after" ? 2_000 : 10_000);
 
-  before(async () => {
-    await buildFixtures();
-    cluster = await Cluster.start({ leaseMs });
-  });
-
-  after(async () => {
-    for (const t of targets) await t.kill();
-    await cluster?.stop();
-  });
-
-  for (const backend of [Backend.PTRACE, Backend.PERF]) {
-    for (const back of ["after", "before"] as const) {
-      const name = Backend[backend].toLowerCase();
-      test(`${name}: back ${back} the agent's lease ran out, the live target of a hot writer is re-armed, never reported exited, and a cancel leaves it untraced`, async () => {
-        // Writes for as long as the test runs (ten minutes at most).
-        const target = await startTarget("hot-writer");
-        targets.push(target);
-        await target.waitForLine(/^ready /);
-        const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend });
-        const { job } = await cluster.api().submitJob({ spec });
-        assert.equal(job?.state, JobState.ARMED, job?.reason);
-        const id = job!.id;
-        target.send("run 600000 hot");
-        const delivered = async () => (await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n;
-        await waitFor("hits from the hot writer", async () => (await delivered()) >= 100n);
-
-        const agent = cluster.agents.get("host-a")!;
-        const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
-        const lapsedBefore = lapses();
-        const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
-        const registeredBefore = registrations();
-        await cluster.stopController("SIGKILL");
-        if (back === "after") {
-          await waitFor("the agent's lease ran out", () => lapses() > lapsedBefore, 30_000);
-          if (backend === Backend.PTRACE) await waitFor("the agent disarmed and detached on its own", async () => (await target.tracerPid()) === 0);
-        }
-        await cluster.startController();
-        // The stored job says armed until the agent has told the new controller what it has.
-        await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
-        await cluster.waitForAgent("host-a");
-        const rearmed = await waitFor("the target armed again", async () => {
-          const j = (await cluster.api().getJob({ id })).job!;
-          assert.notEqual(j.targets[0]?.state, TargetState.EXITED, `a live process reported exited: ${j.targets[0]?.reason}`);
-          return j.targets[0]?.state === TargetState.ARMED && j.state === JobState.ARMED ? j : undefined;
-        }, 30_000);
-        if (back === "before") assert.equal(lapses(), lapsedBefore, "the controller was back within the lease");
-        assert.equal(target.child.exitCode, null, "the target runs on");
-        if (backend === Backend.PTRACE) assert.notEqual(await target.tracerPid(), 0, "traced again");
-        else assert.equal(await target.tracerPid(), 0, "perf never traces");
-        const atRearm = rearmed.counts?.delivered ?? 0n;
-        await waitFor("hits again after the restart", async () => (await delivered()) > atRearm + 10n);
-
-        const cancelled = (await cluster.api().cancelJob({ id })).job!;
-        assert.equal(cancelled.state, JobState.CANCELLED);
-        const c = cancelled.counts!;
-        assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
-        await waitFor("untraced after the cancel", async () => (await target.tracerPid()) === 0);
-        assert.equal(target.child.exitCode, null, "the target runs on");
-        await target.kill();
+      before(async () => {
+        await buildFixtures();
+        cluster = await Cluster.start({ leaseMs });
       });
-    }
+
+      after(async () => {
+        for (const t of targets) await t.kill();
+        await cluster?.stop();
+      });
+
+      for (const backend of [Backend.PTRACE, Backend.PERF]) {
+        const name = Backend[backend].toLowerCase();
+        test(`${name}: back ${back} the agent's lease ran out, the live target of a hot writer is re-armed, never reported exited, and a cancel leaves it untraced`, async () => {
+          // Writes for as long as the test runs (ten minutes at most).
+          const target = await startTarget("hot-writer");
+          targets.push(target);
+          await target.waitForLine(/^ready /);
+          const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend });
+          const { job } = await cluster.api().submitJob({ spec });
+          assert.equal(job?.state, JobState.ARMED, job?.reason);
+          const id = job!.id;
+          target.send("run 600000 hot");
+          const delivered = async () => (await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n;
+          await waitFor("hits from the hot writer", async () => (await delivered()) >= 100n);
+
+          const agent = cluster.agents.get("host-a")!;
+          const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
+          const lapsedBefore = lapses();
+          const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
+          const registeredBefore = registrations();
+          await cluster.stopController("SIGKILL");
+          if (back === "after") {
+            await waitFor("the agent's lease ran out", () => lapses() > lapsedBefore, 30_000);
+            if (backend === Backend.PTRACE) await waitFor("the agent disarmed and detached on its own", async () => (await target.tracerPid()) === 0);
+          }
+          await cluster.startController();
+          // The stored job says armed until the agent has told the new controller what it has.
+          await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
+          await cluster.waitForAgent("host-a");
+          const rearmed = await waitFor("the target armed again", async () => {
+            const j = (await cluster.api().getJob({ id })).job!;
+            assert.notEqual(j.targets[0]?.state, TargetState.EXITED, `a live process reported exited: ${j.targets[0]?.reason}`);
+            return j.targets[0]?.state === TargetState.ARMED && j.state === JobState.ARMED ? j : undefined;
+          }, 30_000);
+          if (back === "before") assert.equal(lapses(), lapsedBefore, "the controller was back within the lease");
+          assert.equal(target.child.exitCode, null, "the target runs on");
+          if (backend === Backend.PTRACE) assert.notEqual(await target.tracerPid(), 0, "traced again");
+          else assert.equal(await target.tracerPid(), 0, "perf never traces");
+          const atRearm = rearmed.counts?.delivered ?? 0n;
+          await waitFor("hits again after the restart", async () => (await delivered()) > atRearm + 10n);
+
+          const cancelled = (await cluster.api().cancelJob({ id })).job!;
+          assert.equal(cancelled.state, JobState.CANCELLED);
+          const c = cancelled.counts!;
+          assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+          await waitFor("untraced after the cancel", async () => (await target.tracerPid()) === 0);
+          assert.equal(target.child.exitCode, null, "the target runs on");
+          await target.kill();
+        });
+      }
+
+      if (back === "after") {
+        test("ptrace: a thread that cannot stop (vfork) when the lease runs out: the re-arm takes the other threads back, the live target is never reported exited, and a cancel leaves every thread untraced", async () => {
+          const target = await startTarget("vfork-stall");
+          targets.push(target);
+          await target.waitForLine(/^ready /);
+          const tids = (await readdir(`/proc/${target.pid}/task`)).map(Number);
+          const writerTid = tids.find((tid) => tid !== target.pid)!;
+          const tracerOf = async (tid: number) => Number(/TracerPid:\s+(\d+)/.exec(await readFile(`/proc/${target.pid}/task/${tid}/status`, "utf8"))?.[1]);
+          const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
+          const { job } = await cluster.api().submitJob({ spec });
+          assert.equal(job?.state, JobState.ARMED, job?.reason);
+          const id = job!.id;
+          const delivered = async () => (await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n;
+          await waitFor("hits from the writer thread", async () => (await delivered()) >= 10n);
+          const helperPid = await tracerOf(writerTid);
+          assert.notEqual(helperPid, 0);
+
+          // The main thread waits for its vfork child: no ptrace stop reaches it until the child exits.
+          target.send("vfork");
+          await target.waitForLine(/^vforking$/);
+          await waitFor("the main thread held in vfork (D)", async () => (await procState(target.pid)) === "D");
+          const agent = cluster.agents.get("host-a")!;
+          const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
+          const lapsedBefore = lapses();
+          const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
+          const registeredBefore = registrations();
+          await cluster.stopController("SIGKILL");
+          await waitFor("the agent's lease ran out", () => lapses() > lapsedBefore, 30_000);
+          // Its disarm lets the writer go and leaves the held thread to be detached when it stops.
+          await waitFor("the writer thread let go by the agent's disarm", async () => (await tracerOf(writerTid)) === 0, 30_000);
+          assert.equal(await tracerOf(target.pid), helperPid, "the held thread is still to be detached");
+
+          await cluster.startController();
+          await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
+          const notExited = async () => {
+            const t = (await cluster.api().getJob({ id })).job!.targets[0];
+            assert.notEqual(t?.state, TargetState.EXITED, `a live process reported exited: ${t?.reason}`);
+            return t;
+          };
+          await waitFor("the writer thread taken back by the re-arm (while the held thread still waits)", async () => (await notExited(), (await tracerOf(writerTid)) === helperPid), 30_000);
+          target.send("release");
+          assert.equal(await target.waitForLine(/^vforked /), "vforked 1");
+          const rearmed = await waitFor("the target armed again", async () => {
+            const t = await notExited();
+            if (t?.state === TargetState.FAILED) assert.fail(`the re-arm failed: ${t.reason}\nagent:\n${agent.output.split("\n").slice(-20).join("\n")}`);
+            // (Its reason moves on to the agent's progress reports.)
+            return t?.state === TargetState.ARMED ? t : undefined;
+          }, 30_000);
+          const atRearm = rearmed.counts?.delivered ?? 0n;
+          await waitFor("hits again after the re-arm", async () => (await delivered()) > atRearm + 10n);
+
+          const cancelled = (await cluster.api().cancelJob({ id })).job!;
+          assert.equal(cancelled.state, JobState.CANCELLED);
+          const c = cancelled.counts!;
+          assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+          await waitFor("every thread untraced after the cancel", async () => (await tracerOf(target.pid)) === 0 && (await tracerOf(writerTid)) === 0);
+          assert.equal(target.child.exitCode, null, "the target runs on");
+          target.send("quit");
+          assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+        });
+
+        test("a target that exits while the controller is stopped and then SIGKILLed keeps its final counts: the agent sends its last report again to the next controller", async () => {
+          const N = 1000;
+          const target = await startTarget("counter", ["--threads", "1", "--writes", String(N)]);
+          targets.push(target);
+          await target.waitForLine(/^ready /);
+          const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PERF });
+          const { job } = await cluster.api().submitJob({ spec });
+          assert.equal(job?.state, JobState.ARMED, job?.reason);
+          const id = job!.id;
+          const agent = cluster.agents.get("host-a")!;
+          const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
+          const registeredBefore = registrations();
+          // The target's exit report reaches a controller that never reads it.
+          const controllerPid = cluster.controller!.child.pid!;
+          process.kill(controllerPid, "SIGSTOP");
+          try {
+            target.send("go");
+            assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
+          } finally {
+            await cluster.stopController("SIGKILL");
+          }
+          await cluster.startController();
+          await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
+          const done = await waitFor("the job completed with the target's final counts", async () => {
+            const j = (await cluster.api().getJob({ id })).job!;
+            return j.state === JobState.COMPLETED && j.targets[0]?.counts?.trapped === BigInt(N) ? j : undefined;
+          }, 30_000);
+          assert.equal(done.targets[0]!.state, TargetState.EXITED);
+          assert.deepEqual([done.counts?.trapped, done.counts?.delivered, done.counts?.dropped], [BigInt(N), BigInt(N), 0n]);
+        });
+      }
+    });
   }
-
-  test("ptrace: a thread that cannot stop (vfork) when the lease runs out: the re-arm takes the other threads back, the live target is never reported exited, and a cancel leaves every thread untraced", async () => {
-    const target = await startTarget("vfork-stall");
-    targets.push(target);
-    await target.waitForLine(/^ready /);
-    const tids = (await readdir(`/proc/${target.pid}/task`)).map(Number);
-    const writerTid = tids.find((tid) => tid !== target.pid)!;
-    const tracerOf = async (tid: number) => Number(/TracerPid:\s+(\d+)/.exec(await readFile(`/proc/${target.pid}/task/${tid}/status`, "utf8"))?.[1]);
-    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
-    const { job } = await cluster.api().submitJob({ spec });
-    assert.equal(job?.state, JobState.ARMED, job?.reason);
-    const id = job!.id;
-    const delivered = async () => (await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n;
-    await waitFor("hits from the writer thread", async () => (await delivered()) >= 10n);
-    const helperPid = await tracerOf(writerTid);
-    assert.notEqual(helperPid, 0);
-
-    // The main thread waits for its vfork child: no ptrace stop reaches it until the child exits.
-    target.send("vfork");
-    await target.waitForLine(/^vforking$/);
-    await waitFor("the main thread held in vfork (D)", async () => (await procState(target.pid)) === "D");
-    const agent = cluster.agents.get("host-a")!;
-    const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
-    const lapsedBefore = lapses();
-    const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
-    const registeredBefore = registrations();
-    await cluster.stopController("SIGKILL");
-    await waitFor("the agent's lease ran out", () => lapses() > lapsedBefore, 30_000);
-    // Its disarm lets the writer go and leaves the held thread to be detached when it stops.
-    await waitFor("the writer thread let go by the agent's disarm", async () => (await tracerOf(writerTid)) === 0, 30_000);
-    assert.equal(await tracerOf(target.pid), helperPid, "the held thread is still to be detached");
-
-    await cluster.startController();
-    await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
-    const notExited = async () => {
-      const t = (await cluster.api().getJob({ id })).job!.targets[0];
-      assert.notEqual(t?.state, TargetState.EXITED, `a live process reported exited: ${t?.reason}`);
-      return t;
-    };
-    await waitFor("the writer thread taken back by the re-arm (while the held thread still waits)", async () => (await notExited(), (await tracerOf(writerTid)) === helperPid), 30_000);
-    target.send("release");
-    assert.equal(await target.waitForLine(/^vforked /), "vforked 1");
-    const rearmed = await waitFor("the target armed again", async () => {
-      const t = await notExited();
-      if (t?.state === TargetState.FAILED) assert.fail(`the re-arm failed: ${t.reason}\nagent:\n${agent.output.split("\n").slice(-20).join("\n")}`);
-      // (Its reason moves on to the agent's progress reports.)
-      return t?.state === TargetState.ARMED ? t : undefined;
-    }, 30_000);
-    const atRearm = rearmed.counts?.delivered ?? 0n;
-    await waitFor("hits again after the re-arm", async () => (await delivered()) > atRearm + 10n);
-
-    const cancelled = (await cluster.api().cancelJob({ id })).job!;
-    assert.equal(cancelled.state, JobState.CANCELLED);
-    const c = cancelled.counts!;
-    assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
-    await waitFor("every thread untraced after the cancel", async () => (await tracerOf(target.pid)) === 0 && (await tracerOf(writerTid)) === 0);
-    assert.equal(target.child.exitCode, null, "the target runs on");
-    target.send("quit");
-    assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
-  });
-
-  test("a target that exits while the controller is stopped and then SIGKILLed keeps its final counts: the agent sends its last report again to the next controller", async () => {
-    const N = 1000;
-    const target = await startTarget("counter", ["--threads", "1", "--writes", String(N)]);
-    targets.push(target);
-    await target.waitForLine(/^ready /);
-    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PERF });
-    const { job } = await cluster.api().submitJob({ spec });
-    assert.equal(job?.state, JobState.ARMED, job?.reason);
-    const id = job!.id;
-    const agent = cluster.agents.get("host-a")!;
-    const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
-    const registeredBefore = registrations();
-    // The target's exit report reaches a controller that never reads it.
-    const controllerPid = cluster.controller!.child.pid!;
-    process.kill(controllerPid, "SIGSTOP");
-    try {
-      target.send("go");
-      assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
-    } finally {
-      await cluster.stopController("SIGKILL");
-    }
-    await cluster.startController();
-    await waitFor("the agent registered with the controller started again", () => registrations() > registeredBefore, 30_000);
-    const done = await waitFor("the job completed with the target's final counts", async () => {
-      const j = (await cluster.api().getJob({ id })).job!;
-      return j.state === JobState.COMPLETED && j.targets[0]?.counts?.trapped === BigInt(N) ? j : undefined;
-    }, 30_000);
-    assert.equal(done.targets[0]!.state, TargetState.EXITED);
-    assert.deepEqual([done.counts?.trapped, done.counts?.delivered, done.counts?.dropped], [BigInt(N), BigInt(N), 0n]);
-  });
 });
