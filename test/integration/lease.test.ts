@@ -123,6 +123,22 @@ describe("leases", () => {
   });
 });
 
+/** The agent of host-a, and how often it has let its lease lapse and registered so far (from its output). */
+function agentEvents(cluster: Cluster) {
+  const agent = cluster.agents.get("host-a")!;
+  const count = (pattern: RegExp) => (agent.output.match(pattern) ?? []).length;
+  return { agent, lapses: () => count(/\(the lease\): disarmed by the agent/g), registrations: () => count(/: registered with \S+ \(epoch/g) };
+}
+
+/** Hits come again after a re-arm; then a cancel ends the job with counts that add up. */
+async function hitsAgainThenCancel(cluster: Cluster, id: string, deliveredAtRearm: bigint): Promise<void> {
+  await waitFor("hits again after the re-arm", async () => ((await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n) > deliveredAtRearm + 10n);
+  const cancelled = (await cluster.api().cancelJob({ id })).job!;
+  assert.equal(cancelled.state, JobState.CANCELLED);
+  const c = cancelled.counts!;
+  assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+}
+
 describe("leases: the controller SIGKILLed and started again", () => {
   for (const back of ["after", "before"] as const) {
     describe(`back ${back} the agent's lease ran out`, () => {
@@ -157,10 +173,8 @@ describe("leases: the controller SIGKILLed and started again", () => {
           const delivered = async () => (await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n;
           await waitFor("hits from the hot writer", async () => (await delivered()) >= 100n);
 
-          const agent = cluster.agents.get("host-a")!;
-          const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
+          const { lapses, registrations } = agentEvents(cluster);
           const lapsedBefore = lapses();
-          const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
           const registeredBefore = registrations();
           await cluster.stopController("SIGKILL");
           if (back === "after") {
@@ -180,13 +194,7 @@ describe("leases: the controller SIGKILLed and started again", () => {
           assert.equal(target.child.exitCode, null, "the target runs on");
           if (backend === Backend.PTRACE) assert.notEqual(await target.tracerPid(), 0, "traced again");
           else assert.equal(await target.tracerPid(), 0, "perf never traces");
-          const atRearm = rearmed.counts?.delivered ?? 0n;
-          await waitFor("hits again after the restart", async () => (await delivered()) > atRearm + 10n);
-
-          const cancelled = (await cluster.api().cancelJob({ id })).job!;
-          assert.equal(cancelled.state, JobState.CANCELLED);
-          const c = cancelled.counts!;
-          assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+          await hitsAgainThenCancel(cluster, id, rearmed.counts?.delivered ?? 0n);
           await waitFor("untraced after the cancel", async () => (await target.tracerPid()) === 0);
           assert.equal(target.child.exitCode, null, "the target runs on");
           await target.kill();
@@ -214,10 +222,8 @@ describe("leases: the controller SIGKILLed and started again", () => {
           target.send("vfork");
           await target.waitForLine(/^vforking$/);
           await waitFor("the main thread held in vfork (D)", async () => (await procState(target.pid)) === "D");
-          const agent = cluster.agents.get("host-a")!;
-          const lapses = () => (agent.output.match(/\(the lease\): disarmed by the agent/g) ?? []).length;
+          const { agent, lapses, registrations } = agentEvents(cluster);
           const lapsedBefore = lapses();
-          const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
           const registeredBefore = registrations();
           await cluster.stopController("SIGKILL");
           await waitFor("the agent's lease ran out", () => lapses() > lapsedBefore, 30_000);
@@ -241,13 +247,7 @@ describe("leases: the controller SIGKILLed and started again", () => {
             // (Its reason moves on to the agent's progress reports.)
             return t?.state === TargetState.ARMED ? t : undefined;
           }, 30_000);
-          const atRearm = rearmed.counts?.delivered ?? 0n;
-          await waitFor("hits again after the re-arm", async () => (await delivered()) > atRearm + 10n);
-
-          const cancelled = (await cluster.api().cancelJob({ id })).job!;
-          assert.equal(cancelled.state, JobState.CANCELLED);
-          const c = cancelled.counts!;
-          assert.equal(c.trapped, c.delivered + c.suppressed + c.dropped + c.filtered);
+          await hitsAgainThenCancel(cluster, id, rearmed.counts?.delivered ?? 0n);
           await waitFor("every thread untraced after the cancel", async () => (await tracerOf(target.pid)) === 0 && (await tracerOf(writerTid)) === 0);
           assert.equal(target.child.exitCode, null, "the target runs on");
           target.send("quit");
@@ -263,8 +263,7 @@ describe("leases: the controller SIGKILLed and started again", () => {
           const { job } = await cluster.api().submitJob({ spec });
           assert.equal(job?.state, JobState.ARMED, job?.reason);
           const id = job!.id;
-          const agent = cluster.agents.get("host-a")!;
-          const registrations = () => (agent.output.match(/: registered with \S+ \(epoch/g) ?? []).length;
+          const { registrations } = agentEvents(cluster);
           const registeredBefore = registrations();
           // The target's exit report reaches a controller that never reads it.
           const controllerPid = cluster.controller!.child.pid!;
