@@ -39,7 +39,15 @@ describe("postgres", async () => {
     assert.equal(await session.query("show work_mem;"), "4MB");
 
     const watch = cluster.cli(["watch", "--pid", String(backend), "--symbol", "work_mem", "--max-hits", "1", "--backend", "ptrace", "--follow", "-o", "json"], { timeoutMs: 60_000 });
-    await waitFor("work_mem watch armed", async () => (await cluster.api().listJobs({})).jobs.some((j) => j.targets.some((t) => t.pid === backend && t.state === 2)));
+    // A watch that ends (or a target that fails) before it is armed says why, not just that it timed out.
+    let seen = "no job yet";
+    const armed = waitFor("work_mem watch armed", async () => {
+      const jobs = (await cluster.api().listJobs({})).jobs;
+      seen = jobs.map((j) => `${j.id} ${j.state} (${j.reason}): ${j.targets.map((t) => `${t.pid} ${t.state} ${t.reason}`).join("; ")}`).join(" | ") || seen;
+      return jobs.some((j) => j.targets.some((t) => t.pid === backend && t.state === 2));
+    }).catch((err: Error) => assert.fail(`${err.message}; jobs: ${seen}`));
+    const ended = await Promise.race([armed.then(() => undefined), watch]);
+    if (ended) assert.fail(`the watch ended before it was armed (exit ${ended.code}): ${ended.stderr}; jobs: ${seen}`);
     await session.query("SET work_mem = '8MB';");
     const result = await watch;
     assert.equal(result.code, 0, result.stderr);
