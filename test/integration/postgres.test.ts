@@ -45,7 +45,8 @@ describe("postgres", async () => {
       const jobs = (await cluster.api().listJobs({})).jobs;
       seen = jobs.map((j) => `${j.id} ${j.state} (${j.reason}): ${j.targets.map((t) => `${t.pid} ${t.state} ${t.reason}`).join("; ")}`).join(" | ") || seen;
       return jobs.some((j) => j.targets.some((t) => t.pid === backend && t.state === 2));
-    }).catch((err: Error) => assert.fail(`${err.message}; jobs: ${seen}`));
+      // Arming opens the symbols of a large binary and its libraries for stacks: as long as the CLI may take.
+    }, 30_000).catch((err: Error) => assert.fail(`${err.message}; jobs: ${seen}`));
     const ended = await Promise.race([armed.then(() => undefined), watch]);
     if (ended) assert.fail(`the watch ended before it was armed (exit ${ended.code}): ${ended.stderr}; jobs: ${seen}`);
     await session.query("SET work_mem = '8MB';");
