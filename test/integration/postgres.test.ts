@@ -40,12 +40,12 @@ describe("postgres", async () => {
 
     const watch = cluster.cli(["watch", "--pid", String(backend), "--symbol", "work_mem", "--max-hits", "1", "--backend", "ptrace", "--follow", "-o", "json"], { timeoutMs: 60_000 });
     // A watch that ends (or a target that fails) before it is armed says why, not just that it timed out.
+    // Arming opens the symbols of a large binary and its libraries for stacks: allow it as long as the CLI.
     let seen = "no job yet";
     const armed = waitFor("work_mem watch armed", async () => {
       const jobs = (await cluster.api().listJobs({})).jobs;
       seen = jobs.map((j) => `${j.id} ${j.state} (${j.reason}): ${j.targets.map((t) => `${t.pid} ${t.state} ${t.reason}`).join("; ")}`).join(" | ") || seen;
       return jobs.some((j) => j.targets.some((t) => t.pid === backend && t.state === 2));
-      // Arming opens the symbols of a large binary and its libraries for stacks: as long as the CLI may take.
     }, 30_000).catch((err: Error) => assert.fail(`${err.message}; jobs: ${seen}`));
     const ended = await Promise.race([armed.then(() => undefined), watch]);
     if (ended) assert.fail(`the watch ended before it was armed (exit ${ended.code}): ${ended.stderr}; jobs: ${seen}`);
