@@ -29,6 +29,8 @@ const faultMs = 30_000;
 interface Seen {
   atMs: number;
   job: Job;
+  /** Where it was seen: streamed to the job follower, or a look of its own (`jobs get`). */
+  from?: "stream" | "look";
 }
 
 describe("multihost faults", () => {
@@ -93,7 +95,7 @@ describe("multihost faults", () => {
   /** The follower's states not yet in history, in the order they came. */
   const takeStates = (id: string, history: Seen[]): void => {
     const states = followers.get(id)?.states ?? [];
-    for (const state of states.slice(historyLength.get(history) ?? 0)) history.push(state);
+    for (const state of states.slice(historyLength.get(history) ?? 0)) history.push({ ...state, from: "stream" });
     historyLength.set(history, states.length);
   };
   const followers = new Map<string, JobFollower>();
@@ -108,7 +110,7 @@ describe("multihost faults", () => {
     waitFor(name, async () => {
       const job = await getJob(id);
       takeStates(id, history);
-      history.push({ atMs: Date.now(), job });
+      history.push({ atMs: Date.now(), job, from: "look" });
       return done(job) ? job : undefined;
     }, timeoutMs, 50);
 
@@ -130,14 +132,18 @@ describe("multihost faults", () => {
 
   /** Every answer: no target's counters ever went back (an agent that started again goes on from where they were). */
   const assertCountsNeverGoBack = (history: readonly Seen[]): void => {
-    const highest = new Map<string, bigint>();
-    for (const { job } of history) {
-      for (const t of job.targets) {
+    const highest = new Map<string, { value: bigint; seen: string }>();
+    const startMs = history[0]?.atMs ?? 0;
+    for (const s of history) {
+      for (const t of s.job.targets) {
         const c = t.counts!;
+        // Where each figure was seen, should one go back: streamed or looked at, when, and the target then.
+        const seen = `${s.from ?? "?"} at +${s.atMs - startMs} ms, ${TargetState[t.state]}: ${t.reason}`;
         for (const [name, value] of Object.entries({ trapped: c.trapped, delivered: c.delivered, dropped: c.dropped })) {
           const k = `${t.hostId}/${t.pid} ${name}`;
-          assert.ok(value >= (highest.get(k) ?? 0n), `${k} went back from ${highest.get(k)} to ${value}`);
-          highest.set(k, value);
+          const before = highest.get(k);
+          assert.ok(value >= (before?.value ?? 0n), `${k} went back from ${before?.value} (${before?.seen}) to ${value} (${seen})`);
+          highest.set(k, { value, seen });
         }
       }
     }
