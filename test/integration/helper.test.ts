@@ -32,7 +32,7 @@ import {
 } from "../../agent/helper-protocol.js";
 import type { Frame } from "../../agent/helper-protocol.js";
 import { helperPath, repoRoot } from "../support/paths.js";
-import { buildFixtures, fixturePath, procState } from "../support/targets.js";
+import { buildFixtures, fixturePath, procState, procStatusField } from "../support/targets.js";
 import type { Target } from "../support/targets.js";
 import { scaled, waitFor } from "../support/wait.js";
 import { EVENT_TIMEOUT_MS, readyAddresses, rejectsWith, scene, write8 } from "../support/helper-scene.js";
@@ -596,7 +596,8 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const [counter] = readyAddresses(target) as [bigint];
     const tids = (await readdir(`/proc/${target.pid}/task`)).map(Number);
     const writerTid = tids.find((tid) => tid !== target.pid)!;
-    const tracerOf = async (tid: number) => Number(/TracerPid:\s+(\d+)/.exec(await readFile(`/proc/${target.pid}/task/${tid}/status`, "utf8"))?.[1]);
+    // /proc/TID/status is the thread's own: its tracer, not the process leader's.
+    const tracerOf = (tid: number) => procStatusField(tid, "TracerPid");
     assert.equal((await helper.arm(target.pid, 1n, [write8(counter)])).threadsArmed, 2);
     await log.until("hits of the writer thread", () => log.hitsOf(1n).some((h) => h.tid === writerTid));
     // The main thread waits for its vfork child in an uninterruptible sleep: no ptrace stop

@@ -4,11 +4,11 @@
 // agent registers again; counters and hit sequences carry on without a gap.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFile, readdir } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
 import { Backend, JobSpecSchema, JobState, TargetState, WatchMode, isFinalJobState, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
-import { buildFixtures, procState, startTarget, type Target } from "../support/targets.js";
+import { buildFixtures, procState, procStatusField, startTarget, type Target } from "../support/targets.js";
 import { scaled, waitFor } from "../support/wait.js";
 
 // Long enough for the CLI to see hits published while the controller is silent.
@@ -208,7 +208,8 @@ describe("leases: the controller SIGKILLed and started again", () => {
           await target.waitForLine(/^ready /);
           const tids = (await readdir(`/proc/${target.pid}/task`)).map(Number);
           const writerTid = tids.find((tid) => tid !== target.pid)!;
-          const tracerOf = async (tid: number) => Number(/TracerPid:\s+(\d+)/.exec(await readFile(`/proc/${target.pid}/task/${tid}/status`, "utf8"))?.[1]);
+          // /proc/TID/status is the thread's own: its tracer, not the process leader's.
+          const tracerOf = (tid: number) => procStatusField(tid, "TracerPid");
           const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
           const { job } = await cluster.api().submitJob({ spec });
           assert.equal(job?.state, JobState.ARMED, job?.reason);
