@@ -16,6 +16,7 @@ import { registerDisarmCommand } from "./commands/disarm.js";
 import { registerAuditCommand } from "./commands/audit.js";
 import { registerControllerCommand } from "./commands/controller.js";
 import { registerEventsCommand } from "./commands/events.js";
+import { registerReportCommand } from "./commands/report.js";
 import { registerJobsCancelCommand } from "./commands/jobs-cancel.js";
 import { registerJobsGetCommand } from "./commands/jobs-get.js";
 import { registerJobsLsCommand } from "./commands/jobs-ls.js";
@@ -100,6 +101,7 @@ export function createProgram(ctx: CliContext): Command {
 
   registerWatchCommand(program, ctx);
   registerEventsCommand(program, ctx);
+  registerReportCommand(program, ctx);
   const jobs = program.command("jobs").description("list, show and cancel jobs");
   registerJobsLsCommand(jobs, ctx);
   registerJobsGetCommand(jobs, ctx);

@@ -30,6 +30,7 @@ import {
   type Job,
   type SlotAssignment,
   type SlotUse,
+  type StackFrame,
   type Target,
   type TrapCheck,
   type WatchSpec,
@@ -376,9 +377,14 @@ export function renderHitHeader(): string {
   return hitLine(hitColumns.map(([name]) => name)) + "\n";
 }
 
+/** The frame the hit's ip is in: the stack's frame at that ip, else its innermost one. */
+export function topFrame(hit: HitEvent): StackFrame | undefined {
+  return hit.stack.find((f) => f.ip === hit.ip) ?? hit.stack[0];
+}
+
 /** The instruction pointer, with the function it is in when the stack says so: `0x401136 bump+0x6`. */
 export function formatIp(hit: HitEvent): string {
-  const frame = hit.stack.find((f) => f.ip === hit.ip) ?? hit.stack[0];
+  const frame = topFrame(hit);
   if (!frame || frame.function === "") return hex(hit.ip);
   return `${hex(hit.ip)} ${frame.function}+${hex(frame.offset)}`;
 }
