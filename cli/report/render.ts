@@ -65,10 +65,9 @@ function percent(share: number): string {
 }
 
 function transitionText(group: WriterGroup, n: number): string {
-  return group.transitions
-    .slice(0, n)
-    .map((t) => `${t.old} → ${t.new} ×${t.hits}${t.exact ? "" : "+"}`)
-    .join(", ");
+  const shown = group.transitions.slice(0, n).map((t) => `${t.old} → ${t.new} ×${t.hits === t.atMost ? t.hits : `${t.hits}-${t.atMost}`}`);
+  if (group.manyTransitions) shown.push(shown.length === 0 ? "no transition repeats often" : "…");
+  return shown.join(", ");
 }
 
 function countRows(title: string, rows: readonly CountRow[], top: number): string {
@@ -96,7 +95,7 @@ export function renderReportTable(report: WritersReport, top: number): string {
   if (snapshot.redacted) lines.push("values: some are hashed or masked by their host's policy");
   if (snapshot.groups.length === 0) return lines.join("\n") + "\n";
   lines.push("");
-  const headers = ["HITS", "SHARE", "HOSTS", "PROCS", "FIRST", "LAST", "MOST FREQUENT OLD → NEW", ...snapshot.by.map((k) => k.toUpperCase())];
+  const headers = ["HITS", "SHARE", "HOSTS", "PROCS", "FIRST", "LAST", ...snapshot.by.map((k) => k.toUpperCase()), "MOST FREQUENT OLD → NEW"];
   const rows = snapshot.groups.map((g) => [
     String(g.hits),
     percent(g.share),
@@ -104,8 +103,8 @@ export function renderReportTable(report: WritersReport, top: number): string {
     String(g.processes.length),
     formatHitTime(g.firstUnixNano),
     formatHitTime(g.lastUnixNano),
-    transitionText(g, 2),
     ...g.key,
+    transitionText(g, 2),
   ]);
   lines.push(renderTable(headers, rows).trimEnd());
   if (snapshot.groupCount > snapshot.groups.length) lines.push(`(${snapshot.groupCount - snapshot.groups.length} more groups with fewer hits: --top 0 shows all)`);
@@ -144,6 +143,7 @@ export function reportJson(report: WritersReport): Record<string, unknown> {
       firstUnixNano: String(g.firstUnixNano),
       lastUnixNano: String(g.lastUnixNano),
       transitions: g.transitions,
+      manyTransitions: g.manyTransitions,
     })),
     ...(snapshot.counting ? { counting: { hosts: snapshot.counting.hosts.map(rowJson), processes: snapshot.counting.processes.map(rowJson), threads: snapshot.counting.threads.map(rowJson) } } : {}),
   };

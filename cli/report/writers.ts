@@ -43,6 +43,11 @@ export function frameKey(hit: HitEvent): string {
   return `${frame.function}+${hex(frame.offset)}`;
 }
 
+/** A value in a transition: hex alone (the value group spells out the decimal too). */
+function shortValue(value: bigint, redaction: ValueRedaction): string {
+  return redaction === ValueRedaction.UNSPECIFIED ? hex(value) : formatHitValue(value, redaction);
+}
+
 function groupPart(kind: GroupKind, hit: HitEvent): string {
   switch (kind) {
     case "stack":
@@ -94,15 +99,22 @@ class FrequentKeys {
     this.#evicted = true;
   }
 
-  top(n: number): { key: string; hits: number; exact: boolean }[] {
+  /**
+   * The `n` keys counted most often for certain (their count less its
+   * possible error), each with what it may have been at most; keys that
+   * may never have repeated are left out once counts are estimates.
+   */
+  top(n: number): { key: string; hits: number; atMost: number }[] {
     return [...this.#counts]
-      .sort((a, b) => b[1].hits - a[1].hits || (a[0] < b[0] ? -1 : 1))
-      .slice(0, n)
-      .map(([key, c]) => ({ key, hits: c.hits, exact: !this.#evicted || c.error === 0 }));
+      .map(([key, c]) => ({ key, hits: c.hits - c.error, atMost: c.hits }))
+      .filter((c) => c.hits > 1 || !this.#evicted)
+      .sort((a, b) => b.hits - a.hits || b.atMost - a.atMost || (a.key < b.key ? -1 : 1))
+      .slice(0, n);
   }
 
-  get exact(): boolean {
-    return !this.#evicted;
+  /** More distinct keys came than are kept: counts are estimates. */
+  get evicted(): boolean {
+    return this.#evicted;
   }
 }
 
@@ -120,9 +132,10 @@ interface GroupState {
 export interface Transition {
   old: string;
   new: string;
+  /** Written at least this often (exactly, while the group wrote few distinct transitions). */
   hits: number;
-  /** False: a lower bound (the group wrote more distinct transitions than are kept). */
-  exact: boolean;
+  /** Written at most this often; equal to hits when exact. */
+  atMost: number;
 }
 
 /** One group of writers. */
@@ -139,6 +152,8 @@ export interface WriterGroup {
   lastUnixNano: bigint;
   /** The most frequent old → new transitions, most frequent first. */
   transitions: Transition[];
+  /** More distinct transitions were written than are kept (16): the transitions are the certain ones only. */
+  manyTransitions: boolean;
 }
 
 /** Hits of a counting job on one host, process or thread. */
@@ -225,7 +240,7 @@ export class WritersAggregator {
     group.processes.add(`${hit.hostId}/${hit.pid}`);
     if (hit.timeUnixNano < group.firstNs) group.firstNs = hit.timeUnixNano;
     if (hit.timeUnixNano > group.lastNs) group.lastNs = hit.timeUnixNano;
-    group.transitions.add(`${formatHitValue(hit.oldValue, hit.valueRedaction)}\u0000${formatHitValue(hit.newValue, hit.valueRedaction)}`);
+    group.transitions.add(`${shortValue(hit.oldValue, hit.valueRedaction)}\u0000${shortValue(hit.newValue, hit.valueRedaction)}`);
     if (hit.valueRedaction !== ValueRedaction.UNSPECIFIED) this.#redacted = true;
     const folded = foldedStack(hit);
     this.#folded.set(folded, (this.#folded.get(folded) ?? 0) + 1);
@@ -273,10 +288,11 @@ export class WritersAggregator {
       processes: [...g.processes].sort(),
       firstUnixNano: g.firstNs,
       lastUnixNano: g.lastNs,
-      transitions: g.transitions.top(shownTransitions).map(({ key, hits, exact }) => {
+      transitions: g.transitions.top(shownTransitions).map(({ key, hits, atMost }) => {
         const [old, written] = key.split("\u0000");
-        return { old: old!, new: written!, hits, exact };
+        return { old: old!, new: written!, hits, atMost };
       }),
+      manyTransitions: g.transitions.evicted,
     }));
     const snapshot: WritersSnapshot = {
       by: [...this.#by],

@@ -82,8 +82,8 @@ describe("report over stored hits", () => {
     const out = await report(["r-whole"]);
     assert.match(out, /^job r-whole \(completed, 3 targets\): trapped 200  delivered 200  dropped 0  suppressed 0  filtered 0$/m);
     assert.match(out, /^report: 200 hits in 2 groups by stack; every delivered hit \(200\) is in the report$/m);
-    assert.match(out, /^150\s+75\.0%\s+2\s+2\s.*main;alpha_loop;write_alpha$/m);
-    assert.match(out, /^50\s+25\.0%\s+1\s+1\s.*main;beta_loop;write_beta$/m);
+    assert.match(out, /^150\s+75\.0%\s+2\s+2\s.*main;alpha_loop;write_alpha\s/m);
+    assert.match(out, /^50\s+25\.0%\s+1\s+1\s.*main;beta_loop;write_beta\s/m);
   });
 
   test("report - JSON by host and frame: exact counts per group that add up to delivered", async () => {
@@ -110,7 +110,7 @@ describe("report over stored hits", () => {
 
   test("report - --top 1 shows the heaviest writer and says how many more there are", async () => {
     const out = await report(["r-whole", "--by", "process", "--top", "1"]);
-    assert.match(out, /^120\s+60\.0%.*h1\/100$/m);
+    assert.match(out, /^120\s+60\.0%.*h1\/100\s/m);
     assert.match(out, /^\(2 more groups with fewer hits: --top 0 shows all\)$/m);
   });
 

@@ -94,23 +94,32 @@ test("report - frame, ip, tid, process and value keys; a hit without a stack is 
   assert.equal(foldedStack(hit({ fn: "operator;weird", seq: 3n })), "main;loop;operator:weird");
 });
 
-test("report - the most frequent old → new transitions, exact while few, a lower bound once evicted", () => {
+test("report - the most frequent old → new transitions: exact while few, only the certain ones once many", () => {
   const a = new WritersAggregator(["frame"]);
   let seq = 0n;
   for (let i = 0; i < 5; i++) a.addHit(hit({ fn: "f", old: 1n, new: 2n, seq: ++seq }));
   for (let i = 0; i < 3; i++) a.addHit(hit({ fn: "f", old: 2n, new: 3n, seq: ++seq }));
   let g = a.snapshot().groups[0]!;
-  assert.deepEqual(g.transitions.map((t) => [t.old, t.new, t.hits, t.exact]), [
-    ["0x1 (1)", "0x2 (2)", 5, true],
-    ["0x2 (2)", "0x3 (3)", 3, true],
+  assert.equal(g.manyTransitions, false);
+  assert.deepEqual(g.transitions.map((t) => [t.old, t.new, t.hits, t.atMost]), [
+    ["0x1", "0x2", 5, 5],
+    ["0x2", "0x3", 3, 3],
   ]);
-  // Many distinct transitions: the heavy one stays on top, its count never below the truth.
+  // A counter: every transition once. The heavy one stays on top with what is certain of it.
   for (let i = 0; i < 100; i++) a.addHit(hit({ fn: "f", old: 1000n + BigInt(i), new: 2000n + BigInt(i), seq: ++seq }));
   for (let i = 0; i < 20; i++) a.addHit(hit({ fn: "f", old: 1n, new: 2n, seq: ++seq }));
   g = a.snapshot().groups[0]!;
   assert.equal(g.hits, 128);
-  assert.deepEqual([g.transitions[0]!.old, g.transitions[0]!.new], ["0x1 (1)", "0x2 (2)"]);
-  assert.ok(g.transitions[0]!.hits >= 25);
+  assert.equal(g.manyTransitions, true);
+  const top = g.transitions[0]!;
+  assert.deepEqual([top.old, top.new], ["0x1", "0x2"]);
+  assert.ok(top.hits <= 25 && top.atMost >= 25, `${top.hits}..${top.atMost} holds 25`);
+  // Transitions seen once among many are not shown as if they repeated.
+  const counter = new WritersAggregator(["frame"]);
+  for (let i = 0; i < 100; i++) counter.addHit(hit({ fn: "f", old: BigInt(i), new: BigInt(i + 1), seq: BigInt(i + 1) }));
+  const only = counter.snapshot();
+  assert.deepEqual(only.groups[0]!.transitions, []);
+  assert.match(renderReport({ job: job(100n), snapshot: only }, "table", 20), /f\+0x6\s+no transition repeats often$/m);
 });
 
 test("report - hashed values are grouped by their hash and the report says values are redacted", () => {
@@ -186,7 +195,7 @@ test("report - table, json and folded agree on the counts", () => {
   const table = renderReport(r, "table", 20);
   assert.match(table, /^job j1 \(completed, 1 target\): trapped 6  delivered 6  dropped 0  suppressed 0  filtered 0$/m);
   assert.match(table, /^report: 6 hits in 2 groups by stack; every delivered hit \(6\) is in the report$/m);
-  assert.match(table, /^4\s+66\.7%\s+1\s+1\s.*main;alpha_loop;write_alpha$/m);
+  assert.match(table, /^4\s+66\.7%\s+1\s+1\s.*main;alpha_loop;write_alpha\s+0x0 → 0x1 ×4$/m);
   const json = reportJson(r) as { hits: string; groups: Array<{ key: { stack: string }; hits: number }>; coverage: { complete: boolean } };
   assert.equal(json.hits, "6");
   assert.equal(json.coverage.complete, true);
