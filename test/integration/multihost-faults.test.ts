@@ -27,7 +27,13 @@ const faultMs = 30_000;
 
 /** A job's state at one moment, as `jobs get` said it. */
 interface Seen {
+  /** When it reached the test. */
   atMs: number;
+  /**
+   * A look: when it was asked. The controller answered somewhere between
+   * then and atMs, so states streamed meanwhile may be older or newer.
+   */
+  askedAtMs?: number;
   job: Job;
   /** Where it was seen: streamed to the job follower, or a look of its own (`jobs get`). */
   from?: "stream" | "look";
@@ -108,9 +114,12 @@ describe("multihost faults", () => {
   /** As poll, but each look is a `jobs get` of its own: what a controller that just started (or took over) says. */
   const look = (id: string, history: Seen[], name: string, done: (job: Job) => boolean, timeoutMs = faultMs): Promise<Job> =>
     waitFor(name, async () => {
+      // States streamed before the look was asked come before it.
+      takeStates(id, history);
+      const askedAtMs = Date.now();
       const job = await getJob(id);
       takeStates(id, history);
-      history.push({ atMs: Date.now(), job, from: "look" });
+      history.push({ atMs: Date.now(), askedAtMs, job, from: "look" });
       return done(job) ? job : undefined;
     }, timeoutMs, 50);
 
@@ -130,22 +139,37 @@ describe("multihost faults", () => {
 
   const delivered = (job: Job, hostId: string): bigint => on(job, hostId).counts?.delivered ?? 0n;
 
-  /** Every answer: no target's counters ever went back (an agent that started again goes on from where they were). */
+  /**
+   * Every answer: no target's counters ever went back (an agent that
+   * started again goes on from where they were). One figure is compared
+   * with another only when it was seen after the other one: a look and the
+   * states streamed while it was being answered are not ordered.
+   */
   const assertCountsNeverGoBack = (history: readonly Seen[]): void => {
-    const highest = new Map<string, { value: bigint; seen: string }>();
     const startMs = history[0]?.atMs ?? 0;
+    const figures = new Map<string, Array<{ value: bigint; fromMs: number; toMs: number; seen: string }>>();
     for (const s of history) {
       for (const t of s.job.targets) {
         const c = t.counts!;
         // Where each figure was seen, should one go back: streamed or looked at, when, and the target then.
-        const seen = `${s.from ?? "?"} at +${s.atMs - startMs} ms, ${TargetState[t.state]}: ${t.reason}`;
+        const when = s.askedAtMs === undefined ? `at +${s.atMs - startMs} ms` : `asked at +${s.askedAtMs - startMs} ms, answered by +${s.atMs - startMs} ms`;
+        const seen = `${s.from ?? "final"} ${when}, ${TargetState[t.state]}: ${t.reason}`;
         for (const [name, value] of Object.entries({ trapped: c.trapped, delivered: c.delivered, dropped: c.dropped })) {
           const k = `${t.hostId}/${t.pid} ${name}`;
-          const before = highest.get(k);
-          assert.ok(value >= (before?.value ?? 0n), `${k} went back from ${before?.value} (${before?.seen}) to ${value} (${seen})`);
-          highest.set(k, { value, seen });
+          const list = figures.get(k) ?? [];
+          list.push({ value, fromMs: s.askedAtMs ?? s.atMs, toMs: s.atMs, seen });
+          figures.set(k, list);
         }
       }
+    }
+    for (const [k, list] of figures) {
+      list.forEach((later, b) => {
+        list.forEach((earlier, a) => {
+          // Seen before the later one was asked for (in history order when within the same millisecond).
+          const before = earlier.toMs < later.fromMs || (earlier.toMs === later.fromMs && a < b);
+          if (before) assert.ok(later.value >= earlier.value, `${k} went back from ${earlier.value} (${earlier.seen}) to ${later.value} (${later.seen})`);
+        });
+      });
     }
   };
 
