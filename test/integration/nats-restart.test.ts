@@ -3,42 +3,30 @@
 // once, by its message id) or counts it dropped; at the end trapped =
 // delivered + dropped exactly, the stream holds every delivered hit once,
 // and the watched program never noticed.
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { Backend, JobSpecSchema, JobState, WatchMode, type Job } from "../../proto/index.js";
-import { Cluster } from "../support/cluster.js";
-import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import { clusterSuite } from "../support/cluster-suite.js";
+import type { Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
 
 describe("nats-server restarts", () => {
-  let cluster: Cluster;
-  const targets: Target[] = [];
-
-  before(async () => {
-    await buildFixtures();
-    cluster = await Cluster.start();
-  });
-
-  after(async () => {
-    for (const t of targets) await t.kill();
-    await cluster?.stop();
-  });
+  const suite = clusterSuite();
 
   for (const signal of ["SIGTERM", "SIGKILL"] as const) {
     test(`${signal} to nats-server during a hot stream: every hit delivered once or counted dropped`, async () => {
       const writes = 60_000;
-      const target = await startTarget("counter", ["--writes", String(writes)]);
-      targets.push(target);
+      const target = await suite.target("counter", ["--writes", String(writes)]);
       await target.waitForLine(/^ready /);
       const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
-      const { job } = await cluster.api().submitJob({ spec });
+      const { job } = await suite.cluster.api().submitJob({ spec });
       const id = job!.id;
-      const get = async (): Promise<Job> => (await cluster.api().getJob({ id })).job!;
+      const get = async (): Promise<Job> => (await suite.cluster.api().getJob({ id })).job!;
 
       target.send("go");
       await waitFor("hits flowing", async () => ((await get()).counts?.delivered ?? 0n) > 2_000n, 30_000);
-      await cluster.restartNats(signal);
+      await suite.cluster.restartNats(signal);
       await target.waitForLine(/^done/, 120_000);
       assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
 
@@ -52,7 +40,7 @@ describe("nats-server restarts", () => {
       assert.equal(c.suppressed + c.filtered, 0n);
 
       // The stream holds each delivered hit exactly once.
-      const replay = await cluster.cli(["events", id, "-o", "json"], { timeoutMs: 120_000 });
+      const replay = await suite.cluster.cli(["events", id, "-o", "json"], { timeoutMs: 120_000 });
       assert.equal(replay.code, 0, replay.stderr);
       const sequences = replay.stdout.trim().split("\n").map((line) => BigInt((JSON.parse(line) as { sequence: string }).sequence));
       assert.equal(new Set(sequences).size, sequences.length, "no hit stored twice");

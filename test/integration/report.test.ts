@@ -4,11 +4,11 @@
 // must name both writers with exact counts that add up to the job's
 // delivered hits, in every format, and `--follow` must keep up with a
 // running job.
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { JobState } from "../../proto/index.js";
-import { Cluster, type CliResult } from "../support/cluster.js";
-import { buildFixtures, startTarget, type Target } from "../support/targets.js";
+import type { CliResult } from "../support/cluster.js";
+import { clusterSuite } from "../support/cluster-suite.js";
 import { waitFor } from "../support/wait.js";
 
 const alphaWrites = 300;
@@ -24,23 +24,12 @@ interface ReportJson {
 }
 
 describe("report over a watched program with two writers", () => {
-  let cluster: Cluster;
-  const targets: Target[] = [];
-
-  before(async () => {
-    await buildFixtures();
-    cluster = await Cluster.start();
-  });
-
-  after(async () => {
-    for (const t of targets) await t.kill();
-    await cluster?.stop();
-  });
+  const suite = clusterSuite();
 
   /** Starts two-writers, watches fw_counter with `backend` until every write is delivered; returns the job id and a `report --follow` started before the writes. */
   async function watchedRun(backend: string): Promise<{ jobId: string; follow: Promise<CliResult> }> {
-    const target = await startTarget("two-writers", ["--alpha", String(alphaWrites), "--beta", String(betaWrites)]);
-    targets.push(target);
+    const cluster = suite.cluster;
+    const target = await suite.target("two-writers", ["--alpha", String(alphaWrites), "--beta", String(betaWrites)]);
     await target.waitForLine(/^ready /);
     const submitted = await cluster.cli(["watch", "--pid", String(target.pid), "--symbol", "fw_counter", "--backend", backend, "--stack", "8", "--max-hits", String(total), "-o", "json"]);
     assert.equal(submitted.code, 0, submitted.stderr);
@@ -54,7 +43,7 @@ describe("report over a watched program with two writers", () => {
   }
 
   const report = async (args: string[]): Promise<string> => {
-    const result = await cluster.cli(["report", ...args]);
+    const result = await suite.cluster.cli(["report", ...args]);
     assert.equal(result.code, 0, `report ${args.join(" ")}: ${result.stderr}`);
     return result.stdout;
   };
@@ -62,7 +51,7 @@ describe("report over a watched program with two writers", () => {
   for (const backend of ["ptrace", "perf"]) {
     test(`report - ${backend}: both writers with exact counts that add up to delivered, in table, json, folded and svg`, async () => {
       const { jobId, follow } = await watchedRun(backend);
-      const job = (await cluster.api().getJob({ id: jobId })).job!;
+      const job = (await suite.cluster.api().getJob({ id: jobId })).job!;
       assert.equal(job.counts?.delivered, BigInt(total), `job ${jobId}: ${job.reason}`);
 
       const json = JSON.parse(await report([jobId, "-o", "json"])) as ReportJson;
