@@ -259,7 +259,7 @@ export class AgentCore {
 
   /**
    * Disarms every watch while keeping its counters: no session for
-   * `silentForMs` (the lease). A watch whose job allows a longer silence
+   * `silentForMs` (the lease; `silence` says so in words). A watch whose job allows a longer silence
    * (lost-after) stays armed, publishing its hits, until that time has
    * passed too or a session is back (sessionRestored). Not a final state:
    * the counts are reported once the watch's hits are settled, and when the
@@ -268,8 +268,8 @@ export class AgentCore {
    * without waiting for hits still on their way to NATS (which may be out
    * of reach too): no watch stays armed behind another one's hits.
    */
-  suspendAll(reason: string, silentForMs = 0): Promise<void> {
-    return this.grace.suspendAll([...this.byKey.values()], reason, silentForMs);
+  suspendAll(silence: string, silentForMs = 0): Promise<void> {
+    return this.grace.suspendAll([...this.byKey.values()], silence, silentForMs);
   }
 
   /** A session is live again: watches still within their job's lost-after stay armed. */

@@ -29,13 +29,16 @@ export class LeaseGrace<W extends GraceWatch> {
   constructor(private readonly context: LeaseGraceContext<W>) {}
 
   /**
-   * No session for `silentForMs`: suspends each watch now whose job allows no
-   * longer, and the others when their lost-after has passed. Resolves once
-   * the ones suspended now are.
+   * No session for `silentForMs` (`silence` says so in words): suspends each
+   * watch now whose job allows no longer, and the others when their
+   * lost-after has passed; logs which it did. Resolves once the ones
+   * suspended now are.
    */
-  async suspendAll(watches: readonly W[], reason: string, silentForMs: number): Promise<void> {
+  async suspendAll(watches: readonly W[], silence: string, silentForMs: number): Promise<void> {
     const { hostId, log, suspend, onSuspended } = this.context;
+    const reason = `${silence}: disarmed by the agent until the controller re-arms it`;
     const now: W[] = [];
+    const staying: W[] = [];
     for (const watch of watches) {
       if (watch.ended) continue;
       const graceMs = watch.lostAfterMs - silentForMs;
@@ -43,6 +46,7 @@ export class LeaseGrace<W extends GraceWatch> {
         now.push(watch);
         continue;
       }
+      staying.push(watch);
       const timer = setTimeout(() => {
         this.timers.delete(timer);
         const why = `no session with a controller for ${watch.lostAfterMs} ms (the job's lost-after): disarmed by the agent until the controller re-arms it`;
@@ -51,6 +55,11 @@ export class LeaseGrace<W extends GraceWatch> {
       }, graceMs);
       this.timers.add(timer);
     }
+    // What happened, as it happened: a watch within its job's lost-after was not disarmed.
+    const said: string[] = [];
+    if (now.length > 0) said.push(`disarmed by the agent until the controller re-arms it (${now.length === 1 ? "1 watch" : `${now.length} watches`})`);
+    if (staying.length > 0) said.push(`${staying.length === 1 ? "1 watch stays" : `${staying.length} watches stay`} armed within its job's lost-after`);
+    log(`agent ${hostId}: ${silence}: ${said.length > 0 ? said.join("; ") : "no watch was armed"}`);
     if (now.length === 0) return;
     await Promise.all(now.map((watch) => suspend(watch, reason)));
     onSuspended();

@@ -137,11 +137,11 @@ export class SessionClient {
     this.lapseTimer = setTimeout(() => {
       this.lapseTimer = undefined;
       if (this.outbound || this.stopping.signal.aborted) return;
-      const reason = `no session with a controller (${this.options.controllers.join(", ")}) for ${this.leaseMs} ms (the lease): disarmed by the agent until the controller re-arms it`;
-      this.options.log(`agent ${this.options.info.hostId}: ${reason}`);
+      // The agent logs what the lapse did to each watch.
+      const silence = `no session with a controller (${this.options.controllers.join(", ")}) for ${this.leaseMs} ms (the lease)`;
       // A registration already on its way lists the watches as armed: start over with the truth
       // (and once more if one completes before the registers are cleared: onSuspended).
-      void this.core.suspendAll(reason, this.leaseMs);
+      void this.core.suspendAll(silence, this.leaseMs);
       this.attempt?.abort();
     }, this.leaseMs);
   }
