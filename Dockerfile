@@ -19,6 +19,8 @@ WORKDIR /opt/fleetwatch
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+# The console's pages load these from the source tree (tsc emits only JavaScript).
+COPY --from=build /src/cli/console/static ./cli/console/static
 COPY --from=build /src/agent/native/build/fleetwatch-helper ./agent/native/build/fleetwatch-helper
 COPY --from=build /src/demo-counter /usr/local/bin/fleetwatch-demo-counter
 # The controller and the CLI run as this user; the agent's service overrides

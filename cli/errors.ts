@@ -89,6 +89,19 @@ export class EventStreamMissingError extends CliError {
   }
 }
 
+/** The console could not listen where it was asked to. */
+export class ConsoleListenError extends CliError {
+  override readonly name = "ConsoleListenError";
+  constructor(
+    readonly address: string,
+    options?: { cause?: unknown },
+  ) {
+    const code = (options?.cause as NodeJS.ErrnoException | undefined)?.code;
+    const why = code === "EADDRINUSE" ? "the address is in use" : code === "EACCES" ? "permission denied (a port below 1024 needs privileges)" : code === "EADDRNOTAVAIL" ? "no interface of this host has that address" : ((options?.cause as Error | undefined)?.message ?? "unknown error");
+    super(`console: cannot listen on ${address}: ${why}`, ExitCode.error, options);
+  }
+}
+
 /** What the handler needs to word a failure. */
 export interface FailureContext {
   /** The controller address the command used. */

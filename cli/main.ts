@@ -14,6 +14,7 @@ import { registerAgentsLsCommand } from "./commands/agents-ls.js";
 import { registerCertsCommand } from "./commands/certs.js";
 import { registerDisarmCommand } from "./commands/disarm.js";
 import { registerAuditCommand } from "./commands/audit.js";
+import { registerConsoleCommand } from "./commands/console.js";
 import { registerControllerCommand } from "./commands/controller.js";
 import { registerEventsCommand } from "./commands/events.js";
 import { registerReportCommand } from "./commands/report.js";
@@ -108,6 +109,7 @@ export function createProgram(ctx: CliContext): Command {
   registerJobsCancelCommand(jobs, ctx);
   const agents = program.command("agents").description("list agents and their debug registers");
   registerAgentsLsCommand(agents, ctx);
+  registerConsoleCommand(program, ctx);
   registerControllerCommand(program, ctx);
   registerAgentCommand(program, ctx);
   registerUpCommand(program, ctx);
