@@ -67,8 +67,10 @@ export function isNotFound(err: unknown): boolean {
  */
 export function describeReadFailure(err: unknown): string {
   if (err instanceof RpcError) {
-    if (isUnreachableStatus(err.code)) return `controller unavailable: ${err.details || err.codeName}, reconnecting`;
-    return `controller answered ${err.codeName}: ${err.details || "no details"}, retrying`;
+    // grpc-js ends its details with an empty "Resolution note: " when name resolution had nothing to add.
+    const details = err.details.replace(/\.?\s*Resolution note:\s*$/, "") || err.codeName;
+    if (isUnreachableStatus(err.code)) return `controller unavailable: ${details}, reconnecting`;
+    return `controller answered ${err.codeName}: ${details}, retrying`;
   }
   return `${err instanceof Error ? err.message || err.name : String(err)}, retrying`;
 }

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { status } from "@grpc/grpc-js";
 import { RpcError } from "../../proto/index.js";
+import { describeReadFailure } from "../../cli/console/fleet-reader.js";
 import { JobFeed, JobFeeds } from "../../cli/console/job-feed.js";
 import type { EventSink } from "../../cli/console/sse.js";
 import { reportJson } from "../../cli/report/render.js";
@@ -210,4 +211,14 @@ test("job feeds - pages of one job and grouping share one reading, which stops w
   assert.equal(feeds.size, 0);
   await waitFor("no reading left", () => reader.openFollows === 0 && reader.openWatches === 0);
   assert.equal(reader.calls.filter((c) => c === "readEvents(follow)").length, 2);
+});
+
+test("banner wording - unreachable controllers reconnect, other answers are named, grpc-js's empty resolution note is left out", () => {
+  assert.equal(
+    describeReadFailure(new RpcError(status.UNAVAILABLE, "No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:7070. Resolution note: ")),
+    "controller unavailable: No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:7070, reconnecting",
+  );
+  assert.equal(describeReadFailure(new RpcError(status.DEADLINE_EXCEEDED, "")), "controller unavailable: DEADLINE_EXCEEDED, reconnecting");
+  assert.equal(describeReadFailure(new RpcError(status.PERMISSION_DENIED, "user vera may not list agents")), "controller answered PERMISSION_DENIED: user vera may not list agents, retrying");
+  assert.equal(describeReadFailure(new Error("cannot reach NATS at nats://127.0.0.1:4222")), "cannot reach NATS at nats://127.0.0.1:4222, retrying");
 });

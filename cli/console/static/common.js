@@ -57,6 +57,8 @@ function showBanner() {
   const all = [...problems.values()].flat();
   banner.replaceChildren(...all.map((p) => el("div", {}, p)));
   banner.hidden = all.length === 0;
+  // What the page shows is the last that was read: dimmed while it may be out of date.
+  document.body.classList.toggle("stale", all.length > 0);
 }
 
 /** Sets (or clears, with none) what one source says is wrong; the banner shows them all. */
