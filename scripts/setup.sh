@@ -24,6 +24,8 @@ if [ "${1:-}" = "--test" ]; then
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
   # The deployment test validates docker-compose.yml with docker-compose (no engine needed).
   command -v docker-compose >/dev/null || need+=(docker-compose)
+  # The console test drives Debian's Chromium (never a browser downloaded by playwright).
+  command -v chromium >/dev/null || need+=(chromium)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -13,7 +13,8 @@ scripts/setup.sh --test
 scripts/check-generated.sh
 
 # Integration files that never arm a real watch: they run on this host in
-# either mode. Every other file needs traps.
+# either mode. Every other file needs traps (the console test's browser,
+# Debian's Chromium, runs inside the emulated machine too).
 no_trap=(deploy job-store leader-election process-discovery report-stored slow-follower tls)
 
 mkdir -p test/fixtures/build
