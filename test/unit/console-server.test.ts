@@ -243,3 +243,25 @@ test("console command - a --listen that is not HOST:PORT is bad input (exit 3); 
     taken.close();
   }
 });
+
+test("console command - prints its URL once listening, warns on stderr when not on loopback, and ends with exit 0 on Ctrl-C", async () => {
+  let stdout = "";
+  let stderr = "";
+  const running = main(["node", "fleetwatch", "--controller", "127.0.0.1:1", "console", "--listen", "0.0.0.0:0"], { stdout: { write: (t: string) => (stdout += t) }, stderr: { write: (t: string) => (stderr += t) } });
+  const printed = await waitFor("the URL line", () => /^console: http:\/\/0\.0\.0\.0:(\d+)\/\n$/.exec(stdout)?.[1]);
+  assert.match(stderr, new RegExp(`^warning: console listening on 0\\.0\\.0\\.0:${printed}, not loopback: anyone who reaches it sees every job, host and hit your credentials can read`));
+  const page = await probe(Number(printed), "/jobs");
+  assert.equal(page.status, 200);
+  assert.match(page.body, /controller 127\.0\.0\.1:1 · events nats:\/\/127\.0\.0\.1:4222/);
+  // What Ctrl-C does, without signalling the test runner itself.
+  process.emit("SIGINT", "SIGINT");
+  assert.equal(await running, 0, stderr);
+  const refused = await new Promise<string>((resolve) => {
+    const socket = net.connect(Number(printed), "127.0.0.1", () => {
+      socket.destroy();
+      resolve("connected");
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+  assert.equal(refused, "ECONNREFUSED", "it no longer listens");
+});
