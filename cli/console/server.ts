@@ -39,6 +39,8 @@ const pageSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'se
 const svgSecurityPolicy = "default-src 'none'; style-src 'unsafe-inline'";
 // A one-off flame graph (no page of the job open) reads the stream once, within this.
 const flameReadTimeoutMs = 30_000;
+// Targets of each job the jobs page lists; a job's own page shows them all.
+const listedTargets = 10;
 // How long the 503 page waits before it asks again.
 const unavailableRefreshSeconds = 3;
 
@@ -130,7 +132,7 @@ export class ConsoleServer {
       const [agents, jobs] = await Promise.all([this.#options.reader.listAgents(signal), this.#options.reader.listJobs(signal)]);
       return fleetView(agents, jobs, Date.now());
     });
-    if (route === "/events/jobs") return this.#pollStream(req, res, "jobs", async (signal) => ({ jobs: (await this.#options.reader.listJobs(signal)).map(jobView) }));
+    if (route === "/events/jobs") return this.#pollStream(req, res, "jobs", async (signal) => ({ jobs: (await this.#options.reader.listJobs(signal)).map((job) => jobView(job, listedTargets)) }));
     const asset = /^\/static\/([^/]+)$/.exec(route);
     if (asset) return this.#static(res, asset[1]!);
     const job = /^\/(events\/)?jobs\/([^/]+)(\/flame\.svg)?$/.exec(route);

@@ -73,6 +73,8 @@ export interface JobView {
   queueDeadline: string;
   counts: CountsView;
   targets: TargetView[];
+  /** Targets left out of `targets` (a listing shows the first few of a fleet-wide job). */
+  moreTargets: number;
 }
 
 /** One debug register of a watched process. */
@@ -155,8 +157,9 @@ export function countsView(counts: HitCounts | undefined): CountsView {
   return { trapped: String(c.trapped), delivered: String(c.delivered), suppressed: String(c.suppressed), dropped: String(c.dropped), filtered: String(c.filtered) };
 }
 
-/** One job with its targets. */
-export function jobView(job: Job): JobView {
+/** One job with its targets (the first `maxTargets` of them when given). */
+export function jobView(job: Job, maxTargets = Infinity): JobView {
+  const shown = job.targets.length > maxTargets ? job.targets.slice(0, maxTargets) : job.targets;
   return {
     id: job.id,
     state: jobStateName(job.state),
@@ -170,7 +173,8 @@ export function jobView(job: Job): JobView {
     ends: jobEnds(job),
     queueDeadline: formatTime(job.queueDeadlineUnixMs),
     counts: countsView(job.counts),
-    targets: job.targets.map((t) => ({
+    moreTargets: job.targets.length - shown.length,
+    targets: shown.map((t) => ({
       host: t.hostId,
       pid: t.pid,
       state: targetStateName(t.state),
@@ -215,7 +219,7 @@ export function fleetView(agents: readonly Agent[], jobs: readonly Job[], nowMs:
       policy: agent.info?.policy || "none",
       processes: agent.targets.map(processView),
     })),
-    pending: jobs.filter((j) => j.state === JobState.PENDING).map(jobView),
+    pending: jobs.filter((j) => j.state === JobState.PENDING).map((j) => jobView(j)),
   };
 }
 

@@ -52,6 +52,11 @@ test("console views - a job with its targets and counters as strings", () => {
   assert.equal(view.watches, "fw_counter w");
   assert.deepEqual(view.counts, { trapped: "12", delivered: "10", suppressed: "2", dropped: "0", filtered: "0" });
   assert.deepEqual(view.targets.map((t) => [t.host, t.pid, t.state, t.threads, t.slots, t.backend]), [["host-a", 42, "armed", "2/2", "DR0 0x4010/8 w", "ptrace"]]);
+  assert.equal(view.moreTargets, 0);
+  const wide = create(JobSchema, { id: "j2", targets: Array.from({ length: 12 }, (_, i) => ({ hostId: `h${i}`, pid: 100 + i })) });
+  const listed = jobView(wide, 10);
+  assert.deepEqual([listed.targets.length, listed.moreTargets, listed.targets.at(-1)?.host], [10, 2, "h9"], "a listing shows the first ten and how many more");
+  assert.equal(jobView(wide).targets.length, 12, "a job's own page shows them all");
 });
 
 test("console views - a hit and a count report as rows of the live list", () => {

@@ -2,7 +2,7 @@
 // their reasons, and its counters; current as the console reads it.
 import { connect, el, jobLink, stateBadge, table } from "./common.js";
 
-function targetsCell(targets) {
+function targetsCell(targets, more) {
   if (targets.length === 0) return el("td", { className: "muted" }, "-");
   return el(
     "td",
@@ -12,6 +12,7 @@ function targetsCell(targets) {
       { className: "targets" },
       targets.map((t) => el("li", {}, `${t.host}/${t.pid} `, stateBadge(t.state), t.reason ? el("span", { className: "reason" }, ` ${t.reason}`) : "")),
     ),
+    more > 0 ? el("div", { className: "muted" }, `and ${more} more (on the job's page)`) : "",
   );
 }
 
@@ -34,7 +35,7 @@ connect("/events/jobs", {
             el("td", {}, stateBadge(j.state), j.reason ? el("div", { className: "reason" }, j.reason) : ""),
             el("td", {}, j.watches),
             el("td", {}, j.backend),
-            targetsCell(j.targets),
+            targetsCell(j.targets, j.moreTargets),
             ...["trapped", "delivered", "dropped", "suppressed", "filtered"].map((name) => el("td", { className: "number", "data-count": name }, j.counts[name])),
             el("td", {}, j.created),
             el("td", {}, j.ends),
