@@ -124,7 +124,12 @@ export class ConsoleServer {
       this.#page(res, refusal.status, errorPage(context, refusal.status, refusal.status === 405 ? "method not allowed" : "forbidden", refusal.message), refusal.headers);
       return;
     }
-    const url = new URL(req.url ?? "/", "http://console.invalid");
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://console.invalid");
+    } catch {
+      return this.#page(res, 400, errorPage(context, 400, "bad request", "the request's path is not a URL path"));
+    }
     const route = url.pathname;
     if (route === "/") return this.#page(res, 200, fleetPage(context));
     if (route === "/jobs") return this.#page(res, 200, jobsPage(context));

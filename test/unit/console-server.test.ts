@@ -78,6 +78,7 @@ test("console server - a job's page is 200 when the controller has it, 404 'no j
   const badGrouping = await probe(port, "/jobs/j1?by=colour");
   assert.equal(badGrouping.status, 400);
   assert.match(badGrouping.body, /by: &#39;colour&#39; is not one of stack, frame, ip, tid, process, host, value/);
+  assert.equal((await probe(port, "http://[")).status, 400, "a request target that is no URL");
   const other = await probe(port, "/nothing/here");
   assert.equal(other.status, 404);
   assert.match(other.body, /no page \/nothing\/here/);
