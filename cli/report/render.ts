@@ -64,7 +64,8 @@ function percent(share: number): string {
   return `${(share * 100).toFixed(1)}%`;
 }
 
-function transitionText(group: WriterGroup, n: number): string {
+/** A group's `n` most frequent transitions as the table shows them: `0x1 → 0x2 ×5`, a range when only bounds are known. */
+export function transitionText(group: WriterGroup, n: number): string {
   const shown = group.transitions.slice(0, n).map((t) => `${t.old} → ${t.new} ×${t.hits === t.atMost ? t.hits : `${t.hits}-${t.atMost}`}`);
   if (group.manyTransitions) shown.push(shown.length === 0 ? "no transition repeats often" : "…");
   return shown.join(", ");
@@ -144,6 +145,8 @@ export function reportJson(report: WritersReport): Record<string, unknown> {
       lastUnixNano: String(g.lastUnixNano),
       transitions: g.transitions,
       manyTransitions: g.manyTransitions,
+      // The two most frequent, in the words of the table (what the console shows).
+      transitionsText: transitionText(g, 2),
     })),
     ...(snapshot.counting ? { counting: { hosts: snapshot.counting.hosts.map(rowJson), processes: snapshot.counting.processes.map(rowJson), threads: snapshot.counting.threads.map(rowJson) } } : {}),
   };

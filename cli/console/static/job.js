@@ -86,9 +86,6 @@ function keyCell(kind, value) {
   return el("td", { className: "key", title: value }, el("strong", {}, top), callers.length > 0 ? el("div", { className: "muted stack" }, callers.map((f) => `← ${f}`).join(" ")) : "");
 }
 
-function transitionsText(group) {
-  return group.transitions.slice(0, 2).map((t) => `${t.old} → ${t.new} ×${t.hits}${t.exact ? "" : "+"}`).join(", ") || "-";
-}
 
 function countingTables(counting) {
   const part = (title, rows) => [
@@ -130,7 +127,7 @@ function showWriters(report) {
           el("td", { title: g.processes.join(", ") }, String(g.processes.length)),
           el("td", {}, nanosToIso(g.firstUnixNano)),
           el("td", {}, nanosToIso(g.lastUnixNano)),
-          el("td", {}, transitionsText(g)),
+          el("td", {}, g.transitionsText || "-"),
         ),
       ),
     ),
