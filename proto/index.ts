@@ -24,3 +24,4 @@ export * from "./nats-credentials.js";
 export * from "./timer-at.js";
 export * from "./text.js";
 export * from "./stored-messages.js";
+export * from "./metrics-server.js";
