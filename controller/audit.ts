@@ -45,10 +45,13 @@ export class AuditTrail {
   constructor(
     private readonly js: JetStreamClient,
     private readonly log: (line: string) => void,
+    /** Hears every record as it is made (the metrics count denials). */
+    private readonly onRecord: (entry: AuditEntry) => void = () => {},
   ) {}
 
   /** Stores one record; a record that cannot be stored is logged in full, so it is not lost from sight. */
   async record(init: AuditEntry): Promise<void> {
+    this.onRecord(init);
     const record = create(AuditRecordSchema, { ...bounded(init), timeUnixMs: BigInt(Date.now()) });
     try {
       await withDeadline(this.js.publish(auditSubject(record.action), toBinary(AuditRecordSchema, record)), publishTimeoutMs, (ms) => new Error(`no answer from NATS within ${ms} ms`));

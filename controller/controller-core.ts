@@ -40,6 +40,7 @@ export class ControllerCore {
 
   /** Tells the job's followers its new state. */
   publish(job: Job): void {
+    this.options.metrics?.jobChanged(job);
     this.changes.emit("job", job);
   }
 

@@ -1,6 +1,7 @@
 // What one leader term's controller core is started with: the agents' session
-// timing, the fencing epoch, the log, and what a job's owner may watch.
+// timing, the fencing epoch, the log, what a job's owner may watch, and the metrics.
 import type { AccessControl } from "./access.js";
+import type { ControllerMetrics } from "./metrics.js";
 
 /** The options of one leader term's Controller (`startController` derives them from its own). */
 export interface ControllerCoreOptions {
@@ -15,4 +16,6 @@ export interface ControllerCoreOptions {
   log: (line: string) => void;
   /** What a job's owner may watch (late joiners are checked too); unset: anything. */
   access?: Pick<AccessControl, "watchDecision">;
+  /** The daemon's metrics (they outlive the term); unset: none kept. */
+  metrics?: Pick<ControllerMetrics, "placed" | "preempted" | "registered" | "jobChanged">;
 }

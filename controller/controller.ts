@@ -136,6 +136,18 @@ export class Controller {
     return this.followers.backlog();
   }
 
+  /** Agents with an open session. */
+  connectedAgents(): number {
+    let n = 0;
+    for (const session of this.core.sessions.values()) if (session.isOpen) n++;
+    return n;
+  }
+
+  /** Jobs with targets waiting in the queue for registers. */
+  queuedJobs(): number {
+    return this.queue.size;
+  }
+
   /** Every agent ever seen by this controller, with the slot map of its targets. */
   agents(): Agent[] {
     return listAgents(this.core);
@@ -155,6 +167,7 @@ export class Controller {
     if (certifiedHostId !== undefined && info.hostId !== certifiedHostId) throw new PermissionDeniedError(`the certificate of agent ${certifiedHostId} may not register host ${info.hostId}`);
 
     this.core.sessions.get(info.hostId)?.close("replaced by a new session from the same host");
+    this.core.options.metrics?.registered(this.core.known.has(info.hostId));
     const session = new AgentSession(info, this.core.options.requestTimeoutMs, (line) => this.core.options.log(line));
     this.core.sessions.set(info.hostId, session);
     this.core.known.set(info.hostId, { info, lastSeenMs: Date.now() });

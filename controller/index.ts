@@ -3,7 +3,7 @@
 import os from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { connect } from "nats";
-import { AgentService, ControllerService, NatsRefusals, addService, bindServer, createServer, natsAuthOptions, readNatsCredentials, serverCredentials, type Transport } from "../proto/index.js";
+import { AgentService, ControllerService, NatsRefusals, addService, bindServer, createServer, jobBucket, natsAuthOptions, readNatsCredentials, serverCredentials, startMetricsServer, withDeadline, type MetricsListen, type RunningMetricsServer, type Transport } from "../proto/index.js";
 import { Controller } from "./controller.js";
 import { LeaderElection, NotLeaderError } from "./leader-election.js";
 import { statusFor } from "./errors.js";
@@ -11,6 +11,7 @@ import { JobStore } from "./job-store.js";
 import { AccessControl } from "./access.js";
 import { AuditTrail } from "./audit.js";
 import { ensureStreams } from "./streams.js";
+import { ControllerMetrics, controllerReadiness } from "./metrics.js";
 import { agentService, controllerService } from "./service.js";
 
 export interface ControllerOptions {
@@ -31,15 +32,21 @@ export interface ControllerOptions {
   accessPolicyPath?: string;
   /** Candidate id in the election; default this host and the bound address. */
   id?: string;
+  /** Where to serve /metrics, /healthz and /readyz over HTTP; unset: nowhere. */
+  metricsListen?: MetricsListen;
   log?: (line: string) => void;
 }
 
 // Longest pause between attempts to load a new leader term.
 const termRetryMaxMs = 5_000;
+// How long /readyz waits for the job bucket's stream to answer: a prober's own timeout is usually a few seconds.
+const storeCheckTimeoutMs = 1_500;
 
 export interface RunningController {
   /** host:port actually bound. */
   readonly address: string;
+  /** http://host:port/metrics when metricsListen was given. */
+  readonly metricsUrl: string | undefined;
   /** True while this controller leads (the others stand by). */
   isLeader(): boolean;
   /** Job states waiting for WatchJob followers that have not read them (bounded: one per follower), and how many they skipped. */
@@ -69,11 +76,32 @@ export async function startController(options: ControllerOptions): Promise<Runni
   const server = createServer();
   let election: LeaderElection | undefined;
   let access: AccessControl | undefined;
+  let metricsServer: RunningMetricsServer | undefined;
   try {
     await ensureStreams(nc);
     const js = nc.jetstream();
     let term: Controller | undefined;
     let termEpoch = 0n;
+    const metrics = options.metricsListen
+      ? new ControllerMetrics({
+          term: () => (term ? { jobs: () => term!.list(), connectedAgents: () => term!.connectedAgents(), queuedJobs: () => term!.queuedJobs() } : undefined),
+          leading: () => term !== undefined,
+          epoch: () => (term ? termEpoch : (election?.leader()?.epoch ?? 0n)),
+        })
+      : undefined;
+    if (options.metricsListen && metrics) {
+      const jsm = await nc.jetstreamManager();
+      const storeError = () =>
+        withDeadline(jsm.streams.info(`KV_${jobBucket}`), storeCheckTimeoutMs, (ms) => new Error(`no answer within ${ms} ms`)).then(
+          () => undefined,
+          (err: unknown) => (err instanceof Error ? err.message : String(err)),
+        );
+      metricsServer = await startMetricsServer({
+        listen: options.metricsListen,
+        source: metrics.registry,
+        ready: async () => controllerReadiness({ leading: election?.isLeader() ?? false, termOpen: term !== undefined, storeError: await storeError() }),
+      });
+    }
     const leader = async (): Promise<Controller> => {
       // A lease that ran out while this process was busy or paused is confirmed (or lost) first.
       const current = term;
@@ -91,9 +119,9 @@ export async function startController(options: ControllerOptions): Promise<Runni
     };
     const transport = options.transport ?? { plaintext: true };
     const secure = "tls" in transport;
-    const audit = new AuditTrail(js, log);
+    const audit = new AuditTrail(js, log, (entry) => metrics?.audited(entry.action, entry.result));
     access = new AccessControl(secure, audit, log, options.accessPolicyPath);
-    addService(server, ControllerService, controllerService(leader, access, audit), logged);
+    addService(server, ControllerService, controllerService(leader, access, audit, metrics), logged);
     addService(server, AgentService, agentService(leader, access, audit), logged);
     const port = await bindServer(server, options.listen, serverCredentials(transport));
     const host = options.listen.slice(0, options.listen.lastIndexOf(":"));
@@ -114,8 +142,8 @@ export async function startController(options: ControllerOptions): Promise<Runni
       for (let attempt = 0; ; attempt++) {
         let next: Controller | undefined;
         try {
-          const store = await JobStore.open(js, () => election?.holds(epoch) ?? false);
-          next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch, log, access: access! });
+          const store = await JobStore.open(js, () => election?.holds(epoch) ?? false, () => metrics?.kvConflict());
+          next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch, log, access: access!, ...(metrics ? { metrics } : {}) });
           await next.start();
           return next;
         } catch (err) {
@@ -151,6 +179,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
     log(`controller: listening on ${address} (${secure ? `mutual TLS, CA ${transport.tls.paths.ca}` : "plaintext"}), nats ${options.natsUrl}`);
     return {
       address,
+      metricsUrl: metricsServer?.url,
       isLeader: () => term !== undefined,
       followerBacklog: () => term?.followerBacklog() ?? { followers: 0, pending: 0, skipped: 0 },
       async stop() {
@@ -168,11 +197,13 @@ export async function startController(options: ControllerOptions): Promise<Runni
             resolve();
           });
         });
+        await metricsServer?.stop();
         await nc.drain().catch(() => nc.close());
       },
     };
   } catch (err) {
     access?.stop();
+    await metricsServer?.stop();
     await election?.stop().catch(() => {});
     server.forceShutdown();
     await nc.close();

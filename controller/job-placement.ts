@@ -47,13 +47,14 @@ function distinctChunks(chunks: readonly Chunk[]): Chunk[] {
  * ledger holds, and applies the decision to the ledger (call under the
  * ledger lock; markPlaced applies it to the job).
  */
-export function decide(core: Pick<ControllerCore, "ledger" | "known">, job: Job): PlacementDecision {
+export function decide(core: Pick<ControllerCore, "ledger" | "known" | "options">, job: Job): PlacementDecision {
   const pj = placementJob(job);
   const candidates: Candidate[] = job.targets
     .filter((t) => isTargetWaiting(t) || (isTargetActive(t) && t.chunks.length > 0))
     .map((t) => ({ ...core.ledger.snapshot(t.hostId, t.pid), hostLabels: core.known.get(t.hostId)?.info.labels ?? {}, chunks: t.chunks }));
   const decision = place(pj, candidates);
   for (const p of decision.placed) core.ledger.apply(pj, p);
+  core.options.metrics?.placed(decision.placed.length);
   return decision;
 }
 

@@ -58,8 +58,11 @@ export class JobQueue {
           }
         }
         const priority = by.spec?.priority ?? 0;
+        let preempted = false;
         const victim = await this.core.store.mutate(e.jobId, (j) => {
           const t = j.targets.find((x) => x.hostId === e.hostId && x.pid === e.pid);
+          // Set on every attempt: a write that lost a race is applied again.
+          preempted = t !== undefined && isTargetActive(t);
           if (!t || !isTargetActive(t)) return;
           // The agent keeps these counters and goes on from them when the target is armed again.
           if (counts) t.counts = counts;
@@ -70,6 +73,7 @@ export class JobQueue {
           rollUp(j);
           if (j.state === JobState.PENDING) j.reason = `preempted by job ${by.id}; waiting in the queue`;
         }, [e.hostId]);
+        if (preempted) this.core.options.metrics?.preempted();
         this.core.publish(victim);
         this.core.options.log(`job ${e.jobId}: ${e.hostId}/${e.pid} preempted by job ${by.id}`);
         this.enqueue(victim);

@@ -88,16 +88,18 @@ export class JobStore {
   private constructor(
     private readonly kv: KV,
     private readonly fence: () => boolean | Promise<boolean>,
+    private readonly onConflict: () => void,
   ) {}
 
   /**
    * Opens (or creates) the jobs bucket. `fence` says (or, while its lease
    * is being confirmed, will say) whether this controller still leads: a deposed leader that has not noticed yet
    * (paused, partitioned) must not write over its successor's jobs, so
-   * every write checks it first.
+   * every write checks it first. `onConflict` hears each write that lost a
+   * compare-and-set race (tried again up to a few times), for the metrics.
    */
-  static async open(js: JetStreamClient, fence: () => boolean | Promise<boolean> = () => true): Promise<JobStore> {
-    return new JobStore(await openBucket(js, jobBucket), fence);
+  static async open(js: JetStreamClient, fence: () => boolean | Promise<boolean> = () => true, onConflict: () => void = () => {}): Promise<JobStore> {
+    return new JobStore(await openBucket(js, jobBucket), fence, onConflict);
   }
 
   private timed<T>(what: string, pending: Promise<T>): Promise<T> {
@@ -233,9 +235,11 @@ export class JobStore {
         return entry.job;
       } catch (err) {
         // A lost race, or NATS away for a moment (a write that timed out may have landed: the re-read tells).
-        const retry = isCasConflict(err) || err instanceof JobStoreTimeoutError;
+        const conflict = isCasConflict(err);
+        if (conflict) this.onConflict();
+        const retry = conflict || err instanceof JobStoreTimeoutError;
         if (!retry || attempt >= maxAttempts) {
-          if (isCasConflict(err)) throw new JobStoreConflictError(`job ${id} changed under ${maxAttempts} attempts to update it`, { cause: err });
+          if (conflict) throw new JobStoreConflictError(`job ${id} changed under ${maxAttempts} attempts to update it`, { cause: err });
           throw err;
         }
         if (err instanceof JobStoreTimeoutError) await new Promise((resolve) => setTimeout(resolve, retryPauseMs));

@@ -3,11 +3,13 @@
 // a leader confirming a lease that ran out while it was busy answers after).
 // Each request passes the access gate first; submits, cancels and the kill
 // switch go to the audit trail with how they ended.
+import { performance } from "node:perf_hooks";
 import { status } from "@grpc/grpc-js";
 import { AgentService, ControllerService, type CallContext, type ServiceImpl } from "../proto/index.js";
 import type { AccessControl, Caller } from "./access.js";
 import type { AuditEntry, AuditTrail } from "./audit.js";
 import type { Controller } from "./controller.js";
+import type { ControllerMetrics } from "./metrics.js";
 import { describeJobSpec } from "./job-description.js";
 import { InvalidRequestError, PermissionDeniedError, statusFor } from "./errors.js";
 
@@ -27,21 +29,30 @@ async function audited<T>(audit: AuditTrail, entry: Omit<AuditEntry, "result">, 
   }
 }
 
-/** ControllerService handlers. */
-export function controllerService(leader: () => Controller | Promise<Controller>, access: AccessControl, audit: AuditTrail): ServiceImpl<typeof ControllerService> {
+/** ControllerService handlers; `metrics` times each SubmitJob by the status it ends with. */
+export function controllerService(leader: () => Controller | Promise<Controller>, access: AccessControl, audit: AuditTrail, metrics?: Pick<ControllerMetrics, "submitted">): ServiceImpl<typeof ControllerService> {
   const viewer = (ctx: CallContext, method: string, jobId?: string): Promise<Caller> => access.authorize(ctx, "user", "view", { method, ...(jobId ? { jobId } : {}) });
   return {
     async submitJob(request, ctx) {
-      const caller = await access.authorize(ctx, "user", "submit", { method: "submit" });
-      const spec = request.spec;
-      if (!spec) throw new InvalidRequestError("SubmitJob needs a spec");
-      const job = await audited(
-        audit,
-        { who: caller.who, action: "submit", what: describeJobSpec(spec) },
-        async () => (await leader()).submit(spec, caller),
-        (j) => ({ jobId: j.id, where: j.targets.map((t) => `${t.hostId}/${t.pid}`) }),
-      );
-      return { job };
+      const startedMs = performance.now();
+      let code = "OK";
+      try {
+        const caller = await access.authorize(ctx, "user", "submit", { method: "submit" });
+        const spec = request.spec;
+        if (!spec) throw new InvalidRequestError("SubmitJob needs a spec");
+        const job = await audited(
+          audit,
+          { who: caller.who, action: "submit", what: describeJobSpec(spec) },
+          async () => (await leader()).submit(spec, caller),
+          (j) => ({ jobId: j.id, where: j.targets.map((t) => `${t.hostId}/${t.pid}`) }),
+        );
+        return { job };
+      } catch (err) {
+        code = status[statusFor(err).code] ?? "UNKNOWN";
+        throw err;
+      } finally {
+        metrics?.submitted(code, (performance.now() - startedMs) / 1000);
+      }
     },
     async getJob(request, ctx) {
       await viewer(ctx, "get", request.id);

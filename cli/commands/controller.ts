@@ -2,10 +2,12 @@
 // SIGINT/SIGTERM, then stops it cleanly. Its own log lines go to stderr.
 import type { Command } from "commander";
 import path from "node:path";
+import type { MetricsListen } from "../../proto/index.js";
 import { DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { parseDuration } from "../output.js";
 import { untilAborted } from "../abort.js";
+import { parseMetricsFlag, printMetricsReady, warnIfExposed } from "../metrics-flag.js";
 import { resolveTransport } from "../transport.js";
 
 /** The `controller` command line after validation. */
@@ -17,14 +19,17 @@ export interface ControllerRequest {
   leaseMs: number;
   electionLeaseMs: number;
   accessPolicyPath?: string;
+  /** Where /metrics, /healthz and /readyz are served; unset: not served. */
+  metricsListen?: MetricsListen;
 }
 
 /** Validates the command line. */
-export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string }, natsUrl: string, natsCredsPath?: string): ControllerRequest {
+export function parseControllerArgs(opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string; metricsListen?: string }, natsUrl: string, natsCredsPath?: string): ControllerRequest {
   const request: ControllerRequest = { listen: opts.listen, natsUrl, leaseMs: parseDuration(opts.lease, "--lease"), electionLeaseMs: parseDuration(opts.electionLease, "--election-lease") };
   if (natsCredsPath !== undefined) request.natsCredsPath = natsCredsPath;
   // Absolute: the file is read again on every change.
   if (opts.accessPolicy !== undefined) request.accessPolicyPath = path.resolve(opts.accessPolicy);
+  if (opts.metricsListen !== undefined) request.metricsListen = parseMetricsFlag(opts.metricsListen);
   return request;
 }
 
@@ -42,9 +47,11 @@ export function registerControllerCommand(program: Command, ctx: CliContext): vo
     .option("--lease <time>", "drop an agent session silent for this long", "15s")
     .option("--election-lease <time>", "with several controllers on one NATS: a standby takes over this long after the leader stops", "5s")
     .option("--access-policy <file>", "roles and scopes of users (JSON; reloaded when it changes or on SIGHUP); default: every user certificate is an admin")
-    .action(async (opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string }) => {
+    .option("--metrics-listen <addr>", "serve /metrics, /healthz and /readyz over HTTP on PORT or HOST:PORT (a bare port is 127.0.0.1; port 0 picks one); default: not served")
+    .action(async (opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string; metricsListen?: string }) => {
       const request = parseControllerArgs(opts, ctx.globals().nats, ctx.globals().natsCreds);
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      if (request.metricsListen) warnIfExposed(request.metricsListen, log);
       const transport = resolveTransport(ctx.globals().tls, "controller", [request.listen], log);
       if (request.accessPolicyPath !== undefined && !("tls" in transport)) throw new UsageError("--access-policy needs mutual TLS (--ca, --cert, --key): over plaintext nobody is known");
       // Signals are ours from here on, so a Ctrl-C while starting still stops cleanly.
@@ -54,7 +61,10 @@ export function registerControllerCommand(program: Command, ctx: CliContext): vo
       const controller = await startController({ ...request, transport, log }).catch((err: unknown) => {
         throw new DaemonStartError("controller", err, request.natsUrl);
       });
-      if (!interrupted.aborted) ctx.stdout.write(printControllerReady(controller.address));
+      if (!interrupted.aborted) {
+        ctx.stdout.write(printControllerReady(controller.address));
+        if (controller.metricsUrl) ctx.stdout.write(printMetricsReady(controller.metricsUrl));
+      }
       await untilAborted(interrupted);
       await controller.stop();
     });
