@@ -7,7 +7,7 @@ import type { Arm, ArmResult, ArmedTarget, Disarm, DisarmResult, Discover, Disco
 import { armFailure, checkBackend, helperBackend, helperChunks, helperWatchOptions, protoBackend, watchHitsOf } from "./arm-request.js";
 import { AgentCommandError, toAgentError } from "./errors.js";
 import type { GroupCounts, HelperBackend, HelperEvent, HelperProcess } from "./helper-process.js";
-import { HitPipeline } from "./hit-pipeline.js";
+import { HitPipeline, type HitTotals } from "./hit-pipeline.js";
 import type { HitPublisher } from "./hit-publisher.js";
 import { LeaseGrace } from "./lease-grace.js";
 import { mappedAt } from "./memory-map.js";
@@ -18,6 +18,19 @@ import { StoredHitResume } from "./stored-hit-resume.js";
 import type { StoredHitsReader } from "./stored-hits.js";
 import { TargetDiscovery } from "./target-discovery.js";
 import { exitReason, newWatch, progressKey, watchKey, type Watch } from "./watch.js";
+
+/** How long registers an arm found busy (ENOSPC: perf or a debugger) count as held outside fleetwatch, as in the controller's ledger. */
+const foreignHoldMs = 60_000;
+
+/** One process's debug registers as this agent knows them, each a DR bit mask. */
+export interface ProcessRegisters {
+  /** Held by this agent's armed watches. */
+  ours: number;
+  /** Kept reserved by the kernel for our earlier watches. */
+  reserved: number;
+  /** Found busy by an arm in the last minute: held outside fleetwatch. */
+  foreign: number;
+}
 
 /** The watches of one host. */
 export class AgentCore {
@@ -35,6 +48,8 @@ export class AgentCore {
   onSuspended: () => void = () => {};
   /** (job, pid) pairs with an arm on its way: a second one (another session's, a retry) is refused. */
   private readonly arming = new Set<string>();
+  /** Registers an arm met ENOSPC on, per pid, and when. */
+  private readonly foreign = new Map<number, { mask: number; atMs: number }>();
 
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
@@ -75,6 +90,46 @@ export class AgentCore {
       clearInterval(this.progressTimer);
       this.helper = undefined;
     }
+  }
+
+  /** Whether a helper runs (false while a dead one is being restarted). */
+  get helperRunning(): boolean {
+    return this.helper !== undefined;
+  }
+
+  /** How many watches the helper has armed now. */
+  armedCount(): number {
+    let n = 0;
+    for (const watch of this.byKey.values()) if (!watch.ended) n++;
+    return n;
+  }
+
+  /** Hits of this agent's watches since it started, by outcome (see HitPipeline.hitTotals). */
+  hitTotals(): HitTotals {
+    return this.pipeline.hitTotals();
+  }
+
+  /** The debug registers of every process this agent watches, holds reservations in, or found registers busy in. */
+  processRegisters(nowMs = Date.now()): ProcessRegisters[] {
+    const ours = new Map<number, number>();
+    for (const watch of this.byKey.values()) {
+      if (watch.ended) continue;
+      let mask = ours.get(watch.pid) ?? 0;
+      for (const s of watch.slots) mask |= 1 << s.dr;
+      ours.set(watch.pid, mask);
+    }
+    for (const [pid, f] of this.foreign) if (nowMs - f.atMs >= foreignHoldMs) this.foreign.delete(pid);
+    const pids = new Set([...ours.keys(), ...this.reserved.pids(), ...this.foreign.keys()]);
+    return [...pids].map((pid) => ({ ours: ours.get(pid) ?? 0, reserved: this.reserved.of(pid), foreign: this.foreign.get(pid)?.mask ?? 0 }));
+  }
+
+  /** An arm met ENOSPC: the registers it asked for that no watch of ours holds there are held outside fleetwatch. */
+  private noteForeign(pid: number, slots: readonly { dr: number }[]): void {
+    let mask = 0;
+    for (const s of slots) mask |= 1 << s.dr;
+    for (const watch of this.byKey.values()) if (!watch.ended && watch.pid === pid) for (const s of watch.slots) mask &= ~(1 << s.dr);
+    if (mask === 0) return;
+    this.foreign.set(pid, { mask: (this.foreign.get(pid)?.mask ?? 0) | mask, atMs: Date.now() });
   }
 
   private currentHelper(): HelperProcess {
@@ -212,6 +267,8 @@ export class AgentCore {
         result = await this.currentHelper().arm(request.pid, group, chunks, helperWatchOptions(request, backend));
       } catch (err) {
         this.byGroup.delete(group);
+        // Never kept: its counters gained nothing (a re-arm's chain stays with the watch it continues).
+        if (!existing) this.pipeline.retire(hits);
         throw err;
       }
       this.byKey.set(watchKey(request.jobId, request.pid), watch);
@@ -241,7 +298,9 @@ export class AgentCore {
         valuesExact,
       });
     } catch (err) {
-      return create(ArmResultSchema, { ...reply, error: armFailure(err, request.pid) });
+      const error = armFailure(err, request.pid);
+      if (error.errnoName === "ENOSPC") this.noteForeign(request.pid, request.slots);
+      return create(ArmResultSchema, { ...reply, error });
     }
   }
 
@@ -410,8 +469,10 @@ export class AgentCore {
       for (const [k, w] of this.byKey) {
         if (w.pid !== pid) continue;
         this.byKey.delete(k);
+        this.pipeline.retire(w.hits);
         this.forgetJobIfDone(w.jobId);
       }
+      this.foreign.delete(pid);
       this.onReport(create(TargetReportSchema, { pid, state: TargetState.EXITED, reason: "process exited", reservedMask: mask }));
     }
   }
@@ -447,10 +508,12 @@ export class AgentCore {
           this.report(watch, TargetState.EXITED, why);
           watch.lastReported = "final";
           this.byKey.delete(watchKey(watch.jobId, watch.pid));
+          this.pipeline.retire(watch.hits);
           this.forgetJobIfDone(watch.jobId);
         }
         // The process and its kernel reservations are gone.
         this.reserved.forget(event.pid);
+        this.foreign.delete(event.pid);
         return;
       }
       case "group-backoff": {

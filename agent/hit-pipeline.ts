@@ -84,6 +84,30 @@ export interface WatchHitsInit {
   readonly onSettled: () => void;
 }
 
+/** Hits by outcome, as plain numbers (the metrics' view of HitCounts). */
+export interface HitTotals {
+  trapped: number;
+  delivered: number;
+  suppressed: number;
+  dropped: number;
+  filtered: number;
+}
+
+/** No hits yet. */
+export function noHits(): HitTotals {
+  return { trapped: 0, delivered: 0, suppressed: 0, dropped: 0, filtered: 0 };
+}
+
+/** Adds what counters gained over `base` to `into` (pure). */
+export function addGain(into: HitTotals, counts: HitCounts, base: HitCounts): HitTotals {
+  into.trapped += Number(counts.trapped - base.trapped);
+  into.delivered += Number(counts.delivered - base.delivered);
+  into.suppressed += Number(counts.suppressed - base.suppressed);
+  into.dropped += Number(counts.dropped - base.dropped);
+  into.filtered += Number(counts.filtered - base.filtered);
+  return into;
+}
+
 /** When a HitBatch goes out. */
 export interface HitBatching {
   /** A HitBatch goes out when it holds this many hits, or about maxBatchBytes (stacks make hits large)... */
@@ -101,6 +125,14 @@ export class HitPipeline {
    * has a watch or a follow here, so a lapse or a late joiner goes on counting.
    */
   private readonly sequences = new Map<string, bigint>();
+  /**
+   * The first watch of each chain of watches that share counters (a re-arm
+   * after a lapse goes on in the same object), while the agent keeps it; its
+   * `base` is where the counters stood when this agent armed it.
+   */
+  private readonly chains = new Set<WatchHits>();
+  /** What chains no longer kept had gained here. */
+  private readonly retired = noHits();
 
   /** `redact` says what of a hit's values may leave the host, under the policy in effect when it is published. */
   constructor(
@@ -113,7 +145,7 @@ export class HitPipeline {
 
   /** A new watch's hits; they add to `init.counts`. */
   open(init: WatchHitsInit): WatchHits {
-    return {
+    const watch: WatchHits = {
       jobId: init.jobId,
       pid: init.pid,
       watchIndexByDr: new Map(init.slots.map((s) => [s.dr, s.chunk?.watchIndex ?? 0])),
@@ -138,6 +170,27 @@ export class HitPipeline {
       lastCountsTimer: undefined,
       onSettled: init.onSettled,
     };
+    if (!init.previous) this.chains.add(watch);
+    return watch;
+  }
+
+  /**
+   * Every hit of this agent's watches by outcome, since it started: what the
+   * targets' counters (the ones the controller shows) gained here. Read at a
+   * scrape, never on the hit path.
+   */
+  hitTotals(): HitTotals {
+    const totals = { ...this.retired };
+    for (const head of this.chains) addGain(totals, head.counts, head.base);
+    return totals;
+  }
+
+  /** The agent forgets a settled watch (its process is gone): its chain's gains stay in the totals. */
+  retire(watch: WatchHits): void {
+    let head = watch;
+    while (head.previous) head = head.previous;
+    if (!this.chains.delete(head)) return;
+    addGain(this.retired, head.counts, head.base);
   }
 
   /** `later` took over from `earlier` after a re-arm: they share the counters, and `earlier`'s late hits settle `later` too. */
@@ -299,11 +352,17 @@ export class HitPipeline {
     watch.batchBytes = 0;
     const n = BigInt(hits.length);
     const id = `${watch.jobId}.${watch.pid}.${hits[0]!.sequence}`;
-    this.publisher.publish(eventSubject(watch.jobId, this.hostId), toBinary(HitBatchSchema, create(HitBatchSchema, { hits })), id, (ok) => {
-      if (ok) watch.counts.delivered += n;
-      else watch.counts.dropped += n;
-      this.published(watch, hits.length);
-    });
+    this.publisher.publish(
+      eventSubject(watch.jobId, this.hostId),
+      toBinary(HitBatchSchema, create(HitBatchSchema, { hits })),
+      id,
+      (ok) => {
+        if (ok) watch.counts.delivered += n;
+        else watch.counts.dropped += n;
+        this.published(watch, hits.length);
+      },
+      hits.length,
+    );
   }
 
   /** n of the watch's messages are settled: it, and the watches that took over from it, may be too. */

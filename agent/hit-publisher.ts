@@ -7,11 +7,19 @@
 // dropped, never unknown, and publishing never waits on NATS: the helper is
 // never held up.
 import { randomBytes } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import type { JetStreamClient } from "nats";
 import { isPermissionViolation } from "../proto/index.js";
 
 export interface PublishOutcome {
   (ok: boolean): void;
+}
+
+/** How one batch ended, for the metrics: acknowledged or dropped, its hits, and how long it waited from publish() to the end. */
+export interface PublishSettled {
+  readonly ok: boolean;
+  readonly hits: number;
+  readonly waitedMs: number;
 }
 
 export interface HitPublisherOptions {
@@ -23,6 +31,8 @@ export interface HitPublisherOptions {
   ackTimeoutMs?: number;
   /** How long a batch is resent before it counts as dropped. */
   retryForMs?: number;
+  /** Hears how each batch ended (once per batch, never per hit). */
+  onSettled?: (settled: PublishSettled) => void;
 }
 
 interface Item {
@@ -31,6 +41,9 @@ interface Item {
   readonly msgID: string;
   readonly settle: PublishOutcome;
   readonly firstTryMs: number;
+  readonly hits: number;
+  /** performance.now() at publish(), for the latency. */
+  readonly queuedAt: number;
 }
 
 const maxPauseMs = 2_000;
@@ -49,6 +62,7 @@ export class HitPublisher {
   private readonly maxQueuedBytes: number;
   private readonly ackTimeoutMs: number;
   private readonly retryForMs: number;
+  private readonly onSettled: ((settled: PublishSettled) => void) | undefined;
 
   constructor(
     private readonly js: JetStreamClient,
@@ -58,18 +72,27 @@ export class HitPublisher {
     this.maxQueuedBytes = options.maxQueuedBytes ?? 64 * 1024 * 1024;
     this.ackTimeoutMs = options.ackTimeoutMs ?? 5_000;
     this.retryForMs = options.retryForMs ?? 60_000;
+    this.onSettled = options.onSettled;
+  }
+
+  /** Bytes of batches not yet acknowledged: waiting, in flight or being resent. */
+  get pendingBytes(): number {
+    return this.queuedBytes;
   }
 
   /**
    * Publishes one batch; `settle` is called exactly once with the outcome.
-   * `id` names the batch uniquely for this agent (job, pid, first sequence).
+   * `id` names the batch uniquely for this agent (job, pid, first sequence);
+   * `hits` is how many hits it carries (0 for a count report).
    */
-  publish(subject: string, data: Uint8Array, id: string, settle: PublishOutcome): void {
+  publish(subject: string, data: Uint8Array, id: string, settle: PublishOutcome, hits = 0): void {
+    const queuedAt = performance.now();
     if (this.queuedBytes + data.byteLength > this.maxQueuedBytes) {
       settle(false);
+      this.onSettled?.({ ok: false, hits, waitedMs: 0 });
       return;
     }
-    this.queue.push({ subject, data, msgID: `${this.nonce}.${id}`, settle, firstTryMs: Date.now() });
+    this.queue.push({ subject, data, msgID: `${this.nonce}.${id}`, settle, firstTryMs: Date.now(), hits, queuedAt });
     this.queuedBytes += data.byteLength;
     this.pump();
   }
@@ -94,6 +117,7 @@ export class HitPublisher {
         this.queuedBytes -= item.data.byteLength;
         this.pauseMs = 0;
         item.settle(true);
+        this.onSettled?.({ ok: true, hits: item.hits, waitedMs: performance.now() - item.queuedAt });
         this.pump();
       },
       (err: unknown) => {
@@ -104,6 +128,7 @@ export class HitPublisher {
         } else {
           this.queuedBytes -= item.data.byteLength;
           item.settle(false);
+          this.onSettled?.({ ok: false, hits: item.hits, waitedMs: performance.now() - item.queuedAt });
         }
         this.pump();
       },

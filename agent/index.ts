@@ -5,7 +5,7 @@ import os from "node:os";
 import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { connect } from "nats";
-import { AgentInfoSchema, Backend, NatsRefusals, PerfValues, TrapCheckSchema, TrapDelivery, isSubjectToken, natsAuthOptions, parseAddressList, readNatsCredentials, slotsPerThread, type AgentInfo, type Transport } from "../proto/index.js";
+import { AgentInfoSchema, Backend, NatsRefusals, PerfValues, TrapCheckSchema, TrapDelivery, isSubjectToken, natsAuthOptions, parseAddressList, readNatsCredentials, slotsPerThread, startMetricsServer, type AgentInfo, type MetricsListen, type RunningMetricsServer, type Transport } from "../proto/index.js";
 import { AgentCore } from "./agent.js";
 import { HelperProcess, type HelperCapabilities } from "./helper-process.js";
 import type { TrapCheck as HelperTrapCheck } from "./helper-protocol.js";
@@ -14,6 +14,7 @@ import { SessionClient } from "./session-client.js";
 import { storedHitsReader } from "./stored-hits.js";
 import { AgentCommandError } from "./errors.js";
 import { summarizePolicy } from "./host-policy.js";
+import { AgentMetrics, agentReadiness } from "./metrics.js";
 import { loadPolicyFile, watchPolicyFile, type LoadedPolicy } from "./policy-file.js";
 
 export type { HelperCapabilities } from "./helper-process.js";
@@ -42,6 +43,8 @@ export interface AgentOptions {
    * changes. Unset: every process but pid 1, the agent and its helper, values captured.
    */
   policyPath?: string;
+  /** Where to serve /metrics, /healthz and /readyz over HTTP; unset: nowhere. */
+  metricsListen?: MetricsListen;
   log?: (line: string) => void;
 }
 
@@ -49,6 +52,8 @@ export interface RunningAgent {
   readonly hostId: string;
   /** What the current helper announced: its backends and its trap self-test (a restarted helper's, once it runs). */
   readonly capabilities: HelperCapabilities;
+  /** http://host:port/metrics when metricsListen was given. */
+  readonly metricsUrl: string | undefined;
   /** Resolves once the controller has accepted the session. */
   registered(): Promise<void>;
   /** Disarms every target, stops the helper, closes the session and NATS. */
@@ -121,7 +126,19 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
   // Jobs that ask for perf fail on this host with the reason; said once here too.
   if (!helper.capabilities.backends.includes("perf")) log(`agent ${options.hostId}: perf events are unavailable: ${helper.capabilities.perfNote || "the helper does not say why"}; only --backend ptrace jobs can be armed here`);
   logTrapChecks(options.hostId, helper.capabilities, log);
-  const core = new AgentCore(new HitPublisher(nc.jetstream()), storedHitsReader(nc, refusals), options.hostId, log);
+  // Made before the publisher (which reports to it); it reads the parts made below only when scraped.
+  const metrics: AgentMetrics | undefined = options.metricsListen
+    ? new AgentMetrics({
+        registers: () => core.processRegisters(),
+        armedTargets: () => core.armedCount(),
+        hits: () => core.hitTotals(),
+        pendingBytes: () => publisher.pendingBytes,
+        traps: () => helper.capabilities.traps,
+        sessionLive: () => session.live,
+      })
+    : undefined;
+  const publisher: HitPublisher = new HitPublisher(nc.jetstream(), metrics ? { onSettled: (s) => metrics.publishSettled(s) } : {});
+  const core = new AgentCore(publisher, storedHitsReader(nc, refusals), options.hostId, log);
   if (policy) await core.setPolicy(policy);
   const info = create(AgentInfoSchema, {
     hostId: options.hostId,
@@ -158,6 +175,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
         if (stopping.signal.aborted) return;
         try {
           helper = await startHelper();
+          metrics?.helperRestarted();
           pauseMs = restartPauseMs;
           // A new helper tested its backends and traps again: the controller hears it now, and the next registration says it too.
           Object.assign(info, { helperVersion: helper.helperVersion, ...capabilityFields(helper.capabilities) });
@@ -177,16 +195,36 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       : watchPolicyFile(
           options.policyPath,
           (loaded) => {
+            metrics?.policyReloaded();
             void core.setPolicy(loaded).catch((err: unknown) => log(`agent ${options.hostId}: enforcing the reloaded host policy failed: ${String(err)}`));
             // What the next registration tells the controller.
             info.policy = core.policySummary();
           },
           (line) => log(`agent ${options.hostId}: ${line}`),
         );
+  let metricsServer: RunningMetricsServer | undefined;
+  if (options.metricsListen && metrics) {
+    const controllers = parseAddressList(options.controller);
+    try {
+      metricsServer = await startMetricsServer({
+        listen: options.metricsListen,
+        source: metrics.registry,
+        ready: () => agentReadiness({ sessionLive: session.live, helperRunning: core.helperRunning, controllers }),
+      });
+    } catch (err) {
+      unwatchPolicy();
+      stopping.abort();
+      await helper.shutdown();
+      await supervised;
+      await nc.close();
+      throw err;
+    }
+  }
   session.start();
 
   return {
     hostId: options.hostId,
+    metricsUrl: metricsServer?.url,
     get capabilities() {
       return helper.capabilities;
     },
@@ -198,6 +236,7 @@ export async function startAgent(options: AgentOptions): Promise<RunningAgent> {
       await session.stop();
       await helper.shutdown();
       await supervised;
+      await metricsServer?.stop();
       await nc.drain().catch(() => nc.close());
     },
   };

@@ -21,6 +21,11 @@ export class ReservedRegisters {
     return this.masks.get(pid) ?? 0;
   }
 
+  /** Processes with reservations. */
+  pids(): IterableIterator<number> {
+    return this.masks.keys();
+  }
+
   /** The process and its kernel reservations are gone. */
   forget(pid: number): void {
     this.masks.delete(pid);

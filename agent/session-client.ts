@@ -100,6 +100,11 @@ export class SessionClient {
     }
   }
 
+  /** Whether a session with a controller is live now. */
+  get live(): boolean {
+    return this.outbound !== undefined;
+  }
+
   /** Resolves once the controller has accepted a session. */
   registered(): Promise<void> {
     return this.registeredOnce.promise;

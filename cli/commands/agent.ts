@@ -3,10 +3,11 @@
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Command } from "commander";
-import { isSubjectToken, parseAddressList } from "../../proto/index.js";
+import { isSubjectToken, parseAddressList, type MetricsListen } from "../../proto/index.js";
 import { DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { untilAborted } from "../abort.js";
+import { parseMetricsFlag, printMetricsReady, warnIfExposed } from "../metrics-flag.js";
 import { resolveTransport } from "../transport.js";
 
 /** The `agent` command line after validation. */
@@ -22,6 +23,8 @@ export interface AgentRequest {
   perfBufferKiB?: number;
   /** The host policy file, absolute (it is read again on reload, whatever the working directory). */
   policyPath?: string;
+  /** Where /metrics, /healthz and /readyz are served; unset: not served. */
+  metricsListen?: MetricsListen;
 }
 
 /** Parses `k=v` labels; the key must be non-empty, the value may be. */
@@ -65,7 +68,7 @@ export function parsePerfBuffer(text: string): number {
 }
 
 /** Validates the command line; --label wins over the same key in --label-file. */
-export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string }, globals: { controller: string; nats: string; natsCreds?: string | undefined }): AgentRequest {
+export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string; metricsListen?: string }, globals: { controller: string; nats: string; natsCreds?: string | undefined }): AgentRequest {
   if (!isSubjectToken(opts.hostId)) throw new UsageError(`--host-id '${opts.hostId}' may hold only letters, digits, _ and -`);
   const labels = { ...(opts.labelFile ? readLabelFile(opts.labelFile) : {}), ...parseLabels(opts.label ?? []) };
   const request: AgentRequest = { controller: globals.controller, natsUrl: globals.nats, hostId: opts.hostId, labels };
@@ -73,6 +76,7 @@ export function parseAgentArgs(opts: { hostId: string; label?: string[]; labelFi
   if (opts.helper !== undefined) request.helperPath = opts.helper;
   if (opts.perfBuffer !== undefined) request.perfBufferKiB = parsePerfBuffer(opts.perfBuffer);
   if (opts.policy !== undefined) request.policyPath = resolve(opts.policy);
+  if (opts.metricsListen !== undefined) request.metricsListen = parseMetricsFlag(opts.metricsListen);
   return request;
 }
 
@@ -92,9 +96,11 @@ export function registerAgentCommand(program: Command, ctx: CliContext): void {
     .option("--helper <path>", "the native helper (default: the one built in agent/native/build)")
     .option("--policy <file>", "host policy (JSON): processes that may be watched, value capture; reloaded on SIGHUP and on change")
     .option("--perf-buffer <size>", "each CPU's ring buffer of a perf job that reports hits, e.g. 8MiB (a power of two, 64KiB to 256MiB; default 2MiB, 4MiB with stacks): larger loses fewer samples of a busy writer")
-    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string }) => {
+    .option("--metrics-listen <addr>", "serve /metrics, /healthz and /readyz over HTTP on PORT or HOST:PORT (a bare port is 127.0.0.1; port 0 picks one); default: not served")
+    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string; metricsListen?: string }) => {
       const request = parseAgentArgs(opts, ctx.globals());
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      if (request.metricsListen) warnIfExposed(request.metricsListen, log);
       const transport = resolveTransport(ctx.globals().tls, "agent", parseAddressList(request.controller), log);
       if ("tls" in transport && transport.tls.identity.name !== request.hostId) throw new UsageError(`certificate ${transport.tls.paths.cert} is agent ${transport.tls.identity.name}'s, not host ${request.hostId}'s: use --host-id ${transport.tls.identity.name} or that host's certificate`);
       const interrupted = ctx.interrupted();
@@ -104,6 +110,7 @@ export function registerAgentCommand(program: Command, ctx: CliContext): void {
         throw new DaemonStartError("agent", err, request.natsUrl);
       });
       try {
+        if (agent.metricsUrl && !interrupted.aborted) ctx.stdout.write(printMetricsReady(agent.metricsUrl));
         // The agent keeps dialling until the controller answers; Ctrl-C ends the wait.
         await Promise.race([agent.registered().then(() => ctx.stdout.write(printAgentReady(request))), untilAborted(interrupted)]);
         await untilAborted(interrupted);
