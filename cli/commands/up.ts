@@ -1,14 +1,16 @@
 // `fleetwatch up`: the embedded single-host default. Starts nats-server, a
-// controller and this host's agent in one process, prints one ready line, and
-// on SIGINT/SIGTERM stops them in reverse order (agent, controller, nats).
+// controller and this host's agent in one process (both serving metrics on
+// loopback), prints a ready line and where the metrics are, and on
+// SIGINT/SIGTERM stops them in reverse order (agent, controller, nats).
 import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
 import type { HelperCapabilities, RunningAgent } from "../../agent/index.js";
 import type { RunningController } from "../../controller/index.js";
-import { isLoopbackAddress } from "../../proto/index.js";
+import { isLoopbackAddress, type MetricsListen } from "../../proto/index.js";
 import { CliError, DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
+import { parseMetricsFlag, warnIfExposed } from "../metrics-flag.js";
 import { startNatsServer, type RunningNatsServer } from "../nats-server.js";
 import { untilAborted } from "../abort.js";
 
@@ -21,6 +23,9 @@ export interface UpRequest {
   listen: string;
   natsPort: number;
   hostId: string;
+  /** Where the controller's and the agent's /metrics, /healthz and /readyz are served. */
+  metricsListen?: MetricsListen;
+  agentMetricsListen?: MetricsListen;
 }
 
 /** This host's agent id: the hostname with anything but [A-Za-z0-9_-] replaced by `-`. */
@@ -30,17 +35,26 @@ export function embeddedHostId(hostname: string): string {
 }
 
 /** Validates the command line; relative data dirs are under `cwd`. */
-export function parseUpArgs(opts: { dataDir: string; listen: string; natsPort: string }, cwd: string, hostname: string): UpRequest {
+export function parseUpArgs(opts: { dataDir: string; listen: string; natsPort: string; metricsListen?: string; agentMetricsListen?: string }, cwd: string, hostname: string): UpRequest {
   const natsPort = Number(opts.natsPort);
   if (!/^\d+$/.test(opts.natsPort) || natsPort < 1 || natsPort > 65_535) throw new UsageError(`--nats-port '${opts.natsPort}' is not a TCP port (1-65535)`);
   // Plaintext with nobody authenticated: only this machine may reach it.
   if (!isLoopbackAddress(opts.listen)) throw new UsageError(`--listen ${opts.listen}: fleetwatch up serves plaintext, on loopback only; for a fleet run \`fleetwatch controller\` and \`fleetwatch agent\` with certificates (\`fleetwatch certs init\`)`);
-  return { dataDir: path.resolve(cwd, opts.dataDir), listen: opts.listen, natsPort, hostId: embeddedHostId(hostname) };
+  const request: UpRequest = { dataDir: path.resolve(cwd, opts.dataDir), listen: opts.listen, natsPort, hostId: embeddedHostId(hostname) };
+  if (opts.metricsListen !== undefined) request.metricsListen = parseMetricsFlag(opts.metricsListen);
+  if (opts.agentMetricsListen !== undefined) request.agentMetricsListen = parseMetricsFlag(opts.agentMetricsListen, "--agent-metrics-listen");
+  return request;
 }
 
 /** The one line printed once everything runs. */
 export function printUpReady(controller: string, natsUrl: string, hostId: string): string {
   return `fleetwatch up: controller ${controller}, nats ${natsUrl}, host ${hostId}\n`;
+}
+
+/** The line after the ready line: where each daemon's metrics are (their /healthz and /readyz beside them). */
+export function printUpMetrics(controller: string | undefined, agent: string | undefined): string | undefined {
+  const parts = [...(controller ? [`${controller} (controller)`] : []), ...(agent ? [`${agent} (agent)`] : [])];
+  return parts.length === 0 ? undefined : `fleetwatch up: metrics ${parts.join(", ")}\n`;
 }
 
 /**
@@ -103,11 +117,11 @@ async function start(request: UpRequest, embedded: Embedded, interrupted: AbortS
   });
   if (interrupted.aborted) return false;
   const natsUrl = embedded.nats.url;
-  embedded.controller = await startController({ listen: request.listen, natsUrl, log }).catch((err: unknown) => {
+  embedded.controller = await startController({ listen: request.listen, natsUrl, log, ...(request.metricsListen ? { metricsListen: request.metricsListen } : {}) }).catch((err: unknown) => {
     throw new DaemonStartError("controller", err, natsUrl);
   });
   if (interrupted.aborted) return false;
-  embedded.agent = await startAgent({ controller: embedded.controller.address, natsUrl, hostId: request.hostId, labels: { embedded: "true" }, log }).catch((err: unknown) => {
+  embedded.agent = await startAgent({ controller: embedded.controller.address, natsUrl, hostId: request.hostId, labels: { embedded: "true" }, log, ...(request.agentMetricsListen ? { metricsListen: request.agentMetricsListen } : {}) }).catch((err: unknown) => {
     throw new DaemonStartError("agent", err, natsUrl);
   });
   let timer: NodeJS.Timeout | undefined;
@@ -130,10 +144,13 @@ export function registerUpCommand(program: Command, ctx: CliContext): void {
     .option("--data-dir <dir>", "JetStream data directory", ".fleetwatch")
     .option("--listen <addr>", "controller gRPC listen address", "127.0.0.1:7070")
     .option("--nats-port <port>", "nats-server client port", "4222")
-    .action(async (opts: { dataDir: string; listen: string; natsPort: string }) => {
+    .option("--metrics-listen <addr>", "the controller's /metrics, /healthz and /readyz, PORT or HOST:PORT (port 0 picks one)", "127.0.0.1:9464")
+    .option("--agent-metrics-listen <addr>", "the agent's /metrics, /healthz and /readyz, PORT or HOST:PORT (port 0 picks one)", "127.0.0.1:9465")
+    .action(async (opts: { dataDir: string; listen: string; natsPort: string; metricsListen: string; agentMetricsListen: string }) => {
       const request = parseUpArgs(opts, process.cwd(), os.hostname());
       const interrupted = ctx.interrupted();
       const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      for (const listen of [request.metricsListen, request.agentMetricsListen]) if (listen) warnIfExposed(listen, log);
       const embedded = new Embedded(log);
       let ready: boolean;
       try {
@@ -147,6 +164,8 @@ export function registerUpCommand(program: Command, ctx: CliContext): void {
         const warning = printNoTrapsWarning(embedded.agent!.capabilities.traps);
         if (warning) ctx.stdout.write(warning);
         ctx.stdout.write(printUpReady(embedded.controller!.address, embedded.nats!.url, request.hostId));
+        const metrics = printUpMetrics(embedded.controller!.metricsUrl, embedded.agent!.metricsUrl);
+        if (metrics) ctx.stdout.write(metrics);
         await untilAborted(interrupted);
       }
       const failed = await embedded.stop();
