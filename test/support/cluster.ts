@@ -132,6 +132,8 @@ export interface ClusterOptions {
    * Unset: NATS without authentication.
    */
   natsAuth?: { agents: string[] };
+  /** The controller and every agent serve /metrics, /healthz and /readyz on a free loopback port (`--metrics-listen 127.0.0.1:0`). */
+  metrics?: boolean;
 }
 
 /** nats-server + controller + agents, all real. */
@@ -139,6 +141,10 @@ export class Cluster {
   controllerAddress = "";
   controller: Daemon | undefined;
   readonly agents = new Map<string, Daemon>();
+  /** With `metrics`: the controller's http://host:port/metrics, as it printed it (new after each start). */
+  controllerMetricsUrl = "";
+  /** With `metrics`: each agent's http://host:port/metrics, as it printed it. */
+  readonly agentMetricsUrls = new Map<string, string>();
   private client: ServiceClient<typeof ControllerService> | undefined;
 
   private constructor(
@@ -197,15 +203,21 @@ export class Cluster {
 
   /** Starts the controller on a free port, or again on the same one after stopController. */
   async startController(): Promise<void> {
-    const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl, ...this.natsCredsArgs({ kind: "controller", name: "controller" })];
+    const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl, ...this.natsCredsArgs({ kind: "controller", name: "controller" }), ...this.metricsArgs()];
     // A long leader lease: a test that pauses the controller (SIGSTOP) is about agent leases, not elections.
     if (this.options.leaseMs) args.push("--lease", `${this.options.leaseMs}ms`, "--election-lease", "30s");
     const daemon = new Daemon("controller", spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
     this.controller = daemon;
     const [, address] = await daemon.waitForOutput(/listening on (\S+:\d+)/);
+    if (this.options.metrics) this.controllerMetricsUrl = (await daemon.waitForOutput(/^metrics: (http:\/\/\S+)$/m))[1]!;
     this.client?.close();
     this.client = undefined;
     this.controllerAddress = address!;
+  }
+
+  /** `--metrics-listen` on a free loopback port, with `metrics`. */
+  private metricsArgs(): string[] {
+    return this.options.metrics ? ["--metrics-listen", "127.0.0.1:0"] : [];
   }
 
   async stopController(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
@@ -216,10 +228,11 @@ export class Cluster {
 
   /** Starts an agent (with `extraArgs`, e.g. --policy) and waits until the controller lists it as connected. */
   async startAgent(hostId: string, labels: string[] = [], extraArgs: string[] = []): Promise<Daemon> {
-    const args = [cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", hostId, "--helper", helperPath, ...this.natsCredsArgs({ kind: "agent", name: hostId }), ...extraArgs];
+    const args = [cliPath, "agent", "--controller", this.controllerAddress, "--nats", this.natsUrl, "--host-id", hostId, "--helper", helperPath, ...this.natsCredsArgs({ kind: "agent", name: hostId }), ...this.metricsArgs(), ...extraArgs];
     for (const label of labels) args.push("--label", label);
     const daemon = new Daemon(`agent ${hostId}`, spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));
     this.agents.set(hostId, daemon);
+    if (this.options.metrics) this.agentMetricsUrls.set(hostId, (await daemon.waitForOutput(/^metrics: (http:\/\/\S+)$/m))[1]!);
     await this.waitForAgent(hostId);
     return daemon;
   }
@@ -253,15 +266,23 @@ export class Cluster {
     });
   }
 
-  /** Stops nats-server and starts it again on the same port with the same JetStream store (what an upgrade or a crash-restart does). */
-  async restartNats(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+  /**
+   * Stops nats-server and starts it again on the same port with the same
+   * JetStream store (what an upgrade or a crash-restart does); `whileDown`
+   * runs in between.
+   */
+  async restartNats(signal: NodeJS.Signals = "SIGTERM", whileDown: () => Promise<void> = async () => {}): Promise<void> {
     const port = this.nats.port;
     if (signal === "SIGTERM") await this.nats.stop();
     else {
       this.nats.process.kill(signal);
       await new Promise((resolve) => (this.nats.process.exitCode !== null || this.nats.process.signalCode !== null ? resolve(undefined) : this.nats.process.once("exit", resolve)));
     }
-    this.nats = await startNatsServer({ dataDir: path.join(this.dataDir, "nats"), port, ...(this.options.natsAuth ? { configFile: path.join(this.credsDir, natsAuthFile) } : {}) });
+    try {
+      await whileDown();
+    } finally {
+      this.nats = await startNatsServer({ dataDir: path.join(this.dataDir, "nats"), port, ...(this.options.natsAuth ? { configFile: path.join(this.credsDir, natsAuthFile) } : {}) });
+    }
   }
 
   /** Stops agents (they disarm), the controller and nats-server; removes the data. */
