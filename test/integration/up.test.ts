@@ -10,6 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { freePort } from "../../cli/nats-server.js";
 import { Daemon } from "../support/cluster.js";
+import { probe, scrape } from "../support/metrics.js";
 import { cliPath } from "../support/paths.js";
 import { buildFixtures, childPids, startTarget, type Target } from "../support/targets.js";
 
@@ -51,10 +52,16 @@ describe("fleetwatch up", () => {
     dir = await mkdtemp(path.join(os.tmpdir(), "fleetwatch-up-"));
     const listen = `127.0.0.1:${await freePort()}`;
     const natsPort = await freePort();
-    const up = new Daemon("up", spawn(process.execPath, [cliPath, "up", "--data-dir", path.join(dir, "data"), "--listen", listen, "--nats-port", String(natsPort)], { stdio: ["ignore", "pipe", "pipe"] }));
+    const metricsArgs = ["--metrics-listen", "127.0.0.1:0", "--agent-metrics-listen", "127.0.0.1:0"];
+    const up = new Daemon("up", spawn(process.execPath, [cliPath, "up", "--data-dir", path.join(dir, "data"), "--listen", listen, "--nats-port", String(natsPort), ...metricsArgs], { stdio: ["ignore", "pipe", "pipe"] }));
     try {
       const [line] = await up.waitForOutput(/^fleetwatch up: .*$/m, 30_000);
       assert.match(line!, new RegExp(`^fleetwatch up: controller ${listen}, nats nats://127.0.0.1:${natsPort}, host \\S+$`));
+      // The next line says where both daemons' metrics are; each serves them and is ready.
+      const [, controllerMetrics, agentMetrics] = await up.waitForOutput(/^fleetwatch up: metrics (http:\/\/127\.0\.0\.1:\d+\/metrics) \(controller\), (http:\/\/127\.0\.0\.1:\d+\/metrics) \(agent\)$/m);
+      assert.equal((await scrape(controllerMetrics!)).get("fleetwatch_controller_agents_connected"), 1);
+      assert.equal((await scrape(agentMetrics!)).get("fleetwatch_agent_controller_session"), 1);
+      for (const url of [controllerMetrics!, agentMetrics!]) assert.deepEqual(await probe(url, "/readyz"), { status: 200, text: "ready\n" }, url);
 
       target = await startTarget("demo-counter");
       await target.waitForLine(/^ready /);
