@@ -65,7 +65,7 @@ describe("metrics of real hits", () => {
     return sum;
   }
 
-  test("a perf job's hits: the agent's counters equal the job's, every delivered hit went out in a batch", async () => {
+  test("a perf job's hits: the agent's counters equal the job's (lost samples included), every delivered hit went out in a batch", async () => {
     const writes = 2_000;
     const id = await runJob(writes, ["--max-hits", String(writes)], async (armedId) => {
       // While armed: one register of ours on one process, one target armed, the job armed.
@@ -84,8 +84,10 @@ describe("metrics of real hits", () => {
     const job = (await suite.cluster.api().getJob({ id })).job!;
     assert.equal(job.state, JobState.COMPLETED, job.reason);
     const want = plain(job.counts);
-    assert.equal(want.delivered, writes);
+    // The kernel counts every trap; a writer this fast may outrun the ring buffers, and what they lose is dropped.
+    assert.equal(want.trapped, writes);
     assert.equal(want.trapped, want.delivered + want.suppressed + want.dropped + want.filtered);
+    assert.ok(want.delivered > 0);
 
     const agent = await waitFor("the agent's hit counters reach the job's", async () => {
       const s = await scrape(agentUrl());
