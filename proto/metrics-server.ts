@@ -7,7 +7,7 @@ import type { AddressInfo } from "node:net";
 import { withDeadline } from "./deadline.js";
 import { isLoopbackAddress } from "./tls.js";
 
-/** A bad `--metrics-listen` value. */
+/** A bad `--metrics-listen` value, or an address that cannot be bound. */
 export class MetricsListenError extends Error {
   override readonly name = "MetricsListenError";
 }
@@ -121,9 +121,13 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
   server.requestTimeout = 10_000;
   server.headersTimeout = 5_000;
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
+    const failed = (err: NodeJS.ErrnoException) => {
+      const why = err.code === "EADDRINUSE" ? "the address is in use (EADDRINUSE)" : err.code === "EADDRNOTAVAIL" ? "no interface of this host has that address (EADDRNOTAVAIL)" : err.message;
+      reject(new MetricsListenError(`cannot serve metrics on ${formatHostPort(options.listen.host, options.listen.port)}: ${why}`, { cause: err }));
+    };
+    server.once("error", failed);
     server.listen(options.listen.port, options.listen.host, () => {
-      server.off("error", reject);
+      server.off("error", failed);
       resolve();
     });
   });

@@ -91,7 +91,7 @@ test("metrics-server - a readiness check that throws or hangs is 503 with why, w
 test("metrics-server - an address in use is refused at start, and stop frees the port with scrapers still connected", async () => {
   const { server } = await serve(() => ({ ready: true }));
   const port = Number(server.address.split(":")[1]);
-  await assert.rejects(startMetricsServer({ listen: { host: "127.0.0.1", port }, source: new Registry(), ready: () => ({ ready: true }) }), /EADDRINUSE/);
+  await assert.rejects(startMetricsServer({ listen: { host: "127.0.0.1", port }, source: new Registry(), ready: () => ({ ready: true }) }), (err: unknown) => err instanceof MetricsListenError && err.message === `cannot serve metrics on 127.0.0.1:${port}: the address is in use (EADDRINUSE)`);
   // A keep-alive connection stays open after this scrape; stop must not wait for it.
   await (await fetch(server.url)).text();
   await server.stop();
