@@ -82,6 +82,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
     const js = nc.jetstream();
     let term: Controller | undefined;
     let termEpoch = 0n;
+    let started = false;
     const metrics = options.metricsListen
       ? new ControllerMetrics({
           term: () => (term ? { jobs: () => term!.list(), connectedAgents: () => term!.connectedAgents(), queuedJobs: () => term!.queuedJobs() } : undefined),
@@ -99,7 +100,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
       metricsServer = await startMetricsServer({
         listen: options.metricsListen,
         source: metrics.registry,
-        ready: async () => controllerReadiness({ leading: election?.isLeader() ?? false, termOpen: term !== undefined, storeError: await storeError() }),
+        ready: async () => controllerReadiness({ started, leading: election?.isLeader() ?? false, termOpen: term !== undefined, storeError: await storeError() }),
       });
     }
     const leader = async (): Promise<Controller> => {
@@ -176,6 +177,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
       }
     })().catch((err) => log(`controller: leadership loop failed: ${String(err)}`));
     await firstDecision;
+    started = true;
     log(`controller: listening on ${address} (${secure ? `mutual TLS, CA ${transport.tls.paths.ca}` : "plaintext"}), nats ${options.natsUrl}`);
     return {
       address,

@@ -46,6 +46,8 @@ export function everyTargetArmed(job: Job): boolean {
 
 /** What readiness is decided from. */
 export interface ControllerHealth {
+  /** Start-up is over: the first election decision is made and gRPC is served. */
+  started: boolean;
   /** The election says we lead. */
   leading: boolean;
   /** A leader term serves (its jobs loaded). */
@@ -56,6 +58,7 @@ export interface ControllerHealth {
 
 /** Ready: the store answers, and we serve as leader or stand by; a leader still loading its jobs is not (pure). */
 export function controllerReadiness(h: ControllerHealth): Readiness {
+  if (!h.started) return { ready: false, reason: "starting: the first leader election is not decided yet" };
   if (h.storeError !== undefined) return { ready: false, reason: `the store (NATS JetStream) does not answer: ${h.storeError}` };
   if (h.leading && !h.termOpen) return { ready: false, reason: "taking over as leader: loading the stored jobs" };
   return { ready: true };

@@ -52,10 +52,11 @@ test("metrics controller - a job counts as armed everywhere once it is armed and
 });
 
 test("metrics controller - ready when the store answers and the controller leads with its jobs loaded, or stands by", () => {
-  assert.deepEqual(controllerReadiness({ leading: true, termOpen: true, storeError: undefined }), { ready: true });
-  assert.deepEqual(controllerReadiness({ leading: false, termOpen: false, storeError: undefined }), { ready: true });
-  assert.deepEqual(controllerReadiness({ leading: true, termOpen: false, storeError: undefined }), { ready: false, reason: "taking over as leader: loading the stored jobs" });
-  assert.deepEqual(controllerReadiness({ leading: true, termOpen: true, storeError: "no answer within 1500 ms" }), { ready: false, reason: "the store (NATS JetStream) does not answer: no answer within 1500 ms" });
+  assert.deepEqual(controllerReadiness({ started: true, leading: true, termOpen: true, storeError: undefined }), { ready: true });
+  assert.deepEqual(controllerReadiness({ started: false, leading: false, termOpen: false, storeError: undefined }), { ready: false, reason: "starting: the first leader election is not decided yet" });
+  assert.deepEqual(controllerReadiness({ started: true, leading: false, termOpen: false, storeError: undefined }), { ready: true });
+  assert.deepEqual(controllerReadiness({ started: true, leading: true, termOpen: false, storeError: undefined }), { ready: false, reason: "taking over as leader: loading the stored jobs" });
+  assert.deepEqual(controllerReadiness({ started: true, leading: true, termOpen: true, storeError: "no answer within 1500 ms" }), { ready: false, reason: "the store (NATS JetStream) does not answer: no answer within 1500 ms" });
 });
 
 test("metrics controller - gauges read the leader term at scrape; counters and histograms follow the hooks", async () => {
