@@ -287,6 +287,15 @@ function hostileDisarm(rng: Rng, id: number, scene: Scene): Sent {
   return { what: `DISARM pid ${pid}`, frame: encodeDisarm(id, { pid, group: rng.chance(0.5) ? BigInt(1000 + rng.int(30)) : rng.u64() }), mustFail: false, okType: MessageType.Disarmed };
 }
 
+/** ARM's fixed part: pid, group, budget, rate, back-off, the counts, backend, flags and interval. */
+const armFixedBytes = 40;
+
+/** Whether an ARM payload is exactly as long as its counts say: 12 bytes per chunk, 16 per condition, 4 per tid. */
+function armIsWhole(payload: Buffer): boolean {
+  if (payload.length < armFixedBytes) return false;
+  return payload.length === armFixedBytes + 12 * payload[28]! + 16 * payload[29]! + 4 * payload[30]!;
+}
+
 /** A request of a known type whose payload is garbage or cut short (with the pid kept safe). */
 function garbledRequest(rng: Rng, id: number, scene: Scene): Sent {
   const type = rng.pick([MessageType.Resolve, MessageType.Arm, MessageType.Disarm]);
@@ -304,8 +313,10 @@ function garbledRequest(rng: Rng, id: number, scene: Scene): Sent {
       next = Buffer.concat([payload.subarray(0, 4), rng.bytes(rng.int(80))]); // garbage after a safe pid
   }
   if (next.length >= 4) payload.copy(next, 0, 0, 4);
-  // A truncated ARM or DISARM, or an ARM with bytes over, is malformed; others may parse.
-  const mustFail = next.length === payload.length ? false : type === MessageType.Arm || (type === MessageType.Disarm && next.length < payload.length) ? "EINVAL" : false;
+  // A truncated ARM or DISARM, or an ARM with bytes over, is malformed; others may parse. So may an
+  // ARM whose garbled counts happen to declare exactly the bytes it has (a well-formed request then).
+  const malformedArm = type === MessageType.Arm && !armIsWhole(next);
+  const mustFail = next.length === payload.length ? false : malformedArm || (type === MessageType.Disarm && next.length < payload.length) ? "EINVAL" : false;
   return { what: `garbled ${base.what}`, frame: encodeFrame(type, id, next), mustFail, okType: base.okType };
 }
 
