@@ -11,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
 import { ControllerService, JobState, TargetState, createFailoverClient, type ServiceClient } from "../../proto/index.js";
-import { Daemons, type Daemon } from "../support/cluster.js";
+import { Daemons, collectCli, type Daemon } from "../support/cluster.js";
 import { cliPath, helperPath } from "../support/paths.js";
 import { buildFixtures, fixturePath, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -44,11 +44,7 @@ describe("controller failover", () => {
 
   function cli(args: string[], controllers: string) {
     const child = spawn(process.execPath, [cliPath, ...args], { env: { ...process.env, FLEETWATCH_CONTROLLER: controllers, FLEETWATCH_NATS: nats.url }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-    child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-    return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.once("exit", (code) => resolve({ code, stdout, stderr })));
+    return collectCli(child, args);
   }
 
   test("the standby takes over the jobs and the agent when the leader is SIGKILLed", async () => {

@@ -112,7 +112,9 @@ export function collectCli(child: ChildProcess, args: readonly string[], timeout
       child.kill("SIGKILL");
       reject(new Error(`fleetwatch ${args.join(" ")} did not finish within ${timeoutMs} ms; stdout: ${stdout.slice(-1000)} stderr: ${stderr.slice(-1000)}`));
     }, timeoutMs);
-    child.once("exit", (code) => {
+    // "close", not "exit": the process may have exited with output still in the pipes (a large
+    // `events -o json` on a slow machine), and "close" comes once they are read to the end.
+    child.once("close", (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
