@@ -7,6 +7,7 @@ import { isSubjectToken, parseAddressList, type MetricsListen } from "../../prot
 import { DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { untilAborted } from "../abort.js";
+import { createDaemonLog, logOptions, resolveLogFormat, type LogLevel } from "../daemon-log.js";
 import { parseMetricsFlag, printMetricsReady, warnIfExposed } from "../metrics-flag.js";
 import { resolveTransport } from "../transport.js";
 
@@ -87,6 +88,7 @@ export function printAgentReady(request: AgentRequest): string {
 
 /** Adds `agent` to the program. */
 export function registerAgentCommand(program: Command, ctx: CliContext): void {
+  const [logFormatOption, logLevelOption] = logOptions();
   program
     .command("agent")
     .description("run this host's agent in the foreground (uses --controller, --nats and --nats-creds)")
@@ -97,9 +99,11 @@ export function registerAgentCommand(program: Command, ctx: CliContext): void {
     .option("--policy <file>", "host policy (JSON): processes that may be watched, value capture; reloaded on SIGHUP and on change")
     .option("--perf-buffer <size>", "each CPU's ring buffer of a perf job that reports hits, e.g. 8MiB (a power of two, 64KiB to 256MiB; default 2MiB, 4MiB with stacks): larger loses fewer samples of a busy writer")
     .option("--metrics-listen <addr>", "serve /metrics, /healthz and /readyz over HTTP on PORT or HOST:PORT (a bare port is 127.0.0.1; port 0 picks one); default: not served")
-    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string; metricsListen?: string }) => {
+    .addOption(logFormatOption)
+    .addOption(logLevelOption)
+    .action(async (opts: { hostId: string; label?: string[]; labelFile?: string; helper?: string; policy?: string; perfBuffer?: string; metricsListen?: string; logFormat?: string; logLevel: LogLevel }) => {
       const request = parseAgentArgs(opts, ctx.globals());
-      const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      const log = await createDaemonLog({ format: resolveLogFormat(opts.logFormat, ctx.stderr), level: opts.logLevel, component: "agent", host: request.hostId, sink: ctx.stderr });
       if (request.metricsListen) warnIfExposed(request.metricsListen, log);
       const transport = resolveTransport(ctx.globals().tls, "agent", parseAddressList(request.controller), log);
       if ("tls" in transport && transport.tls.identity.name !== request.hostId) throw new UsageError(`certificate ${transport.tls.paths.cert} is agent ${transport.tls.identity.name}'s, not host ${request.hostId}'s: use --host-id ${transport.tls.identity.name} or that host's certificate`);

@@ -7,6 +7,7 @@ import { DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { parseDuration } from "../output.js";
 import { untilAborted } from "../abort.js";
+import { createDaemonLog, logOptions, resolveLogFormat, type LogLevel } from "../daemon-log.js";
 import { parseMetricsFlag, printMetricsReady, warnIfExposed } from "../metrics-flag.js";
 import { resolveTransport } from "../transport.js";
 
@@ -40,6 +41,7 @@ export function printControllerReady(address: string): string {
 
 /** Adds `controller` to the program. */
 export function registerControllerCommand(program: Command, ctx: CliContext): void {
+  const [logFormatOption, logLevelOption] = logOptions();
   program
     .command("controller")
     .description("run the controller in the foreground (uses --nats and --nats-creds; mutual TLS with --ca, --cert and --key)")
@@ -48,9 +50,11 @@ export function registerControllerCommand(program: Command, ctx: CliContext): vo
     .option("--election-lease <time>", "with several controllers on one NATS: a standby takes over this long after the leader stops", "5s")
     .option("--access-policy <file>", "roles and scopes of users (JSON; reloaded when it changes or on SIGHUP); default: every user certificate is an admin")
     .option("--metrics-listen <addr>", "serve /metrics, /healthz and /readyz over HTTP on PORT or HOST:PORT (a bare port is 127.0.0.1; port 0 picks one); default: not served")
-    .action(async (opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string; metricsListen?: string }) => {
+    .addOption(logFormatOption)
+    .addOption(logLevelOption)
+    .action(async (opts: { listen: string; lease: string; electionLease: string; accessPolicy?: string; metricsListen?: string; logFormat?: string; logLevel: LogLevel }) => {
       const request = parseControllerArgs(opts, ctx.globals().nats, ctx.globals().natsCreds);
-      const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      const log = await createDaemonLog({ format: resolveLogFormat(opts.logFormat, ctx.stderr), level: opts.logLevel, component: "controller", sink: ctx.stderr });
       if (request.metricsListen) warnIfExposed(request.metricsListen, log);
       const transport = resolveTransport(ctx.globals().tls, "controller", [request.listen], log);
       if (request.accessPolicyPath !== undefined && !("tls" in transport)) throw new UsageError("--access-policy needs mutual TLS (--ca, --cert, --key): over plaintext nobody is known");

@@ -10,6 +10,7 @@ import type { RunningController } from "../../controller/index.js";
 import { isLoopbackAddress, type MetricsListen } from "../../proto/index.js";
 import { CliError, DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
+import { createDaemonLog, logOptions, resolveLogFormat, type DaemonLog, type LogLevel } from "../daemon-log.js";
 import { parseMetricsFlag, warnIfExposed } from "../metrics-flag.js";
 import { startNatsServer, type RunningNatsServer } from "../nats-server.js";
 import { untilAborted } from "../abort.js";
@@ -98,7 +99,13 @@ class Embedded {
   }
 }
 
-async function start(request: UpRequest, embedded: Embedded, interrupted: AbortSignal, log: (line: string) => void): Promise<boolean> {
+/** The embedded daemons' logs. */
+interface UpLogs {
+  controller: DaemonLog;
+  agent: DaemonLog;
+}
+
+async function start(request: UpRequest, embedded: Embedded, interrupted: AbortSignal, logs: UpLogs): Promise<boolean> {
   // Loaded here, not at the top: client commands must not depend on daemon code.
   const { startController } = await import("../../controller/index.js").catch((err: unknown) => {
     throw new DaemonStartError("controller", err);
@@ -117,11 +124,11 @@ async function start(request: UpRequest, embedded: Embedded, interrupted: AbortS
   });
   if (interrupted.aborted) return false;
   const natsUrl = embedded.nats.url;
-  embedded.controller = await startController({ listen: request.listen, natsUrl, log, ...(request.metricsListen ? { metricsListen: request.metricsListen } : {}) }).catch((err: unknown) => {
+  embedded.controller = await startController({ listen: request.listen, natsUrl, log: logs.controller, ...(request.metricsListen ? { metricsListen: request.metricsListen } : {}) }).catch((err: unknown) => {
     throw new DaemonStartError("controller", err, natsUrl);
   });
   if (interrupted.aborted) return false;
-  embedded.agent = await startAgent({ controller: embedded.controller.address, natsUrl, hostId: request.hostId, labels: { embedded: "true" }, log, ...(request.agentMetricsListen ? { metricsListen: request.agentMetricsListen } : {}) }).catch((err: unknown) => {
+  embedded.agent = await startAgent({ controller: embedded.controller.address, natsUrl, hostId: request.hostId, labels: { embedded: "true" }, log: logs.agent, ...(request.agentMetricsListen ? { metricsListen: request.agentMetricsListen } : {}) }).catch((err: unknown) => {
     throw new DaemonStartError("agent", err, natsUrl);
   });
   let timer: NodeJS.Timeout | undefined;
@@ -138,6 +145,7 @@ async function start(request: UpRequest, embedded: Embedded, interrupted: AbortS
 
 /** Adds `up` to the program. */
 export function registerUpCommand(program: Command, ctx: CliContext): void {
+  const [logFormatOption, logLevelOption] = logOptions();
   program
     .command("up")
     .description("run nats-server, a controller and this host's agent in the foreground")
@@ -146,15 +154,20 @@ export function registerUpCommand(program: Command, ctx: CliContext): void {
     .option("--nats-port <port>", "nats-server client port", "4222")
     .option("--metrics-listen <addr>", "the controller's /metrics, /healthz and /readyz, PORT or HOST:PORT (port 0 picks one)", "127.0.0.1:9464")
     .option("--agent-metrics-listen <addr>", "the agent's /metrics, /healthz and /readyz, PORT or HOST:PORT (port 0 picks one)", "127.0.0.1:9465")
-    .action(async (opts: { dataDir: string; listen: string; natsPort: string; metricsListen: string; agentMetricsListen: string }) => {
+    .addOption(logFormatOption)
+    .addOption(logLevelOption)
+    .action(async (opts: { dataDir: string; listen: string; natsPort: string; metricsListen: string; agentMetricsListen: string; logFormat?: string; logLevel: LogLevel }) => {
       const request = parseUpArgs(opts, process.cwd(), os.hostname());
       const interrupted = ctx.interrupted();
-      const log = (line: string) => ctx.stderr.write(`${line}\n`);
+      const format = resolveLogFormat(opts.logFormat, ctx.stderr);
+      const logOf = (component: string, host?: string) => createDaemonLog({ format, level: opts.logLevel, component, sink: ctx.stderr, ...(host ? { host } : {}) });
+      const log = await logOf("up");
+      const logs: UpLogs = { controller: await logOf("controller"), agent: await logOf("agent", request.hostId) };
       for (const listen of [request.metricsListen, request.agentMetricsListen]) if (listen) warnIfExposed(listen, log);
       const embedded = new Embedded(log);
       let ready: boolean;
       try {
-        ready = await start(request, embedded, interrupted, log);
+        ready = await start(request, embedded, interrupted, logs);
       } catch (err) {
         await embedded.stop();
         throw err;

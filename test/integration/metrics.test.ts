@@ -4,7 +4,10 @@
 // without debug traps too; the hit counters are in metrics-hits.test.ts.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { Daemon } from "../support/cluster.js";
 import { clusterSuite } from "../support/cluster-suite.js";
+import { cliPath, helperPath } from "../support/paths.js";
 import { probe, scrape } from "../support/metrics.js";
 import { waitFor } from "../support/wait.js";
 
@@ -115,5 +118,28 @@ describe("metrics and health", () => {
     }, 30_000, 100);
     assert.ok(controller.get("fleetwatch_controller_epoch") >= 1);
     await waitFor("the agent's /readyz says 200", async () => (await probe(agentUrl(), "/readyz")).status === 200, 30_000, 100);
+  });
+
+  test("logs: a daemon whose stderr is a pipe logs one JSON object per line, with level, time, component, host and the line's job and pid", async () => {
+    // The test harness asks its daemons for text lines; this one gets the default.
+    const env = { ...process.env };
+    delete env.FLEETWATCH_LOG_FORMAT;
+    const agent = new Daemon("agent log-probe", spawn(process.execPath, [cliPath, "agent", "--controller", suite.cluster.controllerAddress, "--nats", suite.cluster.natsUrl, "--host-id", "log-probe", "--helper", helperPath], { stdio: ["ignore", "ignore", "pipe"], env }));
+    try {
+      await agent.waitForOutput(/registered with/);
+    } finally {
+      await agent.stop();
+    }
+    const lines = agent.output.split("\n").filter((line) => line !== "");
+    assert.ok(lines.length >= 2, agent.output);
+    for (const line of lines) {
+      const entry = JSON.parse(line) as Record<string, unknown>;
+      assert.deepEqual(Object.keys(entry).slice(0, 4), ["level", "time", "component", "host"], line);
+      assert.ok(["debug", "info", "warn", "error"].includes(String(entry.level)), line);
+      assert.equal(entry.component, "agent");
+      assert.equal(entry.host, "log-probe");
+      assert.equal(typeof entry.msg, "string");
+    }
+    assert.ok(lines.some((line) => /"msg":"agent log-probe: registered with /.test(line)), agent.output);
   });
 });
