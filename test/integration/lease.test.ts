@@ -38,15 +38,9 @@ describe("leases", () => {
     await waitFor("two hits delivered", async () => ((await cluster.api().getJob({ id })).job?.counts?.delivered ?? 0n) >= 2n);
     assert.notEqual(await target.tracerPid(), 0);
 
-    const controllerPid = cluster.controller!.child.pid!;
-    process.kill(controllerPid, "SIGSTOP");
-    try {
-      await waitFor("the agent disarmed and detached on its own", async () => (await target!.tracerPid()) === 0, 15_000);
-    } finally {
-      process.kill(controllerPid, "SIGCONT");
-    }
-
-    // Back: every state the job goes through from here is recorded.
+    // Every state the job goes through from here is recorded: the stream is open before the
+    // controller stops, so a controller that is back and done (lost, then re-armed) before a
+    // watch could start leaves nothing unseen.
     const seen: Job[] = [];
     const watching = (async () => {
       for await (const { job: j } of cluster.api().watchJob({ id }, { deadlineMs: 60_000 })) {
@@ -56,6 +50,14 @@ describe("leases", () => {
         if (isFinalJobState(j.state)) return;
       }
     })();
+    await waitFor("the job's first state streamed", () => seen.length > 0);
+    const controllerPid = cluster.controller!.child.pid!;
+    process.kill(controllerPid, "SIGSTOP");
+    try {
+      await waitFor("the agent disarmed and detached on its own", async () => (await target!.tracerPid()) === 0, 15_000);
+    } finally {
+      process.kill(controllerPid, "SIGCONT");
+    }
     await watching;
     const lost = seen.find((j) => j.targets[0]?.state === TargetState.LOST)!;
     assert.ok(lost, `states seen: ${seen.map((j) => TargetState[j.targets[0]!.state]).join(", ")}`);
