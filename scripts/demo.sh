@@ -51,4 +51,14 @@ if grep -q ' 0 hits printed' "$work/watch.log"; then
   echo "demo: no hit arrived although demo-counter wrote demo_counter all along: see fleetwatch agents ls" >&2
   exit 1
 fi
+# The agent's own counters, as Prometheus scrapes them, say the same as the job's summary above.
+agent_metrics=$(sed -n 's/^fleetwatch up: metrics .*, \(http[^ ]*\) (agent)$/\1/p' "$work/up.log")
+if [ -n "$agent_metrics" ]; then
+  node -e '
+    fetch(process.argv[1]).then((r) => r.text()).then((text) => {
+      const hits = (outcome) => (text.match(new RegExp(`^fleetwatch_agent_hits_total\\{outcome="${outcome}"\\} (\\d+)$`, "m")) ?? [])[1] ?? "?";
+      console.log(`the agent\x27s metrics (${process.argv[1]}): trapped ${hits("trapped")}, delivered ${hits("delivered")}, suppressed ${hits("suppressed")}, dropped ${hits("dropped")}, filtered ${hits("filtered")}`);
+    }, (err) => console.log(`the agent\x27s metrics (${process.argv[1]}) did not answer: ${err.message}`));
+  ' "$agent_metrics"
+fi
 echo "done: the demo program is still running untouched (TracerPid: $(awk '/TracerPid/ {print $2}' /proc/$target_pid/status))"
