@@ -12,44 +12,23 @@ import { promisify } from "node:util";
 import { parse, parseAllDocuments } from "yaml";
 import { commMatches, kernelComm, validateSelector } from "../../agent/process-match.js";
 import { parseAgentArgs } from "../../cli/commands/agent.js";
-import { isSubjectToken } from "../../proto/index.js";
+import { isSubjectToken, startMetricsServer, type Readiness } from "../../proto/index.js";
+import { arg, composePath, metricsListeners, readCompose, type ComposeService } from "../support/compose.js";
 import { repoRoot } from "../support/paths.js";
 
 const run = promisify(execFile);
-
-interface ComposeService {
-  image?: string;
-  build?: unknown;
-  command?: string[];
-  entrypoint?: string[];
-  user?: string;
-  pid?: string;
-  privileged?: boolean;
-  cap_add?: string[];
-  cap_drop?: string[];
-  ports?: string[];
-  environment?: Record<string, string>;
-  volumes?: string[];
-}
-
-/** `--flag value` from an argument list. */
-function arg(args: readonly string[], flag: string): string | undefined {
-  const at = args.indexOf(flag);
-  return at >= 0 ? args[at + 1] : undefined;
-}
 
 function argsOf(list: readonly string[]): string[] {
   return list.flatMap((a) => a.split(/\s+/)).filter(Boolean);
 }
 
 test("deploy - docker-compose accepts the compose file", async () => {
-  const { stderr } = await run("docker-compose", ["-f", path.join(repoRoot, "docker-compose.yml"), "config", "-q"], { cwd: repoRoot });
+  const { stderr } = await run("docker-compose", ["-f", composePath, "config", "-q"], { cwd: repoRoot });
   assert.equal(stderr.trim(), "");
 });
 
 test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTRACE, CAP_PERFMON and CAP_BPF only; everything else unprivileged", async () => {
-  const compose = parse(await readFile(path.join(repoRoot, "docker-compose.yml"), "utf8"), { merge: true }) as { services: Record<string, ComposeService> };
-  const services = compose.services;
+  const services = (await readCompose()).services;
   const controller = services.controller!;
   const listen = arg(controller.command!, "--listen")!;
   assert.equal(listen, "0.0.0.0:7070");
@@ -98,6 +77,56 @@ test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTR
     assert.equal(s.cap_add, undefined, name);
   }
   assert.equal(services.cli!.environment!.FLEETWATCH_CONTROLLER, "controller:7070");
+});
+
+test("deploy - compose: the controller and each agent serve metrics and health on 0.0.0.0 in their container, unpublished, and are healthy while /readyz says ready", async () => {
+  const compose = await readCompose();
+  const listeners = metricsListeners(compose);
+  const daemons = Object.entries(compose.services).filter(([, s]) => s.command?.includes("controller") || s.command?.includes("agent"));
+  assert.deepEqual([...listeners.keys()].sort(), daemons.map(([name]) => name).sort(), "every daemon serves metrics");
+  assert.deepEqual([...listeners.keys()].sort(), ["agent-a", "agent-b", "controller"]);
+  for (const [name, listen] of listeners) {
+    const service = compose.services[name]!;
+    // Reachable from the compose network (Prometheus), not from the host.
+    assert.equal(listen.host, "0.0.0.0", name);
+    assert.equal(listen.port, listen.daemon === "controller" ? 9464 : 9465, name);
+    for (const published of service.ports ?? []) assert.notEqual(Number(published.split(":").at(-1)), listen.port, `${name} does not publish its metrics port`);
+    // The image's node asks /readyz on loopback (the image has no curl).
+    const check = service.healthcheck?.test ?? [];
+    assert.deepEqual(check.slice(0, 3), ["CMD", "node", "-e"], name);
+    assert.deepEqual(/http:\/\/127\.0\.0\.1:(\d+)\/readyz/.exec(check[3] ?? "")?.[1], String(listen.port), `${name}'s healthcheck asks its own listener`);
+  }
+  // Agents start once the controller is ready.
+  for (const name of ["agent-a", "agent-b"]) assert.deepEqual((compose.services[name]!.depends_on as Record<string, { condition: string }>).controller, { condition: "service_healthy" }, name);
+});
+
+test("deploy - compose: the healthcheck script exits 0 while the daemon is ready, 1 while it is not or nothing listens", async () => {
+  const compose = await readCompose();
+  let readiness: Readiness = { ready: true };
+  const server = await startMetricsServer({ listen: { host: "127.0.0.1", port: 0 }, source: { contentType: "text/plain", metrics: async () => "" }, ready: () => readiness });
+  const exitCode = (script: string) =>
+    run(process.execPath, ["-e", script], { timeout: 10_000 }).then(
+      () => 0,
+      (err: { code?: number | string }) => err.code,
+    );
+  let stopped = false;
+  try {
+    for (const name of ["controller", "agent-a"]) {
+      // The service's own script, pointed at this listener instead of the container's.
+      const script = compose.services[name]!.healthcheck!.test[3]!.replace(/127\.0\.0\.1:\d+/, server.address);
+      assert.notEqual(script, compose.services[name]!.healthcheck!.test[3], name);
+      readiness = { ready: true };
+      assert.equal(await exitCode(script), 0, `${name}: ready`);
+      readiness = { ready: false, reason: "the store (NATS JetStream) does not answer" };
+      assert.equal(await exitCode(script), 1, `${name}: not ready`);
+    }
+    const script = compose.services.controller!.healthcheck!.test[3]!.replace(/127\.0\.0\.1:\d+/, server.address);
+    await server.stop();
+    stopped = true;
+    assert.equal(await exitCode(script), 1, "nothing listening");
+  } finally {
+    if (!stopped) await server.stop();
+  }
 });
 
 test("deploy - the image builds with the quick start's setup script and puts the helper where the agent looks", async () => {
@@ -151,7 +180,7 @@ async function manifests(): Promise<K8sObject[]> {
 test("deploy - k8s: every object is well formed and in the fleetwatch namespace", async () => {
   const objects = await manifests();
   const kinds = objects.map((o) => o.kind).sort();
-  assert.deepEqual(kinds, ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "Namespace", "Service", "Service", "ServiceAccount", "StatefulSet"]);
+  assert.deepEqual(kinds, ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "Service", "Service", "ServiceAccount", "StatefulSet", "StatefulSet"]);
   for (const o of objects) {
     assert.ok(o.apiVersion && o.metadata?.name, JSON.stringify(o).slice(0, 200));
     if (!["Namespace", "ClusterRole", "ClusterRoleBinding"].includes(o.kind)) assert.equal(o.metadata.namespace, "fleetwatch", `${o.kind} ${o.metadata.name}`);
@@ -178,7 +207,8 @@ test("deploy - k8s: the agent sees its node's processes with CAP_SYS_PTRACE, CAP
   assert.equal(agent.securityContext.allowPrivilegeEscalation, false);
   assert.deepEqual(agent.env.find((e: { name: string }) => e.name === "NODE_NAME").valueFrom, { fieldRef: { fieldPath: "spec.nodeName" } });
   const script = argsOf(agent.args).join(" ");
-  assert.match(script, /--controller fleetwatch-controller\.fleetwatch:7070/);
+  // Every controller by its stable name: the agent follows the leader itself.
+  assert.equal(/--controller (\S+)/.exec(script)?.[1], controllerAddresses(objects).join(","));
   assert.match(script, /--nats nats:\/\/nats\.fleetwatch:4222/);
   // The host id the agent's shell line makes of a typical node name is a valid one.
   const hostIdExpr = /host="\$\((.*?)\)"/.exec(agent.args[0])![1]!;
@@ -216,21 +246,58 @@ test("deploy - k8s: the agent sees its node's processes with CAP_SYS_PTRACE, CAP
   }
 });
 
-test("deploy - k8s: controllers run unprivileged, two of them, and only the leader is ready", async () => {
+/** The controllers' stable addresses: pod NAME-i of the StatefulSet under its headless Service, on the gRPC port. */
+function controllerAddresses(objects: readonly K8sObject[]): string[] {
+  const set = objects.find((o) => o.kind === "StatefulSet" && o.metadata.name === "fleetwatch-controller")!;
+  const svc = objects.find((o) => o.kind === "Service" && o.metadata.name === set.spec.serviceName)!;
+  const port = svc.spec.ports.find((p: { name: string }) => p.name === "grpc").port;
+  return Array.from({ length: set.spec.replicas }, (_, i) => `${set.metadata.name}-${i}.${svc.metadata.name}.${set.metadata.namespace}:${port}`);
+}
+
+test("deploy - k8s: two controllers run unprivileged under stable names a headless Service publishes, ready or not", async () => {
   const objects = await manifests();
-  const deployment = objects.find((o) => o.kind === "Deployment")!;
-  assert.equal(deployment.spec.replicas, 2);
-  const pod = deployment.spec.template.spec;
+  const set = objects.find((o) => o.kind === "StatefulSet" && o.metadata.name === "fleetwatch-controller")!;
+  assert.equal(set.spec.replicas, 2);
+  assert.equal(set.spec.podManagementPolicy, "Parallel");
+  // No load balancing: a standby answers UNAVAILABLE, so clients are given every controller and follow the leader.
+  const svc = objects.find((o) => o.kind === "Service" && o.metadata.name === set.spec.serviceName)!;
+  assert.equal(svc.spec.clusterIP, "None");
+  assert.equal(svc.spec.publishNotReadyAddresses, true);
+  assert.deepEqual(controllerAddresses(objects), ["fleetwatch-controller-0.fleetwatch-controller.fleetwatch:7070", "fleetwatch-controller-1.fleetwatch-controller.fleetwatch:7070"]);
+  const pod = set.spec.template.spec;
   assert.equal(pod.securityContext.runAsNonRoot, true);
   assert.notEqual(pod.securityContext.runAsUser, 0);
   const c = pod.containers[0];
   assert.deepEqual(c.securityContext.capabilities, { drop: ["ALL"] });
   assert.equal(c.securityContext.allowPrivilegeEscalation, false);
-  assert.equal(arg(c.args, "--listen"), `0.0.0.0:${c.ports[0].containerPort}`);
+  assert.equal(arg(c.args, "--listen"), `0.0.0.0:${c.ports.find((p: { name: string }) => p.name === "grpc").containerPort}`);
   assert.equal(arg(c.args, "--nats"), "nats://nats.fleetwatch:4222");
-  // A standby answers `jobs ls` UNAVAILABLE (exit 1): not ready, so the Service reaches the leader only.
-  assert.deepEqual(c.readinessProbe.exec.command.slice(-4), ["jobs", "ls", "-o", "json"]);
-  assert.equal(arg(c.readinessProbe.exec.command, "--controller"), `127.0.0.1:${c.ports[0].containerPort}`);
-  const nats = objects.find((o) => o.kind === "StatefulSet")!;
+  // Its Secret is its own: no user certificate (probes need none).
+  assert.doesNotMatch(JSON.stringify(pod), /user-/);
+  const nats = objects.find((o) => o.kind === "StatefulSet" && o.metadata.name === "nats")!;
   assert.ok(nats.spec.template.spec.containers[0].args.includes("-js"));
+});
+
+test("deploy - k8s: controllers and agents are probed and scraped over HTTP on the port their --metrics-listen names", async () => {
+  const objects = await manifests();
+  const workloads = [
+    { kind: "StatefulSet", name: "fleetwatch-controller", container: "controller", port: 9464 },
+    { kind: "DaemonSet", name: "fleetwatch-agent", container: "agent", port: 9465 },
+  ];
+  for (const w of workloads) {
+    const o = objects.find((x) => x.kind === w.kind && x.metadata.name === w.name)!;
+    const c = o.spec.template.spec.containers.find((x: { name: string }) => x.name === w.container);
+    // The controller's arguments are a list; the agent's are a shell line.
+    const listen = arg(argsOf(c.args), "--metrics-listen");
+    assert.equal(listen, `0.0.0.0:${w.port}`, `${w.name}: reachable by the kubelet and Prometheus at the pod's IP`);
+    const port = c.ports.find((p: { name: string }) => p.name === "metrics");
+    assert.equal(port?.containerPort, w.port, `${w.name} declares its metrics port`);
+    for (const [probe, path] of [["startupProbe", "/healthz"], ["livenessProbe", "/healthz"], ["readinessProbe", "/readyz"]] as const) {
+      assert.deepEqual(c[probe]?.httpGet, { path, port: "metrics" }, `${w.name} ${probe}`);
+      assert.equal(c[probe].exec, undefined, `${w.name} ${probe} runs no command`);
+    }
+    // A check that takes its full 2 s still answers within the probe's timeout.
+    assert.ok(c.readinessProbe.timeoutSeconds > 2, w.name);
+    assert.deepEqual(o.spec.template.metadata.annotations, { "prometheus.io/scrape": "true", "prometheus.io/port": String(w.port), "prometheus.io/path": "/metrics" }, w.name);
+  }
 });
