@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -13,7 +13,7 @@ import { parse, parseAllDocuments } from "yaml";
 import { commMatches, kernelComm, validateSelector } from "../../agent/process-match.js";
 import { parseAgentArgs } from "../../cli/commands/agent.js";
 import { isSubjectToken, startMetricsServer, type Readiness } from "../../proto/index.js";
-import { arg, composePath, metricsListeners, readCompose, type ComposeService } from "../support/compose.js";
+import { arg, composePath, metricsListeners, readCompose, type ComposeFile, type ComposeService } from "../support/compose.js";
 import { repoRoot } from "../support/paths.js";
 
 const run = promisify(execFile);
@@ -22,9 +22,28 @@ function argsOf(list: readonly string[]): string[] {
   return list.flatMap((a) => a.split(/\s+/)).filter(Boolean);
 }
 
-test("deploy - docker-compose accepts the compose file", async () => {
+test("deploy - docker-compose accepts the compose file, and every file it mounts from the repository is there", async () => {
   const { stderr } = await run("docker-compose", ["-f", composePath, "config", "-q"], { cwd: repoRoot });
   assert.equal(stderr.trim(), "");
+  // The file as docker-compose resolves it: bind mounts with the host path made absolute.
+  const resolved = parse((await run("docker-compose", ["-f", composePath, "config"], { cwd: repoRoot })).stdout) as ComposeFile;
+  const mounted: string[] = [];
+  for (const [name, service] of Object.entries(resolved.services)) {
+    for (const volume of service.volumes ?? []) {
+      if (!volume.startsWith("/")) continue;
+      const source = volume.split(":")[0]!;
+      assert.ok(source.startsWith(repoRoot + path.sep), `${name} mounts ${source}, inside the repository`);
+      assert.ok((await stat(source)).isFile(), `${name} mounts ${source}: a file of the repository`);
+      assert.ok(volume.endsWith(":ro"), `${name} mounts ${source} read-only`);
+      mounted.push(path.relative(repoRoot, source));
+    }
+  }
+  assert.deepEqual(mounted.sort(), [
+    "deploy/grafana/fleetwatch.json",
+    "deploy/grafana/provisioning/dashboards/fleetwatch.yml",
+    "deploy/grafana/provisioning/datasources/prometheus.yml",
+    "deploy/prometheus/prometheus.yml",
+  ]);
 });
 
 test("deploy - compose: agents share their demo's PID namespace with CAP_SYS_PTRACE, CAP_PERFMON and CAP_BPF only; everything else unprivileged", async () => {

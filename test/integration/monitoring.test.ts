@@ -1,14 +1,18 @@
-// The monitoring files held to what the daemons really export: the Grafana
-// dashboard's structure and every metric, label and function its queries
-// use, against the controller's and the agent's metrics registries, built
-// here from their own code. No daemon or container runs.
+// The monitoring files held to what the daemons really export and to what
+// the compose file really runs: the Grafana dashboard's structure and every
+// metric, label and function its queries use (against the controller's and
+// the agent's metrics registries, built here from their own code), the
+// Prometheus scrape config against the compose services' --metrics-listen,
+// and Grafana's provisioning against both. No daemon or container runs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { Registry } from "prom-client";
+import { parse } from "yaml";
 import { AgentMetrics } from "../../agent/metrics.js";
 import { ControllerMetrics } from "../../controller/metrics.js";
+import { bindMounts, metricsListeners, readCompose } from "../support/compose.js";
 import { repoRoot } from "../support/paths.js";
 import { exposedSeries, promqlFunctions, readPromql } from "../support/promql.js";
 
@@ -187,4 +191,70 @@ test("monitoring - every metric, function and label the dashboard queries is one
   ]) {
     assert.ok(used.has(name), `the dashboard shows ${name}`);
   }
+});
+
+interface ScrapeConfig {
+  global?: { scrape_interval?: string };
+  scrape_configs: Array<{ job_name: string; metrics_path?: string; scheme?: string; static_configs?: Array<{ targets: string[] }> }>;
+}
+
+test("monitoring - compose: Prometheus scrapes every daemon service on the port its --metrics-listen names, from the config file it mounts read-only", async () => {
+  const compose = await readCompose();
+  const prometheus = compose.services.prometheus!;
+  assert.match(prometheus.image ?? "", /^prom\/prometheus:v\d+\.\d+\.\d+$/, "the official image, pinned");
+  const configFile = /^--config\.file=(.+)$/.exec(prometheus.command?.find((a) => a.startsWith("--config.file=")) ?? "")?.[1];
+  const mount = bindMounts(prometheus).find((m) => m.target === configFile);
+  assert.ok(mount, `the compose file mounts the config at ${configFile}`);
+  assert.equal(mount.readOnly, true);
+  assert.equal(path.relative(repoRoot, mount.source), "deploy/prometheus/prometheus.yml");
+  assert.deepEqual(prometheus.ports, ["127.0.0.1:9090:9090"], "the UI on the host's loopback only");
+  assert.deepEqual([prometheus.cap_drop, prometheus.security_opt, prometheus.read_only], [["ALL"], ["no-new-privileges:true"], true]);
+
+  const config = parse(await readFile(mount.source, "utf8")) as ScrapeConfig;
+  const scraped = new Map<string, string>();
+  for (const job of config.scrape_configs) {
+    // /metrics over plain HTTP: the defaults.
+    assert.equal(job.metrics_path ?? "/metrics", "/metrics", job.job_name);
+    assert.equal(job.scheme ?? "http", "http", job.job_name);
+    for (const target of (job.static_configs ?? []).flatMap((s) => s.targets)) {
+      assert.ok(!scraped.has(target), `${target} is scraped once`);
+      scraped.set(target, job.job_name);
+    }
+  }
+  const listeners = metricsListeners(compose);
+  assert.deepEqual([...scraped.keys()].sort(), [...listeners].map(([name, l]) => `${name}:${l.port}`).sort(), "each daemon service on its metrics port, nothing else");
+  for (const [target, job] of scraped) {
+    const daemon = listeners.get(target.split(":")[0]!)!.daemon;
+    assert.equal(job, `fleetwatch-${daemon}`, `${target} is in the ${daemon}s' job`);
+    // Reachable over the compose network, not only on the daemon container's loopback.
+    assert.equal(listeners.get(target.split(":")[0]!)!.host, "0.0.0.0", target);
+  }
+});
+
+test("monitoring - compose: Grafana is provisioned with that Prometheus as its default data source and this dashboard", async () => {
+  const compose = await readCompose();
+  const grafana = compose.services.grafana!;
+  assert.match(grafana.image ?? "", /^grafana\/grafana:\d+\.\d+\.\d+$/, "the official image, pinned");
+  assert.deepEqual(grafana.ports, ["127.0.0.1:3000:3000"], "the UI on the host's loopback only");
+  assert.deepEqual([grafana.cap_drop, grafana.security_opt], [["ALL"], ["no-new-privileges:true"]]);
+  const mounts = bindMounts(grafana);
+  assert.ok(mounts.every((m) => m.readOnly), "every provisioned file is mounted read-only");
+  const mounted = (relative: string) => mounts.find((m) => path.relative(repoRoot, m.source) === relative);
+
+  const datasources = mounted("deploy/grafana/provisioning/datasources/prometheus.yml");
+  assert.ok(datasources, "the data source file is mounted");
+  assert.ok(datasources.target.startsWith("/etc/grafana/provisioning/datasources/"), "the data source is provisioned");
+  const { datasources: [source] = [] } = parse(await readFile(datasources.source, "utf8")) as { datasources?: Array<{ type: string; url: string; isDefault?: boolean; access?: string }> };
+  assert.deepEqual([source?.type, source?.isDefault, source?.access], ["prometheus", true, "proxy"]);
+  const listen = compose.services.prometheus!.ports![0]!.split(":").at(-1);
+  assert.equal(source!.url, `http://prometheus:${listen}`, "the compose file's Prometheus, over the compose network");
+
+  const providers = mounted("deploy/grafana/provisioning/dashboards/fleetwatch.yml");
+  assert.ok(providers, "the dashboard provider file is mounted");
+  assert.ok(providers.target.startsWith("/etc/grafana/provisioning/dashboards/"), "the dashboard provider is provisioned");
+  const { providers: [provider] = [] } = parse(await readFile(providers.source, "utf8")) as { providers?: Array<{ type: string; options: { path: string } }> };
+  assert.equal(provider?.type, "file");
+  const dashboard = mounted("deploy/grafana/fleetwatch.json");
+  assert.equal(dashboard && path.dirname(dashboard.target), provider!.options.path, "the provider loads the mounted dashboard");
+  assert.equal(grafana.environment?.GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH, dashboard!.target, "the dashboard is the home page");
 });

@@ -43,6 +43,16 @@ export function arg(args: readonly string[], flag: string): string | undefined {
   return at >= 0 ? args[at + 1] : undefined;
 }
 
+/** A bind mount `./path:/target[:ro]` of a service: the repository file and where it appears; undefined for named volumes. */
+export function bindMounts(service: ComposeService): Array<{ source: string; target: string; readOnly: boolean }> {
+  return (service.volumes ?? [])
+    .filter((v) => v.startsWith("./"))
+    .map((v) => {
+      const [source, target, mode] = v.split(":");
+      return { source: path.join(repoRoot, source!), target: target!, readOnly: mode === "ro" };
+    });
+}
+
 /** The services that run a fleetwatch daemon (`controller` or `agent` in their command) with --metrics-listen, read by the daemons' own parser. */
 export function metricsListeners(compose: ComposeFile): Map<string, MetricsListen & { daemon: "controller" | "agent" }> {
   const found = new Map<string, MetricsListen & { daemon: "controller" | "agent" }>();
