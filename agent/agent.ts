@@ -18,24 +18,12 @@ import { StoredHitResume } from "./stored-hit-resume.js";
 import type { StoredHitsReader } from "./stored-hits.js";
 import { TargetDiscovery } from "./target-discovery.js";
 import { exitReason, newWatch, progressKey, watchKey, type Watch } from "./watch.js";
-
-/** How long registers an arm found busy (ENOSPC: perf or a debugger) count as held outside fleetwatch, as in the controller's ledger. */
-const foreignHoldMs = 60_000;
-
-/** One process's debug registers as this agent knows them, each a DR bit mask. */
-export interface ProcessRegisters {
-  /** Held by this agent's armed watches. */
-  ours: number;
-  /** Kept reserved by the kernel for our earlier watches. */
-  reserved: number;
-  /** Found busy by an arm in the last minute: held outside fleetwatch. */
-  foreign: number;
-}
+import { ForeignRegisters, slotMask, type ProcessRegisters } from "./foreign-registers.js";
+import { WatchBook } from "./watch-book.js";
 
 /** The watches of one host. */
 export class AgentCore {
-  private readonly byGroup = new Map<bigint, Watch>();
-  private readonly byKey = new Map<string, Watch>();
+  private readonly watches = new WatchBook();
   /** Debug registers the kernel keeps reserved per process for our earlier watches. */
   private readonly reserved = new ReservedRegisters();
   private nextGroup = 1n;
@@ -48,8 +36,8 @@ export class AgentCore {
   onSuspended: () => void = () => {};
   /** (job, pid) pairs with an arm on its way: a second one (another session's, a retry) is refused. */
   private readonly arming = new Set<string>();
-  /** Registers an arm met ENOSPC on, per pid, and when. */
-  private readonly foreign = new Map<number, { mask: number; atMs: number }>();
+  /** Registers arms met ENOSPC on: held outside fleetwatch. */
+  private readonly foreign = new ForeignRegisters();
 
   /** The current helper; replaced after a helper dies. */
   private helper: HelperProcess | undefined;
@@ -99,9 +87,7 @@ export class AgentCore {
 
   /** How many watches the helper has armed now. */
   armedCount(): number {
-    let n = 0;
-    for (const watch of this.byKey.values()) if (!watch.ended) n++;
-    return n;
+    return this.watches.live().length;
   }
 
   /** Hits of this agent's watches since it started, by outcome (see HitPipeline.hitTotals). */
@@ -111,25 +97,10 @@ export class AgentCore {
 
   /** The debug registers of every process this agent watches, holds reservations in, or found registers busy in. */
   processRegisters(nowMs = Date.now()): ProcessRegisters[] {
-    const ours = new Map<number, number>();
-    for (const watch of this.byKey.values()) {
-      if (watch.ended) continue;
-      let mask = ours.get(watch.pid) ?? 0;
-      for (const s of watch.slots) mask |= 1 << s.dr;
-      ours.set(watch.pid, mask);
-    }
-    for (const [pid, f] of this.foreign) if (nowMs - f.atMs >= foreignHoldMs) this.foreign.delete(pid);
-    const pids = new Set([...ours.keys(), ...this.reserved.pids(), ...this.foreign.keys()]);
-    return [...pids].map((pid) => ({ ours: ours.get(pid) ?? 0, reserved: this.reserved.of(pid), foreign: this.foreign.get(pid)?.mask ?? 0 }));
-  }
-
-  /** An arm met ENOSPC: the registers it asked for that no watch of ours holds there are held outside fleetwatch. */
-  private noteForeign(pid: number, slots: readonly { dr: number }[]): void {
-    let mask = 0;
-    for (const s of slots) mask |= 1 << s.dr;
-    for (const watch of this.byKey.values()) if (!watch.ended && watch.pid === pid) for (const s of watch.slots) mask &= ~(1 << s.dr);
-    if (mask === 0) return;
-    this.foreign.set(pid, { mask: (this.foreign.get(pid)?.mask ?? 0) | mask, atMs: Date.now() });
+    const pids = new Set(this.watches.live().map((w) => w.pid));
+    for (const pid of this.reserved.pids()) pids.add(pid);
+    for (const pid of this.foreign.pids(nowMs)) pids.add(pid);
+    return [...pids].map((pid) => ({ ours: this.watches.registersOf(pid), reserved: this.reserved.of(pid), foreign: this.foreign.of(pid) }));
   }
 
   private currentHelper(): HelperProcess {
@@ -144,19 +115,19 @@ export class AgentCore {
    * backend, so the job's status tells the truth.
    */
   helperLost(reason: (backend: HelperBackend) => string): void {
-    for (const watch of this.byKey.values()) {
+    for (const watch of this.watches.all()) {
       if (watch.ended) continue;
       watch.ended = true;
       watch.deadlineTimer?.cancel();
       this.pipeline.lost(watch.hits);
       void this.pipeline.settled(watch.hits).then(() => this.report(watch, TargetState.FAILED, reason(watch.backend)));
     }
-    this.byGroup.clear();
+    this.watches.clearGroups();
   }
 
   /** What is armed now, for the controller after a (re)connect. */
   armed(): ArmedTarget[] {
-    return [...this.byKey.values()].filter((w) => !w.ended).map((w) => create(ArmedTargetSchema, { jobId: w.jobId, pid: w.pid, slots: w.slots, counts: w.hits.counts }));
+    return this.watches.live().map((w) => create(ArmedTargetSchema, { jobId: w.jobId, pid: w.pid, slots: w.slots, counts: w.hits.counts }));
   }
 
   /** This host's processes matching a selector's pid, exe, comm and cgroup (never pid 1, the agent or its helper). */
@@ -182,7 +153,7 @@ export class AgentCore {
   /** Drops a job's hit sequence and stored hits once nothing here can produce its hits any more. */
   private forgetJobIfDone(jobId: string): void {
     if (this.discovery.isFollowed(jobId)) return;
-    for (const watch of this.byKey.values()) if (watch.jobId === jobId) return;
+    if (this.watches.hasJob(jobId)) return;
     this.pipeline.forgetJob(jobId);
     this.resume.forget(jobId);
   }
@@ -199,7 +170,7 @@ export class AgentCore {
    */
   async setPolicy(loaded: LoadedPolicy): Promise<void> {
     this.gate.set(loaded);
-    await Promise.all([...this.byKey.values()].filter((w) => !w.ended).map((w) => this.enforcePolicy(w)));
+    await Promise.all(this.watches.live().map((w) => this.enforcePolicy(w)));
   }
 
   private async enforcePolicy(watch: Watch): Promise<void> {
@@ -244,7 +215,7 @@ export class AgentCore {
     try {
       this.gate.check(request.pid);
       const policyAtCheck = this.gate.policy;
-      const existing = this.byKey.get(watchKey(request.jobId, request.pid));
+      const existing = this.watches.get(request.jobId, request.pid);
       if (existing && !existing.ended) throw new AgentCommandError(`job ${request.jobId} is already armed on pid ${request.pid}`, "EEXIST");
       if (request.deadlineUnixMs > 0n && Number(request.deadlineUnixMs) <= Date.now()) throw new AgentCommandError(`job ${request.jobId}: its deadline has passed`, "ETIME");
       const backend = helperBackend(request.backend);
@@ -253,25 +224,25 @@ export class AgentCore {
       // The same counters object: hits of the earlier watch still being published land in it.
       // Otherwise from what the controller and the event stream know (this agent may have started again).
       const carried = existing ? existing.hits.counts : await this.resume.counts(request);
-      if (this.byKey.get(watchKey(request.jobId, request.pid)) !== existing) throw new AgentCommandError(`job ${request.jobId} was armed on pid ${request.pid} meanwhile`, "EEXIST");
+      if (this.watches.get(request.jobId, request.pid) !== existing) throw new AgentCommandError(`job ${request.jobId} was armed on pid ${request.pid} meanwhile`, "EEXIST");
       const chunks = helperChunks(request.slots);
       const group = this.nextGroup++;
       // Hits' values are read at the trap: ptrace, or perf where the kernel reads them.
       const valuesExact = backend === "ptrace" || this.currentHelper().capabilities.perfValues === "exact";
-      const hits = this.pipeline.open({ ...watchHitsOf(request, backend), counts: carried, previous: existing?.hits, onSettled: () => this.byGroup.delete(group) });
+      const hits = this.pipeline.open({ ...watchHitsOf(request, backend), counts: carried, previous: existing?.hits, onSettled: () => this.watches.dropGroup(group) });
       const watch = newWatch(request, group, backend, hits);
       // Registered before arming: hits can arrive before the helper's reply.
-      this.byGroup.set(group, watch);
+      this.watches.addGroup(group, watch);
       let result;
       try {
         result = await this.currentHelper().arm(request.pid, group, chunks, helperWatchOptions(request, backend));
       } catch (err) {
-        this.byGroup.delete(group);
+        this.watches.dropGroup(group);
         // Never kept: its counters gained nothing (a re-arm's chain stays with the watch it continues).
         if (!existing) this.pipeline.retire(hits);
         throw err;
       }
-      this.byKey.set(watchKey(request.jobId, request.pid), watch);
+      this.watches.keep(watch);
       if (existing) this.pipeline.takeOver(existing.hits, hits);
       // A reload while the helper armed it has not seen this watch: the new policy decides now.
       if (this.gate.policy !== policyAtCheck) {
@@ -299,14 +270,14 @@ export class AgentCore {
       });
     } catch (err) {
       const error = armFailure(err, request.pid);
-      if (error.errnoName === "ENOSPC") this.noteForeign(request.pid, request.slots);
+      if (error.errnoName === "ENOSPC") this.foreign.note(request.pid, slotMask(request.slots), this.watches.registersOf(request.pid));
       return create(ArmResultSchema, { ...reply, error });
     }
   }
 
   async disarm(request: Disarm): Promise<DisarmResult> {
     const reply = { requestId: request.requestId, jobId: request.jobId, pid: request.pid };
-    const watch = this.byKey.get(watchKey(request.jobId, request.pid));
+    const watch = this.watches.get(request.jobId, request.pid);
     if (!watch) return create(DisarmResultSchema, { ...reply, error: toAgentError(new AgentCommandError(`job ${request.jobId} has no watch on pid ${request.pid} here`, "ENOENT")) });
     try {
       await this.stop(watch);
@@ -328,7 +299,7 @@ export class AgentCore {
    * of reach too): no watch stays armed behind another one's hits.
    */
   suspendAll(silence: string, silentForMs = 0): Promise<void> {
-    return this.grace.suspendAll([...this.byKey.values()], silence, silentForMs);
+    return this.grace.suspendAll(this.watches.all(), silence, silentForMs);
   }
 
   /** A session is live again: watches still within their job's lost-after stay armed. */
@@ -379,7 +350,7 @@ export class AgentCore {
   private async clearAll(): Promise<{ disarmed: Watch[]; failed: string[] }> {
     const disarmed: Watch[] = [];
     const failed: string[] = [];
-    for (const watch of [...this.byKey.values()]) {
+    for (const watch of this.watches.all()) {
       if (watch.ended) continue;
       try {
         await this.disarmInHelper(watch);
@@ -450,7 +421,7 @@ export class AgentCore {
   }
 
   private reportProgress(): void {
-    for (const watch of this.byKey.values()) {
+    for (const watch of this.watches.all()) {
       if (watch.ended || progressKey(watch) === watch.lastReported) continue;
       this.report(watch, TargetState.ARMED, watch.status);
     }
@@ -464,34 +435,32 @@ export class AgentCore {
    */
   private forgetGoneProcesses(): void {
     // A watch still settling its hits (NATS slow or away) is reported by the process's own exit event.
-    const busy = (pid: number) => [...this.byKey.values()].some((w) => w.pid === pid && (!w.ended || !this.pipeline.isSettled(w.hits)));
+    const busy = (pid: number) => this.watches.all().some((w) => w.pid === pid && (!w.ended || !this.pipeline.isSettled(w.hits)));
     for (const { pid, mask } of this.reserved.exited(busy)) {
-      for (const [k, w] of this.byKey) {
-        if (w.pid !== pid) continue;
-        this.byKey.delete(k);
-        this.pipeline.retire(w.hits);
-        this.forgetJobIfDone(w.jobId);
-      }
-      this.foreign.delete(pid);
+      for (const w of this.watches.all()) if (w.pid === pid) this.forget(w);
+      this.foreign.forget(pid);
       this.onReport(create(TargetReportSchema, { pid, state: TargetState.EXITED, reason: "process exited", reservedMask: mask }));
     }
   }
 
-  private watchesOf(pid: number): Watch[] {
-    return [...this.byKey.values()].filter((w) => w.pid === pid && !w.ended);
+  /** Drops an ended watch for good: its process is gone. */
+  private forget(watch: Watch): void {
+    this.watches.drop(watch);
+    this.pipeline.retire(watch.hits);
+    this.forgetJobIfDone(watch.jobId);
   }
 
   private async onHelperEvent(event: HelperEvent): Promise<void> {
     switch (event.kind) {
       case "hits":
         for (const hit of event.hits) {
-          const watch = this.byGroup.get(hit.group);
+          const watch = this.watches.group(hit.group);
           if (watch) this.pipeline.hit(watch.hits, hit);
           else this.log(`agent ${this.hostId}: hit for unknown group ${hit.group} (pid ${hit.pid}) ignored`);
         }
         return;
       case "group-done": {
-        const watch = this.byGroup.get(event.group);
+        const watch = this.watches.group(event.group);
         if (!watch) return;
         this.endWatch(watch, event.counts);
         await this.pipeline.settled(watch.hits);
@@ -502,22 +471,21 @@ export class AgentCore {
       case "target-exited":
       case "target-exec": {
         const why = event.kind === "target-exec" ? "process exec'd: the watched address space is gone" : exitReason(event.how, event.code);
-        for (const watch of this.byKey.values()) {
-          if (watch.pid !== event.pid || watch.lastReported === "final") continue;
+        for (const watch of this.watches.all()) {
+          // Dropped meanwhile (while an earlier one settled): reported by whoever dropped it.
+          if (watch.pid !== event.pid || watch.lastReported === "final" || this.watches.get(watch.jobId, watch.pid) !== watch) continue;
           await this.pipeline.settled(watch.hits);
           this.report(watch, TargetState.EXITED, why);
           watch.lastReported = "final";
-          this.byKey.delete(watchKey(watch.jobId, watch.pid));
-          this.pipeline.retire(watch.hits);
-          this.forgetJobIfDone(watch.jobId);
+          this.forget(watch);
         }
         // The process and its kernel reservations are gone.
         this.reserved.forget(event.pid);
-        this.foreign.delete(event.pid);
+        this.foreign.forget(event.pid);
         return;
       }
       case "group-backoff": {
-        const watch = this.byGroup.get(event.group);
+        const watch = this.watches.group(event.group);
         if (!watch) return;
         const until = new Date(Number(event.untilNs / 1_000_000n)).toISOString();
         watch.status = `rate limited: registers cleared until ${until} (${event.suppressedSoFar} suppressed so far)`;
@@ -525,26 +493,26 @@ export class AgentCore {
         return;
       }
       case "group-resumed": {
-        const watch = this.byGroup.get(event.group);
+        const watch = this.watches.group(event.group);
         if (!watch) return;
         watch.status = "armed";
         this.report(watch, TargetState.ARMED, watch.status);
         return;
       }
       case "target-fork":
-        for (const watch of this.watchesOf(event.pid)) {
+        for (const watch of this.watches.ofPid(event.pid)) {
           watch.status = `armed; forked child ${event.childPid} is not watched`;
           this.report(watch, TargetState.ARMED, watch.status);
         }
         return;
       case "counts": {
-        const watch = this.byGroup.get(event.group);
+        const watch = this.watches.group(event.group);
         if (!watch) return;
         this.pipeline.counts(watch.hits, event.timeNs, event.counts, event.threads);
         return;
       }
       case "threads":
-        for (const watch of this.watchesOf(event.pid)) {
+        for (const watch of this.watches.ofPid(event.pid)) {
           watch.threadsTotal = event.threadsTotal;
           watch.threadsArmed = event.threadsArmed;
         }

@@ -5,7 +5,7 @@
 // observed once per batch.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { slotsPerThread, type Readiness } from "../proto/index.js";
-import type { ProcessRegisters } from "./agent.js";
+import type { ProcessRegisters } from "./foreign-registers.js";
 import type { HelperCapabilities } from "./helper-process.js";
 import type { HitTotals } from "./hit-pipeline.js";
 import type { PublishSettled } from "./hit-publisher.js";
