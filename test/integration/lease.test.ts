@@ -6,7 +6,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
-import { Backend, JobSpecSchema, JobState, TargetState, WatchMode, isFinalJobState, type Job } from "../../proto/index.js";
+import { Backend, ControllerService, JobSpecSchema, JobState, TargetState, WatchMode, createClient, isFinalJobState, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, procState, procStatusField, startTarget, type Target } from "../support/targets.js";
 import { scaled, waitFor } from "../support/wait.js";
@@ -29,7 +29,7 @@ describe("leases", () => {
     await cluster?.stop();
   });
 
-  test("a silent controller: the agent disarms after the lease, the host is lost, then re-armed with counts intact", async () => {
+  test("a silent controller: the agent disarms after the lease, the host is lost, then re-armed with counts intact", async (context) => {
     target = await startTarget("demo-counter");
     const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
     const { job } = await cluster.api().submitJob({ spec });
@@ -40,10 +40,13 @@ describe("leases", () => {
 
     // Every state the job goes through from here is recorded: the stream is open before the
     // controller stops, so a controller that is back and done (lost, then re-armed) before a
-    // watch could start leaves nothing unseen.
+    // watch could start leaves nothing unseen. Its client sends no keepalive pings: a stopped
+    // controller answers none, and the stream must outlive the stop.
     const seen: Job[] = [];
+    const patient = createClient(ControllerService, cluster.controllerAddress, undefined, { "grpc.keepalive_time_ms": 2_147_483_647, "grpc.keepalive_permit_without_calls": 0 });
+    context.after(() => patient.close());
     const watching = (async () => {
-      for await (const { job: j } of cluster.api().watchJob({ id }, { deadlineMs: 60_000 })) {
+      for await (const { job: j } of patient.watchJob({ id }, { deadlineMs: 60_000 })) {
         if (!j) continue;
         seen.push(j);
         if (j.targets[0]?.state === TargetState.ARMED && seen.some((s) => s.targets[0]?.state === TargetState.LOST)) return;
