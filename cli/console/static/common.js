@@ -30,6 +30,11 @@ export function table(className, headers, rows) {
   );
 }
 
+/** Fills `box` with the table, or with `emptyText` when there is no row. */
+export function showTable(box, emptyText, className, headers, rows) {
+  box.replaceChildren(rows.length === 0 ? el("p", { className: "muted" }, emptyText) : table(className, headers, rows));
+}
+
 /** A link to a job's page. */
 export function jobLink(id) {
   return el("a", { href: `/jobs/${encodeURIComponent(id)}`, className: "job-id" }, id);

@@ -2,7 +2,7 @@
 // counting job's count reports) with a running count, and its writers as
 // `fleetwatch report` computes them, with the flame graph the console draws
 // from the same aggregation.
-import { connect, countsLine, el, fillSummary, jobLink, nanosToIso, setProblems, stateBadge, table } from "./common.js";
+import { connect, countsLine, el, fillSummary, jobLink, nanosToIso, setProblems, showTable, stateBadge, table } from "./common.js";
 
 const jobId = document.body.dataset.jobId;
 const by = document.body.dataset.by;
@@ -22,28 +22,23 @@ function showJob(job) {
     ["created", job.created],
     ["ends", job.ends],
   ]);
-  const targets = document.getElementById("targets");
-  if (job.targets.length === 0) {
-    targets.replaceChildren(el("p", { className: "muted" }, "no targets"));
-    return;
-  }
-  targets.replaceChildren(
-    table(
-      "targets",
-      ["HOST", "PID", "STATE", "THREADS", "REGISTERS", "BACKEND", "TRAPPED", "DELIVERED", "DROPPED", "SUPPRESSED", "FILTERED", "REASON"],
-      job.targets.map((t) =>
-        el(
-          "tr",
-          { "data-host": t.host, "data-pid": t.pid },
-          el("td", {}, t.host),
-          el("td", {}, String(t.pid)),
-          el("td", {}, stateBadge(t.state)),
-          el("td", {}, t.threads),
-          el("td", {}, t.slots),
-          el("td", {}, t.backend || "-"),
-          ...["trapped", "delivered", "dropped", "suppressed", "filtered"].map((name) => el("td", { className: "number" }, t.counts[name])),
-          el("td", { className: "reason" }, t.reason || "-"),
-        ),
+  showTable(
+    document.getElementById("targets"),
+    "no targets",
+    "targets",
+    ["HOST", "PID", "STATE", "THREADS", "REGISTERS", "BACKEND", "TRAPPED", "DELIVERED", "DROPPED", "SUPPRESSED", "FILTERED", "REASON"],
+    job.targets.map((t) =>
+      el(
+        "tr",
+        { "data-host": t.host, "data-pid": t.pid },
+        el("td", {}, t.host),
+        el("td", {}, String(t.pid)),
+        el("td", {}, stateBadge(t.state)),
+        el("td", {}, t.threads),
+        el("td", {}, t.slots),
+        el("td", {}, t.backend || "-"),
+        ...["trapped", "delivered", "dropped", "suppressed", "filtered"].map((name) => el("td", { className: "number" }, t.counts[name])),
+        el("td", { className: "reason" }, t.reason || "-"),
       ),
     ),
   );

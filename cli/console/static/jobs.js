@@ -1,6 +1,6 @@
 // The jobs page: every job with its state, its targets with theirs and
 // their reasons, and its counters; current as the console reads it.
-import { connect, el, jobLink, stateBadge, table } from "./common.js";
+import { connect, el, jobLink, showTable, stateBadge } from "./common.js";
 
 function targetsCell(targets, more) {
   if (targets.length === 0) return el("td", { className: "muted" }, "-");
@@ -18,28 +18,23 @@ function targetsCell(targets, more) {
 
 connect("/events/jobs", {
   jobs({ jobs }) {
-    const box = document.getElementById("jobs");
-    if (jobs.length === 0) {
-      box.replaceChildren(el("p", { className: "muted" }, "no jobs"));
-      return;
-    }
-    box.replaceChildren(
-      table(
-        "jobs",
-        ["JOB", "STATE", "WATCHES", "BACKEND", "TARGETS", "TRAPPED", "DELIVERED", "DROPPED", "SUPPRESSED", "FILTERED", "CREATED", "ENDS"],
-        jobs.map((j) =>
-          el(
-            "tr",
-            { "data-job-id": j.id },
-            el("td", {}, jobLink(j.id)),
-            el("td", {}, stateBadge(j.state), j.reason ? el("div", { className: "reason" }, j.reason) : ""),
-            el("td", {}, j.watches),
-            el("td", {}, j.backend),
-            targetsCell(j.targets, j.moreTargets),
-            ...["trapped", "delivered", "dropped", "suppressed", "filtered"].map((name) => el("td", { className: "number", "data-count": name }, j.counts[name])),
-            el("td", {}, j.created),
-            el("td", {}, j.ends),
-          ),
+    showTable(
+      document.getElementById("jobs"),
+      "no jobs",
+      "jobs",
+      ["JOB", "STATE", "WATCHES", "BACKEND", "TARGETS", "TRAPPED", "DELIVERED", "DROPPED", "SUPPRESSED", "FILTERED", "CREATED", "ENDS"],
+      jobs.map((j) =>
+        el(
+          "tr",
+          { "data-job-id": j.id },
+          el("td", {}, jobLink(j.id)),
+          el("td", {}, stateBadge(j.state), j.reason ? el("div", { className: "reason" }, j.reason) : ""),
+          el("td", {}, j.watches),
+          el("td", {}, j.backend),
+          targetsCell(j.targets, j.moreTargets),
+          ...["trapped", "delivered", "dropped", "suppressed", "filtered"].map((name) => el("td", { className: "number", "data-count": name }, j.counts[name])),
+          el("td", {}, j.created),
+          el("td", {}, j.ends),
         ),
       ),
     );
