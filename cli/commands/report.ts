@@ -3,6 +3,7 @@
 // stack, frame, ip, thread, process, host or value, with the job's counters
 // beside the report's own total. `--follow` keeps the report current: one
 // screen redrawn in a terminal, a report per refresh otherwise.
+import { setTimeout as delay } from "node:timers/promises";
 import { Option, type Command } from "commander";
 import { isFinalJobState, isSubjectToken, type Job } from "../../proto/index.js";
 import { InterruptedError, UsageError } from "../errors.js";
@@ -70,8 +71,7 @@ export function registerReportCommand(program: Command, ctx: CliContext): void {
       interrupted?.addEventListener("abort", () => reading.abort(), { once: true });
       const events = (async () => {
         for await (const event of readJobEvents({ natsUrl: ctx.globals().nats, natsCredsPath: ctx.globals().natsCreds, jobId: request.jobId, follow: request.follow, signal: reading.signal, ...(request.since ? { since: request.since } : {}) })) {
-          if (event.kind === "hit") aggregator.addHit(event.hit);
-          else aggregator.addCount(event.report);
+          aggregator.add(event);
         }
       })();
       if (!request.follow) {
@@ -94,13 +94,12 @@ export function registerReportCommand(program: Command, ctx: CliContext): void {
       });
       try {
         while (!reading.signal.aborted) {
-          await sleepUnless(followRefreshMs, reading.signal);
+          await delay(followRefreshMs, undefined, { signal: reading.signal }).catch(() => {});
           if (failure) break;
           job = await refreshed(ctx, job);
           print();
-          // An ended job whose delivered hits are all in has nothing more to come.
-          if (isFinalJobState(job.state) && aggregator.snapshot(1).hits >= Number(job.counts?.delivered ?? 0n) && !job.spec?.countOnly) break;
-          if (isFinalJobState(job.state) && job.spec?.countOnly) break;
+          // An ended job whose delivered hits are all in (a counting job: its last reports) has nothing more to come.
+          if (isFinalJobState(job.state) && (job.spec?.countOnly || BigInt(aggregator.hits) >= (job.counts?.delivered ?? 0n))) break;
         }
       } finally {
         reading.abort();
@@ -109,28 +108,16 @@ export function registerReportCommand(program: Command, ctx: CliContext): void {
       if (failure) throw failure;
       if (interrupted?.aborted) {
         print();
-        throw new InterruptedError(`interrupted after ${aggregator.snapshot(1).hits} hits`);
+        throw new InterruptedError(`interrupted after ${aggregator.hits} hits`);
       }
     });
 }
 
-/** The job as the controller has it now; the last one known while the controller does not answer (the report says when it was read). */
+/** The job as the controller has it now; the last one known while the controller does not answer. */
 async function refreshed(ctx: CliContext, job: Job): Promise<Job> {
   try {
     return await collectJob(ctx.controller(), job.id);
   } catch {
     return job;
   }
-}
-
-function sleepUnless(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-    signal.addEventListener("abort", done, { once: true });
-  });
 }

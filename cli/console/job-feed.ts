@@ -177,13 +177,8 @@ export class JobFeed {
           failures = 0;
           this.#setProblem("events", undefined);
           this.#read++;
-          if (event.kind === "hit") {
-            this.#aggregator.addHit(event.hit);
-            this.#rows.push(hitRow(this.#read, event.hit));
-          } else {
-            this.#aggregator.addCount(event.report);
-            this.#rows.push(countReportRow(this.#read, event.report));
-          }
+          this.#aggregator.add(event);
+          this.#rows.push(event.kind === "hit" ? hitRow(this.#read, event.hit) : countReportRow(this.#read, event.report));
           if (this.#rows.length > this.#hitRows) this.#rows.splice(0, this.#rows.length - this.#hitRows);
           this.#writersDirty = true;
         }

@@ -200,8 +200,7 @@ export class ConsoleServer {
         const job = await this.#options.reader.getJob(jobId, signal);
         const aggregator = new WritersAggregator(by);
         for await (const event of this.#options.reader.readEvents(jobId, false, signal)) {
-          if (event.kind === "hit") aggregator.addHit(event.hit);
-          else aggregator.addCount(event.report);
+          aggregator.add(event);
         }
         if (signal.aborted) return void res.destroy();
         svg = renderReportSvg({ job, snapshot: aggregator.snapshot() });

@@ -6,6 +6,7 @@
 // groups, stacks and hosts, never with the hits.
 import { ValueRedaction, hex, type CountReport, type HitEvent, type StackFrame } from "../../proto/index.js";
 import { UsageError } from "../errors.js";
+import type { JobEvent } from "../events.js";
 import { formatHitValue, topFrame } from "../output.js";
 
 /** What hits can be grouped by (`--by`). */
@@ -48,10 +49,11 @@ function shortValue(value: bigint, redaction: ValueRedaction): string {
   return redaction === ValueRedaction.UNSPECIFIED ? hex(value) : formatHitValue(value, redaction);
 }
 
-function groupPart(kind: GroupKind, hit: HitEvent): string {
+/** The hit's key for one kind of grouping; `folded` is its folded stack, computed once per hit. */
+function groupPart(kind: GroupKind, hit: HitEvent, folded: string): string {
   switch (kind) {
     case "stack":
-      return foldedStack(hit);
+      return folded;
     case "frame":
       return frameKey(hit);
     case "ip":
@@ -224,11 +226,23 @@ export class WritersAggregator {
     this.#by = [...by];
   }
 
+  /** Hits read so far. */
+  get hits(): number {
+    return this.#hits;
+  }
+
+  /** One event of the job's stream, as readJobEvents gives it. */
+  add(event: JobEvent): void {
+    if (event.kind === "hit") this.addHit(event.hit);
+    else this.addCount(event.report);
+  }
+
   /** One hit (already deduplicated by its sequence). */
   addHit(hit: HitEvent): void {
     this.#hits++;
     this.#sequence(hit.hostId, hit.sequence);
-    const parts = this.#by.map((kind) => groupPart(kind, hit));
+    const folded = foldedStack(hit);
+    const parts = this.#by.map((kind) => groupPart(kind, hit, folded));
     const key = parts.join("\u0000");
     let group = this.#groups.get(key);
     if (!group) {
@@ -242,7 +256,6 @@ export class WritersAggregator {
     if (hit.timeUnixNano > group.lastNs) group.lastNs = hit.timeUnixNano;
     group.transitions.add(`${shortValue(hit.oldValue, hit.valueRedaction)}\u0000${shortValue(hit.newValue, hit.valueRedaction)}`);
     if (hit.valueRedaction !== ValueRedaction.UNSPECIFIED) this.#redacted = true;
-    const folded = foldedStack(hit);
     this.#folded.set(folded, (this.#folded.get(folded) ?? 0) + 1);
   }
 
