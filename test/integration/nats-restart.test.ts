@@ -6,7 +6,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import { Backend, JobSpecSchema, JobState, WatchMode, type Job } from "../../proto/index.js";
+import { Backend, JobSpecSchema, JobState, TargetState, WatchMode, type Job } from "../../proto/index.js";
 import { clusterSuite } from "../support/cluster-suite.js";
 import type { Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -21,11 +21,17 @@ describe("nats-server restarts", () => {
       await target.waitForLine(/^ready /);
       const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "fw_counter" }, mode: WatchMode.WRITE }], target: { pid: target.pid }, stackDepth: 0, backend: Backend.PTRACE });
       const { job } = await suite.cluster.api().submitJob({ spec });
+      assert.equal(job?.state, JobState.ARMED, job?.reason);
       const id = job!.id;
       const get = async (): Promise<Job> => (await suite.cluster.api().getJob({ id })).job!;
 
       target.send("go");
-      await waitFor("hits flowing", async () => ((await get()).counts?.delivered ?? 0n) > 2_000n, 30_000);
+      // A wait that times out says what the target's state was, not only that hits did not come.
+      await waitFor("hits flowing", async () => {
+        const j = await get();
+        assert.equal(j.targets[0]?.state, TargetState.ARMED, `target ${TargetState[j.targets[0]?.state ?? 0]}: ${j.targets[0]?.reason}; delivered ${j.counts?.delivered}`);
+        return (j.counts?.delivered ?? 0n) > 2_000n;
+      }, 30_000);
       await suite.cluster.restartNats(signal);
       await target.waitForLine(/^done/, 120_000);
       assert.deepEqual(await target.waitForExit(), { code: 0, signal: null });
