@@ -67,8 +67,12 @@ export function whyNot(ledger: SlotLedger, job: Job, target: Target): string {
   const shares = backend === "ptrace";
   const need = distinctChunks(target.chunks).filter((c) => !shares || !s.slots.some((slot) => slot && !slot.exclusive && sameChunk(slot.chunk, c))).length;
   const held = ledger.describe(target.hostId, target.pid);
+  // A perf event cannot use a register the kernel keeps reserved for an earlier ptrace watch: those are not free to this job.
+  const free = ledger.freeCount(target.hostId, target.pid, backend === "perf");
+  const reserved = backend === "perf" ? ledger.freeCount(target.hostId, target.pid) - free : 0;
   return (
-    `${where} has ${ledger.freeCount(target.hostId, target.pid)} free debug register(s) of ${slotsPerThread} and the job needs ${need}` +
+    `${where} has ${free} free debug register(s) of ${slotsPerThread} and the job needs ${need}` +
+    (reserved > 0 ? `; ${reserved} more ${reserved === 1 ? "is" : "are"} reserved by earlier ptrace watches until the process's threads exit (--backend ptrace reuses them)` : "") +
     (held.text ? `; held by ${held.text}` : "") +
     (need > slotsPerThread ? `; a thread has only ${slotsPerThread}: watch fewer or narrower ranges` : "")
   );

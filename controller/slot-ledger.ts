@@ -155,11 +155,12 @@ export class SlotLedger {
     return cleared;
   }
 
-  /** Free registers on a target (neither held nor foreign). */
-  freeCount(hostId: string, pid: number): number {
+  /** Free registers on a target (neither held nor foreign; with `excludeReserved`, nor reserved by an earlier ptrace watch, as a perf job sees them). */
+  freeCount(hostId: string, pid: number, excludeReserved = false): number {
     const s = this.snapshot(hostId, pid);
+    const blocked = s.foreignMask | (excludeReserved ? s.reservedMask : 0);
     let n = 0;
-    for (let dr = 0; dr < slotsPerThread; dr++) if (!s.slots[dr] && !((s.foreignMask >> dr) & 1)) n++;
+    for (let dr = 0; dr < slotsPerThread; dr++) if (!s.slots[dr] && !((blocked >> dr) & 1)) n++;
     return n;
   }
 

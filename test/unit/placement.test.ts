@@ -407,3 +407,18 @@ test("placement - applying a decision updates the snapshot and refuses a stale o
   assert.throws(() => applyPlacement(moved, j, d.placed[1]!), /stale placement: DR0 of pid 20 on h2 watches another chunk \(held by other\)/);
   assert.throws(() => applyDecision(() => undefined, j, d), /stale placement: no snapshot of pid 10 on h1/);
 });
+
+test("placement - a perf job's refusal counts reserved registers as not free, and says why", async () => {
+  const { SlotLedger } = await import("../../controller/slot-ledger.js");
+  const { whyNot } = await import("../../controller/job-placement.js");
+  const { Backend, JobSchema, TargetSchema, TargetState } = await import("../../proto/index.js");
+  const ledger = new SlotLedger();
+  ledger.noteReserved("h1", 10, 0b1111);
+  const chunk = w(0x1000);
+  const spec = { watches: [{ location: { case: "symbol" as const, value: "work_mem" }, length: 8, mode: WatchMode.WRITE }], backend: Backend.PERF };
+  const perfJob = create(JobSchema, { id: "p", spec, targets: [{ hostId: "h1", pid: 10, state: TargetState.PENDING, chunks: [chunk] }] });
+  const why = whyNot(ledger, perfJob, perfJob.targets[0]!);
+  assert.equal(why, "pid 10 on h1 has 0 free debug register(s) of 4 and the job needs 1; 4 more are reserved by earlier ptrace watches until the process's threads exit (--backend ptrace reuses them)");
+  const ptraceJob = create(JobSchema, { id: "q", spec: { ...spec, backend: Backend.PTRACE }, targets: [create(TargetSchema, { hostId: "h1", pid: 10, state: TargetState.PENDING, chunks: [chunk] })] });
+  assert.equal(whyNot(ledger, ptraceJob, ptraceJob.targets[0]!), "pid 10 on h1 has 4 free debug register(s) of 4 and the job needs 1");
+});
