@@ -4,7 +4,7 @@
 // registration, so the controller hears every ending.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
-import { AgentErrorSchema, AgentService, AsyncQueue, EpochGuard, SessionRequestSchema, TargetState, channelCredentials, channelOptions, createClient, type Transport, type AgentError, type AgentInfo, type ArmedTarget, type SessionRequest, type TargetReport } from "../proto/index.js";
+import { AgentErrorSchema, AgentService, EpochGuard, MessageQueue, sessionRequestQueue, unbatched, SessionRequestSchema, TargetState, channelCredentials, channelOptions, createClient, type Transport, type AgentError, type AgentInfo, type ArmedTarget, type SessionRequest, type TargetReport } from "../proto/index.js";
 
 /** The answer to a command from a leader older than one already seen. */
 function staleEpoch(epoch: bigint, highest: bigint | undefined): AgentError {
@@ -38,7 +38,7 @@ const maxFinalReports = 10_000;
 /** Keeps one session with the controller open for as long as the agent runs. */
 export class SessionClient {
   private readonly stopping = new AbortController();
-  private outbound: AsyncQueue<SessionRequest> | undefined;
+  private outbound: MessageQueue<SessionRequest> | undefined;
   private registeredOnce: { promise: Promise<void>; resolve: () => void };
   /** Reports made while disconnected, the newest per target (each says the target's whole state and counts). */
   private readonly unsent = new Map<string, TargetReport>();
@@ -187,7 +187,7 @@ export class SessionClient {
       // Each attempt goes to the next address: a dead leader's standby takes over.
       const controller = controllers[attempt % controllers.length]!;
       const client = createClient(AgentService, controller, channelCredentials(this.options.transport), channelOptions(this.options.transport));
-      const outbound = new AsyncQueue<SessionRequest>();
+      const outbound = sessionRequestQueue();
       // Ends this session (not the agent) when the controller falls silent, and with the agent.
       // (Not AbortSignal.any: a composite signal nothing else references may be collected with
       // its listeners, and then an abort never reaches the call.)
@@ -200,101 +200,105 @@ export class SessionClient {
       try {
         const listed = this.core.armed();
         this.listed = listed;
-        outbound.push(create(SessionRequestSchema, { msg: { case: "register", value: { info: this.options.info, armed: listed } } }));
-        for await (const message of client.session(outbound, { signal: silent.signal })) {
+        outbound.push(create(SessionRequestSchema, { msg: { case: "register", value: { info: this.options.info, armed: listed, readsBatches: true } } }));
+        for await (const received of client.session(outbound, { signal: silent.signal })) {
           lastHeardMs = Date.now();
-          switch (message.msg.case) {
-            case "registered": {
-              if (!this.epochs.accept(message.msg.value.epoch)) {
-                this.options.log(`agent ${this.options.info.hostId}: ${controller} leads with epoch ${message.msg.value.epoch}, older than ${this.epochs.highest}: a deposed leader; moving on`);
-                silent.abort();
-                break;
-              }
-              // A watch this registration listed as armed was disarmed since (the lease lapsed while
-              // the connection was being made): the controller would believe it armed. Start over.
-              const gone = this.disarmedSince(listed);
-              if (gone.length > 0) {
-                this.options.log(`agent ${this.options.info.hostId}: ${gone.length} target(s) listed as armed when registering were disarmed since; registering again`);
-                silent.abort();
-                break;
-              }
-              this.outbound = outbound;
-              backoffMs = minBackoffMs;
-              clearTimeout(this.lapseTimer);
-              this.lapseTimer = undefined;
-              this.core.sessionRestored();
-              this.leaseMs = message.msg.value.leaseMs;
-              const everyMs = Math.max(50, message.msg.value.heartbeatMs || 5_000);
-              heartbeat = setInterval(() => {
-                // Each heartbeat is answered: a lease without an answer means a dead session, whatever TCP says.
-                if (this.leaseMs > 0 && Date.now() - lastHeardMs > this.leaseMs) {
-                  this.options.log(`agent ${this.options.info.hostId}: no answer from ${controller} for ${Date.now() - lastHeardMs} ms; reconnecting`);
+          for (const message of unbatched(received)) {
+            switch (message.msg.case) {
+              case "registered": {
+                if (!this.epochs.accept(message.msg.value.epoch)) {
+                  this.options.log(`agent ${this.options.info.hostId}: ${controller} leads with epoch ${message.msg.value.epoch}, older than ${this.epochs.highest}: a deposed leader; moving on`);
                   silent.abort();
-                  return;
+                  break;
                 }
-                this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()), policy: this.options.info.policy } } });
-              }, everyMs);
-              if (this.unsentReplaced > 0) this.options.log(`agent ${this.options.info.hostId}: sending ${this.unsent.size} target report(s) kept while disconnected (${this.unsentReplaced} older one(s) replaced by newer ones of the same target)`);
-              if (this.infoUnsent) this.infoChanged();
-              for (const report of this.unsent.values()) this.send({ msg: { case: "targetReport", value: report } });
-              for (const [key, { report }] of this.finals) if (!this.unsent.has(key)) this.send({ msg: { case: "targetReport", value: report } });
-              this.unsent.clear();
-              this.unsentReplaced = 0;
-              this.options.log(`agent ${this.options.info.hostId}: registered with ${controller} (epoch ${message.msg.value.epoch})`);
-              this.registeredOnce.resolve();
-              break;
-            }
-            case "resolve": {
-              const request = message.msg.value;
-              void this.core.resolve(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "resolveResult", value } })));
-              break;
-            }
-            case "arm": {
-              const request = message.msg.value;
-              if (!this.epochs.accept(request.epoch)) {
-                outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+                // A watch this registration listed as armed was disarmed since (the lease lapsed while
+                // the connection was being made): the controller would believe it armed. Start over.
+                const gone = this.disarmedSince(listed);
+                if (gone.length > 0) {
+                  this.options.log(`agent ${this.options.info.hostId}: ${gone.length} target(s) listed as armed when registering were disarmed since; registering again`);
+                  silent.abort();
+                  break;
+                }
+                // Answers go out in batches once this controller reads them.
+                outbound.batching = message.msg.value.readsBatches;
+                this.outbound = outbound;
+                backoffMs = minBackoffMs;
+                clearTimeout(this.lapseTimer);
+                this.lapseTimer = undefined;
+                this.core.sessionRestored();
+                this.leaseMs = message.msg.value.leaseMs;
+                const everyMs = Math.max(50, message.msg.value.heartbeatMs || 5_000);
+                heartbeat = setInterval(() => {
+                  // Each heartbeat is answered: a lease without an answer means a dead session, whatever TCP says.
+                  if (this.leaseMs > 0 && Date.now() - lastHeardMs > this.leaseMs) {
+                    this.options.log(`agent ${this.options.info.hostId}: no answer from ${controller} for ${Date.now() - lastHeardMs} ms; reconnecting`);
+                    silent.abort();
+                    return;
+                  }
+                  this.send({ msg: { case: "heartbeat", value: { sentUnixMs: BigInt(Date.now()), policy: this.options.info.policy } } });
+                }, everyMs);
+                if (this.unsentReplaced > 0) this.options.log(`agent ${this.options.info.hostId}: sending ${this.unsent.size} target report(s) kept while disconnected (${this.unsentReplaced} older one(s) replaced by newer ones of the same target)`);
+                if (this.infoUnsent) this.infoChanged();
+                for (const report of this.unsent.values()) this.send({ msg: { case: "targetReport", value: report } });
+                for (const [key, { report }] of this.finals) if (!this.unsent.has(key)) this.send({ msg: { case: "targetReport", value: report } });
+                this.unsent.clear();
+                this.unsentReplaced = 0;
+                this.options.log(`agent ${this.options.info.hostId}: registered with ${controller} (epoch ${message.msg.value.epoch})`);
+                this.registeredOnce.resolve();
                 break;
               }
-              // A watch armed again on that job and pid (a reused pid) is not ended by an older final report.
-              this.finals.delete(`${request.jobId}/${request.pid}`);
-              void this.core.arm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value } })));
-              break;
-            }
-            case "discover": {
-              const request = message.msg.value;
-              void this.core.discover(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "discoverResult", value } })));
-              break;
-            }
-            case "follow":
-              this.core.follow(message.msg.value);
-              break;
-            case "unfollow":
-              this.core.unfollow(message.msg.value.jobId);
-              break;
-            case "disarmAll": {
-              const request = message.msg.value;
-              if (!this.epochs.accept(request.epoch)) {
-                outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+              case "resolve": {
+                const request = message.msg.value;
+                void this.core.resolve(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "resolveResult", value } })));
                 break;
               }
-              this.options.log(`agent ${this.options.info.hostId}: kill switch: clearing every debug register (${request.reason})`);
-              void this.core.disarmEverything(request.reason).then(
-                (disarmed) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, disarmed } } })),
-                (err: unknown) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, error: toAgentError(err) } } })),
-              );
-              break;
-            }
-            case "disarm": {
-              const request = message.msg.value;
-              if (!this.epochs.accept(request.epoch)) {
-                outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+              case "arm": {
+                const request = message.msg.value;
+                if (!this.epochs.accept(request.epoch)) {
+                  outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+                  break;
+                }
+                // A watch armed again on that job and pid (a reused pid) is not ended by an older final report.
+                this.finals.delete(`${request.jobId}/${request.pid}`);
+                void this.core.arm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value } })));
                 break;
               }
-              void this.core.disarm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value } })));
-              break;
+              case "discover": {
+                const request = message.msg.value;
+                void this.core.discover(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "discoverResult", value } })));
+                break;
+              }
+              case "follow":
+                this.core.follow(message.msg.value);
+                break;
+              case "unfollow":
+                this.core.unfollow(message.msg.value.jobId);
+                break;
+              case "disarmAll": {
+                const request = message.msg.value;
+                if (!this.epochs.accept(request.epoch)) {
+                  outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+                  break;
+                }
+                this.options.log(`agent ${this.options.info.hostId}: kill switch: clearing every debug register (${request.reason})`);
+                void this.core.disarmEverything(request.reason).then(
+                  (disarmed) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, disarmed } } })),
+                  (err: unknown) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, error: toAgentError(err) } } })),
+                );
+                break;
+              }
+              case "disarm": {
+                const request = message.msg.value;
+                if (!this.epochs.accept(request.epoch)) {
+                  outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
+                  break;
+                }
+                void this.core.disarm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value } })));
+                break;
+              }
+              default:
+                break;
             }
-            default:
-              break;
           }
         }
         if (!signal.aborted) this.options.log(`agent ${this.options.info.hostId}: ${controller} closed the session`);

@@ -7,7 +7,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { setTimeout as delay } from "node:timers/promises";
 import {
   AgentService,
-  AsyncQueue,
+  MessageQueue,
   Backend,
   EpochGuard,
   PerfValues,
@@ -21,10 +21,17 @@ import {
   type SessionResponse,
   type SlotAssignment,
   type TargetSelector,
+  unbatched,
 } from "../proto/index.js";
 import { SimRegisters } from "./sim-registers.js";
 
 type Outbound = MessageInitShape<typeof SessionRequestSchema>;
+
+/** Answers as batch envelopes (SessionRequest.batch). */
+const outboundBatches = {
+  wrap: (messages: Outbound[]): Outbound => ({ msg: { case: "batch", value: { messages } } }),
+  count: (m: Outbound): number => (m.msg?.case === "batch" ? (m.msg.value.messages?.length ?? 0) : 1),
+};
 
 // A real agent's reconnect backoff (agent/session-client.ts defaults).
 const reconnect = { minBackoffMs: 200, maxBackoffMs: 5_000 } as const;
@@ -123,7 +130,7 @@ export class SimAgent {
   private readonly epochs = new EpochGuard();
   /** What is armed, by `jobId/pid`: sent with Register after a reconnect. */
   private readonly armed = new Map<string, { jobId: string; pid: number; slots: SlotAssignment[] }>();
-  private outbound: AsyncQueue<Outbound> | undefined;
+  private outbound: MessageQueue<Outbound> | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private lapseTimer: NodeJS.Timeout | undefined;
   private leaseMs = 0;
@@ -186,17 +193,21 @@ export class SimAgent {
     const signal = this.stopping.signal;
     let backoffMs: number = reconnect.minBackoffMs;
     while (!signal.aborted) {
-      const outbound = new AsyncQueue<Outbound>();
-      outbound.push({ msg: { case: "register", value: { info: this.info(), armed: [...this.armed.values()].map((a) => ({ ...a, counts: {} })) } } });
+      // Like a real agent: reads batches, and batches its answers once the controller reads them.
+      const outbound = new MessageQueue<Outbound>(outboundBatches);
+      outbound.push({ msg: { case: "register", value: { info: this.info(), armed: [...this.armed.values()].map((a) => ({ ...a, counts: {} })), readsBatches: true } } });
       try {
-        for await (const message of client.session(outbound, { signal })) {
-          if (message.msg.case === "registered") {
-            if (!this.epochs.accept(message.msg.value.epoch)) this.counts.staleEpoch++;
-            this.onRegistered(outbound, message.msg.value.heartbeatMs, message.msg.value.leaseMs);
-            backoffMs = reconnect.minBackoffMs;
-            first();
-          } else {
-            this.onCommand(message);
+        for await (const received of client.session(outbound, { signal })) {
+          for (const message of unbatched(received)) {
+            if (message.msg.case === "registered") {
+              if (!this.epochs.accept(message.msg.value.epoch)) this.counts.staleEpoch++;
+              outbound.batching = message.msg.value.readsBatches;
+              this.onRegistered(outbound, message.msg.value.heartbeatMs, message.msg.value.leaseMs);
+              backoffMs = reconnect.minBackoffMs;
+              first();
+            } else {
+              this.onCommand(message);
+            }
           }
         }
         if (!signal.aborted) this.lastEndReason = "the controller closed the session";
@@ -216,7 +227,7 @@ export class SimAgent {
     }
   }
 
-  private onRegistered(outbound: AsyncQueue<Outbound>, heartbeatMs: number, leaseMs: number): void {
+  private onRegistered(outbound: MessageQueue<Outbound>, heartbeatMs: number, leaseMs: number): void {
     this.counts.registrations++;
     this.outbound = outbound;
     this.leaseMs = leaseMs;

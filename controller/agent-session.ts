@@ -2,8 +2,8 @@
 // correlation for the commands the controller sends down its session.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
-  AsyncQueue,
   SessionResponseSchema,
+  sessionResponseQueue,
   type AgentInfo,
   type ArmResult,
   type ArmSchema,
@@ -34,8 +34,8 @@ const maxAbandonedArms = 10_000;
 
 /** A live session with one agent. */
 export class AgentSession {
-  /** What the controller sends; the session handler streams it to the agent. */
-  readonly outbound = new AsyncQueue<SessionResponse>();
+  /** What the controller sends; the session handler streams it to the agent (in batches once the agent reads them: readsBatches). */
+  readonly outbound = sessionResponseQueue();
   lastSeenMs = Date.now();
   private nextRequestId = 1n;
   private readonly pending = new Map<bigint, Pending>();
@@ -48,7 +48,11 @@ export class AgentSession {
     readonly requestTimeoutMs: number,
     /** Where what happens to late arms is told. */
     private readonly onLateArm: (line: string) => void = () => {},
-  ) {}
+    /** The agent reads SessionResponse.batch (its Register said so): commands sent in one turn go in one envelope. */
+    readsBatches = false,
+  ) {
+    this.outbound.batching = readsBatches;
+  }
 
   get hostId(): string {
     return this.info.hostId;

@@ -6,6 +6,7 @@ import {
   backendName,
   TrapDelivery,
   isSubjectToken,
+  unbatched,
   type Agent,
   type Job,
   type JobSpec,
@@ -168,11 +169,11 @@ export class Controller {
 
     this.core.sessions.get(info.hostId)?.close("replaced by a new session from the same host");
     this.core.options.metrics?.registered(this.core.known.has(info.hostId));
-    const session = new AgentSession(info, this.core.options.requestTimeoutMs, (line) => this.core.options.log(line));
+    const session = new AgentSession(info, this.core.options.requestTimeoutMs, (line) => this.core.options.log(line), register.readsBatches);
     this.core.sessions.set(info.hostId, session);
     this.core.known.set(info.hostId, { info, lastSeenMs: Date.now() });
     this.core.options.log(`agent ${info.hostId}: connected (${info.hostname}, kernel ${info.kernel}, ${register.armed.length} armed target(s))`);
-    session.send({ msg: { case: "registered", value: { heartbeatMs: this.core.options.heartbeatMs, leaseMs: this.core.options.leaseMs, epoch: this.core.options.epoch } } });
+    session.send({ msg: { case: "registered", value: { heartbeatMs: this.core.options.heartbeatMs, leaseMs: this.core.options.leaseMs, epoch: this.core.options.epoch, readsBatches: true } } });
 
     const onAbort = () => session.close("session cancelled");
     signal.addEventListener("abort", onAbort);
@@ -182,7 +183,7 @@ export class Controller {
           const next = await iterator.next();
           if (next.done) break;
           session.touch();
-          this.onAgentMessage(session, next.value);
+          for (const message of unbatched(next.value)) this.onAgentMessage(session, message);
         }
       } catch {
         // The stream broke: the session ends below.

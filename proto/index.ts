@@ -10,6 +10,8 @@ export * from "./watch-spec.js";
 export * from "./limits.js";
 export * from "./subjects.js";
 export * from "./async-queue.js";
+export * from "./message-queue.js";
+export * from "./session-batches.js";
 export * from "./latest-queue.js";
 export * from "./states.js";
 export * from "./selector.js";

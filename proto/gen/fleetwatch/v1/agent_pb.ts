@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/agent.proto.
  */
 export const file_fleetwatch_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxIqsECg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SAASOAoPZGlzY292ZXJfcmVzdWx0GAcgASgLMh0uZmxlZXR3YXRjaC52MS5EaXNjb3ZlclJlc3VsdEgAEjoKEHByb2Nlc3NfYXBwZWFyZWQYCCABKAsyHi5mbGVldHdhdGNoLnYxLlByb2Nlc3NBcHBlYXJlZEgAEjsKEWRpc2FybV9hbGxfcmVzdWx0GAkgASgLMh4uZmxlZXR3YXRjaC52MS5EaXNhcm1BbGxSZXN1bHRIABIvCgtpbmZvX3VwZGF0ZRgKIAEoCzIYLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvSABCBQoDbXNnIqYDCg9TZXNzaW9uUmVzcG9uc2USLwoKcmVnaXN0ZXJlZBgBIAEoCzIZLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJlZEgAEikKB3Jlc29sdmUYAiABKAsyFi5mbGVldHdhdGNoLnYxLlJlc29sdmVIABIhCgNhcm0YAyABKAsyEi5mbGVldHdhdGNoLnYxLkFybUgAEicKBmRpc2FybRgEIAEoCzIVLmZsZWV0d2F0Y2gudjEuRGlzYXJtSAASMQoNaGVhcnRiZWF0X2FjaxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGVhcnRiZWF0SAASKwoIZGlzY292ZXIYBiABKAsyFy5mbGVldHdhdGNoLnYxLkRpc2NvdmVySAASJwoGZm9sbG93GAcgASgLMhUuZmxlZXR3YXRjaC52MS5Gb2xsb3dIABIrCgh1bmZvbGxvdxgIIAEoCzIXLmZsZWV0d2F0Y2gudjEuVW5mb2xsb3dIABIuCgpkaXNhcm1fYWxsGAkgASgLMhguZmxlZXR3YXRjaC52MS5EaXNhcm1BbGxIAEIFCgNtc2ciPgoJRGlzYXJtQWxsEhIKCnJlcXVlc3RfaWQYASABKAQSDQoFZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJImEKD0Rpc2FybUFsbFJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEigKBWVycm9yGAIgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEhAKCGRpc2FybWVkGAMgASgNIk8KCERpc2NvdmVyEhIKCnJlcXVlc3RfaWQYASABKAQSLwoIc2VsZWN0b3IYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yIqEBChFEaXNjb3ZlcmVkUHJvY2VzcxILCgNwaWQYASABKA0SDAoEY29tbRgCIAEoCRILCgNleGUYAyABKAkSEgoKc3RhcnRfdGltZRgEIAEoBBISCgp0cmFjZXJfcGlkGAUgASgNEhMKC3RyYWNlcl9jb21tGAYgASgJEgsKA3VpZBgHIAEoDRIMCgRldWlkGAggASgNEgwKBHVzZXIYCSABKAkisgEKDkRpc2NvdmVyUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISMwoJcHJvY2Vzc2VzGAMgAygLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcxItCgdyZWZ1c2VkGAQgAygLMhwuZmxlZXR3YXRjaC52MS5Qb2xpY3lSZWZ1c2FsIiwKDVBvbGljeVJlZnVzYWwSCwoDcGlkGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJJCgZGb2xsb3cSDgoGam9iX2lkGAEgASgJEi8KCHNlbGVjdG9yGAIgASgLMh0uZmxlZXR3YXRjaC52MS5UYXJnZXRTZWxlY3RvciIaCghVbmZvbGxvdxIOCgZqb2JfaWQYASABKAkiVAoPUHJvY2Vzc0FwcGVhcmVkEg4KBmpvYl9pZBgBIAEoCRIxCgdwcm9jZXNzGAIgASgLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcyJdCghSZWdpc3RlchImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SKQoFYXJtZWQYAiADKAsyGi5mbGVldHdhdGNoLnYxLkFybWVkVGFyZ2V0IoIBCgtBcm1lZFRhcmdldBIOCgZqb2JfaWQYASABKAkSCwoDcGlkGAIgASgNEiwKBXNsb3RzGAMgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIoCgZjb3VudHMYBCABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cyJDCgpSZWdpc3RlcmVkEhQKDGhlYXJ0YmVhdF9tcxgBIAEoDRIQCghsZWFzZV9tcxgCIAEoDRINCgVlcG9jaBgDIAEoBCIxCglIZWFydGJlYXQSFAoMc2VudF91bml4X21zGAEgASgDEg4KBnBvbGljeRgCIAEoCSJGCgpBZ2VudEVycm9yEhIKCmVycm5vX25hbWUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRITCgtob3N0X3BvbGljeRgDIAEoCCJrCgdSZXNvbHZlEhIKCnJlcXVlc3RfaWQYASABKAQSCwoDcGlkGAIgASgNEg4KBnN5bWJvbBgDIAEoCRIOCgZvZmZzZXQYBCABKAQSDwoHYWRkcmVzcxgFIAEoBBIOCgZsZW5ndGgYBiABKA0ifAoNUmVzb2x2ZVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEigKBWVycm9yGAIgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEg8KB2FkZHJlc3MYAyABKAQSDAoEc2l6ZRgEIAEoBBIOCgZtb2R1bGUYBSABKAki7AMKA0FybRISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SLAoFc2xvdHMYBCADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EhAKCG1heF9oaXRzGAUgASgEEhgKEGRlYWRsaW5lX3VuaXhfbXMYBiABKAMSLAoKY29uZGl0aW9ucxgHIAMoCzIYLmZsZWV0d2F0Y2gudjEuQ29uZGl0aW9uEgwKBHRpZHMYCCADKA0SGwoTbWF4X2hpdHNfcGVyX3NlY29uZBgJIAEoDRISCgpiYWNrb2ZmX21zGAogASgNEhMKC3N0YWNrX2RlcHRoGAsgASgNEg0KBWVwb2NoGAwgASgEEhUKDWxvc3RfYWZ0ZXJfbXMYDSABKAQSKAoGY291bnRzGA4gASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSMAoJcmVkYWN0aW9uGA8gASgOMh0uZmxlZXR3YXRjaC52MS5WYWx1ZVJlZGFjdGlvbhInCgdiYWNrZW5kGBAgASgOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kEhIKCmNvdW50X29ubHkYESABKAgSGQoRY291bnRfaW50ZXJ2YWxfbXMYEiABKAQimAIKCUFybVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SKAoFZXJyb3IYBCABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISFQoNdGhyZWFkc190b3RhbBgFIAEoDRIVCg10aHJlYWRzX2FybWVkGAYgASgNEiwKBXNsb3RzGAcgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIVCg1yZXNlcnZlZF9tYXNrGAggASgNEicKB2JhY2tlbmQYCSABKA4yFi5mbGVldHdhdGNoLnYxLkJhY2tlbmQSFAoMdmFsdWVzX2V4YWN0GAogASgIIkgKBkRpc2FybRISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SDQoFZXBvY2gYBCABKAQiqgEKDERpc2FybVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBmpvYl9pZBgCIAEoCRILCgNwaWQYAyABKA0SKAoFZXJyb3IYBCABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISKAoGY291bnRzGAUgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSFQoNcmVzZXJ2ZWRfbWFzaxgGIAEoDSLVAQoMVGFyZ2V0UmVwb3J0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SKQoFc3RhdGUYAyABKA4yGi5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlEg4KBnJlYXNvbhgEIAEoCRIoCgZjb3VudHMYBSABKAsyGC5mbGVldHdhdGNoLnYxLkhpdENvdW50cxIVCg10aHJlYWRzX3RvdGFsGAYgASgNEhUKDXRocmVhZHNfYXJtZWQYByABKA0SFQoNcmVzZXJ2ZWRfbWFzaxgIIAEoDTJcCgxBZ2VudFNlcnZpY2USTAoHU2Vzc2lvbhIdLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlcXVlc3QaHi5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXNwb25zZSgBMAFiBnByb3RvMw", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
+  fileDesc("ChlmbGVldHdhdGNoL3YxL2FnZW50LnByb3RvEg1mbGVldHdhdGNoLnYxItwECg5TZXNzaW9uUmVxdWVzdBIrCghyZWdpc3RlchgBIAEoCzIXLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJIABItCgloZWFydGJlYXQYAiABKAsyGC5mbGVldHdhdGNoLnYxLkhlYXJ0YmVhdEgAEjYKDnJlc29sdmVfcmVzdWx0GAMgASgLMhwuZmxlZXR3YXRjaC52MS5SZXNvbHZlUmVzdWx0SAASLgoKYXJtX3Jlc3VsdBgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuQXJtUmVzdWx0SAASNAoNZGlzYXJtX3Jlc3VsdBgFIAEoCzIbLmZsZWV0d2F0Y2gudjEuRGlzYXJtUmVzdWx0SAASNAoNdGFyZ2V0X3JlcG9ydBgGIAEoCzIbLmZsZWV0d2F0Y2gudjEuVGFyZ2V0UmVwb3J0SAASOAoPZGlzY292ZXJfcmVzdWx0GAcgASgLMh0uZmxlZXR3YXRjaC52MS5EaXNjb3ZlclJlc3VsdEgAEjoKEHByb2Nlc3NfYXBwZWFyZWQYCCABKAsyHi5mbGVldHdhdGNoLnYxLlByb2Nlc3NBcHBlYXJlZEgAEjsKEWRpc2FybV9hbGxfcmVzdWx0GAkgASgLMh4uZmxlZXR3YXRjaC52MS5EaXNhcm1BbGxSZXN1bHRIABIvCgtpbmZvX3VwZGF0ZRgKIAEoCzIYLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvSAASLwoFYmF0Y2gYCyABKAsyHi5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXF1ZXN0c0gAQgUKA21zZyJCCg9TZXNzaW9uUmVxdWVzdHMSLwoIbWVzc2FnZXMYASADKAsyHS5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXF1ZXN0ItgDCg9TZXNzaW9uUmVzcG9uc2USLwoKcmVnaXN0ZXJlZBgBIAEoCzIZLmZsZWV0d2F0Y2gudjEuUmVnaXN0ZXJlZEgAEikKB3Jlc29sdmUYAiABKAsyFi5mbGVldHdhdGNoLnYxLlJlc29sdmVIABIhCgNhcm0YAyABKAsyEi5mbGVldHdhdGNoLnYxLkFybUgAEicKBmRpc2FybRgEIAEoCzIVLmZsZWV0d2F0Y2gudjEuRGlzYXJtSAASMQoNaGVhcnRiZWF0X2FjaxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGVhcnRiZWF0SAASKwoIZGlzY292ZXIYBiABKAsyFy5mbGVldHdhdGNoLnYxLkRpc2NvdmVySAASJwoGZm9sbG93GAcgASgLMhUuZmxlZXR3YXRjaC52MS5Gb2xsb3dIABIrCgh1bmZvbGxvdxgIIAEoCzIXLmZsZWV0d2F0Y2gudjEuVW5mb2xsb3dIABIuCgpkaXNhcm1fYWxsGAkgASgLMhguZmxlZXR3YXRjaC52MS5EaXNhcm1BbGxIABIwCgViYXRjaBgKIAEoCzIfLmZsZWV0d2F0Y2gudjEuU2Vzc2lvblJlc3BvbnNlc0gAQgUKA21zZyJEChBTZXNzaW9uUmVzcG9uc2VzEjAKCG1lc3NhZ2VzGAEgAygLMh4uZmxlZXR3YXRjaC52MS5TZXNzaW9uUmVzcG9uc2UiPgoJRGlzYXJtQWxsEhIKCnJlcXVlc3RfaWQYASABKAQSDQoFZXBvY2gYAiABKAQSDgoGcmVhc29uGAMgASgJImEKD0Rpc2FybUFsbFJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEigKBWVycm9yGAIgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEhAKCGRpc2FybWVkGAMgASgNIk8KCERpc2NvdmVyEhIKCnJlcXVlc3RfaWQYASABKAQSLwoIc2VsZWN0b3IYAiABKAsyHS5mbGVldHdhdGNoLnYxLlRhcmdldFNlbGVjdG9yIqEBChFEaXNjb3ZlcmVkUHJvY2VzcxILCgNwaWQYASABKA0SDAoEY29tbRgCIAEoCRILCgNleGUYAyABKAkSEgoKc3RhcnRfdGltZRgEIAEoBBISCgp0cmFjZXJfcGlkGAUgASgNEhMKC3RyYWNlcl9jb21tGAYgASgJEgsKA3VpZBgHIAEoDRIMCgRldWlkGAggASgNEgwKBHVzZXIYCSABKAkisgEKDkRpc2NvdmVyUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSKAoFZXJyb3IYAiABKAsyGS5mbGVldHdhdGNoLnYxLkFnZW50RXJyb3ISMwoJcHJvY2Vzc2VzGAMgAygLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcxItCgdyZWZ1c2VkGAQgAygLMhwuZmxlZXR3YXRjaC52MS5Qb2xpY3lSZWZ1c2FsIiwKDVBvbGljeVJlZnVzYWwSCwoDcGlkGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJJCgZGb2xsb3cSDgoGam9iX2lkGAEgASgJEi8KCHNlbGVjdG9yGAIgASgLMh0uZmxlZXR3YXRjaC52MS5UYXJnZXRTZWxlY3RvciIaCghVbmZvbGxvdxIOCgZqb2JfaWQYASABKAkiVAoPUHJvY2Vzc0FwcGVhcmVkEg4KBmpvYl9pZBgBIAEoCRIxCgdwcm9jZXNzGAIgASgLMiAuZmxlZXR3YXRjaC52MS5EaXNjb3ZlcmVkUHJvY2VzcyJ0CghSZWdpc3RlchImCgRpbmZvGAEgASgLMhguZmxlZXR3YXRjaC52MS5BZ2VudEluZm8SKQoFYXJtZWQYAiADKAsyGi5mbGVldHdhdGNoLnYxLkFybWVkVGFyZ2V0EhUKDXJlYWRzX2JhdGNoZXMYAyABKAgiggEKC0FybWVkVGFyZ2V0Eg4KBmpvYl9pZBgBIAEoCRILCgNwaWQYAiABKA0SLAoFc2xvdHMYAyADKAsyHS5mbGVldHdhdGNoLnYxLlNsb3RBc3NpZ25tZW50EigKBmNvdW50cxgEIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzIloKClJlZ2lzdGVyZWQSFAoMaGVhcnRiZWF0X21zGAEgASgNEhAKCGxlYXNlX21zGAIgASgNEg0KBWVwb2NoGAMgASgEEhUKDXJlYWRzX2JhdGNoZXMYBCABKAgiMQoJSGVhcnRiZWF0EhQKDHNlbnRfdW5peF9tcxgBIAEoAxIOCgZwb2xpY3kYAiABKAkiRgoKQWdlbnRFcnJvchISCgplcnJub19uYW1lGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEwoLaG9zdF9wb2xpY3kYAyABKAgiawoHUmVzb2x2ZRISCgpyZXF1ZXN0X2lkGAEgASgEEgsKA3BpZBgCIAEoDRIOCgZzeW1ib2wYAyABKAkSDgoGb2Zmc2V0GAQgASgEEg8KB2FkZHJlc3MYBSABKAQSDgoGbGVuZ3RoGAYgASgNInwKDVJlc29sdmVSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIoCgVlcnJvchgCIAEoCzIZLmZsZWV0d2F0Y2gudjEuQWdlbnRFcnJvchIPCgdhZGRyZXNzGAMgASgEEgwKBHNpemUYBCABKAQSDgoGbW9kdWxlGAUgASgJIuwDCgNBcm0SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEiwKBXNsb3RzGAQgAygLMh0uZmxlZXR3YXRjaC52MS5TbG90QXNzaWdubWVudBIQCghtYXhfaGl0cxgFIAEoBBIYChBkZWFkbGluZV91bml4X21zGAYgASgDEiwKCmNvbmRpdGlvbnMYByADKAsyGC5mbGVldHdhdGNoLnYxLkNvbmRpdGlvbhIMCgR0aWRzGAggAygNEhsKE21heF9oaXRzX3Blcl9zZWNvbmQYCSABKA0SEgoKYmFja29mZl9tcxgKIAEoDRITCgtzdGFja19kZXB0aBgLIAEoDRINCgVlcG9jaBgMIAEoBBIVCg1sb3N0X2FmdGVyX21zGA0gASgEEigKBmNvdW50cxgOIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEjAKCXJlZGFjdGlvbhgPIAEoDjIdLmZsZWV0d2F0Y2gudjEuVmFsdWVSZWRhY3Rpb24SJwoHYmFja2VuZBgQIAEoDjIWLmZsZWV0d2F0Y2gudjEuQmFja2VuZBISCgpjb3VudF9vbmx5GBEgASgIEhkKEWNvdW50X2ludGVydmFsX21zGBIgASgEIpgCCglBcm1SZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEigKBWVycm9yGAQgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEhUKDXRocmVhZHNfdG90YWwYBSABKA0SFQoNdGhyZWFkc19hcm1lZBgGIAEoDRIsCgVzbG90cxgHIAMoCzIdLmZsZWV0d2F0Y2gudjEuU2xvdEFzc2lnbm1lbnQSFQoNcmVzZXJ2ZWRfbWFzaxgIIAEoDRInCgdiYWNrZW5kGAkgASgOMhYuZmxlZXR3YXRjaC52MS5CYWNrZW5kEhQKDHZhbHVlc19leGFjdBgKIAEoCCJICgZEaXNhcm0SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEg0KBWVwb2NoGAQgASgEIqoBCgxEaXNhcm1SZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZqb2JfaWQYAiABKAkSCwoDcGlkGAMgASgNEigKBWVycm9yGAQgASgLMhkuZmxlZXR3YXRjaC52MS5BZ2VudEVycm9yEigKBmNvdW50cxgFIAEoCzIYLmZsZWV0d2F0Y2gudjEuSGl0Q291bnRzEhUKDXJlc2VydmVkX21hc2sYBiABKA0i1QEKDFRhcmdldFJlcG9ydBIOCgZqb2JfaWQYASABKAkSCwoDcGlkGAIgASgNEikKBXN0YXRlGAMgASgOMhouZmxlZXR3YXRjaC52MS5UYXJnZXRTdGF0ZRIOCgZyZWFzb24YBCABKAkSKAoGY291bnRzGAUgASgLMhguZmxlZXR3YXRjaC52MS5IaXRDb3VudHMSFQoNdGhyZWFkc190b3RhbBgGIAEoDRIVCg10aHJlYWRzX2FybWVkGAcgASgNEhUKDXJlc2VydmVkX21hc2sYCCABKA0yXAoMQWdlbnRTZXJ2aWNlEkwKB1Nlc3Npb24SHS5mbGVldHdhdGNoLnYxLlNlc3Npb25SZXF1ZXN0Gh4uZmxlZXR3YXRjaC52MS5TZXNzaW9uUmVzcG9uc2UoATABYgZwcm90bzM", [file_fleetwatch_v1_controller, file_fleetwatch_v1_watch]);
 
 /**
  * Agent to controller.
@@ -89,6 +89,16 @@ export type SessionRequest = Message<"fleetwatch.v1.SessionRequest"> & {
      */
     value: AgentInfo;
     case: "infoUpdate";
+  } | {
+    /**
+     * Several of the above at once (never a batch in a batch), sent only to
+     * a controller whose Registered said it reads them: one frame for the
+     * answers of many commands.
+     *
+     * @generated from field: fleetwatch.v1.SessionRequests batch = 11;
+     */
+    value: SessionRequests;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -98,6 +108,23 @@ export type SessionRequest = Message<"fleetwatch.v1.SessionRequest"> & {
  */
 export const SessionRequestSchema: GenMessage<SessionRequest> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_agent, 0);
+
+/**
+ * @generated from message fleetwatch.v1.SessionRequests
+ */
+export type SessionRequests = Message<"fleetwatch.v1.SessionRequests"> & {
+  /**
+   * @generated from field: repeated fleetwatch.v1.SessionRequest messages = 1;
+   */
+  messages: SessionRequest[];
+};
+
+/**
+ * Describes the message fleetwatch.v1.SessionRequests.
+ * Use `create(SessionRequestsSchema)` to create a new message.
+ */
+export const SessionRequestsSchema: GenMessage<SessionRequests> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 1);
 
 /**
  * Controller to agent.
@@ -165,6 +192,16 @@ export type SessionResponse = Message<"fleetwatch.v1.SessionResponse"> & {
      */
     value: DisarmAll;
     case: "disarmAll";
+  } | {
+    /**
+     * Several of the above at once (never a batch in a batch), sent only to
+     * an agent whose Register said it reads them: the commands of many jobs
+     * to one host in one frame.
+     *
+     * @generated from field: fleetwatch.v1.SessionResponses batch = 10;
+     */
+    value: SessionResponses;
+    case: "batch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -173,7 +210,24 @@ export type SessionResponse = Message<"fleetwatch.v1.SessionResponse"> & {
  * Use `create(SessionResponseSchema)` to create a new message.
  */
 export const SessionResponseSchema: GenMessage<SessionResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 1);
+  messageDesc(file_fleetwatch_v1_agent, 2);
+
+/**
+ * @generated from message fleetwatch.v1.SessionResponses
+ */
+export type SessionResponses = Message<"fleetwatch.v1.SessionResponses"> & {
+  /**
+   * @generated from field: repeated fleetwatch.v1.SessionResponse messages = 1;
+   */
+  messages: SessionResponse[];
+};
+
+/**
+ * Describes the message fleetwatch.v1.SessionResponses.
+ * Use `create(SessionResponsesSchema)` to create a new message.
+ */
+export const SessionResponsesSchema: GenMessage<SessionResponses> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_agent, 3);
 
 /**
  * The kill switch: clear every debug register this agent holds, whatever
@@ -203,7 +257,7 @@ export type DisarmAll = Message<"fleetwatch.v1.DisarmAll"> & {
  * Use `create(DisarmAllSchema)` to create a new message.
  */
 export const DisarmAllSchema: GenMessage<DisarmAll> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 2);
+  messageDesc(file_fleetwatch_v1_agent, 4);
 
 /**
  * @generated from message fleetwatch.v1.DisarmAllResult
@@ -234,7 +288,7 @@ export type DisarmAllResult = Message<"fleetwatch.v1.DisarmAllResult"> & {
  * Use `create(DisarmAllResultSchema)` to create a new message.
  */
 export const DisarmAllResultSchema: GenMessage<DisarmAllResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 3);
+  messageDesc(file_fleetwatch_v1_agent, 5);
 
 /**
  * Which processes of this host match (pid, exe, comm, cgroup of a TargetSelector).
@@ -258,7 +312,7 @@ export type Discover = Message<"fleetwatch.v1.Discover"> & {
  * Use `create(DiscoverSchema)` to create a new message.
  */
 export const DiscoverSchema: GenMessage<Discover> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 4);
+  messageDesc(file_fleetwatch_v1_agent, 6);
 
 /**
  * @generated from message fleetwatch.v1.DiscoveredProcess
@@ -322,7 +376,7 @@ export type DiscoveredProcess = Message<"fleetwatch.v1.DiscoveredProcess"> & {
  * Use `create(DiscoveredProcessSchema)` to create a new message.
  */
 export const DiscoveredProcessSchema: GenMessage<DiscoveredProcess> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 5);
+  messageDesc(file_fleetwatch_v1_agent, 7);
 
 /**
  * @generated from message fleetwatch.v1.DiscoverResult
@@ -357,7 +411,7 @@ export type DiscoverResult = Message<"fleetwatch.v1.DiscoverResult"> & {
  * Use `create(DiscoverResultSchema)` to create a new message.
  */
 export const DiscoverResultSchema: GenMessage<DiscoverResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 6);
+  messageDesc(file_fleetwatch_v1_agent, 8);
 
 /**
  * A process the host's policy forbids watching, and the rule that says so.
@@ -381,7 +435,7 @@ export type PolicyRefusal = Message<"fleetwatch.v1.PolicyRefusal"> & {
  * Use `create(PolicyRefusalSchema)` to create a new message.
  */
 export const PolicyRefusalSchema: GenMessage<PolicyRefusal> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 7);
+  messageDesc(file_fleetwatch_v1_agent, 9);
 
 /**
  * Keep watching this host for processes that start matching the job's
@@ -406,7 +460,7 @@ export type Follow = Message<"fleetwatch.v1.Follow"> & {
  * Use `create(FollowSchema)` to create a new message.
  */
 export const FollowSchema: GenMessage<Follow> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 8);
+  messageDesc(file_fleetwatch_v1_agent, 10);
 
 /**
  * @generated from message fleetwatch.v1.Unfollow
@@ -423,7 +477,7 @@ export type Unfollow = Message<"fleetwatch.v1.Unfollow"> & {
  * Use `create(UnfollowSchema)` to create a new message.
  */
 export const UnfollowSchema: GenMessage<Unfollow> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 9);
+  messageDesc(file_fleetwatch_v1_agent, 11);
 
 /**
  * @generated from message fleetwatch.v1.ProcessAppeared
@@ -445,7 +499,7 @@ export type ProcessAppeared = Message<"fleetwatch.v1.ProcessAppeared"> & {
  * Use `create(ProcessAppearedSchema)` to create a new message.
  */
 export const ProcessAppearedSchema: GenMessage<ProcessAppeared> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 10);
+  messageDesc(file_fleetwatch_v1_agent, 12);
 
 /**
  * First message of every session.
@@ -464,6 +518,13 @@ export type Register = Message<"fleetwatch.v1.Register"> & {
    * @generated from field: repeated fleetwatch.v1.ArmedTarget armed = 2;
    */
   armed: ArmedTarget[];
+
+  /**
+   * The agent reads SessionResponse.batch.
+   *
+   * @generated from field: bool reads_batches = 3;
+   */
+  readsBatches: boolean;
 };
 
 /**
@@ -471,7 +532,7 @@ export type Register = Message<"fleetwatch.v1.Register"> & {
  * Use `create(RegisterSchema)` to create a new message.
  */
 export const RegisterSchema: GenMessage<Register> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 11);
+  messageDesc(file_fleetwatch_v1_agent, 13);
 
 /**
  * @generated from message fleetwatch.v1.ArmedTarget
@@ -503,7 +564,7 @@ export type ArmedTarget = Message<"fleetwatch.v1.ArmedTarget"> & {
  * Use `create(ArmedTargetSchema)` to create a new message.
  */
 export const ArmedTargetSchema: GenMessage<ArmedTarget> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 12);
+  messageDesc(file_fleetwatch_v1_agent, 14);
 
 /**
  * @generated from message fleetwatch.v1.Registered
@@ -532,6 +593,13 @@ export type Registered = Message<"fleetwatch.v1.Registered"> & {
    * @generated from field: uint64 epoch = 3;
    */
   epoch: bigint;
+
+  /**
+   * The controller reads SessionRequest.batch.
+   *
+   * @generated from field: bool reads_batches = 4;
+   */
+  readsBatches: boolean;
 };
 
 /**
@@ -539,7 +607,7 @@ export type Registered = Message<"fleetwatch.v1.Registered"> & {
  * Use `create(RegisteredSchema)` to create a new message.
  */
 export const RegisteredSchema: GenMessage<Registered> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 13);
+  messageDesc(file_fleetwatch_v1_agent, 15);
 
 /**
  * @generated from message fleetwatch.v1.Heartbeat
@@ -563,7 +631,7 @@ export type Heartbeat = Message<"fleetwatch.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 14);
+  messageDesc(file_fleetwatch_v1_agent, 16);
 
 /**
  * Why an agent could not do what it was asked.
@@ -598,7 +666,7 @@ export type AgentError = Message<"fleetwatch.v1.AgentError"> & {
  * Use `create(AgentErrorSchema)` to create a new message.
  */
 export const AgentErrorSchema: GenMessage<AgentError> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 15);
+  messageDesc(file_fleetwatch_v1_agent, 17);
 
 /**
  * Where a symbol is in a process; or, with no symbol, whether
@@ -644,7 +712,7 @@ export type Resolve = Message<"fleetwatch.v1.Resolve"> & {
  * Use `create(ResolveSchema)` to create a new message.
  */
 export const ResolveSchema: GenMessage<Resolve> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 16);
+  messageDesc(file_fleetwatch_v1_agent, 18);
 
 /**
  * @generated from message fleetwatch.v1.ResolveResult
@@ -681,7 +749,7 @@ export type ResolveResult = Message<"fleetwatch.v1.ResolveResult"> & {
  * Use `create(ResolveResultSchema)` to create a new message.
  */
 export const ResolveResultSchema: GenMessage<ResolveResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 17);
+  messageDesc(file_fleetwatch_v1_agent, 19);
 
 /**
  * @generated from message fleetwatch.v1.Arm
@@ -805,7 +873,7 @@ export type Arm = Message<"fleetwatch.v1.Arm"> & {
  * Use `create(ArmSchema)` to create a new message.
  */
 export const ArmSchema: GenMessage<Arm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 18);
+  messageDesc(file_fleetwatch_v1_agent, 20);
 
 /**
  * @generated from message fleetwatch.v1.ArmResult
@@ -876,7 +944,7 @@ export type ArmResult = Message<"fleetwatch.v1.ArmResult"> & {
  * Use `create(ArmResultSchema)` to create a new message.
  */
 export const ArmResultSchema: GenMessage<ArmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 19);
+  messageDesc(file_fleetwatch_v1_agent, 21);
 
 /**
  * @generated from message fleetwatch.v1.Disarm
@@ -908,7 +976,7 @@ export type Disarm = Message<"fleetwatch.v1.Disarm"> & {
  * Use `create(DisarmSchema)` to create a new message.
  */
 export const DisarmSchema: GenMessage<Disarm> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 20);
+  messageDesc(file_fleetwatch_v1_agent, 22);
 
 /**
  * @generated from message fleetwatch.v1.DisarmResult
@@ -950,7 +1018,7 @@ export type DisarmResult = Message<"fleetwatch.v1.DisarmResult"> & {
  * Use `create(DisarmResultSchema)` to create a new message.
  */
 export const DisarmResultSchema: GenMessage<DisarmResult> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 21);
+  messageDesc(file_fleetwatch_v1_agent, 23);
 
 /**
  * A target's watch changed on its own (budget used up, deadline, process
@@ -1005,7 +1073,7 @@ export type TargetReport = Message<"fleetwatch.v1.TargetReport"> & {
  * Use `create(TargetReportSchema)` to create a new message.
  */
 export const TargetReportSchema: GenMessage<TargetReport> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_agent, 22);
+  messageDesc(file_fleetwatch_v1_agent, 24);
 
 /**
  * The agent dials out and keeps one session open; the controller sends
