@@ -7,7 +7,7 @@
 // change on some hosts rewrites their shards and the job, not every target.
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
-import { JobSchema, TargetSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type Target } from "../proto/index.js";
+import { JobSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type Target } from "../proto/index.js";
 import { withDeadline } from "../proto/index.js";
 import { openBucket } from "./kv-bucket.js";
 import { NotLeaderError } from "./leader-election.js";
@@ -63,6 +63,32 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+/**
+ * A mutable copy of a (frozen) target, field by field: what mutate hands a
+ * change. The reflective clone of protobuf-es cost ~7 µs a target, 0.3 s for
+ * a 40,000-target job on every change that touches all of it.
+ */
+export function copyTarget(t: Target): Target {
+  return {
+    ...t,
+    counts: t.counts && { ...t.counts },
+    slots: t.slots.map((a) => ({ ...a, chunk: a.chunk && { ...a.chunk } })),
+    chunks: t.chunks.map((c) => ({ ...c })),
+  };
+}
+
+/** How long changes to one job wait for more before they are written together. */
+export const coalesceMs = 2;
+
+/** A change waiting for its job's next write. */
+interface PendingChange {
+  change: (job: Job) => void;
+  /** Hosts it may touch; undefined = every host. */
+  scope: ReadonlySet<string> | undefined;
+  resolve: (job: Job) => void;
+  reject: (err: unknown) => void;
+}
+
 /** What the cache keeps of an entry: a finished job with many targets only as its summary (memory stays flat as fleet-wide jobs come and go). */
 function settled(entry: Entry): Entry {
   if (!isFinalJobState(entry.job.state) || entry.job.targets.length <= inlineTargets) return entry;
@@ -80,10 +106,27 @@ interface Entry {
   shards: Map<number, number>;
 }
 
+/** The hosts any of the changes may touch; undefined when one may touch every host. */
+function unionOfScopes(changes: readonly PendingChange[]): ReadonlySet<string> | undefined {
+  if (changes.length === 1) return changes[0]!.scope;
+  const union = new Set<string>();
+  for (const c of changes) {
+    if (c.scope === undefined) return undefined;
+    for (const host of c.scope) union.add(host);
+  }
+  return union;
+}
+
 /** Jobs with their KV revisions, cached after every read and write. */
 export class JobStore {
   private readonly cache = new Map<string, Entry>();
-  private readonly chains = new Map<string, Promise<unknown>>();
+  /** Changes waiting for their job's next write, by job id, in the order they were asked for. */
+  private readonly pending = new Map<string, PendingChange[]>();
+  /** Jobs with a write in flight: their next changes wait for it. */
+  private readonly writing = new Set<string>();
+  /** Jobs whose pending changes the next flush writes. */
+  private readonly due = new Set<string>();
+  private flushTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly kv: KV,
@@ -198,53 +241,106 @@ export class JobStore {
   /**
    * Applies `change` to a copy of the job and writes it with CAS; on a lost
    * race it re-reads and re-applies, at most a few times. Changes to one job
-   * are serialized, so this controller never races itself. `hosts` are the
+   * are serialized, so this controller never races itself, and coalesced:
+   * those asked for within coalesceMs of each other, or while the job's
+   * previous write is in flight, are applied in order to one copy and
+   * written once (every caller gets the job as written). `hosts` are the
    * hosts whose targets the change may touch or add (undefined: every
    * host); the others stay frozen, so a change outside its scope throws
-   * rather than go unsaved.
+   * rather than go unsaved. A change that throws fails alone; the others
+   * are written without it.
    */
   mutate(id: string, change: (job: Job) => void, hosts?: Iterable<string>): Promise<Job> {
     const scope = hosts === undefined ? undefined : new Set(hosts);
-    const previous = this.chains.get(id) ?? Promise.resolve();
-    const next = previous.then(
-      () => this.mutateNow(id, change, scope),
-      () => this.mutateNow(id, change, scope),
-    );
-    this.chains.set(id, next);
-    void next
-      .finally(() => {
-        if (this.chains.get(id) === next) this.chains.delete(id);
-      })
-      .catch(() => {});
-    return next;
+    return new Promise<Job>((resolve, reject) => {
+      const list = this.pending.get(id);
+      const item = { change, scope, resolve, reject };
+      if (list) list.push(item);
+      else this.pending.set(id, [item]);
+      if (!this.writing.has(id)) this.markDue(id);
+    });
   }
 
-  private async mutateNow(id: string, change: (job: Job) => void, scope: ReadonlySet<string> | undefined): Promise<Job> {
-    for (let attempt = 1; ; attempt++) {
-      await this.checkFence(id);
-      const cached = this.cache.get(id);
-      const current = cached && !cached.evicted ? cached : await this.read(id);
-      if (!current) throw new JobStoreConflictError(`job ${id} is not in the store`);
-      // A copy of the job; targets outside the scope are shared (and frozen).
-      const job = clone(JobSchema, { ...current.job, targets: [] });
-      job.targets = current.job.targets.map((t) => (scope === undefined || scope.has(t.hostId) ? clone(TargetSchema, t) : t));
-      change(job);
-      try {
-        const entry = await this.write(current, job, scope);
-        this.cache.set(id, settled(entry));
-        return entry.job;
-      } catch (err) {
-        // A lost race, or NATS away for a moment (a write that timed out may have landed: the re-read tells).
-        const conflict = isCasConflict(err);
-        if (conflict) this.onConflict();
-        const retry = conflict || err instanceof JobStoreTimeoutError;
-        if (!retry || attempt >= maxAttempts) {
-          if (conflict) throw new JobStoreConflictError(`job ${id} changed under ${maxAttempts} attempts to update it`, { cause: err });
-          throw err;
+  /** Schedules the job's pending changes for the next flush. */
+  private markDue(id: string): void {
+    this.due.add(id);
+    this.flushTimer ??= setTimeout(() => this.flush(), coalesceMs);
+  }
+
+  /** Starts one write for each job with pending changes (all at once: NATS gets them in one go). */
+  private flush(): void {
+    this.flushTimer = undefined;
+    const ids = [...this.due];
+    this.due.clear();
+    for (const id of ids) {
+      const changes = this.pending.get(id);
+      this.pending.delete(id);
+      if (!changes || changes.length === 0) continue;
+      this.writing.add(id);
+      void this.mutateNow(id, changes).finally(() => {
+        this.writing.delete(id);
+        if (this.pending.has(id)) this.markDue(id);
+      });
+    }
+  }
+
+  private async mutateNow(id: string, changes: PendingChange[]): Promise<void> {
+    let live = changes;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        await this.checkFence(id);
+        const cached = this.cache.get(id);
+        const current = cached && !cached.evicted ? cached : await this.read(id);
+        if (!current) throw new JobStoreConflictError(`job ${id} is not in the store`);
+        const applied = this.applyChanges(current, live);
+        live = applied.live;
+        if (live.length === 0) return;
+        try {
+          const entry = await this.write(current, applied.job, applied.scope);
+          this.cache.set(id, settled(entry));
+          for (const c of live) c.resolve(entry.job);
+          return;
+        } catch (err) {
+          // A lost race, or NATS away for a moment (a write that timed out may have landed: the re-read tells).
+          const conflict = isCasConflict(err);
+          if (conflict) this.onConflict();
+          const retry = conflict || err instanceof JobStoreTimeoutError;
+          if (!retry || attempt >= maxAttempts) {
+            if (conflict) throw new JobStoreConflictError(`job ${id} changed under ${maxAttempts} attempts to update it`, { cause: err });
+            throw err;
+          }
+          if (err instanceof JobStoreTimeoutError) await new Promise((resolve) => setTimeout(resolve, retryPauseMs));
+          await this.read(id).catch(() => this.cache.delete(id));
         }
-        if (err instanceof JobStoreTimeoutError) await new Promise((resolve) => setTimeout(resolve, retryPauseMs));
-        await this.read(id).catch(() => this.cache.delete(id));
       }
+    } catch (err) {
+      for (const c of live) c.reject(err);
+    }
+  }
+
+  /**
+   * The job with every change applied in order, on a copy whose targets in
+   * the changes' scopes are mutable (the others shared, frozen). A change
+   * that throws is rejected and the copy made again without it.
+   */
+  private applyChanges(current: Entry, changes: readonly PendingChange[]): { job: Job; scope: ReadonlySet<string> | undefined; live: PendingChange[] } {
+    let live = [...changes];
+    for (;;) {
+      const scope = unionOfScopes(live);
+      const job = clone(JobSchema, { ...current.job, targets: [] });
+      job.targets = current.job.targets.map((t) => (scope === undefined || scope.has(t.hostId) ? copyTarget(t) : t));
+      const failed = live.findIndex((c) => {
+        try {
+          c.change(job);
+          return false;
+        } catch (err) {
+          c.reject(err);
+          return true;
+        }
+      });
+      if (failed === -1) return { job, scope, live };
+      live = live.filter((_, i) => i !== failed);
+      if (live.length === 0) return { job, scope, live };
     }
   }
 
