@@ -2,7 +2,7 @@
 // (arm, disarm, suspend after a lapsed lease, helper lost), driven through the
 // helper. Hits, discovery, the host policy and stored-hit resume have files of their own.
 import { create } from "@bufbuild/protobuf";
-import { ArmResultSchema, ArmedTargetSchema, DisarmResultSchema, ResolveResultSchema, TargetReportSchema, TargetState, hex, timerAt } from "../proto/index.js";
+import { ArmResultSchema, ArmedTargetSchema, DisarmResultSchema, ResolveResultSchema, ResolveSchema, TargetReportSchema, TargetState, hex, timerAt } from "../proto/index.js";
 import type { Arm, ArmResult, ArmedTarget, Disarm, DisarmResult, Discover, DiscoverResult, Follow, ProcessAppeared, Resolve, ResolveResult, TargetReport } from "../proto/index.js";
 import { armFailure, checkBackend, helperBackend, helperChunks, helperWatchOptions, protoBackend, watchHitsOf } from "./arm-request.js";
 import { AgentCommandError, toAgentError } from "./errors.js";
@@ -130,9 +130,21 @@ export class AgentCore {
     return this.watches.live().map((w) => create(ArmedTargetSchema, { jobId: w.jobId, pid: w.pid, slots: w.slots, counts: w.hits.counts }));
   }
 
-  /** This host's processes matching a selector's pid, exe, comm and cgroup (never pid 1, the agent or its helper). */
-  discover(request: Discover): Promise<DiscoverResult> {
-    return this.discovery.discover(request);
+  /**
+   * This host's processes matching a selector's pid, exe, comm and cgroup
+   * (never pid 1, the agent or its helper), with the request's symbols and
+   * addresses resolved in each.
+   */
+  async discover(request: Discover): Promise<DiscoverResult> {
+    const result = await this.discovery.discover(request);
+    if (request.resolve.length > 0) {
+      await Promise.all(
+        result.processes.map(async (p) => {
+          p.resolved = await Promise.all(request.resolve.map((r) => this.resolve(create(ResolveSchema, { ...r, requestId: 0n, pid: p.pid }))));
+        }),
+      );
+    }
+    return result;
   }
 
   /**

@@ -304,26 +304,27 @@ export class SimAgent {
 
   private discover(request: Discover): void {
     this.counts.discovers++;
+    // Like a real agent, the lookups the request carries are answered for each process.
     const processes = [...this.processes.values()]
       .filter((p) => matchesProcess(request.selector, p))
-      .map((p) => ({ pid: p.pid, comm: p.comm, exe: p.exe, startTime: p.startTime }));
+      .map((p) => ({ pid: p.pid, comm: p.comm, exe: p.exe, startTime: p.startTime, resolved: request.resolve.map((r) => this.lookup({ ...r, pid: p.pid })) }));
     this.send({ msg: { case: "discoverResult", value: { requestId: request.requestId, processes } } });
   }
 
   private resolve(request: Resolve): void {
     this.counts.resolves++;
+    this.send({ msg: { case: "resolveResult", value: { requestId: request.requestId, ...this.lookup(request) } } });
+  }
+
+  /** A symbol's or an address's answer in one process. */
+  private lookup(request: Pick<Resolve, "pid" | "symbol" | "offset" | "address" | "length">) {
     if (!this.processes.has(request.pid)) {
       this.counts.unknownPid++;
-      this.send({ msg: { case: "resolveResult", value: { requestId: request.requestId, error: { errnoName: "ESRCH", message: `no process ${request.pid} on ${this.hostId}` } } } });
-      return;
+      return { error: { errnoName: "ESRCH", message: `no process ${request.pid} on ${this.hostId}` } };
     }
-    if (request.symbol === "") {
-      // A watch by address: every simulated process has it mapped.
-      this.send({ msg: { case: "resolveResult", value: { requestId: request.requestId, address: request.address, size: BigInt(request.length), module: "[heap]" } } });
-      return;
-    }
-    const address = this.options.symbols.addressOf(request.symbol) + request.offset;
-    this.send({ msg: { case: "resolveResult", value: { requestId: request.requestId, address, size: 8n, module: simProcessShape.exe } } });
+    // A watch by address: every simulated process has it mapped.
+    if (request.symbol === "") return { address: request.address, size: BigInt(request.length), module: "[heap]" };
+    return { address: this.options.symbols.addressOf(request.symbol) + request.offset, size: 8n, module: simProcessShape.exe };
   }
 
   /** A fencing refusal, as a real agent words it. */

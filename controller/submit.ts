@@ -21,6 +21,7 @@ import {
   type DiscoveredProcess,
   type Job,
   type JobSpec,
+  type ResolveResult,
   type TargetSelector,
 } from "../proto/index.js";
 import type { ScopeSubject } from "./access-policy.js";
@@ -44,6 +45,27 @@ export function scopeSubject(session: AgentSession, p: DiscoveredProcess): Scope
 
 /** A target process planned for a job: its chunks, or why it cannot be watched. */
 export type Plan = { session: AgentSession; pid: number; chunks: Chunk[] } | { session: AgentSession; pid: number; err: unknown };
+
+/** What a job asks an agent to resolve in each target process: its symbols, and its addresses unless it allows unmapped ones. */
+export interface ResolveRequest {
+  watchIndex: number;
+  request: { symbol?: string; offset?: bigint; address?: bigint; length?: number };
+}
+
+/** The lookups of a job's watches, in watch order (see ResolveRequest). */
+export function resolveRequestsOf(spec: JobSpec): ResolveRequest[] {
+  const out: ResolveRequest[] = [];
+  for (const [watchIndex, watch] of spec.watches.entries()) {
+    if (watch.location.case === "address") {
+      // Refused like an unknown symbol when nothing is mapped there, unless the job allows it.
+      if (!spec.allowUnmapped) out.push({ watchIndex, request: { address: watch.location.value, length: watch.length } });
+    } else if (watch.location.case === "symbol") {
+      const { name, offset } = parseSymbol(watch.location.value);
+      out.push({ watchIndex, request: { symbol: name, offset } });
+    }
+  }
+  return out;
+}
 
 /** A new job's id: ten random hex digits. */
 function newJobId(): string {
@@ -78,7 +100,9 @@ export class SubmitFlow {
     // Which processes match on each host; then symbols and chunks per process.
     // Matching processes a host's policy forbids become failed targets naming the rule.
     const refused: Array<{ pid: number; err: AgentOperationError }> = [];
-    const found = await Promise.all(sessions.map(async (session) => ({ session, processes: await this.discover(session, selector, refused) })));
+    // Each host resolves the job's symbols in its matching processes with the discovery: no Resolve per process.
+    const lookups = resolveRequestsOf(spec);
+    const found = await Promise.all(sessions.map(async (session) => ({ session, processes: await this.discover(session, selector, refused, lookups) })));
     // The owner may watch every one of them, or the job is refused naming the rule; its values may be masked.
     let redaction = ValueRedaction.UNSPECIFIED;
     for (const { session, processes } of found) {
@@ -88,7 +112,7 @@ export class SubmitFlow {
         if (decision?.allowed && !decision.binding.values) redaction = ValueRedaction.MASKED;
       }
     }
-    const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid })));
+    const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid, resolved: p.resolved })));
     // A gang cannot include a process it may not watch.
     if (refused.length > 0 && (candidates.length === 0 || mode.kind === "all")) throw refused[0]!.err;
     const hostList = sessions.map((s) => s.hostId).join(", ");
@@ -97,7 +121,7 @@ export class SubmitFlow {
     if (candidates.length === 0 && !awaitsMatch) {
       throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${hostList}${isFollowable(selector) ? ": give --queue-timeout to wait for one to start" : ""}`);
     }
-    const plans = await Promise.all(candidates.map((c) => this.plan(c.session, spec, c.pid)));
+    const plans = await Promise.all(candidates.map((c) => this.plan(c.session, spec, c.pid, c.resolved)));
     const planFailures = plans.flatMap((p) => ("err" in p ? [p.err] : []));
     // A gang cannot include a process it cannot watch.
     if (plans.length > 0 && (planFailures.length === plans.length || (mode.kind === "all" && planFailures.length > 0))) throw planFailures[0];
@@ -171,8 +195,8 @@ export class SubmitFlow {
   }
 
   /** The processes of one host that match the selector's pid, exe, comm and cgroup; who else traces them goes into the ledger. */
-  async discover(session: AgentSession, selector: TargetSelector, refused?: Array<{ pid: number; err: AgentOperationError }>): Promise<DiscoveredProcess[]> {
-    const result = await session.discover({ selector: processPart(selector) });
+  async discover(session: AgentSession, selector: TargetSelector, refused?: Array<{ pid: number; err: AgentOperationError }>, resolve: readonly ResolveRequest[] = []): Promise<DiscoveredProcess[]> {
+    const result = await session.discover({ selector: processPart(selector), resolve: resolve.map((r) => r.request) });
     if (result.error) throw agentFailure(session.hostId, result.error);
     for (const r of result.refused) {
       refused?.push({ pid: r.pid, err: new AgentOperationError(`${session.hostId}: ${r.reason}`, session.hostId, "EPERM", { hostPolicy: true }) });
@@ -181,26 +205,25 @@ export class SubmitFlow {
     return result.processes;
   }
 
-  /** Resolves the job's symbols in one process and splits its watches into chunks. */
-  async plan(session: AgentSession, spec: JobSpec, pid: number): Promise<Plan> {
+  /**
+   * Resolves the job's symbols in one process and splits its watches into
+   * chunks. `resolved` are the answers its discovery brought, one per
+   * resolveRequestsOf(spec); without them (an agent that does not resolve
+   * while discovering, a late joiner) each is asked for with Resolve.
+   */
+  async plan(session: AgentSession, spec: JobSpec, pid: number, resolved?: readonly ResolveResult[]): Promise<Plan> {
     try {
       checkHostBackend(session.info, spec);
-      const resolved = new Map<number, { address: bigint; size: bigint }>();
-      for (const [index, watch] of spec.watches.entries()) {
-        if (watch.location.case === "address") {
-          // Refused like an unknown symbol when nothing is mapped there, unless the job allows it.
-          if (spec.allowUnmapped) continue;
-          const mapped = await session.resolve({ pid, address: watch.location.value, length: watch.length });
-          if (mapped.error) throw agentFailure(session.hostId, mapped.error);
-          continue;
-        }
-        if (watch.location.case !== "symbol") continue;
-        const { name, offset } = parseSymbol(watch.location.value);
-        const result = await session.resolve({ pid, symbol: name, offset });
+      const lookups = resolveRequestsOf(spec);
+      const answers = resolved?.length === lookups.length ? resolved : undefined;
+      const addresses = new Map<number, { address: bigint; size: bigint }>();
+      for (const [k, { watchIndex, request }] of lookups.entries()) {
+        const result = answers?.[k] ?? (await session.resolve({ pid, ...request }));
         if (result.error) throw agentFailure(session.hostId, result.error);
-        resolved.set(index, { address: result.address, size: result.size });
+        // An address is only checked to be mapped; a symbol gives the address.
+        if (request.symbol !== undefined) addresses.set(watchIndex, { address: result.address, size: result.size });
       }
-      return { session, pid, chunks: chunksOf(spec, resolved) };
+      return { session, pid, chunks: chunksOf(spec, addresses) };
     } catch (err) {
       return { session, pid, err };
     }

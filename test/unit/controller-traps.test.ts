@@ -138,9 +138,18 @@ class MemoryJobStore {
   }
 }
 
+/** Every address it is asked about is mapped (a watch by address is checked before placing); a symbol is at 0x5000, plus its offset. */
+function lookup(r: { symbol: string; offset: bigint; address: bigint; length: number }) {
+  return r.symbol === "" ? { address: r.address, size: BigInt(r.length), module: "[heap]" } : { address: 0x5000n + r.offset, size: 8n, module: "/bin/target" };
+}
+
 /** An agent on a real session with the controller: it finds the pids it is given, finds every address mapped and arms whatever it is asked. */
 class ScriptedAgent {
   readonly arms: Arm[] = [];
+  /** Resolve commands received. */
+  resolves = 0;
+  /** Answer the lookups a Discover carries (as agents since batch sessions do); else only Resolve is answered. */
+  resolvesInDiscovery = false;
   private requests: AsyncQueue<SessionRequest> | undefined;
   private ended: Promise<void> | undefined;
   private readonly stop = new AbortController();
@@ -162,10 +171,14 @@ class ScriptedAgent {
       for await (const message of this.controller.session(requests, this.stop.signal)) {
         const m = message.msg;
         if (m.case === "registered") registered();
-        else if (m.case === "discover") requests.push(create(SessionRequestSchema, { msg: { case: "discoverResult", value: { requestId: m.value.requestId, processes: this.pids.map((pid) => ({ pid, comm: "target", exe: "/bin/target" })) } } }));
-        // Every address it is asked about is mapped (a watch by address is checked before placing).
-        else if (m.case === "resolve") requests.push(create(SessionRequestSchema, { msg: { case: "resolveResult", value: { requestId: m.value.requestId, address: m.value.address, size: BigInt(m.value.length), module: "[heap]" } } }));
-        else if (m.case === "arm") {
+        else if (m.case === "discover") {
+          const lookups = this.resolvesInDiscovery ? m.value.resolve : [];
+          const processes = this.pids.map((pid) => ({ pid, comm: "target", exe: "/bin/target", resolved: lookups.map((r) => lookup(r)) }));
+          requests.push(create(SessionRequestSchema, { msg: { case: "discoverResult", value: { requestId: m.value.requestId, processes } } }));
+        } else if (m.case === "resolve") {
+          this.resolves++;
+          requests.push(create(SessionRequestSchema, { msg: { case: "resolveResult", value: { requestId: m.value.requestId, ...lookup(m.value) } } }));
+        } else if (m.case === "arm") {
           this.arms.push(m.value);
           const value = { requestId: m.value.requestId, jobId: m.value.jobId, pid: m.value.pid, threadsTotal: 1, threadsArmed: 1, backend: m.value.backend, valuesExact: true };
           requests.push(create(SessionRequestSchema, { msg: { case: "armResult", value } }));
@@ -294,5 +307,24 @@ test("controller traps - a target is not re-armed on a host that registers again
     assert.equal(failed.targets[0]?.reason, `re-arm after reconnect failed: host h1: ptrace watch traps are not delivered: ${hypervisor}; no hit could be seen there`);
     assert.equal(host.arms.length, 1, "armed once, before the helper changed");
     await host.disconnect();
+  });
+});
+
+test("controller - a host that resolves while discovering gets no Resolve per process; one that does not still gets them", async () => {
+  await withController(async (controller) => {
+    const watches = [{ location: { case: "symbol" as const, value: "work_mem+8" }, length: 8, mode: WatchMode.WRITE }, write8(0x3000n)];
+    const fresh = new ScriptedAgent(controller, info("fresh", [delivered(Backend.PTRACE), delivered(Backend.PERF)]), [101, 102]);
+    fresh.resolvesInDiscovery = true;
+    const old = new ScriptedAgent(controller, info("old", [delivered(Backend.PTRACE), delivered(Backend.PERF)]), [201, 202]);
+    await fresh.connect();
+    await old.connect();
+    const job = await controller.submit(spec({ target: { allHosts: true, comm: "target" } }, watches));
+    assert.equal(job.state, JobState.ARMED);
+    assert.equal(fresh.resolves, 0, "the discovery answered every lookup");
+    assert.equal(old.resolves, 4, "two lookups in each of two processes");
+    for (const t of job.targets) assert.deepEqual(t.chunks.map((c) => c.address).sort(), [0x3000n, 0x5008n], `${t.hostId}/${t.pid}`);
+    await controller.cancel(job.id);
+    await fresh.disconnect();
+    await old.disconnect();
   });
 });
