@@ -2,9 +2,10 @@
 // (create, or update with the revision last read) with a bounded retry on
 // conflicts. A job with up to `inlineTargets` targets is one protobuf Job
 // value under its id. A bigger one (a fleet-wide job on thousands of hosts)
-// is its Job without targets under its id plus `shardCount` TargetShard
-// values under "<id>.<n>", a host's targets always in the same shard: a
-// change on some hosts rewrites their shards and the job, not every target.
+// is its Job without targets under its id plus TargetShard values under
+// "<id>.<n>", about `targetsPerShard` targets each, a host's targets always
+// in the same shard: a change on one target rewrites one small shard and the
+// job, not every target.
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient, KV } from "nats";
 import { JobSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type Target } from "../proto/index.js";
@@ -32,22 +33,31 @@ const wrongLastSequence = 10071;
 const maxAttempts = 5;
 /** Jobs with more targets than this keep them in shards. */
 export const inlineTargets = 256;
-/** Shards of a sharded job (a 40,000-target job: ~625 targets, well under 1 MB, per shard). */
-export const shardCount = 64;
+/** Targets a shard holds on average when a job becomes sharded: a value of a few KB. */
+export const targetsPerShard = 64;
+/** Shards of one job at most (a job that grows later fills its shards further). */
+const maxShards = 4_096;
+/** Shards of jobs stored before TargetShard.shard_count was recorded. */
+const legacyShardCount = 64;
+
+/** How many shards a job gets when it becomes sharded with this many targets (a 40,000-target job: 625). */
+export function shardsFor(targets: number): number {
+  return Math.min(maxShards, Math.max(1, Math.ceil(targets / targetsPerShard)));
+}
 
 function isCasConflict(err: unknown): boolean {
   const api = (err as { api_error?: { err_code?: number } })?.api_error;
   return api?.err_code === wrongLastSequence || /wrong last sequence/i.test(String((err as Error)?.message));
 }
 
-/** The shard a host's targets live in (FNV-1a of the host id). */
-export function shardOf(hostId: string): number {
+/** The shard a host's targets live in, of a job's `count` (FNV-1a of the host id). */
+export function shardOf(hostId: string, count: number = legacyShardCount): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < hostId.length; i++) {
     h ^= hostId.charCodeAt(i);
     h = Math.imul(h, 0x01000193);
   }
-  return (h >>> 0) % shardCount;
+  return (h >>> 0) % count;
 }
 
 const shardKey = (id: string, n: number) => `${id}.${n}`;
@@ -104,6 +114,8 @@ interface Entry {
   revision: number;
   /** Revisions of its shard values; empty while its targets are inline. */
   shards: Map<number, number>;
+  /** How many shards its targets are spread over; 0 while they are inline. */
+  shardCount: number;
 }
 
 /** The hosts any of the changes may touch; undefined when one may touch every host. */
@@ -175,19 +187,31 @@ export class JobStore {
     }
     const job = fromBinary(JobSchema, head.value);
     const shards = new Map<number, number>();
-    const names = shardKeys ?? Array.from({ length: shardCount }, (_, n) => shardKey(id, n));
     const targets: Target[] = [];
-    for (const key of names) {
-      const n = Number(key.slice(id.length + 1));
-      if (!Number.isInteger(n) || n < 0 || n >= shardCount) continue;
+    let count = 0;
+    const readShard = async (n: number): Promise<boolean> => {
+      const key = shardKey(id, n);
       const value = await this.timed(`read ${key}`, this.kv.get(key));
-      if (!value || value.operation !== "PUT") continue;
+      if (!value || value.operation !== "PUT") return false;
+      const shard = fromBinary(TargetShardSchema, value.value);
+      count ||= shard.shardCount || legacyShardCount;
       shards.set(n, value.revision);
-      targets.push(...fromBinary(TargetShardSchema, value.value).targets);
+      for (const t of shard.targets) targets.push(t);
+      return true;
+    };
+    const named = shardKeys?.map((key) => Number(key.slice(id.length + 1))).filter((n) => Number.isInteger(n) && n >= 0 && n < maxShards);
+    if (named) {
+      for (const n of named) await readShard(n);
+    } else if (await readShard(0)) {
+      // Shard 0 is always written: it says how many there are.
+      for (let n = 1; n < count; n++) await readShard(n);
+    } else if (job.targets.length === 0) {
+      // A job stored before shard counts were recorded has 64, not each written.
+      for (let n = 1; n < legacyShardCount; n++) await readShard(n);
     }
     // Shards win over inline targets: a crash between writing the shards and the job leaves the shards newer.
     if (shards.size > 0) job.targets = targets;
-    const entry = { job: deepFreeze(job), revision: head.revision, shards };
+    const entry = { job: deepFreeze(job), revision: head.revision, shards, shardCount: shards.size > 0 ? count : 0 };
     this.cache.set(id, settled(entry));
     return entry;
   }
@@ -216,24 +240,28 @@ export class JobStore {
   async create(job: Job): Promise<Job> {
     await this.checkFence(job.id);
     const shards = new Map<number, number>();
-    if (job.targets.length > inlineTargets) {
-      for (const [n, targets] of this.split(job.targets)) shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets })))));
+    const count = job.targets.length > inlineTargets ? shardsFor(job.targets.length) : 0;
+    if (count > 0) {
+      // All at once: NATS takes the values of a 40,000-target job in one go.
+      await Promise.all(
+        [...this.split(job.targets, count)].map(async ([n, targets]) => {
+          shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets, shardCount: count })))));
+        }),
+      );
     }
     const revision = await this.timed(`write job ${job.id}`, this.kv.create(job.id, toBinary(JobSchema, shards.size > 0 ? { ...job, targets: [] } : job)));
-    this.cache.set(job.id, settled({ job: deepFreeze(job), revision, shards }));
+    this.cache.set(job.id, settled({ job: deepFreeze(job), revision, shards, shardCount: count }));
     return job;
   }
 
-  /** Targets by shard, in their order. */
-  private split(targets: readonly Target[], only?: ReadonlySet<number>): Map<number, Target[]> {
+  /** Targets by shard of `count`, in their order: the shards in `only`, or every shard (empty ones too). */
+  private split(targets: readonly Target[], count: number, only?: ReadonlySet<number>): Map<number, Target[]> {
     const byShard = new Map<number, Target[]>();
     if (only) for (const n of only) byShard.set(n, []);
+    else for (let n = 0; n < count; n++) byShard.set(n, []);
     for (const t of targets) {
-      const n = shardOf(t.hostId);
-      if (only && !only.has(n)) continue;
-      const list = byShard.get(n);
+      const list = byShard.get(shardOf(t.hostId, count));
       if (list) list.push(t);
-      else byShard.set(n, [t]);
     }
     return byShard;
   }
@@ -346,16 +374,17 @@ export class JobStore {
 
   /** Writes a changed job: inline, or its scope's shards (every shard when it becomes sharded) and then the job. */
   private async write(current: Entry, job: Job, scope: ReadonlySet<string> | undefined): Promise<Entry> {
-    const sharded = current.shards.size > 0 || job.targets.length > inlineTargets;
+    const sharded = current.shardCount > 0 || job.targets.length > inlineTargets;
     if (!sharded) {
       const revision = await this.timed(`write job ${job.id}`, this.kv.update(job.id, toBinary(JobSchema, job), current.revision));
-      return { job: deepFreeze(job), revision, shards: current.shards };
+      return { job: deepFreeze(job), revision, shards: current.shards, shardCount: 0 };
     }
-    const dirty = current.shards.size === 0 || scope === undefined ? undefined : new Set([...scope].map(shardOf));
+    const count = current.shardCount || shardsFor(job.targets.length);
+    const dirty = current.shardCount === 0 || scope === undefined ? undefined : new Set([...scope].map((host) => shardOf(host, count)));
     const shards = new Map(current.shards);
     await Promise.all(
-      [...this.split(job.targets, dirty)].map(async ([n, targets]) => {
-        const value = toBinary(TargetShardSchema, create(TargetShardSchema, { targets }));
+      [...this.split(job.targets, count, dirty)].map(async ([n, targets]) => {
+        const value = toBinary(TargetShardSchema, create(TargetShardSchema, { targets, shardCount: count }));
         const known = shards.get(n);
         shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, known === undefined ? this.kv.create(shardKey(job.id, n), value) : this.kv.update(shardKey(job.id, n), value, known)));
       }),
@@ -363,6 +392,6 @@ export class JobStore {
     const revision = await this.timed(`write job ${job.id}`, this.kv.update(job.id, toBinary(JobSchema, { ...job, targets: [] }), current.revision));
     for (const t of job.targets) deepFreeze(t);
     Object.freeze(job.targets);
-    return { job, revision, shards };
+    return { job, revision, shards, shardCount: count };
   }
 }

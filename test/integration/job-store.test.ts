@@ -10,8 +10,8 @@ import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { connect, type KV, type NatsConnection } from "nats";
 import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
-import { JobStore, inlineTargets, shardOf } from "../../controller/job-store.js";
-import { JobSchema, JobState, TargetSchema, TargetState, jobBucket, type Job } from "../../proto/index.js";
+import { JobStore, inlineTargets, shardOf, shardsFor, targetsPerShard } from "../../controller/job-store.js";
+import { JobSchema, JobState, TargetSchema, TargetShardSchema, TargetState, jobBucket, type Job } from "../../proto/index.js";
 
 describe("job store", () => {
   let dir: string;
@@ -66,7 +66,7 @@ describe("job store", () => {
     assert.equal(fresh.get("small")!.targets.length, 4 + inlineTargets);
   });
 
-  test("a 40,000-target job fits, and a change on one host rewrites its shard and the job only", async () => {
+  test("a 40,000-target job fits, and a change on one target rewrites one small shard and the job only", async () => {
     const store = await JobStore.open(nc.jetstream());
     const big = job("big", 10_000, 4);
     assert.ok(toBinary(JobSchema, big).length > 1024 * 1024, "as one value it would exceed NATS' 1 MB payload");
@@ -81,7 +81,10 @@ describe("job store", () => {
     }, ["host-42"]);
     const changed = [];
     for (const k of keys) if ((await revision(k)) !== before.get(k)) changed.push(k);
-    assert.deepEqual(changed.sort(), ["big", `big.${shardOf("host-42")}`].sort());
+    assert.deepEqual(changed.sort(), ["big", `big.${shardOf("host-42", shardsFor(40_000))}`].sort());
+    assert.equal(keys.length, 1 + shardsFor(40_000), "every shard is written");
+    const shard = (await kv.get(`big.${shardOf("host-42", shardsFor(40_000))}`))!.value;
+    assert.ok(shard.length < 16 * 1024, `the rewritten shard is small: ${shard.length} bytes for ~${targetsPerShard} targets`);
 
     const fresh = await JobStore.open(nc.jetstream());
     await fresh.load();
@@ -126,5 +129,23 @@ describe("job store", () => {
     await fresh.load();
     assert.equal(fresh.get("done")!.targets.length, 0);
     assert.equal((await fresh.full("done"))!.targets.find((t) => t.hostId === "host-7")!.counts?.delivered, 3n);
+  });
+  test("a job stored with 64 shards before shard counts were recorded reads back whole, and is written the same way", async () => {
+    const hosts = Array.from({ length: 300 }, (_, i) => `old-${i}`);
+    const legacy = job("legacy", 300, 1);
+    legacy.targets.forEach((t, i) => (t.hostId = hosts[i]!));
+    const byShard = new Map<number, Job["targets"]>();
+    for (const t of legacy.targets) byShard.set(shardOf(t.hostId, 64), [...(byShard.get(shardOf(t.hostId, 64)) ?? []), t]);
+    for (const [n, targets] of byShard) await kv.create(`legacy.${n}`, toBinary(TargetShardSchema, create(TargetShardSchema, { targets })));
+    await kv.create("legacy", toBinary(JobSchema, { ...legacy, targets: [] }));
+    const store = await JobStore.open(nc.jetstream());
+    await store.load();
+    assert.equal(store.get("legacy")!.targets.length, 300);
+    const host = hosts[7]!;
+    const before = await revision(`legacy.${shardOf(host, 64)}`);
+    await store.mutate("legacy", (j) => void (j.targets.find((t) => t.hostId === host)!.state = TargetState.LOST), [host]);
+    assert.notEqual(await revision(`legacy.${shardOf(host, 64)}`), before, "its host's shard of the 64 was rewritten");
+    const fresh = await JobStore.open(nc.jetstream());
+    assert.equal((await fresh.full("legacy"))!.targets.find((t) => t.hostId === host)!.state, TargetState.LOST);
   });
 });

@@ -12,13 +12,14 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/store.proto.
  */
 export const file_fleetwatch_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChlmbGVldHdhdGNoL3YxL3N0b3JlLnByb3RvEg1mbGVldHdhdGNoLnYxIjUKC1RhcmdldFNoYXJkEiYKB3RhcmdldHMYASADKAsyFS5mbGVldHdhdGNoLnYxLlRhcmdldGIGcHJvdG8z", [file_fleetwatch_v1_watch]);
+  fileDesc("ChlmbGVldHdhdGNoL3YxL3N0b3JlLnByb3RvEg1mbGVldHdhdGNoLnYxIkoKC1RhcmdldFNoYXJkEiYKB3RhcmdldHMYASADKAsyFS5mbGVldHdhdGNoLnYxLlRhcmdldBITCgtzaGFyZF9jb3VudBgCIAEoDWIGcHJvdG8z", [file_fleetwatch_v1_watch]);
 
 /**
  * How the controller keeps a job with many targets in its KV bucket: the
  * job under its id without targets, and its targets spread over values
- * under "<id>.<n>" by host, so that a change on one host rewrites one
- * small value, and no value nears NATS' payload limit.
+ * under "<id>.<n>" (n < shard_count) by host, a few dozen targets each, so
+ * that a change on one target rewrites one small value, and no value nears
+ * NATS' payload limit.
  *
  * @generated from message fleetwatch.v1.TargetShard
  */
@@ -27,6 +28,14 @@ export type TargetShard = Message<"fleetwatch.v1.TargetShard"> & {
    * @generated from field: repeated fleetwatch.v1.Target targets = 1;
    */
   targets: Target[];
+
+  /**
+   * How many shards the job has, the same in each; every one is written,
+   * empty or not. 0 in jobs stored before it was recorded: they have 64.
+   *
+   * @generated from field: uint32 shard_count = 2;
+   */
+  shardCount: number;
 };
 
 /**
