@@ -139,6 +139,8 @@ export class JobStore {
   /** Jobs whose pending changes the next flush writes. */
   private readonly due = new Set<string>();
   private flushTimer: NodeJS.Timeout | undefined;
+  /** New jobs waiting for the next flush to be written. */
+  private readonly flushWaiters: Array<() => void> = [];
 
   private constructor(
     private readonly kv: KV,
@@ -236,9 +238,10 @@ export class JobStore {
     return [...this.cache.values()].map((e) => e.job);
   }
 
-  /** Stores a new job; fails if the id exists. */
+  /** Stores a new job; fails if the id exists. Written with the next flush's writes (see mutate). */
   async create(job: Job): Promise<Job> {
     await this.checkFence(job.id);
+    await this.nextFlush();
     const shards = new Map<number, number>();
     const count = job.targets.length > inlineTargets ? shardsFor(job.targets.length) : 0;
     if (count > 0) {
@@ -295,9 +298,22 @@ export class JobStore {
     this.flushTimer ??= setTimeout(() => this.flush(), coalesceMs);
   }
 
-  /** Starts one write for each job with pending changes (all at once: NATS gets them in one go). */
+  /** Resolves when the next flush starts its writes. */
+  private nextFlush(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.flushWaiters.push(resolve);
+      this.flushTimer ??= setTimeout(() => this.flush(), coalesceMs);
+    });
+  }
+
+  /**
+   * Starts the writes of every new job and of each job with pending changes
+   * at once: issued in one turn of the event loop, they reach NATS in one
+   * socket write (a write to the socket costs more than a small KV value).
+   */
   private flush(): void {
     this.flushTimer = undefined;
+    for (const resolve of this.flushWaiters.splice(0)) resolve();
     const ids = [...this.due];
     this.due.clear();
     for (const id of ids) {
