@@ -227,7 +227,7 @@ function renderChecks(t: SimFleetTotals | undefined): string {
   return [
     "== the simulated fleet",
     `  arms ${n(t.arms)}, disarms ${n(t.disarms)}, discovers ${n(t.discovers)}, resolves ${n(t.resolves)}, follows ${n(t.follows)}; heartbeats ${n(t.heartbeatsSent)} sent, ${n(t.heartbeatAcks)} acked`,
-    `  arms refused by the fake registers: ${refused} (EBUSY = the controller handed out a register in use); most registers in use in one process: ${t.peakSlotsPerProcess} of 4; held at the end: ${n(t.slotsHeld)}`,
+    `  arms refused by the fake registers: ${refused} (EBUSY = the controller handed out a register in use; ENOSPC = a perf arm on a register ptrace reserved); most registers in use in one process: ${t.peakSlotsPerProcess} of 4; held at the end: ${n(t.slotsHeld)}`,
     `  sessions that ended or were refused, each followed by a reconnect: ${n(t.sessionEnds)}${t.sessionEndSample ? ` (e.g. ${t.sessionEndSample})` : ""}; registered again: ${n(t.reregistrations)}; not registered at the end: ${n(t.unregistered)}; targets disarmed by an agent after a lease alone: ${n(t.lapsedDisarms)}`,
     `  commands for an unknown pid: ${n(t.unknownPid)}; refused for a stale epoch: ${n(t.staleEpoch)}`,
   ].join("\n");

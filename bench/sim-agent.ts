@@ -345,13 +345,17 @@ export class SimAgent {
       this.send({ msg: { case: "armResult", value: { ...reply, error: { errnoName: "ESRCH", message: `no process ${request.pid} on ${this.hostId}` } } } });
       return;
     }
-    const refusal = target.registers.arm(request.jobId, request.slots.map((s) => s.dr));
+    // Like a real agent: UNSPECIFIED is taken as ptrace.
+    const backend = request.backend === Backend.PERF ? "perf" : "ptrace";
+    const refusal = target.registers.arm(request.jobId, request.slots.map((s) => s.dr), backend);
     if (refusal) {
       this.send({ msg: { case: "armResult", value: { ...reply, error: refusal, reservedMask: target.registers.reservedMask } } });
       return;
     }
     this.armed.set(`${request.jobId}/${request.pid}`, { jobId: request.jobId, pid: request.pid, slots: request.slots });
-    this.send({ msg: { case: "armResult", value: { ...reply, threadsTotal: 1, threadsArmed: 1, slots: request.slots, reservedMask: target.registers.reservedMask } } });
+    // Values are read at the trap with ptrace; with perf after it, as info() says.
+    const armed = { backend: backend === "perf" ? Backend.PERF : Backend.PTRACE, valuesExact: backend === "ptrace" };
+    this.send({ msg: { case: "armResult", value: { ...reply, ...armed, threadsTotal: 1, threadsArmed: 1, slots: request.slots, reservedMask: target.registers.reservedMask } } });
   }
 
   private disarm(request: Disarm): void {

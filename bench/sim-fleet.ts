@@ -32,7 +32,7 @@ export interface SimFleetTotals {
   resolves: number;
   arms: number;
   disarms: number;
-  /** Arms refused by the fake registers, by errno name (EBUSY = a register handed out twice). */
+  /** Arms refused by the fake registers, by errno name (EBUSY = a register handed out twice, ENOSPC = a perf arm on a register ptrace reserved). */
   refused: Record<string, number>;
   slotsHeld: number;
   /** Most registers in use at once in any one process. */
