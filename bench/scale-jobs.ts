@@ -1,11 +1,21 @@
 // The jobs the scale bench submits. A "fleet-wide job" is one question asked
 // of every simulated process on every host; how it is spelled as SubmitJob
 // calls is decided here only, so a new way to target is one more entry.
+// Every spec names its backend: the bench measures each one on purpose.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { WatchMode, type JobSpecSchema } from "../proto/index.js";
+import { Backend, WatchMode, type JobSpecSchema } from "../proto/index.js";
 import { simPid, simProcessShape } from "./sim-agent.js";
+import type { SimBackend } from "./sim-registers.js";
 
 export type JobSpecInit = MessageInitShape<typeof JobSpecSchema>;
+
+/** The backends a run can measure, in the order they run. */
+export const benchBackends: readonly SimBackend[] = ["ptrace", "perf"];
+
+/** The job spec's field for `backend`. */
+export function specBackend(backend: SimBackend): Backend {
+  return backend === "perf" ? Backend.PERF : Backend.PTRACE;
+}
 
 /**
  * Ways to submit a fleet-wide job:
@@ -41,15 +51,22 @@ function watchOf(symbol: string) {
 }
 
 /** The SubmitJob specs that make up one fleet-wide job on `hostIds` × `processes` processes. */
-export function fleetJobSpecs(mode: FleetJobMode, hostIds: readonly string[], processes: number, symbol: string): JobSpecInit[] {
+export function fleetJobSpecs(mode: FleetJobMode, hostIds: readonly string[], processes: number, symbol: string, backend: SimBackend): JobSpecInit[] {
+  const common = { watches: watchOf(symbol), backend: specBackend(backend) };
   switch (mode) {
     case "per-pid":
-      return Array.from({ length: processes }, (_, i) => ({ watches: watchOf(symbol), target: { hostIds: [...hostIds], pid: simPid(i) } }));
+      return Array.from({ length: processes }, (_, i) => ({ ...common, target: { hostIds: [...hostIds], pid: simPid(i) } }));
     case "per-pid-label":
-      return Array.from({ length: processes }, (_, i) => ({ watches: watchOf(symbol), target: { hostSelector: allSimHosts, pid: simPid(i) } }));
+      return Array.from({ length: processes }, (_, i) => ({ ...common, target: { hostSelector: allSimHosts, pid: simPid(i) } }));
     case "selector":
-      return [{ watches: watchOf(symbol), target: { allHosts: true, comm: simProcessShape.comm } }];
+      return [{ ...common, target: { allHosts: true, comm: simProcessShape.comm } }];
   }
+}
+
+/** The queue run's blocker: one job on every simulated process watching four symbols, so it holds all four registers of each. */
+export function queueBlockerSpec(backend: SimBackend): JobSpecInit {
+  const watches = [0, 1, 2, 3].flatMap((i) => watchOf(`blocker_${i}`));
+  return { watches, backend: specBackend(backend), target: { allHosts: true, comm: simProcessShape.comm } };
 }
 
 /**
@@ -57,10 +74,10 @@ export function fleetJobSpecs(mode: FleetJobMode, hostIds: readonly string[], pr
  * fleet (host first), and each job watches its own symbol so that no two
  * jobs on a target could share a register.
  */
-export function singleTargetSpec(index: number, hostIds: readonly string[], processes: number): JobSpecInit {
+export function singleTargetSpec(index: number, hostIds: readonly string[], processes: number, backend: SimBackend): JobSpecInit {
   const hostId = hostIds[index % hostIds.length] as string;
   const pid = simPid(Math.floor(index / hostIds.length) % processes);
-  return { watches: watchOf(`bench_var_${index}`), target: { hostIds: [hostId], pid } };
+  return { watches: watchOf(`bench_var_${index}`), backend: specBackend(backend), target: { hostIds: [hostId], pid } };
 }
 
 /** Targets per host and pid the placement run needs at most, so callers can check it fits in four registers. */

@@ -6,7 +6,7 @@ import { performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
 import { ChunkSchema, WatchMode, slotsPerThread, type Chunk } from "../proto/index.js";
 import { applyDecision, place } from "../controller/placement.js";
-import type { PlacementJob, TargetRef, TargetSnapshot } from "../controller/placement-types.js";
+import type { PlacementBackend, PlacementJob, TargetRef, TargetSnapshot } from "../controller/placement-types.js";
 import { simPid } from "./sim-agent.js";
 
 export interface PlacementCoreResult {
@@ -40,11 +40,11 @@ function chunkAt(index: number): Chunk {
 }
 
 /** Decides and applies `jobs` single-target jobs in queue order; returns decisions/s and outcomes. */
-function runQueue(hostIds: readonly string[], processes: number, jobs: number): { perSecond: number; outcomes: Record<string, number> } {
+function runQueue(hostIds: readonly string[], processes: number, jobs: number, backend: PlacementBackend): { perSecond: number; outcomes: Record<string, number> } {
   const targets = freshTargets(hostIds, processes);
   const queue = Array.from({ length: jobs }, (_, i) => {
     const ref = { hostId: hostIds[i % hostIds.length] as string, pid: simPid(Math.floor(i / hostIds.length) % processes) };
-    const job: PlacementJob = { id: `job-${i}`, priority: 0, createdUnixMs: i, placement: { kind: "all" }, backend: "perf" };
+    const job: PlacementJob = { id: `job-${i}`, priority: 0, createdUnixMs: i, placement: { kind: "all" }, backend };
     return { job, ref, chunk: chunkAt(i) };
   });
   const outcomes: Record<string, number> = {};
@@ -61,10 +61,10 @@ function runQueue(hostIds: readonly string[], processes: number, jobs: number): 
 }
 
 /** One `all` decision over every target of the fleet, applied; returns milliseconds. */
-function runFleetDecision(hostIds: readonly string[], processes: number): number {
+function runFleetDecision(hostIds: readonly string[], processes: number, backend: PlacementBackend): number {
   const targets = freshTargets(hostIds, processes);
   const chunk = chunkAt(0);
-  const job: PlacementJob = { id: "fleet", priority: 0, createdUnixMs: 0, placement: { kind: "all" }, backend: "perf" };
+  const job: PlacementJob = { id: "fleet", priority: 0, createdUnixMs: 0, placement: { kind: "all" }, backend };
   const started = performance.now();
   const candidates = [...targets.values()].map((t) => ({ ...t, chunks: [chunk] }));
   const decision = place(job, candidates);
@@ -74,14 +74,14 @@ function runFleetDecision(hostIds: readonly string[], processes: number): number
   return ms;
 }
 
-/** `rounds` runs of the queue and of the fleet-wide decision, interleaved. */
-export function measurePlacementCore(hostIds: readonly string[], processes: number, jobs: number, rounds: number): PlacementCoreResult {
+/** `rounds` runs of the queue and of the fleet-wide decision, interleaved, every job on `backend`. */
+export function measurePlacementCore(hostIds: readonly string[], processes: number, jobs: number, rounds: number, backend: PlacementBackend): PlacementCoreResult {
   const result: PlacementCoreResult = { queueDecisionsPerSecond: [], queuedJobs: jobs, outcomes: {}, fleetDecisionMs: [], fleetCandidates: hostIds.length * processes };
   for (let r = 0; r < rounds; r++) {
-    const q = runQueue(hostIds, processes, jobs);
+    const q = runQueue(hostIds, processes, jobs, backend);
     result.queueDecisionsPerSecond.push(q.perSecond);
     result.outcomes = q.outcomes;
-    result.fleetDecisionMs.push(runFleetDecision(hostIds, processes));
+    result.fleetDecisionMs.push(runFleetDecision(hostIds, processes, backend));
   }
   return result;
 }
