@@ -1,7 +1,7 @@
 // The numbers the scale bench reports, drawn from its samples: percentiles,
-// medians, the ratio of each step between fleet sizes, and the headline
-// figures of one size and backend. Pure: no I/O.
-import type { FleetModeResult, PlacementRunResult, QueueRunResult, StackReport } from "./scale-results.js";
+// medians, a least-squares slope, the ratio of each step between fleet
+// sizes, and the headline figures of one size and backend. Pure: no I/O.
+import type { FinishedRunResult, FleetModeResult, PlacementRunResult, QueueRunResult, StackReport } from "./scale-results.js";
 
 /** Median of a list (mean of the middle two for even lengths); NaN when empty. */
 export function median(values: readonly number[]): number {
@@ -16,6 +16,20 @@ export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return Number.NaN;
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length, Math.max(1, Math.ceil(p * sorted.length))) - 1] as number;
+}
+
+/** Least-squares slope of y over x; NaN with fewer than two distinct x (or a NaN among the points). */
+export function slope(points: ReadonlyArray<{ x: number; y: number }>): number {
+  if (points.length < 2) return Number.NaN;
+  const mx = points.reduce((sum, p) => sum + p.x, 0) / points.length;
+  const my = points.reduce((sum, p) => sum + p.y, 0) / points.length;
+  let sxy = 0;
+  let sxx = 0;
+  for (const p of points) {
+    sxy += (p.x - mx) * (p.y - my);
+    sxx += (p.x - mx) ** 2;
+  }
+  return sxx === 0 ? Number.NaN : sxy / sxx;
 }
 
 /** Each value divided by the one before it (one ratio fewer than values); NaN where either is missing or the earlier is 0. */
@@ -57,10 +71,33 @@ export function queueRate(q: QueueRunResult): number {
   return q.drainSeconds > 0 ? q.placed / q.drainSeconds : Number.NaN;
 }
 
-/** The controller's highest VmHWM seen in a stack's snapshots; NaN when never read. */
+/** The controller's highest VmHWM seen in a stack's snapshots and samples; NaN when never read. */
 export function peakControllerRssMiB(stack: StackReport): number {
-  const peaks = stack.stats.map((x) => x.controller?.peakRssMiB).filter((x): x is number => x !== undefined);
+  const peaks = [...stack.stats.map((x) => x.controller?.peakRssMiB), ...(stack.finished?.samples.map((x) => x.controller?.peakRssMiB) ?? [])].filter((x): x is number => x !== undefined);
   return peaks.length > 0 ? Math.max(...peaks) : Number.NaN;
+}
+
+/** How the controller's memory moved over the finished run, per `per` finished jobs. */
+export interface FinishedGrowth {
+  per: number;
+  /** Least-squares slope of VmRSS, and of VmHWM, in MiB per `per` jobs. */
+  rssSlopeMiB: number;
+  peakSlopeMiB: number;
+  firstRssMiB: number;
+  lastRssMiB: number;
+}
+
+export function finishedGrowth(run: FinishedRunResult, per = 10_000): FinishedGrowth {
+  const read = run.samples.filter((x) => x.controller !== undefined);
+  const rss = read.map((x) => ({ x: x.finished, y: x.controller!.rssMiB }));
+  const peak = read.map((x) => ({ x: x.finished, y: x.controller!.peakRssMiB }));
+  return {
+    per,
+    rssSlopeMiB: slope(rss) * per,
+    peakSlopeMiB: slope(peak) * per,
+    firstRssMiB: rss[0]?.y ?? Number.NaN,
+    lastRssMiB: rss.at(-1)?.y ?? Number.NaN,
+  };
 }
 
 /** How a figure is printed. */

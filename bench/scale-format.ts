@@ -22,6 +22,11 @@ export function ratio(value: number): string {
   return Number.isFinite(value) ? `×${value < 1 ? value.toFixed(2) : value.toFixed(1)}` : "-";
 }
 
+/** MiB with one decimal and its sign, for slopes: `+12.3`, `-0.4`. */
+export function signedMiB(value: number): string {
+  return Number.isFinite(value) ? `${value >= 0 ? "+" : ""}${value.toFixed(1)}` : "-";
+}
+
 /** Rows as left-aligned columns two spaces apart; the last column is not padded. */
 export function table(rows: string[][]): string {
   const widths: number[] = [];

@@ -15,9 +15,11 @@ export const scaleUsage = `usage: npm run bench:scale -- [options]
   --rounds R               fleet-wide rounds per way of submitting, after one warm-up (default 10)
   --fleet-job LIST         of per-pid,per-pid-label,selector (default all three)
   --jobs N                 single-target jobs of the placement and queue runs (default 10000)
-  --concurrency C          SubmitJob calls in flight in the placement run (default 64)
+  --concurrency C          SubmitJob calls in flight in the placement and finished runs (default 64)
+  --finished N             jobs driven to a final state at the largest size (default 10 per agent:
+                           100000 at 10,000 agents)
   --core-rounds R          rounds of the pure placement core (default 3)
-  --skip LIST              of fleet,placement,queue,core
+  --skip LIST              of fleet,placement,queue,finished,core
   --lease MS               the controller's --lease (default 15000)
   --election-lease MS      the controller's --election-lease (default: the controller's own)
   --controller-node-args S node options for the controller process, space-separated
@@ -25,8 +27,11 @@ export const scaleUsage = `usage: npm run bench:scale -- [options]
                            controller writes into a subdirectory named after its run, e.g. 1000-agents-perf)`;
 
 /** The bench's phases, in the order each controller runs them. */
-export const scalePhases = ["fleet", "placement", "queue", "core"] as const;
+export const scalePhases = ["fleet", "placement", "queue", "finished", "core"] as const;
 export type ScalePhase = (typeof scalePhases)[number];
+
+/** Finished jobs per agent when --finished is not given: the issue's 100,000 behind 10,000 agents. */
+export const finishedPerAgent = 10;
 
 export interface ScaleOptions {
   /** Fleet sizes, smallest first, each measured on its own stack. */
@@ -38,6 +43,8 @@ export interface ScaleOptions {
   fleetJobs: FleetJobMode[];
   jobs: number;
   concurrency: number;
+  /** Jobs of the finished run (at the largest size); undefined = finishedPerAgent per agent. */
+  finished: number | undefined;
   coreRounds: number;
   skip: Set<ScalePhase>;
   leaseMs: number;
@@ -71,6 +78,11 @@ export function parseBackends(text: string): SimBackend[] {
   return benchBackends.filter((b) => chosen.has(b));
 }
 
+/** Jobs of the finished run at `agents`: --finished, or finishedPerAgent per agent. */
+export function finishedJobsAt(options: Pick<ScaleOptions, "finished">, agents: number): number {
+  return options.finished ?? finishedPerAgent * agents;
+}
+
 /** The options, or undefined for --help; throws on a bad one. */
 export function parseScaleOptions(argv: string[]): ScaleOptions | undefined {
   const { values } = parseArgs({
@@ -84,6 +96,7 @@ export function parseScaleOptions(argv: string[]): ScaleOptions | undefined {
       "fleet-job": { type: "string", default: fleetJobModes.join(",") },
       jobs: { type: "string", default: "10000" },
       concurrency: { type: "string", default: "64" },
+      finished: { type: "string" },
       "core-rounds": { type: "string", default: "3" },
       skip: { type: "string", default: "" },
       lease: { type: "string", default: "15000" },
@@ -103,6 +116,7 @@ export function parseScaleOptions(argv: string[]): ScaleOptions | undefined {
     fleetJobs: listOf(values["fleet-job"], fleetJobModes, "--fleet-job"),
     jobs: positiveInt(values.jobs, "--jobs"),
     concurrency: positiveInt(values.concurrency, "--concurrency"),
+    finished: values.finished === undefined ? undefined : positiveInt(values.finished, "--finished"),
     coreRounds: positiveInt(values["core-rounds"], "--core-rounds"),
     skip: new Set(listOf(values.skip, scalePhases, "--skip")),
     leaseMs: positiveInt(values.lease, "--lease"),

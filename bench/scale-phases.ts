@@ -1,12 +1,12 @@
 // The scale bench's measured phases on one stack (nats-server, controller,
-// simulated fleet) with one backend: fleet-wide rounds, the placement run
-// and the queue. Each returns plain results (scale-results.ts); none decides
-// anything about them.
+// simulated fleet) with one backend: fleet-wide rounds, the placement run,
+// the queue, and finished jobs piling up. Each returns plain results
+// (scale-results.ts); none decides anything about them.
 import { performance } from "node:perf_hooks";
 import { JobState, RpcError, TargetState, type Job } from "../proto/index.js";
 import { BenchInterruptedError, BenchTimeoutError, until } from "./processes.js";
 import { describeFleetJobMode, fleetJobSpecs, queueBlockerSpec, singleTargetSpec, singleTargetsPerProcess, type FleetJobMode, type JobSpecInit } from "./scale-jobs.js";
-import type { FleetModeResult, FleetRound, PlacementRunResult, QueueRunResult } from "./scale-results.js";
+import type { FinishedRunResult, FinishedSample, FleetModeResult, FleetRound, PlacementRunResult, QueueRunResult } from "./scale-results.js";
 import type { ScaleStack } from "./scale-stack.js";
 import type { SimFleet } from "./sim-fleet.js";
 import type { SimBackend } from "./sim-registers.js";
@@ -29,6 +29,8 @@ export interface PhaseContext {
   processes: number;
   signal: AbortSignal;
   log: (line: string) => void;
+  /** Jobs the bench has ended (cancelled) on this controller so far; the phases add theirs. */
+  jobsEnded: number;
 }
 
 /** A status or error as one line, details cut to 300 characters. */
@@ -53,19 +55,26 @@ function seconds(since: number): number {
   return (performance.now() - since) / 1000;
 }
 
-/** Runs `work` over 0..count-1 with at most `concurrency` at once. */
+/**
+ * Runs `work` over 0..count-1 with at most `concurrency` at once. A lane that
+ * throws stops taking work; the first error is thrown once every lane has
+ * stopped, so nothing is still counting into a result after it is returned.
+ */
 async function runBounded(count: number, concurrency: number, work: (index: number) => Promise<void>): Promise<void> {
   let next = 0;
-  await Promise.all(
+  const lanes = await Promise.allSettled(
     Array.from({ length: Math.min(concurrency, count) }, async () => {
       while (next < count) await work(next++);
     }),
   );
+  const failed = lanes.find((lane): lane is PromiseRejectedResult => lane.status === "rejected");
+  if (failed) throw failed.reason;
 }
 
 async function cancelAll(ctx: PhaseContext, ids: string[]): Promise<number> {
   const started = performance.now();
   await Promise.all(ids.map((id) => ctx.stack.api.cancelJob({ id }, { deadlineMs: submitDeadlineMs })));
+  ctx.jobsEnded += ids.length;
   return seconds(started);
 }
 
@@ -164,6 +173,7 @@ export async function measurePlacement(ctx: PhaseContext, jobs: number, concurre
     if (ctx.signal.aborted) throw new BenchInterruptedError("interrupted");
     await ctx.stack.api.cancelJob({ id: ids[i] as string }, { deadlineMs: submitDeadlineMs }).catch(() => cancelFailed++);
   });
+  ctx.jobsEnded += ids.length - cancelFailed;
   return {
     jobs,
     concurrency,
@@ -219,6 +229,7 @@ export async function measureQueue(ctx: PhaseContext, jobs: number, concurrency:
   const cpuBefore = await ctx.stack.controllerStats();
   const drainStarted = performance.now();
   await ctx.stack.api.cancelJob({ id: blocker.id }, { deadlineMs: submitDeadlineMs });
+  ctx.jobsEnded++;
   let drainSeconds = Number.NaN;
   try {
     await waitFor(`${count(ids.length)} queued jobs armed`, () => ctx.signal.aborted || ctx.fleet.slotsHeld() >= ids.length, submitDeadlineMs, 50);
@@ -229,9 +240,14 @@ export async function measureQueue(ctx: PhaseContext, jobs: number, concurrency:
   const cpuAfter = await ctx.stack.controllerStats();
   const placed = ctx.fleet.slotsHeld();
   ctx.log(`queue: ${count(placed)} placed ${Number.isNaN(drainSeconds) ? "(not all)" : `in ${drainSeconds.toFixed(2)} s`}; cancelling them`);
+  let cancelled = 0;
   await runBounded(ids.length, concurrency, async (i) => {
-    await ctx.stack.api.cancelJob({ id: ids[i] as string }, { deadlineMs: submitDeadlineMs }).catch(() => {});
+    await ctx.stack.api
+      .cancelJob({ id: ids[i] as string }, { deadlineMs: submitDeadlineMs })
+      .then(() => cancelled++)
+      .catch(() => {});
   });
+  ctx.jobsEnded += cancelled;
   return {
     jobs,
     submitSeconds,
@@ -242,4 +258,74 @@ export async function measureQueue(ctx: PhaseContext, jobs: number, concurrency:
     slotsAfterCancel: ctx.fleet.slotsHeld(),
     failedSample,
   };
+}
+
+/** How often the finished run reads the controller's memory: every 10,000 jobs, or a tenth of a shorter run (at least 100). */
+export function finishedSampleEvery(jobs: number): number {
+  return Math.max(100, Math.min(10_000, Math.floor(jobs / 10)));
+}
+
+/**
+ * Finished jobs piling up behind the fleet: `jobs` single-target jobs, each
+ * submitted and then cancelled, `concurrency` at once, the controller's
+ * RSS and peak RSS read before, every finishedSampleEvery(jobs) finished
+ * jobs, and at the end. Interrupted, it returns what it sampled so far.
+ */
+export async function measureFinished(ctx: PhaseContext, jobs: number, concurrency: number): Promise<FinishedRunResult> {
+  const hostIds = ctx.fleet.hostIds;
+  const sampleEvery = finishedSampleEvery(jobs);
+  const failed: Record<string, number> = {};
+  let failedSample: string | undefined;
+  const samples: FinishedSample[] = [];
+  const finishedBefore = ctx.jobsEnded;
+  await waitRegistered(ctx, "finished");
+  const started = performance.now();
+  const sample = async (finished: number): Promise<void> => {
+    const [controller, nats] = await Promise.all([ctx.stack.controllerStats(), ctx.stack.natsStats()]);
+    samples.push({ finished, atSeconds: seconds(started), controller, nats });
+  };
+  await sample(0);
+  let finished = 0;
+  let nextSample = sampleEvery;
+  const reads: Array<Promise<void>> = [];
+  let interrupted: string | undefined;
+  const lanes = runBounded(jobs, concurrency, async (i) => {
+    if (ctx.signal.aborted) throw new BenchInterruptedError("interrupted");
+    let id: string;
+    try {
+      const { job } = await ctx.stack.api.submitJob({ spec: singleTargetSpec(i, hostIds, ctx.processes, ctx.backend) }, { deadlineMs: submitDeadlineMs });
+      id = (job as Job).id;
+    } catch (err) {
+      failed[`SubmitJob ${statusOf(err)}`] = (failed[`SubmitJob ${statusOf(err)}`] ?? 0) + 1;
+      failedSample ??= failureText(ctx, err);
+      return;
+    }
+    try {
+      await ctx.stack.api.cancelJob({ id }, { deadlineMs: submitDeadlineMs });
+    } catch (err) {
+      failed[`CancelJob ${statusOf(err)}`] = (failed[`CancelJob ${statusOf(err)}`] ?? 0) + 1;
+      failedSample ??= failureText(ctx, err);
+      return;
+    }
+    finished++;
+    ctx.jobsEnded++;
+    if (finished >= nextSample) {
+      nextSample += sampleEvery;
+      // Read at once, while the other lanes go on: the count is the one at the read.
+      reads.push(sample(finished));
+      ctx.log(`finished: ${count(finished)}/${count(jobs)} after ${seconds(started).toFixed(1)} s`);
+    }
+  });
+  try {
+    await lanes;
+  } catch (err) {
+    // Interrupted: the samples so far are still worth printing; the caller stops the run.
+    if (!ctx.signal.aborted) throw err;
+    interrupted = `interrupted after ${count(finished)} of ${count(jobs)} jobs`;
+  }
+  const runSeconds = seconds(started);
+  await Promise.all(reads);
+  if (samples.at(-1)?.finished !== finished) await sample(finished);
+  samples.sort((a, b) => a.finished - b.finished);
+  return { jobs, concurrency, sampleEvery, finishedBefore, seconds: runSeconds, finished, failed, failedSample, samples, slotsAfter: ctx.fleet.slotsHeld(), stoppedAt: interrupted };
 }

@@ -2,8 +2,8 @@
 // then how each figure grows with the fleet and issue 18's goals beside the
 // figures. Pure: no I/O, no clocks, no pass/fail.
 import type { SimFleetTotals } from "./sim-fleet.js";
-import { fleetSummary, median, peakControllerRssMiB, percentile, placementRate, queueRate, stackFigures, stepRatios, type Figure } from "./scale-figures.js";
-import { ms, n, ratio, s, table } from "./scale-format.js";
+import { finishedGrowth, fleetSummary, median, peakControllerRssMiB, percentile, placementRate, queueRate, stackFigures, stepRatios, type Figure } from "./scale-figures.js";
+import { ms, n, ratio, s, signedMiB, table } from "./scale-format.js";
 import type { ScaleReport, StackReport, StatsSnapshot } from "./scale-results.js";
 import type { ProcStats } from "./scale-stack.js";
 import type { SimBackend } from "./sim-registers.js";
@@ -98,6 +98,20 @@ function renderPlacement(stack: StackReport): string {
   return lines.join("\n");
 }
 
+function renderFinished(stack: StackReport): string {
+  const f = stack.finished as NonNullable<StackReport["finished"]>;
+  const failed = Object.entries(f.failed).map(([code, count]) => `${code} ${n(count)}`).join(", ") || "none";
+  const growth = finishedGrowth(f);
+  const rows = [["finished", "s", "controller RSS MiB", "peak MiB", "nats RSS MiB"]];
+  for (const x of f.samples) rows.push([n(x.finished), s(x.atSeconds), mib(x.controller), x.controller ? n(x.controller.peakRssMiB) : "-", mib(x.nats)]);
+  return [
+    `== finished jobs, ${stack.backend}: ${n(f.jobs)} single-target jobs submitted and cancelled, ${f.concurrency} in flight, behind ${n(stack.agents)} agents (${n(f.finishedBefore)} jobs ended on this controller in the phases before)`,
+    `  ${n(f.finished)} finished in ${s(f.seconds)} s = ${n(f.finished / f.seconds)} jobs/s; failed: ${failed}${f.failedSample ? ` (first: ${f.failedSample})` : ""}; registers held at the end: ${n(f.slotsAfter)}${f.stoppedAt ? `; ${f.stoppedAt}` : ""}`,
+    table(rows),
+    `  controller RSS ${signedMiB(growth.rssSlopeMiB)} MiB per ${n(growth.per)} finished jobs (least-squares slope over the ${f.samples.length} samples; VmHWM ${signedMiB(growth.peakSlopeMiB)}), ${n(growth.firstRssMiB)} → ${n(growth.lastRssMiB)} MiB   (goal: flat)`,
+  ].join("\n");
+}
+
 function renderStats(stack: StackReport): string {
   const rows = [["after", "wall s", "controller RSS MiB", "peak MiB", "CPU s", "nats RSS MiB", "CPU s", "bench+sims RSS MiB", "CPU s"]];
   let previous: StatsSnapshot | undefined;
@@ -153,6 +167,7 @@ export function renderStack(stack: StackReport): string {
   if (stack.stoppedAt) parts.push(`STOPPED EARLY: ${stack.stoppedAt}`);
   if (stack.fleet.length > 0) parts.push(renderFleet(stack));
   if (stack.placement || stack.queue || stack.core || stack.coreError) parts.push(renderPlacement(stack));
+  if (stack.finished) parts.push(renderFinished(stack));
   if (stack.stats.length > 0) parts.push(renderStats(stack));
   if (stack.totals) parts.push(renderChecks(stack.totals));
   parts.push(renderEvents(stack));
@@ -221,6 +236,12 @@ function submitGoalCell(stack: StackReport): string {
   return `${n(placementRate(p))} jobs/s, p50 ${ms(percentile(p.latenciesMs, 0.5))} ms, p99 ${ms(percentile(p.latenciesMs, 0.99))} ms${shape}${failed > 0 ? `; ${n(failed)} failed` : ""}`;
 }
 
+function finishedGoalCell(stack: StackReport): string {
+  const f = stack.finished as NonNullable<StackReport["finished"]>;
+  const g = finishedGrowth(f);
+  return `${signedMiB(g.rssSlopeMiB)} MiB per ${n(g.per)} finished jobs (${n(g.firstRssMiB)} → ${n(g.lastRssMiB)} MiB over ${n(f.finished)} jobs)`;
+}
+
 /** Issue 18's goals (and issue 4's at 1,000 agents) beside each size's and backend's figures; no verdicts. */
 export function renderGoals(report: ScaleReport): string {
   const stacks = [...report.stacks].sort((a, b) => a.agents - b.agents || report.backends.indexOf(a.backend) - report.backends.indexOf(b.backend));
@@ -233,7 +254,7 @@ export function renderGoals(report: ScaleReport): string {
   group(`queued single-target jobs placed and armed: >= ${n(goals.queuePerSecond)}/s`, stacks, queueGoalCell, "not run");
   group(`${n(goals.submitJobs)} single-target SubmitJob, ${goals.submitConcurrency} in flight: >= ${n(goals.submitPerSecond)} jobs/s, p99 < ${goals.submitP99Ms} ms`, stacks, submitGoalCell, "not run");
   group(`controller peak RSS < ${goals.peakRssMiB} MiB`, stacks, (x) => `${n(peakControllerRssMiB(x))} MiB (VmHWM)`, "not run");
-  rows.push([`controller RSS flat as finished jobs accumulate (${n(goals.finishedJobs)} behind ${n(goals.agents)} agents)`, "-", "not measured by this bench yet"]);
+  group(`controller RSS flat as finished jobs accumulate (${n(goals.finishedJobs)} behind ${n(goals.agents)} agents)`, stacks.filter((x) => x.finished), finishedGoalCell, "not run");
   group("issue 4: 1,000 agents, fleet-wide job p99 < 1 s", stacks.filter((x) => x.agents === 1_000), fleetGoalCell, `not run (sizes: ${report.sizes.map(n).join(", ")})`);
   return [
     `== goals (issue 18, for ${n(goals.agents)} agents × 4 processes) beside this run's figures at each size and backend; no pass/fail`,

@@ -67,6 +67,38 @@ export interface PlacementRunResult {
   controllerCpuSeconds: number | undefined;
 }
 
+/** The controller's memory after some jobs of the finished run reached a final state. */
+export interface FinishedSample {
+  /** Jobs of this run submitted and cancelled so far. */
+  finished: number;
+  /** Seconds since the run started. */
+  atSeconds: number;
+  controller: ProcStats | undefined;
+  nats: ProcStats | undefined;
+}
+
+/** The finished run: single-target jobs submitted and cancelled, the controller's RSS read as they pile up. */
+export interface FinishedRunResult {
+  jobs: number;
+  concurrency: number;
+  /** A sample is taken each time this many more jobs finished. */
+  sampleEvery: number;
+  /** Jobs the bench had already ended on this controller in earlier phases. */
+  finishedBefore: number;
+  seconds: number;
+  /** Jobs submitted and then cancelled. */
+  finished: number;
+  /** SubmitJob or CancelJob failures, by status. */
+  failed: Record<string, number>;
+  failedSample: string | undefined;
+  /** At 0, every `sampleEvery` finished jobs, and at the end. */
+  samples: FinishedSample[];
+  /** Registers held in the fleet at the end. */
+  slotsAfter: number;
+  /** Why it ended before `jobs` finished (an interrupt), if it did. */
+  stoppedAt: string | undefined;
+}
+
 /** Resources of the processes at one moment. */
 export interface StatsSnapshot {
   phase: string;
@@ -93,6 +125,7 @@ export interface StackReport {
   fleet: FleetModeResult[];
   placement: PlacementRunResult | undefined;
   queue: QueueRunResult | undefined;
+  finished: FinishedRunResult | undefined;
   core: PlacementCoreResult | undefined;
   coreError: string | undefined;
   stats: StatsSnapshot[];

@@ -2,8 +2,8 @@
 // and 18, "Scale"). For each fleet size and backend: a real nats-server, the
 // real controller as a child process and K simulated agents on real gRPC
 // sessions in this process; fleet-wide jobs, placement throughput, the
-// queue and the controller's RSS. Then how each figure grows with the
-// fleet, goals alongside, no verdicts.
+// queue, finished jobs piling up and the controller's RSS. Then how each
+// figure grows with the fleet, goals alongside, no verdicts.
 import { spawnSync } from "node:child_process";
 import { setMaxListeners } from "node:events";
 import { mkdir } from "node:fs/promises";
@@ -12,8 +12,8 @@ import { performance } from "node:perf_hooks";
 import { BenchInterruptedError, abortOnSignals, liveProcessNames, parseCommandLine, stopAllProcesses } from "./processes.js";
 import { measurePlacementCore } from "./scale-placement-core.js";
 import { describeFleetJobMode } from "./scale-jobs.js";
-import { nodeArgsForStack, parseScaleOptions, scaleUsage, stackName, type ScaleOptions } from "./scale-options.js";
-import { errorText, measureFleetMode, measurePlacement, measureQueue, type PhaseContext } from "./scale-phases.js";
+import { finishedJobsAt, nodeArgsForStack, parseScaleOptions, scaleUsage, stackName, type ScaleOptions } from "./scale-options.js";
+import { errorText, measureFinished, measureFleetMode, measurePlacement, measureQueue, type PhaseContext } from "./scale-phases.js";
 import { renderReport } from "./scale-report.js";
 import type { ScaleReport, StackReport, StatsSnapshot } from "./scale-results.js";
 import { ScaleStack, openFileLimit, type ProcStats } from "./scale-stack.js";
@@ -59,7 +59,7 @@ function seconds(since: number): number {
 }
 
 /** The phases on a stack that is up and a fleet that is connected. */
-async function runPhases(options: ScaleOptions, report: StackReport, ctx: PhaseContext): Promise<void> {
+async function runPhases(options: ScaleOptions, report: StackReport, ctx: PhaseContext, finishedJobs: number | undefined): Promise<void> {
   const { stack, fleet, backend, signal } = ctx;
   if (!options.skip.has("fleet")) {
     for (const mode of options.fleetJobs) {
@@ -74,6 +74,12 @@ async function runPhases(options: ScaleOptions, report: StackReport, ctx: PhaseC
   if (!options.skip.has("queue")) {
     report.queue = await measureQueue(ctx, options.jobs, options.concurrency);
     report.stats.push(await snapshot(stack, `${count(options.jobs)} queued jobs placed (then cancelled)`));
+  }
+  if (finishedJobs !== undefined) {
+    log(`finished: ${count(finishedJobs)} single-target jobs submitted and cancelled, ${options.concurrency} in flight`);
+    report.finished = await measureFinished(ctx, finishedJobs, options.concurrency);
+    if (signal.aborted) throw new BenchInterruptedError("interrupted");
+    report.stats.push(await snapshot(stack, `${count(report.finished.finished)} jobs finished`));
   }
   if (!options.skip.has("core")) {
     if (signal.aborted) throw new BenchInterruptedError("interrupted");
@@ -92,7 +98,7 @@ async function runPhases(options: ScaleOptions, report: StackReport, ctx: PhaseC
  * as it goes, so an interrupted run still prints what was measured. Throws
  * only when interrupted; any other failure ends up in `report.stoppedAt`.
  */
-async function runStack(options: ScaleOptions, report: StackReport, signal: AbortSignal): Promise<void> {
+async function runStack(options: ScaleOptions, report: StackReport, finishedJobs: number | undefined, signal: AbortSignal): Promise<void> {
   const started = performance.now();
   report.benchCpuSecondsAtStart = benchStats().cpuSeconds;
   const { agents, backend } = report;
@@ -129,7 +135,7 @@ async function runStack(options: ScaleOptions, report: StackReport, signal: Abor
     log(`all ${agents} registered in ${report.connect.seconds.toFixed(1)} s`);
     report.stats.push(await snapshot(stack, `${count(agents)} agents connected`));
 
-    await runPhases(options, report, { stack, fleet, backend, processes: options.processes, signal, log });
+    await runPhases(options, report, { stack, fleet, backend, processes: options.processes, signal, log, jobsEnded: 0 }, finishedJobs);
   } catch (err) {
     if (err instanceof BenchInterruptedError || signal.aborted) {
       report.stoppedAt ??= "interrupted";
@@ -167,6 +173,7 @@ function emptyStack(agents: number, processes: number, backend: SimBackend): Sta
     fleet: [],
     placement: undefined,
     queue: undefined,
+    finished: undefined,
     core: undefined,
     coreError: undefined,
     stats: [],
@@ -214,7 +221,8 @@ async function main(): Promise<number> {
       for (const backend of options.backends) {
         const stack = emptyStack(agents, options.processes, backend);
         report.stacks.push(stack);
-        await runStack(options, stack, signal);
+        const finishedJobs = agents === largest && !options.skip.has("finished") ? finishedJobsAt(options, agents) : undefined;
+        await runStack(options, stack, finishedJobs, signal);
         if (stack.stoppedAt) code = 1;
         log(`${stack.name}: done in ${Math.round(stack.seconds)} s${stack.stoppedAt ? `, stopped early: ${stack.stoppedAt}` : ""}`);
       }
@@ -227,11 +235,12 @@ async function main(): Promise<number> {
     await stopAllProcesses();
     const left = liveProcessNames();
     if (left.length > 0) log(`still running after cleanup: ${left.join(", ")}`);
+    const finished = options.skip.has("finished") ? "skipped" : `${count(finishedJobsAt(options, largest))} jobs at ${count(largest)} agents`;
     report.header = [
       `fleetwatch bench:scale: ${process.argv.slice(2).join(" ") || "(defaults)"}`,
       `machine: ${os.availableParallelism()} CPUs, Linux ${os.release()}, node ${process.version}; ${versionOf("nats-server")}; took ${Math.round((Date.now() - startedAt) / 1000)} s`,
       `controller: \`fleetwatch controller\` from ${sourceOf()}, as a child process (lease ${options.leaseMs} ms, election lease ${options.electionLeaseMs === undefined ? "its default" : `${options.electionLeaseMs} ms`}), jobs in JetStream KV; nats-server, the controller and this process (agents + driver) share the machine's CPUs`,
-      `sizes: ${options.agents.map(count).join(", ")} agents × ${options.processes} processes; backends: ${options.backends.join(", ")} (every job names its backend); a fresh nats-server, controller and fleet for each size and backend, smallest first`,
+      `sizes: ${options.agents.map(count).join(", ")} agents × ${options.processes} processes; backends: ${options.backends.join(", ")} (every job names its backend); a fresh nats-server, controller and fleet for each size and backend, smallest first; finished-jobs run: ${finished}`,
       `fleet-wide job: ${options.fleetJobs.map((m) => describeFleetJobMode(m, options.processes)).join("; or ")}. Each way is one entry in bench/scale-jobs.ts (--fleet-job).`,
     ];
     process.stdout.write(`\n${renderReport(report)}`);

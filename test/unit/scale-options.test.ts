@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { nodeArgsForStack, parseBackends, parseScaleOptions, parseSizes, stackName } from "../../bench/scale-options.js";
+import { finishedJobsAt, nodeArgsForStack, parseBackends, parseScaleOptions, parseSizes, stackName } from "../../bench/scale-options.js";
 
 test("scale options - fleet sizes are sorted smallest first, each once; one number is one size", () => {
   assert.deepEqual(parseSizes("10000,1000,3000,1000", "--agents"), [1000, 3000, 10000]);
@@ -17,18 +17,22 @@ test("scale options - backends run ptrace first, then perf, whatever the order g
   assert.throws(() => parseBackends("ptrace,hw"), { message: "--backend: unknown 'hw' (one of ptrace, perf)" });
 });
 
-test("scale options - defaults: 1,000 agents, both backends, every phase", () => {
+test("scale options - defaults: 1,000 agents, both backends, every phase, 10 finished jobs per agent", () => {
   const o = parseScaleOptions([]);
   assert.ok(o);
   assert.deepEqual(o.agents, [1000]);
   assert.deepEqual(o.backends, ["ptrace", "perf"]);
   assert.equal(o.skip.size, 0);
-  const given = parseScaleOptions(["--agents", "1000,3000", "--skip", "queue,core", "--backend", "perf"]);
+  assert.equal(o.finished, undefined);
+  assert.equal(finishedJobsAt(o, 10_000), 100_000);
+  assert.equal(finishedJobsAt(o, 600), 6_000);
+  const given = parseScaleOptions(["--agents", "1000,3000", "--finished", "20000", "--skip", "queue,finished", "--backend", "perf"]);
   assert.ok(given);
   assert.deepEqual(given.agents, [1000, 3000]);
-  assert.deepEqual([...given.skip], ["queue", "core"]);
+  assert.equal(finishedJobsAt(given, 3000), 20_000);
+  assert.deepEqual([...given.skip], ["queue", "finished"]);
   assert.deepEqual(given.backends, ["perf"]);
-  assert.throws(() => parseScaleOptions(["--skip", "fleet,cleanup"]), { message: "--skip: unknown 'cleanup' (one of fleet, placement, queue, core)" });
+  assert.throws(() => parseScaleOptions(["--skip", "fleet,cleanup"]), { message: "--skip: unknown 'cleanup' (one of fleet, placement, queue, finished, core)" });
   assert.equal(parseScaleOptions(["--help"]), undefined);
 });
 

@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { median, percentile, stackFigures, stepRatios } from "../../bench/scale-figures.js";
+import { finishedGrowth, median, percentile, slope, stackFigures, stepRatios } from "../../bench/scale-figures.js";
 import { ratio } from "../../bench/scale-format.js";
 import { renderGoals, renderGrowth, renderReport } from "../../bench/scale-report.js";
-import type { FleetModeResult, ScaleReport, StackReport } from "../../bench/scale-results.js";
+import type { FinishedRunResult, FleetModeResult, ScaleReport, StackReport } from "../../bench/scale-results.js";
 import type { SimBackend } from "../../bench/sim-registers.js";
 
 const proc = (rssMiB: number, peakRssMiB = rssMiB) => ({ rssMiB, peakRssMiB, cpuSeconds: 1 });
@@ -22,8 +22,24 @@ function fleetMode(mode: string, seconds: number[], expectedTargets: number, arm
   };
 }
 
+function finishedRun(rss: number[], every: number): FinishedRunResult {
+  return {
+    jobs: every * (rss.length - 1),
+    concurrency: 64,
+    sampleEvery: every,
+    finishedBefore: 20_005,
+    seconds: 100,
+    finished: every * (rss.length - 1),
+    failed: {},
+    failedSample: undefined,
+    samples: rss.map((mib, i) => ({ finished: i * every, atSeconds: i * 10, controller: proc(mib, mib + 1), nats: proc(40) })),
+    slotsAfter: 0,
+    stoppedAt: undefined,
+  };
+}
+
 /** One size and backend: a selector round of `fleetSeconds`, a placement run of `rate` jobs/s, a queue of `queueRate`, a peak of `peak` MiB. */
-function stackOf(agents: number, backend: SimBackend, figures: { fleetSeconds: number; rate: number; p99Ms: number; queueRate: number; peak: number }): StackReport {
+function stackOf(agents: number, backend: SimBackend, figures: { fleetSeconds: number; rate: number; p99Ms: number; queueRate: number; peak: number; finished?: FinishedRunResult }): StackReport {
   return {
     name: `${agents}-agents-${backend}`,
     agents,
@@ -50,6 +66,7 @@ function stackOf(agents: number, backend: SimBackend, figures: { fleetSeconds: n
       controllerCpuSeconds: 10,
     },
     queue: { jobs: 10_000, submitSeconds: 8, queued: 10_000, drainSeconds: 10_000 / figures.queueRate, placed: 10_000, controllerCpuSeconds: 4, slotsAfterCancel: 0, failedSample: undefined },
+    finished: figures.finished,
     core: undefined,
     coreError: undefined,
     stats: [{ phase: "end", atMs: 0, controller: proc(figures.peak - 10, figures.peak), nats: proc(40), bench: proc(200) }],
@@ -81,6 +98,21 @@ test("scale figures - each step's ratio is the next value over this one; a missi
   assert.equal(ratio(2.94), "×2.9");
   assert.equal(ratio(0.5), "×0.50");
   assert.equal(ratio(Number.NaN), "-");
+});
+
+test("scale figures - least-squares slope of a line and of noise around it; NaN with one x", () => {
+  assert.equal(slope([{ x: 0, y: 100 }, { x: 10_000, y: 112 }, { x: 20_000, y: 124 }]), 12 / 10_000);
+  assert.equal(slope([{ x: 0, y: 1 }, { x: 1, y: 3 }, { x: 2, y: 2 }, { x: 3, y: 4 }]), 0.8);
+  assert.ok(Number.isNaN(slope([{ x: 5, y: 1 }, { x: 5, y: 2 }])));
+  assert.ok(Number.isNaN(slope([{ x: 5, y: 1 }])));
+});
+
+test("scale figures - finished jobs: RSS and VmHWM slopes in MiB per 10,000 jobs, first and last RSS", () => {
+  const growth = finishedGrowth(finishedRun([300, 310, 320, 330, 340, 350, 360, 370, 380, 390, 400], 10_000));
+  assert.deepEqual(growth, { per: 10_000, rssSlopeMiB: 10, peakSlopeMiB: 10, firstRssMiB: 300, lastRssMiB: 400 });
+  // Flat with GC noise: the slope is about zero, not the last jump.
+  const flat = finishedGrowth(finishedRun([300, 290, 300, 290, 300], 1_000));
+  assert.equal(flat.rssSlopeMiB, 0);
 });
 
 test("scale figures - one stack's headline figures, named with their units", () => {
@@ -129,7 +161,7 @@ test("scale report - goals: issue 18's beside every size and backend, issue 4's 
     stacks: [
       stackOf(1000, "ptrace", { fleetSeconds: 0.9, rate: 843, p99Ms: 140, queueRate: 2038, peak: 707 }),
       stackOf(1000, "perf", { fleetSeconds: 0.7, rate: 900, p99Ms: 96, queueRate: 2500, peak: 600 }),
-      stackOf(10000, "perf", { fleetSeconds: 8.1, rate: 150, p99Ms: 1072, queueRate: 965, peak: 2138 }),
+      stackOf(10000, "perf", { fleetSeconds: 8.1, rate: 150, p99Ms: 1072, queueRate: 965, peak: 2138, finished: finishedRun([1500, 1510, 1520], 10_000) }),
     ],
     stoppedAt: undefined,
   };
@@ -152,7 +184,7 @@ test("scale report - goals: issue 18's beside every size and backend, issue 4's 
       "controller peak RSS < 512 MiB                                                   1,000 agents, ptrace  707 MiB (VmHWM)",
       "                                                                                1,000 agents, perf    600 MiB (VmHWM)",
       "                                                                                10,000 agents, perf   2,138 MiB (VmHWM)",
-      "controller RSS flat as finished jobs accumulate (100,000 behind 10,000 agents)  -                     not measured by this bench yet",
+      "controller RSS flat as finished jobs accumulate (100,000 behind 10,000 agents)  10,000 agents, perf   +10.0 MiB per 10,000 finished jobs (1,500 → 1,520 MiB over 20,000 jobs)",
       "issue 4: 1,000 agents, fleet-wide job p99 < 1 s                                 1,000 agents, ptrace  selector p99 0.900 s (every target armed)",
       "                                                                                1,000 agents, perf    selector p99 0.700 s (every target armed)",
     ].join("\n"),
@@ -168,4 +200,22 @@ test("scale report - one size prints no growth table; several print one per back
   assert.match(text, /== growth with the fleet, ptrace/);
   assert.doesNotMatch(text, /== growth with the fleet, perf/);
   assert.match(text, /######## 3,000 agents × 4 processes, every job on the ptrace backend \(3000-agents-ptrace, controller pid 100; 60\.0 s\)/);
+});
+
+test("scale report - the finished run: one row per sample and the slope per 10,000 jobs", () => {
+  const stack = stackOf(10000, "perf", { fleetSeconds: 8, rate: 150, p99Ms: 1000, queueRate: 965, peak: 1600, finished: finishedRun([1500, 1512, 1524], 10_000) });
+  const text = renderReport({ header: ["bench"], sizes: [10000], backends: ["perf"], stacks: [stack], stoppedAt: undefined });
+  const section = text.slice(text.indexOf("== finished jobs"), text.indexOf("== processes"));
+  assert.equal(
+    section.trimEnd(),
+    [
+      "== finished jobs, perf: 20,000 single-target jobs submitted and cancelled, 64 in flight, behind 10,000 agents (20,005 jobs ended on this controller in the phases before)",
+      "  20,000 finished in 100.0 s = 200 jobs/s; failed: none; registers held at the end: 0",
+      "finished  s      controller RSS MiB  peak MiB  nats RSS MiB",
+      "0         0.000  1,500               1,501     40",
+      "10,000    10.0   1,512               1,513     40",
+      "20,000    20.0   1,524               1,525     40",
+      "  controller RSS +12.0 MiB per 10,000 finished jobs (least-squares slope over the 3 samples; VmHWM +12.0), 1,500 → 1,524 MiB   (goal: flat)",
+    ].join("\n"),
+  );
 });
