@@ -325,7 +325,8 @@ export async function measureFinished(ctx: PhaseContext, jobs: number, concurren
   }
   const runSeconds = seconds(started);
   await Promise.all(reads);
-  if (samples.at(-1)?.finished !== finished) await sample(finished);
+  // Reads may finish out of order: sorted first, so the last one is the highest count read.
   samples.sort((a, b) => a.finished - b.finished);
+  if (samples.at(-1)?.finished !== finished) await sample(finished);
   return { jobs, concurrency, sampleEvery, finishedBefore, seconds: runSeconds, finished, failed, failedSample, samples, slotsAfter: ctx.fleet.slotsHeld(), stoppedAt: interrupted };
 }
