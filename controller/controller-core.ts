@@ -10,6 +10,11 @@ import type { JobStore } from "./job-store.js";
 import type { TargetSnapshot } from "./placement-types.js";
 import { SlotLedger } from "./slot-ledger.js";
 
+/** The answer for an id the store does not have. */
+function notFound(id: string): NotFoundError {
+  return new NotFoundError(`no job '${id}': list jobs with \`fleetwatch jobs ls\``);
+}
+
 /** An agent this controller has seen: what it said of itself, and when it was last seen (as of its last session's start or end). */
 export interface KnownAgent {
   info: AgentInfo;
@@ -65,18 +70,17 @@ export class ControllerCore {
     for (const s of snapshots) this.ledger.put(s);
   }
 
-  /** A job by id, as held in memory (a big finished job without its targets). */
-  get(id: string): Job {
-    const job = this.store.get(id);
-    if (!job) throw new NotFoundError(`no job '${id}': list jobs with \`fleetwatch jobs ls\``);
+  /** A job by id: from memory, or a finished one's stored record (a big finished job without its targets). */
+  async get(id: string): Promise<Job> {
+    const job = await this.store.summary(id);
+    if (!job) throw notFound(id);
     return job;
   }
 
-  /** The job with every target (a big finished job's are read back from the store). */
+  /** The job with every target (a finished job's are read back from the store when memory does not hold them). */
   async getFull(id: string): Promise<Job> {
-    this.get(id);
     const job = await this.store.full(id);
-    if (!job) throw new NotFoundError(`no job '${id}': list jobs with \`fleetwatch jobs ls\``);
+    if (!job) throw notFound(id);
     return job;
   }
 }

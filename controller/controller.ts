@@ -22,6 +22,7 @@ import type { ControllerCoreOptions } from "./controller-options.js";
 import { InvalidRequestError, PermissionDeniedError, PreconditionError } from "./errors.js";
 import { Followers } from "./followers.js";
 import { JobEnding } from "./job-ending.js";
+import { encodePageToken, type ListQuery } from "./job-listing.js";
 import { placementJob } from "./job-placement.js";
 import { JobQueue } from "./job-queue.js";
 import { isJobFinal, isTargetActive } from "./job-state.js";
@@ -36,6 +37,15 @@ export { checkHostBackend } from "./host-backend.js";
 export { describeJobSpec } from "./job-description.js";
 
 export type { KillSwitchResult } from "./kill-switch.js";
+
+/** One page of `jobs ls`. */
+export interface JobListing {
+  jobs: Job[];
+  /** Empty on the last page. */
+  nextPageToken: string;
+  /** Jobs matching the query, over every page. */
+  total: number;
+}
 
 /** Jobs, sessions and the ledger of one controller: the RPC services' one entry. */
 export class Controller {
@@ -63,9 +73,9 @@ export class Controller {
 
   /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
   async start(): Promise<void> {
+    // The active jobs; finished ones stay in the store (memory indexes them).
     const jobs = await this.core.store.load();
     for (const job of jobs) {
-      if (isJobFinal(job)) continue;
       for (const target of job.targets) {
         if (isTargetActive(target)) this.core.ledger.restore(target.hostId, target.pid, placementJob(job), target.slots);
       }
@@ -75,7 +85,7 @@ export class Controller {
     this.queue.drainSoon();
     this.core.startedMs = Date.now();
     this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.core.options.leaseMs / 4)));
-    this.core.options.log(`controller: loaded ${jobs.length} job(s), ${jobs.filter((j) => !isJobFinal(j)).length} active, ${this.queue.size} queued`);
+    this.core.options.log(`controller: loaded ${jobs.length + this.core.store.countFinished()} job(s), ${jobs.length} active, ${this.queue.size} queued`);
   }
 
   /** Stops timers and closes every session (armed targets stay with their agents). */
@@ -98,7 +108,7 @@ export class Controller {
   }
 
   /** A job by id (a big finished job without its targets). */
-  get(id: string): Job {
+  get(id: string): Promise<Job> {
     return this.core.get(id);
   }
 
@@ -107,14 +117,25 @@ export class Controller {
     return this.core.getFull(id);
   }
 
-  /** Every job, newest first; big finished jobs without their targets (get one to see them). */
-  list(): Job[] {
-    return this.core.store.all().sort((a, b) => Number(b.createdUnixMs - a.createdUnixMs));
+  /** One page of jobs, newest first; big finished jobs without their targets (get one to see them). */
+  async list(query: ListQuery): Promise<JobListing> {
+    const page = await this.core.store.list(query);
+    return { jobs: page.jobs, total: page.total, nextPageToken: page.next ? encodePageToken(page.next) : "" };
+  }
+
+  /** Every active job (what the metrics count besides the finished ones). */
+  activeJobs(): Job[] {
+    return this.core.store.active();
+  }
+
+  /** Finished jobs by state, from the store's index. */
+  finishedJobs(state: JobState): number {
+    return this.core.store.countFinished(new Set([state]));
   }
 
   /** Disarms every active target and marks the job cancelled. */
   async cancel(id: string, caller: Caller = plaintextCaller): Promise<Job> {
-    const job = this.core.get(id);
+    const job = await this.core.get(id);
     if (isJobFinal(job)) return this.core.getFull(id);
     return this.ending.end(id, JobState.CANCELLED, caller.who ? `cancelled by ${caller.who}` : "cancelled by user");
   }

@@ -42,7 +42,8 @@ export class Followers {
    * states it skipped: what waits for it is one job, however slow it is.
    */
   async *watch(id: string, signal: AbortSignal): AsyncGenerator<{ job: Job; skipped: bigint }> {
-    const cached = this.core.get(id);
+    // An active job is in memory, read without a pause: no change can come between this read and the listener below.
+    const cached = this.core.store.get(id) ?? (await this.core.get(id));
     // A final job does not change any more: its full record, once. A live one is never without its targets.
     if (isJobFinal(cached)) {
       yield { job: await this.core.getFull(id), skipped: 0n };

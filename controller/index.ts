@@ -85,7 +85,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
     let started = false;
     const metrics = options.metricsListen
       ? new ControllerMetrics({
-          term: () => (term ? { jobs: () => term!.list(), connectedAgents: () => term!.connectedAgents(), queuedJobs: () => term!.queuedJobs() } : undefined),
+          term: () => (term ? { activeJobs: () => term!.activeJobs(), finishedJobs: (state) => term!.finishedJobs(state), connectedAgents: () => term!.connectedAgents(), queuedJobs: () => term!.queuedJobs() } : undefined),
           leading: () => term !== undefined,
           epoch: () => (term ? termEpoch : (election?.leader()?.epoch ?? 0n)),
         })

@@ -69,7 +69,7 @@ export class JobEnding {
     this.deadlines.get(id)?.cancel();
     this.deadlines.delete(id);
     this.parts.dequeue(id);
-    const finals = await this.disarmTargets(id, this.core.get(id).targets.filter(isTargetActive));
+    const finals = await this.disarmTargets(id, (await this.core.get(id)).targets.filter(isTargetActive));
     const ended = await this.core.store.mutate(id, (j) => {
       if (isJobFinal(j)) return;
       const live = new Set(j.targets.filter(isTargetLive).map((t) => `${t.hostId}/${t.pid}`));

@@ -5,11 +5,16 @@
 // is its Job without targets under its id plus TargetShard values under
 // "<id>.<n>", about `targetsPerShard` targets each, a host's targets always
 // in the same shard: a change on one target rewrites one small shard and the
-// job, not every target.
+// job, not every target. Memory holds the active jobs whole and of finished
+// ones an index entry (job-cache.ts); finished jobs are read back when asked
+// for.
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { JetStreamClient, KV } from "nats";
-import { JobSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type Target } from "../proto/index.js";
+import type { JetStreamClient, KV, KvEntry, QueuedIterator } from "nats";
+import { JobSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type JobState, type Target } from "../proto/index.js";
 import { withDeadline } from "../proto/index.js";
+import { JobCache, finishedEntry } from "./job-cache.js";
+import { FinishedIndex, type FinishedEntry, type ListPosition } from "./job-index.js";
+import { listPage, type ListQuery } from "./job-listing.js";
 import { openBucket } from "./kv-bucket.js";
 import { NotLeaderError } from "./leader-election.js";
 
@@ -129,9 +134,16 @@ function unionOfScopes(changes: readonly PendingChange[]): ReadonlySet<string> |
   return union;
 }
 
-/** Jobs with their KV revisions, cached after every read and write. */
+/** A page of `jobs ls`: the jobs, how many match over every page, and where the next page starts. */
+export interface JobsPage {
+  jobs: Job[];
+  total: number;
+  next: ListPosition | undefined;
+}
+
+/** Jobs with their KV revisions: active ones cached after every read and write, finished ones indexed. */
 export class JobStore {
-  private readonly cache = new Map<string, Entry>();
+  private readonly cache = new JobCache<Entry>();
   /** Changes waiting for their job's next write, by job id, in the order they were asked for. */
   private readonly pending = new Map<string, PendingChange[]>();
   /** Jobs with a write in flight: their next changes wait for it. */
@@ -167,50 +179,103 @@ export class JobStore {
     if (!(await this.fence())) throw new NotLeaderError(`not writing job ${id}: this controller's leader term ended`, undefined);
   }
 
-  /** Reads every stored job into the cache. */
+  /**
+   * Reads the stored jobs: the jobs' last values streamed once through one
+   * ordered consumer (not a read per key), the shard keys listed once.
+   * Active jobs are kept whole, with their shards; finished ones become
+   * index entries, their records dropped as they are read. Returns the
+   * active jobs.
+   */
   async load(): Promise<Job[]> {
-    const keys: string[] = [];
-    for await (const key of await this.kv.keys()) keys.push(key);
-    const ids = new Set(keys.filter((k) => !k.includes(".")));
+    // Which jobs have shards: keys only, no values.
+    const shardKeys = new Map<string, string[]>();
+    for await (const key of await this.timed("list the shard keys", this.kv.keys("*.*"))) {
+      const id = key.slice(0, key.indexOf("."));
+      const list = shardKeys.get(id);
+      if (list) list.push(key);
+      else shardKeys.set(id, [key]);
+    }
+    const finished: FinishedEntry[] = [];
+    const active: Entry[] = [];
+    await this.streamJobs((head) => {
+      if (head.operation !== "PUT" || head.value.length === 0) return;
+      const job = fromBinary(JobSchema, head.value);
+      if (isFinalJobState(job.state)) finished.push(finishedEntry(job, shardKeys.has(job.id)));
+      else active.push({ job, revision: head.revision, shards: new Map(), shardCount: 0 });
+    });
+    this.cache.finished = FinishedIndex.of(finished);
     const jobs: Job[] = [];
-    for (const id of ids) {
-      const entry = await this.read(id, keys.filter((k) => k.startsWith(`${id}.`)));
-      if (entry) jobs.push(entry.job);
+    for (const entry of active) {
+      const keys = shardKeys.get(entry.job.id);
+      // A sharded job is read again with its shards (shards win over the head's inline targets: see read).
+      const loaded = keys ? await this.read(entry.job.id, keys) : { ...entry, job: deepFreeze(entry.job) };
+      if (!loaded) continue;
+      if (!keys) this.cache.set(entry.job.id, loaded);
+      jobs.push(loaded.job);
     }
     return jobs;
   }
 
-  /** Reads one job and the shards named (all of its shards when `shardKeys` is undefined). */
+  /** Calls `each` with the last value of every job key (not the shards), in stream order; fails when the stream stalls. */
+  private async streamJobs(each: (head: KvEntry) => void): Promise<void> {
+    let initialized = false;
+    let values: QueuedIterator<KvEntry> | undefined;
+    // Called in order after the last value that existed when the watch began.
+    const done = () => {
+      initialized = true;
+      values?.stop();
+    };
+    values = await this.timed("watch the jobs", this.kv.watch({ key: "*", initializedFn: done }));
+    if (initialized) values.stop();
+    const stalled = setTimeout(() => values.stop(new JobStoreTimeoutError(`load the jobs: no value from NATS within ${requestTimeoutMs} ms`)), requestTimeoutMs);
+    try {
+      for await (const head of values) {
+        stalled.refresh();
+        each(head);
+      }
+    } finally {
+      clearTimeout(stalled);
+      values.stop();
+    }
+    if (!initialized) throw new JobStoreTimeoutError("load the jobs: the watch ended before every job was read");
+  }
+
+  /** Reads one job and the shards named (when `shardKeys` is undefined: all of its shards, none for a finished job the index says has none). */
   private async read(id: string, shardKeys?: string[]): Promise<Entry | undefined> {
     const head = await this.timed(`read job ${id}`, this.kv.get(id));
     if (!head || head.operation !== "PUT" || head.value.length === 0) {
-      this.cache.delete(id);
+      this.cache.forget(id);
       return undefined;
     }
     const job = fromBinary(JobSchema, head.value);
     const shards = new Map<number, number>();
-    const targets: Target[] = [];
     let count = 0;
-    const readShard = async (n: number): Promise<boolean> => {
+    /** One shard's targets (undefined when it is not stored); the first read tells how many shards there are. */
+    const readShard = async (n: number): Promise<Target[] | undefined> => {
       const key = shardKey(id, n);
       const value = await this.timed(`read ${key}`, this.kv.get(key));
-      if (!value || value.operation !== "PUT") return false;
+      if (!value || value.operation !== "PUT") return undefined;
       const shard = fromBinary(TargetShardSchema, value.value);
       count ||= shard.shardCount || legacyShardCount;
       shards.set(n, value.revision);
-      for (const t of shard.targets) targets.push(t);
-      return true;
+      return shard.targets;
     };
+    const readAll = (ns: number[]) => Promise.all(ns.map(readShard));
+    const range = (from: number, to: number) => Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+    // A finished job the index says has no shards: none to read.
+    const inline = shardKeys === undefined && this.cache.finished.get(id)?.sharded === false;
     const named = shardKeys?.map((key) => Number(key.slice(id.length + 1))).filter((n) => Number.isInteger(n) && n >= 0 && n < maxShards);
-    if (named) {
-      for (const n of named) await readShard(n);
-    } else if (await readShard(0)) {
+    let parts: Array<Target[] | undefined> = [];
+    if (named) parts = await readAll(named.sort((a, b) => a - b));
+    else if (!inline) {
       // Shard 0 is always written: it says how many there are.
-      for (let n = 1; n < count; n++) await readShard(n);
-    } else if (job.targets.length === 0) {
+      const first = await readShard(0);
+      if (first) parts = [first, ...(await readAll(range(1, count)))];
       // A job stored before shard counts were recorded has 64, not each written.
-      for (let n = 1; n < legacyShardCount; n++) await readShard(n);
+      else if (job.targets.length === 0) parts = await readAll(range(1, legacyShardCount));
     }
+    const targets: Target[] = [];
+    for (const part of parts) if (part) for (const t of part) targets.push(t);
     // Shards win over inline targets: a crash between writing the shards and the job leaves the shards newer.
     if (shards.size > 0) job.targets = targets;
     const entry = { job: deepFreeze(job), revision: head.revision, shards, shardCount: shards.size > 0 ? count : 0 };
@@ -219,23 +284,57 @@ export class JobStore {
   }
 
   /**
-   * The cached job: read-only (its targets are frozen). A finished job with
-   * more than `inlineTargets` targets comes without them: see full().
+   * The job when memory has it (an active one, or one that finished lately):
+   * read-only (its targets are frozen). A finished job with more than
+   * `inlineTargets` targets comes without them: see full(). Undefined for
+   * other finished jobs: see has(), summary() and full().
    */
   get(id: string): Job | undefined {
     return this.cache.get(id)?.job;
   }
 
-  /** The job with every target, read back from the bucket when they are not in memory. */
+  /** Whether the store has this job, active or finished (no read). */
+  has(id: string): boolean {
+    return this.cache.has(id);
+  }
+
+  /** The job with every target, read back from the bucket when they are not in memory; undefined for an unknown id. */
   async full(id: string): Promise<Job | undefined> {
     const entry = this.cache.get(id);
     if (entry && !entry.evicted) return entry.job;
+    if (!entry && !this.cache.has(id)) return undefined;
     return (await this.read(id))?.job;
   }
 
-  /** Every cached job (big finished ones without their targets). */
-  all(): Job[] {
-    return [...this.cache.values()].map((e) => e.job);
+  /** The job as memory has it, else its stored record without its shards (a big job without targets); undefined for an unknown id. */
+  async summary(id: string): Promise<Job | undefined> {
+    const cached = this.cache.get(id);
+    if (cached) return cached.job;
+    if (!this.cache.has(id)) return undefined;
+    const head = await this.timed(`read job ${id}`, this.kv.get(id));
+    if (!head || head.operation !== "PUT" || head.value.length === 0) {
+      this.cache.forget(id);
+      return undefined;
+    }
+    return fromBinary(JobSchema, head.value);
+  }
+
+  /** Every active job (not final). */
+  active(): Job[] {
+    return Array.from(this.cache.active(), (e) => e.job);
+  }
+
+  /** Finished jobs in these states (every final state when undefined), from the index. */
+  countFinished(states?: ReadonlySet<JobState>): number {
+    return this.cache.finished.countIn(states);
+  }
+
+  /** One page of jobs, newest first: active ones from memory, finished ones read from the bucket (big ones without their targets). */
+  async list(query: ListQuery): Promise<JobsPage> {
+    const page = listPage(this.active(), this.cache.finished, query);
+    const jobs = await Promise.all(page.items.map((item) => ("job" in item ? item.job : this.summary(item.finished.id))));
+    // A finished job deleted meanwhile by retention is left out.
+    return { jobs: jobs.filter((j): j is Job => j !== undefined), total: page.total, next: page.next };
   }
 
   /** Stores a new job; fails if the id exists. Written with the next flush's writes (see mutate). */

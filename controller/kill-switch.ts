@@ -38,7 +38,7 @@ export interface KillSwitchResult {
 export async function disarmAll(core: ControllerCore, ending: Pick<JobEnding, "afterEnd" | "disarmTargets">, reason: string, timeoutMs: number): Promise<KillSwitchResult> {
   const startMs = Date.now();
   // Cancelled in the store first: nothing (a report, a reconnect, the queue) arms them again meanwhile.
-  const live = core.store.all().filter((j) => !isJobFinal(j));
+  const live = core.store.active();
   const wereActive = new Map(live.map((j) => [j.id, j.targets.filter(isTargetActive)]));
   const cancelled: string[] = [];
   await Promise.all(

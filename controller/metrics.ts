@@ -19,10 +19,14 @@ export interface JobCensus {
   oldestPendingSeconds: number;
 }
 
-/** Counts jobs and targets by state (pure). Ended jobs' targets are left out: they no longer change. */
-export function jobCensus(jobs: readonly Job[], nowMs: number): JobCensus {
+/**
+ * Counts jobs and targets by state (pure): the jobs given, plus `finished`
+ * jobs by state that memory only indexes. Ended jobs' targets are left out:
+ * they no longer change.
+ */
+export function jobCensus(jobs: readonly Job[], nowMs: number, finished: (state: JobState) => number = () => 0): JobCensus {
   const census: JobCensus = { jobs: {}, targets: {}, oldestPendingSeconds: 0 };
-  for (const s of jobStates) census.jobs[jobStateName(s)] = 0;
+  for (const s of jobStates) census.jobs[jobStateName(s)] = isFinalJobState(s) ? finished(s) : 0;
   for (const s of targetStates) census.targets[targetStateName(s)] = 0;
   let oldest = Infinity;
   for (const job of jobs) {
@@ -67,7 +71,7 @@ export function controllerReadiness(h: ControllerHealth): Readiness {
 /** What the gauges read from the controller at each scrape. */
 export interface ControllerView {
   /** The leader term serving, or undefined while standing by. */
-  term(): { jobs(): readonly Job[]; connectedAgents(): number; queuedJobs(): number } | undefined;
+  term(): { activeJobs(): readonly Job[]; finishedJobs(state: JobState): number; connectedAgents(): number; queuedJobs(): number } | undefined;
   leading(): boolean;
   /** This controller's epoch while it leads, else the leader's last seen; 0 with none. */
   epoch(): bigint;
@@ -99,7 +103,8 @@ export class ControllerMetrics {
     // One census per scrape, shared by the three gauges that read it: a scrape collects them in one go, so it is dropped after.
     const take = (): JobCensus => {
       if (!census) {
-        census = jobCensus(view.term()?.jobs() ?? [], Date.now());
+        const term = view.term();
+        census = jobCensus(term?.activeJobs() ?? [], Date.now(), (state) => term?.finishedJobs(state) ?? 0);
         queueMicrotask(() => (census = undefined));
       }
       return census;

@@ -11,6 +11,7 @@ import type { AuditEntry, AuditTrail } from "./audit.js";
 import type { Controller } from "./controller.js";
 import type { ControllerMetrics } from "./metrics.js";
 import { describeJobSpec } from "./job-description.js";
+import { parseListQuery } from "./job-listing.js";
 import { InvalidRequestError, PermissionDeniedError, statusFor } from "./errors.js";
 
 // How long the kill switch waits for each agent's confirmation.
@@ -58,15 +59,16 @@ export function controllerService(leader: () => Controller | Promise<Controller>
       await viewer(ctx, "get", request.id);
       return { job: await (await leader()).getFull(request.id) };
     },
-    async listJobs(_request, ctx) {
+    async listJobs(request, ctx) {
       await viewer(ctx, "list");
-      return { jobs: (await leader()).list() };
+      const query = parseListQuery(request);
+      return (await leader()).list(query);
     },
     async cancelJob(request, ctx) {
       const caller = await access.authorize(ctx, "user", "cancel", { method: "cancel", jobId: request.id });
       const core = await leader();
       // An operator cancels its own jobs; someone else's takes an admin.
-      const owner = core.get(request.id).owner;
+      const owner = (await core.get(request.id)).owner;
       if (owner !== caller.who && !access.may(caller, "cancel-any")) {
         await access.deny(caller.who, { method: "cancel", jobId: request.id }, `job ${request.id} belongs to ${owner || "an unauthenticated caller"}; ${caller.who} may cancel its own jobs only (cancelling others' needs admin)`);
       }

@@ -56,8 +56,8 @@ export class TargetLiveness {
    * time) until the agent returns and is reconciled, or the job ends.
    */
   markSilentHostsLost(now: number): void {
-    for (const job of this.core.store.all()) {
-      if (isJobFinal(job) || this.losing.has(job.id)) continue;
+    for (const job of this.core.store.active()) {
+      if (this.losing.has(job.id)) continue;
       const limit = this.lostAfterMs(job);
       const hosts = new Set<string>();
       for (const t of job.targets) {
@@ -160,8 +160,8 @@ export class TargetLiveness {
   async reconcile(session: AgentSession, armed: readonly ArmedTarget[]): Promise<void> {
     const have = new Set(armed.map((a) => `${a.jobId}/${a.pid}`));
     // Jobs that select this host: look for late joiners again, and arm a host that joined.
-    for (const job of this.core.store.all()) {
-      if (isJobFinal(job) || !job.spec?.target || !selectsHost(job, session.info)) continue;
+    for (const job of this.core.store.active()) {
+      if (!job.spec?.target || !selectsHost(job, session.info)) continue;
       const selector = job.spec.target;
       if (isFollowable(selector)) session.send({ msg: { case: "follow", value: { jobId: job.id, selector: processPart(selector) } } });
       if (job.targets.some((t) => t.hostId === session.hostId) || !(selector.allHosts || selector.hostSelector)) continue;
@@ -188,9 +188,9 @@ export class TargetLiveness {
       }
       this.core.options.log(`agent ${session.hostId}: disarming pid ${a.pid} of job ${a.jobId}, which no active job wants`);
       const result = await session.disarm({ jobId: a.jobId, pid: a.pid, epoch: this.core.options.epoch });
-      // Its final counts, also for a job whose targets are not in memory any more.
-      if (job && result.counts) {
-        const updated = await this.core.store.mutate(job.id, (j) => {
+      // Its final counts, also for a finished job that memory no longer holds (the change reads it back).
+      if (result.counts && this.core.store.has(a.jobId)) {
+        const updated = await this.core.store.mutate(a.jobId, (j) => {
           const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
           if (t && result.counts) t.counts = result.counts;
           rollUp(j);
@@ -198,8 +198,7 @@ export class TargetLiveness {
         this.core.publish(updated);
       }
     }
-    for (const job of this.core.store.all()) {
-      if (isJobFinal(job)) continue;
+    for (const job of this.core.store.active()) {
       for (const target of job.targets) {
         if (target.hostId !== session.hostId || !isTargetActive(target) || have.has(`${job.id}/${target.pid}`)) continue;
         this.core.options.log(`agent ${session.hostId}: re-arming pid ${target.pid} for job ${job.id}`);

@@ -21,7 +21,8 @@ export class TargetReports {
       this.core.ledger.forgetProcess(hostId, report.pid);
       await this.exitWaiting(hostId, report.pid, report.reason);
     }
-    if (!this.core.store.get(report.jobId)) return;
+    // A finished job too: a target's last counts may come after its end (the change reads the job back).
+    if (!this.core.store.has(report.jobId)) return;
     const ends = report.state !== TargetState.ARMED && report.state !== TargetState.UNSPECIFIED;
     const job = await this.core.store.mutate(report.jobId, (j) => {
       const t = j.targets.find((x) => x.hostId === hostId && x.pid === report.pid);
@@ -59,8 +60,8 @@ export class TargetReports {
 
   /** A process exited: targets of other jobs still waiting for its registers end with it. */
   private async exitWaiting(hostId: string, pid: number, why: string): Promise<void> {
-    for (const job of this.core.store.all()) {
-      if (isJobFinal(job) || !job.targets.some((t) => t.hostId === hostId && t.pid === pid && isTargetWaiting(t))) continue;
+    for (const job of this.core.store.active()) {
+      if (!job.targets.some((t) => t.hostId === hostId && t.pid === pid && isTargetWaiting(t))) continue;
       const updated = await this.core.store.mutate(job.id, (j) => {
         for (const t of j.targets) {
           if (t.hostId !== hostId || t.pid !== pid || !isTargetWaiting(t)) continue;

@@ -2,6 +2,8 @@
 // thousands of targets is spread over shards by host, a change on one host
 // rewrites its shard and the job only, a fresh store reads back exactly what
 // was written, and a change outside its declared hosts fails loudly.
+// Finished jobs leave memory for an index entry and are read back when
+// asked for.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -10,6 +12,8 @@ import path from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { connect, type KV, type NatsConnection } from "nats";
 import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.js";
+import { recentFinished } from "../../controller/job-cache.js";
+import type { ListPosition } from "../../controller/job-index.js";
 import { JobStore, inlineTargets, shardOf, shardsFor, targetsPerShard } from "../../controller/job-store.js";
 import { JobSchema, JobState, TargetSchema, TargetShardSchema, TargetState, jobBucket, type Job } from "../../proto/index.js";
 
@@ -127,7 +131,9 @@ describe("job store", () => {
     assert.equal(counted.targets.find((t) => t.hostId === "host-7")!.counts?.delivered, 3n);
     const fresh = await JobStore.open(nc.jetstream());
     await fresh.load();
-    assert.equal(fresh.get("done")!.targets.length, 0);
+    assert.equal(fresh.get("done"), undefined, "a loaded finished job is not in memory");
+    assert.ok(fresh.has("done"), "but the index knows it");
+    assert.equal((await fresh.summary("done"))!.targets.length, 0, "its record without the shards");
     assert.equal((await fresh.full("done"))!.targets.find((t) => t.hostId === "host-7")!.counts?.delivered, 3n);
   });
   test("a job stored with 64 shards before shard counts were recorded reads back whole, and is written the same way", async () => {
@@ -147,5 +153,89 @@ describe("job store", () => {
     assert.notEqual(await revision(`legacy.${shardOf(host, 64)}`), before, "its host's shard of the 64 was rewritten");
     const fresh = await JobStore.open(nc.jetstream());
     assert.equal((await fresh.full("legacy"))!.targets.find((t) => t.hostId === host)!.state, TargetState.LOST);
+  });
+
+  /** A finished job record of `targets` targets on as many hosts, created at `createdUnixMs`. */
+  function finished(id: string, createdUnixMs: number, targets = 1, state = JobState.COMPLETED): Job {
+    return create(JobSchema, {
+      id,
+      state,
+      createdUnixMs: BigInt(createdUnixMs),
+      endedUnixMs: BigInt(createdUnixMs + 1_000),
+      targets: Array.from({ length: targets }, (_, i) => create(TargetSchema, { hostId: `host-${i}`, pid: 1000, state: TargetState.COMPLETED, counts: {} })),
+    });
+  }
+
+  /** Every page of the listing, `limit` at a time. */
+  async function allPages(store: JobStore, limit: number, states?: ReadonlySet<JobState>): Promise<{ pages: Job[][]; totals: number[] }> {
+    const pages: Job[][] = [];
+    const totals: number[] = [];
+    let after: ListPosition | undefined;
+    do {
+      const page = await store.list({ limit, states, after });
+      pages.push(page.jobs);
+      totals.push(page.total);
+      after = page.next;
+    } while (after);
+    return { pages, totals };
+  }
+
+  test("a job that ends leaves memory but for the last few to end; the index knows every one and full() reads it back", async () => {
+    const store = await JobStore.open(nc.jetstream());
+    const before = store.countFinished();
+    const n = recentFinished + 20;
+    for (let i = 0; i < n; i++) {
+      await store.create(create(JobSchema, { ...job(`end-${i}`, 1, 1), createdUnixMs: BigInt(1_000 + i) }));
+      await store.mutate(`end-${i}`, (j) => {
+        j.state = JobState.COMPLETED;
+        j.endedUnixMs = BigInt(2_000 + i);
+      });
+    }
+    assert.deepEqual(store.active().filter((j) => j.id.startsWith("end-")), [], "no finished job among the active ones");
+    assert.equal(store.countFinished() - before, n);
+    assert.equal(store.get("end-0"), undefined, "the first to end is out of memory");
+    assert.equal(store.get(`end-${n - 1}`)?.state, JobState.COMPLETED, "the last to end is kept whole");
+    assert.ok(store.has("end-0"));
+    assert.equal((await store.full("end-0"))?.targets.length, 1);
+    assert.equal(store.has("end-never"), false);
+    assert.equal(await store.full("end-never"), undefined);
+    assert.equal(await store.summary("end-never"), undefined);
+  });
+
+  test("a load reads each job once: active ones whole with their shards, finished ones only indexed; pages list each job once, newest first", async () => {
+    const store = await JobStore.open(nc.jetstream());
+    await store.create(create(JobSchema, { ...job("ld-active-big", 100, 4), createdUnixMs: 5_000n }));
+    await store.create(create(JobSchema, { ...job("ld-active", 1, 1), createdUnixMs: 5_001n, state: JobState.PENDING }));
+    await store.create(finished("ld-fin-big", 5_002, 300));
+    for (let i = 0; i < 30; i++) await store.create(finished(`ld-fin-${i}`, 4_000 + i, 1, i % 3 === 0 ? JobState.CANCELLED : JobState.COMPLETED));
+
+    const fresh = await JobStore.open(nc.jetstream());
+    const active = await fresh.load();
+    const ids = new Set(active.map((j) => j.id));
+    assert.ok(ids.has("ld-active-big") && ids.has("ld-active"), "the active jobs are returned");
+    assert.equal([...ids].filter((id) => id.startsWith("ld-fin")).length, 0, "no finished job is");
+    assert.equal(fresh.get("ld-active-big")!.targets.length, 400, "a sharded active job has its targets");
+    assert.equal(fresh.get("ld-fin-big"), undefined);
+    assert.equal(fresh.get("ld-fin-3"), undefined);
+    assert.ok(fresh.has("ld-fin-big") && fresh.has("ld-fin-3"));
+
+    const heads: string[] = [];
+    for await (const k of await kv.keys()) if (!k.includes(".")) heads.push(k);
+    const { pages, totals } = await allPages(fresh, 7);
+    const listed = pages.flat();
+    assert.deepEqual(new Set(totals), new Set([heads.length]), "every page says the same total");
+    assert.equal(listed.length, heads.length, "every job once");
+    assert.deepEqual(new Set(listed.map((j) => j.id)), new Set(heads));
+    assert.ok(pages.slice(0, -1).every((p) => p.length === 7), "full pages but the last");
+    for (let i = 1; i < listed.length; i++) {
+      const [a, b] = [listed[i - 1]!, listed[i]!];
+      assert.ok(a.createdUnixMs > b.createdUnixMs || (a.createdUnixMs === b.createdUnixMs && a.id < b.id), `${a.id} before ${b.id}`);
+    }
+    assert.equal(listed.find((j) => j.id === "ld-fin-big")!.targets.length, 0, "a big finished job is listed without its targets");
+    assert.equal(listed.find((j) => j.id === "ld-active-big")!.targets.length, 400);
+
+    const cancelled = await allPages(fresh, 4, new Set([JobState.CANCELLED]));
+    assert.deepEqual(cancelled.pages.flat().map((j) => j.id), ["ld-fin-27", "ld-fin-24", "ld-fin-21", "ld-fin-18", "ld-fin-15", "ld-fin-12", "ld-fin-9", "ld-fin-6", "ld-fin-3", "ld-fin-0"]);
+    assert.deepEqual(cancelled.totals, [10, 10, 10]);
   });
 });

@@ -31,7 +31,7 @@ const targetLabels = ["instance", "job"];
  * (the views and hooks below give them one).
  */
 async function exportedSeries(): Promise<{ controller: Exported; agent: Exported }> {
-  const controller = new ControllerMetrics({ term: () => ({ jobs: () => [], connectedAgents: () => 1, queuedJobs: () => 0 }), leading: () => true, epoch: () => 1n });
+  const controller = new ControllerMetrics({ term: () => ({ activeJobs: () => [], finishedJobs: () => 0, connectedAgents: () => 1, queuedJobs: () => 0 }), leading: () => true, epoch: () => 1n });
   controller.submitted("OK", 0.01);
   controller.audited("cancel", "PERMISSION_DENIED");
   const delivered = { delivery: "delivered" as const, writes: 8, traps: 8, nsPerTrap: 4_000, detail: "" };

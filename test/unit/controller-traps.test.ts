@@ -21,6 +21,7 @@ import {
   TargetState,
   TrapDelivery,
   WatchMode,
+  isFinalJobState,
   type AgentInfo,
   type Arm,
   type ArmedTarget,
@@ -114,14 +115,26 @@ class MemoryJobStore {
   async load(): Promise<Job[]> {
     return [];
   }
+  get size(): number {
+    return this.jobs.size;
+  }
   get(id: string): Job | undefined {
     return this.jobs.get(id);
+  }
+  has(id: string): boolean {
+    return this.jobs.has(id);
   }
   async full(id: string): Promise<Job | undefined> {
     return this.jobs.get(id);
   }
-  all(): Job[] {
-    return [...this.jobs.values()];
+  async summary(id: string): Promise<Job | undefined> {
+    return this.jobs.get(id);
+  }
+  active(): Job[] {
+    return [...this.jobs.values()].filter((j) => !isFinalJobState(j.state));
+  }
+  countFinished(): number {
+    return [...this.jobs.values()].filter((j) => isFinalJobState(j.state)).length;
   }
   async create(job: Job): Promise<Job> {
     if (this.jobs.has(job.id)) throw new Error(`job ${job.id} exists`);
@@ -227,7 +240,7 @@ test("controller traps - a job whose only host delivers no traps is refused FAIL
       });
     }
     assert.equal(vm.arms.length, 0, "nothing armed");
-    assert.equal(store.all().length, 0, "no job stored");
+    assert.equal(store.size, 0, "no job stored");
     await vm.disconnect();
   });
 });

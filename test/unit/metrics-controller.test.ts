@@ -39,6 +39,18 @@ test("metrics controller - jobs by state (every state, zeros too), targets of jo
   assert.equal(jobCensus([], 10_000).oldestPendingSeconds, 0);
 });
 
+test("metrics controller - finished jobs out of memory are counted from the index beside the jobs held", () => {
+  const indexed = new Map([
+    [JobState.COMPLETED, 40_000],
+    [JobState.CANCELLED, 7],
+    [JobState.FAILED, 3],
+  ]);
+  const census = jobCensus([job("a", JobState.ARMED, [S.ARMED]), job("b", JobState.PENDING, [S.PENDING], 9_000n)], 10_000, (s) => indexed.get(s) ?? 0);
+  assert.deepEqual(census.jobs, { pending: 1, armed: 1, degraded: 0, completed: 40_000, cancelled: 7, failed: 3 });
+  assert.deepEqual([census.targets.armed, census.targets.pending, census.targets.completed], [1, 1, 0]);
+  assert.equal(census.oldestPendingSeconds, 1);
+});
+
 test("metrics controller - a job counts as armed everywhere once it is armed and nothing is still arming", () => {
   const table: Array<[JobState, TargetState[], boolean]> = [
     [JobState.ARMED, [S.ARMED, S.ARMED], true],
@@ -60,10 +72,11 @@ test("metrics controller - ready when the store answers and the controller leads
 });
 
 test("metrics controller - gauges read the leader term at scrape; counters and histograms follow the hooks", async () => {
-  let jobs: Job[] = [job("a", JobState.ARMED, [S.ARMED]), job("b", JobState.COMPLETED, [S.COMPLETED])];
+  let jobs: Job[] = [job("a", JobState.ARMED, [S.ARMED])];
+  let completed = 1;
   let leading = true;
   const view: ControllerView = {
-    term: () => (leading ? { jobs: () => jobs, connectedAgents: () => 3, queuedJobs: () => 1 } : undefined),
+    term: () => (leading ? { activeJobs: () => jobs, finishedJobs: (s) => (s === JobState.COMPLETED ? completed : 0), connectedAgents: () => 3, queuedJobs: () => 1 } : undefined),
     leading: () => leading,
     epoch: () => (leading ? 7n : 8n),
   };
@@ -119,6 +132,7 @@ test("metrics controller - gauges read the leader term at scrape; counters and h
   // A standby: no term, the leader's epoch; the job census goes with the term.
   leading = false;
   jobs = [];
+  completed = 0;
   f = await scrape(metrics);
   assert.deepEqual([value(f, "fleetwatch_controller_leader"), value(f, "fleetwatch_controller_epoch"), value(f, "fleetwatch_controller_agents_connected"), value(f, "fleetwatch_controller_jobs", { state: "armed" })], [0, 8, 0, 0]);
 });
