@@ -20,6 +20,7 @@ import { Arming } from "./arming.js";
 import { ControllerCore } from "./controller-core.js";
 import type { ControllerCoreOptions } from "./controller-options.js";
 import { InvalidRequestError, PermissionDeniedError, PreconditionError } from "./errors.js";
+import { FinishedRetention } from "./finished-retention.js";
 import { Followers } from "./followers.js";
 import { JobEnding } from "./job-ending.js";
 import { encodePageToken, type ListQuery } from "./job-listing.js";
@@ -58,6 +59,7 @@ export class Controller {
   private readonly followers: Followers;
   private readonly liveness: TargetLiveness;
   private readonly reports: TargetReports;
+  private readonly retention: FinishedRetention | undefined;
 
   constructor(store: JobStore, options: ControllerCoreOptions) {
     this.core = new ControllerCore(store, options);
@@ -69,9 +71,10 @@ export class Controller {
     this.followers = new Followers(this.core, this.submitFlow, this.queue, this.arming);
     this.liveness = new TargetLiveness(this.core, this.submitFlow, this.queue, this.arming, this.followers);
     this.reports = new TargetReports(this.core, this.ending, this.queue);
+    this.retention = options.retention && new FinishedRetention(store, options.retention, options.log);
   }
 
-  /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers. */
+  /** Loads stored jobs, rebuilds the ledger, the queue and the deadline timers; starts the retention sweeps. */
   async start(): Promise<void> {
     // The active jobs; finished ones stay in the store (memory indexes them).
     const jobs = await this.core.store.load();
@@ -85,6 +88,7 @@ export class Controller {
     this.queue.drainSoon();
     this.core.startedMs = Date.now();
     this.leaseTimer = setInterval(() => this.expireLeases(), Math.max(100, Math.floor(this.core.options.leaseMs / 4)));
+    this.retention?.start();
     this.core.options.log(`controller: loaded ${jobs.length + this.core.store.countFinished()} job(s), ${jobs.length} active, ${this.queue.size} queued`);
   }
 
@@ -93,6 +97,7 @@ export class Controller {
     // Job watchers of this term end UNAVAILABLE: their clients reconnect to the next leader.
     this.core.stopped.abort();
     clearInterval(this.leaseTimer);
+    this.retention?.stop();
     this.ending.stop();
     this.queue.stop();
     for (const session of this.core.sessions.values()) session.close("controller stopping");

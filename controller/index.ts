@@ -12,6 +12,7 @@ import { AccessControl } from "./access.js";
 import { AuditTrail } from "./audit.js";
 import { ensureStreams } from "./streams.js";
 import { ControllerMetrics, controllerReadiness } from "./metrics.js";
+import { defaultRetention } from "./finished-retention.js";
 import { agentService, controllerService } from "./service.js";
 
 export interface ControllerOptions {
@@ -26,6 +27,10 @@ export interface ControllerOptions {
   requestTimeoutMs?: number;
   /** Leader lease: a standby takes over this long after the leader stops renewing. */
   electionLeaseMs?: number;
+  /** Finished jobs are deleted from the store this long after they ended (default 24 h)... */
+  keepFinishedMs?: number;
+  /** ...or, beyond this many, the oldest first (default 100,000). */
+  keepFinishedCount?: number;
   /** gRPC transport: mutual TLS (users and agents must present certificates of the CA), or plaintext. Default plaintext. */
   transport?: Transport;
   /** Access policy file (roles and scopes of users; needs mutual TLS); unset: every user certificate is an admin. */
@@ -63,6 +68,7 @@ export interface RunningController {
 export async function startController(options: ControllerOptions): Promise<RunningController> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const leaseMs = options.leaseMs ?? 15_000;
+  const retention = { keepFinishedMs: options.keepFinishedMs ?? defaultRetention.keepFinishedMs, keepFinishedCount: options.keepFinishedCount ?? defaultRetention.keepFinishedCount };
   // No async stack traces: capturing one per KV write costs more than the write's own encoding at fleet scale.
   const credentials = options.natsCredsPath === undefined ? undefined : readNatsCredentials(options.natsCredsPath);
   const nc = await connect({ servers: options.natsUrl, name: "fleetwatch-controller", maxReconnectAttempts: -1, noAsyncTraces: true, ...natsAuthOptions(credentials) });
@@ -144,7 +150,7 @@ export async function startController(options: ControllerOptions): Promise<Runni
         let next: Controller | undefined;
         try {
           const store = await JobStore.open(js, () => election?.holds(epoch) ?? false, () => metrics?.kvConflict());
-          next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch, log, access: access!, ...(metrics ? { metrics } : {}) });
+          next = new Controller(store, { leaseMs, heartbeatMs: Math.max(100, Math.floor(leaseMs / 3)), requestTimeoutMs: options.requestTimeoutMs ?? 15_000, epoch, log, retention, access: access!, ...(metrics ? { metrics } : {}) });
           await next.start();
           return next;
         } catch (err) {

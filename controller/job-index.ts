@@ -23,6 +23,11 @@ export function listOrder(a: ListPosition, b: ListPosition): number {
   return b.createdUnixMs - a.createdUnixMs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
+/** When a finished job counts as ended for retention. */
+export function endedAt(entry: FinishedEntry): number {
+  return entry.endedUnixMs || entry.createdUnixMs;
+}
+
 /** Every finished job of the store as a compact entry, in listing order, with counts by state. */
 export class FinishedIndex {
   /** In listing order. */
@@ -102,6 +107,24 @@ export class FinishedIndex {
     this.sorted.splice(this.placeOf(entry), 1);
     this.byId.delete(id);
     this.count(entry.state, -1);
+  }
+
+  /**
+   * The finished jobs retention deletes, oldest end first: those that ended
+   * `keepMs` or more before `nowMs`, and beyond them the oldest of those over
+   * `keepCount`.
+   */
+  expired(nowMs: number, keepMs: number, keepCount: number): FinishedEntry[] {
+    const cutoff = nowMs - keepMs;
+    const over = this.sorted.length - keepCount;
+    if (over <= 0) {
+      const old = this.sorted.filter((e) => endedAt(e) <= cutoff);
+      return old.sort((a, b) => endedAt(a) - endedAt(b) || listOrder(b, a));
+    }
+    const byEnd = [...this.sorted].sort((a, b) => endedAt(a) - endedAt(b) || listOrder(b, a));
+    let n = over;
+    while (n < byEnd.length && endedAt(byEnd[n]!) <= cutoff) n++;
+    return byEnd.slice(0, n);
   }
 
   private placeOf(entry: FinishedEntry): number {

@@ -7,9 +7,9 @@
 // in the same shard: a change on one target rewrites one small shard and the
 // job, not every target. Memory holds the active jobs whole and of finished
 // ones an index entry (job-cache.ts); finished jobs are read back when asked
-// for.
+// for, and deleted with their shards once retention lets them go.
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { JetStreamClient, KV, KvEntry, QueuedIterator } from "nats";
+import type { JetStreamClient, JetStreamManager, KV, KvEntry, QueuedIterator } from "nats";
 import { JobSchema, TargetShardSchema, isFinalJobState, jobBucket, type Job, type JobState, type Target } from "../proto/index.js";
 import { withDeadline } from "../proto/index.js";
 import { JobCache, finishedEntry } from "./job-cache.js";
@@ -66,6 +66,12 @@ export function shardOf(hostId: string, count: number = legacyShardCount): numbe
 }
 
 const shardKey = (id: string, n: number) => `${id}.${n}`;
+
+/** The bucket's stream, and the subject of a key in it (retention purges by subject). */
+const bucketStream = `KV_${jobBucket}`;
+const keySubject = (key: string) => `$KV.${jobBucket}.${key}`;
+/** Finished jobs deleted at once by a retention sweep. */
+const deleteConcurrency = 16;
 
 /** Targets of the cache are frozen: a change must go through mutate with their host in its scope. */
 function deepFreeze<T>(value: T): T {
@@ -153,11 +159,13 @@ export class JobStore {
   private flushTimer: NodeJS.Timeout | undefined;
   /** New jobs waiting for the next flush to be written. */
   private readonly flushWaiters: Array<() => void> = [];
+  private manager: Promise<JetStreamManager> | undefined;
 
   private constructor(
     private readonly kv: KV,
     private readonly fence: () => boolean | Promise<boolean>,
     private readonly onConflict: () => void,
+    private readonly js: JetStreamClient,
   ) {}
 
   /**
@@ -168,7 +176,7 @@ export class JobStore {
    * compare-and-set race (tried again up to a few times), for the metrics.
    */
   static async open(js: JetStreamClient, fence: () => boolean | Promise<boolean> = () => true, onConflict: () => void = () => {}): Promise<JobStore> {
-    return new JobStore(await openBucket(js, jobBucket), fence, onConflict);
+    return new JobStore(await openBucket(js, jobBucket), fence, onConflict, js);
   }
 
   private timed<T>(what: string, pending: Promise<T>): Promise<T> {
@@ -335,6 +343,44 @@ export class JobStore {
     const jobs = await Promise.all(page.items.map((item) => ("job" in item ? item.job : this.summary(item.finished.id))));
     // A finished job deleted meanwhile by retention is left out.
     return { jobs: jobs.filter((j): j is Job => j !== undefined), total: page.total, next: page.next };
+  }
+
+  /** Finished jobs retention lets go now, oldest end first (see FinishedIndex.expired). */
+  expiredFinished(nowMs: number, keepMs: number, keepCount: number): FinishedEntry[] {
+    return this.cache.finished.expired(nowMs, keepMs, keepCount);
+  }
+
+  /**
+   * Deletes finished jobs from the bucket, their shards first (a job is never
+   * left with some of its targets), then the job; fenced like every write.
+   * Purged, not marked deleted: the stream keeps nothing of them. Returns
+   * how many were deleted; stops when `signal` aborts, and at the first
+   * failure (the fence, NATS away).
+   */
+  async deleteFinished(entries: readonly FinishedEntry[], signal?: AbortSignal): Promise<number> {
+    const manager = await (this.manager ??= this.js.jetstreamManager());
+    let deleted = 0;
+    let next = 0;
+    let failure: { err: unknown } | undefined;
+    const lane = async () => {
+      while (next < entries.length && !signal?.aborted && !failure) {
+        const entry = entries[next++]!;
+        if (!this.cache.finished.has(entry.id)) continue;
+        try {
+          await this.checkFence(entry.id);
+          if (entry.sharded) await this.timed(`delete the shards of job ${entry.id}`, manager.streams.purge(bucketStream, { filter: keySubject(`${entry.id}.>`) }));
+          await this.timed(`delete job ${entry.id}`, manager.streams.purge(bucketStream, { filter: keySubject(entry.id) }));
+        } catch (err) {
+          failure ??= { err };
+          return;
+        }
+        this.cache.forget(entry.id);
+        deleted++;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(deleteConcurrency, entries.length) }, lane));
+    if (failure) throw failure.err;
+    return deleted;
   }
 
   /** Stores a new job; fails if the id exists. Written with the next flush's writes (see mutate). */

@@ -12,6 +12,7 @@ import { CliError, DaemonStartError, UsageError } from "../errors.js";
 import type { CliContext } from "../main.js";
 import { createDaemonLog, logOptions, resolveLogFormat, type DaemonLog, type LogLevel } from "../daemon-log.js";
 import { parseMetricsFlag, warnIfExposed } from "../metrics-flag.js";
+import { parseRetentionFlags, retentionOptions } from "../retention-flags.js";
 import { startNatsServer, type RunningNatsServer } from "../nats-server.js";
 import { untilAborted } from "../abort.js";
 
@@ -24,6 +25,9 @@ export interface UpRequest {
   listen: string;
   natsPort: number;
   hostId: string;
+  /** The controller's retention of finished jobs; unset: its defaults. */
+  keepFinishedMs?: number;
+  keepFinishedCount?: number;
   /** Where the controller's and the agent's /metrics, /healthz and /readyz are served. */
   metricsListen?: MetricsListen;
   agentMetricsListen?: MetricsListen;
@@ -36,12 +40,17 @@ export function embeddedHostId(hostname: string): string {
 }
 
 /** Validates the command line; relative data dirs are under `cwd`. */
-export function parseUpArgs(opts: { dataDir: string; listen: string; natsPort: string; metricsListen?: string; agentMetricsListen?: string }, cwd: string, hostname: string): UpRequest {
+export function parseUpArgs(
+  opts: { dataDir: string; listen: string; natsPort: string; keepFinished?: string; keepFinishedCount?: string; metricsListen?: string; agentMetricsListen?: string },
+  cwd: string,
+  hostname: string,
+): UpRequest {
   const natsPort = Number(opts.natsPort);
   if (!/^\d+$/.test(opts.natsPort) || natsPort < 1 || natsPort > 65_535) throw new UsageError(`--nats-port '${opts.natsPort}' is not a TCP port (1-65535)`);
   // Plaintext with nobody authenticated: only this machine may reach it.
   if (!isLoopbackAddress(opts.listen)) throw new UsageError(`--listen ${opts.listen}: fleetwatch up serves plaintext, on loopback only; for a fleet run \`fleetwatch controller\` and \`fleetwatch agent\` with certificates (\`fleetwatch certs init\`)`);
   const request: UpRequest = { dataDir: path.resolve(cwd, opts.dataDir), listen: opts.listen, natsPort, hostId: embeddedHostId(hostname) };
+  Object.assign(request, parseRetentionFlags(opts));
   if (opts.metricsListen !== undefined) request.metricsListen = parseMetricsFlag(opts.metricsListen);
   if (opts.agentMetricsListen !== undefined) request.agentMetricsListen = parseMetricsFlag(opts.agentMetricsListen, "--agent-metrics-listen");
   return request;
@@ -124,7 +133,8 @@ async function start(request: UpRequest, embedded: Embedded, interrupted: AbortS
   });
   if (interrupted.aborted) return false;
   const natsUrl = embedded.nats.url;
-  embedded.controller = await startController({ listen: request.listen, natsUrl, log: logs.controller, ...(request.metricsListen ? { metricsListen: request.metricsListen } : {}) }).catch((err: unknown) => {
+  const retention = { keepFinishedMs: request.keepFinishedMs, keepFinishedCount: request.keepFinishedCount };
+  embedded.controller = await startController({ listen: request.listen, natsUrl, log: logs.controller, ...retention, ...(request.metricsListen ? { metricsListen: request.metricsListen } : {}) }).catch((err: unknown) => {
     throw new DaemonStartError("controller", err, natsUrl);
   });
   if (interrupted.aborted) return false;
@@ -146,17 +156,20 @@ async function start(request: UpRequest, embedded: Embedded, interrupted: AbortS
 /** Adds `up` to the program. */
 export function registerUpCommand(program: Command, ctx: CliContext): void {
   const [logFormatOption, logLevelOption] = logOptions();
+  const [keepFinishedOption, keepFinishedCountOption] = retentionOptions();
   program
     .command("up")
     .description("run nats-server, a controller and this host's agent in the foreground")
     .option("--data-dir <dir>", "JetStream data directory", ".fleetwatch")
     .option("--listen <addr>", "controller gRPC listen address", "127.0.0.1:7070")
     .option("--nats-port <port>", "nats-server client port", "4222")
+    .addOption(keepFinishedOption)
+    .addOption(keepFinishedCountOption)
     .option("--metrics-listen <addr>", "the controller's /metrics, /healthz and /readyz, PORT or HOST:PORT (port 0 picks one)", "127.0.0.1:9464")
     .option("--agent-metrics-listen <addr>", "the agent's /metrics, /healthz and /readyz, PORT or HOST:PORT (port 0 picks one)", "127.0.0.1:9465")
     .addOption(logFormatOption)
     .addOption(logLevelOption)
-    .action(async (opts: { dataDir: string; listen: string; natsPort: string; metricsListen: string; agentMetricsListen: string; logFormat?: string; logLevel: LogLevel }) => {
+    .action(async (opts: { dataDir: string; listen: string; natsPort: string; keepFinished: string; keepFinishedCount: string; metricsListen: string; agentMetricsListen: string; logFormat?: string; logLevel: LogLevel }) => {
       const request = parseUpArgs(opts, process.cwd(), os.hostname());
       const interrupted = ctx.interrupted();
       const format = resolveLogFormat(opts.logFormat, ctx.stderr);

@@ -2,8 +2,8 @@
 // thousands of targets is spread over shards by host, a change on one host
 // rewrites its shard and the job only, a fresh store reads back exactly what
 // was written, and a change outside its declared hosts fails loudly.
-// Finished jobs leave memory for an index entry and are read back when
-// asked for.
+// Finished jobs leave memory for an index entry, are read back when asked
+// for, and retention deletes them with their shards, leaving nothing.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -15,6 +15,7 @@ import { startNatsServer, type RunningNatsServer } from "../../cli/nats-server.j
 import { recentFinished } from "../../controller/job-cache.js";
 import type { ListPosition } from "../../controller/job-index.js";
 import { JobStore, inlineTargets, shardOf, shardsFor, targetsPerShard } from "../../controller/job-store.js";
+import { NotLeaderError } from "../../controller/leader-election.js";
 import { JobSchema, JobState, TargetSchema, TargetShardSchema, TargetState, jobBucket, type Job } from "../../proto/index.js";
 
 describe("job store", () => {
@@ -237,5 +238,34 @@ describe("job store", () => {
     const cancelled = await allPages(fresh, 4, new Set([JobState.CANCELLED]));
     assert.deepEqual(cancelled.pages.flat().map((j) => j.id), ["ld-fin-27", "ld-fin-24", "ld-fin-21", "ld-fin-18", "ld-fin-15", "ld-fin-12", "ld-fin-9", "ld-fin-6", "ld-fin-3", "ld-fin-0"]);
     assert.deepEqual(cancelled.totals, [10, 10, 10]);
+  });
+
+  test("retention deletes a finished job with its shards and the stream keeps nothing of it; a deposed leader deletes nothing", async () => {
+    const jsm = await nc.jetstreamManager();
+    const stream = `KV_${jobBucket}`;
+    const subjects = async (filter: string) => Object.keys((await jsm.streams.info(stream, { subjects_filter: filter })).state.subjects ?? {});
+    const store = await JobStore.open(nc.jetstream());
+    await store.create(finished("gone-big", 6_000, 300));
+    await store.create(finished("gone-small", 6_001));
+    const shards = (await keysOf("gone-big")).length - 1;
+    assert.ok(shards > 1, "sharded");
+    assert.equal((await subjects(`$KV.${jobBucket}.gone-big.>`)).length, shards, "a subject per shard in the stream");
+    const entries = store.expiredFinished(Date.now(), 1, 1).filter((e) => e.id.startsWith("gone-"));
+    assert.deepEqual(entries.map((e) => [e.id, e.sharded]), [["gone-big", true], ["gone-small", false]]);
+
+    const deposed = await JobStore.open(nc.jetstream(), () => false);
+    await deposed.load();
+    await assert.rejects(deposed.deleteFinished(entries), NotLeaderError);
+    assert.ok((await keysOf("gone-big")).length > 1 && (await keysOf("gone-small")).length === 1, "nothing deleted");
+
+    assert.equal(await store.deleteFinished(entries), 2);
+    assert.deepEqual([await keysOf("gone-big"), await keysOf("gone-small")], [[], []]);
+    for (const id of ["gone-big", "gone-small"]) assert.deepEqual(await subjects(`$KV.${jobBucket}.${id}`), [], `no delete marker left for ${id}`);
+    assert.deepEqual(await subjects(`$KV.${jobBucket}.gone-big.>`), [], "nor for the shards");
+    assert.equal(store.has("gone-big"), false);
+    assert.equal(await store.full("gone-small"), undefined);
+    const fresh = await JobStore.open(nc.jetstream());
+    await fresh.load();
+    assert.equal(fresh.has("gone-big") || fresh.has("gone-small"), false);
   });
 });

@@ -1,10 +1,15 @@
 // Finished jobs out of memory (pure parts): the index in listing order, pages
-// of `jobs ls` and their tokens, and the cache that files jobs as they end.
+// of `jobs ls` and their tokens, the cache that files jobs as they end, and
+// the retention sweep over a scripted store.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
+import { parseControllerArgs } from "../../cli/commands/controller.js";
+import { parseUpArgs } from "../../cli/commands/up.js";
+import { UsageError } from "../../cli/errors.js";
 import { InvalidRequestError, statusFor } from "../../controller/errors.js";
+import { FinishedRetention, sweepEveryMs } from "../../controller/finished-retention.js";
 import { JobCache, recentFinished } from "../../controller/job-cache.js";
 import { FinishedIndex, type FinishedEntry, type ListPosition } from "../../controller/job-index.js";
 import { decodePageToken, defaultListLimit, encodePageToken, listPage, maxListLimit, parseListQuery, type ListQuery } from "../../controller/job-listing.js";
@@ -52,6 +57,18 @@ test("job index - keeps finished jobs newest first (then by id), counts them by 
   assert.deepEqual(order(), ["d", "b", "e", "a"]);
   assert.equal(index.countIn(new Set([S.CANCELLED])), 0);
   assert.deepEqual([index.placeAfter(undefined), index.placeAfter({ createdUnixMs: 200, id: "b" }), index.placeAfter({ createdUnixMs: 200, id: "a" }), index.placeAfter({ createdUnixMs: 1, id: "z" })], [0, 2, 1, 4]);
+});
+
+test("job index - retention takes those ended before the time kept, and the oldest ended beyond the count kept", () => {
+  // Created 1..10; ended in another order (j3 ended last); j0 has no end time (its creation counts).
+  const ended = [0, 50, 40, 1000, 20, 60, 70, 80, 90, 95];
+  const index = FinishedIndex.of(ended.map((end, i) => entry(`j${i}`, i, S.COMPLETED, end)));
+  const expired = (now: number, keepMs: number, keepCount: number) => index.expired(now, keepMs, keepCount).map((e) => e.id);
+  assert.deepEqual(expired(100, 50, 100), ["j0", "j4", "j2", "j1"], "ended at or before 50");
+  assert.deepEqual(expired(100, 1000, 7), ["j0", "j4", "j2"], "beyond 7 kept: the three oldest ended");
+  assert.deepEqual(expired(100, 50, 8), ["j0", "j4", "j2", "j1"], "the count and the time: whichever takes more");
+  assert.deepEqual(expired(100, 1000, 100), []);
+  assert.deepEqual(expired(2000, 1, 100).at(-1), "j3", "oldest end first");
 });
 
 test("job listing - a page token round-trips; anything else is INVALID_ARGUMENT saying what to pass", () => {
@@ -139,6 +156,41 @@ test("job cache - an active job stays whole; a finished one goes to the index an
   assert.deepEqual([cache.has("a"), cache.get("a")], [false, undefined]);
 });
 
+test("retention - a sweep every quarter of the time kept (half a second to a minute); it deletes what the index lets go and says so once", async () => {
+  assert.deepEqual([sweepEveryMs(1_000), sweepEveryMs(60_000), sweepEveryMs(24 * 3_600_000)], [500, 15_000, 60_000]);
+  const asked: Array<[number, number, number]> = [];
+  const deleted: string[][] = [];
+  let fail: Error | undefined;
+  const store = {
+    expiredFinished: (now: number, keepMs: number, keepCount: number) => {
+      asked.push([now, keepMs, keepCount]);
+      return now > 500 ? [entry("old1", 1), entry("old2", 2)] : [];
+    },
+    deleteFinished: async (entries: readonly FinishedEntry[]) => {
+      if (fail) throw fail;
+      deleted.push(entries.map((e) => e.id));
+      return entries.length;
+    },
+  };
+  const log: string[] = [];
+  const retention = new FinishedRetention(store, { keepFinishedMs: 3_600_000, keepFinishedCount: 10 }, (line) => log.push(line));
+  assert.equal(await retention.sweep(100), 0);
+  assert.equal(await retention.sweep(1_000), 2);
+  assert.deepEqual(asked, [
+    [100, 3_600_000, 10],
+    [1_000, 3_600_000, 10],
+  ]);
+  assert.deepEqual(deleted, [["old1", "old2"]]);
+  assert.deepEqual(log, ["retention: deleted 2 finished job(s) that ended over 1h ago or beyond the 10 kept"]);
+  fail = new Error("no answer from NATS within 10000 ms");
+  assert.equal(await retention.sweep(1_000), 0);
+  assert.equal(log.at(-1), "retention: deleting finished jobs failed (tried again at the next sweep): no answer from NATS within 10000 ms");
+  retention.stop();
+  fail = undefined;
+  assert.equal(await retention.sweep(1_000), 0, "no sweep after stop");
+  assert.equal(deleted.length, 1);
+});
+
 test("job listing - limit and states of a query are applied to the active jobs too", () => {
   const query: ListQuery = { limit: 2, states: new Set([S.PENDING]), after: undefined };
   const page = listPage([active("p1", 3, S.PENDING), active("a1", 4), active("p2", 2, S.PENDING), active("p3", 1, S.PENDING)], new FinishedIndex(), query);
@@ -146,3 +198,28 @@ test("job listing - limit and states of a query are applied to the active jobs t
   assert.deepEqual(page.next, { createdUnixMs: 2, id: "p2" });
   assert.equal(page.total, 3);
 });
+
+test("retention flags - controller and up take --keep-finished and --keep-finished-count; bad values are usage errors saying what to give", () => {
+  const controllerOpts = { listen: "127.0.0.1:0", lease: "15s", electionLease: "5s" };
+  assert.deepEqual(pick(parseControllerArgs({ ...controllerOpts, keepFinished: "24h", keepFinishedCount: "100000" }, "nats://n")), { keepFinishedMs: 86_400_000, keepFinishedCount: 100_000 });
+  assert.deepEqual(pick(parseControllerArgs(controllerOpts, "nats://n")), {}, "unset: the controller's defaults");
+  assert.deepEqual(pick(parseUpArgs({ dataDir: "d", listen: "127.0.0.1:7070", natsPort: "4222", keepFinished: "1h30m", keepFinishedCount: "5" }, "/", "h")), { keepFinishedMs: 5_400_000, keepFinishedCount: 5 });
+  const table: Array<[Record<string, string>, string]> = [
+    [{ keepFinished: "0s" }, "--keep-finished '0s' must be longer than 0 (e.g. 24h, 30m)"],
+    [{ keepFinished: "a day" }, "--keep-finished 'a day' is not a duration: use a number with ms, s, m or h (e.g. 500ms, 30s, 10m, 1h)"],
+    [{ keepFinishedCount: "0" }, "--keep-finished-count '0' is not a number of jobs: give a whole number of at least 1 (e.g. 100000)"],
+    [{ keepFinishedCount: "1e5" }, "--keep-finished-count '1e5' is not a number of jobs: give a whole number of at least 1 (e.g. 100000)"],
+  ];
+  for (const [flags, message] of table) {
+    assert.throws(
+      () => parseControllerArgs({ ...controllerOpts, ...flags }, "nats://n"),
+      (err: unknown) => err instanceof UsageError && err.message === message,
+      JSON.stringify(flags),
+    );
+  }
+});
+
+/** The retention fields of a parsed command line. */
+function pick(request: { keepFinishedMs?: number; keepFinishedCount?: number }): object {
+  return Object.fromEntries(Object.entries({ keepFinishedMs: request.keepFinishedMs, keepFinishedCount: request.keepFinishedCount }).filter(([, v]) => v !== undefined));
+}
