@@ -38,7 +38,12 @@ const fail = (code: status, details: string) => Promise.reject(new RpcError(code
 const impl: ServiceImpl<typeof ControllerService> = {
   submitJob: () => fail(status.RESOURCE_EXHAUSTED, "h1/4242 has 1 free debug register, the job needs 2"),
   getJob: (request) => (request.id === "j-1" ? Promise.resolve({ job }) : fail(status.NOT_FOUND, `no job ${request.id}`)),
-  listJobs: () => Promise.resolve({ jobs: [job] }),
+  // One job a page: page 1 says where page 2 starts; a token it did not give is refused as the controller does.
+  listJobs: (request) => {
+    if (request.pageToken === "garbled") return fail(status.INVALID_ARGUMENT, "page token 'garbled' is not one this controller gave: pass the next page token of the previous page as it was, or none for the newest jobs");
+    if (request.limit === 1 && request.pageToken === "") return Promise.resolve({ jobs: [job], nextPageToken: `p2-${request.states.join("-")}`, total: 2 });
+    return Promise.resolve({ jobs: [job] });
+  },
   cancelJob: () => fail(status.FAILED_PRECONDITION, "job j-1 is completed"),
   listAgents: () => Promise.resolve({ agents: [] }),
   // eslint-disable-next-line require-yield
@@ -104,6 +109,30 @@ test("cli main - placement refusals exit 2 with the status details verbatim", as
   });
   assert.deepEqual(await run("--controller", address, "jobs", "get", "j-9"), { code: 2, stdout: "", stderr: "fleetwatch: no job j-9\n" });
   assert.deepEqual(await run("--controller", address, "jobs", "cancel", "j-1"), { code: 2, stdout: "", stderr: "fleetwatch: job j-1 is completed\n" });
+});
+
+test("cli main - jobs ls: a page, then on stderr how to ask for the next; bad flags exit 3 before any call, a bad token with the controller's words", async () => {
+  const first = await run("--controller", address, "jobs", "ls", "--limit", "1", "--state", "completed,FAILED");
+  assert.equal(first.code, 0);
+  assert.match(first.stdout, /^ID\s+STATE.*\nj-1\s+completed/);
+  assert.equal(first.stderr, "1 of 2 jobs shown; the next page: fleetwatch jobs ls --limit 1 --state completed,failed --continue p2-3-5\n");
+  const json = await run("--controller", address, "jobs", "ls", "--limit", "1", "-o", "json");
+  assert.deepEqual({ code: json.code, stderr: json.stderr, page: JSON.parse(json.stdout) }, { code: 0, stderr: "", page: { jobs: [{ id: "j-1", state: "JOB_STATE_COMPLETED", createdUnixMs: "1700000000000" }], nextPageToken: "p2-", total: 2 } });
+  assert.deepEqual(await run("--controller", address, "jobs", "ls", "--continue", "p2-"), { code: 0, stdout: first.stdout, stderr: "" }, "the last page says nothing more");
+  assert.deepEqual(await run("--controller", deadAddress, "jobs", "ls", "--state", "armed,done"), {
+    code: 3,
+    stdout: "",
+    stderr: "fleetwatch: --state 'done' is not a job state: use pending, armed, degraded, completed, cancelled, failed (several comma-separated)\n",
+  });
+  for (const limit of ["0", "ten", "-5"]) {
+    const bad = await run("--controller", deadAddress, "jobs", "ls", "--limit", limit);
+    assert.deepEqual(bad, { code: 3, stdout: "", stderr: `fleetwatch: --limit '${limit}' is not a number of jobs: give a whole number from 1 (the controller allows up to 1000 a page)\n` });
+  }
+  assert.deepEqual(await run("--controller", address, "jobs", "ls", "--continue", "garbled"), {
+    code: 3,
+    stdout: "",
+    stderr: "fleetwatch: page token 'garbled' is not one this controller gave: pass the next page token of the previous page as it was, or none for the newest jobs\n",
+  });
 });
 
 test("cli main - -o json prints protobuf JSON and nothing else", async () => {
