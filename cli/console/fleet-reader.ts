@@ -3,15 +3,22 @@
 // a job's events from JetStream. The server is handed only this, so no page
 // can reach a method that changes state.
 import { status } from "@grpc/grpc-js";
-import { RpcError, type Agent, type Job } from "../../proto/index.js";
+import { RpcError, type Agent, type Job, type JobState } from "../../proto/index.js";
 import { readJobEvents, type JobEvent } from "../events.js";
 import { isUnreachableStatus } from "../exit-codes.js";
 import type { ControllerClient } from "../main.js";
 
+/** One page of jobs the console asks for: the newest `limit` in these states (every state when empty). */
+export interface JobsPageQuery {
+  limit: number;
+  states: JobState[];
+}
+
 /** The read-only view of the fleet the console serves. */
 export interface FleetReader {
   listAgents(signal?: AbortSignal): Promise<Agent[]>;
-  listJobs(signal?: AbortSignal): Promise<Job[]>;
+  /** One page of jobs, newest first (never every job: a controller may have run hundreds of thousands). */
+  listJobs(query: JobsPageQuery, signal?: AbortSignal): Promise<Job[]>;
   /** Rejects with the controller's NOT_FOUND when it has no such job. */
   getJob(id: string, signal?: AbortSignal): Promise<Job>;
   /** The job now, then after every change; ends after a final state, or when the call's deadline passes. */
@@ -41,7 +48,7 @@ export function fleetReader(client: ReadOnlyControllerClient, nats: NatsAccess):
   const withSignal = (signal: AbortSignal | undefined) => (signal ? { signal } : {});
   return {
     listAgents: async (signal) => (await client.listAgents({}, { deadlineMs: readDeadlineMs, ...withSignal(signal) })).agents,
-    listJobs: async (signal) => (await client.listJobs({}, { deadlineMs: readDeadlineMs, ...withSignal(signal) })).jobs,
+    listJobs: async (query, signal) => (await client.listJobs(query, { deadlineMs: readDeadlineMs, ...withSignal(signal) })).jobs,
     getJob: async (id, signal) => {
       const response = await client.getJob({ id }, { deadlineMs: readDeadlineMs, ...withSignal(signal) });
       if (!response.job) throw new Error(`the controller answered GetJob(${id}) without a job`);

@@ -3,7 +3,7 @@
 // assets) and the answers to bad input (400 for what is not a job id, 404
 // for a job the controller does not have, 503 while it does not answer).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { isSubjectToken } from "../../proto/index.js";
+import { JobState, isSubjectToken, type Job } from "../../proto/index.js";
 import { renderReportSvg } from "../report/render.js";
 import { WritersAggregator, parseGroupBy, type GroupKind } from "../report/writers.js";
 import { ConsoleListenError } from "../errors.js";
@@ -43,6 +43,10 @@ const flameReadTimeoutMs = 30_000;
 const listedTargets = 10;
 // How long the 503 page waits before it asks again.
 const unavailableRefreshSeconds = 3;
+// The jobs page lists the newest jobs and every active one (up to a page each); the fleet page the pending ones.
+const newestJobsListed = 200;
+const activeJobsListed = 1000;
+const activeStates = [JobState.PENDING, JobState.ARMED, JobState.DEGRADED];
 
 const commonHeaders = {
   "X-Content-Type-Options": "nosniff",
@@ -134,10 +138,10 @@ export class ConsoleServer {
     if (route === "/") return this.#page(res, 200, fleetPage(context));
     if (route === "/jobs") return this.#page(res, 200, jobsPage(context));
     if (route === "/events/fleet") return this.#pollStream(req, res, "fleet", async (signal) => {
-      const [agents, jobs] = await Promise.all([this.#options.reader.listAgents(signal), this.#options.reader.listJobs(signal)]);
+      const [agents, jobs] = await Promise.all([this.#options.reader.listAgents(signal), this.#options.reader.listJobs({ limit: activeJobsListed, states: [JobState.PENDING] }, signal)]);
       return fleetView(agents, jobs, Date.now());
     });
-    if (route === "/events/jobs") return this.#pollStream(req, res, "jobs", async (signal) => ({ jobs: (await this.#options.reader.listJobs(signal)).map((job) => jobView(job, listedTargets)) }));
+    if (route === "/events/jobs") return this.#pollStream(req, res, "jobs", async (signal) => ({ jobs: (await this.#listedJobs(signal)).map((job) => jobView(job, listedTargets)) }));
     const asset = /^\/static\/([^/]+)$/.exec(route);
     if (asset) return this.#static(res, asset[1]!);
     const job = /^\/(events\/)?jobs\/([^/]+)(\/flame\.svg)?$/.exec(route);
@@ -156,6 +160,14 @@ export class ConsoleServer {
       return this.#jobPage(res, jobId, by);
     }
     this.#page(res, 404, errorPage(context, 404, "not found", `no page ${safeDecode(route)}`));
+  }
+
+  /** What the jobs page lists: the newest jobs and the active ones, newest first, each once. */
+  async #listedJobs(signal: AbortSignal): Promise<Job[]> {
+    const reader = this.#options.reader;
+    const [newest, active] = await Promise.all([reader.listJobs({ limit: newestJobsListed, states: [] }, signal), reader.listJobs({ limit: activeJobsListed, states: activeStates }, signal)]);
+    const byId = new Map([...newest, ...active].map((job) => [job.id, job]));
+    return [...byId.values()].sort((a, b) => Number(b.createdUnixMs - a.createdUnixMs) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
   #page(res: ServerResponse, status: number, html: string, headers: Record<string, string> = {}): void {

@@ -4,7 +4,7 @@
 import { status } from "@grpc/grpc-js";
 import { AsyncQueue, RpcError, type Agent, type Job } from "../../proto/index.js";
 import type { JobEvent } from "../../cli/events.js";
-import type { FleetReader } from "../../cli/console/fleet-reader.js";
+import type { FleetReader, JobsPageQuery } from "../../cli/console/fleet-reader.js";
 
 interface OpenRead<T> {
   jobId: string;
@@ -45,9 +45,17 @@ export class FakeFleetReader implements FleetReader {
     return this.agents;
   }
 
-  async listJobs(): Promise<Job[]> {
+  /** Every query asked, in order. */
+  readonly jobQueries: JobsPageQuery[] = [];
+
+  /** The newest `limit` jobs in the states asked, as the controller pages them. */
+  async listJobs(query: JobsPageQuery): Promise<Job[]> {
     this.#controller("listJobs");
-    return [...this.jobs.values()];
+    this.jobQueries.push(query);
+    return [...this.jobs.values()]
+      .filter((j) => query.states.length === 0 || query.states.includes(j.state))
+      .sort((a, b) => Number(b.createdUnixMs - a.createdUnixMs) || (a.id < b.id ? -1 : 1))
+      .slice(0, query.limit);
   }
 
   async getJob(id: string): Promise<Job> {

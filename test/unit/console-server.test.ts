@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { create } from "@bufbuild/protobuf";
 import { status } from "@grpc/grpc-js";
-import { AgentSchema, Backend, RpcError, WatchMode } from "../../proto/index.js";
+import { AgentSchema, Backend, JobSchema, JobState, RpcError, WatchMode } from "../../proto/index.js";
 import { main } from "../../cli/index.js";
 import { ConsoleServer } from "../../cli/console/server.js";
 import { FakeFleetReader } from "../support/fake-fleet-reader.js";
@@ -265,4 +265,35 @@ test("console command - prints its URL once listening, warns on stderr when not 
     socket.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
   });
   assert.equal(refused, "ECONNREFUSED", "it no longer listens");
+});
+
+test("console server - the jobs page lists one page of the newest jobs and every active one; the fleet page asks for pending jobs only", async () => {
+  const fleet = new FakeFleetReader();
+  // 300 finished jobs, and two active ones older than all of them.
+  for (let i = 0; i < 300; i++) fleet.jobs.set(`f${i}`, create(JobSchema, { id: `f${i}`, state: JobState.COMPLETED, createdUnixMs: BigInt(2_000 + i) }));
+  const armed = armedJob("old-armed", 1n);
+  armed.createdUnixMs = 1_500n;
+  fleet.jobs.set("old-armed", armed);
+  fleet.jobs.set("old-pending", create(JobSchema, { id: "old-pending", state: JobState.PENDING, createdUnixMs: 1_000n }));
+  const paged = await ConsoleServer.start({ reader: fleet, listen: { host: "127.0.0.1", port: 0 }, context: { controller: "c", nats: "n" }, pollMs: 20 });
+  try {
+    const jobs = await openEventStream(paged.port, "/events/jobs");
+    try {
+      const listed = (await jobs.next<any>("jobs")).jobs.map((j: any) => j.id);
+      assert.equal(listed.length, 202);
+      assert.deepEqual(listed.slice(0, 2), ["f299", "f298"], "newest first");
+      assert.deepEqual(listed.slice(-3), ["f100", "old-armed", "old-pending"], "the newest 200, then the active ones beyond them");
+    } finally {
+      jobs.close();
+    }
+    const page = await openEventStream(paged.port, "/events/fleet");
+    try {
+      assert.deepEqual((await page.next<any>("fleet")).pending.map((j: any) => j.id), ["old-pending"]);
+    } finally {
+      page.close();
+    }
+    assert.deepEqual(new Set(fleet.jobQueries.map((q) => `${q.limit} ${q.states.map((s) => JobState[s]).join(",")}`)), new Set(["200 ", "1000 PENDING,ARMED,DEGRADED", "1000 PENDING"]));
+  } finally {
+    await paged.close();
+  }
 });
