@@ -15,7 +15,7 @@ scripts/check-generated.sh
 # Integration files that never arm a real watch: they run on this host in
 # either mode. Every other file needs traps (the console test's browser,
 # Debian's Chromium, runs inside the emulated machine too).
-no_trap=(deploy job-store leader-election metrics monitoring process-discovery report-stored slow-follower tls)
+no_trap=(deploy finished-jobs job-store leader-election metrics monitoring process-discovery report-stored slow-follower tls)
 
 mkdir -p test/fixtures/build
 gcc -O2 -Wall -Werror -o test/fixtures/build/trap-probe test/fixtures/trap-probe.c

@@ -203,9 +203,9 @@ export class Cluster {
     return this.client;
   }
 
-  /** Starts the controller on a free port, or again on the same one after stopController. */
-  async startController(): Promise<void> {
-    const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl, ...this.natsCredsArgs({ kind: "controller", name: "controller" }), ...this.metricsArgs()];
+  /** Starts the controller on a free port, or again on the same one after stopController; `extraArgs` for this start only (e.g. --keep-finished). */
+  async startController(extraArgs: string[] = []): Promise<void> {
+    const args = [cliPath, "controller", "--listen", this.controllerAddress || "127.0.0.1:0", "--nats", this.natsUrl, ...this.natsCredsArgs({ kind: "controller", name: "controller" }), ...this.metricsArgs(), ...extraArgs];
     // A long leader lease: a test that pauses the controller (SIGSTOP) is about agent leases, not elections.
     if (this.options.leaseMs) args.push("--lease", `${this.options.leaseMs}ms`, "--election-lease", "30s");
     const daemon = new Daemon("controller", spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] }));

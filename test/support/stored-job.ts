@@ -51,6 +51,17 @@ export async function storeJob(natsUrl: string, job: Job, hits: Iterable<HitEven
   }
 }
 
+/** Writes job records to the store at once, as a controller would have (call while none runs). */
+export async function storeJobs(natsUrl: string, jobs: readonly Job[]): Promise<void> {
+  const nc = await connect({ servers: natsUrl, name: "stored-jobs" });
+  try {
+    const store = await JobStore.open(nc.jetstream());
+    for (let i = 0; i < jobs.length; i += window) await Promise.all(jobs.slice(i, i + window).map((job) => store.create(job)));
+  } finally {
+    await nc.close();
+  }
+}
+
 /** A finished job record with these counters and targets. */
 export function storedJob(id: string, init: { countOnly?: boolean; state?: JobState; counts: { trapped?: bigint; delivered: bigint; dropped?: bigint; suppressed?: bigint; filtered?: bigint }; targets: Array<{ hostId: string; pid: number }> }): Job {
   return create(JobSchema, {
