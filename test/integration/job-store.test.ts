@@ -153,6 +153,7 @@ describe("job store", () => {
     await store.mutate("legacy", (j) => void (j.targets.find((t) => t.hostId === host)!.state = TargetState.LOST), [host]);
     assert.notEqual(await revision(`legacy.${shardOf(host, 64)}`), before, "its host's shard of the 64 was rewritten");
     const fresh = await JobStore.open(nc.jetstream());
+    await fresh.load();
     assert.equal((await fresh.full("legacy"))!.targets.find((t) => t.hostId === host)!.state, TargetState.LOST);
   });
 
