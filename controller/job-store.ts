@@ -98,8 +98,6 @@ export function copyTarget(t: Target): Target {
   };
 }
 
-/** How long changes to one job wait for more before they are written together. */
-export const coalesceMs = 2;
 
 /** A change waiting for its job's next write. */
 interface PendingChange {
@@ -156,7 +154,7 @@ export class JobStore {
   private readonly writing = new Set<string>();
   /** Jobs whose pending changes the next flush writes. */
   private readonly due = new Set<string>();
-  private flushTimer: NodeJS.Timeout | undefined;
+  private flushTimer: NodeJS.Immediate | undefined;
   /** New jobs waiting for the next flush to be written. */
   private readonly flushWaiters: Array<() => void> = [];
   private manager: Promise<JetStreamManager> | undefined;
@@ -418,7 +416,7 @@ export class JobStore {
    * Applies `change` to a copy of the job and writes it with CAS; on a lost
    * race it re-reads and re-applies, at most a few times. Changes to one job
    * are serialized, so this controller never races itself, and coalesced:
-   * those asked for within coalesceMs of each other, or while the job's
+   * those asked for in the same turn of the event loop, or while the job's
    * previous write is in flight, are applied in order to one copy and
    * written once (every caller gets the job as written). `hosts` are the
    * hosts whose targets the change may touch or add (undefined: every
@@ -440,14 +438,23 @@ export class JobStore {
   /** Schedules the job's pending changes for the next flush. */
   private markDue(id: string): void {
     this.due.add(id);
-    this.flushTimer ??= setTimeout(() => this.flush(), coalesceMs);
+    this.scheduleFlush();
+  }
+
+  /**
+   * The next flush runs after the promise continuations of this turn of the
+   * event loop. A wait of a few ms gathered more changes but halved
+   * single-target submits (each waits for two flushes).
+   */
+  private scheduleFlush(): void {
+    this.flushTimer ??= setImmediate(() => this.flush());
   }
 
   /** Resolves when the next flush starts its writes. */
   private nextFlush(): Promise<void> {
     return new Promise<void>((resolve) => {
       this.flushWaiters.push(resolve);
-      this.flushTimer ??= setTimeout(() => this.flush(), coalesceMs);
+      this.scheduleFlush();
     });
   }
 
