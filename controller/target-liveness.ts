@@ -173,12 +173,14 @@ export class TargetLiveness {
       const job = this.core.store.get(a.jobId);
       const target = job?.targets.find((t) => t.hostId === session.hostId && t.pid === a.pid);
       if (job && !isJobFinal(job) && target && isTargetActive(target)) {
-        if (target.state === TargetState.LOST) {
+        // Arming: the agent carried out an arm whose answer went to an earlier session (a controller
+        // killed while its batch was on the way); nothing else would ever record it armed.
+        if (target.state === TargetState.LOST || target.state === TargetState.ARMING) {
           const updated = await this.core.store.mutate(job.id, (j) => {
             const t = j.targets.find((x) => x.hostId === session.hostId && x.pid === a.pid);
-            if (!t || t.state !== TargetState.LOST) return;
+            if (!t || (t.state !== TargetState.LOST && t.state !== TargetState.ARMING)) return;
+            t.reason = t.state === TargetState.LOST ? "agent reconnected; the target stayed armed" : "armed; the agent's answer was lost with its earlier session, its registration says so";
             t.state = TargetState.ARMED;
-            t.reason = "agent reconnected; the target stayed armed";
             if (a.counts) t.counts = a.counts;
             rollUp(j);
           }, [session.hostId]);
