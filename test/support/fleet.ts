@@ -82,19 +82,21 @@ async function exists(file: string): Promise<boolean> {
  * A network namespace with a PID and mount namespace (own /proc) inside,
  * whose pid 1 is an idler that ends — and with it every process in the PID
  * namespace — when told "exit" or when our end of its stdin closes, so even
- * a test runner that dies leaves no process behind.
+ * a test runner that dies leaves no process behind. Without a network
+ * namespace the box shares ours: its processes see only each other, and
+ * reach (and are reached on) our loopback.
  */
 export class Box {
   private constructor(
-    readonly netns: string,
+    readonly netns: string | undefined,
     readonly init: Target,
     /** `pid:[inode]`, as /proc/PID/ns/pid of its processes reads. */
     readonly pidNamespace: string,
   ) {}
 
-  static async start(netns: string): Promise<Box> {
+  static async start(netns?: string): Promise<Box> {
     const init = await startTarget("idler", [], {
-      wrapper: ["ip", "netns", "exec", netns, "unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--"],
+      wrapper: [...(netns === undefined ? [] : ["ip", "netns", "exec", netns]), "unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "--"],
       inPidNamespace: true,
     });
     try {
