@@ -25,6 +25,7 @@ import assert from "node:assert/strict";
 import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import { connect, type ConsumerMessages, type NatsConnection } from "nats";
 import { Backend, HitBatchSchema, JobSpecSchema, JobState, TargetState, WatchMode, eventStream, eventSubjects, type HitEvent, type Job } from "../../proto/index.js";
+import type { ListPosition } from "../../controller/job-index.js";
 import { JobStore } from "../../controller/job-store.js";
 import { Cluster, type Daemon } from "../support/cluster.js";
 import { Box } from "../support/fleet.js";
@@ -254,7 +255,7 @@ describe("a controller restart in the middle of a batch", () => {
     const settled = await waitFor(
       "every job armed or queued with a reason",
       async () => {
-        const { jobs } = await api().listJobs({});
+        const { jobs } = await api().listJobs({ limit: 1000 });
         const mine = jobs.filter((j) => wordOf.has(j.id));
         last = mine.map(unsettled).filter((u): u is string => u !== undefined);
         return mine.length === queued.length && last.length === 0 ? mine : undefined;
@@ -323,7 +324,7 @@ describe("a controller restart in the middle of a batch", () => {
     // Every job ends with counts that add up, and the event stream holds exactly its delivered hits.
     for (const j of settled) await api().cancelJob({ id: j.id });
     await hitLog.caughtUp(nc!);
-    const { jobs: ended } = await api().listJobs({});
+    const { jobs: ended } = await api().listJobs({ limit: 1000 });
     for (const j of ended.filter((x) => wordOf.has(x.id) || x.id === blocker.id)) {
       const n = j.counts!;
       assert.equal(n.trapped, n.delivered + n.suppressed + n.dropped + n.filtered, `job ${j.id}: trapped = delivered + suppressed + dropped + filtered`);
@@ -356,10 +357,18 @@ describe("a controller restart in the middle of a batch", () => {
   }
 });
 
-/** The jobs bucket as stored, read while no controller runs. */
+/** The jobs bucket as stored (active and finished jobs), read while no controller runs. */
 async function storedJobs(nc: NatsConnection): Promise<Map<string, Job>> {
   const store = await JobStore.open(nc.jetstream());
-  return new Map((await store.load()).map((j) => [j.id, j]));
+  await store.load();
+  const jobs = new Map<string, Job>();
+  let after: ListPosition | undefined;
+  do {
+    const page = await store.list({ limit: 1000, states: undefined, after });
+    for (const job of page.jobs) jobs.set(job.id, (await store.full(job.id)) ?? job);
+    after = page.next;
+  } while (after);
+  return jobs;
 }
 
 function sorted(m: Map<string, string>): Array<[string, string]> {
