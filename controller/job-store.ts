@@ -67,6 +67,9 @@ export function shardOf(hostId: string, count: number = legacyShardCount): numbe
 
 const shardKey = (id: string, n: number) => `${id}.${n}`;
 
+/** The stored value of one shard of a job with `count` shards. */
+const shardValue = (targets: Target[], count: number): Uint8Array => toBinary(TargetShardSchema, create(TargetShardSchema, { targets, shardCount: count }));
+
 /** The bucket's stream, and the subject of a key in it (retention purges by subject). */
 const bucketStream = `KV_${jobBucket}`;
 const keySubject = (key: string) => `$KV.${jobBucket}.${key}`;
@@ -97,7 +100,6 @@ export function copyTarget(t: Target): Target {
     chunks: t.chunks.map((c) => ({ ...c })),
   };
 }
-
 
 /** A change waiting for its job's next write. */
 interface PendingChange {
@@ -248,11 +250,8 @@ export class JobStore {
 
   /** Reads one job and the shards named (when `shardKeys` is undefined: all of its shards, none for a finished job the index says has none). */
   private async read(id: string, shardKeys?: string[]): Promise<Entry | undefined> {
-    const head = await this.timed(`read job ${id}`, this.kv.get(id));
-    if (!head || head.operation !== "PUT" || head.value.length === 0) {
-      this.cache.forget(id);
-      return undefined;
-    }
+    const head = await this.readHead(id);
+    if (!head) return undefined;
     const job = fromBinary(JobSchema, head.value);
     const shards = new Map<number, number>();
     let count = 0;
@@ -317,12 +316,16 @@ export class JobStore {
     const cached = this.cache.get(id);
     if (cached) return cached.job;
     if (!this.cache.has(id)) return undefined;
+    const head = await this.readHead(id);
+    return head && fromBinary(JobSchema, head.value);
+  }
+
+  /** The job's own value (without its shards); undefined, and forgotten here, when the bucket no longer has it. */
+  private async readHead(id: string): Promise<KvEntry | undefined> {
     const head = await this.timed(`read job ${id}`, this.kv.get(id));
-    if (!head || head.operation !== "PUT" || head.value.length === 0) {
-      this.cache.forget(id);
-      return undefined;
-    }
-    return fromBinary(JobSchema, head.value);
+    if (head && head.operation === "PUT" && head.value.length > 0) return head;
+    this.cache.forget(id);
+    return undefined;
   }
 
   /** Every active job (not final). */
@@ -391,7 +394,7 @@ export class JobStore {
       // All at once: NATS takes the values of a 40,000-target job in one go.
       await Promise.all(
         [...this.split(job.targets, count)].map(async ([n, targets]) => {
-          shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, this.kv.create(shardKey(job.id, n), toBinary(TargetShardSchema, create(TargetShardSchema, { targets, shardCount: count })))));
+          shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, this.kv.create(shardKey(job.id, n), shardValue(targets, count))));
         }),
       );
     }
@@ -552,7 +555,7 @@ export class JobStore {
     const shards = new Map(current.shards);
     await Promise.all(
       [...this.split(job.targets, count, dirty)].map(async ([n, targets]) => {
-        const value = toBinary(TargetShardSchema, create(TargetShardSchema, { targets, shardCount: count }));
+        const value = shardValue(targets, count);
         const known = shards.get(n);
         shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, known === undefined ? this.kv.create(shardKey(job.id, n), value) : this.kv.update(shardKey(job.id, n), value, known)));
       }),
