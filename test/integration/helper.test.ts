@@ -539,6 +539,45 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.equal(log.hits.length, 1000);
   });
 
+  test("signals - a debug exception with no cause (TRAP_BRKPT, DR6 empty) is not delivered: a target without a SIGTRAP handler runs on", async (t) => {
+    const s = scene(t);
+    // Unwatched, the signal the fixture queues itself kills it: it is
+    // what the kernel sends for a causeless debug exception.
+    const bare = await s.target("causeless-trap", ["fake", "100"]);
+    bare.send("go");
+    assert.deepEqual(await bare.waitForExit(EVENT_TIMEOUT_MS), { code: null, signal: "SIGTRAP" });
+
+    const { helper, log } = await s.helper();
+    const target = await s.target("causeless-trap", ["fake", "1000"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)]);
+    target.send("go");
+    assert.equal(await target.waitForLine(/^faked /, EVENT_TIMEOUT_MS), "faked 10");
+    await finishesNormally(target);
+    const done = await log.groupDone(1n);
+    assert.deepEqual(done.counts, { trapped: 1000n, delivered: 1000n, suppressed: 0n, filtered: 0n, lost: 0n });
+    // Said the first time and at every power of two: 1, 2, 4, 8.
+    const said = log.of("log").filter((e) => /debug exception with no cause/.test(e.message));
+    assert.equal(said.length, 4, said.map((e) => e.message).join("\n"));
+    assert.match(said[0]?.message ?? "", new RegExp(`^pid ${target.pid}: thread \\d+ took a debug exception with no cause \\(DR6 empty, ip 0x[0-9a-f]+\\): not delivered to the target \\(1 so far\\)$`));
+    assert.equal(said[0]?.level, "warning");
+  });
+
+  test("signals - the target's own INT1 still reaches its handler while watched", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("causeless-trap", ["int1"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)]);
+    target.send("go");
+    // INT1 is a debug exception without a DR6 cause, from 0xf1 at ip - 1.
+    assert.equal(await target.waitForLine(/^handled /, EVENT_TIMEOUT_MS), "handled 1 code 1");
+    await finishesNormally(target);
+    await log.groupDone(1n);
+    assert.equal(log.hits.length, 2);
+    assert.equal(log.of("log").filter((e) => /no cause/.test(e.message)).length, 0);
+  });
+
   test("signals - job control works while armed: SIGSTOP stops, SIGCONT resumes", async (t) => {
     const s = scene(t);
     const { helper, log } = await s.helper();
