@@ -663,13 +663,14 @@ static int trap_read_stack(struct fw_trap *tr, uint64_t *ips)
 
 /* A debug exception whose DR6 names no cause reaches the thread as the
  * SIGTRAP Linux sends for an INT1 instruction: si_code TRAP_BRKPT, si_addr
- * the instruction pointer after it. Virtual machines raise such exceptions
- * now and then under heavy watchpoint traffic (README, "Safety"; measured
- * there: about one in 20 million traps, also with no helper at all).
+ * the instruction pointer after it. Some virtual machines raise a watched
+ * write's trap that way now and then: its status is lost on the way, so the
+ * kernel counts no trap and signals the thread (README, "Safety": about one
+ * in a few million traps on the VMs measured, with no helper at all).
  * Delivered, it kills a program without a SIGTRAP handler. Only an INT1
- * (0xf1) just before the ip is the program's own; on a process we armed,
- * anything else with that signature is dropped and said. */
-static bool causeless_debug_trap(const struct thread *t, struct proc *p)
+ * (0xf1) just before the ip is the program's own. True for a causeless one
+ * on a process we armed. */
+static bool causeless_debug_trap(const struct thread *t, const struct proc *p, uint64_t *ip)
 {
 	siginfo_t si;
 	struct user_regs_struct regs;
@@ -691,17 +692,37 @@ static bool causeless_debug_trap(const struct thread *t, struct proc *p)
 	word = ptrace(PTRACE_PEEKTEXT, t->tid, (void *)(uintptr_t)word_at, NULL);
 	if (word == -1 && errno != 0)
 		return false;
-	if ((uint8_t)((uint64_t)word >> (8 * (at - word_at))) == 0xf1)
-		return false;
+	*ip = regs.rip;
+	return (uint8_t)((uint64_t)word >> (8 * (at - word_at))) != 0xf1;
+}
+
+/* The slot a causeless trap belongs to: the thread's only armed one, when
+ * its registers are the process's (0 when there is no single answer). */
+static uint8_t causeless_trap_slot(const struct thread *t, const struct proc *p)
+{
+	uint8_t mask = dr_mirror_mask(&p->mirror);
+
+	return !t->dirty && mask != 0 && (mask & (mask - 1)) == 0 ? mask : 0;
+}
+
+static void say_causeless_trap(struct proc *p, const struct thread *t, uint64_t ip, uint8_t slot)
+{
+	char what[64];
+
 	p->causeless_traps++;
 	/* Said the first time and at every power of two after it. */
-	if ((p->causeless_traps & (p->causeless_traps - 1)) == 0)
-		out_log(FW_LOG_WARNING,
-			"pid %d: thread %d took a debug exception with no cause (DR6 empty, ip 0x%llx): "
-			"not delivered to the target (%llu so far)",
-			(int)p->pid, (int)t->tid, (unsigned long long)regs.rip,
-			(unsigned long long)p->causeless_traps);
-	return true;
+	if ((p->causeless_traps & (p->causeless_traps - 1)) != 0)
+		return;
+	if (slot)
+		snprintf(what, sizeof what, "counted as a trap of DR%d, its only armed register",
+			 __builtin_ctz(slot));
+	else
+		snprintf(what, sizeof what, "dropped: more than one register armed");
+	out_log(FW_LOG_WARNING,
+		"pid %d: thread %d took a debug exception with no cause (DR6 empty, ip 0x%llx): "
+		"not delivered to the target, %s (%llu so far)",
+		(int)p->pid, (int)t->tid, (unsigned long long)ip, what,
+		(unsigned long long)p->causeless_traps);
 }
 
 /* SIGTRAP signal-delivery-stop: ours if DR6 names a slot we ever enabled.
@@ -729,9 +750,18 @@ static void on_trap(int ti)
 	}
 	fired = dr6_fired(dr6, p->known_mask);
 	if (fired == 0) {
-		/* The program's own: re-inject. A causeless one: drop it. */
-		t->resume_sig = causeless_debug_trap(t, p) ? 0 : SIGTRAP;
-		return;
+		if (!causeless_debug_trap(t, p, &ip)) {
+			t->resume_sig = SIGTRAP; /* the program's own: re-inject */
+			return;
+		}
+		/* Never the program's: with one register armed, that register's
+		 * trap, its status lost on the way. */
+		fired = causeless_trap_slot(t, p);
+		say_causeless_trap(p, t, ip, fired);
+		if (fired == 0) {
+			t->resume_sig = 0;
+			return;
+		}
 	}
 	memset(&regs, 0, sizeof regs);
 	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == 0)
