@@ -114,7 +114,10 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     const s = scene(t);
     const { helper, log } = await s.helper(options);
     const N = 100_000;
-    const target = await s.target("counter", ["--threads", String(threads), "--writes", String(N)]);
+    // Half a million traps and more: enough for a VM that loses a trap's
+    // status now and then to do it here (README, "Safety"). The kernel then
+    // counts no trap and signals the writer, which survives to say so.
+    const target = await s.target("counter", ["--threads", String(threads), "--writes", String(N), "--survive-causeless"]);
     const [counter] = readyAddresses(target) as [bigint];
     await helper.arm(target.pid, 1n, [write8(counter)], PERF);
     process.kill(helper.pid, "SIGSTOP");
@@ -126,7 +129,9 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     }
     await finishesNormally(target);
     const { counts } = await log.groupDone(1n);
-    const writes = BigInt(threads * N);
+    const causeless = BigInt((await target.waitForLine(/^causeless \d+$/, EVENT_TIMEOUT_MS)).split(" ")[1] as string);
+    if (causeless > 0n) t.diagnostic(`the platform lost ${causeless} trap(s): debug exceptions with no cause, which the kernel does not count`);
+    const writes = BigInt(threads * N) - causeless;
     const shown = JSON.stringify(counts, (_, v) => (typeof v === "bigint" ? Number(v) : v));
     assert.equal(counts.trapped, writes, `trapped is what the kernel counted: ${shown}`);
     assert.equal(counts.delivered + counts.suppressed + counts.filtered + counts.lost, counts.trapped);
