@@ -64,6 +64,8 @@ export class SessionClient {
   private listed: ArmedTarget[] = [];
   /** The info changed while no session was live. */
   private infoUnsent = false;
+  /** Arms and disarms under way: a session may end before they do. */
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(
     private readonly core: AgentCore,
@@ -151,6 +153,14 @@ export class SessionClient {
     }, this.leaseMs);
   }
 
+  /** Keeps work in inFlight until it settles. */
+  private track<T>(work: Promise<T>): Promise<T> {
+    this.inFlight.add(work);
+    const forget = (): void => void this.inFlight.delete(work);
+    work.then(forget, forget);
+    return work;
+  }
+
   /** Watches of a registration's armed list that are not armed any more. */
   private disarmedSince(listed: readonly ArmedTarget[]): ArmedTarget[] {
     const armedNow = new Set(this.core.armed().map(armedKey));
@@ -186,6 +196,21 @@ export class SessionClient {
     for (let attempt = 0; !signal.aborted; attempt++) {
       // Each attempt goes to the next address: a dead leader's standby takes over.
       const controller = controllers[attempt % controllers.length]!;
+      // An arm begun for the last session and still under way would be missing from this
+      // registration's armed list: the controller would take it for lost, arm it again (EEXIST)
+      // and give its registers to another job while this host holds them. Register once every
+      // arm and disarm has settled (each is bounded by the helper's request deadline).
+      if (this.inFlight.size > 0) {
+        await new Promise<void>((resolve) => {
+          const done = (): void => {
+            signal.removeEventListener("abort", done);
+            resolve();
+          };
+          signal.addEventListener("abort", done, { once: true });
+          void Promise.allSettled([...this.inFlight]).then(done);
+        });
+        if (signal.aborted) break;
+      }
       const client = createClient(AgentService, controller, channelCredentials(this.options.transport), channelOptions(this.options.transport));
       const outbound = sessionRequestQueue();
       // Ends this session (not the agent) when the controller falls silent, and with the agent.
@@ -260,7 +285,7 @@ export class SessionClient {
                 }
                 // A watch armed again on that job and pid (a reused pid) is not ended by an older final report.
                 this.finals.delete(`${request.jobId}/${request.pid}`);
-                void this.core.arm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value } })));
+                void this.track(this.core.arm(request)).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "armResult", value } })));
                 break;
               }
               case "discover": {
@@ -281,7 +306,7 @@ export class SessionClient {
                   break;
                 }
                 this.options.log(`agent ${this.options.info.hostId}: kill switch: clearing every debug register (${request.reason})`);
-                void this.core.disarmEverything(request.reason).then(
+                void this.track(this.core.disarmEverything(request.reason)).then(
                   (disarmed) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, disarmed } } })),
                   (err: unknown) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmAllResult", value: { requestId: request.requestId, error: toAgentError(err) } } })),
                 );
@@ -293,7 +318,7 @@ export class SessionClient {
                   outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value: { requestId: request.requestId, jobId: request.jobId, pid: request.pid, error: staleEpoch(request.epoch, this.epochs.highest) } } }));
                   break;
                 }
-                void this.core.disarm(request).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value } })));
+                void this.track(this.core.disarm(request)).then((value) => outbound.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value } })));
                 break;
               }
               default:
