@@ -119,6 +119,8 @@ function settled(entry: Entry): Entry {
 interface Entry {
   /** The job; for a big finished job only its summary (targets left in the store: see full()). */
   job: Job;
+  /** Not in the bucket yet (see stage): its next write creates it. */
+  staged?: boolean;
   /** The targets are not in memory (a finished sharded job). */
   evicted?: boolean;
   /** Revision of the job's own value. */
@@ -403,6 +405,27 @@ export class JobStore {
     return job;
   }
 
+  /**
+   * Puts a new job in memory without writing it: the first change asked of
+   * it (mutate) writes it, change included, with create (fails if the id
+   * exists), coalesced like any change. Until then every reader here sees it
+   * (get, active, list, mutate) and the bucket does not: a controller that
+   * stops first leaves nothing of it. A first write that fails drops it
+   * from memory too (the job never existed); see isStaged. Fenced like
+   * create: a deposed leader stages nothing.
+   */
+  async stage(job: Job): Promise<Job> {
+    await this.checkFence(job.id);
+    if (this.cache.has(job.id)) throw new JobStoreConflictError(`job ${job.id} exists`);
+    this.cache.set(job.id, { job: deepFreeze(job), staged: true, revision: 0, shards: new Map(), shardCount: 0 });
+    return job;
+  }
+
+  /** Whether memory holds the job staged, not written yet. */
+  isStaged(id: string): boolean {
+    return this.cache.get(id)?.staged === true;
+  }
+
   /** Targets by shard of `count`, in their order: the shards in `only`, or every shard (empty ones too). */
   private split(targets: readonly Target[], count: number, only?: ReadonlySet<number>): Map<number, Target[]> {
     const byShard = new Map<number, Target[]>();
@@ -500,6 +523,16 @@ export class JobStore {
           for (const c of live) c.resolve(entry.job);
           return;
         } catch (err) {
+          if (current.staged) {
+            // Its first write is not tried again (as create is not). Whether one that timed out landed
+            // is asked once; if not, the job is dropped from memory below: it never existed.
+            const landed = err instanceof JobStoreTimeoutError ? await this.read(id).catch(() => undefined) : undefined;
+            if (landed) {
+              for (const c of live) c.resolve(landed.job);
+              return;
+            }
+            throw err;
+          }
           // A lost race, or NATS away for a moment (a write that timed out may have landed: the re-read tells).
           const conflict = isCasConflict(err);
           if (conflict) this.onConflict();
@@ -513,6 +546,8 @@ export class JobStore {
         }
       }
     } catch (err) {
+      // A staged job whose first write failed (the fence, a lost race, NATS away) was never stored.
+      if (this.cache.get(id)?.staged) this.cache.forget(id);
       for (const c of live) c.reject(err);
     }
   }
@@ -546,8 +581,10 @@ export class JobStore {
   /** Writes a changed job: inline, or its scope's shards (every shard when it becomes sharded) and then the job. */
   private async write(current: Entry, job: Job, scope: ReadonlySet<string> | undefined): Promise<Entry> {
     const sharded = current.shardCount > 0 || job.targets.length > inlineTargets;
+    // A staged job's first write creates its value (its shards are new too).
+    const put = (value: Uint8Array) => (current.staged ? this.kv.create(job.id, value) : this.kv.update(job.id, value, current.revision));
     if (!sharded) {
-      const revision = await this.timed(`write job ${job.id}`, this.kv.update(job.id, toBinary(JobSchema, job), current.revision));
+      const revision = await this.timed(`write job ${job.id}`, put(toBinary(JobSchema, job)));
       return { job: deepFreeze(job), revision, shards: current.shards, shardCount: 0 };
     }
     const count = current.shardCount || shardsFor(job.targets.length);
@@ -560,7 +597,7 @@ export class JobStore {
         shards.set(n, await this.timed(`write ${shardKey(job.id, n)}`, known === undefined ? this.kv.create(shardKey(job.id, n), value) : this.kv.update(shardKey(job.id, n), value, known)));
       }),
     );
-    const revision = await this.timed(`write job ${job.id}`, this.kv.update(job.id, toBinary(JobSchema, { ...job, targets: [] }), current.revision));
+    const revision = await this.timed(`write job ${job.id}`, put(toBinary(JobSchema, { ...job, targets: [] })));
     for (const t of job.targets) deepFreeze(t);
     Object.freeze(job.targets);
     return { job, revision, shards, shardCount: count };

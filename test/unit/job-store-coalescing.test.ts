@@ -152,3 +152,73 @@ test("job store - a controller whose term ended writes none of its coalesced cha
   assert.equal(kv.updates, 0);
   assert.equal(kv.stored("j1").reason, "");
 });
+
+/** A new job with two targets, as a submit stages it. */
+const newJob = (id: string, targets = 2) =>
+  create(JobSchema, { id, state: JobState.PENDING, targets: Array.from({ length: targets }, (_, i) => ({ hostId: `h${i}`, pid: 1, state: TargetState.ARMING, counts: {} })) });
+
+test("job store - a staged job is in memory only until its first change, which creates it with that change in one write", async () => {
+  const kv = new MemoryKv();
+  const { store } = await storeWith(kv);
+  const writesBefore = kv.creates;
+  await store.stage(newJob("j2"));
+  assert.equal(kv.creates, writesBefore, "nothing written yet");
+  assert.equal(store.isStaged("j2"), true);
+  assert.equal(store.get("j2")?.targets[0]?.state, TargetState.ARMING);
+  assert.ok(store.active().some((j) => j.id === "j2"));
+  const [armed, reported] = await Promise.all([
+    store.mutate("j2", (j) => {
+      for (const t of j.targets) t.state = TargetState.ARMED;
+      j.state = JobState.ARMED;
+    }),
+    store.mutate("j2", (j) => void (j.targets[0]!.counts!.trapped = 3n), ["h0"]),
+  ]);
+  assert.equal(kv.creates, writesBefore + 1, "one create");
+  assert.equal(kv.updates, 0);
+  assert.equal(store.isStaged("j2"), false);
+  assert.equal(armed.state, JobState.ARMED);
+  assert.equal(reported.targets[0]!.counts!.trapped, 3n);
+  const stored = kv.stored("j2");
+  assert.equal(stored.state, JobState.ARMED);
+  assert.deepEqual(stored.targets.map((t) => [t.state, t.counts?.trapped]), [[TargetState.ARMED, 3n], [TargetState.ARMED, 0n]]);
+  // Written now: the next change is an update.
+  await store.mutate("j2", (j) => void (j.reason = "later"));
+  assert.equal(kv.updates, 1);
+});
+
+test("job store - a staged job whose first write fails (deposed, or its id taken) is dropped: it was never stored", async () => {
+  const kv = new MemoryKv();
+  let leading = true;
+  const { store } = await storeWith(kv, () => leading);
+  await store.stage(newJob("j3"));
+  leading = false;
+  await assert.rejects(store.mutate("j3", (j) => void (j.state = JobState.ARMED)), NotLeaderError);
+  assert.equal(store.has("j3"), false);
+  assert.equal(store.get("j3"), undefined);
+  assert.equal(await kv.get("j3"), null, "nothing written");
+  await assert.rejects(store.stage(newJob("j4")), NotLeaderError, "a deposed leader stages nothing");
+  assert.equal(store.has("j4"), false);
+
+  leading = true;
+  await kv.create("j5", new Uint8Array([8, 1]));
+  await store.stage(newJob("j5"));
+  await assert.rejects(store.mutate("j5", (j) => void (j.state = JobState.ARMED)), /wrong last sequence/);
+  assert.equal(store.has("j5"), false);
+  assert.equal(kv.updates, 0, "what held the id was not overwritten");
+});
+
+test("job store - a big staged job's first write creates every shard and then the job", async () => {
+  const kv = new MemoryKv();
+  const { store } = await storeWith(kv);
+  const creates = kv.creates;
+  await store.stage(newJob("big", 300));
+  const armed = await store.mutate("big", (j) => {
+    for (const t of j.targets) t.state = TargetState.ARMED;
+  });
+  assert.equal(armed.targets.length, 300);
+  const shards: string[] = [];
+  for await (const key of await kv.keys()) if (key.startsWith("big.")) shards.push(key);
+  assert.equal(shards.length, 5, "300 targets in ceil(300 / 64) shards");
+  assert.equal(kv.creates, creates + shards.length + 1);
+  assert.equal(kv.stored("big").targets.length, 0, "the job's own value holds no targets");
+});
