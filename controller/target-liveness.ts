@@ -32,7 +32,7 @@ export class TargetLiveness {
   constructor(
     private readonly core: ControllerCore,
     private readonly submit: Pick<SubmitFlow, "discover" | "plan">,
-    private readonly queue: Pick<JobQueue, "evict">,
+    private readonly queue: Pick<JobQueue, "evict" | "drainSoon">,
     private readonly arming: Pick<Arming, "armTargets">,
     private readonly followers: Pick<Followers, "addTarget">,
   ) {}
@@ -152,6 +152,30 @@ export class TargetLiveness {
     await this.arming.armTargets(replaced.updated, replaced.updated.targets.filter((t) => t.state === TargetState.ARMING && placed.has(`${t.hostId}/${t.pid}`)), []);
   }
 
+  /** Whether an active job holds this armed target of the agent's. */
+  private holdsActive(hostId: string, a: ArmedTarget): boolean {
+    const job = this.core.store.get(a.jobId);
+    const target = job?.targets.find((t) => t.hostId === hostId && t.pid === a.pid);
+    return job !== undefined && !isJobFinal(job) && target !== undefined && isTargetActive(target);
+  }
+
+  /**
+   * Holds in the ledger the registers of a watch an agent has armed for no
+   * active job, until it is disarmed: exclusive, and above every priority,
+   * so that nothing is placed on them or preempts them. False when the
+   * ledger has them held already (by an active job: the agent's list is
+   * older than the ledger) or nothing is named.
+   */
+  private holdOrphan(hostId: string, a: ArmedTarget): boolean {
+    if (a.slots.length === 0) return false;
+    try {
+      this.core.ledger.restore(hostId, a.pid, { id: a.jobId, priority: Number.MAX_SAFE_INTEGER, createdUnixMs: 0, placement: { kind: "any" }, backend: "perf" }, a.slots);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /**
    * Makes a (re)connected agent and the stored jobs agree: registers armed
    * for no active job are disarmed; active targets the agent no longer has
@@ -159,6 +183,10 @@ export class TargetLiveness {
    */
   async reconcile(session: AgentSession, armed: readonly ArmedTarget[]): Promise<void> {
     const have = new Set(armed.map((a) => `${a.jobId}/${a.pid}`));
+    // Before anything waits: what the agent holds for no active job (a job whose controller stopped between
+    // its arms and its first write, a cancel whose disarm never went out) keeps its registers until disarmed below.
+    const orphans = new Set(armed.filter((a) => !this.holdsActive(session.hostId, a)));
+    const held = new Set([...orphans].filter((a) => this.holdOrphan(session.hostId, a)));
     // Jobs that select this host: look for late joiners again, and arm a host that joined.
     for (const job of this.core.store.active()) {
       if (!job.spec?.target || !selectsHost(job, session.info)) continue;
@@ -172,7 +200,7 @@ export class TargetLiveness {
     for (const a of armed) {
       const job = this.core.store.get(a.jobId);
       const target = job?.targets.find((t) => t.hostId === session.hostId && t.pid === a.pid);
-      if (job && !isJobFinal(job) && target && isTargetActive(target)) {
+      if (!orphans.has(a) && job && !isJobFinal(job) && target && isTargetActive(target)) {
         // Arming: the agent carried out an arm whose answer went to an earlier session (a controller
         // killed while its batch was on the way); nothing else would ever record it armed.
         if (target.state === TargetState.LOST || target.state === TargetState.ARMING) {
@@ -189,7 +217,16 @@ export class TargetLiveness {
         continue;
       }
       this.core.options.log(`agent ${session.hostId}: disarming pid ${a.pid} of job ${a.jobId}, which no active job wants`);
-      const result = await session.disarm({ jobId: a.jobId, pid: a.pid, epoch: this.core.options.epoch });
+      let result;
+      try {
+        result = await session.disarm({ jobId: a.jobId, pid: a.pid, epoch: this.core.options.epoch });
+      } finally {
+        // Disarmed, or the session is gone (the agent disarms after its lease, and lists it again when back).
+        if (held.has(a)) {
+          this.core.ledger.release(session.hostId, a.pid, a.jobId);
+          this.queue.drainSoon();
+        }
+      }
       // Its final counts, also for a finished job that memory no longer holds (the change reads it back).
       if (result.counts && this.core.store.has(a.jobId)) {
         const updated = await this.core.store.mutate(a.jobId, (j) => {

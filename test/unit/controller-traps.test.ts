@@ -11,6 +11,7 @@ import { PreconditionError, statusFor } from "../../controller/errors.js";
 import type { JobStore } from "../../controller/job-store.js";
 import {
   AgentInfoSchema,
+  ArmedTargetSchema,
   AsyncQueue,
   Backend,
   ConditionOp,
@@ -159,6 +160,9 @@ function lookup(r: { symbol: string; offset: bigint; address: bigint; length: nu
 /** An agent on a real session with the controller: it finds the pids it is given, finds every address mapped and arms whatever it is asked. */
 class ScriptedAgent {
   readonly arms: Arm[] = [];
+  readonly disarms: Array<{ jobId: string; pid: number }> = [];
+  /** Disarms are answered once this resolves. */
+  disarmsAnswered: Promise<void> = Promise.resolve();
   /** Resolve commands received. */
   resolves = 0;
   /** Answer the lookups a Discover carries (as agents since batch sessions do); else only Resolve is answered. */
@@ -195,7 +199,11 @@ class ScriptedAgent {
           this.arms.push(m.value);
           const value = { requestId: m.value.requestId, jobId: m.value.jobId, pid: m.value.pid, threadsTotal: 1, threadsArmed: 1, backend: m.value.backend, valuesExact: true };
           requests.push(create(SessionRequestSchema, { msg: { case: "armResult", value } }));
-        } else if (m.case === "disarm") requests.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value: { requestId: m.value.requestId, jobId: m.value.jobId, pid: m.value.pid, counts: {} } } }));
+        } else if (m.case === "disarm") {
+          const { requestId, jobId, pid } = m.value;
+          this.disarms.push({ jobId, pid });
+          void this.disarmsAnswered.then(() => requests.push(create(SessionRequestSchema, { msg: { case: "disarmResult", value: { requestId, jobId, pid, counts: {} } } })));
+        }
       }
     })();
     await ready;
@@ -339,5 +347,30 @@ test("controller - a host that resolves while discovering gets no Resolve per pr
     await controller.cancel(job.id);
     await fresh.disconnect();
     await old.disconnect();
+  });
+});
+
+test("controller - registers an agent lists as armed for no active job are placed on only once it has disarmed them", async () => {
+  await withController(async (controller) => {
+    const host = new ScriptedAgent(controller, info("h1", [delivered(Backend.PTRACE), delivered(Backend.PERF)]), [4242]);
+    let answerDisarms!: () => void;
+    host.disarmsAnswered = new Promise<void>((resolve) => (answerDisarms = resolve));
+    // A job whose controller stopped between its arms and its first write: every register of pid 4242.
+    const slots = [0, 1, 2, 3].map((dr) => ({ dr, chunk: { address: 0x9000n + 8n * BigInt(dr), length: 8, mode: WatchMode.WRITE } }));
+    await host.connect([create(ArmedTargetSchema, { jobId: "unknown1", pid: 4242, slots })]);
+    await waitFor("the orphan's disarm sent", () => host.disarms.some((d) => d.jobId === "unknown1"));
+    const job = () => spec({ backend: Backend.PERF, target: { hostIds: ["h1"], pid: 4242 } });
+    await assert.rejects(controller.submit(job()), (err: unknown) => {
+      assert.match(String(err), /has 0 free debug register\(s\) of 4 and the job needs 1; held by .*unknown1/);
+      return true;
+    });
+    assert.equal(host.arms.length, 0, "nothing armed on registers the agent still holds");
+    answerDisarms();
+    const armed = await waitFor("placed once the orphan is disarmed", async () => {
+      const j = await controller.submit(job()).catch(() => undefined);
+      return j?.state === JobState.ARMED && j;
+    });
+    await controller.cancel(armed.id);
+    await host.disconnect();
   });
 });
