@@ -81,6 +81,8 @@ export class Arming {
       }),
     );
     const nowMs = BigInt(Date.now());
+    // A job staged by its submit is first written here, with these outcomes.
+    const staged = this.core.store.isStaged(job.id);
     const armed = await this.core.store.mutate(job.id, (j) => {
       const byKey = targetIndex(j);
       for (const outcome of outcomes) {
@@ -109,7 +111,10 @@ export class Arming {
         }
       }
       rollUp(j);
-    }, targets.map((t) => t.hostId));
+    }, targets.map((t) => t.hostId)).catch((err: unknown) => {
+      if (staged && !this.core.store.has(job.id)) this.undoUnstored(job, outcomes);
+      throw err;
+    });
     for (const t of armed.targets) if (!isTargetActive(t)) this.core.ledger.release(t.hostId, t.pid, job.id);
     // The job ended while these were arming: take them back.
     const armedByKey = targetIndex(armed);
@@ -127,6 +132,24 @@ export class Arming {
     // Registers of targets that failed are free for others.
     if (outcomes.some((o) => "err" in o)) this.queue.drainSoon();
     return armed;
+  }
+
+  /**
+   * A staged job whose first write failed was never stored: what its arms
+   * took is given back (the agents disarm; a deposed leader's disarm may be
+   * refused, and the next leader's reconcile disarms it), and the registers
+   * are free again in the ledger.
+   */
+  private undoUnstored(job: Job, outcomes: ReadonlyArray<{ target: Target; result?: unknown }>): void {
+    for (const { target, result } of outcomes) {
+      this.core.ledger.release(target.hostId, target.pid, job.id);
+      if (!result) continue;
+      void this.core.sessions
+        .get(target.hostId)
+        ?.disarm({ jobId: job.id, pid: target.pid, epoch: this.core.options.epoch })
+        .catch((err) => this.core.options.log(`job ${job.id}: disarming ${target.hostId}/${target.pid} after the job could not be stored failed: ${String(err)}`));
+    }
+    this.queue.drainSoon();
   }
 
   /** An arm that met ENOSPC or another tracer tells the ledger about registers and processes it cannot use. */

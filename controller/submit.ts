@@ -67,6 +67,30 @@ export function resolveRequestsOf(spec: JobSpec): ResolveRequest[] {
   return out;
 }
 
+// Written once: a submitted job is written with its arm outcomes, not first
+// as "arming" and again when armed. That is one KV write and one flush less
+// per submit, and no KV round trip under the ledger lock, which serialized
+// every submit behind the one before it. What it keeps true:
+//
+// - While its targets arm, the job is staged in the store's memory: every
+//   part of this controller sees it (a cancel, the kill switch, a target
+//   report, the queue), its registers are held in the ledger, and whichever
+//   change comes first writes it, with create. The fence is checked before
+//   the arms are sent and again on that write: a deposed leader neither
+//   arms for it nor writes it.
+// - A controller that stops (killed, deposed) before that write leaves no
+//   record, and its client no answer but an error: the job never existed.
+//   Arms that reached agents are then watches of no job; the next leader's
+//   reconcile disarms them when their agents register, and holds their
+//   registers in its ledger until then (target-liveness.ts), so no other job
+//   is placed on them meanwhile. (Stored "arming" first, such a job would be
+//   armed by the reconcile, for a client that had been told it failed.)
+// - A write that fails drops the job from memory; what was armed for it is
+//   disarmed and its registers released (arming.ts), and the client gets
+//   the error.
+// - Once written, the record says what the agents answered (ARMED, FAILED,
+//   ...), so a restart reads it as it is: nothing is left "arming".
+
 /** A new job's id: ten random hex digits. */
 function newJobId(): string {
   return randomBytes(5).toString("hex");
@@ -168,7 +192,10 @@ export class SubmitFlow {
       rollUp(draft);
       if (decision.shortfall && draft.state === JobState.PENDING && waits) draft.reason = `queued: ${decision.shortfall.reason}`;
       try {
-        return { job: await this.core.store.create(draft), evictions: decision.preempted };
+        // Placed targets are armed before the job is first written (see "Written once" above); a job with
+        // nothing to arm is written now.
+        const stored = draft.targets.some((t) => t.state === TargetState.ARMING) ? await this.core.store.stage(draft) : await this.core.store.create(draft);
+        return { job: stored, evictions: decision.preempted };
       } catch (err) {
         this.core.ledgerRollback(before);
         throw err;

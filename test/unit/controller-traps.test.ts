@@ -9,6 +9,7 @@ import { status } from "@grpc/grpc-js";
 import { Controller, checkHostBackend } from "../../controller/controller.js";
 import { PreconditionError, statusFor } from "../../controller/errors.js";
 import type { JobStore } from "../../controller/job-store.js";
+import { NotLeaderError } from "../../controller/leader-election.js";
 import {
   AgentInfoSchema,
   ArmedTargetSchema,
@@ -142,9 +143,32 @@ class MemoryJobStore {
     this.jobs.set(job.id, clone(JobSchema, job));
     return this.jobs.get(job.id)!;
   }
+  /** Jobs staged and not written yet (see JobStore.stage). */
+  private readonly staged = new Set<string>();
+  /** Fails the next first write of a staged job (as a deposed leader's, or NATS away). */
+  failFirstWrite: Error | undefined;
+  /** First writes of staged jobs so far. */
+  firstWrites = 0;
+  async stage(job: Job): Promise<Job> {
+    const stored = await this.create(job);
+    this.staged.add(job.id);
+    return stored;
+  }
+  isStaged(id: string): boolean {
+    return this.staged.has(id);
+  }
   async mutate(id: string, change: (job: Job) => void): Promise<Job> {
     const current = this.jobs.get(id);
     if (!current) throw new Error(`job ${id} is not in the store`);
+    if (this.staged.delete(id)) {
+      this.firstWrites++;
+      const failure = this.failFirstWrite;
+      this.failFirstWrite = undefined;
+      if (failure) {
+        this.jobs.delete(id);
+        throw failure;
+      }
+    }
     const job = clone(JobSchema, current);
     change(job);
     this.jobs.set(id, job);
@@ -347,6 +371,33 @@ test("controller - a host that resolves while discovering gets no Resolve per pr
     await controller.cancel(job.id);
     await fresh.disconnect();
     await old.disconnect();
+  });
+});
+
+test("controller - a submitted job is first written with its arm outcome; when that write fails, its arms are disarmed and its registers freed", async () => {
+  await withController(async (controller, store) => {
+    const host = new ScriptedAgent(controller, info("h1", [delivered(Backend.PTRACE), delivered(Backend.PERF)]), [4242]);
+    await host.connect();
+    // All four registers of the one process.
+    const fourWatches = [write8(0x1000n), write8(0x2000n), write8(0x3000n), write8(0x4000n)];
+    const fullJob = () => spec({ backend: Backend.PERF, target: { hostIds: ["h1"], pid: 4242 } }, fourWatches);
+    const job = await controller.submit(fullJob());
+    assert.equal(job.state, JobState.ARMED);
+    assert.equal(store.firstWrites, 1, "staged, then written once with the arm's outcome");
+    assert.equal(store.get(job.id)?.state, JobState.ARMED);
+    await controller.cancel(job.id);
+
+    store.failFirstWrite = new NotLeaderError("not writing: this controller's leader term ended", undefined);
+    await assert.rejects(controller.submit(fullJob()), NotLeaderError);
+    const unstored = host.arms.at(-1)!.jobId;
+    assert.notEqual(unstored, job.id, "its arm was sent before the write");
+    assert.equal(store.has(unstored), false, "never stored");
+    await waitFor("the unstored job's watch disarmed", () => host.disarms.some((d) => d.jobId === unstored && d.pid === 4242));
+
+    const again = await controller.submit(fullJob());
+    assert.equal(again.state, JobState.ARMED, "its four registers were free again");
+    await controller.cancel(again.id);
+    await host.disconnect();
   });
 });
 
