@@ -561,7 +561,9 @@ export class JobStore {
     let live = [...changes];
     for (;;) {
       const scope = unionOfScopes(live);
-      const job = clone(JobSchema, { ...current.job, targets: [] });
+      // Field by field, as copyTarget; the spec never changes once submitted: shared (frozen), not copied.
+      const job: Job = { ...current.job, targets: [], counts: current.job.counts && { ...current.job.counts } };
+      if (job.spec) deepFreeze(job.spec);
       job.targets = current.job.targets.map((t) => (scope === undefined || scope.has(t.hostId) ? copyTarget(t) : t));
       const failed = live.findIndex((c) => {
         try {
