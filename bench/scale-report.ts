@@ -78,7 +78,7 @@ function renderPlacement(stack: StackReport): string {
     lines.push(`  failed: ${failed}${p.failedSample ? ` (first: ${p.failedSample})` : ""}`);
     if (p.controllerCpuSeconds !== undefined) lines.push(`  controller CPU over the submits: ${s(p.controllerCpuSeconds)} s = ${ms((p.controllerCpuSeconds * 1000) / Math.max(1, p.succeeded))} ms per job`);
     lines.push(`  cancelled ${n(p.cancelled)} in ${s(p.cancelSeconds)} s = ${n(p.cancelled / p.cancelSeconds)} jobs/s${p.cancelFailed ? `, ${n(p.cancelFailed)} cancels failed` : ""}; registers held in the fleet after submits ${n(p.slotsAfterSubmit)}, after cancels ${n(p.slotsAfterCancel)}`);
-    lines.push("  Each job is a full SubmitJob: Discover (which resolves its symbol), place, KV create, Arm, KV update.");
+    lines.push("  Each job is a full SubmitJob: Discover (which resolves its symbol), place, Arm, one KV create with the outcome, the audit record.");
   }
   const q = stack.queue;
   if (q) {
