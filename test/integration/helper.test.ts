@@ -543,7 +543,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     const s = scene(t);
     // Unwatched, the signal the fixture queues itself kills it: it is
     // what the kernel sends for a causeless debug exception.
-    const bare = await s.target("causeless-trap", ["fake", "100"]);
+    const bare = await s.target("causeless-trap", ["100"]);
     bare.send("go");
     assert.deepEqual(await bare.waitForExit(EVENT_TIMEOUT_MS), { code: null, signal: "SIGTRAP" });
 
@@ -552,7 +552,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     // One register armed: each one counts as that register's trap (on
     // these VMs it is a watched write whose status was lost). The fixture's
     // are extra signals, so 1000 writes + 10.
-    const one = await s.target("causeless-trap", ["fake", "1000"]);
+    const one = await s.target("causeless-trap", ["1000"]);
     const [counter, , queuedAt] = readyAddresses(one) as [bigint, bigint, bigint];
     await helper.arm(one.pid, 1n, [write8(counter)]);
     one.send("go");
@@ -571,7 +571,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
     );
 
     // Two registers armed: no single answer, dropped, and said.
-    const two = await s.target("causeless-trap", ["fake", "1000"]);
+    const two = await s.target("causeless-trap", ["1000"]);
     const [counter2, other2] = readyAddresses(two) as [bigint, bigint];
     await helper.arm(two.pid, 2n, [write8(counter2)]);
     await helper.arm(two.pid, 3n, [write8(other2, 1)]);
@@ -586,7 +586,7 @@ describe("fleetwatch-helper", { timeout: TEST_TIMEOUT_MS }, () => {
   test("signals - the target's own INT1 still reaches its handler while watched", async (t) => {
     const s = scene(t);
     const { helper, log } = await s.helper();
-    const target = await s.target("causeless-trap", ["int1"]);
+    const target = await s.target("sigtrap-self", ["int1"]);
     const [counter] = readyAddresses(target) as [bigint];
     await helper.arm(target.pid, 1n, [write8(counter)]);
     target.send("go");
