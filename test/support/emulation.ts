@@ -24,6 +24,13 @@ export const oneRegisterPerAccess = emulated && "the emulated machine reports on
 export const drainFallsBehind = emulated && "the emulated machine's helper drains the ring buffers too slowly for writers trapping flat out (QEMU's TCG)";
 
 /**
+ * INT1 (0xf1, ICEBP) is a debug exception on hardware, which Linux turns
+ * into SIGTRAP; the emulated machine raises an invalid-opcode fault for it
+ * instead (the program gets SIGILL).
+ */
+export const noInt1 = emulated && "the emulated machine raises SIGILL for INT1 (0xf1), not a debug exception (QEMU's TCG); checked on hardware only";
+
+/**
  * How many rounds a long scenario runs: fewer inside the emulated machine,
  * where each costs many times more (the README's Tests section lists
  * them), never none.
