@@ -218,7 +218,11 @@ export class Controller {
         this.dropSession(session, "session ended");
       }
     })();
-    void this.liveness.reconcile(session, register.armed).catch((err) => this.core.options.log(`agent ${info.hostId}: reconcile failed: ${String(err)}`));
+    void this.liveness
+      .reconcile(session, register.armed)
+      .catch((err) => this.core.options.log(`agent ${info.hostId}: reconcile failed: ${String(err)}`))
+      // Queued targets on this host wait for its session (JobQueue.placeable): offer them registers now.
+      .finally(() => this.queue.drainSoon());
     yield* session.outbound;
   }
 

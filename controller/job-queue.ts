@@ -2,7 +2,7 @@
 // jobs are offered freed registers in priority order (a job that fits goes
 // ahead of earlier ones that do not), fail at their queue deadline, and the
 // targets a higher job preempts are disarmed and wait in it again.
-import { JobState, TargetState, formatDuration, type HitCounts, type Job } from "../proto/index.js";
+import { JobState, TargetState, formatDuration, parsePlacement, type HitCounts, type Job, type Target } from "../proto/index.js";
 import type { Arming } from "./arming.js";
 import type { ControllerCore } from "./controller-core.js";
 import { errorText } from "./errors.js";
@@ -135,6 +135,24 @@ export class JobQueue {
   }
 
   /**
+   * The job as the queue may place it now: its waiting targets on hosts
+   * whose agent has a session with this controller. An arm sent to any other
+   * fails at once as "not connected", which puts the target back in the
+   * queue and frees its registers, which drains the queue again: a loop of
+   * two KV writes and a log line per turn for as long as the agent is away.
+   * Such targets wait; the agent's registration drains the queue. Undefined
+   * when none may be placed, or when a gang (placement "all") would be
+   * placed without some of them.
+   */
+  private placeable(job: Job): Job | undefined {
+    const away = (t: Target): boolean => isTargetWaiting(t) && this.core.sessions.get(t.hostId)?.isOpen !== true;
+    const out = job.targets.filter(away).length;
+    if (out === 0) return job;
+    if (out === job.targets.filter(isTargetWaiting).length || parsePlacement(job.spec?.placement ?? "").kind === "all") return undefined;
+    return { ...job, targets: job.targets.filter((t) => !away(t)) };
+  }
+
+  /**
    * Offers free registers to the queued jobs in order; a job that fits goes
    * ahead of earlier ones that do not (backfill). Placements are applied to
    * the ledger one job after the other, so no register is given twice.
@@ -146,7 +164,9 @@ export class JobQueue {
       const writes: Promise<{ job: Job; evictions: readonly Eviction[] } | undefined>[] = [];
       const now = Date.now();
       for (const job of this.queuedInOrder()) {
-        const decision = decide(this.core, job);
+        const view = this.placeable(job);
+        if (!view) continue;
+        const decision = decide(this.core, view);
         if (decision.placed.length === 0) {
           // A waiting job says why, in words and numbers, as the fleet changes (not more often than the queue is retried).
           const reason = decision.shortfall ? `queued: ${decision.shortfall.reason}` : "";

@@ -36,3 +36,17 @@ export async function waitFor<T>(name: string, check: () => T | undefined | fals
     await delay(everyMs);
   }
 }
+
+/**
+ * Polls `check` for `forMs` and fails, naming the condition, as soon as it
+ * is false: for what must not happen (a loop, a second arm) in a window
+ * long enough for it to show.
+ */
+export async function holdsFor(name: string, check: () => boolean | Promise<boolean>, forMs: number, everyMs = 25): Promise<void> {
+  const until = Date.now() + scaled(forMs);
+  for (;;) {
+    if (!(await check())) throw new Error(`no longer true: ${name}`);
+    if (Date.now() >= until) return;
+    await delay(everyMs);
+  }
+}

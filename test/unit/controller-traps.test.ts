@@ -32,7 +32,7 @@ import {
   type SessionRequest,
   type TrapCheck,
 } from "../../proto/index.js";
-import { waitFor } from "../support/wait.js";
+import { holdsFor, waitFor } from "../support/wait.js";
 
 const hypervisor = "DR0 armed, 0 of 8 probe writes trapped: this host does not deliver debug-register traps (hypervisor)";
 const perfHypervisor = "perf breakpoint opened, 0 of 8 probe writes trapped: this host does not deliver debug-register traps (hypervisor)";
@@ -422,6 +422,32 @@ test("controller - registers an agent lists as armed for no active job are place
       return j?.state === JobState.ARMED && j;
     });
     await controller.cancel(armed.id);
+    await host.disconnect();
+  });
+});
+
+test("controller - a queued target whose agent is away is not placed (an arm could only fail and requeue it), and is placed once the agent registers", async () => {
+  await withController(async (controller, store, log) => {
+    const host = new ScriptedAgent(controller, info("h1", [delivered(Backend.PTRACE), delivered(Backend.PERF)]), [4242]);
+    await host.connect();
+    // Four registers held; the second job needs one, so it waits in the queue.
+    const four = [0x2000n, 0x2008n, 0x2010n, 0x2018n].map(write8);
+    const first = await controller.submit(spec({ backend: Backend.PERF, target: { hostIds: ["h1"], pid: 4242 } }, four));
+    const queued = await controller.submit(spec({ backend: Backend.PERF, target: { hostIds: ["h1"], pid: 4242 }, queueTimeoutMs: 60_000n }));
+    assert.equal(queued.state, JobState.PENDING);
+    await host.disconnect();
+    // The agent is away: freeing its registers offers them to the queue, which must not arm there.
+    await controller.cancel(first.id);
+    await waitFor("the first job cancelled", () => store.get(first.id)?.state === JobState.CANCELLED);
+    const tries = () => log.filter((l) => l.includes(`job ${queued.id}: arming h1/4242 failed`)).length;
+    // A loop would try again at once, many times a second.
+    await holdsFor(`no arm of ${queued.id} tried on the away host`, () => tries() === 0, 300);
+    assert.equal(store.get(queued.id)?.state, JobState.PENDING);
+    // Back: its registration offers the queue registers there.
+    await host.connect();
+    await waitFor("the queued job armed once its agent registered", () => store.get(queued.id)?.state === JobState.ARMED);
+    assert.deepEqual(host.arms.map((a) => a.jobId), [first.id, queued.id]);
+    await controller.cancel(queued.id);
     await host.disconnect();
   });
 });
