@@ -120,12 +120,7 @@ export class Arming {
     const armedByKey = targetIndex(armed);
     for (const outcome of outcomes) {
       const t = armedByKey.get(`${outcome.target.hostId}/${outcome.target.pid}`);
-      if ("result" in outcome && t && !isTargetActive(t)) {
-        void this.core.sessions
-          .get(t.hostId)
-          ?.disarm({ jobId: job.id, pid: t.pid, epoch: this.core.options.epoch })
-          .catch((err) => this.core.options.log(`job ${job.id}: disarming ${t.hostId}/${t.pid} after the job ended failed: ${String(err)}`));
-      }
+      if ("result" in outcome && t && !isTargetActive(t)) this.takeBack(job.id, t, "the job ended");
     }
     this.core.publish(armed);
     if (armed.targets.some(isTargetWaiting)) this.queue.enqueue(armed);
@@ -143,13 +138,17 @@ export class Arming {
   private undoUnstored(job: Job, outcomes: ReadonlyArray<{ target: Target; result?: unknown }>): void {
     for (const { target, result } of outcomes) {
       this.core.ledger.release(target.hostId, target.pid, job.id);
-      if (!result) continue;
-      void this.core.sessions
-        .get(target.hostId)
-        ?.disarm({ jobId: job.id, pid: target.pid, epoch: this.core.options.epoch })
-        .catch((err) => this.core.options.log(`job ${job.id}: disarming ${target.hostId}/${target.pid} after the job could not be stored failed: ${String(err)}`));
+      if (result) this.takeBack(job.id, target, "the job could not be stored");
     }
     this.queue.drainSoon();
+  }
+
+  /** Disarms an armed target no job wants any more, without waiting; a failure is logged. */
+  private takeBack(jobId: string, t: Target, after: string): void {
+    void this.core.sessions
+      .get(t.hostId)
+      ?.disarm({ jobId, pid: t.pid, epoch: this.core.options.epoch })
+      .catch((err) => this.core.options.log(`job ${jobId}: disarming ${t.hostId}/${t.pid} after ${after} failed: ${String(err)}`));
   }
 
   /** An arm that met ENOSPC or another tracer tells the ledger about registers and processes it cannot use. */

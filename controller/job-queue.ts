@@ -2,7 +2,7 @@
 // jobs are offered freed registers in priority order (a job that fits goes
 // ahead of earlier ones that do not), fail at their queue deadline, and the
 // targets a higher job preempts are disarmed and wait in it again.
-import { JobState, TargetState, formatDuration, parsePlacement, type HitCounts, type Job, type Target } from "../proto/index.js";
+import { JobState, TargetState, formatDuration, parsePlacement, type HitCounts, type Job } from "../proto/index.js";
 import type { Arming } from "./arming.js";
 import type { ControllerCore } from "./controller-core.js";
 import { errorText } from "./errors.js";
@@ -145,11 +145,10 @@ export class JobQueue {
    * placed without some of them.
    */
   private placeable(job: Job): Job | undefined {
-    const away = (t: Target): boolean => isTargetWaiting(t) && this.core.sessions.get(t.hostId)?.isOpen !== true;
-    const out = job.targets.filter(away).length;
-    if (out === 0) return job;
-    if (out === job.targets.filter(isTargetWaiting).length || parsePlacement(job.spec?.placement ?? "").kind === "all") return undefined;
-    return { ...job, targets: job.targets.filter((t) => !away(t)) };
+    const kept = job.targets.filter((t) => !isTargetWaiting(t) || this.core.sessions.get(t.hostId)?.isOpen === true);
+    if (kept.length === job.targets.length) return job;
+    if (!kept.some(isTargetWaiting) || parsePlacement(job.spec?.placement ?? "").kind === "all") return undefined;
+    return { ...job, targets: kept };
   }
 
   /**

@@ -670,29 +670,24 @@ static int trap_read_stack(struct fw_trap *tr, uint64_t *ips)
  * Delivered, it kills a program without a SIGTRAP handler. Only an INT1
  * (0xf1) just before the ip is the program's own. True for a causeless one
  * on a process we armed. */
-static bool causeless_debug_trap(const struct thread *t, const struct proc *p, uint64_t *ip)
+static bool causeless_debug_trap(const struct thread *t, const struct proc *p, uint64_t ip)
 {
 	siginfo_t si;
-	struct user_regs_struct regs;
 	uint64_t at, word_at;
 	long word;
 
-	if (p->known_mask == 0)
+	if (p->known_mask == 0 || ip == 0)
 		return false;
 	if (ptrace(PTRACE_GETSIGINFO, t->tid, NULL, &si) == -1 || si.si_signo != SIGTRAP ||
-	    si.si_code != TRAP_BRKPT)
-		return false;
-	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == -1 || regs.rip == 0 ||
-	    (uint64_t)(uintptr_t)si.si_addr != regs.rip)
+	    si.si_code != TRAP_BRKPT || (uint64_t)(uintptr_t)si.si_addr != ip)
 		return false;
 	/* The aligned word holding the byte before the ip: never across a page. */
-	at = regs.rip - 1;
+	at = ip - 1;
 	word_at = at & ~(uint64_t)7;
 	errno = 0;
 	word = ptrace(PTRACE_PEEKTEXT, t->tid, (void *)(uintptr_t)word_at, NULL);
 	if (word == -1 && errno != 0)
 		return false;
-	*ip = regs.rip;
 	return (uint8_t)((uint64_t)word >> (8 * (at - word_at))) != 0xf1;
 }
 
@@ -749,8 +744,11 @@ static void on_trap(int ti)
 		return;
 	}
 	fired = dr6_fired(dr6, p->known_mask);
+	memset(&regs, 0, sizeof regs);
+	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == 0)
+		ip = regs.rip;
 	if (fired == 0) {
-		if (!causeless_debug_trap(t, p, &ip)) {
+		if (!causeless_debug_trap(t, p, ip)) {
 			t->resume_sig = SIGTRAP; /* the program's own: re-inject */
 			return;
 		}
@@ -763,9 +761,6 @@ static void on_trap(int ti)
 			return;
 		}
 	}
-	memset(&regs, 0, sizeof regs);
-	if (ptrace(PTRACE_GETREGS, t->tid, NULL, &regs) == 0)
-		ip = regs.rip;
 	tr = (struct fw_trap){
 		.pid = p->pid,
 		.tid = t->tid,
