@@ -18,11 +18,16 @@
  * The kernel may cover one thread twice: a thread that showed up in a scan
  * of /proc/PID/task before the FORK record that announces it, or whose
  * clone raced the opening of its creator's events, gets events of its own
- * while it may also have inherited some. Each thread therefore has one
- * root whose samples count (its entry's root); its samples from any other
- * root's events from the time its own events were opened are the same
- * traps seen twice and are skipped. Every other sample goes through the
- * group's accounting (watch.h); exit and exec go to the dispatcher. */
+ * while it may also have inherited some. Then one trap fires both copies in
+ * one debug exception, on one CPU: their samples sit next to each other in
+ * that CPU's buffer (only the value record of the second may come between),
+ * from two roots, with the same thread, chunk and ip. The first counts and
+ * the others are skipped as its twins (twin_of), and the thread's own
+ * events are closed (drop_second_cover). A sample with no twin counts
+ * whichever root it comes from: the thread's own events are opened CPU by
+ * CPU, so for a moment a trap may fire only the inherited copy. Every
+ * counted sample goes through the group's accounting (watch.h); exit and
+ * exec go to the dispatcher. */
 #include "perf.h"
 
 #include "backend.h"
@@ -110,11 +115,25 @@
  * hypervisor kept that virtual CPU from running in between (milliseconds
  * on a busy host); this bound only refuses nonsense. */
 #define VALUE_PAIR_NS 1000000000u
+/* Twin samples (one trap, two copies of an event) are written in one
+ * exception too: the same bound. */
+#define TWIN_NS VALUE_PAIR_NS
 
 /* A thread's events: fd[cpu_index * EVENTS_PER_CPU + chunk or TRACKER], -1 if none. */
 struct root {
 	pid_t tid;
 	int *fd;
+};
+
+/* The breakpoint samples of one trap read so far from a buffer: the first
+ * (counted) and the roots of every copy (see twin_of). */
+struct trap_group {
+	bool open;
+	uint8_t chunk;
+	uint32_t tid;
+	uint64_t ip, time;
+	unsigned nroots;
+	int32_t roots[FW_SLOTS_PER_THREAD];
 };
 
 /* One CPU's ring buffer; owner is the first event opened on that CPU (the
@@ -128,6 +147,7 @@ struct cpu_buf {
 	bool pending;
 	uint32_t pending_tid;
 	uint64_t pending_time, pending_word;
+	struct trap_group last;
 };
 
 /* Event id -> root and chunk (samples of inherited copies carry their
@@ -140,8 +160,7 @@ struct id_ent {
 
 struct tid_ent {
 	pid_t tid;          /* 0: empty, -1: deleted */
-	int32_t root;       /* the buffer whose samples of this thread count */
-	uint64_t since;     /* other buffers' samples before this (monotonic ns) count too */
+	int32_t root;       /* the root whose events are this thread's own, or it inherited */
 	uint64_t hits;      /* in the current COUNTS interval */
 	uint32_t dead_pass; /* drain pass of its EXIT record; 0: alive */
 };
@@ -616,7 +635,7 @@ static int attach_buffer(struct pgroup *g, unsigned ci, int fd, pid_t tid, struc
 
 /* Opens the group's events on one thread, every chunk on every CPU. Its
  * root index, or -1 with errno (ESRCH: the thread is gone). */
-static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw_error *e)
+static int root_open(struct pgroup *g, pid_t tid, struct fw_error *e)
 {
 	struct root r = { .tid = tid };
 	struct perf_event_attr a;
@@ -644,7 +663,6 @@ static int root_open(struct pgroup *g, pid_t tid, uint64_t *opened_ns, struct fw
 	}
 	for (unsigned i = 0; i < ncpus * EVENTS_PER_CPU; i++)
 		r.fd[i] = -1;
-	*opened_ns = fw_mono_ns();
 	for (unsigned ci = 0; ci < ncpus; ci++) {
 		/* The tracker first: it owns the CPU's buffer when it is the first. */
 		for (unsigned n = 0; n <= g->nchunks; n++) {
@@ -720,11 +738,10 @@ static bool root_owns_buffer(const struct pgroup *g, const struct root *r)
 	return false;
 }
 
-/* A sample of e's thread came from another root's events (other) after the
- * thread got events of its own: it inherited other's events in clone, so
- * its own are a second copy, taking a debug register each. Close them
- * (unless one holds a ring buffer) and count the thread, and every thread
- * that counted from them, from other. */
+/* One trap of e's thread fired the events of two roots, its own and other:
+ * it inherited other's events in clone, so its own are a second copy,
+ * taking a debug register each. Close them (unless one holds a ring buffer)
+ * and follow the thread, and every thread that inherited them, by other. */
 static void drop_second_cover(struct pgroup *g, struct tid_ent *e, int other)
 {
 	int own = e->root;
@@ -732,13 +749,13 @@ static void drop_second_cover(struct pgroup *g, struct tid_ent *e, int other)
 
 	if (r->tid != e->tid || !r->fd || root_owns_buffer(g, r))
 		return;
+	out_log(FW_LOG_DEBUG, "pid %d: thread %d also inherited the events it was given: its own closed",
+		(int)g->pid, (int)e->tid);
 	g->kernel_closed += root_kernel_count(r);
 	root_close(g, r);
 	for (unsigned i = 0; i < g->ents_cap; i++)
-		if (g->ents[i].tid > 0 && g->ents[i].root == own) {
+		if (g->ents[i].tid > 0 && g->ents[i].root == own)
 			g->ents[i].root = other;
-			g->ents[i].since = 0;
-		}
 }
 
 /* An ioctl on every breakpoint event of the group (and so on their
@@ -944,6 +961,29 @@ static int sample_read_stack(struct fw_trap *t, uint64_t *ips)
 	return sample_stack(c->g, c->s, ips);
 }
 
+/* Whether a breakpoint sample from root ri is a copy of the trap whose
+ * samples came just before it in the buffer: same thread, chunk and ip,
+ * from a root that trap has not fired yet. Otherwise it opens a new group.
+ * *first: the root of that trap's first sample. */
+static bool twin_of(struct cpu_buf *b, const struct sample *s, unsigned k, int ri, int *first)
+{
+	struct trap_group *t = &b->last;
+	uint64_t gap = s->time > t->time ? s->time - t->time : t->time - s->time;
+	bool twin = t->open && t->tid == s->tid && t->chunk == k && t->ip == s->ip &&
+		    gap <= TWIN_NS && t->nroots < FW_SLOTS_PER_THREAD;
+
+	for (unsigned i = 0; twin && i < t->nroots; i++)
+		twin = t->roots[i] != ri;
+	if (twin) {
+		*first = t->roots[0];
+		t->roots[t->nroots++] = ri;
+		return true;
+	}
+	*t = (struct trap_group){ .open = true, .chunk = (uint8_t)k, .tid = s->tid, .ip = s->ip,
+				  .time = s->time, .nroots = 1, .roots = { ri } };
+	return false;
+}
+
 static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t len,
 		      uint64_t real_off)
 {
@@ -953,7 +993,7 @@ static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t le
 	struct sample_ctx ctx;
 	struct fw_trap trap;
 	unsigned k;
-	int ri;
+	int ri, first;
 
 	if (len < 8)
 		return;
@@ -973,9 +1013,11 @@ static void on_sample(struct pgroup *g, unsigned ci, const uint8_t *p, size_t le
 		return; /* the tracker samples nothing */
 	g->seen++;
 	e = ent_get(g, (pid_t)s.tid, ri);
-	if (e && e->root != ri && s.time >= e->since) {
-		/* The same trap, counted from the thread's own events. */
-		drop_second_cover(g, e, ri);
+	if (twin_of(&g->bufs[ci], &s, k, ri, &first)) {
+		/* The trap counted from its first sample; this value record is its twin's. */
+		g->bufs[ci].pending = false;
+		if (e && (e->root == first || e->root == ri))
+			drop_second_cover(g, e, e->root == first ? ri : first);
 		return;
 	}
 	ctx = (struct sample_ctx){ .g = g, .ci = ci, .s = &s, .k = k };
@@ -1051,6 +1093,9 @@ static void on_record(struct pgroup *g, unsigned ci, const struct perf_event_hea
 	struct task_record t;
 	int ri;
 
+	/* Nothing comes between the samples of one trap. */
+	if (h->type != PERF_RECORD_SAMPLE)
+		g->bufs[ci].last.open = false;
 	switch (h->type) {
 	case PERF_RECORD_SAMPLE:
 		on_sample(g, ci, body, len, real_off);
@@ -1332,9 +1377,8 @@ static int cover(struct pgroup *g, const struct uncovered *u, bool strict, unsig
 
 	*gone = 0;
 	for (unsigned i = 0; i < u->n; i++) {
-		uint64_t opened;
 		struct tid_ent *ent;
-		int ri = root_open(g, u->tids[i], &opened, e);
+		int ri = root_open(g, u->tids[i], e);
 
 		if (ri < 0) {
 			if (errno == ESRCH) {
@@ -1351,7 +1395,6 @@ static int cover(struct pgroup *g, const struct uncovered *u, bool strict, unsig
 			if (ent->dead_pass != 0)
 				*ent = (struct tid_ent){ .tid = ent->tid };
 			ent->root = ri;
-			ent->since = opened;
 		}
 	}
 	return left;
@@ -1847,7 +1890,7 @@ static int retarget(struct pgroup *g, uint64_t group, const struct fw_watch_opti
 	for (unsigned i = 0; i < g->ents_cap; i++)
 		g->ents[i].hits = 0;
 	for (unsigned ci = 0; ci < ncpus; ci++)
-		g->bufs[ci].pending = false;
+		g->bufs[ci].pending = g->bufs[ci].last.open = false;
 	memset(g->last_value, 0, sizeof g->last_value);
 	reread_values(g);
 	for_each_event(g, PERF_EVENT_IOC_ENABLE);

@@ -34,6 +34,11 @@ function perThread(log: EventLog, group: bigint): Map<number, number> {
 }
 
 /** Every counts event of a group, summed per tid. */
+/** Threads found covered twice (their own events and inherited ones), from the helper's debug log. */
+function coveredTwice(log: EventLog): number {
+  return log.of("log").filter((e) => e.message.includes("also inherited the events it was given")).length;
+}
+
 function countedPerThread(events: HelperEvent[], group: bigint): Map<number, bigint> {
   const m = new Map<number, bigint>();
   for (const e of events) {
@@ -222,6 +227,7 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     const per = perThread(log, 1n);
     assert.equal(per.size, R * T, "every thread");
     for (const [tid, n] of per) assert.equal(n, W, `tid ${tid}`);
+    t.diagnostic(`${coveredTwice(log)} thread(s) covered twice`);
   });
 
   test("threads - armed in the middle of thread churn: no thread is counted twice, those started after are complete", async (t) => {
@@ -248,7 +254,37 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.ok([...per.values()].every((n) => n <= BigInt(W)), `a thread with more than ${W} hits was covered twice`);
     // Only the threads running at arm time and at disarm time can be partial.
     assert.ok(partial <= 2 * T, `${partial} threads with fewer than ${W} hits of ${per.size}`);
-    t.diagnostic(`${per.size} threads, ${partial} partial, ${counts.delivered} hits`);
+    t.diagnostic(`${per.size} threads, ${partial} partial, ${counts.delivered} hits, ${coveredTwice(log)} covered twice`);
+  });
+
+  test("threads - a thread announced while the buffer was full gets events of its own as well as inherited ones: each of its writes is one hit", async (t) => {
+    const s = scene(t);
+    // 64 KiB buffers fill after a few hundred writes while the helper is stopped.
+    const { helper, log } = await s.helper({ perfBufferKiB: 64 });
+    const [BURST, W] = [20_000, 100];
+    const target = await s.target("late-thread", [String(BURST), String(W)]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    let tid: number;
+    process.kill(helper.pid, "SIGSTOP");
+    try {
+      target.send("go");
+      // Its FORK record came while the buffer was full: lost. The thread
+      // inherited the main thread's events all the same.
+      tid = Number((await target.waitForLine(/^thread \d+$/, EVENT_TIMEOUT_MS)).split(" ")[1]);
+    } finally {
+      process.kill(helper.pid, "SIGCONT");
+    }
+    // A scan finds it with no record of its creation and gives it events of its own.
+    await log.until("two threads armed", () => log.of("threads").some((e) => e.threadsTotal === 2 && e.threadsArmed === 2));
+    target.send("go");
+    await finishesNormally(target);
+    const { counts } = await log.groupDone(1n);
+    assert.equal(coveredTwice(log), 1, "the late thread was covered twice, then by its inherited events only");
+    assert.equal(counts.trapped, BigInt(BURST + W), "trapped: each write once");
+    assert.equal(counts.delivered + counts.lost, counts.trapped, "every trap delivered or counted as lost");
+    assert.ok(counts.lost > 0n, "the burst overflowed the buffer");
+    assert.equal(perThread(log, 1n).get(tid), W, `hits of the late thread ${tid}`);
   });
 
   test("threads - 5000 short-lived threads each write once: 5000 hits, one per thread", async (t) => {
