@@ -27,7 +27,12 @@
  * whichever root it comes from: the thread's own events are opened CPU by
  * CPU, so for a moment a trap may fire only the inherited copy. Every
  * counted sample goes through the group's accounting (watch.h); exit and
- * exec go to the dispatcher. */
+ * exec go to the dispatcher.
+ *
+ * Not covered: a thread cloned by a thread whose events are being opened
+ * (tens of microseconds, at an arm or a rescan) inherits those opened so
+ * far. If its FORK record came, it counts as covered, and its traps on a
+ * CPU whose events its creator did not have yet are not seen. */
 #include "perf.h"
 
 #include "backend.h"
