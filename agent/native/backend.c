@@ -5,6 +5,7 @@
 #include "backend.h"
 
 #include "perf.h"
+#include "procexit.h"
 #include "procfs.h"
 #include "tracer.h"
 
@@ -96,7 +97,8 @@ void backend_target_exited(enum fw_backend from, pid_t pid, const int *wait_stat
 		return;
 	if (wait_status)
 		status = *wait_status;
-	else if (fw_proc_exit_status(pid, start_time, &status) == -1) {
+	else if (fw_procexit_take(pid, &status) == -1 &&
+		 fw_proc_exit_status(pid, start_time, &status) == -1) {
 		out_target_exited(pid, FW_EXIT_GONE, 0); /* reaped by its parent first */
 		return;
 	}

@@ -37,6 +37,7 @@
 
 #include "backend.h"
 #include "perfbpf.h"
+#include "procexit.h"
 #include "procfs.h"
 #include "symctx.h"
 #include "symdefs.h"
@@ -107,6 +108,12 @@
 
 /* epoll data: buffers are drained all together; a pidfd names its group. */
 #define EP_BUFFER 0u
+#define EP_PROCEXIT UINT64_MAX
+/* After the pidfd says a process is gone, its threads' exits may still be
+ * on their way from the connector (sent just after): the status waits for
+ * them to be quiet this long, and at most EXIT_WAIT_MS. */
+#define EXIT_QUIET_MS 5
+#define EXIT_WAIT_MS 100
 
 /* Events per thread and CPU: one per chunk, then the tracker (TRACKER). */
 #define EVENTS_PER_CPU (FW_SLOTS_PER_THREAD + 1u)
@@ -200,6 +207,7 @@ struct pgroup {
 	uint32_t pass;
 	int pidfd;
 	bool exited, exec_seen;
+	int64_t exited_ms; /* when the pidfd said so */
 	/* Disarmed, its events disabled and kept for a re-target until park_until_ms. */
 	bool parked;
 	int64_t park_until_ms;
@@ -285,6 +293,14 @@ void perf_init(void)
 	raise_fd_limit();
 	read_online_cpus();
 	ep_fd = epoll_create1(EPOLL_CLOEXEC);
+	if (ep_fd >= 0) {
+		/* Without it, a status comes from /proc while the process is a zombie. */
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = EP_PROCEXIT };
+		int cn = fw_procexit_open();
+
+		if (cn >= 0)
+			epoll_ctl(ep_fd, EPOLL_CTL_ADD, cn, &ev);
+	}
 	memset(&a, 0, sizeof a);
 	a.type = PERF_TYPE_BREAKPOINT;
 	a.size = sizeof a;
@@ -1568,6 +1584,9 @@ static void settle(struct pgroup *g, int64_t now)
 		return;
 	}
 	if (g->exited) {
+		fw_procexit_read();
+		if (!fw_procexit_settled(g->pid, now, EXIT_QUIET_MS) && now - g->exited_ms < EXIT_WAIT_MS)
+			return; /* its status is on its way */
 		finish(g, FW_DONE_EXITED, true);
 		return;
 	}
@@ -1588,11 +1607,15 @@ void perf_on_ready(void)
 		return;
 	n = epoll_wait(ep_fd, evs, 64, 0);
 	for (int i = 0; i < n; i++)
-		if (evs[i].data.u64 != EP_BUFFER) {
+		if (evs[i].data.u64 == EP_PROCEXIT) {
+			fw_procexit_read();
+		} else if (evs[i].data.u64 != EP_BUFFER) {
 			unsigned gi = (unsigned)(evs[i].data.u64 - 1);
 
-			if (gi < PERF_MAX_GROUPS && groups[gi].used)
+			if (gi < PERF_MAX_GROUPS && groups[gi].used && !groups[gi].exited) {
 				groups[gi].exited = true;
+				groups[gi].exited_ms = fw_now_ms();
+			}
 		}
 	next_drain_ms = 0; /* now */
 }
@@ -1660,6 +1683,8 @@ int perf_next_timeout_ms(void)
 			due = g->next_counts_ms;
 		if (g->w.backoff && g->w.backoff_until_ms < due)
 			due = g->w.backoff_until_ms;
+		if (g->exited && now + 1 < due)
+			due = now + 1; /* waiting for its status (settle) */
 	}
 	return fw_timeout_ms(due, now);
 }
@@ -1788,6 +1813,7 @@ static int group_setup(struct pgroup *g, pid_t pid, uint64_t group,
 		return -1;
 	}
 	g->start_time = fw_proc_start_time(pid);
+	fw_procexit_watch(pid);
 	g->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	if (g->pidfd < 0) {
 		int errn = errno;
