@@ -482,11 +482,11 @@ export class AgentCore {
       }
       case "target-exited":
       case "target-exec": {
-        const why = event.kind === "target-exec" ? "process exec'd: the watched address space is gone" : exitReason(event.how, event.code);
         for (const watch of this.watches.all()) {
           // Dropped meanwhile (while an earlier one settled): reported by whoever dropped it.
           if (watch.pid !== event.pid || watch.lastReported === "final" || this.watches.get(watch.jobId, watch.pid) !== watch) continue;
           await this.pipeline.settled(watch.hits);
+          const why = event.kind === "target-exec" ? "process exec'd: the watched address space is gone" : exitReason(event.how, event.code, watch.backend);
           this.report(watch, TargetState.EXITED, why);
           watch.lastReported = "final";
           this.forget(watch);

@@ -1,6 +1,7 @@
 // One job's watch on one process of this host as the helper side knows it:
 // its group and slots, whether the helper still has it armed, its timers and
 // threads, and what the target report says. Its hits are the pipeline's.
+import { constants as osConstants } from "node:os";
 import type { Arm, SlotAssignment, TimerAt } from "../proto/index.js";
 import type { ExitKind, HelperBackend } from "./helper-process.js";
 import type { WatchHits } from "./hit-pipeline.js";
@@ -56,9 +57,20 @@ export function progressKey(w: Watch): string {
   return `${c.trapped}/${c.delivered}/${c.suppressed}/${c.dropped}/${c.filtered} ${w.threadsArmed}/${w.threadsTotal}`;
 }
 
-/** Why a watched process is gone, in words: perf watches a process without tracing it, so its exit status may be unknown. */
-export function exitReason(how: ExitKind, code: number): string {
-  if (how === "killed") return `process killed by signal ${code}`;
-  if (how === "gone") return "process exited";
-  return `process exited with code ${code}`;
+/** Signal numbers to names (9 → SIGKILL). */
+const signalNames = new Map(Object.entries(osConstants.signals).map(([name, n]) => [n, name]));
+
+/**
+ * Why a watched process is gone, in words: perf watches a process without
+ * tracing it, so its exit status may be unknown. A perf watch cannot stop
+ * the SIGTRAP some virtual machines raise for a debug exception with no
+ * cause (README, "Safety"): a process it kills that way is told so.
+ */
+export function exitReason(how: ExitKind, code: number, backend?: HelperBackend): string {
+  if (how === "gone") return "process exited (its status unknown: its parent reaped it first)";
+  if (how === "exited") return `process exited with code ${code}`;
+  const name = signalNames.get(code);
+  const text = `process killed by signal ${code}${name ? ` (${name})` : ""}`;
+  if (name !== "SIGTRAP" || backend !== "perf") return text;
+  return `${text}: a perf watch cannot keep from it the SIGTRAP of a debug exception with no cause, which some virtual machines raise now and then (README, "Safety"); --backend ptrace intercepts it`;
 }

@@ -135,14 +135,32 @@ test("agent - perf hits say their values were read after the trap, ptrace ones a
   }
 });
 
-test("agent - a process only perf watched, gone with its status unknown, is exited with 'process exited'", async () => {
+test("agent - a process only perf watched, gone with its status unknown, is exited with 'process exited' and why its status is unknown", async () => {
   const { core, helper, reports, stop } = agent();
   await core.arm(armRequest({ backend: Backend.PERF }));
   helper.emit({ kind: "group-done", pid, group: 1n, reason: "exited", counts: counts({}) });
   helper.emit({ kind: "target-exited", pid, how: "gone", code: 0 });
   await waitFor("the exit reported", () => reports.some((r) => r.state === TargetState.EXITED));
-  assert.deepEqual(reports.filter((r) => r.state === TargetState.EXITED).map((r) => [r.jobId, r.reason]), [["j1", "process exited"]]);
+  assert.deepEqual(reports.filter((r) => r.state === TargetState.EXITED).map((r) => [r.jobId, r.reason]), [["j1", "process exited (its status unknown: its parent reaped it first)"]]);
   await stop();
+});
+
+test("agent - a process killed by a signal is told by name; SIGTRAP under perf says where it comes from and what avoids it", async () => {
+  for (const [backend, code, reason] of [
+    [Backend.PTRACE, 9, /^process killed by signal 9 \(SIGKILL\)$/],
+    [Backend.PTRACE, 5, /^process killed by signal 5 \(SIGTRAP\)$/],
+    [Backend.PERF, 5, /^process killed by signal 5 \(SIGTRAP\): a perf watch cannot keep from it the SIGTRAP of a debug exception with no cause, .*--backend ptrace intercepts it$/],
+  ] as const) {
+    const { core, helper, reports, stop } = agent();
+    await core.arm(armRequest({ backend }));
+    helper.emit({ kind: "group-done", pid, group: 1n, reason: "exited", counts: counts({}) });
+    helper.emit({ kind: "target-exited", pid, how: "killed", code });
+    await waitFor("the exit reported", () => reports.some((r) => r.state === TargetState.EXITED));
+    const exited = reports.filter((r) => r.state === TargetState.EXITED);
+    assert.equal(exited.length, 1);
+    assert.match(exited[0]!.reason, reason);
+    await stop();
+  }
 });
 
 test("agent - a perf arm on a helper without perf is refused with the helper's reason", async () => {
