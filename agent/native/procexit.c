@@ -8,6 +8,7 @@
 #include <linux/cn_proc.h>
 #include <linux/connector.h>
 #include <linux/netlink.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,6 +17,8 @@
  * time its exit takes to settle, and disarmed processes stay until
  * reused. */
 #define MAX_WATCHED 256
+/* How long the kernel has to answer the subscription. */
+#define ACK_WAIT_MS 200
 
 struct exit_ent {
 	pid_t pid;        /* 0: empty */
@@ -30,6 +33,41 @@ static int sock = -1;
 static struct exit_ent table[MAX_WATCHED];
 static uint64_t watch_seq;
 
+/* The kernel's answer to LISTEN: 0, or an errno (EPERM without
+ * CAP_NET_ADMIN). Outside the host's initial user and pid namespaces the
+ * request is ignored without an answer: ETIMEDOUT. */
+static int await_ack(int fd)
+{
+	static uint64_t buf[4096 / sizeof(uint64_t)];
+	int64_t until = fw_now_ms() + ACK_WAIT_MS;
+
+	for (;;) {
+		int64_t left = until - fw_now_ms();
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (left <= 0)
+			return ETIMEDOUT;
+		if (poll(&p, 1, (int)left) < 0 && errno != EINTR)
+			return errno;
+		n = recv(fd, buf, sizeof buf, 0);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR || errno == ENOBUFS)
+				continue;
+			return errno;
+		}
+		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
+		     h = NLMSG_NEXT(h, n)) {
+			const struct cn_msg *msg = NLMSG_DATA(h);
+			const struct proc_event *ev = (const struct proc_event *)msg->data;
+
+			if (h->nlmsg_len >= NLMSG_LENGTH(sizeof *msg + sizeof *ev) &&
+			    msg->id.idx == CN_IDX_PROC && ev->what == PROC_EVENT_NONE)
+				return (int)ev->event_data.ack.err;
+		}
+	}
+}
+
 int fw_procexit_open(void)
 {
 	struct sockaddr_nl addr = { .nl_family = AF_NETLINK, .nl_groups = CN_IDX_PROC };
@@ -38,7 +76,7 @@ int fw_procexit_open(void)
 		struct cn_msg msg;
 		enum proc_cn_mcast_op op;
 	} __attribute__((packed)) req;
-	int fd, rcvbuf = 4 << 20, err;
+	int fd, rcvbuf = 4 << 20, err = 0;
 
 	fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_CONNECTOR);
 	if (fd < 0)
@@ -56,8 +94,8 @@ int fw_procexit_open(void)
 	 * ones would filter by event, older ones ignore a longer request). */
 	req.op = PROC_CN_MCAST_LISTEN;
 	if (bind(fd, (struct sockaddr *)&addr, sizeof addr) == -1 ||
-	    send(fd, &req, sizeof req, 0) == -1) {
-		err = errno;
+	    send(fd, &req, sizeof req, 0) == -1 || (err = await_ack(fd)) != 0) {
+		err = err ? err : errno;
 		close(fd);
 		errno = err;
 		return -1;

@@ -11,8 +11,10 @@
 #include <sys/types.h>
 
 /* Opens and subscribes the connector socket: its fd, or -1 with errno
- * (ENOENT or EPROTONOSUPPORT: a kernel without CONFIG_PROC_EVENTS; EPERM:
- * no CAP_NET_ADMIN). Exit statuses then come from /proc only. */
+ * (EPROTONOSUPPORT: a kernel without CONFIG_PROC_EVENTS; EPERM: no
+ * CAP_NET_ADMIN; ETIMEDOUT: not in the host's initial user and pid
+ * namespaces, where the kernel ignores the request). Exit statuses then
+ * come from /proc only. */
 int fw_procexit_open(void);
 
 /* Starts recording the exits of pid's threads (again, for a reused pid). */
