@@ -3,7 +3,7 @@
 // the queue, and finished jobs piling up. Each returns plain results
 // (scale-results.ts); none decides anything about them.
 import { performance } from "node:perf_hooks";
-import { JobState, RpcError, TargetState, type Job } from "../proto/index.js";
+import { JobState, RpcError, TargetState, submittedTargetStates, type Job } from "../proto/index.js";
 import { BenchInterruptedError, BenchTimeoutError, until } from "./processes.js";
 import { describeFleetJobMode, fleetJobSpecs, queueBlockerSpec, singleTargetSpec, singleTargetsPerProcess, type FleetJobMode, type JobSpecInit } from "./scale-jobs.js";
 import type { FinishedRunResult, FinishedSample, FleetModeResult, FleetRound, PlacementRunResult, QueueRunResult } from "./scale-results.js";
@@ -79,13 +79,15 @@ async function cancelAll(ctx: PhaseContext, ids: string[]): Promise<number> {
 }
 
 /** Submits every spec at once; the round ends when the last one answered. Throws the first failure after all settled. */
-async function submitAll(ctx: PhaseContext, specs: JobSpecInit[]): Promise<{ jobs: Job[]; each: number[]; all: number }> {
+/** Each job answered with how many targets are in each state, not every target (as a client of a fleet-wide job would ask). */
+async function submitAll(ctx: PhaseContext, specs: JobSpecInit[]): Promise<{ jobs: Job[]; armed: number; each: number[]; all: number }> {
   const started = performance.now();
   const settled = await Promise.allSettled(
     specs.map(async (spec) => {
       const t0 = performance.now();
-      const { job } = await ctx.stack.api.submitJob({ spec }, { deadlineMs: submitDeadlineMs });
-      return { job: job as Job, seconds: seconds(t0) };
+      const response = await ctx.stack.api.submitJob({ spec, withoutTargets: true }, { deadlineMs: submitDeadlineMs });
+      const armed = submittedTargetStates(response).find((c) => c.state === TargetState.ARMED)?.targets ?? 0;
+      return { job: response.job as Job, armed, seconds: seconds(t0) };
     }),
   );
   const all = seconds(started);
@@ -95,13 +97,13 @@ async function submitAll(ctx: PhaseContext, specs: JobSpecInit[]): Promise<{ job
     await cancelAll(ctx, ok.map((r) => r.job.id));
     throw failed.reason;
   }
-  return { jobs: ok.map((r) => r.job), each: ok.map((r) => r.seconds), all };
+  return { jobs: ok.map((r) => r.job), armed: ok.reduce((sum, r) => sum + r.armed, 0), each: ok.map((r) => r.seconds), all };
 }
 
 async function fleetRound(ctx: PhaseContext, specs: JobSpecInit[]): Promise<FleetRound> {
   const submitted = await submitAll(ctx, specs);
   const slotsAfterSubmit = ctx.fleet.slotsHeld();
-  const armedTargets = submitted.jobs.reduce((sum, job) => sum + job.targets.filter((t) => t.state === TargetState.ARMED).length, 0);
+  const armedTargets = submitted.armed;
   const cancelSeconds = await cancelAll(ctx, submitted.jobs.map((j) => j.id));
   return { allAckedSeconds: submitted.all, submitSeconds: submitted.each, cancelSeconds, armedTargets, slotsAfterSubmit, slotsAfterCancel: ctx.fleet.slotsHeld() };
 }

@@ -5,7 +5,7 @@
 // switch go to the audit trail with how they ended.
 import { performance } from "node:perf_hooks";
 import { status } from "@grpc/grpc-js";
-import { AgentService, ControllerService, type CallContext, type ServiceImpl } from "../proto/index.js";
+import { AgentService, ControllerService, countTargetStates, type CallContext, type ServiceImpl } from "../proto/index.js";
 import type { AccessControl, Caller } from "./access.js";
 import type { AuditEntry, AuditTrail } from "./audit.js";
 import type { Controller } from "./controller.js";
@@ -47,6 +47,8 @@ export function controllerService(leader: () => Controller | Promise<Controller>
           async () => (await leader()).submit(spec, caller),
           (j) => ({ jobId: j.id, where: j.targets.map((t) => `${t.hostId}/${t.pid}`) }),
         );
+        // A fleet-wide job's every target is megabytes to encode here and to decode there: counts instead, when asked.
+        if (request.withoutTargets) return { job: { ...job, targets: [] }, targetStates: countTargetStates(job.targets) };
         return { job };
       } catch (err) {
         code = status[statusFor(err).code] ?? "UNKNOWN";

@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import { copyFile, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { Backend, JobState, TargetState, type Job } from "../../proto/index.js";
+import { create } from "@bufbuild/protobuf";
+import { Backend, JobSpecSchema, JobState, TargetState, WatchMode, submittedTargetStates, type Job } from "../../proto/index.js";
 import { Cluster } from "../support/cluster.js";
 import { buildFixtures, fixturePath, startTarget, type Target } from "../support/targets.js";
 import { waitFor } from "../support/wait.js";
@@ -74,6 +75,29 @@ describe("targeting", () => {
       t.child.kill("SIGTERM");
       assert.deepEqual(await t.waitForExit(), { code: 0, signal: null });
     }
+  });
+
+  test("a submit asked for no targets answers how many are in each state; GetJob and a submit without the flag list every target", async () => {
+    const [one, two] = [await start(), await start()];
+    const spec = create(JobSpecSchema, { watches: [{ location: { case: "symbol", value: "demo_counter" }, mode: WatchMode.WRITE }], target: { comm: path.basename(program), hostSelector: "role=db" }, stackDepth: 0 });
+    const counted = await cluster.api().submitJob({ spec, withoutTargets: true });
+    const id = counted.job!.id;
+    assert.equal(counted.job!.state, JobState.ARMED);
+    assert.deepEqual(counted.job!.targets, []);
+    assert.deepEqual(counted.targetStates.map((c) => [c.state, c.targets]), [[TargetState.ARMED, 2]]);
+    assert.deepEqual(submittedTargetStates(counted), counted.targetStates);
+    const listed = await job(id);
+    assert.deepEqual(listed.targets.map((t) => [t.hostId, t.pid, t.state]).sort(), [["host-b", one.pid, TargetState.ARMED], ["host-b", two.pid, TargetState.ARMED]].sort());
+    assert.deepEqual(listed.counts, counted.job!.counts);
+    assert.equal((await cluster.api().cancelJob({ id })).job!.state, JobState.CANCELLED);
+
+    // Unasked, the answer lists every target and counts none: what clients from before the flag read.
+    const full = await cluster.api().submitJob({ spec });
+    assert.deepEqual(full.job!.targets.map((t) => [t.pid, t.state]).sort(), [[one.pid, TargetState.ARMED], [two.pid, TargetState.ARMED]].sort());
+    assert.deepEqual(full.targetStates, []);
+    assert.deepEqual(submittedTargetStates(full).map((c) => [c.state, c.targets]), [[TargetState.ARMED, 2]]);
+    assert.equal((await cluster.api().cancelJob({ id: full.job!.id })).job!.state, JobState.CANCELLED);
+    for (const t of [one, two]) await t.kill();
   });
 
   test("no matching process is not placeable (exit 2) and says what was looked for", async () => {

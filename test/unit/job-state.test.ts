@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { finish, isTargetActive, isTargetLive, isTargetWaiting, rollUp } from "../../controller/job-state.js";
-import { JobSchema, JobState, TargetSchema, TargetState, type Job } from "../../proto/index.js";
+import { JobSchema, JobState, TargetSchema, TargetState, countTargetStates, submittedTargetStates, type Job } from "../../proto/index.js";
 
 const S = TargetState;
 
@@ -76,4 +76,15 @@ test("job-state - a job with no target yet waits pending while its queue deadlin
   const none = job([]);
   rollUp(none, 1_000);
   assert.equal(none.state, JobState.COMPLETED);
+});
+
+test("job-state - a submit's answer without targets counts them by state, in state order, none for states no target is in", () => {
+  const j = job([S.ARMED, S.FAILED, S.ARMED, S.PENDING, S.ARMED]);
+  const counts = countTargetStates(j.targets);
+  assert.deepEqual(counts.map((c) => [c.state, c.targets]), [[S.PENDING, 1], [S.ARMED, 3], [S.FAILED, 1]]);
+  assert.deepEqual(countTargetStates([]), []);
+  // From a controller that answered with every target, the client counts them itself.
+  assert.deepEqual(submittedTargetStates({ job: j, targetStates: [] }), counts);
+  assert.deepEqual(submittedTargetStates({ job: { targets: [] }, targetStates: counts }), counts);
+  assert.deepEqual(submittedTargetStates({ targetStates: [] }), []);
 });

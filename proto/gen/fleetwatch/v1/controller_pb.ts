@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Backend, Chunk, Job, JobSpec, JobState } from "./watch_pb.js";
+import type { Backend, Chunk, Job, JobSpec, JobState, TargetState } from "./watch_pb.js";
 import { file_fleetwatch_v1_watch } from "./watch_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file fleetwatch/v1/controller.proto.
  */
 export const file_fleetwatch_v1_controller: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiIgoQRGlzYXJtQWxsUmVxdWVzdBIOCgZyZWFzb24YASABKAkigQEKC0FnZW50RGlzYXJtEg8KB2hvc3RfaWQYASABKAkSEQoJY29uZmlybWVkGAIgASgIEhAKCGRpc2FybWVkGAMgASgNEhoKEmNvbmZpcm1lZF9hZnRlcl9tcxgEIAEoBBINCgVlcnJvchgFIAEoCRIRCgljb25uZWN0ZWQYBiABKAgiegoRRGlzYXJtQWxsUmVzcG9uc2USGQoRY2FuY2VsbGVkX2pvYl9pZHMYASADKAkSKgoGYWdlbnRzGAIgAygLMhouZmxlZXR3YXRjaC52MS5BZ2VudERpc2FybRIeChZhbGxfY29uZmlybWVkX2FmdGVyX21zGAMgASgEIikKEExpc3RBdWRpdFJlcXVlc3QSFQoNc2luY2VfdW5peF9tcxgBIAEoAyJAChFMaXN0QXVkaXRSZXNwb25zZRIrCgdyZWNvcmRzGAEgAygLMhouZmxlZXR3YXRjaC52MS5BdWRpdFJlY29yZCKNAQoLQXVkaXRSZWNvcmQSFAoMdGltZV91bml4X21zGAEgASgDEgsKA3dobxgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDgoGam9iX2lkGAQgASgJEgwKBHdoYXQYBSABKAkSDQoFd2hlcmUYBiADKAkSDgoGcmVzdWx0GAcgASgJEg4KBnJlYXNvbhgIIAEoCSI4ChBTdWJtaXRKb2JSZXF1ZXN0EiQKBHNwZWMYASABKAsyFi5mbGVldHdhdGNoLnYxLkpvYlNwZWMiNAoRU3VibWl0Sm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiGwoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCSIxCg5HZXRKb2JSZXNwb25zZRIfCgNqb2IYASABKAsyEi5mbGVldHdhdGNoLnYxLkpvYiJdCg9MaXN0Sm9ic1JlcXVlc3QSDQoFbGltaXQYASABKA0SJwoGc3RhdGVzGAIgAygOMhcuZmxlZXR3YXRjaC52MS5Kb2JTdGF0ZRISCgpwYWdlX3Rva2VuGAMgASgJIlwKEExpc3RKb2JzUmVzcG9uc2USIAoEam9icxgBIAMoCzISLmZsZWV0d2F0Y2gudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRINCgV0b3RhbBgDIAEoDSIeChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjQKEUNhbmNlbEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iIhMKEUxpc3RBZ2VudHNSZXF1ZXN0IjoKEkxpc3RBZ2VudHNSZXNwb25zZRIkCgZhZ2VudHMYASADKAsyFC5mbGVldHdhdGNoLnYxLkFnZW50Ih0KD1dhdGNoSm9iUmVxdWVzdBIKCgJpZBgBIAEoCSJEChBXYXRjaEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iEg8KB3NraXBwZWQYAiABKAQipgMKCUFnZW50SW5mbxIPCgdob3N0X2lkGAEgASgJEjQKBmxhYmVscxgCIAMoCzIkLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvLkxhYmVsc0VudHJ5EhAKCGhvc3RuYW1lGAMgASgJEg4KBmtlcm5lbBgEIAEoCRIMCgRhcmNoGAUgASgJEhgKEHNsb3RzX3Blcl90aHJlYWQYBiABKA0SFQoNYWdlbnRfdmVyc2lvbhgHIAEoCRIWCg5oZWxwZXJfdmVyc2lvbhgIIAEoCRIOCgZwb2xpY3kYCSABKAkSKAoIYmFja2VuZHMYCiADKA4yFi5mbGVldHdhdGNoLnYxLkJhY2tlbmQSLgoLcGVyZl92YWx1ZXMYCyABKA4yGS5mbGVldHdhdGNoLnYxLlBlcmZWYWx1ZXMSEQoJcGVyZl9ub3RlGAwgASgJEi0KC3RyYXBfY2hlY2tzGA0gAygLMhguZmxlZXR3YXRjaC52MS5UcmFwQ2hlY2saLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKnAQoJVHJhcENoZWNrEicKB2JhY2tlbmQYASABKA4yFi5mbGVldHdhdGNoLnYxLkJhY2tlbmQSLQoIZGVsaXZlcnkYAiABKA4yGy5mbGVldHdhdGNoLnYxLlRyYXBEZWxpdmVyeRIOCgZ3cml0ZXMYAyABKA0SDQoFdHJhcHMYBCABKA0SEwoLbnNfcGVyX3RyYXAYBSABKA0SDgoGZGV0YWlsGAYgASgJIqcBCgdTbG90VXNlEgoKAmRyGAEgASgNEg4KBmpvYl9pZBgCIAEoCRIjCgVjaHVuaxgDIAEoCzIULmZsZWV0d2F0Y2gudjEuQ2h1bmsSEAoIcmVzZXJ2ZWQYBCABKAgSDwoHam9iX2lkcxgFIAMoCRIPCgdmb3JlaWduGAYgASgIEicKB2JhY2tlbmQYByABKA4yFi5mbGVldHdhdGNoLnYxLkJhY2tlbmQicAoLVGFyZ2V0U2xvdHMSCwoDcGlkGAEgASgNEiUKBXNsb3RzGAIgAygLMhYuZmxlZXR3YXRjaC52MS5TbG90VXNlEhUKDXRyYWNlZF9ieV9waWQYAyABKA0SFgoOdHJhY2VkX2J5X2NvbW0YBCABKAkiigEKBUFnZW50EiYKBGluZm8YASABKAsyGC5mbGVldHdhdGNoLnYxLkFnZW50SW5mbxIRCgljb25uZWN0ZWQYAiABKAgSGQoRbGFzdF9zZWVuX3VuaXhfbXMYAyABKAMSKwoHdGFyZ2V0cxgEIAMoCzIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U2xvdHMqhgEKDFRyYXBEZWxpdmVyeRIdChlUUkFQX0RFTElWRVJZX1VOU1BFQ0lGSUVEEAASGwoXVFJBUF9ERUxJVkVSWV9ERUxJVkVSRUQQARIfChtUUkFQX0RFTElWRVJZX05PVF9ERUxJVkVSRUQQAhIZChVUUkFQX0RFTElWRVJZX05PVF9SVU4QAypcCgpQZXJmVmFsdWVzEhsKF1BFUkZfVkFMVUVTX1VOU1BFQ0lGSUVEEAASGgoWUEVSRl9WQUxVRVNfQUZURVJfVFJBUBABEhUKEVBFUkZfVkFMVUVTX0VYQUNUEAIyiQUKEUNvbnRyb2xsZXJTZXJ2aWNlEk4KCVN1Ym1pdEpvYhIfLmZsZWV0d2F0Y2gudjEuU3VibWl0Sm9iUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuU3VibWl0Sm9iUmVzcG9uc2USRQoGR2V0Sm9iEhwuZmxlZXR3YXRjaC52MS5HZXRKb2JSZXF1ZXN0Gh0uZmxlZXR3YXRjaC52MS5HZXRKb2JSZXNwb25zZRJLCghMaXN0Sm9icxIeLmZsZWV0d2F0Y2gudjEuTGlzdEpvYnNSZXF1ZXN0Gh8uZmxlZXR3YXRjaC52MS5MaXN0Sm9ic1Jlc3BvbnNlEk4KCUNhbmNlbEpvYhIfLmZsZWV0d2F0Y2gudjEuQ2FuY2VsSm9iUmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuQ2FuY2VsSm9iUmVzcG9uc2USUQoKTGlzdEFnZW50cxIgLmZsZWV0d2F0Y2gudjEuTGlzdEFnZW50c1JlcXVlc3QaIS5mbGVldHdhdGNoLnYxLkxpc3RBZ2VudHNSZXNwb25zZRJNCghXYXRjaEpvYhIeLmZsZWV0d2F0Y2gudjEuV2F0Y2hKb2JSZXF1ZXN0Gh8uZmxlZXR3YXRjaC52MS5XYXRjaEpvYlJlc3BvbnNlMAESTgoJRGlzYXJtQWxsEh8uZmxlZXR3YXRjaC52MS5EaXNhcm1BbGxSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5EaXNhcm1BbGxSZXNwb25zZRJOCglMaXN0QXVkaXQSHy5mbGVldHdhdGNoLnYxLkxpc3RBdWRpdFJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkxpc3RBdWRpdFJlc3BvbnNlYgZwcm90bzM", [file_fleetwatch_v1_watch]);
+  fileDesc("Ch5mbGVldHdhdGNoL3YxL2NvbnRyb2xsZXIucHJvdG8SDWZsZWV0d2F0Y2gudjEiIgoQRGlzYXJtQWxsUmVxdWVzdBIOCgZyZWFzb24YASABKAkigQEKC0FnZW50RGlzYXJtEg8KB2hvc3RfaWQYASABKAkSEQoJY29uZmlybWVkGAIgASgIEhAKCGRpc2FybWVkGAMgASgNEhoKEmNvbmZpcm1lZF9hZnRlcl9tcxgEIAEoBBINCgVlcnJvchgFIAEoCRIRCgljb25uZWN0ZWQYBiABKAgiegoRRGlzYXJtQWxsUmVzcG9uc2USGQoRY2FuY2VsbGVkX2pvYl9pZHMYASADKAkSKgoGYWdlbnRzGAIgAygLMhouZmxlZXR3YXRjaC52MS5BZ2VudERpc2FybRIeChZhbGxfY29uZmlybWVkX2FmdGVyX21zGAMgASgEIikKEExpc3RBdWRpdFJlcXVlc3QSFQoNc2luY2VfdW5peF9tcxgBIAEoAyJAChFMaXN0QXVkaXRSZXNwb25zZRIrCgdyZWNvcmRzGAEgAygLMhouZmxlZXR3YXRjaC52MS5BdWRpdFJlY29yZCKNAQoLQXVkaXRSZWNvcmQSFAoMdGltZV91bml4X21zGAEgASgDEgsKA3dobxgCIAEoCRIOCgZhY3Rpb24YAyABKAkSDgoGam9iX2lkGAQgASgJEgwKBHdoYXQYBSABKAkSDQoFd2hlcmUYBiADKAkSDgoGcmVzdWx0GAcgASgJEg4KBnJlYXNvbhgIIAEoCSJRChBTdWJtaXRKb2JSZXF1ZXN0EiQKBHNwZWMYASABKAsyFi5mbGVldHdhdGNoLnYxLkpvYlNwZWMSFwoPd2l0aG91dF90YXJnZXRzGAIgASgIImwKEVN1Ym1pdEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iEjYKDXRhcmdldF9zdGF0ZXMYAiADKAsyHy5mbGVldHdhdGNoLnYxLlRhcmdldFN0YXRlQ291bnQiTgoQVGFyZ2V0U3RhdGVDb3VudBIpCgVzdGF0ZRgBIAEoDjIaLmZsZWV0d2F0Y2gudjEuVGFyZ2V0U3RhdGUSDwoHdGFyZ2V0cxgCIAEoDSIbCg1HZXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIjEKDkdldEpvYlJlc3BvbnNlEh8KA2pvYhgBIAEoCzISLmZsZWV0d2F0Y2gudjEuSm9iIl0KD0xpc3RKb2JzUmVxdWVzdBINCgVsaW1pdBgBIAEoDRInCgZzdGF0ZXMYAiADKA4yFy5mbGVldHdhdGNoLnYxLkpvYlN0YXRlEhIKCnBhZ2VfdG9rZW4YAyABKAkiXAoQTGlzdEpvYnNSZXNwb25zZRIgCgRqb2JzGAEgAygLMhIuZmxlZXR3YXRjaC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEg0KBXRvdGFsGAMgASgNIh4KEENhbmNlbEpvYlJlcXVlc3QSCgoCaWQYASABKAkiNAoRQ2FuY2VsSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2IiEwoRTGlzdEFnZW50c1JlcXVlc3QiOgoSTGlzdEFnZW50c1Jlc3BvbnNlEiQKBmFnZW50cxgBIAMoCzIULmZsZWV0d2F0Y2gudjEuQWdlbnQiHQoPV2F0Y2hKb2JSZXF1ZXN0EgoKAmlkGAEgASgJIkQKEFdhdGNoSm9iUmVzcG9uc2USHwoDam9iGAEgASgLMhIuZmxlZXR3YXRjaC52MS5Kb2ISDwoHc2tpcHBlZBgCIAEoBCKmAwoJQWdlbnRJbmZvEg8KB2hvc3RfaWQYASABKAkSNAoGbGFiZWxzGAIgAygLMiQuZmxlZXR3YXRjaC52MS5BZ2VudEluZm8uTGFiZWxzRW50cnkSEAoIaG9zdG5hbWUYAyABKAkSDgoGa2VybmVsGAQgASgJEgwKBGFyY2gYBSABKAkSGAoQc2xvdHNfcGVyX3RocmVhZBgGIAEoDRIVCg1hZ2VudF92ZXJzaW9uGAcgASgJEhYKDmhlbHBlcl92ZXJzaW9uGAggASgJEg4KBnBvbGljeRgJIAEoCRIoCghiYWNrZW5kcxgKIAMoDjIWLmZsZWV0d2F0Y2gudjEuQmFja2VuZBIuCgtwZXJmX3ZhbHVlcxgLIAEoDjIZLmZsZWV0d2F0Y2gudjEuUGVyZlZhbHVlcxIRCglwZXJmX25vdGUYDCABKAkSLQoLdHJhcF9jaGVja3MYDSADKAsyGC5mbGVldHdhdGNoLnYxLlRyYXBDaGVjaxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqcBCglUcmFwQ2hlY2sSJwoHYmFja2VuZBgBIAEoDjIWLmZsZWV0d2F0Y2gudjEuQmFja2VuZBItCghkZWxpdmVyeRgCIAEoDjIbLmZsZWV0d2F0Y2gudjEuVHJhcERlbGl2ZXJ5Eg4KBndyaXRlcxgDIAEoDRINCgV0cmFwcxgEIAEoDRITCgtuc19wZXJfdHJhcBgFIAEoDRIOCgZkZXRhaWwYBiABKAkipwEKB1Nsb3RVc2USCgoCZHIYASABKA0SDgoGam9iX2lkGAIgASgJEiMKBWNodW5rGAMgASgLMhQuZmxlZXR3YXRjaC52MS5DaHVuaxIQCghyZXNlcnZlZBgEIAEoCBIPCgdqb2JfaWRzGAUgAygJEg8KB2ZvcmVpZ24YBiABKAgSJwoHYmFja2VuZBgHIAEoDjIWLmZsZWV0d2F0Y2gudjEuQmFja2VuZCJwCgtUYXJnZXRTbG90cxILCgNwaWQYASABKA0SJQoFc2xvdHMYAiADKAsyFi5mbGVldHdhdGNoLnYxLlNsb3RVc2USFQoNdHJhY2VkX2J5X3BpZBgDIAEoDRIWCg50cmFjZWRfYnlfY29tbRgEIAEoCSKKAQoFQWdlbnQSJgoEaW5mbxgBIAEoCzIYLmZsZWV0d2F0Y2gudjEuQWdlbnRJbmZvEhEKCWNvbm5lY3RlZBgCIAEoCBIZChFsYXN0X3NlZW5fdW5peF9tcxgDIAEoAxIrCgd0YXJnZXRzGAQgAygLMhouZmxlZXR3YXRjaC52MS5UYXJnZXRTbG90cyqGAQoMVHJhcERlbGl2ZXJ5Eh0KGVRSQVBfREVMSVZFUllfVU5TUEVDSUZJRUQQABIbChdUUkFQX0RFTElWRVJZX0RFTElWRVJFRBABEh8KG1RSQVBfREVMSVZFUllfTk9UX0RFTElWRVJFRBACEhkKFVRSQVBfREVMSVZFUllfTk9UX1JVThADKlwKClBlcmZWYWx1ZXMSGwoXUEVSRl9WQUxVRVNfVU5TUEVDSUZJRUQQABIaChZQRVJGX1ZBTFVFU19BRlRFUl9UUkFQEAESFQoRUEVSRl9WQUxVRVNfRVhBQ1QQAjKJBQoRQ29udHJvbGxlclNlcnZpY2USTgoJU3VibWl0Sm9iEh8uZmxlZXR3YXRjaC52MS5TdWJtaXRKb2JSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5TdWJtaXRKb2JSZXNwb25zZRJFCgZHZXRKb2ISHC5mbGVldHdhdGNoLnYxLkdldEpvYlJlcXVlc3QaHS5mbGVldHdhdGNoLnYxLkdldEpvYlJlc3BvbnNlEksKCExpc3RKb2JzEh4uZmxlZXR3YXRjaC52MS5MaXN0Sm9ic1JlcXVlc3QaHy5mbGVldHdhdGNoLnYxLkxpc3RKb2JzUmVzcG9uc2USTgoJQ2FuY2VsSm9iEh8uZmxlZXR3YXRjaC52MS5DYW5jZWxKb2JSZXF1ZXN0GiAuZmxlZXR3YXRjaC52MS5DYW5jZWxKb2JSZXNwb25zZRJRCgpMaXN0QWdlbnRzEiAuZmxlZXR3YXRjaC52MS5MaXN0QWdlbnRzUmVxdWVzdBohLmZsZWV0d2F0Y2gudjEuTGlzdEFnZW50c1Jlc3BvbnNlEk0KCFdhdGNoSm9iEh4uZmxlZXR3YXRjaC52MS5XYXRjaEpvYlJlcXVlc3QaHy5mbGVldHdhdGNoLnYxLldhdGNoSm9iUmVzcG9uc2UwARJOCglEaXNhcm1BbGwSHy5mbGVldHdhdGNoLnYxLkRpc2FybUFsbFJlcXVlc3QaIC5mbGVldHdhdGNoLnYxLkRpc2FybUFsbFJlc3BvbnNlEk4KCUxpc3RBdWRpdBIfLmZsZWV0d2F0Y2gudjEuTGlzdEF1ZGl0UmVxdWVzdBogLmZsZWV0d2F0Y2gudjEuTGlzdEF1ZGl0UmVzcG9uc2ViBnByb3RvMw", [file_fleetwatch_v1_watch]);
 
 /**
  * @generated from message fleetwatch.v1.DisarmAllRequest
@@ -225,6 +225,19 @@ export type SubmitJobRequest = Message<"fleetwatch.v1.SubmitJobRequest"> & {
    * @generated from field: fleetwatch.v1.JobSpec spec = 1;
    */
   spec?: JobSpec | undefined;
+
+  /**
+   * Answer with the job without its targets and with how many targets are
+   * in each state (SubmitJobResponse.target_states), instead of every
+   * target: a fleet-wide job's answer is then a few hundred bytes, not
+   * megabytes to encode and decode. GetJob and WatchJob still give every
+   * target. Unset, the answer lists every target, as it always did; a
+   * controller from before this field ignores it and lists them too, so a
+   * client counts job.targets when target_states is empty.
+   *
+   * @generated from field: bool without_targets = 2;
+   */
+  withoutTargets: boolean;
 };
 
 /**
@@ -239,9 +252,20 @@ export const SubmitJobRequestSchema: GenMessage<SubmitJobRequest> = /*@__PURE__*
  */
 export type SubmitJobResponse = Message<"fleetwatch.v1.SubmitJobResponse"> & {
   /**
+   * The job as submitted (armed, queued, failed); without its targets when
+   * the request said without_targets.
+   *
    * @generated from field: fleetwatch.v1.Job job = 1;
    */
   job?: Job | undefined;
+
+  /**
+   * With without_targets: how many of the job's targets are in each state,
+   * in TargetState order, states with none left out. Empty otherwise.
+   *
+   * @generated from field: repeated fleetwatch.v1.TargetStateCount target_states = 2;
+   */
+  targetStates: TargetStateCount[];
 };
 
 /**
@@ -250,6 +274,30 @@ export type SubmitJobResponse = Message<"fleetwatch.v1.SubmitJobResponse"> & {
  */
 export const SubmitJobResponseSchema: GenMessage<SubmitJobResponse> = /*@__PURE__*/
   messageDesc(file_fleetwatch_v1_controller, 7);
+
+/**
+ * How many of a job's targets are in one state.
+ *
+ * @generated from message fleetwatch.v1.TargetStateCount
+ */
+export type TargetStateCount = Message<"fleetwatch.v1.TargetStateCount"> & {
+  /**
+   * @generated from field: fleetwatch.v1.TargetState state = 1;
+   */
+  state: TargetState;
+
+  /**
+   * @generated from field: uint32 targets = 2;
+   */
+  targets: number;
+};
+
+/**
+ * Describes the message fleetwatch.v1.TargetStateCount.
+ * Use `create(TargetStateCountSchema)` to create a new message.
+ */
+export const TargetStateCountSchema: GenMessage<TargetStateCount> = /*@__PURE__*/
+  messageDesc(file_fleetwatch_v1_controller, 8);
 
 /**
  * @generated from message fleetwatch.v1.GetJobRequest
@@ -266,7 +314,7 @@ export type GetJobRequest = Message<"fleetwatch.v1.GetJobRequest"> & {
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 export const GetJobRequestSchema: GenMessage<GetJobRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 8);
+  messageDesc(file_fleetwatch_v1_controller, 9);
 
 /**
  * @generated from message fleetwatch.v1.GetJobResponse
@@ -283,7 +331,7 @@ export type GetJobResponse = Message<"fleetwatch.v1.GetJobResponse"> & {
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 export const GetJobResponseSchema: GenMessage<GetJobResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 9);
+  messageDesc(file_fleetwatch_v1_controller, 10);
 
 /**
  * One page of jobs, newest first (created_unix_ms, then id). An empty
@@ -320,7 +368,7 @@ export type ListJobsRequest = Message<"fleetwatch.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 10);
+  messageDesc(file_fleetwatch_v1_controller, 11);
 
 /**
  * @generated from message fleetwatch.v1.ListJobsResponse
@@ -354,7 +402,7 @@ export type ListJobsResponse = Message<"fleetwatch.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 11);
+  messageDesc(file_fleetwatch_v1_controller, 12);
 
 /**
  * @generated from message fleetwatch.v1.CancelJobRequest
@@ -371,7 +419,7 @@ export type CancelJobRequest = Message<"fleetwatch.v1.CancelJobRequest"> & {
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 export const CancelJobRequestSchema: GenMessage<CancelJobRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 12);
+  messageDesc(file_fleetwatch_v1_controller, 13);
 
 /**
  * @generated from message fleetwatch.v1.CancelJobResponse
@@ -388,7 +436,7 @@ export type CancelJobResponse = Message<"fleetwatch.v1.CancelJobResponse"> & {
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 export const CancelJobResponseSchema: GenMessage<CancelJobResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 13);
+  messageDesc(file_fleetwatch_v1_controller, 14);
 
 /**
  * @generated from message fleetwatch.v1.ListAgentsRequest
@@ -401,7 +449,7 @@ export type ListAgentsRequest = Message<"fleetwatch.v1.ListAgentsRequest"> & {
  * Use `create(ListAgentsRequestSchema)` to create a new message.
  */
 export const ListAgentsRequestSchema: GenMessage<ListAgentsRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 14);
+  messageDesc(file_fleetwatch_v1_controller, 15);
 
 /**
  * @generated from message fleetwatch.v1.ListAgentsResponse
@@ -418,7 +466,7 @@ export type ListAgentsResponse = Message<"fleetwatch.v1.ListAgentsResponse"> & {
  * Use `create(ListAgentsResponseSchema)` to create a new message.
  */
 export const ListAgentsResponseSchema: GenMessage<ListAgentsResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 15);
+  messageDesc(file_fleetwatch_v1_controller, 16);
 
 /**
  * @generated from message fleetwatch.v1.WatchJobRequest
@@ -435,7 +483,7 @@ export type WatchJobRequest = Message<"fleetwatch.v1.WatchJobRequest"> & {
  * Use `create(WatchJobRequestSchema)` to create a new message.
  */
 export const WatchJobRequestSchema: GenMessage<WatchJobRequest> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 16);
+  messageDesc(file_fleetwatch_v1_controller, 17);
 
 /**
  * @generated from message fleetwatch.v1.WatchJobResponse
@@ -461,7 +509,7 @@ export type WatchJobResponse = Message<"fleetwatch.v1.WatchJobResponse"> & {
  * Use `create(WatchJobResponseSchema)` to create a new message.
  */
 export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 17);
+  messageDesc(file_fleetwatch_v1_controller, 18);
 
 /**
  * What an agent says about its host when it registers.
@@ -557,7 +605,7 @@ export type AgentInfo = Message<"fleetwatch.v1.AgentInfo"> & {
  * Use `create(AgentInfoSchema)` to create a new message.
  */
 export const AgentInfoSchema: GenMessage<AgentInfo> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 18);
+  messageDesc(file_fleetwatch_v1_controller, 19);
 
 /**
  * One backend's trap self-test: the helper watches a word of its own, never
@@ -613,7 +661,7 @@ export type TrapCheck = Message<"fleetwatch.v1.TrapCheck"> & {
  * Use `create(TrapCheckSchema)` to create a new message.
  */
 export const TrapCheckSchema: GenMessage<TrapCheck> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 19);
+  messageDesc(file_fleetwatch_v1_controller, 20);
 
 /**
  * One debug register of a target: free (no job_ids) or held by ptrace jobs
@@ -672,7 +720,7 @@ export type SlotUse = Message<"fleetwatch.v1.SlotUse"> & {
  * Use `create(SlotUseSchema)` to create a new message.
  */
 export const SlotUseSchema: GenMessage<SlotUse> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 20);
+  messageDesc(file_fleetwatch_v1_controller, 21);
 
 /**
  * The slot map of one watched process.
@@ -708,7 +756,7 @@ export type TargetSlots = Message<"fleetwatch.v1.TargetSlots"> & {
  * Use `create(TargetSlotsSchema)` to create a new message.
  */
 export const TargetSlotsSchema: GenMessage<TargetSlots> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 21);
+  messageDesc(file_fleetwatch_v1_controller, 22);
 
 /**
  * @generated from message fleetwatch.v1.Agent
@@ -740,7 +788,7 @@ export type Agent = Message<"fleetwatch.v1.Agent"> & {
  * Use `create(AgentSchema)` to create a new message.
  */
 export const AgentSchema: GenMessage<Agent> = /*@__PURE__*/
-  messageDesc(file_fleetwatch_v1_controller, 22);
+  messageDesc(file_fleetwatch_v1_controller, 23);
 
 /**
  * Whether watched writes trap on a host, by its helper's self-test.
