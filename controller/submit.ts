@@ -22,6 +22,7 @@ import {
   type Job,
   type JobSpec,
   type ResolveResult,
+  type Target,
   type TargetSelector,
 } from "../proto/index.js";
 import type { ScopeSubject } from "./access-policy.js";
@@ -91,6 +92,15 @@ export function resolveRequestsOf(spec: JobSpec): ResolveRequest[] {
 // - Once written, the record says what the agents answered (ARMED, FAILED,
 //   ...), so a restart reads it as it is: nothing is left "arming".
 
+/** Targets most log lines name one by one. */
+const namedInLog = 8;
+
+/** `h1/42, h2/7` for a log line; a fleet-wide job's tens of thousands as the first few and how many more (not a line of megabytes). */
+function describePlaces(targets: readonly Target[]): string {
+  const named = targets.slice(0, namedInLog).map((t) => `${t.hostId}/${t.pid}`);
+  return named.join(", ") + (targets.length > named.length ? ` and ${targets.length - named.length} more` : "");
+}
+
 /** A new job's id: ten random hex digits. */
 function newJobId(): string {
   return randomBytes(5).toString("hex");
@@ -139,11 +149,12 @@ export class SubmitFlow {
     const candidates = found.flatMap(({ session, processes }) => processes.map((p) => ({ session, pid: p.pid, resolved: p.resolved })));
     // A gang cannot include a process it may not watch.
     if (refused.length > 0 && (candidates.length === 0 || mode.kind === "all")) throw refused[0]!.err;
-    const hostList = sessions.map((s) => s.hostId).join(", ");
+    // Only for messages: joined on every submit, a fleet's host ids cost more than placing the job.
+    const hostList = () => sessions.map((s) => s.hostId).join(", ");
     // With a queue timeout, a job by exe, comm or cgroup waits for its first process to start.
     const awaitsMatch = candidates.length === 0 && spec.queueTimeoutMs > 0n && isFollowable(selector);
     if (candidates.length === 0 && !awaitsMatch) {
-      throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${hostList}${isFollowable(selector) ? ": give --queue-timeout to wait for one to start" : ""}`);
+      throw new NotFoundError(`no process matches ${describeProcesses(selector)} on ${hostList()}${isFollowable(selector) ? ": give --queue-timeout to wait for one to start" : ""}`);
     }
     const plans = await Promise.all(candidates.map((c) => this.plan(c.session, spec, c.pid, c.resolved)));
     const planFailures = plans.flatMap((p) => ("err" in p ? [p.err] : []));
@@ -161,7 +172,7 @@ export class SubmitFlow {
       counts: {},
       owner: caller.who,
       redaction,
-      reason: awaitsMatch ? `waiting for a process matching ${describeProcesses(selector)} to start on ${hostList} (queue timeout ${formatDuration(spec.queueTimeoutMs)})` : "",
+      reason: awaitsMatch ? `waiting for a process matching ${describeProcesses(selector)} to start on ${hostList()} (queue timeout ${formatDuration(spec.queueTimeoutMs)})` : "",
     });
     const backend = resolveBackend(spec);
     for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, backend, state: TargetState.FAILED, reason: err.message }));
@@ -203,7 +214,7 @@ export class SubmitFlow {
     });
     this.core.publish(job);
     const placedOn = job.targets.filter(isTargetActive);
-    this.core.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${placedOn.map((t) => `${t.hostId}/${t.pid}`).join(", ")}` : `queued (${job.reason})`}`);
+    this.core.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${describePlaces(placedOn)}` : `queued (${job.reason})`}`);
 
     await this.queue.evict(job, evictions);
     const failures: unknown[] = [];
