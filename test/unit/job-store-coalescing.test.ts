@@ -8,7 +8,7 @@ import { create, fromBinary } from "@bufbuild/protobuf";
 import type { JetStreamClient } from "nats";
 import { JobStore } from "../../controller/job-store.js";
 import { NotLeaderError } from "../../controller/leader-election.js";
-import { JobSchema, JobState, TargetState } from "../../proto/index.js";
+import { JobSchema, JobState, SlotAssignmentSchema, TargetState } from "../../proto/index.js";
 
 /** A KV bucket in memory with JetStream's revisions and compare-and-set, counting writes. */
 class MemoryKv {
@@ -124,6 +124,21 @@ test("job store - a change that throws fails alone, and one outside its hosts ca
   assert.equal(kv.updates, 1);
 });
 
+test("job store - a change replaces a target's counts, slots and chunks: editing them in place throws, and nothing is written of it", async () => {
+  const kv = new MemoryKv();
+  const { store } = await storeWith(kv);
+  const edits = [
+    store.mutate("j1", (j) => void (j.targets[0]!.counts!.trapped = 5n), ["h1"]),
+    store.mutate("j1", (j) => void j.targets[0]!.slots.push(create(SlotAssignmentSchema, { dr: 0 })), ["h1"]),
+  ];
+  for (const edit of edits) await assert.rejects(edit, TypeError);
+  const replaced = await store.mutate("j1", (j) => void (j.targets[0]!.counts = { ...j.targets[0]!.counts!, trapped: 5n }), ["h1"]);
+  assert.deepEqual(replaced.targets.map((t) => t.counts?.trapped ?? 0n), [5n, 0n]);
+  assert.deepEqual(kv.stored("j1").targets.map((t) => t.counts?.trapped ?? 0n), [5n, 0n]);
+  assert.equal(kv.updates, 1);
+  assert.ok(Object.isFrozen(replaced.targets[0]!.counts), "what a change put in is frozen once written");
+});
+
 test("job store - a lost race re-reads and applies every coalesced change again on what won", async () => {
   const kv = new MemoryKv();
   const { store, conflicts } = await storeWith(kv);
@@ -132,9 +147,13 @@ test("job store - a lost race re-reads and applies every coalesced change again 
   const jobs = await Promise.all([
     store.mutate("j1", (j) => {
       applied++;
-      j.targets[0]!.counts!.trapped += 1n;
+      const t = j.targets[0]!;
+      t.counts = { ...t.counts!, trapped: t.counts!.trapped + 1n };
     }, ["h1"]),
-    store.mutate("j1", (j) => void (j.targets[1]!.counts!.trapped += 2n), ["h2"]),
+    store.mutate("j1", (j) => {
+      const t = j.targets[1]!;
+      t.counts = { ...t.counts!, trapped: t.counts!.trapped + 2n };
+    }, ["h2"]),
   ]);
   assert.equal(conflicts(), 1);
   assert.equal(applied, 2, "applied once per attempt");
@@ -171,7 +190,7 @@ test("job store - a staged job is in memory only until its first change, which c
       for (const t of j.targets) t.state = TargetState.ARMED;
       j.state = JobState.ARMED;
     }),
-    store.mutate("j2", (j) => void (j.targets[0]!.counts!.trapped = 3n), ["h0"]),
+    store.mutate("j2", (j) => void (j.targets[0]!.counts = { ...j.targets[0]!.counts!, trapped: 3n }), ["h0"]),
   ]);
   assert.equal(kv.creates, writesBefore + 1, "one create");
   assert.equal(kv.updates, 0);
