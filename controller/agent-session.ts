@@ -2,19 +2,19 @@
 // correlation for the commands the controller sends down its session.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
+  ArmSchema,
+  DisarmAllSchema,
+  DisarmSchema,
+  DiscoverSchema,
+  ResolveSchema,
   SessionResponseSchema,
   sessionResponseQueue,
   type AgentInfo,
   type ArmResult,
-  type ArmSchema,
   type DisarmAllResult,
-  type DisarmAllSchema,
   type DisarmResult,
-  type DisarmSchema,
   type DiscoverResult,
-  type DiscoverSchema,
   type ResolveResult,
-  type ResolveSchema,
   type SessionResponse,
 } from "../proto/index.js";
 import { AgentUnavailableError } from "./errors.js";
@@ -31,6 +31,9 @@ export const maxUnreadMessages = 10_000;
 
 /** Arms given up on per session whose late answers are still looked for. */
 const maxAbandonedArms = 10_000;
+
+/** The message of each request the controller sends down a session. */
+const requestSchemas = { resolve: ResolveSchema, arm: ArmSchema, disarm: DisarmSchema, discover: DiscoverSchema, disarmAll: DisarmAllSchema };
 
 /** A live session with one agent. */
 export class AgentSession {
@@ -115,7 +118,10 @@ export class AgentSession {
         reject(new AgentUnavailableError(`agent ${this.hostId} did not answer ${kind} within ${timeoutMs} ms`, this.hostId));
       }, timeoutMs);
       this.pending.set(requestId, { resolve: resolve as (value: never) => void, reject, timer });
-      this.send({ msg: { case: kind, value: { ...value, requestId } } } as MessageInitShape<typeof SessionResponseSchema>);
+      // The request's message made once, with its id (not the caller's object copied and then converted: a fleet-wide job sends 40,000 arms).
+      const message = create(requestSchemas[kind] as typeof ArmSchema, value as MessageInitShape<typeof ArmSchema>);
+      message.requestId = requestId;
+      this.send({ msg: { case: kind, value: message } } as MessageInitShape<typeof SessionResponseSchema>);
     });
   }
 
