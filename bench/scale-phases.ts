@@ -78,8 +78,10 @@ async function cancelAll(ctx: PhaseContext, ids: string[]): Promise<number> {
   return seconds(started);
 }
 
-/** Submits every spec at once; the round ends when the last one answered. Throws the first failure after all settled. */
-/** Each job answered with how many targets are in each state, not every target (as a client of a fleet-wide job would ask). */
+/**
+ * Submits every spec at once; the round ends when the last one answered. Each is answered with how many targets
+ * are in each state, not every target (as a client of a fleet-wide job would ask). Throws the first failure after all settled.
+ */
 async function submitAll(ctx: PhaseContext, specs: JobSpecInit[]): Promise<{ jobs: Job[]; armed: number; each: number[]; all: number }> {
   const started = performance.now();
   const settled = await Promise.allSettled(
