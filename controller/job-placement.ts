@@ -49,11 +49,16 @@ function distinctChunks(chunks: readonly Chunk[]): Chunk[] {
  */
 export function decide(core: Pick<ControllerCore, "ledger" | "known" | "options">, job: Job): PlacementDecision {
   const pj = placementJob(job);
-  const candidates: Candidate[] = job.targets
-    .filter((t) => isTargetWaiting(t) || (isTargetActive(t) && t.chunks.length > 0))
-    .map((t) => ({ ...core.ledger.snapshot(t.hostId, t.pid), hostLabels: core.known.get(t.hostId)?.info.labels ?? {}, chunks: t.chunks }));
+  const candidates: Candidate[] = [];
+  for (const t of job.targets) {
+    if (!isTargetWaiting(t) && !(isTargetActive(t) && t.chunks.length > 0)) continue;
+    // Field by field: spreading snapshots of several shapes took a quarter of deciding a 40,000-target job.
+    const s = core.ledger.snapshot(t.hostId, t.pid);
+    candidates.push({ hostId: s.hostId, pid: s.pid, slots: s.slots, reservedMask: s.reservedMask, foreignMask: s.foreignMask, tracedBy: s.tracedBy, hostLabels: core.known.get(t.hostId)?.info.labels ?? {}, chunks: t.chunks });
+  }
   const decision = place(pj, candidates);
-  for (const p of decision.placed) core.ledger.apply(pj, p);
+  // markPlaced gives the job its slot assignments.
+  for (const p of decision.placed) core.ledger.take(pj, p);
   core.options.metrics?.placed(decision.placed.length);
   return decision;
 }

@@ -120,9 +120,14 @@ export class SlotLedger {
   }
 
   /** Takes one placement of a decision made on this ledger's snapshot: victims leave, the job takes a reference on each register. */
-  apply(job: PlacementJob, placement: TargetPlacement): SlotAssignment[] {
+  take(job: PlacementJob, placement: TargetPlacement): void {
     const entry = this.entry(placement.hostId, placement.pid);
     entry.snapshot = applyPlacement(entry.snapshot, job, placement);
+  }
+
+  /** take(), and the job's slot assignments it made. */
+  apply(job: PlacementJob, placement: TargetPlacement): SlotAssignment[] {
+    this.take(job, placement);
     return assignmentsOf(placement.assignments);
   }
 
