@@ -4,6 +4,7 @@
 import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import {
+  HitCountsSchema,
   JobSchema,
   JobState,
   TargetSchema,
@@ -175,13 +176,16 @@ export class SubmitFlow {
       reason: awaitsMatch ? `waiting for a process matching ${describeProcesses(selector)} to start on ${hostList()} (queue timeout ${formatDuration(spec.queueTimeoutMs)})` : "",
     });
     const backend = resolveBackend(spec);
-    for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: {}, backend, state: TargetState.FAILED, reason: err.message }));
+    // One empty count for every target: a target's counts are replaced when they move, never edited (see copyTarget in
+    // job-store.ts), and a fleet-wide job's 40,000 targets need not each make their own. Targets are made field by
+    // field: spreading a shared part into each cost more than making the target.
+    const noCounts = create(HitCountsSchema);
+    for (const { pid, err } of refused) draft.targets.push(create(TargetSchema, { hostId: err.hostId, pid, counts: noCounts, backend, state: TargetState.FAILED, reason: err.message }));
     for (const plan of plans) {
-      const base = { hostId: plan.session.hostId, pid: plan.pid, counts: {}, backend };
       draft.targets.push(
         "err" in plan
-          ? create(TargetSchema, { ...base, state: TargetState.FAILED, reason: errorText(plan.err) })
-          : create(TargetSchema, { ...base, state: TargetState.PENDING, reason: "waiting to be placed", chunks: plan.chunks }),
+          ? create(TargetSchema, { hostId: plan.session.hostId, pid: plan.pid, counts: noCounts, backend, state: TargetState.FAILED, reason: errorText(plan.err) })
+          : create(TargetSchema, { hostId: plan.session.hostId, pid: plan.pid, counts: noCounts, backend, state: TargetState.PENDING, reason: "waiting to be placed", chunks: plan.chunks }),
       );
     }
 
