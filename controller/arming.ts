@@ -86,7 +86,7 @@ export class Arming {
     const armed = await this.core.store.mutate(job.id, (j) => {
       const byKey = targetIndex(j);
       for (const outcome of outcomes) {
-        const t = byKey.get(`${outcome.target.hostId}/${outcome.target.pid}`)!;
+        const t = byKey.get(outcome.target.hostId, outcome.target.pid)!;
         if (t.state !== TargetState.ARMING) continue;
         if ("result" in outcome && outcome.result) {
           t.state = TargetState.ARMED;
@@ -119,7 +119,7 @@ export class Arming {
     // The job ended while these were arming: take them back.
     const armedByKey = targetIndex(armed);
     for (const outcome of outcomes) {
-      const t = armedByKey.get(`${outcome.target.hostId}/${outcome.target.pid}`);
+      const t = armedByKey.get(outcome.target.hostId, outcome.target.pid);
       if ("result" in outcome && t && !isTargetActive(t)) this.takeBack(job.id, t, "the job ended");
     }
     this.core.publish(armed);

@@ -19,7 +19,7 @@ export interface Final {
 export function applyFinals(job: Job, finals: readonly Final[], take: (t: Target, counts: HitCounts) => boolean): void {
   const byKey = targetIndex(job);
   for (const f of finals) {
-    const t = byKey.get(`${f.hostId}/${f.pid}`);
+    const t = byKey.get(f.hostId, f.pid);
     if (t && f.counts && take(t, f.counts)) t.counts = f.counts;
   }
 }
@@ -28,7 +28,7 @@ export function applyFinals(job: Job, finals: readonly Final[], take: (t: Target
 export function applyNotes(job: Job, finals: readonly Final[], to: (t: Target) => boolean): void {
   const byKey = targetIndex(job);
   for (const f of finals) {
-    const t = byKey.get(`${f.hostId}/${f.pid}`);
+    const t = byKey.get(f.hostId, f.pid);
     if (t && f.note && to(t)) t.reason += f.note;
   }
 }

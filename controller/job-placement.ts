@@ -20,7 +20,7 @@ export function placementJob(job: Job): PlacementJob {
 export function markPlaced(job: Job, decision: PlacementDecision): void {
   const byKey = decision.placed.length > 8 ? targetIndex(job) : undefined;
   for (const p of decision.placed) {
-    const t = byKey ? byKey.get(`${p.hostId}/${p.pid}`) : job.targets.find((x) => x.hostId === p.hostId && x.pid === p.pid);
+    const t = byKey ? byKey.get(p.hostId, p.pid) : job.targets.find((x) => x.hostId === p.hostId && x.pid === p.pid);
     if (!t) continue;
     t.state = TargetState.ARMING;
     t.reason = "arming";
