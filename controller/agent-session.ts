@@ -19,7 +19,10 @@ import {
 } from "../proto/index.js";
 import { AgentUnavailableError } from "./errors.js";
 
-type Pending = { resolve: (value: never) => void; reject: (err: unknown) => void; timer: NodeJS.Timeout };
+type RequestKind = "resolve" | "arm" | "disarm" | "discover" | "disarmAll";
+
+/** A command waiting for its answer: `deadline` on performance.now()'s clock; `value` is kept for arms only (see abandon). */
+type Pending = { resolve: (value: never) => void; reject: (err: unknown) => void; kind: RequestKind; deadline: number; timeoutMs: number; arm: { jobId: string; pid: number; epoch?: bigint } | undefined };
 
 /**
  * Messages an agent may leave unread before its session is dropped. A live
@@ -41,7 +44,17 @@ export class AgentSession {
   readonly outbound = sessionResponseQueue();
   lastSeenMs = Date.now();
   private nextRequestId = 1n;
+  /**
+   * Commands waiting for an answer, with the session's request timeout, in
+   * the order sent: their deadlines come in the same order, so one timer per
+   * session (set for the oldest) expires them, not a timer per command (40,000
+   * of them while a fleet-wide job is armed, each living as long as its round
+   * trip and so leaving the young generation).
+   */
   private readonly pending = new Map<bigint, Pending>();
+  /** Commands with a timeout of their own (the kill switch's): a timer each, they are rare. */
+  private readonly pendingOwnTimeout = new Map<bigint, Pending & { timer: NodeJS.Timeout }>();
+  private expiryTimer: NodeJS.Timeout | undefined;
   /** Arms given up for want of an answer: should one arrive armed after all, nobody owns that watch. */
   private readonly abandonedArms = new Map<bigint, { jobId: string; pid: number; epoch: bigint }>();
   private readonly ended = new AbortController();
@@ -108,21 +121,46 @@ export class AgentSession {
     return this.request("disarmAll", request, timeoutMs);
   }
 
-  private request<T>(kind: "resolve" | "arm" | "disarm" | "discover" | "disarmAll", value: object, timeoutMs = this.requestTimeoutMs): Promise<T> {
+  private request<T>(kind: RequestKind, value: object, timeoutMs = this.requestTimeoutMs): Promise<T> {
     if (!this.isOpen) return Promise.reject(new AgentUnavailableError(`agent ${this.hostId} is not connected`, this.hostId));
     const requestId = this.nextRequestId++;
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(requestId);
-        if (kind === "arm") this.abandon(requestId, value as { jobId: string; pid: number; epoch?: bigint });
-        reject(new AgentUnavailableError(`agent ${this.hostId} did not answer ${kind} within ${timeoutMs} ms`, this.hostId));
-      }, timeoutMs);
-      this.pending.set(requestId, { resolve: resolve as (value: never) => void, reject, timer });
+      const waiter: Pending = { resolve: resolve as (value: never) => void, reject, kind, deadline: performance.now() + timeoutMs, timeoutMs, arm: kind === "arm" ? (value as { jobId: string; pid: number; epoch?: bigint }) : undefined };
+      if (timeoutMs === this.requestTimeoutMs) {
+        this.pending.set(requestId, waiter);
+        this.expiryTimer ??= setTimeout(() => this.expire(), timeoutMs);
+      } else {
+        const timer = setTimeout(() => {
+          this.pendingOwnTimeout.delete(requestId);
+          this.timedOut(requestId, waiter);
+        }, timeoutMs);
+        this.pendingOwnTimeout.set(requestId, { ...waiter, timer });
+      }
       // The request's message made once, with its id (not the caller's object copied and then converted: a fleet-wide job sends 40,000 arms).
       const message = create(requestSchemas[kind] as typeof ArmSchema, value as MessageInitShape<typeof ArmSchema>);
       message.requestId = requestId;
       this.send({ msg: { case: kind, value: message } } as MessageInitShape<typeof SessionResponseSchema>);
     });
+  }
+
+  /** Fails the commands whose deadline passed, oldest first; sets the timer again for the oldest left. */
+  private expire(): void {
+    this.expiryTimer = undefined;
+    const now = performance.now();
+    for (const [requestId, waiter] of this.pending) {
+      if (waiter.deadline > now) {
+        // The loop's clock may lag performance.now() by a fraction of a millisecond: never expire early.
+        this.expiryTimer = setTimeout(() => this.expire(), Math.max(1, Math.ceil(waiter.deadline - now)));
+        return;
+      }
+      this.pending.delete(requestId);
+      this.timedOut(requestId, waiter);
+    }
+  }
+
+  private timedOut(requestId: bigint, waiter: Pending): void {
+    if (waiter.arm) this.abandon(requestId, waiter.arm);
+    waiter.reject(new AgentUnavailableError(`agent ${this.hostId} did not answer ${waiter.kind} within ${waiter.timeoutMs} ms`, this.hostId));
   }
 
   private abandon(requestId: bigint, arm: { jobId: string; pid: number; epoch?: bigint }): void {
@@ -152,10 +190,21 @@ export class AgentSession {
       return true;
     }
     const waiter = this.pending.get(requestId);
-    if (!waiter) return false;
-    this.pending.delete(requestId);
-    clearTimeout(waiter.timer);
-    waiter.resolve(result as never);
+    if (waiter) {
+      // The expiry timer stays while commands wait (when it fires it finds the oldest still waiting), not past the last.
+      this.pending.delete(requestId);
+      if (this.pending.size === 0) {
+        clearTimeout(this.expiryTimer);
+        this.expiryTimer = undefined;
+      }
+      waiter.resolve(result as never);
+      return true;
+    }
+    const own = this.pendingOwnTimeout.get(requestId);
+    if (!own) return false;
+    this.pendingOwnTimeout.delete(requestId);
+    clearTimeout(own.timer);
+    own.resolve(result as never);
     return true;
   }
 
@@ -164,10 +213,16 @@ export class AgentSession {
     if (!this.isOpen) return;
     this.endReason = reason;
     this.ended.abort(new AgentUnavailableError(reason, this.hostId));
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
     for (const [id, waiter] of this.pending) {
-      clearTimeout(waiter.timer);
-      waiter.reject(new AgentUnavailableError(`agent ${this.hostId}: ${reason}`, this.hostId));
       this.pending.delete(id);
+      waiter.reject(new AgentUnavailableError(`agent ${this.hostId}: ${reason}`, this.hostId));
+    }
+    for (const [id, waiter] of this.pendingOwnTimeout) {
+      clearTimeout(waiter.timer);
+      this.pendingOwnTimeout.delete(id);
+      waiter.reject(new AgentUnavailableError(`agent ${this.hostId}: ${reason}`, this.hostId));
     }
     this.outbound.close();
   }

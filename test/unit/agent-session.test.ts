@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { AgentSession } from "../../controller/agent-session.js";
 import { AgentUnavailableError } from "../../controller/errors.js";
-import { AgentInfoSchema, AgentErrorSchema, ArmResultSchema, type SessionResponse } from "../../proto/index.js";
+import { AgentInfoSchema, AgentErrorSchema, ArmResultSchema, DisarmAllResultSchema, type SessionResponse } from "../../proto/index.js";
 
 async function next(session: AgentSession): Promise<SessionResponse> {
   const it = session.outbound[Symbol.asyncIterator]();
@@ -46,4 +46,52 @@ test("agent session - a late arm that failed, and a late answer to anything else
   assert.equal(session.answer(999n, create(ArmResultSchema, { requestId: 999n, jobId: "j1", pid: 4242 })), false, "no request 999");
   assert.equal(session.outbound.size, 0, "no disarm");
   session.close("test over");
+});
+
+test("agent session - each command fails at its own deadline, in the order sent; answered ones resolve; the kill switch keeps its own timeout", async () => {
+  const timeoutMs = 200;
+  const { session } = sessionFor(timeoutMs);
+  const started = performance.now();
+  const first = session.discover({});
+  const answered = session.arm({ jobId: "j1", pid: 1, epoch: 1n });
+  // Sent later: its deadline is later than the first two's.
+  await new Promise((resolve) => setTimeout(resolve, 80));
+  const laterSent = performance.now();
+  const later = session.disarm({ jobId: "j2", pid: 2, epoch: 1n });
+  const killSwitch = session.disarmAll({ reason: "test" }, 600);
+  const it = session.outbound[Symbol.asyncIterator]();
+  const ids: bigint[] = [];
+  for (let i = 0; i < 4; i++) {
+    const { value } = await it.next();
+    const m = (value as SessionResponse).msg;
+    if (m.case === "arm" || m.case === "disarm" || m.case === "discover" || m.case === "disarmAll") ids.push(m.value.requestId);
+  }
+  assert.equal(ids.length, 4);
+  assert.equal(session.answer(ids[1]!, create(ArmResultSchema, { requestId: ids[1]!, jobId: "j1", pid: 1, threadsTotal: 1, threadsArmed: 1 })), true);
+  assert.equal((await answered).threadsArmed, 1);
+  const failedAt = (p: Promise<unknown>): Promise<number> =>
+    p.then(
+      () => assert.fail("answered"),
+      (err: unknown) => {
+        assert.ok(err instanceof AgentUnavailableError, String(err));
+        return performance.now();
+      },
+    );
+  const [firstAt, laterAt] = await Promise.all([failedAt(first), failedAt(later)]);
+  assert.ok(firstAt - started >= timeoutMs - 1, `the first failed after ${firstAt - started} ms`);
+  assert.ok(laterAt - laterSent >= timeoutMs - 1, `the later one failed after ${laterAt - laterSent} ms, not with the first`);
+  assert.ok(firstAt < laterAt);
+  // The kill switch's 600 ms have not run out; an answer still reaches it.
+  assert.equal(session.answer(ids[3]!, create(DisarmAllResultSchema, { requestId: ids[3]! })), true);
+  await killSwitch;
+  session.close("test over");
+});
+
+test("agent session - closing fails what waits, with or without a timeout of its own", async () => {
+  const { session } = sessionFor(10_000);
+  const arming = session.arm({ jobId: "j1", pid: 1, epoch: 1n });
+  const killSwitch = session.disarmAll({ reason: "test" }, 20_000);
+  session.close("agent gone");
+  await assert.rejects(arming, /agent gone/);
+  await assert.rejects(killSwitch, /agent gone/);
 });
