@@ -21,7 +21,7 @@ import { AgentUnavailableError } from "./errors.js";
 
 type RequestKind = "resolve" | "arm" | "disarm" | "discover" | "disarmAll";
 
-/** A command waiting for its answer: `deadline` on performance.now()'s clock; `value` is kept for arms only (see abandon). */
+/** A command waiting for its answer: `deadline` on performance.now()'s clock; `arm` is what an arm asked for, kept to disarm a late answer (see abandon). */
 type Pending = { resolve: (value: never) => void; reject: (err: unknown) => void; kind: RequestKind; deadline: number; timeoutMs: number; arm: { jobId: string; pid: number; epoch?: bigint } | undefined };
 
 /**
