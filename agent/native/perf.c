@@ -109,9 +109,9 @@
 /* epoll data: buffers are drained all together; a pidfd names its group. */
 #define EP_BUFFER 0u
 #define EP_PROCEXIT UINT64_MAX
-/* After the pidfd says a process is gone, its threads' exits may still be
- * on their way from the connector (sent just after): the status waits for
- * them to be quiet this long, and at most EXIT_WAIT_MS. */
+/* After the pidfd says a process is gone, its last threads' exits may
+ * still be on their way from the connector (sent just after): the status
+ * waits for them to be quiet this long, and at most EXIT_WAIT_MS. */
 #define EXIT_QUIET_MS 5
 #define EXIT_WAIT_MS 100
 
@@ -1585,7 +1585,8 @@ static void settle(struct pgroup *g, int64_t now)
 	}
 	if (g->exited) {
 		fw_procexit_read();
-		if (!fw_procexit_settled(g->pid, now, EXIT_QUIET_MS) && now - g->exited_ms < EXIT_WAIT_MS)
+		if (!fw_procexit_settled(g->pid, g->exited_ms, now, EXIT_QUIET_MS) &&
+		    now - g->exited_ms < EXIT_WAIT_MS)
 			return; /* its status is on its way */
 		finish(g, FW_DONE_EXITED, true);
 		return;

@@ -23,6 +23,7 @@
 struct exit_ent {
 	pid_t pid;        /* 0: empty */
 	bool seen;        /* a thread's exit */
+	bool leader_seen; /* the exit of the thread whose id is the pid */
 	bool lost;        /* messages were lost since the watch began */
 	int status;       /* the last non-zero status of a thread, else 0 */
 	int64_t last_ms;  /* when the last thread exit was read */
@@ -137,6 +138,7 @@ static void on_event(const struct proc_event *ev, int64_t now)
 	if (!e)
 		return;
 	e->seen = true;
+	e->leader_seen = e->leader_seen || ev->event_data.exit.process_pid == e->pid;
 	e->last_ms = now;
 	if (ev->event_data.exit.exit_code != 0)
 		e->status = (int)ev->event_data.exit.exit_code;
@@ -178,13 +180,15 @@ void fw_procexit_read(void)
 	}
 }
 
-bool fw_procexit_settled(pid_t pid, int64_t now, int64_t quiet_ms)
+bool fw_procexit_settled(pid_t pid, int64_t gone_ms, int64_t now, int64_t quiet_ms)
 {
 	const struct exit_ent *e = find(pid);
+	int64_t last;
 
 	if (sock < 0 || !e || e->lost)
 		return true;
-	return e->seen && now - e->last_ms >= quiet_ms;
+	last = e->last_ms > gone_ms ? e->last_ms : gone_ms;
+	return e->leader_seen && now - last >= quiet_ms;
 }
 
 int fw_procexit_take(pid_t pid, int *status)
@@ -194,7 +198,7 @@ int fw_procexit_take(pid_t pid, int *status)
 
 	if (!e)
 		return -1;
-	if (e->seen && !e->lost) {
+	if (e->leader_seen && !e->lost) {
 		*status = e->status;
 		ret = 0;
 	}

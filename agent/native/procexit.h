@@ -23,15 +23,20 @@ void fw_procexit_watch(pid_t pid);
 /* Reads every message waiting on the socket (non-blocking). */
 void fw_procexit_read(void);
 
-/* Whether what is known of pid's exit will not change any more: some
- * thread's exit was seen and nothing came for it since quiet_ms; or the
- * socket is not open, pid is not watched, or messages were lost. */
-bool fw_procexit_settled(pid_t pid, int64_t now_ms, int64_t quiet_ms);
+/* Whether what is known of pid's exit will not change any more, once
+ * its pidfd said it is gone (at gone_ms): the exit of its leader (the
+ * thread whose id is the pid) was seen, and nothing came for pid for
+ * quiet_ms since then and since gone_ms (the last thread's event follows
+ * the pidfd's wake-up by microseconds; threads that ended earlier told
+ * theirs long before). True too when the socket is not open, pid is not
+ * watched, or messages were lost. */
+bool fw_procexit_settled(pid_t pid, int64_t gone_ms, int64_t now_ms, int64_t quiet_ms);
 
 /* pid's wait status, and forgets pid: a signal or exit code any of its
  * threads died with (a group exit gives every thread the process's
- * status; a thread that returns alone exits with 0), else 0. -1 when no
- * exit of it was seen, or messages were lost since it was watched. */
+ * status; a thread that returns alone exits with 0), else 0. -1 when the
+ * exit of its leader was not seen, or messages were lost since it was
+ * watched. */
 int fw_procexit_take(pid_t pid, int *status);
 
 #endif

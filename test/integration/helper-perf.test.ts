@@ -383,6 +383,20 @@ describe("helper, perf backend", { timeout: TEST_TIMEOUT_MS }, () => {
     assert.deepEqual([exited.how, exited.code], ["killed", 9], "target-exited");
   });
 
+  test("lifecycle - a process whose threads came and went, SIGKILLed: killed by signal 9, not the ended threads' exit 0", async (t) => {
+    const s = scene(t);
+    const { helper, log } = await s.helper();
+    const target = await s.target("thread-churn", ["1000000", "2", "200"]);
+    const [counter] = readyAddresses(target) as [bigint];
+    await helper.arm(target.pid, 1n, [write8(counter)], PERF);
+    target.send("go");
+    await log.until("1000 hits", () => log.hits.length >= 1000);
+    process.kill(target.rootPid, "SIGKILL");
+    await log.groupDone(1n);
+    const exited = await log.targetExited(target.pid);
+    assert.deepEqual([exited.how, exited.code], ["killed", 9], "target-exited");
+  });
+
   test("lifecycle - a process killed by the SIGTRAP of a debug exception with no cause: target-exited says killed by signal 5", async (t) => {
     // What some virtual machines do now and then to a perf-watched writer
     // (README, "Safety"): the perf backend cannot stop the signal, and the
