@@ -42,11 +42,16 @@ export function notBehind(a: HitCounts, b: HitCounts): boolean {
   return a.trapped >= b.trapped && a.delivered >= b.delivered && a.suppressed >= b.suppressed && a.dropped >= b.dropped && a.filtered >= b.filtered;
 }
 
+/** The first few targets named for a line of text, and how many more: `h1/42, h2/7 and 3 more` (not a line of megabytes for a fleet-wide job). */
+export function nameTargets(targets: readonly Target[], name: (t: Target) => string, max = 8): string {
+  const named = targets.slice(0, max).map(name);
+  return named.join(", ") + (targets.length > named.length ? ` and ${targets.length - named.length} more` : "");
+}
+
 /** Which targets are not as wanted, for a degraded job's reason: `h1/42 lost, h2/7 preempted` (at most 8 named). */
 function describeTroubled(job: Job): string {
   const troubled = job.targets.filter((t) => t.state === TargetState.LOST || t.state === TargetState.FAILED || isTargetWaiting(t));
-  const named = troubled.slice(0, 8).map((t) => `${t.hostId}/${t.pid} ${TargetState[t.state]!.toLowerCase()}`);
-  return named.join(", ") + (troubled.length > named.length ? ` and ${troubled.length - named.length} more` : "");
+  return nameTargets(troubled, (t) => `${t.hostId}/${t.pid} ${TargetState[t.state]!.toLowerCase()}`);
 }
 
 /**

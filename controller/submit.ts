@@ -23,7 +23,6 @@ import {
   type Job,
   type JobSpec,
   type ResolveResult,
-  type Target,
   type TargetSelector,
 } from "../proto/index.js";
 import type { ScopeSubject } from "./access-policy.js";
@@ -37,7 +36,7 @@ import { describeProcesses } from "./job-description.js";
 import type { JobEnding } from "./job-ending.js";
 import { decide, markPlaced, neverFits, refusal, whyNot } from "./job-placement.js";
 import type { JobQueue } from "./job-queue.js";
-import { isTargetActive, isTargetWaiting, rollUp } from "./job-state.js";
+import { isTargetActive, isTargetWaiting, nameTargets, rollUp } from "./job-state.js";
 import { isFollowable, processPart } from "./job-targets.js";
 
 /** What a scope is checked against: a discovered process on its host. */
@@ -92,15 +91,6 @@ export function resolveRequestsOf(spec: JobSpec): ResolveRequest[] {
 //   the error.
 // - Once written, the record says what the agents answered (ARMED, FAILED,
 //   ...), so a restart reads it as it is: nothing is left "arming".
-
-/** Targets most log lines name one by one. */
-const namedInLog = 8;
-
-/** `h1/42, h2/7` for a log line; a fleet-wide job's tens of thousands as the first few and how many more (not a line of megabytes). */
-function describePlaces(targets: readonly Target[]): string {
-  const named = targets.slice(0, namedInLog).map((t) => `${t.hostId}/${t.pid}`);
-  return named.join(", ") + (targets.length > named.length ? ` and ${targets.length - named.length} more` : "");
-}
 
 /** A new job's id: ten random hex digits. */
 function newJobId(): string {
@@ -218,7 +208,7 @@ export class SubmitFlow {
     });
     this.core.publish(job);
     const placedOn = job.targets.filter(isTargetActive);
-    this.core.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${describePlaces(placedOn)}` : `queued (${job.reason})`}`);
+    this.core.options.log(`job ${id}: ${placedOn.length > 0 ? `placed on ${nameTargets(placedOn, (t) => `${t.hostId}/${t.pid}`)}` : `queued (${job.reason})`}`);
 
     await this.queue.evict(job, evictions);
     const failures: unknown[] = [];
