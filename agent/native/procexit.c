@@ -22,7 +22,6 @@
 
 struct exit_ent {
 	pid_t pid;        /* 0: empty */
-	bool seen;        /* a thread's exit */
 	bool leader_seen; /* the exit of the thread whose id is the pid */
 	bool lost;        /* messages were lost since the watch began */
 	int status;       /* the last non-zero status of a thread, else 0 */
@@ -33,6 +32,18 @@ struct exit_ent {
 static int sock = -1;
 static struct exit_ent table[MAX_WATCHED];
 static uint64_t watch_seq;
+
+/* The process event a netlink message carries, or NULL if it is not one. */
+static const struct proc_event *event_of(const struct nlmsghdr *h)
+{
+	const struct cn_msg *msg = NLMSG_DATA(h);
+
+	if (h->nlmsg_type == NLMSG_ERROR || h->nlmsg_type == NLMSG_NOOP ||
+	    h->nlmsg_len < NLMSG_LENGTH(sizeof *msg + sizeof(struct proc_event)) ||
+	    msg->id.idx != CN_IDX_PROC || msg->id.val != CN_VAL_PROC)
+		return NULL;
+	return (const struct proc_event *)msg->data;
+}
 
 /* The kernel's answer to LISTEN: 0, or an errno (EPERM without
  * CAP_NET_ADMIN). Outside the host's initial user and pid namespaces the
@@ -59,11 +70,9 @@ static int await_ack(int fd)
 		}
 		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
 		     h = NLMSG_NEXT(h, n)) {
-			const struct cn_msg *msg = NLMSG_DATA(h);
-			const struct proc_event *ev = (const struct proc_event *)msg->data;
+			const struct proc_event *ev = event_of(h);
 
-			if (h->nlmsg_len >= NLMSG_LENGTH(sizeof *msg + sizeof *ev) &&
-			    msg->id.idx == CN_IDX_PROC && ev->what == PROC_EVENT_NONE)
+			if (ev && ev->what == PROC_EVENT_NONE)
 				return (int)ev->event_data.ack.err;
 		}
 	}
@@ -137,7 +146,6 @@ static void on_event(const struct proc_event *ev, int64_t now)
 	e = find(ev->event_data.exit.process_tgid);
 	if (!e)
 		return;
-	e->seen = true;
 	e->leader_seen = e->leader_seen || ev->event_data.exit.process_pid == e->pid;
 	e->last_ms = now;
 	if (ev->event_data.exit.exit_code != 0)
@@ -168,14 +176,10 @@ void fw_procexit_read(void)
 		}
 		for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
 		     h = NLMSG_NEXT(h, n)) {
-			const struct cn_msg *msg = NLMSG_DATA(h);
+			const struct proc_event *ev = event_of(h);
 
-			if (h->nlmsg_type == NLMSG_ERROR || h->nlmsg_type == NLMSG_NOOP)
-				continue;
-			if (h->nlmsg_len < NLMSG_LENGTH(sizeof *msg + sizeof(struct proc_event)) ||
-			    msg->id.idx != CN_IDX_PROC || msg->id.val != CN_VAL_PROC)
-				continue;
-			on_event((const struct proc_event *)msg->data, now);
+			if (ev)
+				on_event(ev, now);
 		}
 	}
 }
